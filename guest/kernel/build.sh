@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Build the Roost guest kernel from Debian's linux-source-6.1.
+#
+#   build.sh OUT_DIR
+#
+# Produces OUT_DIR/vmlinux (an uncompressed ELF with a PVH entry note, which
+# QEMU's microvm machine boots directly) and OUT_DIR/config. The caller (roost
+# setup) keys OUT_DIR by a hash of this script, the config fragment and the
+# source tarball, so a second run does nothing.
+set -euo pipefail
+
+out=${1:?usage: build.sh OUT_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+tarball=${ROOST_KERNEL_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+jobs=${ROOST_BUILD_JOBS:-$(nproc)}
+
+[ -f "$tarball" ] || { echo "kernel source $tarball not found: apt-get install linux-source-6.1" >&2; exit 1; }
+
+work="$out.work"
+rm -rf "$work"
+mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
+
+echo "kernel: extracting $(basename "$tarball")"
+tar -xf "$tarball" -C "$work"
+src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -n 1)
+[ -n "$src" ] || { echo "no linux-source-* directory in $tarball" >&2; exit 1; }
+
+cd "$src"
+echo "kernel: configuring (tinyconfig + guest/kernel/roost.config)"
+make -s ARCH=x86_64 tinyconfig >/dev/null
+./scripts/kconfig/merge_config.sh -m .config "$here/roost.config" >/dev/null
+make -s ARCH=x86_64 olddefconfig >/dev/null
+
+# Every option the fragment asks for must have survived olddefconfig; a silent
+# drop (an unmet dependency) would give a kernel that boots but lacks a feature.
+missing=0
+while IFS= read -r line; do
+  case "$line" in CONFIG_*=*) ;; *) continue ;; esac
+  if ! grep -qx "$line" .config; then echo "kernel: config option not applied: $line" >&2; missing=1; fi
+done < "$here/roost.config"
+[ "$missing" = 0 ] || exit 1
+
+echo "kernel: compiling vmlinux with $jobs jobs (a few minutes)"
+make -s ARCH=x86_64 -j"$jobs" vmlinux KBUILD_BUILD_TIMESTAMP=roost KBUILD_BUILD_USER=roost KBUILD_BUILD_HOST=roost
+
+mkdir -p "$out"
+cp vmlinux "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"
+cp .config "$out/config"
+echo "kernel: built $(du -h "$out/vmlinux" | cut -f1) vmlinux"

@@ -1,0 +1,94 @@
+/**
+ * Protocol constants, frozen by `constants.test.ts`. Changes are additive:
+ * new values may be added, existing ones never change. See docs/PROTOCOL.md.
+ */
+
+/** The protocol version agreed at handshake. */
+export const VERSION = 1;
+
+/** Bytes in a frame header: length (u32) + stream (u32) + type (u8). */
+export const HEADER_SIZE = 9;
+/** The header bytes counted by the length field: stream + type. */
+export const LENGTH_OVERHEAD = 5;
+/** Largest payload a frame may carry. */
+export const MAX_PAYLOAD = 65536;
+/** Largest value of a frame's length field. */
+export const MAX_FRAME_LENGTH = LENGTH_OVERHEAD + MAX_PAYLOAD;
+
+/** The control stream. */
+export const CONTROL_STREAM = 0;
+/** Concurrent streams one connection may have open. */
+export const MAX_STREAMS = 256;
+/** Bytes of entropy the host may send in HELLO. */
+export const MAX_ENTROPY = 512;
+/** Bytes of a nonce or a PING payload. */
+export const MAX_NONCE = 64;
+/** Default credit for fd 1 and fd 2 when EXEC names no WINDOW. */
+export const DEFAULT_WINDOW = 262144;
+
+/** Frame types. */
+export const MessageType = {
+  HELLO: 0x01,
+  PING: 0x02,
+  PONG: 0x03,
+  POWEROFF: 0x04,
+  ERROR: 0x05,
+  EXEC: 0x10,
+  STARTED: 0x11,
+  DATA: 0x12,
+  EOF: 0x13,
+  CREDIT: 0x14,
+  SIGNAL: 0x15,
+  RESIZE: 0x16,
+  EXIT: 0x17,
+} as const;
+export type MessageType = (typeof MessageType)[keyof typeof MessageType];
+
+/** TLV tags. */
+export const Tag = {
+  VERSION: 0x0001,
+  FLAGS: 0x0002,
+  TIME_NS: 0x0003,
+  ENTROPY: 0x0004,
+  NONCE: 0x0005,
+  AGENT_VERSION: 0x0006,
+  MAX_PAYLOAD: 0x0007,
+  CODE: 0x0010,
+  MESSAGE: 0x0011,
+  ARG: 0x0020,
+  ENV: 0x0021,
+  CWD: 0x0022,
+  USER: 0x0023,
+  PTY: 0x0024,
+  ROWS: 0x0025,
+  COLS: 0x0026,
+  TIMEOUT_MS: 0x0027,
+  STDIN: 0x0028,
+  WINDOW: 0x0029,
+  PID: 0x0030,
+  STDIN_WINDOW: 0x0031,
+  EXIT_CODE: 0x0040,
+  EXIT_SIGNAL: 0x0041,
+  TIMED_OUT: 0x0042,
+} as const;
+export type Tag = (typeof Tag)[keyof typeof Tag];
+
+/** HELLO FLAGS bits. */
+export const HelloFlags = {
+  /** The agent powers the VM off when this connection goes away. */
+  POWEROFF_ON_DISCONNECT: 0x1,
+} as const;
+
+/** ERROR codes. */
+export const ErrorCode = {
+  PROTOCOL: 1,
+  VERSION: 2,
+  BAD_REQUEST: 3,
+  NOT_FOUND: 4,
+  INTERNAL: 5,
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** File descriptor numbers carried by DATA, EOF and CREDIT. */
+export const Fd = { STDIN: 0, STDOUT: 1, STDERR: 2 } as const;
+export type Fd = (typeof Fd)[keyof typeof Fd];
