@@ -6,6 +6,7 @@ export default defineConfig({
     // Integration tests boot real VMs: one process per file keeps a crashed
     // file from taking the others down, and lets QEMU die with its owner.
     pool: 'forks',
+    globalSetup: ['test/global-setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 600_000,
   },

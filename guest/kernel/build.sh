@@ -42,7 +42,7 @@ done < "$here/roost.config"
 [ "$missing" = 0 ] || exit 1
 
 echo "kernel: compiling vmlinux with $jobs jobs (a few minutes)"
-make -s ARCH=x86_64 -j"$jobs" vmlinux KBUILD_BUILD_TIMESTAMP=roost KBUILD_BUILD_USER=roost KBUILD_BUILD_HOST=roost
+make -s ARCH=x86_64 -j"$jobs" vmlinux KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 1970" KBUILD_BUILD_USER=roost KBUILD_BUILD_HOST=roost
 
 mkdir -p "$out"
 cp vmlinux "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"

@@ -1,0 +1,152 @@
+#!/usr/bin/env node
+// Roost benchmarks: `npm run bench`. Each figure is printed beside the floor
+// it is compared with, measured in the same run, and all of them are written
+// as JSON to bench/results/. Medians are quoted: the machines are noisy.
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chooseAccel, loadAssets, qemuArgs, QEMU_BINARY, roostHome, Sandbox, vmPaths } from '@roost/core';
+
+const COLD_RUNS = Number(process.env.BENCH_COLD_RUNS ?? 10);
+const EXEC_RUNS = Number(process.env.BENCH_EXEC_RUNS ?? 200);
+const STREAM_BYTES = Number(process.env.BENCH_STREAM_MIB ?? 256) * 2 ** 20;
+
+const realHome = roostHome();
+const assets = await loadAssets(realHome);
+const accel = chooseAccel();
+// Sandboxes live in a throwaway home that shares the real cache.
+const home = mkdtempSync(join(tmpdir(), 'roost-bench-'));
+symlinkSync(join(realHome, 'cache'), join(home, 'cache'));
+
+const results = { date: new Date().toISOString(), accel, host: hostFacts(), figures: {} };
+const rows = [];
+const row = (name, value, floor, target) => {
+  rows.push({ name, value, floor, target });
+  console.log(`${name.padEnd(42)} ${value.padEnd(26)} ${(floor ?? '').padEnd(30)} ${target ?? ''}`);
+};
+
+try {
+  console.log(`Roost benchmarks (accel ${accel}, ${results.host.cpu}, ${results.host.cpus} cpus)\n`);
+  console.log(`${'benchmark'.padEnd(42)} ${'figure'.padEnd(26)} ${'floor (same run)'.padEnd(30)} target`);
+
+  // --- cold start vs. the floor -------------------------------------------------
+  const floor = [];
+  for (let i = 0; i < COLD_RUNS; i++) floor.push(await bootToPoweroff(i));
+  const cold = [];
+  for (let i = 0; i < COLD_RUNS; i++) {
+    const t0 = performance.now();
+    const sb = await Sandbox.create({ home, timeoutMs: 60_000 });
+    await sb.commands.run('true', { args: [] });
+    cold.push(performance.now() - t0);
+    await sb.remove({ force: true });
+  }
+  const floorP50 = pct(floor, 50);
+  const coldP50 = pct(cold, 50);
+  results.figures.coldStart = { unit: 'ms', p50: coldP50, p95: pct(cold, 95), samples: cold, floor: { p50: floorP50, p95: pct(floor, 95), samples: floor }, ratio: coldP50 / floorP50, target: 'ratio <= 1.2' };
+  row('cold start: create -> first run(true)', `p50 ${ms(coldP50)} p95 ${ms(pct(cold, 95))}`, `boot->poweroff p50 ${ms(floorP50)} p95 ${ms(pct(floor, 95))}`, `${(coldP50 / floorP50).toFixed(2)}x (target <= 1.2x)`);
+
+  // --- exec round trip, output throughput, idle memory: one sandbox ------------
+  const rssBefore = process.memoryUsage().rss;
+  const sb = await Sandbox.create({ home, timeoutMs: 60_000 });
+  try {
+    await sb.commands.run('true', { args: [] });
+    // Idle memory first, before exec and streaming warm up caches.
+    await sleep(2_000);
+    const qemuRss = rssKiB(sb.info.pid);
+    const qemuPss = pssKiB(sb.info.pid);
+    const runtimeShare = Math.max(0, (process.memoryUsage().rss - rssBefore) / 1024);
+    results.figures.idleMemory = { unit: 'KiB', qemuRss, qemuPss, runtimeShareKiB: Math.round(runtimeShare), totalKiB: Math.round(qemuRss + runtimeShare), target: '< 80 MiB' };
+    row('idle sandbox memory (QEMU RSS + runtime)', `${mib(qemuRss + runtimeShare)} (QEMU ${mib(qemuRss)})`, `QEMU PSS ${mib(qemuPss)}`, 'target < 80 MiB');
+
+    const ping = [];
+    for (let i = 0; i < EXEC_RUNS; i++) ping.push(await sb.ping());
+    const exec = [];
+    for (let i = 0; i < EXEC_RUNS; i++) {
+      const t0 = performance.now();
+      await sb.commands.run('true', { args: [] });
+      exec.push(performance.now() - t0);
+    }
+    results.figures.execRoundTrip = { unit: 'ms', p50: pct(exec, 50), p99: pct(exec, 99), floor: { what: 'agent PING round trip', p50: pct(ping, 50), p99: pct(ping, 99) }, target: 'p50 < 5 ms' };
+    row(`exec round trip: run(true) x${EXEC_RUNS}`, `p50 ${ms(pct(exec, 50))} p99 ${ms(pct(exec, 99))}`, `agent ping p50 ${ms(pct(ping, 50))} p99 ${ms(pct(ping, 99))}`, 'target p50 < 5 ms');
+
+    // Floor: the same bytes produced and read inside the guest, never leaving it.
+    const inGuest = await timed(() => sb.commands.run(`head -c ${STREAM_BYTES} /dev/zero | cat > /dev/null`));
+    const h = await sb.commands.start(`head -c ${STREAM_BYTES} /dev/zero`);
+    const t0 = performance.now();
+    let bytes = 0;
+    for await (const chunk of h.stdout) bytes += chunk.length;
+    await h.wait();
+    const streamMs = performance.now() - t0;
+    if (bytes !== STREAM_BYTES) throw new Error(`streamed ${bytes} bytes, expected ${STREAM_BYTES}`);
+    const mbps = STREAM_BYTES / 1e6 / (streamMs / 1000);
+    const floorMbps = STREAM_BYTES / 1e6 / (inGuest / 1000);
+    results.figures.stdoutThroughput = { unit: 'MB/s', value: mbps, bytes: STREAM_BYTES, ms: streamMs, floor: { what: 'same pipeline inside the guest', mbps: floorMbps }, target: '>= 100 MB/s' };
+    row(`stdout throughput (${STREAM_BYTES / 2 ** 20} MiB)`, `${mbps.toFixed(0)} MB/s`, `in-guest pipe ${floorMbps.toFixed(0)} MB/s`, 'target >= 100 MB/s');
+  } finally {
+    await sb.remove({ force: true });
+  }
+} finally {
+  rmSync(home, { recursive: true, force: true });
+}
+
+const dir = fileURLToPath(new URL('./results/', import.meta.url));
+mkdirSync(dir, { recursive: true });
+const file = join(dir, `foundation-${results.date.replace(/[:.]/g, '-')}.json`);
+writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+console.log(`\nwrote ${file}`);
+
+// ---- helpers -------------------------------------------------------------------
+
+/** The floor: QEMU boots the same kernel and initramfs, and the agent powers off as its first act. */
+async function bootToPoweroff(i) {
+  const dir = mkdtempSync(join(tmpdir(), 'roost-floor-'));
+  try {
+    const config = { id: `floor${i}`, dir, cpus: 1, memoryMiB: 256, kernel: assets.kernel, initramfs: assets.initramfs, rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: false, accel, append: ['roost.poweroff'] };
+    const args = qemuArgs(config, vmPaths(dir), { agent: false, rootfs: false });
+    const t0 = performance.now();
+    await new Promise((resolve, reject) => {
+      const p = spawn(QEMU_BINARY, args, { stdio: 'ignore' });
+      p.on('error', reject);
+      p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`floor QEMU exited ${code}`))));
+    });
+    return performance.now() - t0;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function timed(fn) {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
+}
+
+function pct(samples, p) {
+  const s = [...samples].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+}
+
+function rssKiB(pid) {
+  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
+}
+
+function pssKiB(pid) {
+  try {
+    return Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? NaN);
+  } catch {
+    return NaN;
+  }
+}
+
+function hostFacts() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  return { cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? 'unknown', cpus: (cpuinfo.match(/^processor/gm) ?? []).length, node: process.version };
+}
+
+const ms = (v) => `${v.toFixed(1)} ms`;
+const mib = (kib) => `${(kib / 1024).toFixed(1)} MiB`;
+function sleep(n) {
+  return new Promise((r) => setTimeout(r, n));
+}

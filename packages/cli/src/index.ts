@@ -1,0 +1,285 @@
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { isRoostError, RoostError, Sandbox, setup, type CommandHandle, type RunOptions, type SandboxInfo } from '@roost/core';
+
+/** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
+const EXIT_ROOST_ERROR = 125;
+
+interface ExecFlags {
+  env: string[];
+  workdir?: string;
+  user?: string;
+  tty?: boolean;
+  interactive?: boolean;
+  timeout?: number;
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let exitCode = 0;
+  const program = new Command('roost')
+    .description('Run untrusted code in hardware-isolated Linux microVMs')
+    .version('0.1.0')
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('setup')
+    .description('install the Debian packages Roost needs and build the guest kernel, agent and root filesystem')
+    .option('--no-install', 'do not install missing packages (report them instead)')
+    .action(async (flags: { install: boolean }) => {
+      await setup({ installPackages: flags.install, progress: (line) => process.stderr.write(`${line}\n`) });
+    });
+
+  const run = program
+    .command('run')
+    .description('create a sandbox and run a command in it (the exit code passes through)')
+    .usage('[options] -- CMD [ARG...]')
+    .option('-d, --detach', 'leave the sandbox running and print its id')
+    .option('--cpus <n>', 'virtual CPUs', int('--cpus'), 1)
+    .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'), 256)
+    .option('--boot-timeout <ms>', 'how long the boot may take', int('--boot-timeout'));
+  addExecFlags(run)
+    .passThroughOptions()
+    .argument('[cmd...]')
+    .action(async (cmd: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; bootTimeout?: number }) => {
+      if (!flags.detach && cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'give a command to run: roost run [options] -- CMD [ARG...]');
+      const env = parseEnv(flags.env);
+      const sandbox = await Sandbox.create({
+        cpus: flags.cpus,
+        memoryMiB: flags.memory,
+        detached: !!flags.detach,
+        ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+      });
+      if (flags.detach) {
+        if (cmd.length > 0) {
+          // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
+          await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions({ ...flags, env: flags.env }, env));
+        }
+        sandbox.disconnect();
+        process.stdout.write(`${sandbox.id}\n`);
+        return;
+      }
+      try {
+        exitCode = await runAttached(sandbox, cmd, flags, env);
+      } finally {
+        await sandbox.remove({ force: true });
+      }
+    });
+
+  addExecFlags(program.command('exec').description('run a command in a running sandbox').usage('[options] ID -- CMD [ARG...]'))
+    .passThroughOptions()
+    .argument('<id>')
+    .argument('<cmd...>')
+    .action(async (id: string, cmd: string[], flags: ExecFlags) => {
+      // With passThroughOptions, a `--` after ID reaches us as an argument.
+      if (cmd[0] === '--') cmd = cmd.slice(1);
+      if (cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'give a command to run: roost exec ID -- CMD [ARG...]');
+      const sandbox = await Sandbox.get(id);
+      try {
+        exitCode = await runAttached(sandbox, cmd, flags, parseEnv(flags.env));
+      } finally {
+        sandbox.disconnect();
+      }
+    });
+
+  program
+    .command('ps')
+    .description('list sandboxes')
+    .option('-a, --all', 'include stopped and failed sandboxes')
+    .option('--json', 'print JSON')
+    .action(async (flags: { all?: boolean; json?: boolean }) => {
+      const all = await Sandbox.list();
+      const shown = flags.all ? all : all.filter((s) => s.status === 'running' || s.status === 'creating' || s.status === 'stopping');
+      if (flags.json) process.stdout.write(JSON.stringify(shown, null, 2) + '\n');
+      else process.stdout.write(table(shown));
+    });
+
+  program
+    .command('logs')
+    .description("print a sandbox's console log (kernel, agent, and the output of `run -d` commands)")
+    .option('-f, --follow', 'keep printing as the log grows, until the sandbox stops')
+    .argument('<id>')
+    .action(async (id: string, flags: { follow?: boolean }) => {
+      const sandbox = await Sandbox.get(id);
+      await printLog(sandbox, !!flags.follow);
+    });
+
+  program
+    .command('stop')
+    .description('stop sandboxes (the VM powers off; killed after the timeout)')
+    .option('-t, --timeout <ms>', 'how long to wait before killing', int('--timeout'), 10_000)
+    .argument('<id...>')
+    .action(async (ids: string[], flags: { timeout: number }) => {
+      for (const id of ids) {
+        const sandbox = await Sandbox.get(id);
+        await sandbox.stop({ timeoutMs: flags.timeout });
+        process.stdout.write(`${sandbox.id}\n`);
+      }
+    });
+
+  program
+    .command('rm')
+    .description('remove sandboxes')
+    .option('-f, --force', 'kill running sandboxes first')
+    .argument('<id...>')
+    .action(async (ids: string[], flags: { force?: boolean }) => {
+      for (const id of ids) {
+        const sandbox = await Sandbox.get(id);
+        await sandbox.remove({ force: !!flags.force });
+        process.stdout.write(`${sandbox.id}\n`);
+      }
+    });
+
+  try {
+    await program.parseAsync(argv);
+    return exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
+    if (isRoostError(e)) {
+      process.stderr.write(`roost: ${e.message}\n`);
+      return EXIT_ROOST_ERROR;
+    }
+    throw e;
+  }
+}
+
+function addExecFlags(cmd: Command): Command {
+  return cmd
+    .option('-e, --env <K=V>', 'set an environment variable (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('-w, --workdir <dir>', 'working directory inside the sandbox')
+    .option('-u, --user <user>', 'user to run as: name, uid, uid:gid')
+    .option('-i, --interactive', 'forward standard input')
+    .option('-t, --tty', 'allocate a terminal (implies -i)')
+    .addOption(new Option('--timeout <ms>', 'kill the command after this long').argParser(int('--timeout')));
+}
+
+function execOptions(flags: ExecFlags, env: Record<string, string>): RunOptions {
+  const opts: RunOptions = { env };
+  if (flags.workdir) opts.cwd = flags.workdir;
+  if (flags.user) opts.user = flags.user;
+  if (flags.timeout !== undefined) opts.timeoutMs = flags.timeout;
+  return opts;
+}
+
+/** Runs a command with this process's stdio wired to it; returns its exit code. */
+async function runAttached(sandbox: Sandbox, cmd: string[], flags: ExecFlags, env: Record<string, string>): Promise<number> {
+  const tty = !!flags.tty && process.stdin.isTTY === true;
+  const interactive = !!flags.interactive || !!flags.tty;
+  const opts = execOptions(flags, env);
+  if (flags.tty) opts.pty = { rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 };
+  if (interactive) opts.stdin = true;
+  const handle = await sandbox.commands.start(cmd, opts);
+
+  const cleanups: (() => void)[] = [];
+  if (interactive) cleanups.push(forwardStdin(handle, tty));
+  if (flags.tty && process.stdout.isTTY) {
+    const onResize = () => handle.resize({ rows: process.stdout.rows, cols: process.stdout.columns });
+    process.stdout.on('resize', onResize);
+    cleanups.push(() => process.stdout.off('resize', onResize));
+  }
+  // Ctrl-C (outside raw mode) and SIGTERM go to the command; a second one ends the CLI.
+  let interrupts = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++interrupts > 1) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
+    handle.kill(sig);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  cleanups.push(() => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  });
+
+  try {
+    await Promise.all([pipeOut(handle.stdout, process.stdout), pipeOut(handle.stderr, process.stderr)]);
+    const result = await handle.wait();
+    return result.exitCode;
+  } finally {
+    cleanups.forEach((c) => c());
+  }
+}
+
+async function pipeOut(source: AsyncIterable<Uint8Array>, sink: NodeJS.WriteStream): Promise<void> {
+  for await (const chunk of source) {
+    if (!sink.write(chunk)) await new Promise((r) => sink.once('drain', r));
+  }
+}
+
+function forwardStdin(handle: CommandHandle, raw: boolean): () => void {
+  const stdin = process.stdin;
+  if (raw) stdin.setRawMode(true);
+  let stopped = false;
+  void (async () => {
+    try {
+      for await (const chunk of stdin) {
+        if (stopped) break;
+        await handle.write(chunk as Buffer);
+      }
+      if (!stopped) handle.closeStdin();
+    } catch {
+      // the command exited
+    }
+  })();
+  return () => {
+    stopped = true;
+    if (raw) stdin.setRawMode(false);
+    stdin.pause();
+    stdin.unref?.();
+  };
+}
+
+async function printLog(sandbox: Sandbox, follow: boolean): Promise<void> {
+  let offset = 0;
+  for (;;) {
+    const size = (await stat(sandbox.consoleLogPath).catch(() => ({ size: 0 }))).size;
+    if (size > offset) {
+      await new Promise<void>((resolve, reject) => {
+        createReadStream(sandbox.consoleLogPath, { start: offset, end: size - 1 })
+          .on('data', (c) => process.stdout.write(c))
+          .on('end', resolve)
+          .on('error', reject);
+      });
+      offset = size;
+    }
+    if (!follow) return;
+    const live = (await Sandbox.get(sandbox.id)).status;
+    if (live !== 'running' && live !== 'creating' && live !== 'stopping') return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function parseEnv(pairs: string[]): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const p of pairs) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `-e ${p}: expected NAME=VALUE`);
+    env[p.slice(0, eq)] = p.slice(eq + 1);
+  }
+  return env;
+}
+
+function int(flag: string): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} takes a whole number, not "${v}"`);
+    return n;
+  };
+}
+
+function table(rows: SandboxInfo[]): string {
+  const head = ['ID', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED'];
+  const body = rows.map((s) => [s.id, s.status, String(s.cpus), `${s.memoryMiB}MiB`, s.accel, ago(s.createdAt), s.detached ? 'yes' : 'no']);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
+  return [head, ...body].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+function ago(iso: string): string {
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.round(s / 60)}m ago`;
+  if (s < 86400) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86400)}d ago`;
+}

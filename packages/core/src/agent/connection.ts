@@ -1,0 +1,511 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import {
+  CONTROL_STREAM, DEFAULT_WINDOW, Fd, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, MAX_STREAMS, MessageType, ProtocolError, VERSION,
+  decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeStarted,
+  encodeCredit, encodeData, encodeEof, encodeExec, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal,
+  type AgentHello, type ExecExit, type ExecRequest, type Frame, type WireError,
+} from '@roost/protocol';
+import { RoostError } from '../errors.js';
+
+/** How long the agent may stay silent while the host waits on it before a PING goes out. */
+const KEEPALIVE_IDLE_MS = 5_000;
+/** How long a PING may go unanswered before the agent is declared unresponsive. */
+const KEEPALIVE_TIMEOUT_MS = 30_000;
+/** Bytes we accept before the handshake completes (stale output of an earlier connection). */
+const MAX_PREHANDSHAKE = 8 << 20;
+/** Largest HELLO we will believe. */
+const MAX_HELLO = 1024;
+
+export interface ConnectOptions {
+  /** HELLO flags (see HelloFlags). */
+  flags: number;
+  /** Gives up after this long (the boot timeout on a fresh VM). */
+  timeoutMs: number;
+  signal?: AbortSignal | undefined;
+  /** Stops retrying once this reports true (the VM has exited). */
+  vmExited?: () => boolean;
+}
+
+/** Callbacks of one exec stream. All are called in frame order. */
+export interface ExecListener {
+  started(pid: number): void;
+  data(fd: Fd, chunk: Uint8Array): void;
+  eof(fd: Fd): void;
+  exit(exit: ExecExit): void;
+  /** The stream failed: an agent ERROR on it, or the connection ended. Nothing follows. */
+  failed(err: RoostError): void;
+}
+
+/**
+ * The host end of one connection to a guest agent (docs/PROTOCOL.md).
+ *
+ * Everything the guest sends is untrusted: frame sizes, stream ids, credit and
+ * payloads are checked, and any violation ends the connection with a
+ * 'violation' event rather than an exception in the caller. Emits 'close'
+ * (once, with the reason) when the connection is gone for any reason.
+ */
+export class AgentConnection extends EventEmitter {
+  readonly hello: AgentHello;
+  #socket: Socket;
+  #decoder = new FrameDecoder();
+  #streams = new Map<number, ExecChannel>();
+  /** Ids of streams the host gave up on: late frames for them are dropped, not violations. */
+  #abandoned = new Set<number>();
+  #nextStream = 1;
+  #closed: RoostError | null = null;
+  #pings = new Map<string, () => void>();
+  #lastHeard = Date.now();
+  #keepalive: NodeJS.Timeout;
+  #pingSentAt = 0;
+
+  private constructor(socket: Socket, hello: AgentHello, rest: Buffer) {
+    super();
+    this.#socket = socket;
+    this.hello = hello;
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('error', () => {});
+    socket.on('close', () => this.#end(new RoostError('AGENT', 'the guest agent connection closed (the VM stopped or the agent died)')));
+    this.#keepalive = setInterval(() => this.#checkLiveness(), 1_000);
+    this.#keepalive.unref();
+    this.#updateRef();
+    if (rest.length > 0) this.#onData(rest);
+  }
+
+  /**
+   * Connects to the agent socket QEMU listens on and performs the handshake.
+   * Retries until the socket accepts; the agent answers once the guest has
+   * booted, so this also waits for the boot.
+   */
+  static async connect(path: string, options: ConnectOptions): Promise<AgentConnection> {
+    const deadline = Date.now() + options.timeoutMs;
+    const nonce = randomBytes(16);
+    const socket = await connectSocket(path, deadline, options);
+    try {
+      socket.write(
+        encodeHostHello({ version: VERSION, flags: options.flags, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: randomBytes(64), nonce }),
+      );
+      const { hello, rest } = await awaitHello(socket, nonce, deadline, options);
+      if (hello.version !== VERSION) {
+        throw new RoostError('AGENT', `the guest agent speaks protocol version ${hello.version}, this host ${VERSION}: run \`roost setup\` to rebuild the agent`);
+      }
+      return new AgentConnection(socket, hello, rest);
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    }
+  }
+
+  /** The reason the connection ended, or null while it is open. */
+  get closedReason(): RoostError | null {
+    return this.#closed;
+  }
+
+  /** Opens an exec stream. Throws INVALID_ARGUMENT when the request does not fit one frame. */
+  exec(request: ExecRequest, listener: ExecListener): ExecChannel {
+    if (this.#closed) throw this.#closed;
+    if (this.#streams.size >= MAX_STREAMS) {
+      throw new RoostError('INVALID_STATE', `this sandbox already runs ${MAX_STREAMS} commands over one connection; wait for some to finish`);
+    }
+    const id = this.#allocStream();
+    const window = request.window ?? DEFAULT_WINDOW;
+    let frame: Buffer;
+    try {
+      frame = encodeExec(id, { ...request, window });
+    } catch (e) {
+      throw new RoostError('INVALID_ARGUMENT', (e as Error).message, { cause: e });
+    }
+    const channel = new ExecChannel(this, id, window, listener);
+    this.#streams.set(id, channel);
+    this.#updateRef();
+    this.#socket.write(frame);
+    return channel;
+  }
+
+  /** Sends PING and resolves with the round trip in ms. */
+  ping(timeoutMs = 5_000): Promise<number> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    const payload = randomBytes(8);
+    const key = payload.toString('hex');
+    const start = performance.now();
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pings.delete(key);
+        reject(new RoostError('TIMEOUT', `the guest agent did not answer a ping within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(key, () => {
+        clearTimeout(timer);
+        resolve(performance.now() - start);
+      });
+      this.#socket.write(encodePing(payload));
+    });
+  }
+
+  /** Asks the agent to power the VM off. */
+  poweroff(): void {
+    if (!this.#closed) this.#socket.write(encodePoweroff());
+  }
+
+  /** Closes the connection (the agent sees a disconnect). */
+  close(): void {
+    this.#socket.destroy();
+    this.#end(new RoostError('AGENT', 'the connection to the guest agent was closed by the host'));
+  }
+
+  // ---- used by ExecChannel ---------------------------------------------------
+
+  /** @internal */
+  send(frame: Buffer): boolean {
+    if (this.#closed) return false;
+    return this.#socket.write(frame);
+  }
+
+  /** @internal Waits until the socket's write buffer drains (stdin backpressure). */
+  drained(): Promise<void> {
+    if (this.#closed || !this.#socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.#socket.off('drain', done);
+        this.#socket.off('close', done);
+        resolve();
+      };
+      this.#socket.once('drain', done);
+      this.#socket.once('close', done);
+    });
+  }
+
+  /** @internal */
+  release(id: number, abandoned: boolean): void {
+    this.#streams.delete(id);
+    if (abandoned) {
+      this.#abandoned.add(id);
+      if (this.#abandoned.size > 4 * MAX_STREAMS) this.#abandoned.delete(this.#abandoned.values().next().value!);
+    }
+    this.#updateRef();
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  #allocStream(): number {
+    for (;;) {
+      const id = this.#nextStream;
+      this.#nextStream = this.#nextStream >= 0x7fffffff ? 1 : this.#nextStream + 1;
+      if (!this.#streams.has(id)) {
+        this.#abandoned.delete(id);
+        return id;
+      }
+    }
+  }
+
+  /** Keep the process alive only while commands run, so a script that forgets a sandbox still exits. */
+  #updateRef(): void {
+    if (this.#streams.size > 0 || this.#pings.size > 0) this.#socket.ref();
+    else this.#socket.unref();
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#closed) return;
+    this.#lastHeard = Date.now();
+    this.#pingSentAt = 0;
+    let frames: Frame[];
+    try {
+      frames = this.#decoder.push(chunk);
+    } catch (e) {
+      this.#violation((e as Error).message);
+      return;
+    }
+    for (const f of frames) {
+      try {
+        this.#dispatch(f);
+      } catch (e) {
+        if (e instanceof ProtocolError) this.#violation(e.message);
+        else this.#violation(`internal error handling a frame: ${(e as Error).message}`);
+        return;
+      }
+      if (this.#closed) return;
+    }
+  }
+
+  #dispatch(f: Frame): void {
+    if (f.stream === CONTROL_STREAM) {
+      switch (f.type) {
+        case MessageType.PONG: {
+          const done = this.#pings.get(Buffer.from(f.payload).toString('hex'));
+          if (done) {
+            this.#pings.delete(Buffer.from(f.payload).toString('hex'));
+            done();
+            this.#updateRef();
+          }
+          return;
+        }
+        case MessageType.ERROR:
+          this.emit('agent-error', decodeError(f.payload));
+          return;
+        case MessageType.HELLO:
+          return; // a duplicate answer; harmless
+        default:
+          throw new ProtocolError(`unexpected frame type 0x${f.type.toString(16)} on the control stream`);
+      }
+    }
+    const channel = this.#streams.get(f.stream);
+    if (!channel) {
+      if (this.#abandoned.has(f.stream)) return;
+      throw new ProtocolError(`frame type 0x${f.type.toString(16)} for stream ${f.stream}, which the host never opened`);
+    }
+    channel.handle(f);
+  }
+
+  #violation(reason: string): void {
+    const err = new RoostError('AGENT', `the guest broke the agent protocol (${reason}); the sandbox is marked failed`, { details: { violation: reason } });
+    this.emit('violation', err);
+    this.#socket.destroy();
+    this.#end(err);
+  }
+
+  #checkLiveness(): void {
+    if (this.#closed || this.#streams.size === 0) return;
+    const now = Date.now();
+    if (this.#pingSentAt === 0 && now - this.#lastHeard > KEEPALIVE_IDLE_MS) {
+      this.#pingSentAt = now;
+      this.#socket.write(encodePing(randomBytes(8)));
+    } else if (this.#pingSentAt !== 0 && now - this.#pingSentAt > KEEPALIVE_TIMEOUT_MS) {
+      const err = new RoostError('AGENT', `the guest agent has not answered for ${Math.round((now - this.#lastHeard) / 1000)} s; the sandbox is marked failed`);
+      this.emit('unresponsive', err);
+      this.#socket.destroy();
+      this.#end(err);
+    }
+  }
+
+  #end(reason: RoostError): void {
+    if (this.#closed) return;
+    this.#closed = reason;
+    clearInterval(this.#keepalive);
+    for (const ch of [...this.#streams.values()]) ch.fail(reason);
+    this.#streams.clear();
+    this.#pings.clear();
+    this.emit('close', reason);
+  }
+}
+
+/**
+ * One exec stream on a connection: credit bookkeeping in both directions and
+ * the frames that control the process.
+ */
+export class ExecChannel {
+  #conn: AgentConnection;
+  #listener: ExecListener;
+  /** Output bytes the agent may still send on fd 1 and fd 2 (what we granted minus what came). */
+  #outCredit: [number, number];
+  #stdinCredit = 0;
+  #stdinWaiters: (() => void)[] = [];
+  #started = false;
+  #done = false;
+
+  constructor(conn: AgentConnection, readonly id: number, window: number, listener: ExecListener) {
+    this.#conn = conn;
+    this.#listener = listener;
+    this.#outCredit = [window, window];
+  }
+
+  /** @internal */
+  handle(f: Frame): void {
+    switch (f.type) {
+      case MessageType.STARTED: {
+        if (this.#started) throw new ProtocolError(`second STARTED on stream ${this.id}`);
+        const s = decodeStarted(f.payload);
+        this.#started = true;
+        this.#addStdinCredit(s.stdinWindow);
+        this.#listener.started(s.pid);
+        return;
+      }
+      case MessageType.DATA: {
+        const { fd, data } = decodeData(f.payload);
+        if (fd === Fd.STDIN) throw new ProtocolError('the agent sent DATA on fd 0');
+        const idx = fd - 1;
+        if (data.length > this.#outCredit[idx]!) {
+          throw new ProtocolError(`stream ${this.id} fd ${fd}: ${data.length} bytes sent with ${this.#outCredit[idx]} credit`);
+        }
+        this.#outCredit[idx]! -= data.length;
+        if (data.length > 0) this.#listener.data(fd, data);
+        return;
+      }
+      case MessageType.EOF: {
+        const fd = decodeEof(f.payload);
+        if (fd !== Fd.STDIN) this.#listener.eof(fd);
+        return;
+      }
+      case MessageType.CREDIT: {
+        const c = decodeCredit(f.payload);
+        if (c.fd !== Fd.STDIN) throw new ProtocolError('the agent granted credit for an output fd');
+        this.#addStdinCredit(c.bytes);
+        return;
+      }
+      case MessageType.EXIT: {
+        const exit = decodeExit(f.payload);
+        this.#finish(false);
+        this.#listener.exit(exit);
+        return;
+      }
+      case MessageType.ERROR: {
+        const e: WireError = decodeError(f.payload);
+        this.#finish(false);
+        this.#listener.failed(new RoostError('AGENT', `the guest agent refused the command: ${e.message || `error code ${e.code}`}`, { details: { agentCode: e.code } }));
+        return;
+      }
+      default:
+        throw new ProtocolError(`unexpected frame type 0x${f.type.toString(16)} on exec stream ${this.id}`);
+    }
+  }
+
+  /** Grants the agent `bytes` more output on `fd` (call as the consumer takes data). */
+  grant(fd: Fd, bytes: number): void {
+    if (this.#done || bytes <= 0) return;
+    this.#outCredit[fd - 1]! += bytes;
+    this.#conn.send(encodeCredit(this.id, fd, bytes));
+  }
+
+  /** Writes stdin, waiting for credit from the agent (backpressure from the process). */
+  async writeStdin(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) {
+      if (this.#done) throw new RoostError('INVALID_STATE', 'the command has exited; its stdin is closed');
+      if (this.#stdinCredit === 0) {
+        await new Promise<void>((r) => this.#stdinWaiters.push(r));
+        continue;
+      }
+      const n = Math.min(this.#stdinCredit, data.length - off, MAX_PAYLOAD - 1);
+      this.#stdinCredit -= n;
+      this.#conn.send(encodeData(this.id, Fd.STDIN, data.subarray(off, off + n)));
+      off += n;
+      await this.#conn.drained();
+    }
+  }
+
+  closeStdin(): void {
+    if (!this.#done) this.#conn.send(encodeEof(this.id, Fd.STDIN));
+  }
+
+  signal(signo: number): void {
+    if (!this.#done) this.#conn.send(encodeSignal(this.id, signo));
+  }
+
+  resize(rows: number, cols: number): void {
+    if (!this.#done) this.#conn.send(encodeResize(this.id, rows, cols));
+  }
+
+  /** The host stops caring about this stream (late frames are dropped). */
+  abandon(): void {
+    this.#finish(true);
+  }
+
+  /** @internal The connection ended under this stream. */
+  fail(err: RoostError): void {
+    if (this.#done) return;
+    this.#finish(false);
+    this.#listener.failed(err);
+  }
+
+  get done(): boolean {
+    return this.#done;
+  }
+
+  #addStdinCredit(n: number): void {
+    this.#stdinCredit = Math.min(this.#stdinCredit + n, 0x7fffffff);
+    for (const w of this.#stdinWaiters.splice(0)) w();
+  }
+
+  #finish(abandoned: boolean): void {
+    if (this.#done) return;
+    this.#done = true;
+    for (const w of this.#stdinWaiters.splice(0)) w();
+    this.#conn.release(this.id, abandoned);
+  }
+}
+
+// ---- connect + handshake ------------------------------------------------------
+
+async function connectSocket(path: string, deadline: number, options: ConnectOptions): Promise<Socket> {
+  for (let delay = 2; ; delay = Math.min(delay * 2, 25)) {
+    if (options.signal?.aborted) throw new RoostError('ABORTED', 'connecting to the guest agent was aborted', { cause: options.signal.reason });
+    if (options.vmExited?.()) throw new RoostError('BOOT_FAILED', 'the VM exited before its agent socket accepted a connection');
+    if (Date.now() > deadline) throw new RoostError('TIMEOUT', `the agent socket ${path} did not accept a connection in time`);
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path);
+        s.once('connect', () => {
+          s.off('error', reject);
+          // Errors surface as 'close'; a reset during the handshake must not be an uncaught exception.
+          s.on('error', () => {});
+          resolve(s);
+        });
+        s.once('error', reject);
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw new RoostError('AGENT', `cannot connect to ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+/**
+ * Reads until the agent's HELLO carrying our nonce arrives. Anything before it
+ * (output queued for an earlier connection) is skipped by scanning for a
+ * plausible HELLO header whose payload holds the nonce.
+ */
+function awaitHello(socket: Socket, nonce: Buffer, deadline: number, options: ConnectOptions): Promise<{ hello: AgentHello; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const cleanup = () => {
+      clearTimeout(timer);
+      clearInterval(exitPoll);
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      options.signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (e: RoostError) => {
+      cleanup();
+      reject(e);
+    };
+    const onData = (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      const found = findHello(buf, nonce);
+      if (found) {
+        cleanup();
+        socket.pause();
+        resolve(found);
+        queueMicrotask(() => socket.resume());
+      } else if (buf.length > MAX_PREHANDSHAKE) {
+        fail(new RoostError('AGENT', `the guest sent ${buf.length} bytes without a valid handshake`));
+      }
+    };
+    const onClose = () => fail(new RoostError('BOOT_FAILED', 'the VM closed the agent connection before the agent answered'));
+    const onAbort = () => fail(new RoostError('ABORTED', 'waiting for the guest agent was aborted', { cause: options.signal?.reason }));
+    const timer = setTimeout(
+      () => fail(new RoostError('TIMEOUT', 'the guest agent did not answer the handshake in time')),
+      Math.max(0, deadline - Date.now()),
+    );
+    const exitPoll = setInterval(() => {
+      if (options.vmExited?.()) fail(new RoostError('BOOT_FAILED', 'the VM exited before its agent answered'));
+    }, 20);
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function findHello(buf: Buffer, nonce: Buffer): { hello: AgentHello; rest: Buffer } | null {
+  for (let s = 0; s + HEADER_SIZE <= buf.length; s++) {
+    if (buf[s + 8] !== MessageType.HELLO || buf.readUInt32BE(s + 4) !== CONTROL_STREAM) continue;
+    const length = buf.readUInt32BE(s);
+    if (length < 5 || length > MAX_HELLO || s + 4 + length > buf.length) continue;
+    try {
+      const hello = decodeAgentHello(buf.subarray(s + HEADER_SIZE, s + 4 + length));
+      if (hello.nonce.equals(nonce)) return { hello, rest: Buffer.from(buf.subarray(s + 4 + length)) };
+    } catch {
+      // not a HELLO after all; keep scanning
+    }
+  }
+  return null;
+}

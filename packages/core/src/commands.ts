@@ -1,0 +1,372 @@
+import { constants as osConstants } from 'node:os';
+import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
+import { z } from 'zod';
+import type { AgentConnection, ExecChannel } from './agent/connection.js';
+import { abortError, RoostError } from './errors.js';
+import { parseOptions } from './validate.js';
+
+/** Output callback: receives text as it arrives (a promise it returns applies backpressure). */
+export type OutputCallback = (data: string) => void | Promise<void>;
+
+/** Options of `commands.run` and `commands.start`. */
+export interface RunOptions {
+  /** Arguments: with them, `cmd` is the program itself and no shell is involved. */
+  args?: string[];
+  /** Environment, added to the sandbox's. */
+  env?: Record<string, string>;
+  /** Working directory (default `/`). */
+  cwd?: string;
+  /** `root` (default), a user name, a uid, `uid:gid` or `name:group`. */
+  user?: string | number;
+  /** Standard input: all of it is written, then stdin is closed. Without it, stdin is /dev/null (unless `start` is asked for `stdin: true`). */
+  stdin?: string | Uint8Array | AsyncIterable<Uint8Array | string> | boolean;
+  /** Run on a pseudo-terminal (stdout and stderr merge). */
+  pty?: boolean | { rows?: number; cols?: number };
+  onStdout?: OutputCallback;
+  onStderr?: OutputCallback;
+  /** Kill the command after this long (the result is a TIMEOUT error). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** How a command ended. */
+export interface CommandResult {
+  /** The exit status; 128 + n when signal n ended the process (as shells report it). */
+  exitCode: number;
+  /** The signal that ended the process, if one did. */
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+const runOptionsSchema = z
+  .object({
+    args: z.array(z.string()).optional(),
+    env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
+    cwd: z.string().min(1).optional(),
+    user: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
+    stdin: z.any().optional(),
+    pty: z.union([z.boolean(), z.object({ rows: z.number().int().min(1).max(65535).optional(), cols: z.number().int().min(1).max(65535).optional() })]).optional(),
+    onStdout: z.function().optional(),
+    onStderr: z.function().optional(),
+    timeoutMs: z.number().int().positive().max(0xffffffff).optional(),
+    signal: z.instanceof(AbortSignal).optional(),
+  })
+  .strict();
+
+/** Output window granted per fd: enough to keep the channel busy, small enough to bound memory. */
+const OUTPUT_WINDOW = 1 << 20;
+/** Host-side grace after the agent should have enforced a timeout. */
+const TIMEOUT_GRACE_MS = 5_000;
+
+/**
+ * One output stream of a running command. Chunks go to the callback (if any),
+ * then to an iterator (if one is attached) with credit granted as it consumes
+ * them, or into the collected result with credit granted at once.
+ */
+class OutputStream implements AsyncIterable<Uint8Array> {
+  #queue: Uint8Array[] = [];
+  #collected: Uint8Array[] = [];
+  #collecting = false;
+  #iterating = false;
+  #ended = false;
+  #error: RoostError | null = null;
+  #wake: (() => void) | null = null;
+  #decoder = new TextDecoder();
+  #callbackChain: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly fd: Fd,
+    private readonly grant: (fd: Fd, n: number) => void,
+    private readonly callback: OutputCallback | undefined,
+  ) {}
+
+  push(chunk: Uint8Array): void {
+    if (this.callback) {
+      const text = this.#decoder.decode(chunk, { stream: true });
+      const cb = this.callback;
+      this.#callbackChain = this.#callbackChain.then(() => cb(text)).catch(() => {});
+    }
+    if (this.#iterating) {
+      this.#queue.push(chunk);
+      this.#wake?.();
+    } else if (this.#collecting || this.callback) {
+      this.#collected.push(chunk);
+      // With a callback, credit waits for it: a slow callback slows the command.
+      void this.#callbackChain.then(() => this.grant(this.fd, chunk.length));
+    } else {
+      this.#queue.push(chunk);
+    }
+  }
+
+  end(err: RoostError | null = null): void {
+    this.#ended = true;
+    this.#error = err;
+    if (this.callback) {
+      const tail = this.#decoder.decode();
+      if (tail) {
+        const cb = this.callback;
+        this.#callbackChain = this.#callbackChain.then(() => cb(tail)).catch(() => {});
+      }
+    }
+    this.#wake?.();
+  }
+
+  /** Collect everything not consumed by an iterator (used by wait()). */
+  collect(): void {
+    if (this.#iterating || this.#collecting) return;
+    this.#collecting = true;
+    const queued = this.#queue.splice(0);
+    this.#collected.push(...queued);
+    const bytes = queued.reduce((n, c) => n + c.length, 0);
+    if (bytes > 0) this.grant(this.fd, bytes);
+  }
+
+  /** Collected output as text, after callbacks have run. */
+  async text(): Promise<string> {
+    await this.#callbackChain;
+    return Buffer.concat(this.#collected).toString('utf8');
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    if (this.#iterating || this.#collecting) throw new RoostError('INVALID_STATE', 'this output stream is already being read');
+    this.#iterating = true;
+    for (;;) {
+      const chunk = this.#queue.shift();
+      if (chunk) {
+        this.grant(this.fd, chunk.length);
+        yield chunk;
+        continue;
+      }
+      if (this.#ended) {
+        if (this.#error) throw this.#error;
+        return;
+      }
+      await new Promise<void>((r) => (this.#wake = r));
+      this.#wake = null;
+    }
+  }
+}
+
+/**
+ * A command running in a sandbox. Read `stdout` / `stderr` as async
+ * iterables (backpressure reaches the process), write stdin, signal it, and
+ * `wait()` for its result.
+ */
+export class CommandHandle implements AsyncDisposable {
+  /** The process id inside the guest. */
+  readonly pid: number;
+  readonly stdout: AsyncIterable<Uint8Array>;
+  readonly stderr: AsyncIterable<Uint8Array>;
+  #channel: ExecChannel;
+  #result: Promise<CommandResult>;
+  #exited = false;
+
+  /** @internal */
+  constructor(pid: number, channel: ExecChannel, out: OutputStream, err: OutputStream, exit: Promise<ExecExit>, description: string) {
+    this.pid = pid;
+    this.#channel = channel;
+    this.stdout = out;
+    this.stderr = err;
+    this.#result = exit.then(
+      async (e) => {
+        this.#exited = true;
+        out.collect();
+        err.collect();
+        const [stdout, stderr] = await Promise.all([out.text(), err.text()]);
+        if (e.timedOut) {
+          throw new RoostError('TIMEOUT', `${description} timed out and was killed`, { details: { stdout, stderr } });
+        }
+        const signal = e.signal === null ? null : signalName(e.signal);
+        return { exitCode: e.exitCode ?? 128 + (e.signal ?? 0), signal, stdout, stderr };
+      },
+      (e: unknown) => {
+        this.#exited = true;
+        throw e;
+      },
+    );
+    this.#result.catch(() => {});
+  }
+
+  /** True once the process has exited (or the sandbox went away). */
+  get exited(): boolean {
+    return this.#exited;
+  }
+
+  /** Waits for the process to exit. Output not read through the iterables is collected into the result. */
+  wait(): Promise<CommandResult> {
+    (this.stdout as OutputStream).collect();
+    (this.stderr as OutputStream).collect();
+    return this.#result;
+  }
+
+  /** Writes to the process's stdin (start it with `stdin: true`). Resolves when the agent has room for more. */
+  async write(data: string | Uint8Array): Promise<void> {
+    await this.#channel.writeStdin(typeof data === 'string' ? Buffer.from(data) : data);
+  }
+
+  /** Closes the process's stdin. */
+  closeStdin(): void {
+    this.#channel.closeStdin();
+  }
+
+  /** Sends a signal to the command's process group (default SIGKILL). */
+  kill(signal: NodeJS.Signals | number = 'SIGKILL'): void {
+    const signo = typeof signal === 'number' ? signal : osConstants.signals[signal];
+    if (signo === undefined || !Number.isInteger(signo) || signo < 1 || signo > 64) {
+      throw new RoostError('INVALID_ARGUMENT', `unknown signal ${String(signal)}`);
+    }
+    this.#channel.signal(signo);
+  }
+
+  /** Sets the terminal size of a PTY command. */
+  resize(size: { rows: number; cols: number }): void {
+    if (!Number.isInteger(size.rows) || !Number.isInteger(size.cols) || size.rows < 1 || size.cols < 1 || size.rows > 65535 || size.cols > 65535) {
+      throw new RoostError('INVALID_ARGUMENT', `invalid terminal size ${size.rows}x${size.cols}`);
+    }
+    this.#channel.resize(size.rows, size.cols);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.#exited) {
+      this.kill('SIGKILL');
+      await this.#result.catch(() => {});
+    }
+  }
+}
+
+/** The commands API of a sandbox (`sandbox.commands`). */
+export class Commands {
+  /** @internal */
+  constructor(
+    private readonly connection: () => Promise<AgentConnection>,
+    private readonly defaults: { env: Record<string, string> },
+    private readonly onFailure: (err: RoostError) => void,
+  ) {}
+
+  /**
+   * Runs a command to completion and returns its exit code and output.
+   * Without `args`, `cmd` is a shell command line (`/bin/sh -c cmd`).
+   * A non-zero exit is a result, not an error; a timeout is a TIMEOUT error.
+   */
+  async run(cmd: string | string[], options: RunOptions = {}): Promise<CommandResult> {
+    const handle = await this.start(cmd, options);
+    return handle.wait();
+  }
+
+  /** Starts a command and returns once it runs. */
+  async start(cmd: string | string[], options: RunOptions = {}): Promise<CommandHandle> {
+    const opts = parseOptions(runOptionsSchema, options, 'command options') as RunOptions;
+    const argv = commandArgv(cmd, opts.args);
+    const description = `command ${JSON.stringify(argv.join(' ').slice(0, 80))}`;
+    if (opts.signal?.aborted) throw abortError(opts.signal, description);
+    const conn = await this.connection();
+
+    const ptySize = typeof opts.pty === 'object' ? opts.pty : {};
+    const request: ExecRequest = {
+      args: argv,
+      env: Object.entries({ ...this.defaults.env, ...opts.env }).map(([k, v]) => `${k}=${v}`),
+      cwd: opts.cwd ?? '/',
+      stdin: opts.stdin !== undefined && opts.stdin !== false,
+      window: OUTPUT_WINDOW,
+    };
+    if (opts.user !== undefined) request.user = String(opts.user);
+    if (opts.timeoutMs !== undefined) request.timeoutMs = opts.timeoutMs;
+    if (opts.pty) {
+      request.pty = true;
+      request.rows = ptySize.rows ?? 24;
+      request.cols = ptySize.cols ?? 80;
+    }
+
+    // Assigned once conn.exec returns; the callbacks below run only after that.
+    // eslint-disable-next-line prefer-const
+    let channel!: ExecChannel;
+    const grant = (fd: Fd, n: number) => channel.grant(fd, n);
+    const out = new OutputStream(Fd.STDOUT, grant, opts.onStdout);
+    const err = new OutputStream(Fd.STDERR, grant, opts.onStderr);
+    let onStarted!: (pid: number) => void;
+    let onStartFailed!: (e: RoostError) => void;
+    const started = new Promise<number>((res, rej) => ((onStarted = res), (onStartFailed = rej)));
+    let onExit!: (e: ExecExit) => void;
+    let onExitFailed!: (e: RoostError) => void;
+    const exit = new Promise<ExecExit>((res, rej) => ((onExit = res), (onExitFailed = rej)));
+    exit.catch(() => {});
+
+    channel = conn.exec(request, {
+      started: (pid) => onStarted(pid),
+      data: (fd, chunk) => (fd === Fd.STDOUT ? out : err).push(chunk),
+      eof: (fd) => (fd === Fd.STDOUT ? out : err).end(),
+      exit: (e) => {
+        out.end();
+        err.end();
+        onExit(e);
+      },
+      failed: (e) => {
+        out.end(e);
+        err.end(e);
+        onStartFailed(e);
+        onExitFailed(e);
+        if (e.code === 'AGENT' && conn.closedReason) this.onFailure(e);
+      },
+    });
+
+    // Cancellation: an abort kills the process; the host-side timer backs up the agent's own timeout.
+    const cleanups: (() => void)[] = [];
+    if (opts.signal) {
+      const onAbort = () => {
+        channel.signal(osConstants.signals.SIGKILL);
+        const e = abortError(opts.signal!, description);
+        channel.abandon();
+        out.end(e);
+        err.end(e);
+        onStartFailed(e);
+        onExitFailed(e);
+      };
+      opts.signal.addEventListener('abort', onAbort, { once: true });
+      cleanups.push(() => opts.signal!.removeEventListener('abort', onAbort));
+    }
+    if (opts.timeoutMs !== undefined) {
+      const timer = setTimeout(() => {
+        channel.signal(osConstants.signals.SIGKILL);
+        channel.abandon();
+        const e = new RoostError('TIMEOUT', `${description} did not end within ${opts.timeoutMs} ms and the guest did not stop it`);
+        out.end(e);
+        err.end(e);
+        onExitFailed(e);
+      }, opts.timeoutMs + TIMEOUT_GRACE_MS);
+      timer.unref();
+      cleanups.push(() => clearTimeout(timer));
+    }
+    exit.finally(() => cleanups.forEach((c) => c())).catch(() => {});
+
+    const pid = await started;
+    const handle = new CommandHandle(pid, channel, out, err, exit, description);
+    if (opts.stdin !== undefined && typeof opts.stdin !== 'boolean') void pumpStdin(handle, channel, opts.stdin);
+    return handle;
+  }
+}
+
+async function pumpStdin(handle: CommandHandle, channel: ExecChannel, input: string | Uint8Array | AsyncIterable<Uint8Array | string>): Promise<void> {
+  try {
+    if (typeof input === 'string' || input instanceof Uint8Array) await handle.write(input);
+    else for await (const chunk of input) await handle.write(chunk);
+    channel.closeStdin();
+  } catch {
+    // The process exited before reading all of its input, like a closed pipe.
+  }
+}
+
+function commandArgv(cmd: string | string[], args: string[] | undefined): string[] {
+  if (Array.isArray(cmd)) {
+    if (cmd.length === 0 || cmd.some((a) => typeof a !== 'string')) throw new RoostError('INVALID_ARGUMENT', 'cmd: a non-empty array of strings is required');
+    if (args) throw new RoostError('INVALID_ARGUMENT', 'args: give arguments either in the cmd array or in args, not both');
+    return cmd;
+  }
+  if (typeof cmd !== 'string' || cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'cmd: a non-empty command is required');
+  return args ? [cmd, ...args] : ['/bin/sh', '-c', cmd];
+}
+
+function signalName(signo: number): NodeJS.Signals | null {
+  for (const [name, n] of Object.entries(osConstants.signals)) if (n === signo) return name as NodeJS.Signals;
+  return null;
+}

@@ -1,0 +1,24 @@
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+/**
+ * The Roost home: caches (kernel, agent, root filesystems) and one directory
+ * per sandbox. `$ROOST_HOME`, else `~/.roost`.
+ */
+export function roostHome(explicit?: string): string {
+  return resolve(explicit ?? process.env.ROOST_HOME ?? join(homedir(), '.roost'));
+}
+
+/** Paths under one Roost home. */
+export class HomeLayout {
+  constructor(readonly root: string) {}
+  get cache(): string {
+    return join(this.root, 'cache');
+  }
+  get sandboxes(): string {
+    return join(this.root, 'sandboxes');
+  }
+  sandbox(id: string): string {
+    return join(this.sandboxes, id);
+  }
+}

@@ -1,0 +1,396 @@
+import { randomBytes } from 'node:crypto';
+import { cpus as hostCpus, totalmem } from 'node:os';
+import { mkdir, readFile, rename, rm, writeFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HelloFlags } from '@roost/protocol';
+import { z } from 'zod';
+import { AgentConnection } from './agent/connection.js';
+import { loadAssets, type Assets } from './assets.js';
+import { Commands } from './commands.js';
+import { abortError, RoostError } from './errors.js';
+import { HomeLayout, roostHome } from './home.js';
+import { parseOptions } from './validate.js';
+import { chooseAccel, type Accel } from './vmm/accel.js';
+import { isOurQemu, QemuVmm } from './vmm/qemu.js';
+import type { VmHandle, Vmm } from './vmm/types.js';
+
+/** Lifecycle of a sandbox. */
+export type SandboxStatus = 'creating' | 'running' | 'stopping' | 'stopped' | 'failed';
+
+/** What is recorded about a sandbox in `<home>/sandboxes/<id>/sandbox.json`. */
+export interface SandboxInfo {
+  id: string;
+  status: SandboxStatus;
+  createdAt: string;
+  cpus: number;
+  memoryMiB: number;
+  detached: boolean;
+  accel: Accel;
+  /** The QEMU process, while one runs. */
+  pid: number | null;
+  /** Environment given to every command. */
+  env: Record<string, string>;
+  /** Why the sandbox failed or stopped, when it did. */
+  reason?: string;
+  agentVersion?: string;
+}
+
+/** Options of `Sandbox.create`. */
+export interface SandboxOptions {
+  /** Virtual CPUs (default 1). */
+  cpus?: number;
+  /** Guest memory in MiB (default 256). */
+  memoryMiB?: number;
+  /** Environment for every command in the sandbox. */
+  env?: Record<string, string>;
+  /** Keep running after this process exits (default false: the VM dies with its owner, even on SIGKILL). */
+  detached?: boolean;
+  /** How long creation (boot included) may take before it fails (default 30 s). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Roost home (default $ROOST_HOME or ~/.roost). */
+  home?: string;
+}
+
+const MAX_CPUS = 16; // the guest kernel's NR_CPUS
+
+const sandboxOptionsSchema = z
+  .object({
+    cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
+    memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
+    env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
+    detached: z.boolean().optional(),
+    timeoutMs: z.number().int().positive().optional(),
+    signal: z.instanceof(AbortSignal).optional(),
+    home: z.string().min(1).optional(),
+  })
+  .strict();
+
+const ID_PATTERN = /^[0-9a-f]{12}$/;
+
+/**
+ * A microVM sandbox: a QEMU process booting the Roost kernel with the agent
+ * as PID 1. Run commands with `sandbox.commands`; end it with `stop()`,
+ * `kill()` or `await using`.
+ */
+export class Sandbox implements AsyncDisposable {
+  readonly id: string;
+  readonly commands: Commands;
+  #info: SandboxInfo;
+  #layout: HomeLayout;
+  #vm: VmHandle | null;
+  #conn: Promise<AgentConnection> | null = null;
+  #ownsConnection: boolean;
+  #ending = false;
+
+  private constructor(layout: HomeLayout, info: SandboxInfo, vm: VmHandle | null, ownsVm: boolean) {
+    this.id = info.id;
+    this.#info = info;
+    this.#layout = layout;
+    this.#vm = vm;
+    this.#ownsConnection = ownsVm && !info.detached;
+    this.commands = new Commands(() => this.#connection(), { env: info.env }, (e) => void this.#markFailed(e.message));
+    vm?.exited.then(() => this.#onVmExit());
+  }
+
+  /** Creates and boots a sandbox; resolves once its agent answers. */
+  static async create(options: SandboxOptions = {}): Promise<Sandbox> {
+    const opts = parseOptions(sandboxOptionsSchema, options, 'sandbox options') as SandboxOptions;
+    const layout = new HomeLayout(roostHome(opts.home));
+    const assets = await loadAssets(layout.root);
+    return Sandbox.#boot(layout, assets, opts, new QemuVmm());
+  }
+
+  /** Finds a sandbox by id (or a unique id prefix) in a Roost home and attaches to it. */
+  static async get(id: string, options: { home?: string } = {}): Promise<Sandbox> {
+    const layout = new HomeLayout(roostHome(options.home));
+    const fullId = await resolveId(layout, id);
+    const info = await readInfo(layout, fullId);
+    const vm = info.pid !== null ? new QemuVmm().attach(info.pid, layout.sandbox(fullId)) : null;
+    const sb = new Sandbox(layout, info, vm, false);
+    if (!vm && isLive(info.status)) await sb.#update({ status: 'stopped', pid: null, reason: 'the VM process is gone' });
+    return sb;
+  }
+
+  /** Lists the sandboxes of a Roost home, newest first, with their live status. */
+  static async list(options: { home?: string } = {}): Promise<SandboxInfo[]> {
+    const layout = new HomeLayout(roostHome(options.home));
+    const ids = await readdir(layout.sandboxes).catch(() => [] as string[]);
+    const infos: SandboxInfo[] = [];
+    for (const id of ids.filter((i) => ID_PATTERN.test(i))) {
+      const info = await readInfo(layout, id).catch(() => null);
+      if (!info) continue;
+      if (isLive(info.status) && (info.pid === null || !isOurQemu(info.pid, layout.sandbox(id)))) {
+        info.status = info.status === 'stopping' ? 'stopped' : 'failed';
+        info.reason ??= 'the VM process is gone (its owner exited or it crashed)';
+        info.pid = null;
+        await writeInfo(layout, info).catch(() => {});
+      }
+      infos.push(info);
+    }
+    return infos.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  }
+
+  /** A snapshot of what is recorded about this sandbox. */
+  get info(): SandboxInfo {
+    return { ...this.#info, env: { ...this.#info.env } };
+  }
+
+  get status(): SandboxStatus {
+    return this.#info.status;
+  }
+
+  /** The sandbox's directory: sockets, console log, config. */
+  get dir(): string {
+    return this.#layout.sandbox(this.id);
+  }
+
+  /** The guest's serial console log (kernel messages, agent diagnostics). */
+  get consoleLogPath(): string {
+    return join(this.dir, 'console.log');
+  }
+
+  /** Round trip to the agent in ms. */
+  async ping(timeoutMs = 5_000): Promise<number> {
+    return (await this.#connection()).ping(timeoutMs);
+  }
+
+  /**
+   * Stops the sandbox: the agent ends its processes and powers the VM off;
+   * after `timeoutMs` (default 10 s) the VM is killed.
+   */
+  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    if (!this.#vm || this.#vm.hasExited) {
+      if (isLive(this.#info.status)) await this.#update({ status: 'stopped', pid: null });
+      return;
+    }
+    this.#ending = true;
+    await this.#update({ status: 'stopping' });
+    try {
+      const conn = await Promise.race([this.#connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
+      conn?.poweroff();
+    } catch {
+      // No agent to ask: the kill below ends it.
+    }
+    const exited = await Promise.race([this.#vm.waitForExit().then(() => true), sleep(timeoutMs).then(() => false)]);
+    if (!exited) {
+      this.#vm.kill();
+      await this.#vm.waitForExit();
+    }
+    this.#closeConnection();
+    await this.#update({ status: 'stopped', pid: null });
+  }
+
+  /** Kills the VM at once. */
+  async kill(): Promise<void> {
+    this.#ending = true;
+    if (this.#vm && !this.#vm.hasExited) {
+      this.#vm.kill();
+      await this.#vm.waitForExit();
+    }
+    this.#closeConnection();
+    if (isLive(this.#info.status)) await this.#update({ status: 'stopped', pid: null, reason: 'killed' });
+  }
+
+  /** Removes the sandbox and its directory. A running sandbox needs `force` (it is killed). */
+  async remove(options: { force?: boolean } = {}): Promise<void> {
+    if (this.#vm && !this.#vm.hasExited) {
+      if (!options.force) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is running: stop it first, or remove it with force`);
+      await this.kill();
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  /** Detaches from the sandbox without stopping it (only meaningful for detached sandboxes). */
+  disconnect(): void {
+    this.#closeConnection();
+  }
+
+  /** Ends the sandbox: a detached one is only disconnected; any other is killed and removed. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#info.detached) this.disconnect();
+    else await this.remove({ force: true });
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  static async #boot(layout: HomeLayout, assets: Assets, opts: SandboxOptions, vmm: Vmm): Promise<Sandbox> {
+    const id = randomBytes(6).toString('hex');
+    const dir = layout.sandbox(id);
+    const accel = chooseAccel();
+    const info: SandboxInfo = {
+      id,
+      status: 'creating',
+      createdAt: new Date().toISOString(),
+      cpus: opts.cpus ?? 1,
+      memoryMiB: opts.memoryMiB ?? 256,
+      detached: opts.detached ?? false,
+      accel,
+      pid: null,
+      env: opts.env ?? {},
+    };
+    if (info.cpus > hostCpus().length && accel === 'kvm') {
+      throw new RoostError('INVALID_ARGUMENT', `cpus: ${info.cpus} requested, the host has ${hostCpus().length}`);
+    }
+    await mkdir(dir, { recursive: true });
+    // Written before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
+    await writeInfo(layout, info);
+
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
+    let vm: VmHandle | null = null;
+    try {
+      if (signal.aborted) throw abortError(signal, 'sandbox creation');
+      vm = await vmm.start({
+        id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
+        rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: info.detached, accel,
+      });
+      info.pid = vm.pid;
+      await writeInfo(layout, info);
+      const runningVm = vm;
+      const conn = await AgentConnection.connect(vm.paths.agentSocket, {
+        flags: info.detached ? 0 : HelloFlags.POWEROFF_ON_DISCONNECT,
+        timeoutMs,
+        signal,
+        vmExited: () => runningVm.hasExited,
+      });
+      info.status = 'running';
+      info.agentVersion = conn.hello.agentVersion;
+      await writeInfo(layout, info);
+      const sb = new Sandbox(layout, info, vm, true);
+      sb.#adopt(Promise.resolve(conn));
+      return sb;
+    } catch (e) {
+      vm?.kill();
+      await vm?.waitForExit();
+      const err = await bootError(e, dir, timeoutMs, signal);
+      info.status = 'failed';
+      info.pid = null;
+      info.reason = err.message.split('\n')[0];
+      await writeInfo(layout, info).catch(() => {});
+      throw err;
+    }
+  }
+
+  #connection(): Promise<AgentConnection> {
+    if (this.#conn) return this.#conn;
+    if (!this.#vm || this.#vm.hasExited || !isLive(this.#info.status)) {
+      return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}${this.#info.reason ? ` (${this.#info.reason})` : ''}`));
+    }
+    const vm = this.#vm;
+    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs: 10_000, vmExited: () => vm.hasExited });
+    this.#adopt(conn);
+    return conn;
+  }
+
+  #adopt(conn: Promise<AgentConnection>): void {
+    this.#conn = conn;
+    conn.then(
+      (c) => {
+        const onBad = (e: RoostError) => {
+          // A hostile or broken guest: it gets no second chance.
+          this.#vm?.kill();
+          void this.#markFailed(e.message);
+        };
+        c.on('violation', onBad);
+        c.on('unresponsive', onBad);
+        c.on('close', () => {
+          if (this.#conn === conn) this.#conn = null;
+          if (!this.#ending && this.#ownsConnection && !c.closedReason?.message.includes('closed by the host')) {
+            void this.#markFailed('the guest agent went away');
+          }
+        });
+      },
+      () => {
+        if (this.#conn === conn) this.#conn = null;
+      },
+    );
+  }
+
+  #closeConnection(): void {
+    const conn = this.#conn;
+    this.#conn = null;
+    void conn?.then((c) => c.close()).catch(() => {});
+  }
+
+  async #markFailed(reason: string): Promise<void> {
+    if (this.#ending || this.#info.status === 'failed' || this.#info.status === 'stopped') return;
+    await this.#update({ status: 'failed', reason }).catch(() => {});
+  }
+
+  #onVmExit(): void {
+    if (this.#ending) return;
+    if (isLive(this.#info.status)) void this.#update({ status: 'failed', pid: null, reason: this.#info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)' }).catch(() => {});
+    else void this.#update({ pid: null }).catch(() => {});
+  }
+
+  async #update(patch: Partial<SandboxInfo>): Promise<void> {
+    Object.assign(this.#info, patch);
+    // A removed sandbox has no directory to write to.
+    await writeInfo(this.#layout, this.#info).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+  }
+}
+
+function isLive(status: SandboxStatus): boolean {
+  return status === 'creating' || status === 'running' || status === 'stopping';
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+async function readInfo(layout: HomeLayout, id: string): Promise<SandboxInfo> {
+  try {
+    return JSON.parse(await readFile(join(layout.sandbox(id), 'sandbox.json'), 'utf8')) as SandboxInfo;
+  } catch (cause) {
+    throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${layout.root} (see \`roost ps\`)`, { cause });
+  }
+}
+
+async function writeInfo(layout: HomeLayout, info: SandboxInfo): Promise<void> {
+  const path = join(layout.sandbox(info.id), 'sandbox.json');
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+  await writeFile(tmp, JSON.stringify(info, null, 2) + '\n');
+  await rename(tmp, path);
+}
+
+async function resolveId(layout: HomeLayout, id: string): Promise<string> {
+  if (!/^[0-9a-f]{1,12}$/.test(id)) throw new RoostError('INVALID_ARGUMENT', `"${id}" is not a sandbox id (12 hex digits, or a unique prefix)`);
+  const ids = (await readdir(layout.sandboxes).catch(() => [] as string[])).filter((i) => ID_PATTERN.test(i) && i.startsWith(id));
+  if (ids.length === 0) throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${layout.root} (see \`roost ps\`)`);
+  if (ids.length > 1) throw new RoostError('INVALID_ARGUMENT', `"${id}" matches ${ids.length} sandboxes: give more of the id`);
+  return ids[0]!;
+}
+
+/** Turns a boot failure into BOOT_FAILED (or TIMEOUT / ABORTED) carrying the guest's last console lines. */
+async function bootError(e: unknown, dir: string, timeoutMs: number, signal: AbortSignal): Promise<RoostError> {
+  const consoleTail = await tail(join(dir, 'console.log'), 30);
+  const vmmTail = await tail(join(dir, 'qemu.log'), 10);
+  const details = { console: consoleTail, qemu: vmmTail, dir };
+  const shown = [vmmTail.length ? `QEMU said:\n  ${vmmTail.join('\n  ')}` : '', consoleTail.length ? `last console lines:\n  ${consoleTail.slice(-10).join('\n  ')}` : 'the guest printed nothing on its console']
+    .filter(Boolean)
+    .join('\n');
+  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT')) return e;
+  if (signal.aborted && !(signal.reason instanceof Error && signal.reason.name === 'TimeoutError')) {
+    return abortError(signal, 'sandbox creation');
+  }
+  const deadlineHit = signal.aborted && signal.reason instanceof Error && signal.reason.name === 'TimeoutError';
+  if ((e instanceof RoostError && e.code === 'TIMEOUT') || deadlineHit) {
+    return new RoostError('BOOT_FAILED', `the guest did not boot within ${timeoutMs} ms (raise timeoutMs on a loaded machine; see ${dir}/console.log)\n${shown}`, { cause: e, details });
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  return new RoostError('BOOT_FAILED', `the sandbox failed to boot: ${msg}\n${shown}`, { cause: e, details });
+}
+
+async function tail(path: string, lines: number): Promise<string[]> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim()).slice(-lines);
+  } catch {
+    return [];
+  }
+}

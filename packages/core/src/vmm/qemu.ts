@@ -1,0 +1,211 @@
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { RoostError } from '../errors.js';
+import { hostCpu } from './accel.js';
+import { QmpClient } from './qmp.js';
+import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths } from './types.js';
+
+export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
+
+/** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
+const TCG_TB_SIZE_MIB = 32;
+
+export function vmPaths(dir: string): VmPaths {
+  return {
+    agentSocket: join(dir, 'agent.sock'),
+    qmpSocket: join(dir, 'qmp.sock'),
+    consoleLog: join(dir, 'console.log'),
+    vmmLog: join(dir, 'qemu.log'),
+  };
+}
+
+/**
+ * The kernel command line. Under TCG the clock facts are given rather than
+ * measured: calibrating delay loops and the LAPIC timer against an emulated
+ * timer is slow and sometimes hangs (see DESIGN.md).
+ */
+export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'append'>, rootDevice: string | null): string {
+  const words = ['console=ttyS0', 'quiet', 'reboot=t', 'panic=-1', '8250.nr_uarts=1', 'no_timer_check'];
+  if (config.accel === 'tcg') {
+    const khz = hostCpu().tscKhz;
+    words.push(`tsc_early_khz=${khz}`, `lpj=${Math.round((khz * 1000) / config.kernelHz)}`, 'tsc=reliable', 'nolapic_timer');
+  }
+  if (rootDevice) words.push(`roost.root=${rootDevice}`, 'roost.rootfstype=erofs');
+  words.push(...(config.append ?? []));
+  return words.join(' ');
+}
+
+/** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
+export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean } = {}): string[] {
+  const { agent = true, rootfs = true } = options;
+  const tcg = config.accel === 'tcg';
+  const args = [
+    '-name', `roost-${config.id}`,
+    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off${tcg ? '' : ',pit=off,pic=off'}`,
+    '-accel', tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
+    '-cpu', tcg ? 'max' : 'host',
+    '-smp', String(config.cpus),
+    '-m', `${config.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-kernel', config.kernel,
+    '-initrd', config.initramfs,
+    '-append', kernelCmdline(config, rootfs ? '/dev/vda' : null),
+    '-chardev', `file,id=console,path=${paths.consoleLog}`,
+    '-serial', 'chardev:console',
+    '-device', 'virtio-rng-device',
+  ];
+  if (rootfs) {
+    args.push('-drive', `id=root,file=${config.rootfs},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
+  }
+  if (agent) {
+    args.push(
+      '-device', 'virtio-serial-device,max_ports=2',
+      '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+      '-device', 'virtserialport,chardev=agent,name=roost.agent',
+      '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    );
+  }
+  return args;
+}
+
+/** The longest unix socket path Linux accepts (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** QEMU on the microvm machine. */
+export class QemuVmm implements Vmm {
+  readonly name = 'qemu';
+
+  async start(config: VmConfig): Promise<VmHandle> {
+    const paths = vmPaths(config.dir);
+    for (const p of [paths.agentSocket, paths.qmpSocket]) {
+      if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
+        throw new RoostError('INVALID_ARGUMENT', `socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter ROOST_HOME`);
+      }
+    }
+    const args = qemuArgs(config, paths);
+    // A non-detached VM gets SIGKILL when its owner dies, however it dies:
+    // setpriv sets PR_SET_PDEATHSIG and execs QEMU in the same process.
+    const [cmd, argv] = config.detached
+      ? [QEMU_BINARY, args]
+      : ['setpriv', ['--pdeathsig', 'KILL', '--', QEMU_BINARY, ...args]];
+    const log = openSync(paths.vmmLog, 'a');
+    let child;
+    try {
+      // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
+      child = spawn(cmd, argv, { stdio: ['ignore', log, log], detached: true });
+    } finally {
+      closeSync(log);
+    }
+    const pid = await new Promise<number>((resolve, reject) => {
+      child.once('spawn', () => resolve(child.pid!));
+      child.once('error', (e: NodeJS.ErrnoException) =>
+        reject(
+          e.code === 'ENOENT'
+            ? new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs qemu-system-x86)`, { cause: e })
+            : new RoostError('VMM', `could not start QEMU: ${e.message}`, { cause: e }),
+        ),
+      );
+    });
+    const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    child.unref();
+    return new QemuHandle(pid, paths, exited);
+  }
+
+  attach(pid: number, dir: string): VmHandle | null {
+    if (!isOurQemu(pid, dir)) return null;
+    const paths = vmPaths(dir);
+    // Not our child: watch for its exit by polling.
+    const exited = new Promise<VmExit>((resolve) => {
+      const timer = setInterval(() => {
+        if (!isOurQemu(pid, dir)) {
+          clearInterval(timer);
+          resolve({ code: null, signal: null });
+        }
+      }, 100);
+      timer.unref();
+    });
+    return new QemuHandle(pid, paths, exited);
+  }
+}
+
+/** True if `pid` is alive and is the QEMU of the sandbox in `dir` (guards against a recycled pid). */
+export function isOurQemu(pid: number, dir: string): boolean {
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (/\) Z /.test(stat)) return false; // a zombie has exited
+    return cmdline.includes(vmPaths(dir).agentSocket);
+  } catch {
+    return false;
+  }
+}
+
+class QemuHandle implements VmHandle {
+  #qmp: Promise<QmpClient> | undefined;
+  #exited = false;
+  readonly exited: Promise<VmExit>;
+
+  constructor(
+    readonly pid: number,
+    readonly paths: VmPaths,
+    exited: Promise<VmExit>,
+  ) {
+    this.exited = exited.then((e) => {
+      this.#exited = true;
+      return e;
+    });
+  }
+
+  get hasExited(): boolean {
+    return this.#exited;
+  }
+
+  async waitForExit(): Promise<VmExit> {
+    // The child process and its watchers are unref'd so an idle sandbox does
+    // not keep its owner alive; someone waiting on the exit must.
+    const hold = setInterval(() => {}, 1 << 30);
+    try {
+      return await this.exited;
+    } finally {
+      clearInterval(hold);
+    }
+  }
+
+  qmp(signal?: AbortSignal): Promise<QmpClient> {
+    if (!this.#qmp) {
+      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), this.paths.qmpSocket, () => this.#exited, signal);
+      this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
+    }
+    return this.#qmp;
+  }
+
+  kill(): void {
+    if (this.#exited) return;
+    try {
+      process.kill(this.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/**
+ * QEMU creates its listening sockets a few milliseconds after it starts;
+ * retry until the socket accepts, the VM exits, or the signal fires.
+ */
+export async function connectWithRetry<T>(attempt: () => Promise<T>, path: string, exited: () => boolean, signal?: AbortSignal): Promise<T> {
+  for (let delay = 2; ; delay = Math.min(delay * 2, 50)) {
+    if (signal?.aborted) throw new RoostError('ABORTED', `connecting to ${path} was aborted`);
+    if (exited()) throw new RoostError('VMM', `QEMU exited before ${path} accepted a connection`);
+    if (existsSync(path)) {
+      try {
+        return await attempt();
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ECONNREFUSED' && code !== 'ENOENT') throw e;
+      }
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}

@@ -1,0 +1,62 @@
+import type { Accel } from './accel.js';
+import type { QmpClient } from './qmp.js';
+
+/** What a VM boots and how big it is. */
+export interface VmConfig {
+  /** Sandbox id: names the VM in process listings. */
+  id: string;
+  /** The sandbox directory: sockets, console log and QEMU's own log go here. */
+  dir: string;
+  cpus: number;
+  memoryMiB: number;
+  kernel: string;
+  initramfs: string;
+  /** Read-only root filesystem image for commands (erofs). */
+  rootfs: string;
+  /** The kernel's CONFIG_HZ (to compute `lpj` under TCG). */
+  kernelHz: number;
+  /** A detached VM survives the process that started it; otherwise it dies with it (even on SIGKILL). */
+  detached: boolean;
+  accel: Accel;
+  /** Extra kernel command line words. */
+  append?: string[];
+}
+
+/** How a VM process ended. */
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** Files a running VM exposes in its sandbox directory. */
+export interface VmPaths {
+  agentSocket: string;
+  qmpSocket: string;
+  consoleLog: string;
+  vmmLog: string;
+}
+
+/** A running VM. */
+export interface VmHandle {
+  readonly pid: number;
+  readonly paths: VmPaths;
+  /** Resolves when the VM process has exited. Observing it does not keep the Node process alive. */
+  readonly exited: Promise<VmExit>;
+  /** Waits for the exit, keeping the Node process alive meanwhile (use it when something must happen after). */
+  waitForExit(): Promise<VmExit>;
+  /** True once the process is gone. */
+  readonly hasExited: boolean;
+  /** The QMP control connection (opened on first use). */
+  qmp(signal?: AbortSignal): Promise<QmpClient>;
+  /** Ends the VM process at once (SIGKILL). Idempotent. */
+  kill(): void;
+}
+
+/** A virtual machine monitor backend. */
+export interface Vmm {
+  readonly name: string;
+  /** Starts a VM; resolves once the process runs (not once the guest has booted). */
+  start(config: VmConfig): Promise<VmHandle>;
+  /** Re-attaches to a VM started earlier (a detached sandbox) by its pid, or returns null if it is gone. */
+  attach(pid: number, dir: string): VmHandle | null;
+}

@@ -1,0 +1,71 @@
+import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Sandbox, roostHome, type SandboxOptions } from '@roost/core';
+
+/**
+ * A throwaway Roost home whose cache links to the real one (so the guest is
+ * not rebuilt), and which kills and removes every sandbox a test made in
+ * `cleanup()`, even when the test failed.
+ */
+export class TestHome {
+  readonly root: string;
+  readonly #sandboxes: Sandbox[] = [];
+
+  constructor() {
+    this.root = mkdtempSync(join(tmpdir(), 'roost-test-'));
+    symlinkSync(process.env.ROOST_TEST_CACHE ?? join(roostHome(), 'cache'), join(this.root, 'cache'));
+  }
+
+  /** Creates a sandbox in this home, tracked for cleanup. */
+  async create(options: SandboxOptions = {}): Promise<Sandbox> {
+    const sb = await Sandbox.create({ timeoutMs: 60_000, ...options, home: this.root });
+    this.#sandboxes.push(sb);
+    return sb;
+  }
+
+  /** Tracks a sandbox made elsewhere (for example through Sandbox.get). */
+  track(sb: Sandbox): Sandbox {
+    this.#sandboxes.push(sb);
+    return sb;
+  }
+
+  /** Environment for child processes (the CLI) that should use this home. */
+  get env(): NodeJS.ProcessEnv {
+    return { ...process.env, ROOST_HOME: this.root };
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.allSettled(this.#sandboxes.map((s) => s.kill()));
+    // Sandboxes made by child processes (the CLI) are found through the home.
+    for (const info of await Sandbox.list({ home: this.root })) {
+      if (info.pid !== null) await (await Sandbox.get(info.id, { home: this.root })).kill().catch(() => {});
+    }
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/** True if a process with this pid exists (and is not a zombie). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/\) Z /.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+/** Polls until `check` is true or `timeoutMs` passes. */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${what} not reached within ${timeoutMs} ms`);
+}

@@ -1,0 +1,225 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { isRoostError, RoostError, Sandbox, type Assets } from '@roost/core';
+import { alive, eventually, TestHome } from './helpers.js';
+
+const home = new TestHome();
+afterAll(() => home.cleanup());
+
+const coreEntry = fileURLToPath(new URL('../packages/core/dist/index.js', import.meta.url));
+
+/** Runs a small ESM script in a child node process; returns the process and its first stdout line. */
+function child(script: string, env: NodeJS.ProcessEnv): Promise<{ proc: ReturnType<typeof spawn>; line: string }> {
+  const proc = spawn(process.execPath, ['--input-type=module', '-e', script], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve({ proc, line: out.slice(0, nl) });
+    });
+    proc.on('exit', (code) => reject(new Error(`child exited ${code} before printing: ${stderr}`)));
+  });
+}
+
+describe('sandbox lifecycle', () => {
+  it('stops gracefully: the VM powers off and the record says stopped', async () => {
+    const sb = await home.create();
+    const pid = sb.info.pid!;
+    expect(alive(pid)).toBe(true);
+    const started = Date.now();
+    await sb.stop();
+    expect(Date.now() - started).toBeLessThan(5_000); // powered off, not killed at the 10 s timeout
+    expect(alive(pid)).toBe(false);
+    expect(sb.status).toBe('stopped');
+    expect(JSON.parse(readFileSync(join(sb.dir, 'sandbox.json'), 'utf8'))).toMatchObject({ status: 'stopped', pid: null });
+    await expect(sb.commands.run('true')).rejects.toMatchObject({ code: 'INVALID_STATE' });
+    await sb.remove();
+    expect(existsSync(sb.dir)).toBe(false);
+  });
+
+  it('refuses to remove a running sandbox without force, and kills it with force', async () => {
+    const sb = await home.create();
+    await expect(sb.remove()).rejects.toMatchObject({ code: 'INVALID_STATE' });
+    const pid = sb.info.pid!;
+    await sb.remove({ force: true });
+    expect(alive(pid)).toBe(false);
+    expect(existsSync(sb.dir)).toBe(false);
+  });
+
+  it('is disposed by await using', async () => {
+    let pid = 0;
+    let dir = '';
+    {
+      await using sb = await Sandbox.create({ home: home.root, timeoutMs: 60_000 });
+      pid = sb.info.pid!;
+      dir = sb.dir;
+      expect((await sb.commands.run('echo in-scope')).stdout).toBe('in-scope\n');
+    }
+    expect(alive(pid)).toBe(false);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('validates create options and names the field', async () => {
+    const bad = [
+      [{ memoryMiB: 1 }, /memoryMiB/],
+      [{ cpus: 0 }, /cpus/],
+      [{ cpus: 1.5 }, /cpus/],
+      [{ env: { '': 'x' } }, /env/],
+      [{ colour: 'blue' }, /colour/],
+    ] as const;
+    for (const [opts, field] of bad) {
+      const err = await Sandbox.create({ home: home.root, ...(opts as object) }).catch((e: unknown) => e);
+      expect(isRoostError(err, 'INVALID_ARGUMENT'), JSON.stringify(opts)).toBe(true);
+      expect((err as RoostError).message).toMatch(field);
+    }
+  });
+
+  it('lists sandboxes and finds them by id prefix', async () => {
+    const sb = await home.create();
+    const list = await Sandbox.list({ home: home.root });
+    expect(list.find((s) => s.id === sb.id)).toMatchObject({ status: 'running', cpus: 1, memoryMiB: 256 });
+    const again = await Sandbox.get(sb.id.slice(0, 6), { home: home.root });
+    expect(again.id).toBe(sb.id);
+    await expect(Sandbox.get('ffffffffffff', { home: home.root })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(Sandbox.get('../etc', { home: home.root })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await sb.kill();
+  });
+
+  it('honours cpus and memory', async () => {
+    const sb = await home.create({ cpus: 2, memoryMiB: 192 });
+    const r = await sb.commands.run('nproc; grep MemTotal /proc/meminfo');
+    const [nproc, mem] = r.stdout.trim().split('\n');
+    expect(nproc).toBe('2');
+    const kib = Number(/(\d+)/.exec(mem!)![1]);
+    expect(kib).toBeGreaterThan(150 * 1024);
+    expect(kib).toBeLessThanOrEqual(192 * 1024);
+    await sb.kill();
+  });
+});
+
+describe('a sandbox and its owner process', () => {
+  it('dies with a non-detached owner, even one killed with SIGKILL', async () => {
+    const script = `
+      import { Sandbox } from ${JSON.stringify(coreEntry)};
+      const sb = await Sandbox.create({ timeoutMs: 60000 });
+      console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
+      setInterval(() => {}, 1000);
+    `;
+    const { proc, line } = await child(script, home.env);
+    const { pid } = JSON.parse(line) as { pid: number };
+    expect(alive(pid)).toBe(true);
+    proc.kill('SIGKILL');
+    await eventually(() => !alive(pid), 5_000, 'QEMU gone after its owner was SIGKILLed');
+  });
+
+  it('survives its owner when detached, and is found and driven from another process', async () => {
+    const script = `
+      import { Sandbox } from ${JSON.stringify(coreEntry)};
+      const sb = await Sandbox.create({ detached: true, timeoutMs: 60000 });
+      await sb.commands.run('echo made-before > /tmp/marker');
+      sb.disconnect();
+      console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
+    `;
+    const { proc, line } = await child(script, home.env);
+    const { id, pid } = JSON.parse(line) as { id: string; pid: number };
+    await new Promise((r) => proc.once('exit', r));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(alive(pid)).toBe(true);
+    const sb = home.track(await Sandbox.get(id, { home: home.root }));
+    expect(sb.status).toBe('running');
+    expect((await sb.commands.run('cat /tmp/marker')).stdout).toBe('made-before\n');
+    // A second client after the first left gets a fresh session.
+    sb.disconnect();
+    const again = await Sandbox.get(id, { home: home.root });
+    expect((await again.commands.run('echo second')).stdout).toBe('second\n');
+    await again.stop();
+    expect(alive(pid)).toBe(false);
+  });
+});
+
+describe('failures', () => {
+  it('fails a running command and marks the sandbox failed when the agent goes away', async () => {
+    const sb = await home.create();
+    const inFlight = sb.commands.run('sleep 30');
+    await new Promise((r) => setTimeout(r, 200));
+    // reboot(2) from inside: the VM ends under the agent (QEMU runs with -no-reboot).
+    void sb.commands.run('reboot -f').catch(() => {});
+    await expect(inFlight).rejects.toMatchObject({ code: 'AGENT' });
+    await eventually(() => sb.status === 'failed', 5_000, 'sandbox failed');
+  });
+
+  it('names `roost setup` when the guest has not been built', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'roost-empty-'));
+    try {
+      const err = await Sandbox.create({ home: empty }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  /** A home whose assets are the real ones with some replaced. */
+  function brokenHome(patch: (assets: Assets, dir: string) => Partial<Assets>): string {
+    const dir = mkdtempSync(join(tmpdir(), 'roost-broken-'));
+    const real = JSON.parse(readFileSync(join(process.env.ROOST_TEST_CACHE!, 'assets.json'), 'utf8')) as Assets;
+    mkdirSync(join(dir, 'cache'));
+    writeFileSync(join(dir, 'cache', 'assets.json'), JSON.stringify({ ...real, ...patch(real, dir) }));
+    return dir;
+  }
+
+  it('reports a guest that panics at boot as BOOT_FAILED with its console lines', async () => {
+    // An initramfs with no /init: the kernel panics ("No working init found").
+    const dir = brokenHome((_, d) => {
+      const empty = join(d, 'empty.cpio');
+      writeFileSync(empty, Buffer.from('070701' + '0'.repeat(8 * 11) + '0000000B' + '00000000' + 'TRAILER!!!\0' + '\0\0\0', 'ascii'));
+      return { initramfs: empty };
+    });
+    try {
+      const err = await Sandbox.create({ home: dir, timeoutMs: 60_000 }).catch((e: unknown) => e);
+      expect(isRoostError(err, 'BOOT_FAILED')).toBe(true);
+      const details = (err as RoostError).details as { console: string[] };
+      expect(details.console.join('\n')).toMatch(/Kernel panic|No working init/);
+      expect((err as RoostError).message).toMatch(/console/);
+      const [info] = await Sandbox.list({ home: dir });
+      expect(info).toMatchObject({ status: 'failed', pid: null });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reports a guest that does not boot in time as BOOT_FAILED and leaves no QEMU behind', async () => {
+    const err = await Sandbox.create({ home: home.root, timeoutMs: 150 }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'BOOT_FAILED', message: expect.stringMatching(/did not boot within 150 ms/) });
+    const failed = (await Sandbox.list({ home: home.root })).filter((s) => s.status === 'failed' && /did not boot/.test(s.reason ?? ''));
+    expect(failed.length).toBeGreaterThan(0);
+    for (const f of failed) expect(f.pid).toBeNull();
+  });
+
+  it('reports QEMU refusing to start (a corrupt kernel) as BOOT_FAILED with what QEMU said', async () => {
+    const dir = brokenHome((_, d) => {
+      const junk = join(d, 'vmlinux');
+      writeFileSync(junk, 'not a kernel');
+      return { kernel: junk };
+    });
+    try {
+      const err = await Sandbox.create({ home: dir, timeoutMs: 30_000 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'BOOT_FAILED' });
+      expect(((err as RoostError).details as { qemu: string[] }).qemu.join('\n')).toMatch(/kernel|linux/i);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('aborts creation with an AbortSignal', async () => {
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 50);
+    await expect(Sandbox.create({ home: home.root, signal: ac.signal })).rejects.toMatchObject({ code: 'ABORTED' });
+  });
+});
