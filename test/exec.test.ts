@@ -199,8 +199,9 @@ describe('the sandbox', () => {
     expect((await sb.commands.run('echo hi > /etc/written && cat /etc/written')).stdout).toBe('hi\n');
   });
 
-  it('answers pings', async () => {
+  it('answers pings, and QEMU reports the VM running over QMP', async () => {
     expect(await sb.ping()).toBeGreaterThan(0);
+    expect(await sb.vmStatus()).toBe('running');
   });
 
   it('has a directory with its sockets, console log and config', async () => {

@@ -165,6 +165,16 @@ describe('failures', () => {
     }
   });
 
+  it('names `roost setup` when QEMU is not installed', async () => {
+    const script = `
+      import { Sandbox } from ${JSON.stringify(coreEntry)};
+      const err = await Sandbox.create({ timeoutMs: 10000 }).catch((e) => e);
+      console.log(JSON.stringify({ code: err.code, message: err.message }));
+    `;
+    const { line } = await child(script, { ...home.env, ROOST_QEMU: '/nonexistent/qemu-system-x86_64' });
+    expect(JSON.parse(line)).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
+  });
+
   /** A home whose assets are the real ones with some replaced. */
   function brokenHome(patch: (assets: Assets, dir: string) => Partial<Assets>): string {
     const dir = mkdtempSync(join(tmpdir(), 'roost-broken-'));

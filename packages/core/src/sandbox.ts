@@ -150,6 +150,17 @@ export class Sandbox implements AsyncDisposable {
     return join(this.dir, 'console.log');
   }
 
+  /**
+   * The VM's state as QEMU reports it over QMP (`running`, `paused`, ...):
+   * the hypervisor's view, independent of the guest agent.
+   */
+  async vmStatus(): Promise<string> {
+    if (!this.#vm || this.#vm.hasExited) throw new RoostError('INVALID_STATE', `sandbox ${this.id} has no running VM`);
+    const qmp = await this.#vm.qmp();
+    const r = await qmp.execute<{ status: string }>('query-status');
+    return r.status;
+  }
+
   /** Round trip to the agent in ms. */
   async ping(timeoutMs = 5_000): Promise<number> {
     return (await this.#connection()).ping(timeoutMs);
@@ -173,10 +184,19 @@ export class Sandbox implements AsyncDisposable {
     } catch {
       // No agent to ask: the kill below ends it.
     }
-    const exited = await Promise.race([this.#vm.waitForExit().then(() => true), sleep(timeoutMs).then(() => false)]);
-    if (!exited) {
-      this.#vm.kill();
-      await this.#vm.waitForExit();
+    // The agent ends processes, syncs and powers off. If it does not within
+    // half the timeout, QEMU is asked to quit over QMP; at the timeout it is killed.
+    const vm = this.#vm;
+    const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms).then(() => false)]);
+    if (!(await exitedWithin(timeoutMs / 2))) {
+      await vm
+        .qmp()
+        .then((q) => q.execute('quit', undefined, 1_000))
+        .catch(() => {});
+      if (!(await exitedWithin(timeoutMs / 2))) {
+        vm.kill();
+        await vm.waitForExit();
+      }
     }
     this.#closeConnection();
     await this.#update({ status: 'stopped', pid: null });

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import { RoostError } from '../errors.js';
 import { hostCpu } from './accel.js';
 import { QmpClient } from './qmp.js';
@@ -9,7 +9,7 @@ import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths } from './types.js';
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
 /** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
-const TCG_TB_SIZE_MIB = 32;
+const TCG_TB_SIZE_MIB = 16;
 
 export function vmPaths(dir: string): VmPaths {
   return {
@@ -83,12 +83,16 @@ export class QemuVmm implements Vmm {
         throw new RoostError('INVALID_ARGUMENT', `socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter ROOST_HOME`);
       }
     }
+    const qemu = findExecutable(QEMU_BINARY);
+    if (!qemu) {
+      throw new RoostError('SETUP_REQUIRED', `${QEMU_BINARY} is not installed: run \`roost setup\` (it installs qemu-system-x86)`);
+    }
     const args = qemuArgs(config, paths);
     // A non-detached VM gets SIGKILL when its owner dies, however it dies:
     // setpriv sets PR_SET_PDEATHSIG and execs QEMU in the same process.
     const [cmd, argv] = config.detached
-      ? [QEMU_BINARY, args]
-      : ['setpriv', ['--pdeathsig', 'KILL', '--', QEMU_BINARY, ...args]];
+      ? [qemu, args]
+      : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
     const log = openSync(paths.vmmLog, 'a');
     let child;
     try {
@@ -127,6 +131,20 @@ export class QemuVmm implements Vmm {
     });
     return new QemuHandle(pid, paths, exited);
   }
+}
+
+/** Resolves a command name through PATH (or checks a path); null when it is not an executable file. */
+export function findExecutable(name: string): string | null {
+  const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).map((d) => join(d, name));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      return c;
+    } catch {
+      // next
+    }
+  }
+  return null;
 }
 
 /** True if `pid` is alive and is the QEMU of the sandbox in `dir` (guards against a recycled pid). */

@@ -59,6 +59,12 @@ export class QmpClient extends EventEmitter {
     return client;
   }
 
+  /** Holds the event loop only while a command waits for its reply. */
+  #updateRef(): void {
+    if (this.#pending.size > 0) this.#socket.ref();
+    else this.#socket.unref();
+  }
+
   /** Runs a QMP command and returns its `return` value. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
     if (this.#closed) return Promise.reject(new RoostError('VMM', `QMP is closed; cannot run ${command}`));
@@ -66,6 +72,7 @@ export class QmpClient extends EventEmitter {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
+        this.#updateRef();
         reject(new RoostError('TIMEOUT', `QMP command ${command} got no answer within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pending.set(id, {
@@ -78,6 +85,7 @@ export class QmpClient extends EventEmitter {
           reject(e);
         },
       });
+      this.#updateRef();
       this.#socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + '\n');
     });
   }
@@ -113,6 +121,7 @@ export class QmpClient extends EventEmitter {
         const p = this.#pending.get(msg.id);
         if (!p) continue;
         this.#pending.delete(msg.id);
+        this.#updateRef();
         if ('error' in msg) {
           const err = msg.error as { class?: string; desc?: string };
           p.reject(new RoostError('VMM', `QMP: ${err.desc ?? 'error'} (${err.class ?? 'unknown'})`));
