@@ -110,7 +110,7 @@ console.log(`\nwrote ${file}`);
 async function bootToPoweroff(i) {
   const dir = mkdtempSync(join(tmpdir(), 'roost-floor-'));
   try {
-    const config = { id: `floor${i}`, dir, cpus: 1, memoryMiB: 256, kernel: assets.kernel, initramfs: assets.initramfs, rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: false, accel, append: ['roost.poweroff'] };
+    const config = { id: `floor${i}`, dir, cpus: 1, memoryMiB: 256, kernel: assets.kernel, initramfs: assets.initramfs, rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: false, accel, append: ['roost.poweroff=1'] };
     const args = qemuArgs(config, vmPaths(dir), { agent: false, rootfs: false });
     const t0 = performance.now();
     await new Promise((resolve, reject) => {

@@ -199,6 +199,15 @@ describe('the sandbox', () => {
     expect((await sb.commands.run('echo hi > /etc/written && cat /etc/written')).stdout).toBe('hi\n');
   });
 
+  it('has busybox httpd and a loopback interface to serve it on', async () => {
+    await sb.commands.run('mkdir -p /tmp/www && echo served > /tmp/www/index.html');
+    const server = await sb.commands.start('httpd', { args: ['-f', '-p', '127.0.0.1:8080', '-h', '/tmp/www'] });
+    const r = await sb.commands.run('for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; exit 1');
+    server.kill('SIGTERM');
+    await server.wait();
+    expect(r).toMatchObject({ exitCode: 0, stdout: 'served\n' });
+  });
+
   it('answers pings, and QEMU reports the VM running over QMP', async () => {
     expect(await sb.ping()).toBeGreaterThan(0);
     expect(await sb.vmStatus()).toBe('running');
