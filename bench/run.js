@@ -78,9 +78,10 @@ try {
     };
     row(`exec round trip: run(true) x${EXEC_RUNS}`, `p50 ${ms(pct(exec, 50))} p99 ${ms(pct(exec, 99))}`, `ping p50 ${ms(pct(ping, 50))}; in-guest spawn ${ms(inGuestSpawn)}`, 'target p50 < 5 ms');
 
-    // Floor: the same bytes produced and read inside the guest, never leaving it.
-    const inGuest = await timed(() => sb.commands.run(`head -c ${STREAM_BYTES} /dev/zero | cat > /dev/null`));
-    const h = await sb.commands.start(`head -c ${STREAM_BYTES} /dev/zero`);
+    // Floor: the same producer writing to /dev/null inside the guest, so the bytes never leave it.
+    const produce = `dd if=/dev/zero bs=65536 count=${STREAM_BYTES / 65536} status=none`;
+    const inGuest = await timed(() => sb.commands.run(`${produce} of=/dev/null`));
+    const h = await sb.commands.start(produce);
     const t0 = performance.now();
     let bytes = 0;
     for await (const chunk of h.stdout) bytes += chunk.length;
@@ -89,8 +90,8 @@ try {
     if (bytes !== STREAM_BYTES) throw new Error(`streamed ${bytes} bytes, expected ${STREAM_BYTES}`);
     const mbps = STREAM_BYTES / 1e6 / (streamMs / 1000);
     const floorMbps = STREAM_BYTES / 1e6 / (inGuest / 1000);
-    results.figures.stdoutThroughput = { unit: 'MB/s', value: mbps, bytes: STREAM_BYTES, ms: streamMs, floor: { what: 'same pipeline inside the guest', mbps: floorMbps }, target: '>= 100 MB/s' };
-    row(`stdout throughput (${STREAM_BYTES / 2 ** 20} MiB)`, `${mbps.toFixed(0)} MB/s`, `in-guest pipe ${floorMbps.toFixed(0)} MB/s`, 'target >= 100 MB/s');
+    results.figures.stdoutThroughput = { unit: 'MB/s', value: mbps, bytes: STREAM_BYTES, ms: streamMs, floor: { what: 'the same dd writing to /dev/null inside the guest', mbps: floorMbps }, target: '>= 100 MB/s' };
+    row(`stdout throughput (${STREAM_BYTES / 2 ** 20} MiB)`, `${mbps.toFixed(0)} MB/s`, `dd to /dev/null in guest ${floorMbps.toFixed(0)} MB/s`, 'target >= 100 MB/s');
   } finally {
     await sb.remove({ force: true });
   }
@@ -152,8 +153,12 @@ function hostFacts() {
   return { cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? 'unknown', cpus: (cpuinfo.match(/^processor/gm) ?? []).length, node: process.version };
 }
 
-const ms = (v) => `${v.toFixed(1)} ms`;
-const mib = (kib) => `${(kib / 1024).toFixed(1)} MiB`;
+function ms(v) {
+  return `${v.toFixed(1)} ms`;
+}
+function mib(kib) {
+  return `${(kib / 1024).toFixed(1)} MiB`;
+}
 function sleep(n) {
   return new Promise((r) => setTimeout(r, n));
 }

@@ -8,6 +8,15 @@ import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths } from './types.js';
 
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
+/**
+ * The CPU model under TCG. ERMS and FSRM are hidden so the guest kernel and
+ * libc copy and clear memory with `rep movsq`/`stosq` instead of `rep
+ * movsb`/`stosb`: TCG runs string instructions one element per iteration, so
+ * byte-wise ones cost eight times as many. Measured here: stdout streaming
+ * 44-64 -> 122-124 MB/s, in-guest pipe throughput 84 -> 271 MB/s.
+ */
+const TCG_CPU = 'max,erms=off,fsrm=off';
+
 /** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
 const TCG_TB_SIZE_MIB = 16;
 
@@ -33,6 +42,8 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
   }
   if (rootDevice) words.push(`roost.root=${rootDevice}`, 'roost.rootfstype=erofs');
   words.push(...(config.append ?? []));
+  // A debugging aid: extra words for every sandbox's kernel (for example `idle=poll` or `loglevel=7`).
+  if (process.env.ROOST_KERNEL_APPEND) words.push(...process.env.ROOST_KERNEL_APPEND.split(/\s+/).filter(Boolean));
   return words.join(' ');
 }
 
@@ -44,7 +55,7 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     '-name', `roost-${config.id}`,
     '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off${tcg ? '' : ',pit=off,pic=off'}`,
     '-accel', tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
-    '-cpu', tcg ? 'max' : 'host',
+    '-cpu', tcg ? TCG_CPU : 'host',
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
