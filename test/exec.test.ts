@@ -152,6 +152,18 @@ describe('commands.start', () => {
     expect(err.join('')).toBe('err a\nerr b\n');
   });
 
+  it('lets a reader stop early without blocking the command', async () => {
+    // Far more output than the credit window: it can finish only if the rest is taken up.
+    const h = await sb.commands.start('echo first; head -c 4194304 /dev/zero; echo; echo last');
+    for await (const chunk of h.stdout) {
+      expect(Buffer.from(chunk).toString().startsWith('first')).toBe(true);
+      break;
+    }
+    const r = await h.wait();
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.endsWith('last\n')).toBe(true);
+  });
+
   it('delivers signals to the process group and reports the signal', async () => {
     const h = await sb.commands.start('trap "echo term; exit 7" TERM; echo ready; while :; do sleep 0.05; done');
     const it = h.stdout[Symbol.asyncIterator]();

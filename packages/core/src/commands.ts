@@ -131,19 +131,28 @@ class OutputStream implements AsyncIterable<Uint8Array> {
   async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
     if (this.#iterating || this.#collecting) throw new RoostError('INVALID_STATE', 'this output stream is already being read');
     this.#iterating = true;
-    for (;;) {
-      const chunk = this.#queue.shift();
-      if (chunk) {
-        this.grant(this.fd, chunk.length);
-        yield chunk;
-        continue;
+    try {
+      for (;;) {
+        const chunk = this.#queue.shift();
+        if (chunk) {
+          this.grant(this.fd, chunk.length);
+          yield chunk;
+          continue;
+        }
+        if (this.#ended) {
+          if (this.#error) throw this.#error;
+          return;
+        }
+        await new Promise<void>((r) => (this.#wake = r));
+        this.#wake = null;
       }
-      if (this.#ended) {
-        if (this.#error) throw this.#error;
-        return;
+    } finally {
+      // A reader that stops early (break) must not leave the process blocked
+      // on output nobody will read: the rest is collected for wait().
+      if (!this.#ended) {
+        this.#iterating = false;
+        this.collect();
       }
-      await new Promise<void>((r) => (this.#wake = r));
-      this.#wake = null;
     }
   }
 }
@@ -241,7 +250,6 @@ export class Commands {
   constructor(
     private readonly connection: () => Promise<AgentConnection>,
     private readonly defaults: { env: Record<string, string> },
-    private readonly onFailure: (err: RoostError) => void,
   ) {}
 
   /**
@@ -306,7 +314,6 @@ export class Commands {
         err.end(e);
         onStartFailed(e);
         onExitFailed(e);
-        if (e.code === 'AGENT' && conn.closedReason) this.onFailure(e);
       },
     });
 

@@ -89,7 +89,7 @@ export class Sandbox implements AsyncDisposable {
     this.#layout = layout;
     this.#vm = vm;
     this.#ownsConnection = ownsVm && !info.detached;
-    this.commands = new Commands(() => this.#connection(), { env: info.env }, (e) => void this.#markFailed(e.message));
+    this.commands = new Commands(() => this.#connection(), { env: info.env });
     vm?.exited.then(() => this.#onVmExit());
   }
 
@@ -107,9 +107,8 @@ export class Sandbox implements AsyncDisposable {
     const fullId = await resolveId(layout, id);
     const info = await readInfo(layout, fullId);
     const vm = info.pid !== null ? new QemuVmm().attach(info.pid, layout.sandbox(fullId)) : null;
-    const sb = new Sandbox(layout, info, vm, false);
-    if (!vm && isLive(info.status)) await sb.#update({ status: 'stopped', pid: null, reason: 'the VM process is gone' });
-    return sb;
+    if (!vm) await reconcileGone(layout, info);
+    return new Sandbox(layout, info, vm, false);
   }
 
   /** Lists the sandboxes of a Roost home, newest first, with their live status. */
@@ -120,12 +119,7 @@ export class Sandbox implements AsyncDisposable {
     for (const id of ids.filter((i) => ID_PATTERN.test(i))) {
       const info = await readInfo(layout, id).catch(() => null);
       if (!info) continue;
-      if (isLive(info.status) && (info.pid === null || !isOurQemu(info.pid, layout.sandbox(id)))) {
-        info.status = info.status === 'stopping' ? 'stopped' : 'failed';
-        info.reason ??= 'the VM process is gone (its owner exited or it crashed)';
-        info.pid = null;
-        await writeInfo(layout, info).catch(() => {});
-      }
+      if (info.pid === null || !isOurQemu(info.pid, layout.sandbox(id))) await reconcileGone(layout, info);
       infos.push(info);
     }
     return infos.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
@@ -318,9 +312,7 @@ export class Sandbox implements AsyncDisposable {
         c.on('unresponsive', onBad);
         c.on('close', () => {
           if (this.#conn === conn) this.#conn = null;
-          if (!this.#ending && this.#ownsConnection && !c.closedReason?.message.includes('closed by the host')) {
-            void this.#markFailed('the guest agent went away');
-          }
+          if (!this.#ending && !c.closedByHost) void this.#markFailed('the guest agent went away');
         });
       },
       () => {
@@ -336,14 +328,28 @@ export class Sandbox implements AsyncDisposable {
   }
 
   async #markFailed(reason: string): Promise<void> {
-    if (this.#ending || this.#info.status === 'failed' || this.#info.status === 'stopped') return;
+    if (this.#ending || !isLive(this.#info.status)) return;
+    // A process that only attached may be watching a VM that another process
+    // (its owner, or `roost stop`) is ending on purpose: the record decides.
+    if (!this.#ownsConnection && !(await this.#stillLiveOnDisk())) return;
     await this.#update({ status: 'failed', reason }).catch(() => {});
   }
 
   #onVmExit(): void {
     if (this.#ending) return;
-    if (isLive(this.#info.status)) void this.#update({ status: 'failed', pid: null, reason: this.#info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)' }).catch(() => {});
+    if (isLive(this.#info.status)) void this.#markFailed(this.#info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)').then(() => this.#update({ pid: null }));
     else void this.#update({ pid: null }).catch(() => {});
+  }
+
+  /** Re-reads the record; adopts it and returns false when another process has already ended the sandbox. */
+  async #stillLiveOnDisk(): Promise<boolean> {
+    const disk = await readInfo(this.#layout, this.id).catch(() => null);
+    if (!disk) return false;
+    if (!isLive(disk.status)) {
+      this.#info = disk;
+      return false;
+    }
+    return true;
   }
 
   async #update(patch: Partial<SandboxInfo>): Promise<void> {
@@ -353,6 +359,18 @@ export class Sandbox implements AsyncDisposable {
       if (e.code !== 'ENOENT') throw e;
     });
   }
+}
+
+/**
+ * A record says the sandbox runs but its VM process is gone (its owner died
+ * with it, or it crashed): record that. One that was being stopped is stopped.
+ */
+async function reconcileGone(layout: HomeLayout, info: SandboxInfo): Promise<void> {
+  if (!isLive(info.status)) return;
+  info.status = info.status === 'stopping' ? 'stopped' : 'failed';
+  info.reason ??= 'the VM process is gone (its owner exited or it crashed)';
+  info.pid = null;
+  await writeInfo(layout, info).catch(() => {});
 }
 
 function isLive(status: SandboxStatus): boolean {

@@ -55,6 +55,7 @@ export class AgentConnection extends EventEmitter {
   #abandoned = new Set<number>();
   #nextStream = 1;
   #closed: RoostError | null = null;
+  #closedByHost = false;
   #pings = new Map<string, () => void>();
   #lastHeard = Date.now();
   #keepalive: NodeJS.Timeout;
@@ -149,8 +150,14 @@ export class AgentConnection extends EventEmitter {
 
   /** Closes the connection (the agent sees a disconnect). */
   close(): void {
+    this.#closedByHost = true;
     this.#socket.destroy();
     this.#end(new RoostError('AGENT', 'the connection to the guest agent was closed by the host'));
+  }
+
+  /** True when the host itself closed the connection (close()), as opposed to the guest or the VM going away. */
+  get closedByHost(): boolean {
+    return this.#closedByHost;
   }
 
   // ---- used by ExecChannel ---------------------------------------------------
