@@ -144,6 +144,27 @@ describe('a sandbox and its owner process', () => {
   });
 });
 
+describe('clients of a detached sandbox', () => {
+  it('serves one client at a time: a second waits until the first leaves', async () => {
+    const owner = await home.create({ detached: true });
+    owner.disconnect();
+    const a = home.track(await Sandbox.get(owner.id, { home: home.root }));
+    const b = home.track(await Sandbox.get(owner.id, { home: home.root }));
+    const first = a.commands.run('sleep 1; echo a').then((r) => {
+      a.disconnect();
+      return { ...r, at: Date.now() };
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    const second = await b.commands.run('echo b').then((r) => ({ ...r, at: Date.now() }));
+    const firstDone = await first;
+    expect(firstDone.stdout).toBe('a\n');
+    expect(second.stdout).toBe('b\n');
+    expect(second.at).toBeGreaterThanOrEqual(firstDone.at);
+    b.disconnect();
+    await owner.kill();
+  });
+});
+
 describe('failures', () => {
   it('fails a running command and marks the sandbox failed when the agent goes away', async () => {
     const sb = await home.create();

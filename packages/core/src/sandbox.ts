@@ -294,7 +294,19 @@ export class Sandbox implements AsyncDisposable {
       return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}${this.#info.reason ? ` (${this.#info.reason})` : ''}`));
     }
     const vm = this.#vm;
-    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs: 10_000, vmExited: () => vm.hasExited });
+    const timeoutMs = 10_000;
+    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs, vmExited: () => vm.hasExited }).catch((e: unknown) => {
+      if (e instanceof RoostError && e.code === 'TIMEOUT') {
+        // QEMU serves one client on the agent socket at a time; later ones wait in its backlog.
+        throw new RoostError(
+          'AGENT',
+          `the agent of sandbox ${this.id} did not answer within ${timeoutMs / 1000} s: another process is probably connected to it ` +
+            '(a sandbox serves one client at a time; retry when that one finishes), or the guest is hung (see `roost logs`)',
+          { cause: e },
+        );
+      }
+      throw e;
+    });
     this.#adopt(conn);
     return conn;
   }
