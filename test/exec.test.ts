@@ -220,6 +220,11 @@ describe('the sandbox', () => {
     expect(r).toMatchObject({ exitCode: 0, stdout: 'served\n' });
   });
 
+  it("boots Roost's kernel: virtqueues capped by guest/kernel/patches", async () => {
+    const r = await sb.commands.run('cat /sys/module/virtio_mmio/parameters/max_queue_size; uname -r');
+    expect(r.stdout).toMatch(/^256\n6\.1\./);
+  });
+
   it('answers pings, and QEMU reports the VM running over QMP', async () => {
     expect(await sb.ping()).toBeGreaterThan(0);
     expect(await sb.vmStatus()).toBe('running');

@@ -1,10 +1,13 @@
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Sandbox } from '@roost/core';
+import { Sandbox } from '@roost/core';
+import { encodeFrame, encodeHostHello, MessageType, VERSION } from '@roost/protocol';
 import { alive, eventually, TestHome } from './helpers.js';
 
 // A guest program that seizes the agent's port and writes garbage must cost
@@ -44,6 +47,37 @@ describe('a hostile guest', () => {
       expect(r.stdout).toBe('still here\n');
     });
   }
+
+  it('the agent survives garbage from the host side and serves the next client', async () => {
+    const sb = await home.create({ detached: true });
+    const uptime = async (s: Sandbox) => Number((await s.commands.run('cut -d" " -f1 /proc/uptime')).stdout);
+    const before = await uptime(sb);
+    sb.disconnect();
+    const garbage = [
+      randomBytes(256 << 10),
+      Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 0x10]), // a 4 GiB frame
+      encodeFrame(7, MessageType.EXEC, randomBytes(300)), // EXEC with a random TLV, before HELLO
+      encodeHostHello({ version: VERSION, flags: 0, timeNs: 0n, entropy: Buffer.alloc(0), nonce: Buffer.from('x') }),
+      encodeFrame(9, MessageType.EXEC, Buffer.from([0, 0x20, 0xff, 0xff, 0xff, 0xff])), // ARG claiming 4 GiB
+      encodeFrame(0, 0x7f, randomBytes(10)), // an unknown type
+      encodeFrame(12345, MessageType.DATA, Buffer.from([0, 1, 2, 3])), // stdin for a stream never opened
+      randomBytes(64 << 10),
+    ];
+    await new Promise<void>((resolve, reject) => {
+      const sock = connect(join(sb.dir, 'agent.sock'), () => {
+        for (const g of garbage) sock.write(g);
+        sock.end(() => setTimeout(() => (sock.destroy(), resolve()), 500));
+      });
+      sock.on('data', () => {});
+      sock.on('error', reject);
+    });
+    const again = home.track(await Sandbox.get(sb.id, { home: home.root }));
+    expect((await again.commands.run('echo alive')).stdout).toBe('alive\n');
+    // The same boot: the agent (PID 1) neither died nor rebooted the guest.
+    expect(await uptime(again)).toBeGreaterThan(before);
+    expect(again.info.pid).toBe(sb.info.pid);
+    await again.kill();
+  });
 
   it('flooding output is bounded by flow control, not host memory', async () => {
     // 64 MiB of output that nobody reads for a while: the guest must wait for credit.

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isRoostError, RoostError, Sandbox, type Assets } from '@roost/core';
+import { isRoostError, RoostError, Runtime, Sandbox, type Assets } from '@roost/core';
 import { alive, eventually, TestHome } from './helpers.js';
 
 const home = new TestHome();
@@ -89,6 +89,16 @@ describe('sandbox lifecycle', () => {
     expect(again.id).toBe(sb.id);
     await expect(Sandbox.get('ffffffffffff', { home: home.root })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(Sandbox.get('../etc', { home: home.root })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await sb.kill();
+  });
+
+  it('binds a Roost home through a Runtime', async () => {
+    const runtime = new Runtime({ home: home.root });
+    expect(runtime.home).toBe(home.root);
+    expect((await runtime.assets()).kernel).toMatch(/vmlinux$/);
+    const sb = home.track(await runtime.create());
+    expect((await runtime.get(sb.id)).id).toBe(sb.id);
+    expect((await runtime.list()).map((s) => s.id)).toContain(sb.id);
     await sb.kill();
   });
 

@@ -33,6 +33,7 @@ export const REQUIRED_PACKAGES = [
   'libelf-dev',
   'libssl-dev',
   'xz-utils',
+  'patch',
   'busybox-static',
   'musl-tools',
   'e2fsprogs',
@@ -146,7 +147,8 @@ async function buildKernel(layout: HomeLayout, src: string, progress: ProgressFn
   const tarball = process.env.ROOST_KERNEL_TARBALL ?? '/usr/src/linux-source-6.1.tar.xz';
   const st = await stat(tarball).catch(() => null);
   if (!st) throw new RoostError('SETUP_REQUIRED', `kernel source ${tarball} is missing: apt-get install linux-source-6.1`);
-  const key = await hashOf([join(kdir, 'build.sh'), join(kdir, 'roost.config')], `${tarball}:${st.size}:${st.mtimeMs}`);
+  const patches = (await readdir(join(kdir, 'patches')).catch(() => [] as string[])).filter((f) => f.endsWith('.patch')).map((f) => join(kdir, 'patches', f));
+  const key = await hashOf([join(kdir, 'build.sh'), join(kdir, 'roost.config'), ...patches], `${tarball}:${st.size}:${st.mtimeMs}`);
   const out = join(layout.cache, 'kernel', key);
   if (existsSync(join(out, 'vmlinux'))) {
     progress(`kernel: cached (${key})`);
