@@ -202,8 +202,11 @@ describe('failures', () => {
       const err = await Sandbox.create({ timeoutMs: 10000 }).catch((e) => e);
       console.log(JSON.stringify({ code: err.code, message: err.message }));
     `;
+    const before = (await Sandbox.list({ home: home.root })).length;
     const { line } = await child(script, { ...home.env, ROOST_QEMU: '/nonexistent/qemu-system-x86_64' });
     expect(JSON.parse(line)).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
+    // Nothing ran, so nothing is left to list.
+    expect((await Sandbox.list({ home: home.root })).length).toBe(before);
   });
 
   /** A home whose assets are the real ones with some replaced. */

@@ -209,21 +209,28 @@ static void close_fd(int *fd)
 	}
 }
 
-/* Reads a small file into buf (NUL-terminated). Returns the length or -1. */
-static ssize_t read_small(const char *path, char *buf, size_t size)
+/* Reads until `cap` bytes, end of file or an error; returns the bytes read. */
+static size_t read_full(int fd, char *buf, size_t cap)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
 	size_t have = 0;
-	while (have + 1 < size) {
-		ssize_t n = read(fd, buf + have, size - 1 - have);
+	while (have < cap) {
+		ssize_t n = read(fd, buf + have, cap - have);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
 		have += (size_t)n;
 	}
+	return have;
+}
+
+/* Reads a small file into buf (NUL-terminated). Returns the length or -1. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t have = read_full(fd, buf, size - 1);
 	close(fd);
 	buf[have] = 0;
 	return (ssize_t)have;
@@ -680,15 +687,7 @@ static char *read_cmd_root_file(const char *rel)
 		errno = ENOMEM;
 		return NULL;
 	}
-	size_t have = 0;
-	while (have < cap) {
-		ssize_t n = read(fd, buf + have, cap - have);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		have += (size_t)n;
-	}
+	size_t have = read_full(fd, buf, cap);
 	close(fd);
 	buf[have] = 0;
 	return buf;

@@ -280,6 +280,11 @@ export class Sandbox implements AsyncDisposable {
       vm?.kill();
       await vm?.waitForExit();
       const err = await bootError(e, dir, timeoutMs, signal);
+      if (!vm) {
+        // QEMU never ran: there is no console or log to look at, only a record to forget.
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+      }
       info.status = 'failed';
       info.pid = null;
       info.reason = err.message.split('\n')[0];

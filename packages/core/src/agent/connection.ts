@@ -72,6 +72,7 @@ export class AgentConnection extends EventEmitter {
     this.#keepalive.unref();
     this.#updateRef();
     if (rest.length > 0) this.#onData(rest);
+    socket.resume();
   }
 
   /**
@@ -480,9 +481,9 @@ function awaitHello(socket: Socket, nonce: Buffer, deadline: number, options: Co
       const found = findHello(buf, nonce);
       if (found) {
         cleanup();
+        // Held until the AgentConnection has its own listener (it resumes).
         socket.pause();
         resolve(found);
-        queueMicrotask(() => socket.resume());
       } else if (buf.length > MAX_PREHANDSHAKE) {
         fail(new RoostError('AGENT', `the guest sent ${buf.length} bytes without a valid handshake`));
       }
