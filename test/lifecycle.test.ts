@@ -175,6 +175,23 @@ describe('clients of a detached sandbox', () => {
   });
 });
 
+describe('aborts that race setup', () => {
+  it('aborts a command whose signal fires while its connection is still being made', async () => {
+    const owner = await home.create({ detached: true });
+    owner.disconnect();
+    const attached = home.track(await Sandbox.get(owner.id, { home: home.root }));
+    const ac = new AbortController();
+    const started = Date.now();
+    // The first command of an attached sandbox has to connect first: abort lands in that await.
+    const run = attached.commands.run('sleep 5; echo finished', { signal: ac.signal });
+    ac.abort();
+    await expect(run).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(Date.now() - started).toBeLessThan(4_000);
+    attached.disconnect();
+    await owner.kill();
+  });
+});
+
 describe('failures', () => {
   it('fails a running command and marks the sandbox failed when the agent goes away', async () => {
     const sb = await home.create();

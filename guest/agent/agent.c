@@ -1745,27 +1745,26 @@ static void reap_children(void)
 	}
 }
 
+/* Reaps children for up to `ms`, returning early once none are left. */
+static void reap_for(unsigned ms)
+{
+	for (uint64_t end = now_ms() + ms; now_ms() < end;) {
+		pid_t r;
+		while ((r = waitpid(-1, NULL, WNOHANG)) > 0)
+			;
+		if (r < 0 && errno == ECHILD)
+			return;
+		sleep_ms(10);
+	}
+}
+
 static void do_poweroff(const char *why)
 {
 	logmsg("power off: %s", why);
 	kill(-1, SIGTERM);
-	for (uint64_t end = now_ms() + 500; now_ms() < end;) {
-		pid_t r;
-		while ((r = waitpid(-1, NULL, WNOHANG)) > 0)
-			;
-		if (r < 0 && errno == ECHILD)
-			break;
-		sleep_ms(10);
-	}
+	reap_for(500);
 	kill(-1, SIGKILL);
-	for (uint64_t end = now_ms() + 200; now_ms() < end;) {
-		pid_t r;
-		while ((r = waitpid(-1, NULL, WNOHANG)) > 0)
-			;
-		if (r < 0 && errno == ECHILD)
-			break;
-		sleep_ms(10);
-	}
+	reap_for(200);
 	sync();
 	/* QEMU runs with -no-reboot and the kernel with reboot=t: a reboot
 	 * ends the VM. (RB_POWER_OFF would only halt a machine without ACPI.) */

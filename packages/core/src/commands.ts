@@ -331,6 +331,8 @@ export class Commands {
       };
       opts.signal.addEventListener('abort', onAbort, { once: true });
       cleanups.push(() => opts.signal!.removeEventListener('abort', onAbort));
+      // Aborted while the connection was being set up: that fired no event.
+      if (opts.signal.aborted) onAbort();
     }
     if (opts.timeoutMs !== undefined) {
       const timer = setTimeout(() => {

@@ -500,6 +500,8 @@ function awaitHello(socket: Socket, nonce: Buffer, deadline: number, options: Co
     socket.on('data', onData);
     socket.once('close', onClose);
     options.signal?.addEventListener('abort', onAbort, { once: true });
+    // An abort that came before the listener fires no event.
+    if (options.signal?.aborted) onAbort();
   });
 }
 

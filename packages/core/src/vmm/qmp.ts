@@ -45,6 +45,7 @@ export class QmpClient extends EventEmitter {
       const timer = setTimeout(() => reject(new RoostError('VMM', 'QEMU sent no QMP greeting within 10 s')), 10_000);
       const onAbort = () => reject(new RoostError('ABORTED', 'QMP connect aborted'));
       signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) onAbort();
       client.once('greeting', () => {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
