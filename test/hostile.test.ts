@@ -79,6 +79,25 @@ describe('a hostile guest', () => {
     await again.kill();
   });
 
+  it('flooding the serial console is capped on the host disk and the guest runs on', async () => {
+    const previous = process.env.ROOST_LOG_LIMIT_BYTES;
+    process.env.ROOST_LOG_LIMIT_BYTES = String(64 << 10);
+    let sb: Sandbox;
+    try {
+      sb = await home.create();
+    } finally {
+      if (previous === undefined) delete process.env.ROOST_LOG_LIMIT_BYTES;
+      else process.env.ROOST_LOG_LIMIT_BYTES = previous;
+    }
+    // Four times the cap, written by root straight to the console device.
+    await sb.commands.run('head -c 262144 /dev/zero | tr "\\0" x > /dev/console');
+    const { statSync } = await import('node:fs');
+    expect(statSync(sb.consoleLogPath).size).toBeLessThanOrEqual(64 << 10);
+    expect((await sb.commands.run('echo still running')).stdout).toBe('still running\n');
+    expect(sb.status).toBe('running');
+    await sb.kill();
+  });
+
   it('flooding output is bounded by flow control, not host memory', async () => {
     // 64 MiB of output that nobody reads for a while: the guest must wait for credit.
     const h = await bystander.commands.start('head -c 67108864 /dev/zero');

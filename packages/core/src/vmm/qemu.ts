@@ -17,6 +17,26 @@ export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
  */
 const TCG_CPU = 'max,erms=off,fsrm=off';
 
+/**
+ * The largest file QEMU may write (bytes): today only its logs. A root guest
+ * can write to its serial console without end (~0.4 MiB/s under TCG, over
+ * 1 GB an hour); with RLIMIT_FSIZE and SIGXFSZ ignored, writes past the cap
+ * fail and are dropped while the guest runs on. When QEMU writes disk
+ * images (issue 3), this must move to a log keeper or exceed the disk size.
+ */
+export function fileSizeLimit(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.ROOST_LOG_LIMIT_BYTES;
+  if (raw === undefined || raw === '') return 64 * 2 ** 20;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 4096) throw new RoostError('INVALID_ARGUMENT', `ROOST_LOG_LIMIT_BYTES must be a whole number of at least 4096, not "${raw}"`);
+  return n;
+}
+
+/** Escapes a value for QEMU's comma-separated options (a comma is written twice). */
+function opt(value: string): string {
+  return value.replaceAll(',', ',,');
+}
+
 /** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
 const TCG_TB_SIZE_MIB = 16;
 
@@ -62,19 +82,19 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     '-kernel', config.kernel,
     '-initrd', config.initramfs,
     '-append', kernelCmdline(config, rootfs ? '/dev/vda' : null),
-    '-chardev', `file,id=console,path=${paths.consoleLog}`,
+    '-chardev', `file,id=console,path=${opt(paths.consoleLog)}`,
     '-serial', 'chardev:console',
     '-device', 'virtio-rng-device',
   ];
   if (rootfs) {
-    args.push('-drive', `id=root,file=${config.rootfs},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
+    args.push('-drive', `id=root,file=${opt(config.rootfs)},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
   }
   if (agent) {
     args.push(
       '-device', 'virtio-serial-device,max_ports=2',
-      '-chardev', `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+      '-chardev', `socket,id=agent,path=${opt(paths.agentSocket)},server=on,wait=off`,
       '-device', 'virtserialport,chardev=agent,name=roost.agent',
-      '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+      '-qmp', `unix:${opt(paths.qmpSocket)},server=on,wait=off`,
     );
   }
   return args;
@@ -99,11 +119,14 @@ export class QemuVmm implements Vmm {
       throw new RoostError('SETUP_REQUIRED', `${QEMU_BINARY} is not installed: run \`roost setup\` (it installs qemu-system-x86)`);
     }
     const args = qemuArgs(config, paths);
-    // A non-detached VM gets SIGKILL when its owner dies, however it dies:
-    // setpriv sets PR_SET_PDEATHSIG and execs QEMU in the same process.
-    const [cmd, argv] = config.detached
-      ? [qemu, args]
-      : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
+    const limit = fileSizeLimit();
+    // One process, exec'd in turn (so pdeathsig is tied to this Node process):
+    // sh ignores SIGXFSZ (an ignored signal survives exec), prlimit caps the
+    // size of files QEMU writes, and for a non-detached VM setpriv sets
+    // PR_SET_PDEATHSIG, so it gets SIGKILL when its owner dies, however it dies.
+    const ownerBound = config.detached ? [] : ['setpriv', '--pdeathsig', 'KILL', '--'];
+    const cmd = '/bin/sh';
+    const argv = ['-c', 'trap "" XFSZ; exec "$@"', 'roost-qemu', 'prlimit', `--fsize=${limit}`, '--', ...ownerBound, qemu, ...args];
     const log = openSync(paths.vmmLog, 'a');
     let child;
     try {
@@ -112,17 +135,11 @@ export class QemuVmm implements Vmm {
     } finally {
       closeSync(log);
     }
+    const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (e: NodeJS.ErrnoException) =>
-        reject(
-          e.code === 'ENOENT'
-            ? new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs qemu-system-x86)`, { cause: e })
-            : new RoostError('VMM', `could not start QEMU: ${e.message}`, { cause: e }),
-        ),
-      );
+      child.once('error', (e: NodeJS.ErrnoException) => reject(new RoostError('VMM', `could not start QEMU (through ${cmd}): ${e.message}`, { cause: e })));
     });
-    const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
     child.unref();
     return new QemuHandle(pid, paths, exited);
   }
