@@ -55,6 +55,13 @@ describe('roost run', () => {
     expect(r.code).toBe(3);
   });
 
+  it('kills a command at --timeout and exits 124', async () => {
+    const r = await roost(['run', '--timeout', '300', '--', 'sh', '-c', 'echo started; sleep 30']);
+    expect(r.code).toBe(124);
+    expect(r.stdout).toBe('started\n');
+    expect(r.stderr).toMatch(/timed out/);
+  });
+
   it('reports a missing command with exit 127', async () => {
     const r = await roost(['run', '--', 'definitely-not-here']);
     expect(r.code).toBe(127);

@@ -5,6 +5,8 @@ import { isRoostError, RoostError, Sandbox, setup, type CommandHandle, type RunO
 
 /** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
 const EXIT_ROOST_ERROR = 125;
+/** Exit status when `--timeout` killed the command (as timeout(1) reports it). */
+const EXIT_TIMEOUT = 124;
 
 interface ExecFlags {
   env: string[];
@@ -194,9 +196,14 @@ async function runAttached(sandbox: Sandbox, cmd: string[], flags: ExecFlags, en
   });
 
   try {
-    await Promise.all([pipeOut(handle.stdout, process.stdout), pipeOut(handle.stderr, process.stderr)]);
+    await Promise.all([pipeOut(handle.stdout, process.stdout), pipeOut(handle.stderr, process.stderr)]).catch(() => {});
     const result = await handle.wait();
     return result.exitCode;
+  } catch (e) {
+    if (!isRoostError(e, 'TIMEOUT')) throw e;
+    // As timeout(1) does, so scripts can tell a timeout from the command's own failure.
+    process.stderr.write(`roost: ${e.message}\n`);
+    return EXIT_TIMEOUT;
   } finally {
     cleanups.forEach((c) => c());
   }
