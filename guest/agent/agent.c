@@ -365,20 +365,26 @@ static void send_buf(struct roost_buf *b, size_t start)
 	out_append(b->data + start, b->len - start);
 }
 
-__attribute__((format(printf, 3, 4))) static void send_error(uint32_t stream, uint32_t code,
-							    const char *fmt, ...)
+__attribute__((format(printf, 3, 0))) static void send_error_v(uint32_t stream, uint32_t code,
+							       const char *fmt, va_list ap)
 {
 	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
 	struct roost_buf b;
 	roost_buf_init(&b, scratch, sizeof scratch);
 	size_t s = roost_frame_begin(&b, stream, ROOST_T_ERROR);
 	roost_tlv_put_u32(&b, ROOST_TAG_CODE, code);
 	roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, msg);
 	send_buf(&b, s);
+}
+
+__attribute__((format(printf, 3, 4))) static void send_error(uint32_t stream, uint32_t code,
+							    const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	send_error_v(stream, code, fmt, ap);
+	va_end(ap);
 }
 
 static void send_eof(uint32_t stream, uint8_t fd)
@@ -626,12 +632,10 @@ static void exec_finish(struct exec *e)
 __attribute__((format(printf, 3, 4))) static void stream_fail(struct exec *e, uint32_t code,
 							     const char *fmt, ...)
 {
-	char msg[512];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	send_error_v(e->stream, code, fmt, ap);
 	va_end(ap);
-	send_error(e->stream, code, "%s", msg);
 	exec_kill(e, SIGKILL);
 	recent_add(e->stream);
 	exec_free(e);
