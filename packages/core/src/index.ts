@@ -9,6 +9,7 @@
  */
 export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus } from './sandbox.js';
 export { Runtime } from './runtime.js';
+export { parseImageReference, formatImageReference, familiarImageReference, registryApiHost, DOCKER_HUB, type ImageReference } from './image/reference.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions, type OutputCallback } from './commands.js';
 export { RoostError, isRoostError, type RoostErrorCode } from './errors.js';
 export { setup, loadAssets, sourceRoot, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
