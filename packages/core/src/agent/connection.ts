@@ -8,6 +8,7 @@ import {
   type AgentHello, type ExecExit, type ExecRequest, type Frame, type WireError,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
+import { connectWithRetry } from '../vmm/connect.js';
 
 /** How long the agent may stay silent while the host waits on it before a PING goes out. */
 const KEEPALIVE_IDLE_MS = 5_000;
@@ -97,11 +98,6 @@ export class AgentConnection extends EventEmitter {
       socket.destroy();
       throw e;
     }
-  }
-
-  /** The reason the connection ended, or null while it is open. */
-  get closedReason(): RoostError | null {
-    return this.#closed;
   }
 
   /** Opens an exec stream. Throws INVALID_ARGUMENT when the request does not fit one frame. */
@@ -414,10 +410,6 @@ export class ExecChannel {
     this.#listener.failed(err);
   }
 
-  get done(): boolean {
-    return this.#done;
-  }
-
   #addStdinCredit(n: number): void {
     this.#stdinCredit = Math.min(this.#stdinCredit + n, 0x7fffffff);
     for (const w of this.#stdinWaiters.splice(0)) w();
@@ -434,26 +426,22 @@ export class ExecChannel {
 // ---- connect + handshake ------------------------------------------------------
 
 async function connectSocket(path: string, deadline: number, options: ConnectOptions): Promise<Socket> {
-  for (let delay = 2; ; delay = Math.min(delay * 2, 25)) {
-    if (options.signal?.aborted) throw new RoostError('ABORTED', 'connecting to the guest agent was aborted', { cause: options.signal.reason });
-    if (options.vmExited?.()) throw new RoostError('BOOT_FAILED', 'the VM exited before its agent socket accepted a connection');
-    if (Date.now() > deadline) throw new RoostError('TIMEOUT', `the agent socket ${path} did not accept a connection in time`);
-    try {
-      return await new Promise<Socket>((resolve, reject) => {
-        const s = connect(path);
-        s.once('connect', () => {
-          s.off('error', reject);
-          // Errors surface as 'close'; a reset during the handshake must not be an uncaught exception.
-          s.on('error', () => {});
-          resolve(s);
-        });
-        s.once('error', reject);
+  const attempt = () =>
+    new Promise<Socket>((resolve, reject) => {
+      const s = connect(path);
+      s.once('connect', () => {
+        s.off('error', reject);
+        // Errors surface as 'close'; a reset during the handshake must not be an uncaught exception.
+        s.on('error', () => {});
+        resolve(s);
       });
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw new RoostError('AGENT', `cannot connect to ${path}: ${(e as Error).message}`, { cause: e });
-    }
-    await new Promise((r) => setTimeout(r, delay));
+      s.once('error', reject);
+    });
+  try {
+    return await connectWithRetry(attempt, { what: `the agent socket ${path}`, vmExited: options.vmExited, exitCode: 'BOOT_FAILED', signal: options.signal, deadline });
+  } catch (e) {
+    if (e instanceof RoostError) throw e;
+    throw new RoostError('AGENT', `cannot connect to ${path}: ${(e as Error).message}`, { cause: e });
   }
 }
 

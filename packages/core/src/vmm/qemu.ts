@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { RoostError } from '../errors.js';
 import { hostCpu } from './accel.js';
+import { connectWithRetry } from './connect.js';
 import { QmpClient } from './qmp.js';
 import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths } from './types.js';
 
@@ -220,7 +221,7 @@ class QemuHandle implements VmHandle {
 
   qmp(signal?: AbortSignal): Promise<QmpClient> {
     if (!this.#qmp) {
-      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), this.paths.qmpSocket, () => this.#exited, signal);
+      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), { what: this.paths.qmpSocket, vmExited: () => this.#exited, signal });
       this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
     }
     return this.#qmp;
@@ -236,22 +237,3 @@ class QemuHandle implements VmHandle {
   }
 }
 
-/**
- * QEMU creates its listening sockets a few milliseconds after it starts;
- * retry until the socket accepts, the VM exits, or the signal fires.
- */
-export async function connectWithRetry<T>(attempt: () => Promise<T>, path: string, exited: () => boolean, signal?: AbortSignal): Promise<T> {
-  for (let delay = 2; ; delay = Math.min(delay * 2, 50)) {
-    if (signal?.aborted) throw new RoostError('ABORTED', `connecting to ${path} was aborted`);
-    if (exited()) throw new RoostError('VMM', `QEMU exited before ${path} accepted a connection`);
-    if (existsSync(path)) {
-      try {
-        return await attempt();
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ECONNREFUSED' && code !== 'ENOENT') throw e;
-      }
-    }
-    await new Promise((r) => setTimeout(r, delay));
-  }
-}
