@@ -1839,11 +1839,19 @@ static void boot_mounts(void)
 		logmsg("open /dev/null: %s", strerror(errno));
 }
 
-static void setup_root(const char *dev, const char *fstype)
+static void wait_for_device(const char *dev)
 {
-	root_requested = true;
 	for (int i = 0; i < 200 && access(dev, F_OK) < 0; i++)
 		sleep_ms(10);
+}
+
+/* The command root: the image's read-only filesystem (dev) under an overlay
+ * whose upper layer is the sandbox's own disk (ext4 on `disk`) or, without
+ * one, a tmpfs. Processes are chrooted into CMD_ROOT; the agent stays out. */
+static void setup_root(const char *dev, const char *fstype, const char *disk)
+{
+	root_requested = true;
+	wait_for_device(dev);
 	mkdir_p(ROOT_LOWER, 0755);
 	const char *types[] = {fstype, NULL, NULL};
 	if (!fstype) {
@@ -1865,7 +1873,17 @@ static void setup_root(const char *dev, const char *fstype)
 		logmsg("%s", root_err);
 		return;
 	}
-	if (do_mount("tmpfs", ROOT_RW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", false) < 0) {
+	if (disk) {
+		wait_for_device(disk);
+		/* discard: what the guest deletes is freed on the host too.
+		 * noinit_itable: the host made the filesystem with lazy inode
+		 * tables; zeroing them here would write megabytes per sandbox. */
+		if (do_mount(disk, ROOT_RW, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
+			     "noinit_itable,discard", false) < 0) {
+			snprintf(root_err, sizeof root_err, "mount disk %s on %s: %s", disk, ROOT_RW, strerror(errno));
+			return;
+		}
+	} else if (do_mount("tmpfs", ROOT_RW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", false) < 0) {
 		snprintf(root_err, sizeof root_err, "mount tmpfs on %s: %s", ROOT_RW, strerror(errno));
 		return;
 	}
@@ -1886,8 +1904,15 @@ static void setup_root(const char *dev, const char *fstype)
 	/* The agent's /dev with its devpts and shm, so PTYs allocated by the
 	 * agent have the same names inside the root. */
 	do_mount("/dev", CMD_ROOT "/dev", NULL, MS_BIND | MS_REC, NULL, false);
-	do_mount("tmpfs", CMD_ROOT "/tmp", "tmpfs", nosuid_nodev, "mode=1777", false);
-	do_mount("tmpfs", CMD_ROOT "/run", "tmpfs", nosuid_nodev, "mode=0755", false);
+	if (disk) {
+		/* /tmp and /run stay on the disk, as in a container: large
+		 * temporary files must not eat guest memory. */
+		if (mkdir(CMD_ROOT "/tmp", 01777) == 0)
+			chmod(CMD_ROOT "/tmp", 01777);
+	} else {
+		do_mount("tmpfs", CMD_ROOT "/tmp", "tmpfs", nosuid_nodev, "mode=1777", false);
+		do_mount("tmpfs", CMD_ROOT "/run", "tmpfs", nosuid_nodev, "mode=0755", false);
+	}
 }
 
 /* Finds key=value in the kernel command line; value copied into val. */
@@ -1986,12 +2011,13 @@ int main(void)
 		reboot(RB_AUTOBOOT);
 
 	loopback_up();
-	char port_name[256], root_dev[256] = "", root_type[64];
+	char port_name[256], root_dev[256] = "", root_type[64], disk_dev[256];
 	if (!cmdline_get(cmdline, "roost.port", port_name, sizeof port_name))
 		strcpy(port_name, DEFAULT_PORT);
 	if (cmdline_get(cmdline, "roost.root", root_dev, sizeof root_dev)) {
 		bool has_type = cmdline_get(cmdline, "roost.rootfstype", root_type, sizeof root_type);
-		setup_root(root_dev, has_type ? root_type : NULL);
+		bool has_disk = cmdline_get(cmdline, "roost.disk", disk_dev, sizeof disk_dev);
+		setup_root(root_dev, has_type ? root_type : NULL, has_disk ? disk_dev : NULL);
 	}
 
 	open_port(port_name);

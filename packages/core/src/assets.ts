@@ -39,6 +39,8 @@ export const REQUIRED_PACKAGES = [
   'e2fsprogs',
   'erofs-utils',
   'util-linux',
+  'qemu-utils',
+  'zstd',
 ] as const;
 
 /** Progress lines from long steps. */
@@ -117,8 +119,19 @@ export async function setup(options: SetupOptions = {}): Promise<Assets> {
   return assets;
 }
 
-function missingPackages(): string[] {
-  const r = spawnSync('dpkg-query', ['-W', '-f=${Package} ${db:Status-Abbrev}\n', ...REQUIRED_PACKAGES], { encoding: 'utf8' });
+/**
+ * Installs the Debian packages of `pkgs` that are missing (apt-get, as root).
+ * Throws SETUP_REQUIRED naming them when not root. Used by setup and by the
+ * test harness for its own tools.
+ */
+export async function ensureDebianPackages(pkgs: readonly string[], progress: ProgressFn = () => {}, signal?: AbortSignal): Promise<string[]> {
+  const missing = missingPackages(pkgs);
+  if (missing.length > 0) await installPackages(missing, progress, signal);
+  return missing;
+}
+
+function missingPackages(pkgs: readonly string[] = REQUIRED_PACKAGES): string[] {
+  const r = spawnSync('dpkg-query', ['-W', '-f=${Package} ${db:Status-Abbrev}\n', ...pkgs], { encoding: 'utf8' });
   if (r.error) {
     // Not a Debian system: check for the commands instead, and let the build steps report what is missing.
     return [];
@@ -129,7 +142,7 @@ function missingPackages(): string[] {
       .filter((l) => /\sii\s*$/.test(l))
       .map((l) => l.split(' ')[0]),
   );
-  return REQUIRED_PACKAGES.filter((p) => !installed.has(p));
+  return pkgs.filter((p) => !installed.has(p));
 }
 
 async function installPackages(pkgs: string[], progress: ProgressFn, signal?: AbortSignal): Promise<void> {

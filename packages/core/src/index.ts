@@ -12,7 +12,7 @@ export { Runtime } from './runtime.js';
 export { parseImageReference, formatImageReference, familiarImageReference, registryApiHost, DOCKER_HUB, type ImageReference } from './image/reference.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions, type OutputCallback } from './commands.js';
 export { RoostError, isRoostError, type RoostErrorCode } from './errors.js';
-export { setup, loadAssets, sourceRoot, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
+export { setup, loadAssets, sourceRoot, ensureDebianPackages, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
 export { roostHome, HomeLayout } from './home.js';
 export { chooseAccel, hostCpu, type Accel } from './vmm/accel.js';
 export { QemuVmm, qemuArgs, kernelCmdline, vmPaths, QEMU_BINARY } from './vmm/qemu.js';

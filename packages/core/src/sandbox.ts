@@ -11,6 +11,7 @@ import { abortError, RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { parseOptions } from './validate.js';
 import { chooseAccel, type Accel } from './vmm/accel.js';
+import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
 import { isOurQemu, QemuVmm } from './vmm/qemu.js';
 import type { VmHandle, Vmm } from './vmm/types.js';
 
@@ -24,6 +25,7 @@ export interface SandboxInfo {
   createdAt: string;
   cpus: number;
   memoryMiB: number;
+  diskSizeMiB: number;
   detached: boolean;
   accel: Accel;
   /** The QEMU process, while one runs. */
@@ -43,6 +45,12 @@ export interface SandboxOptions {
   memoryMiB?: number;
   /** Environment for every command in the sandbox. */
   env?: Record<string, string>;
+  /**
+   * Size of the sandbox's writable disk in MiB (default 4096). The disk is
+   * sparse: it costs the host only what the guest writes. A full disk is
+   * ENOSPC inside the guest.
+   */
+  diskSizeMiB?: number;
   /** Keep running after this process exits (default false: the VM dies with its owner, even on SIGKILL). */
   detached?: boolean;
   /** How long creation (boot included) may take before it fails (default 30 s). */
@@ -59,6 +67,7 @@ const sandboxOptionsSchema = z
     cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
     memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
     env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
+    diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
     detached: z.boolean().optional(),
     timeoutMs: z.number().int().positive().optional(),
     signal: z.instanceof(AbortSignal).optional(),
@@ -239,6 +248,7 @@ export class Sandbox implements AsyncDisposable {
       createdAt: new Date().toISOString(),
       cpus: opts.cpus ?? 1,
       memoryMiB: opts.memoryMiB ?? 256,
+      diskSizeMiB: opts.diskSizeMiB ?? DEFAULT_DISK_MIB,
       detached: opts.detached ?? false,
       accel,
       pid: null,
@@ -257,9 +267,11 @@ export class Sandbox implements AsyncDisposable {
     let vm: VmHandle | null = null;
     try {
       if (signal.aborted) throw abortError(signal, 'sandbox creation');
+      const disk = join(dir, 'disk.qcow2');
+      await createDisk(layout.cache, disk, info.diskSizeMiB, signal);
       vm = await vmm.start({
         id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
-        rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: info.detached, accel,
+        rootfs: assets.rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel,
       });
       info.pid = vm.pid;
       await writeInfo(layout, info);

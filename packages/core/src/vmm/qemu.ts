@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { RoostError } from '../errors.js';
 import { hostCpu } from './accel.js';
 import { connectWithRetry } from './connect.js';
@@ -19,13 +20,14 @@ export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 const TCG_CPU = 'max,erms=off,fsrm=off';
 
 /**
- * The largest file QEMU may write (bytes): today only its logs. A root guest
- * can write to its serial console without end (~0.4 MiB/s under TCG, over
- * 1 GB an hour); with RLIMIT_FSIZE and SIGXFSZ ignored, writes past the cap
- * fail and are dropped while the guest runs on. When QEMU writes disk
- * images (issue 3), this must move to a log keeper or exceed the disk size.
+ * The most a sandbox may write to each of its logs on the host (bytes). A
+ * root guest can write to its serial console without end (~0.4 MiB/s under
+ * TCG, over 1 GB an hour), and can make QEMU print errors about its devices:
+ * both go through a pipe to a keeper process that writes the first `limit`
+ * bytes to the log and discards the rest, so the guest runs on unharmed.
+ * (QEMU itself cannot be size-limited: it writes the sandbox's disk.)
  */
-export function fileSizeLimit(env: NodeJS.ProcessEnv = process.env): number {
+export function logLimit(env: NodeJS.ProcessEnv = process.env): number {
   const raw = env.ROOST_LOG_LIMIT_BYTES;
   if (raw === undefined || raw === '') return 64 * 2 ** 20;
   const n = Number(raw);
@@ -55,13 +57,14 @@ export function vmPaths(dir: string): VmPaths {
  * measured: calibrating delay loops and the LAPIC timer against an emulated
  * timer is slow and sometimes hangs (see DESIGN.md).
  */
-export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'append'>, rootDevice: string | null): string {
+export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'append' | 'disk'>, rootDevice: string | null): string {
   const words = ['console=ttyS0', 'quiet', 'reboot=t', 'panic=-1', '8250.nr_uarts=1', 'no_timer_check'];
   if (config.accel === 'tcg') {
     const khz = hostCpu().tscKhz;
     words.push(`tsc_early_khz=${khz}`, `lpj=${Math.round((khz * 1000) / config.kernelHz)}`, 'tsc=reliable', 'nolapic_timer');
   }
   if (rootDevice) words.push(`roost.root=${rootDevice}`, 'roost.rootfstype=erofs');
+  if (rootDevice && config.disk) words.push('roost.disk=/dev/vdb');
   words.push(...(config.append ?? []));
   // A debugging aid: extra words for every sandbox's kernel (for example `idle=poll` or `loglevel=7`).
   if (process.env.ROOST_KERNEL_APPEND) words.push(...process.env.ROOST_KERNEL_APPEND.split(/\s+/).filter(Boolean));
@@ -69,7 +72,7 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
 }
 
 /** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
-export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean } = {}): string[] {
+export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
   const { agent = true, rootfs = true } = options;
   const tcg = config.accel === 'tcg';
   const args = [
@@ -83,12 +86,23 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     '-kernel', config.kernel,
     '-initrd', config.initramfs,
     '-append', kernelCmdline(config, rootfs ? '/dev/vda' : null),
-    '-chardev', `file,id=console,path=${opt(paths.consoleLog)}`,
+    // QEMU's stdout is the console keeper's pipe (see logLimit); without one (benchmark floors), the file itself.
+    '-chardev', options.consolePipe ? 'stdio,id=console,signal=off' : `file,id=console,path=${opt(paths.consoleLog)}`,
     '-serial', 'chardev:console',
     '-device', 'virtio-rng-device',
   ];
   if (rootfs) {
     args.push('-drive', `id=root,file=${opt(config.rootfs)},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
+    if (config.disk) {
+      // The sandbox's writable layer: a qcow2 overlay on an empty ext4 image, so
+      // the host file grows only with what the guest writes (and shrinks with
+      // what it deletes: discard). A failing host write is reported to the
+      // guest as an I/O error rather than pausing the VM.
+      args.push(
+        '-drive', `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,werror=report,rerror=report`,
+        '-device', 'virtio-blk-device,drive=disk',
+      );
+    }
   }
   if (agent) {
     args.push(
@@ -119,27 +133,34 @@ export class QemuVmm implements Vmm {
     if (!qemu) {
       throw new RoostError('SETUP_REQUIRED', `${QEMU_BINARY} is not installed: run \`roost setup\` (it installs qemu-system-x86)`);
     }
-    const args = qemuArgs(config, paths);
-    const limit = fileSizeLimit();
-    // One process, exec'd in turn (so pdeathsig is tied to this Node process):
-    // sh ignores SIGXFSZ (an ignored signal survives exec), prlimit caps the
-    // size of files QEMU writes, and for a non-detached VM setpriv sets
-    // PR_SET_PDEATHSIG, so it gets SIGKILL when its owner dies, however it dies.
-    const ownerBound = config.detached ? [] : ['setpriv', '--pdeathsig', 'KILL', '--'];
-    const cmd = '/bin/sh';
-    const argv = ['-c', 'trap "" XFSZ; exec "$@"', 'roost-qemu', 'prlimit', `--fsize=${limit}`, '--', ...ownerBound, qemu, ...args];
-    const log = openSync(paths.vmmLog, 'a');
+    const args = qemuArgs(config, paths, { consolePipe: true });
+    const limit = logLimit();
+    const consoleKeeper = startLogKeeper(paths.consoleLog, limit);
+    const vmmKeeper = startLogKeeper(paths.vmmLog, limit);
+    // For a non-detached VM, setpriv sets PR_SET_PDEATHSIG on QEMU, so it gets
+    // SIGKILL when its owner dies, however it dies. The keepers end when QEMU
+    // closes their pipes.
+    const ownerBound = config.detached ? [] : ['--pdeathsig', 'KILL', '--'];
+    const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', [...ownerBound, qemu, ...args]];
     let child;
     try {
       // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      child = spawn(cmd, argv, { stdio: ['ignore', log, log], detached: true });
+      child = spawn(cmd, argv, { stdio: ['ignore', consoleKeeper.stdin, vmmKeeper.stdin], detached: true });
     } finally {
-      closeSync(log);
+      // QEMU holds the write ends now; ours would keep the keepers from ever seeing EOF.
+      consoleKeeper.stdin.destroy();
+      vmmKeeper.stdin.destroy();
     }
-    const exited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    const qemuExited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    // The VM has exited once its logs are complete too: boot errors read them right after.
+    const exited = Promise.all([qemuExited, consoleKeeper.exited, vmmKeeper.exited]).then(([e]) => e);
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (e: NodeJS.ErrnoException) => reject(new RoostError('VMM', `could not start QEMU (through ${cmd}): ${e.message}`, { cause: e })));
+      child.once('error', (e: NodeJS.ErrnoException) => {
+        consoleKeeper.kill();
+        vmmKeeper.kill();
+        reject(new RoostError('VMM', `could not start QEMU (through ${cmd}): ${e.message}`, { cause: e }));
+      });
     });
     child.unref();
     return new QemuHandle(pid, paths, exited);
@@ -159,6 +180,40 @@ export class QemuVmm implements Vmm {
       timer.unref();
     });
     return new QemuHandle(pid, paths, exited);
+  }
+}
+
+interface LogKeeper {
+  stdin: Writable;
+  exited: Promise<void>;
+  kill(): void;
+}
+
+/**
+ * A process that copies its stdin to `path`, the first `limit` bytes of it,
+ * and discards the rest. It outlives this Node process with a detached VM.
+ */
+function startLogKeeper(path: string, limit: number): LogKeeper {
+  const out = openSync(path, 'a');
+  try {
+    const child = spawn('/bin/sh', ['-c', 'head -c "$1"; exec cat >/dev/null', 'roost-log', String(limit)], {
+      stdio: ['pipe', out, 'ignore'],
+      detached: true,
+    });
+    child.unref();
+    const exited = new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.once('error', () => resolve());
+    });
+    return {
+      stdin: child.stdin!, // stdio[0] is 'pipe'
+      exited,
+      kill: () => {
+        child.kill('SIGKILL');
+      },
+    };
+  } finally {
+    closeSync(out);
   }
 }
 

@@ -13,6 +13,8 @@ export interface VmConfig {
   initramfs: string;
   /** Read-only root filesystem image for commands (erofs). */
   rootfs: string;
+  /** The sandbox's writable layer: a qcow2 disk holding an ext4 filesystem (without one, writes go to guest memory). */
+  disk?: string;
   /** The kernel's CONFIG_HZ (to compute `lpj` under TCG). */
   kernelHz: number;
   /** A detached VM survives the process that started it; otherwise it dies with it (even on SIGKILL). */

@@ -1,0 +1,60 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { RoostError } from '../errors.js';
+
+const exec = promisify(execFile);
+
+/** Default size of a sandbox's writable disk (MiB): sparse, so it costs only what is written. */
+export const DEFAULT_DISK_MIB = 4096;
+export const MIN_DISK_MIB = 64;
+export const MAX_DISK_MIB = 2 * 2 ** 20; // 2 TiB
+
+/**
+ * Creates a sandbox's writable disk at `path`: a qcow2 overlay whose backing
+ * file is an empty ext4 filesystem of `sizeMiB`, made once per size and
+ * shared read-only (`<cache>/disks/ext4-<size>m.raw`). A new disk is a few
+ * hundred KiB; it grows with what the guest writes, never past its size, and
+ * the guest sees ENOSPC when its filesystem is full.
+ */
+export async function createDisk(cache: string, path: string, sizeMiB: number, signal?: AbortSignal): Promise<void> {
+  const template = await diskTemplate(cache, sizeMiB, signal);
+  try {
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', template, path], { signal });
+  } catch (e) {
+    await rm(path, { force: true });
+    throw toolError('qemu-img create', e, 'qemu-utils');
+  }
+}
+
+/** The shared empty-filesystem image of a size, built on first use (atomically: concurrent builders race safely). */
+async function diskTemplate(cache: string, sizeMiB: number, signal?: AbortSignal): Promise<string> {
+  const dir = join(cache, 'disks');
+  const template = join(dir, `ext4-${sizeMiB}m.raw`);
+  if (await stat(template).catch(() => null)) return template;
+  await mkdir(dir, { recursive: true });
+  const tmp = join(dir, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    await writeFile(tmp, '');
+    await truncate(tmp, sizeMiB * 2 ** 20);
+    // No reserved blocks (the guest's root is the only user); inode tables and
+    // the journal are left uninitialized so the template stays sparse. The guest
+    // mounts with noinit_itable, so nothing zeroes them later either.
+    await exec('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'roost-rw', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', tmp], { signal });
+    await rename(tmp, template);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw toolError('mkfs.ext4', e, 'e2fsprogs');
+  }
+  return template;
+}
+
+function toolError(what: string, e: unknown, pkg: string): RoostError {
+  const err = e as NodeJS.ErrnoException & { stderr?: string };
+  if (err.name === 'AbortError') return new RoostError('ABORTED', `${what} was aborted`, { cause: e });
+  if (err.code === 'ENOENT') return new RoostError('SETUP_REQUIRED', `${what.split(' ')[0]} is not installed: run \`roost setup\` (it installs ${pkg})`, { cause: e });
+  if (err.code === 'ENOSPC' || /No space left/.test(err.stderr ?? '')) return new RoostError('VMM', `${what}: the host disk is full`, { cause: e });
+  return new RoostError('VMM', `${what} failed: ${(err.stderr ?? err.message).trim()}`, { cause: e });
+}
