@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { roostHome, setup } from '@roost/core';
+import { ensureTestTools } from '@roost/testkit';
 
 /**
  * Builds (or finds cached) the kernel, agent, initramfs and base rootfs once
@@ -16,6 +17,8 @@ export default async function globalSetup(): Promise<void> {
     home,
     progress: (line) => process.stderr.write(`[roost setup] ${line}\n`),
   });
+  // Tools of the image tests: a local registry, skopeo, debootstrap, ...
+  await ensureTestTools((line) => process.stderr.write(`[roost setup] ${line}\n`));
   process.stderr.write(`[roost setup] done in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
   process.env.ROOST_TEST_CACHE = join(home, 'cache');
 }

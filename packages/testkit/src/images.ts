@@ -1,0 +1,808 @@
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, type Stats } from 'node:fs';
+import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, posix } from 'node:path';
+import { Readable, Transform, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { roostHome } from '@roost/core';
+
+/**
+ * Real OCI image layouts for the image tests, written without Docker: a
+ * small layer writer over tar-stream, a layout writer (oci-layout,
+ * index.json, blobs/sha256), and two images built from host parts (busybox,
+ * and a debootstrapped Debian minbase). Everything is deterministic (fixed
+ * mtimes, fixed entry order, gzip without a timestamp), so digests are stable
+ * between runs.
+ */
+
+/** 2024-01-01T00:00:00Z: every entry's mtime unless it says otherwise. */
+export const FIXED_MTIME = 1_704_067_200;
+const CREATED = new Date(FIXED_MTIME * 1000).toISOString();
+
+export const MEDIA_TYPES = {
+  index: 'application/vnd.oci.image.index.v1+json',
+  manifest: 'application/vnd.oci.image.manifest.v1+json',
+  config: 'application/vnd.oci.image.config.v1+json',
+  layer: 'application/vnd.oci.image.layer.v1.tar',
+  layerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+} as const;
+
+// ---- layers ----------------------------------------------------------------
+
+interface EntryMeta {
+  /** Path in the image; a leading '/' or './' is dropped unless `verbatim`. */
+  path: string;
+  /** Permission bits with setuid/setgid/sticky; defaults 0644 (files), 0755 (dirs). Note: tar-stream writes 0 as the default. */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  /** Seconds since the epoch; default FIXED_MTIME. */
+  mtime?: number;
+  /** Extended attributes, written as SCHILY.xattr.* PAX records. */
+  xattrs?: Record<string, string>;
+  /** Write `path` (and a hardlink's `target`) exactly as given, for hostile layers: '../x', '/abs'. */
+  verbatim?: boolean;
+}
+
+/** One entry of a layer. Whiteouts and opaque markers are named by the path they hide. */
+export type LayerEntry =
+  | (EntryMeta & {
+      type: 'file';
+      /** The bytes; or `source` (a host file, streamed) or `stream` + `size`. */
+      content?: string | Buffer;
+      source?: string;
+      stream?: AsyncIterable<Uint8Array>;
+      size?: number;
+    })
+  | (EntryMeta & { type: 'dir' })
+  | (EntryMeta & { type: 'symlink'; target: string })
+  /** `target` is the path of an earlier entry of the same layer. */
+  | (EntryMeta & { type: 'hardlink'; target: string })
+  | (EntryMeta & { type: 'char' | 'block' | 'fifo'; major?: number; minor?: number })
+  /** `path` is removed from the layers below: written as DIR/.wh.NAME. */
+  | { type: 'whiteout'; path: string; mtime?: number }
+  /** The directory `path` hides what the layers below have in it: written as PATH/.wh..wh..opq. */
+  | { type: 'opaque'; path: string; mtime?: number };
+
+export interface LayerSpec {
+  entries: Iterable<LayerEntry> | AsyncIterable<LayerEntry>;
+  /** Default 'gzip'. */
+  compression?: 'gzip' | 'none';
+  /** The history entry's created_by. */
+  createdBy?: string;
+}
+
+export interface LayerInfo {
+  mediaType: string;
+  digest: string;
+  size: number;
+  diffId: string;
+  /** Bytes of the uncompressed tar. */
+  tarSize: number;
+}
+
+function clean(path: string): string {
+  const p = posix.normalize(path).replace(/^(\.?\/)+/, '');
+  if (p === '' || p === '.') throw new Error(`layer entry with an empty path: ${JSON.stringify(path)}`);
+  return p.replace(/\/+$/, '');
+}
+
+const TAR_TYPES = { file: 'file', dir: 'directory', symlink: 'symlink', hardlink: 'link', char: 'character-device', block: 'block-device', fifo: 'fifo' } as const;
+
+/**
+ * Adds one entry to a tar pack, resolving once it is written (tar-stream
+ * takes one entry at a time). `modes` holds the modes of the layer's files
+ * so far: a hardlink's header repeats its target's, as tar does.
+ */
+async function addEntry(pack: tar.Pack, e: LayerEntry, modes: Map<string, number>): Promise<void> {
+  if (e.type === 'whiteout' || e.type === 'opaque') {
+    const p = clean(e.path);
+    const name = e.type === 'opaque' ? `${p}/.wh..wh..opq` : posix.join(posix.dirname(p), `.wh.${posix.basename(p)}`);
+    return addEntry(pack, { type: 'file', path: name, content: '', mode: 0o644, ...(e.mtime !== undefined ? { mtime: e.mtime } : {}) }, modes);
+  }
+  const name = e.verbatim ? e.path : clean(e.path);
+  const defaultMode = e.type === 'dir' ? 0o755 : e.type === 'symlink' ? 0o777 : e.type === 'hardlink' ? (modes.get(e.target.replace(/^\/+/, '')) ?? 0o644) : 0o644;
+  if (e.type === 'file') modes.set(name, e.mode ?? 0o644);
+  const header: Partial<tar.Header> & { name: string } = {
+    name: e.type === 'dir' ? `${name}/` : name,
+    type: TAR_TYPES[e.type],
+    mode: e.mode ?? defaultMode,
+    uid: e.uid ?? 0,
+    gid: e.gid ?? 0,
+    mtime: new Date((e.mtime ?? FIXED_MTIME) * 1000),
+  };
+  if (e.xattrs && Object.keys(e.xattrs).length > 0) {
+    header.pax = Object.fromEntries(Object.entries(e.xattrs).map(([k, v]) => [`SCHILY.xattr.${k}`, v]));
+  }
+  if (e.type === 'symlink') header.linkname = e.target;
+  if (e.type === 'hardlink') header.linkname = e.verbatim ? e.target : clean(e.target);
+  if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
+    header.devmajor = e.major ?? 0;
+    header.devminor = e.minor ?? 0;
+  }
+  if (e.type === 'file' && e.content === undefined) {
+    let input: AsyncIterable<Uint8Array>;
+    if (e.source !== undefined) {
+      header.size = e.size ?? (await stat(e.source)).size;
+      input = createReadStream(e.source);
+    } else if (e.stream && e.size !== undefined) {
+      header.size = e.size;
+      input = e.stream;
+    } else {
+      throw new Error(`file entry ${name} needs content, source, or stream and size`);
+    }
+    // The callback runs once the entry is in the pack; a size mismatch fails it.
+    await new Promise<void>((resolve, reject) => {
+      const sink = pack.entry(header, (err) => (err ? reject(err) : resolve()));
+      sink.on('error', reject); // also emitted, for one a size mismatch
+      (async () => {
+        for await (const chunk of input) {
+          if (!sink.write(chunk)) await new Promise<void>((r) => sink.once('drain', () => r()));
+        }
+        sink.end(undefined);
+      })().catch((err: Error) => {
+        sink.destroy(err);
+        reject(err);
+      });
+    });
+    return;
+  }
+  const body = e.type === 'file' ? e.content : undefined;
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error | null) => (err ? reject(err) : resolve());
+    if (body !== undefined) pack.entry(header, body, done);
+    else pack.entry(header, done);
+  });
+}
+
+/** A Transform that hashes (sha256) and counts what passes through. */
+function meter(): Transform & { digest(): string; bytes: number } {
+  const hash = createHash('sha256');
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      t.bytes += chunk.length;
+      cb(null, chunk);
+    },
+  }) as Transform & { digest(): string; bytes: number };
+  t.bytes = 0;
+  t.digest = () => `sha256:${hash.digest('hex')}`;
+  return t;
+}
+
+/**
+ * Writes a tar of `entries` to `out` (gzip-compressed unless 'none') and
+ * returns the digests of the tar (diff_id) and of the file.
+ */
+export async function writeLayerFile(out: string, entries: LayerSpec['entries'], compression: 'gzip' | 'none' = 'gzip'): Promise<Omit<LayerInfo, 'mediaType'>> {
+  const pack = tar.pack();
+  const tarMeter = meter();
+  const fileMeter = meter();
+  // Level 6 with no timestamp or name in the header: the same tar gives the same bytes (with the same zlib).
+  const stages = compression === 'gzip' ? [tarMeter, createGzip({ level: 6 }), fileMeter] : [tarMeter, fileMeter];
+  // tar-stream's streams are streamx ones, which node's pipeline takes.
+  const written = pipeline([pack as unknown as Readable, ...stages, createWriteStream(out)] as [Readable, ...Writable[]]);
+  written.catch(() => {}); // observed below
+  try {
+    const modes = new Map<string, number>();
+    for await (const e of entries) await addEntry(pack, e, modes);
+    pack.finalize();
+  } catch (err) {
+    pack.destroy(err as Error);
+    await written.catch(() => {});
+    throw err;
+  }
+  await written;
+  return { digest: fileMeter.digest(), size: fileMeter.bytes, diffId: tarMeter.digest(), tarSize: tarMeter.bytes };
+}
+
+// ---- layouts ---------------------------------------------------------------
+
+export interface ImageConfig {
+  Entrypoint?: string[];
+  Cmd?: string[];
+  Env?: string[];
+  WorkingDir?: string;
+  User?: string;
+  Labels?: Record<string, string>;
+}
+
+export interface ImageSpec {
+  /** The org.opencontainers.image.ref.name in index.json (the `tag` of `oci:DIR:tag`). */
+  tag: string;
+  layers: LayerSpec[];
+  config?: ImageConfig;
+  /** Default 'amd64'. */
+  architecture?: string;
+  /** Default 'linux'. */
+  os?: string;
+}
+
+export interface BuiltImage {
+  dir: string;
+  tag: string;
+  manifestDigest: string;
+  manifestSize: number;
+  configDigest: string;
+  layers: LayerInfo[];
+}
+
+interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  platform?: { architecture: string; os: string; variant?: string };
+}
+
+const REF_NAME = 'org.opencontainers.image.ref.name';
+
+async function initLayout(dir: string): Promise<void> {
+  await mkdir(join(dir, 'blobs', 'sha256'), { recursive: true });
+  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }) + '\n');
+}
+
+/** Writes a blob into the layout (skipping it when present); returns its descriptor fields. */
+export async function writeBlob(dir: string, data: Buffer | string): Promise<{ digest: string; size: number }> {
+  const buf = typeof data === 'string' ? Buffer.from(data) : data;
+  const digest = `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+  const path = join(dir, 'blobs', 'sha256', digest.slice(7));
+  if (!(await exists(path))) await writeAtomic(path, buf);
+  return { digest, size: buf.length };
+}
+
+/** Points `tag` in index.json at `desc`, replacing what the tag named before. */
+async function tagInIndex(dir: string, tag: string, desc: Descriptor): Promise<void> {
+  const path = join(dir, 'index.json');
+  const index = (await exists(path))
+    ? (JSON.parse(await readFile(path, 'utf8')) as { manifests: Descriptor[] })
+    : { manifests: [] as Descriptor[] };
+  const manifests = index.manifests.filter((m) => m.annotations?.[REF_NAME] !== tag);
+  manifests.push({ ...desc, annotations: { ...desc.annotations, [REF_NAME]: tag } });
+  await writeAtomic(path, JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests }, null, 2) + '\n');
+}
+
+/**
+ * Writes an image into the OCI layout `dir` (created if needed; other
+ * images in it stay) and tags it.
+ */
+export async function writeOciLayout(dir: string, spec: ImageSpec): Promise<BuiltImage> {
+  await initLayout(dir);
+  const layers: LayerInfo[] = [];
+  for (const layer of spec.layers) {
+    const compression = layer.compression ?? 'gzip';
+    const tmp = join(dir, 'blobs', 'sha256', `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      const info = await writeLayerFile(tmp, layer.entries, compression);
+      await rename(tmp, join(dir, 'blobs', 'sha256', info.digest.slice(7)));
+      layers.push({ mediaType: compression === 'gzip' ? MEDIA_TYPES.layerGzip : MEDIA_TYPES.layer, ...info });
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+  const config = {
+    created: CREATED,
+    architecture: spec.architecture ?? 'amd64',
+    os: spec.os ?? 'linux',
+    config: spec.config ?? {},
+    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) },
+    history: spec.layers.map((l, i) => ({ created: CREATED, created_by: l.createdBy ?? `roost test layer ${i + 1}` })),
+  };
+  const configBlob = await writeBlob(dir, JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA_TYPES.manifest,
+    config: { mediaType: MEDIA_TYPES.config, ...configBlob },
+    layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+  };
+  const manifestBlob = await writeBlob(dir, JSON.stringify(manifest));
+  await tagInIndex(dir, spec.tag, { mediaType: MEDIA_TYPES.manifest, ...manifestBlob });
+  return { dir, tag: spec.tag, manifestDigest: manifestBlob.digest, manifestSize: manifestBlob.size, configDigest: configBlob.digest, layers };
+}
+
+/**
+ * Writes an image index (a multi-platform image) of images already in the
+ * layout and tags it. Push it with `push(..., { all: true })`-style copies
+ * (`skopeo copy --multi-arch all`), or it is narrowed to one platform.
+ */
+export async function writeOciIndex(
+  dir: string,
+  tag: string,
+  images: { manifestDigest: string; manifestSize: number; platform: { architecture: string; os: string; variant?: string } }[],
+): Promise<string> {
+  const index = {
+    schemaVersion: 2,
+    mediaType: MEDIA_TYPES.index,
+    manifests: images.map((i) => ({ mediaType: MEDIA_TYPES.manifest, digest: i.manifestDigest, size: i.manifestSize, platform: i.platform })),
+  };
+  const blob = await writeBlob(dir, JSON.stringify(index));
+  await tagInIndex(dir, tag, { mediaType: MEDIA_TYPES.index, ...blob });
+  return blob.digest;
+}
+
+// ---- host trees ------------------------------------------------------------
+
+export interface TreeOptions {
+  /** Prefix of the paths in the image (default none: the tree is the root). */
+  prefix?: string;
+  /** Keep an entry (relative path without leading '/'); a dropped directory drops its contents. */
+  filter?: (path: string, st: Stats) => boolean;
+  /** Keep the tree's mtimes instead of FIXED_MTIME. */
+  keepMtimes?: boolean;
+}
+
+/**
+ * The entries of a host directory tree read with lstat, parents before
+ * children, names sorted: ownership and modes as on disk, symlinks as links,
+ * files with several links as one file and hardlinks to it (by dev and
+ * inode). Device nodes, fifos and sockets are left out, and so is what lies
+ * under a mount point (a debootstrap killed halfway leaves /proc mounted).
+ */
+export async function* treeEntries(root: string, options: TreeOptions = {}): AsyncGenerator<LayerEntry> {
+  const rootDev = (await lstat(root)).dev;
+  const seen = new Map<string, string>();
+  const prefix = options.prefix ? clean(options.prefix) + '/' : '';
+  async function* walk(rel: string): AsyncGenerator<LayerEntry> {
+    const names = (await readdir(join(root, rel))).sort();
+    for (const name of names) {
+      const r = rel ? `${rel}/${name}` : name;
+      const abs = join(root, r);
+      const st = await lstat(abs);
+      if (options.filter && !options.filter(r, st)) continue;
+      const meta = { path: prefix + r, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: options.keepMtimes ? Math.floor(st.mtimeMs / 1000) : FIXED_MTIME };
+      if (st.isDirectory()) {
+        yield { type: 'dir', ...meta };
+        if (st.dev === rootDev) yield* walk(r);
+      } else if (st.isSymbolicLink()) {
+        yield { type: 'symlink', ...meta, target: await readlink(abs) };
+      } else if (st.isFile()) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? seen.get(key) : undefined;
+        if (first !== undefined) {
+          yield { type: 'hardlink', ...meta, target: first };
+        } else {
+          if (st.nlink > 1) seen.set(key, meta.path);
+          yield { type: 'file', ...meta, source: abs, size: st.size };
+        }
+      }
+    }
+  }
+  yield* walk('');
+}
+
+/** The entries of a tar file as layer entries (file bodies streamed: take them in order). */
+export async function* tarEntries(path: string): AsyncGenerator<LayerEntry> {
+  const extract = tar.extract();
+  const input = createReadStream(path);
+  input.pipe(extract);
+  input.on('error', (e) => extract.destroy(e));
+  const back: Record<string, LayerEntry['type']> = { file: 'file', directory: 'dir', symlink: 'symlink', link: 'hardlink', 'character-device': 'char', 'block-device': 'block', fifo: 'fifo' };
+  try {
+  for await (const entry of extract) {
+    const h = entry.header;
+    const type = back[h.type ?? 'file'];
+    const meta = { path: h.name, mode: h.mode ?? 0, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: Math.floor((h.mtime?.getTime() ?? FIXED_MTIME * 1000) / 1000) };
+    if (type === 'file') {
+      yield { type, ...meta, stream: entry as AsyncIterable<Uint8Array>, size: h.size ?? 0 };
+      entry.resume(); // the body, unless the consumer read it
+      continue;
+    }
+    entry.resume();
+    if (type === 'dir') yield { type, ...meta };
+    else if (type === 'symlink' || type === 'hardlink') yield { type, ...meta, target: h.linkname ?? '' };
+    else if (type === 'char' || type === 'block' || type === 'fifo') yield { type, ...meta, major: h.devmajor ?? 0, minor: h.devminor ?? 0 };
+  }
+  } finally {
+    // The consumer may stop early.
+    input.destroy();
+    extract.destroy();
+  }
+}
+
+// ---- what a test can assert ------------------------------------------------
+
+/** What the root filesystem of an image must hold once its layers are applied. Paths are absolute. */
+export interface ExpectedRoot {
+  /** Regular files, with their exact content and metadata where given. */
+  files: Record<string, { content?: string; mode?: number; uid?: number; gid?: number }>;
+  /** Directories; `entries` is the exact sorted listing where given. */
+  dirs: Record<string, { mode?: number; uid?: number; gid?: number; entries?: string[] }>;
+  symlinks: Record<string, string>;
+  /** Groups of paths that must be one inode. */
+  hardlinks: string[][];
+  /** Paths that must not exist (removed by whiteouts and opaque directories). */
+  absent: string[];
+}
+
+export interface ExpectedConfig {
+  Entrypoint?: string[];
+  Cmd: string[];
+  Env: string[];
+  WorkingDir: string;
+  User?: string;
+}
+
+// ---- busybox ---------------------------------------------------------------
+
+export interface BusyboxImageOptions {
+  /** Default 'latest'. */
+  tag?: string;
+  entrypoint?: string[];
+  cmd?: string[];
+  /** The image's User: a name ('app'), uid, or uid:gid. */
+  user?: string;
+  /** Default 'gzip'. */
+  compression?: 'gzip' | 'none';
+}
+
+export interface BusyboxImage extends BuiltImage {
+  expected: ExpectedRoot;
+  config: ExpectedConfig;
+  /** stdout of the image's default command (Entrypoint + Cmd) when neither option changed them. */
+  defaultOutput: string | null;
+}
+
+const BUSYBOX = '/bin/busybox';
+
+/**
+ * A three-layer linux/amd64 image from the host's static busybox:
+ * 1. /bin/busybox, its applets (symlinks; /bin/sh a hardlink), /etc/passwd
+ *    with root and app (1000:1000), /etc/group, /etc/os-release;
+ * 2. files with owners and modes, a hardlink pair, a directory layer 3 makes
+ *    opaque, files layer 3 removes, /etc/motd that layer 3 replaces;
+ * 3. whiteouts, the opaque marker with a new file under it, new files.
+ * `expected` says what the final root holds and lacks.
+ */
+export async function buildBusyboxImage(dir: string, options: BusyboxImageOptions = {}): Promise<BusyboxImage> {
+  const tag = options.tag ?? 'latest';
+  const list = await run(BUSYBOX, ['--list']);
+  // Applets the tests lean on, whatever --list says.
+  const applets = [...new Set(list.split('\n').filter((a) => a && a !== 'busybox' && a !== 'sh'))].sort();
+  const files: ExpectedRoot['files'] = {
+    '/etc/passwd': { content: 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' },
+    '/etc/group': { content: 'root:x:0:\napp:x:1000:\nnogroup:x:65534:\n' },
+    '/etc/os-release': { content: 'NAME="Roost test image"\nID=roost-test\nPRETTY_NAME="Roost test image (busybox)"\nVERSION_ID=1\n' },
+  };
+  const layer1: LayerEntry[] = [
+    { type: 'dir', path: 'bin' },
+    { type: 'file', path: 'bin/busybox', source: BUSYBOX, mode: 0o755 },
+    { type: 'hardlink', path: 'bin/sh', target: 'bin/busybox' },
+    ...applets.map((a): LayerEntry => ({ type: 'symlink', path: `bin/${a}`, target: 'busybox' })),
+    { type: 'dir', path: 'dev' },
+    { type: 'dir', path: 'etc' },
+    { type: 'file', path: 'etc/passwd', content: files['/etc/passwd']!.content! },
+    { type: 'file', path: 'etc/group', content: files['/etc/group']!.content! },
+    { type: 'file', path: 'etc/os-release', content: files['/etc/os-release']!.content! },
+    { type: 'file', path: 'etc/motd', content: 'motd of layer 1\n' },
+    { type: 'dir', path: 'home' },
+    { type: 'dir', path: 'home/app', uid: 1000, gid: 1000, mode: 0o750 },
+    { type: 'dir', path: 'proc' },
+    { type: 'dir', path: 'root', mode: 0o700 },
+    { type: 'dir', path: 'sys' },
+    { type: 'dir', path: 'tmp', mode: 0o1777 },
+    { type: 'dir', path: 'usr' },
+    { type: 'dir', path: 'usr/bin' },
+    // An absolute symlink: legitimate, it must resolve inside the image's root.
+    { type: 'symlink', path: 'usr/bin/env', target: '/bin/busybox' },
+    { type: 'dir', path: 'var' },
+    { type: 'dir', path: 'var/tmp', mode: 0o1777 },
+  ];
+  const layer2: LayerEntry[] = [
+    { type: 'file', path: 'home/app/hello.txt', content: 'hello from layer 2\n', uid: 1000, gid: 1000, mode: 0o640 },
+    { type: 'symlink', path: 'home/app/hello-link', target: 'hello.txt', uid: 1000, gid: 1000 },
+    { type: 'dir', path: 'data' },
+    { type: 'file', path: 'data/original.txt', content: 'one inode, two names\n' },
+    { type: 'hardlink', path: 'data/linked.txt', target: 'data/original.txt' },
+    { type: 'file', path: 'data/setuid-script', content: '#!/bin/sh\necho setuid\n', mode: 0o4755 },
+    { type: 'file', path: 'data/secret', content: 'only root reads this\n', mode: 0o600 },
+    { type: 'dir', path: 'data/sticky', mode: 0o1777 },
+    { type: 'dir', path: 'data/opaque' },
+    { type: 'file', path: 'data/opaque/old-a.txt', content: 'hidden by the opaque marker of layer 3\n' },
+    { type: 'dir', path: 'data/opaque/old-sub' },
+    { type: 'file', path: 'data/opaque/old-sub/old-b.txt', content: 'hidden too\n' },
+    { type: 'file', path: 'data/remove-me.txt', content: 'removed by a whiteout of layer 3\n' },
+    { type: 'dir', path: 'data/remove-dir' },
+    { type: 'file', path: 'data/remove-dir/inner.txt', content: 'removed with its directory\n' },
+    { type: 'file', path: 'etc/motd', content: 'motd of layer 2\n' },
+  ];
+  const layer3: LayerEntry[] = [
+    { type: 'whiteout', path: 'data/remove-me.txt' },
+    { type: 'whiteout', path: 'data/remove-dir' },
+    { type: 'opaque', path: 'data/opaque' },
+    { type: 'file', path: 'data/opaque/new.txt', content: 'added under the opaque marker\n' },
+    { type: 'file', path: 'data/layer3.txt', content: 'added by layer 3\n', uid: 1000, gid: 1000 },
+    { type: 'file', path: 'etc/motd', content: 'motd of layer 3\n' },
+  ];
+
+  const env = ['PATH=/bin:/usr/bin', 'GREETING=hello'];
+  const config: ImageConfig = { Env: env, WorkingDir: '/home/app', Cmd: options.cmd ?? ['sh', '-c', 'echo default-cmd'] };
+  if (options.entrypoint) config.Entrypoint = options.entrypoint;
+  if (options.user) config.User = options.user;
+  const compression = options.compression ?? 'gzip';
+  const built = await writeOciLayout(dir, {
+    tag,
+    config,
+    layers: [
+      { entries: layer1, compression, createdBy: 'busybox, applets, /etc' },
+      { entries: layer2, compression, createdBy: 'files, a hardlink pair, directories to remove' },
+      { entries: layer3, compression, createdBy: 'whiteouts, an opaque directory, new files' },
+    ],
+  });
+
+  const expected: ExpectedRoot = {
+    files: {
+      ...files,
+      '/bin/busybox': { mode: 0o755, uid: 0, gid: 0 },
+      '/etc/motd': { content: 'motd of layer 3\n' },
+      '/home/app/hello.txt': { content: 'hello from layer 2\n', mode: 0o640, uid: 1000, gid: 1000 },
+      '/data/original.txt': { content: 'one inode, two names\n' },
+      '/data/linked.txt': { content: 'one inode, two names\n' },
+      '/data/setuid-script': { mode: 0o4755, uid: 0, gid: 0 },
+      '/data/secret': { content: 'only root reads this\n', mode: 0o600 },
+      '/data/opaque/new.txt': { content: 'added under the opaque marker\n' },
+      '/data/layer3.txt': { content: 'added by layer 3\n', uid: 1000, gid: 1000 },
+    },
+    dirs: {
+      '/home/app': { mode: 0o750, uid: 1000, gid: 1000 },
+      '/tmp': { mode: 0o1777 },
+      '/root': { mode: 0o700 },
+      '/data/sticky': { mode: 0o1777 },
+      '/data/opaque': { entries: ['new.txt'] },
+      '/data': { entries: ['layer3.txt', 'linked.txt', 'opaque', 'original.txt', 'secret', 'setuid-script', 'sticky'] },
+    },
+    symlinks: { '/bin/ls': 'busybox', '/bin/cat': 'busybox', '/usr/bin/env': '/bin/busybox', '/home/app/hello-link': 'hello.txt' },
+    hardlinks: [
+      ['/bin/busybox', '/bin/sh'],
+      ['/data/original.txt', '/data/linked.txt'],
+    ],
+    absent: ['/data/remove-me.txt', '/data/remove-dir', '/data/opaque/old-a.txt', '/data/opaque/old-sub', '/data/.wh.remove-me.txt', '/data/opaque/.wh..wh..opq'],
+  };
+  const expectedConfig: ExpectedConfig = { Cmd: config.Cmd!, Env: env, WorkingDir: '/home/app' };
+  if (config.Entrypoint) expectedConfig.Entrypoint = config.Entrypoint;
+  if (config.User) expectedConfig.User = config.User;
+  const defaultOutput = options.entrypoint || options.cmd ? null : 'default-cmd\n';
+  return { ...built, expected, config: expectedConfig, defaultOutput };
+}
+
+// ---- Debian minbase --------------------------------------------------------
+
+export interface DebianImageOptions {
+  /** Default 'bookworm'. */
+  tag?: string;
+  progress?: (line: string) => void;
+}
+
+export interface DebianImage extends BuiltImage {
+  expected: ExpectedRoot;
+  config: ExpectedConfig;
+  /** The cached debootstrap tarball the layers come from. */
+  rootTarball: string;
+  /** Sum of the layers' uncompressed tar sizes and of their blob sizes. */
+  tarBytes: number;
+  blobBytes: number;
+}
+
+const DEBIAN_SUITE = 'bookworm';
+/** Bump when what goes into the tarball changes: it keys the cached tarball. */
+const TARBALL_VERSION = 'debian-minbase-v2';
+/** Bump when the layer split changes: it keys the cached layout. */
+const DEBIAN_LAYOUT_VERSION = 'debian-layout-v1';
+const DEBIAN_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG=C.UTF-8'];
+const ADDED_FILE = 'etc/roost-test-release';
+const ADDED_TEXT = 'roost test image: Debian 12 minbase in three layers\n';
+
+/** The directory for test caches in the real Roost home (not a test's throwaway one). */
+function testCacheDir(): string {
+  return join(process.env.ROOST_TEST_CACHE ?? join(roostHome(), 'cache'), 'test');
+}
+
+/** The Debian mirror apt uses here (deb822 .sources or sources.list), else deb.debian.org. */
+export async function debianMirror(): Promise<string> {
+  const texts: string[] = [];
+  const dir = '/etc/apt/sources.list.d';
+  for (const f of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('.sources')).sort()) {
+    texts.push(await readFile(join(dir, f), 'utf8').catch(() => ''));
+  }
+  for (const stanza of texts.join('\n\n').split(/\n\s*\n/)) {
+    const uri = /^URIs:\s*(\S+)/im.exec(stanza)?.[1];
+    const suites = /^Suites:\s*(.+)$/im.exec(stanza)?.[1]?.split(/\s+/) ?? [];
+    const enabled = !/^Enabled:\s*no/im.test(stanza) && /^Types:.*\bdeb\b/im.test(stanza);
+    if (uri && enabled && suites.includes(DEBIAN_SUITE) && uri.startsWith('http')) return uri;
+  }
+  const list = await readFile('/etc/apt/sources.list', 'utf8').catch(() => '');
+  const m = new RegExp(`^deb\\s+(?:\\[[^\\]]*\\]\\s+)?(https?://\\S+)\\s+${DEBIAN_SUITE}\\s`, 'm').exec(list);
+  return m?.[1] ?? 'http://deb.debian.org/debian';
+}
+
+/**
+ * A tarball of a Debian 12 minbase root (`debootstrap --variant=minbase`),
+ * built once and cached under the real Roost home's cache/test/ (a .json
+ * beside it records what made it; a different TARBALL_VERSION rebuilds).
+ * Ownership, modes, symlinks and hardlinks are those of the debootstrap
+ * tree; mtimes are fixed; device nodes, downloaded .debs and apt lists are
+ * left out, as in Debian's own images.
+ */
+export async function debianMinbaseTarball(progress: (line: string) => void = () => {}): Promise<string> {
+  const cache = testCacheDir();
+  const out = join(cache, `debian-minbase-${DEBIAN_SUITE}.tar`);
+  const metaPath = join(cache, `debian-minbase-${DEBIAN_SUITE}.json`);
+  const meta = JSON.parse(await readFile(metaPath, 'utf8').catch(() => '{}')) as { version?: string };
+  if (meta.version === TARBALL_VERSION && (await exists(out))) return out;
+  await mkdir(cache, { recursive: true });
+  const mirror = await debianMirror();
+  // In the cache directory, not /tmp: same filesystem for the rename, and room for ~200 MB.
+  const work = await mkdtemp(join(cache, `.debootstrap-${process.pid}-`));
+  const root = join(work, 'root');
+  const tmpTar = `${out}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+  try {
+    progress(`debootstrap --variant=minbase ${DEBIAN_SUITE} from ${mirror} (under a minute here; once)`);
+    const started = Date.now();
+    await run('debootstrap', ['--variant=minbase', DEBIAN_SUITE, root, mirror]);
+    const seconds = Math.round((Date.now() - started) / 1000);
+    progress(`debootstrap done in ${seconds} s`);
+    // Mount points and scratch directories stay, empty.
+    const emptied = new Set(['dev', 'proc', 'sys', 'run', 'tmp']);
+    const keep = (p: string, st: Stats) => {
+      const top = p.split('/')[0]!;
+      if (top === 'debootstrap' || (emptied.has(top) && p !== top)) return false;
+      if (p.startsWith('var/cache/apt/archives/') && p.endsWith('.deb')) return false;
+      if (/^var\/lib\/apt\/lists\/[^/]+$/.test(p) && !st.isDirectory()) return false;
+      return true;
+    };
+    await writeLayerFile(tmpTar, treeEntries(root, { filter: keep }), 'none');
+    await rename(tmpTar, out);
+    await writeAtomic(metaPath, JSON.stringify({ version: TARBALL_VERSION, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n');
+  } finally {
+    await rm(tmpTar, { force: true });
+    await removeTree(work);
+  }
+  return out;
+}
+
+/** Removes a tree after unmounting whatever is mounted below it (never deletes through a mount). */
+async function removeTree(path: string): Promise<void> {
+  const mounts = (await readFile('/proc/self/mounts', 'utf8'))
+    .split('\n')
+    .map((l) => l.split(' ')[1]?.replace(/\\040/g, ' '))
+    .filter((m): m is string => !!m && m.startsWith(path + '/'))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) await run('umount', ['-l', m]);
+  await rm(path, { recursive: true, force: true });
+}
+
+/**
+ * A Debian 12 minbase image in three gzip layers, about 100 MB uncompressed:
+ * 1. everything but what is under /usr/share;
+ * 2. what is under /usr/share (hardlinks go with the file they link to);
+ * 3. whiteouts of every /usr/share/doc/* entry, /etc/roost-test-release and
+ *    a hardlink to it.
+ * The layout is cached next to the tarball, so a second call only copies it.
+ */
+export async function buildDebianImage(dir: string, options: DebianImageOptions = {}): Promise<DebianImage> {
+  const tag = options.tag ?? DEBIAN_SUITE;
+  const progress = options.progress ?? (() => {});
+  const tarball = await debianMinbaseTarball(progress);
+  const st = await stat(tarball);
+  const key = createHash('sha256').update(`${DEBIAN_LAYOUT_VERSION}:${st.size}:${st.mtimeMs}:${st.ino}`).digest('hex').slice(0, 16);
+  const cached = join(testCacheDir(), `debian-layout-${key}`);
+  if (!(await exists(join(cached, 'image.json')))) {
+    progress('debian image: splitting the root into layers');
+    const tmp = `${cached}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+    try {
+      const info = await writeDebianLayout(tmp, tarball);
+      await writeFile(join(tmp, 'image.json'), JSON.stringify(info, null, 2) + '\n');
+      await rename(tmp, cached).catch((e: NodeJS.ErrnoException) => {
+        // A concurrent build got there first: theirs is as good.
+        if (e.code !== 'ENOTEMPTY' && e.code !== 'EEXIST') throw e;
+      });
+      // Layouts of an older tarball or split are garbage now.
+      for (const name of await readdir(testCacheDir())) {
+        if (/^debian-layout-[0-9a-f]{16}$/.test(name) && join(testCacheDir(), name) !== cached) await rm(join(testCacheDir(), name), { recursive: true, force: true });
+      }
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+  const info = JSON.parse(await readFile(join(cached, 'image.json'), 'utf8')) as DebianLayoutInfo;
+  await initLayout(dir);
+  for (const name of await readdir(join(cached, 'blobs', 'sha256'))) {
+    const to = join(dir, 'blobs', 'sha256', name);
+    if (!(await exists(to))) await copyFile(join(cached, 'blobs', 'sha256', name), to);
+  }
+  await tagInIndex(dir, tag, { mediaType: MEDIA_TYPES.manifest, digest: info.manifestDigest, size: info.manifestSize });
+  return { ...info, dir, tag, rootTarball: tarball };
+}
+
+type DebianLayoutInfo = Omit<DebianImage, 'dir' | 'tag' | 'rootTarball'>;
+
+async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLayoutInfo> {
+  const inShare = (p: string) => p.startsWith('usr/share/') && p !== 'usr/share/';
+  // A hardlink goes to the layer of its target, so no link crosses layers.
+  const layerOf = (e: LayerEntry) => (e.type === 'hardlink' ? inShare(clean(e.target)) : inShare(e.path)) ? 2 : 1;
+  const docs: string[] = [];
+  const facts: { hardlink?: [string, string]; modes: Record<string, { dir: boolean; mode: number; uid: number; gid: number }> } = { modes: {} };
+  const watch = new Set(['etc/shadow', 'usr/bin/passwd', 'tmp', 'var/mail', 'root']);
+  async function* select(layer: 1 | 2): AsyncGenerator<LayerEntry> {
+    for await (const e of tarEntries(tarball)) {
+      if (layerOf(e) !== layer) continue;
+      const p = clean(e.path);
+      if (layer === 2 && /^usr\/share\/doc\/[^/]+$/.test(p)) docs.push(p);
+      if (e.type === 'hardlink' && !facts.hardlink) facts.hardlink = [`/${clean(e.target)}`, `/${p}`];
+      if (watch.has(p) && e.type !== 'whiteout' && e.type !== 'opaque') facts.modes[`/${p}`] = { dir: e.type === 'dir', mode: e.mode ?? 0, uid: e.uid ?? 0, gid: e.gid ?? 0 };
+      yield e;
+    }
+  }
+  const layer3 = async function* (): AsyncGenerator<LayerEntry> {
+    for (const d of docs) yield { type: 'whiteout', path: d };
+    yield { type: 'file', path: ADDED_FILE, content: ADDED_TEXT };
+    yield { type: 'hardlink', path: `${ADDED_FILE}.link`, target: ADDED_FILE };
+  };
+  const config: ImageConfig = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' };
+  const built = await writeOciLayout(dir, {
+    tag: DEBIAN_SUITE,
+    config,
+    layers: [
+      { entries: select(1), createdBy: 'debootstrap --variant=minbase bookworm: all but /usr/share' },
+      { entries: select(2), createdBy: 'debootstrap --variant=minbase bookworm: /usr/share' },
+      { entries: layer3(), createdBy: 'remove /usr/share/doc/*, add /etc/roost-test-release' },
+    ],
+  });
+  if (docs.length === 0) throw new Error(`${tarball} has nothing under /usr/share/doc: not a Debian root?`);
+  const expected: ExpectedRoot = {
+    files: { [`/${ADDED_FILE}`]: { content: ADDED_TEXT }, [`/${ADDED_FILE}.link`]: { content: ADDED_TEXT } },
+    dirs: { '/usr/share/doc': { entries: [] } },
+    symlinks: { '/bin': 'usr/bin', '/lib': 'usr/lib', '/sbin': 'usr/sbin' },
+    hardlinks: [[`/${ADDED_FILE}`, `/${ADDED_FILE}.link`], ...(facts.hardlink ? [facts.hardlink] : [])],
+    absent: docs.slice(0, 5).map((d) => `/${d}`),
+  };
+  for (const [p, { dir, ...m }] of Object.entries(facts.modes)) {
+    if (dir) expected.dirs[p] = m;
+    else expected.files[p] = m;
+  }
+  expected.files['/etc/debian_version'] = {};
+  return {
+    manifestDigest: built.manifestDigest,
+    manifestSize: built.manifestSize,
+    configDigest: built.configDigest,
+    layers: built.layers,
+    expected,
+    config: { Cmd: ['bash'], Env: DEBIAN_ENV, WorkingDir: '/' },
+    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
+    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
+  };
+}
+
+// ---- small helpers ---------------------------------------------------------
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}
+
+/** Runs a command; resolves with its stdout, rejects with the tail of its output. */
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let tail = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      tail = (tail + d.toString()).slice(-4000);
+    });
+    child.stderr.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-4000)));
+    child.on('error', reject);
+    child.on('close', (code, sig) => (code === 0 ? resolve(stdout) : reject(new Error(`${cmd} ${args.join(' ')} failed (${sig ?? `exit ${code}`}):\n${tail}`))));
+  });
+}
