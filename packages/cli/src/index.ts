@@ -1,7 +1,9 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { isRoostError, RoostError, Sandbox, setup, type CommandHandle, type RunOptions, type SandboxInfo } from '@roost/core';
+import { isRoostError, RoostError, Sandbox, setup, type CommandHandle, type PullPolicy, type RunOptions, type SandboxInfo } from '@roost/core';
+import { addImageCommands, pullProgressPrinter } from './images.js';
+import { ago, formatTable } from './format.js';
 
 /** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
 const EXIT_ROOST_ERROR = 125;
@@ -37,24 +39,35 @@ export async function main(argv: string[]): Promise<number> {
 
   const run = program
     .command('run')
-    .description('create a sandbox and run a command in it (the exit code passes through)')
-    .usage('[options] -- CMD [ARG...]')
+    .description('create a sandbox and run a command in it (the exit code passes through); with an image, its Entrypoint and Cmd apply')
+    .usage('[options] [IMAGE] [-- CMD [ARG...]]')
     .option('-d, --detach', 'leave the sandbox running and print its id')
     .option('--cpus <n>', 'virtual CPUs', int('--cpus'), 1)
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'), 256)
+    .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
+    .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
     .option('--boot-timeout <ms>', 'how long the boot may take', int('--boot-timeout'));
   addExecFlags(run)
     .passThroughOptions()
-    .argument('[cmd...]')
-    .action(async (cmd: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; bootTimeout?: number }) => {
-      if (!flags.detach && cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'give a command to run: roost run [options] -- CMD [ARG...]');
+    .argument('[args...]')
+    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; pull: PullPolicy; bootTimeout?: number }) => {
+      const { image, cmd: given } = splitRunArgs(args, argv);
       const env = parseEnv(flags.env);
       const sandbox = await Sandbox.create({
         cpus: flags.cpus,
         memoryMiB: flags.memory,
         detached: !!flags.detach,
+        ...(image ? { image, pull: flags.pull, onPullProgress: pullProgressPrinter() } : {}),
+        ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
         ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
       });
+      // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
+      const img = sandbox.info.image;
+      const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
+      if (!flags.detach && cmd.length === 0) {
+        await sandbox.remove({ force: true });
+        throw new RoostError('INVALID_ARGUMENT', image ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]` : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]');
+      }
       if (flags.detach) {
         if (cmd.length > 0) {
           // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
@@ -135,6 +148,8 @@ export async function main(argv: string[]): Promise<number> {
       }
     });
 
+  addImageCommands(program);
+
   try {
     await program.parseAsync(argv);
     return exitCode;
@@ -146,6 +161,23 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
+}
+
+/**
+ * `roost run` positional arguments: `IMAGE -- CMD...`, `IMAGE CMD...`,
+ * `IMAGE`, or `-- CMD...` (no image: Roost's base root filesystem). Commander
+ * drops a leading `--`, so the raw argv tells the last form apart.
+ */
+function splitRunArgs(args: string[], argv: string[]): { image?: string; cmd: string[] } {
+  const dash = args.indexOf('--');
+  if (dash >= 0) {
+    if (dash > 1) throw new RoostError('INVALID_ARGUMENT', `one image before --, not ${dash}: ${args.slice(0, dash).join(' ')}`);
+    return dash === 1 ? { image: args[0]!, cmd: args.slice(2) } : { cmd: args.slice(1) };
+  }
+  const rawDash = argv.indexOf('--');
+  if (rawDash >= 0 && argv.length - rawDash - 1 === args.length) return { cmd: args };
+  if (args.length === 0) return { cmd: [] };
+  return { image: args[0]!, cmd: args.slice(1) };
 }
 
 function addExecFlags(cmd: Command): Command {
@@ -268,7 +300,7 @@ function parseEnv(pairs: string[]): Record<string, string> {
   return env;
 }
 
-function int(flag: string): (v: string) => number {
+export function int(flag: string): (v: string) => number {
   return (v) => {
     const n = Number(v);
     if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} takes a whole number, not "${v}"`);
@@ -277,16 +309,7 @@ function int(flag: string): (v: string) => number {
 }
 
 function table(rows: SandboxInfo[]): string {
-  const head = ['ID', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED'];
-  const body = rows.map((s) => [s.id, s.status, String(s.cpus), `${s.memoryMiB}MiB`, s.accel, ago(s.createdAt), s.detached ? 'yes' : 'no']);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
-  return [head, ...body].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
-}
-
-function ago(iso: string): string {
-  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (s < 60) return `${s}s ago`;
-  if (s < 3600) return `${Math.round(s / 60)}m ago`;
-  if (s < 86400) return `${Math.round(s / 3600)}h ago`;
-  return `${Math.round(s / 86400)}d ago`;
+  const head = ['ID', 'IMAGE', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED'];
+  const body = rows.map((s) => [s.id, s.image?.reference ?? '-', s.status, String(s.cpus), `${s.memoryMiB}MiB`, s.accel, ago(s.createdAt), s.detached ? 'yes' : 'no']);
+  return formatTable(head, body);
 }

@@ -41,6 +41,7 @@ export const REQUIRED_PACKAGES = [
   'util-linux',
   'qemu-utils',
   'zstd',
+  'attr',
 ] as const;
 
 /** Progress lines from long steps. */

@@ -14,9 +14,9 @@ export interface RunOptions {
   args?: string[];
   /** Environment, added to the sandbox's. */
   env?: Record<string, string>;
-  /** Working directory (default `/`). */
+  /** Working directory (default: the image's WorkingDir, else `/`). */
   cwd?: string;
-  /** `root` (default), a user name, a uid, `uid:gid` or `name:group`. */
+  /** A user name, a uid, `uid:gid` or `name:group` (default: the image's User, else root). */
   user?: string | number;
   /** Standard input: all of it is written, then stdin is closed. Without it, stdin is /dev/null (unless `start` is asked for `stdin: true`). */
   stdin?: string | Uint8Array | AsyncIterable<Uint8Array | string> | boolean;
@@ -249,7 +249,7 @@ export class Commands {
   /** @internal */
   constructor(
     private readonly connection: () => Promise<AgentConnection>,
-    private readonly defaults: { env: Record<string, string> },
+    private readonly defaults: { env: Record<string, string>; cwd?: string; user?: string },
   ) {}
 
   /**
@@ -274,11 +274,12 @@ export class Commands {
     const request: ExecRequest = {
       args: argv,
       env: Object.entries({ ...this.defaults.env, ...opts.env }).map(([k, v]) => `${k}=${v}`),
-      cwd: opts.cwd ?? '/',
+      cwd: opts.cwd ?? (this.defaults.cwd || '/'),
       stdin: opts.stdin !== undefined && opts.stdin !== false,
       window: OUTPUT_WINDOW,
     };
-    if (opts.user !== undefined) request.user = String(opts.user);
+    const user = opts.user ?? (this.defaults.user || undefined);
+    if (user !== undefined) request.user = String(user);
     if (opts.timeoutMs !== undefined) request.timeoutMs = opts.timeoutMs;
     if (opts.pty) {
       request.pty = true;

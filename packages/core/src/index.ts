@@ -7,7 +7,16 @@
  * const { exitCode, stdout } = await sandbox.commands.run('uname -a');
  * ```
  */
-export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus } from './sandbox.js';
+export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus, type SandboxImage, type PullPolicy } from './sandbox.js';
+export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
+export { BlobStore } from './image/blobs.js';
+export { CredentialStore, normalizeRegistry, type Credentials, type CredentialStoreOptions } from './image/auth.js';
+export { RegistryClient, RegistrySource, parseWwwAuthenticate, type RegistryClientOptions, type RetryEvent, type AuthChallenge } from './image/registry.js';
+export { pullImage, type PullImageOptions, type PulledImage } from './image/pull.js';
+export { openOciLayout, openDockerArchive, writeOciLayout, type LocalImageSource, type LocalImageRef, type ExportImage, type ExportOptions, type ExportFormat } from './image/archive.js';
+export { MediaType, parseManifest, parseImageConfig, selectPlatform, type Descriptor, type ImageConfig, type ImageManifest, type ImageIndex, type ImageSource, type PullProgress, type Platform } from './image/manifest.js';
+export { buildRootfs, ROOTFS_FORMAT, type RootfsBuild } from './image/rootfs.js';
+export { stateDb, closeStateDbs, SCHEMA_VERSION } from './state/db.js';
 export { Runtime } from './runtime.js';
 export { parseImageReference, formatImageReference, familiarImageReference, registryApiHost, DOCKER_HUB, type ImageReference } from './image/reference.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions, type OutputCallback } from './commands.js';

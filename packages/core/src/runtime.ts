@@ -1,5 +1,6 @@
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { roostHome } from './home.js';
+import { ImageStore } from './image/store.js';
 import { Sandbox, type SandboxInfo, type SandboxOptions } from './sandbox.js';
 
 /**
@@ -16,8 +17,16 @@ export class Runtime {
   /** The Roost home this runtime uses. */
   readonly home: string;
 
+  #images: ImageStore | undefined;
+
   constructor(options: { home?: string } = {}) {
     this.home = roostHome(options.home);
+  }
+
+  /** The image store of this home: pull, list, remove, import and export images. */
+  get images(): ImageStore {
+    this.#images ??= new ImageStore({ home: this.home });
+    return this.#images;
   }
 
   /** Creates and boots a sandbox in this home. */

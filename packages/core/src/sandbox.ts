@@ -9,6 +9,8 @@ import { loadAssets, type Assets } from './assets.js';
 import { Commands } from './commands.js';
 import { abortError, RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
+import { ImageStore } from './image/store.js';
+import type { PullProgress } from './image/manifest.js';
 import { parseOptions } from './validate.js';
 import { chooseAccel, type Accel } from './vmm/accel.js';
 import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
@@ -30,15 +32,45 @@ export interface SandboxInfo {
   accel: Accel;
   /** The QEMU process, while one runs. */
   pid: number | null;
-  /** Environment given to every command. */
+  /** Environment given to every command (the image's Env, overridden by the sandbox's own). */
   env: Record<string, string>;
+  /** The image the sandbox runs, when it runs one (otherwise Roost's base root filesystem). */
+  image?: SandboxImage;
+  /** Default working directory and user of commands (from the image config). */
+  workingDir?: string;
+  user?: string;
   /** Why the sandbox failed or stopped, when it did. */
   reason?: string;
   agentVersion?: string;
 }
 
+/** The image of a sandbox, as recorded when it was created. */
+export interface SandboxImage {
+  /** What the user asked for (`alpine`, `127.0.0.1:5000/app:1`). */
+  reference: string;
+  /** The image's id (its manifest digest). */
+  id: string;
+  /** The image's Entrypoint and Cmd: what `roost run IMAGE` runs without a command. */
+  entrypoint: string[];
+  cmd: string[];
+}
+
+/** When `Sandbox.create` pulls its image. */
+export type PullPolicy = 'missing' | 'always' | 'never';
+
 /** Options of `Sandbox.create`. */
 export interface SandboxOptions {
+  /**
+   * An OCI image to run: a reference (`alpine`, `alpine:3.20`,
+   * `host:5000/team/app@sha256:...`) or the id of a stored image. Pulled
+   * when missing (see `pull`). Without one, the sandbox runs Roost's small
+   * busybox root filesystem.
+   */
+  image?: string;
+  /** Pull the image when it is not stored (`missing`, the default), every time (`always`), or never. */
+  pull?: PullPolicy;
+  /** Progress of the image pull, per blob. */
+  onPullProgress?: (p: PullProgress) => void;
   /** Virtual CPUs (default 1). */
   cpus?: number;
   /** Guest memory in MiB (default 256). */
@@ -53,7 +85,7 @@ export interface SandboxOptions {
   diskSizeMiB?: number;
   /** Keep running after this process exits (default false: the VM dies with its owner, even on SIGKILL). */
   detached?: boolean;
-  /** How long creation (boot included) may take before it fails (default 30 s). */
+  /** How long booting may take before it fails (default 30 s; pulling the image and building its filesystem come before, bounded by `signal` only). */
   timeoutMs?: number;
   signal?: AbortSignal;
   /** Roost home (default $ROOST_HOME or ~/.roost). */
@@ -67,6 +99,9 @@ const sandboxOptionsSchema = z
     cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
     memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
     env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
+    image: z.string().min(1).optional(),
+    pull: z.enum(['missing', 'always', 'never']).optional(),
+    onPullProgress: z.function().optional(),
     diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
     detached: z.boolean().optional(),
     timeoutMs: z.number().int().positive().optional(),
@@ -98,7 +133,11 @@ export class Sandbox implements AsyncDisposable {
     this.#layout = layout;
     this.#vm = vm;
     this.#ownsConnection = ownsVm && !info.detached;
-    this.commands = new Commands(() => this.#connection(), { env: info.env });
+    this.commands = new Commands(() => this.#connection(), {
+      env: info.env,
+      ...(info.workingDir ? { cwd: info.workingDir } : {}),
+      ...(info.user ? { user: info.user } : {}),
+    });
     vm?.exited.then(() => this.#onVmExit());
   }
 
@@ -107,7 +146,8 @@ export class Sandbox implements AsyncDisposable {
     const opts = parseOptions(sandboxOptionsSchema, options, 'sandbox options') as SandboxOptions;
     const layout = new HomeLayout(roostHome(opts.home));
     const assets = await loadAssets(layout.root);
-    return Sandbox.#boot(layout, assets, opts, new QemuVmm());
+    const image = opts.image ? await prepareImage(layout, opts) : undefined;
+    return Sandbox.#boot(layout, assets, opts, new QemuVmm(), image);
   }
 
   /** Finds a sandbox by id (or a unique id prefix) in a Roost home and attaches to it. */
@@ -136,7 +176,7 @@ export class Sandbox implements AsyncDisposable {
 
   /** A snapshot of what is recorded about this sandbox. */
   get info(): SandboxInfo {
-    return { ...this.#info, env: { ...this.#info.env } };
+    return structuredClone(this.#info);
   }
 
   get status(): SandboxStatus {
@@ -238,7 +278,7 @@ export class Sandbox implements AsyncDisposable {
 
   // ---- internals -------------------------------------------------------------
 
-  static async #boot(layout: HomeLayout, assets: Assets, opts: SandboxOptions, vmm: Vmm): Promise<Sandbox> {
+  static async #boot(layout: HomeLayout, assets: Assets, opts: SandboxOptions, vmm: Vmm, image?: PreparedImage): Promise<Sandbox> {
     const id = randomBytes(6).toString('hex');
     const dir = layout.sandbox(id);
     const accel = chooseAccel();
@@ -252,7 +292,10 @@ export class Sandbox implements AsyncDisposable {
       detached: opts.detached ?? false,
       accel,
       pid: null,
-      env: opts.env ?? {},
+      env: { ...image?.env, ...opts.env },
+      ...(image ? { image: image.record } : {}),
+      ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
+      ...(image?.user ? { user: image.user } : {}),
     };
     if (info.cpus > hostCpus().length && accel === 'kvm') {
       throw new RoostError('INVALID_ARGUMENT', `cpus: ${info.cpus} requested, the host has ${hostCpus().length}`);
@@ -271,7 +314,7 @@ export class Sandbox implements AsyncDisposable {
       await createDisk(layout.cache, disk, info.diskSizeMiB, signal);
       vm = await vmm.start({
         id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
-        rootfs: assets.rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel,
+        rootfs: image?.rootfs ?? assets.rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel,
       });
       info.pid = vm.pid;
       await writeInfo(layout, info);
@@ -388,6 +431,40 @@ export class Sandbox implements AsyncDisposable {
       if (e.code !== 'ENOENT') throw e;
     });
   }
+}
+
+interface PreparedImage {
+  record: SandboxImage;
+  rootfs: string;
+  env: Record<string, string>;
+  workingDir: string;
+  user: string;
+}
+
+/** Finds (or pulls) the image of a sandbox to be, and builds its root filesystem if this is its first sandbox. */
+async function prepareImage(layout: HomeLayout, opts: SandboxOptions): Promise<PreparedImage> {
+  const reference = opts.image!;
+  const store = new ImageStore({ home: layout.root });
+  const policy = opts.pull ?? 'missing';
+  const pullOpts = { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onPullProgress ? { onProgress: opts.onPullProgress } : {}) };
+  let image = policy === 'always' ? undefined : store.find(reference);
+  if (!image) {
+    if (policy === 'never') throw new RoostError('NOT_FOUND', `no image ${reference} in the store, and pulling is off (pull: 'never')`);
+    image = await store.pull(reference, pullOpts);
+  }
+  const rootfs = await store.rootfs(image.id, opts.signal ? { signal: opts.signal } : {});
+  const env: Record<string, string> = {};
+  for (const kv of image.config.env) {
+    const eq = kv.indexOf('=');
+    if (eq > 0) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return {
+    record: { reference, id: image.id, entrypoint: image.config.entrypoint, cmd: image.config.cmd },
+    rootfs,
+    env,
+    workingDir: image.config.workingDir,
+    user: image.config.user,
+  };
 }
 
 /**

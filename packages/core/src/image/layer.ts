@@ -1,6 +1,6 @@
 import { constants as fsc } from 'node:fs';
 import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, rm, symlink, unlink, utimes } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
@@ -14,7 +14,10 @@ export interface LayerStats {
   whiteouts: number;
   /** Entries not created, and why (device nodes, FIFOs). */
   skipped: { path: string; reason: string }[];
-  /** Extended attributes from PAX headers, for the root filesystem builder to apply. */
+  /**
+   * Extended attributes from PAX headers, for the root filesystem builder to
+   * apply: `path` is where the entry landed, relative to the root.
+   */
   xattrs: { path: string; name: string; value: Buffer }[];
 }
 
@@ -166,7 +169,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
       if (h.type === 'directory') dirTimes.push({ path: target, mtime });
       else if (isLink) await lutimes(target, mtime, mtime);
       else await utimes(target, mtime, mtime);
-      collectXattrs(h, comps.join('/'), stats);
+      collectXattrs(h, relative(root, target), stats);
     }
     await feeding;
     // Directory times last: creating their children changed them.

@@ -1,0 +1,220 @@
+import { Command, Option } from 'commander';
+import { ImageStore, familiarImageReference, parseImageReference, RoostError, type ImageInfo, type PullProgress } from '@roost/core';
+import { ago, bytes, formatTable } from './format.js';
+
+/** `roost pull`, `images`, `rmi`, `tag`, `login`, `logout`. */
+export function addImageCommands(program: Command): void {
+  program
+    .command('pull')
+    .description('pull an image from its registry (layers already stored are not fetched again)')
+    .argument('<image>')
+    .option('-q, --quiet', 'print only the image id')
+    .action(async (image: string, flags: { quiet?: boolean }) => {
+      const store = new ImageStore();
+      const info = await store.pull(image, flags.quiet ? {} : { onProgress: pullProgressPrinter() });
+      process.stdout.write(flags.quiet ? `${info.id}\n` : `${familiar(info.tags[0] ?? image)}: ${info.id}\n`);
+    });
+
+  const images = program.command('images').description('list and manage stored images');
+  const list = (flags: { json?: boolean; quiet?: boolean }) => {
+    const all = new ImageStore().list();
+    if (flags.json) process.stdout.write(JSON.stringify(all, null, 2) + '\n');
+    else if (flags.quiet) process.stdout.write(all.map((i) => `${shortId(i.id)}\n`).join(''));
+    else process.stdout.write(imageTable(all));
+  };
+  images
+    .command('ls', { isDefault: true })
+    .description('list stored images')
+    .option('--json', 'print JSON')
+    .option('-q, --quiet', 'print only ids')
+    .action(list);
+  images
+    .command('rm')
+    .description('remove images (by name or id)')
+    .option('-f, --force', 'remove even if sandboxes use the image')
+    .argument('<image...>')
+    .action(async (refs: string[], flags: { force?: boolean }) => remove(refs, flags));
+  images
+    .command('prune')
+    .description('remove images nothing names, and blobs no image uses')
+    .option('-a, --all', 'remove every image no sandbox uses')
+    .action(async (flags: { all?: boolean }) => {
+      const r = await new ImageStore().prune({ all: !!flags.all });
+      for (const id of r.deleted) process.stdout.write(`deleted: ${id}\n`);
+      process.stdout.write(`reclaimed ${bytes(r.reclaimedBytes)}\n`);
+    });
+  images
+    .command('import')
+    .description('import an image from an OCI layout (directory or tar) or a `docker save` archive')
+    .argument('<path>')
+    .option('--name <name>', 'which image of a multi-image archive')
+    .option('-t, --tag <ref>', 'tag the imported image')
+    .action(async (path: string, flags: { name?: string; tag?: string }) => {
+      const info = await new ImageStore().import(path, { ...flags, onProgress: pullProgressPrinter() });
+      process.stdout.write(`${info.tags.map(familiar).join(', ') || '<untagged>'}: ${info.id}\n`);
+    });
+  images
+    .command('export')
+    .description('write an image out as an OCI layout or a `docker save` archive')
+    .argument('<image>')
+    .argument('<dest>')
+    .addOption(new Option('--format <format>', 'oci-archive (tar), oci-dir, or docker-archive').choices(['oci-archive', 'oci-dir', 'docker-archive']).default('oci-archive'))
+    .action(async (image: string, dest: string, flags: { format: 'oci-archive' | 'oci-dir' | 'docker-archive' }) => {
+      await new ImageStore().export(image, dest, { format: flags.format });
+      process.stdout.write(`${dest}\n`);
+    });
+
+  program
+    .command('rmi')
+    .description('remove images (by name or id)')
+    .option('-f, --force', 'remove even if sandboxes use the image')
+    .argument('<image...>')
+    .action(async (refs: string[], flags: { force?: boolean }) => remove(refs, flags));
+
+  program
+    .command('tag')
+    .description('give a stored image another name')
+    .argument('<image>')
+    .argument('<name>')
+    .action((image: string, name: string) => new ImageStore().tag(image, name));
+
+  program
+    .command('login')
+    .description('log in to a registry (the credentials are checked, then stored 0600 under the Roost home)')
+    .argument('<registry>')
+    .option('-u, --username <user>', 'user name')
+    .option('-p, --password <password>', 'password (prefer --password-stdin: arguments are visible to other users)')
+    .option('--password-stdin', 'read the password from standard input')
+    .action(async (registryArg: string, flags: { username?: string; password?: string; passwordStdin?: boolean }) => {
+      const registry = registryHost(registryArg);
+      if (!flags.username) throw new RoostError('INVALID_ARGUMENT', 'give a user name: roost login -u USER REGISTRY');
+      let password = flags.password;
+      if (flags.passwordStdin) password = (await readStdin()).replace(/\r?\n$/, '');
+      if (!password) throw new RoostError('INVALID_ARGUMENT', 'give a password: --password-stdin (or -p)');
+      const store = new ImageStore();
+      await store.client.checkLogin(registry, { username: flags.username, password });
+      await store.credentials.login(registry, flags.username, password);
+      process.stdout.write(`Login Succeeded (${registry})\n`);
+    });
+
+  program
+    .command('logout')
+    .description('forget the credentials stored for a registry')
+    .argument('<registry>')
+    .action(async (registryArg: string) => {
+      const registry = registryHost(registryArg);
+      await new ImageStore().credentials.logout(registry);
+      process.stdout.write(`Removed login credentials for ${registry}\n`);
+    });
+}
+
+async function remove(refs: string[], flags: { force?: boolean }): Promise<void> {
+  const store = new ImageStore();
+  for (const ref of refs) {
+    const r = await store.remove(ref, { force: !!flags.force });
+    for (const t of r.untagged) process.stdout.write(`Untagged: ${familiar(t)}\n`);
+    for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
+  }
+}
+
+/** `docker.io`, `host:5000`: a registry named alone, or through an image reference. */
+function registryHost(arg: string): string {
+  const bare = arg.replace(/^https?:\/\//, '').replace(/\/.*$/, '');
+  if (bare === 'index.docker.io' || bare === 'registry-1.docker.io') return 'docker.io';
+  if (/^[a-zA-Z0-9.-]+(:\d+)?$|^\[[0-9a-fA-F:.]+\](:\d+)?$/.test(bare)) return bare;
+  return parseImageReference(arg).registry;
+}
+
+function familiar(name: string): string {
+  try {
+    return familiarImageReference(parseImageReference(name));
+  } catch {
+    return name;
+  }
+}
+
+function shortId(id: string): string {
+  return id.replace(/^sha256:/, '').slice(0, 12);
+}
+
+function imageTable(images: ImageInfo[]): string {
+  const rows: string[][] = [];
+  for (const i of images) {
+    const names = i.tags.length > 0 ? i.tags : ['<none>'];
+    for (const n of names) {
+      const { repo, tag } = splitName(n);
+      rows.push([repo, tag, shortId(i.id), i.created ? ago(i.created) : '-', bytes(i.size)]);
+    }
+  }
+  return formatTable(['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE'], rows);
+}
+
+function splitName(name: string): { repo: string; tag: string } {
+  if (name === '<none>') return { repo: '<none>', tag: '<none>' };
+  const f = familiar(name);
+  const at = f.indexOf('@');
+  if (at >= 0) return { repo: f.slice(0, at), tag: '<none>' };
+  const colon = f.lastIndexOf(':');
+  return colon > f.lastIndexOf('/') ? { repo: f.slice(0, colon), tag: f.slice(colon + 1) } : { repo: f, tag: 'latest' };
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * Prints pull progress on stderr: on a terminal, one line per blob redrawn
+ * in place with a bar; otherwise one line per blob when it is done.
+ */
+export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullProgress) => void {
+  const tty = stream.isTTY === true;
+  const order: string[] = [];
+  const lines = new Map<string, string>();
+  let drawn = 0;
+  let last = 0;
+  const redraw = (force: boolean) => {
+    const now = Date.now();
+    if (!force && now - last < 100) return;
+    last = now;
+    const width = Math.max(40, (stream.columns || 80) - 1);
+    let out = drawn > 0 ? `\x1b[${drawn}A` : '';
+    for (const d of order) out += `\r\x1b[2K${(lines.get(d) ?? '').slice(0, width)}\n`;
+    drawn = order.length;
+    stream.write(out);
+  };
+  return (p) => {
+    const id = p.digest.replace(/^sha\d+:/, '').slice(0, 12);
+    if (!lines.has(p.digest)) order.push(p.digest);
+    const line = `${id}: ${describe(p)}`;
+    lines.set(p.digest, line);
+    const final = p.status === 'done' || p.status === 'exists' || p.status === 'failed';
+    if (tty) redraw(final);
+    else if (final) stream.write(`${line}\n`);
+  };
+}
+
+function describe(p: PullProgress): string {
+  switch (p.status) {
+    case 'waiting':
+      return 'waiting';
+    case 'exists':
+      return 'already exists';
+    case 'done':
+      return `pull complete (${bytes(p.total)})`;
+    case 'failed':
+      return 'failed';
+    case 'retrying':
+      return 'retrying';
+    case 'verifying':
+      return 'verifying';
+    case 'downloading': {
+      const width = 30;
+      const frac = p.total > 0 ? Math.min(1, p.current / p.total) : 0;
+      const full = Math.floor(frac * width);
+      const bar = '='.repeat(full) + (full < width ? '>' : '') + ' '.repeat(Math.max(0, width - full - 1));
+      return `downloading [${bar}] ${bytes(p.current)}/${bytes(p.total)}`;
+    }
+  }
+}

@@ -1,0 +1,190 @@
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, sep } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { abortError, RoostError } from '../errors.js';
+import type { BlobStore } from './blobs.js';
+import { applyLayer, type LayerStats } from './layer.js';
+import { layerCompression, type Descriptor } from './manifest.js';
+
+/** Bump when the way a root filesystem is built changes: cached builds are then rebuilt. */
+export const ROOTFS_FORMAT = 'erofs-1';
+
+export interface BuildRootfsOptions {
+  blobs: BlobStore;
+  layers: readonly Descriptor[];
+  /** The config's diff_ids: each layer's uncompressed digest is checked against them. */
+  diffIds: readonly string[];
+  /** The filesystem image to write (written to a temp name, renamed when complete). */
+  out: string;
+  /** Scratch space for the unpacked tree (same filesystem as `out` is best). */
+  scratch: string;
+  signal?: AbortSignal;
+  /** Called as each layer is applied and when the image is being written. */
+  onProgress?: (step: { layer?: number; of: number; what: 'apply' | 'mkfs' }) => void;
+}
+
+export interface RootfsBuild {
+  size: number;
+  /** Entries not created (device nodes, FIFOs). */
+  skipped: LayerStats['skipped'];
+  ms: number;
+}
+
+/**
+ * Builds an image's read-only root filesystem: applies its layers in order
+ * onto an empty tree (whiteouts, opaque directories, hard links, owners,
+ * modes, xattrs; hostile names refused, see applyLayer), checking each
+ * layer's uncompressed digest against the config's diff_ids, then writes an
+ * erofs image of the tree. Every sandbox of the image shares the result.
+ */
+export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBuild> {
+  const { blobs, layers, diffIds, out, scratch, signal } = options;
+  const started = Date.now();
+  if (layers.length !== diffIds.length) throw new RoostError('IMAGE', `the image has ${layers.length} layers but ${diffIds.length} diff_ids`);
+  await mkdir(scratch, { recursive: true });
+  await mkdir(dirname(out), { recursive: true });
+  const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tree = join(scratch, `tree-${tag}`);
+  const tmpOut = `${out}.tmp-${tag}`;
+  const skipped: LayerStats['skipped'] = [];
+  try {
+    await mkdir(tree, { mode: 0o755 });
+    for (const [i, layer] of layers.entries()) {
+      if (signal?.aborted) throw abortError(signal, 'building the root filesystem');
+      options.onProgress?.({ layer: i + 1, of: layers.length, what: 'apply' });
+      const hash = createHash('sha256');
+      const counted = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+          hash.update(chunk);
+          done(null, chunk);
+        },
+      });
+      const source = decompressed(blobs.path(layer.digest), layer.mediaType, signal);
+      source.on('error', (e) => counted.destroy(e));
+      const stats = await applyLayer(tree, source.pipe(counted), { layer: layer.digest, ...(signal ? { signal } : {}) });
+      const diffId = `sha256:${hash.digest('hex')}`;
+      if (diffId !== diffIds[i]) {
+        throw new RoostError('IMAGE', `layer ${layer.digest} unpacks to ${diffId}, but the image config says ${diffIds[i]}: the image is corrupt`);
+      }
+      skipped.push(...stats.skipped);
+      await applyXattrs(tree, stats.xattrs, signal);
+    }
+    options.onProgress?.({ of: layers.length, what: 'mkfs' });
+    // Ownership, modes, times (the image's own, not the build's) and xattrs
+    // come from the tree; a fixed UUID keeps builds of one image alike.
+    await tool('mkfs.erofs', ['--quiet', '--preserve-mtime', '-U', '00000000-0000-0000-0000-000000000000', tmpOut, tree], signal, 'erofs-utils');
+    const { size } = await stat(tmpOut);
+    await rename(tmpOut, out);
+    return { size, skipped, ms: Date.now() - started };
+  } catch (e) {
+    await rm(tmpOut, { force: true });
+    if (e instanceof RoostError) throw e;
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', { cause: e });
+    throw new RoostError('IMAGE', `building the root filesystem failed: ${err.message}`, { cause: e });
+  } finally {
+    await rm(tree, { recursive: true, force: true });
+  }
+}
+
+/** A layer blob as an uncompressed tar stream (zstd through the `zstd` tool: Node 20's zlib has none). */
+function decompressed(path: string, mediaType: string, signal?: AbortSignal): Readable {
+  const compression = layerCompression(mediaType);
+  if (compression === 'none') return createReadStream(path);
+  if (compression === 'gzip') {
+    const gunzip = createGunzip();
+    const file = createReadStream(path);
+    file.on('error', (e) => gunzip.destroy(e));
+    return file.pipe(gunzip);
+  }
+  const child = spawn('zstd', ['-d', '-c', '-q', '--', path], { stdio: ['ignore', 'pipe', 'pipe'], ...(signal ? { signal } : {}) });
+  const stdout = child.stdout;
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2000)));
+  child.on('error', (e: NodeJS.ErrnoException) => {
+    const msg = e.code === 'ENOENT' ? 'zstd is not installed: run `roost setup` (it installs zstd)' : `zstd: ${e.message}`;
+    stdout.destroy(new RoostError(e.code === 'ENOENT' ? 'SETUP_REQUIRED' : 'IMAGE', msg, { cause: e }));
+  });
+  child.on('exit', (code) => {
+    if (code !== 0 && code !== null) stdout.destroy(new RoostError('IMAGE', `layer ${path} is not valid zstd: ${stderr.trim()}`));
+  });
+  return stdout;
+}
+
+/** Extended attributes Roost carries into a root filesystem; others (trusted.overlay.*, security.selinux) are dropped. */
+function allowedXattr(name: string): boolean {
+  return name.startsWith('user.') || name === 'security.capability' || name === 'system.posix_acl_access' || name === 'system.posix_acl_default';
+}
+
+/**
+ * Applies xattrs with `setfattr -h --restore` (Node has no setxattr). Paths
+ * come from applyLayer, resolved inside the tree; each parent is checked to be
+ * a real directory again here, since a later entry of the same layer may have
+ * replaced one with a symlink.
+ */
+async function applyXattrs(tree: string, xattrs: LayerStats['xattrs'], signal?: AbortSignal): Promise<void> {
+  const lines: string[] = [];
+  let current = '';
+  for (const x of xattrs) {
+    if (!allowedXattr(x.name) || !(await insideTree(tree, x.path))) continue;
+    if (x.path !== current) {
+      lines.push(`# file: ${escapePath(x.path)}`);
+      current = x.path;
+    }
+    lines.push(`${escapePath(x.name)}=0x${x.value.toString('hex')}`);
+  }
+  if (lines.length === 0) return;
+  const dump = join(tree, '..', `xattrs-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await writeFile(dump, lines.join('\n') + '\n');
+  try {
+    await tool('setfattr', ['-h', `--restore=${dump}`], signal, 'attr', tree);
+  } finally {
+    await rm(dump, { force: true });
+  }
+}
+
+/** True when every parent of `rel` under `tree` is a real directory and the entry exists. */
+async function insideTree(tree: string, rel: string): Promise<boolean> {
+  const comps = rel.split(sep);
+  let p = tree;
+  for (const [i, c] of comps.entries()) {
+    if (c === '..' || c === '') return false;
+    p = join(p, c);
+    const st = await lstat(p).catch(() => null);
+    if (!st) return false;
+    if (i < comps.length - 1 && !st.isDirectory()) return false;
+  }
+  return true;
+}
+
+/** getfattr's dump escaping: bytes outside a safe set as \ooo octal. */
+function escapePath(s: string): string {
+  let out = '';
+  for (const b of Buffer.from(s, 'utf8')) {
+    const ch = String.fromCharCode(b);
+    out += /[A-Za-z0-9/._+,:@-]/.test(ch) ? ch : `\\${b.toString(8).padStart(3, '0')}`;
+  }
+  return out;
+}
+
+/** Runs a tool to completion; its stderr becomes the error message. */
+function tool(cmd: string, args: string[], signal: AbortSignal | undefined, pkg: string, cwd?: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], ...(cwd ? { cwd } : {}), ...(signal ? { signal } : {}) });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') reject(new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs ${pkg})`, { cause: e }));
+      else if (e.name === 'AbortError' && signal) reject(abortError(signal, cmd));
+      else reject(new RoostError('IMAGE', `${cmd}: ${e.message}`, { cause: e }));
+    });
+    child.on('exit', (code) => {
+      if (code === 0) resolve();
+      else if (code !== null) reject(new RoostError('IMAGE', `${cmd} failed (exit ${code}): ${stderr.trim()}`));
+    });
+  });
+}

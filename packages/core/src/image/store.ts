@@ -1,0 +1,522 @@
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type Database from 'better-sqlite3';
+import { RoostError } from '../errors.js';
+import { HomeLayout, roostHome } from '../home.js';
+import { stateDb } from '../state/db.js';
+import { openDockerArchive, openOciLayout, writeOciLayout, type ExportFormat, type LocalImageSource } from './archive.js';
+import { CredentialStore } from './auth.js';
+import { BlobStore, parseDigest } from './blobs.js';
+import { parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
+import { pullImage, type PulledImage } from './pull.js';
+import { formatImageReference, parseImageReference, type ImageReference } from './reference.js';
+import { RegistryClient, RegistrySource } from './registry.js';
+import { buildRootfs, ROOTFS_FORMAT } from './rootfs.js';
+
+/** What the store knows about one image. */
+export interface ImageInfo {
+  /** The platform manifest's digest: the image's identity. */
+  id: string;
+  /** Fully qualified names pointing at it (`docker.io/library/alpine:3.20`, `host:5000/app@sha256:...`). */
+  tags: string[];
+  /** Bytes stored for it (manifest, config, layers as downloaded); shared layers count for each image. */
+  size: number;
+  layers: number;
+  config: ImageConfig;
+  /** The index it was chosen from (multi-platform images), if any. */
+  indexDigest?: string;
+  created?: string;
+  addedAt: string;
+  /** Where it came from: a reference or an archive path. */
+  source: string;
+  /** Bytes of its built root filesystem, once a sandbox has used it. */
+  rootfsSize?: number;
+}
+
+export interface PullOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: PullProgress) => void;
+  /** Concurrent layer downloads (default 3). */
+  concurrency?: number;
+}
+
+export interface ImportOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: PullProgress) => void;
+  /** Which image of a multi-image archive (a ref name in the layout, or a RepoTag); default: the only one. */
+  name?: string;
+  /** Tag the imported image as this reference (default: the names in the archive). */
+  tag?: string;
+}
+
+
+interface ImageRow {
+  id: string;
+  manifest_media_type: string;
+  config_digest: string;
+  config_json: string;
+  index_digest: string | null;
+  size: number;
+  created: string | null;
+  added_at: string;
+  source: string;
+  rootfs_size: number | null;
+}
+
+/**
+ * The image store of a Roost home: blobs by digest under `images/blobs`, an
+ * index of images, tags and layers in SQLite, and one read-only root
+ * filesystem per image under `images/rootfs`, built on first use. Layers
+ * shared between images are stored once. Safe to use from several processes.
+ */
+export class ImageStore {
+  readonly blobs: BlobStore;
+  readonly #layout: HomeLayout;
+  readonly #db: Database.Database;
+  readonly #client: RegistryClient;
+
+  constructor(options: { home?: string; client?: RegistryClient } = {}) {
+    this.#layout = new HomeLayout(roostHome(options.home));
+    this.blobs = new BlobStore(join(this.#layout.root, 'images', 'blobs'));
+    this.#db = stateDb(this.#layout.root);
+    this.#client = options.client ?? new RegistryClient({ credentials: this.credentials });
+  }
+
+  /** Registry credentials: `roost login` first, then Docker's config. */
+  get credentials(): CredentialStore {
+    return new CredentialStore({ roostAuthFile: join(this.#layout.root, 'auth.json') });
+  }
+
+  get client(): RegistryClient {
+    return this.#client;
+  }
+
+  /**
+   * Pulls an image from its registry (layers already stored are not fetched
+   * again) and tags it with the reference. Returns the image.
+   */
+  async pull(reference: string, options: PullOptions = {}): Promise<ImageInfo> {
+    const ref = parseImageReference(reference);
+    const source = new RegistrySource(this.#client, ref);
+    try {
+      const pulled = await this.#copy(source, ref.digest ?? ref.tag ?? 'latest', formatImageReference(ref), options);
+      return this.#record(pulled, [nameFor(ref, pulled)], formatImageReference(ref));
+    } finally {
+      await source.close?.();
+    }
+  }
+
+  /**
+   * Imports from an OCI image layout (a directory or a tar of one) or a
+   * `docker save` archive. Tags: `options.tag`, else the names the archive
+   * gives. Returns the image.
+   */
+  async import(path: string, options: ImportOptions = {}): Promise<ImageInfo> {
+    const source = await openArchive(path);
+    try {
+      const digest = source.resolve(options.name);
+      const pulled = await this.#copy(source, digest, source.description, options);
+      const names = options.tag
+        ? [formatImageReference(withDefaultTag(parseImageReference(options.tag)))]
+        : source
+            .refs()
+            .filter((r) => r.digest === digest && r.name !== undefined)
+            .map((r) => tryQualify(r.name!))
+            .filter((n): n is string => n !== null);
+      return this.#record(pulled, names, `archive:${path}`);
+    } finally {
+      await source.close?.();
+    }
+  }
+
+  /** Writes an image out as an OCI layout directory, an OCI archive (tar) or a `docker save` archive. */
+  async export(reference: string, dest: string, options: { format?: ExportFormat; signal?: AbortSignal } = {}): Promise<void> {
+    const image = this.inspect(reference);
+    const layers = this.#layers(image.id);
+    const manifestBytes = await readFile(this.blobs.path(image.id));
+    const row = this.#row(image.id)!;
+    const parsed = parseManifest(manifestBytes, row.manifest_media_type);
+    if (parsed.kind !== 'manifest') throw new RoostError('INTERNAL', `stored manifest ${image.id} is an index`);
+    const name = image.tags.find((t) => !t.includes('@'));
+    await writeOciLayout(
+      {
+        ...(name ? { name } : {}),
+        manifestBytes,
+        manifestMediaType: row.manifest_media_type,
+        manifestDigest: image.id,
+        config: parsed.manifest.config,
+        layers,
+        blobPath: (d) => this.blobs.path(d),
+      },
+      dest,
+      { format: options.format ?? 'oci-archive', ...(options.signal ? { signal: options.signal } : {}) },
+    );
+  }
+
+  /** Every image, newest first. */
+  list(): ImageInfo[] {
+    const rows = this.#db.prepare('SELECT * FROM images ORDER BY added_at DESC').all() as ImageRow[];
+    return rows.map((r) => this.#info(r));
+  }
+
+  /** An image by name (`alpine`, `host:5000/app:1`), digest, or id prefix (12+ hex digits); undefined when absent. */
+  find(reference: string): ImageInfo | undefined {
+    const row = this.#lookup(reference);
+    return row ? this.#info(row) : undefined;
+  }
+
+  /** Like `find`, but a missing image is NOT_FOUND. */
+  inspect(reference: string): ImageInfo {
+    const info = this.find(reference);
+    if (!info) throw new RoostError('NOT_FOUND', `no image ${reference} in the store (see \`roost images ls\`; \`roost pull ${reference}\` fetches it)`);
+    return info;
+  }
+
+  /** Adds a name for an image. */
+  tag(reference: string, name: string): void {
+    const image = this.inspect(reference);
+    const full = formatImageReference(withDefaultTag(parseImageReference(name)));
+    this.#db.prepare('INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at').run(full, image.id, new Date().toISOString());
+  }
+
+  /**
+   * Removes a name; the image itself goes once no name points at it, with
+   * the blobs and root filesystem nothing else uses. By id, every name goes.
+   * An image a sandbox uses is refused (INVALID_STATE) unless `force`: its
+   * sandboxes keep working, since the root filesystem is only unlinked.
+   */
+  async remove(reference: string, options: { force?: boolean } = {}): Promise<{ untagged: string[]; deleted: string[] }> {
+    const row = this.#lookup(reference);
+    if (!row) throw new RoostError('NOT_FOUND', `no image ${reference} in the store (see \`roost images ls\`)`);
+    const tags = this.#tags(row.id);
+    const byName = this.#tagFor(reference);
+    const untag = byName && tags.length > 1 ? [byName] : tags;
+    const goes = untag.length === tags.length;
+    if (goes && !options.force) {
+      const users = await this.#sandboxesUsing(row.id);
+      if (users.length > 0) {
+        throw new RoostError('INVALID_STATE', `image ${reference} is used by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first, or use force`);
+      }
+    }
+    const del = this.#db.prepare('DELETE FROM tags WHERE name = ?');
+    this.#db.transaction(() => untag.forEach((t) => del.run(t)))();
+    if (!goes) return { untagged: untag, deleted: [] };
+    const deleted = await this.#deleteImages([row.id]);
+    return { untagged: untag, deleted };
+  }
+
+  /**
+   * Removes images nothing names (or, with `all`, every image no sandbox
+   * uses), then any blob and root filesystem no image references (leftovers
+   * of interrupted pulls included). Returns what went and the bytes freed.
+   */
+  async prune(options: { all?: boolean } = {}): Promise<{ deleted: string[]; reclaimedBytes: number }> {
+    const inUse = new Set(await this.#imagesInUse());
+    const candidates = (
+      options.all
+        ? (this.#db.prepare('SELECT id FROM images').all() as { id: string }[])
+        : (this.#db.prepare('SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM tags)').all() as { id: string }[])
+    )
+      .map((r) => r.id)
+      .filter((id) => !inUse.has(id));
+    if (options.all) {
+      const del = this.#db.prepare('DELETE FROM tags WHERE image_id = ?');
+      this.#db.transaction(() => candidates.forEach((id) => del.run(id)))();
+    }
+    let reclaimedBytes = 0;
+    const deleted = await this.#deleteImages(candidates, (n) => (reclaimedBytes += n));
+    reclaimedBytes += await this.#sweep();
+    return { deleted, reclaimedBytes };
+  }
+
+  /**
+   * The image's read-only root filesystem, built on first use (layers
+   * applied, erofs written) and shared by every sandbox of the image.
+   */
+  async rootfs(imageId: string, options: { signal?: AbortSignal; onProgress?: (line: string) => void } = {}): Promise<string> {
+    const row = this.#row(imageId);
+    if (!row) throw new RoostError('NOT_FOUND', `no image ${imageId} in the store`);
+    const path = this.#rootfsPath(imageId);
+    if (await stat(path).catch(() => null)) return path;
+    const layers = this.#layers(imageId);
+    for (const l of layers) {
+      if (!(await this.blobs.has(l.digest, l.size))) {
+        throw new RoostError('IMAGE', `layer ${l.digest} of image ${imageId} is missing from the store: pull the image again`);
+      }
+    }
+    const config = JSON.parse(row.config_json) as ImageConfig;
+    const build = await buildRootfs({
+      blobs: this.blobs,
+      layers,
+      diffIds: config.diffIds,
+      out: path,
+      scratch: join(this.#layout.root, 'tmp'),
+      ...(options.signal ? { signal: options.signal } : {}),
+      onProgress: (s) => options.onProgress?.(s.what === 'mkfs' ? 'writing the root filesystem' : `applying layer ${s.layer}/${s.of}`),
+    });
+    this.#db.prepare('UPDATE images SET rootfs_size = ? WHERE id = ?').run(build.size, imageId);
+    return path;
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  async #copy(source: ImageSource, tagOrDigest: string, image: string, options: PullOptions): Promise<PulledImage> {
+    return pullImage(source, tagOrDigest, this.blobs, {
+      image,
+      ...(options.signal ? { signal: options.signal } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(options.concurrency ? { concurrency: options.concurrency } : {}),
+    });
+  }
+
+  #record(pulled: PulledImage, names: string[], source: string): ImageInfo {
+    const now = new Date().toISOString();
+    const { manifest, config } = pulled;
+    const size = pulled.manifestBytes.length + manifest.config.size + manifest.layers.reduce((n, l) => n + l.size, 0);
+    const db = this.#db;
+    db.transaction(() => {
+      db.prepare(
+        `INSERT INTO images (id, manifest_media_type, config_digest, config_json, index_digest, size, created, added_at, source)
+         VALUES (@id, @mt, @cd, @cj, @idx, @size, @created, @now, @source)
+         ON CONFLICT(id) DO UPDATE SET index_digest = COALESCE(excluded.index_digest, images.index_digest)`,
+      ).run({
+        id: pulled.manifestDigest,
+        mt: pulled.manifestMediaType,
+        cd: manifest.config.digest,
+        cj: JSON.stringify(config),
+        idx: pulled.indexDigest ?? null,
+        size,
+        created: config.created ?? null,
+        now,
+        source,
+      });
+      const layer = db.prepare('INSERT INTO layers (digest, diff_id, size, media_type) VALUES (?, ?, ?, ?) ON CONFLICT(digest) DO NOTHING');
+      const link = db.prepare('INSERT INTO image_layers (image_id, position, layer_digest) VALUES (?, ?, ?) ON CONFLICT DO NOTHING');
+      manifest.layers.forEach((l, i) => {
+        layer.run(l.digest, config.diffIds[i]!, l.size, l.mediaType);
+        link.run(pulled.manifestDigest, i, l.digest);
+      });
+      const tag = db.prepare('INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at');
+      for (const n of names) tag.run(n, pulled.manifestDigest, now);
+    }).immediate();
+    return this.inspect(pulled.manifestDigest);
+  }
+
+  #lookup(reference: string): ImageRow | undefined {
+    const byId = this.#db.prepare('SELECT * FROM images WHERE id = ? OR index_digest = ? LIMIT 1');
+    if (/^(sha256|sha512):[0-9a-f]+$/.test(reference)) {
+      parseDigest(reference);
+      return byId.get(reference, reference) as ImageRow | undefined;
+    }
+    if (/^[0-9a-f]{12,64}$/.test(reference)) {
+      const rows = this.#db.prepare("SELECT * FROM images WHERE id LIKE 'sha256:' || ? || '%'").all(reference) as ImageRow[];
+      if (rows.length > 1) throw new RoostError('INVALID_ARGUMENT', `"${reference}" matches ${rows.length} images: give more of the id`);
+      if (rows[0]) return rows[0];
+    }
+    const name = this.#tagFor(reference);
+    if (name) return this.#db.prepare('SELECT images.* FROM images JOIN tags ON tags.image_id = images.id WHERE tags.name = ?').get(name) as ImageRow | undefined;
+    const ref = parseImageReference(reference);
+    // A pinned reference whose digest we hold under another name still resolves.
+    return ref.digest ? (byId.get(ref.digest, ref.digest) as ImageRow | undefined) : undefined;
+  }
+
+  /** The stored tag a user's reference means, if it is a name and one is stored. */
+  #tagFor(reference: string): string | undefined {
+    let ref: ImageReference;
+    try {
+      ref = parseImageReference(reference);
+    } catch {
+      return undefined;
+    }
+    const name = formatImageReference(ref.digest ? { registry: ref.registry, repository: ref.repository, digest: ref.digest } : withDefaultTag(ref));
+    return (this.#db.prepare('SELECT name FROM tags WHERE name = ?').get(name) as { name: string } | undefined)?.name;
+  }
+
+  #row(id: string): ImageRow | undefined {
+    return this.#db.prepare('SELECT * FROM images WHERE id = ?').get(id) as ImageRow | undefined;
+  }
+
+  #tags(id: string): string[] {
+    return (this.#db.prepare('SELECT name FROM tags WHERE image_id = ? ORDER BY name').all(id) as { name: string }[]).map((r) => r.name);
+  }
+
+  #layers(id: string): Descriptor[] {
+    return this.#db
+      .prepare('SELECT l.digest, l.size, l.media_type AS mediaType FROM image_layers il JOIN layers l ON l.digest = il.layer_digest WHERE il.image_id = ? ORDER BY il.position')
+      .all(id) as Descriptor[];
+  }
+
+  #info(row: ImageRow): ImageInfo {
+    return {
+      id: row.id,
+      tags: this.#tags(row.id),
+      size: row.size,
+      layers: (this.#db.prepare('SELECT COUNT(*) AS n FROM image_layers WHERE image_id = ?').get(row.id) as { n: number }).n,
+      config: parseImageConfigRow(row.config_json),
+      ...(row.index_digest ? { indexDigest: row.index_digest } : {}),
+      ...(row.created ? { created: row.created } : {}),
+      addedAt: row.added_at,
+      source: row.source,
+      ...(row.rootfs_size !== null ? { rootfsSize: row.rootfs_size } : {}),
+    };
+  }
+
+  #rootfsPath(imageId: string): string {
+    return join(this.#layout.root, 'images', 'rootfs', `${parseDigest(imageId).hex}.${ROOTFS_FORMAT}`);
+  }
+
+  /**
+   * Deletes image rows (and their tags), then the files no remaining image
+   * references: layers, config, manifest, root filesystem. Rows first, in one
+   * transaction, so a crash in between leaves only unreferenced files, which
+   * `prune` sweeps.
+   */
+  async #deleteImages(ids: string[], freed: (bytes: number) => void = () => {}): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const db = this.#db;
+    const orphans: string[] = [];
+    db.transaction(() => {
+      for (const id of ids) {
+        const row = this.#row(id);
+        if (!row) continue;
+        const layers = this.#layers(id).map((l) => l.digest);
+        db.prepare('DELETE FROM images WHERE id = ?').run(id);
+        for (const l of layers) {
+          const still = db.prepare('SELECT 1 FROM image_layers WHERE layer_digest = ? LIMIT 1').get(l);
+          if (!still) {
+            db.prepare('DELETE FROM layers WHERE digest = ?').run(l);
+            orphans.push(l);
+          }
+        }
+        if (!db.prepare('SELECT 1 FROM images WHERE config_digest = ? LIMIT 1').get(row.config_digest)) orphans.push(row.config_digest);
+        orphans.push(id);
+      }
+    }).immediate();
+    for (const d of orphans) {
+      const st = await stat(this.blobs.path(d)).catch(() => null);
+      if (st) freed(st.size);
+      await this.blobs.remove(d);
+    }
+    for (const id of ids) {
+      const p = this.#rootfsPath(id);
+      const st = await stat(p).catch(() => null);
+      if (st) freed(st.size);
+      await rm(p, { force: true });
+    }
+    return ids;
+  }
+
+  /** Removes blobs and root filesystems that no image references, and temp files of dead processes. */
+  async #sweep(): Promise<number> {
+    let freed = 0;
+    await this.blobs.sweepTemp();
+    const referenced = new Set<string>();
+    for (const r of this.#db.prepare('SELECT id, config_digest FROM images').all() as { id: string; config_digest: string }[]) {
+      referenced.add(r.id);
+      referenced.add(r.config_digest);
+    }
+    for (const r of this.#db.prepare('SELECT digest FROM layers').all() as { digest: string }[]) referenced.add(r.digest);
+    for (const d of await this.blobs.list()) {
+      if (referenced.has(d)) continue;
+      const st = await stat(this.blobs.path(d)).catch(() => null);
+      freed += st?.size ?? 0;
+      await this.blobs.remove(d);
+    }
+    // Unpacked trees of builds whose process died.
+    const scratch = join(this.#layout.root, 'tmp');
+    for (const f of await readdir(scratch).catch(() => [] as string[])) {
+      if (f.startsWith('tree-') && !processAlive(f.replace(/^tree-/, '.tmp-'))) await rm(join(scratch, f), { recursive: true, force: true });
+    }
+    const rootfsDir = join(this.#layout.root, 'images', 'rootfs');
+    const ids = new Set([...referenced].filter((d) => d.startsWith('sha256:')).map((d) => parseDigest(d).hex));
+    for (const f of await readdir(rootfsDir).catch(() => [] as string[])) {
+      const hex = f.split('.')[0] ?? '';
+      if (ids.has(hex) && f === `${hex}.${ROOTFS_FORMAT}`) continue;
+      if (f.includes('.tmp-') && processAlive(f)) continue;
+      const st = await stat(join(rootfsDir, f)).catch(() => null);
+      freed += st?.size ?? 0;
+      await rm(join(rootfsDir, f), { force: true, recursive: true });
+    }
+    return freed;
+  }
+
+  /** Sandbox id -> image id, from the sandbox records of this home. */
+  async #sandboxImages(): Promise<Map<string, string>> {
+    const users = new Map<string, string>();
+    for (const id of await readdir(this.#layout.sandboxes).catch(() => [] as string[])) {
+      const rec = await readFile(join(this.#layout.sandbox(id), 'sandbox.json'), 'utf8').catch(() => null);
+      if (!rec) continue;
+      try {
+        const image = (JSON.parse(rec) as { image?: { id?: string } }).image?.id;
+        if (image) users.set(id, image);
+      } catch {
+        // a record being written: skip it
+      }
+    }
+    return users;
+  }
+
+  async #imagesInUse(): Promise<string[]> {
+    return [...(await this.#sandboxImages()).values()];
+  }
+
+  async #sandboxesUsing(imageId: string): Promise<string[]> {
+    return [...(await this.#sandboxImages())].filter(([, image]) => image === imageId).map(([id]) => id);
+  }
+}
+
+function parseImageConfigRow(json: string): ImageConfig {
+  return JSON.parse(json) as ImageConfig;
+}
+
+/** The name an image pulled by `ref` is stored under: its tag, or `repo@digest` for a pinned pull. */
+function nameFor(ref: ImageReference, pulled: PulledImage): string {
+  if (ref.tag && !ref.digest) return formatImageReference(ref);
+  return formatImageReference({ registry: ref.registry, repository: ref.repository, digest: ref.digest ?? pulled.manifestDigest });
+}
+
+function withDefaultTag(ref: ImageReference): ImageReference {
+  return ref.tag || ref.digest ? ref : { ...ref, tag: 'latest' };
+}
+
+/**
+ * A name from an archive, qualified. A bare word is dropped: OCI's
+ * `ref.name` is often only a tag (`1.0`), which names no repository.
+ */
+function tryQualify(name: string): string | null {
+  if (!name.includes('/') && !name.includes(':')) return null;
+  try {
+    return formatImageReference(withDefaultTag(parseImageReference(name)));
+  } catch {
+    return null;
+  }
+}
+
+/** OCI layout (directory or tar) or docker-save archive, told apart by their contents. */
+async function openArchive(path: string): Promise<LocalImageSource> {
+  const st = await stat(path).catch(() => null);
+  if (!st) throw new RoostError('NOT_FOUND', `${path} does not exist`);
+  if (st.isDirectory()) return openOciLayout(path);
+  try {
+    return await openOciLayout(path);
+  } catch (e) {
+    if (!(e instanceof RoostError) || e.code !== 'IMAGE') throw e;
+    try {
+      return await openDockerArchive(path);
+    } catch (e2) {
+      throw new RoostError('IMAGE', `${path} is neither an OCI image layout nor a docker save archive: ${(e2 as Error).message}`, { cause: e2 });
+    }
+  }
+}
+
+function processAlive(tmpName: string): boolean {
+  const pid = Number(/\.tmp-(\d+)-/.exec(tmpName)?.[1]);
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+

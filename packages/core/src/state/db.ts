@@ -1,0 +1,98 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
+import { RoostError } from '../errors.js';
+
+/**
+ * Numbered schema migrations, applied in order inside one transaction each;
+ * `PRAGMA user_version` records the last one applied. Never edit a migration
+ * that has shipped: add the next one.
+ */
+const MIGRATIONS: readonly string[] = [
+  // 1: the image index. Blobs live on disk by digest; these tables say what they are and who uses them.
+  `
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY,                 -- the platform manifest's digest
+    manifest_media_type TEXT NOT NULL,
+    config_digest TEXT NOT NULL,
+    config_json TEXT NOT NULL,           -- the parts of the image config Roost honors (ImageConfig)
+    index_digest TEXT,                   -- the index it was chosen from, if any
+    size INTEGER NOT NULL,               -- bytes of manifest, config and layers as stored
+    created TEXT,                        -- from the image config
+    added_at TEXT NOT NULL,
+    source TEXT NOT NULL,                -- where it came from: a registry reference, or an archive path
+    rootfs_size INTEGER                  -- bytes of the built root filesystem image, once built
+  );
+  CREATE TABLE tags (
+    name TEXT PRIMARY KEY,               -- fully qualified: registry/repository:tag
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    updated_at TEXT NOT NULL
+  );
+  CREATE INDEX tags_image ON tags(image_id);
+  CREATE TABLE layers (
+    digest TEXT PRIMARY KEY,             -- the blob as stored (compressed)
+    diff_id TEXT NOT NULL,               -- the uncompressed tar
+    size INTEGER NOT NULL,
+    media_type TEXT NOT NULL
+  );
+  CREATE TABLE image_layers (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    layer_digest TEXT NOT NULL REFERENCES layers(digest),
+    PRIMARY KEY (image_id, position)
+  );
+  CREATE INDEX image_layers_layer ON image_layers(layer_digest);
+  `,
+];
+
+/** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+const open = new Map<string, Database.Database>();
+
+/**
+ * The Roost home's SQLite database (`<home>/roost.db`), opened once per
+ * process in WAL mode, migrated to the current schema. Several processes
+ * may use one home at a time: writers wait for each other (busy timeout).
+ */
+export function stateDb(home: string): Database.Database {
+  const path = join(home, 'roost.db');
+  const existing = open.get(path);
+  if (existing?.open) return existing;
+  mkdirSync(dirname(path), { recursive: true });
+  let db: Database.Database;
+  try {
+    db = new Database(path, { timeout: 10_000 });
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    migrate(db);
+  } catch (e) {
+    if (e instanceof RoostError) throw e;
+    throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  open.set(path, db);
+  return db;
+}
+
+function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > SCHEMA_VERSION) {
+    throw new RoostError('INVALID_STATE', `the Roost database has schema version ${current}, newer than this Roost (${SCHEMA_VERSION}): upgrade Roost`);
+  }
+  for (let v = current; v < SCHEMA_VERSION; v++) {
+    // BEGIN IMMEDIATE: two processes opening a new home at once migrate one after the other.
+    db.transaction(() => {
+      const now = db.pragma('user_version', { simple: true }) as number;
+      if (now > v) return;
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}
+
+/** Closes every database this process opened (tests, and a daemon shutting down). */
+export function closeStateDbs(): void {
+  for (const db of open.values()) if (db.open) db.close();
+  open.clear();
+}
