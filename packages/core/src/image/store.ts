@@ -21,7 +21,10 @@ export interface ImageInfo {
   tags: string[];
   /** Bytes stored for it (manifest, config, layers as downloaded); shared layers count for each image. */
   size: number;
-  layers: number;
+  /** The config blob's digest (what Docker calls the image id). */
+  configDigest: string;
+  /** The layer blobs, bottom first. */
+  layers: Descriptor[];
   config: ImageConfig;
   /** The index it was chosen from (multi-platform images), if any. */
   indexDigest?: string;
@@ -351,7 +354,8 @@ export class ImageStore {
       id: row.id,
       tags: this.#tags(row.id),
       size: row.size,
-      layers: (this.#db.prepare('SELECT COUNT(*) AS n FROM image_layers WHERE image_id = ?').get(row.id) as { n: number }).n,
+      configDigest: row.config_digest,
+      layers: this.#layers(row.id),
       config: parseImageConfigRow(row.config_json),
       ...(row.index_digest ? { indexDigest: row.index_digest } : {}),
       ...(row.created ? { created: row.created } : {}),
