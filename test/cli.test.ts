@@ -89,7 +89,7 @@ describe('detached sandboxes through the CLI', () => {
     const info = (JSON.parse(ps.stdout) as { id: string; status: string; pid: number }[]).find((s) => s.id === id)!;
     expect(info.status).toBe('running');
     expect(alive(info.pid)).toBe(true);
-    expect((await roost(['ps'])).stdout).toMatch(new RegExp(`^${id}\\s+running`, 'm'));
+    expect((await roost(['ps'])).stdout).toMatch(new RegExp(`^${id}\\s+-\\s+running`, 'm'));
 
     const ex = await roost(['exec', id.slice(0, 5), '--', 'sh', '-c', 'ps -o args | grep -c "^sleep 600"; exit 4']);
     expect(ex).toMatchObject({ code: 4, stdout: '1\n' });
@@ -100,7 +100,7 @@ describe('detached sandboxes through the CLI', () => {
     expect(stop).toMatchObject({ code: 0, stdout: `${id}\n` });
     expect(alive(info.pid)).toBe(false);
     expect((await roost(['ps'])).stdout).not.toContain(id);
-    expect((await roost(['ps', '-a'])).stdout).toMatch(new RegExp(`^${id}\\s+stopped`, 'm'));
+    expect((await roost(['ps', '-a'])).stdout).toMatch(new RegExp(`^${id}\\s+-\\s+stopped`, 'm'));
 
     expect(await roost(['rm', id])).toMatchObject({ code: 0 });
     expect((await roost(['ps', '-a'])).stdout).not.toContain(id);

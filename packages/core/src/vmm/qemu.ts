@@ -86,8 +86,8 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     '-kernel', config.kernel,
     '-initrd', config.initramfs,
     '-append', kernelCmdline(config, rootfs ? '/dev/vda' : null),
-    // QEMU's stdout is the console keeper's pipe (see logLimit); without one (benchmark floors), the file itself.
-    '-chardev', options.consolePipe ? 'stdio,id=console,signal=off' : `file,id=console,path=${opt(paths.consoleLog)}`,
+    // fd 3 is a socket to the console keeper (see logLimit); without one (benchmark floors), the file itself.
+    '-chardev', options.consolePipe ? 'socket,id=console,fd=3,server=off' : `file,id=console,path=${opt(paths.consoleLog)}`,
     '-serial', 'chardev:console',
     '-device', 'virtio-rng-device',
   ];
@@ -145,7 +145,7 @@ export class QemuVmm implements Vmm {
     let child;
     try {
       // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      child = spawn(cmd, argv, { stdio: ['ignore', consoleKeeper.stdin, vmmKeeper.stdin], detached: true });
+      child = spawn(cmd, argv, { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin], detached: true });
     } finally {
       // QEMU holds the write ends now; ours would keep the keepers from ever seeing EOF.
       consoleKeeper.stdin.destroy();
@@ -190,13 +190,17 @@ interface LogKeeper {
 }
 
 /**
- * A process that copies its stdin to `path`, the first `limit` bytes of it,
- * and discards the rest. It outlives this Node process with a detached VM.
+ * A process that copies its stdin to `path` as it arrives, the first `limit`
+ * bytes of it, and discards the rest. It outlives this Node process with a detached VM.
  */
 function startLogKeeper(path: string, limit: number): LogKeeper {
   const out = openSync(path, 'a');
   try {
-    const child = spawn('/bin/sh', ['-c', 'head -c "$1"; exec cat >/dev/null', 'roost-log', String(limit)], {
+    // cat copies each read at once (head and dd wait to fill their buffers);
+    // RLIMIT_FSIZE stops it at the limit (SIGXFSZ ignored, so the write fails
+    // with EFBIG and cat exits), then a second cat drains the rest unseen.
+    const script = 'trap "" XFSZ; prlimit --fsize="$1" -- cat; exec cat >/dev/null';
+    const child = spawn('/bin/sh', ['-c', script, 'roost-log', String(limit)], {
       stdio: ['pipe', out, 'ignore'],
       detached: true,
     });
