@@ -107,6 +107,13 @@ try {
   } finally {
     await sb.remove({ force: true });
   }
+
+  // --- OCI images (bench/images.js): last, so the idle-memory figures above don't
+  // carry its heap; its cached-image start is compared with coldP50 of this run.
+  if (process.env.BENCH_IMAGES !== '0') {
+    const { benchImages } = await import('./images.js');
+    await benchImages({ realHome, row, results, coldStartP50: coldP50 });
+  }
 } finally {
   rmSync(home, { recursive: true, force: true });
 }
