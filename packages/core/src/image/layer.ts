@@ -1,5 +1,7 @@
-import { constants as fsc } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, rm, symlink, unlink, utimes } from 'node:fs/promises';
+import {
+  chmodSync, closeSync, constants as fsc, fchmodSync, fchownSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
+  mkdirSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync, unlinkSync, utimesSync, writevSync,
+} from 'node:fs';
 import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -31,6 +33,8 @@ export interface ApplyLayerOptions {
 
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE = '.wh..wh..opq';
+/** File content is written in batches of about this many bytes. */
+const WRITE_BATCH = 1 << 20;
 /** Symlink hops allowed while resolving one path, as the kernel's ELOOP limit. */
 const MAX_HOPS = 40;
 
@@ -46,12 +50,23 @@ const MAX_HOPS = 40;
  * own name is never followed: a symlink already there is replaced. Hard links
  * must point at something inside the root. Device nodes and FIFOs are not
  * created. Any failure is an IMAGE error; the caller discards `root`.
+ *
+ * File system calls are synchronous on purpose: each takes microseconds, and
+ * a thread-pool round trip per call (about eight per file) made extracting a
+ * Debian image 40% slower here. The event loop still turns between entries.
  */
 export async function applyLayer(root: string, source: AsyncIterable<Uint8Array> | Readable, options: ApplyLayerOptions = {}): Promise<LayerStats> {
   const what = options.layer ? `layer ${options.layer}` : 'layer';
   const chownEntries = options.chown ?? process.getuid?.() === 0;
   const stats: LayerStats = { entries: 0, files: 0, bytes: 0, whiteouts: 0, skipped: [], xattrs: [] };
   const createdHere = new Set<string>();
+  // Resolved parent directories by entry path: most entries share a parent.
+  // Emptied whenever a directory or symlink is removed, the only way a
+  // resolution can change (a new symlink only takes a name that was free).
+  const parents = new Map<string, string>();
+  const clear = (path: string) => {
+    if (removeEntry(path)) parents.clear();
+  };
   const dirTimes: { path: string; mtime: Date }[] = [];
   const extract = tar.extract();
   const feeding = pipeline(source instanceof Readable ? source : Readable.from(source), extract, options.signal ? { signal: options.signal } : {});
@@ -75,13 +90,14 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         continue; // the root itself ("./")
       }
       const base = comps[comps.length - 1]!;
-      const parent = await resolveParent(root, comps.slice(0, -1), what, h.name);
+      const parent = resolveParent(root, comps.slice(0, -1), what, h.name, parents);
 
       if (base === OPAQUE) {
         stats.whiteouts++;
-        for (const child of await readdir(parent)) {
+        for (const child of readdirSync(parent)) {
           const p = join(parent, child);
-          if (!createdHere.has(p)) await rm(p, { recursive: true, force: true });
+          if (!createdHere.has(p)) rmSync(p, { recursive: true, force: true });
+          parents.clear();
         }
         entry.resume();
         continue;
@@ -90,7 +106,8 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         stats.whiteouts++;
         const victim = base.slice(WHITEOUT_PREFIX.length);
         if (victim === '' || victim === '.' || victim === '..') throw bad(what, h.name, 'is a whiteout of nothing');
-        await rm(join(parent, victim), { recursive: true, force: true });
+        rmSync(join(parent, victim), { recursive: true, force: true });
+        parents.clear();
         entry.resume();
         continue;
       }
@@ -102,32 +119,51 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         case 'contiguous-file':
         case undefined:
         case null: {
-          await clear(target);
+          clear(target);
           // O_EXCL | O_NOFOLLOW: a name that appeared meanwhile, or a symlink, is never written through.
-          const fh = await open(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+          const fd = openSync(target, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
           try {
             // Iterated, not piped: the entry is a streamx stream, and iteration is
-            // what reliably surfaces its errors (a truncated blob) here.
-            for await (const chunk of entry as AsyncIterable<Buffer>) await fh.write(chunk);
+            // what reliably surfaces its errors (a truncated blob) here. Small
+            // chunks are gathered so most files take one write.
+            let pending: Buffer[] = [];
+            let pendingBytes = 0;
+            for await (const chunk of entry as AsyncIterable<Buffer>) {
+              pending.push(chunk);
+              pendingBytes += chunk.length;
+              if (pendingBytes >= WRITE_BATCH) {
+                writevSync(fd, pending);
+                pending = [];
+                pendingBytes = 0;
+              }
+            }
+            if (pendingBytes > 0) writevSync(fd, pending);
+            // Metadata through the descriptor: no path lookups, nothing followed.
+            if (chownEntries) fchownSync(fd, h.uid ?? 0, h.gid ?? 0);
+            fchmodSync(fd, mode); // after chown: chown clears setuid bits
+            const mtime = h.mtime ?? new Date(0);
+            futimesSync(fd, mtime, mtime);
           } finally {
-            await fh.close();
+            closeSync(fd);
           }
           stats.files++;
           stats.bytes += h.size ?? 0;
-          break;
+          createdHere.add(target);
+          collectXattrs(h, relative(root, target), stats);
+          continue;
         }
         case 'directory': {
-          const existing = await lstat(target).catch(() => null);
-          if (existing && !existing.isDirectory()) await clear(target);
-          if (!existing || !existing.isDirectory()) await mkdir(target, { mode: 0o700 });
+          const existing = lstatOrNull(target);
+          if (existing && !existing.isDirectory()) clear(target);
+          if (!existing || !existing.isDirectory()) mkdirSync(target, { mode: 0o700 });
           entry.resume();
           break;
         }
         case 'symlink': {
           if (!h.linkname) throw bad(what, h.name, 'is a symlink without a target');
-          await clear(target);
+          clear(target);
           // The link's text is stored as is: it is never followed while extracting.
-          await symlink(h.linkname, target);
+          symlinkSync(h.linkname, target);
           entry.resume();
           break;
         }
@@ -135,16 +171,16 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
           if (!h.linkname) throw bad(what, h.name, 'is a hard link without a target');
           const linkComps = cleanPath(h.linkname, what);
           if (linkComps.length === 0) throw bad(what, h.name, 'is a hard link to the root');
-          const source = join(await resolveParent(root, linkComps.slice(0, -1), what, h.linkname), linkComps[linkComps.length - 1]!);
-          const st = await lstat(source).catch(() => null);
+          const source = join(resolveParent(root, linkComps.slice(0, -1), what, h.linkname, parents), linkComps[linkComps.length - 1]!);
+          const st = lstatOrNull(source);
           if (!st) throw bad(what, h.name, `links to ${h.linkname}, which the image does not contain`);
           if (st.isDirectory()) throw bad(what, h.name, `is a hard link to the directory ${h.linkname}`);
           if (source === target) {
             entry.resume();
             break;
           }
-          await clear(target);
-          await link(source, target); // link(2) does not follow a symlink at `source`
+          clear(target);
+          linkSync(source, target); // link(2) does not follow a symlink at `source`
           createdHere.add(target);
           entry.resume();
           continue; // a hard link shares its source's metadata
@@ -163,23 +199,29 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
 
       // Metadata, never through a symlink.
       const isLink = h.type === 'symlink';
-      if (chownEntries) await lchown(target, h.uid ?? 0, h.gid ?? 0);
-      if (!isLink) await chmod(target, mode); // after chown: chown clears setuid bits
+      if (chownEntries) lchownSync(target, h.uid ?? 0, h.gid ?? 0);
+      if (!isLink) chmodSync(target, mode); // after chown: chown clears setuid bits
       const mtime = h.mtime ?? new Date(0);
       if (h.type === 'directory') dirTimes.push({ path: target, mtime });
-      else if (isLink) await lutimes(target, mtime, mtime);
-      else await utimes(target, mtime, mtime);
+      else if (isLink) lutimesSync(target, mtime, mtime);
+      else utimesSync(target, mtime, mtime);
       collectXattrs(h, relative(root, target), stats);
     }
     await feeding;
     // Directory times last: creating their children changed them.
-    for (const d of dirTimes.reverse()) await utimes(d.path, d.mtime, d.mtime).catch(() => {});
+    for (const d of dirTimes.reverse()) {
+      try {
+        utimesSync(d.path, d.mtime, d.mtime);
+      } catch {
+        // removed by a later entry
+      }
+    }
     return stats;
   } catch (e) {
     extract.destroy();
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', `${what}: the disk is full while extracting: free space under the Roost home`, { cause: e });
+    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', `${what}: the disk is full while extracting: free space under the Roost home`, { cause: e, details: { errno: 'ENOSPC' } });
     if (err.name === 'AbortError') throw new RoostError('ABORTED', `extracting ${what} was aborted`, { cause: e });
     throw new RoostError('IMAGE', `${what} could not be extracted: ${err.message}`, { cause: e });
   }
@@ -203,7 +245,16 @@ function cleanPath(name: string, what: string): string[] {
  * chroot would (absolute targets restart at `root`, `..` stops there), and
  * creates missing directories. Returns a real directory path under `root`.
  */
-async function resolveParent(root: string, comps: string[], what: string, name: string): Promise<string> {
+function resolveParent(root: string, comps: string[], what: string, name: string, cache: Map<string, string>): string {
+  const key = comps.join('/');
+  const cached = cache.get(key);
+  if (cached !== undefined) return cached;
+  const resolved = resolveUncached(root, comps, what, name);
+  cache.set(key, resolved);
+  return resolved;
+}
+
+function resolveUncached(root: string, comps: string[], what: string, name: string): string {
   const stack: string[] = [];
   const todo = [...comps];
   let hops = 0;
@@ -215,13 +266,13 @@ async function resolveParent(root: string, comps: string[], what: string, name: 
       continue;
     }
     const p = join(root, ...stack, c);
-    const st = await lstat(p).catch(() => null);
+    const st = lstatOrNull(p);
     if (!st) {
-      await mkdir(p, { mode: 0o755 });
+      mkdirSync(p, { mode: 0o755 });
       stack.push(c);
     } else if (st.isSymbolicLink()) {
       if (++hops > MAX_HOPS) throw bad(what, name, 'has too many levels of symbolic links');
-      const linkText = await readlink(p);
+      const linkText = readlinkSync(p);
       if (linkText.startsWith('/')) stack.length = 0;
       todo.unshift(...linkText.split('/'));
     } else if (st.isDirectory()) {
@@ -233,12 +284,13 @@ async function resolveParent(root: string, comps: string[], what: string, name: 
   return join(root, ...stack);
 }
 
-/** Removes whatever is at `path` (a symlink itself, never its target). */
-async function clear(path: string): Promise<void> {
-  const st = await lstat(path).catch(() => null);
-  if (!st) return;
-  if (st.isDirectory()) await rm(path, { recursive: true, force: true });
-  else await unlink(path);
+/** Removes whatever is at `path` (a symlink itself, never its target); true when that was a directory or symlink. */
+function removeEntry(path: string): boolean {
+  const st = lstatOrNull(path);
+  if (!st) return false;
+  if (st.isDirectory()) rmSync(path, { recursive: true, force: true });
+  else unlinkSync(path);
+  return st.isDirectory() || st.isSymbolicLink();
 }
 
 function collectXattrs(h: tar.Header, path: string, stats: LayerStats): void {
@@ -251,4 +303,8 @@ function collectXattrs(h: tar.Header, path: string, stats: LayerStats): void {
 
 function bad(what: string, name: string, why: string): RoostError {
   return new RoostError('IMAGE', `${what}: entry ${JSON.stringify(name)} ${why}; the layer is refused`);
+}
+
+function lstatOrNull(path: string): ReturnType<typeof lstatSync> | null {
+  return lstatSync(path, { throwIfNoEntry: false }) ?? null;
 }

@@ -84,7 +84,7 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
     await rm(tmpOut, { force: true });
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', { cause: e });
+    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', { cause: e, details: { errno: 'ENOSPC' } });
     throw new RoostError('IMAGE', `building the root filesystem failed: ${err.message}`, { cause: e });
   } finally {
     await rm(tree, { recursive: true, force: true });

@@ -1,4 +1,5 @@
-import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, stat, statfs } from 'node:fs/promises';
+import { freemem } from 'node:os';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
@@ -248,16 +249,28 @@ export class ImageStore {
       }
     }
     const config = JSON.parse(row.config_json) as ImageConfig;
-    const build = await buildRootfs({
-      blobs: this.blobs,
-      layers,
-      diffIds: config.diffIds,
-      out: path,
-      scratch: join(this.#layout.root, 'tmp'),
-      ...(options.signal ? { signal: options.signal } : {}),
-      onProgress: (s) => options.onProgress?.(s.what === 'mkfs' ? 'writing the root filesystem' : `applying layer ${s.layer}/${s.of}`),
-    });
-    this.#db.prepare('UPDATE images SET rootfs_size = ? WHERE id = ?').run(build.size, imageId);
+    const build = (scratch: string) =>
+      buildRootfs({
+        blobs: this.blobs,
+        layers,
+        diffIds: config.diffIds,
+        out: path,
+        scratch,
+        ...(options.signal ? { signal: options.signal } : {}),
+        onProgress: (s) => options.onProgress?.(s.what === 'mkfs' ? 'writing the root filesystem' : `applying layer ${s.layer}/${s.of}`),
+      });
+    const onDisk = join(this.#layout.root, 'tmp');
+    const inMemory = await memoryScratch(layers.reduce((n, l) => n + l.size, 0));
+    let result: Awaited<ReturnType<typeof build>>;
+    try {
+      result = await build(inMemory ?? onDisk);
+    } catch (e) {
+      // The estimate was wrong (an image that compresses very well): build on disk instead.
+      if (!inMemory || !(e instanceof RoostError) || e.details.errno !== 'ENOSPC') throw e;
+      result = await build(onDisk);
+    }
+    const built = result;
+    this.#db.prepare('UPDATE images SET rootfs_size = ? WHERE id = ?').run(built.size, imageId);
     return path;
   }
 
@@ -427,9 +440,10 @@ export class ImageStore {
       await this.blobs.remove(d);
     }
     // Unpacked trees of builds whose process died.
-    const scratch = join(this.#layout.root, 'tmp');
-    for (const f of await readdir(scratch).catch(() => [] as string[])) {
-      if (f.startsWith('tree-') && !processAlive(f.replace(/^tree-/, '.tmp-'))) await rm(join(scratch, f), { recursive: true, force: true });
+    for (const scratch of [join(this.#layout.root, 'tmp'), MEMORY_SCRATCH]) {
+      for (const f of await readdir(scratch).catch(() => [] as string[])) {
+        if (f.startsWith('tree-') && !processAlive(f.replace(/^tree-/, '.tmp-'))) await rm(join(scratch, f), { recursive: true, force: true });
+      }
     }
     const rootfsDir = join(this.#layout.root, 'images', 'rootfs');
     const ids = new Set([...referenced].filter((d) => d.startsWith('sha256:')).map((d) => parseDigest(d).hex));
@@ -510,6 +524,37 @@ async function openArchive(path: string): Promise<LocalImageSource> {
     } catch (e2) {
       throw new RoostError('IMAGE', `${path} is neither an OCI image layout nor a docker save archive: ${(e2 as Error).message}`, { cause: e2 });
     }
+  }
+}
+
+/** Where root filesystems are unpacked when memory allows: a tmpfs (one directory per user). */
+const MEMORY_SCRATCH = `/dev/shm/roost-${process.getuid?.() ?? 0}`;
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * A tmpfs directory to unpack an image into, when it has room for the
+ * estimated tree (four times the compressed layers) twice over and the
+ * host has that much memory available; null otherwise. Creating files on
+ * tmpfs is about twenty times faster than on a journaled disk (measured:
+ * Debian minbase, 0.23 s against 5 s for tar -x), and the tree lives only
+ * while mkfs.erofs reads it.
+ */
+async function memoryScratch(compressedBytes: number): Promise<string | null> {
+  if (process.env.ROOST_UNPACK_IN_MEMORY === '0') return null;
+  const need = compressedBytes * 4 * 2;
+  try {
+    const fs = await statfs('/dev/shm');
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < need || freemem() < need) return null;
+    await mkdir(MEMORY_SCRATCH, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    // /dev/shm is world-writable: use the directory only if it is really ours
+    // (not a symlink or another user's), or someone could edit a tree before it is sealed.
+    const st = await lstat(MEMORY_SCRATCH);
+    if (!st.isDirectory() || st.uid !== process.getuid?.() || (st.mode & 0o077) !== 0) return null;
+    return MEMORY_SCRATCH;
+  } catch {
+    return null;
   }
 }
 
