@@ -13,6 +13,9 @@ export function parseDigest(digest: string): { algorithm: 'sha256' | 'sha512'; h
   return m[1] ? { algorithm: 'sha256', hex: m[2]! } : { algorithm: 'sha512', hex: m[4]! };
 }
 
+/** Blob bytes are written to disk in batches of about this size. */
+const WRITE_BATCH = 1 << 20;
+
 export interface PutOptions {
   signal?: AbortSignal;
   /** Called with the bytes received so far, as they arrive. */
@@ -56,19 +59,36 @@ export class BlobStore {
     const hash = createHash(algorithm);
     let received = 0;
     const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    let writing: Promise<unknown> = Promise.resolve();
     try {
       try {
+        // Chunks are gathered into ~1 MiB writes, and one write is in flight
+        // while the next batch arrives: the download never waits on the disk
+        // chunk by chunk.
+        let batch: Uint8Array[] = [];
+        let batchBytes = 0;
         for await (const chunk of source) {
           if (options.signal?.aborted) throw abortError(options.signal, `downloading ${digest}`);
           received += chunk.length;
           if (received > size) throw new RoostError('IMAGE', `blob ${digest} is larger than the ${size} bytes its descriptor declares; refused`);
           hash.update(chunk);
-          await fh.write(chunk);
+          batch.push(chunk);
+          batchBytes += chunk.length;
+          if (batchBytes >= WRITE_BATCH) {
+            await writing;
+            writing = fh.writev(batch);
+            writing.catch(() => {}); // awaited below; a failure must not go unhandled if the loop throws first
+            batch = [];
+            batchBytes = 0;
+          }
           options.onProgress?.(received);
         }
+        await writing;
+        if (batch.length > 0) await fh.writev(batch);
         if (options.signal?.aborted) throw abortError(options.signal, `downloading ${digest}`);
         await fh.sync();
       } finally {
+        await writing.catch(() => {});
         await fh.close();
       }
       if (received !== size) throw new RoostError('IMAGE', `blob ${digest} ended after ${received} of ${size} bytes (truncated); refused`);
