@@ -4,11 +4,13 @@ import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore, isRoostError, type Sandbox } from '@roost/core';
 import { buildBusyboxImage, buildDebianImage, startRegistry, writeOciLayout, type BusyboxImage, type ExpectedRoot, type TestRegistry } from '@roost/testkit';
 import { TestHome } from './helpers.js';
 
+const execFileP = promisify(execFile);
 const CLI = join(import.meta.dirname, '..', 'packages', 'cli', 'bin', 'roost.js');
 
 /** Runs the CLI; resolves with its exit code and output (never rejects on a non-zero exit). */
@@ -234,6 +236,41 @@ describe('OCI images from a real registry', () => {
     } finally {
       await other.cleanup();
     }
+  });
+
+  it('carries file capabilities and user xattrs into the root, and drops overlay xattrs', async () => {
+    // security.capability v2: effective, permitted CAP_NET_BIND_SERVICE (bit 10).
+    const cap = String.fromCharCode(0x01, 0, 0, 0x02, 0, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const img = await writeOciLayout(join(work, 'xattrs'), {
+      tag: '1',
+      layers: [
+        {
+          entries: [
+            { type: 'dir', path: 'bin' },
+            { type: 'file', path: 'bin/busybox', source: '/bin/busybox', mode: 0o755 },
+            { type: 'symlink', path: 'bin/sh', target: 'busybox' },
+            { type: 'symlink', path: 'bin/grep', target: 'busybox' },
+            { type: 'dir', path: 'etc' },
+            { type: 'file', path: 'etc/passwd', content: 'root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n' },
+            { type: 'dir', path: 'opt' },
+            { type: 'file', path: 'opt/cat', source: '/bin/busybox', mode: 0o755, xattrs: { 'security.capability': cap } },
+            { type: 'file', path: 'opt/user', content: 'x', xattrs: { 'user.roost': 'hello' } },
+            { type: 'file', path: 'opt/overlay', content: 'x', xattrs: { 'trusted.overlay.opaque': 'y' } },
+          ],
+        },
+      ],
+      config: { Env: ['PATH=/bin'] },
+    });
+    await registry.push(img.dir, 'roost/xattrs:1');
+    const sb = await home.create({ image: `${registry.host}/roost/xattrs:1` });
+    // Run as an unprivileged user, the capability on the file is what grants it.
+    const r = await sb.commands.run('/opt/cat /proc/self/status | grep CapEff; grep CapEff /proc/self/status', { user: 'app' });
+    expect(r.stdout).toBe('CapEff:\t0000000000000400\nCapEff:\t0000000000000000\n');
+    const rootfs = await store.rootfs(store.inspect(`${registry.host}/roost/xattrs:1`).id);
+    const xattrSize = async (path: string) => Number(/Xattr size: (\d+)/.exec((await execFileP('dump.erofs', [`--path=${path}`, rootfs])).stdout)?.[1]);
+    expect(await xattrSize('/opt/user')).toBeGreaterThan(0);
+    expect(await xattrSize('/opt/overlay')).toBe(0);
+    await sb.kill();
   });
 
   it('refuses corrupt blobs and hostile layers with IMAGE errors, keeping the store consistent', async () => {

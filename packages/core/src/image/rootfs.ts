@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -121,29 +121,32 @@ function allowedXattr(name: string): boolean {
 }
 
 /**
- * Applies xattrs with `setfattr -h --restore` (Node has no setxattr). Paths
- * come from applyLayer, resolved inside the tree; each parent is checked to be
- * a real directory again here, since a later entry of the same layer may have
- * replaced one with a symlink.
+ * Applies xattrs with `setfattr -h` (Node has no setxattr), one run per
+ * distinct name and value (most images carry none, a few carry the same
+ * capability on several files). Not `--restore`: on tmpfs it sets the
+ * attributes and still fails. Paths come from applyLayer, resolved inside the
+ * tree; each parent is checked to be a real directory again here, since a
+ * later entry of the same layer may have replaced one with a symlink.
  */
 async function applyXattrs(tree: string, xattrs: LayerStats['xattrs'], signal?: AbortSignal): Promise<void> {
-  const lines: string[] = [];
-  let current = '';
+  const groups = new Map<string, { name: string; value: Buffer; paths: string[] }>();
   for (const x of xattrs) {
     if (!allowedXattr(x.name) || !(await insideTree(tree, x.path))) continue;
-    if (x.path !== current) {
-      lines.push(`# file: ${escapePath(x.path)}`);
-      current = x.path;
-    }
-    lines.push(`${escapePath(x.name)}=0x${x.value.toString('hex')}`);
+    const key = `${x.name}\0${x.value.toString('hex')}`;
+    const group = groups.get(key) ?? { name: x.name, value: x.value, paths: [] };
+    group.paths.push(`./${x.path}`);
+    groups.set(key, group);
   }
-  if (lines.length === 0) return;
-  const dump = join(tree, '..', `xattrs-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await writeFile(dump, lines.join('\n') + '\n');
-  try {
-    await tool('setfattr', ['-h', `--restore=${dump}`], signal, 'attr', tree);
-  } finally {
-    await rm(dump, { force: true });
+  for (const { name, value, paths } of groups.values()) {
+    try {
+      await tool('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', ...paths], signal, 'attr', tree);
+    } catch (e) {
+      // A file system without xattr support (tmpfs before Linux 6.6 takes no user.*): the caller can build on disk instead.
+      if (e instanceof RoostError && /Operation not supported/.test(e.message)) {
+        throw new RoostError('IMAGE', `the scratch file system cannot hold the image's extended attributes: ${e.message}`, { cause: e, details: { errno: 'ENOTSUP' } });
+      }
+      throw e;
+    }
   }
 }
 
@@ -159,16 +162,6 @@ async function insideTree(tree: string, rel: string): Promise<boolean> {
     if (i < comps.length - 1 && !st.isDirectory()) return false;
   }
   return true;
-}
-
-/** getfattr's dump escaping: bytes outside a safe set as \ooo octal. */
-function escapePath(s: string): string {
-  let out = '';
-  for (const b of Buffer.from(s, 'utf8')) {
-    const ch = String.fromCharCode(b);
-    out += /[A-Za-z0-9/._+,:@-]/.test(ch) ? ch : `\\${b.toString(8).padStart(3, '0')}`;
-  }
-  return out;
 }
 
 /** Runs a tool to completion; its stderr becomes the error message. */

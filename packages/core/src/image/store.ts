@@ -265,8 +265,9 @@ export class ImageStore {
     try {
       result = await build(inMemory ?? onDisk);
     } catch (e) {
-      // The estimate was wrong (an image that compresses very well): build on disk instead.
-      if (!inMemory || !(e instanceof RoostError) || e.details.errno !== 'ENOSPC') throw e;
+      // The estimate was wrong (an image that compresses very well), or the
+      // tmpfs cannot hold the image's xattrs: build on disk instead.
+      if (!inMemory || !(e instanceof RoostError) || (e.details.errno !== 'ENOSPC' && e.details.errno !== 'ENOTSUP')) throw e;
       result = await build(onDisk);
     }
     const built = result;
