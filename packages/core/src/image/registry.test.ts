@@ -3,6 +3,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CredentialStore } from './auth.js';
@@ -687,6 +688,21 @@ describe('RegistryClient: failures', () => {
     });
     const stream = await client().openBlob(fake.registry, 'team/app', layer.digest);
     await expect(collect(stream)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/connection to .* dropped while receiving blob/), details: { retryable: true } });
+  });
+
+  it('ends a stream aborted after its last chunk was read (undici leaves that next read pending)', async () => {
+    const image = buildImage({ layers: [randomBytes(30_000)] });
+    fake.push('team/app', 'v1', image);
+    const layer = image.layers[0]!;
+    const ac = new AbortController();
+    const it = (await client().openBlob(fake.registry, 'team/app', layer.digest, ac.signal))[Symbol.asyncIterator]();
+    expect((await it.next()).value).toHaveLength(layer.size);
+    ac.abort();
+    const settled = await Promise.race([it.next().then(
+      () => 'read',
+      (e: { code?: string }) => e.code,
+    ), delay(1000).then(() => 'hung')]);
+    expect(settled).toBe('ABORTED');
   });
 
   it('stops at once when the caller aborts, with ABORTED or TIMEOUT', async () => {

@@ -194,8 +194,9 @@ class Exchange {
     private readonly release: () => void,
   ) {}
 
-  async discard(): Promise<void> {
-    await this.res.body?.cancel().catch(() => {});
+  /** Drops the body unread. The cancel is not awaited: undici's can hang, and nothing waits on it. */
+  discard(): void {
+    this.res.body?.cancel().catch(() => {});
     this.release();
   }
 
@@ -233,6 +234,7 @@ const MAX_REDIRECTS = 10;
 const MAX_RETRY_AFTER_MS = 60_000;
 const MAX_TOKEN_BYTES = 1 << 20;
 const MAX_ERROR_BODY_BYTES = 64 << 10;
+const ERROR_BODY_TIMEOUT_MS = 5000;
 const DEFAULT_TOKEN_TTL_S = 60;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 /** Failures to connect that may go away: the registry restarting, a flaky network. */
@@ -307,7 +309,7 @@ export class RegistryClient {
     return this.retrying(registryApiHost(registry), what, signal, async () => {
       const ex = await this.request(this.auth, registry, `/v2/${repository}/manifests/${tagOrDigest}`, { scope: pullScope(repository), repository, accept: MANIFEST_ACCEPT, signal, what });
       if (ex.res.status === 404) {
-        await ex.discard();
+        ex.discard();
         throw new RoostError('NOT_FOUND', `image ${name} not found`, { details: { registry, repository, reference: tagOrDigest } });
       }
       if (!ex.res.ok) throw await this.statusError(ex, what);
@@ -335,7 +337,7 @@ export class RegistryClient {
     return this.retrying(registryApiHost(registry), what, signal, async () => {
       const ex = await this.request(this.auth, registry, `/v2/${repository}/blobs/${digest}`, { scope: pullScope(repository), repository, signal, what });
       if (ex.res.status === 404) {
-        await ex.discard();
+        ex.discard();
         throw new RoostError('IMAGE', `blob ${digest} not found in repo ${registry}/${repository}`, { details: { registry, repository, digest } });
       }
       if (!ex.res.ok) throw await this.statusError(ex, what);
@@ -356,7 +358,7 @@ export class RegistryClient {
     try {
       const ex = await this.retrying(registryApiHost(registry), what, signal, () => this.request(state, registry, '/v2/', { signal, what }));
       if (!ex.res.ok) throw await this.statusError(ex, what);
-      await ex.discard();
+      ex.discard();
     } catch (e) {
       if (e instanceof RoostError && e.code === 'IMAGE') throw new RoostError('IMAGE', `login to ${registry} failed: ${e.message}`, { cause: e, details: e.details });
       throw e;
@@ -407,7 +409,7 @@ export class RegistryClient {
     // A 401 from elsewhere (storage a blob was redirected to) is no challenge of the registry's.
     if (ex.res.status === 401 && ex.url.origin === url.origin) {
       const header = ex.res.headers.get('www-authenticate') ?? '';
-      await ex.discard();
+      ex.discard();
       const challenge = pickChallenge(parseWwwAuthenticate(header));
       if (!challenge) {
         throw new RoostError('IMAGE', `${url.host} demands authentication for ${options.what} with a challenge Roost cannot answer (WWW-Authenticate: ${header.slice(0, 200) || 'none'})`);
@@ -420,7 +422,7 @@ export class RegistryClient {
       }
       ex = await this.exchange(url, { ...init, authorization });
       if (ex.res.status === 401 && ex.url.origin === url.origin) {
-        await ex.discard();
+        ex.discard();
         const error = await this.denied(state, registry, options);
         state.forget(registry);
         throw error;
@@ -554,7 +556,7 @@ export class RegistryClient {
         }
         const location = res.headers.get('location');
         if (!REDIRECT_STATUSES.has(res.status) || location === null) return new Exchange(res, current, controller, release);
-        await res.body?.cancel().catch(() => {});
+        res.body?.cancel().catch(() => {});
         if (hops >= MAX_REDIRECTS) throw new RoostError('IMAGE', `${url.host} redirected ${what} more than ${MAX_REDIRECTS} times`);
         let next: URL;
         try {
@@ -575,33 +577,46 @@ export class RegistryClient {
     }
   }
 
-  /** A body as chunks, each read bounded by the idle timeout. Ends the exchange however iteration ends. */
+  /**
+   * A body as chunks, each read bounded by the idle timeout. Ends the
+   * exchange however iteration ends.
+   */
   private async *stream(ex: Exchange, what: string, signal: AbortSignal | undefined): AsyncGenerator<Uint8Array> {
     const reader = ex.res.body?.getReader();
-    let finished = !reader;
+    // Undici does not always settle a pending read when its fetch is aborted
+    // (seen when the abort races the end of a body), so every read also
+    // races the abort itself: a stall or an abort always ends the stream.
+    const aborts = ex.controller.signal;
+    let onAbort = () => {};
+    const aborted = new Promise<never>((_resolve, reject) => {
+      onAbort = () => reject(aborts.reason);
+    });
+    aborted.catch(() => {});
+    if (aborts.aborted) onAbort();
+    else aborts.addEventListener('abort', onAbort, { once: true });
     try {
       while (reader) {
         const timer = setTimeout(() => {
           const error = new RoostError('IMAGE', `${ex.url.host} stopped sending ${what} (nothing for ${this.idleTimeoutMs / 1000} s)`, { details: { retryable: true } });
           ex.controller.abort(error);
         }, this.idleTimeoutMs);
-        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        const read = reader.read();
+        read.catch(() => {}); // when the abort wins the race, this read may still fail later
+        let chunk: Awaited<typeof read>;
         try {
-          chunk = await reader.read();
+          chunk = await Promise.race([read, aborted]);
         } catch (e) {
-          finished = true; // an errored stream has nothing to cancel
           throw bodyError(e, ex, signal, what);
         } finally {
           clearTimeout(timer);
         }
-        if (chunk.done) {
-          finished = true;
-          return;
-        }
+        if (chunk.done) return;
         yield chunk.value;
       }
     } finally {
-      if (!finished) await reader?.cancel().catch(() => {});
+      aborts.removeEventListener('abort', onAbort);
+      // Not awaited, like discard: an abort has already closed the connection, and a finished body has nothing to cancel.
+      reader?.cancel().catch(() => {});
       ex.done();
     }
   }
@@ -629,6 +644,8 @@ export class RegistryClient {
 
   /** `: CODE: message` from a registry's JSON error body (`{"errors":[{"code","message"}]}`), or ''. Ends the exchange; never throws. */
   private async errorDetail(ex: Exchange): Promise<string> {
+    // The explanation is a nicety: a server that dribbles it out does not get to hold the caller for long.
+    const timer = setTimeout(() => ex.controller.abort(new RoostError('IMAGE', 'the error message took too long')), ERROR_BODY_TIMEOUT_MS);
     try {
       if (!ex.res.headers.get('content-type')?.includes('json')) return '';
       const body = await this.readAll(ex, MAX_ERROR_BODY_BYTES, 'an error message', undefined);
@@ -638,7 +655,8 @@ export class RegistryClient {
     } catch {
       return '';
     } finally {
-      await ex.discard();
+      clearTimeout(timer);
+      ex.discard();
     }
   }
 
