@@ -137,7 +137,8 @@ export class BlobStore {
   }
 }
 
-function isAlive(pid: number): boolean {
+/** True while a process with this pid exists (temp files are named after their writer's pid). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

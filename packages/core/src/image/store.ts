@@ -7,7 +7,7 @@ import { HomeLayout, roostHome } from '../home.js';
 import { stateDb } from '../state/db.js';
 import { openDockerArchive, openOciLayout, writeOciLayout, type ExportFormat, type LocalImageSource } from './archive.js';
 import { CredentialStore } from './auth.js';
-import { BlobStore, parseDigest } from './blobs.js';
+import { BlobStore, isAlive, parseDigest } from './blobs.js';
 import { parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
 import { pullImage, type PulledImage } from './pull.js';
 import { formatImageReference, parseImageReference, type ImageReference } from './reference.js';
@@ -370,7 +370,7 @@ export class ImageStore {
       size: row.size,
       configDigest: row.config_digest,
       layers: this.#layers(row.id),
-      config: parseImageConfigRow(row.config_json),
+      config: JSON.parse(row.config_json) as ImageConfig,
       ...(row.index_digest ? { indexDigest: row.index_digest } : {}),
       ...(row.created ? { created: row.created } : {}),
       addedAt: row.added_at,
@@ -443,7 +443,7 @@ export class ImageStore {
     // Unpacked trees of builds whose process died.
     for (const scratch of [join(this.#layout.root, 'tmp'), MEMORY_SCRATCH]) {
       for (const f of await readdir(scratch).catch(() => [] as string[])) {
-        if (f.startsWith('tree-') && !processAlive(f.replace(/^tree-/, '.tmp-'))) await rm(join(scratch, f), { recursive: true, force: true });
+        if (f.startsWith('tree-') && !writerAlive(f)) await rm(join(scratch, f), { recursive: true, force: true });
       }
     }
     const rootfsDir = join(this.#layout.root, 'images', 'rootfs');
@@ -451,7 +451,7 @@ export class ImageStore {
     for (const f of await readdir(rootfsDir).catch(() => [] as string[])) {
       const hex = f.split('.')[0] ?? '';
       if (ids.has(hex) && f === `${hex}.${ROOTFS_FORMAT}`) continue;
-      if (f.includes('.tmp-') && processAlive(f)) continue;
+      if (f.includes('.tmp-') && writerAlive(f)) continue;
       const st = await stat(join(rootfsDir, f)).catch(() => null);
       freed += st?.size ?? 0;
       await rm(join(rootfsDir, f), { force: true, recursive: true });
@@ -482,10 +482,6 @@ export class ImageStore {
   async #sandboxesUsing(imageId: string): Promise<string[]> {
     return [...(await this.#sandboxImages())].filter(([, image]) => image === imageId).map(([id]) => id);
   }
-}
-
-function parseImageConfigRow(json: string): ImageConfig {
-  return JSON.parse(json) as ImageConfig;
 }
 
 /** The name an image pulled by `ref` is stored under: its tag, or `repo@digest` for a pinned pull. */
@@ -559,14 +555,9 @@ async function memoryScratch(compressedBytes: number): Promise<string | null> {
   }
 }
 
-function processAlive(tmpName: string): boolean {
-  const pid = Number(/\.tmp-(\d+)-/.exec(tmpName)?.[1]);
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+/** Whether the process that named a scratch file (`tree-<pid>-…`, `….tmp-<pid>-…`) still runs. */
+function writerAlive(name: string): boolean {
+  const pid = Number(/(?:^tree|\.tmp)-(\d+)-/.exec(name)?.[1]);
+  return pid > 0 && isAlive(pid);
 }
 
