@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ImageStore, familiarImageReference, parseImageReference, RoostError, type ImageInfo, type PullProgress } from '@roost/core';
+import { ImageStore, familiarImageReference, normalizeRegistry, parseImageReference, RoostError, type ImageInfo, type PullProgress } from '@roost/core';
 import { ago, bytes, formatTable } from './format.js';
 
 /** `roost pull`, `images`, `rmi`, `tag`, `login`, `logout`. */
@@ -86,7 +86,7 @@ export function addImageCommands(program: Command): void {
     .option('-p, --password <password>', 'password (prefer --password-stdin: arguments are visible to other users)')
     .option('--password-stdin', 'read the password from standard input')
     .action(async (registryArg: string, flags: { username?: string; password?: string; passwordStdin?: boolean }) => {
-      const registry = registryHost(registryArg);
+      const registry = normalizeRegistry(registryArg);
       if (!flags.username) throw new RoostError('INVALID_ARGUMENT', 'give a user name: roost login -u USER REGISTRY');
       let password = flags.password;
       if (flags.passwordStdin) password = (await readStdin()).replace(/\r?\n$/, '');
@@ -102,7 +102,7 @@ export function addImageCommands(program: Command): void {
     .description('forget the credentials stored for a registry')
     .argument('<registry>')
     .action(async (registryArg: string) => {
-      const registry = registryHost(registryArg);
+      const registry = normalizeRegistry(registryArg);
       await new ImageStore().credentials.logout(registry);
       process.stdout.write(`Removed login credentials for ${registry}\n`);
     });
@@ -115,14 +115,6 @@ async function remove(refs: string[], flags: { force?: boolean }): Promise<void>
     for (const t of r.untagged) process.stdout.write(`Untagged: ${familiar(t)}\n`);
     for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
   }
-}
-
-/** `docker.io`, `host:5000`: a registry named alone, or through an image reference. */
-function registryHost(arg: string): string {
-  const bare = arg.replace(/^https?:\/\//, '').replace(/\/.*$/, '');
-  if (bare === 'index.docker.io' || bare === 'registry-1.docker.io') return 'docker.io';
-  if (/^[a-zA-Z0-9.-]+(:\d+)?$|^\[[0-9a-fA-F:.]+\](:\d+)?$/.test(bare)) return bare;
-  return parseImageReference(arg).registry;
 }
 
 function familiar(name: string): string {
