@@ -6,6 +6,7 @@ import { dirname, join, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { abortError, RoostError } from '../errors.js';
+import { runTool } from '../tool.js';
 import type { BlobStore } from './blobs.js';
 import { applyLayer, type LayerStats } from './layer.js';
 import { layerCompression, type Descriptor } from './manifest.js';
@@ -76,7 +77,7 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
     options.onProgress?.({ of: layers.length, what: 'mkfs' });
     // Ownership, modes, times (the image's own, not the build's) and xattrs
     // come from the tree; a fixed UUID keeps builds of one image alike.
-    await tool('mkfs.erofs', ['--quiet', '--preserve-mtime', '-U', '00000000-0000-0000-0000-000000000000', tmpOut, tree], signal, 'erofs-utils');
+    await runTool('mkfs.erofs', ['--quiet', '--preserve-mtime', '-U', '00000000-0000-0000-0000-000000000000', tmpOut, tree], { pkg: 'erofs-utils', code: 'IMAGE', signal });
     const { size } = await stat(tmpOut);
     await rename(tmpOut, out);
     return { size, skipped, ms: Date.now() - started };
@@ -139,7 +140,7 @@ async function applyXattrs(tree: string, xattrs: LayerStats['xattrs'], signal?: 
   }
   for (const { name, value, paths } of groups.values()) {
     try {
-      await tool('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', ...paths], signal, 'attr', tree);
+      await runTool('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', ...paths], { pkg: 'attr', code: 'IMAGE', signal, cwd: tree });
     } catch (e) {
       // A file system without xattr support (tmpfs before Linux 6.6 takes no user.*): the caller can build on disk instead.
       if (e instanceof RoostError && /Operation not supported/.test(e.message)) {
@@ -162,22 +163,4 @@ async function insideTree(tree: string, rel: string): Promise<boolean> {
     if (i < comps.length - 1 && !st.isDirectory()) return false;
   }
   return true;
-}
-
-/** Runs a tool to completion; its stderr becomes the error message. */
-function tool(cmd: string, args: string[], signal: AbortSignal | undefined, pkg: string, cwd?: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], ...(cwd ? { cwd } : {}), ...(signal ? { signal } : {}) });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
-    child.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') reject(new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs ${pkg})`, { cause: e }));
-      else if (e.name === 'AbortError' && signal) reject(abortError(signal, cmd));
-      else reject(new RoostError('IMAGE', `${cmd}: ${e.message}`, { cause: e }));
-    });
-    child.on('exit', (code) => {
-      if (code === 0) resolve();
-      else if (code !== null) reject(new RoostError('IMAGE', `${cmd} failed (exit ${code}): ${stderr.trim()}`));
-    });
-  });
 }

@@ -1,11 +1,7 @@
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { RoostError } from '../errors.js';
-
-const exec = promisify(execFile);
+import { runTool } from '../tool.js';
 
 /** Default size of a sandbox's writable disk (MiB): sparse, so it costs only what is written. */
 export const DEFAULT_DISK_MIB = 4096;
@@ -22,10 +18,10 @@ export const MAX_DISK_MIB = 2 * 2 ** 20; // 2 TiB
 export async function createDisk(cache: string, path: string, sizeMiB: number, signal?: AbortSignal): Promise<void> {
   const template = await diskTemplate(cache, sizeMiB, signal);
   try {
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', template, path], { signal });
+    await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', template, path], { pkg: 'qemu-utils', code: 'VMM', signal });
   } catch (e) {
     await rm(path, { force: true });
-    throw toolError('qemu-img create', e, 'qemu-utils');
+    throw e;
   }
 }
 
@@ -42,19 +38,11 @@ async function diskTemplate(cache: string, sizeMiB: number, signal?: AbortSignal
     // No reserved blocks (the guest's root is the only user); inode tables and
     // the journal are left uninitialized so the template stays sparse. The guest
     // mounts with noinit_itable, so nothing zeroes them later either.
-    await exec('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'roost-rw', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', tmp], { signal });
+    await runTool('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'roost-rw', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', tmp], { pkg: 'e2fsprogs', code: 'VMM', signal });
     await rename(tmp, template);
   } catch (e) {
     await rm(tmp, { force: true });
-    throw toolError('mkfs.ext4', e, 'e2fsprogs');
+    throw e;
   }
   return template;
-}
-
-function toolError(what: string, e: unknown, pkg: string): RoostError {
-  const err = e as NodeJS.ErrnoException & { stderr?: string };
-  if (err.name === 'AbortError') return new RoostError('ABORTED', `${what} was aborted`, { cause: e });
-  if (err.code === 'ENOENT') return new RoostError('SETUP_REQUIRED', `${what.split(' ')[0]} is not installed: run \`roost setup\` (it installs ${pkg})`, { cause: e });
-  if (err.code === 'ENOSPC' || /No space left/.test(err.stderr ?? '')) return new RoostError('VMM', `${what}: the host disk is full`, { cause: e });
-  return new RoostError('VMM', `${what} failed: ${(err.stderr ?? err.message).trim()}`, { cause: e });
 }
