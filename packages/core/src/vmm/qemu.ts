@@ -140,8 +140,7 @@ export class QemuVmm implements Vmm {
     // For a non-detached VM, setpriv sets PR_SET_PDEATHSIG on QEMU, so it gets
     // SIGKILL when its owner dies, however it dies. The keepers end when QEMU
     // closes their pipes.
-    const ownerBound = config.detached ? [] : ['--pdeathsig', 'KILL', '--'];
-    const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', [...ownerBound, qemu, ...args]];
+    const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
     let child;
     try {
       // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
