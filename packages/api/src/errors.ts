@@ -1,0 +1,69 @@
+/** Stable error codes. Clients (the CLI, the daemon's HTTP mapping, the SDK) switch on these, never on messages. */
+export type RoostErrorCode =
+  | 'INVALID_ARGUMENT'
+  | 'UNAUTHENTICATED'
+  | 'NOT_FOUND'
+  | 'INVALID_STATE'
+  | 'TIMEOUT'
+  | 'ABORTED'
+  | 'RESOURCE_EXHAUSTED'
+  | 'UNAVAILABLE'
+  | 'SETUP_REQUIRED'
+  | 'BOOT_FAILED'
+  | 'AGENT'
+  | 'VMM'
+  | 'IMAGE'
+  | 'NETWORK'
+  | 'INTERNAL';
+
+/**
+ * The HTTP status of each code: the one table the daemon answers with and the
+ * client reads back. 499 is "client closed request" (the caller aborted).
+ */
+export const ERROR_STATUS: Readonly<Record<RoostErrorCode, number>> = {
+  INVALID_ARGUMENT: 400,
+  UNAUTHENTICATED: 401,
+  NOT_FOUND: 404,
+  INVALID_STATE: 409,
+  TIMEOUT: 504,
+  ABORTED: 499,
+  RESOURCE_EXHAUSTED: 429,
+  UNAVAILABLE: 503,
+  SETUP_REQUIRED: 503,
+  BOOT_FAILED: 500,
+  AGENT: 502,
+  VMM: 500,
+  IMAGE: 502,
+  NETWORK: 502,
+  INTERNAL: 500,
+};
+
+export const ERROR_CODES = Object.keys(ERROR_STATUS) as RoostErrorCode[];
+
+/**
+ * The one error type Roost throws, embedded or remote. `code` is stable;
+ * `message` says what happened and what to do; `cause` carries the
+ * underlying error; `details` carries structured context (for example the
+ * last console lines of a guest that did not boot, or the field that failed
+ * validation).
+ */
+export class RoostError extends Error {
+  override readonly name = 'RoostError';
+  readonly code: RoostErrorCode;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: RoostErrorCode, message: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+
+  toJSON(): { code: RoostErrorCode; message: string; details: Record<string, unknown> } {
+    return { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** True when `err` is a RoostError, optionally with the given code. */
+export function isRoostError(err: unknown, code?: RoostErrorCode): err is RoostError {
+  return err instanceof RoostError && (code === undefined || err.code === code);
+}

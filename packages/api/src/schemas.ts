@@ -1,0 +1,235 @@
+import { z } from 'zod';
+import { ERROR_CODES } from './errors.js';
+
+/*
+ * The REST API's bodies, as zod schemas: the daemon validates requests with
+ * them, the OpenAPI document is generated from them, and the SDK's types are
+ * inferred from them. Requests are strict (an unknown field is a 400 naming
+ * it); responses may gain fields (additive changes only).
+ */
+
+const envName = z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL');
+const labelKey = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/, 'label keys are 1-63 characters of letters, digits, ".", "_", "/" and "-"');
+
+export const EnvSchema = z.record(envName, z.string().refine((v) => !v.includes('\0'), 'environment values cannot contain NUL'));
+export const LabelsSchema = z.record(labelKey, z.string().max(256));
+
+export const SandboxStatusSchema = z.enum(['creating', 'running', 'stopping', 'stopped', 'failed']);
+export type SandboxStatus = z.infer<typeof SandboxStatusSchema>;
+
+export const PullPolicySchema = z.enum(['missing', 'always', 'never']);
+export type PullPolicy = z.infer<typeof PullPolicySchema>;
+
+export const SandboxImageSchema = z.object({
+  /** What the user asked for (`alpine`, `127.0.0.1:5000/app:1`). */
+  reference: z.string(),
+  /** The image's id (its manifest digest). */
+  id: z.string(),
+  entrypoint: z.array(z.string()),
+  cmd: z.array(z.string()),
+}).meta({ id: 'SandboxImage' });
+export type SandboxImage = z.infer<typeof SandboxImageSchema>;
+
+/** Everything recorded about a sandbox. */
+export const SandboxInfoSchema = z.object({
+  id: z.string().regex(/^[0-9a-f]{12}$/),
+  status: SandboxStatusSchema,
+  createdAt: z.string(),
+  /** When it last started running; when it last stopped. */
+  startedAt: z.string().nullable().optional(),
+  stoppedAt: z.string().nullable().optional(),
+  cpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  diskSizeMiB: z.number().int(),
+  detached: z.boolean(),
+  accel: z.enum(['kvm', 'tcg']),
+  /** The QEMU process, while one runs. */
+  pid: z.number().int().nullable(),
+  env: z.record(z.string(), z.string()),
+  labels: z.record(z.string(), z.string()),
+  image: SandboxImageSchema.optional(),
+  workingDir: z.string().optional(),
+  user: z.string().optional(),
+  /** Why it failed or stopped, when it did. */
+  reason: z.string().optional(),
+  agentVersion: z.string().optional(),
+  /** Commands started in it so far. */
+  execs: z.number().int(),
+}).meta({ id: 'SandboxInfo' });
+export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
+
+/** POST /v1/sandboxes */
+export const CreateSandboxRequestSchema = z.object({
+  image: z.string().min(1).optional(),
+  pull: PullPolicySchema.optional(),
+  cpus: z.number().int().min(1).max(16).optional(),
+  memoryMiB: z.number().int().min(64).optional(),
+  diskSizeMiB: z.number().int().optional(),
+  env: EnvSchema.optional(),
+  labels: LabelsSchema.optional(),
+  /** Survives a restart of the runtime that made it (default false: it stops with it). */
+  detached: z.boolean().optional(),
+  /** How long booting may take (ms). */
+  timeoutMs: z.number().int().positive().max(600_000).optional(),
+}).strict().meta({ id: 'CreateSandboxRequest' });
+export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequestSchema>;
+
+/** GET /v1/sandboxes query */
+export const ListSandboxesQuerySchema = z.object({
+  /** Comma-separated statuses; default every status. */
+  status: z.string().optional(),
+  /** Image reference or id (prefix). */
+  image: z.string().optional(),
+  /** `key` or `key=value`; repeatable. */
+  label: z.union([z.string(), z.array(z.string())]).optional(),
+}).strict();
+export type ListSandboxesQuery = z.infer<typeof ListSandboxesQuerySchema>;
+
+export const SandboxListSchema = z.object({ sandboxes: z.array(SandboxInfoSchema) }).meta({ id: 'SandboxList' });
+
+export const StopSandboxRequestSchema = z.object({ timeoutMs: z.number().int().positive().max(600_000).optional() }).strict();
+export const StartSandboxRequestSchema = z.object({ timeoutMs: z.number().int().positive().max(600_000).optional() }).strict();
+
+/** POST /v1/sandboxes/{id}/exec */
+export const ExecRequestSchema = z.object({
+  /** A shell command line (run with /bin/sh -c), or argv when an array. */
+  cmd: z.union([z.string().min(1), z.array(z.string()).min(1)]),
+  args: z.array(z.string()).optional(),
+  env: EnvSchema.optional(),
+  cwd: z.string().min(1).optional(),
+  user: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
+  /** All of stdin at once (closed after). */
+  stdin: z.string().optional(),
+  /** How `stdin` is encoded (default utf8). */
+  stdinEncoding: z.enum(['utf8', 'base64']).optional(),
+  /** Keep stdin open for POST .../execs/{execId}/stdin (default false: /dev/null or `stdin`). */
+  interactive: z.boolean().optional(),
+  pty: z.union([z.boolean(), z.object({ rows: z.number().int().min(1).max(65535).optional(), cols: z.number().int().min(1).max(65535).optional() }).strict()]).optional(),
+  timeoutMs: z.number().int().positive().max(0xffffffff).optional(),
+  /** Encoding of output in the NDJSON stream (default utf8: text decoded across chunk boundaries). */
+  encoding: z.enum(['utf8', 'base64']).optional(),
+}).strict().meta({ id: 'ExecRequest' });
+export type ExecRequest = z.infer<typeof ExecRequestSchema>;
+
+/**
+ * One line of an exec's NDJSON stream (`Accept: application/x-ndjson`).
+ * `started` comes first, `exit` or `error` last.
+ */
+export const ExecEventSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('started'), execId: z.string(), pid: z.number().int() }),
+  z.object({ type: z.literal('stdout'), data: z.string() }),
+  z.object({ type: z.literal('stderr'), data: z.string() }),
+  z.object({ type: z.literal('exit'), exitCode: z.number().int(), signal: z.string().nullable() }),
+  z.object({ type: z.literal('error'), error: z.lazy(() => ErrorBodySchema.shape.error) }),
+]).meta({ id: 'ExecEvent' });
+export type ExecEvent = z.infer<typeof ExecEventSchema>;
+
+/** The exec result when the client asks for `application/json` (output collected). */
+export const ExecResultSchema = z.object({
+  exitCode: z.number().int(),
+  signal: z.string().nullable(),
+  stdout: z.string(),
+  stderr: z.string(),
+}).meta({ id: 'ExecResult' });
+export type ExecResult = z.infer<typeof ExecResultSchema>;
+
+export const SignalRequestSchema = z.object({ signal: z.union([z.string().regex(/^SIG[A-Z0-9]+$/), z.number().int().min(1).max(64)]) }).strict();
+export const ResizeRequestSchema = z.object({ rows: z.number().int().min(1).max(65535), cols: z.number().int().min(1).max(65535) }).strict();
+
+export const ImageInfoSchema = z.object({
+  /** The platform manifest's digest. */
+  id: z.string(),
+  /** Fully qualified names pointing at it. */
+  tags: z.array(z.string()),
+  /** Bytes stored (manifest, config, layers as downloaded). */
+  size: z.number().int(),
+  configDigest: z.string(),
+  created: z.string().nullable(),
+  addedAt: z.string(),
+  source: z.string(),
+  rootfsSize: z.number().int().nullable(),
+  layers: z.number().int(),
+  config: z.object({
+    entrypoint: z.array(z.string()),
+    cmd: z.array(z.string()),
+    env: z.array(z.string()),
+    workingDir: z.string(),
+    user: z.string(),
+  }),
+}).meta({ id: 'ImageInfo' });
+export type ImageInfoBody = z.infer<typeof ImageInfoSchema>;
+
+export const ImageListSchema = z.object({ images: z.array(ImageInfoSchema) }).meta({ id: 'ImageList' });
+
+/** POST /v1/images/pull */
+export const PullRequestSchema = z.object({ reference: z.string().min(1) }).strict().meta({ id: 'PullRequest' });
+
+/** One line of a pull's NDJSON progress stream; `done` or `error` last. */
+export const PullEventSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('progress'), digest: z.string(), kind: z.string(), completed: z.number(), total: z.number(), done: z.boolean() }),
+  z.object({ type: z.literal('done'), image: ImageInfoSchema }),
+  z.object({ type: z.literal('error'), error: z.lazy(() => ErrorBodySchema.shape.error) }),
+]).meta({ id: 'PullEvent' });
+
+export const EVENT_TYPES = [
+  'sandbox.created', 'sandbox.started', 'sandbox.exited', 'sandbox.failed', 'sandbox.deleted',
+  'image.pulled', 'image.deleted',
+  'exec.started', 'exec.exited',
+] as const;
+export const EventTypeSchema = z.enum(EVENT_TYPES);
+export type EventType = z.infer<typeof EventTypeSchema>;
+
+/** A persisted event; `id` increases and is the SSE `id:` (resume with Last-Event-ID). */
+export const RoostEventSchema = z.object({
+  id: z.number().int(),
+  time: z.string(),
+  type: EventTypeSchema,
+  sandboxId: z.string().optional(),
+  imageId: z.string().optional(),
+  data: z.record(z.string(), z.unknown()),
+}).meta({ id: 'RoostEvent' });
+export type RoostEvent = z.infer<typeof RoostEventSchema>;
+
+/** Per-sandbox resource figures. */
+export const SandboxMetricsSchema = z.object({
+  id: z.string(),
+  status: SandboxStatusSchema,
+  /** CPU seconds the VM (QEMU) has used, user + system. */
+  cpuSeconds: z.number(),
+  /** Host memory of the VM: resident and proportional (shared pages split). */
+  memoryRssBytes: z.number().int(),
+  memoryPssBytes: z.number().int().nullable(),
+  execs: z.number().int(),
+}).meta({ id: 'SandboxMetrics' });
+export type SandboxMetrics = z.infer<typeof SandboxMetricsSchema>;
+
+export const RuntimeMetricsSchema = z.object({
+  /** Counters since this runtime started. */
+  sandboxesCreated: z.number().int(),
+  sandboxesDestroyed: z.number().int(),
+  execs: z.number().int(),
+  execBytes: z.object({ stdin: z.number().int(), stdout: z.number().int(), stderr: z.number().int() }),
+  /** Gauges now. */
+  sandboxes: z.record(SandboxStatusSchema, z.number().int()),
+  uptimeSeconds: z.number(),
+  perSandbox: z.array(SandboxMetricsSchema),
+}).meta({ id: 'RuntimeMetrics' });
+export type RuntimeMetrics = z.infer<typeof RuntimeMetricsSchema>;
+
+export const HealthSchema = z.object({
+  status: z.literal('ok'),
+  version: z.string(),
+  home: z.string(),
+  pid: z.number().int(),
+  uptimeSeconds: z.number(),
+}).meta({ id: 'Health' });
+
+/** Every error response: `{ "error": { "code", "message" } }`. */
+export const ErrorBodySchema = z.object({
+  error: z.object({
+    code: z.enum(ERROR_CODES as [string, ...string[]]),
+    message: z.string(),
+    details: z.record(z.string(), z.unknown()).optional(),
+  }),
+}).meta({ id: 'Error' });
+export type ErrorBody = z.infer<typeof ErrorBodySchema>;
