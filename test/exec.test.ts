@@ -231,11 +231,12 @@ describe('the sandbox', () => {
     expect(await sb.vmStatus()).toBe('running');
   });
 
-  it('has a directory with its sockets, console log and config', async () => {
-    const { readdirSync, readFileSync } = await import('node:fs');
-    expect(readdirSync(sb.dir).sort()).toEqual(expect.arrayContaining(['agent.sock', 'console.log', 'qmp.sock', 'qemu.log', 'sandbox.json']));
-    const info = JSON.parse(readFileSync(`${sb.dir}/sandbox.json`, 'utf8')) as { status: string; pid: number };
-    expect(info.status).toBe('running');
-    expect(info.pid).toBe(sb.info.pid);
+  it('has a directory with its sockets, console log and disk, and a record in the home database', async () => {
+    const { readdirSync } = await import('node:fs');
+    expect(readdirSync(sb.dir).sort()).toEqual(expect.arrayContaining(['agent.sock', 'console.log', 'disk.qcow2', 'qmp.sock', 'qemu.log']));
+    const { stateDb } = await import('@roost/core');
+    const row = stateDb(home.root).prepare('SELECT status, pid, info_json FROM sandboxes WHERE id = ?').get(sb.id) as { status: string; pid: number; info_json: string };
+    expect(row).toMatchObject({ status: 'running', pid: sb.info.pid });
+    expect(JSON.parse(row.info_json)).toMatchObject({ id: sb.id, execs: expect.any(Number) });
   });
 });

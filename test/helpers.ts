@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Sandbox, roostHome, type SandboxOptions } from '@roost/core';
+import { Runtime, Sandbox, roostHome, type SandboxOptions } from '@roost/core';
 
 /**
  * A throwaway Roost home whose cache links to the real one (so the guest is
@@ -35,11 +35,29 @@ export class TestHome {
     return { ...process.env, ROOST_HOME: this.root };
   }
 
+  /** This home's runtime in this process (the one the static Sandbox helpers use). */
+  runtime(): Promise<Runtime> {
+    return Runtime.shared(this.root);
+  }
+
+  /**
+   * Releases this process's hold on the home (its runtime and lock), so a
+   * child process (the CLI, a script) can own it. Sandboxes that are not
+   * detached die with the runtime.
+   */
+  async release(): Promise<void> {
+    await (await Runtime.shared(this.root)).close();
+  }
+
   async cleanup(): Promise<void> {
     await Promise.allSettled(this.#sandboxes.map((s) => s.kill()));
     // Sandboxes made by child processes (the CLI) are found through the home.
-    for (const info of await Sandbox.list({ home: this.root })) {
-      if (info.pid !== null) await (await Sandbox.get(info.id, { home: this.root })).kill().catch(() => {});
+    const runtime = await Runtime.shared(this.root).catch(() => null);
+    if (runtime) {
+      for (const info of await runtime.list()) {
+        if (info.pid !== null) await (await runtime.get(info.id)).kill().catch(() => {});
+      }
+      await runtime.close();
     }
     rmSync(this.root, { recursive: true, force: true });
   }

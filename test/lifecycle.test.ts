@@ -28,6 +28,11 @@ function child(script: string, env: NodeJS.ProcessEnv): Promise<{ proc: ReturnTy
   });
 }
 
+/** Closes this process's runtime of a throwaway home before it is deleted. */
+async function closeHome(dir: string): Promise<void> {
+  await (await Runtime.shared(dir).catch(() => null))?.close();
+}
+
 describe('sandbox lifecycle', () => {
   it('stops gracefully: the VM powers off and the record says stopped', async () => {
     const sb = await home.create();
@@ -38,7 +43,8 @@ describe('sandbox lifecycle', () => {
     expect(Date.now() - started).toBeLessThan(5_000); // powered off, not killed at the 10 s timeout
     expect(alive(pid)).toBe(false);
     expect(sb.status).toBe('stopped');
-    expect(JSON.parse(readFileSync(join(sb.dir, 'sandbox.json'), 'utf8'))).toMatchObject({ status: 'stopped', pid: null });
+    // The record in the home's database says so too.
+    expect(await sb.refresh()).toMatchObject({ status: 'stopped', pid: null, reason: 'stopped' });
     await expect(sb.commands.run('true')).rejects.toMatchObject({ code: 'INVALID_STATE' });
     await sb.remove();
     expect(existsSync(sb.dir)).toBe(false);
@@ -92,13 +98,48 @@ describe('sandbox lifecycle', () => {
     await sb.kill();
   });
 
-  it('binds a Roost home through a Runtime', async () => {
-    const runtime = new Runtime({ home: home.root });
-    expect(runtime.home).toBe(home.root);
-    expect((await runtime.assets()).kernel).toMatch(/vmlinux$/);
-    const sb = home.track(await runtime.create());
-    expect((await runtime.get(sb.id)).id).toBe(sb.id);
-    expect((await runtime.list()).map((s) => s.id)).toContain(sb.id);
+  it('binds a Roost home through a Runtime, which owns it alone', async () => {
+    const other = new TestHome();
+    try {
+      const runtime = await Runtime.open({ home: other.root, owner: 'the test' });
+      expect(runtime.home).toBe(other.root);
+      expect((await runtime.assets()).kernel).toMatch(/vmlinux$/);
+      // A second owner, in this process or another, is refused with the holder's name.
+      await expect(Runtime.open({ home: other.root })).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/in use by the test \(pid \d+/) });
+      const script = `
+        import { Runtime } from ${JSON.stringify(coreEntry)};
+        const err = await Runtime.open().catch((e) => e);
+        console.log(JSON.stringify({ code: err.code, message: err.message }));
+      `;
+      const { line } = await child(script, other.env);
+      expect(JSON.parse(line)).toMatchObject({ code: 'UNAVAILABLE', message: expect.stringContaining(`the test (pid ${process.pid}`) });
+      const sb = await runtime.create({ labels: { team: 'a' } });
+      expect(await runtime.get(sb.id)).toBe(sb);
+      expect((await runtime.list({ labels: ['team=a'] })).map((s) => s.id)).toEqual([sb.id]);
+      expect(await runtime.list({ labels: ['team=b'] })).toEqual([]);
+      expect((await runtime.list({ status: 'stopped' })).map((s) => s.id)).not.toContain(sb.id);
+      const pid = sb.info.pid!;
+      // Closing kills what is not detached and frees the home for the next owner.
+      await runtime.close();
+      expect(alive(pid)).toBe(false);
+      await using again = await Runtime.open({ home: other.root });
+      expect((await again.get(sb.id)).info).toMatchObject({ status: 'stopped', reason: 'its runtime closed', pid: null });
+    } finally {
+      await other.cleanup();
+    }
+  });
+
+  it('starts a stopped sandbox again on the disk it had', async () => {
+    const sb = await home.create();
+    await sb.commands.run('echo kept > /root/marker; sync');
+    await sb.stop();
+    const firstPid = sb.info.pid;
+    expect(firstPid).toBeNull();
+    await sb.start();
+    expect(sb.info).toMatchObject({ status: 'running' });
+    expect((await sb.commands.run('cat /root/marker')).stdout).toBe('kept\n');
+    // Starting a running sandbox is a no-op.
+    await sb.start();
     await sb.kill();
   });
 
@@ -115,80 +156,103 @@ describe('sandbox lifecycle', () => {
 });
 
 describe('a sandbox and its owner process', () => {
-  it('dies with a non-detached owner, even one killed with SIGKILL', async () => {
-    const script = `
-      import { Sandbox } from ${JSON.stringify(coreEntry)};
-      const sb = await Sandbox.create({ timeoutMs: 60000 });
-      console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
-      setInterval(() => {}, 1000);
-    `;
-    const { proc, line } = await child(script, home.env);
-    const { pid } = JSON.parse(line) as { pid: number };
-    expect(alive(pid)).toBe(true);
-    proc.kill('SIGKILL');
-    await eventually(() => !alive(pid), 5_000, 'QEMU gone after its owner was SIGKILLed');
+  it('dies with a non-detached owner, even one killed with SIGKILL, and the next owner records it', async () => {
+    const own = new TestHome();
+    try {
+      const script = `
+        import { Sandbox } from ${JSON.stringify(coreEntry)};
+        const sb = await Sandbox.create({ timeoutMs: 60000 });
+        console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
+        setInterval(() => {}, 1000);
+      `;
+      const { proc, line } = await child(script, own.env);
+      const { id, pid } = JSON.parse(line) as { id: string; pid: number };
+      expect(alive(pid)).toBe(true);
+      proc.kill('SIGKILL');
+      await eventually(() => !alive(pid), 5_000, 'QEMU gone after its owner was SIGKILLed');
+      // The kernel dropped the dead owner's lock; the next owner finds the record and says what happened.
+      const runtime = await own.runtime();
+      expect((await runtime.get(id)).info).toMatchObject({ status: 'stopped', pid: null, reason: expect.stringMatching(/runtime exited/) });
+      const events = [];
+      for await (const e of runtime.events({ after: 0, signal: AbortSignal.timeout(500) })) {
+        events.push(e);
+        if (e.type === 'sandbox.exited') break;
+      }
+      expect(events.map((e) => e.type)).toEqual(['sandbox.created', 'sandbox.started', 'sandbox.exited']);
+      expect(events[2]).toMatchObject({ sandboxId: id, data: { recovered: true } });
+    } finally {
+      await own.cleanup();
+    }
   });
 
-  it('survives its owner when detached, and is found and driven from another process', async () => {
-    const script = `
-      import { Sandbox } from ${JSON.stringify(coreEntry)};
-      const sb = await Sandbox.create({ detached: true, timeoutMs: 60000 });
-      await sb.commands.run('echo made-before > /tmp/marker');
-      sb.disconnect();
-      console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
-    `;
-    const { proc, line } = await child(script, home.env);
-    const { id, pid } = JSON.parse(line) as { id: string; pid: number };
-    await new Promise((r) => proc.once('exit', r));
-    await new Promise((r) => setTimeout(r, 300));
-    expect(alive(pid)).toBe(true);
-    const sb = home.track(await Sandbox.get(id, { home: home.root }));
-    expect(sb.status).toBe('running');
-    expect((await sb.commands.run('cat /tmp/marker')).stdout).toBe('made-before\n');
-    // A second client after the first left gets a fresh session.
-    sb.disconnect();
-    const again = await Sandbox.get(id, { home: home.root });
-    expect((await again.commands.run('echo second')).stdout).toBe('second\n');
-    await again.stop();
-    expect(alive(pid)).toBe(false);
+  it('survives its owner when detached, even a SIGKILLed one mid-command, and the next owner re-attaches', async () => {
+    const own = new TestHome();
+    try {
+      const script = `
+        import { Sandbox } from ${JSON.stringify(coreEntry)};
+        const sb = await Sandbox.create({ detached: true, timeoutMs: 60000 });
+        await sb.commands.run('echo made-before > /root/marker');
+        sb.commands.run('sleep 600').catch(() => {});
+        console.log(JSON.stringify({ id: sb.id, pid: sb.info.pid }));
+        setInterval(() => {}, 1000);
+      `;
+      const { proc, line } = await child(script, own.env);
+      const { id, pid } = JSON.parse(line) as { id: string; pid: number };
+      proc.kill('SIGKILL');
+      await new Promise((r) => proc.once('exit', r));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(alive(pid)).toBe(true);
+      const sb = own.track(await Sandbox.get(id, { home: own.root }));
+      expect(sb.info).toMatchObject({ status: 'running', pid });
+      expect((await sb.commands.run('cat /root/marker')).stdout).toBe('made-before\n');
+      // The agent ended the dead connection's command.
+      await eventually(async () => (await sb.commands.run('ps -o args | grep -c "^sleep 600"')).stdout.trim() === '0', 5_000, 'orphaned command ended');
+      // A runtime that closes lets a detached sandbox go on.
+      await own.release();
+      expect(alive(pid)).toBe(true);
+      const again = await Sandbox.get(id, { home: own.root });
+      expect((await again.commands.run('echo second')).stdout).toBe('second\n');
+      await again.stop();
+      expect(alive(pid)).toBe(false);
+    } finally {
+      await own.cleanup();
+    }
   });
-});
 
-describe('clients of a detached sandbox', () => {
-  it('serves one client at a time: a second waits until the first leaves', async () => {
-    const owner = await home.create({ detached: true });
-    owner.disconnect();
-    const a = home.track(await Sandbox.get(owner.id, { home: home.root }));
-    const b = home.track(await Sandbox.get(owner.id, { home: home.root }));
-    const first = a.commands.run('sleep 1; echo a').then((r) => {
-      a.disconnect();
-      return { ...r, at: Date.now() };
-    });
-    await new Promise((r) => setTimeout(r, 200));
-    const second = await b.commands.run('echo b').then((r) => ({ ...r, at: Date.now() }));
-    const firstDone = await first;
-    expect(firstDone.stdout).toBe('a\n');
-    expect(second.stdout).toBe('b\n');
-    expect(second.at).toBeGreaterThanOrEqual(firstDone.at);
-    b.disconnect();
-    await owner.kill();
+  it('removes what a crashed owner left without a record, and keeps what has one', async () => {
+    const own = new TestHome();
+    try {
+      const runtime = await own.runtime();
+      const sb = await runtime.create();
+      await own.release();
+      // A directory with no record: an owner that died between mkdir and its first write.
+      const stray = join(own.root, 'sandboxes', 'abcdefabcdef');
+      mkdirSync(stray, { recursive: true });
+      writeFileSync(join(stray, 'disk.qcow2'), 'x');
+      const next = await own.runtime();
+      expect(existsSync(stray)).toBe(false);
+      expect(existsSync(join(own.root, 'sandboxes', sb.id, 'disk.qcow2'))).toBe(true);
+      // The dead VM's sockets are gone with it.
+      expect(existsSync(join(own.root, 'sandboxes', sb.id, 'agent.sock'))).toBe(false);
+      expect((await next.get(sb.id)).status).toBe('stopped');
+    } finally {
+      await own.cleanup();
+    }
   });
 });
 
 describe('aborts that race setup', () => {
   it('aborts a command whose signal fires while its connection is still being made', async () => {
-    const owner = await home.create({ detached: true });
-    owner.disconnect();
-    const attached = home.track(await Sandbox.get(owner.id, { home: home.root }));
+    const sb = await home.create({ detached: true });
+    // The next command has to connect first: the abort lands in that await.
+    sb.disconnect();
     const ac = new AbortController();
     const started = Date.now();
-    // The first command of an attached sandbox has to connect first: abort lands in that await.
-    const run = attached.commands.run('sleep 5; echo finished', { signal: ac.signal });
+    const run = sb.commands.run('sleep 5; echo finished', { signal: ac.signal });
     ac.abort();
     await expect(run).rejects.toMatchObject({ code: 'ABORTED' });
     expect(Date.now() - started).toBeLessThan(4_000);
-    attached.disconnect();
-    await owner.kill();
+    await sb.kill();
   });
 });
 
@@ -209,6 +273,7 @@ describe('failures', () => {
       const err = await Sandbox.create({ home: empty }).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
     } finally {
+      await closeHome(empty);
       rmSync(empty, { recursive: true, force: true });
     }
   });
@@ -219,11 +284,16 @@ describe('failures', () => {
       const err = await Sandbox.create({ timeoutMs: 10000 }).catch((e) => e);
       console.log(JSON.stringify({ code: err.code, message: err.message }));
     `;
-    const before = (await Sandbox.list({ home: home.root })).length;
-    const { line } = await child(script, { ...home.env, ROOST_QEMU: '/nonexistent/qemu-system-x86_64' });
-    expect(JSON.parse(line)).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
-    // Nothing ran, so nothing is left to list.
-    expect((await Sandbox.list({ home: home.root })).length).toBe(before);
+    const own = new TestHome();
+    try {
+      const { proc, line } = await child(script, { ...own.env, ROOST_QEMU: '/nonexistent/qemu-system-x86_64' });
+      await new Promise((r) => proc.once('exit', r));
+      expect(JSON.parse(line)).toMatchObject({ code: 'SETUP_REQUIRED', message: expect.stringMatching(/roost setup/) });
+      // Nothing ran, so nothing is left to list.
+      expect(await Sandbox.list({ home: own.root })).toEqual([]);
+    } finally {
+      await own.cleanup();
+    }
   });
 
   /** A home whose assets are the real ones with some replaced. */
@@ -251,6 +321,7 @@ describe('failures', () => {
       const [info] = await Sandbox.list({ home: dir });
       expect(info).toMatchObject({ status: 'failed', pid: null });
     } finally {
+      await closeHome(dir);
       rmSync(dir, { recursive: true, force: true });
     }
   });
@@ -274,6 +345,7 @@ describe('failures', () => {
       expect(err).toMatchObject({ code: 'BOOT_FAILED' });
       expect(((err as RoostError).details as { qemu: string[] }).qemu.join('\n')).toMatch(/kernel|linux/i);
     } finally {
+      await closeHome(dir);
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -41,6 +41,8 @@ export interface CommandResult extends ExecResult {
 
 /** A running command. */
 export interface CommandHandleApi extends AsyncDisposable {
+  /** The command's id in its runtime (the REST API's execId). */
+  readonly id: string;
   /** The process id inside the guest. */
   readonly pid: number;
   readonly stdout: AsyncIterable<Uint8Array>;

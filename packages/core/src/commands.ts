@@ -1,42 +1,19 @@
 import { constants as osConstants } from 'node:os';
 import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
+import { randomBytes } from 'node:crypto';
+import type { CommandHandleApi, CommandResult, CommandsApi, OutputCallback, RunOptions } from '@roost/api';
 import { z } from 'zod';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
 import { parseOptions } from './validate.js';
 
-/** Output callback: receives text as it arrives (a promise it returns applies backpressure). */
-export type OutputCallback = (data: string) => void | Promise<void>;
+export type { OutputCallback, RunOptions, CommandResult } from '@roost/api';
 
-/** Options of `commands.run` and `commands.start`. */
-export interface RunOptions {
-  /** Arguments: with them, `cmd` is the program itself and no shell is involved. */
-  args?: string[];
-  /** Environment, added to the sandbox's. */
-  env?: Record<string, string>;
-  /** Working directory (default: the image's WorkingDir, else `/`). */
-  cwd?: string;
-  /** A user name, a uid, `uid:gid` or `name:group` (default: the image's User, else root). */
-  user?: string | number;
-  /** Standard input: all of it is written, then stdin is closed. Without it, stdin is /dev/null (unless `start` is asked for `stdin: true`). */
-  stdin?: string | Uint8Array | AsyncIterable<Uint8Array | string> | boolean;
-  /** Run on a pseudo-terminal (stdout and stderr merge). */
-  pty?: boolean | { rows?: number; cols?: number };
-  onStdout?: OutputCallback;
-  onStderr?: OutputCallback;
-  /** Kill the command after this long (the result is a TIMEOUT error). */
-  timeoutMs?: number;
-  signal?: AbortSignal;
-}
-
-/** How a command ended. */
-export interface CommandResult {
-  /** The exit status; 128 + n when signal n ended the process (as shells report it). */
-  exitCode: number;
-  /** The signal that ended the process, if one did. */
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
+/** @internal What a sandbox hears about its commands (events, counters). */
+export interface CommandHooks {
+  started?(cmd: { id: string; pid: number; argv: string[] }): void;
+  exited?(cmd: { id: string; pid: number; exitCode: number | null; signal: string | null; error?: string; durationMs: number }): void;
+  bytes?(stream: 'stdin' | 'stdout' | 'stderr', n: number): void;
 }
 
 const runOptionsSchema = z
@@ -79,9 +56,11 @@ class OutputStream implements AsyncIterable<Uint8Array> {
     private readonly fd: Fd,
     private readonly grant: (fd: Fd, n: number) => void,
     private readonly callback: OutputCallback | undefined,
+    private readonly onBytes: ((n: number) => void) | undefined,
   ) {}
 
   push(chunk: Uint8Array): void {
+    this.onBytes?.(chunk.length);
     if (this.callback) {
       const text = this.#decoder.decode(chunk, { stream: true });
       const cb = this.callback;
@@ -162,7 +141,9 @@ class OutputStream implements AsyncIterable<Uint8Array> {
  * iterables (backpressure reaches the process), write stdin, signal it, and
  * `wait()` for its result.
  */
-export class CommandHandle implements AsyncDisposable {
+export class CommandHandle implements CommandHandleApi {
+  /** An id for this command, unique in its runtime (events and the REST API name it). */
+  readonly id: string;
   /** The process id inside the guest. */
   readonly pid: number;
   readonly stdout: AsyncIterable<Uint8Array>;
@@ -170,10 +151,13 @@ export class CommandHandle implements AsyncDisposable {
   #channel: ExecChannel;
   #result: Promise<CommandResult>;
   #exited = false;
+  #onStdin: ((n: number) => void) | undefined;
 
   /** @internal */
-  constructor(pid: number, channel: ExecChannel, out: OutputStream, err: OutputStream, exit: Promise<ExecExit>, description: string) {
+  constructor(id: string, pid: number, channel: ExecChannel, out: OutputStream, err: OutputStream, exit: Promise<ExecExit>, description: string, onStdin?: (n: number) => void) {
+    this.id = id;
     this.pid = pid;
+    this.#onStdin = onStdin;
     this.#channel = channel;
     this.stdout = out;
     this.stderr = err;
@@ -211,7 +195,9 @@ export class CommandHandle implements AsyncDisposable {
 
   /** Writes to the process's stdin (start it with `stdin: true`). Resolves when the agent has room for more. */
   async write(data: string | Uint8Array): Promise<void> {
-    await this.#channel.writeStdin(typeof data === 'string' ? Buffer.from(data) : data);
+    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+    await this.#channel.writeStdin(bytes);
+    this.#onStdin?.(bytes.length);
   }
 
   /** Closes the process's stdin. */
@@ -245,11 +231,12 @@ export class CommandHandle implements AsyncDisposable {
 }
 
 /** The commands API of a sandbox (`sandbox.commands`). */
-export class Commands {
+export class Commands implements CommandsApi {
   /** @internal */
   constructor(
     private readonly connection: () => Promise<AgentConnection>,
-    private readonly defaults: { env: Record<string, string>; cwd?: string; user?: string },
+    private readonly defaults: () => { env: Record<string, string>; cwd?: string; user?: string },
+    private readonly hooks: CommandHooks = {},
   ) {}
 
   /**
@@ -269,16 +256,18 @@ export class Commands {
     const description = `command ${JSON.stringify(argv.join(' ').slice(0, 80))}`;
     if (opts.signal?.aborted) throw abortError(opts.signal, description);
     const conn = await this.connection();
+    const defaults = this.defaults();
+    const hooks = this.hooks;
 
     const ptySize = typeof opts.pty === 'object' ? opts.pty : {};
     const request: ExecRequest = {
       args: argv,
-      env: Object.entries({ ...this.defaults.env, ...opts.env }).map(([k, v]) => `${k}=${v}`),
-      cwd: opts.cwd ?? (this.defaults.cwd || '/'),
+      env: Object.entries({ ...defaults.env, ...opts.env }).map(([k, v]) => `${k}=${v}`),
+      cwd: opts.cwd ?? (defaults.cwd || '/'),
       stdin: opts.stdin !== undefined && opts.stdin !== false,
       window: OUTPUT_WINDOW,
     };
-    const user = opts.user ?? (this.defaults.user || undefined);
+    const user = opts.user ?? (defaults.user || undefined);
     if (user !== undefined) request.user = String(user);
     if (opts.timeoutMs !== undefined) request.timeoutMs = opts.timeoutMs;
     if (opts.pty) {
@@ -291,8 +280,8 @@ export class Commands {
     // eslint-disable-next-line prefer-const
     let channel!: ExecChannel;
     const grant = (fd: Fd, n: number) => channel.grant(fd, n);
-    const out = new OutputStream(Fd.STDOUT, grant, opts.onStdout);
-    const err = new OutputStream(Fd.STDERR, grant, opts.onStderr);
+    const out = new OutputStream(Fd.STDOUT, grant, opts.onStdout, hooks.bytes && ((n) => hooks.bytes!('stdout', n)));
+    const err = new OutputStream(Fd.STDERR, grant, opts.onStderr, hooks.bytes && ((n) => hooks.bytes!('stderr', n)));
     let onStarted!: (pid: number) => void;
     let onStartFailed!: (e: RoostError) => void;
     const started = new Promise<number>((res, rej) => ((onStarted = res), (onStartFailed = rej)));
@@ -350,7 +339,14 @@ export class Commands {
     exit.finally(() => cleanups.forEach((c) => c())).catch(() => {});
 
     const pid = await started;
-    const handle = new CommandHandle(pid, channel, out, err, exit, description);
+    const id = randomBytes(6).toString('hex');
+    const startedAt = performance.now();
+    hooks.started?.({ id, pid, argv });
+    exit.then(
+      (e) => hooks.exited?.({ id, pid, exitCode: e.exitCode, signal: e.signal === null ? null : signalName(e.signal), ...(e.timedOut ? { error: 'TIMEOUT' } : {}), durationMs: Math.round(performance.now() - startedAt) }),
+      (e: RoostError) => hooks.exited?.({ id, pid, exitCode: null, signal: null, error: e.code, durationMs: Math.round(performance.now() - startedAt) }),
+    ).catch(() => {});
+    const handle = new CommandHandle(id, pid, channel, out, err, exit, description, hooks.bytes && ((n) => hooks.bytes!('stdin', n)));
     if (opts.stdin !== undefined && typeof opts.stdin !== 'boolean') void pumpStdin(handle, channel, opts.stdin);
     return handle;
   }

@@ -8,6 +8,12 @@
  * ```
  */
 export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus, type SandboxImage, type PullPolicy } from './sandbox.js';
+export { Runtime, type RuntimeOptions, type CreateSandboxOptions, type EventsOptions } from './runtime.js';
+export { HomeLock, type HomeOwner } from './state/lock.js';
+export { EventLog } from './state/events.js';
+export { Settings } from './state/settings.js';
+export { processUsage, type ProcessUsage } from './metrics.js';
+export type { RoostEvent, EventType, ListFilter, RuntimeMetrics, SandboxMetrics, CommandHandleApi, SandboxApi, RuntimeApi } from '@roost/api';
 export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
 export { BlobStore } from './image/blobs.js';
 export { CredentialStore, normalizeRegistry, type Credentials, type CredentialStoreOptions } from './image/auth.js';
@@ -17,10 +23,9 @@ export { openOciLayout, openDockerArchive, writeOciLayout, type LocalImageSource
 export { MediaType, parseManifest, parseImageConfig, selectPlatform, type Descriptor, type ImageConfig, type ImageManifest, type ImageIndex, type ImageSource, type PullProgress, type Platform } from './image/manifest.js';
 export { buildRootfs, ROOTFS_FORMAT, type RootfsBuild } from './image/rootfs.js';
 export { stateDb, closeStateDbs, SCHEMA_VERSION } from './state/db.js';
-export { Runtime } from './runtime.js';
 export { parseImageReference, formatImageReference, familiarImageReference, registryApiHost, DOCKER_HUB, type ImageReference } from './image/reference.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions, type OutputCallback } from './commands.js';
-export { RoostError, isRoostError, type RoostErrorCode } from './errors.js';
+export { RoostError, isRoostError, ERROR_STATUS, type RoostErrorCode } from './errors.js';
 export { setup, loadAssets, sourceRoot, ensureDebianPackages, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
 export { roostHome, HomeLayout } from './home.js';
 export { chooseAccel, hostCpu, type Accel } from './vmm/accel.js';

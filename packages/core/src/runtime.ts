@@ -1,56 +1,334 @@
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { CreateOptions, EventType, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus } from '@roost/api';
+import { matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
-import { roostHome } from './home.js';
+import { RoostError } from './errors.js';
+import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
-import { Sandbox, type SandboxInfo, type SandboxOptions } from './sandbox.js';
+import { processUsage } from './metrics.js';
+import { Sandbox, isLive, type RuntimeCounters, type SandboxOptions, type SandboxOwner } from './sandbox.js';
+import { stateDb } from './state/db.js';
+import { EventLog } from './state/events.js';
+import { HomeLock } from './state/lock.js';
+import { SandboxRecords } from './state/sandboxes.js';
+import { Settings } from './state/settings.js';
+
+/** Options of `Runtime.open`. */
+export interface RuntimeOptions {
+  /** Roost home (default $ROOST_HOME or ~/.roost). */
+  home?: string;
+  /** Who opens it, named to anyone else who tries (`roost serve`, `roost run`). */
+  owner?: string;
+  /** Sandboxes booting at once; more get RESOURCE_EXHAUSTED (default: the `maxConcurrentCreates` setting, else 16). */
+  maxConcurrentCreates?: number;
+  /** Sandboxes with a VM at once; more get RESOURCE_EXHAUSTED (default: the `maxSandboxes` setting, else no limit). */
+  maxSandboxes?: number;
+}
+
+/** Options of `runtime.create`. */
+export type CreateSandboxOptions = Omit<SandboxOptions, 'home'> & CreateOptions;
+
+/** Options of `runtime.events`. */
+export interface EventsOptions {
+  /** Replay events after this id first (default: only new events). */
+  after?: number;
+  types?: EventType[];
+  sandboxId?: string;
+  signal?: AbortSignal;
+}
+
+const DEFAULT_MAX_CONCURRENT_CREATES = 16;
+const ID_PATTERN = /^[0-9a-f]{12}$/;
 
 /**
- * One Roost home and the sandboxes in it. `Sandbox.create()` and friends use
- * the default home ($ROOST_HOME or ~/.roost); a Runtime binds another one,
- * for example per tenant or per test:
+ * The owner of one Roost home: its sandboxes, images, events and settings.
+ * One runtime owns a home at a time (a lock the kernel drops if the owner
+ * dies); opening it recovers what a crashed owner left: running detached
+ * sandboxes are re-attached, dead ones recorded as exited, orphaned files
+ * removed.
  *
  * ```ts
- * const runtime = new Runtime({ home: '/var/lib/roost' });
+ * await using runtime = await Runtime.open({ home: '/var/lib/roost' });
  * await using sandbox = await runtime.create({ memoryMiB: 512 });
  * ```
+ *
+ * The static `Sandbox.create()` / `get()` / `list()` use a runtime shared by
+ * the whole process, opened on first use and held until the process exits.
  */
-export class Runtime {
-  /** The Roost home this runtime uses. */
+export class Runtime implements RuntimeApi {
+  /** The Roost home this runtime owns. */
   readonly home: string;
+  /** Runtime settings kept in the home's database. */
+  readonly settings: Settings;
 
-  #images: ImageStore | undefined;
+  static readonly #shared = new Map<string, Promise<Runtime>>();
 
-  constructor(options: { home?: string } = {}) {
-    this.home = roostHome(options.home);
+  readonly #layout: HomeLayout;
+  readonly #lock: HomeLock;
+  readonly #records: SandboxRecords;
+  readonly #log: EventLog;
+  readonly #images: ImageStore;
+  readonly #sandboxes = new Map<string, Sandbox>();
+  readonly #counters: RuntimeCounters = { sandboxesCreated: 0, sandboxesDestroyed: 0, execs: 0, execBytes: { stdin: 0, stdout: 0, stderr: 0 } };
+  readonly #closing = new AbortController();
+  readonly #startedAt = performance.now();
+  readonly #maxConcurrentCreates: number;
+  readonly #maxSandboxes: number;
+  #creating = 0;
+  #inFlight = new Set<Promise<unknown>>();
+  #closed: Promise<void> | null = null;
+  #assets: Promise<Assets> | null = null;
+
+  private constructor(home: string, lock: HomeLock, options: RuntimeOptions) {
+    this.home = home;
+    this.#layout = new HomeLayout(home);
+    this.#lock = lock;
+    const db = stateDb(home);
+    this.#records = new SandboxRecords(db);
+    this.#log = new EventLog(db);
+    this.settings = new Settings(db);
+    this.#images = new ImageStore({ home });
+    this.#maxConcurrentCreates = options.maxConcurrentCreates ?? this.settings.get<number>('maxConcurrentCreates') ?? DEFAULT_MAX_CONCURRENT_CREATES;
+    this.#maxSandboxes = options.maxSandboxes ?? this.settings.get<number>('maxSandboxes') ?? Infinity;
+  }
+
+  /**
+   * Opens a Roost home: takes its lock (UNAVAILABLE, naming the owner, when
+   * another runtime holds it) and recovers its sandboxes.
+   */
+  static async open(options: RuntimeOptions = {}): Promise<Runtime> {
+    const home = roostHome(options.home);
+    for (const [k, v] of [['maxConcurrentCreates', options.maxConcurrentCreates], ['maxSandboxes', options.maxSandboxes]] as const) {
+      if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new RoostError('INVALID_ARGUMENT', `${k}: must be a positive integer, not ${v}`);
+    }
+    const lock = HomeLock.acquire(home, options.owner ?? 'an embedded runtime');
+    try {
+      const runtime = new Runtime(home, lock, options);
+      await runtime.#recover();
+      return runtime;
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+  }
+
+  /** The process's shared runtime of a home (used by the static Sandbox helpers). */
+  static shared(home?: string): Promise<Runtime> {
+    const root = roostHome(home);
+    let r = Runtime.#shared.get(root);
+    if (!r) {
+      r = Runtime.open({ home: root, owner: `${processName()} (embedded)` });
+      Runtime.#shared.set(root, r);
+      r.catch(() => Runtime.#shared.delete(root));
+    }
+    return r;
   }
 
   /** The image store of this home: pull, list, remove, import and export images. */
   get images(): ImageStore {
-    this.#images ??= new ImageStore({ home: this.home });
     return this.#images;
   }
 
-  /** Creates and boots a sandbox in this home. */
-  create(options: Omit<SandboxOptions, 'home'> = {}): Promise<Sandbox> {
-    return Sandbox.create({ ...options, home: this.home });
+  /** Creates and boots a sandbox; resolves once its agent answers. */
+  async create(options: CreateSandboxOptions = {}): Promise<Sandbox> {
+    this.#checkOpen();
+    if (this.#creating >= this.#maxConcurrentCreates) {
+      throw new RoostError('RESOURCE_EXHAUSTED', `${this.#creating} sandboxes are being created already (the limit is ${this.#maxConcurrentCreates}): retry when one is up`, {
+        details: { limit: this.#maxConcurrentCreates },
+      });
+    }
+    const live = [...this.#sandboxes.values()].filter((s) => isLive(s.status)).length + this.#creating;
+    if (live >= this.#maxSandboxes) {
+      throw new RoostError('RESOURCE_EXHAUSTED', `${live} sandboxes run already (the limit is ${this.#maxSandboxes}): stop one first`, { details: { limit: this.#maxSandboxes } });
+    }
+    this.#creating++;
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
+    const created = Sandbox._create(this.#owner(), { ...options, signal });
+    this.#track(created);
+    try {
+      const sb = await created;
+      if (this.#closed) {
+        await sb._release();
+        throw new RoostError('UNAVAILABLE', 'the runtime closed while the sandbox was being created');
+      }
+      return sb;
+    } finally {
+      this.#creating--;
+    }
   }
 
-  /** Finds a sandbox by id or unique id prefix. */
-  get(id: string): Promise<Sandbox> {
-    return Sandbox.get(id, { home: this.home });
+  /** A sandbox by id or unique id prefix. */
+  async get(id: string): Promise<Sandbox> {
+    this.#checkOpen();
+    const full = this.#records.resolve(id, this.home);
+    const sb = this.#sandboxes.get(full);
+    if (!sb) throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${this.home} (see \`roost ps -a\`)`);
+    return sb;
   }
 
-  /** Lists the sandboxes, newest first. */
-  list(): Promise<SandboxInfo[]> {
-    return Sandbox.list({ home: this.home });
+  /** The sandboxes, newest first, optionally filtered by status, image and labels. */
+  async list(filter: ListFilter = {}): Promise<SandboxInfo[]> {
+    this.#checkOpen();
+    return [...this.#sandboxes.values()]
+      .map((s) => s.info)
+      .filter((i) => matchesFilter(i, filter))
+      .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  /**
+   * Events: the persisted ones after `after`, then new ones as they happen,
+   * until `signal` aborts or the runtime closes.
+   */
+  events(options: EventsOptions = {}): AsyncIterable<RoostEvent> {
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
+    return this.#log.follow({ ...options, signal });
+  }
+
+  /** The newest event id (resume points start here). */
+  lastEventId(): number {
+    return this.#log.lastId();
+  }
+
+  /** Counters since this runtime opened, sandboxes by status, and each running sandbox's usage. */
+  async metrics(): Promise<RuntimeMetrics> {
+    const byStatus: Record<SandboxStatus, number> = { creating: 0, running: 0, stopping: 0, stopped: 0, failed: 0 };
+    const perSandbox: SandboxMetrics[] = [];
+    for (const sb of this.#sandboxes.values()) {
+      byStatus[sb.status]++;
+      if (isLive(sb.status)) perSandbox.push(await this.#usage(sb));
+    }
+    return {
+      sandboxesCreated: this.#counters.sandboxesCreated,
+      sandboxesDestroyed: this.#counters.sandboxesDestroyed,
+      execs: this.#counters.execs,
+      execBytes: { ...this.#counters.execBytes },
+      sandboxes: byStatus,
+      uptimeSeconds: (performance.now() - this.#startedAt) / 1000,
+      perSandbox,
+    };
+  }
+
+  /** One sandbox's usage: CPU seconds and memory of its VM, commands run. */
+  async sandboxMetrics(id: string): Promise<SandboxMetrics> {
+    return this.#usage(await this.get(id));
   }
 
   /** Installs and builds what sandboxes boot (see `roost setup`). */
   setup(options: Omit<SetupOptions, 'home'> = {}): Promise<Assets> {
+    this.#assets = null;
     return setup({ ...options, home: this.home });
   }
 
   /** The built assets, or SETUP_REQUIRED naming `roost setup`. */
   assets(): Promise<Assets> {
-    return loadAssets(this.home);
+    // Cached on success only: a failed load (setup not run yet) is retried next time.
+    const a = (this.#assets ??= loadAssets(this.home));
+    a.catch(() => {
+      if (this.#assets === a) this.#assets = null;
+    });
+    return a;
   }
+
+  /**
+   * Closes the runtime: creations in flight are aborted, sandboxes that are
+   * not detached are killed (detached ones keep running for the next
+   * runtime), and the home's lock is released.
+   */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
+      await Promise.allSettled([...this.#inFlight]);
+      await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
+      this.#lock.release();
+      if ((await Runtime.#shared.get(this.home)?.catch(() => null)) === this) Runtime.#shared.delete(this.home);
+    })();
+    return this.#closed;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  #owner(): SandboxOwner {
+    return {
+      home: this.home,
+      layout: this.#layout,
+      records: this.#records,
+      events: this.#log,
+      counters: this.#counters,
+      images: this.#images,
+      assets: () => this.assets(),
+      adopted: (sb) => this.#sandboxes.set(sb.id, sb),
+      released: (id) => this.#sandboxes.delete(id),
+    };
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new RoostError('UNAVAILABLE', `the runtime of ${this.home} is closed`);
+  }
+
+  #track(p: Promise<unknown>): void {
+    this.#inFlight.add(p);
+    void p.then(
+      () => this.#inFlight.delete(p),
+      () => this.#inFlight.delete(p),
+    );
+  }
+
+  async #usage(sb: Sandbox): Promise<SandboxMetrics> {
+    const pid = sb.vmPid;
+    const u = pid !== null ? await processUsage(pid) : null;
+    return { id: sb.id, status: sb.status, cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, memoryPssBytes: u?.pssBytes ?? null, execs: sb.info.execs };
+  }
+
+  /**
+   * What a previous owner left: records of sandboxes from before SQLite
+   * (sandbox.json) are imported; each record is re-attached to its VM or
+   * recorded as exited; directories without a record and sockets of dead
+   * VMs are removed; old events are pruned.
+   */
+  async #recover(): Promise<void> {
+    const dirs = (await readdir(this.#layout.sandboxes).catch(() => [] as string[])).filter((d) => ID_PATTERN.test(d));
+    for (const id of dirs) {
+      if (this.#records.get(id)) continue;
+      const legacy = await readFile(join(this.#layout.sandbox(id), 'sandbox.json'), 'utf8').catch(() => null);
+      const info = legacy ? parseLegacyRecord(legacy, id) : null;
+      if (info) {
+        this.#records.put(info);
+        await rm(join(this.#layout.sandbox(id), 'sandbox.json'), { force: true });
+      } else {
+        // Made by a runtime that died between mkdir and its first record: nothing ran here.
+        await rm(this.#layout.sandbox(id), { recursive: true, force: true });
+      }
+    }
+    const owner = this.#owner();
+    for (const info of this.#records.all()) {
+      const sb = Sandbox._recover(owner, info);
+      this.#sandboxes.set(sb.id, sb);
+      if (!isLive(sb.status)) {
+        const dir = this.#layout.sandbox(sb.id);
+        for (const f of await readdir(dir).catch(() => [] as string[])) if (f.endsWith('.sock')) await rm(join(dir, f), { force: true });
+      }
+    }
+    this.#log.prune();
+  }
+}
+
+/** A sandbox.json record of Roost before the SQLite state, brought to today's shape. */
+function parseLegacyRecord(text: string, id: string): SandboxInfo | null {
+  try {
+    const v = JSON.parse(text) as Partial<SandboxInfo>;
+    if (v.id !== id || typeof v.status !== 'string' || typeof v.createdAt !== 'string') return null;
+    return { labels: {}, execs: 0, env: {}, startedAt: null, stoppedAt: null, ...v } as SandboxInfo;
+  } catch {
+    return null;
+  }
+}
+
+function processName(): string {
+  const script = process.argv[1]?.split('/').pop();
+  return script ? `node ${script} (pid ${process.pid})` : `pid ${process.pid}`;
 }

@@ -1,64 +1,29 @@
 import { randomBytes } from 'node:crypto';
 import { cpus as hostCpus, totalmem } from 'node:os';
-import { mkdir, readFile, rename, rm, writeFile, readdir } from 'node:fs/promises';
+import { access, mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HelloFlags } from '@roost/protocol';
+import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus } from '@roost/api';
+import { LabelsSchema, EnvSchema } from '@roost/api';
 import { z } from 'zod';
 import { AgentConnection } from './agent/connection.js';
-import { loadAssets, type Assets } from './assets.js';
-import { Commands } from './commands.js';
+import type { Assets } from './assets.js';
+import { Commands, type CommandHooks } from './commands.js';
 import { abortError, RoostError } from './errors.js';
-import { HomeLayout, roostHome } from './home.js';
-import { ImageStore } from './image/store.js';
+import type { HomeLayout } from './home.js';
+import type { ImageStore } from './image/store.js';
 import type { PullProgress } from './image/manifest.js';
+import type { EventInput, EventLog } from './state/events.js';
+import type { SandboxRecords } from './state/sandboxes.js';
 import { parseOptions } from './validate.js';
-import { chooseAccel, type Accel } from './vmm/accel.js';
+import { chooseAccel } from './vmm/accel.js';
 import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
-import { isOurQemu, QemuVmm } from './vmm/qemu.js';
-import type { VmHandle, Vmm } from './vmm/types.js';
+import { QemuVmm } from './vmm/qemu.js';
+import type { VmHandle } from './vmm/types.js';
 
-/** Lifecycle of a sandbox. */
-export type SandboxStatus = 'creating' | 'running' | 'stopping' | 'stopped' | 'failed';
+export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy };
 
-/** What is recorded about a sandbox in `<home>/sandboxes/<id>/sandbox.json`. */
-export interface SandboxInfo {
-  id: string;
-  status: SandboxStatus;
-  createdAt: string;
-  cpus: number;
-  memoryMiB: number;
-  diskSizeMiB: number;
-  detached: boolean;
-  accel: Accel;
-  /** The QEMU process, while one runs. */
-  pid: number | null;
-  /** Environment given to every command (the image's Env, overridden by the sandbox's own). */
-  env: Record<string, string>;
-  /** The image the sandbox runs, when it runs one (otherwise Roost's base root filesystem). */
-  image?: SandboxImage;
-  /** Default working directory and user of commands (from the image config). */
-  workingDir?: string;
-  user?: string;
-  /** Why the sandbox failed or stopped, when it did. */
-  reason?: string;
-  agentVersion?: string;
-}
-
-/** The image of a sandbox, as recorded when it was created. */
-export interface SandboxImage {
-  /** What the user asked for (`alpine`, `127.0.0.1:5000/app:1`). */
-  reference: string;
-  /** The image's id (its manifest digest). */
-  id: string;
-  /** The image's Entrypoint and Cmd: what `roost run IMAGE` runs without a command. */
-  entrypoint: string[];
-  cmd: string[];
-}
-
-/** When `Sandbox.create` pulls its image. */
-export type PullPolicy = 'missing' | 'always' | 'never';
-
-/** Options of `Sandbox.create`. */
+/** Options of `Sandbox.create` / `runtime.create`. */
 export interface SandboxOptions {
   /**
    * An OCI image to run: a reference (`alpine`, `alpine:3.20`,
@@ -77,18 +42,24 @@ export interface SandboxOptions {
   memoryMiB?: number;
   /** Environment for every command in the sandbox. */
   env?: Record<string, string>;
+  /** Labels to find it by (`roost ps --filter label=team=a`). */
+  labels?: Record<string, string>;
   /**
    * Size of the sandbox's writable disk in MiB (default 4096). The disk is
    * sparse: it costs the host only what the guest writes. A full disk is
    * ENOSPC inside the guest.
    */
   diskSizeMiB?: number;
-  /** Keep running after this process exits (default false: the VM dies with its owner, even on SIGKILL). */
+  /**
+   * Keep running after the runtime that made it closes or dies (default
+   * false: the VM dies with its owner, even on SIGKILL). A restarted runtime
+   * re-attaches to it.
+   */
   detached?: boolean;
   /** How long booting may take before it fails (default 30 s; pulling the image and building its filesystem come before, bounded by `signal` only). */
   timeoutMs?: number;
   signal?: AbortSignal;
-  /** Roost home (default $ROOST_HOME or ~/.roost). */
+  /** Roost home (default $ROOST_HOME or ~/.roost); only for the static `Sandbox.create`. */
   home?: string;
 }
 
@@ -98,7 +69,8 @@ const sandboxOptionsSchema = z
   .object({
     cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
     memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
-    env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
+    env: EnvSchema.optional(),
+    labels: LabelsSchema.optional(),
     image: z.string().min(1).optional(),
     pull: z.enum(['missing', 'always', 'never']).optional(),
     onPullProgress: z.function().optional(),
@@ -110,71 +82,164 @@ const sandboxOptionsSchema = z
   })
   .strict();
 
-const ID_PATTERN = /^[0-9a-f]{12}$/;
+/** Runtime-wide counters a sandbox adds to. */
+export interface RuntimeCounters {
+  sandboxesCreated: number;
+  sandboxesDestroyed: number;
+  execs: number;
+  execBytes: { stdin: number; stdout: number; stderr: number };
+}
+
+/**
+ * @internal What a sandbox needs from the runtime that owns it: the records,
+ * the event log, counters and images. One runtime owns a home at a time, so a
+ * Sandbox object is the only writer of its record.
+ */
+export interface SandboxOwner {
+  readonly home: string;
+  readonly layout: HomeLayout;
+  readonly records: SandboxRecords;
+  readonly events: EventLog;
+  readonly counters: RuntimeCounters;
+  readonly images: ImageStore;
+  assets(): Promise<Assets>;
+  /** The sandbox has a record: the runtime lists it from now on (even if its boot then fails). */
+  adopted(sandbox: Sandbox): void;
+  /** The sandbox was removed: forget it. */
+  released(id: string): void;
+}
 
 /**
  * A microVM sandbox: a QEMU process booting the Roost kernel with the agent
  * as PID 1. Run commands with `sandbox.commands`; end it with `stop()`,
- * `kill()` or `await using`.
+ * `kill()`, `remove()` or `await using`.
+ *
+ * Get one from a `Runtime` (`runtime.create()`, `runtime.get()`), or from the
+ * static helpers, which use the process's shared runtime of the home.
  */
-export class Sandbox implements AsyncDisposable {
+export class Sandbox implements SandboxApi {
   readonly id: string;
   readonly commands: Commands;
   #info: SandboxInfo;
-  #layout: HomeLayout;
+  #owner: SandboxOwner;
   #vm: VmHandle | null;
   #conn: Promise<AgentConnection> | null = null;
-  #ownsConnection: boolean;
+  /** Set while this process stops, kills or removes the VM on purpose. */
   #ending = false;
+  #removed = false;
+  /** Serializes lifecycle operations (start, stop, kill, remove). */
+  #lifecycle: Promise<unknown> = Promise.resolve();
 
-  private constructor(layout: HomeLayout, info: SandboxInfo, vm: VmHandle | null, ownsVm: boolean) {
+  private constructor(owner: SandboxOwner, info: SandboxInfo, vm: VmHandle | null) {
     this.id = info.id;
     this.#info = info;
-    this.#layout = layout;
-    this.#vm = vm;
-    this.#ownsConnection = ownsVm && !info.detached;
-    this.commands = new Commands(() => this.#connection(), {
-      env: info.env,
-      ...(info.workingDir ? { cwd: info.workingDir } : {}),
-      ...(info.user ? { user: info.user } : {}),
-    });
-    vm?.exited.then(() => this.#onVmExit());
+    this.#owner = owner;
+    this.#vm = null;
+    this.commands = new Commands(
+      () => this.#connection(),
+      () => ({ env: this.#info.env, ...(this.#info.workingDir ? { cwd: this.#info.workingDir } : {}), ...(this.#info.user ? { user: this.#info.user } : {}) }),
+      this.#commandHooks(),
+    );
+    if (vm) this.#watch(vm);
   }
 
-  /** Creates and boots a sandbox; resolves once its agent answers. */
+  /** Creates and boots a sandbox in the home's shared runtime; resolves once its agent answers. */
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
-    const opts = parseOptions(sandboxOptionsSchema, options, 'sandbox options') as SandboxOptions;
-    const layout = new HomeLayout(roostHome(opts.home));
-    const assets = await loadAssets(layout.root);
-    const image = opts.image ? await prepareImage(layout, opts) : undefined;
-    return Sandbox.#boot(layout, assets, opts, new QemuVmm(), image);
+    const { Runtime } = await import('./runtime.js');
+    const runtime = await Runtime.shared(options.home);
+    const { home: _home, ...rest } = options;
+    return runtime.create(rest);
   }
 
-  /** Finds a sandbox by id (or a unique id prefix) in a Roost home and attaches to it. */
+  /** Finds a sandbox by id (or a unique id prefix) in the home's shared runtime. */
   static async get(id: string, options: { home?: string } = {}): Promise<Sandbox> {
-    const layout = new HomeLayout(roostHome(options.home));
-    const fullId = await resolveId(layout, id);
-    const info = await readInfo(layout, fullId);
-    const vm = info.pid !== null ? new QemuVmm().attach(info.pid, layout.sandbox(fullId)) : null;
-    if (!vm) await reconcileGone(layout, info);
-    return new Sandbox(layout, info, vm, false);
+    const { Runtime } = await import('./runtime.js');
+    return (await Runtime.shared(options.home)).get(id);
   }
 
-  /** Lists the sandboxes of a Roost home, newest first, with their live status. */
+  /** Lists the sandboxes of a home, newest first. */
   static async list(options: { home?: string } = {}): Promise<SandboxInfo[]> {
-    const layout = new HomeLayout(roostHome(options.home));
-    const ids = await readdir(layout.sandboxes).catch(() => [] as string[]);
-    const infos: SandboxInfo[] = [];
-    for (const id of ids.filter((i) => ID_PATTERN.test(i))) {
-      const info = await readInfo(layout, id).catch(() => null);
-      if (!info) continue;
-      if (info.pid === null || !isOurQemu(info.pid, layout.sandbox(id))) await reconcileGone(layout, info);
-      infos.push(info);
-    }
-    return infos.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+    const { Runtime } = await import('./runtime.js');
+    return (await Runtime.shared(options.home)).list();
   }
 
-  /** A snapshot of what is recorded about this sandbox. */
+  /** @internal Validates options, prepares the image, records the sandbox and boots it. */
+  static async _create(owner: SandboxOwner, options: SandboxOptions): Promise<Sandbox> {
+    const opts = parseOptions(sandboxOptionsSchema, options, 'sandbox options') as SandboxOptions;
+    const assets = await owner.assets();
+    const accel = chooseAccel();
+    const cpus = opts.cpus ?? 1;
+    if (cpus > hostCpus().length && accel === 'kvm') {
+      throw new RoostError('INVALID_ARGUMENT', `cpus: ${cpus} requested, the host has ${hostCpus().length}`);
+    }
+    const image = opts.image ? await prepareImage(owner.images, opts) : undefined;
+    const now = new Date().toISOString();
+    const info: SandboxInfo = {
+      id: newId(owner.records),
+      status: 'creating',
+      createdAt: now,
+      startedAt: null,
+      stoppedAt: null,
+      cpus,
+      memoryMiB: opts.memoryMiB ?? 256,
+      diskSizeMiB: opts.diskSizeMiB ?? DEFAULT_DISK_MIB,
+      detached: opts.detached ?? false,
+      accel,
+      pid: null,
+      env: { ...image?.env, ...opts.env },
+      labels: { ...opts.labels },
+      ...(image ? { image: image.record } : {}),
+      ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
+      ...(image?.user ? { user: image.user } : {}),
+      execs: 0,
+    };
+    // Recorded before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
+    await mkdir(owner.layout.sandbox(info.id), { recursive: true });
+    const sb = new Sandbox(owner, info, null);
+    sb.#save({}, 'sandbox.created', { data: { image: info.image?.reference ?? null, cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+    owner.counters.sandboxesCreated++;
+    owner.adopted(sb);
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    try {
+      await sb.#boot(assets, image?.rootfs ?? assets.rootfs, timeoutMs, opts.signal);
+    } catch (e) {
+      // A boot that never started QEMU leaves nothing worth keeping; one that did keeps its logs for `roost logs`.
+      if (sb.#info.status === 'creating') await sb.remove({ force: true }).catch(() => {});
+      throw e;
+    }
+    return sb;
+  }
+
+  /** @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone. */
+  static _recover(owner: SandboxOwner, info: SandboxInfo): Sandbox {
+    const dir = owner.layout.sandbox(info.id);
+    const live = isLive(info.status);
+    const vm = live && info.pid !== null ? new QemuVmm().attach(info.pid, dir) : null;
+    const sb = new Sandbox(owner, info, null);
+    if (!live) return sb;
+    if (vm && info.status === 'running' && info.detached) {
+      sb.#watch(vm);
+      return sb;
+    }
+    if (vm) {
+      // Half-booted, half-stopped, or bound to its dead owner: it cannot be trusted to be whole.
+      vm.kill();
+    }
+    const reason = !vm
+      ? info.detached
+        ? 'the VM process is gone (it crashed or was killed while no runtime watched it)'
+        : 'its runtime exited, and the VM with it'
+      : info.status === 'creating'
+        ? 'the runtime exited while it booted'
+        : info.status === 'stopping'
+          ? 'stopped'
+          : 'its runtime exited';
+    const status: SandboxStatus = info.status === 'stopping' || (!info.detached && info.status === 'running') ? 'stopped' : 'failed';
+    sb.#save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', { data: { reason, recovered: true } });
+    return sb;
+  }
+
+  /** A copy of what is recorded about this sandbox. */
   get info(): SandboxInfo {
     return structuredClone(this.#info);
   }
@@ -183,14 +248,21 @@ export class Sandbox implements AsyncDisposable {
     return this.#info.status;
   }
 
-  /** The sandbox's directory: sockets, console log, config. */
+  /** The sandbox's directory: sockets, console log, disk. */
   get dir(): string {
-    return this.#layout.sandbox(this.id);
+    return this.#owner.layout.sandbox(this.id);
   }
 
   /** The guest's serial console log (kernel messages, agent diagnostics). */
   get consoleLogPath(): string {
     return join(this.dir, 'console.log');
+  }
+
+  /** The record as it is now (the embedded runtime keeps it current; this also re-reads the database). */
+  async refresh(): Promise<SandboxInfo> {
+    const rec = this.#owner.records.get(this.id);
+    if (rec) this.#info = rec;
+    return this.info;
   }
 
   /**
@@ -204,68 +276,102 @@ export class Sandbox implements AsyncDisposable {
     return r.status;
   }
 
+  /** The QEMU process's usage, while it runs. */
+  get vmPid(): number | null {
+    return this.#vm && !this.#vm.hasExited ? this.#vm.pid : null;
+  }
+
   /** Round trip to the agent in ms. */
   async ping(timeoutMs = 5_000): Promise<number> {
     return (await this.#connection()).ping(timeoutMs);
   }
 
   /**
+   * Boots a stopped (or failed) sandbox again, on the disk it had: what it
+   * wrote is still there, its processes are not. A running one is left as is.
+   */
+  start(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    return this.#serialize(async () => {
+      this.#checkNotRemoved();
+      if (this.#info.status === 'running') return;
+      if (isLive(this.#info.status)) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}: wait for it to finish`);
+      const assets = await this.#owner.assets();
+      let rootfs = assets.rootfs;
+      if (this.#info.image) {
+        if (!this.#owner.images.find(this.#info.image.id)) {
+          throw new RoostError('NOT_FOUND', `sandbox ${this.id} runs image ${this.#info.image.reference} (${this.#info.image.id}), which is no longer stored: pull it again to start the sandbox`);
+        }
+        rootfs = await this.#owner.images.rootfs(this.#info.image.id, options.signal ? { signal: options.signal } : {});
+      }
+      this.#ending = false;
+      this.#save({ status: 'creating', reason: undefined, pid: null });
+      await this.#boot(assets, rootfs, options.timeoutMs ?? 30_000, options.signal);
+    });
+  }
+
+  /**
    * Stops the sandbox: the agent ends its processes and powers the VM off;
    * after `timeoutMs` (default 10 s) the VM is killed.
    */
-  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
-    const timeoutMs = options.timeoutMs ?? 10_000;
-    if (!this.#vm || this.#vm.hasExited) {
-      if (isLive(this.#info.status)) await this.#update({ status: 'stopped', pid: null });
-      return;
-    }
-    this.#ending = true;
-    await this.#update({ status: 'stopping' });
-    try {
-      const conn = await Promise.race([this.#connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
-      conn?.poweroff();
-    } catch {
-      // No agent to ask: the kill below ends it.
-    }
-    // The agent ends processes, syncs and powers off. If it does not within
-    // half the timeout, QEMU is asked to quit over QMP; at the timeout it is killed.
-    const vm = this.#vm;
-    const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms).then(() => false)]);
-    if (!(await exitedWithin(timeoutMs / 2))) {
-      await vm
-        .qmp()
-        .then((q) => q.execute('quit', undefined, 1_000))
-        .catch(() => {});
-      if (!(await exitedWithin(timeoutMs / 2))) {
-        vm.kill();
-        await vm.waitForExit();
+  stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    return this.#serialize(async () => {
+      const timeoutMs = options.timeoutMs ?? 10_000;
+      const vm = this.#vm;
+      if (!vm || vm.hasExited) {
+        if (isLive(this.#info.status)) this.#exited('stopped', 'stopped');
+        return;
       }
-    }
-    this.#closeConnection();
-    await this.#update({ status: 'stopped', pid: null });
+      this.#ending = true;
+      this.#save({ status: 'stopping' });
+      try {
+        const conn = await Promise.race([this.#connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
+        conn?.poweroff();
+      } catch {
+        // No agent to ask: the kill below ends it.
+      }
+      // The agent ends processes, syncs and powers off. If it does not within
+      // half the timeout, QEMU is asked to quit over QMP; at the timeout it is killed.
+      const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms).then(() => false)]);
+      if (!(await exitedWithin(timeoutMs / 2))) {
+        await vm
+          .qmp()
+          .then((q) => q.execute('quit', undefined, 1_000))
+          .catch(() => {});
+        if (!(await exitedWithin(timeoutMs / 2))) {
+          vm.kill();
+          await vm.waitForExit();
+        }
+      }
+      this.#closeConnection();
+      this.#exited('stopped', 'stopped');
+    });
   }
 
   /** Kills the VM at once. */
-  async kill(): Promise<void> {
-    this.#ending = true;
-    if (this.#vm && !this.#vm.hasExited) {
-      this.#vm.kill();
-      await this.#vm.waitForExit();
-    }
-    this.#closeConnection();
-    if (isLive(this.#info.status)) await this.#update({ status: 'stopped', pid: null, reason: 'killed' });
+  kill(): Promise<void> {
+    return this.#serialize(() => this.#kill('killed'));
   }
 
-  /** Removes the sandbox and its directory. A running sandbox needs `force` (it is killed). */
-  async remove(options: { force?: boolean } = {}): Promise<void> {
-    if (this.#vm && !this.#vm.hasExited) {
-      if (!options.force) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is running: stop it first, or remove it with force`);
-      await this.kill();
-    }
-    await rm(this.dir, { recursive: true, force: true });
+  /** Removes the sandbox: its record, disk and logs. A running sandbox needs `force` (it is killed). */
+  remove(options: { force?: boolean } = {}): Promise<void> {
+    return this.#serialize(async () => {
+      if (this.#removed) return;
+      if ((this.#vm && !this.#vm.hasExited) || this.#info.status === 'creating' || this.#info.status === 'stopping') {
+        if (!options.force) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}: stop it first, or remove it with force`);
+        await this.#kill('removed');
+      }
+      this.#removed = true;
+      this.#owner.records.db.transaction(() => {
+        this.#owner.records.delete(this.id);
+        this.#owner.events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
+      })();
+      this.#owner.counters.sandboxesDestroyed++;
+      this.#owner.released(this.id);
+      await rm(this.dir, { recursive: true, force: true });
+    });
   }
 
-  /** Detaches from the sandbox without stopping it (only meaningful for detached sandboxes). */
+  /** Closes this process's agent connection without stopping the sandbox (a later command reconnects). */
   disconnect(): void {
     this.#closeConnection();
   }
@@ -276,48 +382,34 @@ export class Sandbox implements AsyncDisposable {
     else await this.remove({ force: true });
   }
 
+  /** @internal The runtime is closing: a detached sandbox is let go, any other is killed. */
+  async _release(): Promise<void> {
+    if (this.#info.detached || this.#removed) {
+      this.#closeConnection();
+      return;
+    }
+    await this.#serialize(() => this.#kill('its runtime closed')).catch(() => {});
+  }
+
   // ---- internals -------------------------------------------------------------
 
-  static async #boot(layout: HomeLayout, assets: Assets, opts: SandboxOptions, vmm: Vmm, image?: PreparedImage): Promise<Sandbox> {
-    const id = randomBytes(6).toString('hex');
-    const dir = layout.sandbox(id);
-    const accel = chooseAccel();
-    const info: SandboxInfo = {
-      id,
-      status: 'creating',
-      createdAt: new Date().toISOString(),
-      cpus: opts.cpus ?? 1,
-      memoryMiB: opts.memoryMiB ?? 256,
-      diskSizeMiB: opts.diskSizeMiB ?? DEFAULT_DISK_MIB,
-      detached: opts.detached ?? false,
-      accel,
-      pid: null,
-      env: { ...image?.env, ...opts.env },
-      ...(image ? { image: image.record } : {}),
-      ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
-      ...(image?.user ? { user: image.user } : {}),
-    };
-    if (info.cpus > hostCpus().length && accel === 'kvm') {
-      throw new RoostError('INVALID_ARGUMENT', `cpus: ${info.cpus} requested, the host has ${hostCpus().length}`);
-    }
-    await mkdir(dir, { recursive: true });
-    // Written before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
-    await writeInfo(layout, info);
-
-    const timeoutMs = opts.timeoutMs ?? 30_000;
+  async #boot(assets: Assets, rootfs: string, timeoutMs: number, userSignal?: AbortSignal): Promise<void> {
+    const dir = this.dir;
     const deadline = AbortSignal.timeout(timeoutMs);
-    const signal = opts.signal ? AbortSignal.any([opts.signal, deadline]) : deadline;
+    const signal = userSignal ? AbortSignal.any([userSignal, deadline]) : deadline;
+    const info = this.#info;
     let vm: VmHandle | null = null;
     try {
       if (signal.aborted) throw abortError(signal, 'sandbox creation');
+      await mkdir(dir, { recursive: true });
       const disk = join(dir, 'disk.qcow2');
-      await createDisk(layout.cache, disk, info.diskSizeMiB, signal);
-      vm = await vmm.start({
-        id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
-        rootfs: image?.rootfs ?? assets.rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel,
+      if (!(await exists(disk))) await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
+      vm = await new QemuVmm().start({
+        id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
+        rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel,
       });
-      info.pid = vm.pid;
-      await writeInfo(layout, info);
+      this.#vm = vm;
+      this.#save({ pid: vm.pid });
       const runningVm = vm;
       const conn = await AgentConnection.connect(vm.paths.agentSocket, {
         flags: info.detached ? 0 : HelloFlags.POWEROFF_ON_DISCONNECT,
@@ -325,45 +417,73 @@ export class Sandbox implements AsyncDisposable {
         signal,
         vmExited: () => runningVm.hasExited,
       });
-      info.status = 'running';
-      info.agentVersion = conn.hello.agentVersion;
-      await writeInfo(layout, info);
-      const sb = new Sandbox(layout, info, vm, true);
-      sb.#adopt(Promise.resolve(conn));
-      return sb;
+      this.#watch(vm);
+      this.#adopt(Promise.resolve(conn));
+      this.#save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.hello.agentVersion }, 'sandbox.started', {
+        data: { pid: vm.pid, agentVersion: conn.hello.agentVersion },
+      });
     } catch (e) {
       vm?.kill();
       await vm?.waitForExit();
+      this.#vm = null;
       const err = await bootError(e, dir, timeoutMs, signal);
-      if (!vm) {
-        // QEMU never ran: there is no console or log to look at, only a record to forget.
-        await rm(dir, { recursive: true, force: true });
-        throw err;
+      if (vm) {
+        const reason = err.message.split('\n')[0]!;
+        this.#save({ status: 'failed', pid: null, reason, stoppedAt: new Date().toISOString() }, 'sandbox.failed', { data: { reason, code: err.code } });
       }
-      info.status = 'failed';
-      info.pid = null;
-      info.reason = err.message.split('\n')[0];
-      await writeInfo(layout, info).catch(() => {});
       throw err;
     }
   }
 
+  async #kill(reason: string): Promise<void> {
+    this.#ending = true;
+    const vm = this.#vm;
+    if (vm && !vm.hasExited) {
+      vm.kill();
+      await vm.waitForExit();
+    }
+    this.#closeConnection();
+    if (isLive(this.#info.status)) this.#exited('stopped', reason);
+  }
+
+  /** Records that the VM is gone, once. */
+  #exited(status: 'stopped' | 'failed', reason: string): void {
+    if (!isLive(this.#info.status)) return;
+    this.#save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', { data: { reason } });
+  }
+
+  #watch(vm: VmHandle): void {
+    this.#vm = vm;
+    void vm.exited.then(() => {
+      if (this.#vm !== vm) return;
+      this.#closeConnection();
+      if (this.#ending || this.#removed) return;
+      this.#exited('failed', this.#info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
+    });
+  }
+
+  #serialize<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.#lifecycle.then(op, op);
+    this.#lifecycle = run.catch(() => {});
+    return run;
+  }
+
+  #checkNotRemoved(): void {
+    if (this.#removed) throw new RoostError('NOT_FOUND', `sandbox ${this.id} was removed`);
+  }
+
   #connection(): Promise<AgentConnection> {
     if (this.#conn) return this.#conn;
-    if (!this.#vm || this.#vm.hasExited || !isLive(this.#info.status)) {
+    if (this.#removed) return Promise.reject(new RoostError('NOT_FOUND', `sandbox ${this.id} was removed`));
+    if (!this.#vm || this.#vm.hasExited || this.#info.status !== 'running') {
       return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}${this.#info.reason ? ` (${this.#info.reason})` : ''}`));
     }
     const vm = this.#vm;
     const timeoutMs = 10_000;
     const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs, vmExited: () => vm.hasExited }).catch((e: unknown) => {
       if (e instanceof RoostError && e.code === 'TIMEOUT') {
-        // QEMU serves one client on the agent socket at a time; later ones wait in its backlog.
-        throw new RoostError(
-          'AGENT',
-          `the agent of sandbox ${this.id} did not answer within ${timeoutMs / 1000} s: another process is probably connected to it ` +
-            '(a sandbox serves one client at a time; retry when that one finishes), or the guest is hung (see `roost logs`)',
-          { cause: e },
-        );
+        // QEMU serves one client on the agent socket at a time; a stuck guest or a stray client holds it.
+        throw new RoostError('AGENT', `the agent of sandbox ${this.id} did not answer within ${timeoutMs / 1000} s: the guest is probably hung (see \`roost logs\`)`, { cause: e });
       }
       throw e;
     });
@@ -377,14 +497,18 @@ export class Sandbox implements AsyncDisposable {
       (c) => {
         const onBad = (e: RoostError) => {
           // A hostile or broken guest: it gets no second chance.
+          if (this.#ending) return;
+          this.#exited('failed', e.message);
           this.#vm?.kill();
-          void this.#markFailed(e.message);
         };
         c.on('violation', onBad);
         c.on('unresponsive', onBad);
         c.on('close', () => {
           if (this.#conn === conn) this.#conn = null;
-          if (!this.#ending && !c.closedByHost) void this.#markFailed('the guest agent went away');
+          if (!this.#ending && !c.closedByHost) {
+            this.#exited('failed', 'the guest agent went away');
+            this.#vm?.kill();
+          }
         });
       },
       () => {
@@ -399,37 +523,34 @@ export class Sandbox implements AsyncDisposable {
     void conn?.then((c) => c.close()).catch(() => {});
   }
 
-  async #markFailed(reason: string): Promise<void> {
-    if (this.#ending || !isLive(this.#info.status)) return;
-    // A process that only attached may be watching a VM that another process
-    // (its owner, or `roost stop`) is ending on purpose: the record decides.
-    if (!this.#ownsConnection && !(await this.#stillLiveOnDisk())) return;
-    await this.#update({ status: 'failed', reason }).catch(() => {});
+  /** Applies a change to the record and writes it, with an event in the same transaction. */
+  #save(patch: Partial<SandboxInfo>, event?: EventType, input: EventInput = {}): void {
+    if (this.#removed) return;
+    const next = { ...this.#info, ...patch };
+    for (const k of Object.keys(patch) as (keyof SandboxInfo)[]) if (patch[k] === undefined) delete next[k];
+    const records = this.#owner.records;
+    records.db.transaction(() => {
+      records.put(next);
+      if (event) this.#owner.events.append(event, { ...input, sandboxId: this.id, ...(next.image ? { imageId: next.image.id } : {}) });
+    })();
+    this.#info = next;
   }
 
-  #onVmExit(): void {
-    if (this.#ending) return;
-    if (isLive(this.#info.status)) void this.#markFailed(this.#info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)').then(() => this.#update({ pid: null }));
-    else void this.#update({ pid: null }).catch(() => {});
-  }
-
-  /** Re-reads the record; adopts it and returns false when another process has already ended the sandbox. */
-  async #stillLiveOnDisk(): Promise<boolean> {
-    const disk = await readInfo(this.#layout, this.id).catch(() => null);
-    if (!disk) return false;
-    if (!isLive(disk.status)) {
-      this.#info = disk;
-      return false;
-    }
-    return true;
-  }
-
-  async #update(patch: Partial<SandboxInfo>): Promise<void> {
-    Object.assign(this.#info, patch);
-    // A removed sandbox has no directory to write to.
-    await writeInfo(this.#layout, this.#info).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-    });
+  #commandHooks(): CommandHooks {
+    const counters = this.#owner.counters;
+    return {
+      started: (cmd) => {
+        counters.execs++;
+        this.#save({ execs: this.#info.execs + 1 }, 'exec.started', { data: { execId: cmd.id, pid: cmd.pid, argv: cmd.argv.map((a) => a.slice(0, 256)).slice(0, 32) } });
+      },
+      exited: (cmd) => {
+        if (this.#removed) return;
+        this.#owner.events.append('exec.exited', { sandboxId: this.id, data: { ...cmd } });
+      },
+      bytes: (stream, n) => {
+        counters.execBytes[stream] += n;
+      },
+    };
   }
 }
 
@@ -442,9 +563,8 @@ interface PreparedImage {
 }
 
 /** Finds (or pulls) the image of a sandbox to be, and builds its root filesystem if this is its first sandbox. */
-async function prepareImage(layout: HomeLayout, opts: SandboxOptions): Promise<PreparedImage> {
+async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<PreparedImage> {
   const reference = opts.image!;
-  const store = new ImageStore({ home: layout.root });
   const policy = opts.pull ?? 'missing';
   const pullOpts = { ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onPullProgress ? { onProgress: opts.onPullProgress } : {}) };
   let image = policy === 'always' ? undefined : store.find(reference);
@@ -467,19 +587,15 @@ async function prepareImage(layout: HomeLayout, opts: SandboxOptions): Promise<P
   };
 }
 
-/**
- * A record says the sandbox runs but its VM process is gone (its owner died
- * with it, or it crashed): record that. One that was being stopped is stopped.
- */
-async function reconcileGone(layout: HomeLayout, info: SandboxInfo): Promise<void> {
-  if (!isLive(info.status)) return;
-  info.status = info.status === 'stopping' ? 'stopped' : 'failed';
-  info.reason ??= 'the VM process is gone (its owner exited or it crashed)';
-  info.pid = null;
-  await writeInfo(layout, info).catch(() => {});
+function newId(records: SandboxRecords): string {
+  for (;;) {
+    const id = randomBytes(6).toString('hex');
+    if (!records.get(id)) return id;
+  }
 }
 
-function isLive(status: SandboxStatus): boolean {
+/** True while a sandbox has (or is getting, or is losing) a VM. */
+export function isLive(status: SandboxStatus): boolean {
   return status === 'creating' || status === 'running' || status === 'stopping';
 }
 
@@ -487,27 +603,11 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
 }
 
-async function readInfo(layout: HomeLayout, id: string): Promise<SandboxInfo> {
-  try {
-    return JSON.parse(await readFile(join(layout.sandbox(id), 'sandbox.json'), 'utf8')) as SandboxInfo;
-  } catch (cause) {
-    throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${layout.root} (see \`roost ps\`)`, { cause });
-  }
-}
-
-async function writeInfo(layout: HomeLayout, info: SandboxInfo): Promise<void> {
-  const path = join(layout.sandbox(info.id), 'sandbox.json');
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
-  await writeFile(tmp, JSON.stringify(info, null, 2) + '\n');
-  await rename(tmp, path);
-}
-
-async function resolveId(layout: HomeLayout, id: string): Promise<string> {
-  if (!/^[0-9a-f]{1,12}$/.test(id)) throw new RoostError('INVALID_ARGUMENT', `"${id}" is not a sandbox id (12 hex digits, or a unique prefix)`);
-  const ids = (await readdir(layout.sandboxes).catch(() => [] as string[])).filter((i) => ID_PATTERN.test(i) && i.startsWith(id));
-  if (ids.length === 0) throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${layout.root} (see \`roost ps\`)`);
-  if (ids.length > 1) throw new RoostError('INVALID_ARGUMENT', `"${id}" matches ${ids.length} sandboxes: give more of the id`);
-  return ids[0]!;
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Turns a boot failure into BOOT_FAILED (or TIMEOUT / ABORTED) carrying the guest's last console lines. */

@@ -5,6 +5,8 @@ import type Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
 import { HomeLayout, roostHome } from '../home.js';
 import { stateDb } from '../state/db.js';
+import { EventLog } from '../state/events.js';
+import { SandboxRecords } from '../state/sandboxes.js';
 import { openDockerArchive, openOciLayout, writeOciLayout, type ExportFormat, type LocalImageSource } from './archive.js';
 import { CredentialStore } from './auth.js';
 import { BlobStore, isAlive, parseDigest } from './blobs.js';
@@ -78,12 +80,14 @@ export class ImageStore {
   readonly #layout: HomeLayout;
   readonly #db: Database.Database;
   readonly #client: RegistryClient;
+  readonly #events: EventLog;
 
   constructor(options: { home?: string; client?: RegistryClient } = {}) {
     this.#layout = new HomeLayout(roostHome(options.home));
     this.blobs = new BlobStore(join(this.#layout.root, 'images', 'blobs'));
     this.#db = stateDb(this.#layout.root);
     this.#client = options.client ?? new RegistryClient({ credentials: this.credentials });
+    this.#events = new EventLog(this.#db);
   }
 
   /** Registry credentials: `roost login` first, then Docker's config. */
@@ -104,7 +108,9 @@ export class ImageStore {
     const source = new RegistrySource(this.#client, ref);
     try {
       const pulled = await this.#copy(source, ref.digest ?? ref.tag ?? 'latest', formatImageReference(ref), options);
-      return this.#record(pulled, [nameFor(ref, pulled)], formatImageReference(ref));
+      const info = this.#record(pulled, [nameFor(ref, pulled)], formatImageReference(ref));
+      this.#events.append('image.pulled', { imageId: info.id, data: { reference: formatImageReference(ref), tags: info.tags, size: info.size } });
+      return info;
     } finally {
       await source.close?.();
     }
@@ -127,7 +133,9 @@ export class ImageStore {
             .filter((r) => r.digest === digest && r.name !== undefined)
             .map((r) => tryQualify(r.name!))
             .filter((n): n is string => n !== null);
-      return this.#record(pulled, names, `archive:${path}`);
+      const info = this.#record(pulled, names, `archive:${path}`);
+      this.#events.append('image.pulled', { imageId: info.id, data: { archive: path, tags: info.tags, size: info.size } });
+      return info;
     } finally {
       await source.close?.();
     }
@@ -206,6 +214,7 @@ export class ImageStore {
     this.#db.transaction(() => untag.forEach((t) => del.run(t)))();
     if (!goes) return { untagged: untag, deleted: [] };
     const deleted = await this.#deleteImages([row.id]);
+    for (const id of deleted) this.#events.append('image.deleted', { imageId: id, data: { reference, untagged: untag } });
     return { untagged: untag, deleted };
   }
 
@@ -229,6 +238,7 @@ export class ImageStore {
     }
     let reclaimedBytes = 0;
     const deleted = await this.#deleteImages(candidates, (n) => (reclaimedBytes += n));
+    for (const id of deleted) this.#events.append('image.deleted', { imageId: id, data: { pruned: true } });
     reclaimedBytes += await this.#sweep();
     return { deleted, reclaimedBytes };
   }
@@ -461,18 +471,7 @@ export class ImageStore {
 
   /** Sandbox id -> image id, from the sandbox records of this home. */
   async #sandboxImages(): Promise<Map<string, string>> {
-    const users = new Map<string, string>();
-    for (const id of await readdir(this.#layout.sandboxes).catch(() => [] as string[])) {
-      const rec = await readFile(join(this.#layout.sandbox(id), 'sandbox.json'), 'utf8').catch(() => null);
-      if (!rec) continue;
-      try {
-        const image = (JSON.parse(rec) as { image?: { id?: string } }).image?.id;
-        if (image) users.set(id, image);
-      } catch {
-        // a record being written: skip it
-      }
-    }
-    return users;
+    return new SandboxRecords(this.#db).imageUsers();
   }
 
   async #imagesInUse(): Promise<string[]> {

@@ -43,6 +43,34 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX image_layers_layer ON image_layers(layer_digest);
   `,
+  // 2: sandboxes, events and settings (the control plane). A sandbox's whole record is JSON; the columns
+  // beside it are what queries need (status lists, image in-use checks).
+  `
+  CREATE TABLE sandboxes (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    pid INTEGER,
+    image_id TEXT,                       -- no foreign key: an image may be force-removed under a sandbox
+    info_json TEXT NOT NULL              -- the SandboxInfo
+  );
+  CREATE INDEX sandboxes_status ON sandboxes(status);
+  CREATE INDEX sandboxes_image ON sandboxes(image_id);
+  CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: it is the SSE event id clients resume from
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    sandbox_id TEXT,
+    image_id TEXT,
+    data_json TEXT NOT NULL
+  );
+  CREATE INDEX events_sandbox ON events(sandbox_id, id);
+  CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value_json TEXT NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
