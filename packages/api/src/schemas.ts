@@ -9,7 +9,7 @@ import { ERROR_CODES } from './errors.js';
  */
 
 const envName = z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL');
-const labelKey = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}$/, 'label keys are 1-63 characters of letters, digits, ".", "_", "/" and "-"');
+const labelKey = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label keys are 1-63 characters of letters, digits, ".", "_", "/" and "-"');
 
 export const EnvSchema = z.record(envName, z.string().refine((v) => !v.includes('\0'), 'environment values cannot contain NUL'));
 export const LabelsSchema = z.record(labelKey, z.string().max(256));

@@ -147,7 +147,8 @@ export class Sandbox implements SandboxApi {
   static async create(options: SandboxOptions = {}): Promise<Sandbox> {
     const { Runtime } = await import('./runtime.js');
     const runtime = await Runtime.shared(options.home);
-    const { home: _home, ...rest } = options;
+    const rest = { ...options };
+    delete rest.home;
     return runtime.create(rest);
   }
 
