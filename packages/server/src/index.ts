@@ -1,1 +1,17 @@
-export {};
+/**
+ * @roost/server: roostd, the Roost daemon. The REST API (Hono), Server-Sent
+ * Events and Prometheus metrics over one @roost/core runtime.
+ *
+ * ```ts
+ * const daemon = await serve({ tcp: { port: 7423 } });
+ * // ... later
+ * await daemon.close();
+ * ```
+ */
+export { createApp, DEFAULT_MAX_IN_FLIGHT, type AppOptions, type AppLimits } from './app.js';
+export { serve, isLoopback, loadOrCreateToken, type ServeOptions, type ServeHandle, type ServeLimits } from './serve.js';
+export { openapiDocument, openapiJson, ROUTES } from './openapi.js';
+export { prometheusText, PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
+export type { DaemonRuntime, DaemonSandbox, DaemonImages, DaemonImageInfo, DaemonPullProgress } from './daemon-runtime.js';
+export { VERSION } from './version.js';
+export { imageBody, sandboxBody } from './mapping.js';

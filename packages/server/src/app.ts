@@ -1,0 +1,156 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import type { ServerResponse } from 'node:http';
+import { MAX_JSON_BODY, RoostError } from '@roost/api';
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import type { DaemonRuntime } from './daemon-runtime.js';
+import { eventRoutes } from './events.js';
+import { ExecRegistry, execRoutes } from './exec.js';
+import { errorResponse } from './http.js';
+import { imageRoutes } from './images.js';
+import { openapiDocument } from './openapi.js';
+import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
+import { ResponseStream } from './response-stream.js';
+import type { RouteContext, RoostEnv, RoostHono } from './route-context.js';
+import { sandboxRoutes } from './sandboxes.js';
+
+/** Limits of the daemon's HTTP face (the runtime's own limits are options of Runtime.open). */
+export interface AppLimits {
+  /** Requests handled at once, streams included; beyond it, 503 UNAVAILABLE (default 256). */
+  maxInFlight?: number;
+  /** Interval of the SSE heartbeat comments in ms (default 15 s). */
+  sseHeartbeatMs?: number;
+}
+
+/** Options of `createApp`. */
+export interface AppOptions {
+  runtime: DaemonRuntime;
+  /** The bearer token every request must carry; null turns auth off (refused by `serve` on any non-loopback address). */
+  token: string | null;
+  /** Reported by /v1/health. */
+  version: string;
+  limits?: AppLimits;
+  /** Aborting it ends every stream (SSE, exec, pull) and kills the commands started through the app. */
+  shutdown?: AbortSignal;
+}
+
+/** The default of `AppLimits.maxInFlight`. */
+export const DEFAULT_MAX_IN_FLIGHT = 256;
+
+const STDIN_ROUTE = /^\/v1\/sandboxes\/[^/]+\/execs\/[^/]+\/stdin$/;
+
+/**
+ * The daemon's HTTP application: routes parse with the API's zod schemas,
+ * call the runtime, and map RoostErrors to statuses with ERROR_STATUS. Serve
+ * it with @hono/node-server (see `serve`), or call `app.request()` in tests.
+ */
+export function createApp(options: AppOptions): RoostHono {
+  const app: RoostHono = new Hono<RoostEnv>();
+  const started = Date.now();
+  const maxInFlight = options.limits?.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+  const shutdown = options.shutdown ?? new AbortController().signal;
+  // Every stream and boot in flight listens to it: hundreds are normal, not a leak.
+  setMaxListeners(0, shutdown);
+  const execs = new ExecRegistry();
+  shutdown.addEventListener('abort', () => execs.killAll(), { once: true });
+  let inFlight = 0;
+
+  const ctx: RouteContext = {
+    runtime: options.runtime,
+    execs,
+    shutdown,
+    heartbeatMs: options.limits?.sseHeartbeatMs ?? 15_000,
+    openStream(c, contentType) {
+      c.set('streaming', true);
+      const stream = new ResponseStream({ contentType, onEnd: c.get('releaseSlot') });
+      // A client gone before the body was read never cancels it: end it here too.
+      clientGone(c).addEventListener('abort', () => stream.abort(), { once: true });
+      return stream;
+    },
+    clientGone,
+  };
+
+  app.onError((err, c) => {
+    if (!(err instanceof RoostError) && !(err instanceof Error && 'getResponse' in err)) {
+      process.stderr.write(`roost serve: ${c.req.method} ${c.req.path}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    }
+    return errorResponse(c, err);
+  });
+  app.notFound((c) => errorResponse(c, new RoostError('NOT_FOUND', `no route ${c.req.method} ${c.req.path} (see GET /v1/openapi.json)`)));
+
+  // Auth first: nothing, not even a 404, is answered to a caller without the token.
+  const expected = options.token === null ? null : digest(options.token);
+  app.use('*', async (c, next) => {
+    if (expected === null) return next();
+    const header = c.req.header('authorization') ?? '';
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    // Hashes have equal lengths, so the compare takes the same time whatever was sent.
+    if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
+      return errorResponse(c, new RoostError('UNAUTHENTICATED', header ? 'the bearer token is not valid for this daemon' : 'an Authorization: Bearer <token> header is required (the token is in the api-token file of the Roost home)'));
+    }
+    return next();
+  });
+
+  app.use('*', async (c, next) => {
+    if (inFlight >= maxInFlight) {
+      const res = errorResponse(c, new RoostError('UNAVAILABLE', `the daemon is handling ${inFlight} requests, its limit: retry shortly`, { details: { maxInFlight } }));
+      res.headers.set('Retry-After', '1');
+      return res;
+    }
+    inFlight++;
+    let released = false;
+    c.set('releaseSlot', () => {
+      if (released) return;
+      released = true;
+      inFlight--;
+    });
+    c.set('streaming', false);
+    try {
+      await next();
+    } finally {
+      // A streamed response keeps its slot until the stream ends.
+      if (!c.get('streaming') || c.error) c.get('releaseSlot')();
+    }
+  });
+
+  // JSON bodies are bounded; a command's stdin streams through its own route.
+  const limit = bodyLimit({
+    maxSize: MAX_JSON_BODY,
+    onError: (c) => errorResponse(c, new RoostError('INVALID_ARGUMENT', `request body: larger than ${MAX_JSON_BODY} bytes (stream stdin through POST .../execs/{execId}/stdin)`, { details: { field: '', maxBytes: MAX_JSON_BODY } })),
+  });
+  app.use('*', (c, next) => (STDIN_ROUTE.test(c.req.path) ? next() : limit(c, next)));
+
+  app.get('/v1/health', (c) =>
+    c.json({ status: 'ok' as const, version: options.version, home: options.runtime.home, pid: process.pid, uptimeSeconds: (Date.now() - started) / 1000 }),
+  );
+  app.get('/v1/openapi.json', (c) => c.json(openapiDocument()));
+
+  sandboxRoutes(app, ctx);
+  execRoutes(app, ctx);
+  imageRoutes(app, ctx);
+  eventRoutes(app, ctx);
+
+  app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));
+  app.get('/metrics', async (c) => c.body(prometheusText(await options.runtime.metrics()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));
+
+  return app;
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+/**
+ * Aborts when the client of a request goes away before its response is
+ * complete: through the node response when served by @hono/node-server
+ * (its `close` before `finish`), else through the request's own signal.
+ */
+function clientGone(c: Context<RoostEnv>): AbortSignal {
+  const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+  if (!outgoing) return c.req.raw.signal;
+  const ac = new AbortController();
+  if (outgoing.destroyed && !outgoing.writableFinished) ac.abort();
+  else outgoing.once('close', () => outgoing.writableFinished || ac.abort());
+  return ac.signal;
+}

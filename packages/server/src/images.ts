@@ -1,0 +1,72 @@
+import { PullRequestSchema, type PullEventSchema } from '@roost/api';
+import type { z } from 'zod';
+import { boolParam, errorBody, parseJsonBody, queryParams, toRoostError, wantsJson } from './http.js';
+import { imageBody } from './mapping.js';
+import type { DaemonPullProgress } from './daemon-runtime.js';
+import type { RouteContext, RoostHono } from './route-context.js';
+
+/** Progress lines per blob are at most this often (its last one, `done`, always goes out). */
+const PROGRESS_INTERVAL_MS = 100;
+
+const line = (e: z.infer<typeof PullEventSchema>) => JSON.stringify(e) + '\n';
+
+/** Registers the `/v1/images` routes. */
+export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
+  const { runtime } = ctx;
+
+  app.post('/v1/images/pull', async (c) => {
+    const req = await parseJsonBody(c, PullRequestSchema);
+    if (wantsJson(c)) {
+      const image = await runtime.images.pull(req.reference, { signal: AbortSignal.any([ctx.clientGone(c), ctx.shutdown]) });
+      return c.json(imageBody(image));
+    }
+
+    const s = ctx.openStream(c, 'application/x-ndjson');
+    const lastSent = new Map<string, number>();
+    let firstProgress!: () => void;
+    const progressed = new Promise<void>((r) => (firstProgress = r));
+    const onProgress = (p: DaemonPullProgress) => {
+      firstProgress();
+      const done = p.status === 'done' || p.status === 'exists';
+      const now = Date.now();
+      const prev = lastSent.get(p.digest);
+      if (!done && prev !== undefined && now - prev < PROGRESS_INTERVAL_MS) return;
+      lastSent.set(p.digest, now);
+      // Lines are small and rate-limited: queued without waiting for the client.
+      s.push(line({ type: 'progress', digest: p.digest, kind: p.kind, completed: p.current, total: p.total, done }));
+    };
+    let failedEarly: unknown;
+    const pulled = runtime.images.pull(req.reference, { signal: AbortSignal.any([s.signal, ctx.shutdown]), onProgress });
+    // A pull that fails before it fetched anything (a bad reference, an
+    // unknown image, a refused login) gets a proper error status rather
+    // than a 200 stream whose only line is the error.
+    await Promise.race([progressed, pulled.then(() => {}, (e: unknown) => void (failedEarly = e ?? new Error('pull failed')))]);
+    if (failedEarly !== undefined) {
+      s.close();
+      throw failedEarly;
+    }
+    void pulled
+      .then(
+        (image) => s.push(line({ type: 'done', image: imageBody(image) })),
+        (e: unknown) => s.push(line({ type: 'error', error: errorBody(toRoostError(e)).error })),
+      )
+      .finally(() => s.close());
+    return s.response();
+  });
+
+  app.get('/v1/images', (c) => {
+    queryParams(c, []);
+    return c.json({ images: runtime.images.list().map(imageBody) });
+  });
+
+  app.get('/v1/images/:ref', (c) => {
+    queryParams(c, []);
+    return c.json(imageBody(runtime.images.inspect(c.req.param('ref'))));
+  });
+
+  app.delete('/v1/images/:ref', async (c) => {
+    const force = boolParam(queryParams(c, ['force']), 'force');
+    const r = await runtime.images.remove(c.req.param('ref'), { force });
+    return c.json({ untagged: r.untagged, deleted: r.deleted });
+  });
+}

@@ -1,0 +1,56 @@
+import type { ImageInfoBody, SandboxInfo } from '@roost/api';
+import type { DaemonImageInfo } from './daemon-runtime.js';
+
+/*
+ * Core records -> API bodies. Fields are picked, not spread: whatever the
+ * core keeps for itself stays out of the contract.
+ */
+
+/** A sandbox record as the API describes it. */
+export function sandboxBody(info: SandboxInfo): SandboxInfo {
+  const body: SandboxInfo = {
+    id: info.id,
+    status: info.status,
+    createdAt: info.createdAt,
+    startedAt: info.startedAt ?? null,
+    stoppedAt: info.stoppedAt ?? null,
+    cpus: info.cpus,
+    memoryMiB: info.memoryMiB,
+    diskSizeMiB: info.diskSizeMiB,
+    detached: info.detached,
+    accel: info.accel,
+    pid: info.pid,
+    env: info.env ?? {},
+    labels: info.labels ?? {},
+    // Records written before exec counting existed have none.
+    execs: info.execs ?? 0,
+  };
+  if (info.image) body.image = { reference: info.image.reference, id: info.image.id, entrypoint: info.image.entrypoint, cmd: info.image.cmd };
+  if (info.workingDir !== undefined) body.workingDir = info.workingDir;
+  if (info.user !== undefined) body.user = info.user;
+  if (info.reason !== undefined) body.reason = info.reason;
+  if (info.agentVersion !== undefined) body.agentVersion = info.agentVersion;
+  return body;
+}
+
+/** An image as the API describes it: layers as a count, missing dates and sizes as null. */
+export function imageBody(image: DaemonImageInfo): ImageInfoBody {
+  return {
+    id: image.id,
+    tags: image.tags,
+    size: image.size,
+    configDigest: image.configDigest,
+    created: image.created ?? null,
+    addedAt: image.addedAt,
+    source: image.source,
+    rootfsSize: image.rootfsSize ?? null,
+    layers: image.layers.length,
+    config: {
+      entrypoint: image.config.entrypoint ?? [],
+      cmd: image.config.cmd ?? [],
+      env: image.config.env ?? [],
+      workingDir: image.config.workingDir ?? '',
+      user: image.config.user ?? '',
+    },
+  };
+}

@@ -1,0 +1,104 @@
+const encoder = new TextEncoder();
+
+/** Bytes queued in a response stream before writers wait for the client. */
+const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
+
+/**
+ * A streamed response body with backpressure: `write()` resolves only when
+ * the client has taken enough of what was queued, so a producer that awaits
+ * it (an exec's output iterator, the event iterator) never reads faster
+ * than the HTTP connection drains. @hono/node-server pulls from `body` only
+ * when the socket has drained.
+ *
+ * `signal` aborts when the client goes away (the body is cancelled) or the
+ * stream is closed; writes after that return false. Safe for several
+ * concurrent writers (stdout and stderr pumps).
+ */
+export class ResponseStream {
+  readonly body: ReadableStream<Uint8Array>;
+  readonly #abort = new AbortController();
+  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  #waiters: (() => void)[] = [];
+  #closed = false;
+  #onEnd: (() => void) | undefined;
+  readonly #contentType: string;
+
+  constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void }) {
+    this.#onEnd = options.onEnd;
+    this.#contentType = options.contentType;
+    this.body = new ReadableStream<Uint8Array>(
+      {
+        start: (controller) => {
+          this.#controller = controller;
+        },
+        pull: () => this.#wake(),
+        cancel: () => this.#finish(),
+      },
+      { highWaterMark: options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK, size: (chunk) => chunk.byteLength },
+    );
+  }
+
+  /** Aborted once the client has gone away or the stream was closed. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The streamed response (chunked; no proxy buffering, no caching). */
+  response(status = 200): Response {
+    return new Response(this.body, {
+      status,
+      headers: { 'content-type': this.#contentType, 'cache-control': 'no-store', 'x-accel-buffering': 'no' },
+    });
+  }
+
+  /** Queues text and waits until the client has room for more. False when the stream has ended. */
+  async write(text: string): Promise<boolean> {
+    if (!this.push(text)) return false;
+    while (!this.#closed && (this.#controller.desiredSize ?? 0) <= 0) {
+      await new Promise<void>((r) => this.#waiters.push(r));
+    }
+    return !this.#closed;
+  }
+
+  /** Queues text without waiting (for small, rate-limited messages). False when the stream has ended. */
+  push(text: string): boolean {
+    if (this.#closed) return false;
+    this.#controller.enqueue(encoder.encode(text));
+    return true;
+  }
+
+  /** Ends the stream after what is queued. */
+  close(): void {
+    if (this.#closed) return;
+    try {
+      this.#controller.close();
+    } catch {
+      // Already cancelled by the consumer.
+    }
+    this.#finish();
+  }
+
+  /** The client is known to be gone: writers stop now (what is queued goes nowhere). */
+  abort(): void {
+    // Closed rather than errored: an errored body is logged by the HTTP adapter as a failure.
+    this.close();
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  #finish(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#abort.abort();
+    this.#wake();
+    const onEnd = this.#onEnd;
+    this.#onEnd = undefined;
+    onEnd?.();
+  }
+}

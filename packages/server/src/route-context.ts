@@ -1,0 +1,31 @@
+import type { Context, Hono } from 'hono';
+import type { DaemonRuntime } from './daemon-runtime.js';
+import type { ExecRegistry } from './exec.js';
+import type { ResponseStream } from './response-stream.js';
+
+/** Per-request state the middleware shares with the routes. */
+export interface RoostEnv {
+  Variables: {
+    /** Gives back this request's in-flight slot (a stream keeps it until it ends). */
+    releaseSlot: () => void;
+    /** Set when the response is a stream: the slot is released when it ends, not when the handler returns. */
+    streaming: boolean;
+  };
+}
+
+/** The app type every route module registers on. */
+export type RoostHono = Hono<RoostEnv>;
+
+/** What route modules share. */
+export interface RouteContext {
+  runtime: DaemonRuntime;
+  execs: ExecRegistry;
+  /** Aborts when the daemon shuts down: streams end, commands started through it are killed. */
+  shutdown: AbortSignal;
+  /** Interval of SSE heartbeat comments. */
+  heartbeatMs: number;
+  /** A streamed response that holds the request's in-flight slot until it ends. */
+  openStream(c: Context<RoostEnv>, contentType: string): ResponseStream;
+  /** Aborts when the client of this request goes away before its response was sent. */
+  clientGone(c: Context<RoostEnv>): AbortSignal;
+}

@@ -1,0 +1,128 @@
+import { open } from 'node:fs/promises';
+import {
+  CreateSandboxRequestSchema,
+  ListSandboxesQuerySchema,
+  listFilterFromQuery,
+  RoostError,
+  SandboxStatusSchema,
+  StartSandboxRequestSchema,
+  StopSandboxRequestSchema,
+} from '@roost/api';
+import { z } from 'zod';
+import { boolParam, intParam, parseJsonBody, queryParams, validationError } from './http.js';
+import { sandboxBody } from './mapping.js';
+import type { RouteContext, RoostHono } from './route-context.js';
+
+/** The most of a console log one request reads (its end). */
+export const MAX_LOG_BYTES = 1 << 20;
+
+const EmptyRequestSchema = z.object({}).strict();
+
+/** Registers the `/v1/sandboxes` routes (exec aside). */
+export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
+  const { runtime } = ctx;
+
+  app.post('/v1/sandboxes', async (c) => {
+    queryParams(c, []);
+    const req = await parseJsonBody(c, CreateSandboxRequestSchema);
+    // A client that gives up (or a daemon that stops) aborts the boot: nothing is left behind.
+    const sandbox = await runtime.create({ ...req, signal: AbortSignal.any([ctx.clientGone(c), ctx.shutdown]) });
+    c.header('Location', `/v1/sandboxes/${sandbox.id}`);
+    return c.json(sandboxBody(sandbox.info), 201);
+  });
+
+  app.get('/v1/sandboxes', async (c) => {
+    const raw: Record<string, string | string[]> = {};
+    for (const [name, values] of Object.entries(c.req.queries())) raw[name] = name === 'label' ? values : (values.at(-1) ?? '');
+    const parsed = ListSandboxesQuerySchema.safeParse(raw);
+    if (!parsed.success) throw validationError('query', parsed.error);
+    const filter = listFilterFromQuery(parsed.data);
+    for (const s of [filter.status ?? []].flat()) {
+      if (!SandboxStatusSchema.safeParse(s).success) {
+        throw new RoostError('INVALID_ARGUMENT', `query: status: unknown status "${s}" (known: ${SandboxStatusSchema.options.join(', ')})`, { details: { field: 'status' } });
+      }
+    }
+    const list = await runtime.list(filter);
+    return c.json({ sandboxes: list.map(sandboxBody) });
+  });
+
+  app.get('/v1/sandboxes/:id', async (c) => {
+    queryParams(c, []);
+    const sandbox = await runtime.get(c.req.param('id'));
+    return c.json(sandboxBody(await sandbox.refresh()));
+  });
+
+  app.post('/v1/sandboxes/:id/stop', async (c) => {
+    const req = await parseJsonBody(c, StopSandboxRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    await sandbox.stop(req.timeoutMs === undefined ? {} : { timeoutMs: req.timeoutMs });
+    return c.json(sandboxBody(sandbox.info));
+  });
+
+  app.post('/v1/sandboxes/:id/start', async (c) => {
+    const req = await parseJsonBody(c, StartSandboxRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    const signal = AbortSignal.any([ctx.clientGone(c), ctx.shutdown]);
+    await sandbox.start(req.timeoutMs === undefined ? { signal } : { timeoutMs: req.timeoutMs, signal });
+    return c.json(sandboxBody(sandbox.info));
+  });
+
+  app.post('/v1/sandboxes/:id/kill', async (c) => {
+    await parseJsonBody(c, EmptyRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    await sandbox.kill();
+    return c.json(sandboxBody(sandbox.info));
+  });
+
+  app.delete('/v1/sandboxes/:id', async (c) => {
+    const force = boolParam(queryParams(c, ['force']), 'force');
+    const sandbox = await runtime.get(c.req.param('id'));
+    await sandbox.remove({ force });
+    return c.body(null, 204);
+  });
+
+  app.get('/v1/sandboxes/:id/logs', async (c) => {
+    const tail = intParam(queryParams(c, ['tail']), 'tail');
+    const sandbox = await runtime.get(c.req.param('id'));
+    const text = await readLogTail(sandbox.consoleLogPath, tail);
+    return c.body(text, 200, { 'content-type': 'text/plain; charset=utf-8' });
+  });
+
+  app.get('/v1/sandboxes/:id/metrics', async (c) => {
+    queryParams(c, []);
+    const sandbox = await runtime.get(c.req.param('id'));
+    return c.json(await runtime.sandboxMetrics(sandbox.id));
+  });
+}
+
+/**
+ * The end of a console log: at most MAX_LOG_BYTES (from a line start when
+ * the file is longer), and of that the last `lines` lines when asked.
+ * A log that does not exist yet is empty.
+ */
+export async function readLogTail(path: string, lines?: number): Promise<string> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw e;
+  }
+  try {
+    const { size } = await fh.stat();
+    const start = Math.max(0, size - MAX_LOG_BYTES);
+    const buf = Buffer.alloc(size - start);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+    let text = buf.subarray(0, bytesRead).toString('utf8');
+    if (start > 0) text = text.slice(text.indexOf('\n') + 1);
+    if (lines !== undefined) {
+      const all = text.split('\n');
+      // A final newline ends the last line rather than starting an empty one.
+      const trailing = all.at(-1) === '' ? all.pop() !== undefined : false;
+      text = all.slice(Math.max(0, all.length - lines)).join('\n') + (trailing && lines > 0 ? '\n' : '');
+    }
+    return text;
+  } finally {
+    await fh.close();
+  }
+}
