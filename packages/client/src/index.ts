@@ -1,1 +1,21 @@
-export {};
+/**
+ * @roost/client: the Roost SDK for a daemon (`roost serve`). The same
+ * `RuntimeApi` / `SandboxApi` interfaces as the embedded runtime in
+ * @roost/core, over HTTP or a unix socket, with streaming exec output,
+ * interactive stdin, image pulls and Server-Sent Events.
+ *
+ * ```ts
+ * import { RoostClient } from '@roost/client';
+ *
+ * await using client = new RoostClient(); // $ROOST_HOST, else ~/.roost/roost.sock
+ * await using sandbox = await client.create({ image: 'alpine' });
+ * const { exitCode, stdout } = await sandbox.commands.run('uname -a');
+ * ```
+ */
+export { RoostClient, RemoteImages, type RoostClientOptions, type Health, type PullProgressEvent, type EventsOptions } from './client.js';
+export { RemoteSandbox } from './sandbox.js';
+export { RemoteCommands, RemoteCommandHandle } from './command.js';
+export { parseHost, defaultEndpoint, resolveHome, errorFromResponse, type Endpoint } from './http.js';
+export { LineSplitter, NdjsonParser, SseParser, MAX_LINE, type SseEvent } from './wire.js';
+export { RoostError, isRoostError, type RoostErrorCode } from '@roost/api';
+export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody } from '@roost/api';

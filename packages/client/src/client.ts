@@ -1,0 +1,294 @@
+import { isRoostError, RoostError, type CreateOptions, type EventType, type ImageInfoBody, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo } from '@roost/api';
+import { abortError, defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
+import { RemoteSandbox } from './sandbox.js';
+import { NdjsonParser, SseParser } from './wire.js';
+
+/** Options of `new RoostClient()`. */
+export interface RoostClientOptions {
+  /**
+   * The daemon: `unix:///path/to/roost.sock`, `http://127.0.0.1:7423`, or a
+   * socket path. Default: $ROOST_HOST, else the unix socket of the home.
+   */
+  host?: string;
+  /**
+   * The API token. Default: $ROOST_TOKEN, else (for a unix socket) the
+   * home's token file, which the daemon writes 0600 on its first start.
+   */
+  token?: string;
+  /** Roost home (default $ROOST_HOME or ~/.roost): where the default socket and token file are. */
+  home?: string;
+  /**
+   * How long a call waits for the daemon's answer, in ms (default 60 s).
+   * Calls that do long work on purpose (create, start, image pulls, command
+   * output, events) are bounded by their own timeouts and signals instead.
+   */
+  timeoutMs?: number;
+}
+
+/** The daemon's `GET /v1/health`. */
+export interface Health {
+  status: 'ok';
+  version: string;
+  home: string;
+  pid: number;
+  uptimeSeconds: number;
+}
+
+/** One progress report of an image pull (per blob). */
+export interface PullProgressEvent {
+  digest: string;
+  /** `config` or `layer`. */
+  kind: string;
+  /** Bytes so far and in all. */
+  completed: number;
+  total: number;
+  done: boolean;
+}
+
+/** Options of `client.events()`. */
+export interface EventsOptions {
+  /** Replay the events after this id first (default: only new events). */
+  after?: number;
+  /** Only these types. */
+  types?: EventType[];
+  /** Only events of this sandbox. */
+  sandboxId?: string;
+  /** Ends the iteration. */
+  signal?: AbortSignal;
+}
+
+/** First and longest wait before reconnecting a dropped event stream. */
+const RECONNECT_MIN_MS = 250;
+const RECONNECT_MAX_MS = 10_000;
+
+/**
+ * The Roost SDK for a daemon (`roost serve`): the same `RuntimeApi` as
+ * core's `Runtime`, over HTTP or a unix socket.
+ *
+ * ```ts
+ * await using client = new RoostClient();
+ * await using sandbox = await client.create({ image: 'alpine' });
+ * const { exitCode, stdout } = await sandbox.commands.run('uname -a');
+ * ```
+ *
+ * Errors are `RoostError`s with the daemon's code; a daemon that is not
+ * there is UNAVAILABLE.
+ *
+ * Concurrency: any number of calls may run at once (connections are kept alive and pooled).
+ */
+export class RoostClient implements RuntimeApi {
+  /** The daemon's address. */
+  readonly endpoint: Endpoint;
+  /** The Roost home the defaults came from. */
+  readonly home: string;
+  /** Image commands: pull, list, inspect, remove. */
+  readonly images: RemoteImages;
+  #transport: Transport;
+
+  constructor(options: RoostClientOptions = {}) {
+    this.home = resolveHome(options.home);
+    const host = options.host ?? (process.env.ROOST_HOST || undefined);
+    this.endpoint = host ? parseHost(host) : defaultEndpoint(this.home);
+    const token = tokenSource({ ...(options.token !== undefined ? { token: options.token } : {}), home: this.home, local: this.endpoint.socketPath !== undefined });
+    this.#transport = new Transport(this.endpoint, token, options.timeoutMs ?? 60_000);
+    this.images = new RemoteImages(this.#transport);
+  }
+
+  /** Creates and boots a sandbox on the daemon (pulling its image if needed). */
+  async create(options: CreateOptions = {}): Promise<RemoteSandbox> {
+    const { signal, ...body } = options;
+    const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, signal, timeoutMs: null, what: 'creating a sandbox' });
+    return new RemoteSandbox(this.#transport, info);
+  }
+
+  /** Finds a sandbox by id (or unique id prefix). */
+  async get(id: string): Promise<RemoteSandbox> {
+    const info = await this.#transport.json<SandboxInfo>('GET', `/v1/sandboxes/${encodeURIComponent(id)}`);
+    return new RemoteSandbox(this.#transport, info);
+  }
+
+  /** Lists sandboxes, newest first. */
+  async list(filter: ListFilter = {}): Promise<SandboxInfo[]> {
+    const query: Record<string, string | string[] | undefined> = {};
+    if (filter.status !== undefined) query.status = Array.isArray(filter.status) ? filter.status.join(',') : filter.status;
+    if (filter.image !== undefined) query.image = filter.image;
+    if (filter.labels?.length) query.label = filter.labels;
+    const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('GET', '/v1/sandboxes', { query });
+    return r.sandboxes;
+  }
+
+  /**
+   * Events after `after`, then live ones, until `signal` aborts (the
+   * iteration then ends quietly) or the client closes. A dropped connection
+   * is re-opened with Last-Event-ID, waiting longer after each failure (up
+   * to 10 s), so no event is lost or seen twice. Errors that retrying
+   * cannot fix (a refused token, a bad filter) end it with their RoostError.
+   */
+  async *events(options: EventsOptions = {}): AsyncGenerator<RoostEvent> {
+    const signal = options.signal;
+    let last: number | undefined = options.after;
+    let delay = RECONNECT_MIN_MS;
+    let serverRetry: number | undefined;
+    const stopped = () => signal?.aborted === true || this.#transport.closedSignal.aborted;
+    while (!stopped()) {
+      try {
+        const query: Record<string, string | undefined> = {};
+        if (options.types?.length) query.type = options.types.join(',');
+        if (options.sandboxId) query.sandbox = options.sandboxId;
+        if (last !== undefined) query.after = String(last);
+        const headers: Record<string, string> = { 'cache-control': 'no-cache' };
+        if (last !== undefined) headers['last-event-id'] = String(last);
+        const { res, abort } = await this.#transport.stream('GET', '/v1/events', { query, headers, accept: 'text/event-stream', signal, what: 'the event stream' });
+        try {
+          const parser = new SseParser();
+          for await (const chunk of res) {
+            const got = parser.push(chunk as Buffer);
+            serverRetry = parser.retry ?? serverRetry;
+            for (const ev of got) {
+              if (ev.event === 'error') throw streamError(ev.data);
+              if (ev.event !== 'message' && !ev.event.includes('.')) continue; // other stream-level events
+              let event: RoostEvent;
+              try {
+                event = JSON.parse(ev.data) as RoostEvent;
+              } catch {
+                continue;
+              }
+              const id = typeof event.id === 'number' ? event.id : Number(ev.id);
+              if (Number.isFinite(id)) {
+                if (last !== undefined && id <= last) continue; // replayed twice across a reconnect
+                last = id;
+              }
+              delay = serverRetry ?? RECONNECT_MIN_MS;
+              yield event;
+            }
+            // An `id:` without data (a daemon may send its newest id on connect) moves the resume point too.
+            const seenId = Number(parser.lastEventId);
+            if (parser.lastEventId && Number.isSafeInteger(seenId) && (last === undefined || seenId > last)) last = seenId;
+          }
+        } finally {
+          abort(new RoostError('ABORTED', 'the event stream was closed'));
+        }
+      } catch (e) {
+        if (stopped()) return;
+        if (isRoostError(e) && e.code !== 'UNAVAILABLE' && e.code !== 'INTERNAL' && e.code !== 'TIMEOUT') throw e;
+      }
+      if (stopped()) return;
+      await sleep(delay, signal, this.#transport.closedSignal);
+      delay = Math.min(RECONNECT_MAX_MS, Math.max(serverRetry ?? RECONNECT_MIN_MS, delay * 2));
+    }
+  }
+
+  /** The daemon's health: version, home, pid, uptime. */
+  health(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Health> {
+    return this.#transport.json<Health>('GET', '/v1/health', { signal: options.signal, ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}) });
+  }
+
+  /** Counters and gauges of the daemon's runtime. */
+  metrics(): Promise<RuntimeMetrics> {
+    return this.#transport.json<RuntimeMetrics>('GET', '/v1/metrics');
+  }
+
+  /** The same figures in Prometheus' text format (`GET /metrics`). */
+  prometheusMetrics(): Promise<string> {
+    return this.#transport.text('GET', '/metrics', { accept: 'text/plain' });
+  }
+
+  /** A sandbox's console log; `tail` keeps the last lines. */
+  logs(id: string, options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
+    return this.#transport.text('GET', `/v1/sandboxes/${encodeURIComponent(id)}/logs`, { accept: 'text/plain', query: { tail: options.tail }, signal: options.signal });
+  }
+
+  /**
+   * Closes the connections: calls and streams in flight end with ABORTED.
+   * Sandboxes stay on the daemon (it owns them).
+   */
+  async close(): Promise<void> {
+    this.#transport.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * `client.images`: the daemon's image store.
+ *
+ * Concurrency: calls may overlap; pulls of the same image share the daemon's downloads.
+ */
+export class RemoteImages {
+  /** @internal */
+  constructor(private readonly transport: Transport) {}
+
+  /** Pulls an image; `onProgress` hears about each blob. Resolves with the stored image. */
+  async pull(reference: string, options: { onProgress?: (p: PullProgressEvent) => void; signal?: AbortSignal } = {}): Promise<ImageInfoBody> {
+    const what = `pulling ${reference}`;
+    const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', { json: { reference }, accept: 'application/x-ndjson', signal: options.signal, timeoutMs: null, what });
+    const parser = new NdjsonParser();
+    let result: ImageInfoBody | undefined;
+    const take = (v: unknown) => {
+      const ev = v as { type?: string; image?: ImageInfoBody; error?: { code?: string; message?: string; details?: Record<string, unknown> } } & Partial<PullProgressEvent>;
+      if (ev.type === 'progress') {
+        try {
+          options.onProgress?.({ digest: String(ev.digest), kind: String(ev.kind), completed: Number(ev.completed), total: Number(ev.total), done: ev.done === true });
+        } catch {
+          // A throwing progress callback does not end the pull.
+        }
+      } else if (ev.type === 'done' && ev.image) {
+        result = ev.image;
+      } else if (ev.type === 'error') {
+        const e = ev.error;
+        throw new RoostError((e?.code ?? 'IMAGE') as RoostError['code'], e?.message ?? `pulling ${reference} failed`, e?.details ? { details: e.details } : {});
+      }
+    };
+    try {
+      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) take(v);
+      for (const v of parser.end()) take(v);
+    } catch (e) {
+      abort(e instanceof Error ? e : new Error(String(e)));
+      if (isRoostError(e)) throw e;
+      if (options.signal?.aborted) throw abortError(options.signal, what);
+      throw new RoostError('UNAVAILABLE', `${what}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e });
+    }
+    if (!result) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
+    return result;
+  }
+
+  /** The stored images. */
+  async list(): Promise<ImageInfoBody[]> {
+    return (await this.transport.json<{ images: ImageInfoBody[] }>('GET', '/v1/images')).images;
+  }
+
+  /** One image, by reference or id (prefix); NOT_FOUND when it is not stored. */
+  inspect(reference: string): Promise<ImageInfoBody> {
+    return this.transport.json<ImageInfoBody>('GET', `/v1/images/${encodeURIComponent(reference)}`);
+  }
+
+  /** Untags an image, and deletes it when no name is left. One that sandboxes use needs `force`. */
+  remove(reference: string, options: { force?: boolean } = {}): Promise<{ untagged: string[]; deleted: string[] }> {
+    return this.transport.json('DELETE', `/v1/images/${encodeURIComponent(reference)}`, { query: options.force ? { force: 'true' } : {} });
+  }
+}
+
+/** The daemon's `event: error` (it closes the stream after it): UNAVAILABLE ones are retried. */
+function streamError(data: string): RoostError {
+  try {
+    const e = (JSON.parse(data) as { error?: { code?: string; message?: string; details?: Record<string, unknown> } }).error;
+    if (e?.code && e.message) return new RoostError(e.code as RoostError['code'], e.message, e.details ? { details: e.details } : {});
+  } catch {
+    // not an error body
+  }
+  return new RoostError('UNAVAILABLE', `the event stream failed: ${data.slice(0, 200)}`);
+}
+
+function sleep(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      for (const s of signals) s?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    for (const s of signals) s?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,89 @@
+import { isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus } from '@roost/api';
+import { RemoteCommands } from './command.js';
+import type { Transport } from './http.js';
+
+/** Headroom over a call's own timeout for the daemon to answer (it enforces the timeout itself). */
+const ANSWER_GRACE_MS = 15_000;
+
+/**
+ * A sandbox on a daemon. The same interface as core's Sandbox; `info` is the
+ * record as last seen (each call that returns one updates it; `refresh()`
+ * re-reads it).
+ *
+ * Concurrency: calls may overlap; each is one request, and the daemon orders them.
+ */
+export class RemoteSandbox implements SandboxApi {
+  readonly id: string;
+  /** Run commands: `run` to completion, or `start` for a handle. */
+  readonly commands: RemoteCommands;
+  #info: SandboxInfo;
+  #transport: Transport;
+  #path: string;
+
+  /** @internal Use `client.create()` or `client.get()`. */
+  constructor(transport: Transport, info: SandboxInfo) {
+    this.id = info.id;
+    this.#info = info;
+    this.#transport = transport;
+    this.#path = `/v1/sandboxes/${encodeURIComponent(info.id)}`;
+    this.commands = new RemoteCommands(transport, info.id);
+  }
+
+  /** The record as last seen. */
+  get info(): SandboxInfo {
+    return structuredClone(this.#info);
+  }
+
+  get status(): SandboxStatus {
+    return this.#info.status;
+  }
+
+  /** Re-reads the record from the daemon. */
+  async refresh(): Promise<SandboxInfo> {
+    this.#info = await this.#transport.json<SandboxInfo>('GET', this.#path);
+    return this.info;
+  }
+
+  /** Stops the sandbox (the VM powers off; killed after `timeoutMs`, default 10 s). */
+  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    const body = options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {};
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/stop`, { json: body, timeoutMs: (options.timeoutMs ?? 10_000) + ANSWER_GRACE_MS });
+  }
+
+  /** Boots a stopped sandbox again, on the disk it had. */
+  async start(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    const body = options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {};
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/start`, { json: body, signal: options.signal, timeoutMs: null });
+  }
+
+  /** Kills the VM at once. */
+  async kill(): Promise<void> {
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/kill`, { json: {} });
+  }
+
+  /** Removes the sandbox. A running sandbox needs `force` (it is killed). */
+  async remove(options: { force?: boolean } = {}): Promise<void> {
+    await this.#transport.json('DELETE', this.#path, { query: options.force ? { force: 'true' } : {} });
+  }
+
+  /** The guest's console log (kernel, agent, output of background commands); `tail` keeps the last lines. */
+  logs(options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
+    return this.#transport.text('GET', `${this.#path}/logs`, { accept: 'text/plain', query: { tail: options.tail }, signal: options.signal });
+  }
+
+  /** CPU and memory figures of the VM. */
+  metrics(): Promise<SandboxMetrics> {
+    return this.#transport.json<SandboxMetrics>('GET', `${this.#path}/metrics`);
+  }
+
+  /**
+   * Ends the sandbox as core does: a detached one is only forgotten (it keeps
+   * running on the daemon); any other is killed and removed.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#info.detached) return;
+    await this.remove({ force: true }).catch((e: unknown) => {
+      if (!isRoostError(e, 'NOT_FOUND')) throw e;
+    });
+  }
+}
