@@ -182,14 +182,20 @@ describe('OCI images from a real registry', () => {
     const img = await buildBusyboxImage(join(work, 'entry'), { tag: '1', user: 'app', entrypoint: ['/bin/sh', '-c', 'echo "args:$* uid:$(id -u)"', 'ep'], cmd: ['a', 'b'] });
     await registry.push(img.dir, 'roost/entry:1');
     const name = `${registry.host}/roost/entry:1`;
-    const plain = await cli(['run', name], home.env);
-    expect(plain).toMatchObject({ code: 0, stdout: 'args:a b uid:1000\n' });
-    const given = await cli(['run', name, '--', 'x', 'y z'], home.env);
-    expect(given).toMatchObject({ code: 0, stdout: 'args:x y z uid:1000\n' });
-    const root = await cli(['run', '-u', 'root', name, '--', 'r'], home.env);
-    expect(root.stdout).toBe('args:r uid:0\n');
-    const ls = await cli(['images'], home.env);
-    expect(ls.stdout).toMatch(new RegExp(`${registry.host}/roost/entry\\s+1\\s+[0-9a-f]{12}`));
+    // `roost run` owns the home it runs in (this process holds `home`'s runtime): give it its own.
+    const cliHome = new TestHome();
+    try {
+      const plain = await cli(['run', name], cliHome.env);
+      expect(plain).toMatchObject({ code: 0, stdout: 'args:a b uid:1000\n' });
+      const given = await cli(['run', name, '--', 'x', 'y z'], cliHome.env);
+      expect(given).toMatchObject({ code: 0, stdout: 'args:x y z uid:1000\n' });
+      const root = await cli(['run', '-u', 'root', name, '--', 'r'], cliHome.env);
+      expect(root.stdout).toBe('args:r uid:0\n');
+      const ls = await cli(['images'], cliHome.env);
+      expect(ls.stdout).toMatch(new RegExp(`${registry.host}/roost/entry\\s+1\\s+[0-9a-f]{12}`));
+    } finally {
+      await cliHome.cleanup();
+    }
   });
 
   it('refuses to remove an image a sandbox uses; rmi and prune remove only what nothing references', async () => {

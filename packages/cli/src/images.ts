@@ -1,23 +1,29 @@
 import { Command, Option } from 'commander';
-import { ImageStore, familiarImageReference, normalizeRegistry, parseImageReference, RoostError, type ImageInfo, type PullProgress } from '@roost/core';
+import type { ImageInfoBody } from '@roost/api';
+import { ImageStore, familiarImageReference, normalizeRegistry, parseImageReference, RoostError } from '@roost/core';
+import type { PullLine, WithImages } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
 
-/** `roost pull`, `images`, `rmi`, `tag`, `login`, `logout`. */
-export function addImageCommands(program: Command): void {
+/**
+ * `roost pull`, `images`, `rmi`, `tag`, `login`, `logout`. Pull, list,
+ * inspect and remove go to the daemon when there is one, else to the home's
+ * image store; import, export, tag, prune and the logins always use the
+ * home's store (its SQLite database is safe to share with a running daemon).
+ */
+export function addImageCommands(program: Command, withImages: WithImages): void {
   program
     .command('pull')
     .description('pull an image from its registry (layers already stored are not fetched again)')
     .argument('<image>')
     .option('-q, --quiet', 'print only the image id')
     .action(async (image: string, flags: { quiet?: boolean }) => {
-      const store = new ImageStore();
-      const info = await store.pull(image, flags.quiet ? {} : { onProgress: pullProgressPrinter() });
+      const info = await withImages((face) => face.images.pull(image, flags.quiet ? {} : { onProgress: pullProgressPrinter() }));
       process.stdout.write(flags.quiet ? `${info.id}\n` : `${familiar(info.tags[0] ?? image)}: ${info.id}\n`);
     });
 
-  const images = program.command('images').description('list and manage stored images');
-  const list = (flags: { json?: boolean; quiet?: boolean }) => {
-    const all = new ImageStore().list();
+  const images = program.command('images').alias('image').description('list and manage stored images');
+  const list = async (flags: { json?: boolean; quiet?: boolean }) => {
+    const all = await withImages((face) => face.images.list());
     if (flags.json) process.stdout.write(JSON.stringify(all, null, 2) + '\n');
     else if (flags.quiet) process.stdout.write(all.map((i) => `${shortId(i.id)}\n`).join(''));
     else process.stdout.write(imageTable(all));
@@ -33,7 +39,16 @@ export function addImageCommands(program: Command): void {
     .description('remove images (by name or id)')
     .option('-f, --force', 'remove even if sandboxes use the image')
     .argument('<image...>')
-    .action(async (refs: string[], flags: { force?: boolean }) => remove(refs, flags));
+    .action(async (refs: string[], flags: { force?: boolean }) => remove(withImages, refs, flags));
+  images
+    .command('inspect')
+    .description('show everything stored about an image')
+    .option('--json', 'print JSON')
+    .argument('<image>')
+    .action(async (ref: string, flags: { json?: boolean }) => {
+      const info = await withImages((face) => face.images.inspect(ref));
+      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeImage(info));
+    });
   images
     .command('prune')
     .description('remove images nothing names, and blobs no image uses')
@@ -69,7 +84,7 @@ export function addImageCommands(program: Command): void {
     .description('remove images (by name or id)')
     .option('-f, --force', 'remove even if sandboxes use the image')
     .argument('<image...>')
-    .action(async (refs: string[], flags: { force?: boolean }) => remove(refs, flags));
+    .action(async (refs: string[], flags: { force?: boolean }) => remove(withImages, refs, flags));
 
   program
     .command('tag')
@@ -108,13 +123,35 @@ export function addImageCommands(program: Command): void {
     });
 }
 
-async function remove(refs: string[], flags: { force?: boolean }): Promise<void> {
-  const store = new ImageStore();
-  for (const ref of refs) {
-    const r = await store.remove(ref, { force: !!flags.force });
-    for (const t of r.untagged) process.stdout.write(`Untagged: ${familiar(t)}\n`);
-    for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
-  }
+async function remove(withImages: WithImages, refs: string[], flags: { force?: boolean }): Promise<void> {
+  await withImages(async (face) => {
+    for (const ref of refs) {
+      const r = await face.images.remove(ref, { force: !!flags.force });
+      for (const t of r.untagged) process.stdout.write(`Untagged: ${familiar(t)}\n`);
+      for (const d of r.deleted) process.stdout.write(`Deleted: ${d}\n`);
+    }
+  });
+}
+
+function describeImage(i: ImageInfoBody): string {
+  const rows: [string, string][] = [
+    ['ID', i.id],
+    ['Tags', i.tags.map(familiar).join(', ') || '<none>'],
+    ['Size', bytes(i.size)],
+    ['Layers', String(i.layers)],
+    ['Config', i.configDigest],
+    ['Created', i.created ? `${i.created} (${ago(i.created)})` : '-'],
+    ['Added', `${i.addedAt} (${ago(i.addedAt)})`],
+    ['Source', i.source],
+    ['Root fs', i.rootfsSize === null ? 'not built yet' : bytes(i.rootfsSize)],
+    ['Entrypoint', i.config.entrypoint.length ? JSON.stringify(i.config.entrypoint) : '-'],
+    ['Cmd', i.config.cmd.length ? JSON.stringify(i.config.cmd) : '-'],
+    ['Working dir', i.config.workingDir || '-'],
+    ['User', i.config.user || '-'],
+    ['Env', i.config.env.join(' ') || '-'],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length)) + 1;
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}\n`).join('');
 }
 
 function familiar(name: string): string {
@@ -129,7 +166,7 @@ function shortId(id: string): string {
   return id.replace(/^sha256:/, '').slice(0, 12);
 }
 
-function imageTable(images: ImageInfo[]): string {
+function imageTable(images: ImageInfoBody[]): string {
   const rows: string[][] = [];
   for (const i of images) {
     const names = i.tags.length > 0 ? i.tags : ['<none>'];
@@ -160,7 +197,7 @@ async function readStdin(): Promise<string> {
  * Prints pull progress on stderr: on a terminal, one line per blob redrawn
  * in place with a bar; otherwise one line per blob when it is done.
  */
-export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullProgress) => void {
+export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullLine) => void {
   const tty = stream.isTTY === true;
   const order: string[] = [];
   const lines = new Map<string, string>();
@@ -187,7 +224,7 @@ export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr)
   };
 }
 
-function describe(p: PullProgress): string {
+function describe(p: PullLine): string {
   switch (p.status) {
     case 'waiting':
       return 'waiting';

@@ -1,14 +1,31 @@
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { isRoostError, RoostError, Sandbox, setup, type CommandHandle, type PullPolicy, type RunOptions, type SandboxInfo } from '@roost/core';
+import {
+  EVENT_TYPES,
+  isRoostError,
+  RoostError,
+  type CommandHandleApi,
+  type EventType,
+  type ListFilter,
+  type PullPolicy,
+  type RoostEvent,
+  type RunOptions,
+  type SandboxApi,
+  type SandboxInfo,
+  type SandboxStatus,
+} from '@roost/api';
+import { setup } from '@roost/core';
+import { connect, connectImages, consoleLogPath, copyFrom, tailLines, type Face, type WithFace, type WithImages } from './connect.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
+import { addServeCommand } from './serve.js';
 import { ago, formatTable } from './format.js';
 
 /** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
 const EXIT_ROOST_ERROR = 125;
 /** Exit status when `--timeout` killed the command (as timeout(1) reports it). */
 const EXIT_TIMEOUT = 124;
+
+const LIVE: SandboxStatus[] = ['creating', 'running', 'stopping'];
+const STATUSES: SandboxStatus[] = ['creating', 'running', 'stopping', 'stopped', 'failed'];
 
 interface ExecFlags {
   env: string[];
@@ -25,9 +42,31 @@ export async function main(argv: string[]): Promise<number> {
   const program = new Command('roost')
     .description('Run untrusted code in hardware-isolated Linux microVMs')
     .version('0.1.0')
+    .option('-H, --host <url>', 'talk to the daemon at this address (unix:///path/to/roost.sock, http://HOST:PORT; default $ROOST_HOST, else the home\'s daemon if one runs, else embedded)')
     .enablePositionalOptions()
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  const hostOption = () => {
+    const host = (program.opts() as { host?: string }).host;
+    return host ? { host } : {};
+  };
+  const withFace: WithFace = async (command, fn) => {
+    const face = await connect({ ...hostOption(), command });
+    try {
+      return await fn(face);
+    } finally {
+      await face.close();
+    }
+  };
+  const withImages: WithImages = async (fn) => {
+    const face = await connectImages(hostOption());
+    try {
+      return await fn(face);
+    } finally {
+      await face.close();
+    }
+  };
 
   program
     .command('setup')
@@ -45,43 +84,51 @@ export async function main(argv: string[]): Promise<number> {
     .option('--cpus <n>', 'virtual CPUs', int('--cpus'), 1)
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'), 256)
     .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
+    .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
     .option('--boot-timeout <ms>', 'how long the boot may take', int('--boot-timeout'));
   addExecFlags(run)
     .passThroughOptions()
     .argument('[args...]')
-    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; pull: PullPolicy; bootTimeout?: number }) => {
+    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; pull: PullPolicy; bootTimeout?: number }) => {
       const { image, cmd: given } = splitRunArgs(args, argv);
       const env = parseEnv(flags.env);
-      const sandbox = await Sandbox.create({
-        cpus: flags.cpus,
-        memoryMiB: flags.memory,
-        detached: !!flags.detach,
-        ...(image ? { image, pull: flags.pull, onPullProgress: pullProgressPrinter() } : {}),
-        ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
-        ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
-      });
-      // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
-      const img = sandbox.info.image;
-      const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
-      if (!flags.detach && cmd.length === 0) {
-        await sandbox.remove({ force: true });
-        throw new RoostError('INVALID_ARGUMENT', image ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]` : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]');
-      }
-      if (flags.detach) {
-        if (cmd.length > 0) {
-          // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
-          await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions({ ...flags, env: flags.env }, env));
+      const labels = parsePairs(flags.label, '-l');
+      await withFace('run', async (face) => {
+        const sandbox = await face.create(
+          {
+            cpus: flags.cpus,
+            memoryMiB: flags.memory,
+            detached: !!flags.detach,
+            ...(Object.keys(labels).length > 0 ? { labels } : {}),
+            ...(image ? { image, pull: flags.pull } : {}),
+            ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
+            ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+          },
+          image ? pullProgressPrinter() : undefined,
+        );
+        // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
+        const img = sandbox.info.image;
+        const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
+        if (!flags.detach && cmd.length === 0) {
+          await sandbox.remove({ force: true });
+          throw new RoostError('INVALID_ARGUMENT', image ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]` : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]');
         }
-        sandbox.disconnect();
-        process.stdout.write(`${sandbox.id}\n`);
-        return;
-      }
-      try {
-        exitCode = await runAttached(sandbox, cmd, flags, env);
-      } finally {
-        await sandbox.remove({ force: true });
-      }
+        if (flags.detach) {
+          if (cmd.length > 0) {
+            // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
+            await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions(flags, env));
+          }
+          // A detached sandbox outlives the runtime (or client) closed after this.
+          process.stdout.write(`${sandbox.id}\n`);
+          return;
+        }
+        try {
+          exitCode = await runAttached(sandbox, cmd, flags, env);
+        } finally {
+          await sandbox.remove({ force: true });
+        }
+      });
     });
 
   addExecFlags(program.command('exec').description('run a command in a running sandbox').usage('[options] ID -- CMD [ARG...]'))
@@ -92,63 +139,116 @@ export async function main(argv: string[]): Promise<number> {
       // With passThroughOptions, a `--` after ID reaches us as an argument.
       if (cmd[0] === '--') cmd = cmd.slice(1);
       if (cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'give a command to run: roost exec ID -- CMD [ARG...]');
-      const sandbox = await Sandbox.get(id);
-      try {
-        exitCode = await runAttached(sandbox, cmd, flags, parseEnv(flags.env));
-      } finally {
-        sandbox.disconnect();
-      }
+      const env = parseEnv(flags.env);
+      await withFace('exec', async (face) => {
+        const sandbox = await face.runtime.get(id);
+        exitCode = await runAttached(sandbox, cmd, flags, env);
+      });
     });
 
   program
     .command('ps')
-    .description('list sandboxes')
+    .description('list sandboxes (running ones; -a for all)')
     .option('-a, --all', 'include stopped and failed sandboxes')
+    .option('-f, --filter <K=V>', 'filter: status=STATUS, label=KEY or label=KEY=VALUE, image=REF (repeatable; labels must all match)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('-q, --quiet', 'print only ids')
     .option('--json', 'print JSON')
-    .action(async (flags: { all?: boolean; json?: boolean }) => {
-      const all = await Sandbox.list();
-      const shown = flags.all ? all : all.filter((s) => s.status === 'running' || s.status === 'creating' || s.status === 'stopping');
-      if (flags.json) process.stdout.write(JSON.stringify(shown, null, 2) + '\n');
-      else process.stdout.write(table(shown));
+    .action(async (flags: { all?: boolean; filter: string[]; quiet?: boolean; json?: boolean }) => {
+      const filter = parseFilters(flags.filter);
+      if (!flags.all && filter.status === undefined) filter.status = LIVE;
+      const list = await withFace('ps', (face) => face.runtime.list(filter));
+      if (flags.json) process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+      else if (flags.quiet) process.stdout.write(list.map((s) => `${s.id}\n`).join(''));
+      else process.stdout.write(table(list));
+    });
+
+  program
+    .command('inspect')
+    .description("show everything recorded about a sandbox")
+    .option('--json', 'print JSON')
+    .argument('<id>')
+    .action(async (id: string, flags: { json?: boolean }) => {
+      const info = await withFace('inspect', async (face) => (await face.runtime.get(id)).refresh());
+      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeSandbox(info));
     });
 
   program
     .command('logs')
     .description("print a sandbox's console log (kernel, agent, and the output of `run -d` commands)")
     .option('-f, --follow', 'keep printing as the log grows, until the sandbox stops')
+    .option('-n, --tail <lines>', 'print only the last lines', int('--tail'))
     .argument('<id>')
-    .action(async (id: string, flags: { follow?: boolean }) => {
-      const sandbox = await Sandbox.get(id);
-      await printLog(sandbox, !!flags.follow);
+    .action(async (id: string, flags: { follow?: boolean; tail?: number }) => {
+      await withFace('logs', async (face) => {
+        const sandbox = await face.runtime.get(id);
+        await printLog(face, sandbox, { follow: !!flags.follow, ...(flags.tail !== undefined ? { tail: flags.tail } : {}) });
+      });
     });
 
+  const lifecycle = (name: 'stop' | 'start' | 'kill' | 'rm', description: string, act: (s: SandboxApi, flags: { timeout?: number; force?: boolean }) => Promise<void>) =>
+    program
+      .command(name)
+      .description(description)
+      .argument('<id...>')
+      .action(async (ids: string[], flags: { timeout?: number; force?: boolean }) => {
+        await withFace(name, async (face) => {
+          for (const id of ids) {
+            const sandbox = await face.runtime.get(id);
+            await act(sandbox, flags);
+            process.stdout.write(`${sandbox.id}\n`);
+          }
+        });
+      });
+  lifecycle('stop', 'stop sandboxes (the VM powers off; killed after the timeout)', (s, f) => s.stop({ timeoutMs: f.timeout ?? 10_000 })).option(
+    '-t, --timeout <ms>',
+    'how long to wait before killing',
+    int('--timeout'),
+    10_000,
+  );
+  lifecycle('start', 'boot stopped sandboxes again, on the disks they had', (s, f) => s.start(f.timeout !== undefined ? { timeoutMs: f.timeout } : {})).option(
+    '-t, --timeout <ms>',
+    'how long the boot may take',
+    int('--timeout'),
+  );
+  lifecycle('kill', 'kill sandboxes at once (their VMs end without shutting down)', (s) => s.kill());
+  lifecycle('rm', 'remove sandboxes', (s, f) => s.remove({ force: !!f.force })).option('-f, --force', 'kill running sandboxes first');
+
   program
-    .command('stop')
-    .description('stop sandboxes (the VM powers off; killed after the timeout)')
-    .option('-t, --timeout <ms>', 'how long to wait before killing', int('--timeout'), 10_000)
-    .argument('<id...>')
-    .action(async (ids: string[], flags: { timeout: number }) => {
-      for (const id of ids) {
-        const sandbox = await Sandbox.get(id);
-        await sandbox.stop({ timeoutMs: flags.timeout });
-        process.stdout.write(`${sandbox.id}\n`);
+    .command('events')
+    .description('print events (sandboxes created, started, exited, ...; images pulled, ...) as they happen, until Ctrl-C')
+    .option('--since <id>', 'first replay the events after this event id (0: all that are kept)', int('--since'))
+    .option('--type <types>', `only these types, comma-separated (${EVENT_TYPES.join(', ')})`)
+    .option('--sandbox <id>', 'only events of this sandbox')
+    .option('--json', 'print one JSON object per line')
+    .action(async (flags: { since?: number; type?: string; sandbox?: string; json?: boolean }) => {
+      const types = flags.type?.split(',').map((t) => t.trim()).filter(Boolean);
+      for (const t of types ?? []) {
+        if (!(EVENT_TYPES as readonly string[]).includes(t)) throw new RoostError('INVALID_ARGUMENT', `--type: unknown event type "${t}" (known: ${EVENT_TYPES.join(', ')})`);
+      }
+      const stop = new AbortController();
+      const onSignal = () => stop.abort();
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      try {
+        await withFace('events', async (face) => {
+          const options: { after?: number; signal: AbortSignal; types?: EventType[]; sandboxId?: string } = { signal: stop.signal };
+          if (flags.since !== undefined) options.after = flags.since;
+          if (types?.length) options.types = types as EventType[];
+          if (flags.sandbox) options.sandboxId = flags.sandbox;
+          for await (const event of face.runtime.events(options)) {
+            process.stdout.write(flags.json ? JSON.stringify(event) + '\n' : describeEvent(event));
+          }
+        });
+      } catch (e) {
+        if (!stop.signal.aborted) throw e;
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
       }
     });
 
-  program
-    .command('rm')
-    .description('remove sandboxes')
-    .option('-f, --force', 'kill running sandboxes first')
-    .argument('<id...>')
-    .action(async (ids: string[], flags: { force?: boolean }) => {
-      for (const id of ids) {
-        const sandbox = await Sandbox.get(id);
-        await sandbox.remove({ force: !!flags.force });
-        process.stdout.write(`${sandbox.id}\n`);
-      }
-    });
-
-  addImageCommands(program);
+  addImageCommands(program, withImages);
+  addServeCommand(program);
 
   try {
     await program.parseAsync(argv);
@@ -199,7 +299,7 @@ function execOptions(flags: ExecFlags, env: Record<string, string>): RunOptions 
 }
 
 /** Runs a command with this process's stdio wired to it; returns its exit code. */
-async function runAttached(sandbox: Sandbox, cmd: string[], flags: ExecFlags, env: Record<string, string>): Promise<number> {
+async function runAttached(sandbox: SandboxApi, cmd: string[], flags: ExecFlags, env: Record<string, string>): Promise<number> {
   const tty = !!flags.tty && process.stdin.isTTY === true;
   const interactive = !!flags.interactive || !!flags.tty;
   const opts = execOptions(flags, env);
@@ -210,7 +310,14 @@ async function runAttached(sandbox: Sandbox, cmd: string[], flags: ExecFlags, en
   const cleanups: (() => void)[] = [];
   if (interactive) cleanups.push(forwardStdin(handle, tty));
   if (flags.tty && process.stdout.isTTY) {
-    const onResize = () => handle.resize({ rows: process.stdout.rows, cols: process.stdout.columns });
+    // Node turns SIGWINCH into 'resize' on a terminal stdout.
+    const onResize = () => {
+      try {
+        handle.resize({ rows: process.stdout.rows, cols: process.stdout.columns });
+      } catch {
+        // A size the guest cannot take (0x0 while a terminal is being resized).
+      }
+    };
     process.stdout.on('resize', onResize);
     cleanups.push(() => process.stdout.off('resize', onResize));
   }
@@ -247,7 +354,7 @@ async function pipeOut(source: AsyncIterable<Uint8Array>, sink: NodeJS.WriteStre
   }
 }
 
-function forwardStdin(handle: CommandHandle, raw: boolean): () => void {
+function forwardStdin(handle: CommandHandleApi, raw: boolean): () => void {
   const stdin = process.stdin;
   if (raw) stdin.setRawMode(true);
   let stopped = false;
@@ -270,34 +377,103 @@ function forwardStdin(handle: CommandHandle, raw: boolean): () => void {
   };
 }
 
-async function printLog(sandbox: Sandbox, follow: boolean): Promise<void> {
-  let offset = 0;
-  for (;;) {
-    const size = (await stat(sandbox.consoleLogPath).catch(() => ({ size: 0 }))).size;
-    if (size > offset) {
-      await new Promise<void>((resolve, reject) => {
-        createReadStream(sandbox.consoleLogPath, { start: offset, end: size - 1 })
-          .on('data', (c) => process.stdout.write(c))
-          .on('end', resolve)
-          .on('error', reject);
-      });
-      offset = size;
+/** Prints a console log (embedded: from the file, as it grows; remote: what the daemon sends), following it while the sandbox runs. */
+async function printLog(face: Face, sandbox: SandboxApi, options: { follow: boolean; tail?: number }): Promise<void> {
+  const out = process.stdout;
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  if (options.follow) process.once('SIGINT', onSignal);
+  try {
+    if (face.kind === 'embedded') {
+      const path = consoleLogPath(sandbox);
+      let offset = 0;
+      if (options.tail !== undefined) {
+        const text = await face.logs(sandbox);
+        out.write(tailLines(text, options.tail));
+        offset = Buffer.byteLength(text);
+      }
+      for (;;) {
+        offset = await copyFrom(path, offset, out);
+        if (!options.follow || stop.signal.aborted || !(await stillLive(sandbox))) return;
+        await sleep(200, stop.signal);
+      }
     }
-    if (!follow) return;
-    const live = (await Sandbox.get(sandbox.id)).status;
-    if (live !== 'running' && live !== 'creating' && live !== 'stopping') return;
-    await new Promise((r) => setTimeout(r, 200));
+    // Remote: the daemon answers with the log's last part; what is new is what follows the end of the previous answer.
+    let previous = await face.logs(sandbox);
+    out.write(options.tail !== undefined ? tailLines(previous, options.tail) : previous);
+    while (options.follow && !stop.signal.aborted && (await stillLive(sandbox))) {
+      await sleep(500, stop.signal);
+      const now = await face.logs(sandbox);
+      out.write(newPart(previous, now));
+      previous = now;
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
   }
 }
 
+/** The part of `now` after the text `previous` ended with (the daemon sends the log's last MiB, so the start may move). */
+export function newPart(previous: string, now: string): string {
+  if (now.startsWith(previous)) return now.slice(previous.length);
+  const anchor = previous.slice(-256);
+  const at = anchor ? now.lastIndexOf(anchor) : -1;
+  return at >= 0 ? now.slice(at + anchor.length) : now;
+}
+
+async function stillLive(sandbox: SandboxApi): Promise<boolean> {
+  const info = await sandbox.refresh().catch(() => null);
+  return info !== null && LIVE.includes(info.status);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+  });
+}
+
 function parseEnv(pairs: string[]): Record<string, string> {
-  const env: Record<string, string> = {};
+  return parsePairs(pairs, '-e');
+}
+
+function parsePairs(pairs: string[], flag: string): Record<string, string> {
+  const out: Record<string, string> = {};
   for (const p of pairs) {
     const eq = p.indexOf('=');
-    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `-e ${p}: expected NAME=VALUE`);
-    env[p.slice(0, eq)] = p.slice(eq + 1);
+    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `${flag} ${p}: expected NAME=VALUE`);
+    out[p.slice(0, eq)] = p.slice(eq + 1);
   }
-  return env;
+  return out;
+}
+
+/** `--filter status=running --filter label=team=a --filter image=alpine` as a ListFilter. */
+export function parseFilters(filters: string[]): ListFilter {
+  const f: ListFilter = {};
+  const statuses: SandboxStatus[] = [];
+  for (const item of filters) {
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? item : item.slice(0, eq);
+    const value = eq < 0 ? '' : item.slice(eq + 1);
+    if (!value) throw new RoostError('INVALID_ARGUMENT', `--filter ${item}: expected KEY=VALUE (status=, label=, image=)`);
+    switch (key) {
+      case 'status':
+        for (const s of value.split(',')) {
+          if (!(STATUSES as string[]).includes(s)) throw new RoostError('INVALID_ARGUMENT', `--filter status=${s}: unknown status (known: ${STATUSES.join(', ')})`);
+          statuses.push(s as SandboxStatus);
+        }
+        break;
+      case 'label':
+        (f.labels ??= []).push(value);
+        break;
+      case 'image':
+        f.image = value;
+        break;
+      default:
+        throw new RoostError('INVALID_ARGUMENT', `--filter ${item}: unknown filter "${key}" (known: status, label, image)`);
+    }
+  }
+  if (statuses.length > 0) f.status = statuses;
+  return f;
 }
 
 export function int(flag: string): (v: string) => number {
@@ -309,7 +485,53 @@ export function int(flag: string): (v: string) => number {
 }
 
 function table(rows: SandboxInfo[]): string {
-  const head = ['ID', 'IMAGE', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED'];
-  const body = rows.map((s) => [s.id, s.image?.reference ?? '-', s.status, String(s.cpus), `${s.memoryMiB}MiB`, s.accel, ago(s.createdAt), s.detached ? 'yes' : 'no']);
+  const head = ['ID', 'IMAGE', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED', 'LABELS'];
+  const body = rows.map((s) => [
+    s.id,
+    s.image?.reference ?? '-',
+    s.status,
+    String(s.cpus),
+    `${s.memoryMiB}MiB`,
+    s.accel,
+    ago(s.createdAt),
+    s.detached ? 'yes' : 'no',
+    Object.entries(s.labels ?? {})
+      .map(([k, v]) => `${k}=${v}`)
+      .join(','),
+  ]);
   return formatTable(head, body);
+}
+
+function describeSandbox(s: SandboxInfo): string {
+  const when = (iso: string | null | undefined) => (iso ? `${iso} (${ago(iso)})` : '-');
+  const rows: [string, string][] = [
+    ['ID', s.id],
+    ['Status', s.status + (s.reason ? ` (${s.reason})` : '')],
+    ['Image', s.image ? `${s.image.reference} (${s.image.id})` : '- (Roost base filesystem)'],
+    ['CPUs', String(s.cpus)],
+    ['Memory', `${s.memoryMiB}MiB`],
+    ['Disk', `${s.diskSizeMiB}MiB`],
+    ['Accel', s.accel],
+    ['Detached', s.detached ? 'yes' : 'no'],
+    ['VM pid', s.pid === null ? '-' : String(s.pid)],
+    ['Created', when(s.createdAt)],
+    ['Started', when(s.startedAt)],
+    ['Stopped', when(s.stoppedAt)],
+    ['Commands', String(s.execs ?? 0)],
+    ['Working dir', s.workingDir || '-'],
+    ['User', s.user || '-'],
+    ['Agent', s.agentVersion ?? '-'],
+    ['Labels', Object.entries(s.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '-'],
+    ['Env', Object.entries(s.env ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length)) + 1;
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}\n`).join('');
+}
+
+function describeEvent(e: RoostEvent): string {
+  const subject = e.sandboxId ?? e.imageId?.replace(/^sha256:/, '').slice(0, 12) ?? '-';
+  const data = Object.entries(e.data ?? {})
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
+  return `${e.time}  ${String(e.id).padStart(6)}  ${e.type.padEnd(16)}  ${subject}${data ? `  ${data}` : ''}\n`;
 }

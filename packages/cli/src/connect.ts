@@ -1,0 +1,230 @@
+import { createReadStream, existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { daemonSocketPath, isRoostError, RoostError, type CreateOptions, type ImageInfoBody, type RuntimeApi, type SandboxApi } from '@roost/api';
+import { RoostClient } from '@roost/client';
+import { ImageStore, roostHome, Runtime } from '@roost/core';
+import { imageBody } from '@roost/server';
+
+/** Pull progress of one blob, as the CLI prints it (core's PullProgress, or the daemon's progress lines mapped to it). */
+export interface PullLine {
+  digest: string;
+  status: 'waiting' | 'downloading' | 'verifying' | 'exists' | 'done' | 'retrying' | 'failed';
+  current: number;
+  total: number;
+}
+
+/** The image commands both faces serve, answering in the REST API's shapes. */
+export interface FaceImages {
+  pull(reference: string, options?: { onProgress?: (p: PullLine) => void; signal?: AbortSignal }): Promise<ImageInfoBody>;
+  list(): Promise<ImageInfoBody[]>;
+  inspect(reference: string): Promise<ImageInfoBody>;
+  remove(reference: string, options?: { force?: boolean }): Promise<{ untagged: string[]; deleted: string[] }>;
+}
+
+/** What the image commands talk to: the daemon's image store, or the home's (no lock needed). */
+export interface ImagesFace {
+  readonly kind: 'remote' | 'embedded';
+  readonly images: FaceImages;
+  close(): Promise<void>;
+}
+
+/**
+ * What one CLI invocation talks to: the daemon (`remote`) or a runtime
+ * opened in this process (`embedded`). Commands use `runtime` (the
+ * `RuntimeApi` both implement) and the few helpers here, so both faces run
+ * the same code.
+ */
+export interface Face extends ImagesFace {
+  /** The daemon's address, or the home. */
+  readonly where: string;
+  readonly runtime: RuntimeApi;
+  /** Creates a sandbox; pulls its image first with progress when it is missing. */
+  create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi>;
+  /** A sandbox's console log, or its last `tail` lines (remote: at most the last MiB the daemon sends). */
+  logs(sandbox: SandboxApi, options?: { tail?: number }): Promise<string>;
+  /** Ends the connection or the runtime (non-detached sandboxes of an embedded runtime die with it). */
+  close(): Promise<void>;
+}
+
+/** Opens the face of this invocation for one command, and closes it after. */
+export type WithFace = <T>(command: string, fn: (face: Face) => Promise<T>) => Promise<T>;
+/** Opens the image face of this invocation for one command, and closes it after. */
+export type WithImages = <T>(fn: (face: ImagesFace) => Promise<T>) => Promise<T>;
+
+/** How long the home's daemon may take to answer the health check (a slower one is used anyway: it holds the home). */
+const PROBE_TIMEOUT_MS = 2_000;
+
+/**
+ * Chooses the face of this invocation: `--host` or $ROOST_HOST means that
+ * daemon; else a daemon listening on the home's socket (answering
+ * `GET /v1/health`); else an embedded runtime, which takes the home's lock
+ * (UNAVAILABLE naming its owner if another process holds it).
+ */
+export async function connect(options: { host?: string; home?: string; command: string }): Promise<Face> {
+  const home = roostHome(options.home);
+  const client = await findDaemon(home, options.host);
+  if (client) return new RemoteFace(client);
+  const runtime = await Runtime.open({ home, owner: `roost ${options.command} (pid ${process.pid})` });
+  return new EmbeddedFace(runtime);
+}
+
+/**
+ * The face of the image commands: the daemon when there is one (as
+ * `connect` finds it), else the home's image store, used without the home's
+ * lock (its SQLite database is safe to share, even with a running runtime).
+ */
+export async function connectImages(options: { host?: string; home?: string }): Promise<ImagesFace> {
+  const home = roostHome(options.home);
+  const client = await findDaemon(home, options.host);
+  if (client) return new RemoteFace(client);
+  return { kind: 'embedded', images: new EmbeddedImages(new ImageStore({ home })), close: async () => {} };
+}
+
+/** The daemon to use: the given host, else the home's if one answers on its socket, else none. */
+async function findDaemon(home: string, hostOption: string | undefined): Promise<RoostClient | null> {
+  const host = hostOption ?? (process.env.ROOST_HOST || undefined);
+  if (host) return new RoostClient({ host, home });
+  if (!existsSync(daemonSocketPath(home))) return null;
+  const client = new RoostClient({ home, host: `unix://${daemonSocketPath(home)}` });
+  try {
+    await client.health({ timeoutMs: PROBE_TIMEOUT_MS });
+    return client;
+  } catch (e) {
+    // A socket nobody listens on (a daemon that died) means embedded. A daemon
+    // that is slow is still the owner of the home; one that refuses us is reported.
+    if (isRoostError(e, 'TIMEOUT')) return client;
+    await client.close();
+    if (!isRoostError(e, 'UNAVAILABLE')) throw e;
+    return null;
+  }
+}
+
+class RemoteFace implements Face {
+  readonly kind = 'remote';
+  readonly images: FaceImages;
+
+  constructor(readonly runtime: RoostClient) {
+    const images = runtime.images;
+    this.images = {
+      pull: (reference, options = {}) =>
+        images.pull(reference, {
+          ...(options.signal ? { signal: options.signal } : {}),
+          ...(options.onProgress
+            ? {
+                onProgress: (p) => options.onProgress!({ digest: p.digest, current: p.completed, total: p.total, status: p.done ? 'done' : p.completed > 0 ? 'downloading' : 'waiting' }),
+              }
+            : {}),
+        }),
+      list: () => images.list(),
+      inspect: (reference) => images.inspect(reference),
+      remove: (reference, options = {}) => images.remove(reference, options),
+    };
+  }
+
+  get where(): string {
+    return this.runtime.endpoint.display;
+  }
+
+  async create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi> {
+    const opts = { ...options };
+    // The daemon pulls silently inside create: pull here first to show progress.
+    if (opts.image && opts.pull !== 'never' && onPullProgress) {
+      const stored = opts.pull === 'always' ? false : await this.images.inspect(opts.image).then(
+        () => true,
+        (e: unknown) => {
+          if (isRoostError(e, 'NOT_FOUND')) return false;
+          throw e;
+        },
+      );
+      if (!stored) {
+        await this.images.pull(opts.image, { onProgress: onPullProgress, ...(opts.signal ? { signal: opts.signal } : {}) });
+        opts.pull = 'missing';
+      }
+    }
+    return this.runtime.create(opts);
+  }
+
+  logs(sandbox: SandboxApi, options: { tail?: number } = {}): Promise<string> {
+    return this.runtime.logs(sandbox.id, options);
+  }
+
+  close(): Promise<void> {
+    return this.runtime.close();
+  }
+}
+
+class EmbeddedFace implements Face {
+  readonly kind = 'embedded';
+  readonly images: FaceImages;
+
+  constructor(readonly runtime: Runtime) {
+    this.images = new EmbeddedImages(runtime.images);
+  }
+
+  get where(): string {
+    return this.runtime.home;
+  }
+
+  create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi> {
+    return this.runtime.create({ ...options, ...(onPullProgress ? { onPullProgress } : {}) });
+  }
+
+  async logs(sandbox: SandboxApi, options: { tail?: number } = {}): Promise<string> {
+    const text = await readFile(consoleLogPath(sandbox), 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return '';
+      throw e;
+    });
+    return options.tail === undefined ? text : tailLines(text, options.tail);
+  }
+
+  close(): Promise<void> {
+    return this.runtime.close();
+  }
+}
+
+/** The console log file of an embedded sandbox. */
+export function consoleLogPath(sandbox: SandboxApi): string {
+  const path = (sandbox as { consoleLogPath?: unknown }).consoleLogPath;
+  if (typeof path !== 'string') throw new RoostError('INTERNAL', `sandbox ${sandbox.id} has no console log path`);
+  return path;
+}
+
+/** Reads a local file from `offset` to its current end, writing it out; returns the new offset. */
+export async function copyFrom(path: string, offset: number, out: NodeJS.WritableStream): Promise<number> {
+  const size = (await stat(path).catch(() => ({ size: 0 }))).size;
+  if (size <= offset) return size < offset ? 0 : offset;
+  await new Promise<void>((resolve, reject) => {
+    createReadStream(path, { start: offset, end: size - 1 })
+      .on('data', (c) => out.write(c))
+      .on('end', resolve)
+      .on('error', reject);
+  });
+  return size;
+}
+
+/** The last `n` lines of a text (a final newline ends the last line). */
+export function tailLines(text: string, n: number): string {
+  const lines = text.split('\n');
+  const trailing = lines.at(-1) === '' ? lines.pop() !== undefined : false;
+  return lines.slice(Math.max(0, lines.length - n)).join('\n') + (trailing && n > 0 ? '\n' : '');
+}
+
+class EmbeddedImages implements FaceImages {
+  constructor(private readonly store: ImageStore) {}
+
+  async pull(reference: string, options: { onProgress?: (p: PullLine) => void; signal?: AbortSignal } = {}): Promise<ImageInfoBody> {
+    return imageBody(await this.store.pull(reference, options));
+  }
+
+  async list(): Promise<ImageInfoBody[]> {
+    return this.store.list().map(imageBody);
+  }
+
+  async inspect(reference: string): Promise<ImageInfoBody> {
+    return imageBody(this.store.inspect(reference));
+  }
+
+  remove(reference: string, options: { force?: boolean } = {}): Promise<{ untagged: string[]; deleted: string[] }> {
+    return this.store.remove(reference, options);
+  }
+}
