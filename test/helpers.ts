@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Runtime, Sandbox, roostHome, type SandboxOptions } from '@roost/core';
@@ -59,8 +59,30 @@ export class TestHome {
       }
       await runtime.close();
     }
+    // Whatever still runs here (the home was owned by a daemon, or a test failed half-way) is ended by pid.
+    for (const pid of qemusOf(this.root)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
     rmSync(this.root, { recursive: true, force: true });
   }
+}
+
+/** QEMU processes whose command line names `dir` (a test's own temp home: nothing else can). */
+export function qemusOf(dir: string): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      if (cmd.includes('qemu-system') && cmd.includes(`${dir}/`)) pids.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
 }
 
 /** True if a process with this pid exists (and is not a zombie). */

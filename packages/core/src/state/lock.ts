@@ -37,23 +37,32 @@ export class HomeLock {
     mkdirSync(home, { recursive: true });
     const path = join(home, 'roost.lock');
     const ownerFile = join(home, 'roost.owner.json');
-    const db = new Database(path, { timeout: 0 });
-    try {
-      db.pragma('journal_mode = DELETE');
-      db.pragma('locking_mode = EXCLUSIVE');
-      // The first write takes the EXCLUSIVE lock; in this locking mode it is kept until close.
-      db.exec('BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS lock (x); COMMIT;');
-    } catch (e) {
-      db.close();
-      if ((e as { code?: string }).code === 'SQLITE_BUSY') {
+    let db: Database.Database;
+    for (let attempt = 0; ; attempt++) {
+      db = new Database(path, { timeout: 0 });
+      try {
+        db.pragma('journal_mode = DELETE');
+        db.pragma('locking_mode = EXCLUSIVE');
+        // The first write takes the EXCLUSIVE lock; in this locking mode it is kept until close.
+        db.exec('BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS lock (x); COMMIT;');
+        break;
+      } catch (e) {
+        db.close();
+        if ((e as { code?: string }).code !== 'SQLITE_BUSY') {
+          throw new RoostError('INTERNAL', `cannot lock the Roost home ${home}: ${(e as Error).message}`, { cause: e });
+        }
         const holder = readOwner(ownerFile);
+        // A holder that is dying (its threads still closing files) lets go within moments: wait for it.
+        if (holder && holder.hostname === hostname() && !processAlive(holder.pid) && attempt < 40) {
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+          continue;
+        }
         const who = holder
           ? `${holder.owner} (pid ${holder.pid}${holder.hostname !== hostname() ? ` on ${holder.hostname}` : ''}, since ${holder.since})`
           : 'another process';
         const hint = holder?.owner === 'roost serve' ? ': talk to it with the CLI or @roost/client' : ': wait for it to finish, or run `roost serve` and let every client share it';
         throw new RoostError('UNAVAILABLE', `the Roost home ${home} is in use by ${who}${hint}`, { details: { home, ...(holder ? { owner: holder } : {}) } });
       }
-      throw new RoostError('INTERNAL', `cannot lock the Roost home ${home}: ${(e as Error).message}`, { cause: e });
     }
     const info: HomeOwner = { pid: process.pid, owner, since: new Date().toISOString(), hostname: hostname() };
     const tmp = `${ownerFile}.tmp-${process.pid}`;
@@ -77,6 +86,15 @@ export class HomeLock {
     const holder = readOwner(this.#ownerFile);
     if (holder?.pid === process.pid) rmSync(this.#ownerFile, { force: true });
     this.#db.close();
+  }
+}
+
+/** True while a process exists and is not a zombie. */
+function processAlive(pid: number): boolean {
+  try {
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
   }
 }
 
