@@ -209,7 +209,7 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect(r.status).toBe(200);
     expect(r.body).toEqual({ exitCode: 0, signal: null, stdout: 'from the request\n', stderr: 'done\n' });
     const argv = await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'printf', args: ['%s|', 'a b', 'c'] }, { headers: { accept: 'application/json' } });
-    expect(argv.body).toMatchObject({ exitCode: 0, stdout: 'a b|c|' });
+    expect(argv.body, JSON.stringify(argv.body)).toMatchObject({ exitCode: 0, stdout: 'a b|c|' });
   });
 
   it('turns a timeout into a TIMEOUT error (504 in JSON, an error line in the stream)', async () => {

@@ -67,6 +67,8 @@ export interface DaemonRuntime {
   get(id: string): Promise<DaemonSandbox>;
   list(filter?: ListFilter): Promise<SandboxApi['info'][]>;
   events(options?: { after?: number; signal?: AbortSignal; types?: EventType[]; sandboxId?: string }): AsyncIterable<RoostEvent>;
+  /** The newest event id: where a follower of new events only starts. */
+  lastEventId(): number;
   metrics(): Promise<RuntimeMetrics>;
   sandboxMetrics(id: string): Promise<SandboxMetrics>;
   close(): Promise<void>;

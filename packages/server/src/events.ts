@@ -37,7 +37,10 @@ export function eventRoutes(app: RoostHono, ctx: RouteContext): void {
     const end = () => stop.abort();
     s.signal.addEventListener('abort', end, { once: true });
     ctx.shutdown.addEventListener('abort', end, { once: true });
-    s.push(`retry: ${RETRY_MS}\n: connected\n\n`);
+    // A client that asked for new events only learns where it starts (an id-only block sets its
+    // Last-Event-ID without dispatching anything), so a reconnect misses what happened in between.
+    if (after === undefined) after = ctx.runtime.lastEventId();
+    s.push(`retry: ${RETRY_MS}\nid: ${after}\n: connected\n\n`);
     // Comments keep proxies and idle timers from closing a quiet stream.
     const heartbeat = setInterval(() => s.push(': heartbeat\n\n'), ctx.heartbeatMs);
     heartbeat.unref();
