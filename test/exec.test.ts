@@ -152,6 +152,18 @@ describe('commands.start', () => {
     expect(err.join('')).toBe('err a\nerr b\n');
   });
 
+  it('lets a reader iterate output after the process has exited', async () => {
+    const h = await sb.commands.start('echo late-reader; echo err >&2');
+    // The exit frame may arrive with the output, before anyone reads: the output must still be there.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(h.exited).toBe(true);
+    const chunks: Uint8Array[] = [];
+    for await (const c of h.stdout) chunks.push(c);
+    expect(Buffer.concat(chunks).toString()).toBe('late-reader\n');
+    const r = await h.wait();
+    expect(r).toMatchObject({ exitCode: 0, stdout: '', stderr: 'err\n' });
+  });
+
   it('lets a reader stop early without blocking the command', async () => {
     // Far more output than the credit window: it can finish only if the rest is taken up.
     const h = await sb.commands.start('echo first; head -c 4194304 /dev/zero; echo; echo last');

@@ -149,7 +149,9 @@ export class CommandHandle implements CommandHandleApi {
   readonly stdout: AsyncIterable<Uint8Array>;
   readonly stderr: AsyncIterable<Uint8Array>;
   #channel: ExecChannel;
-  #result: Promise<CommandResult>;
+  #exit: Promise<ExecExit>;
+  #makeResult: () => Promise<CommandResult>;
+  #result: Promise<CommandResult> | undefined;
   #exited = false;
   #onStdin: ((n: number) => void) | undefined;
 
@@ -161,24 +163,27 @@ export class CommandHandle implements CommandHandleApi {
     this.#channel = channel;
     this.stdout = out;
     this.stderr = err;
-    this.#result = exit.then(
-      async (e) => {
+    this.#exit = exit.then(
+      (e) => {
         this.#exited = true;
-        out.collect();
-        err.collect();
-        const [stdout, stderr] = await Promise.all([out.text(), err.text()]);
-        if (e.timedOut) {
-          throw new RoostError('TIMEOUT', `${description} timed out and was killed`, { details: { stdout, stderr } });
-        }
-        const signal = e.signal === null ? null : signalName(e.signal);
-        return { exitCode: e.exitCode ?? 128 + (e.signal ?? 0), signal, stdout, stderr };
+        return e;
       },
       (e: unknown) => {
         this.#exited = true;
         throw e;
       },
     );
-    this.#result.catch(() => {});
+    this.#exit.catch(() => {});
+    // Output is gathered only when wait() asks: a reader may still iterate stdout after the process exited.
+    this.#makeResult = () =>
+      this.#exit.then(async (e) => {
+        const [stdout, stderr] = await Promise.all([out.text(), err.text()]);
+        if (e.timedOut) {
+          throw new RoostError('TIMEOUT', `${description} timed out and was killed`, { details: { stdout, stderr } });
+        }
+        const signal = e.signal === null ? null : signalName(e.signal);
+        return { exitCode: e.exitCode ?? 128 + (e.signal ?? 0), signal, stdout, stderr };
+      });
   }
 
   /** True once the process has exited (or the sandbox went away). */
@@ -190,6 +195,7 @@ export class CommandHandle implements CommandHandleApi {
   wait(): Promise<CommandResult> {
     (this.stdout as OutputStream).collect();
     (this.stderr as OutputStream).collect();
+    this.#result ??= this.#makeResult();
     return this.#result;
   }
 
@@ -225,7 +231,7 @@ export class CommandHandle implements CommandHandleApi {
   async [Symbol.asyncDispose](): Promise<void> {
     if (!this.#exited) {
       this.kill('SIGKILL');
-      await this.#result.catch(() => {});
+      await this.#exit.catch(() => {});
     }
   }
 }
