@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
@@ -111,6 +112,8 @@ export class Transport {
     this.endpoint = endpoint;
     this.#token = token;
     this.#timeoutMs = timeoutMs;
+    // Every request in flight listens for close(): hundreds at once are normal, not a leak.
+    setMaxListeners(0, this.#closed.signal);
     // No cap on sockets: exec and event streams hold theirs for as long as they run, and a stdin write must never queue behind them.
     const agentOptions = { keepAlive: true, keepAliveMsecs: 1_000, maxFreeSockets: 8 };
     this.#agent = endpoint.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions);

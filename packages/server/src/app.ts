@@ -63,7 +63,8 @@ export function createApp(options: AppOptions): RoostHono {
     heartbeatMs: options.limits?.sseHeartbeatMs ?? 15_000,
     openStream(c, contentType) {
       c.set('streaming', true);
-      const stream = new ResponseStream({ contentType, onEnd: c.get('releaseSlot') });
+      const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+      const stream = new ResponseStream({ contentType, onEnd: c.get('releaseSlot'), outgoing });
       // A client gone before the body was read never cancels it: end it here too.
       clientGone(c).addEventListener('abort', () => stream.abort(), { once: true });
       return stream;

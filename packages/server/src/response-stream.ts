@@ -1,3 +1,6 @@
+import type { ServerResponse } from 'node:http';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+
 const encoder = new TextEncoder();
 
 /** Bytes queued in a response stream before writers wait for the client. */
@@ -13,6 +16,11 @@ const DEFAULT_HIGH_WATER_MARK = 64 * 1024;
  * `signal` aborts when the client goes away (the body is cancelled) or the
  * stream is closed; writes after that return false. Safe for several
  * concurrent writers (stdout and stderr pumps).
+ *
+ * Served by @hono/node-server, it writes straight to the Node response
+ * (`outgoing`) and waits for its 'drain': the Web-stream path costs about
+ * a millisecond per short exec in hops between the stream and the socket.
+ * Without one (`app.request()` in tests) it is a ReadableStream body.
  */
 export class ResponseStream {
   readonly body: ReadableStream<Uint8Array>;
@@ -22,10 +30,18 @@ export class ResponseStream {
   #closed = false;
   #onEnd: (() => void) | undefined;
   readonly #contentType: string;
+  readonly #outgoing: ServerResponse | undefined;
+  /** Node mode: what was pushed before response() sent the head. */
+  #pending: string[] | null = [];
 
-  constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void }) {
+  constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void; outgoing?: ServerResponse | undefined }) {
     this.#onEnd = options.onEnd;
     this.#contentType = options.contentType;
+    this.#outgoing = options.outgoing;
+    if (this.#outgoing) {
+      this.#outgoing.on('drain', () => this.#wake());
+      this.#outgoing.on('close', () => this.#finish());
+    }
     this.body = new ReadableStream<Uint8Array>(
       {
         start: (controller) => {
@@ -49,16 +65,22 @@ export class ResponseStream {
 
   /** The streamed response (chunked; no proxy buffering, no caching). */
   response(status = 200): Response {
-    return new Response(this.body, {
-      status,
-      headers: { 'content-type': this.#contentType, 'cache-control': 'no-store', 'x-accel-buffering': 'no' },
-    });
+    const headers = { 'content-type': this.#contentType, 'cache-control': 'no-store', 'x-accel-buffering': 'no' };
+    const out = this.#outgoing;
+    if (!out) return new Response(this.body, { status, headers });
+    if (!out.headersSent) out.writeHead(status, headers);
+    const pending = this.#pending ?? [];
+    this.#pending = null;
+    if (pending.length > 0 && !out.destroyed) out.write(pending.join(''));
+    else out.flushHeaders();
+    if (this.#closed && !out.writableEnded) out.end();
+    return RESPONSE_ALREADY_SENT;
   }
 
   /** Queues text and waits until the client has room for more. False when the stream has ended. */
   async write(text: string): Promise<boolean> {
     if (!this.push(text)) return false;
-    while (!this.#closed && (this.#controller.desiredSize ?? 0) <= 0) {
+    while (!this.#closed && (this.#outgoing ? this.#outgoing.writableNeedDrain : (this.#controller.desiredSize ?? 0) <= 0)) {
       await new Promise<void>((r) => this.#waiters.push(r));
     }
     return !this.#closed;
@@ -67,17 +89,24 @@ export class ResponseStream {
   /** Queues text without waiting (for small, rate-limited messages). False when the stream has ended. */
   push(text: string): boolean {
     if (this.#closed) return false;
-    this.#controller.enqueue(encoder.encode(text));
+    if (!this.#outgoing) this.#controller.enqueue(encoder.encode(text));
+    else if (this.#pending) this.#pending.push(text);
+    else this.#outgoing.write(text);
     return true;
   }
 
   /** Ends the stream after what is queued. */
   close(): void {
     if (this.#closed) return;
-    try {
-      this.#controller.close();
-    } catch {
-      // Already cancelled by the consumer.
+    if (this.#outgoing) {
+      // Before the head went out, response() ends it after writing what is pending.
+      if (!this.#pending && !this.#outgoing.writableEnded) this.#outgoing.end();
+    } else {
+      try {
+        this.#controller.close();
+      } catch {
+        // Already cancelled by the consumer.
+      }
     }
     this.#finish();
   }

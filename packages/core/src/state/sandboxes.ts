@@ -11,6 +11,7 @@ export class SandboxRecords {
   readonly #db: Database.Database;
   readonly #put: Database.Statement;
   readonly #get: Database.Statement;
+  readonly #resolve: Database.Statement;
 
   constructor(db: Database.Database) {
     this.#db = db;
@@ -19,6 +20,7 @@ export class SandboxRecords {
        ON CONFLICT(id) DO UPDATE SET status = @status, updated_at = @updatedAt, pid = @pid, image_id = @imageId, info_json = @json`,
     );
     this.#get = db.prepare('SELECT info_json FROM sandboxes WHERE id = ?');
+    this.#resolve = db.prepare("SELECT id FROM sandboxes WHERE id >= ? AND id < ? || 'g' LIMIT 2");
   }
 
   get db(): Database.Database {
@@ -55,7 +57,7 @@ export class SandboxRecords {
   /** A full id from an id or a unique prefix of one. */
   resolve(id: string, home: string): string {
     if (!/^[0-9a-f]{1,12}$/.test(id)) throw new RoostError('INVALID_ARGUMENT', `"${id}" is not a sandbox id (12 hex digits, or a unique prefix)`);
-    const rows = this.#db.prepare("SELECT id FROM sandboxes WHERE id >= ? AND id < ? || 'g' LIMIT 2").all(id, id) as { id: string }[];
+    const rows = this.#resolve.all(id, id) as { id: string }[];
     if (rows.length === 0) throw new RoostError('NOT_FOUND', `no sandbox ${id} in ${home} (see \`roost ps -a\`)`);
     if (rows.length > 1) throw new RoostError('INVALID_ARGUMENT', `"${id}" matches more than one sandbox: give more of the id`);
     return rows[0]!.id;
