@@ -108,6 +108,12 @@ try {
     await sb.remove({ force: true });
   }
 
+  // --- control plane (bench/api.js): the daemon vs the embedded runtime --------
+  if (process.env.BENCH_API !== '0') {
+    const { benchApi } = await import('./api.js');
+    await benchApi({ realHome, row, results });
+  }
+
   // --- OCI images (bench/images.js): last, so the idle-memory figures above don't
   // carry its heap; its cached-image start is compared with coldP50 of this run.
   if (process.env.BENCH_IMAGES !== '0') {
