@@ -83,6 +83,17 @@ for (const name of ['remote', 'embedded'] as const) {
       expect(handle.exited).toBe(true);
     });
 
+    it('lets output be read after the command has exited', async () => {
+      const { shared } = face();
+      const handle = await shared.commands.start('echo late; echo err >&2');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(handle.exited).toBe(true);
+      const got: Buffer[] = [];
+      for await (const c of handle.stdout) got.push(Buffer.from(c));
+      expect(Buffer.concat(got).toString()).toBe('late\n');
+      expect(await handle.wait()).toMatchObject({ exitCode: 0, stdout: '', stderr: 'err\n' });
+    });
+
     it('takes stdin: interactive writes, a string, an async iterable', async () => {
       const { shared } = face();
       const handle = await shared.commands.start('cat; echo end', { stdin: true });

@@ -152,7 +152,10 @@ export class RemoteCommandHandle implements CommandHandleApi {
   readonly stderr: AsyncIterable<Uint8Array>;
   #transport: Transport;
   #base: string;
-  #result: Promise<CommandResult>;
+  #result: Promise<CommandResult> | undefined;
+  #makeResult: () => Promise<CommandResult>;
+  /** Settles when the process has exited (or the stream failed). */
+  #done: Promise<Outcome>;
   #exited = false;
   #writes: PendingWrite[] = [];
   #closeRequested = false;
@@ -167,20 +170,24 @@ export class RemoteCommandHandle implements CommandHandleApi {
     this.id = started.execId;
     this.stdout = out;
     this.stderr = err;
-    this.#result = outcome.then(async (o) => {
+    const ended = outcome.then((o) => {
       this.#exited = true;
-      out.collect();
-      err.collect();
-      const [stdout, stderr] = await Promise.all([out.text(), err.text()]);
-      if (!o.ok) {
-        const e = o.error;
-        // As core: the output so far travels with a TIMEOUT.
-        if (e.code === 'TIMEOUT' && e.details.stdout === undefined) Object.assign(e.details, { stdout, stderr });
-        throw e;
-      }
-      return { exitCode: o.exitCode, signal: o.signal as NodeJS.Signals | null, stdout, stderr };
+      return o;
     });
-    this.#result.catch(() => {});
+    // Output is gathered only when wait() asks: a reader may still iterate stdout after the process exited.
+    this.#makeResult = () =>
+      ended.then(async (o) => {
+        const [stdout, stderr] = await Promise.all([out.text(), err.text()]);
+        if (!o.ok) {
+          const e = o.error;
+          // As core: the output so far travels with a TIMEOUT.
+          if (e.code === 'TIMEOUT' && e.details.stdout === undefined) Object.assign(e.details, { stdout, stderr });
+          throw e;
+        }
+        return { exitCode: o.exitCode, signal: o.signal as NodeJS.Signals | null, stdout, stderr };
+      });
+    this.#done = ended;
+    ended.catch(() => {});
   }
 
   /** True once the process has exited (or the daemon or sandbox went away). */
@@ -196,6 +203,7 @@ export class RemoteCommandHandle implements CommandHandleApi {
   wait(): Promise<CommandResult> {
     (this.stdout as OutputQueue).collect();
     (this.stderr as OutputQueue).collect();
+    this.#result ??= this.#makeResult();
     return this.#result;
   }
 
@@ -244,7 +252,7 @@ export class RemoteCommandHandle implements CommandHandleApi {
   async [Symbol.asyncDispose](): Promise<void> {
     if (!this.#exited) {
       this.kill('SIGKILL');
-      await this.#result.catch(() => {});
+      await this.#done.catch(() => {});
     }
   }
 
