@@ -19,8 +19,10 @@ export interface ServeLimits extends AppLimits {
 
 /** Options of `serve`. */
 export interface ServeOptions {
-  /** Roost home (default $ROOST_HOME or ~/.roost). */
+  /** Roost home (default $ROOST_HOME or ~/.roost, or the home of `runtime`). */
   home?: string;
+  /** Serve this open runtime (embedding the API in a program that already owns the home) instead of opening one; close() leaves it open. */
+  runtime?: Runtime;
   /** The unix socket (default `roost.sock` in the home), made with mode 0600. */
   socket?: string;
   /** Also listen on TCP (host default 127.0.0.1; port 0 picks a free one). */
@@ -60,7 +62,7 @@ const CLOSE_GRACE_MS = 2_000;
  * request needs the bearer token (generated into the home on first start).
  */
 export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
-  const home = roostHome(options.home);
+  const home = options.runtime?.home ?? roostHome(options.home);
   const host = options.tcp?.host ?? '127.0.0.1';
   if (options.tcp) {
     const { port } = options.tcp;
@@ -75,12 +77,16 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   const socketPath = options.socket ?? daemonSocketPath(home);
 
   const limits = options.limits ?? {};
-  const runtime = await Runtime.open({
-    home,
-    owner: 'roost serve',
-    ...(limits.maxConcurrentCreates !== undefined ? { maxConcurrentCreates: limits.maxConcurrentCreates } : {}),
-    ...(limits.maxSandboxes !== undefined ? { maxSandboxes: limits.maxSandboxes } : {}),
-  });
+  // A runtime the caller opened is served as it is, and stays open after close().
+  const ownsRuntime = !options.runtime;
+  const runtime =
+    options.runtime ??
+    (await Runtime.open({
+      home,
+      owner: 'roost serve',
+      ...(limits.maxConcurrentCreates !== undefined ? { maxConcurrentCreates: limits.maxConcurrentCreates } : {}),
+      ...(limits.maxSandboxes !== undefined ? { maxSandboxes: limits.maxSandboxes } : {}),
+    }));
   const shutdown = new AbortController();
   const servers: Server[] = [];
   let url: string | null = null;
@@ -109,7 +115,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     }
   } catch (e) {
     await Promise.allSettled(servers.map(closeServer));
-    await runtime.close();
+    if (ownsRuntime) await runtime.close();
     throw e;
   }
 
@@ -123,7 +129,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       closed ??= (async () => {
         shutdown.abort();
         await Promise.allSettled(servers.map(closeServer));
-        await runtime.close();
+        if (ownsRuntime) await runtime.close();
         await unlink(socketPath).catch(() => {});
       })();
       return closed;
