@@ -12,7 +12,7 @@ export { Runtime, type RuntimeOptions, type CreateSandboxOptions, type EventsOpt
 export { HomeLock, type HomeOwner } from './state/lock.js';
 export { EventLog } from './state/events.js';
 export { Settings } from './state/settings.js';
-export { processUsage, type ProcessUsage } from './metrics.js';
+export { processUsage, type ProcessUsage } from './proc.js';
 export type { RoostEvent, EventType, ListFilter, RuntimeMetrics, SandboxMetrics, CommandHandleApi, SandboxApi, RuntimeApi } from '@roost/api';
 export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
 export { BlobStore } from './image/blobs.js';

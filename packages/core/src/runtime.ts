@@ -6,7 +6,7 @@ import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
-import { processUsage } from './metrics.js';
+import { processUsage } from './proc.js';
 import { Sandbox, isLive, type RuntimeCounters, type SandboxOptions, type SandboxOwner } from './sandbox.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';

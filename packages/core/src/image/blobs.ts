@@ -3,6 +3,7 @@ import { constants as fsc } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { abortError, RoostError } from '../errors.js';
+import { isAlive } from '../proc.js';
 
 const DIGEST_RE = /^(sha256):([0-9a-f]{64})$|^(sha512):([0-9a-f]{128})$/;
 
@@ -137,12 +138,3 @@ export class BlobStore {
   }
 }
 
-/** True while a process with this pid exists (temp files are named after their writer's pid). */
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

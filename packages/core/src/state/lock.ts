@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
+import { isAlive } from '../proc.js';
 
 /** Who holds a Roost home, as its owner file says. */
 export interface HomeOwner {
@@ -53,7 +54,7 @@ export class HomeLock {
         }
         const holder = readOwner(ownerFile);
         // A holder that is dying (its threads still closing files) lets go within moments: wait for it.
-        if (holder && holder.hostname === hostname() && !processAlive(holder.pid) && attempt < 40) {
+        if (holder && holder.hostname === hostname() && !isAlive(holder.pid) && attempt < 40) {
           Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
           continue;
         }
@@ -86,15 +87,6 @@ export class HomeLock {
     const holder = readOwner(this.#ownerFile);
     if (holder?.pid === process.pid) rmSync(this.#ownerFile, { force: true });
     this.#db.close();
-  }
-}
-
-/** True while a process exists and is not a zombie. */
-function processAlive(pid: number): boolean {
-  try {
-    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
   }
 }
 

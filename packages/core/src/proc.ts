@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 
 /** Clock ticks per second of /proc/<pid>/stat times (USER_HZ: 100 on every Linux architecture Roost runs on). */
@@ -26,5 +27,23 @@ export async function processUsage(pid: number): Promise<ProcessUsage | null> {
     return { cpuSeconds: (utime + stime) / USER_HZ, rssBytes: rssKb * 1024, pssBytes: Number.isFinite(pssKb) ? pssKb * 1024 : null };
   } catch {
     return null;
+  }
+}
+
+/**
+ * True while a process exists and has not exited. A zombie has (it only
+ * waits to be reaped), and so has a process whose threads are still
+ * closing its files; EPERM means it exists under another user.
+ */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true; // no /proc: trust kill(0)
   }
 }
