@@ -277,7 +277,7 @@ export class Sandbox implements SandboxApi {
     return r.status;
   }
 
-  /** The QEMU process's usage, while it runs. */
+  /** The QEMU process's pid while the VM runs, else null. */
   get vmPid(): number | null {
     return this.#vm && !this.#vm.hasExited ? this.#vm.pid : null;
   }

@@ -82,6 +82,7 @@ export class ImageStore {
   readonly #db: Database.Database;
   readonly #client: RegistryClient;
   readonly #events: EventLog;
+  readonly #sandboxRecords: SandboxRecords;
 
   constructor(options: { home?: string; client?: RegistryClient } = {}) {
     this.#layout = new HomeLayout(roostHome(options.home));
@@ -89,6 +90,7 @@ export class ImageStore {
     this.#db = stateDb(this.#layout.root);
     this.#client = options.client ?? new RegistryClient({ credentials: this.credentials });
     this.#events = new EventLog(this.#db);
+    this.#sandboxRecords = new SandboxRecords(this.#db);
   }
 
   /** Registry credentials: `roost login` first, then Docker's config. */
@@ -206,7 +208,7 @@ export class ImageStore {
     const untag = byName && tags.length > 1 ? [byName] : tags;
     const goes = untag.length === tags.length;
     if (goes && !options.force) {
-      const users = await this.#sandboxesUsing(row.id);
+      const users = this.#sandboxesUsing(row.id);
       if (users.length > 0) {
         throw new RoostError('INVALID_STATE', `image ${reference} is used by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first, or use force`);
       }
@@ -225,7 +227,7 @@ export class ImageStore {
    * of interrupted pulls included). Returns what went and the bytes freed.
    */
   async prune(options: { all?: boolean } = {}): Promise<{ deleted: string[]; reclaimedBytes: number }> {
-    const inUse = new Set(await this.#imagesInUse());
+    const inUse = new Set(this.#imagesInUse());
     const candidates = (
       options.all
         ? (this.#db.prepare('SELECT id FROM images').all() as { id: string }[])
@@ -470,17 +472,14 @@ export class ImageStore {
     return freed;
   }
 
-  /** Sandbox id -> image id, from the sandbox records of this home. */
-  async #sandboxImages(): Promise<Map<string, string>> {
-    return new SandboxRecords(this.#db).imageUsers();
+  /** Images some sandbox record of this home runs. */
+  #imagesInUse(): string[] {
+    return [...this.#sandboxRecords.imageUsers().values()];
   }
 
-  async #imagesInUse(): Promise<string[]> {
-    return [...(await this.#sandboxImages()).values()];
-  }
-
-  async #sandboxesUsing(imageId: string): Promise<string[]> {
-    return [...(await this.#sandboxImages())].filter(([, image]) => image === imageId).map(([id]) => id);
+  /** Sandboxes whose record runs this image. */
+  #sandboxesUsing(imageId: string): string[] {
+    return [...this.#sandboxRecords.imageUsers()].filter(([, image]) => image === imageId).map(([id]) => id);
   }
 }
 
