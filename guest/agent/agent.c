@@ -4,9 +4,11 @@
  * Boots the guest (mounts, command root), opens the virtio-serial port named
  * on the kernel command line and serves the host protocol of
  * docs/PROTOCOL.md on it with a single-threaded poll() loop: sessions (HELLO),
- * PING, POWEROFF, and exec streams (EXEC, DATA, EOF, CREDIT, SIGNAL, RESIZE,
- * STARTED, EXIT). It never exits: every failure is logged to /dev/console and
- * reported to the host where one is connected.
+ * PING, POWEROFF, and exec streams (EXEC, CALL, DATA, EOF, CREDIT, SIGNAL,
+ * RESIZE, STARTED, EXIT). A CALL runs a built-in file operation (fileops.c)
+ * in a forked child, on a stream like an EXEC's. It never exits: every
+ * failure is logged to /dev/console and reported to the host where one is
+ * connected.
  *
  * Readings of docs/PROTOCOL.md where it leaves a choice:
  *  - A frame-level violation (bad length, unknown or agent-only message type,
@@ -17,12 +19,17 @@
  *    SIGKILLed and no EXIT follows (the host also treats it as final).
  *    Frames for a stream that just ended (EXIT or ERROR) are ignored.
  *  - RESIZE on a stream without a PTY is a no-op.
- *  - STARTED carries STDIN_WINDOW 65536 with STDIN=1 and 0 with STDIN=0.
+ *  - STARTED carries STDIN_WINDOW 65536 with STDIN=1 (262144 for a CALL) and
+ *    0 with STDIN=0.
+ *  - A CALL past TIMEOUT_MS gets SIGTERM (so a write removes its temporary
+ *    file), and SIGKILL if it has not ended 5 s later; a call whose stream
+ *    ends by an ERROR, or whose session ends, gets SIGTERM.
  *  - EOF [0] on a PTY writes VEOF (^D) if the terminal is in canonical mode.
- *  - EXEC is refused (ERROR PROTOCOL) until a HELLO with VERSION 1; PING and
+ *  - EXEC and CALL are refused (ERROR PROTOCOL) until a HELLO with VERSION 1; PING and
  *    POWEROFF are served at any time. Stream ids are reusable after EXIT.
  *  - SIGNAL after the process was reaped is ignored (its pid may be reused).
  */
+#include "fileops.h"
 #include "proto.h"
 
 #include <dirent.h>
@@ -73,6 +80,8 @@
 #define OUT_HARD_LIMIT (16u << 20)
 
 #define STDIN_WINDOW 65536u	  /* credit granted to the host for fd 0 */
+#define CALL_STDIN_WINDOW 262144u /* the same for a CALL (file contents, tar streams) */
+#define CALL_TERM_GRACE_MS 5000u  /* a call not gone this long after its SIGTERM is killed */
 #define CREDIT_CAP (1ull << 48)	  /* output credit saturates here */
 #define PTY_DRAIN_SLACK 65536u	  /* tty flip-buffer bytes possibly in flight at exit */
 #define RECENT_MAX 256		  /* finished stream ids remembered per session */
@@ -110,9 +119,11 @@ struct exec {
 	struct exec *next;
 	uint32_t stream;
 	pid_t pid;
+	bool is_call; /* a CALL: cancelled with SIGTERM, not SIGKILL */
 	bool pty;
 	bool reaped;
 	bool timed_out;
+	bool term_sent; /* a call past its deadline was sent SIGTERM */
 	int status;
 	uint64_t deadline; /* CLOCK_MONOTONIC ms, 0 = none */
 
@@ -127,7 +138,8 @@ struct exec {
 	bool stdin_eof;	       /* host sent EOF [0] */
 	bool stdin_closed;     /* nothing more goes to the process */
 	uint32_t stdin_credit; /* credit the host still has for fd 0 */
-	uint8_t *inq;	       /* queued stdin bytes, capacity STDIN_WINDOW */
+	uint32_t stdin_window; /* STDIN_WINDOW or CALL_STDIN_WINDOW (0 without stdin) */
+	uint8_t *inq;	       /* queued stdin bytes, capacity stdin_window (allocated on first DATA) */
 	size_t inq_off, inq_len;
 };
 
@@ -478,13 +490,21 @@ static void exec_free(struct exec *e)
 	exec_count--;
 }
 
+/* How a stream's process is ended when the agent gives up on it: a command
+ * is killed; a call is asked to stop (SIGTERM), so that it removes what it
+ * had in progress (a temporary file). */
+static int exec_stop_signal(const struct exec *e)
+{
+	return e->is_call ? SIGTERM : SIGKILL;
+}
+
 /* Ends the current session: kill and forget its execs (still reaped by the
  * waitpid(-1) loop as unknown children). */
 static void session_end(void)
 {
 	while (execs) {
 		struct exec *e = execs;
-		exec_kill(e, SIGKILL);
+		exec_kill(e, exec_stop_signal(e));
 		exec_free(e);
 	}
 	recent_n = recent_pos = 0;
@@ -636,7 +656,7 @@ __attribute__((format(printf, 3, 4))) static void stream_fail(struct exec *e, ui
 	va_start(ap, fmt);
 	send_error_v(e->stream, code, fmt, ap);
 	va_end(ap);
-	exec_kill(e, SIGKILL);
+	exec_kill(e, exec_stop_signal(e));
 	recent_add(e->stream);
 	exec_free(e);
 }
@@ -887,6 +907,7 @@ struct spawn {
 	bool pty;
 	int slave;		  /* PTY slave */
 	int in_r, out_w, err_w; /* pipe ends */
+	const struct fop_req *call; /* a CALL: the operation (argv, envp, path unused) */
 };
 
 /* Writes "roost: <what>[ <subject>]: <reason>" to stderr in one write. */
@@ -907,7 +928,21 @@ static void child_say(const char *what, const char *subject, const char *reason)
 	(void)!write(2, buf, (size_t)n);
 }
 
-static _Noreturn void child_run(const struct spawn *s)
+/* Why child_enter failed: "<what> <subject>: strerror(err)". */
+struct enter_fail {
+	const char *what;
+	const char *subject;
+	int err;
+	char idbuf[32];
+};
+
+/*
+ * The common start of every child (commands and calls): signal mask `mask`,
+ * a new session, stdio, the command root, CWD, and the user's ids. Returns 0,
+ * or -1 with *f filled. Safe in a vfork child: system calls and writes to its
+ * own stack and *f only.
+ */
+static int child_enter(const struct spawn *s, const sigset_t *mask, struct enter_fail *f)
 {
 	/* execve resets caught signals by itself; only an ignored one would
 	 * survive it, and SIGPIPE is the one the agent ignores (see
@@ -917,9 +952,7 @@ static _Noreturn void child_run(const struct spawn *s)
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = SIG_DFL;
 	sigaction(SIGPIPE, &sa, NULL);
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
+	sigprocmask(SIG_SETMASK, mask, NULL);
 
 	setsid();
 	if (s->pty) {
@@ -932,37 +965,53 @@ static _Noreturn void child_run(const struct spawn *s)
 		dup2(s->out_w, 1);
 		dup2(s->err_w, 2);
 	}
-	/* Everything else of the agent is O_CLOEXEC; this is a second fence. */
+	/* Everything else of the agent is O_CLOEXEC; this is a second fence
+	 * (and the only one for a call, which never execs). */
 	syscall(SYS_close_range, 3u, ~0u, 0u);
 
 	if (s->root) {
 		if (chroot(s->root) < 0) {
-			child_say("chroot", s->root, strerror(errno));
-			_exit(126);
+			*f = (struct enter_fail){.what = "chroot", .subject = s->root, .err = errno};
+			return -1;
 		}
 		if (chdir("/") < 0) {
-			child_say("chdir", "/", strerror(errno));
-			_exit(126);
+			*f = (struct enter_fail){.what = "chdir", .subject = "/", .err = errno};
+			return -1;
 		}
 	}
 	/* As root, before dropping privileges (like a container runtime): a
 	 * CWD the user cannot search still works. */
 	if (chdir(s->cwd) < 0) {
-		child_say("cwd", s->cwd, strerror(errno));
-		_exit(126);
+		*f = (struct enter_fail){.what = "cwd", .subject = s->cwd, .err = errno};
+		return -1;
 	}
-	char idbuf[32];
 	/* Raw system calls: this runs in a vfork child, and libc's set*id
 	 * wrappers synchronise all threads of the (shared) process. */
 	if (syscall(SYS_setgroups, (size_t)s->user->ngroups, s->user->groups) < 0 ||
 	    syscall(SYS_setresgid, s->user->gid, s->user->gid, s->user->gid) < 0) {
-		snprintf(idbuf, sizeof idbuf, "%u", (unsigned)s->user->gid);
-		child_say("setgid", idbuf, strerror(errno));
-		_exit(126);
+		f->what = "setgid";
+		f->err = errno;
+		snprintf(f->idbuf, sizeof f->idbuf, "%u", (unsigned)s->user->gid);
+		f->subject = f->idbuf;
+		return -1;
 	}
 	if (syscall(SYS_setresuid, s->user->uid, s->user->uid, s->user->uid) < 0) {
-		snprintf(idbuf, sizeof idbuf, "%u", (unsigned)s->user->uid);
-		child_say("setuid", idbuf, strerror(errno));
+		f->what = "setuid";
+		f->err = errno;
+		snprintf(f->idbuf, sizeof f->idbuf, "%u", (unsigned)s->user->uid);
+		f->subject = f->idbuf;
+		return -1;
+	}
+	return 0;
+}
+
+static _Noreturn void child_run(const struct spawn *s)
+{
+	sigset_t none;
+	sigemptyset(&none);
+	struct enter_fail f;
+	if (child_enter(s, &none, &f) < 0) {
+		child_say(f.what, f.subject, strerror(f.err));
 		_exit(126);
 	}
 	/* execvpe(3) searches the agent's own PATH; search the command's. */
@@ -1022,14 +1071,55 @@ fail:
 	_exit(err == ENOENT ? 127 : 126);
 }
 
-/* ------------------------------------------------------------------ */
-/* EXEC */
+/* A call that could not even start: one error record on fd 2, exit 1
+ * (docs/PROTOCOL.md "Calls", Results). */
+static _Noreturn void call_child_fail(const struct enter_fail *f)
+{
+	static uint8_t mem[1024 + PATH_MAX];
+	char msg[300];
+	snprintf(msg, sizeof msg, "%s: %s", f->what, strerror(f->err));
+	struct roost_buf b;
+	roost_buf_init(&b, mem, sizeof mem);
+	roost_buf_put_u32(&b, 0);
+	roost_tlv_put_u32(&b, ROOST_TAG_ERRNO, (uint32_t)f->err);
+	roost_tlv_put(&b, ROOST_TAG_PATH, f->subject, strnlen(f->subject, PATH_MAX));
+	roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, msg);
+	if (!b.overflow) {
+		roost_put_u32(b.data, (uint32_t)(b.len - 4));
+		fop_write_all(2, b.data, b.len);
+	}
+	_exit(1);
+}
 
+/* The child of a CALL (after fork: it runs the agent's own code). SIGTERM
+ * stays blocked until fop_run has installed its handler. */
+static _Noreturn void call_child_run(const struct spawn *s)
+{
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	struct enter_fail f;
+	if (child_enter(s, &term, &f) < 0)
+		call_child_fail(&f);
+	struct fop_req req = *s->call;
+	req.is_root = geteuid() == 0;
+	_exit(fop_run(&req));
+}
+
+/* ------------------------------------------------------------------ */
+/* EXEC and CALL */
+
+/* A decoded EXEC or CALL (the TLVs point into the frame). */
 struct exec_req {
+	bool is_call;
 	uint32_t nargs, nenv;
-	bool has_cwd, has_user;
-	struct roost_tlv cwd, user;
+	bool has_cwd, has_user, has_op;
+	struct roost_tlv cwd, user, op;
 	uint32_t pty, rows, cols, timeout_ms, stdin_on, window;
+	/* CALL only */
+	bool has_mode, has_size;
+	uint32_t mode, call_flags, depth;
+	uint64_t size;
 };
 
 /*
@@ -1047,6 +1137,15 @@ __attribute__((noinline)) static pid_t spawn_child(const struct spawn *sp)
 	return pid;
 }
 
+/* A call runs the agent's own code (fop_run), which vfork does not allow. */
+static pid_t spawn_call(const struct spawn *sp)
+{
+	pid_t pid = fork();
+	if (pid == 0)
+		call_child_run(sp);
+	return pid;
+}
+
 static bool env_has(char **envp, uint32_t n, const char *key)
 {
 	size_t kl = strlen(key);
@@ -1056,14 +1155,124 @@ static bool env_has(char **envp, uint32_t n, const char *key)
 	return false;
 }
 
-static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
+/* Decodes the TLVs of an EXEC or CALL into *r. Returns 0, or -1 after
+ * answering with an ERROR. Tags of the other request type are ignored, as
+ * unknown tags are. */
+static int parse_exec_req(uint32_t stream, const uint8_t *p, uint32_t len, struct exec_req *r)
 {
+	const char *kind = r->is_call ? "CALL" : "EXEC";
+	struct roost_tlv_iter it;
+	struct roost_tlv t;
+	roost_tlv_iter_init(&it, p, len);
+	while (roost_tlv_next(&it, &t) == 1) {
+		uint32_t *u32 = NULL;
+		switch (t.tag) {
+		case ROOST_TAG_ENV:
+			if (r->is_call)
+				continue;
+			/* fall through */
+		case ROOST_TAG_ARG:
+		case ROOST_TAG_CWD:
+		case ROOST_TAG_USER:
+		case ROOST_TAG_OP:
+			if (t.tag == ROOST_TAG_OP && !r->is_call)
+				continue;
+			if (!roost_tlv_str_ok(&t)) {
+				send_error(stream, ROOST_E_BAD_REQUEST, "NUL byte in string (tag 0x%04x)", t.tag);
+				return -1;
+			}
+			if (t.tag == ROOST_TAG_ARG) {
+				r->nargs++;
+			} else if (t.tag == ROOST_TAG_ENV) {
+				const uint8_t *eq = t.len ? memchr(t.value, '=', t.len) : NULL;
+				if (!eq || eq == t.value) {
+					send_error(stream, ROOST_E_BAD_REQUEST, "ENV entry is not K=V");
+					return -1;
+				}
+				r->nenv++;
+			} else if (t.tag == ROOST_TAG_CWD) {
+				r->cwd = t;
+				r->has_cwd = true;
+			} else if (t.tag == ROOST_TAG_OP) {
+				r->op = t;
+				r->has_op = true;
+			} else {
+				r->user = t;
+				r->has_user = true;
+			}
+			continue;
+		case ROOST_TAG_TIMEOUT_MS: u32 = &r->timeout_ms; break;
+		case ROOST_TAG_STDIN: u32 = &r->stdin_on; break;
+		case ROOST_TAG_WINDOW: u32 = &r->window; break;
+		case ROOST_TAG_PTY: u32 = r->is_call ? NULL : &r->pty; break;
+		case ROOST_TAG_ROWS: u32 = r->is_call ? NULL : &r->rows; break;
+		case ROOST_TAG_COLS: u32 = r->is_call ? NULL : &r->cols; break;
+		case ROOST_TAG_MODE:
+			u32 = r->is_call ? &r->mode : NULL;
+			r->has_mode = r->is_call;
+			break;
+		case ROOST_TAG_CALL_FLAGS: u32 = r->is_call ? &r->call_flags : NULL; break;
+		case ROOST_TAG_DEPTH: u32 = r->is_call ? &r->depth : NULL; break;
+		case ROOST_TAG_SIZE:
+			if (!r->is_call)
+				continue;
+			if (roost_tlv_u64(&t, &r->size) < 0) {
+				send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u64", kind, t.tag);
+				return -1;
+			}
+			r->has_size = true;
+			continue;
+		default:
+			continue; /* unknown tags are ignored */
+		}
+		if (!u32)
+			continue;
+		if (roost_tlv_u32(&t, u32) < 0) {
+			send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u32", kind, t.tag);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Checks of a CALL before anything is allocated: OP, operands, STDIN. */
+static int check_call_req(uint32_t stream, const struct exec_req *r)
+{
+	if (r->stdin_on > 1) {
+		send_error(stream, ROOST_E_BAD_REQUEST, "STDIN must be 0 or 1");
+		return -1;
+	}
+	if (!r->has_op) {
+		send_error(stream, ROOST_E_BAD_REQUEST, "CALL without OP");
+		return -1;
+	}
+	char op[32], msg[160];
+	struct fop_req fr = {.op = op, .nargs = r->nargs};
+	size_t l = r->op.len < sizeof op - 1 ? r->op.len : sizeof op - 1; /* longer: unknown */
+	memcpy(op, r->op.value, l);
+	op[l] = 0;
+	if (r->nargs > FOP_MAX_ARGS) {
+		send_error(stream, ROOST_E_BAD_REQUEST, "%s: too many operands (%u)", op, r->nargs);
+		return -1;
+	}
+	if (r->op.len >= sizeof op || fop_check(&fr, msg, sizeof msg) < 0) {
+		send_error(stream, ROOST_E_BAD_REQUEST, "%s",
+			   r->op.len >= sizeof op ? "unknown operation" : msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* EXEC (is_call false) and CALL (true): the same stream, a different child. */
+static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
+{
+	const char *kind = is_call ? "CALL" : "EXEC";
 	if (stream == 0) {
-		send_error(stream, ROOST_E_BAD_REQUEST, "EXEC on stream 0");
+		send_error(stream, ROOST_E_BAD_REQUEST, "%s on stream 0", kind);
 		return;
 	}
 	if (!session.established) {
-		send_error(stream, ROOST_E_PROTOCOL, "EXEC before a successful HELLO");
+		send_error(stream, ROOST_E_PROTOCOL, "%s before a successful HELLO", kind);
 		return;
 	}
 	struct exec *dup = exec_find(stream);
@@ -1077,72 +1286,34 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 		return;
 	}
 	if (roost_tlv_validate(p, len) < 0) {
-		send_error(stream, ROOST_E_PROTOCOL, "malformed EXEC payload");
+		send_error(stream, ROOST_E_PROTOCOL, "malformed %s payload", kind);
 		return;
 	}
 
 	struct exec_req r;
 	memset(&r, 0, sizeof r);
+	r.is_call = is_call;
 	r.rows = ROOST_DEFAULT_ROWS;
 	r.cols = ROOST_DEFAULT_COLS;
 	r.window = ROOST_DEFAULT_WINDOW;
-
-	struct roost_tlv_iter it;
-	struct roost_tlv t;
-	roost_tlv_iter_init(&it, p, len);
-	while (roost_tlv_next(&it, &t) == 1) {
-		uint32_t *u32 = NULL;
-		switch (t.tag) {
-		case ROOST_TAG_ARG:
-		case ROOST_TAG_ENV:
-		case ROOST_TAG_CWD:
-		case ROOST_TAG_USER:
-			if (!roost_tlv_str_ok(&t)) {
-				send_error(stream, ROOST_E_BAD_REQUEST, "NUL byte in string (tag 0x%04x)", t.tag);
-				return;
-			}
-			if (t.tag == ROOST_TAG_ARG) {
-				r.nargs++;
-			} else if (t.tag == ROOST_TAG_ENV) {
-				const uint8_t *eq = t.len ? memchr(t.value, '=', t.len) : NULL;
-				if (!eq || eq == t.value) {
-					send_error(stream, ROOST_E_BAD_REQUEST, "ENV entry is not K=V");
-					return;
-				}
-				r.nenv++;
-			} else if (t.tag == ROOST_TAG_CWD) {
-				r.cwd = t;
-				r.has_cwd = true;
-			} else {
-				r.user = t;
-				r.has_user = true;
-			}
-			continue;
-		case ROOST_TAG_PTY: u32 = &r.pty; break;
-		case ROOST_TAG_ROWS: u32 = &r.rows; break;
-		case ROOST_TAG_COLS: u32 = &r.cols; break;
-		case ROOST_TAG_TIMEOUT_MS: u32 = &r.timeout_ms; break;
-		case ROOST_TAG_STDIN: u32 = &r.stdin_on; break;
-		case ROOST_TAG_WINDOW: u32 = &r.window; break;
-		default:
-			continue; /* unknown tags are ignored */
-		}
-		if (roost_tlv_u32(&t, u32) < 0) {
-			send_error(stream, ROOST_E_PROTOCOL, "EXEC tag 0x%04x must be a u32", t.tag);
+	if (parse_exec_req(stream, p, len, &r) < 0)
+		return;
+	if (is_call) {
+		if (check_call_req(stream, &r) < 0)
+			return;
+	} else {
+		if (r.nargs == 0) {
+			send_error(stream, ROOST_E_BAD_REQUEST, "EXEC without ARG");
 			return;
 		}
-	}
-	if (r.nargs == 0) {
-		send_error(stream, ROOST_E_BAD_REQUEST, "EXEC without ARG");
-		return;
-	}
-	if (r.pty > 1 || r.stdin_on > 1) {
-		send_error(stream, ROOST_E_BAD_REQUEST, "PTY and STDIN must be 0 or 1");
-		return;
-	}
-	if (r.rows > 0xffff || r.cols > 0xffff) {
-		send_error(stream, ROOST_E_BAD_REQUEST, "ROWS/COLS out of range");
-		return;
+		if (r.pty > 1 || r.stdin_on > 1) {
+			send_error(stream, ROOST_E_BAD_REQUEST, "PTY and STDIN must be 0 or 1");
+			return;
+		}
+		if (r.rows > 0xffff || r.cols > 0xffff) {
+			send_error(stream, ROOST_E_BAD_REQUEST, "ROWS/COLS out of range");
+			return;
+		}
 	}
 	if (root_requested && !root_ok) {
 		send_error(stream, ROOST_E_INTERNAL, "command root unavailable: %s", root_err);
@@ -1179,15 +1350,19 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 	char **argv = calloc((size_t)r.nargs + 1, sizeof *argv);
 	char **envp = calloc((size_t)r.nenv + 4, sizeof *envp);
 	struct exec *e = calloc(1, sizeof *e);
+	struct fop_req call;
+	memset(&call, 0, sizeof call);
 	if (!arena || !argv || !envp || !e) {
 		send_error(stream, ROOST_E_INTERNAL, "malloc: %s", strerror(ENOMEM));
 		goto out_free;
 	}
 	size_t ao = 0;
 	uint32_t na = 0, ne = 0;
+	struct roost_tlv_iter it;
+	struct roost_tlv t;
 	roost_tlv_iter_init(&it, p, len);
 	while (roost_tlv_next(&it, &t) == 1) {
-		if (t.tag != ROOST_TAG_ARG && t.tag != ROOST_TAG_ENV)
+		if (t.tag != ROOST_TAG_ARG && (is_call || t.tag != ROOST_TAG_ENV))
 			continue;
 		char *s = arena + ao;
 		memcpy(s, t.value, t.len);
@@ -1207,27 +1382,44 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 		strcpy(cwd, "/");
 		ao += 2;
 	}
-	if (!env_has(envp, ne, "PATH")) {
-		char *s = arena + ao;
-		ao += (size_t)sprintf(s, "PATH=%s", DEFAULT_PATH) + 1;
-		envp[ne++] = s;
-	}
-	if (!env_has(envp, ne, "HOME")) {
-		char *s = arena + ao;
-		ao += (size_t)sprintf(s, "HOME=%s", user->home) + 1;
-		envp[ne++] = s;
-	}
-	if (r.pty && !env_has(envp, ne, "TERM")) {
-		char *s = arena + ao;
-		ao += (size_t)sprintf(s, "TERM=%s", DEFAULT_TERM) + 1;
-		envp[ne++] = s;
-	}
 	const char *path = NULL;
-	for (uint32_t i = 0; i < ne; i++)
-		if (strncmp(envp[i], "PATH=", 5) == 0) {
-			path = envp[i] + 5;
-			break;
+	if (is_call) {
+		char *op = arena + ao;
+		memcpy(op, r.op.value, r.op.len);
+		op[r.op.len] = 0;
+		ao += r.op.len + 1;
+		call.op = op;
+		call.nargs = na;
+		for (uint32_t i = 0; i < na; i++)
+			call.args[i] = argv[i];
+		call.flags = r.call_flags;
+		call.has_mode = r.has_mode;
+		call.mode = r.mode;
+		call.depth = r.depth;
+		call.has_size = r.has_size;
+		call.size = r.size;
+	} else {
+		if (!env_has(envp, ne, "PATH")) {
+			char *s = arena + ao;
+			ao += (size_t)sprintf(s, "PATH=%s", DEFAULT_PATH) + 1;
+			envp[ne++] = s;
 		}
+		if (!env_has(envp, ne, "HOME")) {
+			char *s = arena + ao;
+			ao += (size_t)sprintf(s, "HOME=%s", user->home) + 1;
+			envp[ne++] = s;
+		}
+		if (r.pty && !env_has(envp, ne, "TERM")) {
+			char *s = arena + ao;
+			ao += (size_t)sprintf(s, "TERM=%s", DEFAULT_TERM) + 1;
+			envp[ne++] = s;
+		}
+		for (uint32_t i = 0; i < ne; i++)
+			if (strncmp(envp[i], "PATH=", 5) == 0) {
+				path = envp[i] + 5;
+				break;
+			}
+	}
 
 	struct spawn sp = {
 		.argv = argv,
@@ -1241,6 +1433,7 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 		.in_r = -1,
 		.out_w = -1,
 		.err_w = -1,
+		.call = is_call ? &call : NULL,
 	};
 	e->ptm = e->in_fd = e->out_fd[0] = e->out_fd[1] = -1;
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
@@ -1292,9 +1485,9 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 		if (r.stdin_on)
 			set_nonblock(in_pipe[1]);
 	}
-	pid_t pid = spawn_child(&sp);
+	pid_t pid = is_call ? spawn_call(&sp) : spawn_child(&sp);
 	if (pid < 0) {
-		what = "vfork";
+		what = is_call ? "fork" : "vfork";
 		goto fail;
 	}
 
@@ -1305,12 +1498,14 @@ static void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len)
 
 	e->stream = stream;
 	e->pid = pid;
+	e->is_call = is_call;
 	e->pty = r.pty != 0;
 	e->credit[0] = r.window;
 	e->credit[1] = r.window;
 	e->stdin_enabled = r.stdin_on != 0;
 	e->stdin_closed = !e->stdin_enabled;
-	e->stdin_credit = e->stdin_enabled ? STDIN_WINDOW : 0;
+	e->stdin_window = !e->stdin_enabled ? 0 : is_call ? CALL_STDIN_WINDOW : STDIN_WINDOW;
+	e->stdin_credit = e->stdin_window;
 	if (r.timeout_ms)
 		e->deadline = now_ms() + r.timeout_ms;
 	e->next = execs;
@@ -1476,15 +1671,15 @@ static void handle_stream_frame(const struct roost_frame *f)
 			return;
 		}
 		if (!e->inq) {
-			e->inq = malloc(STDIN_WINDOW);
+			e->inq = malloc(e->stdin_window);
 			if (!e->inq) {
 				e->stdin_credit += n;
 				stream_fail(e, ROOST_E_INTERNAL, "malloc: %s", strerror(ENOMEM));
 				return;
 			}
 		}
-		/* credit + queued = STDIN_WINDOW, so this always fits. */
-		if (e->inq_off + e->inq_len + n > STDIN_WINDOW) {
+		/* credit + queued = stdin_window, so this always fits. */
+		if (e->inq_off + e->inq_len + n > e->stdin_window) {
 			memmove(e->inq, e->inq + e->inq_off, e->inq_len);
 			e->inq_off = 0;
 		}
@@ -1566,7 +1761,8 @@ static void handle_frame(const struct roost_frame *f)
 	case ROOST_T_ERROR:
 		return; /* the host's complaint; never answer an error with an error */
 	case ROOST_T_EXEC:
-		handle_exec(f->stream, f->payload, f->len);
+	case ROOST_T_CALL:
+		handle_exec(f->stream, f->payload, f->len, f->type == ROOST_T_CALL);
 		return;
 	case ROOST_T_DATA:
 	case ROOST_T_EOF:
@@ -2036,16 +2232,22 @@ int main(void)
 		/* Deadlines, draining and finishing. */
 		for (struct exec *e = execs, *next; e; e = next) {
 			next = e->next;
-			if (!e->reaped && e->deadline) {
-				if (now >= e->deadline) {
-					exec_kill(e, SIGKILL);
-					e->timed_out = true;
-					e->deadline = 0;
+			if (!e->reaped && e->deadline && now >= e->deadline) {
+				e->timed_out = true;
+				if (e->is_call && !e->term_sent) {
+					/* Let it clean up; kill it if it does not end. */
+					exec_kill(e, SIGTERM);
+					e->term_sent = true;
+					e->deadline = now + CALL_TERM_GRACE_MS;
 				} else {
-					uint64_t d = e->deadline - now;
-					if (timeout < 0 || d < (uint64_t)timeout)
-						timeout = (int)(d > INT32_MAX ? INT32_MAX : d);
+					exec_kill(e, SIGKILL);
+					e->deadline = 0;
 				}
+			}
+			if (!e->reaped && e->deadline) {
+				uint64_t d = e->deadline - now;
+				if (timeout < 0 || d < (uint64_t)timeout)
+					timeout = (int)(d > INT32_MAX ? INT32_MAX : d);
 			}
 			if (e->reaped) {
 				exec_read_out(e, 0);
