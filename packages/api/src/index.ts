@@ -7,3 +7,5 @@ export * from './errors.js';
 export * from './schemas.js';
 export * from './sandbox.js';
 export * from './paths.js';
+export * from './files.js';
+export * from './errno.js';

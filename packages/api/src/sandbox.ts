@@ -1,3 +1,4 @@
+import type { FilesApi, VolumesApi } from './files.js';
 import type { CreateSandboxRequest, ExecResult, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
@@ -68,6 +69,7 @@ export interface SandboxApi extends AsyncDisposable {
   readonly info: SandboxInfo;
   readonly status: SandboxStatus;
   readonly commands: CommandsApi;
+  readonly files: FilesApi;
   /** Re-reads the record. */
   refresh(): Promise<SandboxInfo>;
   stop(options?: { timeoutMs?: number }): Promise<void>;
@@ -84,6 +86,7 @@ export interface CreateOptions extends CreateSandboxRequest {
 
 /** A runtime: `Runtime` (embedded) or `RoostClient` (remote). */
 export interface RuntimeApi extends AsyncDisposable {
+  readonly volumes: VolumesApi;
   create(options?: CreateOptions): Promise<SandboxApi>;
   get(id: string): Promise<SandboxApi>;
   list(filter?: ListFilter): Promise<SandboxInfo[]>;

@@ -1,10 +1,11 @@
 import { constants as osConstants } from 'node:os';
 import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
 import { randomBytes } from 'node:crypto';
-import type { CommandHandleApi, CommandResult, CommandsApi, OutputCallback, RunOptions } from '@roost/api';
+import type { CommandHandleApi, CommandResult, CommandsApi, RunOptions } from '@roost/api';
 import { z } from 'zod';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
+import { OutputStream } from './output.js';
 import { parseOptions } from './validate.js';
 
 export type { OutputCallback, RunOptions, CommandResult } from '@roost/api';
@@ -35,106 +36,6 @@ const runOptionsSchema = z
 const OUTPUT_WINDOW = 1 << 20;
 /** Host-side grace after the agent should have enforced a timeout. */
 const TIMEOUT_GRACE_MS = 5_000;
-
-/**
- * One output stream of a running command. Chunks go to the callback (if any),
- * then to an iterator (if one is attached) with credit granted as it consumes
- * them, or into the collected result with credit granted at once.
- */
-class OutputStream implements AsyncIterable<Uint8Array> {
-  #queue: Uint8Array[] = [];
-  #collected: Uint8Array[] = [];
-  #collecting = false;
-  #iterating = false;
-  #ended = false;
-  #error: RoostError | null = null;
-  #wake: (() => void) | null = null;
-  #decoder = new TextDecoder();
-  #callbackChain: Promise<void> = Promise.resolve();
-
-  constructor(
-    private readonly fd: Fd,
-    private readonly grant: (fd: Fd, n: number) => void,
-    private readonly callback: OutputCallback | undefined,
-    private readonly onBytes: ((n: number) => void) | undefined,
-  ) {}
-
-  push(chunk: Uint8Array): void {
-    this.onBytes?.(chunk.length);
-    if (this.callback) {
-      const text = this.#decoder.decode(chunk, { stream: true });
-      const cb = this.callback;
-      this.#callbackChain = this.#callbackChain.then(() => cb(text)).catch(() => {});
-    }
-    if (this.#iterating) {
-      this.#queue.push(chunk);
-      this.#wake?.();
-    } else if (this.#collecting || this.callback) {
-      this.#collected.push(chunk);
-      // With a callback, credit waits for it: a slow callback slows the command.
-      void this.#callbackChain.then(() => this.grant(this.fd, chunk.length));
-    } else {
-      this.#queue.push(chunk);
-    }
-  }
-
-  end(err: RoostError | null = null): void {
-    this.#ended = true;
-    this.#error = err;
-    if (this.callback) {
-      const tail = this.#decoder.decode();
-      if (tail) {
-        const cb = this.callback;
-        this.#callbackChain = this.#callbackChain.then(() => cb(tail)).catch(() => {});
-      }
-    }
-    this.#wake?.();
-  }
-
-  /** Collect everything not consumed by an iterator (used by wait()). */
-  collect(): void {
-    if (this.#iterating || this.#collecting) return;
-    this.#collecting = true;
-    const queued = this.#queue.splice(0);
-    this.#collected.push(...queued);
-    const bytes = queued.reduce((n, c) => n + c.length, 0);
-    if (bytes > 0) this.grant(this.fd, bytes);
-  }
-
-  /** Collected output as text, after callbacks have run. */
-  async text(): Promise<string> {
-    await this.#callbackChain;
-    return Buffer.concat(this.#collected).toString('utf8');
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    if (this.#iterating || this.#collecting) throw new RoostError('INVALID_STATE', 'this output stream is already being read');
-    this.#iterating = true;
-    try {
-      for (;;) {
-        const chunk = this.#queue.shift();
-        if (chunk) {
-          this.grant(this.fd, chunk.length);
-          yield chunk;
-          continue;
-        }
-        if (this.#ended) {
-          if (this.#error) throw this.#error;
-          return;
-        }
-        await new Promise<void>((r) => (this.#wake = r));
-        this.#wake = null;
-      }
-    } finally {
-      // A reader that stops early (break) must not leave the process blocked
-      // on output nobody will read: the rest is collected for wait().
-      if (!this.#ended) {
-        this.#iterating = false;
-        this.collect();
-      }
-    }
-  }
-}
 
 /**
  * A command running in a sandbox. Read `stdout` / `stderr` as async

@@ -1,12 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { MAX_PAYLOAD, MessageType, Tag } from './constants.js';
+import { CallFlags, MAX_PAYLOAD, MAX_RECORD, MessageType, Tag, WatchEvent } from './constants.js';
 import { ProtocolError } from './errors.js';
 import { encodeFrame, FrameDecoder, type Frame } from './frame.js';
 import {
-  decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeExec, decodeExit, decodeHostHello, decodeResize, decodeSignal, decodeStarted,
-  encodeAgentHello, encodeCredit, encodeData, encodeEof, encodeExec, encodeExit, encodeHostHello, encodeResize, encodeSignal, encodeStarted,
+  decodeAgentHello, decodeCall, decodeCredit, decodeData, decodeEof, decodeExec, decodeExit, decodeHostHello, decodeResize, decodeSignal, decodeStarted,
+  encodeAgentHello, encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeExit, encodeHostHello, encodeResize, encodeSignal, encodeStarted,
 } from './messages.js';
+import {
+  decodeEntryRecord, decodeErrorRecord, decodeEventRecord, encodeEntryRecord, encodeErrorRecord, encodeEventRecord, encodeRecord, RecordDecoder,
+} from './records.js';
 import { parseTlv, TlvReader, TlvWriter } from './tlv.js';
 
 /** A deterministic PRNG so a failure can be replayed. */
@@ -74,7 +77,7 @@ describe('frames', () => {
         for (const f of d.push(bytes)) {
           expect(f.payload.length).toBeLessThanOrEqual(MAX_PAYLOAD);
           // Every decoder on the frame either succeeds or throws ProtocolError.
-          for (const dec of [decodeAgentHello, decodeExit, decodeData, decodeEof, decodeCredit, decodeSignal, decodeResize, decodeStarted, decodeExec]) {
+          for (const dec of [decodeAgentHello, decodeExit, decodeData, decodeEof, decodeCredit, decodeSignal, decodeResize, decodeStarted, decodeExec, decodeCall, decodeEntryRecord, decodeEventRecord, decodeErrorRecord]) {
             try {
               dec(f.payload);
             } catch (e) {
@@ -160,5 +163,104 @@ describe('messages', () => {
     expect(() => decodeExit(new TlvWriter().u32(Tag.EXIT_CODE, 256).finish())).toThrow(ProtocolError);
     expect(() => decodeData(Buffer.of(3, 1))).toThrow(ProtocolError);
     expect(() => decodeEof(Buffer.alloc(0))).toThrow(ProtocolError);
+  });
+});
+
+describe('CALL', () => {
+  it('round-trips every field', () => {
+    const req = {
+      op: 'write', args: ['/tmp/a b', 'ü'], user: 'nobody', cwd: '/tmp', stdin: true, window: 1 << 20, timeoutMs: 1000,
+      mode: 0o640, flags: CallFlags.PARENTS | CallFlags.NO_REPLACE, depth: 3, size: 2n ** 40n,
+    };
+    const f = payloadOf(encodeCall(9, req));
+    expect(f).toMatchObject({ stream: 9, type: MessageType.CALL });
+    expect(decodeCall(f.payload)).toEqual(req);
+    expect(decodeCall(payloadOf(encodeCall(1, { op: 'stat', args: ['/'] })).payload)).toEqual({ op: 'stat', args: ['/'], stdin: false });
+  });
+
+  it('refuses a call without an op, or too large for one frame, or with a NUL', () => {
+    expect(() => encodeCall(1, { op: '', args: [] })).toThrow(RangeError);
+    expect(() => encodeCall(1, { op: 'stat', args: ['x'.repeat(MAX_PAYLOAD)] })).toThrow(/at most 65536 fit/);
+    expect(() => encodeCall(1, { op: 'stat', args: ['a\0b'] })).toThrow(RangeError);
+    expect(() => decodeCall(new TlvWriter().string(Tag.ARG, '/').finish())).toThrow(ProtocolError);
+  });
+});
+
+describe('records', () => {
+  const entry = { path: '/etc/passwd', name: 'passwd', stMode: 0o100644, size: 123n, uid: 0, gid: 0, mtimeNs: 1_700_000_000_123_456_789n };
+
+  it('round-trips entry, event and error records', () => {
+    const link = { ...entry, path: '/bin/sh', name: 'sh', stMode: 0o120777, size: 12n, link: '/bin/busybox' };
+    const dir = { ...entry, path: '/tmp/d', name: 'd', stMode: 0o40755, event: 1 };
+    const wire = Buffer.concat([
+      encodeEntryRecord(entry), encodeEntryRecord(link), encodeEntryRecord(dir),
+      encodeEventRecord({ event: WatchEvent.READY, path: '', stMode: 0 }),
+      encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/tmp/x', stMode: 0o100000 }),
+      encodeErrorRecord({ errno: 2, path: '/nope', message: 'open: No such file or directory' }),
+    ]);
+    const got = new RecordDecoder().push(wire);
+    expect(got).toHaveLength(6);
+    expect(got.slice(0, 3).map(decodeEntryRecord)).toEqual([entry, link, dir]);
+    expect(got.slice(3, 5).map(decodeEventRecord)).toEqual([{ event: 0, path: '', stMode: 0 }, { event: 5, path: '/tmp/x', stMode: 0o100000 }]);
+    expect(decodeErrorRecord(got[5]!)).toEqual({ errno: 2, path: '/nope', message: 'open: No such file or directory' });
+  });
+
+  it('decodes records split at every byte boundary, and a maximal one', () => {
+    const big = encodeRecord(new TlvWriter().bytes(0x7777, Buffer.alloc(MAX_RECORD - 6)).finish());
+    const wire = Buffer.concat([encodeEntryRecord(entry), encodeRecord(Buffer.alloc(0)), big, encodeEntryRecord(entry)]);
+    for (let cut = 0; cut <= wire.length; cut += cut < 200 ? 1 : 4099) {
+      const d = new RecordDecoder();
+      const got = [...d.push(wire.subarray(0, cut)), ...d.push(wire.subarray(cut))];
+      expect(got.map((r) => r.length)).toEqual([wire.readUInt32BE(0), 0, MAX_RECORD, wire.readUInt32BE(0)]);
+      expect(d.buffered).toBe(0);
+      d.end();
+    }
+    const d = new RecordDecoder();
+    const got: Buffer[] = [];
+    for (const b of encodeEntryRecord(entry)) got.push(...d.push(Buffer.of(b)));
+    expect(got.map(decodeEntryRecord)).toEqual([entry]);
+  });
+
+  it('refuses a record over the bound and a stream that ends inside one', () => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(MAX_RECORD + 1);
+    expect(() => new RecordDecoder().push(head)).toThrow(ProtocolError);
+    expect(() => encodeRecord(Buffer.alloc(MAX_RECORD + 1))).toThrow(RangeError);
+    const d = new RecordDecoder();
+    expect(d.push(encodeEntryRecord(entry).subarray(0, 10))).toEqual([]);
+    expect(() => d.end()).toThrow(ProtocolError);
+  });
+
+  it('refuses records without their required fields, and defaults the rest', () => {
+    expect(() => decodeEntryRecord(new TlvWriter().u32(Tag.ST_MODE, 0o100644).finish())).toThrow(/without PATH/);
+    expect(() => decodeEntryRecord(new TlvWriter().string(Tag.PATH, '/a').finish())).toThrow(/without ST_MODE/);
+    expect(decodeEntryRecord(new TlvWriter().string(Tag.PATH, '/a/b').u32(Tag.ST_MODE, 0o40700).finish()))
+      .toEqual({ path: '/a/b', name: 'b', stMode: 0o40700, size: 0n, uid: 0, gid: 0, mtimeNs: 0n });
+    expect(() => decodeEventRecord(new TlvWriter().string(Tag.PATH, '/a').finish())).toThrow(ProtocolError);
+    expect(() => decodeErrorRecord(new TlvWriter().string(Tag.MESSAGE, 'x').finish())).toThrow(ProtocolError);
+    expect(() => decodeErrorRecord(new TlvWriter().bytes(Tag.ERRNO, Buffer.of(1)).finish())).toThrow(ProtocolError);
+  });
+
+  it('never crashes on random bytes: it yields records or throws ProtocolError', () => {
+    const rand = prng(7);
+    for (let i = 0; i < 5000; i++) {
+      const len = Math.floor(rand() * 80);
+      const bytes = Buffer.alloc(len);
+      for (let j = 0; j < len; j++) bytes[j] = Math.floor(rand() * 256);
+      if (rand() < 0.7 && len >= 4) bytes.writeUInt32BE(Math.floor(rand() * (len - 3)), 0);
+      try {
+        for (const r of new RecordDecoder().push(bytes)) {
+          for (const dec of [decodeEntryRecord, decodeEventRecord, decodeErrorRecord]) {
+            try {
+              dec(r);
+            } catch (e) {
+              expect(e).toBeInstanceOf(ProtocolError);
+            }
+          }
+        }
+      } catch (e) {
+        expect(e).toBeInstanceOf(ProtocolError);
+      }
+    }
   });
 });

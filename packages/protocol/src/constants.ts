@@ -41,6 +41,7 @@ export const MessageType = {
   SIGNAL: 0x15,
   RESIZE: 0x16,
   EXIT: 0x17,
+  CALL: 0x18,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -70,8 +71,55 @@ export const Tag = {
   EXIT_CODE: 0x0040,
   EXIT_SIGNAL: 0x0041,
   TIMED_OUT: 0x0042,
+  OP: 0x0050,
+  MODE: 0x0051,
+  CALL_FLAGS: 0x0052,
+  DEPTH: 0x0053,
+  SIZE: 0x0054,
+  PATH: 0x0060,
+  NAME: 0x0061,
+  ST_MODE: 0x0062,
+  UID: 0x0063,
+  GID: 0x0064,
+  MTIME_NS: 0x0065,
+  LINK: 0x0066,
+  EVENT: 0x0067,
+  ERRNO: 0x0068,
 } as const;
 export type Tag = (typeof Tag)[keyof typeof Tag];
+
+/** CALL_FLAGS bits (docs/PROTOCOL.md, "Calls"). */
+export const CallFlags = {
+  /** `remove`: a directory and everything below it; `watch`: subdirectories too. */
+  RECURSIVE: 0x1,
+  /** `write`, `mkdir`, `extract`, `rename`: create missing parents; `mkdir`: an existing directory is not an error. */
+  PARENTS: 0x2,
+  /** `write`, `rename`: fail with EEXIST if the target exists. */
+  NO_REPLACE: 0x4,
+  /** `stat`: follow a final symlink. */
+  FOLLOW: 0x8,
+  /** `mount`: mount read-only. */
+  READ_ONLY: 0x10,
+} as const;
+
+/** `EVENT` values of `watch` records. */
+export const WatchEvent = {
+  READY: 0,
+  CREATE: 1,
+  WRITE: 2,
+  REMOVE: 3,
+  /** Renamed from: `PATH` is the old name. */
+  RENAME_FROM: 4,
+  /** Renamed to: `PATH` is the new name. */
+  RENAME_TO: 5,
+  CHMOD: 6,
+  /** The kernel's queue overflowed and events were lost. */
+  OVERFLOW: 7,
+} as const;
+export type WatchEvent = (typeof WatchEvent)[keyof typeof WatchEvent];
+
+/** Largest value of a call record's length field. */
+export const MAX_RECORD = 65536;
 
 /** HELLO FLAGS bits. */
 export const HelloFlags = {

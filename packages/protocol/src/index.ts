@@ -7,3 +7,4 @@ export * from './errors.js';
 export * from './frame.js';
 export * from './tlv.js';
 export * from './messages.js';
+export * from './records.js';

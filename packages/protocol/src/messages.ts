@@ -34,6 +34,24 @@ export interface ExecRequest {
   window?: number;
 }
 
+/**
+ * A CALL request: one of the agent's built-in file operations
+ * (docs/PROTOCOL.md, "Calls"). `flags` are CallFlags bits.
+ */
+export interface CallRequest {
+  op: string;
+  args: string[];
+  user?: string;
+  cwd?: string;
+  stdin?: boolean;
+  window?: number;
+  timeoutMs?: number;
+  mode?: number;
+  flags?: number;
+  depth?: number;
+  size?: bigint;
+}
+
 /** How an exec ended. Exactly one of exitCode and signal is set. */
 export interface ExecExit {
   exitCode: number | null;
@@ -89,6 +107,24 @@ export function encodeExec(stream: number, r: ExecRequest): Buffer {
   if (r.window !== undefined) tlv.u32(Tag.WINDOW, r.window);
   if (tlv.size > MAX_PAYLOAD) throw new RangeError(`command, arguments and environment take ${tlv.size} bytes; at most ${MAX_PAYLOAD} fit`);
   return encodeFrame(stream, MessageType.EXEC, tlv.finish());
+}
+
+/** Encodes CALL; throws RangeError when the request does not fit one frame. */
+export function encodeCall(stream: number, r: CallRequest): Buffer {
+  if (r.op.length === 0) throw new RangeError('a call needs an operation');
+  const tlv = new TlvWriter().string(Tag.OP, r.op);
+  for (const a of r.args) tlv.string(Tag.ARG, a);
+  if (r.user !== undefined) tlv.string(Tag.USER, r.user);
+  if (r.cwd !== undefined) tlv.string(Tag.CWD, r.cwd);
+  tlv.u32(Tag.STDIN, r.stdin ? 1 : 0);
+  if (r.window !== undefined) tlv.u32(Tag.WINDOW, r.window);
+  if (r.timeoutMs !== undefined) tlv.u32(Tag.TIMEOUT_MS, r.timeoutMs);
+  if (r.mode !== undefined) tlv.u32(Tag.MODE, r.mode);
+  if (r.flags !== undefined) tlv.u32(Tag.CALL_FLAGS, r.flags);
+  if (r.depth !== undefined) tlv.u32(Tag.DEPTH, r.depth);
+  if (r.size !== undefined) tlv.u64(Tag.SIZE, r.size);
+  if (tlv.size > MAX_PAYLOAD) throw new RangeError(`the call's operands take ${tlv.size} bytes; at most ${MAX_PAYLOAD} fit`);
+  return encodeFrame(stream, MessageType.CALL, tlv.finish());
 }
 
 export function encodeStarted(stream: number, pid: number, stdinWindow: number): Buffer {
@@ -192,6 +228,30 @@ export function decodeExec(payload: Uint8Array): ExecRequest {
   if (timeoutMs !== undefined) out.timeoutMs = timeoutMs;
   const window = r.u32(Tag.WINDOW);
   if (window !== undefined) out.window = window;
+  return out;
+}
+
+export function decodeCall(payload: Uint8Array): CallRequest {
+  const r = new TlvReader(payload);
+  const op = r.string(Tag.OP);
+  if (op === undefined || op.length === 0) throw new ProtocolError('CALL without OP');
+  const out: CallRequest = { op, args: r.strings(Tag.ARG), stdin: r.u32(Tag.STDIN) === 1 };
+  const user = r.string(Tag.USER);
+  if (user !== undefined) out.user = user;
+  const cwd = r.string(Tag.CWD);
+  if (cwd !== undefined) out.cwd = cwd;
+  const window = r.u32(Tag.WINDOW);
+  if (window !== undefined) out.window = window;
+  const timeoutMs = r.u32(Tag.TIMEOUT_MS);
+  if (timeoutMs !== undefined) out.timeoutMs = timeoutMs;
+  const mode = r.u32(Tag.MODE);
+  if (mode !== undefined) out.mode = mode;
+  const flags = r.u32(Tag.CALL_FLAGS);
+  if (flags !== undefined) out.flags = flags;
+  const depth = r.u32(Tag.DEPTH);
+  if (depth !== undefined) out.depth = depth;
+  const size = r.u64(Tag.SIZE);
+  if (size !== undefined) out.size = size;
   return out;
 }
 

@@ -4,8 +4,8 @@ import { connect, type Socket } from 'node:net';
 import {
   CONTROL_STREAM, DEFAULT_WINDOW, Fd, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, MAX_STREAMS, MessageType, ProtocolError, VERSION,
   decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeStarted,
-  encodeCredit, encodeData, encodeEof, encodeExec, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal,
-  type AgentHello, type ExecExit, type ExecRequest, type Frame, type WireError,
+  encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal,
+  type AgentHello, type CallRequest, type ExecExit, type ExecRequest, type Frame, type WireError,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { connectWithRetry } from '../vmm/connect.js';
@@ -102,23 +102,45 @@ export class AgentConnection extends EventEmitter {
 
   /** Opens an exec stream. Throws INVALID_ARGUMENT when the request does not fit one frame. */
   exec(request: ExecRequest, listener: ExecListener): ExecChannel {
+    return this.#open('command', request.window, (id, window) => encodeExec(id, { ...request, window }), listener);
+  }
+
+  /**
+   * Opens a call stream: one of the agent's built-in file operations
+   * (docs/PROTOCOL.md, "Calls"). On the wire it is an exec stream in every
+   * other respect, so it has the same channel and listener. Throws
+   * INVALID_ARGUMENT when the request does not fit one frame.
+   */
+  call(request: CallRequest, listener: ExecListener): ExecChannel {
+    return this.#open('file operation', request.window, (id, window) => encodeCall(id, { ...request, window }), listener);
+  }
+
+  #open(what: string, requestedWindow: number | undefined, encode: (id: number, window: number) => Buffer, listener: ExecListener): ExecChannel {
     if (this.#closed) throw this.#closed;
     if (this.#streams.size >= MAX_STREAMS) {
-      throw new RoostError('INVALID_STATE', `this sandbox already runs ${MAX_STREAMS} commands over one connection; wait for some to finish`);
+      throw new RoostError('INVALID_STATE', `this sandbox already runs ${MAX_STREAMS} commands and file operations over one connection; wait for some to finish`);
     }
     const id = this.#allocStream();
-    const window = request.window ?? DEFAULT_WINDOW;
+    const window = requestedWindow ?? DEFAULT_WINDOW;
     let frame: Buffer;
     try {
-      frame = encodeExec(id, { ...request, window });
+      frame = encode(id, window);
     } catch (e) {
       throw new RoostError('INVALID_ARGUMENT', (e as Error).message, { cause: e });
     }
-    const channel = new ExecChannel(this, id, window, listener);
+    const channel = new ExecChannel(this, id, window, listener, what);
     this.#streams.set(id, channel);
     this.#updateRef();
     this.#socket.write(frame);
     return channel;
+  }
+
+  /**
+   * @internal Something above the frames (a call's records) broke the
+   * protocol: ends the connection as a violation, like a bad frame.
+   */
+  reportViolation(reason: string): void {
+    if (!this.#closed) this.#violation(reason);
   }
 
   /** Sends PING and resolves with the round trip in ms. */
@@ -305,11 +327,14 @@ export class ExecChannel {
   #stdinWaiters: (() => void)[] = [];
   #started = false;
   #done = false;
+  #what: string;
 
-  constructor(conn: AgentConnection, readonly id: number, window: number, listener: ExecListener) {
+  /** `what` names the stream in errors ('command', 'file operation'). */
+  constructor(conn: AgentConnection, readonly id: number, window: number, listener: ExecListener, what = 'command') {
     this.#conn = conn;
     this.#listener = listener;
     this.#outCredit = [window, window];
+    this.#what = what;
   }
 
   /** @internal */
@@ -354,7 +379,7 @@ export class ExecChannel {
       case MessageType.ERROR: {
         const e: WireError = decodeError(f.payload);
         this.#finish(false);
-        this.#listener.failed(new RoostError('AGENT', `the guest agent refused the command: ${e.message || `error code ${e.code}`}`, { details: { agentCode: e.code } }));
+        this.#listener.failed(new RoostError('AGENT', `the guest agent refused the ${this.#what}: ${e.message || `error code ${e.code}`}`, { details: { agentCode: e.code } }));
         return;
       }
       default:
@@ -373,7 +398,7 @@ export class ExecChannel {
   async writeStdin(data: Uint8Array): Promise<void> {
     let off = 0;
     while (off < data.length) {
-      if (this.#done) throw new RoostError('INVALID_STATE', 'the command has exited; its stdin is closed');
+      if (this.#done) throw new RoostError('INVALID_STATE', `the ${this.#what} has ended; its stdin is closed`);
       if (this.#stdinCredit === 0) {
         await new Promise<void>((r) => this.#stdinWaiters.push(r));
         continue;

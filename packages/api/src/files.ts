@@ -1,0 +1,159 @@
+import { z } from 'zod';
+
+/*
+ * The files API (`sandbox.files`) and volumes, shared by the embedded runtime
+ * and the remote client. Paths are guest paths, resolved inside the
+ * sandbox's root; relative ones against `/`. Every operation runs with the
+ * rights of `user` (default: the sandbox's user, as commands do).
+ */
+
+export const EntryTypeSchema = z.enum(['file', 'dir', 'symlink', 'other']);
+export type EntryType = z.infer<typeof EntryTypeSchema>;
+
+/** One file system entry, as `stat` (lstat) sees it. */
+export const EntryInfoSchema = z.object({
+  /** Its path in the guest. */
+  path: z.string(),
+  /** Its base name. */
+  name: z.string(),
+  type: EntryTypeSchema,
+  /** Size in bytes (for a symlink, the length of its target). */
+  size: z.number().int().nonnegative(),
+  /** Permission bits, `0o7777` at most. */
+  mode: z.number().int().min(0).max(0o7777),
+  uid: z.number().int().nonnegative(),
+  gid: z.number().int().nonnegative(),
+  /** Modification time, ISO 8601. */
+  mtime: z.string(),
+  /** A symlink's target. */
+  symlinkTarget: z.string().optional(),
+}).meta({ id: 'EntryInfo' });
+export type EntryInfo = z.infer<typeof EntryInfoSchema>;
+
+export const FileEventTypeSchema = z.enum(['create', 'write', 'remove', 'rename', 'chmod', 'overflow']);
+export type FileEventType = z.infer<typeof FileEventTypeSchema>;
+
+/** One change seen by `files.watch`. */
+export const FileEventSchema = z.object({
+  type: FileEventTypeSchema,
+  /** The path that changed (for `rename`, the new name). */
+  path: z.string(),
+  /** For `rename`, the old name, when the kernel reported both in one pair. */
+  oldPath: z.string().optional(),
+  isDir: z.boolean(),
+}).meta({ id: 'FileEvent' });
+export type FileEvent = z.infer<typeof FileEventSchema>;
+
+/** Options every file operation takes. */
+export interface FileOptions {
+  /** A user name, a uid, `uid:gid` or `name:group` (default: the sandbox's user). */
+  user?: string | number;
+  signal?: AbortSignal;
+}
+
+export type ReadFormat = 'text' | 'bytes' | 'stream';
+
+/** What `files.write` accepts: the whole contents, or a stream of it (never held whole in memory). */
+export type WriteData = string | Uint8Array | AsyncIterable<Uint8Array | string>;
+
+/** Options of `files.write`. */
+export interface WriteOptions extends FileOptions {
+  /** Permission bits of the file (default: those of the file it replaces, else 0o644). */
+  mode?: number;
+  /** Fail with ALREADY_EXISTS instead of replacing an existing file (default false). */
+  noReplace?: boolean;
+}
+
+/** A running watch: an async iterable of events; `close()` (or disposing it) ends it. */
+export interface FileWatchApi extends AsyncIterable<FileEvent>, AsyncDisposable {
+  close(): Promise<void>;
+}
+
+/**
+ * `sandbox.files`. Errors are RoostErrors whose `details` carry `errno`
+ * (`ENOENT`, `EACCES`, ...) and `path`: NOT_FOUND for a missing path,
+ * PERMISSION_DENIED, ALREADY_EXISTS, INVALID_STATE for a directory where a
+ * file was expected (and the like), RESOURCE_EXHAUSTED for a full disk.
+ */
+export interface FilesApi {
+  /** Reads a file: as text (UTF-8, the default), bytes, or a stream read as it is consumed. */
+  read(path: string, options?: FileOptions & { format?: 'text' }): Promise<string>;
+  read(path: string, options: FileOptions & { format: 'bytes' }): Promise<Uint8Array>;
+  read(path: string, options: FileOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * Writes a file, creating missing parent directories. The new contents
+   * replace the old only once all of them arrived: a failed or aborted write
+   * leaves the old file (or none) in place.
+   */
+  write(path: string, data: WriteData, options?: WriteOptions): Promise<EntryInfo>;
+  /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */
+  list(path: string, options?: FileOptions & { depth?: number }): Promise<EntryInfo[]>;
+  /** Describes one path (a symlink itself, unless `follow`). */
+  stat(path: string, options?: FileOptions & { follow?: boolean }): Promise<EntryInfo>;
+  /** True when the path exists (a dangling symlink exists). */
+  exists(path: string, options?: FileOptions): Promise<boolean>;
+  /** Creates a directory and missing parents (default mode 0o755). Resolves false if it already existed. */
+  makeDir(path: string, options?: FileOptions & { mode?: number }): Promise<boolean>;
+  /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). */
+  remove(path: string, options?: FileOptions & { recursive?: boolean }): Promise<void>;
+  /** Renames (moves) a path; replaces an existing target unless `noReplace`. */
+  rename(from: string, to: string, options?: FileOptions & { noReplace?: boolean }): Promise<EntryInfo>;
+  /** Watches a directory (inotify in the guest). Resolves once the watch is in place. */
+  watch(path: string, options?: FileOptions & { recursive?: boolean }): Promise<FileWatchApi>;
+  /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`. */
+  readArchive(path: string, options?: FileOptions): Promise<AsyncIterable<Uint8Array>>;
+  /** Extracts a tar stream into a directory (created if missing); as root, owners are kept. */
+  writeArchive(dir: string, tar: Uint8Array | AsyncIterable<Uint8Array>, options?: FileOptions): Promise<void>;
+}
+
+// ---- volumes -------------------------------------------------------------------
+
+const volumeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'volume names are 1-128 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
+export const VolumeNameSchema = volumeName;
+
+/**
+ * The most volumes one sandbox mounts: each is a virtio-9p device, and the
+ * microvm machine without ACPI has 8 virtio transports, 5 of them taken or
+ * unusable (see MAX_SHARES in the core's vmm/qemu.ts).
+ */
+export const MAX_VOLUMES = 3;
+
+/**
+ * A volume mounted into a sandbox: a host directory (an absolute `source`)
+ * or a named volume (a `source` that is a volume name; created on first use).
+ */
+export const VolumeMountSchema = z.object({
+  source: z.string().min(1),
+  /** Absolute guest path. */
+  target: z.string().regex(/^\//, 'the guest path must be absolute'),
+  readOnly: z.boolean().optional(),
+}).strict().meta({ id: 'VolumeMount' });
+export type VolumeMount = z.infer<typeof VolumeMountSchema>;
+
+/** A named volume: a directory under the Roost home, kept after the sandboxes that used it go. */
+export const VolumeInfoSchema = z.object({
+  name: z.string(),
+  /** Its directory on the host. */
+  path: z.string(),
+  createdAt: z.string(),
+  labels: z.record(z.string(), z.string()),
+  /** Ids of sandboxes (not removed) that mount it. */
+  usedBy: z.array(z.string()),
+}).meta({ id: 'VolumeInfo' });
+export type VolumeInfo = z.infer<typeof VolumeInfoSchema>;
+
+export const CreateVolumeRequestSchema = z.object({
+  name: volumeName,
+  labels: z.record(z.string(), z.string().max(256)).optional(),
+}).strict().meta({ id: 'CreateVolumeRequest' });
+export type CreateVolumeRequest = z.infer<typeof CreateVolumeRequestSchema>;
+
+/** `runtime.volumes`. */
+export interface VolumesApi {
+  /** Creates a named volume; ALREADY_EXISTS if the name is taken. */
+  create(request: CreateVolumeRequest): Promise<VolumeInfo>;
+  get(name: string): Promise<VolumeInfo>;
+  list(): Promise<VolumeInfo[]>;
+  /** Removes a volume and its data; INVALID_STATE while a sandbox that is not removed mounts it. */
+  remove(name: string): Promise<void>;
+}
