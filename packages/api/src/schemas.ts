@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
+import { EntryInfoSchema, FileEventSchema, MAX_VOLUMES, VolumeMountSchema } from './files.js';
 
 /*
  * The REST API's bodies, as zod schemas: the daemon validates requests with
@@ -55,6 +56,8 @@ export const SandboxInfoSchema = z.object({
   agentVersion: z.string().optional(),
   /** Commands started in it so far. */
   execs: z.number().int(),
+  /** Volumes mounted into it (named volumes by name). */
+  volumes: z.array(VolumeMountSchema).optional(),
 }).meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
 
@@ -69,6 +72,8 @@ export const CreateSandboxRequestSchema = z.object({
   labels: LabelsSchema.optional(),
   /** Survives a restart of the runtime that made it (default false: it stops with it). */
   detached: z.boolean().optional(),
+  /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3). */
+  volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
   /** How long booting may take (ms). */
   timeoutMs: z.number().int().positive().max(600_000).optional(),
 }).strict().meta({ id: 'CreateSandboxRequest' });
@@ -174,6 +179,7 @@ export const PullEventSchema = z.discriminatedUnion('type', [
 export const EVENT_TYPES = [
   'sandbox.created', 'sandbox.started', 'sandbox.exited', 'sandbox.failed', 'sandbox.deleted',
   'image.pulled', 'image.deleted',
+  'volume.created', 'volume.removed',
   'exec.started', 'exec.exited',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
@@ -233,3 +239,59 @@ export const ErrorBodySchema = z.object({
   }),
 }).meta({ id: 'Error' });
 export type ErrorBody = z.infer<typeof ErrorBodySchema>;
+
+// ---- the files routes: /v1/sandboxes/{id}/files/... --------------------------
+
+const FileUserSchema = z.union([z.string().min(1), z.number().int().nonnegative()]);
+
+/** POST /v1/sandboxes/{id}/files/mkdir */
+export const MakeDirRequestSchema = z.object({
+  path: z.string().min(1),
+  /** Permission bits (default 0o755). */
+  mode: z.number().int().min(0).max(0o7777).optional(),
+  user: FileUserSchema.optional(),
+}).strict().meta({ id: 'MakeDirRequest' });
+
+export const MakeDirResultSchema = z.object({
+  /** False when the directory existed already. */
+  created: z.boolean(),
+}).meta({ id: 'MakeDirResult' });
+
+/** POST /v1/sandboxes/{id}/files/rename */
+export const RenameRequestSchema = z.object({
+  from: z.string().min(1),
+  to: z.string().min(1),
+  /** Fail with ALREADY_EXISTS instead of replacing `to`. */
+  noReplace: z.boolean().optional(),
+  user: FileUserSchema.optional(),
+}).strict().meta({ id: 'RenameRequest' });
+
+/** GET /v1/sandboxes/{id}/files/list */
+export const EntryListSchema = z.object({ entries: z.array(EntryInfoSchema) }).meta({ id: 'EntryList' });
+
+/**
+ * One line of GET /v1/sandboxes/{id}/files/watch: `{"ready":true}` first
+ * (the watch is in place), then FileEvents; an `error` line ends a watch
+ * that failed.
+ */
+export const FileWatchLineSchema = z.union([
+  z.object({ ready: z.literal(true) }).strict(),
+  FileEventSchema,
+  z.object({ error: z.lazy(() => ErrorBodySchema.shape.error) }).strict(),
+]).meta({ id: 'FileWatchLine' });
+export type FileWatchLine = z.infer<typeof FileWatchLineSchema>;
+
+/*
+ * Query strings of the files routes (values as they arrive: strings; a
+ * repeated parameter counts by its last value). `user` is a name, a uid,
+ * `uid:gid` or `name:group`.
+ */
+const queryBool = z.enum(['true', 'false', '1', '0', '']).transform((v) => v === 'true' || v === '1' || v === '');
+const queryInt = (max: number) => z.string().regex(/^\d{1,10}$/, 'expected a non-negative integer').transform(Number).pipe(z.number().max(max));
+
+export const FileQuerySchema = z.object({ path: z.string().min(1), user: z.string().min(1).optional() }).strict();
+export const StatQuerySchema = FileQuerySchema.extend({ follow: queryBool.optional() }).strict();
+export const ListQuerySchema = FileQuerySchema.extend({ depth: queryInt(0xffffffff).optional() }).strict();
+export const WriteQuerySchema = FileQuerySchema.extend({ mode: queryInt(0o7777).optional(), noReplace: queryBool.optional() }).strict();
+/** DELETE and watch: `recursive` (DELETE defaults to true). */
+export const RecursiveQuerySchema = FileQuerySchema.extend({ recursive: queryBool.optional() }).strict();

@@ -9,6 +9,7 @@
  */
 export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus, type SandboxImage, type PullPolicy } from './sandbox.js';
 export { Runtime, type RuntimeOptions, type CreateSandboxOptions, type EventsOptions } from './runtime.js';
+export { Volumes } from './volumes.js';
 export { HomeLock, type HomeOwner } from './state/lock.js';
 export { EventLog } from './state/events.js';
 export { Settings } from './state/settings.js';
@@ -25,11 +26,12 @@ export { buildRootfs, ROOTFS_FORMAT, type RootfsBuild } from './image/rootfs.js'
 export { stateDb, closeStateDbs, SCHEMA_VERSION } from './state/db.js';
 export { parseImageReference, formatImageReference, familiarImageReference, registryApiHost, DOCKER_HUB, type ImageReference } from './image/reference.js';
 export { Commands, CommandHandle, type CommandResult, type RunOptions, type OutputCallback } from './commands.js';
+export { Files, runCall, callError, errnoName, toEntryInfo, MAX_CALL_OUTPUT, type RunCallOptions } from './files.js';
 export { RoostError, isRoostError, ERROR_STATUS, type RoostErrorCode } from './errors.js';
 export { setup, loadAssets, sourceRoot, ensureDebianPackages, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
 export { roostHome, HomeLayout } from './home.js';
 export { chooseAccel, hostCpu, type Accel } from './vmm/accel.js';
 export { QemuVmm, qemuArgs, kernelCmdline, vmPaths, QEMU_BINARY } from './vmm/qemu.js';
-export type { Vmm, VmConfig, VmHandle, VmExit, VmPaths } from './vmm/types.js';
+export type { Vmm, VmConfig, VmHandle, VmExit, VmPaths, VmShare } from './vmm/types.js';
 export { QmpClient, type QmpEvent } from './vmm/qmp.js';
 export { AgentConnection, ExecChannel } from './agent/connection.js';

@@ -13,6 +13,7 @@ import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
 import { SandboxRecords } from './state/sandboxes.js';
 import { Settings } from './state/settings.js';
+import { Volumes } from './volumes.js';
 
 /** Options of `Runtime.open`. */
 export interface RuntimeOptions {
@@ -69,6 +70,7 @@ export class Runtime implements RuntimeApi {
   readonly #records: SandboxRecords;
   readonly #log: EventLog;
   readonly #images: ImageStore;
+  readonly #volumes: Volumes;
   readonly #sandboxes = new Map<string, Sandbox>();
   readonly #counters: RuntimeCounters = { sandboxesCreated: 0, sandboxesDestroyed: 0, execs: 0, execBytes: { stdin: 0, stdout: 0, stderr: 0 } };
   readonly #closing = new AbortController();
@@ -89,6 +91,7 @@ export class Runtime implements RuntimeApi {
     this.#log = new EventLog(db);
     this.settings = new Settings(db);
     this.#images = new ImageStore({ home });
+    this.#volumes = new Volumes({ home });
     this.#maxConcurrentCreates = options.maxConcurrentCreates ?? this.settings.get<number>('maxConcurrentCreates') ?? DEFAULT_MAX_CONCURRENT_CREATES;
     this.#maxSandboxes = options.maxSandboxes ?? this.settings.get<number>('maxSandboxes') ?? Infinity;
   }
@@ -128,6 +131,11 @@ export class Runtime implements RuntimeApi {
   /** The image store of this home: pull, list, remove, import and export images. */
   get images(): ImageStore {
     return this.#images;
+  }
+
+  /** The named volumes of this home: directories mounted into sandboxes (`volumes` of `create`), kept after them. */
+  get volumes(): Volumes {
+    return this.#volumes;
   }
 
   /** Creates and boots a sandbox; resolves once its agent answers. */
@@ -260,6 +268,7 @@ export class Runtime implements RuntimeApi {
       events: this.#log,
       counters: this.#counters,
       images: this.#images,
+      volumes: this.#volumes,
       assets: () => this.assets(),
       adopted: (sb) => this.#sandboxes.set(sb.id, sb),
       released: (id) => this.#sandboxes.delete(id),
@@ -314,6 +323,7 @@ export class Runtime implements RuntimeApi {
       }
     }
     this.#log.prune();
+    await this.#volumes.sweep();
   }
 }
 

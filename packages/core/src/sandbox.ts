@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { cpus as hostCpus, totalmem } from 'node:os';
-import { access, mkdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { HelloFlags } from '@roost/protocol';
+import { access, mkdir, readFile, realpath, rm, stat } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { CallFlags, HelloFlags } from '@roost/protocol';
 import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus } from '@roost/api';
-import { LabelsSchema, EnvSchema } from '@roost/api';
+import { LabelsSchema, EnvSchema, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
 import { z } from 'zod';
 import { AgentConnection } from './agent/connection.js';
 import type { Assets } from './assets.js';
@@ -16,10 +16,12 @@ import type { PullProgress } from './image/manifest.js';
 import type { EventInput, EventLog } from './state/events.js';
 import type { SandboxRecords } from './state/sandboxes.js';
 import { parseOptions } from './validate.js';
+import { Files, runCall } from './files.js';
+import type { Volumes } from './volumes.js';
 import { chooseAccel } from './vmm/accel.js';
 import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
-import { QemuVmm } from './vmm/qemu.js';
-import type { VmHandle } from './vmm/types.js';
+import { MAX_SHARES, QemuVmm } from './vmm/qemu.js';
+import type { VmHandle, VmShare } from './vmm/types.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy };
 
@@ -56,6 +58,14 @@ export interface SandboxOptions {
    * re-attaches to it.
    */
   detached?: boolean;
+  /**
+   * Host directories (an absolute `source`, which must exist) and named
+   * volumes (a `source` that is a volume name; created on first use) to
+   * mount at `target` in the guest, over virtio-9p; at most 3 (MAX_VOLUMES). Targets are
+   * absolute, normalized, distinct, and neither `/` nor under /proc, /sys or
+   * /dev. A host directory is resolved (symlinks) once, here.
+   */
+  volumes?: VolumeMount[];
   /** How long booting may take before it fails (default 30 s; pulling the image and building its filesystem come before, bounded by `signal` only). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -76,6 +86,7 @@ const sandboxOptionsSchema = z
     onPullProgress: z.function().optional(),
     diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
     detached: z.boolean().optional(),
+    volumes: z.array(VolumeMountSchema).max(MAX_SHARES).optional(),
     timeoutMs: z.number().int().positive().optional(),
     signal: z.instanceof(AbortSignal).optional(),
     home: z.string().min(1).optional(),
@@ -102,6 +113,7 @@ export interface SandboxOwner {
   readonly events: EventLog;
   readonly counters: RuntimeCounters;
   readonly images: ImageStore;
+  readonly volumes: Volumes;
   assets(): Promise<Assets>;
   /** The sandbox has a record: the runtime lists it from now on (even if its boot then fails). */
   adopted(sandbox: Sandbox): void;
@@ -120,6 +132,8 @@ export interface SandboxOwner {
 export class Sandbox implements SandboxApi {
   readonly id: string;
   readonly commands: Commands;
+  /** Files in the guest: read, write, list, watch (see FilesApi). */
+  readonly files: Files;
   #info: SandboxInfo;
   #owner: SandboxOwner;
   #vm: VmHandle | null;
@@ -139,6 +153,11 @@ export class Sandbox implements SandboxApi {
       () => this.#connection(),
       () => ({ env: this.#info.env, ...(this.#info.workingDir ? { cwd: this.#info.workingDir } : {}), ...(this.#info.user ? { user: this.#info.user } : {}) }),
       this.#commandHooks(),
+    );
+    // File operations run as the sandbox's user, like commands, but are not commands: no exec events or counts.
+    this.files = new Files(
+      () => this.#connection(),
+      () => (this.#info.user ? { user: this.#info.user } : {}),
     );
     if (vm) this.#watch(vm);
   }
@@ -173,6 +192,8 @@ export class Sandbox implements SandboxApi {
     if (cpus > hostCpus().length && accel === 'kvm') {
       throw new RoostError('INVALID_ARGUMENT', `cpus: ${cpus} requested, the host has ${hostCpus().length}`);
     }
+    // Checked before an image is pulled: bad input fails fast.
+    const volumes = opts.volumes ? await resolveVolumes(opts.volumes, owner.home) : [];
     const image = opts.image ? await prepareImage(owner.images, opts) : undefined;
     const now = new Date().toISOString();
     const info: SandboxInfo = {
@@ -192,12 +213,21 @@ export class Sandbox implements SandboxApi {
       ...(image ? { image: image.record } : {}),
       ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
       ...(image?.user ? { user: image.user } : {}),
+      ...(volumes.length > 0 ? { volumes } : {}),
       execs: 0,
     };
     // Recorded before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
     await mkdir(owner.layout.sandbox(info.id), { recursive: true });
     const sb = new Sandbox(owner, info, null);
-    sb.#save({}, 'sandbox.created', { data: { image: info.image?.reference ?? null, cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+    // Named volumes are made (or found) in the transaction that records the sandbox: a concurrent
+    // `volumes.remove` (another process, too: immediate takes the write lock first) sees the volume
+    // in use, or removes it before this makes it again.
+    owner.records.db
+      .transaction(() => {
+        for (const v of volumes) if (!isHostPath(v.source)) owner.volumes._ensure(v.source);
+        sb.#save({}, 'sandbox.created', { data: { image: info.image?.reference ?? null, cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+      })
+      .immediate();
     owner.counters.sandboxesCreated++;
     owner.adopted(sb);
     const timeoutMs = opts.timeoutMs ?? 30_000;
@@ -304,6 +334,8 @@ export class Sandbox implements SandboxApi {
         }
         rootfs = await this.#owner.images.rootfs(this.#info.image.id, options.signal ? { signal: options.signal } : {});
       }
+      // A host directory that went away is reported before the sandbox is touched.
+      await this.#shares();
       this.#ending = false;
       this.#save({ status: 'creating', reason: undefined, pid: null });
       await this.#boot(assets, rootfs, options.timeoutMs ?? 30_000, options.signal);
@@ -405,9 +437,10 @@ export class Sandbox implements SandboxApi {
       await mkdir(dir, { recursive: true });
       const disk = join(dir, 'disk.qcow2');
       if (!(await exists(disk))) await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
+      const shares = await this.#shares();
       vm = await new QemuVmm().start({
         id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
-        rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel,
+        rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel, shares,
       });
       this.#vm = vm;
       this.#save({ pid: vm.pid });
@@ -418,6 +451,12 @@ export class Sandbox implements SandboxApi {
         signal,
         vmExited: () => runningVm.hasExited,
       });
+      try {
+        await this.#mountVolumes(conn, shares, signal);
+      } catch (e) {
+        conn.close();
+        throw e;
+      }
       this.#watch(vm);
       this.#adopt(Promise.resolve(conn));
       this.#save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.hello.agentVersion }, 'sandbox.started', {
@@ -433,6 +472,52 @@ export class Sandbox implements SandboxApi {
         this.#save({ status: 'failed', pid: null, reason, stoppedAt: new Date().toISOString() }, 'sandbox.failed', { data: { reason, code: err.code } });
       }
       throw err;
+    }
+  }
+
+  /** The host side of the sandbox's volumes, in the order of `info.volumes` (share i has tag `roost.v<i>`). */
+  async #shares(): Promise<VmShare[]> {
+    const shares: VmShare[] = [];
+    for (const [i, v] of (this.#info.volumes ?? []).entries()) {
+      let path: string;
+      if (isHostPath(v.source)) {
+        path = v.source;
+        const st = await stat(path).catch(() => null);
+        if (!st?.isDirectory()) {
+          throw new RoostError('NOT_FOUND', `sandbox ${this.id} mounts host directory ${path} at ${v.target}, which is no longer a directory: restore it (or remove the sandbox)`, {
+            details: { source: path, target: v.target },
+          });
+        }
+        // Resolved once, at create: a directory since replaced by a symlink is not followed somewhere else.
+        const real = await realpath(path).catch(() => path);
+        if (real !== path) {
+          throw new RoostError('INVALID_STATE', `sandbox ${this.id} mounts host directory ${path} at ${v.target}, which is now a link to ${real}: restore the directory (or remove the sandbox)`, {
+            details: { source: path, target: v.target },
+          });
+        }
+      } else {
+        path = this.#owner.volumes._ensure(v.source).path;
+      }
+      shares.push({ tag: `roost.v${i}`, path, readOnly: v.readOnly === true });
+    }
+    return shares;
+  }
+
+  /**
+   * Mounts the volumes in the guest (the agent's `mount` call, as root),
+   * parents before what is mounted below them. A failure fails the boot.
+   */
+  async #mountVolumes(conn: AgentConnection, shares: VmShare[], signal: AbortSignal): Promise<void> {
+    const volumes = this.#info.volumes ?? [];
+    const order = volumes.map((v, i) => ({ v, share: shares[i]! })).sort((a, b) => depth(a.v.target) - depth(b.v.target));
+    for (const { v, share } of order) {
+      try {
+        await runCall(conn, { op: 'mount', args: [share.tag, v.target], flags: v.readOnly ? CallFlags.READ_ONLY : 0, user: '0' }, { signal });
+      } catch (e) {
+        if (signal.aborted) throw e;
+        const why = e instanceof Error ? e.message : String(e);
+        throw new RoostError('BOOT_FAILED', `cannot mount volume ${v.source} at ${v.target} in the guest: ${why}`, { cause: e, details: { source: v.source, target: v.target } });
+      }
     }
   }
 
@@ -586,6 +671,69 @@ async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<Pr
     workingDir: image.config.workingDir,
     user: image.config.user,
   };
+}
+
+/** Guest paths no volume may be mounted on or below: the kernel's own file systems. */
+const RESERVED_TARGETS = ['/proc', '/sys', '/dev'];
+
+/** True for a volume source that is a host directory (else it names a volume). */
+function isHostPath(source: string): boolean {
+  return source.startsWith('/');
+}
+
+function depth(path: string): number {
+  return path.split('/').length;
+}
+
+/**
+ * Checks the volumes of a sandbox to be: targets absolute, normalized,
+ * distinct and not reserved; host directories existing (resolved with
+ * realpath once, here: that is what is recorded and mounted), names valid.
+ */
+async function resolveVolumes(volumes: readonly VolumeMount[], home: string): Promise<VolumeMount[]> {
+  if (volumes.length > MAX_SHARES) throw new RoostError('INVALID_ARGUMENT', `volumes: at most ${MAX_SHARES}, not ${volumes.length}`);
+  const realHome = await realpath(home).catch(() => home);
+  const targets = new Set<string>();
+  const out: VolumeMount[] = [];
+  for (const [i, v] of volumes.entries()) {
+    const where = `volumes[${i}]`;
+    const bad = (message: string, field: 'source' | 'target') => new RoostError('INVALID_ARGUMENT', `${where}.${field}: ${message}`, { details: { field: `volumes.${i}.${field}`, source: v.source, target: v.target } });
+    const t = v.target;
+    if (!t.startsWith('/')) throw bad(`the guest path "${t}" must be absolute`, 'target');
+    if (t.includes('\0')) throw bad('the guest path contains a NUL byte', 'target');
+    if (Buffer.byteLength(t) > 4095) throw bad('the guest path is longer than 4095 bytes', 'target');
+    const normal = posix.normalize(t).replace(/(.)\/+$/, '$1');
+    if (normal !== t) throw bad(`the guest path "${t}" is not normalized: write it as "${normal}"`, 'target');
+    if (t === '/') throw bad('a volume cannot be mounted on / (the guest\'s root)', 'target');
+    const reserved = RESERVED_TARGETS.find((r) => t === r || t.startsWith(r + '/'));
+    if (reserved) throw bad(`${t} is under ${reserved}, which belongs to the guest kernel`, 'target');
+    if (targets.has(t)) throw bad(`two volumes are mounted at ${t}`, 'target');
+    targets.add(t);
+
+    let source: string;
+    if (isHostPath(v.source)) {
+      if (v.source.includes('\0')) throw bad('the host path contains a NUL byte', 'source');
+      try {
+        source = await realpath(v.source);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        throw bad(code === 'ENOENT' ? `the host directory ${v.source} does not exist` : `cannot resolve the host directory ${v.source}: ${(e as Error).message}`, 'source');
+      }
+      const st = await stat(source).catch((e: Error) => {
+        throw bad(`cannot read the host directory ${v.source}: ${e.message}`, 'source');
+      });
+      if (!st.isDirectory()) throw bad(`${v.source}${source !== v.source ? ` (${source})` : ''} is not a directory`, 'source');
+      if (source === realHome || source.startsWith(realHome + '/')) {
+        throw bad(`${v.source} is inside the Roost home ${home} (sandbox disks, sockets, the API token): use a named volume instead`, 'source');
+      }
+    } else {
+      const r = VolumeNameSchema.safeParse(v.source);
+      if (!r.success) throw bad(`"${v.source}" is neither an absolute host directory nor a volume name (${r.error.issues[0]?.message ?? 'invalid'})`, 'source');
+      source = v.source;
+    }
+    out.push({ source, target: t, readOnly: v.readOnly === true });
+  }
+  return out;
 }
 
 function newId(records: SandboxRecords): string {

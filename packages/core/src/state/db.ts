@@ -71,6 +71,16 @@ const MIGRATIONS: readonly string[] = [
     value_json TEXT NOT NULL
   );
   `,
+  // 3: named volumes. Their data is a directory under the home (path); which sandboxes mount one is in
+  // the sandboxes' records (info_json: volumes[].source is the volume's name).
+  `
+  CREATE TABLE volumes (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,                  -- the directory the guests see: <home>/volumes/<name>/data
+    created_at TEXT NOT NULL,
+    labels_json TEXT NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */

@@ -6,7 +6,7 @@ import { RoostError } from '../errors.js';
 import { hostCpu } from './accel.js';
 import { connectWithRetry } from './connect.js';
 import { QmpClient } from './qmp.js';
-import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths } from './types.js';
+import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths, VmShare } from './types.js';
 
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
@@ -74,6 +74,7 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
 /** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
 export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
   const { agent = true, rootfs = true } = options;
+  if ((config.shares?.length ?? 0) > MAX_SHARES) throw new RoostError('INVALID_ARGUMENT', `at most ${MAX_SHARES} volumes per sandbox, not ${config.shares!.length}`);
   const tcg = config.accel === 'tcg';
   const args = [
     '-name', `roost-${config.id}`,
@@ -104,6 +105,7 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
       );
     }
   }
+  (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, SHARE_BUSES[i]!)));
   if (agent) {
     args.push(
       '-device', 'virtio-serial-device,max_ports=2',
@@ -113,6 +115,56 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     );
   }
   return args;
+}
+
+/**
+ * The virtio-mmio transports that shares use. Without ACPI (acpi=off; the
+ * guest kernel has none) the microvm machine has one IOAPIC and 8
+ * transports, `virtio-mmio-bus.N` on IRQ 5 + N; devices without a `bus=`
+ * take them from the top: the rng, the two disks and the serial port get
+ * buses 7 to 4 (IRQs 12 to 9). Bus 3 is IRQ 8, which the RTC holds
+ * (rtc=on): a device there never gets its interrupt ("no channels
+ * available" in the guest). That leaves buses 2, 1 and 0. (With ACPI, a
+ * second IOAPIC gives 24 transports on IRQs 24-47.)
+ */
+const SHARE_BUSES = ['virtio-mmio-bus.2', 'virtio-mmio-bus.1', 'virtio-mmio-bus.0'];
+/** The most shares (volumes) a VM gets: see SHARE_BUSES (the API's MAX_VOLUMES). */
+export const MAX_SHARES = SHARE_BUSES.length;
+
+/**
+ * QEMU's 9P server for one share. The guest is untrusted root, and QEMU
+ * may run as root too (it does under `roost serve` as root), so what the
+ * guest makes must never become something the host would run or trust:
+ *
+ * - `security_model=mapped-xattr`: every file the guest creates is a plain
+ *   file owned by QEMU's user, mode `fmode` (0644: never executable,
+ *   setuid or setgid) or `dmode` (0755) for directories; the ownership and
+ *   mode the guest asked for (root, 04755, ...) live only in
+ *   `user.virtfs.*` xattrs that QEMU reads back to the guest and hides from
+ *   it. Symlinks, device nodes, FIFOs and sockets the guest makes are plain
+ *   files on the host too (a link's target is the file's contents), so the
+ *   host never follows a link a guest made, and no device node appears.
+ *   Of extended attributes the guest may set only `user.*` ones (not
+ *   `user.virtfs.*`): QEMU's mapped-xattr handlers have none for
+ *   `security.*` (file capabilities) or `trusted.*`, which it refuses.
+ *   (`passthrough` would create the guest's owners and modes for real: a
+ *   setuid-root shell on the host, with QEMU as root; `none` would apply its
+ *   modes, setuid bit included, to files of QEMU's user.)
+ * - QEMU resolves every path below the share with `openat(O_NOFOLLOW)` one
+ *   component at a time, so `..` and symlinks (the host's included) never
+ *   take it outside `path`; a guest hard link to a file outside the mount is
+ *   EXDEV in the guest's own VFS before it reaches QEMU.
+ * - `readonly=on`: QEMU itself refuses writes (EROFS), so a guest that
+ *   remounts read-write gains nothing.
+ *
+ * Host users see the guest's files as QEMU's user's, 0644 / 0755; files the
+ * host puts there keep their real owner and mode, and the guest sees those.
+ */
+function shareArgs(share: VmShare, id: string, bus: string): string[] {
+  if (!/^[A-Za-z0-9._-]{1,31}$/.test(share.tag)) throw new RoostError('INTERNAL', `bad 9P mount tag "${share.tag}"`);
+  const fsdev = ['local', `id=${id}`, `path=${opt(share.path)}`, 'security_model=mapped-xattr', 'fmode=0644', 'dmode=0755'];
+  if (share.readOnly) fsdev.push('readonly=on');
+  return ['-fsdev', fsdev.join(','), '-device', `virtio-9p-device,fsdev=${id},mount_tag=${share.tag},bus=${bus}`];
 }
 
 /** The longest unix socket path Linux accepts (sun_path is 108 bytes with its NUL). */

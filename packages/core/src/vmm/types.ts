@@ -22,6 +22,18 @@ export interface VmConfig {
   accel: Accel;
   /** Extra kernel command line words. */
   append?: string[];
+  /** Host directories exported to the guest over virtio-9p (volumes), at most 16. */
+  shares?: VmShare[];
+}
+
+/** A host directory the guest can mount over virtio-9p (`mount -t 9p <tag>`). */
+export interface VmShare {
+  /** The 9P mount tag, unique in the VM (`roost.v0`, ...). */
+  tag: string;
+  /** The host directory (absolute, symlinks resolved). */
+  path: string;
+  /** QEMU refuses every write, whatever the guest's mount flags say. */
+  readOnly: boolean;
 }
 
 /** How a VM process ended. */
