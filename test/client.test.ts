@@ -3,6 +3,7 @@ import { isRoostError, type RoostEvent, type RuntimeApi, type SandboxApi } from 
 import { RoostClient } from '@roost/client';
 import { Runtime } from '@roost/core';
 import { serve, type ServeHandle } from '@roost/server';
+import { Header, Parser, type ReadEntry } from 'tar';
 import { eventually, TestHome } from './helpers.js';
 
 /*
@@ -49,6 +50,38 @@ async function* chunks(...parts: string[]): AsyncIterable<string> {
     await new Promise((r) => setTimeout(r, 20));
     yield p;
   }
+}
+
+/** Everything an async iterable yields, as one buffer (and how many chunks it came in). */
+async function drain(source: AsyncIterable<Uint8Array>): Promise<{ bytes: Buffer; chunks: number }> {
+  const parts: Buffer[] = [];
+  for await (const c of source) parts.push(Buffer.from(c));
+  return { bytes: Buffer.concat(parts), chunks: parts.length };
+}
+
+async function* pieces(buf: Buffer, size: number): AsyncIterable<Uint8Array> {
+  for (let off = 0; off < buf.length; off += size) yield buf.subarray(off, off + size);
+}
+
+/** The entry names (and types) of a tar. */
+async function tarEntries(tar: Buffer): Promise<string[]> {
+  const names: string[] = [];
+  const parser = new Parser({ strict: true, onReadEntry: (e: ReadEntry) => (names.push(`${e.type} ${e.path}${e.linkpath ? ` -> ${e.linkpath}` : ''}`), e.resume()) });
+  await new Promise<void>((resolve, reject) => {
+    parser.on('end', () => resolve());
+    parser.on('error', reject);
+    parser.end(tar);
+  });
+  return names.sort();
+}
+
+/** A one-entry tar with any name (a hostile one, too). */
+function oneEntryTar(path: string, data: string): Buffer {
+  const block = Buffer.alloc(512);
+  new Header({ path, type: 'File', mode: 0o644, size: data.length, mtime: new Date(), uid: 0, gid: 0 }).encode(block, 0);
+  const body = Buffer.alloc(Math.ceil(data.length / 512) * 512);
+  body.write(data);
+  return Buffer.concat([block, body, Buffer.alloc(1024)]);
 }
 
 for (const name of ['remote', 'embedded'] as const) {
@@ -162,6 +195,213 @@ for (const name of ['remote', 'embedded'] as const) {
       }
       expect(seen.map((e) => e.type).slice(0, 2)).toEqual(['sandbox.created', 'sandbox.started']);
       expect(seen[0]!.id).toBeLessThan(seen[1]!.id);
+    });
+
+    it('files: reads and writes text, bytes and streams; stat and exists', async () => {
+      const { shared } = face();
+      const f = shared.files;
+      const dir = `/tmp/files-${name}`;
+      const written = await f.write(`${dir}/deep/a.txt`, 'héllo\n');
+      expect(written).toMatchObject({ path: `${dir}/deep/a.txt`, name: 'a.txt', type: 'file', size: 7, mode: 0o644, uid: 0, gid: 0 });
+      expect(Date.parse(written.mtime)).toBeGreaterThan(Date.now() - 600_000);
+      expect(await f.read(`${dir}/deep/a.txt`)).toBe('héllo\n');
+      const bytes = Buffer.from([0, 255, 1, 2, 0x80]);
+      await f.write(`${dir}/b.bin`, new Uint8Array(bytes), { mode: 0o600 });
+      expect(Buffer.from(await f.read(`${dir}/b.bin`, { format: 'bytes' }))).toEqual(bytes);
+      expect((await shared.commands.run(`stat -c '%a %s %u' ${dir}/b.bin`)).stdout).toBe('600 5 0\n');
+
+      // A 3 MiB file from an async iterable, read back as a stream (several chunks, bytes exact).
+      const big = Buffer.alloc(3 << 20);
+      for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i * 2654435761 >>> 0, i);
+      const info = await f.write(`${dir}/big`, pieces(big, 100_000));
+      expect(info.size).toBe(big.length);
+      const back = await drain(await f.read(`${dir}/big`, { format: 'stream' }));
+      expect(back.chunks).toBeGreaterThan(1);
+      expect(back.bytes.equals(big)).toBe(true);
+      await f.write(`${dir}/s.txt`, chunks('one ', 'two'));
+      expect(await f.read(`${dir}/s.txt`)).toBe('one two');
+      expect(await f.read(`${dir}/empty`, {}).catch((e: unknown) => (e as { code?: string }).code)).toBe('NOT_FOUND');
+      await f.write(`${dir}/empty`, '');
+      expect(await f.read(`${dir}/empty`)).toBe('');
+      expect((await drain(await f.read(`${dir}/empty`, { format: 'stream' }))).bytes.length).toBe(0);
+      // Breaking out of a stream early ends the read; the sandbox goes on.
+      for await (const chunk of await f.read(`${dir}/big`, { format: 'stream' })) {
+        expect(chunk.length).toBeGreaterThan(0);
+        break;
+      }
+      // So does its signal, with ABORTED.
+      const ac0 = new AbortController();
+      const reading = await f.read(`${dir}/big`, { format: 'stream', signal: ac0.signal });
+      let seen = 0;
+      const stopped = await (async () => {
+        for await (const chunk of reading) {
+          seen += chunk.length;
+          ac0.abort();
+        }
+      })().catch((e: unknown) => e);
+      expect(isRoostError(stopped, 'ABORTED')).toBe(true);
+      expect(seen).toBeLessThan(big.length);
+
+      expect(await f.stat(`${dir}/b.bin`)).toMatchObject({ type: 'file', size: 5, mode: 0o600 });
+      expect(await f.exists(`${dir}/b.bin`)).toBe(true);
+      expect(await f.exists(`${dir}/nothing`)).toBe(false);
+      expect(await f.exists(`${dir}/b.bin/under`)).toBe(false);
+
+      // noReplace, and a stream that fails: the old file stays.
+      const dup = await f.write(`${dir}/deep/a.txt`, 'x', { noReplace: true }).catch((e: unknown) => e);
+      expect(isRoostError(dup, 'ALREADY_EXISTS')).toBe(true);
+      expect((dup as { details: object }).details).toMatchObject({ errno: 'EEXIST' });
+      async function* failing(): AsyncIterable<string> {
+        yield 'partial';
+        await new Promise((r) => setTimeout(r, 50));
+        throw new Error('source broke');
+      }
+      const broke = await f.write(`${dir}/deep/a.txt`, failing()).catch((e: unknown) => e);
+      expect(isRoostError(broke, 'ABORTED')).toBe(true);
+      expect((broke as Error).message).toMatch(/source broke/);
+      const ac = new AbortController();
+      async function* slow(): AsyncIterable<string> {
+        yield 'partial';
+        ac.abort();
+        await new Promise((r) => setTimeout(r, 200));
+        yield 'more';
+      }
+      const aborted = await f.write(`${dir}/deep/a.txt`, slow(), { signal: ac.signal }).catch((e: unknown) => e);
+      expect(isRoostError(aborted, 'ABORTED')).toBe(true);
+      expect(await f.read(`${dir}/deep/a.txt`)).toBe('héllo\n');
+      expect((await shared.commands.run(`ls -a ${dir}/deep`)).stdout).toBe('.\n..\na.txt\n');
+    });
+
+    it('files: lists, makes directories, renames and removes; symlinks are not followed', async () => {
+      const { shared } = face();
+      const f = shared.files;
+      const dir = `/tmp/tree-${name}`;
+      expect(await f.makeDir(`${dir}/x/y`, { mode: 0o750 })).toBe(true);
+      expect(await f.makeDir(`${dir}/x/y`)).toBe(false);
+      expect((await f.stat(`${dir}/x/y`)).mode).toBe(0o750);
+      await f.write(`${dir}/x/y/f`, 'f');
+      await shared.commands.run(`ln -s /etc ${dir}/link`);
+      const top = await f.list(dir);
+      expect(top.map((e) => [e.name, e.type])).toEqual([['link', 'symlink'], ['x', 'dir']]);
+      expect(top[0]).toMatchObject({ path: `${dir}/link`, symlinkTarget: '/etc' });
+      expect((await f.list(dir, { depth: 3 })).map((e) => e.path)).toEqual([`${dir}/link`, `${dir}/x`, `${dir}/x/y`, `${dir}/x/y/f`]);
+      expect((await f.stat(`${dir}/link`)).type).toBe('symlink');
+      expect((await f.stat(`${dir}/link`, { follow: true })).type).toBe('dir');
+
+      expect(await f.rename(`${dir}/x/y/f`, `${dir}/g`)).toMatchObject({ path: `${dir}/g`, name: 'g', type: 'file', size: 1 });
+      await f.write(`${dir}/h`, 'h');
+      const taken = await f.rename(`${dir}/g`, `${dir}/h`, { noReplace: true }).catch((e: unknown) => e);
+      expect(isRoostError(taken, 'ALREADY_EXISTS')).toBe(true);
+      await f.rename(`${dir}/g`, `${dir}/h`);
+      expect(await f.read(`${dir}/h`)).toBe('f');
+
+      const notEmpty = await f.remove(`${dir}/x`, { recursive: false }).catch((e: unknown) => e);
+      expect(isRoostError(notEmpty, 'INVALID_STATE')).toBe(true);
+      expect((notEmpty as { details: object }).details).toMatchObject({ errno: 'ENOTEMPTY' });
+      await f.remove(`${dir}/link`);
+      expect(await f.exists('/etc/passwd')).toBe(true);
+      await f.remove(dir);
+      expect(await f.exists(dir)).toBe(false);
+      const gone = await f.remove(dir).catch((e: unknown) => e);
+      expect(isRoostError(gone, 'NOT_FOUND')).toBe(true);
+    });
+
+    it('files: errors carry their code, errno and path; the user\'s rights apply', async () => {
+      const { shared } = face();
+      const f = shared.files;
+      const missing = await f.read('/nonexistent/file').catch((e: unknown) => e);
+      expect(isRoostError(missing, 'NOT_FOUND')).toBe(true);
+      expect((missing as { details: object }).details).toMatchObject({ errno: 'ENOENT', path: '/nonexistent/file' });
+      const missingStream = await f.read('/nonexistent/file', { format: 'stream' }).catch((e: unknown) => e);
+      expect(isRoostError(missingStream, 'NOT_FOUND')).toBe(true);
+      const dir = await f.read('/etc').catch((e: unknown) => e);
+      expect(isRoostError(dir, 'INVALID_STATE')).toBe(true);
+      expect((dir as { details: object }).details).toMatchObject({ errno: 'EISDIR' });
+      expect(isRoostError(await f.stat('').catch((e: unknown) => e), 'INVALID_ARGUMENT')).toBe(true);
+
+      await f.write('/tmp/secret', 'root only', { mode: 0o600 });
+      const denied = await f.read('/tmp/secret', { user: 'nobody' }).catch((e: unknown) => e);
+      expect(isRoostError(denied, 'PERMISSION_DENIED')).toBe(true);
+      expect((denied as { details: object }).details).toMatchObject({ errno: 'EACCES' });
+      const deniedWrite = await f.write('/root/nope', 'x', { user: 65534 }).catch((e: unknown) => e);
+      expect(isRoostError(deniedWrite, 'PERMISSION_DENIED')).toBe(true);
+      // A refused write of a long stream fails without sending all of it.
+      let sent = 0;
+      async function* endless(): AsyncIterable<Uint8Array> {
+        const mib = new Uint8Array(1 << 20);
+        for (let i = 0; i < 4096; i++) {
+          sent += mib.length;
+          yield mib;
+        }
+      }
+      const deniedStream = await f.write('/root/nope', endless(), { user: 'nobody' }).catch((e: unknown) => e);
+      expect(isRoostError(deniedStream, 'PERMISSION_DENIED')).toBe(true);
+      expect(sent).toBeLessThan(256 << 20);
+      expect((await f.write('/tmp/by-nobody', 'x', { user: 'nobody' })).uid).toBe(65534);
+    });
+
+    it('files: watches a directory until closed, or until it is removed', async () => {
+      const { shared } = face();
+      const f = shared.files;
+      const dir = `/tmp/watch-${name}`;
+      await f.makeDir(`${dir}/w`);
+      const watch = await f.watch(`${dir}/w`, { recursive: true });
+      await shared.commands.run(`echo hi > ${dir}/w/a; mkdir ${dir}/w/sub; sleep 0.2; echo x > ${dir}/w/sub/b; mv ${dir}/w/a ${dir}/w/c; rm ${dir}/w/c`);
+      const seen: string[] = [];
+      for await (const ev of watch) {
+        seen.push(`${ev.type} ${ev.path.slice(dir.length)}${ev.oldPath ? ` from ${ev.oldPath.slice(dir.length)}` : ''}${ev.isDir ? ' dir' : ''}`);
+        if (ev.type === 'remove' && ev.path.endsWith('/c')) break;
+      }
+      expect(seen).toEqual(expect.arrayContaining(['create /w/a', 'write /w/a', 'create /w/sub dir', 'create /w/sub/b', 'rename /w/c from /w/a', 'remove /w/c']));
+      await watch.close();
+
+      const ended = await f.watch(`${dir}/w`);
+      const events: string[] = [];
+      const iterating = (async () => {
+        for await (const ev of ended) events.push(`${ev.type} ${ev.path.slice(dir.length)}`);
+      })();
+      await f.remove(`${dir}/w`);
+      await iterating;
+      expect(events).toContain('remove /w');
+
+      const closed = await f.watch(dir);
+      setTimeout(() => void closed.close(), 200);
+      for await (const ev of closed) expect(ev).toBeDefined();
+      const missing = await f.watch(`${dir}/nothing`).catch((e: unknown) => e);
+      expect(isRoostError(missing, 'NOT_FOUND')).toBe(true);
+    });
+
+    it('files: archives a directory and extracts it again', async () => {
+      const { shared } = face();
+      const f = shared.files;
+      const dir = `/tmp/archive-${name}`;
+      await shared.commands.run(
+        `mkdir -p ${dir}/src/sub && echo one > ${dir}/src/a && printf two > ${dir}/src/sub/b && chmod 751 ${dir}/src/sub && ` +
+          `ln -s a ${dir}/src/l && ln ${dir}/src/a ${dir}/src/hard && chown 1234:2345 ${dir}/src/sub/b && touch -d @1500000000 ${dir}/src/a`,
+      );
+      const tar = await drain(await f.readArchive(`${dir}/src`));
+      expect(await tarEntries(tar.bytes)).toEqual(['Directory src/', 'Directory src/sub/', 'File src/a', 'File src/sub/b', 'Link src/hard -> src/a', 'SymbolicLink src/l -> a'].sort());
+      await f.writeArchive(`${dir}/copy`, pieces(tar.bytes, 3000));
+      await f.writeArchive(`${dir}/copy2`, new Uint8Array(tar.bytes));
+      for (const copy of ['copy', 'copy2']) {
+        const r = await shared.commands.run(`cd ${dir}/${copy}/src && find . | sort && cat a sub/b && stat -c '%n %a %u:%g' sub sub/b && stat -c %Y a && readlink l && stat -c %h a`);
+        expect(r.stdout).toBe('.\n./a\n./hard\n./l\n./sub\n./sub/b\none\ntwo' + 'sub 751 0:0\nsub/b 644 1234:2345\n1500000000\na\n2\n');
+      }
+      const file = await drain(await f.readArchive(`${dir}/src/sub/b`));
+      expect(await tarEntries(file.bytes)).toEqual(['File b']);
+
+      const hostile = await f.writeArchive(`${dir}/bad`, new Uint8Array(oneEntryTar('../escape', 'x'))).catch((e: unknown) => e);
+      expect(isRoostError(hostile, 'INVALID_ARGUMENT')).toBe(true);
+      expect((hostile as { details: object }).details).toMatchObject({ errno: 'EINVAL' });
+      expect(await f.exists(`${dir}/escape`)).toBe(false);
+      const missing = await f.readArchive(`${dir}/nothing`).catch((e: unknown) => e);
+      expect(isRoostError(missing, 'NOT_FOUND')).toBe(true);
+
+      // Unreadable below the archived directory: the archive fails with EACCES, before or after its first bytes.
+      await shared.commands.run(`mkdir -p ${dir}/mixed && head -c 400000 /dev/zero > ${dir}/mixed/a && echo s > ${dir}/mixed/z && chmod 600 ${dir}/mixed/z && chmod 755 ${dir}/mixed`);
+      const failed = await f.readArchive(`${dir}/mixed`, { user: 'nobody' }).then(drain).catch((e: unknown) => e);
+      expect(isRoostError(failed, 'PERMISSION_DENIED')).toBe(true);
+      expect((failed as { details: object }).details).toMatchObject({ errno: 'EACCES' });
     });
 
     it('stops, starts, kills and removes a sandbox; `await using` removes it', async () => {

@@ -1,8 +1,8 @@
 import { createReadStream, existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { daemonSocketPath, isRoostError, RoostError, type CreateOptions, type ImageInfoBody, type RuntimeApi, type SandboxApi } from '@roost/api';
+import { daemonSocketPath, isRoostError, RoostError, type CreateOptions, type ImageInfoBody, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
 import { RoostClient } from '@roost/client';
-import { ImageStore, roostHome, Runtime } from '@roost/core';
+import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
 import { imageBody } from '@roost/server';
 
 /** Pull progress of one blob, as the CLI prints it (core's PullProgress, or the daemon's progress lines mapped to it). */
@@ -78,6 +78,18 @@ export async function connectImages(options: { host?: string; home?: string }): 
   const client = await findDaemon(home, options.host);
   if (client) return new RemoteFace(client);
   return { kind: 'embedded', images: new EmbeddedImages(new ImageStore({ home })), close: async () => {} };
+}
+
+/**
+ * What the volume commands talk to: the daemon's volumes when there is one
+ * (as `connect` finds it), else the home's, used without the home's lock
+ * (the checks that must agree with sandboxes being created are SQLite transactions).
+ */
+export async function connectVolumes(options: { host?: string; home?: string }): Promise<{ volumes: VolumesApi; close(): Promise<void> }> {
+  const home = roostHome(options.home);
+  const client = await findDaemon(home, options.host);
+  if (client) return { volumes: client.volumes, close: () => client.close() };
+  return { volumes: new Volumes({ home }), close: async () => {} };
 }
 
 /** The daemon to use: the given host, else the home's if one answers on its socket, else none. */

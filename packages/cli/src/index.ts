@@ -14,10 +14,14 @@ import {
   type SandboxStatus,
 } from '@roost/api';
 import { setup } from '@roost/core';
-import { connect, connectImages, consoleLogPath, copyFrom, tailLines, type Face, type WithFace, type WithImages } from './connect.js';
+import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, tailLines, type Face, type WithFace, type WithImages } from './connect.js';
+import { addCpCommand } from './cp.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
+import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
+
+export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
 
 /** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
 const EXIT_ROOST_ERROR = 125;
@@ -59,6 +63,14 @@ export async function main(argv: string[]): Promise<number> {
       await face.close();
     }
   };
+  const withVolumes: WithVolumes = async (fn) => {
+    const face = await connectVolumes(hostOption());
+    try {
+      return await fn(face.volumes);
+    } finally {
+      await face.close();
+    }
+  };
   const withImages: WithImages = async (fn) => {
     const face = await connectImages(hostOption());
     try {
@@ -85,15 +97,17 @@ export async function main(argv: string[]): Promise<number> {
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'), 256)
     .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
     .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('-v, --volume <SRC:DST[:ro]>', 'mount a host directory or a named volume (created on first use) at DST in the guest; :ro for read-only (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
     .option('--boot-timeout <ms>', 'how long the boot may take', int('--boot-timeout'));
   addExecFlags(run)
     .passThroughOptions()
     .argument('[args...]')
-    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; pull: PullPolicy; bootTimeout?: number }) => {
+    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; bootTimeout?: number }) => {
       const { image, cmd: given } = splitRunArgs(args, argv);
       const env = parseEnv(flags.env);
       const labels = parsePairs(flags.label, '-l');
+      const volumes = flags.volume.map((v) => parseVolumeFlag(v));
       await withFace('run', async (face) => {
         const sandbox = await face.create(
           {
@@ -101,6 +115,7 @@ export async function main(argv: string[]): Promise<number> {
             memoryMiB: flags.memory,
             detached: !!flags.detach,
             ...(Object.keys(labels).length > 0 ? { labels } : {}),
+            ...(volumes.length > 0 ? { volumes } : {}),
             ...(image ? { image, pull: flags.pull } : {}),
             ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
             ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
@@ -247,7 +262,9 @@ export async function main(argv: string[]): Promise<number> {
       }
     });
 
+  addCpCommand(program, withFace);
   addImageCommands(program, withImages);
+  addVolumeCommands(program, withVolumes);
   addServeCommand(program);
 
   try {
@@ -522,6 +539,7 @@ function describeSandbox(s: SandboxInfo): string {
     ['User', s.user || '-'],
     ['Agent', s.agentVersion ?? '-'],
     ['Labels', Object.entries(s.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '-'],
+    ['Volumes', (s.volumes ?? []).map((v) => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') || '-'],
     ['Env', Object.entries(s.env ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;

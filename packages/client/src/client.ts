@@ -1,6 +1,7 @@
 import { isRoostError, RoostError, type CreateOptions, type EventType, type ImageInfoBody, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo } from '@roost/api';
 import { abortError, defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteSandbox } from './sandbox.js';
+import { RemoteVolumes } from './volumes.js';
 import { NdjsonParser, SseParser } from './wire.js';
 
 /** Options of `new RoostClient()`. */
@@ -83,6 +84,8 @@ export class RoostClient implements RuntimeApi {
   readonly home: string;
   /** Image commands: pull, list, inspect, remove. */
   readonly images: RemoteImages;
+  /** Named volumes: create, list, inspect, remove. */
+  readonly volumes: RemoteVolumes;
   #transport: Transport;
 
   constructor(options: RoostClientOptions = {}) {
@@ -92,6 +95,7 @@ export class RoostClient implements RuntimeApi {
     const token = tokenSource({ ...(options.token !== undefined ? { token: options.token } : {}), home: this.home, local: this.endpoint.socketPath !== undefined });
     this.#transport = new Transport(this.endpoint, token, options.timeoutMs ?? 60_000);
     this.images = new RemoteImages(this.#transport);
+    this.volumes = new RemoteVolumes(this.#transport);
   }
 
   /** Creates and boots a sandbox on the daemon (pulling its image if needed). */

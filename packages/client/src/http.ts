@@ -68,8 +68,13 @@ export interface RequestOptions {
   query?: Record<string, string | number | boolean | string[] | undefined>;
   /** A JSON body (sent with Content-Type: application/json). */
   json?: unknown;
-  /** A raw body (sent as application/octet-stream). */
-  body?: Uint8Array;
+  /**
+   * A raw body: bytes, or an async iterable sent as it yields (chunked, with
+   * backpressure: the next chunk is taken only when the connection drained).
+   */
+  body?: Uint8Array | AsyncIterable<Uint8Array | string>;
+  /** The media type of a raw body (default application/octet-stream). */
+  contentType?: string;
   accept?: string;
   headers?: Record<string, string>;
   signal?: AbortSignal | undefined;
@@ -170,15 +175,17 @@ export class Transport {
     const headers: Record<string, string> = { accept: options.accept ?? 'application/json', ...options.headers };
     if (token) headers.authorization = `Bearer ${token}`;
     let body: Uint8Array | undefined;
+    let source: AsyncIterable<Uint8Array | string> | undefined;
     if (options.json !== undefined) {
       body = Buffer.from(JSON.stringify(options.json));
       headers['content-type'] = 'application/json';
     } else if (options.body !== undefined) {
-      body = options.body;
-      headers['content-type'] = 'application/octet-stream';
+      if (options.body instanceof Uint8Array) body = options.body;
+      else source = options.body;
+      headers['content-type'] = options.contentType ?? 'application/octet-stream';
     }
     if (body) headers['content-length'] = String(body.byteLength);
-    else if (method === 'POST' || method === 'PUT') headers['content-length'] = '0';
+    else if (!source && (method === 'POST' || method === 'PUT')) headers['content-length'] = '0';
     const fullPath = `${path}${queryString(options.query)}`;
     const e = this.endpoint;
     const mod = e.protocol === 'https:' ? https : http;
@@ -229,6 +236,12 @@ export class Transport {
       req.on('error', fail);
       req.on('response', (r) => {
         res = r;
+        // An answer before the whole body went (an error): the rest is not sent.
+        if (source && !req.writableEnded) {
+          const stop = () => req.destroy();
+          r.once('end', stop);
+          r.once('close', stop);
+        }
         // Errors reach readers through iteration; without a reader, a destroyed body must not crash the process.
         r.on('error', () => {});
         const status = r.statusCode ?? 0;
@@ -257,7 +270,23 @@ export class Transport {
             } else fail(err);
           });
       });
-      req.end(body);
+      if (!source) {
+        req.end(body);
+        return;
+      }
+      void pumpBody(req, source, () => settled || res !== undefined).then(
+        () => {
+          if (!req.destroyed) req.end();
+        },
+        (err: unknown) => {
+          // The source failed: the daemon sees a cut body and keeps nothing of it (as core: ABORTED, or the source's RoostError).
+          abort(err instanceof Error ? err : new Error(String(err)));
+          cleanup();
+          if (settled) return;
+          settled = true;
+          reject(err instanceof RoostError ? err : new RoostError('ABORTED', `${what}: reading the data to send failed: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+        },
+      );
     });
   }
 
@@ -337,6 +366,30 @@ function queryString(query: RequestOptions['query']): string {
   }
   const s = params.toString();
   return s ? `?${s}` : '';
+}
+
+/**
+ * Writes an async iterable into a request, waiting for 'drain' when the
+ * connection is full. Stops early when `stopped()` (an answer came) or the
+ * request is destroyed.
+ */
+async function pumpBody(req: http.ClientRequest, source: AsyncIterable<Uint8Array | string>, stopped: () => boolean): Promise<void> {
+  for await (const chunk of source) {
+    if (stopped() || req.destroyed) return;
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (buf.byteLength === 0) continue;
+    if (!req.write(buf)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          req.off('drain', done);
+          req.off('close', done);
+          resolve();
+        };
+        req.on('drain', done);
+        req.on('close', done);
+      });
+    }
+  }
 }
 
 /** Reads a whole body, at most `max` bytes (calls `tooBig` past that and rejects). */

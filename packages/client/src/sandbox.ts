@@ -1,5 +1,6 @@
 import { isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus } from '@roost/api';
 import { RemoteCommands } from './command.js';
+import { RemoteFiles } from './files.js';
 import type { Transport } from './http.js';
 
 /** Headroom over a call's own timeout for the daemon to answer (it enforces the timeout itself). */
@@ -16,6 +17,8 @@ export class RemoteSandbox implements SandboxApi {
   readonly id: string;
   /** Run commands: `run` to completion, or `start` for a handle. */
   readonly commands: RemoteCommands;
+  /** Files in the guest: read, write, list, stat, watch, archives. */
+  readonly files: RemoteFiles;
   #info: SandboxInfo;
   #transport: Transport;
   #path: string;
@@ -27,6 +30,7 @@ export class RemoteSandbox implements SandboxApi {
     this.#transport = transport;
     this.#path = `/v1/sandboxes/${encodeURIComponent(info.id)}`;
     this.commands = new RemoteCommands(transport, info.id);
+    this.files = new RemoteFiles(transport, this.#path);
   }
 
   /** The record as last seen. */

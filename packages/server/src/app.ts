@@ -7,6 +7,7 @@ import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
 import { eventRoutes } from './events.js';
 import { ExecRegistry, execRoutes } from './exec.js';
+import { FILE_UPLOAD_ROUTE, fileRoutes } from './files.js';
 import { errorResponse } from './http.js';
 import { imageRoutes } from './images.js';
 import { openapiDocument } from './openapi.js';
@@ -14,6 +15,7 @@ import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
 import { ResponseStream } from './response-stream.js';
 import type { RouteContext, RoostEnv, RoostHono } from './route-context.js';
 import { sandboxRoutes } from './sandboxes.js';
+import { volumeRoutes } from './volumes.js';
 
 /** Limits of the daemon's HTTP face (the runtime's own limits are options of Runtime.open). */
 export interface AppLimits {
@@ -61,10 +63,10 @@ export function createApp(options: AppOptions): RoostHono {
     execs,
     shutdown,
     heartbeatMs: options.limits?.sseHeartbeatMs ?? 15_000,
-    openStream(c, contentType) {
+    openStream(c, contentType, streamOptions) {
       c.set('streaming', true);
       const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
-      const stream = new ResponseStream({ contentType, onEnd: c.get('releaseSlot'), outgoing });
+      const stream = new ResponseStream({ contentType, onEnd: c.get('releaseSlot'), outgoing, ...streamOptions });
       // A client gone before the body was read never cancels it: end it here too.
       clientGone(c).addEventListener('abort', () => stream.abort(), { once: true });
       return stream;
@@ -120,7 +122,9 @@ export function createApp(options: AppOptions): RoostHono {
     maxSize: MAX_JSON_BODY,
     onError: (c) => errorResponse(c, new RoostError('INVALID_ARGUMENT', `request body: larger than ${MAX_JSON_BODY} bytes (stream stdin through POST .../execs/{execId}/stdin)`, { details: { field: '', maxBytes: MAX_JSON_BODY } })),
   });
-  app.use('*', (c, next) => (STDIN_ROUTE.test(c.req.path) ? next() : limit(c, next)));
+  // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
+  const rawBody = (method: string, path: string) => STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path));
+  app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));
 
   app.get('/v1/health', (c) =>
     c.json({ status: 'ok' as const, version: options.version, home: options.runtime.home, pid: process.pid, uptimeSeconds: (Date.now() - started) / 1000 }),
@@ -131,6 +135,8 @@ export function createApp(options: AppOptions): RoostHono {
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
   eventRoutes(app, ctx);
+  volumeRoutes(app, ctx);
+  fileRoutes(app, ctx);
 
   app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));
   app.get('/metrics', async (c) => c.body(prometheusText(await options.runtime.metrics()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));

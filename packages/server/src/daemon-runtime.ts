@@ -8,6 +8,7 @@ import type {
   RuntimeMetrics,
   SandboxApi,
   SandboxMetrics,
+  VolumesApi,
 } from '@roost/api';
 
 /*
@@ -63,6 +64,8 @@ export interface DaemonSandbox extends SandboxApi {
 export interface DaemonRuntime {
   readonly home: string;
   readonly images: DaemonImages;
+  /** The named volumes of the home. */
+  readonly volumes: VolumesApi;
   create(options?: CreateOptions & { onPullProgress?: (p: DaemonPullProgress) => void }): Promise<DaemonSandbox>;
   get(id: string): Promise<DaemonSandbox>;
   list(filter?: ListFilter): Promise<SandboxApi['info'][]>;

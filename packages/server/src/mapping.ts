@@ -30,6 +30,7 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.user !== undefined) body.user = info.user;
   if (info.reason !== undefined) body.reason = info.reason;
   if (info.agentVersion !== undefined) body.agentVersion = info.agentVersion;
+  if (info.volumes !== undefined) body.volumes = info.volumes.map((v) => ({ source: v.source, target: v.target, readOnly: v.readOnly === true }));
   return body;
 }
 

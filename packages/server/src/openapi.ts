@@ -23,6 +23,14 @@ import {
   StopSandboxRequestSchema,
   EVENT_TYPES,
   SandboxStatusSchema,
+  EntryInfoSchema,
+  EntryListSchema,
+  FileWatchLineSchema,
+  MakeDirRequestSchema,
+  MakeDirResultSchema,
+  RenameRequestSchema,
+  CreateVolumeRequestSchema,
+  VolumeInfoSchema,
 } from '@roost/api';
 import { z } from 'zod';
 import { VERSION } from './version.js';
@@ -36,7 +44,7 @@ import { VERSION } from './version.js';
  */
 
 type JsonSchema = Record<string, unknown>;
-type Method = 'get' | 'post' | 'delete';
+type Method = 'get' | 'put' | 'post' | 'delete';
 
 /** Request bodies that are not JSON (a command's stdin). */
 interface RawBody {
@@ -50,6 +58,7 @@ type Body =
   | { ndjson: z.ZodType }
   | { sse: z.ZodType }
   | { text: string }
+  | { binary: string }
   | { none: true };
 
 interface Param {
@@ -67,7 +76,7 @@ interface Route {
   operationId: string;
   summary: string;
   description?: string;
-  tag: 'system' | 'sandboxes' | 'execs' | 'images' | 'events' | 'metrics';
+  tag: 'system' | 'sandboxes' | 'execs' | 'files' | 'images' | 'volumes' | 'events' | 'metrics';
   params?: Param[];
   /** A JSON body (optional when every field is), or a raw stream. */
   body?: { schema: z.ZodType; required: boolean } | { raw: RawBody };
@@ -82,8 +91,17 @@ const execIdParam: Param = { name: 'execId', in: 'path', required: true, descrip
 const refParam: Param = { name: 'ref', in: 'path', required: true, description: 'An image reference (`alpine:3.20`, `host:5000/app@sha256:...`) or id, URL-encoded (`/` as `%2F`).', schema: { type: 'string' } };
 const forceParam = (what: string): Param => ({ name: 'force', in: 'query', description: what, schema: { type: 'boolean' } });
 
+const pathQuery = (what: string): Param => ({ name: 'path', in: 'query', required: true, description: what, schema: { type: 'string', minLength: 1 } });
+const userQuery: Param = { name: 'user', in: 'query', description: 'Act as this user: a name, a uid, `uid:gid` or `name:group` (default: the sandbox\'s user).', schema: { type: 'string', minLength: 1 } };
+const FILE_ERRORS = [400, 403, 404, 409, 429, 502];
+const TRAILER_NOTE =
+  'Errors before the first byte are ordinary error responses. A failure after it, for a client that sent `TE: trailers`, ends the body with the `Roost-Error` trailer ' +
+  '(announced in a `Trailer` header) whose value is the JSON of an error body\'s `error`; for other clients it breaks the connection. A body that ends cleanly without that trailer is complete.';
+
 const EmptyRequestSchema = z.object({}).strict();
 const ImageRemovedSchema = z.object({ untagged: z.array(z.string()), deleted: z.array(z.string()) });
+const VolumeListSchema = z.object({ volumes: z.array(VolumeInfoSchema) }).meta({ id: 'VolumeList' });
+const volumeNameParam: Param = { name: 'name', in: 'path', required: true, description: 'The volume\'s name.', schema: { type: 'string' } };
 
 /** The route table: the one place that says what the daemon serves. */
 export const ROUTES: readonly Route[] = [
@@ -174,6 +192,69 @@ export const ROUTES: readonly Route[] = [
     ok: { 204: { description: 'Resized.', bodies: [{ none: true }] } }, errors: [400, 404],
   },
   {
+    method: 'get', path: '/v1/sandboxes/{id}/files/content', operationId: 'readFile', tag: 'files', summary: 'Read a file',
+    description: `The file's bytes, streamed as the client reads them (a slow client slows the read in the guest). ${TRAILER_NOTE}`,
+    params: [idParam, pathQuery('The file (a guest path; relative to `/`).'), userQuery],
+    ok: { 200: { description: 'The contents.', bodies: [{ binary: 'application/octet-stream' }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'put', path: '/v1/sandboxes/{id}/files/content', operationId: 'writeFile', tag: 'files', summary: 'Write a file',
+    description: 'The request body, streamed into the guest as it arrives (any size; not bound by the JSON body limit), becomes the file once all of it arrived: a failed or cut upload leaves the old file (or none). Missing parent directories are created.',
+    params: [
+      idParam, pathQuery('The file to write.'), userQuery,
+      { name: 'mode', in: 'query', description: 'Permission bits, as a decimal integer (default: those of the file replaced, else 0644 = 420).', schema: { type: 'integer', minimum: 0, maximum: 0o7777 } },
+      { name: 'noReplace', in: 'query', description: 'Fail with 409 ALREADY_EXISTS when the file exists.', schema: { type: 'boolean' } },
+    ],
+    body: { raw: { mediaType: 'application/octet-stream', description: 'The new contents.' } },
+    ok: { 201: { description: 'Written; the file is new.', bodies: [{ json: EntryInfoSchema }] }, 200: { description: 'Written; it replaced a file.', bodies: [{ json: EntryInfoSchema }] } },
+    errors: FILE_ERRORS,
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/files/stat', operationId: 'statFile', tag: 'files', summary: 'Describe a path (a symlink itself, unless follow)',
+    params: [idParam, pathQuery('The path.'), userQuery, { name: 'follow', in: 'query', description: 'Describe what a final symlink points to.', schema: { type: 'boolean' } }],
+    ok: { 200: { description: 'The entry.', bodies: [{ json: EntryInfoSchema }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/files/list', operationId: 'listFiles', tag: 'files', summary: 'List the entries below a directory, sorted by path',
+    description: 'Symlinks are not followed; unreadable subdirectories are skipped.',
+    params: [idParam, pathQuery('The directory.'), userQuery, { name: 'depth', in: 'query', description: 'Levels to descend (default 1: the directory\'s own entries).', schema: { type: 'integer', minimum: 1 } }],
+    ok: { 200: { description: 'The entries.', bodies: [{ json: EntryListSchema }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/files/mkdir', operationId: 'makeDir', tag: 'files', summary: 'Create a directory and its missing parents',
+    params: [idParam], body: { schema: MakeDirRequestSchema, required: true },
+    ok: { 200: { description: '`created` is false when it existed already.', bodies: [{ json: MakeDirResultSchema }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/files/rename', operationId: 'renameFile', tag: 'files', summary: 'Rename (move) a path',
+    params: [idParam], body: { schema: RenameRequestSchema, required: true },
+    ok: { 200: { description: 'The entry under its new name.', bodies: [{ json: EntryInfoSchema }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'delete', path: '/v1/sandboxes/{id}/files', operationId: 'removeFile', tag: 'files', summary: 'Remove a file, a symlink (never its target) or a directory',
+    params: [idParam, pathQuery('The path.'), userQuery, { name: 'recursive', in: 'query', description: 'Remove a directory with everything below it (default true; false: a non-empty directory is 409).', schema: { type: 'boolean' } }],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/files/watch', operationId: 'watchFiles', tag: 'files', summary: 'Watch a directory for changes',
+    description: 'FileWatchLine lines: `{"ready":true}` once the watch is in place, then one FileEvent per change, until the client disconnects or the watched path is removed (a last `remove` event for it). An `error` line ends a watch that failed.',
+    params: [idParam, pathQuery('The directory.'), userQuery, { name: 'recursive', in: 'query', description: 'Watch subdirectories too (default false).', schema: { type: 'boolean' } }],
+    ok: { 200: { description: 'The watch.', bodies: [{ ndjson: FileWatchLineSchema }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/files/archive', operationId: 'readArchive', tag: 'files', summary: 'A tar stream of a file or directory',
+    description: `POSIX pax, entries named \`basename(path)/...\`; symlinks stored as links. ${TRAILER_NOTE}`,
+    params: [idParam, pathQuery('The file or directory.'), userQuery],
+    ok: { 200: { description: 'The archive.', bodies: [{ binary: 'application/x-tar' }] } }, errors: FILE_ERRORS,
+  },
+  {
+    method: 'put', path: '/v1/sandboxes/{id}/files/archive', operationId: 'writeArchive', tag: 'files', summary: 'Extract a tar stream into a directory',
+    description: 'The directory is created if missing. Names are relative (a leading `/` is dropped; `..` is refused). As root, owners are kept. Streamed as it arrives (any size).',
+    params: [idParam, pathQuery('The directory to extract into.'), userQuery],
+    body: { raw: { mediaType: 'application/x-tar', description: 'A tar stream (ustar, pax, GNU long names).' } },
+    ok: { 204: { description: 'Extracted.', bodies: [{ none: true }] } }, errors: FILE_ERRORS,
+  },
+  {
     method: 'post', path: '/v1/images/pull', operationId: 'pullImage', tag: 'images', summary: 'Pull an image from its registry',
     description: 'With `Accept: application/x-ndjson` (the default), PullEvent lines: `progress` per blob (at most about 10 a second each), then `done` or `error`. With `Accept: application/json`, the ImageInfo once pulled.',
     body: { schema: PullRequestSchema, required: true },
@@ -192,6 +273,26 @@ export const ROUTES: readonly Route[] = [
     method: 'delete', path: '/v1/images/{ref}', operationId: 'deleteImage', tag: 'images', summary: 'Untag an image; delete it when no tag is left',
     params: [refParam, forceParam('Delete an image that sandboxes use, or that has other tags.')],
     ok: { 200: { description: 'What was untagged and deleted.', bodies: [{ json: ImageRemovedSchema }] } }, errors: [400, 404, 409],
+  },
+  {
+    method: 'post', path: '/v1/volumes', operationId: 'createVolume', tag: 'volumes', summary: 'Create a named volume',
+    description: 'An empty directory under the Roost home, mounted into sandboxes that name it in `volumes` (which also create it on first use), and kept after them. A name that is taken is 409 ALREADY_EXISTS.',
+    body: { schema: CreateVolumeRequestSchema, required: true },
+    ok: { 201: { description: 'Created.', bodies: [{ json: VolumeInfoSchema }] } }, errors: [400, 409],
+  },
+  {
+    method: 'get', path: '/v1/volumes', operationId: 'listVolumes', tag: 'volumes', summary: 'List named volumes, by name',
+    ok: { 200: { description: 'The volumes, each with the sandboxes that mount it.', bodies: [{ json: VolumeListSchema }] } }, errors: [400],
+  },
+  {
+    method: 'get', path: '/v1/volumes/{name}', operationId: 'getVolume', tag: 'volumes', summary: 'Inspect a named volume', params: [volumeNameParam],
+    ok: { 200: { description: 'The volume.', bodies: [{ json: VolumeInfoSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'delete', path: '/v1/volumes/{name}', operationId: 'deleteVolume', tag: 'volumes', summary: 'Remove a named volume and its data',
+    description: 'Refused with 409 INVALID_STATE, naming them, while sandboxes that are not removed (stopped ones included) mount it.',
+    params: [volumeNameParam],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: [400, 404, 409],
   },
   {
     method: 'get', path: '/v1/events', operationId: 'streamEvents', tag: 'events', summary: 'Runtime events as Server-Sent Events',
@@ -221,8 +322,9 @@ export const ROUTES: readonly Route[] = [
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
   400: { name: 'InvalidArgument', description: 'INVALID_ARGUMENT: invalid JSON, an unknown field, a wrong type, a body over the limit, or a bad parameter (the message names it).' },
   401: { name: 'Unauthenticated', description: 'UNAUTHENTICATED: no bearer token, or a wrong one.' },
-  404: { name: 'NotFound', description: 'NOT_FOUND: no such sandbox, exec, image or route.' },
-  409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state.' },
+  403: { name: 'PermissionDenied', description: 'PERMISSION_DENIED: the user may not do this (details carry `errno` and `path`).' },
+  404: { name: 'NotFound', description: 'NOT_FOUND: no such sandbox, exec, image, volume, file or route (for a file, details carry `errno` and `path`).' },
+  409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },
   502: { name: 'BadGateway', description: 'AGENT, IMAGE or NETWORK: a guest agent or a registry failed.' },
@@ -251,6 +353,7 @@ function content(bodies: Body[]): JsonSchema | undefined {
     else if ('ndjson' in b) out['application/x-ndjson'] = { schema: schemaOf(b.ndjson) };
     else if ('sse' in b) out['text/event-stream'] = { schema: { type: 'string' }, 'x-sse-data': schemaOf(b.sse), 'x-sse-error-data': ERROR_REF };
     else if ('text' in b) out[b.text] = { schema: { type: 'string' } };
+    else if ('binary' in b) out[b.binary] = { schema: { type: 'string', format: 'binary' } };
   }
   return Object.keys(out).length ? out : undefined;
 }
@@ -342,7 +445,7 @@ export function openapiDocument(): JsonSchema {
     servers: [{ url: `http://127.0.0.1:${DEFAULT_TCP_PORT}`, description: `roost serve --tcp (the default is a unix socket, roost.sock in the Roost home; API ${API_VERSION})` }],
     security: [{ bearerAuth: [] }],
     tags: [
-      { name: 'system' }, { name: 'sandboxes' }, { name: 'execs' }, { name: 'images' }, { name: 'events' }, { name: 'metrics' },
+      { name: 'system' }, { name: 'sandboxes' }, { name: 'execs' }, { name: 'files' }, { name: 'images' }, { name: 'volumes' }, { name: 'events' }, { name: 'metrics' },
     ],
     paths,
     components: {

@@ -32,12 +32,15 @@ export class ResponseStream {
   readonly #contentType: string;
   readonly #outgoing: ServerResponse | undefined;
   /** Node mode: what was pushed before response() sent the head. */
-  #pending: string[] | null = [];
+  #pending: (string | Uint8Array)[] | null = [];
+  /** The trailer that `fail()` may send (announced in the head). */
+  readonly #errorTrailer: string | undefined;
 
-  constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void; outgoing?: ServerResponse | undefined }) {
+  constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void; outgoing?: ServerResponse | undefined; errorTrailer?: string }) {
     this.#onEnd = options.onEnd;
     this.#contentType = options.contentType;
     this.#outgoing = options.outgoing;
+    this.#errorTrailer = options.errorTrailer;
     if (this.#outgoing) {
       this.#outgoing.on('drain', () => this.#wake());
       this.#outgoing.on('close', () => this.#finish());
@@ -65,20 +68,23 @@ export class ResponseStream {
 
   /** The streamed response (chunked; no proxy buffering, no caching). */
   response(status = 200): Response {
-    const headers = { 'content-type': this.#contentType, 'cache-control': 'no-store', 'x-accel-buffering': 'no' };
+    const headers: Record<string, string> = { 'content-type': this.#contentType, 'cache-control': 'no-store', 'x-accel-buffering': 'no' };
+    if (this.#errorTrailer) headers.trailer = this.#errorTrailer;
     const out = this.#outgoing;
     if (!out) return new Response(this.body, { status, headers });
     if (!out.headersSent) out.writeHead(status, headers);
     const pending = this.#pending ?? [];
     this.#pending = null;
-    if (pending.length > 0 && !out.destroyed) out.write(pending.join(''));
-    else out.flushHeaders();
+    if (pending.length > 0 && !out.destroyed) {
+      if (pending.every((p) => typeof p === 'string')) out.write(pending.join(''));
+      else for (const p of pending) out.write(p);
+    } else out.flushHeaders();
     if (this.#closed && !out.writableEnded) out.end();
     return RESPONSE_ALREADY_SENT;
   }
 
-  /** Queues text and waits until the client has room for more. False when the stream has ended. */
-  async write(text: string): Promise<boolean> {
+  /** Queues text (or bytes) and waits until the client has room for more. False when the stream has ended. */
+  async write(text: string | Uint8Array): Promise<boolean> {
     if (!this.push(text)) return false;
     while (!this.#closed && (this.#outgoing ? this.#outgoing.writableNeedDrain : (this.#controller.desiredSize ?? 0) <= 0)) {
       await new Promise<void>((r) => this.#waiters.push(r));
@@ -86,10 +92,10 @@ export class ResponseStream {
     return !this.#closed;
   }
 
-  /** Queues text without waiting (for small, rate-limited messages). False when the stream has ended. */
-  push(text: string): boolean {
+  /** Queues text (or bytes) without waiting (for small, rate-limited messages). False when the stream has ended. */
+  push(text: string | Uint8Array): boolean {
     if (this.#closed) return false;
-    if (!this.#outgoing) this.#controller.enqueue(encoder.encode(text));
+    if (!this.#outgoing) this.#controller.enqueue(typeof text === 'string' ? encoder.encode(text) : text);
     else if (this.#pending) this.#pending.push(text);
     else this.#outgoing.write(text);
     return true;
@@ -107,6 +113,33 @@ export class ResponseStream {
       } catch {
         // Already cancelled by the consumer.
       }
+    }
+    this.#finish();
+  }
+
+  /**
+   * Ends a stream that failed after its head was sent: with the error
+   * trailer announced at construction (its value `trailerValue`), else by
+   * breaking the connection, so the client never takes a cut body for a
+   * whole one. Without a Node response (tests), the body errors.
+   */
+  fail(err: Error, trailerValue?: string): void {
+    if (this.#closed) return;
+    const out = this.#outgoing;
+    if (!out) {
+      try {
+        this.#controller.error(err);
+      } catch {
+        // Already cancelled by the consumer.
+      }
+    } else if (this.#pending) {
+      // The head is not out yet (response() not called): nothing the client could mistake.
+      this.#pending = [];
+    } else if (this.#errorTrailer && trailerValue !== undefined && !out.destroyed && !out.writableEnded) {
+      out.addTrailers({ [this.#errorTrailer]: trailerValue });
+      out.end();
+    } else if (!out.destroyed) {
+      out.destroy();
     }
     this.#finish();
   }

@@ -24,8 +24,8 @@ export interface RouteContext {
   shutdown: AbortSignal;
   /** Interval of SSE heartbeat comments. */
   heartbeatMs: number;
-  /** A streamed response that holds the request's in-flight slot until it ends. */
-  openStream(c: Context<RoostEnv>, contentType: string): ResponseStream;
+  /** A streamed response that holds the request's in-flight slot until it ends (`errorTrailer`: see ResponseStream.fail). */
+  openStream(c: Context<RoostEnv>, contentType: string, options?: { errorTrailer?: string }): ResponseStream;
   /** Aborts when the client of this request goes away before its response was sent. */
   clientGone(c: Context<RoostEnv>): AbortSignal;
 }

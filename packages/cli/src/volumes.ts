@@ -1,0 +1,108 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { RoostError, type VolumeInfo, type VolumeMount, type VolumesApi } from '@roost/api';
+import { ago, formatTable } from './format.js';
+
+/** Opens what the volume commands talk to (the daemon's volumes, or the home's), and closes it after. */
+export type WithVolumes = <T>(fn: (volumes: VolumesApi) => Promise<T>) => Promise<T>;
+
+/**
+ * `roost volume create|ls|inspect|rm`: named volumes. They go to the daemon
+ * when there is one, else to the home's database and directories directly
+ * (no runtime, no lock: safe beside a running one).
+ */
+export function addVolumeCommands(program: Command, withVolumes: WithVolumes): void {
+  const volume = program.command('volume').alias('volumes').description('manage named volumes (directories mounted into sandboxes with -v NAME:/path, kept after them)');
+  volume
+    .command('create')
+    .description('create a named volume (`run -v NAME:/path` also creates one on first use)')
+    .argument('<name>')
+    .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--json', 'print JSON')
+    .action(async (name: string, flags: { label: string[]; json?: boolean }) => {
+      const labels = parseLabels(flags.label);
+      const info = await withVolumes((v) => v.create({ name, ...(Object.keys(labels).length > 0 ? { labels } : {}) }));
+      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}\n`);
+    });
+  volume
+    .command('ls', { isDefault: true })
+    .description('list named volumes')
+    .option('--json', 'print JSON')
+    .option('-q, --quiet', 'print only names')
+    .action(async (flags: { json?: boolean; quiet?: boolean }) => {
+      const all = await withVolumes((v) => v.list());
+      if (flags.json) process.stdout.write(JSON.stringify(all, null, 2) + '\n');
+      else if (flags.quiet) process.stdout.write(all.map((v) => `${v.name}\n`).join(''));
+      else process.stdout.write(volumeTable(all));
+    });
+  volume
+    .command('inspect')
+    .description('show a named volume: its directory, labels and the sandboxes that mount it')
+    .option('--json', 'print JSON')
+    .argument('<name>')
+    .action(async (name: string, flags: { json?: boolean }) => {
+      const info = await withVolumes((v) => v.get(name));
+      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeVolume(info));
+    });
+  volume
+    .command('rm')
+    .description('remove named volumes and their data (refused while a sandbox, even a stopped one, mounts it)')
+    .argument('<name...>')
+    .action(async (names: string[]) => {
+      await withVolumes(async (v) => {
+        for (const name of names) {
+          await v.remove(name);
+          process.stdout.write(`${name}\n`);
+        }
+      });
+    });
+}
+
+/**
+ * `-v SRC:DST[:ro]` as a VolumeMount. SRC is a host directory (absolute, or
+ * relative to the current directory when it starts with `.` or contains a
+ * `/`) or a volume name; DST an absolute guest path; `ro` mounts it
+ * read-only (`rw`, the default, may be given too).
+ */
+export function parseVolumeFlag(spec: string, cwd = process.cwd()): VolumeMount {
+  const parts = spec.split(':');
+  let readOnly = false;
+  if (parts.length === 3) {
+    const mode = parts.pop();
+    if (mode !== 'ro' && mode !== 'rw') throw new RoostError('INVALID_ARGUMENT', `-v ${spec}: the mode is "ro" or "rw", not "${mode}"`);
+    readOnly = mode === 'ro';
+  }
+  if (parts.length !== 2 || !parts[0] || !parts[1]) throw new RoostError('INVALID_ARGUMENT', `-v ${spec}: expected SRC:DST or SRC:DST:ro (SRC a host directory or a volume name, DST an absolute guest path)`);
+  const [src, target] = parts as [string, string];
+  const hostPath = src.startsWith('/') || src.startsWith('.') || src.includes('/');
+  return { source: hostPath ? resolve(cwd, src) : src, target, ...(readOnly ? { readOnly: true } : {}) };
+}
+
+function parseLabels(pairs: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `-l ${p}: expected NAME=VALUE`);
+    out[p.slice(0, eq)] = p.slice(eq + 1);
+  }
+  return out;
+}
+
+function volumeTable(all: VolumeInfo[]): string {
+  return formatTable(
+    ['NAME', 'CREATED', 'USED BY', 'PATH'],
+    all.map((v) => [v.name, ago(v.createdAt), v.usedBy.join(',') || '-', v.path]),
+  );
+}
+
+function describeVolume(v: VolumeInfo): string {
+  const rows: [string, string][] = [
+    ['Name', v.name],
+    ['Path', v.path],
+    ['Created', `${v.createdAt} (${ago(v.createdAt)})`],
+    ['Labels', Object.entries(v.labels).map(([k, val]) => `${k}=${val}`).join(', ') || '-'],
+    ['Used by', v.usedBy.join(', ') || '-'],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length)) + 1;
+  return rows.map(([k, val]) => `${`${k}:`.padEnd(width)} ${val}\n`).join('');
+}
