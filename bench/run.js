@@ -108,6 +108,12 @@ try {
     await sb.remove({ force: true });
   }
 
+  // --- files API and 9P volumes (bench/files.js), beside stdout streaming ------
+  if (process.env.BENCH_FILES !== '0') {
+    const { benchFiles } = await import('./files.js');
+    await benchFiles({ home, row, results, stdoutMbps: results.figures.stdoutThroughput.value });
+  }
+
   // --- control plane (bench/api.js): the daemon vs the embedded runtime --------
   if (process.env.BENCH_API !== '0') {
     const { benchApi } = await import('./api.js');
