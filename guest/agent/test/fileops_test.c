@@ -22,18 +22,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (cond) {                                                              \
-			passed++;                                                        \
-		} else {                                                                 \
-			failed++;                                                        \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, \
-				__func__, #cond);                                        \
-		}                                                                        \
-	} while (0)
+#include "check.h"
 
 static char root[64]; /* the temporary directory */
 static char pbuf[64][PATH_MAX];

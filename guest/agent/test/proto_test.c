@@ -9,18 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (cond) {                                                              \
-			passed++;                                                        \
-		} else {                                                                 \
-			failed++;                                                        \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, \
-				__func__, #cond);                                        \
-		}                                                                        \
-	} while (0)
+#include "check.h"
 
 /* Deterministic PRNG (xorshift64*), fixed seed. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;

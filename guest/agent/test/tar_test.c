@@ -9,8 +9,7 @@
  * that need root (owners, devices, running as another user) are skipped when
  * not run as root.
  *
- * Built with fileops.c when it exists (TAR_TEST_HAVE_FILEOPS); otherwise the
- * two symbols tar.c needs are defined here.
+ * Linked with fileops.c (fop_fail, fop_cancelled).
  */
 #define ROOST_TAR_TEST 1
 #include "../tar.c"
@@ -22,30 +21,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
-#ifndef TAR_TEST_HAVE_FILEOPS
-volatile sig_atomic_t fop_cancelled;
-
-int fop_fail(struct fop_err *err, int errnum, const char *path, const char *what)
-{
-	err->errnum = errnum;
-	snprintf(err->path, sizeof err->path, "%s", path ? path : "");
-	snprintf(err->msg, sizeof err->msg, "%s: %s", strerror(errnum), what ? what : "");
-	return -1;
-}
-#endif
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                           \
-	do {                                                                                  \
-		if (cond) {                                                                   \
-			passed++;                                                             \
-		} else {                                                                      \
-			failed++;                                                             \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, \
-				__func__, #cond);                                             \
-		}                                                                             \
-	} while (0)
+#include "check.h"
 
 #define CHECK_ERR(rc, err, want)                                                             \
 	do {                                                                                 \
