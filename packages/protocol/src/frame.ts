@@ -1,4 +1,5 @@
 import { HEADER_SIZE, LENGTH_OVERHEAD, MAX_FRAME_LENGTH, MAX_PAYLOAD } from './constants.js';
+import { ChunkQueue } from './chunks.js';
 import { ProtocolError } from './errors.js';
 
 /** One decoded frame. `payload` is a view that stays valid (it is copied out of the decoder's buffer). */
@@ -29,29 +30,25 @@ const EMPTY = new Uint8Array(0);
  * It never buffers more than one maximal frame plus one chunk.
  */
 export class FrameDecoder {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
+  #queue = new ChunkQueue();
 
   /** Bytes held that do not yet form a whole frame. */
   get buffered(): number {
-    return this.#buffered;
+    return this.#queue.buffered;
   }
 
   /** Adds bytes and returns every frame they complete. */
   push(chunk: Uint8Array): Frame[] {
-    if (chunk.length > 0) {
-      this.#chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
-      this.#buffered += chunk.length;
-    }
+    const q = this.#queue;
+    q.push(chunk);
     const frames: Frame[] = [];
-    while (this.#buffered >= 4) {
-      const head = this.#peek(4);
-      const length = head.readUInt32BE(0);
+    while (q.buffered >= 4) {
+      const length = q.peek(4).readUInt32BE(0);
       if (length < LENGTH_OVERHEAD || length > MAX_FRAME_LENGTH) {
         throw new ProtocolError(`frame length ${length} outside [${LENGTH_OVERHEAD}, ${MAX_FRAME_LENGTH}]`);
       }
-      if (this.#buffered < 4 + length) break;
-      const whole = this.#take(4 + length);
+      if (q.buffered < 4 + length) break;
+      const whole = q.take(4 + length);
       frames.push({
         stream: whole.readUInt32BE(4),
         type: whole.readUInt8(8),
@@ -63,26 +60,6 @@ export class FrameDecoder {
 
   /** Drops everything buffered (used when a new session starts). */
   reset(): void {
-    this.#chunks = [];
-    this.#buffered = 0;
-  }
-
-  #peek(n: number): Buffer {
-    const first = this.#chunks[0]!;
-    if (first.length >= n) return first;
-    const merged = Buffer.concat(this.#chunks);
-    this.#chunks = [merged];
-    return merged;
-  }
-
-  #take(n: number): Buffer {
-    const head = this.#peek(n);
-    // Copy so a frame's payload never pins (or aliases) a larger buffer.
-    const out = Buffer.from(head.subarray(0, n));
-    const rest = head.subarray(n);
-    this.#chunks[0] = rest;
-    if (rest.length === 0) this.#chunks.shift();
-    this.#buffered -= n;
-    return out;
+    this.#queue.clear();
   }
 }

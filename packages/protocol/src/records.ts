@@ -1,4 +1,5 @@
 import { MAX_RECORD, Tag } from './constants.js';
+import { ChunkQueue } from './chunks.js';
 import { ProtocolError } from './errors.js';
 import { TlvReader, TlvWriter } from './tlv.js';
 
@@ -52,52 +53,30 @@ const LEN = 4;
  * record plus one chunk.
  */
 export class RecordDecoder {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
+  #queue = new ChunkQueue();
 
   /** Bytes held that do not yet form a whole record. */
   get buffered(): number {
-    return this.#buffered;
+    return this.#queue.buffered;
   }
 
   /** Adds bytes and returns the payload of every record they complete. */
   push(chunk: Uint8Array): Buffer[] {
-    if (chunk.length > 0) {
-      this.#chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
-      this.#buffered += chunk.length;
-    }
+    const q = this.#queue;
+    q.push(chunk);
     const out: Buffer[] = [];
-    while (this.#buffered >= LEN) {
-      const length = this.#peek(LEN).readUInt32BE(0);
+    while (q.buffered >= LEN) {
+      const length = q.peek(LEN).readUInt32BE(0);
       if (length > MAX_RECORD) throw new ProtocolError(`record length ${length} over ${MAX_RECORD}`);
-      if (this.#buffered < LEN + length) break;
-      out.push(this.#take(LEN + length).subarray(LEN));
+      if (q.buffered < LEN + length) break;
+      out.push(q.take(LEN + length).subarray(LEN));
     }
     return out;
   }
 
   /** The stream ended: throws ProtocolError if it stopped inside a record. */
   end(): void {
-    if (this.#buffered > 0) throw new ProtocolError(`the record stream ended inside a record (${this.#buffered} bytes left over)`);
-  }
-
-  #peek(n: number): Buffer {
-    const first = this.#chunks[0]!;
-    if (first.length >= n) return first;
-    const merged = Buffer.concat(this.#chunks);
-    this.#chunks = [merged];
-    return merged;
-  }
-
-  #take(n: number): Buffer {
-    const head = this.#peek(n);
-    // Copied so a record never pins the (possibly large) chunk it came in.
-    const out = Buffer.from(head.subarray(0, n));
-    const rest = head.subarray(n);
-    this.#chunks[0] = rest;
-    if (rest.length === 0) this.#chunks.shift();
-    this.#buffered -= n;
-    return out;
+    if (this.#queue.buffered > 0) throw new ProtocolError(`the record stream ended inside a record (${this.#queue.buffered} bytes left over)`);
   }
 }
 
