@@ -62,6 +62,7 @@
  *  - Types '0', '\0', '7' (and '0'/'\0' named with a trailing '/', old
  *    directories) are files; '1' hard link, '2' symlink, '5' (and GNU 'D')
  *    directory, '6' FIFO, '3'/'4' devices (as root only; otherwise skipped);
+ *    GNU sparse files (pax GNU.sparse.* or type 'S') fail with EOPNOTSUPP;
  *    other types are skipped with their data. Entries of types 1-6 carry no
  *    data, whatever their size field says (as Go's archive/tar reads them).
  *  - An existing non-directory at an entry's name is unlinked first (files
@@ -1133,6 +1134,7 @@ struct pending {
 	bool has_size, has_uid, has_gid, has_mtime;
 	uint64_t size, uid, gid;
 	struct timespec mtime;
+	bool sparse; /* GNU.sparse.* keys: a sparse file whose data we cannot lay out */
 	bool any;
 };
 
@@ -1257,6 +1259,8 @@ static int parse_pax(const char *b, size_t n, struct pending *p)
 			p->has_mtime = vlen > 0;
 			if (vlen > 0 && !parse_pax_time(val, vlen, &p->mtime))
 				return -1;
+		} else if (klen > 11 && memcmp(key, "GNU.sparse.", 11) == 0) {
+			p->sparse = true;
 		}
 #undef KEY
 		pos += len;
@@ -1899,7 +1903,14 @@ static int ex_entry(struct tx *x, const unsigned char *h, struct pending *pd, st
 		break;
 	}
 
+	/* A GNU sparse file (pax GNU.sparse.* keys or old type 'S') stores a
+	 * map and only the non-hole data: written out as it comes it would be
+	 * silently wrong, and skipping it would silently lose it. */
 	int rc = 0;
+	if (pd->sparse || type == 'S') {
+		rc = tx_fail(x, EOPNOTSUPP, e->rel, "GNU sparse files are not supported (archive without --sparse)");
+		goto out;
+	}
 	if (kind == K_SKIP || (kind == K_DIR && e->rel[0] == '\0')) {
 		rc = tx_check(x, tx_skip(x, data + padded(data)), e->rel);
 		goto out;

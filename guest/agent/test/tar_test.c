@@ -719,6 +719,32 @@ static void test_gnu_tar_to_extract(void)
 	rm_rf(P("g1"));
 }
 
+/* GNU tar's sparse files (pax GNU.sparse.* keys, old gnu type 'S') store a
+ * map and only the data between holes: refused, never extracted wrong. */
+static void test_gnu_sparse_refused(void)
+{
+	if (!have_gnu_tar)
+		return;
+	must(mkdir(P("sp"), 0755), "mkdir");
+	int fd = open(P("sp/holes"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	must(fd, "open");
+	must(pwrite(fd, "x", 1, 1 << 20) == 1 ? 0 : -1, "pwrite");
+	close(fd);
+	static const char *const formats[] = {"pax", "gnu"};
+	for (size_t i = 0; i < sizeof formats / sizeof *formats; i++) {
+		PKEEP(tarf, "sp/%s.tar", formats[i]);
+		PKEEP(out, "sp/out-%s", formats[i]);
+		CHECK(sh("tar --sparse --format=%s -C '%s' -cf '%s' holes", formats[i], P("sp"), tarf) == 0);
+		struct fop_err err;
+		memset(&err, 0, sizeof err);
+		int rc = extract_from(tarf, out, FOP_PARENTS, is_root, &err);
+		CHECK_ERR(rc, err, EOPNOTSUPP);
+		CHECK(strstr(err.path, "holes") != NULL);
+		CHECK(access(P("sp/out-%s/holes", formats[i]), F_OK) < 0);
+	}
+	rm_rf(P("sp"));
+}
+
 static void test_archive_to_gnu_tar(void)
 {
 	if (!have_gnu_tar)
@@ -1487,6 +1513,7 @@ int main(void)
 	test_round_trip();
 	test_root_path();
 	test_gnu_tar_to_extract();
+	test_gnu_sparse_refused();
 	test_archive_to_gnu_tar();
 	test_unreadable();
 	test_extract_as_user();
