@@ -232,7 +232,7 @@ export class Sandbox implements SandboxApi {
     owner.adopted(sb);
     const timeoutMs = opts.timeoutMs ?? 30_000;
     try {
-      await sb.#boot(assets, image?.rootfs ?? assets.rootfs, timeoutMs, opts.signal);
+      await sb.#boot(assets, image?.rootfs ?? assets.rootfs, await sb.#shares(), timeoutMs, opts.signal);
     } catch (e) {
       // A boot that never started QEMU leaves nothing worth keeping; one that did keeps its logs for `roost logs`.
       if (sb.#info.status === 'creating') await sb.remove({ force: true }).catch(() => {});
@@ -335,10 +335,10 @@ export class Sandbox implements SandboxApi {
         rootfs = await this.#owner.images.rootfs(this.#info.image.id, options.signal ? { signal: options.signal } : {});
       }
       // A host directory that went away is reported before the sandbox is touched.
-      await this.#shares();
+      const shares = await this.#shares();
       this.#ending = false;
       this.#save({ status: 'creating', reason: undefined, pid: null });
-      await this.#boot(assets, rootfs, options.timeoutMs ?? 30_000, options.signal);
+      await this.#boot(assets, rootfs, shares, options.timeoutMs ?? 30_000, options.signal);
     });
   }
 
@@ -426,7 +426,7 @@ export class Sandbox implements SandboxApi {
 
   // ---- internals -------------------------------------------------------------
 
-  async #boot(assets: Assets, rootfs: string, timeoutMs: number, userSignal?: AbortSignal): Promise<void> {
+  async #boot(assets: Assets, rootfs: string, shares: VmShare[], timeoutMs: number, userSignal?: AbortSignal): Promise<void> {
     const dir = this.dir;
     const deadline = AbortSignal.timeout(timeoutMs);
     const signal = userSignal ? AbortSignal.any([userSignal, deadline]) : deadline;
@@ -437,7 +437,6 @@ export class Sandbox implements SandboxApi {
       await mkdir(dir, { recursive: true });
       const disk = join(dir, 'disk.qcow2');
       if (!(await exists(disk))) await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
-      const shares = await this.#shares();
       vm = await new QemuVmm().start({
         id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
         rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel, shares,
