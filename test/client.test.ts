@@ -202,7 +202,8 @@ for (const name of ['remote', 'embedded'] as const) {
       const f = shared.files;
       const dir = `/tmp/files-${name}`;
       const written = await f.write(`${dir}/deep/a.txt`, 'héllo\n');
-      expect(written).toMatchObject({ path: `${dir}/deep/a.txt`, name: 'a.txt', type: 'file', size: 7, mode: 0o644, uid: 0, gid: 0 });
+      expect(written).toMatchObject({ path: `${dir}/deep/a.txt`, name: 'a.txt', type: 'file', size: 7, mode: 0o644, uid: 0, gid: 0, created: true });
+      expect((await f.write(`${dir}/deep/a.txt`, 'héllo\n')).created).toBe(false);
       expect(Date.parse(written.mtime)).toBeGreaterThan(Date.now() - 600_000);
       expect(await f.read(`${dir}/deep/a.txt`)).toBe('héllo\n');
       const bytes = Buffer.from([0, 255, 1, 2, 0x80]);

@@ -89,7 +89,7 @@ describe('files: read and write', () => {
   it('sets the mode, keeps the mode of a replaced file, and refuses to replace with noReplace', async () => {
     expect((await sb.files.write('/t2/secret', 'x', { mode: 0o600 })).mode).toBe(0o600);
     expect(await sh('stat -c %a /t2/secret')).toBe('600\n');
-    expect((await sb.files.write('/t2/secret', 'y')).mode).toBe(0o600);
+    expect(await sb.files.write('/t2/secret', 'y')).toMatchObject({ mode: 0o600, created: false });
     expect((await sb.files.write('/t2/exec', '#!/bin/sh\necho hi\n', { mode: 0o755 })).mode).toBe(0o755);
     expect(await sh('/t2/exec')).toBe('hi\n');
     const err = await sb.files.write('/t2/secret', 'z', { noReplace: true }).catch((e: unknown) => e);

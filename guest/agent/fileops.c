@@ -584,7 +584,7 @@ static int op_write(struct ctx *c, const char *path)
 		goto fail;
 	}
 	close(dfd);
-	return emit_entry(c, cur, name, &st, NULL, -1);
+	return emit_entry(c, cur, name, &st, NULL, exists ? 0 : 1);
 
 fail:
 	if (tfd >= 0)

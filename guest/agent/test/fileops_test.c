@@ -432,6 +432,7 @@ static void test_write(void)
 	CHECK(strcmp(recs[0].path, P("a.txt")) == 0 && strcmp(recs[0].name, "a.txt") == 0);
 	CHECK(recs[0].size == 5 && recs[0].mode == (S_IFREG | 0644));
 	CHECK(recs[0].uid == geteuid() && recs[0].mtime > 0);
+	CHECK(recs[0].has_event && recs[0].event == 1); /* created */
 	CHECK(get_file(P("a.txt"), got, sizeof got) == 5 && strcmp(got, "hello") == 0);
 	CHECK(!has_temp(root));
 	result_free(&res);
@@ -449,6 +450,7 @@ static void test_write(void)
 	r = req1("write", P("a.txt"));
 	run(&r, "again!", 6, &res);
 	CHECK(ok(&res) && out_records(&res) == 1 && recs[0].mode == (S_IFREG | 0640) && recs[0].size == 6);
+	CHECK(recs[0].has_event && recs[0].event == 0); /* replaced */
 	CHECK(get_file(P("a.txt"), got, sizeof got) == 6 && strcmp(got, "again!") == 0);
 	result_free(&res);
 

@@ -30,6 +30,10 @@ export const EntryInfoSchema = z.object({
 }).meta({ id: 'EntryInfo' });
 export type EntryInfo = z.infer<typeof EntryInfoSchema>;
 
+/** What `files.write` wrote: the file, and whether it is new (else it replaced one). */
+export const WriteInfoSchema = EntryInfoSchema.extend({ created: z.boolean() }).meta({ id: 'WriteInfo' });
+export type WriteInfo = z.infer<typeof WriteInfoSchema>;
+
 export const FileEventTypeSchema = z.enum(['create', 'write', 'remove', 'rename', 'chmod', 'overflow']);
 export type FileEventType = z.infer<typeof FileEventTypeSchema>;
 
@@ -85,7 +89,7 @@ export interface FilesApi {
    * replace the old only once all of them arrived: a failed or aborted write
    * leaves the old file (or none) in place.
    */
-  write(path: string, data: WriteData, options?: WriteOptions): Promise<EntryInfo>;
+  write(path: string, data: WriteData, options?: WriteOptions): Promise<WriteInfo>;
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */
   list(path: string, options?: FileOptions & { depth?: number }): Promise<EntryInfo[]>;
   /** Describes one path (a symlink itself, unless `follow`). */

@@ -4,6 +4,7 @@ import {
   isRoostError,
   RoostError,
   type EntryInfo,
+  type WriteInfo,
   type FileEvent,
   type FileOptions,
   type FilesApi,
@@ -66,10 +67,10 @@ export class RemoteFiles implements FilesApi {
    * streamed; if it throws, the write is abandoned (the old file stays) and
    * this rejects with its error.
    */
-  async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<EntryInfo> {
+  async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<WriteInfo> {
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     const query: Query = { path, ...userQuery(options), mode: options.mode, noReplace: options.noReplace ? 'true' : undefined };
-    return this.#transport.json<EntryInfo>('PUT', `${this.#base}/content`, { query, body, signal: options.signal, timeoutMs: null, what: `writing ${path}` });
+    return this.#transport.json<WriteInfo>('PUT', `${this.#base}/content`, { query, body, signal: options.signal, timeoutMs: null, what: `writing ${path}` });
   }
 
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */

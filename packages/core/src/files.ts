@@ -5,7 +5,7 @@ import {
   type CallRequest, type EntryRecord, type ErrorRecord, type EventRecord, type ExecExit,
 } from '@roost/protocol';
 import {
-  errnoCode, type EntryInfo, type FileEvent, type FileOptions, type FilesApi, type FileWatchApi, type ReadFormat, type WriteData, type WriteOptions,
+  errnoCode, type EntryInfo, type FileEvent, type FileOptions, type FilesApi, type FileWatchApi, type ReadFormat, type WriteData, type WriteInfo, type WriteOptions,
 } from '@roost/api';
 import { z } from 'zod';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
@@ -489,7 +489,7 @@ export class Files implements FilesApi {
    * temporary file and renames it): a failed or aborted write leaves the old
    * file, or none. Resolves with the written file's entry.
    */
-  async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<EntryInfo> {
+  async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<WriteInfo> {
     path = checkPath(path, 'path');
     if (typeof data !== 'string' && !(data instanceof Uint8Array) && !isAsyncIterable(data)) {
       throw new RoostError('INVALID_ARGUMENT', 'data: must be a string, a Uint8Array or an async iterable of them', { details: { fields: [{ path: 'data', message: 'invalid type' }] } });
@@ -502,7 +502,8 @@ export class Files implements FilesApi {
     const { call, conn, what } = await this.#start('write', [path], opts, extra);
     void pumpStdin(call, data, what);
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
-    return toEntryInfo(oneRecord(conn, out, decodeEntryRecord, what));
+    const record = oneRecord(conn, out, decodeEntryRecord, what);
+    return { ...toEntryInfo(record), created: record.event === 1 };
   }
 
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */

@@ -122,8 +122,6 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
     const q = fileQuery(c, WriteQuerySchema);
     const sandbox = await sandboxOf(c);
     const signal = callSignal(c);
-    // Only for the status (201 for a new file): a failure here is the write's to report.
-    const existed = q.noReplace ? false : await sandbox.files.exists(q.path, { ...userOf(q), signal }).catch(() => false);
     try {
       const info = await sandbox.files.write(q.path, requestBody(c), {
         ...userOf(q),
@@ -131,7 +129,7 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
         ...(q.noReplace !== undefined ? { noReplace: q.noReplace } : {}),
         signal,
       });
-      return c.json(info, existed ? 200 : 201);
+      return c.json(info, info.created ? 201 : 200);
     } catch (e) {
       // The client may still be sending: close the connection rather than read the rest for nothing.
       c.header('connection', 'close');

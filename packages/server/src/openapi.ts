@@ -24,6 +24,7 @@ import {
   EVENT_TYPES,
   SandboxStatusSchema,
   EntryInfoSchema,
+  WriteInfoSchema,
   EntryListSchema,
   FileWatchLineSchema,
   MakeDirRequestSchema,
@@ -206,7 +207,7 @@ export const ROUTES: readonly Route[] = [
       { name: 'noReplace', in: 'query', description: 'Fail with 409 ALREADY_EXISTS when the file exists.', schema: { type: 'boolean' } },
     ],
     body: { raw: { mediaType: 'application/octet-stream', description: 'The new contents.' } },
-    ok: { 201: { description: 'Written; the file is new.', bodies: [{ json: EntryInfoSchema }] }, 200: { description: 'Written; it replaced a file.', bodies: [{ json: EntryInfoSchema }] } },
+    ok: { 201: { description: 'Written; the file is new.', bodies: [{ json: WriteInfoSchema }] }, 200: { description: 'Written; it replaced a file.', bodies: [{ json: WriteInfoSchema }] } },
     errors: FILE_ERRORS,
   },
   {
