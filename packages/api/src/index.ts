@@ -9,3 +9,4 @@ export * from './sandbox.js';
 export * from './paths.js';
 export * from './files.js';
 export * from './errno.js';
+export * from './snapshots.js';

@@ -1,4 +1,5 @@
 import type { FilesApi, VolumesApi } from './files.js';
+import type { SnapshotInfo, SnapshotsApi, TemplatesApi } from './snapshots.js';
 import type { CreateSandboxRequest, ExecResult, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
@@ -77,6 +78,14 @@ export interface SandboxApi extends AsyncDisposable {
   start(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<void>;
   kill(): Promise<void>;
   remove(options?: { force?: boolean }): Promise<void>;
+  /** Stops the vCPUs; memory stays, commands wait (status `paused`). INVALID_STATE unless running. */
+  pause(): Promise<void>;
+  /** Continues a paused sandbox exactly where it was. */
+  resume(): Promise<void>;
+  /** Saves memory, device state and disk as a snapshot (the sandbox runs on, or stays paused). */
+  snapshot(options?: { name?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<SnapshotInfo>;
+  /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
+  fork(options?: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal }): Promise<SandboxApi[]>;
 }
 
 /** Options of `create`, embedded or remote. */
@@ -87,6 +96,8 @@ export interface CreateOptions extends CreateSandboxRequest {
 /** A runtime: `Runtime` (embedded) or `RoostClient` (remote). */
 export interface RuntimeApi extends AsyncDisposable {
   readonly volumes: VolumesApi;
+  readonly snapshots: SnapshotsApi;
+  readonly templates: TemplatesApi;
   create(options?: CreateOptions): Promise<SandboxApi>;
   get(id: string): Promise<SandboxApi>;
   list(filter?: ListFilter): Promise<SandboxInfo[]>;

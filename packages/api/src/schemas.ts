@@ -15,7 +15,7 @@ const labelKey = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'label k
 export const EnvSchema = z.record(envName, z.string().refine((v) => !v.includes('\0'), 'environment values cannot contain NUL'));
 export const LabelsSchema = z.record(labelKey, z.string().max(256));
 
-export const SandboxStatusSchema = z.enum(['creating', 'running', 'stopping', 'stopped', 'failed']);
+export const SandboxStatusSchema = z.enum(['creating', 'running', 'paused', 'stopping', 'stopped', 'failed']);
 export type SandboxStatus = z.infer<typeof SandboxStatusSchema>;
 
 export const PullPolicySchema = z.enum(['missing', 'always', 'never']);
@@ -58,6 +58,8 @@ export const SandboxInfoSchema = z.object({
   execs: z.number().int(),
   /** Volumes mounted into it (named volumes by name). */
   volumes: z.array(VolumeMountSchema).optional(),
+  /** The snapshot it was restored from (its id), for a restored or forked sandbox. */
+  snapshot: z.string().optional(),
 }).meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
 
@@ -74,6 +76,15 @@ export const CreateSandboxRequestSchema = z.object({
   detached: z.boolean().optional(),
   /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3). */
   volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
+  /**
+   * Restore this snapshot (name or id) instead of booting: memory, processes
+   * and disk as they were. Its image, cpus, memory and disk size are the
+   * snapshot's (giving others is INVALID_ARGUMENT); env and labels apply to
+   * later commands and the record.
+   */
+  snapshot: z.string().min(1).optional(),
+  /** Start from this template's warm snapshot, building it on first use. */
+  template: z.string().min(1).optional(),
   /** How long booting may take (ms). */
   timeoutMs: z.number().int().positive().max(600_000).optional(),
 }).strict().meta({ id: 'CreateSandboxRequest' });
@@ -180,6 +191,7 @@ export const EVENT_TYPES = [
   'sandbox.created', 'sandbox.started', 'sandbox.exited', 'sandbox.failed', 'sandbox.deleted',
   'image.pulled', 'image.deleted',
   'volume.created', 'volume.removed',
+  'sandbox.paused', 'sandbox.resumed', 'snapshot.created', 'snapshot.removed', 'template.created', 'template.removed',
   'exec.started', 'exec.exited',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
