@@ -21,4 +21,11 @@ export class HomeLayout {
   sandbox(id: string): string {
     return join(this.sandboxes, id);
   }
+  get snapshots(): string {
+    return join(this.root, 'snapshots');
+  }
+  /** A snapshot's files: memory, state, disk.qcow2, manifest.json. */
+  snapshot(id: string): string {
+    return join(this.snapshots, id);
+  }
 }

@@ -1,6 +1,6 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CreateOptions, EventType, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus } from '@roost/api';
+import type { CreateOptions, EventType, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus, SnapshotsApi } from '@roost/api';
 import { matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { RoostError } from './errors.js';
@@ -14,6 +14,8 @@ import { HomeLock } from './state/lock.js';
 import { SandboxRecords } from './state/sandboxes.js';
 import { Settings } from './state/settings.js';
 import { Volumes } from './volumes.js';
+import { SnapshotStore } from './snapshot/store.js';
+import { Templates } from './snapshot/templates.js';
 
 /** Options of `Runtime.open`. */
 export interface RuntimeOptions {
@@ -71,6 +73,9 @@ export class Runtime implements RuntimeApi {
   readonly #log: EventLog;
   readonly #images: ImageStore;
   readonly #volumes: Volumes;
+  readonly #snapshotStore: SnapshotStore;
+  readonly #templates: Templates;
+  readonly #snapshots: SnapshotsApi;
   readonly #sandboxes = new Map<string, Sandbox>();
   readonly #counters: RuntimeCounters = { sandboxesCreated: 0, sandboxesDestroyed: 0, execs: 0, execBytes: { stdin: 0, stdout: 0, stderr: 0 } };
   readonly #closing = new AbortController();
@@ -92,6 +97,18 @@ export class Runtime implements RuntimeApi {
     this.settings = new Settings(db);
     this.#images = new ImageStore({ home });
     this.#volumes = new Volumes({ home });
+    this.#snapshotStore = new SnapshotStore(db, this.#layout);
+    this.#templates = new Templates(db, this.#snapshotStore, this.#log, { create: (o) => this.create(o), assets: () => this.assets() });
+    const store = this.#snapshotStore;
+    const log = this.#log;
+    this.#snapshots = {
+      list: async () => store.all().map((r) => store.info(r)),
+      get: async (nameOrId: string) => store.info(store.get(nameOrId)),
+      remove: async (nameOrId: string) => {
+        const rec = await store.remove(nameOrId);
+        log.append('snapshot.removed', { data: { snapshot: rec.name, snapshotId: rec.id } });
+      },
+    };
     this.#maxConcurrentCreates = options.maxConcurrentCreates ?? this.settings.get<number>('maxConcurrentCreates') ?? DEFAULT_MAX_CONCURRENT_CREATES;
     this.#maxSandboxes = options.maxSandboxes ?? this.settings.get<number>('maxSandboxes') ?? Infinity;
   }
@@ -138,9 +155,34 @@ export class Runtime implements RuntimeApi {
     return this.#volumes;
   }
 
-  /** Creates and boots a sandbox; resolves once its agent answers. */
+  /**
+   * Snapshots of this home: list, inspect, remove (refused while sandboxes
+   * or snapshots depend on one). Take one with `sandbox.snapshot()`,
+   * restore one with `create({ snapshot })`.
+   */
+  get snapshots(): SnapshotsApi {
+    return this.#snapshots;
+  }
+
+  /** Templates (warm pools): `create({ template })` restores a template's snapshot, built on first use. */
+  get templates(): Templates {
+    return this.#templates;
+  }
+
+  /**
+   * Creates and boots a sandbox (or restores one from `snapshot`, or from a
+   * template's warm snapshot); resolves once its agent answers.
+   */
   async create(options: CreateSandboxOptions = {}): Promise<Sandbox> {
     this.#checkOpen();
+    if (options.template !== undefined) {
+      const { template, ...rest } = options;
+      if (rest.snapshot !== undefined) throw new RoostError('INVALID_ARGUMENT', 'snapshot and template: give one of them');
+      const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => rest[k] !== undefined);
+      if (fixed.length > 0) throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox of a template has the template's; leave ${fixed.length > 1 ? 'them' : 'it'} out`, { details: { fields: fixed } });
+      const snapshot = await this.#templates._snapshotFor(template, { ...(rest.timeoutMs ? { timeoutMs: Math.max(rest.timeoutMs, 120_000) } : {}), ...(rest.signal ? { signal: rest.signal } : {}) });
+      return this.create({ ...rest, snapshot });
+    }
     if (this.#creating >= this.#maxConcurrentCreates) {
       throw new RoostError('RESOURCE_EXHAUSTED', `${this.#creating} sandboxes are being created already (the limit is ${this.#maxConcurrentCreates}): retry when one is up`, {
         details: { limit: this.#maxConcurrentCreates },
@@ -200,7 +242,7 @@ export class Runtime implements RuntimeApi {
 
   /** Counters since this runtime opened, sandboxes by status, and each running sandbox's usage. */
   async metrics(): Promise<RuntimeMetrics> {
-    const byStatus: Record<SandboxStatus, number> = { creating: 0, running: 0, stopping: 0, stopped: 0, failed: 0 };
+    const byStatus: Record<SandboxStatus, number> = { creating: 0, running: 0, paused: 0, stopping: 0, stopped: 0, failed: 0 };
     const perSandbox: SandboxMetrics[] = [];
     for (const sb of this.#sandboxes.values()) {
       byStatus[sb.status]++;
@@ -269,7 +311,9 @@ export class Runtime implements RuntimeApi {
       counters: this.#counters,
       images: this.#images,
       volumes: this.#volumes,
+      snapshots: this.#snapshotStore,
       assets: () => this.assets(),
+      create: (options) => this.create(options),
       adopted: (sb) => this.#sandboxes.set(sb.id, sb),
       released: (id) => this.#sandboxes.delete(id),
     };
@@ -324,6 +368,7 @@ export class Runtime implements RuntimeApi {
     }
     this.#log.prune();
     await this.#volumes.sweep();
+    await this.#snapshotStore.sweep();
   }
 }
 

@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { cpus as hostCpus, totalmem } from 'node:os';
-import { access, mkdir, readFile, realpath, rm, stat } from 'node:fs/promises';
+import { access, copyFile, mkdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { CallFlags, HelloFlags } from '@roost/protocol';
-import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus } from '@roost/api';
-import { LabelsSchema, EnvSchema, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
+import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
+import { LabelsSchema, EnvSchema, MAX_FORK_COUNT, SNAPSHOT_NAME_RE, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
 import { z } from 'zod';
 import { AgentConnection } from './agent/connection.js';
 import type { Assets } from './assets.js';
@@ -20,7 +20,10 @@ import { Files, runCall } from './files.js';
 import type { Volumes } from './volumes.js';
 import { chooseAccel } from './vmm/accel.js';
 import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
-import { MAX_SHARES, QemuVmm } from './vmm/qemu.js';
+import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QemuVmm } from './vmm/qemu.js';
+import { copyHashed, findRam, saveRam, type SavedRam } from './snapshot/memory.js';
+import { buildIdentity, currentQemuVersion, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from './snapshot/store.js';
+import { runTool } from './tool.js';
 import type { VmHandle, VmShare } from './vmm/types.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy };
@@ -66,6 +69,14 @@ export interface SandboxOptions {
    * /dev. A host directory is resolved (symlinks) once, here.
    */
   volumes?: VolumeMount[];
+  /**
+   * Restore this snapshot (name or id) instead of booting: memory, running
+   * processes and disk as they were. The image, cpus, memory and disk size
+   * are the snapshot's: giving any of them (or volumes) is INVALID_ARGUMENT.
+   */
+  snapshot?: string;
+  /** Start from this template's warm snapshot (built on first use); see `runtime.templates`. */
+  template?: string;
   /** How long booting may take before it fails (default 30 s; pulling the image and building its filesystem come before, bounded by `signal` only). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -87,6 +98,8 @@ const sandboxOptionsSchema = z
     diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
     detached: z.boolean().optional(),
     volumes: z.array(VolumeMountSchema).max(MAX_SHARES).optional(),
+    snapshot: z.string().min(1).optional(),
+    template: z.string().min(1).optional(),
     timeoutMs: z.number().int().positive().optional(),
     signal: z.instanceof(AbortSignal).optional(),
     home: z.string().min(1).optional(),
@@ -114,7 +127,10 @@ export interface SandboxOwner {
   readonly counters: RuntimeCounters;
   readonly images: ImageStore;
   readonly volumes: Volumes;
+  readonly snapshots: SnapshotStore;
   assets(): Promise<Assets>;
+  /** Creates a sandbox through the runtime (its limits and tracking): forks use it. */
+  create(options: SandboxOptions): Promise<Sandbox>;
   /** The sandbox has a record: the runtime lists it from now on (even if its boot then fails). */
   adopted(sandbox: Sandbox): void;
   /** The sandbox was removed: forget it. */
@@ -186,6 +202,8 @@ export class Sandbox implements SandboxApi {
   /** @internal Validates options, prepares the image, records the sandbox and boots it. */
   static async _create(owner: SandboxOwner, options: SandboxOptions): Promise<Sandbox> {
     const opts = parseOptions(sandboxOptionsSchema, options, 'sandbox options') as SandboxOptions;
+    if (opts.template !== undefined) throw new RoostError('INTERNAL', 'templates are resolved by the runtime');
+    if (opts.snapshot !== undefined) return Sandbox.#restore(owner, opts);
     const assets = await owner.assets();
     const accel = chooseAccel();
     const cpus = opts.cpus ?? 1;
@@ -241,6 +259,61 @@ export class Sandbox implements SandboxApi {
     return sb;
   }
 
+  /** Creates a sandbox from a snapshot: a new VM that resumes the snapshot's memory, devices and disk. */
+  static async #restore(owner: SandboxOwner, opts: SandboxOptions): Promise<Sandbox> {
+    const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => opts[k] !== undefined);
+    if (fixed.length > 0) {
+      throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox restored from a snapshot has the snapshot's image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
+        details: { fields: fixed },
+      });
+    }
+    const rec = owner.snapshots.get(opts.snapshot!);
+    const assets = await owner.assets();
+    const accel = chooseAccel();
+    let rootfs = assets.rootfs;
+    if (rec.image) {
+      if (!owner.images.find(rec.image.id)) {
+        throw new RoostError('NOT_FOUND', `snapshot ${rec.name} runs image ${rec.image.reference} (${rec.image.id}), which is no longer stored: pull it again to restore the snapshot`);
+      }
+      rootfs = await owner.images.rootfs(rec.image.id, opts.signal ? { signal: opts.signal } : {});
+    }
+    await owner.snapshots.verify(rec, assets, accel, rootfs, opts.signal);
+    const now = new Date().toISOString();
+    const info: SandboxInfo = {
+      id: newId(owner.records),
+      status: 'creating',
+      createdAt: now,
+      startedAt: null,
+      stoppedAt: null,
+      cpus: rec.cpus,
+      memoryMiB: rec.memoryMiB,
+      diskSizeMiB: rec.diskSizeMiB,
+      detached: opts.detached ?? false,
+      accel,
+      pid: null,
+      env: { ...rec.env, ...opts.env },
+      labels: { ...opts.labels },
+      ...(rec.image ? { image: rec.image } : {}),
+      ...(rec.workingDir ? { workingDir: rec.workingDir } : {}),
+      ...(rec.user ? { user: rec.user } : {}),
+      snapshot: rec.id,
+      execs: 0,
+    };
+    await mkdir(owner.layout.sandbox(info.id), { recursive: true });
+    const sb = new Sandbox(owner, info, null);
+    // Recorded with its snapshot in one statement: from here the snapshot counts it as a dependent.
+    sb.#save({}, 'sandbox.created', { data: { snapshot: rec.name, snapshotId: rec.id, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+    owner.counters.sandboxesCreated++;
+    owner.adopted(sb);
+    try {
+      await sb.#boot(assets, rootfs, [], opts.timeoutMs ?? 30_000, opts.signal, rec);
+    } catch (e) {
+      if (sb.#info.status === 'creating') await sb.remove({ force: true }).catch(() => {});
+      throw e;
+    }
+    return sb;
+  }
+
   /** @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone. */
   static _recover(owner: SandboxOwner, info: SandboxInfo): Sandbox {
     const dir = owner.layout.sandbox(info.id);
@@ -248,7 +321,7 @@ export class Sandbox implements SandboxApi {
     const vm = live && info.pid !== null ? new QemuVmm().attach(info.pid, dir) : null;
     const sb = new Sandbox(owner, info, null);
     if (!live) return sb;
-    if (vm && info.status === 'running' && info.detached) {
+    if (vm && (info.status === 'running' || info.status === 'paused') && info.detached) {
       sb.#watch(vm);
       return sb;
     }
@@ -265,7 +338,7 @@ export class Sandbox implements SandboxApi {
         : info.status === 'stopping'
           ? 'stopped'
           : 'its runtime exited';
-    const status: SandboxStatus = info.status === 'stopping' || (!info.detached && info.status === 'running') ? 'stopped' : 'failed';
+    const status: SandboxStatus = info.status === 'stopping' || (!info.detached && (info.status === 'running' || info.status === 'paused')) ? 'stopped' : 'failed';
     sb.#save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', { data: { reason, recovered: true } });
     return sb;
   }
@@ -318,13 +391,231 @@ export class Sandbox implements SandboxApi {
   }
 
   /**
+   * Pauses the sandbox: its vCPUs stop, its memory and processes stay, and
+   * commands sent meanwhile wait until `resume()`. INVALID_STATE unless running.
+   */
+  pause(): Promise<void> {
+    return this.#serialize(async () => {
+      this.#checkNotRemoved();
+      if (this.#info.status === 'paused') return;
+      if (this.#info.status !== 'running') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}: only a running sandbox can be paused`);
+      await this.#qmp('stop');
+      this.#holdLiveness(true);
+      this.#save({ status: 'paused' }, 'sandbox.paused');
+    });
+  }
+
+  /** Resumes a paused sandbox exactly where it was (a running one is left as is). */
+  resume(): Promise<void> {
+    return this.#serialize(async () => {
+      this.#checkNotRemoved();
+      if (this.#info.status === 'running') return;
+      if (this.#info.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}: only a paused sandbox can be resumed`);
+      await this.#qmp('cont');
+      this.#holdLiveness(false);
+      this.#save({ status: 'running' }, 'sandbox.resumed');
+    });
+  }
+
+  /**
+   * Saves the sandbox as a snapshot: its memory, device state and writable
+   * disk, taken while its vCPUs are stopped (about as long as copying the
+   * memory it has touched), with its disk frozen by the guest around it. The
+   * sandbox then runs on (or stays paused). Restore it with
+   * `runtime.create({ snapshot: name })`.
+   */
+  snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+    const name = options.name ?? `${this.id}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}`;
+    if (!SNAPSHOT_NAME_RE.test(name)) {
+      throw new RoostError('INVALID_ARGUMENT', `snapshot name "${name}": use 1-128 letters, digits, "_", "." and "-", starting with a letter or digit`, { details: { field: 'name' } });
+    }
+    return this.#serialize(async () => this.#owner.snapshots.info(await this.#takeSnapshot(name, 'user', options.timeoutMs ?? 60_000, options.signal)));
+  }
+
+  /**
+   * Makes `count` (default 1) running copies of this sandbox: each has its
+   * own id, disk layer and memory (shared copy-on-write with its siblings
+   * until written), its processes running on, a clock set to now and a
+   * reseeded random pool. This sandbox runs on. The copies depend on a
+   * snapshot of kind `fork`, removed with the last of them.
+   */
+  async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Sandbox[]> {
+    const count = options.count ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > MAX_FORK_COUNT) {
+      throw new RoostError('INVALID_ARGUMENT', `count: a whole number from 1 to ${MAX_FORK_COUNT}, not ${count}`, { details: { field: 'count' } });
+    }
+    const timeoutMs = options.timeoutMs ?? 60_000;
+    const name = `fork-${this.id}-${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
+    const rec = await this.#serialize(() => this.#takeSnapshot(name, 'fork', timeoutMs, options.signal));
+    const results = await Promise.allSettled(
+      Array.from({ length: count }, () =>
+        this.#owner.create({
+          snapshot: rec.id,
+          labels: options.labels ?? this.#info.labels,
+          detached: options.detached ?? this.#info.detached,
+          timeoutMs,
+          ...(options.signal ? { signal: options.signal } : {}),
+        }),
+      ),
+    );
+    const made = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // All or nothing: the copies that did start are removed, and the fork's snapshot with the last.
+      await Promise.allSettled(made.map((sb) => sb.remove({ force: true })));
+      await this.#owner.snapshots.removeIfUnused(rec.id);
+      throw failed.reason;
+    }
+    return made;
+  }
+
+  /** Takes a snapshot (called serialized with the lifecycle). */
+  /** @internal A snapshot of a given kind (templates build theirs with it). */
+  _snapshot(name: string, kind: SnapshotKind, options: { template?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotRecord> {
+    return this.#serialize(() => this.#takeSnapshot(name, kind, options.timeoutMs ?? 60_000, options.signal, options.template));
+  }
+
+  async #takeSnapshot(name: string, kind: SnapshotKind, timeoutMs: number, userSignal?: AbortSignal, template?: string): Promise<SnapshotRecord> {
+    this.#checkNotRemoved();
+    const info = this.#info;
+    const vm = this.#vm;
+    if ((info.status !== 'running' && info.status !== 'paused') || !vm || vm.hasExited) {
+      throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${info.status}: only a running or paused sandbox can be snapshotted`);
+    }
+    if (info.volumes?.length) {
+      throw new RoostError('INVALID_STATE', `sandbox ${this.id} mounts volumes: their 9P state lives in QEMU and the host, so sandboxes with volumes cannot be snapshotted or forked`);
+    }
+    const store = this.#owner.snapshots;
+    store.checkNameFree(name);
+    const deadline = AbortSignal.timeout(timeoutMs);
+    const signal = userSignal ? AbortSignal.any([userSignal, deadline]) : deadline;
+    const [assets, qemuVersion] = await Promise.all([this.#owner.assets(), currentQemuVersion()]);
+    const rootfs = info.image ? await this.#owner.images.rootfs(info.image.id, { signal }) : assets.rootfs;
+    const rootfsSize = (await stat(rootfs)).size;
+    const id = store.newId();
+    const tmp = join(this.#owner.layout.snapshots, `.tmp-${id}`);
+    await mkdir(tmp, { recursive: true });
+    try {
+      const conn = await this.#connection();
+      const qmp = await vm.qmp(signal);
+      const wasPaused = info.status === 'paused';
+      // The guest syncs and freezes its disk, and marks itself as being
+      // snapshotted (a restored copy then keeps its processes). A paused
+      // guest runs for these moments and is paused again after.
+      let running = !wasPaused;
+      let freezeSent = false;
+      let frozen = false;
+      let saved: SavedRam;
+      let disk: { size: number; sha256: string };
+      const memBytes = info.memoryMiB * 2 ** 20;
+      try {
+        if (!running) {
+          await qmp.execute('cont');
+          running = true;
+        }
+        freezeSent = true;
+        const answer = await conn.freeze(Math.min(timeoutMs, 10_000)).catch((e: unknown) => {
+          if (e instanceof RoostError && e.code === 'TIMEOUT') return null;
+          throw e;
+        });
+        frozen = answer?.errno === 0;
+        await qmp.execute('stop');
+        running = false;
+        const parentMemory = info.snapshot ? join(store.dir(info.snapshot), SNAPSHOT_FILES.memory) : undefined;
+        const ram = await findRam(vm.pid, memBytes, MEMORY_BACKEND_MEMFD_NAME).catch((e: unknown) => {
+          if (!parentMemory) throw e;
+          return findRam(vm.pid, memBytes, MEMORY_BACKEND_MEMFD_NAME, parentMemory);
+        });
+        [, saved, disk] = await Promise.all([
+          qmp.execute('xen-save-devices-state', { filename: join(tmp, SNAPSHOT_FILES.state), live: false }, timeoutMs),
+          saveRam(ram, memBytes, join(tmp, SNAPSHOT_FILES.memory)),
+          copyHashed(join(this.dir, 'disk.qcow2'), join(tmp, SNAPSHOT_FILES.disk)),
+        ]);
+      } finally {
+        // Whatever happened, the guest is left as it was: running (or paused), thawed, not marked.
+        if (!running) await qmp.execute('cont').catch(() => {});
+        if (freezeSent) await conn.thaw(10_000).catch(() => {});
+        if (wasPaused) await qmp.execute('stop').catch(() => {});
+      }
+      const state = await readFile(join(tmp, SNAPSHOT_FILES.state));
+      // Restores copy this empty layer over the snapshot's disk instead of running qemu-img each time.
+      // -u: the backing path is where the disk will be once this directory is renamed into place.
+      await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-u', '-b', join(store.dir(id), SNAPSHOT_FILES.disk), join(tmp, SNAPSHOT_FILES.overlay), `${info.diskSizeMiB}M`], {
+        pkg: 'qemu-utils',
+        code: 'VMM',
+        signal,
+      });
+      const rec: SnapshotRecord = {
+        id,
+        name,
+        kind,
+        createdAt: new Date().toISOString(),
+        sourceSandbox: this.id,
+        parent: info.snapshot ?? null,
+        ...(info.image ? { image: info.image } : {}),
+        cpus: info.cpus,
+        memoryMiB: info.memoryMiB,
+        diskSizeMiB: info.diskSizeMiB,
+        env: info.env,
+        ...(info.workingDir ? { workingDir: info.workingDir } : {}),
+        ...(info.user ? { user: info.user } : {}),
+        sizeBytes: saved.dataBytes + state.length + disk.size,
+        frozen,
+        accel: info.accel,
+        qemuVersion,
+        agentVersion: info.agentVersion ?? '',
+        ...(template ? { template } : {}),
+        manifest: {
+          format: SNAPSHOT_FORMAT,
+          qemuVersion,
+          ...buildIdentity(assets),
+          accel: info.accel,
+          rootfs: { path: rootfs, size: rootfsSize },
+          files: {
+            memory: { size: memBytes, checksum: saved.checksum },
+            state: { size: state.length, sha256: createHash('sha256').update(state).digest('hex') },
+            disk,
+          },
+        },
+      };
+      await writeFile(join(tmp, SNAPSHOT_FILES.manifest), JSON.stringify(rec.manifest, null, 2) + '\n');
+      await rename(tmp, store.dir(id));
+      store.markVerified(id, await store.identity(id));
+      this.#owner.records.db.transaction(() => {
+        store.insert(rec);
+        this.#owner.events.append('snapshot.created', { sandboxId: this.id, data: { snapshot: name, snapshotId: id, kind, sizeBytes: rec.sizeBytes, frozen } });
+      })();
+      return rec;
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      await rm(store.dir(id), { recursive: true, force: true }).catch(() => {});
+      if (signal.aborted && !(e instanceof RoostError && e.code !== 'ABORTED' && e.code !== 'TIMEOUT')) {
+        throw deadline.aborted ? new RoostError('TIMEOUT', `the snapshot of sandbox ${this.id} took longer than ${timeoutMs} ms`, { cause: e }) : abortError(signal, 'the snapshot');
+      }
+      throw e;
+    }
+  }
+
+  /** Runs a QMP command on the sandbox's VM. */
+  async #qmp(command: string): Promise<unknown> {
+    const vm = this.#vm;
+    if (!vm || vm.hasExited) throw new RoostError('INVALID_STATE', `sandbox ${this.id} has no running VM`);
+    return (await vm.qmp()).execute(command);
+  }
+
+  /** While paused, the agent cannot answer pings: the connection must not declare it dead. */
+  #holdLiveness(hold: boolean): void {
+    void this.#conn?.then((c) => c.holdLiveness(hold)).catch(() => {});
+  }
+
+  /**
    * Boots a stopped (or failed) sandbox again, on the disk it had: what it
    * wrote is still there, its processes are not. A running one is left as is.
    */
   start(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
-      if (this.#info.status === 'running') return;
+      if (this.#info.status === 'running' || this.#info.status === 'paused') return;
       if (isLive(this.#info.status)) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}: wait for it to finish`);
       const assets = await this.#owner.assets();
       let rootfs = assets.rootfs;
@@ -355,7 +646,10 @@ export class Sandbox implements SandboxApi {
         return;
       }
       this.#ending = true;
+      const wasPaused = this.#info.status === 'paused';
       this.#save({ status: 'stopping' });
+      // A paused guest cannot power itself off: let it run for that.
+      if (wasPaused) await this.#qmp('cont').catch(() => {});
       try {
         const conn = await Promise.race([this.#connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
         conn?.poweroff();
@@ -401,6 +695,8 @@ export class Sandbox implements SandboxApi {
       this.#owner.counters.sandboxesDestroyed++;
       this.#owner.released(this.id);
       await rm(this.dir, { recursive: true, force: true });
+      // The snapshot of a fork goes with its last copy.
+      if (this.#info.snapshot) await this.#owner.snapshots.removeIfUnused(this.#info.snapshot).catch(() => {});
     });
   }
 
@@ -426,7 +722,8 @@ export class Sandbox implements SandboxApi {
 
   // ---- internals -------------------------------------------------------------
 
-  async #boot(assets: Assets, rootfs: string, shares: VmShare[], timeoutMs: number, userSignal?: AbortSignal): Promise<void> {
+  /** Boots the VM, or resumes `restore` (a snapshot) in it; resolves once the agent answers. */
+  async #boot(assets: Assets, rootfs: string, shares: VmShare[], timeoutMs: number, userSignal?: AbortSignal, restore?: SnapshotRecord): Promise<void> {
     const dir = this.dir;
     const deadline = AbortSignal.timeout(timeoutMs);
     const signal = userSignal ? AbortSignal.any([userSignal, deadline]) : deadline;
@@ -436,10 +733,17 @@ export class Sandbox implements SandboxApi {
       if (signal.aborted) throw abortError(signal, 'sandbox creation');
       await mkdir(dir, { recursive: true });
       const disk = join(dir, 'disk.qcow2');
-      if (!(await exists(disk))) await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
+      const snapshotDir = restore ? this.#owner.snapshots.dir(restore.id) : null;
+      if (snapshotDir) {
+        // An empty qcow2 layer over the snapshot's disk, made once with the snapshot.
+        await copyFile(join(snapshotDir, SNAPSHOT_FILES.overlay), disk);
+      } else if (!(await exists(disk))) {
+        await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
+      }
       vm = await new QemuVmm().start({
         id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
         rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel, shares,
+        ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
       });
       this.#vm = vm;
       this.#save({ pid: vm.pid });
@@ -459,7 +763,7 @@ export class Sandbox implements SandboxApi {
       this.#watch(vm);
       this.#adopt(Promise.resolve(conn));
       this.#save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.hello.agentVersion }, 'sandbox.started', {
-        data: { pid: vm.pid, agentVersion: conn.hello.agentVersion },
+        data: { pid: vm.pid, agentVersion: conn.hello.agentVersion, ...(restore ? { restoredFrom: restore.id } : {}) },
       });
     } catch (e) {
       vm?.kill();
@@ -560,7 +864,8 @@ export class Sandbox implements SandboxApi {
   #connection(): Promise<AgentConnection> {
     if (this.#conn) return this.#conn;
     if (this.#removed) return Promise.reject(new RoostError('NOT_FOUND', `sandbox ${this.id} was removed`));
-    if (!this.#vm || this.#vm.hasExited || this.#info.status !== 'running') {
+    // While paused, requests wait in the channel until the VM resumes.
+    if (!this.#vm || this.#vm.hasExited || (this.#info.status !== 'running' && this.#info.status !== 'paused')) {
       return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.#info.status}${this.#info.reason ? ` (${this.#info.reason})` : ''}`));
     }
     const vm = this.#vm;
@@ -588,6 +893,7 @@ export class Sandbox implements SandboxApi {
         };
         c.on('violation', onBad);
         c.on('unresponsive', onBad);
+        if (this.#info.status === 'paused') c.holdLiveness(true);
         c.on('close', () => {
           if (this.#conn === conn) this.#conn = null;
           if (!this.#ending && !c.closedByHost) {
@@ -744,7 +1050,7 @@ function newId(records: SandboxRecords): string {
 
 /** True while a sandbox has (or is getting, or is losing) a VM. */
 export function isLive(status: SandboxStatus): boolean {
-  return status === 'creating' || status === 'running' || status === 'stopping';
+  return status === 'creating' || status === 'running' || status === 'paused' || status === 'stopping';
 }
 
 function sleep(ms: number): Promise<void> {

@@ -81,6 +81,25 @@ const MIGRATIONS: readonly string[] = [
     labels_json TEXT NOT NULL
   );
   `,
+  // 4: snapshots and templates. A snapshot's files live in <home>/snapshots/<id>; which sandboxes were
+  // restored from one is in their records (info_json: snapshot), which snapshots are layered on one is parent_id.
+  `
+  CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,                  -- user, fork or template
+    parent_id TEXT,                      -- the snapshot whose disk this one's disk is layered on
+    created_at TEXT NOT NULL,
+    info_json TEXT NOT NULL              -- the SnapshotInfo (without dependents) and its manifest
+  );
+  CREATE INDEX snapshots_parent ON snapshots(parent_id);
+  CREATE TABLE templates (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,             -- the TemplateInfo without snapshot
+    snapshot_id TEXT,                    -- its warm snapshot, once built
+    created_at TEXT NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */

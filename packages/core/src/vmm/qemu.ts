@@ -78,11 +78,12 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
   const tcg = config.accel === 'tcg';
   const args = [
     '-name', `roost-${config.id}`,
-    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off${tcg ? '' : ',pit=off,pic=off'}`,
+    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem${tcg ? '' : ',pit=off,pic=off'}`,
     '-accel', tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
     '-cpu', tcg ? TCG_CPU : 'host',
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,
+    ...memoryArgs(config),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-kernel', config.kernel,
     '-initrd', config.initramfs,
@@ -114,7 +115,28 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
       '-qmp', `unix:${opt(paths.qmpSocket)},server=on,wait=off`,
     );
   }
+  if (config.restore) {
+    // The device state comes on fd 4 (see QemuVmm.start); its stream has no
+    // configuration section (xen-save-devices-state writes none). QEMU runs
+    // the guest as soon as it is loaded.
+    args.push('-incoming', 'fd:4', '-global', 'migration.send-configuration=off');
+  }
   return args;
+}
+
+/** The id of the guest RAM's memory backend; it names the mapping in /proc/PID/maps (see snapshot/memory.ts). */
+export const MEMORY_BACKEND_MEMFD_NAME = '/memfd:memory-backend-memfd';
+
+/**
+ * Guest RAM. A booted VM's RAM is a memfd, so that a snapshot can find and
+ * read it (a named mapping); a restored VM maps the snapshot's RAM image
+ * privately: pages are shared with every other sandbox restored from it
+ * until one writes them (copy-on-write), and the image never changes.
+ */
+function memoryArgs(config: VmConfig): string[] {
+  const size = `size=${config.memoryMiB}M`;
+  const backend = config.restore ? `memory-backend-file,id=mem,${size},mem-path=${opt(config.restore.memory)},share=off` : `memory-backend-memfd,id=mem,${size}`;
+  return ['-object', backend];
 }
 
 /**
@@ -194,13 +216,20 @@ export class QemuVmm implements Vmm {
     // closes their pipes.
     const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
     let child;
+    let stateFd: number | undefined;
     try {
+      if (config.restore) stateFd = openSync(config.restore.state, 'r');
       // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      child = spawn(cmd, argv, { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin], detached: true });
+      child = spawn(cmd, argv, { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'], detached: true });
+    } catch (e) {
+      consoleKeeper.kill();
+      vmmKeeper.kill();
+      throw new RoostError('VMM', `could not start QEMU: ${(e as Error).message}`, { cause: e });
     } finally {
       // QEMU holds the write ends now; ours would keep the keepers from ever seeing EOF.
       consoleKeeper.stdin.destroy();
       vmmKeeper.stdin.destroy();
+      if (stateFd !== undefined) closeSync(stateFd);
     }
     const qemuExited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
     // The VM has exited once its logs are complete too: boot errors read them right after.

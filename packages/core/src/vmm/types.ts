@@ -24,6 +24,16 @@ export interface VmConfig {
   append?: string[];
   /** Host directories exported to the guest over virtio-9p (volumes), at most 16. */
   shares?: VmShare[];
+  /** Resume a snapshot instead of booting (see snapshot/): the devices above must be the snapshot's. */
+  restore?: VmRestore;
+}
+
+/** What a VM resumes from: its RAM image and QEMU's device state. */
+export interface VmRestore {
+  /** The guest RAM image (`memoryMiB` bytes), mapped copy-on-write. */
+  memory: string;
+  /** QEMU's device state (`xen-save-devices-state`), loaded as an incoming migration. */
+  state: string;
 }
 
 /** A host directory the guest can mount over virtio-9p (`mount -t 9p <tag>`). */
