@@ -4,9 +4,9 @@
  * Boots the guest (mounts, command root), opens the virtio-serial port named
  * on the kernel command line and serves the host protocol of
  * docs/PROTOCOL.md on it with a single-threaded poll() loop: sessions (HELLO),
- * PING, POWEROFF, and exec streams (EXEC, CALL, DATA, EOF, CREDIT, SIGNAL,
- * RESIZE, STARTED, EXIT). A CALL runs a built-in file operation (fileops.c)
- * in a forked child, on a stream like an EXEC's. It never exits: every
+ * PING, POWEROFF, FREEZE/THAW (snapshots), and exec streams (EXEC, CALL,
+ * DATA, EOF, CREDIT, SIGNAL, RESIZE, STARTED, EXIT). A CALL runs a built-in
+ * file operation (fileops.c) in a forked child, on a stream like an EXEC's. It never exits: every
  * failure is logged to /dev/console and reported to the host where one is
  * connected.
  *
@@ -28,6 +28,13 @@
  *  - EXEC and CALL are refused (ERROR PROTOCOL) until a HELLO with VERSION 1; PING and
  *    POWEROFF are served at any time. Stream ids are reusable after EXIT.
  *  - SIGNAL after the process was reaped is ignored (its pid may be reused).
+ *  - FREEZE and THAW are served at any time, like PING. A FREEZE that fails
+ *    (other than EOPNOTSUPP: no disk) leaves no snapshot pending. In a
+ *    restored copy, orphaned commands have their own bound (MAX_ORPHANS,
+ *    beyond it the rest are killed as before) and do not count against the
+ *    stream limit; a PTY orphan keeps its terminal open without input (no
+ *    VEOF is written); once an orphan's process is reaped its pipes are
+ *    closed, as a stream's are after EXIT.
  */
 #include "fileops.h"
 #include "proto.h"
@@ -97,6 +104,18 @@ struct roost_rand_pool_info {
 	int buf_size;	   /* bytes */
 	uint8_t buf[ROOST_MAX_ENTROPY];
 };
+/* <linux/random.h>: RNDRESEEDCRNG = _IO('R', 0x07): re-key the CRNG from the
+ * input pool now (needs CAP_SYS_ADMIN; ENODATA before the CRNG is ready). */
+#define ROOST_RNDRESEEDCRNG _IO('R', 0x07)
+
+/* <linux/fs.h>: FIFREEZE = _IOWR('X', 119, int), FITHAW = _IOWR('X', 120, int). */
+#define ROOST_FIFREEZE _IOWR('X', 119, int)
+#define ROOST_FITHAW _IOWR('X', 120, int)
+
+/* Commands of a session that ended in a restored copy of a snapshot keep
+ * running as orphans (see session_end); at most this many at a time, on top
+ * of the ROOST_MAX_STREAMS streams of the current session. */
+#define MAX_ORPHANS ROOST_MAX_STREAMS
 
 /* <linux/openat2.h>: struct open_how and RESOLVE_IN_ROOT. */
 struct roost_open_how {
@@ -167,6 +186,19 @@ static uint8_t scratch[ROOST_FRAME_HDR + ROOST_MAX_PAYLOAD];
 
 static struct exec *execs;
 static unsigned exec_count;
+
+/* Orphans: commands of an earlier session, kept running by a restored copy
+ * of a snapshot. Not streams (stream 0, never found by exec_find), no credit:
+ * their output is read and discarded, and they are reaped without an EXIT. */
+static struct exec *orphans;
+static unsigned orphan_count;
+
+/* Snapshots (FREEZE/THAW). snapshot_pending: a FREEZE was answered and no
+ * THAW came yet, so the guest's memory may be in a snapshot; a host
+ * disconnect or a HELLO seen in this state means this is a restored copy.
+ * fs_frozen: ROOT_RW is frozen (FIFREEZE) by the agent. */
+static bool snapshot_pending;
+static bool fs_frozen;
 
 static uint32_t recent[RECENT_MAX];
 static unsigned recent_n, recent_pos;
@@ -415,6 +447,7 @@ static void send_credit(uint32_t stream, uint8_t fd, uint32_t n)
 /* ------------------------------------------------------------------ */
 /* execs */
 
+/* The current session's stream `stream` (orphans are on their own list). */
 static struct exec *exec_find(uint32_t stream)
 {
 	for (struct exec *e = execs; e; e = e->next)
@@ -473,21 +506,83 @@ static void exec_out_close(struct exec *e, int i)
 	e->out_done[i] = true;
 }
 
-static void exec_free(struct exec *e)
+static void exec_unlink(struct exec **list, struct exec *e)
 {
-	for (struct exec **pp = &execs; *pp; pp = &(*pp)->next) {
+	for (struct exec **pp = list; *pp; pp = &(*pp)->next) {
 		if (*pp == e) {
 			*pp = e->next;
 			break;
 		}
 	}
+}
+
+/* Closes what an exec owns and frees it (already unlinked). */
+static void exec_release(struct exec *e)
+{
 	exec_stdin_close(e);
 	exec_out_close(e, 0);
 	exec_out_close(e, 1);
 	close_fd(&e->ptm);
 	free(e->inq);
 	free(e);
+}
+
+static void exec_free(struct exec *e)
+{
+	exec_unlink(&execs, e);
+	exec_release(e);
 	exec_count--;
+}
+
+static void orphan_free(struct exec *e)
+{
+	exec_unlink(&orphans, e);
+	exec_release(e);
+	orphan_count--;
+}
+
+/*
+ * Turns a running command of the ending session into an orphan: it keeps
+ * running, its stdin is closed (a pipe: the process reads EOF; a PTY keeps
+ * its terminal, which gets no more input), its output is read and dropped
+ * (orphan_drain), and it is reaped without an EXIT. Its TIMEOUT_MS, set by
+ * the host that is gone, no longer applies.
+ */
+static void exec_orphan(struct exec *e)
+{
+	exec_unlink(&execs, e);
+	exec_count--;
+	exec_stdin_close(e);
+	free(e->inq);
+	e->inq = NULL;
+	e->stream = 0;
+	e->deadline = 0;
+	e->next = orphans;
+	orphans = e;
+	orphan_count++;
+}
+
+/* Reads and discards an orphan's output on fd i+1 (a bounded amount per
+ * call); at end of file (EIO: a PTY nobody holds) it is no longer polled.
+ * A PTY master stays open until the process is reaped. */
+static void orphan_drain(struct exec *e, int i)
+{
+	static uint8_t sink[65536];
+	for (int k = 0; k < 16 && !e->out_done[i]; k++) {
+		ssize_t n = read(e->out_fd[i], sink, sizeof sink);
+		if (n > 0) {
+			if ((size_t)n < sizeof sink)
+				break; /* probably empty now; let poll tell */
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n < 0 && errno != EIO)
+			logmsg("orphan %d: read fd %d: %s", (int)e->pid, i + 1, strerror(errno));
+		exec_out_close(e, i);
+	}
 }
 
 /* How a stream's process is ended when the agent gives up on it: a command
@@ -499,11 +594,24 @@ static int exec_stop_signal(const struct exec *e)
 }
 
 /* Ends the current session: kill and forget its execs (still reaped by the
- * waitpid(-1) loop as unknown children). */
-static void session_end(void)
+ * waitpid(-1) loop as unknown children). With keep_commands (a restored copy
+ * of a snapshot meets its first host) running commands become orphans
+ * instead; calls still get SIGTERM, and a command that already exited is
+ * dropped without its EXIT. */
+static void session_end(bool keep_commands)
 {
+	static bool orphans_full_logged;
 	while (execs) {
 		struct exec *e = execs;
+		if (keep_commands && !e->is_call && !e->reaped) {
+			if (orphan_count < MAX_ORPHANS) {
+				exec_orphan(e);
+				continue;
+			}
+			if (!orphans_full_logged)
+				logmsg("%u orphaned commands already: killing the rest", orphan_count);
+			orphans_full_logged = true;
+		}
 		exec_kill(e, exec_stop_signal(e));
 		exec_free(e);
 	}
@@ -1549,20 +1657,130 @@ static void set_clock(uint64_t ns)
 		logmsg("clock_settime: %s", strerror(errno));
 }
 
+/* Mixes the host's entropy into the kernel's pool, then re-keys the CRNG from
+ * the pool at once: the CRNG otherwise reseeds on its own schedule, and two
+ * copies restored from one snapshot would go on producing the same bytes
+ * until then. Failures are harmless (the second is logged once). */
 static void add_entropy(const uint8_t *p, uint32_t n)
 {
+	static bool reseed_logged;
 	struct roost_rand_pool_info info;
-	if (n == 0 || n > sizeof info.buf)
+	if (n > sizeof info.buf)
 		return;
-	info.entropy_count = (int)n * 8;
-	info.buf_size = (int)n;
-	memcpy(info.buf, p, n);
 	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		ioctl(fd, ROOST_RNDADDENTROPY, &info); /* failure is harmless */
-		close(fd);
+	if (fd < 0)
+		return;
+	if (n > 0) {
+		info.entropy_count = (int)n * 8;
+		info.buf_size = (int)n;
+		memcpy(info.buf, p, n);
+		(void)ioctl(fd, ROOST_RNDADDENTROPY, &info);
+		memset(&info, 0, sizeof info);
 	}
-	memset(&info, 0, sizeof info);
+	if (ioctl(fd, ROOST_RNDRESEEDCRNG) < 0 && !reseed_logged) {
+		logmsg("RNDRESEEDCRNG: %s", strerror(errno));
+		reseed_logged = true;
+	}
+	close(fd);
+}
+
+/* ------------------------------------------------------------------ */
+/* snapshots: FREEZE, THAW, and a restored copy */
+
+/* Freezes the sandbox's writable filesystem (the disk at ROOT_RW). Returns 0
+ * or an errno: EOPNOTSUPP when there is no disk to freeze (ROOT_RW is a
+ * tmpfs, or there is no command root). Already frozen: 0. */
+static int fs_freeze(void)
+{
+	if (fs_frozen)
+		return 0;
+	sync();
+	if (!root_ok)
+		return EOPNOTSUPP;
+	int fd = open(ROOT_RW, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	int err = ioctl(fd, ROOST_FIFREEZE, 0) < 0 ? errno : 0;
+	close(fd);
+	if (err == 0)
+		fs_frozen = true;
+	return err;
+}
+
+/* Thaws what fs_freeze froze. Returns 0 or an errno (then it stays frozen
+ * and a later THAW may try again). EINVAL from FITHAW means it was not
+ * frozen (someone in the guest thawed it): that is success. */
+static int fs_thaw(void)
+{
+	if (!fs_frozen)
+		return 0;
+	int fd = open(ROOT_RW, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	int err = ioctl(fd, ROOST_FITHAW, 0) < 0 ? errno : 0;
+	close(fd);
+	if (err == EINVAL)
+		err = 0;
+	if (err == 0)
+		fs_frozen = false;
+	return err;
+}
+
+/* Answers FREEZE or THAW: {ERRNO}, and MESSAGE when it failed. */
+static void send_fs_answer(uint8_t type, int err)
+{
+	struct roost_buf b;
+	roost_buf_init(&b, scratch, sizeof scratch);
+	size_t s = roost_frame_begin(&b, 0, type);
+	roost_tlv_put_u32(&b, ROOST_TAG_ERRNO, (uint32_t)err);
+	if (err) {
+		char msg[256];
+		if (type == ROOST_T_FREEZE && err == EOPNOTSUPP)
+			snprintf(msg, sizeof msg, "nothing to freeze: the sandbox has no disk");
+		else
+			snprintf(msg, sizeof msg, "%s %s: %s", type == ROOST_T_FREEZE ? "FIFREEZE" : "FITHAW",
+				 ROOT_RW, strerror(err));
+		roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, msg);
+	}
+	send_buf(&b, s);
+}
+
+/* FREEZE: sync, freeze the disk, and remember that a snapshot may be taken
+ * (also without a disk to freeze). Writers to the disk block until THAW. */
+static void handle_freeze(void)
+{
+	int err = fs_freeze();
+	if (err == 0 || err == EOPNOTSUPP)
+		snapshot_pending = true;
+	else
+		logmsg("FIFREEZE %s: %s", ROOT_RW, strerror(err));
+	send_fs_answer(ROOST_T_FREEZE, err);
+}
+
+/* THAW: the snapshot is done (or abandoned); this is the source VM. */
+static void handle_thaw(void)
+{
+	int err = fs_thaw();
+	if (err)
+		logmsg("FITHAW %s: %s", ROOT_RW, strerror(err));
+	snapshot_pending = false;
+	send_fs_answer(ROOST_T_THAW, err);
+}
+
+/* A disconnect or a HELLO while a snapshot was pending: this is a copy
+ * restored from the snapshot meeting its first host (the source gets THAW on
+ * its own connection instead). Thaws the disk; returns true if the ending
+ * session's commands are to be kept (as orphans) and the VM is not to be
+ * powered off for it: that session belonged to the source's host. */
+static bool snapshot_restored(void)
+{
+	if (!snapshot_pending)
+		return false;
+	int err = fs_thaw();
+	if (err)
+		logmsg("restored copy: FITHAW %s: %s", ROOT_RW, strerror(err));
+	snapshot_pending = false;
+	return true;
 }
 
 static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
@@ -1606,8 +1824,9 @@ static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
 		}
 	}
 
-	/* A new session: the streams of the previous one are abandoned. */
-	session_end();
+	/* A new session: the streams of the previous one are abandoned (or
+	 * orphaned, in a restored copy of a snapshot). */
+	session_end(snapshot_restored());
 	session.established = version == ROOST_VERSION;
 	if (session.established) {
 		session.flags = flags;
@@ -1758,6 +1977,18 @@ static void handle_frame(const struct roost_frame *f)
 		}
 		do_poweroff("POWEROFF from host");
 		return;
+	case ROOST_T_FREEZE:
+	case ROOST_T_THAW:
+		if (f->stream != 0 || f->len != 0) {
+			send_error(0, ROOST_E_PROTOCOL, "%s must be on stream 0 and empty",
+				   f->type == ROOST_T_FREEZE ? "FREEZE" : "THAW");
+			return;
+		}
+		if (f->type == ROOST_T_FREEZE)
+			handle_freeze();
+		else
+			handle_thaw();
+		return;
 	case ROOST_T_ERROR:
 		return; /* the host's complaint; never answer an error with an error */
 	case ROOST_T_EXEC:
@@ -1814,12 +2045,13 @@ static void port_feed(const uint8_t *b, size_t n)
 
 static void on_disconnect(void)
 {
-	bool off = session.established && (session.flags & ROOST_FLAG_POWEROFF_ON_DISCONNECT);
+	bool restored = snapshot_restored();
+	bool off = !restored && session.established && (session.flags & ROOST_FLAG_POWEROFF_ON_DISCONNECT);
 	port_connected = false;
 	next_port_check = now_ms() + DISCONNECTED_RECHECK_MS;
 	roost_parser_reset(&parser);
 	out_reset();
-	session_end();
+	session_end(restored);
 	if (off)
 		do_poweroff("host disconnected");
 }
@@ -1934,11 +2166,19 @@ static void reap_children(void)
 		pid_t pid = waitpid(-1, &st, WNOHANG);
 		if (pid <= 0)
 			return;
+		bool found = false;
 		for (struct exec *e = execs; e; e = e->next) {
 			if (e->pid == pid && !e->reaped) {
 				e->reaped = true;
 				e->status = st;
 				exec_on_reaped(e);
+				found = true;
+				break;
+			}
+		}
+		for (struct exec *e = orphans; e && !found; e = e->next) {
+			if (e->pid == pid) {
+				orphan_free(e); /* silently: nobody waits for its EXIT */
 				break;
 			}
 		}
@@ -1961,6 +2201,10 @@ static void reap_for(unsigned ms)
 static void do_poweroff(const char *why)
 {
 	logmsg("power off: %s", why);
+	/* Writers blocked on a frozen disk could not even be killed. */
+	int err = fs_thaw();
+	if (err)
+		logmsg("FITHAW %s: %s", ROOT_RW, strerror(err));
 	kill(-1, SIGTERM);
 	reap_for(500);
 	kill(-1, SIGKILL);
@@ -1990,6 +2234,8 @@ static void handle_signals(void)
 				continue;
 			}
 			for (struct exec *e = execs; e; e = e->next)
+				exec_kill(e, sig);
+			for (struct exec *e = orphans; e; e = e->next)
 				exec_kill(e, sig);
 		}
 	}
@@ -2185,7 +2431,7 @@ static void setup_signals(void)
 /* ------------------------------------------------------------------ */
 /* main loop */
 
-enum { ROLE_IN, ROLE_OUT1, ROLE_OUT2 };
+enum { ROLE_IN, ROLE_OUT1, ROLE_OUT2, ROLE_ORPHAN1, ROLE_ORPHAN2 };
 
 int main(void)
 {
@@ -2221,9 +2467,11 @@ int main(void)
 	port_check();
 	logmsg("ready (%s%s)", root_ok ? "root " : "no root", root_ok ? root_dev : "");
 
-	static struct pollfd pfd[2 + 3 * ROOST_MAX_STREAMS];
-	static struct exec *pexec[2 + 3 * ROOST_MAX_STREAMS];
-	static int prole[2 + 3 * ROOST_MAX_STREAMS];
+	/* The signalfd, the port, 3 fds per stream and 2 per orphan. */
+	enum { MAX_POLL = 2 + 3 * ROOST_MAX_STREAMS + 2 * MAX_ORPHANS };
+	static struct pollfd pfd[MAX_POLL];
+	static struct exec *pexec[MAX_POLL];
+	static int prole[MAX_POLL];
 
 	for (;;) {
 		uint64_t now = now_ms();
@@ -2300,6 +2548,16 @@ int main(void)
 				prole[n++] = i == 0 ? ROLE_OUT1 : ROLE_OUT2;
 			}
 		}
+		/* Orphans are never reaped while listed; one at EOF is not polled. */
+		for (struct exec *e = orphans; e; e = e->next) {
+			for (int i = 0; i < 2; i++) {
+				if (e->out_done[i])
+					continue;
+				pfd[n] = (struct pollfd){.fd = e->out_fd[i], .events = POLLIN};
+				pexec[n] = e;
+				prole[n++] = i == 0 ? ROLE_ORPHAN1 : ROLE_ORPHAN2;
+			}
+		}
 
 		int r = poll(pfd, (nfds_t)n, timeout);
 		if (r < 0) {
@@ -2317,6 +2575,8 @@ int main(void)
 			struct exec *e = pexec[i];
 			if (prole[i] == ROLE_IN)
 				exec_write_in(e);
+			else if (prole[i] == ROLE_ORPHAN1 || prole[i] == ROLE_ORPHAN2)
+				orphan_drain(e, prole[i] == ROLE_ORPHAN1 ? 0 : 1);
 			else
 				exec_read_out(e, prole[i] == ROLE_OUT1 ? 0 : 1);
 		}

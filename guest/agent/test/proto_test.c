@@ -48,6 +48,8 @@ static void test_constants_frozen(void)
 	CHECK(ROOST_T_PONG == 0x03);
 	CHECK(ROOST_T_POWEROFF == 0x04);
 	CHECK(ROOST_T_ERROR == 0x05);
+	CHECK(ROOST_T_FREEZE == 0x06);
+	CHECK(ROOST_T_THAW == 0x07);
 	CHECK(ROOST_T_EXEC == 0x10);
 	CHECK(ROOST_T_STARTED == 0x11);
 	CHECK(ROOST_T_DATA == 0x12);
@@ -136,6 +138,22 @@ static void test_frame_encoding_exact(void)
 	s = roost_frame_begin(&b, 0, ROOST_T_POWEROFF);
 	CHECK(roost_frame_end(&b, s) == 0);
 	CHECK(b.len == 9 && memcmp(mem, "\x00\x00\x00\x05\x00\x00\x00\x00\x04", 9) == 0);
+
+	/* FREEZE (host -> agent, empty) and its answer: ERRNO, and MESSAGE on failure. */
+	roost_buf_init(&b, mem, sizeof mem);
+	s = roost_frame_begin(&b, 0, ROOST_T_FREEZE);
+	CHECK(roost_frame_end(&b, s) == 0);
+	CHECK(b.len == 9 && memcmp(mem, "\x00\x00\x00\x05\x00\x00\x00\x00\x06", 9) == 0);
+	roost_buf_init(&b, mem, sizeof mem);
+	s = roost_frame_begin(&b, 0, ROOST_T_THAW);
+	roost_tlv_put_u32(&b, ROOST_TAG_ERRNO, 95);
+	roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, "no");
+	CHECK(roost_frame_end(&b, s) == 0);
+	CHECK(b.len == 9 + 10 + 8);
+	CHECK(memcmp(mem, "\x00\x00\x00\x17\x00\x00\x00\x00\x07"
+			  "\x00\x68\x00\x00\x00\x04\x00\x00\x00\x5f"
+			  "\x00\x11\x00\x00\x00\x02no",
+		     27) == 0);
 
 	/* TLV encoding. */
 	roost_buf_init(&b, mem, sizeof mem);

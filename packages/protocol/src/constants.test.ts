@@ -11,7 +11,7 @@ describe('protocol constants are frozen', () => {
   });
   it('keeps message types', () => {
     expect(MessageType).toEqual({
-      HELLO: 0x01, PING: 0x02, PONG: 0x03, POWEROFF: 0x04, ERROR: 0x05, EXEC: 0x10, STARTED: 0x11,
+      HELLO: 0x01, PING: 0x02, PONG: 0x03, POWEROFF: 0x04, ERROR: 0x05, FREEZE: 0x06, THAW: 0x07, EXEC: 0x10, STARTED: 0x11,
       DATA: 0x12, EOF: 0x13, CREDIT: 0x14, SIGNAL: 0x15, RESIZE: 0x16, EXIT: 0x17, CALL: 0x18,
     });
   });

@@ -33,6 +33,10 @@ export const MessageType = {
   PONG: 0x03,
   POWEROFF: 0x04,
   ERROR: 0x05,
+  /** Host → agent on stream 0: sync and freeze the sandbox's disk before a snapshot; answered with FREEZE {ERRNO, MESSAGE}. */
+  FREEZE: 0x06,
+  /** Host → agent on stream 0: thaw the disk after a snapshot; answered with THAW {ERRNO, MESSAGE}. */
+  THAW: 0x07,
   EXEC: 0x10,
   STARTED: 0x11,
   DATA: 0x12,

@@ -64,6 +64,16 @@ export interface WireError {
   message: string;
 }
 
+/**
+ * The agent's answer to FREEZE or THAW: `errno` 0 on success, else the Linux
+ * errno (EOPNOTSUPP for a FREEZE when the sandbox has no disk to freeze) and
+ * a `message` saying what failed.
+ */
+export interface FreezeResult {
+  errno: number;
+  message?: string;
+}
+
 // ---- encoders ---------------------------------------------------------------
 
 export function encodeHostHello(h: HostHello): Buffer {
@@ -179,6 +189,23 @@ export function encodePoweroff(): Buffer {
   return encodeFrame(0, MessageType.POWEROFF);
 }
 
+/** FREEZE (host → agent): sync and freeze the sandbox's disk before a snapshot. */
+export function encodeFreeze(): Buffer {
+  return encodeFrame(0, MessageType.FREEZE);
+}
+
+/** THAW (host → agent): thaw the disk after a snapshot. */
+export function encodeThaw(): Buffer {
+  return encodeFrame(0, MessageType.THAW);
+}
+
+/** The agent's answer to FREEZE or THAW: a frame of the same type on stream 0. */
+export function encodeFreezeResult(type: typeof MessageType.FREEZE | typeof MessageType.THAW, r: FreezeResult): Buffer {
+  const tlv = new TlvWriter().u32(Tag.ERRNO, r.errno);
+  if (r.message !== undefined) tlv.string(Tag.MESSAGE, r.message);
+  return encodeFrame(0, type, tlv.finish());
+}
+
 // ---- decoders (every one validates; a bad payload throws ProtocolError) -----
 
 export function decodeAgentHello(payload: Uint8Array): AgentHello {
@@ -209,6 +236,15 @@ export function decodeHostHello(payload: Uint8Array): HostHello {
 export function decodeError(payload: Uint8Array): WireError {
   const r = new TlvReader(payload);
   return { code: r.u32(Tag.CODE) ?? ErrorCode.INTERNAL, message: r.string(Tag.MESSAGE, 4096) ?? '' };
+}
+
+/** The payload of the agent's FREEZE or THAW answer. */
+export function decodeFreezeResult(payload: Uint8Array): FreezeResult {
+  const r = new TlvReader(payload);
+  const errno = r.u32(Tag.ERRNO);
+  if (errno === undefined) throw new ProtocolError('FREEZE/THAW answer without ERRNO');
+  const message = r.string(Tag.MESSAGE, 4096);
+  return message === undefined ? { errno } : { errno, message };
 }
 
 export function decodeExec(payload: Uint8Array): ExecRequest {

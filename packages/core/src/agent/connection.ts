@@ -3,9 +3,9 @@ import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import {
   CONTROL_STREAM, DEFAULT_WINDOW, Fd, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, MAX_STREAMS, MessageType, ProtocolError, VERSION,
-  decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeStarted,
-  encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal,
-  type AgentHello, type CallRequest, type ExecExit, type ExecRequest, type Frame, type WireError,
+  decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeFreezeResult, decodeStarted,
+  encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeFreeze, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal, encodeThaw,
+  type AgentHello, type CallRequest, type ExecExit, type ExecRequest, type Frame, type FreezeResult, type WireError,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { connectWithRetry } from '../vmm/connect.js';
@@ -18,6 +18,14 @@ const KEEPALIVE_TIMEOUT_MS = 30_000;
 const MAX_PREHANDSHAKE = 8 << 20;
 /** Largest HELLO we will believe. */
 const MAX_HELLO = 1024;
+/** FREEZE/THAW requests whose answer is still owed after they timed out, at most. */
+const MAX_LATE_FS_ANSWERS = 16;
+
+/** A FREEZE or THAW sent to the agent, answered in order. `settle` is null once the caller stopped waiting (timeout). */
+interface FsRequest {
+  type: typeof MessageType.FREEZE | typeof MessageType.THAW;
+  settle: ((r: FreezeResult | RoostError) => void) | null;
+}
 
 export interface ConnectOptions {
   /** HELLO flags (see HelloFlags). */
@@ -58,9 +66,12 @@ export class AgentConnection extends EventEmitter {
   #closed: RoostError | null = null;
   #closedByHost = false;
   #pings = new Map<string, () => void>();
+  /** FREEZE/THAW requests not answered yet, oldest first (the agent answers in order). */
+  #fsRequests: FsRequest[] = [];
   #lastHeard = Date.now();
   #keepalive: NodeJS.Timeout;
   #pingSentAt = 0;
+  #livenessHeld = false;
 
   private constructor(socket: Socket, hello: AgentHello, rest: Buffer) {
     super();
@@ -162,6 +173,58 @@ export class AgentConnection extends EventEmitter {
     });
   }
 
+  /**
+   * Asks the agent to sync and freeze the sandbox's disk before a snapshot
+   * (FREEZE, docs/PROTOCOL.md "Snapshots"): from then on, processes that
+   * write to the disk block until `thaw()`. Resolves with the agent's answer:
+   * `errno` 0 when frozen (or already frozen), EOPNOTSUPP (95) when the
+   * sandbox has no disk to freeze (the guest still counts a snapshot as
+   * pending), or another errno with a `message`. Rejects with TIMEOUT when no
+   * answer comes within `timeoutMs`, INVALID_STATE while another freeze or
+   * thaw awaits its answer, and with the connection's error if it ends first.
+   */
+  freeze(timeoutMs = 10_000): Promise<FreezeResult> {
+    return this.#fsRequest(MessageType.FREEZE, timeoutMs);
+  }
+
+  /**
+   * Thaws the disk after a snapshot (THAW): the source sandbox carries on.
+   * Resolves with the agent's answer (`errno` 0 also when nothing was
+   * frozen); rejects as `freeze()` does.
+   */
+  thaw(timeoutMs = 10_000): Promise<FreezeResult> {
+    return this.#fsRequest(MessageType.THAW, timeoutMs);
+  }
+
+  #fsRequest(type: FsRequest['type'], timeoutMs: number): Promise<FreezeResult> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    const name = type === MessageType.FREEZE ? 'freeze' : 'thaw';
+    if (this.#fsRequests.some((r) => r.settle !== null)) {
+      return Promise.reject(new RoostError('INVALID_STATE', `cannot ${name} the sandbox's disk: a freeze or thaw is already waiting for the guest agent`));
+    }
+    if (this.#fsRequests.length >= MAX_LATE_FS_ANSWERS) {
+      return Promise.reject(new RoostError('AGENT', `cannot ${name} the sandbox's disk: the guest agent has not answered ${this.#fsRequests.length} earlier freeze or thaw requests`));
+    }
+    return new Promise<FreezeResult>((resolve, reject) => {
+      const request: FsRequest = { type, settle: null };
+      const timer = setTimeout(() => {
+        // The answer may still come; it is then dropped (the request stays queued until it does).
+        request.settle = null;
+        this.#updateRef();
+        reject(new RoostError('TIMEOUT', `the guest agent did not answer ${name} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      request.settle = (r) => {
+        clearTimeout(timer);
+        request.settle = null;
+        if (r instanceof RoostError) reject(r);
+        else resolve(r);
+      };
+      this.#fsRequests.push(request);
+      this.#updateRef();
+      this.#socket.write(type === MessageType.FREEZE ? encodeFreeze() : encodeThaw());
+    });
+  }
+
   /** Asks the agent to power the VM off. */
   poweroff(): void {
     if (!this.#closed) this.#socket.write(encodePoweroff());
@@ -226,7 +289,7 @@ export class AgentConnection extends EventEmitter {
 
   /** Keep the process alive only while commands run, so a script that forgets a sandbox still exits. */
   #updateRef(): void {
-    if (this.#streams.size > 0 || this.#pings.size > 0) this.#socket.ref();
+    if (this.#streams.size > 0 || this.#pings.size > 0 || this.#fsRequests.some((r) => r.settle !== null)) this.#socket.ref();
     else this.#socket.unref();
   }
 
@@ -270,6 +333,17 @@ export class AgentConnection extends EventEmitter {
           return;
         case MessageType.HELLO:
           return; // a duplicate answer; harmless
+        case MessageType.FREEZE:
+        case MessageType.THAW: {
+          const name = f.type === MessageType.FREEZE ? 'FREEZE' : 'THAW';
+          const head = this.#fsRequests[0];
+          if (!head || head.type !== f.type) throw new ProtocolError(`a ${name} answer the host did not ask for`);
+          const result = decodeFreezeResult(f.payload);
+          this.#fsRequests.shift();
+          head.settle?.(result);
+          this.#updateRef();
+          return;
+        }
         default:
           throw new ProtocolError(`unexpected frame type 0x${f.type.toString(16)} on the control stream`);
       }
@@ -289,8 +363,18 @@ export class AgentConnection extends EventEmitter {
     this.#end(err);
   }
 
+  /**
+   * Suspends (or resumes) the liveness check: a paused VM cannot answer
+   * pings. Resuming counts the guest as just heard from.
+   */
+  holdLiveness(hold: boolean): void {
+    this.#livenessHeld = hold;
+    this.#lastHeard = Date.now();
+    this.#pingSentAt = 0;
+  }
+
   #checkLiveness(): void {
-    if (this.#closed || this.#streams.size === 0) return;
+    if (this.#closed || this.#livenessHeld || this.#streams.size === 0) return;
     const now = Date.now();
     if (this.#pingSentAt === 0 && now - this.#lastHeard > KEEPALIVE_IDLE_MS) {
       this.#pingSentAt = now;
@@ -310,6 +394,7 @@ export class AgentConnection extends EventEmitter {
     for (const ch of [...this.#streams.values()]) ch.fail(reason);
     this.#streams.clear();
     this.#pings.clear();
+    for (const r of this.#fsRequests.splice(0)) r.settle?.(reason);
     this.emit('close', reason);
   }
 }
