@@ -424,7 +424,7 @@ export class Sandbox implements SandboxApi {
    * sandbox then runs on (or stays paused). Restore it with
    * `runtime.create({ snapshot: name })`.
    */
-  snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+  async snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
     const name = options.name ?? `${this.id}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}`;
     if (!SNAPSHOT_NAME_RE.test(name)) {
       throw new RoostError('INVALID_ARGUMENT', `snapshot name "${name}": use 1-128 letters, digits, "_", "." and "-", starting with a letter or digit`, { details: { field: 'name' } });
