@@ -78,9 +78,9 @@ export interface SandboxApi extends AsyncDisposable {
   start(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<void>;
   kill(): Promise<void>;
   remove(options?: { force?: boolean }): Promise<void>;
-  /** Stops the vCPUs; memory stays, commands wait (status `paused`). INVALID_STATE unless running. */
+  /** Stops the vCPUs; memory stays, commands wait (status `paused`). A paused sandbox stays as it is; INVALID_STATE unless running or paused. */
   pause(): Promise<void>;
-  /** Continues a paused sandbox exactly where it was. */
+  /** Continues a paused sandbox exactly where it was (a running one is left as it is). */
   resume(): Promise<void>;
   /** Saves memory, device state and disk as a snapshot (the sandbox runs on, or stays paused). */
   snapshot(options?: { name?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<SnapshotInfo>;

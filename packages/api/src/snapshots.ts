@@ -121,7 +121,7 @@ export interface TemplatesApi {
   create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo>;
   get(name: string): Promise<TemplateInfo>;
   list(): Promise<TemplateInfo[]>;
-  /** Builds (or rebuilds, when it no longer restores) the template's snapshot. */
+  /** Builds a new snapshot of the template now (the old one is removed once nothing depends on it). `create({ template })` builds one only when there is none or it no longer restores. */
   warm(name: string, options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<TemplateInfo>;
   /** Removes the template, and its snapshot once no sandbox depends on it. */
   remove(name: string): Promise<void>;

@@ -18,6 +18,7 @@ import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, tailL
 import { addCpCommand } from './cp.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
+import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
 
@@ -28,8 +29,8 @@ const EXIT_ROOST_ERROR = 125;
 /** Exit status when `--timeout` killed the command (as timeout(1) reports it). */
 const EXIT_TIMEOUT = 124;
 
-const LIVE: SandboxStatus[] = ['creating', 'running', 'stopping'];
-const STATUSES: SandboxStatus[] = ['creating', 'running', 'stopping', 'stopped', 'failed'];
+const LIVE: SandboxStatus[] = ['creating', 'running', 'paused', 'stopping'];
+const STATUSES: SandboxStatus[] = ['creating', 'running', 'paused', 'stopping', 'stopped', 'failed'];
 
 interface ExecFlags {
   env: string[];
@@ -99,20 +100,34 @@ export async function main(argv: string[]): Promise<number> {
     .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('-v, --volume <SRC:DST[:ro]>', 'mount a host directory or a named volume (created on first use) at DST in the guest; :ro for read-only (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
-    .option('--boot-timeout <ms>', 'how long the boot may take', int('--boot-timeout'));
+    .addOption(new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts('template'))
+    .option('--template <name>', 'start from this template\'s warm snapshot (built on first use)')
+    .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'));
   addExecFlags(run)
     .passThroughOptions()
     .argument('[args...]')
-    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; bootTimeout?: number }) => {
-      const { image, cmd: given } = splitRunArgs(args, argv);
+    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; snapshot?: string; template?: string; bootTimeout?: number }) => {
+      const restore = flags.snapshot !== undefined || flags.template !== undefined;
+      let { image, cmd: given } = splitRunArgs(args, argv);
+      if (restore && image !== undefined) {
+        // The snapshot or template has the image: the arguments are the command (`run --snapshot NAME CMD...`).
+        const from = flags.snapshot !== undefined ? '--snapshot' : '--template';
+        if (args.includes('--')) throw new RoostError('INVALID_ARGUMENT', `${from} brings its own image: give no IMAGE (${image}): roost run ${from} NAME [--] CMD [ARG...]`);
+        given = [image, ...given];
+        image = undefined;
+      }
+      // A restored sandbox has the snapshot's (or template's) CPUs and memory: only values given here go to the runtime (which refuses them).
+      const passed = (name: string) => !restore || run.getOptionValueSource(name) === 'cli';
       const env = parseEnv(flags.env);
       const labels = parsePairs(flags.label, '-l');
       const volumes = flags.volume.map((v) => parseVolumeFlag(v));
       await withFace('run', async (face) => {
         const sandbox = await face.create(
           {
-            cpus: flags.cpus,
-            memoryMiB: flags.memory,
+            ...(passed('cpus') ? { cpus: flags.cpus } : {}),
+            ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
+            ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
+            ...(flags.template !== undefined ? { template: flags.template } : {}),
             detached: !!flags.detach,
             ...(Object.keys(labels).length > 0 ? { labels } : {}),
             ...(volumes.length > 0 ? { volumes } : {}),
@@ -123,7 +138,8 @@ export async function main(argv: string[]): Promise<number> {
           image ? pullProgressPrinter() : undefined,
         );
         // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
-        const img = sandbox.info.image;
+        // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
+        const img = restore ? undefined : sandbox.info.image;
         const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
         if (!flags.detach && cmd.length === 0) {
           await sandbox.remove({ force: true });
@@ -265,6 +281,7 @@ export async function main(argv: string[]): Promise<number> {
   addCpCommand(program, withFace);
   addImageCommands(program, withImages);
   addVolumeCommands(program, withVolumes);
+  addSnapshotCommands(program, withFace);
   addServeCommand(program);
 
   try {
@@ -539,6 +556,7 @@ function describeSandbox(s: SandboxInfo): string {
     ['User', s.user || '-'],
     ['Agent', s.agentVersion ?? '-'],
     ['Labels', Object.entries(s.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '-'],
+    ['Snapshot', s.snapshot ?? '-'],
     ['Volumes', (s.volumes ?? []).map((v) => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') || '-'],
     ['Env', Object.entries(s.env ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
   ];

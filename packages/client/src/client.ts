@@ -1,6 +1,7 @@
 import { isRoostError, RoostError, type CreateOptions, type EventType, type ImageInfoBody, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo } from '@roost/api';
 import { abortError, defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteSandbox } from './sandbox.js';
+import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 import { RemoteVolumes } from './volumes.js';
 import { NdjsonParser, SseParser } from './wire.js';
 
@@ -86,6 +87,10 @@ export class RoostClient implements RuntimeApi {
   readonly images: RemoteImages;
   /** Named volumes: create, list, inspect, remove. */
   readonly volumes: RemoteVolumes;
+  /** Snapshots: list, inspect, remove (take them with `sandbox.snapshot()`, restore with `create({ snapshot })`). */
+  readonly snapshots: RemoteSnapshots;
+  /** Templates (warm pools): create, list, inspect, warm, remove; use them with `create({ template })`. */
+  readonly templates: RemoteTemplates;
   #transport: Transport;
 
   constructor(options: RoostClientOptions = {}) {
@@ -96,9 +101,11 @@ export class RoostClient implements RuntimeApi {
     this.#transport = new Transport(this.endpoint, token, options.timeoutMs ?? 60_000);
     this.images = new RemoteImages(this.#transport);
     this.volumes = new RemoteVolumes(this.#transport);
+    this.snapshots = new RemoteSnapshots(this.#transport);
+    this.templates = new RemoteTemplates(this.#transport);
   }
 
-  /** Creates and boots a sandbox on the daemon (pulling its image if needed). */
+  /** Creates and boots a sandbox on the daemon (pulling its image if needed), or restores one from a `snapshot` or `template`. */
   async create(options: CreateOptions = {}): Promise<RemoteSandbox> {
     const { signal, ...body } = options;
     const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, signal, timeoutMs: null, what: 'creating a sandbox' });

@@ -15,9 +15,10 @@
 export { RoostClient, RemoteImages, type RoostClientOptions, type Health, type PullProgressEvent, type EventsOptions } from './client.js';
 export { RemoteSandbox } from './sandbox.js';
 export { RemoteVolumes } from './volumes.js';
+export { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 export { RemoteCommands, RemoteCommandHandle } from './command.js';
 export { RemoteFiles } from './files.js';
 export { parseHost, defaultEndpoint, resolveHome, errorFromResponse, type Endpoint } from './http.js';
 export { LineSplitter, NdjsonParser, SseParser, MAX_LINE, type SseEvent } from './wire.js';
 export { RoostError, isRoostError, type RoostErrorCode } from '@roost/api';
-export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, FilesApi, FileWatchApi, EntryInfo, FileEvent } from '@roost/api';
+export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, FilesApi, FileWatchApi, EntryInfo, FileEvent, SnapshotInfo, SnapshotsApi, TemplateInfo, TemplatesApi, CreateTemplateRequest } from '@roost/api';

@@ -1,4 +1,4 @@
-import { isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus } from '@roost/api';
+import { isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
 import type { Transport } from './http.js';
@@ -68,6 +68,33 @@ export class RemoteSandbox implements SandboxApi {
   /** Removes the sandbox. A running sandbox needs `force` (it is killed). */
   async remove(options: { force?: boolean } = {}): Promise<void> {
     await this.#transport.json('DELETE', this.#path, { query: options.force ? { force: 'true' } : {} });
+  }
+
+  /** Stops the vCPUs: memory stays, commands wait (status `paused`). A paused one stays so; INVALID_STATE unless running or paused. */
+  async pause(): Promise<void> {
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/pause`, { json: {} });
+  }
+
+  /** Continues a paused sandbox exactly where it was (a running one is left as it is). */
+  async resume(): Promise<void> {
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/resume`, { json: {} });
+  }
+
+  /**
+   * Saves memory, device state and disk as a snapshot (the sandbox runs on,
+   * or stays paused); restore it with `client.create({ snapshot })`. A name
+   * that is taken is ALREADY_EXISTS.
+   */
+  snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+    const { signal, ...body } = options;
+    return this.#transport.json<SnapshotInfo>('POST', `${this.#path}/snapshot`, { json: body, signal, timeoutMs: null, what: `snapshotting sandbox ${this.id}` });
+  }
+
+  /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
+  async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<RemoteSandbox[]> {
+    const { signal, ...body } = options;
+    const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('POST', `${this.#path}/fork`, { json: body, signal, timeoutMs: null, what: `forking sandbox ${this.id}` });
+    return r.sandboxes.map((info) => new RemoteSandbox(this.#transport, info));
   }
 
   /** The guest's console log (kernel, agent, output of background commands); `tail` keeps the last lines. */

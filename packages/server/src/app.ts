@@ -15,6 +15,7 @@ import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
 import { ResponseStream } from './response-stream.js';
 import type { RouteContext, RoostEnv, RoostHono } from './route-context.js';
 import { sandboxRoutes } from './sandboxes.js';
+import { snapshotRoutes } from './snapshots.js';
 import { volumeRoutes } from './volumes.js';
 
 /** Limits of the daemon's HTTP face (the runtime's own limits are options of Runtime.open). */
@@ -136,6 +137,7 @@ export function createApp(options: AppOptions): RoostHono {
   imageRoutes(app, ctx);
   eventRoutes(app, ctx);
   volumeRoutes(app, ctx);
+  snapshotRoutes(app, ctx);
   fileRoutes(app, ctx);
 
   app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));

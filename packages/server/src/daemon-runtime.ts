@@ -8,6 +8,8 @@ import type {
   RuntimeMetrics,
   SandboxApi,
   SandboxMetrics,
+  SnapshotsApi,
+  TemplatesApi,
   VolumesApi,
 } from '@roost/api';
 
@@ -66,6 +68,10 @@ export interface DaemonRuntime {
   readonly images: DaemonImages;
   /** The named volumes of the home. */
   readonly volumes: VolumesApi;
+  /** The snapshots of the home (user snapshots, fork bases, template warm starts). */
+  readonly snapshots: SnapshotsApi;
+  /** The templates of the home, each kept ready as a snapshot. */
+  readonly templates: TemplatesApi;
   create(options?: CreateOptions & { onPullProgress?: (p: DaemonPullProgress) => void }): Promise<DaemonSandbox>;
   get(id: string): Promise<DaemonSandbox>;
   list(filter?: ListFilter): Promise<SandboxApi['info'][]>;

@@ -31,6 +31,7 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.reason !== undefined) body.reason = info.reason;
   if (info.agentVersion !== undefined) body.agentVersion = info.agentVersion;
   if (info.volumes !== undefined) body.volumes = info.volumes.map((v) => ({ source: v.source, target: v.target, readOnly: v.readOnly === true }));
+  if (info.snapshot !== undefined) body.snapshot = info.snapshot;
   return body;
 }
 

@@ -32,8 +32,17 @@ import {
   RenameRequestSchema,
   CreateVolumeRequestSchema,
   VolumeInfoSchema,
+  CreateSnapshotRequestSchema,
+  CreateTemplateRequestSchema,
+  ForkRequestSchema,
+  ForkResultSchema,
+  SnapshotInfoSchema,
+  SnapshotListSchema,
+  TemplateInfoSchema,
+  TemplateListSchema,
 } from '@roost/api';
 import { z } from 'zod';
+import { WarmTemplateRequestSchema } from './snapshots.js';
 import { VERSION } from './version.js';
 
 /*
@@ -77,7 +86,7 @@ interface Route {
   operationId: string;
   summary: string;
   description?: string;
-  tag: 'system' | 'sandboxes' | 'execs' | 'files' | 'images' | 'volumes' | 'events' | 'metrics';
+  tag: 'system' | 'sandboxes' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics';
   params?: Param[];
   /** A JSON body (optional when every field is), or a raw stream. */
   body?: { schema: z.ZodType; required: boolean } | { raw: RawBody };
@@ -103,6 +112,10 @@ const EmptyRequestSchema = z.object({}).strict();
 const ImageRemovedSchema = z.object({ untagged: z.array(z.string()), deleted: z.array(z.string()) });
 const VolumeListSchema = z.object({ volumes: z.array(VolumeInfoSchema) }).meta({ id: 'VolumeList' });
 const volumeNameParam: Param = { name: 'name', in: 'path', required: true, description: 'The volume\'s name.', schema: { type: 'string' } };
+const snapshotNameParam: Param = { name: 'name', in: 'path', required: true, description: 'The snapshot\'s name or id.', schema: { type: 'string' } };
+const templateNameParam: Param = { name: 'name', in: 'path', required: true, description: 'The template\'s name.', schema: { type: 'string' } };
+/** Errors of the routes that boot, restore or save VMs. */
+const VM_ERRORS = [400, 404, 409, 429, 500, 502, 504];
 
 /** The route table: the one place that says what the daemon serves. */
 export const ROUTES: readonly Route[] = [
@@ -116,10 +129,13 @@ export const ROUTES: readonly Route[] = [
   },
   {
     method: 'post', path: '/v1/sandboxes', operationId: 'createSandbox', tag: 'sandboxes', summary: 'Create and boot a sandbox',
-    description: 'Resolves once the guest agent answers. An image that is not stored is pulled first (see `pull`). Beyond the runtime\'s limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED.',
+    description:
+      'Resolves once the guest agent answers. An image that is not stored is pulled first (see `pull`). ' +
+      'With `snapshot`, the sandbox is restored from that snapshot (its memory, processes and disk) instead of booted; with `template`, from the template\'s warm snapshot, which is built first when it has none (or no longer restores). ' +
+      'Beyond the runtime\'s limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED.',
     body: { schema: CreateSandboxRequestSchema, required: false },
     ok: { 201: { description: 'The sandbox runs.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 429, 500, 502, 504],
+    errors: [400, 404, 409, 429, 500, 502, 504],
   },
   {
     method: 'get', path: '/v1/sandboxes', operationId: 'listSandboxes', tag: 'sandboxes', summary: 'List sandboxes, newest first',
@@ -154,6 +170,31 @@ export const ROUTES: readonly Route[] = [
     method: 'post', path: '/v1/sandboxes/{id}/kill', operationId: 'killSandbox', tag: 'sandboxes', summary: 'Kill a sandbox\'s VM at once', params: [idParam],
     body: { schema: EmptyRequestSchema, required: false },
     ok: { 200: { description: 'Killed (status stopped).', bodies: [{ json: SandboxInfoSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/pause', operationId: 'pauseSandbox', tag: 'sandboxes', summary: 'Stop a running sandbox\'s vCPUs (its memory stays; status paused)',
+    description: 'Commands in it stop where they are; new commands and file calls wait until it is resumed. A paused sandbox stays as it is; one that is neither running nor paused is 409 INVALID_STATE.',
+    params: [idParam], body: { schema: EmptyRequestSchema, required: false },
+    ok: { 200: { description: 'Paused.', bodies: [{ json: SandboxInfoSchema }] } }, errors: [400, 404, 409],
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/resume', operationId: 'resumeSandbox', tag: 'sandboxes', summary: 'Continue a paused sandbox where it was (a running one is left as it is)',
+    params: [idParam], body: { schema: EmptyRequestSchema, required: false },
+    ok: { 200: { description: 'Running again.', bodies: [{ json: SandboxInfoSchema }] } }, errors: [400, 404, 409],
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/snapshot', operationId: 'snapshotSandbox', tag: 'snapshots', summary: 'Save a sandbox\'s memory, device state and disk as a snapshot',
+    description:
+      'The guest\'s writable filesystem is frozen while the VM is stopped and saved, then the sandbox runs on (a paused one stays paused). ' +
+      'A name that is taken is 409 ALREADY_EXISTS. Restore it with `POST /v1/sandboxes` and `snapshot`.',
+    params: [idParam], body: { schema: CreateSnapshotRequestSchema, required: false },
+    ok: { 201: { description: 'Saved.', bodies: [{ json: SnapshotInfoSchema }] } }, errors: VM_ERRORS,
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/fork', operationId: 'forkSandbox', tag: 'snapshots', summary: 'Running copies of a sandbox',
+    description: 'Each copy has its own id, memory and disk, restored from a snapshot (kind `fork`) of the sandbox taken now; the sandbox runs on.',
+    params: [idParam], body: { schema: ForkRequestSchema, required: false },
+    ok: { 201: { description: 'The copies run.', bodies: [{ json: ForkResultSchema }] } }, errors: VM_ERRORS,
   },
   {
     method: 'get', path: '/v1/sandboxes/{id}/logs', operationId: 'getSandboxLogs', tag: 'sandboxes', summary: 'The guest\'s serial console log',
@@ -296,6 +337,46 @@ export const ROUTES: readonly Route[] = [
     ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: [400, 404, 409],
   },
   {
+    method: 'get', path: '/v1/snapshots', operationId: 'listSnapshots', tag: 'snapshots', summary: 'List snapshots',
+    ok: { 200: { description: 'The snapshots, each with what depends on it.', bodies: [{ json: SnapshotListSchema }] } }, errors: [400],
+  },
+  {
+    method: 'get', path: '/v1/snapshots/{name}', operationId: 'getSnapshot', tag: 'snapshots', summary: 'Inspect a snapshot', params: [snapshotNameParam],
+    ok: { 200: { description: 'The snapshot.', bodies: [{ json: SnapshotInfoSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'delete', path: '/v1/snapshots/{name}', operationId: 'deleteSnapshot', tag: 'snapshots', summary: 'Remove a snapshot and its files',
+    description: 'Refused with 409 INVALID_STATE, naming them, while sandboxes restored from it (that are not removed) or snapshots layered on it exist.',
+    params: [snapshotNameParam],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: [400, 404, 409],
+  },
+  {
+    method: 'post', path: '/v1/templates', operationId: 'createTemplate', tag: 'templates', summary: 'Define a template',
+    description: 'An image, resources and an optional setup command, kept ready as a snapshot: built now with `warm`, else by the first `POST /v1/sandboxes` that names it. A name that is taken is 409 ALREADY_EXISTS.',
+    body: { schema: CreateTemplateRequestSchema, required: true },
+    ok: { 201: { description: 'Defined (and warm, when asked).', bodies: [{ json: TemplateInfoSchema }] } }, errors: VM_ERRORS,
+  },
+  {
+    method: 'get', path: '/v1/templates', operationId: 'listTemplates', tag: 'templates', summary: 'List templates',
+    ok: { 200: { description: 'The templates.', bodies: [{ json: TemplateListSchema }] } }, errors: [400],
+  },
+  {
+    method: 'get', path: '/v1/templates/{name}', operationId: 'getTemplate', tag: 'templates', summary: 'Inspect a template', params: [templateNameParam],
+    ok: { 200: { description: 'The template.', bodies: [{ json: TemplateInfoSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'delete', path: '/v1/templates/{name}', operationId: 'deleteTemplate', tag: 'templates', summary: 'Remove a template',
+    description: 'Its snapshot is removed too once no sandbox depends on it.',
+    params: [templateNameParam],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: [400, 404, 409],
+  },
+  {
+    method: 'post', path: '/v1/templates/{name}/warm', operationId: 'warmTemplate', tag: 'templates', summary: 'Build a template\'s snapshot now (a new one, replacing the one it had)',
+    description: 'The snapshot it had is removed once no sandbox restored from it remains.',
+    params: [templateNameParam], body: { schema: WarmTemplateRequestSchema, required: false },
+    ok: { 200: { description: 'Warm: `snapshot` is set.', bodies: [{ json: TemplateInfoSchema }] } }, errors: VM_ERRORS,
+  },
+  {
     method: 'get', path: '/v1/events', operationId: 'streamEvents', tag: 'events', summary: 'Runtime events as Server-Sent Events',
     description:
       `Each event: \`id:\` (its persisted id), \`event:\` (its type: ${EVENT_TYPES.join(', ')}), \`data:\` (the RoostEvent as JSON). ` +
@@ -324,7 +405,7 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
   400: { name: 'InvalidArgument', description: 'INVALID_ARGUMENT: invalid JSON, an unknown field, a wrong type, a body over the limit, or a bad parameter (the message names it).' },
   401: { name: 'Unauthenticated', description: 'UNAUTHENTICATED: no bearer token, or a wrong one.' },
   403: { name: 'PermissionDenied', description: 'PERMISSION_DENIED: the user may not do this (details carry `errno` and `path`).' },
-  404: { name: 'NotFound', description: 'NOT_FOUND: no such sandbox, exec, image, volume, file or route (for a file, details carry `errno` and `path`).' },
+  404: { name: 'NotFound', description: 'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, file or route (for a file, details carry `errno` and `path`).' },
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },
@@ -438,7 +519,7 @@ export function openapiDocument(): JsonSchema {
       title: 'Roost API',
       version: VERSION,
       description:
-        'The REST API of `roost serve`: sandboxes (microVMs), commands in them, images, events and metrics. ' +
+        'The REST API of `roost serve`: sandboxes (microVMs), commands in them, files, images, volumes, snapshots and templates, events and metrics. ' +
         'Every request carries `Authorization: Bearer <token>` (the token is in the `api-token` file of the Roost home). ' +
         'Errors are `{ "error": { "code", "message", "details"? } }` with the status of their code.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
@@ -446,7 +527,7 @@ export function openapiDocument(): JsonSchema {
     servers: [{ url: `http://127.0.0.1:${DEFAULT_TCP_PORT}`, description: `roost serve --tcp (the default is a unix socket, roost.sock in the Roost home; API ${API_VERSION})` }],
     security: [{ bearerAuth: [] }],
     tags: [
-      { name: 'system' }, { name: 'sandboxes' }, { name: 'execs' }, { name: 'files' }, { name: 'images' }, { name: 'volumes' }, { name: 'events' }, { name: 'metrics' },
+      { name: 'system' }, { name: 'sandboxes' }, { name: 'execs' }, { name: 'files' }, { name: 'images' }, { name: 'volumes' }, { name: 'snapshots' }, { name: 'templates' }, { name: 'events' }, { name: 'metrics' },
     ],
     paths,
     components: {

@@ -74,6 +74,20 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
     return c.json(sandboxBody(sandbox.info));
   });
 
+  app.post('/v1/sandboxes/:id/pause', async (c) => {
+    await parseJsonBody(c, EmptyRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    await sandbox.pause();
+    return c.json(sandboxBody(sandbox.info));
+  });
+
+  app.post('/v1/sandboxes/:id/resume', async (c) => {
+    await parseJsonBody(c, EmptyRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    await sandbox.resume();
+    return c.json(sandboxBody(sandbox.info));
+  });
+
   app.delete('/v1/sandboxes/:id', async (c) => {
     const force = boolParam(queryParams(c, ['force']), 'force');
     const sandbox = await runtime.get(c.req.param('id'));
