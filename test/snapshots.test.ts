@@ -2,7 +2,7 @@ import { readFileSync, statSync, truncateSync, writeFileSync, openSync, writeSyn
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isRoostError, type Runtime, type Sandbox } from '@roost/core';
+import { AgentConnection, isRoostError, QmpClient, type Runtime, type Sandbox } from '@roost/core';
 import { TestHome } from './helpers.js';
 
 // One booted sandbox (`src`) is the source of most snapshots and forks;
@@ -316,5 +316,28 @@ describe('templates', () => {
     expect((await runtime.templates.get('broken')).snapshot).toBeNull();
     await expectCode(runtime.templates.create({ name: 'broken' }), 'ALREADY_EXISTS');
     await runtime.templates.remove('broken');
+  });
+});
+
+// Last: it closes and reopens the runtime, which ends `src`.
+describe('a runtime that died in the middle of a snapshot', () => {
+  it('leaves a detached VM stopped and frozen; the next runtime continues and thaws it', async () => {
+    const sb = await home.create({ detached: true });
+    await sh(sb, 'echo before > /root/before');
+    sb.disconnect();
+    // What a snapshot does before it copies anything: freeze (marking the guest) and stop.
+    const conn = await AgentConnection.connect(join(sb.dir, 'agent.sock'), { flags: 0, timeoutMs: 10_000, vmExited: () => false });
+    expect((await conn.freeze()).errno).toBe(0);
+    const qmp = await QmpClient.connect(join(sb.dir, 'qmp.sock'));
+    await qmp.execute('stop');
+    qmp.close();
+    conn.close();
+    await home.release();
+    const reopened = await home.runtime();
+    const again = await reopened.get(sb.id);
+    expect(again.status).toBe('running');
+    expect(await again.vmStatus()).toBe('running');
+    expect(await sh(again, 'echo after > /root/after; cat /root/before /root/after')).toBe('before\nafter\n');
+    await again.remove({ force: true });
   });
 });

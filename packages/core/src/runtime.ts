@@ -361,6 +361,7 @@ export class Runtime implements RuntimeApi {
     for (const info of this.#records.all()) {
       const sb = Sandbox._recover(owner, info);
       this.#sandboxes.set(sb.id, sb);
+      await sb._reconcile();
       if (!isLive(sb.status)) {
         const dir = this.#layout.sandbox(sb.id);
         for (const f of await readdir(dir).catch(() => [] as string[])) if (f.endsWith('.sock')) await rm(join(dir, f), { force: true });

@@ -343,6 +343,25 @@ export class Sandbox implements SandboxApi {
     return sb;
   }
 
+  /**
+   * @internal After a recover: a runtime that died in the middle of a
+   * snapshot left the VM stopped and its disk frozen. A VM recorded as
+   * running is continued, and connected to, which thaws the guest (the agent
+   * treats the new host as a restore).
+   */
+  async _reconcile(): Promise<void> {
+    if (this.#info.status !== 'running' || !this.#vm || this.#vm.hasExited) return;
+    try {
+      const qmp = await this.#vm.qmp(AbortSignal.timeout(5_000));
+      const { status } = await qmp.execute<{ status: string }>('query-status', undefined, 5_000);
+      if (status !== 'paused') return;
+      await qmp.execute('cont', undefined, 5_000);
+      await this.#connection();
+    } catch {
+      // Left to the liveness checks of the next connection.
+    }
+  }
+
   /** A copy of what is recorded about this sandbox. */
   get info(): SandboxInfo {
     return structuredClone(this.#info);
