@@ -167,6 +167,7 @@ static int devnull_fd = -1;
 static int port_fd = -1;
 static int sig_fd = -1;
 static bool port_connected;
+static unsigned hello_count; /* HELLOs handled, to order them against hangups */
 static uint64_t next_port_check;
 
 static struct {
@@ -1824,6 +1825,7 @@ static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
 		}
 	}
 
+	hello_count++;
 	/* A new session: the streams of the previous one are abandoned (or
 	 * orphaned, in a restored copy of a snapshot). */
 	session_end(snapshot_restored());
@@ -2061,6 +2063,7 @@ static void on_disconnect(void)
 static void port_read(bool hup)
 {
 	static uint8_t buf[65536];
+	const unsigned hellos_before = hello_count;
 	for (;;) {
 		if (!hup && out.len >= OUT_PORT_LIMIT)
 			return;
@@ -2074,7 +2077,11 @@ static void port_read(bool hup)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno == EAGAIN) {
-			if (hup)
+			/* EAGAIN means a host is connected now (with none, read
+			 * returns 0). A hangup seen before a HELLO that this read
+			 * handled was the previous host's (a restored VM sees one
+			 * while its new host connects): the new session stands. */
+			if (hup && hello_count == hellos_before)
 				on_disconnect();
 			return;
 		}

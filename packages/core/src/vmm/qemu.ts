@@ -78,7 +78,8 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
   const tcg = config.accel === 'tcg';
   const args = [
     '-name', `roost-${config.id}`,
-    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem${tcg ? '' : ',pit=off,pic=off'}`,
+    // suppress-vmdesc: snapshots' device state has no JSON description, and a restore need not expect one.
+    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem,suppress-vmdesc=on${tcg ? '' : ',pit=off,pic=off'}`,
     '-accel', tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
     '-cpu', tcg ? TCG_CPU : 'host',
     '-smp', String(config.cpus),
