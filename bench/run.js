@@ -120,6 +120,13 @@ try {
     await benchApi({ realHome, row, results });
   }
 
+  // --- snapshots, restore and fork (bench/snapshots.js): a restore is compared
+  // with coldP50 of this run, a copy's memory with its source's.
+  if (process.env.BENCH_SNAPSHOTS !== '0') {
+    const { benchSnapshots } = await import('./snapshots.js');
+    await benchSnapshots({ home, row, results, coldStartP50: coldP50 });
+  }
+
   // --- OCI images (bench/images.js): last, so the idle-memory figures above don't
   // carry its heap; its cached-image start is compared with coldP50 of this run.
   if (process.env.BENCH_IMAGES !== '0') {
