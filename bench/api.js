@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { Runtime, stateDb } from '@roost/core';
 import { RoostClient } from '@roost/client';
 import { serve } from '@roost/server';
+import { pct } from './stats.js';
 
 const CREATE_RUNS = Number(process.env.BENCH_API_CREATE_RUNS ?? 5);
 const EXEC_RUNS = Number(process.env.BENCH_EXEC_RUNS ?? 200);
@@ -151,11 +152,6 @@ async function startDaemon(home) {
   }
   await client.close();
   return d;
-}
-
-function pct(samples, p) {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
 function ms(v) {

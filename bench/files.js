@@ -13,12 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Sandbox } from '@roost/core';
+import { MiB, median } from './stats.js';
 
 const exec = promisify(execFile);
 
 const FILE_RUNS = Number(process.env.BENCH_FILE_RUNS ?? 3);
 const FILE_MIB = Number(process.env.BENCH_FILE_MIB ?? 256);
-const MiB = 2 ** 20;
 
 /**
  * `home` is a throwaway Roost home sharing the real cache; `stdoutMbps` the
@@ -105,8 +105,3 @@ async function hostTimed(ddArgs) {
   return performance.now() - t0;
 }
 
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { closeStateDbs, ImageStore, Sandbox } from '@roost/core';
 import { buildDebianImage, startRegistry } from '@roost/testkit';
+import { MiB, median, pct, ms, sec, mibB } from './stats.js';
 
 const exec = promisify(execFile);
 
@@ -23,7 +24,6 @@ const FIRST_RUNS = Number(process.env.BENCH_FIRST_RUNS ?? 2);
 const CACHED_RUNS = Number(process.env.BENCH_IMAGE_COLD_RUNS ?? 10);
 const DISK_SANDBOXES = Number(process.env.BENCH_DISK_SANDBOXES ?? 10);
 const WRITE_MIB = 8;
-const MiB = 2 ** 20;
 
 /**
  * Runs the image benchmarks. `realHome` is the Roost home whose cache the
@@ -260,19 +260,3 @@ function allocated(paths) {
   return n;
 }
 
-function median(s) {
-  return pct(s, 50);
-}
-function pct(samples, p) {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
-}
-function ms(v) {
-  return `${v.toFixed(1)} ms`;
-}
-function sec(v) {
-  return `${(v / 1000).toFixed(2)} s`;
-}
-function mibB(b) {
-  return `${(b / MiB).toFixed(1)} MiB`;
-}

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chooseAccel, loadAssets, qemuArgs, QEMU_BINARY, roostHome, Sandbox, vmPaths } from '@roost/core';
+import { pct, ms, mib, sleep } from './stats.js';
 
 const COLD_RUNS = Number(process.env.BENCH_COLD_RUNS ?? 10);
 const EXEC_RUNS = Number(process.env.BENCH_EXEC_RUNS ?? 200);
@@ -169,11 +170,6 @@ async function timed(fn) {
   return performance.now() - t0;
 }
 
-function pct(samples, p) {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
-}
-
 function rssKiB(pid) {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
 }
@@ -196,12 +192,3 @@ function hostFacts() {
   return { cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? 'unknown', cpus: (cpuinfo.match(/^processor/gm) ?? []).length, node: process.version };
 }
 
-function ms(v) {
-  return `${v.toFixed(1)} ms`;
-}
-function mib(kib) {
-  return `${(kib / 1024).toFixed(1)} MiB`;
-}
-function sleep(n) {
-  return new Promise((r) => setTimeout(r, n));
-}

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Runtime, Sandbox } from '@roost/core';
+import { MiB, sum, mean, median, pct, ms, mib, mibB, sleep } from './stats.js';
 
 const exec = promisify(execFile);
 
@@ -29,7 +30,6 @@ const FORK_ROUNDS = Number(process.env.BENCH_FORK_ROUNDS ?? 3);
 const FORK_COUNT = 10;
 const IDLE_MS = 2_000;
 const MAX_ATTEMPTS = 3;
-const MiB = 2 ** 20;
 
 /**
  * Runs the snapshot benchmarks. `home` is the throwaway Roost home of run.js
@@ -350,29 +350,4 @@ async function timed(fn) {
   const t0 = performance.now();
   await fn();
   return performance.now() - t0;
-}
-function sum(s) {
-  return s.reduce((a, b) => a + b, 0);
-}
-function mean(s) {
-  return sum(s) / s.length;
-}
-function median(s) {
-  return pct(s, 50);
-}
-function pct(samples, p) {
-  const s = [...samples].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
-}
-function ms(v) {
-  return `${v.toFixed(1)} ms`;
-}
-function mib(kib) {
-  return `${(kib / 1024).toFixed(1)} MiB`;
-}
-function mibB(b) {
-  return `${(b / MiB).toFixed(1)} MiB`;
-}
-function sleep(n) {
-  return new Promise((r) => setTimeout(r, n));
 }
