@@ -2,12 +2,11 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImageInfoBody, RoostEvent, SandboxInfo } from '@roost/api';
 import { serve, type ServeHandle } from '@roost/server';
 import { buildBusyboxImage, startRegistry, type TestRegistry } from '@roost/testkit';
-import { eventually, TestHome } from './helpers.js';
+import { eventually, ROOST_BIN as roostBin, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * The roost CLI against a daemon (`--host unix://...`, or found on the
@@ -21,26 +20,10 @@ let registry: TestRegistry | undefined;
 let work: string | undefined;
 let imageRef: string;
 
-const roostBin = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs the CLI against the daemon (`--host`), unless `host: null`. */
-function roost(args: string[], options: { stdin?: string; host?: string | null } = {}): Promise<Result> {
+function roost(args: string[], options: { stdin?: string; host?: string | null } = {}): Promise<CliResult> {
   const h = options.host === undefined ? host : options.host;
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [roostBin, ...(h ? ['--host', h] : []), ...args], { env: home.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.stdin.end(options.stdin ?? '');
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runRoost([...(h ? ['--host', h] : []), ...args], { env: home.env, ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
 }
 
 beforeAll(async () => {
@@ -120,7 +103,7 @@ describe('roost against a daemon', () => {
   it('gives an interactive terminal with -t', async () => {
     const id = (await roost(['run', '-d'])).stdout.trim();
     const cmd = `node ${roostBin} --host ${host} exec -t ${id} -- sh -c 'tty; exit 3'`;
-    const r = await new Promise<Result>((resolve) => {
+    const r = await new Promise<CliResult>((resolve) => {
       const p = spawn('script', ['-qfec', cmd, '/dev/null'], { env: home.env });
       let stdout = '';
       p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

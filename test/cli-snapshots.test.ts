@@ -1,8 +1,6 @@
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { serve } from '@roost/server';
-import { TestHome } from './helpers.js';
+import { runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * `roost pause/resume/snapshot/fork`, `roost snapshots` and `roost template`,
@@ -13,23 +11,8 @@ import { TestHome } from './helpers.js';
 const home = new TestHome();
 afterAll(() => home.cleanup());
 
-const roostBin = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function roost(args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [roostBin, ...args], { env: options.env ?? home.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function roost(args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return runRoost(args, { env: options.env ?? home.env });
 }
 
 /** Runs the CLI; it must succeed. */

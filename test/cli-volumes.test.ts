@@ -1,11 +1,9 @@
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { serve } from '@roost/server';
-import { TestHome } from './helpers.js';
+import { runRoost, TestHome, type CliResult } from './helpers.js';
 
 const home = new TestHome();
 const scratch = mkdtempSync(join(tmpdir(), 'roost-cli-volumes-'));
@@ -14,23 +12,8 @@ afterAll(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-const roostBin = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function roost(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [roostBin, ...args], { env: options.env ?? home.env, cwd: options.cwd ?? scratch, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function roost(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return runRoost(args, { env: options.env ?? home.env, cwd: options.cwd ?? scratch });
 }
 
 describe('roost volume and run -v', () => {

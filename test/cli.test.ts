@@ -1,29 +1,12 @@
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, eventually, TestHome } from './helpers.js';
+import { alive, eventually, ROOST_BIN as roostBin, runRoost, TestHome, type CliResult } from './helpers.js';
 
 const home = new TestHome();
 afterAll(() => home.cleanup());
 
-const roostBin = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function roost(args: string[], options: { stdin?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [roostBin, ...args], { env: options.env ?? home.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.stdin.end(options.stdin ?? '');
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function roost(args: string[], options: { stdin?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  return runRoost(args, { env: options.env ?? home.env, ...(options.stdin !== undefined ? { stdin: options.stdin } : {}) });
 }
 
 describe('roost run', () => {
@@ -45,7 +28,7 @@ describe('roost run', () => {
   it('gives an interactive terminal with -t', async () => {
     // script(1) gives the CLI a real terminal on its stdin and stdout.
     const cmd = `node ${roostBin} run -t -- sh -c 'tty; exit 3'`;
-    const r = await new Promise<Result>((resolve) => {
+    const r = await new Promise<CliResult>((resolve) => {
       const p = spawn('script', ['-qfec', cmd, '/dev/null'], { env: home.env });
       let stdout = '';
       p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

@@ -1,6 +1,8 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Runtime, Sandbox, roostHome, type SandboxOptions } from '@roost/core';
 
 /**
@@ -108,4 +110,28 @@ export async function eventually(check: () => boolean | Promise<boolean>, timeou
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`${what} not reached within ${timeoutMs} ms`);
+}
+
+/** The `roost` command of this checkout. */
+export const ROOST_BIN = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
+
+/** How a CLI run ended. */
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI to its end with `env` (a TestHome's), feeding `stdin` (default: none). */
+export function runRoost(args: string[], options: { env: NodeJS.ProcessEnv; stdin?: string; cwd?: string }): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [ROOST_BIN, ...args], { env: options.env, stdio: ['pipe', 'pipe', 'pipe'], ...(options.cwd ? { cwd: options.cwd } : {}) });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    p.stdin.on('error', () => {}); // a CLI that exits without reading its stdin
+    p.stdin.end(options.stdin ?? '');
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
 }
