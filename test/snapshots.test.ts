@@ -158,6 +158,13 @@ describe('snapshot and restore', () => {
     await expectCode(runtime.create({ snapshot: 'no-such-snapshot' }), 'NOT_FOUND', /no-such-snapshot/);
   });
 
+  it('names a snapshot after its sandbox and the time when no name is given', async () => {
+    const s = await src.snapshot();
+    expect(s.name).toMatch(new RegExp(`^${src.id}-\\d{8}T\\d{9}$`));
+    expect((await runtime.snapshots.get(s.id)).name).toBe(s.name);
+    await runtime.snapshots.remove(s.name);
+  });
+
   it('refuses sandboxes with volumes', async () => {
     const sb = await home.create({ volumes: [{ source: 'snapvol', target: '/data' }] });
     await expectCode(sb.snapshot({ name: 'withvol' }), 'INVALID_STATE', /volumes/);

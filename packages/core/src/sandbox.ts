@@ -444,7 +444,8 @@ export class Sandbox implements SandboxApi {
    * `runtime.create({ snapshot: name })`.
    */
   async snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
-    const name = options.name ?? `${this.id}-${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}`;
+    // Default: <id>-<UTC time to the millisecond>, e.g. 3f2a9c0d1b7e-20261122T115323123.
+    const name = options.name ?? `${this.id}-${new Date().toISOString().replace(/[-:.Z]/g, '')}`;
     if (!SNAPSHOT_NAME_RE.test(name)) {
       throw new RoostError('INVALID_ARGUMENT', `snapshot name "${name}": use 1-128 letters, digits, "_", "." and "-", starting with a letter or digit`, { details: { field: 'name' } });
     }
