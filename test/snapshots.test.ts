@@ -328,8 +328,11 @@ describe('templates', () => {
 
 // Last: it closes and reopens the runtime, which ends `src`.
 describe('a runtime that died in the middle of a snapshot', () => {
-  it('leaves a detached VM stopped and frozen; the next runtime continues and thaws it', async () => {
+  it('leaves a detached VM stopped and frozen; the next runtime continues and thaws it (and leaves a paused one paused)', async () => {
     const sb = await home.create({ detached: true });
+    // And one paused on purpose, which must stay paused across the restart.
+    const paused = await home.create({ detached: true });
+    await paused.pause();
     await sh(sb, 'echo before > /root/before');
     sb.disconnect();
     // What a snapshot does before it copies anything: freeze (marking the guest) and stop.
@@ -346,5 +349,11 @@ describe('a runtime that died in the middle of a snapshot', () => {
     expect(await again.vmStatus()).toBe('running');
     expect(await sh(again, 'echo after > /root/after; cat /root/before /root/after')).toBe('before\nafter\n');
     await again.remove({ force: true });
+    const stillPaused = await reopened.get(paused.id);
+    expect(stillPaused.status).toBe('paused');
+    expect(await stillPaused.vmStatus()).toBe('paused');
+    await stillPaused.resume();
+    expect(await sh(stillPaused, 'echo resumed')).toBe('resumed\n');
+    await stillPaused.remove({ force: true });
   });
 });

@@ -932,6 +932,8 @@ export class Sandbox implements SandboxApi {
     const conn = this.#conn;
     this.#conn = null;
     void conn?.then((c) => c.close()).catch(() => {});
+    // QEMU serves one QMP client at a time: a runtime that lets a VM go must not keep it.
+    this.#vm?.closeQmp();
   }
 
   /** Applies a change to the record and writes it, with an event in the same transaction. */

@@ -367,6 +367,12 @@ class QemuHandle implements VmHandle {
     return this.#qmp;
   }
 
+  closeQmp(): void {
+    const qmp = this.#qmp;
+    this.#qmp = undefined;
+    void qmp?.then((q) => q.close()).catch(() => {});
+  }
+
   kill(): void {
     if (this.#exited) return;
     try {

@@ -74,6 +74,8 @@ export interface VmHandle {
   qmp(signal?: AbortSignal): Promise<QmpClient>;
   /** Ends the VM process at once (SIGKILL). Idempotent. */
   kill(): void;
+  /** Closes this process's QMP connection, if open (QEMU serves one QMP client at a time). */
+  closeQmp(): void;
 }
 
 /** A virtual machine monitor backend. */
