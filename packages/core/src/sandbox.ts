@@ -489,12 +489,12 @@ export class Sandbox implements SandboxApi {
     return made;
   }
 
-  /** Takes a snapshot (called serialized with the lifecycle). */
   /** @internal A snapshot of a given kind (templates build theirs with it). */
   _snapshot(name: string, kind: SnapshotKind, options: { template?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotRecord> {
     return this.#serialize(() => this.#takeSnapshot(name, kind, options.timeoutMs ?? 60_000, options.signal, options.template));
   }
 
+  /** Takes a snapshot; called serialized with the lifecycle. */
   async #takeSnapshot(name: string, kind: SnapshotKind, timeoutMs: number, userSignal?: AbortSignal, template?: string): Promise<SnapshotRecord> {
     this.#checkNotRemoved();
     const info = this.#info;
