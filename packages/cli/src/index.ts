@@ -1,4 +1,4 @@
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import {
   EVENT_TYPES,
   isRoostError,
@@ -21,6 +21,7 @@ import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
+import { int, parsePairs } from './args.js';
 
 export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
 
@@ -470,16 +471,6 @@ function parseEnv(pairs: string[]): Record<string, string> {
   return parsePairs(pairs, '-e');
 }
 
-function parsePairs(pairs: string[], flag: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const p of pairs) {
-    const eq = p.indexOf('=');
-    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `${flag} ${p}: expected NAME=VALUE`);
-    out[p.slice(0, eq)] = p.slice(eq + 1);
-  }
-  return out;
-}
-
 /** `--filter status=running --filter label=team=a --filter image=alpine` as a ListFilter. */
 export function parseFilters(filters: string[]): ListFilter {
   const f: ListFilter = {};
@@ -508,14 +499,6 @@ export function parseFilters(filters: string[]): ListFilter {
   }
   if (statuses.length > 0) f.status = statuses;
   return f;
-}
-
-export function int(flag: string): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} takes a whole number, not "${v}"`);
-    return n;
-  };
 }
 
 function table(rows: SandboxInfo[]): string {

@@ -1,7 +1,8 @@
-import { InvalidArgumentError, type Command } from 'commander';
-import { MAX_FORK_COUNT, RoostError, type CreateTemplateRequest, type SnapshotInfo, type TemplateInfo } from '@roost/api';
+import type { Command } from 'commander';
+import { MAX_FORK_COUNT, type CreateTemplateRequest, type SnapshotInfo, type TemplateInfo } from '@roost/api';
 import type { WithFace } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
+import { int, parsePairs } from './args.js';
 
 /**
  * `roost pause|resume|snapshot|fork`, `roost snapshots ls|inspect|rm` and
@@ -44,7 +45,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .description("save a sandbox's memory, processes and disk as a snapshot (it runs on); restore with `roost run --snapshot NAME`")
     .argument('<id>')
     .argument('[name]', 'the snapshot\'s name (default: <id>-<time>)')
-    .option('-t, --timeout <ms>', 'how long saving may take', wholeNumber('--timeout'))
+    .option('-t, --timeout <ms>', 'how long saving may take', int('--timeout'))
     .option('--json', 'print JSON')
     .action(async (id: string, name: string | undefined, flags: { timeout?: number; json?: boolean }) => {
       const info = await withFace('snapshot', async (face) => {
@@ -58,9 +59,9 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .command('fork')
     .description('make running copies of a sandbox (each with its own id, memory and disk) and print their ids')
     .argument('<id>')
-    .option('-n, --count <n>', `how many copies (1-${MAX_FORK_COUNT})`, wholeNumber('--count'), 1)
+    .option('-n, --count <n>', `how many copies (1-${MAX_FORK_COUNT})`, int('--count'), 1)
     .option('-l, --label <K=V>', 'labels of the copies instead of the source\'s (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('-t, --timeout <ms>', 'how long the fork may take', wholeNumber('--timeout'))
+    .option('-t, --timeout <ms>', 'how long the fork may take', int('--timeout'))
     .action(async (id: string, flags: { count: number; label: string[]; timeout?: number }) => {
       const labels = parsePairs(flags.label, '-l');
       await withFace('fork', async (face) => {
@@ -115,13 +116,13 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .description('define a template (built on its first use, or now with --warm)')
     .argument('<name>')
     .option('--image <image>', 'the image (default: Roost\'s base root filesystem)')
-    .option('--cpus <n>', 'virtual CPUs', wholeNumber('--cpus'))
-    .option('-m, --memory <MiB>', 'guest memory in MiB', wholeNumber('--memory'))
-    .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', wholeNumber('--disk'))
+    .option('--cpus <n>', 'virtual CPUs', int('--cpus'))
+    .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'))
+    .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
     .option('-e, --env <K=V>', 'set an environment variable (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--setup <cmd>', 'a shell command run once before the snapshot is taken (it must exit 0)')
     .option('--warm', 'build its snapshot now')
-    .option('-t, --timeout <ms>', 'how long building may take (with --warm)', wholeNumber('--timeout'))
+    .option('-t, --timeout <ms>', 'how long building may take (with --warm)', int('--timeout'))
     .option('--json', 'print JSON')
     .action(async (name: string, flags: { image?: string; cpus?: number; memory?: number; disk?: number; env: string[]; setup?: string; warm?: boolean; timeout?: number; json?: boolean }) => {
       const env = parsePairs(flags.env, '-e');
@@ -160,7 +161,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .command('warm')
     .description("build a template's snapshot now (a new one, replacing the one it had); prints the snapshot's id")
     .argument('<name>')
-    .option('-t, --timeout <ms>', 'how long building may take', wholeNumber('--timeout'))
+    .option('-t, --timeout <ms>', 'how long building may take', int('--timeout'))
     .action(async (name: string, flags: { timeout?: number }) => {
       const info = await withFace('template', (face) => face.runtime.templates.warm(name, flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {}));
       process.stdout.write(`${info.name}  ${info.snapshot ?? '-'}\n`);
@@ -215,20 +216,3 @@ function truncate(s: string, max: number): string {
   return line.length <= max ? line : `${line.slice(0, max - 3)}...`;
 }
 
-function parsePairs(pairs: string[], flag: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const p of pairs) {
-    const eq = p.indexOf('=');
-    if (eq <= 0) throw new RoostError('INVALID_ARGUMENT', `${flag} ${p}: expected NAME=VALUE`);
-    out[p.slice(0, eq)] = p.slice(eq + 1);
-  }
-  return out;
-}
-
-function wholeNumber(flag: string): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`${flag} takes a whole number, not "${v}"`);
-    return n;
-  };
-}
