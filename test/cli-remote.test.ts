@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImageInfoBody, RoostEvent, SandboxInfo } from '@roost/api';
 import { serve, type ServeHandle } from '@roost/server';
 import { buildBusyboxImage, startRegistry, type TestRegistry } from '@roost/testkit';
-import { eventually, ROOST_BIN as roostBin, runRoost, TestHome, type CliResult } from './helpers.js';
+import { eventually, ROOST_BIN as roostBin, runInTerminal, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * The roost CLI against a daemon (`--host unix://...`, or found on the
@@ -103,12 +103,7 @@ describe('roost against a daemon', () => {
   it('gives an interactive terminal with -t', async () => {
     const id = (await roost(['run', '-d'])).stdout.trim();
     const cmd = `node ${roostBin} --host ${host} exec -t ${id} -- sh -c 'tty; exit 3'`;
-    const r = await new Promise<CliResult>((resolve) => {
-      const p = spawn('script', ['-qfec', cmd, '/dev/null'], { env: home.env });
-      let stdout = '';
-      p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-      p.on('close', (code) => resolve({ code, stdout, stderr: '' }));
-    });
+    const r = await runInTerminal(cmd, home.env);
     expect(r.stdout).toMatch(/\/dev\/pts\/\d+/);
     expect(r.code).toBe(3);
     expect(await roost(['rm', '-f', id])).toMatchObject({ code: 0 });

@@ -1,6 +1,5 @@
-import { spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, eventually, ROOST_BIN as roostBin, runRoost, TestHome, type CliResult } from './helpers.js';
+import { alive, eventually, ROOST_BIN as roostBin, runInTerminal, runRoost, TestHome, type CliResult } from './helpers.js';
 
 const home = new TestHome();
 afterAll(() => home.cleanup());
@@ -28,12 +27,7 @@ describe('roost run', () => {
   it('gives an interactive terminal with -t', async () => {
     // script(1) gives the CLI a real terminal on its stdin and stdout.
     const cmd = `node ${roostBin} run -t -- sh -c 'tty; exit 3'`;
-    const r = await new Promise<CliResult>((resolve) => {
-      const p = spawn('script', ['-qfec', cmd, '/dev/null'], { env: home.env });
-      let stdout = '';
-      p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-      p.on('close', (code) => resolve({ code, stdout, stderr: '' }));
-    });
+    const r = await runInTerminal(cmd, home.env);
     expect(r.stdout).toMatch(/\/dev\/pts\/\d+/);
     expect(r.code).toBe(3);
   });

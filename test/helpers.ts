@@ -135,3 +135,13 @@ export function runRoost(args: string[], options: { env: NodeJS.ProcessEnv; stdi
     p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** Runs a shell command line under script(1), which gives it a real terminal on stdin and stdout; stderr is merged into stdout. */
+export function runInTerminal(cmd: string, env: NodeJS.ProcessEnv): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const p = spawn('script', ['-qfec', cmd, '/dev/null'], { env });
+    let stdout = '';
+    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    p.on('close', (code) => resolve({ code, stdout, stderr: '' }));
+  });
+}
