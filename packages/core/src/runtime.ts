@@ -7,7 +7,7 @@ import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
 import { processUsage } from './proc.js';
-import { Sandbox, isLive, type RuntimeCounters, type SandboxOptions, type SandboxOwner } from './sandbox.js';
+import { Sandbox, checkRestoreOptions, isLive, type RuntimeCounters, type SandboxOptions, type SandboxOwner } from './sandbox.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
@@ -178,8 +178,8 @@ export class Runtime implements RuntimeApi {
     if (options.template !== undefined) {
       const { template, ...rest } = options;
       if (rest.snapshot !== undefined) throw new RoostError('INVALID_ARGUMENT', 'snapshot and template: give one of them');
-      const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => rest[k] !== undefined);
-      if (fixed.length > 0) throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox of a template has the template's; leave ${fixed.length > 1 ? 'them' : 'it'} out`, { details: { fields: fixed } });
+      // Checked before the template's snapshot is built: bad input fails fast.
+      checkRestoreOptions(rest, 'of a template', "the template's");
       const snapshot = await this.#templates._snapshotFor(template, { ...(rest.timeoutMs ? { timeoutMs: Math.max(rest.timeoutMs, 120_000) } : {}), ...(rest.signal ? { signal: rest.signal } : {}) });
       return this.create({ ...rest, snapshot });
     }

@@ -261,12 +261,7 @@ export class Sandbox implements SandboxApi {
 
   /** Creates a sandbox from a snapshot: a new VM that resumes the snapshot's memory, devices and disk. */
   static async #restore(owner: SandboxOwner, opts: SandboxOptions): Promise<Sandbox> {
-    const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => opts[k] !== undefined);
-    if (fixed.length > 0) {
-      throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox restored from a snapshot has the snapshot's image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
-        details: { fields: fixed },
-      });
-    }
+    checkRestoreOptions(opts, 'restored from a snapshot', "the snapshot's");
     const rec = owner.snapshots.get(opts.snapshot!);
     const assets = await owner.assets();
     const accel = chooseAccel();
@@ -998,6 +993,20 @@ async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<Pr
     workingDir: image.config.workingDir,
     user: image.config.user,
   };
+}
+
+/**
+ * A sandbox restored from a snapshot (or a template) has the snapshot's
+ * image, cpus, memory and disk, and no volumes: INVALID_ARGUMENT naming any of
+ * them that `opts` gives.
+ */
+export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: string): void {
+  const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => opts[k] !== undefined);
+  if (fixed.length > 0) {
+    throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
+      details: { fields: fixed },
+    });
+  }
 }
 
 /** Guest paths no volume may be mounted on or below: the kernel's own file systems. */

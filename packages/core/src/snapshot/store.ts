@@ -58,6 +58,20 @@ export function currentQemuVersion(): Promise<string> {
   return qemuVersion;
 }
 
+/**
+ * Why a snapshot was not made by this build (QEMU, kernel, initramfs, agent),
+ * or null when it was.
+ */
+export async function buildMismatch(rec: SnapshotRecord, assets: Assets): Promise<string | null> {
+  const m = rec.manifest;
+  if (m.format !== SNAPSHOT_FORMAT) return `it has format ${m.format}, this Roost reads ${SNAPSHOT_FORMAT}`;
+  const now = { ...buildIdentity(assets), qemuVersion: await currentQemuVersion() };
+  if (m.qemuVersion !== now.qemuVersion) return `it was made by ${m.qemuVersion}, this host runs ${now.qemuVersion}: take it again`;
+  if (m.kernel !== now.kernel) return `it was made with guest kernel ${m.kernel}, the current build is ${now.kernel}: take it again`;
+  if (m.initramfs !== now.initramfs || m.agentHash !== now.agentHash) return `it was made with guest agent ${m.agentHash}, the current build is ${now.agentHash}: take it again`;
+  return null;
+}
+
 /** The build identity of the current assets, as a manifest records it. */
 export function buildIdentity(assets: Assets): { kernel: string; initramfs: string; agentHash: string } {
   return { kernel: basename(dirname(assets.kernel)), initramfs: basename(assets.initramfs), agentHash: assets.agentHash };
@@ -207,13 +221,8 @@ export class SnapshotStore {
     const m = rec.manifest;
     const refuse = (why: string, reason: string) =>
       new RoostError('INVALID_STATE', `snapshot ${rec.name} cannot be restored: ${why}`, { details: { snapshot: rec.name, reason } });
-    if (m.format !== SNAPSHOT_FORMAT) throw refuse(`it has format ${m.format}, this Roost reads ${SNAPSHOT_FORMAT}`, 'format');
-    const now = { ...buildIdentity(assets), qemuVersion: await currentQemuVersion() };
-    if (m.qemuVersion !== now.qemuVersion) throw refuse(`it was made by ${m.qemuVersion}, this host runs ${now.qemuVersion}: take it again`, 'version');
-    if (m.kernel !== now.kernel) throw refuse(`it was made with guest kernel ${m.kernel}, the current build is ${now.kernel}: take it again`, 'version');
-    if (m.initramfs !== now.initramfs || m.agentHash !== now.agentHash) {
-      throw refuse(`it was made with guest agent ${m.agentHash}, the current build is ${now.agentHash}: take it again`, 'version');
-    }
+    const mismatch = await buildMismatch(rec, assets);
+    if (mismatch) throw refuse(mismatch, 'version');
     if (m.accel !== accel) throw refuse(`it was made under ${m.accel}, this host uses ${accel} (guest CPU state does not carry over)`, 'accel');
     const root = await stat(rootfs).catch(() => null);
     if (!root || root.size !== m.rootfs.size) throw refuse(`its root filesystem image changed (${rootfs})`, 'rootfs');
@@ -223,14 +232,12 @@ export class SnapshotStore {
       [SNAPSHOT_FILES.state, m.files.state.size],
       [SNAPSHOT_FILES.disk, m.files.disk.size],
     ] as const;
-    const ids: string[] = [];
     for (const [name, size] of files) {
       const st = await stat(join(dir, name)).catch(() => null);
       if (!st) throw refuse(`its file ${name} is missing`, 'corrupt');
       if (st.size !== size) throw refuse(`its file ${name} has ${st.size} bytes, ${size} were written (truncated or replaced)`, 'corrupt');
-      ids.push(`${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`);
     }
-    const identity = ids.join('/');
+    const identity = await this.identity(rec.id);
     if (this.#verified.get(rec.id) === identity) return;
     const [memory, state, disk] = await Promise.all([
       ramChecksum(join(dir, SNAPSHOT_FILES.memory), signal),

@@ -6,7 +6,7 @@ import type { Sandbox, SandboxOptions } from '../sandbox.js';
 import type { EventLog } from '../state/events.js';
 import { parseOptions } from '../validate.js';
 import type { SnapshotStore } from './store.js';
-import { buildIdentity, currentQemuVersion } from './store.js';
+import { buildMismatch } from './store.js';
 import type { Assets } from '../assets.js';
 
 /** What templates need from the runtime. */
@@ -113,11 +113,7 @@ export class Templates implements TemplatesApi {
 
   async #restorable(id: string): Promise<boolean> {
     const rec = this.#snapshots.find(id);
-    if (!rec) return false;
-    const [assets, qemuVersion] = await Promise.all([this.#host.assets(), currentQemuVersion()]);
-    const now = buildIdentity(assets);
-    const m = rec.manifest;
-    return m.qemuVersion === qemuVersion && m.kernel === now.kernel && m.initramfs === now.initramfs && m.agentHash === now.agentHash;
+    return rec !== undefined && (await buildMismatch(rec, await this.#host.assets())) === null;
   }
 
   async #build(name: string, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<TemplateInfo> {
