@@ -10,3 +10,4 @@ export * from './paths.js';
 export * from './files.js';
 export * from './errno.js';
 export * from './snapshots.js';
+export * from './network.js';

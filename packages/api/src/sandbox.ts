@@ -1,5 +1,7 @@
 import type { FilesApi, VolumesApi } from './files.js';
 import type { SnapshotInfo, SnapshotsApi, TemplatesApi } from './snapshots.js';
+import { RoostError } from './errors.js';
+import type { NetworkStats, PortBinding, PortProtocol, PortSpec } from './network.js';
 import type { CreateSandboxRequest, ExecResult, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
@@ -86,6 +88,40 @@ export interface SandboxApi extends AsyncDisposable {
   snapshot(options?: { name?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<SnapshotInfo>;
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
   fork(options?: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal }): Promise<SandboxApi[]>;
+  /** Its published ports: add and remove them while it runs (or while stopped: they apply at the next start). */
+  readonly ports: PortsApi;
+  /**
+   * Where the host reaches guest port `port`: `host:port` of the published
+   * port (the first one, for several), or in bridge mode the sandbox's own
+   * address when the port is not published. NOT_FOUND otherwise.
+   */
+  getHost(port: number, protocol?: PortProtocol): string;
+  /** Traffic through its NIC since it last started, and connections its egress policy denied. */
+  networkStats(): Promise<NetworkStats>;
+}
+
+/** A sandbox's published ports. */
+export interface PortsApi {
+  /** Publishes a guest port; resolves to where the host listens (a free port for host port 0). ALREADY_EXISTS if that host port is published, UNAVAILABLE if another program holds it. */
+  add(spec: PortSpec): Promise<PortBinding>;
+  list(): Promise<PortBinding[]>;
+  /** Stops publishing a host port (a number: that TCP port on any address). Open connections through it are closed. */
+  remove(port: number | { hostPort: number; hostIp?: string; protocol?: PortProtocol }): Promise<void>;
+}
+
+/** `host:port` for a published port (brackets for IPv6), the address a client connects to (0.0.0.0 means this host: 127.0.0.1). */
+export function hostForBinding(b: PortBinding): string {
+  const ip = b.hostIp === '0.0.0.0' ? '127.0.0.1' : b.hostIp;
+  return `${ip.includes(':') ? `[${ip}]` : ip}:${b.hostPort}`;
+}
+
+/** The answer of getHost, from a sandbox's record (both faces use it). */
+export function hostForPort(info: SandboxInfo, port: number, protocol: PortProtocol = 'tcp'): string {
+  const net = info.network;
+  const binding = net?.ports.find((p) => p.guestPort === port && p.protocol === protocol);
+  if (binding) return hostForBinding(binding);
+  if (net?.mode === 'bridge' && net.address) return `${net.address}:${port}`;
+  throw new RoostError('NOT_FOUND', `port ${port}/${protocol} of sandbox ${info.id} is not published${net?.mode === 'none' || !net ? ' (it has no network)' : `: publish it with sandbox.ports.add('127.0.0.1::${port}${protocol === 'udp' ? '/udp' : ''}') or \`roost port add ${info.id.slice(0, 12)} ${port}\``}`);
 }
 
 /** Options of `create`, embedded or remote. */

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
 import { EntryInfoSchema, FileEventSchema, MAX_VOLUMES, VolumeMountSchema } from './files.js';
+import { EgressSpecSchema, NetworkInfoSchema, NetworkModeSchema, PortSpecSchema } from './network.js';
 
 /*
  * The REST API's bodies, as zod schemas: the daemon validates requests with
@@ -60,6 +61,8 @@ export const SandboxInfoSchema = z.object({
   volumes: z.array(VolumeMountSchema).optional(),
   /** The snapshot it was restored from (its id), for a restored or forked sandbox. */
   snapshot: z.string().optional(),
+  /** Its network: mode, addresses, published ports, egress policy (absent on records from before networking: none). */
+  network: NetworkInfoSchema.optional(),
 }).meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
 
@@ -74,8 +77,14 @@ export const CreateSandboxRequestSchema = z.object({
   labels: LabelsSchema.optional(),
   /** Survives a restart of the runtime that made it (default false: it stops with it). */
   detached: z.boolean().optional(),
-  /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3). */
+  /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3; 2 with a network). */
   volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
+  /** `user` (default: user-mode NAT run by Roost, no root needed), `bridge` (a TAP on a Linux bridge with a leased address; root) or `none`. */
+  network: NetworkModeSchema.optional(),
+  /** Guest ports to publish on the host: `8080:80`, `127.0.0.1::80` (a free port), `5353:53/udp`, or objects. Bound to 127.0.0.1 unless another address is named. */
+  ports: z.array(PortSpecSchema).max(64).optional(),
+  /** Which connections the sandbox may open: `allow` (default), `deny`, or a policy with allow/deny rules. */
+  egress: EgressSpecSchema.optional(),
   /**
    * Restore this snapshot (name or id) instead of booting: memory, processes
    * and disk as they were. Its image, cpus, memory and disk size are the
@@ -193,6 +202,7 @@ export const EVENT_TYPES = [
   'volume.created', 'volume.removed',
   'sandbox.paused', 'sandbox.resumed', 'snapshot.created', 'snapshot.removed', 'template.created', 'template.removed',
   'exec.started', 'exec.exited',
+  'port.added', 'port.removed', 'network.denied',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;
