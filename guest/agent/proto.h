@@ -25,6 +25,8 @@
 #define ROOST_MAX_STREAMS 256u
 #define ROOST_MAX_ENTROPY 512u
 #define ROOST_MAX_NONCE 64u
+/* HELLO's NET value: mac[6] mtu(u16) address[4] prefix(u8) gateway[4] dns[4] */
+#define ROOST_NET_LEN 21u
 #define ROOST_MAX_PING 64u
 
 /* Defaults. */
@@ -64,6 +66,7 @@ enum roost_tag {
 	ROOST_TAG_NONCE = 0x0005,
 	ROOST_TAG_AGENT_VERSION = 0x0006,
 	ROOST_TAG_MAX_PAYLOAD = 0x0007,
+	ROOST_TAG_NET = 0x0008,
 	ROOST_TAG_CODE = 0x0010,
 	ROOST_TAG_MESSAGE = 0x0011,
 	ROOST_TAG_ARG = 0x0020,

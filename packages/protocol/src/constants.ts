@@ -23,6 +23,8 @@ export const MAX_STREAMS = 256;
 export const MAX_ENTROPY = 512;
 /** Bytes of a nonce or a PING payload. */
 export const MAX_NONCE = 64;
+/** HELLO's NET value: mac[6] mtu(u16 BE) address[4] prefix(u8) gateway[4] dns[4]. */
+export const NET_CONFIG_LEN = 21;
 /** Default credit for fd 1 and fd 2 when EXEC names no WINDOW. */
 export const DEFAULT_WINDOW = 262144;
 
@@ -58,6 +60,7 @@ export const Tag = {
   NONCE: 0x0005,
   AGENT_VERSION: 0x0006,
   MAX_PAYLOAD: 0x0007,
+  NET: 0x0008,
   CODE: 0x0010,
   MESSAGE: 0x0011,
   ARG: 0x0020,

@@ -1,4 +1,4 @@
-import { ErrorCode, Fd, MAX_ENTROPY, MAX_NONCE, MAX_PAYLOAD, MessageType, Tag } from './constants.js';
+import { ErrorCode, Fd, MAX_ENTROPY, MAX_NONCE, NET_CONFIG_LEN, MAX_PAYLOAD, MessageType, Tag } from './constants.js';
 import { ProtocolError } from './errors.js';
 import { encodeFrame } from './frame.js';
 import { TlvReader, TlvWriter } from './tlv.js';
@@ -10,6 +10,8 @@ export interface HostHello {
   timeNs: bigint;
   entropy: Uint8Array;
   nonce: Uint8Array;
+  /** The guest's network (NET_CONFIG_LEN bytes, see encodeNetConfig); absent: no NIC to configure. */
+  net?: Uint8Array | undefined;
 }
 
 /** HELLO as the agent answers it. */
@@ -85,7 +87,39 @@ export function encodeHostHello(h: HostHello): Buffer {
     .u64(Tag.TIME_NS, h.timeNs)
     .bytes(Tag.ENTROPY, h.entropy)
     .bytes(Tag.NONCE, h.nonce);
+  if (h.net) {
+    if (h.net.length !== NET_CONFIG_LEN) throw new RangeError(`network configuration of ${h.net.length} bytes, not ${NET_CONFIG_LEN}`);
+    tlv.bytes(Tag.NET, h.net);
+  }
   return encodeFrame(0, MessageType.HELLO, tlv.finish());
+}
+
+/** The guest's eth0 as HELLO's NET carries it. Addresses are dotted quads, the MAC `aa:bb:cc:dd:ee:ff`. */
+export interface NetConfig {
+  mac: string;
+  mtu: number;
+  address: string;
+  prefix: number;
+  gateway: string;
+  dns: string;
+}
+
+export function encodeNetConfig(c: NetConfig): Buffer {
+  const b = Buffer.alloc(NET_CONFIG_LEN);
+  const mac = c.mac.split(':').map((x) => parseInt(x, 16));
+  if (mac.length !== 6 || mac.some((x) => !(x >= 0 && x <= 255))) throw new RangeError(`bad MAC ${c.mac}`);
+  b.set(mac, 0);
+  b.writeUInt16BE(c.mtu, 6);
+  const quad = (s: string, at: number) => {
+    const o = s.split('.').map(Number);
+    if (o.length !== 4 || o.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) throw new RangeError(`bad IPv4 address ${s}`);
+    b.set(o, at);
+  };
+  quad(c.address, 8);
+  b.writeUInt8(c.prefix, 12);
+  quad(c.gateway, 13);
+  quad(c.dns, 17);
+  return b;
 }
 
 export function encodeAgentHello(h: AgentHello): Buffer {
@@ -230,6 +264,7 @@ export function decodeHostHello(payload: Uint8Array): HostHello {
     timeNs: r.u64(Tag.TIME_NS) ?? 0n,
     entropy: r.bytes(Tag.ENTROPY, MAX_ENTROPY) ?? Buffer.alloc(0),
     nonce: r.bytes(Tag.NONCE, MAX_NONCE) ?? Buffer.alloc(0),
+    net: r.bytes(Tag.NET, NET_CONFIG_LEN),
   };
 }
 
