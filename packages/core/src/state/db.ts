@@ -100,6 +100,20 @@ const MIGRATIONS: readonly string[] = [
     created_at TEXT NOT NULL
   );
   `,
+  // 5: bridge-mode address leases. A pool is one bridge (network) and its subnet; an address and a MAC are
+  // leased to one sandbox at a time (the UNIQUE constraints hold even if the allocator were wrong).
+  `
+  CREATE TABLE leases (
+    network TEXT NOT NULL,               -- the bridge whose subnet the address is from
+    sandbox_id TEXT NOT NULL,
+    address INTEGER NOT NULL,            -- IPv4, as an unsigned 32-bit number
+    mac TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (network, sandbox_id),
+    UNIQUE (network, address),
+    UNIQUE (network, mac)
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
