@@ -36,7 +36,9 @@ beforeAll(async () => {
   writeFileSync(join(outside, 'secret.txt'), 'HOST SECRET\n');
   runtime = await home.runtime();
   [sb, peer] = await Promise.all([
+    // Three volumes take every free device slot: no NIC (network 'none').
     home.create({
+      network: 'none',
       volumes: [
         { source: hostDir, target: '/mnt/host' },
         { source: roDir, target: '/mnt/ro', readOnly: true },
@@ -235,13 +237,13 @@ describe('volume lifecycle', () => {
       { source: 'nest-other', target: '/n/c', readOnly: true },
     ].slice(0, MAX_VOLUMES);
     writeFileSync(join(hostDir, 'nest.txt'), 'parent\n');
-    const s = await home.create({ volumes });
+    const s = await home.create({ volumes, network: 'none' });
     expect(await sh(s, "grep -c ' 9p ' /proc/mounts")).toBe(`${MAX_VOLUMES}\n`);
     expect(await sh(s, 'echo hi > /n/a/b/x && cat /n/a/b/x /n/a/nest.txt')).toBe('hi\nparent\n');
     // The child's mount point was made in the parent volume; the child's data is in its own.
     expect(readFileSync(join((await runtime.volumes.get('nest-child')).path, 'x'), 'utf8')).toBe('hi\n');
     await s.remove({ force: true });
-    await expect(home.create({ volumes: [...volumes, { source: hostDir, target: '/n/z' }] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/volumes/) });
+    await expect(home.create({ volumes: [...volumes, { source: hostDir, target: '/n/z' }], network: 'none' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/volumes/) });
   });
 });
 

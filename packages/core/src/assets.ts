@@ -42,6 +42,8 @@ export const REQUIRED_PACKAGES = [
   'qemu-utils',
   'zstd',
   'attr',
+  'iproute2', // bridge mode: the bridge and TAP devices
+  'iptables', // bridge mode: NAT and egress rules
 ] as const;
 
 /** Progress lines from long steps. */

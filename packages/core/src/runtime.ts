@@ -16,6 +16,8 @@ import { Settings } from './state/settings.js';
 import { Volumes } from './volumes.js';
 import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
+import type { BridgeConfig } from './net/bridge-network.js';
+import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 
 /** Options of `Runtime.open`. */
 export interface RuntimeOptions {
@@ -27,6 +29,8 @@ export interface RuntimeOptions {
   maxConcurrentCreates?: number;
   /** Sandboxes with a VM at once; more get RESOURCE_EXHAUSTED (default: the `maxSandboxes` setting, else no limit). */
   maxSandboxes?: number;
+  /** Bridge mode's bridge and subnet (default: $ROOST_BRIDGE or roost0, $ROOST_BRIDGE_SUBNET or 10.88.0.0/16). */
+  bridge?: Partial<BridgeConfig>;
 }
 
 /** Options of `runtime.create`. */
@@ -86,6 +90,7 @@ export class Runtime implements RuntimeApi {
   #inFlight = new Set<Promise<unknown>>();
   #closed: Promise<void> | null = null;
   #assets: Promise<Assets> | null = null;
+  readonly #network: RuntimeNetwork;
 
   private constructor(home: string, lock: HomeLock, options: RuntimeOptions) {
     this.home = home;
@@ -98,6 +103,7 @@ export class Runtime implements RuntimeApi {
     this.#images = new ImageStore({ home });
     this.#volumes = new Volumes({ home });
     this.#snapshotStore = new SnapshotStore(db, this.#layout);
+    this.#network = new RuntimeNetwork(db, bridgeConfig(options.bridge));
     this.#templates = new Templates(db, this.#snapshotStore, this.#log, { create: (o) => this.create(o), assets: () => this.assets() });
     const store = this.#snapshotStore;
     const log = this.#log;
@@ -290,6 +296,7 @@ export class Runtime implements RuntimeApi {
       this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
       await Promise.allSettled([...this.#inFlight]);
       await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
+      this.#network.close();
       this.#lock.release();
       if ((await Runtime.#shared.get(this.home)?.catch(() => null)) === this) Runtime.#shared.delete(this.home);
     })();
@@ -312,6 +319,7 @@ export class Runtime implements RuntimeApi {
       images: this.#images,
       volumes: this.#volumes,
       snapshots: this.#snapshotStore,
+      network: this.#network,
       assets: () => this.assets(),
       create: (options) => this.create(options),
       adopted: (sb) => this.#sandboxes.set(sb.id, sb),
@@ -361,12 +369,15 @@ export class Runtime implements RuntimeApi {
     for (const info of this.#records.all()) {
       const sb = Sandbox._recover(owner, info);
       this.#sandboxes.set(sb.id, sb);
+      await sb._attachNetwork();
       await sb._reconcile();
       if (!isLive(sb.status)) {
         const dir = this.#layout.sandbox(sb.id);
         for (const f of await readdir(dir).catch(() => [] as string[])) if (f.endsWith('.sock')) await rm(join(dir, f), { force: true });
       }
     }
+    // Addresses leased to sandboxes that were never recorded (a crash between lease and record).
+    this.#network.reclaimLeases((id) => this.#records.get(id) !== undefined);
     this.#log.prune();
     await this.#volumes.sweep();
     await this.#snapshotStore.sweep();

@@ -5,6 +5,10 @@ import { join, posix } from 'node:path';
 import { CallFlags, HelloFlags } from '@roost/protocol';
 import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
 import { LabelsSchema, EnvSchema, MAX_FORK_COUNT, SNAPSHOT_NAME_RE, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
+import { EgressSpecSchema, hostForPort, NetworkModeSchema, PortSpecSchema, ZERO_NETWORK_STATS } from '@roost/api';
+import type { EgressSpec, NetworkMode, NetworkStats, PortBinding, PortMapping, PortProtocol, PortSpec, PortsApi } from '@roost/api';
+import type { RuntimeNetwork } from './net/runtime-network.js';
+import { planNetwork, SandboxNet } from './net/sandbox-net.js';
 import { z } from 'zod';
 import { AgentConnection } from './agent/connection.js';
 import type { Assets } from './assets.js';
@@ -20,7 +24,7 @@ import { Files, runCall } from './files.js';
 import type { Volumes } from './volumes.js';
 import { chooseAccel } from './vmm/accel.js';
 import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
-import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QemuVmm } from './vmm/qemu.js';
+import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QemuVmm, vmPaths } from './vmm/qemu.js';
 import { copyHashed, findRam, saveRam, type SavedRam } from './snapshot/memory.js';
 import { buildIdentity, currentQemuVersion, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from './snapshot/store.js';
 import { runTool } from './tool.js';
@@ -77,6 +81,26 @@ export interface SandboxOptions {
   snapshot?: string;
   /** Start from this template's warm snapshot (built on first use); see `runtime.templates`. */
   template?: string;
+  /**
+   * The network: `user` (the default: user-mode NAT run by Roost on the host,
+   * no root needed), `bridge` (a TAP on a Linux bridge with an address leased
+   * from its subnet; needs root) or `none` (no NIC).
+   */
+  network?: NetworkMode;
+  /**
+   * Guest ports to publish on the host, as `docker run -p` writes them
+   * (`8080:80`, `127.0.0.1::80` for a free port, `5353:53/udp`) or objects.
+   * Bound to 127.0.0.1 unless another address is named. See `ports` and `getHost`.
+   */
+  ports?: PortSpec[];
+  /**
+   * Which connections the guest may open, enforced on the host: `allow`
+   * (the default), `deny`, or `{ default, allow, deny }` with rules like
+   * `10.0.0.0/8`, `example.com:443`, `*.npmjs.org`, `*:53/udp` or `host`.
+   * Denied connections fail at once in the guest (EHOSTUNREACH), are counted
+   * and reported as `network.denied` events.
+   */
+  egress?: EgressSpec;
   /** How long booting may take before it fails (default 30 s; pulling the image and building its filesystem come before, bounded by `signal` only). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -100,6 +124,9 @@ const sandboxOptionsSchema = z
     volumes: z.array(VolumeMountSchema).max(MAX_SHARES).optional(),
     snapshot: z.string().min(1).optional(),
     template: z.string().min(1).optional(),
+    network: NetworkModeSchema.optional(),
+    ports: z.array(PortSpecSchema).max(64).optional(),
+    egress: EgressSpecSchema.optional(),
     timeoutMs: z.number().int().positive().optional(),
     signal: z.instanceof(AbortSignal).optional(),
     home: z.string().min(1).optional(),
@@ -128,6 +155,8 @@ export interface SandboxOwner {
   readonly images: ImageStore;
   readonly volumes: Volumes;
   readonly snapshots: SnapshotStore;
+  /** Bridge mode's bridge and leases. */
+  readonly network: RuntimeNetwork;
   assets(): Promise<Assets>;
   /** Creates a sandbox through the runtime (its limits and tracking): forks use it. */
   create(options: SandboxOptions): Promise<Sandbox>;
@@ -159,6 +188,14 @@ export class Sandbox implements SandboxApi {
   #removed = false;
   /** Serializes lifecycle operations (start, stop, kill, remove). */
   #lifecycle: Promise<unknown> = Promise.resolve();
+  /** The network of the VM run this process serves (null while stopped, or without a NIC). */
+  #net: SandboxNet | null = null;
+  /** Settles when the last network closed has let go of its host devices (a bridge TAP). */
+  #netClosed: Promise<void> = Promise.resolve();
+  /** Ports asked for at create, bound at the first boot. */
+  #pendingPorts: Required<PortMapping>[] | null = null;
+  /** Published ports: add, list and remove them while the sandbox runs. */
+  readonly ports: PortsApi;
 
   private constructor(owner: SandboxOwner, info: SandboxInfo, vm: VmHandle | null) {
     this.id = info.id;
@@ -176,6 +213,11 @@ export class Sandbox implements SandboxApi {
       () => (this.#info.user ? { user: this.#info.user } : {}),
     );
     if (vm) this.#watch(vm);
+    this.ports = {
+      add: (spec) => this.#addPort(spec),
+      list: () => Promise.resolve(this.#info.network?.ports.map((p) => ({ ...p })) ?? []),
+      remove: (port) => this.#removePort(port),
+    };
   }
 
   /** Creates and boots a sandbox in the home's shared runtime; resolves once its agent answers. */
@@ -212,10 +254,16 @@ export class Sandbox implements SandboxApi {
     }
     // Checked before an image is pulled: bad input fails fast.
     const volumes = opts.volumes ? await resolveVolumes(opts.volumes, owner.home) : [];
+    const plan = planNetwork(opts);
+    checkVolumeCount(volumes.length, plan.info.mode);
+    // Privileges and the bridge are checked before an image is pulled.
+    const bridge = plan.info.mode === 'bridge' ? await owner.network.bridge() : null;
     const image = opts.image ? await prepareImage(owner.images, opts) : undefined;
     const now = new Date().toISOString();
+    const id = newId(owner.records);
+    if (bridge) Object.assign(plan.info, bridge.lease(id));
     const info: SandboxInfo = {
-      id: newId(owner.records),
+      id,
       status: 'creating',
       createdAt: now,
       startedAt: null,
@@ -232,11 +280,16 @@ export class Sandbox implements SandboxApi {
       ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
       ...(image?.user ? { user: image.user } : {}),
       ...(volumes.length > 0 ? { volumes } : {}),
+      network: plan.info,
       execs: 0,
     };
     // Recorded before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
-    await mkdir(owner.layout.sandbox(info.id), { recursive: true });
+    await mkdir(owner.layout.sandbox(info.id), { recursive: true }).catch((e: unknown) => {
+      if (bridge) owner.network.releaseLease(id);
+      throw e;
+    });
     const sb = new Sandbox(owner, info, null);
+    sb.#pendingPorts = plan.ports;
     // Named volumes are made (or found) in the transaction that records the sandbox: a concurrent
     // `volumes.remove` (another process, too: immediate takes the write lock first) sees the volume
     // in use, or removes it before this makes it again.
@@ -273,9 +326,18 @@ export class Sandbox implements SandboxApi {
       rootfs = await owner.images.rootfs(rec.image.id, opts.signal ? { signal: opts.signal } : {});
     }
     await owner.snapshots.verify(rec, assets, accel, rootfs, opts.signal);
+    // The NIC is part of the saved devices: the copy has the snapshot's network mode, and its own MAC and address.
+    const snapshotMode: NetworkMode = rec.manifest.network ?? 'none';
+    if (opts.network !== undefined && opts.network !== snapshotMode) {
+      throw new RoostError('INVALID_ARGUMENT', `network: snapshot ${rec.name} was taken with network '${snapshotMode}', and a restored sandbox has the snapshot's devices: leave network out, or give '${snapshotMode}'`, { details: { field: 'network' } });
+    }
+    const plan = planNetwork({ ...opts, network: snapshotMode });
+    const bridge = plan.info.mode === 'bridge' ? await owner.network.bridge() : null;
     const now = new Date().toISOString();
+    const id = newId(owner.records);
+    if (bridge) Object.assign(plan.info, bridge.lease(id));
     const info: SandboxInfo = {
-      id: newId(owner.records),
+      id,
       status: 'creating',
       createdAt: now,
       startedAt: null,
@@ -292,10 +354,15 @@ export class Sandbox implements SandboxApi {
       ...(rec.workingDir ? { workingDir: rec.workingDir } : {}),
       ...(rec.user ? { user: rec.user } : {}),
       snapshot: rec.id,
+      network: plan.info,
       execs: 0,
     };
-    await mkdir(owner.layout.sandbox(info.id), { recursive: true });
+    await mkdir(owner.layout.sandbox(info.id), { recursive: true }).catch((e: unknown) => {
+      if (bridge) owner.network.releaseLease(id);
+      throw e;
+    });
     const sb = new Sandbox(owner, info, null);
+    sb.#pendingPorts = plan.ports;
     // Recorded with its snapshot in one statement: from here the snapshot counts it as a dependent.
     sb.#save({}, 'sandbox.created', { data: { snapshot: rec.name, snapshotId: rec.id, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
     owner.counters.sandboxesCreated++;
@@ -355,6 +422,16 @@ export class Sandbox implements SandboxApi {
     } catch {
       // Left to the liveness checks of the next connection.
     }
+  }
+
+  /** `host:port` where the host reaches guest port `port` (see SandboxApi.getHost). */
+  getHost(port: number, protocol: PortProtocol = 'tcp'): string {
+    return hostForPort(this.#info, port, protocol);
+  }
+
+  /** Traffic through the sandbox's NIC since its VM run started here, and denied connections. */
+  async networkStats(): Promise<NetworkStats> {
+    return this.#net ? this.#net.stats() : { ...ZERO_NETWORK_STATS };
   }
 
   /** A copy of what is recorded about this sandbox. */
@@ -468,6 +545,8 @@ export class Sandbox implements SandboxApi {
           snapshot: rec.id,
           labels: options.labels ?? this.#info.labels,
           detached: options.detached ?? this.#info.detached,
+          // Copies keep the source's egress policy (not its published ports: a host port has one listener).
+          ...(this.#info.network && this.#info.network.mode !== 'none' ? { egress: this.#info.network.egress } : {}),
           timeoutMs,
           ...(options.signal ? { signal: options.signal } : {}),
         }),
@@ -585,6 +664,7 @@ export class Sandbox implements SandboxApi {
           qemuVersion,
           ...buildIdentity(assets),
           accel: info.accel,
+          network: info.network?.mode ?? 'none',
           rootfs: { path: rootfs, size: rootfsSize },
           files: {
             memory: { size: memBytes, checksum: saved.checksum },
@@ -703,8 +783,11 @@ export class Sandbox implements SandboxApi {
         await this.#kill('removed');
       }
       this.#removed = true;
+      this.#closeNet(true);
+      await this.#netClosed;
       this.#owner.records.db.transaction(() => {
         this.#owner.records.delete(this.id);
+        if (this.#info.network?.mode === 'bridge') this.#owner.network.releaseLease(this.id);
         this.#owner.events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
       })();
       this.#owner.counters.sandboxesDestroyed++;
@@ -730,6 +813,8 @@ export class Sandbox implements SandboxApi {
   async _release(): Promise<void> {
     if (this.#info.detached || this.#removed) {
       this.#closeConnection();
+      // The VM runs on: a bridge TAP stays; ports and the user-mode network wait for the next runtime.
+      this.#closeNet(false);
       return;
     }
     await this.#serialize(() => this.#kill('its runtime closed')).catch(() => {});
@@ -755,19 +840,24 @@ export class Sandbox implements SandboxApi {
       } else if (!(await exists(disk))) {
         await createDisk(this.#owner.layout.cache, disk, info.diskSizeMiB, signal);
       }
+      // Published ports are bound before QEMU starts: a port in use fails the create before a VM is spent on it.
+      const snet = await this.#openNet();
       vm = await new QemuVmm().start({
         id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: assets.kernel, initramfs: assets.initramfs,
         rootfs, disk, kernelHz: assets.kernelHz, detached: info.detached, accel: info.accel, shares,
         ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
+        ...(snet ? { nic: snet.nic(vmPaths(dir)) } : {}),
       });
       this.#vm = vm;
       this.#save({ pid: vm.pid });
       const runningVm = vm;
+      await snet?.attach(vm.paths, { vmExited: () => runningVm.hasExited, signal, timeoutMs });
       const conn = await AgentConnection.connect(vm.paths.agentSocket, {
         flags: info.detached ? 0 : HelloFlags.POWEROFF_ON_DISCONNECT,
         timeoutMs,
         signal,
         vmExited: () => runningVm.hasExited,
+        net: snet?.helloConfig(),
       });
       try {
         await this.#mountVolumes(conn, shares, signal);
@@ -784,6 +874,7 @@ export class Sandbox implements SandboxApi {
       vm?.kill();
       await vm?.waitForExit();
       this.#vm = null;
+      this.#closeNet(true);
       const err = await bootError(e, dir, timeoutMs, signal);
       if (vm) {
         const reason = err.message.split('\n')[0]!;
@@ -852,6 +943,7 @@ export class Sandbox implements SandboxApi {
 
   /** Records that the VM is gone, once. */
   #exited(status: 'stopped' | 'failed', reason: string): void {
+    this.#closeNet(true);
     if (!isLive(this.#info.status)) return;
     this.#save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', { data: { reason } });
   }
@@ -885,7 +977,7 @@ export class Sandbox implements SandboxApi {
     }
     const vm = this.#vm;
     const timeoutMs = 10_000;
-    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs, vmExited: () => vm.hasExited }).catch((e: unknown) => {
+    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs, vmExited: () => vm.hasExited, net: this.#net?.helloConfig() }).catch((e: unknown) => {
       if (e instanceof RoostError && e.code === 'TIMEOUT') {
         // QEMU serves one client on the agent socket at a time; a stuck guest or a stray client holds it.
         throw new RoostError('AGENT', `the agent of sandbox ${this.id} did not answer within ${timeoutMs / 1000} s: the guest is probably hung (see \`roost logs\`)`, { cause: e });
@@ -921,6 +1013,87 @@ export class Sandbox implements SandboxApi {
         if (this.#conn === conn) this.#conn = null;
       },
     );
+  }
+
+  /**
+   * Makes the network of a VM run (before QEMU starts, or when a runtime
+   * attaches to a running VM): binds the published ports, and in bridge mode
+   * sets up the TAP and its rules. Null without a NIC.
+   */
+  async #openNet(lenient = false): Promise<SandboxNet | null> {
+    this.#closeNet(false);
+    // A TAP of the last run may still be going away: it must be gone before this run makes it again.
+    await this.#netClosed;
+    const network = this.#info.network;
+    if (!network || network.mode === 'none') return null;
+    const bridge = network.mode === 'bridge' ? await this.#owner.network.bridge() : null;
+    const snet = new SandboxNet(this.id, network, {
+      denied: (d) => {
+        if (!this.#removed) this.#owner.events.append('network.denied', { sandboxId: this.id, data: { ...d } });
+      },
+    }, bridge);
+    const wanted = this.#pendingPorts ?? network.ports.map((p) => ({ ...p }));
+    // A runtime attaching to a running VM keeps what it can: a port another program took meanwhile is dropped.
+    const ports = await snet.prepare(
+      wanted,
+      lenient
+        ? (p, e) => this.#owner.events.append('port.removed', { sandboxId: this.id, data: { ...p, reason: e instanceof Error ? e.message : String(e) } })
+        : undefined,
+    );
+    this.#pendingPorts = null;
+    this.#net = snet;
+    this.#save({ network: { ...network, ports } });
+    return snet;
+  }
+
+  /** Ends this process's part of the network: ports and the user-mode stack; `vmGone` also takes down a bridge TAP. */
+  #closeNet(vmGone: boolean): void {
+    const snet = this.#net;
+    this.#net = null;
+    if (snet) this.#netClosed = snet.close({ vmGone });
+  }
+
+  /**
+   * @internal A runtime attached to a running detached VM: serves its
+   * network again (QEMU takes the new connection; connections the guest had
+   * open through the old runtime are gone) and binds its published ports.
+   * A port another program took meanwhile is dropped from the record.
+   */
+  async _attachNetwork(): Promise<void> {
+    const vm = this.#vm;
+    if (!vm || vm.hasExited || (this.#info.status !== 'running' && this.#info.status !== 'paused')) return;
+    try {
+      const snet = await this.#openNet(true);
+      await snet?.attach(vm.paths, { vmExited: () => vm.hasExited, timeoutMs: 5_000 });
+    } catch {
+      // Commands still work; the guest's network stays down until a runtime attaches again
+      // (its stats read zero). Failing the open of the whole home for it would be worse.
+      this.#closeNet(false);
+    }
+  }
+
+  async #addPort(spec: PortSpec): Promise<PortBinding> {
+    this.#checkNotRemoved();
+    const snet = this.#net;
+    if (!snet) {
+      const mode = this.#info.network?.mode ?? 'none';
+      throw new RoostError('INVALID_STATE', mode === 'none' ? `sandbox ${this.id} has no network (mode 'none'): it cannot publish ports` : `sandbox ${this.id} is ${this.#info.status}: ports are published while it runs (start it first)`);
+    }
+    const binding = await snet.addPort(spec);
+    this.#save({ network: { ...snet.info, ports: snet.ports } }, 'port.added', { data: { ...binding } });
+    return binding;
+  }
+
+  async #removePort(port: number | { hostPort: number; hostIp?: string; protocol?: PortProtocol }): Promise<void> {
+    this.#checkNotRemoved();
+    const want = typeof port === 'number' ? { hostPort: port } : port;
+    const match = (this.#info.network?.ports ?? []).filter(
+      (p) => p.hostPort === want.hostPort && (want.hostIp === undefined || p.hostIp === want.hostIp) && p.protocol === (want.protocol ?? 'tcp'),
+    );
+    if (match.length === 0) throw new RoostError('NOT_FOUND', `sandbox ${this.id} does not publish host port ${want.hostPort}/${want.protocol ?? 'tcp'}${want.hostIp ? ` on ${want.hostIp}` : ''}`);
+    for (const b of match) this.#net?.removePort(b);
+    const ports = (this.#info.network?.ports ?? []).filter((p) => !match.includes(p));
+    this.#save({ network: { ...this.#info.network!, ports } }, 'port.removed', { data: { ...match[0]! } });
   }
 
   #closeConnection(): void {
@@ -1006,6 +1179,14 @@ export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: s
     throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
       details: { fields: fixed },
     });
+  }
+}
+
+/** A NIC takes one of the VM's free device slots: with a network, one volume fewer. */
+function checkVolumeCount(count: number, mode: NetworkMode): void {
+  const max = mode === 'none' ? MAX_SHARES : MAX_SHARES - 1;
+  if (count > max) {
+    throw new RoostError('INVALID_ARGUMENT', `volumes: at most ${max} with network '${mode}', not ${count}${mode === 'none' ? '' : ` (${MAX_SHARES} with network 'none')`}`, { details: { field: 'volumes' } });
   }
 }
 
@@ -1103,7 +1284,8 @@ async function bootError(e: unknown, dir: string, timeoutMs: number, signal: Abo
   const shown = [vmmTail.length ? `QEMU said:\n  ${vmmTail.join('\n  ')}` : '', consoleTail.length ? `last console lines:\n  ${consoleTail.slice(-10).join('\n  ')}` : 'the guest printed nothing on its console']
     .filter(Boolean)
     .join('\n');
-  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT')) return e;
+  // Not boot failures: bad input, a missing setup, or a published host port that is taken or privileged (bound before QEMU starts).
+  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT' || e.code === 'UNAVAILABLE' || e.code === 'PERMISSION_DENIED')) return e;
   if (signal.aborted && !(signal.reason instanceof Error && signal.reason.name === 'TimeoutError')) {
     return abortError(signal, 'sandbox creation');
   }

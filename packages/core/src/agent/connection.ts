@@ -35,6 +35,8 @@ export interface ConnectOptions {
   signal?: AbortSignal | undefined;
   /** Stops retrying once this reports true (the VM has exited). */
   vmExited?: () => boolean;
+  /** The guest's network configuration (encodeNetConfig), sent with every HELLO. */
+  net?: Uint8Array | undefined;
 }
 
 /** Callbacks of one exec stream. All are called in frame order. */
@@ -98,7 +100,7 @@ export class AgentConnection extends EventEmitter {
     const socket = await connectSocket(path, deadline, options);
     try {
       socket.write(
-        encodeHostHello({ version: VERSION, flags: options.flags, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: randomBytes(64), nonce }),
+        encodeHostHello({ version: VERSION, flags: options.flags, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: randomBytes(64), nonce, net: options.net }),
       );
       const { hello, rest } = await awaitHello(socket, nonce, deadline, options);
       if (hello.version !== VERSION) {

@@ -23,6 +23,8 @@ export interface SnapshotManifest {
   initramfs: string;
   agentHash: string;
   accel: 'kvm' | 'tcg';
+  /** The NIC's network mode (absent in snapshots from before networking: none). The NIC is one of the saved devices. */
+  network?: 'none' | 'user' | 'bridge';
   /** The read-only root filesystem image the guest had (its page cache holds parts of it). */
   rootfs: { path: string; size: number };
   files: {

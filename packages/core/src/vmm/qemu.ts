@@ -6,7 +6,7 @@ import { RoostError } from '../errors.js';
 import { hostCpu } from './accel.js';
 import { connectWithRetry } from './connect.js';
 import { QmpClient } from './qmp.js';
-import type { Vmm, VmConfig, VmExit, VmHandle, VmPaths, VmShare } from './types.js';
+import type { Vmm, VmConfig, VmExit, VmHandle, VmNic, VmPaths, VmShare } from './types.js';
 
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
@@ -46,6 +46,7 @@ const TCG_TB_SIZE_MIB = 16;
 export function vmPaths(dir: string): VmPaths {
   return {
     agentSocket: join(dir, 'agent.sock'),
+    netSocket: join(dir, 'net.sock'),
     qmpSocket: join(dir, 'qmp.sock'),
     consoleLog: join(dir, 'console.log'),
     vmmLog: join(dir, 'qemu.log'),
@@ -74,7 +75,6 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
 /** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
 export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
   const { agent = true, rootfs = true } = options;
-  if ((config.shares?.length ?? 0) > MAX_SHARES) throw new RoostError('INVALID_ARGUMENT', `at most ${MAX_SHARES} volumes per sandbox, not ${config.shares!.length}`);
   const tcg = config.accel === 'tcg';
   const args = [
     '-name', `roost-${config.id}`,
@@ -107,7 +107,12 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
       );
     }
   }
-  (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, SHARE_BUSES[i]!)));
+  const buses = [...FREE_BUSES];
+  if (config.nic) args.push(...nicArgs(config.nic, buses.shift()!));
+  if ((config.shares?.length ?? 0) > buses.length) {
+    throw new RoostError('INVALID_ARGUMENT', `at most ${buses.length} volumes per sandbox with ${config.nic ? 'a network' : 'no network'}, not ${config.shares!.length}${config.nic ? " (3 with network 'none')" : ''}`);
+  }
+  (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, buses[i]!)));
   if (agent) {
     args.push(
       '-device', 'virtio-serial-device,max_ports=2',
@@ -120,7 +125,11 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
     // The device state comes on fd 4 (see QemuVmm.start); its stream has no
     // configuration section (xen-save-devices-state writes none). QEMU runs
     // the guest as soon as it is loaded.
-    args.push('-incoming', 'fd:4', '-global', 'migration.send-configuration=off');
+    // No self-announcement (gratuitous RARP from the NIC) after the load:
+    // QEMU 7.2's stream netdev crashes (SIGSEGV) sending it before its
+    // client has connected, and neither the user-mode stack nor a bridge
+    // needs it (the guest's own ARP traffic teaches the bridge its MAC).
+    args.push('-incoming', 'fd:4', '-global', 'migration.send-configuration=off', '-global', 'migration.announce-rounds=0');
   }
   return args;
 }
@@ -141,18 +150,20 @@ function memoryArgs(config: VmConfig): string[] {
 }
 
 /**
- * The virtio-mmio transports that shares use. Without ACPI (acpi=off; the
- * guest kernel has none) the microvm machine has one IOAPIC and 8
- * transports, `virtio-mmio-bus.N` on IRQ 5 + N; devices without a `bus=`
- * take them from the top: the rng, the two disks and the serial port get
- * buses 7 to 4 (IRQs 12 to 9). Bus 3 is IRQ 8, which the RTC holds
+ * The virtio-mmio transports left for the NIC and shares. Without ACPI
+ * (acpi=off; the guest kernel has none) the microvm machine has one IOAPIC
+ * and 8 transports, `virtio-mmio-bus.N` on IRQ 5 + N; devices without a
+ * `bus=` take them from the top: the rng, the two disks and the serial port
+ * get buses 7 to 4 (IRQs 12 to 9). Bus 3 is IRQ 8, which the RTC holds
  * (rtc=on): a device there never gets its interrupt ("no channels
- * available" in the guest). That leaves buses 2, 1 and 0. (With ACPI, a
- * second IOAPIC gives 24 transports on IRQs 24-47.)
+ * available" in the guest). That leaves buses 2, 1 and 0: the NIC takes
+ * the first, volumes the rest. (With ACPI, a second IOAPIC gives 24
+ * transports on IRQs 24-47. Without the RTC, bus 3 would be free, but the
+ * guest kernel then spends 2 s at boot polling for a clock that is not there.)
  */
-const SHARE_BUSES = ['virtio-mmio-bus.2', 'virtio-mmio-bus.1', 'virtio-mmio-bus.0'];
-/** The most shares (volumes) a VM gets: see SHARE_BUSES (the API's MAX_VOLUMES). */
-export const MAX_SHARES = SHARE_BUSES.length;
+const FREE_BUSES = ['virtio-mmio-bus.2', 'virtio-mmio-bus.1', 'virtio-mmio-bus.0'];
+/** The most shares (volumes) a VM without a NIC gets (the API's MAX_VOLUMES); one less with a NIC. */
+export const MAX_SHARES = FREE_BUSES.length;
 
 /**
  * QEMU's 9P server for one share. The guest is untrusted root, and QEMU
@@ -188,6 +199,18 @@ function shareArgs(share: VmShare, id: string, bus: string): string[] {
   const fsdev = ['local', `id=${id}`, `path=${opt(share.path)}`, 'security_model=mapped-xattr', 'fmode=0644', 'dmode=0755'];
   if (share.readOnly) fsdev.push('readonly=on');
   return ['-fsdev', fsdev.join(','), '-device', `virtio-9p-device,fsdev=${id},mount_tag=${share.tag},bus=${bus}`];
+}
+
+/**
+ * The NIC, on the first free transport (volumes get the rest). QEMU checks
+ * nothing of the guest's traffic; the host side (user-mode stack or bridge
+ * rules) does. Under the stream backend there are no offloads, so a large MTU (host_mtu,
+ * which the guest adopts) keeps the packet count, and TCG's cost per packet,
+ * down.
+ */
+function nicArgs(nic: VmNic, bus: string): string[] {
+  const netdev = nic.kind === 'stream' ? `stream,id=net0,server=on,addr.type=unix,addr.path=${opt(nic.socket)}` : `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no`;
+  return ['-netdev', netdev, '-device', `virtio-net-device,netdev=net0,mac=${nic.mac},host_mtu=${nic.mtu},bus=${bus}`];
 }
 
 /** The longest unix socket path Linux accepts (sun_path is 108 bytes with its NUL). */

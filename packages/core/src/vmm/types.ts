@@ -26,7 +26,16 @@ export interface VmConfig {
   shares?: VmShare[];
   /** Resume a snapshot instead of booting (see snapshot/): the devices above must be the snapshot's. */
   restore?: VmRestore;
+  /** The NIC (virtio-net); absent: none. */
+  nic?: VmNic;
 }
+
+/**
+ * A virtio-net NIC: `stream` hands the guest's Ethernet frames to a unix
+ * socket QEMU listens on (Roost's user-mode network serves it); `tap` puts
+ * them on an existing TAP device (bridge mode).
+ */
+export type VmNic = { kind: 'stream'; socket: string; mac: string; mtu: number } | { kind: 'tap'; ifname: string; mac: string; mtu: number };
 
 /** What a VM resumes from: its RAM image and QEMU's device state. */
 export interface VmRestore {
@@ -56,6 +65,8 @@ export interface VmExit {
 export interface VmPaths {
   agentSocket: string;
   qmpSocket: string;
+  /** Where QEMU serves the NIC's frames in user mode. */
+  netSocket: string;
   consoleLog: string;
   vmmLog: string;
 }
