@@ -6,6 +6,7 @@ import {
   type CommandHandleApi,
   type EventType,
   type ListFilter,
+  type NetworkStats,
   type PullPolicy,
   type RoostEvent,
   type RunOptions,
@@ -22,6 +23,7 @@ import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
 import { int, parsePairs } from './args.js';
+import { addNetworkFlags, addPortCommands, announceChosenPorts, embeddedPortsNote, formatPorts, networkOptions, networkRows, type NetworkFlags } from './network.js';
 
 export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
 
@@ -104,10 +106,11 @@ export async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts('template'))
     .option('--template <name>', 'start from this template\'s warm snapshot (built on first use)')
     .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'));
+  addNetworkFlags(run);
   addExecFlags(run)
     .passThroughOptions()
     .argument('[args...]')
-    .action(async (args: string[], flags: ExecFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; snapshot?: string; template?: string; bootTimeout?: number }) => {
+    .action(async (args: string[], flags: ExecFlags & NetworkFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; snapshot?: string; template?: string; bootTimeout?: number }) => {
       const restore = flags.snapshot !== undefined || flags.template !== undefined;
       let { image, cmd: given } = splitRunArgs(args, argv);
       if (restore && image !== undefined) {
@@ -122,6 +125,7 @@ export async function main(argv: string[]): Promise<number> {
       const env = parseEnv(flags.env);
       const labels = parsePairs(flags.label, '-l');
       const volumes = flags.volume.map((v) => parseVolumeFlag(v));
+      const network = networkOptions(flags);
       await withFace('run', async (face) => {
         const sandbox = await face.create(
           {
@@ -132,6 +136,7 @@ export async function main(argv: string[]): Promise<number> {
             detached: !!flags.detach,
             ...(Object.keys(labels).length > 0 ? { labels } : {}),
             ...(volumes.length > 0 ? { volumes } : {}),
+            ...network,
             ...(image ? { image, pull: flags.pull } : {}),
             ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
             ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
@@ -153,8 +158,10 @@ export async function main(argv: string[]): Promise<number> {
           }
           // A detached sandbox outlives the runtime (or client) closed after this.
           process.stdout.write(`${sandbox.id}\n`);
+          if (flags.publish.length > 0) embeddedPortsNote(face);
           return;
         }
+        announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
         try {
           exitCode = await runAttached(sandbox, cmd, flags, env);
         } finally {
@@ -200,8 +207,13 @@ export async function main(argv: string[]): Promise<number> {
     .option('--json', 'print JSON')
     .argument('<id>')
     .action(async (id: string, flags: { json?: boolean }) => {
-      const info = await withFace('inspect', async (face) => (await face.runtime.get(id)).refresh());
-      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeSandbox(info));
+      const [info, stats] = await withFace('inspect', async (face) => {
+        const sandbox = await face.runtime.get(id);
+        const record = await sandbox.refresh();
+        // Counters only mean something while the VM runs.
+        return [record, !flags.json && record.network && record.network.mode !== 'none' && LIVE.includes(record.status) ? await sandbox.networkStats() : null] as const;
+      });
+      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeSandbox(info, stats));
     });
 
   program
@@ -283,6 +295,7 @@ export async function main(argv: string[]): Promise<number> {
   addImageCommands(program, withImages);
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
+  addPortCommands(program, withFace);
   addServeCommand(program);
 
   try {
@@ -502,7 +515,7 @@ export function parseFilters(filters: string[]): ListFilter {
 }
 
 function table(rows: SandboxInfo[]): string {
-  const head = ['ID', 'IMAGE', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED', 'LABELS'];
+  const head = ['ID', 'IMAGE', 'STATUS', 'CPUS', 'MEMORY', 'ACCEL', 'CREATED', 'DETACHED', 'PORTS', 'LABELS'];
   const body = rows.map((s) => [
     s.id,
     s.image?.reference ?? '-',
@@ -512,6 +525,7 @@ function table(rows: SandboxInfo[]): string {
     s.accel,
     ago(s.createdAt),
     s.detached ? 'yes' : 'no',
+    formatPorts(s.network) || '-',
     Object.entries(s.labels ?? {})
       .map(([k, v]) => `${k}=${v}`)
       .join(','),
@@ -519,7 +533,7 @@ function table(rows: SandboxInfo[]): string {
   return formatTable(head, body);
 }
 
-function describeSandbox(s: SandboxInfo): string {
+function describeSandbox(s: SandboxInfo, stats: NetworkStats | null): string {
   const when = (iso: string | null | undefined) => (iso ? `${iso} (${ago(iso)})` : '-');
   const rows: [string, string][] = [
     ['ID', s.id],
@@ -541,6 +555,7 @@ function describeSandbox(s: SandboxInfo): string {
     ['Labels', Object.entries(s.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '-'],
     ['Snapshot', s.snapshot ?? '-'],
     ['Volumes', (s.volumes ?? []).map((v) => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') || '-'],
+    ...networkRows(s.network, stats),
     ['Env', Object.entries(s.env ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;

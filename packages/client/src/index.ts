@@ -21,4 +21,4 @@ export { RemoteFiles } from './files.js';
 export { parseHost, defaultEndpoint, resolveHome, errorFromResponse, type Endpoint } from './http.js';
 export { LineSplitter, NdjsonParser, SseParser, MAX_LINE, type SseEvent } from './wire.js';
 export { RoostError, isRoostError, type RoostErrorCode } from '@roost/api';
-export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, FilesApi, FileWatchApi, EntryInfo, FileEvent, SnapshotInfo, SnapshotsApi, TemplateInfo, TemplatesApi, CreateTemplateRequest } from '@roost/api';
+export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, FilesApi, FileWatchApi, EntryInfo, FileEvent, SnapshotInfo, SnapshotsApi, TemplateInfo, TemplatesApi, CreateTemplateRequest, PortsApi, PortSpec, PortMapping, PortBinding, PortProtocol, NetworkMode, NetworkInfo, NetworkStats, EgressSpec, EgressPolicyInput } from '@roost/api';

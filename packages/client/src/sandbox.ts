@@ -1,4 +1,5 @@
-import { isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
+import { hostForPort, isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
+import type { NetworkInfo, NetworkStats, PortBinding, PortProtocol, PortSpec, PortsApi } from '@roost/api';
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
 import type { Transport } from './http.js';
@@ -19,6 +20,8 @@ export class RemoteSandbox implements SandboxApi {
   readonly commands: RemoteCommands;
   /** Files in the guest: read, write, list, stat, watch, archives. */
   readonly files: RemoteFiles;
+  /** Its published ports: add, list and remove them while it runs. */
+  readonly ports: PortsApi;
   #info: SandboxInfo;
   #transport: Transport;
   #path: string;
@@ -31,6 +34,11 @@ export class RemoteSandbox implements SandboxApi {
     this.#path = `/v1/sandboxes/${encodeURIComponent(info.id)}`;
     this.commands = new RemoteCommands(transport, info.id);
     this.files = new RemoteFiles(transport, this.#path);
+    this.ports = {
+      add: (spec) => this.#addPort(spec),
+      list: () => this.#listPorts(),
+      remove: (port) => this.#removePort(port),
+    };
   }
 
   /** The record as last seen. */
@@ -105,6 +113,52 @@ export class RemoteSandbox implements SandboxApi {
   /** CPU and memory figures of the VM. */
   metrics(): Promise<SandboxMetrics> {
     return this.#transport.json<SandboxMetrics>('GET', `${this.#path}/metrics`);
+  }
+
+  /**
+   * Where the host reaches guest port `port` (`127.0.0.1:32768`), from the
+   * record as last seen: `ports.add` and `ports.remove` keep it current,
+   * `refresh()` reads changes made elsewhere. NOT_FOUND when the port is
+   * not published (in bridge mode: the sandbox's own address).
+   */
+  getHost(port: number, protocol: PortProtocol = 'tcp'): string {
+    return hostForPort(this.#info, port, protocol);
+  }
+
+  /** Traffic through the sandbox's NIC since it last started, and connections its egress policy denied. */
+  async networkStats(): Promise<NetworkStats> {
+    const r = await this.#transport.json<{ network: NetworkInfo; stats: NetworkStats }>('GET', `${this.#path}/network`);
+    this.#info = { ...this.#info, network: r.network };
+    return r.stats;
+  }
+
+  async #listPorts(): Promise<PortBinding[]> {
+    const r = await this.#transport.json<{ ports: PortBinding[] }>('GET', `${this.#path}/ports`);
+    this.#setPorts(r.ports);
+    return r.ports;
+  }
+
+  async #addPort(spec: PortSpec): Promise<PortBinding> {
+    const binding = await this.#transport.json<PortBinding>('POST', `${this.#path}/ports`, { json: spec, what: `publishing a port of sandbox ${this.id}` });
+    const ports = this.#info.network?.ports ?? [];
+    this.#setPorts([...ports.filter((p) => !(p.hostPort === binding.hostPort && p.hostIp === binding.hostIp && p.protocol === binding.protocol)), binding]);
+    return binding;
+  }
+
+  async #removePort(port: number | { hostPort: number; hostIp?: string; protocol?: PortProtocol }): Promise<void> {
+    const want = typeof port === 'number' ? { hostPort: port } : port;
+    const protocol = want.protocol ?? 'tcp';
+    await this.#transport.json<undefined>('DELETE', `${this.#path}/ports/${want.hostPort}`, {
+      query: { protocol, hostIp: want.hostIp },
+      what: `removing port ${want.hostPort}/${protocol} of sandbox ${this.id}`,
+    });
+    const ports = this.#info.network?.ports ?? [];
+    this.#setPorts(ports.filter((p) => !(p.hostPort === want.hostPort && p.protocol === protocol && (want.hostIp === undefined || p.hostIp === want.hostIp))));
+  }
+
+  /** Keeps the cached record's ports (which getHost reads) as the daemon last said. */
+  #setPorts(ports: PortBinding[]): void {
+    if (this.#info.network) this.#info = { ...this.#info, network: { ...this.#info.network, ports: ports.map((p) => ({ ...p })) } };
   }
 
   /**

@@ -10,6 +10,7 @@ import { ExecRegistry, execRoutes } from './exec.js';
 import { FILE_UPLOAD_ROUTE, fileRoutes } from './files.js';
 import { errorResponse } from './http.js';
 import { imageRoutes } from './images.js';
+import { networkRoutes } from './network.js';
 import { openapiDocument } from './openapi.js';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
 import { ResponseStream } from './response-stream.js';
@@ -138,6 +139,7 @@ export function createApp(options: AppOptions): RoostHono {
   eventRoutes(app, ctx);
   volumeRoutes(app, ctx);
   snapshotRoutes(app, ctx);
+  networkRoutes(app, ctx);
   fileRoutes(app, ctx);
 
   app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));

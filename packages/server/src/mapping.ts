@@ -1,5 +1,6 @@
 import type { ImageInfoBody, SandboxInfo } from '@roost/api';
 import type { DaemonImageInfo } from './daemon-runtime.js';
+import { networkBody } from './network.js';
 
 /*
  * Core records -> API bodies. Fields are picked, not spread: whatever the
@@ -32,6 +33,7 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.agentVersion !== undefined) body.agentVersion = info.agentVersion;
   if (info.volumes !== undefined) body.volumes = info.volumes.map((v) => ({ source: v.source, target: v.target, readOnly: v.readOnly === true }));
   if (info.snapshot !== undefined) body.snapshot = info.snapshot;
+  if (info.network !== undefined) body.network = networkBody(info.network);
   return body;
 }
 

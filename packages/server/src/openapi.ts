@@ -40,8 +40,10 @@ import {
   SnapshotListSchema,
   TemplateInfoSchema,
   TemplateListSchema,
+  PortBindingSchema,
 } from '@roost/api';
 import { z } from 'zod';
+import { NetworkStatusSchema, PortListSchema, PortSpecRequestSchema } from './network.js';
 import { WarmTemplateRequestSchema } from './snapshots.js';
 import { VERSION } from './version.js';
 
@@ -86,7 +88,7 @@ interface Route {
   operationId: string;
   summary: string;
   description?: string;
-  tag: 'system' | 'sandboxes' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics';
+  tag: 'system' | 'sandboxes' | 'network' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics';
   params?: Param[];
   /** A JSON body (optional when every field is), or a raw stream. */
   body?: { schema: z.ZodType; required: boolean } | { raw: RawBody };
@@ -132,10 +134,12 @@ export const ROUTES: readonly Route[] = [
     description:
       'Resolves once the guest agent answers. An image that is not stored is pulled first (see `pull`). ' +
       'With `snapshot`, the sandbox is restored from that snapshot (its memory, processes and disk) instead of booted; with `template`, from the template\'s warm snapshot, which is built first when it has none (or no longer restores). ' +
-      'Beyond the runtime\'s limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED.',
+      'Beyond the runtime\'s limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED. ' +
+      '`ports` are bound before the VM starts: a host port another program holds fails the create with 503 UNAVAILABLE; an invalid mapping or egress rule is 400 (the message says which); ' +
+      '`network: bridge` needs a daemon running as root (403 PERMISSION_DENIED otherwise).',
     body: { schema: CreateSandboxRequestSchema, required: false },
     ok: { 201: { description: 'The sandbox runs.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 409, 429, 500, 502, 504],
+    errors: [400, 403, 404, 409, 429, 500, 502, 504],
   },
   {
     method: 'get', path: '/v1/sandboxes', operationId: 'listSandboxes', tag: 'sandboxes', summary: 'List sandboxes, newest first',
@@ -205,6 +209,36 @@ export const ROUTES: readonly Route[] = [
   {
     method: 'get', path: '/v1/sandboxes/{id}/metrics', operationId: 'getSandboxMetrics', tag: 'metrics', summary: 'CPU, memory and exec count of a sandbox', params: [idParam],
     ok: { 200: { description: 'The figures now.', bodies: [{ json: SandboxMetricsSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/ports', operationId: 'listPorts', tag: 'network', summary: 'A sandbox\'s published ports', params: [idParam],
+    ok: { 200: { description: 'Where the host listens, and the guest port each leads to.', bodies: [{ json: PortListSchema }] } }, errors: [400, 404],
+  },
+  {
+    method: 'post', path: '/v1/sandboxes/{id}/ports', operationId: 'addPort', tag: 'network', summary: 'Publish a guest port on the host',
+    description:
+      'The body is a mapping as `docker run -p` writes it, `[HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]` (`"8080:80"`, `"127.0.0.1::80"`, `"5353:53/udp"`), or an object. ' +
+      'The host listens on 127.0.0.1 unless another address is named; host port 0 or none takes a free one (the answer says which). ' +
+      'The sandbox must run (409 INVALID_STATE otherwise, or without a network). A host port this sandbox publishes already is 409 ALREADY_EXISTS; ' +
+      'one another program holds is 503 UNAVAILABLE; one below 1024 without the privilege is 403 PERMISSION_DENIED.',
+    params: [idParam], body: { schema: PortSpecRequestSchema, required: true },
+    ok: { 201: { description: 'Published.', bodies: [{ json: PortBindingSchema }] } }, errors: [400, 403, 404, 409, 502],
+  },
+  {
+    method: 'delete', path: '/v1/sandboxes/{id}/ports/{hostPort}', operationId: 'removePort', tag: 'network', summary: 'Stop publishing a host port (its open connections are closed)',
+    params: [
+      idParam,
+      { name: 'hostPort', in: 'path', required: true, description: 'The host port.', schema: { type: 'integer', minimum: 1, maximum: 65535 } },
+      { name: 'protocol', in: 'query', description: 'tcp (default) or udp.', schema: { type: 'string', enum: ['tcp', 'udp'] } },
+      { name: 'hostIp', in: 'query', description: 'Only the binding on this host address (default: the port on any address).', schema: { type: 'string' } },
+    ],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } }, errors: [400, 404],
+  },
+  {
+    method: 'get', path: '/v1/sandboxes/{id}/network', operationId: 'getNetwork', tag: 'network', summary: 'A sandbox\'s network and its traffic counters',
+    description: 'The mode, addresses, published ports and egress policy as recorded, and the counters of its NIC since it last started here (`in`: into the guest; `denied`: connections and DNS names the egress policy refused). A stopped sandbox has zero counters.',
+    params: [idParam],
+    ok: { 200: { description: 'The network now.', bodies: [{ json: NetworkStatusSchema }] } }, errors: [400, 404],
   },
   {
     method: 'post', path: '/v1/sandboxes/{id}/exec', operationId: 'execCommand', tag: 'execs', summary: 'Run a command in a sandbox',
@@ -404,13 +438,13 @@ export const ROUTES: readonly Route[] = [
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
   400: { name: 'InvalidArgument', description: 'INVALID_ARGUMENT: invalid JSON, an unknown field, a wrong type, a body over the limit, or a bad parameter (the message names it).' },
   401: { name: 'Unauthenticated', description: 'UNAUTHENTICATED: no bearer token, or a wrong one.' },
-  403: { name: 'PermissionDenied', description: 'PERMISSION_DENIED: the user may not do this (details carry `errno` and `path`).' },
+  403: { name: 'PermissionDenied', description: 'PERMISSION_DENIED: the user may not do this (for a file, details carry `errno` and `path`), or the daemon lacks a privilege (a host port below 1024, bridge networking).' },
   404: { name: 'NotFound', description: 'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, file or route (for a file, details carry `errno` and `path`).' },
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },
   502: { name: 'BadGateway', description: 'AGENT, IMAGE or NETWORK: a guest agent or a registry failed.' },
-  503: { name: 'Unavailable', description: 'UNAVAILABLE: too many requests in flight (see Retry-After) or the daemon is shutting down; or SETUP_REQUIRED.' },
+  503: { name: 'Unavailable', description: 'UNAVAILABLE: too many requests in flight (see Retry-After), the daemon is shutting down, or a host port to publish is held by another program; or SETUP_REQUIRED.' },
   504: { name: 'Timeout', description: 'TIMEOUT.' },
   default: { name: 'Error', description: 'Any other error, with the status of its code.' },
 };
@@ -519,7 +553,7 @@ export function openapiDocument(): JsonSchema {
       title: 'Roost API',
       version: VERSION,
       description:
-        'The REST API of `roost serve`: sandboxes (microVMs), commands in them, files, images, volumes, snapshots and templates, events and metrics. ' +
+        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots and templates, events and metrics. ' +
         'Every request carries `Authorization: Bearer <token>` (the token is in the `api-token` file of the Roost home). ' +
         'Errors are `{ "error": { "code", "message", "details"? } }` with the status of their code.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
@@ -527,7 +561,7 @@ export function openapiDocument(): JsonSchema {
     servers: [{ url: `http://127.0.0.1:${DEFAULT_TCP_PORT}`, description: `roost serve --tcp (the default is a unix socket, roost.sock in the Roost home; API ${API_VERSION})` }],
     security: [{ bearerAuth: [] }],
     tags: [
-      { name: 'system' }, { name: 'sandboxes' }, { name: 'execs' }, { name: 'files' }, { name: 'images' }, { name: 'volumes' }, { name: 'snapshots' }, { name: 'templates' }, { name: 'events' }, { name: 'metrics' },
+      { name: 'system' }, { name: 'sandboxes' }, { name: 'network' }, { name: 'execs' }, { name: 'files' }, { name: 'images' }, { name: 'volumes' }, { name: 'snapshots' }, { name: 'templates' }, { name: 'events' }, { name: 'metrics' },
     ],
     paths,
     components: {
