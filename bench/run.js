@@ -128,6 +128,12 @@ try {
     await benchSnapshots({ home, row, results, coldStartP50: coldP50 });
   }
 
+  // --- networking (bench/net.js): TCP through forwarded ports beside the host loopback.
+  if (process.env.BENCH_NET !== '0') {
+    const { benchNet } = await import('./net.js');
+    await benchNet({ home, row, results });
+  }
+
   // --- OCI images (bench/images.js): last, so the idle-memory figures above don't
   // carry its heap; its cached-image start is compared with coldP50 of this run.
   if (process.env.BENCH_IMAGES !== '0') {
