@@ -392,7 +392,7 @@ export function serveBridgeDns(config: BridgeDnsConfig): Promise<BridgeDnsServer
     socket.once('error', (err: NodeJS.ErrnoException) => {
       reject(
         err.code === 'EADDRINUSE'
-          ? new RoostError('UNAVAILABLE', `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: the port is in use (another DNS server on the bridge address?)`, { cause: err })
+          ? new RoostError('UNAVAILABLE', `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: the port is in use: another Roost home (its leases are its own) or another DNS server uses this bridge; give this home a bridge of its own with ROOST_BRIDGE and ROOST_BRIDGE_SUBNET`, { cause: err })
           : new RoostError('NETWORK', `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: ${err.message}`, { cause: err }),
       );
     });
