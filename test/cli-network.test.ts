@@ -3,7 +3,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { serve, type ServeHandle } from '@roost/server';
-import { eventually, ROOST_BIN, runRoost, TestHome, type CliResult } from './helpers.js';
+import { eventually, freePort, ROOST_BIN, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * Networking in the CLI: the flags of `roost run` (-p, --network, --egress,
@@ -59,15 +59,6 @@ function httpGet(port: number): Promise<string | null> {
     req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(null));
   });
-}
-
-/** A port of 127.0.0.1 free a moment ago. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 describe('roost run network flags (embedded)', () => {

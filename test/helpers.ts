@@ -2,6 +2,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Runtime, Sandbox, roostHome, type SandboxOptions } from '@roost/core';
 
@@ -144,4 +145,13 @@ export function runInTerminal(cmd: string, env: NodeJS.ProcessEnv): Promise<CliR
     p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     p.on('close', (code) => resolve({ code, stdout, stderr: '' }));
   });
+}
+
+/** A port of 127.0.0.1 free a moment ago. */
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
 }

@@ -5,7 +5,7 @@ import { isRoostError } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { serve, type ServeHandle } from '@roost/server';
 import { ApiClient, validated } from './api-client.js';
-import { eventually, qemusOf, TestHome } from './helpers.js';
+import { eventually, freePort, qemusOf, TestHome } from './helpers.js';
 
 /*
  * Networking through `roost serve`: a sandbox created with a published port
@@ -80,15 +80,6 @@ function connectError(port: number): Promise<string | null> {
     s.once('connect', () => (s.destroy(), resolve(null)));
     s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
   });
-}
-
-/** A port of 127.0.0.1 free a moment ago. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 beforeAll(async () => {
