@@ -332,6 +332,10 @@ export class Sandbox implements SandboxApi {
       throw new RoostError('INVALID_ARGUMENT', `network: snapshot ${rec.name} was taken with network '${snapshotMode}', and a restored sandbox has the snapshot's devices: leave network out, or give '${snapshotMode}'`, { details: { field: 'network' } });
     }
     const plan = planNetwork({ ...opts, network: snapshotMode });
+    // In user mode every sandbox has a network of its own (no shared segment), so a copy keeps the
+    // snapshot's MAC: its guest then has nothing to reconfigure when it connects. On a bridge a
+    // copy gets its own lease and MAC.
+    if (plan.info.mode === 'user' && rec.manifest.mac) plan.info.mac = rec.manifest.mac;
     const bridge = plan.info.mode === 'bridge' ? await owner.network.bridge() : null;
     const now = new Date().toISOString();
     const id = newId(owner.records);
@@ -665,6 +669,7 @@ export class Sandbox implements SandboxApi {
           ...buildIdentity(assets),
           accel: info.accel,
           network: info.network?.mode ?? 'none',
+          ...(info.network?.mac ? { mac: info.network.mac } : {}),
           rootfs: { path: rootfs, size: rootfsSize },
           files: {
             memory: { size: memBytes, checksum: saved.checksum },

@@ -25,6 +25,8 @@ export interface SnapshotManifest {
   accel: 'kvm' | 'tcg';
   /** The NIC's network mode (absent in snapshots from before networking: none). The NIC is one of the saved devices. */
   network?: 'none' | 'user' | 'bridge';
+  /** The source's MAC (a user-mode copy keeps it). */
+  mac?: string;
   /** The read-only root filesystem image the guest had (its page cache holds parts of it). */
   rootfs: { path: string; size: number };
   files: {
