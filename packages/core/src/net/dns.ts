@@ -148,9 +148,29 @@ async function resolveA(query: Buffer, q: DnsQuestion, options: AnswerDnsOptions
   return respond(query, q, RCODE_NOERROR, answers);
 }
 
+/**
+ * getaddrinfo runs on libuv's thread pool (4 threads by default), which the
+ * process's file system work shares: at most this many guest lookups hold a
+ * thread at once, process-wide, so guests that flood a slow resolver cannot
+ * stall the daemon's disk I/O. The rest wait here (each sandbox's DnsLimit
+ * bounds how many).
+ */
+const MAX_POOL_LOOKUPS = 2;
+let poolLookups = 0;
+const waitingLookups: Array<() => void> = [];
+
 async function lookupHost(name: string): Promise<ResolvedAddress[]> {
-  const found = await dnsPromises.lookup(name, { family: 4, all: true });
-  return found.map((a) => ({ address: a.address, ttl: DEFAULT_TTL_S }));
+  // A finishing lookup hands its slot straight to the next waiter, so the count never overshoots.
+  if (poolLookups >= MAX_POOL_LOOKUPS) await new Promise<void>((resolve) => waitingLookups.push(resolve));
+  else poolLookups++;
+  try {
+    const found = await dnsPromises.lookup(name, { family: 4, all: true });
+    return found.map((a) => ({ address: a.address, ttl: DEFAULT_TTL_S }));
+  } finally {
+    const next = waitingLookups.shift();
+    if (next) next();
+    else poolLookups--;
+  }
 }
 
 /** The host's first IPv4 nameserver (`dns.getServers()` writes `a.b.c.d` or `a.b.c.d:port`). */
