@@ -93,7 +93,6 @@ export class SandboxNet {
   #deniedWindowStart = 0;
   #deniedInWindow = 0;
   #suppressed = 0;
-  /** Denials counted by the host side in bridge mode are read from iptables; user mode counts in the stack. */
 
   constructor(sandboxId: string, info: NetworkInfo, events: SandboxNetEvents, bridge: BridgeNetwork | null) {
     if (info.mode === 'none') throw new RoostError('INTERNAL', 'no SandboxNet without a NIC');
