@@ -1,7 +1,6 @@
-import type Database from 'better-sqlite3';
 import type { NetworkInfo, NetworkStats } from '@roost/api';
 import { applyEgress, checkBridgePrivileges, createTap, deleteTap, deniedCount, ensureBridge, pruneLearned, removeEgress, serveBridgeDns, tapName, tapStats, type BridgeDnsServer } from './bridge.js';
-import { Ipam } from './ipam.js';
+import type { Ipam } from './ipam.js';
 import type { SandboxNet } from './sandbox-net.js';
 
 /** A bridge and its subnet. */
@@ -37,10 +36,9 @@ export class BridgeNetwork {
     this.gateway = ipam.gateway;
   }
 
-  /** Checks privileges, sets up the bridge and starts its DNS server. */
-  static async open(db: Database.Database, config: BridgeConfig): Promise<BridgeNetwork> {
+  /** Checks privileges, sets up the bridge of `ipam`'s pool and starts its DNS server. */
+  static async open(ipam: Ipam): Promise<BridgeNetwork> {
     checkBridgePrivileges();
-    const ipam = new Ipam(db, { network: config.name, subnet: config.subnet, ...(config.gateway ? { gateway: config.gateway } : {}) });
     const bridge = new BridgeNetwork(ipam);
     await ensureBridge({ name: ipam.network, subnet: ipam.subnet, gateway: ipam.gateway });
     bridge.#dns = await serveBridgeDns({

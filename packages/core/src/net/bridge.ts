@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { cidrContains, formatCidr, intToIpv4, ipv4ToInt, parseCidr, parseEgressRule, prefixMask, type NetworkStats } from '@roost/api';
+import { cidrContains, formatCidr, intToIpv4, ipv4ToInt, parseCidr, parseEgressRule, prefixMask, ZERO_NETWORK_STATS, type NetworkStats } from '@roost/api';
 import { RoostError } from '../errors.js';
 import { answerDnsQuery, DnsLimit, type Resolve4 } from './dns.js';
 import { HOST_NAME, type EgressFilter } from './policy.js';
@@ -322,7 +322,7 @@ export function tapStats(tap: string, opts: HostNetOptions = {}): NetworkStats {
           execFileSync('ip', ['netns', 'exec', opts.netns, 'cat', ...files], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
     values = text.split(/\s+/).filter((s) => s !== '').map(Number);
   } catch {
-    return { bytesIn: 0, packetsIn: 0, bytesOut: 0, packetsOut: 0, denied: 0 };
+    return { ...ZERO_NETWORK_STATS };
   }
   const [rxBytes = 0, rxPackets = 0, txBytes = 0, txPackets = 0] = values;
   return { bytesIn: txBytes, packetsIn: txPackets, bytesOut: rxBytes, packetsOut: rxPackets, denied: 0 };

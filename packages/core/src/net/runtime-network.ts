@@ -30,7 +30,7 @@ export class RuntimeNetwork {
   /** The bridge, set up once per runtime (idempotently: a bridge left by a crash is reused). */
   bridge(): Promise<BridgeNetwork> {
     if (!this.#bridge) {
-      this.#bridge = BridgeNetwork.open(this.#db, this.config);
+      this.#bridge = BridgeNetwork.open(this.#leases());
       this.#bridge.catch(() => (this.#bridge = null));
     }
     return this.#bridge;

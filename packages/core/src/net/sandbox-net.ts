@@ -5,6 +5,7 @@ import {
   ipv4ToInt,
   normalizeEgress,
   normalizePortSpec,
+  ZERO_NETWORK_STATS,
   type DeniedConnection,
   type EgressSpec,
   type NetworkInfo,
@@ -20,7 +21,7 @@ import { connectWithRetry } from '../vmm/connect.js';
 import type { VmNic, VmPaths } from '../vmm/types.js';
 import type { BridgeNetwork } from './bridge-network.js';
 import { EgressFilter } from './policy.js';
-import { PortForwarder, type ForwardBackend } from './ports.js';
+import { bindingKey, PortForwarder, type ForwardBackend } from './ports.js';
 import { createUserNetFilter, USER_NET, UserNet } from './user/index.js';
 
 /** What a create asks of the network. */
@@ -51,7 +52,7 @@ export function planNetwork(req: NetworkRequest): { info: NetworkInfo; ports: Re
   const seen = new Set<string>();
   for (const p of ports) {
     if (p.hostPort === 0) continue;
-    const key = `${p.hostIp}:${p.hostPort}/${p.protocol}`;
+    const key = bindingKey(p);
     if (seen.has(key)) throw new RoostError('INVALID_ARGUMENT', `host port ${key} is published twice: each host port leads to one guest port`);
     seen.add(key);
   }
@@ -63,7 +64,7 @@ export function planNetwork(req: NetworkRequest): { info: NetworkInfo; ports: Re
 }
 
 /** The interface MTU: large under the user-mode stack (fewer packets under TCG), Ethernet's on a bridge. */
-export function mtuFor(mode: NetworkMode): number {
+function mtuFor(mode: NetworkMode): number {
   return mode === 'user' ? USER_NET.mtu : 1500;
 }
 
@@ -89,6 +90,7 @@ export class SandboxNet {
   readonly #sandboxId: string;
   #user: UserNet | null = null;
   #link: net.Socket | null = null;
+  #filter: EgressFilter | null = null;
   #closed = false;
   #deniedWindowStart = 0;
   #deniedInWindow = 0;
@@ -170,8 +172,9 @@ export class SandboxNet {
    * gateway (iptables treats every address of the host as the host).
    */
   filter(): EgressFilter {
-    if (this.info.mode === 'user') return createUserNetFilter(this.info.egress);
-    return new EgressFilter(this.info.egress, { hostAddresses: [ipv4ToInt(this.info.gateway!)] });
+    // One per VM run: the bridge's DNS server asks for it on every query.
+    this.#filter ??= this.info.mode === 'user' ? createUserNetFilter(this.info.egress) : new EgressFilter(this.info.egress, { hostAddresses: [ipv4ToInt(this.info.gateway!)] });
+    return this.#filter;
   }
 
   /** Rate-limited `network.denied` events (the counters stay exact). */
@@ -206,8 +209,8 @@ export class SandboxNet {
 
   async stats(): Promise<NetworkStats> {
     if (this.#bridge) return this.#bridge.stats(this.#sandboxId);
-    const s = this.#user?.stats;
-    return s ? { bytesIn: s.bytesIn, packetsIn: s.packetsIn, bytesOut: s.bytesOut, packetsOut: s.packetsOut, denied: s.denied } : { bytesIn: 0, packetsIn: 0, bytesOut: 0, packetsOut: 0, denied: 0 };
+    const s = this.#user?.stats ?? ZERO_NETWORK_STATS;
+    return { bytesIn: s.bytesIn, packetsIn: s.packetsIn, bytesOut: s.bytesOut, packetsOut: s.packetsOut, denied: s.denied };
   }
 
   /**
