@@ -7,6 +7,7 @@ import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, Sand
 import { LabelsSchema, EnvSchema, MAX_FORK_COUNT, SNAPSHOT_NAME_RE, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
 import { EgressSpecSchema, hostForPort, NetworkModeSchema, PortSpecSchema, ZERO_NETWORK_STATS } from '@roost/api';
 import type { EgressSpec, NetworkMode, NetworkStats, PortBinding, PortMapping, PortProtocol, PortSpec, PortsApi } from '@roost/api';
+import type { BridgeNetwork } from './net/bridge-network.js';
 import type { RuntimeNetwork } from './net/runtime-network.js';
 import { planNetwork, SandboxNet } from './net/sandbox-net.js';
 import { z } from 'zod';
@@ -260,10 +261,8 @@ export class Sandbox implements SandboxApi {
     const bridge = plan.info.mode === 'bridge' ? await owner.network.bridge() : null;
     const image = opts.image ? await prepareImage(owner.images, opts) : undefined;
     const now = new Date().toISOString();
-    const id = newId(owner.records);
-    if (bridge) Object.assign(plan.info, bridge.lease(id));
     const info: SandboxInfo = {
-      id,
+      id: newId(owner.records),
       status: 'creating',
       createdAt: now,
       startedAt: null,
@@ -284,10 +283,7 @@ export class Sandbox implements SandboxApi {
       execs: 0,
     };
     // Recorded before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
-    await mkdir(owner.layout.sandbox(info.id), { recursive: true }).catch((e: unknown) => {
-      if (bridge) owner.network.releaseLease(id);
-      throw e;
-    });
+    await makeSandboxDir(owner, info, bridge);
     const sb = new Sandbox(owner, info, null);
     sb.#pendingPorts = plan.ports;
     // Named volumes are made (or found) in the transaction that records the sandbox: a concurrent
@@ -338,10 +334,8 @@ export class Sandbox implements SandboxApi {
     if (plan.info.mode === 'user' && rec.manifest.mac) plan.info.mac = rec.manifest.mac;
     const bridge = plan.info.mode === 'bridge' ? await owner.network.bridge() : null;
     const now = new Date().toISOString();
-    const id = newId(owner.records);
-    if (bridge) Object.assign(plan.info, bridge.lease(id));
     const info: SandboxInfo = {
-      id,
+      id: newId(owner.records),
       status: 'creating',
       createdAt: now,
       startedAt: null,
@@ -361,10 +355,7 @@ export class Sandbox implements SandboxApi {
       network: plan.info,
       execs: 0,
     };
-    await mkdir(owner.layout.sandbox(info.id), { recursive: true }).catch((e: unknown) => {
-      if (bridge) owner.network.releaseLease(id);
-      throw e;
-    });
+    await makeSandboxDir(owner, info, bridge);
     const sb = new Sandbox(owner, info, null);
     sb.#pendingPorts = plan.ports;
     // Recorded with its snapshot in one statement: from here the snapshot counts it as a dependent.
@@ -1184,6 +1175,21 @@ export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: s
     throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
       details: { fields: fixed },
     });
+  }
+}
+
+/**
+ * Leases a bridge-mode sandbox its address (into `info.network`) and makes
+ * its directory; the lease is given back if the directory cannot be made
+ * (no record exists yet to release it with).
+ */
+async function makeSandboxDir(owner: SandboxOwner, info: SandboxInfo, bridge: BridgeNetwork | null): Promise<void> {
+  if (bridge) Object.assign(info.network!, bridge.lease(info.id));
+  try {
+    await mkdir(owner.layout.sandbox(info.id), { recursive: true });
+  } catch (e) {
+    if (bridge) owner.network.releaseLease(info.id);
+    throw e;
   }
 }
 
