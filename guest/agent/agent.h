@@ -55,11 +55,11 @@
 #define AGENT_VERSION "roost-agent 0.1.0"
 
 /* Where the agent builds the command root (see setup_root in boot.c). */
-#define ROOST_RUN "/run/roost"
+#define ROOST_RUN  "/run/roost"
 #define ROOT_LOWER ROOST_RUN "/lower"
-#define ROOT_RW ROOST_RUN "/rw"
+#define ROOT_RW    ROOST_RUN "/rw"
 #define ROOT_UPPER ROOT_RW "/upper"
-#define ROOT_WORK ROOT_RW "/work"
-#define CMD_ROOT ROOST_RUN "/root"
+#define ROOT_WORK  ROOT_RW "/work"
+#define CMD_ROOT   ROOST_RUN "/root"
 
 #endif

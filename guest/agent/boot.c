@@ -20,12 +20,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #define DEFAULT_PORT "roost.agent"
 
@@ -114,7 +114,8 @@ static void boot_mounts(void)
 	console_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 	do_mount("proc", "/proc", "proc", nosuid_nodev | MS_NOEXEC, NULL, true);
 	do_mount("sysfs", "/sys", "sysfs", nosuid_nodev | MS_NOEXEC, NULL, true);
-	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=0666", true);
+	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		 "gid=5,mode=620,ptmxmode=0666", true);
 	/* Point /dev/ptmx at this devpts instance. */
 	unlink("/dev/ptmx");
 	if (symlink("pts/ptmx", "/dev/ptmx") < 0)
@@ -168,11 +169,14 @@ static void setup_root(const char *dev, const char *fstype, const char *disk)
 		 * tables; zeroing them here would write megabytes per sandbox. */
 		if (do_mount(disk, ROOT_RW, "ext4", MS_NOSUID | MS_NODEV | MS_NOATIME,
 			     "noinit_itable,discard", false) < 0) {
-			snprintf(root_err, sizeof root_err, "mount disk %s on %s: %s", disk, ROOT_RW, strerror(errno));
+			snprintf(root_err, sizeof root_err, "mount disk %s on %s: %s", disk,
+				 ROOT_RW, strerror(errno));
 			return;
 		}
-	} else if (do_mount("tmpfs", ROOT_RW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", false) < 0) {
-		snprintf(root_err, sizeof root_err, "mount tmpfs on %s: %s", ROOT_RW, strerror(errno));
+	} else if (do_mount("tmpfs", ROOT_RW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", false) <
+		   0) {
+		snprintf(root_err, sizeof root_err, "mount tmpfs on %s: %s", ROOT_RW,
+			 strerror(errno));
 		return;
 	}
 	if (mkdir_p(ROOT_UPPER, 0755) < 0 || mkdir_p(ROOT_WORK, 0755) < 0) {
@@ -181,8 +185,10 @@ static void setup_root(const char *dev, const char *fstype, const char *disk)
 		return;
 	}
 	if (do_mount("overlay", CMD_ROOT, "overlay", 0,
-		     "lowerdir=" ROOT_LOWER ",upperdir=" ROOT_UPPER ",workdir=" ROOT_WORK, false) < 0) {
-		snprintf(root_err, sizeof root_err, "mount overlay on %s: %s", CMD_ROOT, strerror(errno));
+		     "lowerdir=" ROOT_LOWER ",upperdir=" ROOT_UPPER ",workdir=" ROOT_WORK,
+		     false) < 0) {
+		snprintf(root_err, sizeof root_err, "mount overlay on %s: %s", CMD_ROOT,
+			 strerror(errno));
 		return;
 	}
 	root_ok = true;
@@ -202,8 +208,6 @@ static void setup_root(const char *dev, const char *fstype, const char *disk)
 		do_mount("tmpfs", CMD_ROOT "/run", "tmpfs", nosuid_nodev, "mode=0755", false);
 	}
 }
-
-
 
 static void setup_signals(void)
 {
@@ -251,7 +255,8 @@ int main(void)
 	if (!cmdline_get(cmdline, "roost.port", port_name, sizeof port_name))
 		strcpy(port_name, DEFAULT_PORT);
 	if (cmdline_get(cmdline, "roost.root", root_dev, sizeof root_dev)) {
-		bool has_type = cmdline_get(cmdline, "roost.rootfstype", root_type, sizeof root_type);
+		bool has_type =
+			cmdline_get(cmdline, "roost.rootfstype", root_type, sizeof root_type);
 		bool has_disk = cmdline_get(cmdline, "roost.disk", disk_dev, sizeof disk_dev);
 		setup_root(root_dev, has_type ? root_type : NULL, has_disk ? disk_dev : NULL);
 	}
@@ -333,7 +338,8 @@ int main(void)
 				prole[n++] = ROLE_IN;
 			}
 			for (int i = 0; i < 2; i++) {
-				if (e->out_done[i] || e->credit[i] == 0 || out.len >= OUT_PIPE_LIMIT)
+				if (e->out_done[i] || e->credit[i] == 0 ||
+				    out.len >= OUT_PIPE_LIMIT)
 					continue;
 				pfd[n] = (struct pollfd){.fd = e->out_fd[i], .events = POLLIN};
 				pexec[n] = e;

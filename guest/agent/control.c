@@ -13,16 +13,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/ioctl.h>
 
 /* <linux/random.h>: RNDADDENTROPY = _IOW('R', 0x03, int[2]), argument
  * struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }. */
 #define ROOST_RNDADDENTROPY _IOW('R', 0x03, int[2])
 struct roost_rand_pool_info {
 	int entropy_count; /* bits */
-	int buf_size;	   /* bytes */
+	int buf_size;      /* bytes */
 	uint8_t buf[ROOST_MAX_ENTROPY];
 };
 /* <linux/random.h>: RNDRESEEDCRNG = _IO('R', 0x07): re-key the CRNG from the
@@ -36,7 +36,8 @@ struct session session;
 
 static void set_clock(uint64_t ns)
 {
-	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+			      .tv_nsec = (long)(ns % 1000000000u)};
 	if (clock_settime(CLOCK_REALTIME, &ts) < 0)
 		logmsg("clock_settime: %s", strerror(errno));
 }
@@ -88,9 +89,15 @@ static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
 	while (roost_tlv_next(&it, &t) == 1) {
 		int bad = 0;
 		switch (t.tag) {
-		case ROOST_TAG_VERSION: bad = roost_tlv_u32(&t, &version); break;
-		case ROOST_TAG_FLAGS: bad = roost_tlv_u32(&t, &flags); break;
-		case ROOST_TAG_TIME_NS: bad = roost_tlv_u64(&t, &time_ns); break;
+		case ROOST_TAG_VERSION:
+			bad = roost_tlv_u32(&t, &version);
+			break;
+		case ROOST_TAG_FLAGS:
+			bad = roost_tlv_u32(&t, &flags);
+			break;
+		case ROOST_TAG_TIME_NS:
+			bad = roost_tlv_u64(&t, &time_ns);
+			break;
 		case ROOST_TAG_ENTROPY:
 			bad = t.len > ROOST_MAX_ENTROPY;
 			entropy = t.value;
@@ -105,10 +112,12 @@ static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
 			bad = t.len != ROOST_NET_LEN;
 			net = t.value;
 			break;
-		default: break;
+		default:
+			break;
 		}
 		if (bad) {
-			send_error(0, ROOST_E_PROTOCOL, "bad HELLO field 0x%04x (length %u)", t.tag, t.len);
+			send_error(0, ROOST_E_PROTOCOL, "bad HELLO field 0x%04x (length %u)", t.tag,
+				   t.len);
 			return;
 		}
 	}
@@ -149,8 +158,10 @@ void handle_frame(const struct roost_frame *f)
 		return;
 	case ROOST_T_PING:
 		if (f->stream != 0 || f->len > ROOST_MAX_PING) {
-			send_error(0, ROOST_E_PROTOCOL, "PING must be on stream 0 with <= %u bytes (stream %u, %u bytes)",
-				   ROOST_MAX_PING, f->stream, f->len);
+			send_error(
+				0, ROOST_E_PROTOCOL,
+				"PING must be on stream 0 with <= %u bytes (stream %u, %u bytes)",
+				ROOST_MAX_PING, f->stream, f->len);
 			return;
 		}
 		send_raw(0, ROOST_T_PONG, f->payload, f->len);
@@ -194,8 +205,9 @@ void handle_frame(const struct roost_frame *f)
 	case ROOST_T_PONG:
 	case ROOST_T_STARTED:
 	case ROOST_T_EXIT:
-		send_error(0, ROOST_E_PROTOCOL, "message type 0x%02x (stream %u) is agent-to-host only",
-			   f->type, f->stream);
+		send_error(0, ROOST_E_PROTOCOL,
+			   "message type 0x%02x (stream %u) is agent-to-host only", f->type,
+			   f->stream);
 		return;
 	default:
 		/* On stream 0, leaving any stream it names alone: a newer host

@@ -14,7 +14,7 @@
 /* The current session (one per HELLO). */
 struct session {
 	bool established; /* a HELLO with a VERSION this agent speaks was received */
-	uint32_t flags;	  /* its FLAGS */
+	uint32_t flags;   /* its FLAGS */
 };
 extern struct session session;
 

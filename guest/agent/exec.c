@@ -10,14 +10,14 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
-#include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
 
-#define CREDIT_CAP (1ull << 48)	  /* output credit saturates here */
-#define PTY_DRAIN_SLACK 65536u	  /* tty flip-buffer bytes possibly in flight at exit */
-#define RECENT_MAX 256		  /* finished stream ids remembered per session */
+#define CREDIT_CAP      (1ull << 48) /* output credit saturates here */
+#define PTY_DRAIN_SLACK 65536u       /* tty flip-buffer bytes possibly in flight at exit */
+#define RECENT_MAX      256          /* finished stream ids remembered per session */
 
 struct exec *execs;
 unsigned exec_count;
@@ -193,7 +193,8 @@ void session_end(bool keep_commands)
 				continue;
 			}
 			if (!orphans_full_logged)
-				logmsg("%u orphaned commands already: killing the rest", orphan_count);
+				logmsg("%u orphaned commands already: killing the rest",
+				       orphan_count);
 			orphans_full_logged = true;
 		}
 		exec_kill(e, exec_stop_signal(e));
@@ -342,7 +343,7 @@ void exec_finish(struct exec *e)
  * flight for it are then ignored (recent ring).
  */
 __attribute__((format(printf, 3, 4))) void stream_fail(struct exec *e, uint32_t code,
-							     const char *fmt, ...)
+						       const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -376,8 +377,8 @@ void handle_stream_frame(const struct roost_frame *f)
 			return;
 		}
 		if (n > e->stdin_credit) {
-			stream_fail(e, ROOST_E_PROTOCOL, "stdin DATA of %u bytes beyond credit %u", n,
-				   e->stdin_credit);
+			stream_fail(e, ROOST_E_PROTOCOL, "stdin DATA of %u bytes beyond credit %u",
+				    n, e->stdin_credit);
 			return;
 		}
 		if (n == 0)
@@ -483,7 +484,6 @@ void reap_children(void)
 		}
 	}
 }
-
 
 void exec_add(struct exec *e)
 {

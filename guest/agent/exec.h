@@ -14,9 +14,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STDIN_WINDOW 65536u	  /* credit granted to the host for fd 0 */
-#define CALL_STDIN_WINDOW 262144u /* the same for a CALL (file contents, tar streams) */
-#define CALL_TERM_GRACE_MS 5000u  /* a call not gone this long after its SIGTERM is killed */
+#define STDIN_WINDOW       65536u  /* credit granted to the host for fd 0 */
+#define CALL_STDIN_WINDOW  262144u /* the same for a CALL (file contents, tar streams) */
+#define CALL_TERM_GRACE_MS 5000u   /* a call not gone this long after its SIGTERM is killed */
 
 /* Commands of a session that ended in a restored copy of a snapshot keep
  * running as orphans (see session_end); at most this many at a time, on top
@@ -41,13 +41,13 @@ struct exec {
 	uint64_t credit[2];
 	uint64_t drain_budget[2]; /* bytes still to read after the process was reaped */
 
-	int in_fd;	       /* stdin: pipe write end, or ptm; -1 when closed */
+	int in_fd;             /* stdin: pipe write end, or ptm; -1 when closed */
 	bool stdin_enabled;    /* STDIN=1 */
-	bool stdin_eof;	       /* host sent EOF [0] */
+	bool stdin_eof;        /* host sent EOF [0] */
 	bool stdin_closed;     /* nothing more goes to the process */
 	uint32_t stdin_credit; /* credit the host still has for fd 0 */
 	uint32_t stdin_window; /* STDIN_WINDOW or CALL_STDIN_WINDOW (0 without stdin) */
-	uint8_t *inq;	       /* queued stdin bytes, capacity stdin_window (allocated on first DATA) */
+	uint8_t *inq; /* queued stdin bytes, capacity stdin_window (allocated on first DATA) */
 	size_t inq_off, inq_len;
 };
 

@@ -12,12 +12,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 /* <linux/fs.h>: FIFREEZE = _IOWR('X', 119, int), FITHAW = _IOWR('X', 120, int). */
 #define ROOST_FIFREEZE _IOWR('X', 119, int)
-#define ROOST_FITHAW _IOWR('X', 120, int)
+#define ROOST_FITHAW   _IOWR('X', 120, int)
 
 /* snapshot_pending: a FREEZE was answered and no THAW came yet, so the
  * guest's memory may be in a snapshot; a host disconnect or a HELLO seen in
@@ -80,8 +80,9 @@ static void send_fs_answer(uint8_t type, int err)
 		if (type == ROOST_T_FREEZE && err == EOPNOTSUPP)
 			snprintf(msg, sizeof msg, "nothing to freeze: the sandbox has no disk");
 		else
-			snprintf(msg, sizeof msg, "%s %s: %s", type == ROOST_T_FREEZE ? "FIFREEZE" : "FITHAW",
-				 ROOT_RW, strerror(err));
+			snprintf(msg, sizeof msg, "%s %s: %s",
+				 type == ROOST_T_FREEZE ? "FIFREEZE" : "FITHAW", ROOT_RW,
+				 strerror(err));
 		roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, msg);
 	}
 	send_buf(&b, s);

@@ -6,20 +6,20 @@
 #include "proto.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-#include <arpa/inet.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ */
 /* networking: eth0 as the host's HELLO describes it */
@@ -53,7 +53,8 @@ static void write_guest_file(const char *path, const char *text)
 	struct stat st;
 	char old[256];
 	size_t n = strlen(text);
-	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == n && n < sizeof old) {
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == n &&
+	    n < sizeof old) {
 		int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd >= 0) {
 			ssize_t got = read(fd, old, n);
@@ -135,11 +136,13 @@ void net_configure(const uint8_t *v)
 	close(s);
 	if (root_ok) {
 		char text[64];
-		snprintf(text, sizeof text, "nameserver %u.%u.%u.%u\n", dns[0], dns[1], dns[2], dns[3]);
+		snprintf(text, sizeof text, "nameserver %u.%u.%u.%u\n", dns[0], dns[1], dns[2],
+			 dns[3]);
 		write_guest_file(CMD_ROOT "/etc/resolv.conf", text);
 		struct stat st;
 		if (lstat(CMD_ROOT "/etc/hosts", &st) < 0 && errno == ENOENT)
-			write_guest_file(CMD_ROOT "/etc/hosts", "127.0.0.1\tlocalhost roost\n::1\tlocalhost\n");
+			write_guest_file(CMD_ROOT "/etc/hosts",
+					 "127.0.0.1\tlocalhost roost\n::1\tlocalhost\n");
 	}
 	memcpy(net_applied, v, ROOST_NET_LEN);
 	net_applied_ok = ok;

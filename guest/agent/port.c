@@ -15,8 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #define DISCONNECTED_RECHECK_MS 20
 
@@ -121,7 +121,7 @@ void send_buf(struct roost_buf *b, size_t start)
 }
 
 __attribute__((format(printf, 3, 0))) void send_error_v(uint32_t stream, uint32_t code,
-							       const char *fmt, va_list ap)
+							const char *fmt, va_list ap)
 {
 	char msg[512];
 	vsnprintf(msg, sizeof msg, fmt, ap);
@@ -134,7 +134,7 @@ __attribute__((format(printf, 3, 0))) void send_error_v(uint32_t stream, uint32_
 }
 
 __attribute__((format(printf, 3, 4))) void send_error(uint32_t stream, uint32_t code,
-							    const char *fmt, ...)
+						      const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -180,7 +180,8 @@ static void port_feed(const uint8_t *b, size_t n)
 static void on_disconnect(void)
 {
 	bool restored = snapshot_restored();
-	bool off = !restored && session.established && (session.flags & ROOST_FLAG_POWEROFF_ON_DISCONNECT);
+	bool off = !restored && session.established &&
+		   (session.flags & ROOST_FLAG_POWEROFF_ON_DISCONNECT);
 	port_connected = false;
 	next_port_check = now_ms() + DISCONNECTED_RECHECK_MS;
 	roost_parser_reset(&parser);
@@ -283,7 +284,8 @@ static void open_port(const char *name)
 		}
 		if (!complained && now_ms() - start > 5000) {
 			if (last_err)
-				logmsg("cannot open port %s (%s): %s; still trying", name, dev, strerror(last_err));
+				logmsg("cannot open port %s (%s): %s; still trying", name, dev,
+				       strerror(last_err));
 			else
 				logmsg("port %s not found; still waiting", name);
 			complained = true;

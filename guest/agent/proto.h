@@ -14,25 +14,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ROOST_VERSION 1u
-#define ROOST_MAX_PAYLOAD 65536u
-#define ROOST_FRAME_HDR 9u /* length + stream + type */
+#define ROOST_VERSION          1u
+#define ROOST_MAX_PAYLOAD      65536u
+#define ROOST_FRAME_HDR        9u /* length + stream + type */
 #define ROOST_FRAME_MIN_LENGTH 5u
 #define ROOST_FRAME_MAX_LENGTH (5u + ROOST_MAX_PAYLOAD)
-#define ROOST_TLV_HDR 6u /* tag + len */
+#define ROOST_TLV_HDR          6u /* tag + len */
 
 /* Limits (PROTOCOL.md "Limits"). */
 #define ROOST_MAX_STREAMS 256u
 #define ROOST_MAX_ENTROPY 512u
-#define ROOST_MAX_NONCE 64u
+#define ROOST_MAX_NONCE   64u
 /* HELLO's NET value: mac[6] mtu(u16) address[4] prefix(u8) gateway[4] dns[4] */
-#define ROOST_NET_LEN 21u
-#define ROOST_MAX_PING 64u
+#define ROOST_NET_LEN     21u
+#define ROOST_MAX_PING    64u
 
 /* Defaults. */
 #define ROOST_DEFAULT_WINDOW 262144u
-#define ROOST_DEFAULT_ROWS 24u
-#define ROOST_DEFAULT_COLS 80u
+#define ROOST_DEFAULT_ROWS   24u
+#define ROOST_DEFAULT_COLS   80u
 
 /* HELLO FLAGS bits. */
 #define ROOST_FLAG_POWEROFF_ON_DISCONNECT 0x1u
@@ -127,7 +127,7 @@ void roost_frame_header(uint8_t hdr[ROOST_FRAME_HDR], uint32_t stream, uint8_t t
 struct roost_frame {
 	uint32_t stream;
 	uint8_t type;
-	uint32_t len;		/* payload length, <= ROOST_MAX_PAYLOAD */
+	uint32_t len;           /* payload length, <= ROOST_MAX_PAYLOAD */
 	const uint8_t *payload; /* points into the parser; valid until the next feed */
 };
 

@@ -18,10 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
-#include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <termios.h>
+#include <unistd.h>
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define DEFAULT_TERM "xterm-256color"
@@ -41,8 +41,8 @@ struct spawn {
 	const char *root; /* NULL: no chroot */
 	const struct user_info *user;
 	bool pty;
-	int slave;		  /* PTY slave */
-	int in_r, out_w, err_w; /* pipe ends */
+	int slave;                  /* PTY slave */
+	int in_r, out_w, err_w;     /* pipe ends */
 	const struct fop_req *call; /* a CALL: the operation (argv, envp, path unused) */
 };
 
@@ -107,7 +107,8 @@ static int child_enter(const struct spawn *s, const sigset_t *mask, struct enter
 
 	if (s->root) {
 		if (chroot(s->root) < 0) {
-			*f = (struct enter_fail){.what = "chroot", .subject = s->root, .err = errno};
+			*f = (struct enter_fail){
+				.what = "chroot", .subject = s->root, .err = errno};
 			return -1;
 		}
 		if (chdir("/") < 0) {
@@ -314,7 +315,8 @@ static int parse_exec_req(uint32_t stream, const uint8_t *p, uint32_t len, struc
 			if (t.tag == ROOST_TAG_OP && !r->is_call)
 				continue;
 			if (!roost_tlv_str_ok(&t)) {
-				send_error(stream, ROOST_E_BAD_REQUEST, "NUL byte in string (tag 0x%04x)", t.tag);
+				send_error(stream, ROOST_E_BAD_REQUEST,
+					   "NUL byte in string (tag 0x%04x)", t.tag);
 				return -1;
 			}
 			if (t.tag == ROOST_TAG_ARG) {
@@ -322,7 +324,8 @@ static int parse_exec_req(uint32_t stream, const uint8_t *p, uint32_t len, struc
 			} else if (t.tag == ROOST_TAG_ENV) {
 				const uint8_t *eq = t.len ? memchr(t.value, '=', t.len) : NULL;
 				if (!eq || eq == t.value) {
-					send_error(stream, ROOST_E_BAD_REQUEST, "ENV entry is not K=V");
+					send_error(stream, ROOST_E_BAD_REQUEST,
+						   "ENV entry is not K=V");
 					return -1;
 				}
 				r->nenv++;
@@ -337,23 +340,40 @@ static int parse_exec_req(uint32_t stream, const uint8_t *p, uint32_t len, struc
 				r->has_user = true;
 			}
 			continue;
-		case ROOST_TAG_TIMEOUT_MS: u32 = &r->timeout_ms; break;
-		case ROOST_TAG_STDIN: u32 = &r->stdin_on; break;
-		case ROOST_TAG_WINDOW: u32 = &r->window; break;
-		case ROOST_TAG_PTY: u32 = r->is_call ? NULL : &r->pty; break;
-		case ROOST_TAG_ROWS: u32 = r->is_call ? NULL : &r->rows; break;
-		case ROOST_TAG_COLS: u32 = r->is_call ? NULL : &r->cols; break;
+		case ROOST_TAG_TIMEOUT_MS:
+			u32 = &r->timeout_ms;
+			break;
+		case ROOST_TAG_STDIN:
+			u32 = &r->stdin_on;
+			break;
+		case ROOST_TAG_WINDOW:
+			u32 = &r->window;
+			break;
+		case ROOST_TAG_PTY:
+			u32 = r->is_call ? NULL : &r->pty;
+			break;
+		case ROOST_TAG_ROWS:
+			u32 = r->is_call ? NULL : &r->rows;
+			break;
+		case ROOST_TAG_COLS:
+			u32 = r->is_call ? NULL : &r->cols;
+			break;
 		case ROOST_TAG_MODE:
 			u32 = r->is_call ? &r->mode : NULL;
 			r->has_mode = r->is_call;
 			break;
-		case ROOST_TAG_CALL_FLAGS: u32 = r->is_call ? &r->call_flags : NULL; break;
-		case ROOST_TAG_DEPTH: u32 = r->is_call ? &r->depth : NULL; break;
+		case ROOST_TAG_CALL_FLAGS:
+			u32 = r->is_call ? &r->call_flags : NULL;
+			break;
+		case ROOST_TAG_DEPTH:
+			u32 = r->is_call ? &r->depth : NULL;
+			break;
 		case ROOST_TAG_SIZE:
 			if (!r->is_call)
 				continue;
 			if (roost_tlv_u64(&t, &r->size) < 0) {
-				send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u64", kind, t.tag);
+				send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u64",
+					   kind, t.tag);
 				return -1;
 			}
 			r->has_size = true;
@@ -364,7 +384,8 @@ static int parse_exec_req(uint32_t stream, const uint8_t *p, uint32_t len, struc
 		if (!u32)
 			continue;
 		if (roost_tlv_u32(&t, u32) < 0) {
-			send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u32", kind, t.tag);
+			send_error(stream, ROOST_E_PROTOCOL, "%s tag 0x%04x must be a u32", kind,
+				   t.tag);
 			return -1;
 		}
 	}
@@ -417,7 +438,8 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 		return;
 	}
 	if (exec_count >= ROOST_MAX_STREAMS) {
-		send_error(stream, ROOST_E_BAD_REQUEST, "too many streams (max %u)", ROOST_MAX_STREAMS);
+		send_error(stream, ROOST_E_BAD_REQUEST, "too many streams (max %u)",
+			   ROOST_MAX_STREAMS);
 		return;
 	}
 	if (roost_tlv_validate(p, len) < 0) {
@@ -596,7 +618,8 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 				goto fail;
 			}
 		}
-		struct winsize ws = {.ws_row = (unsigned short)r.rows, .ws_col = (unsigned short)r.cols};
+		struct winsize ws = {.ws_row = (unsigned short)r.rows,
+				     .ws_col = (unsigned short)r.cols};
 		ioctl(e->ptm, TIOCSWINSZ, &ws);
 		set_nonblock(e->ptm);
 		e->out_fd[0] = e->ptm;

@@ -8,9 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 /* <linux/openat2.h>: struct open_how and RESOLVE_IN_ROOT. */
 struct roost_open_how {
@@ -152,8 +152,8 @@ static void add_group(struct user_info *u, gid_t g)
 		u->groups[u->ngroups++] = g;
 }
 
-bool group_scan(char *buf, const char *group_name, gid_t *gid, const char *member,
-		       gid_t *supp, int *nsupp)
+bool group_scan(char *buf, const char *group_name, gid_t *gid, const char *member, gid_t *supp,
+		int *nsupp)
 {
 	bool found = false;
 	char *cur = buf, *line;
@@ -169,7 +169,8 @@ bool group_scan(char *buf, const char *group_name, gid_t *gid, const char *membe
 		}
 		if (member && n >= 4) {
 			char *save = NULL;
-			for (char *m = strtok_r(f[3], ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+			for (char *m = strtok_r(f[3], ",", &save); m;
+			     m = strtok_r(NULL, ",", &save)) {
 				if (strcmp(m, member) == 0 && *nsupp < MAX_GROUPS - 1) {
 					supp[(*nsupp)++] = g;
 					break;

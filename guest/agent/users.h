@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define MAX_GROUPS 64
+#define MAX_GROUPS      64
 #define MAX_PASSWD_FILE (4u << 20)
 
 struct user_info {

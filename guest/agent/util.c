@@ -7,10 +7,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 int console_fd = -1;
 
@@ -109,7 +109,7 @@ int mkdir_p(const char *path, mode_t mode)
  * Returns 0 on success (EBUSY on an already mounted target counts as success
  * for the boot mounts, where the kernel may have done it already). */
 int do_mount(const char *src, const char *target, const char *type, unsigned long flags,
-		    const char *data, bool quiet_busy)
+	     const char *data, bool quiet_busy)
 {
 	if (mkdir_p(target, 0755) < 0)
 		logmsg("mkdir %s: %s", target, strerror(errno));
@@ -122,7 +122,6 @@ int do_mount(const char *src, const char *target, const char *type, unsigned lon
 	errno = e;
 	return -1;
 }
-
 
 /* Finds key=value in the kernel command line; value copied into val. */
 bool cmdline_get(const char *cmdline, const char *key, char *val, size_t vallen)

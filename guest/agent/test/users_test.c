@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -25,17 +25,18 @@ static char *dup_text(const char *s)
 	return d;
 }
 
-static const char PASSWD[] = "root:x:0:0:root:/root:/bin/sh\n"
-			     "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
-			     "# a comment is not an entry\n"
-			     "\n"
-			     "short:x:5\n"
-			     "badid:x:12a:7:bad:/home/badid:/bin/sh\n"
-			     "toobig:x:4294967295:7::/x:/bin/sh\n"
-			     ":x:77:77::/nameless:/bin/sh\n"
-			     "nohome:x:1000:1000:no home::/bin/sh\n"
-			     "fourfields:x:1001:1002\n"
-			     "app:x:1000:1000:second entry for uid 1000:/srv/app:/bin/sh"; /* no final newline */
+static const char PASSWD[] =
+	"root:x:0:0:root:/root:/bin/sh\n"
+	"daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+	"# a comment is not an entry\n"
+	"\n"
+	"short:x:5\n"
+	"badid:x:12a:7:bad:/home/badid:/bin/sh\n"
+	"toobig:x:4294967295:7::/x:/bin/sh\n"
+	":x:77:77::/nameless:/bin/sh\n"
+	"nohome:x:1000:1000:no home::/bin/sh\n"
+	"fourfields:x:1001:1002\n"
+	"app:x:1000:1000:second entry for uid 1000:/srv/app:/bin/sh"; /* no final newline */
 
 static void test_parse_id(void)
 {
@@ -76,7 +77,8 @@ static void test_passwd_by_name(void)
 	free(buf);
 
 	/* Malformed entries never match. */
-	const char *bad[] = {"short", "badid", "toobig", "", "nobody", "# a comment is not an entry"};
+	const char *bad[] = {"short", "badid",  "toobig",
+			     "",      "nobody", "# a comment is not an entry"};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
 		buf = dup_text(PASSWD);
 		CHECK(!passwd_lookup(buf, bad[i], 0, &u));
@@ -89,7 +91,8 @@ static void test_passwd_by_uid(void)
 	struct user_info u;
 	char *buf = dup_text(PASSWD);
 	memset(&u, 0, sizeof u);
-	CHECK(passwd_lookup(buf, NULL, 0, &u) && strcmp(u.name, "root") == 0 && strcmp(u.home, "/root") == 0);
+	CHECK(passwd_lookup(buf, NULL, 0, &u) && strcmp(u.name, "root") == 0 &&
+	      strcmp(u.home, "/root") == 0);
 	free(buf);
 	/* The first entry with the uid wins. */
 	buf = dup_text(PASSWD);
@@ -186,7 +189,8 @@ static void test_resolve_user(void)
 	CHECK(u.ngroups == 1 && u.groups[0] == 0);
 	CHECK(resolve_user(root, "1234:55", &u, err, sizeof err) == 0);
 	CHECK(u.uid == 1234 && u.gid == 55 && strcmp(u.home, "/") == 0);
-	CHECK(resolve_user(root, "app", &u, err, sizeof err) < 0 && strcmp(err, "unknown user app") == 0);
+	CHECK(resolve_user(root, "app", &u, err, sizeof err) < 0 &&
+	      strcmp(err, "unknown user app") == 0);
 
 	put_file("etc/passwd", PASSWD);
 	put_file("etc/group", GROUP);
@@ -203,18 +207,21 @@ static void test_resolve_user(void)
 	CHECK(strcmp(u.name, "root") == 0 && u.ngroups == 2 && u.groups[1] == 10);
 
 	/* name:group and name:gid. */
-	CHECK(resolve_user(root, "daemon:users", &u, err, sizeof err) == 0 && u.uid == 1 && u.gid == 100);
+	CHECK(resolve_user(root, "daemon:users", &u, err, sizeof err) == 0 && u.uid == 1 &&
+	      u.gid == 100);
 	CHECK(u.groups[0] == 100);
 	CHECK(resolve_user(root, "daemon:4242", &u, err, sizeof err) == 0 && u.gid == 4242);
 	CHECK(resolve_user(root, "daemon:nogroup", &u, err, sizeof err) < 0);
 	CHECK(strcmp(err, "unknown group nogroup") == 0);
-	CHECK(resolve_user(root, "nobody", &u, err, sizeof err) < 0 && strcmp(err, "unknown user nobody") == 0);
+	CHECK(resolve_user(root, "nobody", &u, err, sizeof err) < 0 &&
+	      strcmp(err, "unknown user nobody") == 0);
 
 	/* A spec too long for the agent's buffer is refused, not truncated. */
 	char longspec[600];
 	memset(longspec, 'a', sizeof longspec - 1);
 	longspec[sizeof longspec - 1] = 0;
-	CHECK(resolve_user(root, longspec, &u, err, sizeof err) < 0 && strncmp(err, "unknown user ", 13) == 0);
+	CHECK(resolve_user(root, longspec, &u, err, sizeof err) < 0 &&
+	      strncmp(err, "unknown user ", 13) == 0);
 
 	/* Symlinks resolve inside the root: an absolute link to /etc/passwd
 	 * names the root's own file, not the host's. */
