@@ -13,7 +13,7 @@
  * The parts, one job each (each of the first nine has a header of its name):
  *   boot.c     PID 1's start (mounts, command root), signals, power off, the poll loop
  *   port.c     the virtio-serial port: reading frames, the outbound buffer, sending
- *   control.c  stream 0: HELLO, PING, POWEROFF, dispatch
+ *   control.c  stream 0: HELLO (version, capabilities), PING, POWEROFF, dispatch
  *   exec.c     exec streams: the stream table, output, stdin, EXIT, orphans, reaping
  *   spawn.c    EXEC and CALL requests and the child side of a fork (chroot, ids, execve)
  *   users.c    USER resolution: passwd and group files of the command root
@@ -51,8 +51,8 @@
 #ifndef ROOST_AGENT_H
 #define ROOST_AGENT_H
 
-/* What HELLO's AGENT_VERSION says. */
-#define AGENT_VERSION "roost-agent 0.1.0"
+/* What HELLO's AGENT_VERSION says; 0.2.0 is the first to announce CAPABILITIES. */
+#define AGENT_VERSION "roost-agent 0.2.0"
 
 /* Where the agent builds the command root (see setup_root in boot.c). */
 #define ROOST_RUN  "/run/roost"

@@ -142,6 +142,8 @@ static void handle_hello(uint32_t stream, const uint8_t *p, uint32_t len)
 	roost_tlv_put_u32(&b, ROOST_TAG_VERSION, ROOST_VERSION);
 	roost_tlv_put_str(&b, ROOST_TAG_AGENT_VERSION, AGENT_VERSION);
 	roost_tlv_put_u32(&b, ROOST_TAG_MAX_PAYLOAD, ROOST_MAX_PAYLOAD);
+	/* Additive: a host that does not know the tag skips it. */
+	roost_tlv_put_u32(&b, ROOST_TAG_CAPABILITIES, AGENT_CAPABILITIES);
 	if (nonce)
 		roost_tlv_put(&b, ROOST_TAG_NONCE, nonce, nonce_len);
 	send_buf(&b, s);

@@ -1,6 +1,6 @@
 /*
  * Stream 0 and the dispatch of every frame from the host: HELLO (the
- * session), PING,
+ * session; the answer carries the agent's version and capabilities), PING,
  * POWEROFF, FREEZE/THAW; stream frames go to exec.c, EXEC/CALL to spawn.c.
  */
 #ifndef ROOST_CONTROL_H
@@ -10,6 +10,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+
+/* What this agent announces in HELLO's CAPABILITIES. */
+#define AGENT_CAPABILITIES (ROOST_CAP_FREEZE | ROOST_CAP_CALL | ROOST_CAP_NET)
 
 /* The current session (one per HELLO). */
 struct session {

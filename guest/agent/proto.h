@@ -37,6 +37,13 @@
 /* HELLO FLAGS bits. */
 #define ROOST_FLAG_POWEROFF_ON_DISCONNECT 0x1u
 
+/* CAPABILITIES bits (the agent's HELLO): what the agent serves of what was
+ * added to version 1 after its first release. An agent without the TLV
+ * announces none of them (docs/PROTOCOL.md "Versions and capabilities"). */
+#define ROOST_CAP_FREEZE 0x1u /* FREEZE and THAW */
+#define ROOST_CAP_CALL   0x2u /* CALL: the built-in file operations */
+#define ROOST_CAP_NET    0x4u /* NET in HELLO: eth0's configuration */
+
 /* Message types. */
 enum roost_type {
 	ROOST_T_HELLO = 0x01,
@@ -67,6 +74,7 @@ enum roost_tag {
 	ROOST_TAG_AGENT_VERSION = 0x0006,
 	ROOST_TAG_MAX_PAYLOAD = 0x0007,
 	ROOST_TAG_NET = 0x0008,
+	ROOST_TAG_CAPABILITIES = 0x0009,
 	ROOST_TAG_CODE = 0x0010,
 	ROOST_TAG_MESSAGE = 0x0011,
 	ROOST_TAG_ARG = 0x0020,
