@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentConnection, RoostError, type ExecChannel, type Sandbox } from '@roost/core';
 import {
-  FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, ProtocolError, VERSION,
-  decodeFreezeResult, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreeze, encodeFreezeResult, encodeHostHello, encodeThaw,
+  Capability, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, ProtocolError, VERSION,
+  decodeCall, decodeFreezeResult, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreeze, encodeFreezeResult, encodeHostHello, encodeThaw,
   type ExecExit, type ExecRequest, type Frame,
 } from '@roost/protocol';
 import { alive, eventually, TestHome } from './helpers.js';
@@ -30,8 +30,15 @@ interface FakeAgent {
 
 let fakeCount = 0;
 
-/** Answers HELLO and PING like an agent and hands every other frame to `onFrame`. */
-async function fakeAgent(onFrame: (f: Frame, sock: Socket) => void = () => {}): Promise<FakeAgent> {
+/** Every capability this host knows. */
+const ALL_CAPABILITIES = Capability.FREEZE | Capability.CALL | Capability.NET;
+
+/**
+ * Answers HELLO and PING like an agent and hands every other frame to
+ * `onFrame`. Its HELLO announces `capabilities` (null: no CAPABILITIES, as
+ * an agent older than the tag).
+ */
+async function fakeAgent(onFrame: (f: Frame, sock: Socket) => void = () => {}, capabilities: number | null = ALL_CAPABILITIES): Promise<FakeAgent> {
   const path = join(tmpdir(), `roost-fake-agent-${process.pid}-${++fakeCount}.sock`);
   rmSync(path, { force: true });
   let last: Socket | null = null;
@@ -43,7 +50,7 @@ async function fakeAgent(onFrame: (f: Frame, sock: Socket) => void = () => {}): 
       for (const f of decoder.push(chunk)) {
         if (f.type === MessageType.HELLO) {
           const h = decodeHostHello(f.payload);
-          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce) }));
+          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce), capabilities: capabilities ?? undefined }));
         } else if (f.type === MessageType.PING) {
           sock.write(encodeFrame(0, MessageType.PONG, f.payload));
         } else {
@@ -151,6 +158,61 @@ describe('FREEZE/THAW on the wire', () => {
   });
 });
 
+describe('capabilities: the host sends only what the agent announced', () => {
+  const noListener = { started: () => {}, data: () => {}, eof: () => {}, exit: () => {}, failed: () => {} };
+  const net = Buffer.alloc(21);
+
+  it('an agent without CAPABILITIES gets no FREEZE, THAW, CALL or NET, and the errors say so', async () => {
+    const seen: number[] = [];
+    const fake = await fakeAgent((f) => seen.push(f.type), null);
+    const conn = await AgentConnection.connect(fake.path, { flags: 0, timeoutMs: 5_000 });
+    try {
+      expect(conn.agent).toEqual({ protocolVersion: VERSION, version: 'fake', capabilities: [] });
+      expect(conn.supports('FREEZE')).toBe(false);
+      const refused = { code: 'AGENT', message: expect.stringMatching(/guest agent \(fake, protocol 1\) does not announce the FREEZE capability/) };
+      await expect(conn.freeze()).rejects.toMatchObject(refused);
+      await expect(conn.thaw()).rejects.toMatchObject(refused);
+      await expect(conn.freeze()).rejects.toMatchObject({ details: { capability: 'FREEZE', agentVersion: 'fake', capabilities: [] } });
+      expect(() => conn.call({ op: 'stat', args: ['/'] }, noListener)).toThrow(/fake, protocol 1\) does not announce the CALL capability/);
+      // Commands were there from the start: an exec still goes out.
+      conn.exec({ args: ['true'] }, noListener);
+      expect(await conn.ping()).toBeGreaterThanOrEqual(0);
+      expect(seen).toEqual([MessageType.EXEC]);
+    } finally {
+      conn.close();
+      await fake.close();
+    }
+    const fake2 = await fakeAgent(() => {}, null);
+    try {
+      await expect(AgentConnection.connect(fake2.path, { flags: 0, timeoutMs: 5_000, net })).rejects.toMatchObject({
+        code: 'AGENT',
+        message: expect.stringMatching(/fake, protocol 1\) does not announce the NET capability, so the host cannot configure the sandbox's network/),
+      });
+    } finally {
+      await fake2.close();
+    }
+  });
+
+  it('each capability opens its own requests', async () => {
+    const calls: string[] = [];
+    const fake = await fakeAgent((f, sock) => {
+      if (f.type === MessageType.CALL) calls.push(decodeCall(f.payload).op);
+      if (f.type === MessageType.FREEZE) sock.write(answer(MessageType.FREEZE, 0));
+    }, Capability.CALL | Capability.NET);
+    const conn = await AgentConnection.connect(fake.path, { flags: 0, timeoutMs: 5_000, net });
+    try {
+      expect(conn.agent.capabilities).toEqual(['CALL', 'NET']);
+      conn.call({ op: 'stat', args: ['/'] }, noListener);
+      await expect(conn.freeze()).rejects.toMatchObject({ code: 'AGENT', details: { capability: 'FREEZE' } });
+      await eventually(() => calls.length === 1, 2_000, 'the CALL at the fake agent');
+      expect(calls).toEqual(['stat']);
+    } finally {
+      conn.close();
+      await fake.close();
+    }
+  });
+});
+
 // ---- the real agent ---------------------------------------------------------
 
 interface Ran {
@@ -248,6 +310,7 @@ describe('the agent: FREEZE, THAW and a restored copy', () => {
 
   it('FREEZE holds writes to the disk until THAW', async () => {
     const conn = await connectAgent(0);
+    expect(conn.agent).toEqual({ protocolVersion: VERSION, version: 'roost-agent 0.2.0', capabilities: ['FREEZE', 'CALL', 'NET'] });
     await sh(conn, 'echo before > /root/before && sync');
     const t0 = performance.now();
     expect(await conn.freeze()).toEqual({ errno: 0 });

@@ -25,13 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 _Static_assert(sizeof(off_t) == 8, "64-bit file offsets");
 
@@ -48,13 +48,13 @@ _Static_assert(sizeof(off_t) == 8, "64-bit file offsets");
  * owner and mode the server reports, for every guest user. */
 #define P9_OPTS "trans=virtio,version=9p2000.L,msize=512000,cache=none,access=client"
 
-#define IO_BUF (128u * 1024u)
-#define REC_MAX (4u + ROOST_MAX_PAYLOAD)
-#define OUT_CAP (2u * REC_MAX)
+#define IO_BUF           (128u * 1024u)
+#define REC_MAX          (4u + ROOST_MAX_PAYLOAD)
+#define OUT_CAP          (2u * REC_MAX)
 #define MAX_SYMLINK_HOPS 40
 
 volatile sig_atomic_t fop_cancelled;
-static int null_fd = -1;	      /* /dev/null for the SIGTERM handler */
+static int null_fd = -1;                   /* /dev/null for the SIGTERM handler */
 static volatile sig_atomic_t term_fd = -1; /* one more fd it replaces (watch) */
 
 static void on_term(int sig)
@@ -323,8 +323,8 @@ static int op_read(struct ctx *c, const char *path)
 {
 	/* O_NONBLOCK: opening a FIFO must not wait for a writer. */
 	int fd;
-	while ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0 && errno == EINTR &&
-	       !fop_cancelled)
+	while ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0 &&
+	       errno == EINTR && !fop_cancelled)
 		;
 	if (fd < 0)
 		return fop_fail(c->err, errno, path, "open");
@@ -387,7 +387,8 @@ static int copy_stdin(struct ctx *c, int fd, const char *path)
 		if (use_splice) {
 			size_t want = 1u << 20;
 			if (r->has_size && r->size - total < want)
-				want = (size_t)(r->size - total) + 1; /* one more shows a long stream */
+				want = (size_t)(r->size - total) +
+				       1; /* one more shows a long stream */
 			ssize_t n = splice(0, NULL, fd, NULL, want, SPLICE_F_MOVE);
 			if (n < 0 && errno == EINTR)
 				continue;
@@ -488,7 +489,8 @@ static int op_write(struct ctx *c, const char *path)
 				goto fail;
 			}
 			char next[PATH_MAX];
-			if (lbuf[0] == '/' ? copy_path(c->err, next, lbuf) < 0 : join(next, dir, lbuf) < 0) {
+			if (lbuf[0] == '/' ? copy_path(c->err, next, lbuf) < 0
+					   : join(next, dir, lbuf) < 0) {
 				fop_fail(c->err, ENAMETOOLONG, path, "write");
 				goto fail;
 			}
@@ -527,8 +529,8 @@ static int op_write(struct ctx *c, const char *path)
 		keep = NAME_MAX - 1 - (size_t)sl;
 	snprintf(tmp, sizeof tmp, ".%.*s%s", (int)keep, name, suffix);
 	for (int attempt = 0; attempt < 2; attempt++) {
-		tfd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY,
-			     0600);
+		tfd = openat(dfd, tmp,
+			     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
 		if (tfd >= 0 || errno != EEXIST || attempt)
 			break;
 		/* Left over by an earlier process with the same pid. */
@@ -543,8 +545,8 @@ static int op_write(struct ctx *c, const char *path)
 		goto fail;
 
 	mode_t mode = r->has_mode ? (mode_t)(r->mode & 07777)
-		      : exists	   ? (st.st_mode & 07777)
-				   : 0644;
+		      : exists    ? (st.st_mode & 07777)
+				  : 0644;
 	if (exists && r->is_root && fchown(tfd, st.st_uid, st.st_gid) < 0) {
 		fop_fail(c->err, errno, path, "chown");
 		goto fail;
@@ -690,13 +692,15 @@ static int list_dir(struct lister *L, int dfd, uint32_t level)
 			continue; /* beyond PATH_MAX: no operation could use it */
 		struct stat st;
 		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-			const char *link = S_ISLNK(st.st_mode) ? read_link(dirfd(d), n, L->lbuf) : NULL;
+			const char *link =
+				S_ISLNK(st.st_mode) ? read_link(dirfd(d), n, L->lbuf) : NULL;
 			if (emit_entry(L->c, L->path, n, &st, link, -1) < 0) {
 				rc = -1;
 				break;
 			}
 			if (S_ISDIR(st.st_mode) && level + 1 < L->depth) {
-				int cfd = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+				int cfd = openat(dirfd(d), n,
+						 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 				if (cfd >= 0 && list_dir(L, cfd, level + 1) < 0) {
 					rc = -1;
 					break;
@@ -840,7 +844,8 @@ static int rm_tree(struct ctx *c, int dfd, char *path, dev_t dev)
 				bool nondir = oe == ELOOP || oe == ENOTDIR;
 				if (nondir && ue == EISDIR && attempt < 2)
 					continue; /* replaced by a non-directory: unlink again */
-				rc = fop_fail(c->err, nondir ? ue : oe, path, nondir ? "unlink" : "open");
+				rc = fop_fail(c->err, nondir ? ue : oe, path,
+					      nondir ? "unlink" : "open");
 				break;
 			}
 			struct stat st;
@@ -947,8 +952,8 @@ static int op_rename(struct ctx *c, const char *from_arg, const char *to_arg)
 /* ------------------------------------------------------------------ */
 /* watch */
 
-#define W_DIR_MASK                                                                              \
-	(IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO |          \
+#define W_DIR_MASK                                                                                 \
+	(IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO |             \
 	 IN_DELETE_SELF | IN_MOVE_SELF)
 #define W_FILE_MASK (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
 
@@ -1014,7 +1019,8 @@ static void w_drop_tree(struct watcher *W, const char *rel)
 	size_t rl = strlen(rel);
 	for (size_t i = 0; i < W->n;) {
 		const char *s = W->v[i].rel;
-		if (W->v[i].wd != W->root_wd && strncmp(s, rel, rl) == 0 && (s[rl] == 0 || s[rl] == '/')) {
+		if (W->v[i].wd != W->root_wd && strncmp(s, rel, rl) == 0 &&
+		    (s[rl] == 0 || s[rl] == '/')) {
 			inotify_rm_watch(W->fd, W->v[i].wd);
 			w_drop(W, &W->v[i]);
 			continue;
@@ -1053,7 +1059,8 @@ static int w_add_tree(struct watcher *W, const char *rel, bool emit)
 	int wd = inotify_add_watch(W->fd, W->path, mask);
 	if (wd < 0) {
 		if (top || errno == ENOSPC)
-			return fop_fail(c->err, errno, top ? W->root : W->path, "inotify_add_watch");
+			return fop_fail(c->err, errno, top ? W->root : W->path,
+					"inotify_add_watch");
 		return 0; /* gone, no longer a directory, or not ours to read */
 	}
 	if (top)
@@ -1078,7 +1085,8 @@ static int w_add_tree(struct watcher *W, const char *rel, bool emit)
 		if (rel[0] ? join(sub, rel, ns.v[i]) < 0 : copy_path(c->err, sub, ns.v[i]) < 0)
 			continue;
 		if (emit && w_path(W, sub, NULL) == 0 &&
-		    emit_event(c, FOP_EV_CREATE, W->path, S_ISDIR(st.st_mode) ? S_IFDIR : S_IFREG) < 0)
+		    emit_event(c, FOP_EV_CREATE, W->path, S_ISDIR(st.st_mode) ? S_IFDIR : S_IFREG) <
+			    0)
 			rc = -1;
 		if (rc == 0 && S_ISDIR(st.st_mode))
 			rc = w_add_tree(W, sub, emit);
@@ -1093,7 +1101,8 @@ static int w_event(struct watcher *W, const struct inotify_event *ev)
 {
 	struct ctx *c = W->c;
 	if (ev->mask & IN_Q_OVERFLOW) {
-		if (w_path(W, "", NULL) < 0 || emit_event(c, FOP_EV_OVERFLOW, W->path, W->root_type) < 0)
+		if (w_path(W, "", NULL) < 0 ||
+		    emit_event(c, FOP_EV_OVERFLOW, W->path, W->root_type) < 0)
 			return -1;
 		/* Directories created meanwhile have no watch yet. A failure here
 		 * (the path just deleted) shows in the events that follow. */
@@ -1111,7 +1120,8 @@ static int w_event(struct watcher *W, const struct inotify_event *ev)
 				w_drop(W, e);
 			return 0; /* the parent's watch reports it */
 		}
-		if (w_path(W, "", NULL) < 0 || emit_event(c, FOP_EV_REMOVE, W->path, W->root_type) < 0)
+		if (w_path(W, "", NULL) < 0 ||
+		    emit_event(c, FOP_EV_REMOVE, W->path, W->root_type) < 0)
 			return -1;
 		return 1;
 	}
@@ -1128,9 +1138,9 @@ static int w_event(struct watcher *W, const struct inotify_event *ev)
 		uint32_t bit;
 		int event;
 	} map[] = {
-		{IN_CREATE, FOP_EV_CREATE},	     {IN_MOVED_FROM, FOP_EV_RENAME_FROM},
-		{IN_MOVED_TO, FOP_EV_RENAME_TO},     {IN_MODIFY, FOP_EV_WRITE},
-		{IN_ATTRIB, FOP_EV_CHMOD},	     {IN_DELETE, FOP_EV_REMOVE},
+		{IN_CREATE, FOP_EV_CREATE},      {IN_MOVED_FROM, FOP_EV_RENAME_FROM},
+		{IN_MOVED_TO, FOP_EV_RENAME_TO}, {IN_MODIFY, FOP_EV_WRITE},
+		{IN_ATTRIB, FOP_EV_CHMOD},       {IN_DELETE, FOP_EV_REMOVE},
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
 		if (!(ev->mask & map[i].bit))
@@ -1221,7 +1231,8 @@ static int op_watch(struct ctx *c, const char *path)
 				break;
 			/* The name follows the header; evbuf is malloc-aligned and
 			 * every record is a multiple of the header's alignment. */
-			const struct inotify_event *evp = (const struct inotify_event *)(void *)(evbuf + off);
+			const struct inotify_event *evp =
+				(const struct inotify_event *)(void *)(evbuf + off);
 			int r = w_event(W, evp);
 			if (r < 0)
 				goto out;
@@ -1271,7 +1282,7 @@ static const struct {
 	const char *name;
 	unsigned nargs;
 } op_table[] = {
-	{"read", 1},  {"write", 1}, {"stat", 1},  {"list", 1},    {"mkdir", 1},   {"remove", 1},
+	{"read", 1},   {"write", 1}, {"stat", 1},    {"list", 1},    {"mkdir", 1}, {"remove", 1},
 	{"rename", 2}, {"watch", 1}, {"archive", 1}, {"extract", 1}, {"mount", 2},
 };
 
@@ -1285,8 +1296,8 @@ int fop_check(const struct fop_req *r, char *msg, size_t msglen)
 		if (strcmp(r->op, op_table[i].name) != 0)
 			continue;
 		if (r->nargs != op_table[i].nargs) {
-			snprintf(msg, msglen, "%s takes %u operand%s, not %u", r->op, op_table[i].nargs,
-				 op_table[i].nargs == 1 ? "" : "s", r->nargs);
+			snprintf(msg, msglen, "%s takes %u operand%s, not %u", r->op,
+				 op_table[i].nargs, op_table[i].nargs == 1 ? "" : "s", r->nargs);
 			return -1;
 		}
 		return 0;

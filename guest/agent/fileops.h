@@ -16,11 +16,11 @@
 #include <stdint.h>
 
 /* CALL_FLAGS bits. */
-#define FOP_RECURSIVE 0x1u
-#define FOP_PARENTS 0x2u
+#define FOP_RECURSIVE  0x1u
+#define FOP_PARENTS    0x2u
 #define FOP_NO_REPLACE 0x4u
-#define FOP_FOLLOW 0x8u
-#define FOP_READ_ONLY 0x10u
+#define FOP_FOLLOW     0x8u
+#define FOP_READ_ONLY  0x10u
 
 /* watch EVENT values. */
 enum fop_event {

@@ -14,28 +14,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ROOST_VERSION 1u
-#define ROOST_MAX_PAYLOAD 65536u
-#define ROOST_FRAME_HDR 9u /* length + stream + type */
+#define ROOST_VERSION          1u
+#define ROOST_MAX_PAYLOAD      65536u
+#define ROOST_FRAME_HDR        9u /* length + stream + type */
 #define ROOST_FRAME_MIN_LENGTH 5u
 #define ROOST_FRAME_MAX_LENGTH (5u + ROOST_MAX_PAYLOAD)
-#define ROOST_TLV_HDR 6u /* tag + len */
+#define ROOST_TLV_HDR          6u /* tag + len */
 
 /* Limits (PROTOCOL.md "Limits"). */
 #define ROOST_MAX_STREAMS 256u
 #define ROOST_MAX_ENTROPY 512u
-#define ROOST_MAX_NONCE 64u
+#define ROOST_MAX_NONCE   64u
 /* HELLO's NET value: mac[6] mtu(u16) address[4] prefix(u8) gateway[4] dns[4] */
-#define ROOST_NET_LEN 21u
-#define ROOST_MAX_PING 64u
+#define ROOST_NET_LEN     21u
+#define ROOST_MAX_PING    64u
 
 /* Defaults. */
 #define ROOST_DEFAULT_WINDOW 262144u
-#define ROOST_DEFAULT_ROWS 24u
-#define ROOST_DEFAULT_COLS 80u
+#define ROOST_DEFAULT_ROWS   24u
+#define ROOST_DEFAULT_COLS   80u
 
 /* HELLO FLAGS bits. */
 #define ROOST_FLAG_POWEROFF_ON_DISCONNECT 0x1u
+
+/* CAPABILITIES bits (the agent's HELLO): what the agent serves of what was
+ * added to version 1 after its first release. An agent without the TLV
+ * announces none of them (docs/PROTOCOL.md "Versions and capabilities"). */
+#define ROOST_CAP_FREEZE 0x1u /* FREEZE and THAW */
+#define ROOST_CAP_CALL   0x2u /* CALL: the built-in file operations */
+#define ROOST_CAP_NET    0x4u /* NET in HELLO: eth0's configuration */
 
 /* Message types. */
 enum roost_type {
@@ -67,6 +74,7 @@ enum roost_tag {
 	ROOST_TAG_AGENT_VERSION = 0x0006,
 	ROOST_TAG_MAX_PAYLOAD = 0x0007,
 	ROOST_TAG_NET = 0x0008,
+	ROOST_TAG_CAPABILITIES = 0x0009,
 	ROOST_TAG_CODE = 0x0010,
 	ROOST_TAG_MESSAGE = 0x0011,
 	ROOST_TAG_ARG = 0x0020,
@@ -127,7 +135,7 @@ void roost_frame_header(uint8_t hdr[ROOST_FRAME_HDR], uint32_t stream, uint8_t t
 struct roost_frame {
 	uint32_t stream;
 	uint8_t type;
-	uint32_t len;		/* payload length, <= ROOST_MAX_PAYLOAD */
+	uint32_t len;           /* payload length, <= ROOST_MAX_PAYLOAD */
 	const uint8_t *payload; /* points into the parser; valid until the next feed */
 };
 

@@ -113,18 +113,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
 
-#define BLK 512
-#define IOBUF (64 * 1024)
-#define PAX_MAX (1024 * 1024) /* largest 'x' header accepted */
-#define LONGNAME_MAX 65536     /* largest 'L'/'K' data accepted */
-#define DEFER_SOFT_MAX 1024    /* pending directory attributes, see above */
+#define BLK            512
+#define IOBUF          (64 * 1024)
+#define PAX_MAX        (1024 * 1024) /* largest 'x' header accepted */
+#define LONGNAME_MAX   65536         /* largest 'L'/'K' data accepted */
+#define DEFER_SOFT_MAX 1024          /* pending directory attributes, see above */
 
 /* <linux/openat2.h> */
 struct tar_open_how {
@@ -133,7 +133,7 @@ struct tar_open_how {
 	uint64_t resolve;
 };
 #define TAR_RESOLVE_NO_MAGICLINKS 0x02
-#define TAR_RESOLVE_BENEATH 0x08
+#define TAR_RESOLVE_BENEATH       0x08
 #ifndef SYS_openat2
 #define SYS_openat2 437
 #endif
@@ -144,22 +144,22 @@ static bool tar_test_no_openat2;
 #endif
 
 /* ustar header field offsets and widths. */
-#define H_NAME 0
-#define H_MODE 100
-#define H_UID 108
-#define H_GID 116
-#define H_SIZE 124
-#define H_MTIME 136
-#define H_CHKSUM 148
-#define H_TYPE 156
-#define H_LINK 157
-#define H_MAGIC 257
-#define H_VERSION 263
-#define H_UNAME 265
-#define H_GNAME 297
+#define H_NAME     0
+#define H_MODE     100
+#define H_UID      108
+#define H_GID      116
+#define H_SIZE     124
+#define H_MTIME    136
+#define H_CHKSUM   148
+#define H_TYPE     156
+#define H_LINK     157
+#define H_MAGIC    257
+#define H_VERSION  263
+#define H_UNAME    265
+#define H_GNAME    297
 #define H_DEVMAJOR 329
 #define H_DEVMINOR 337
-#define H_PREFIX 345
+#define H_PREFIX   345
 
 static const unsigned char zero_block[BLK];
 
@@ -274,7 +274,7 @@ struct tw {
 	size_t len;
 	struct fop_err *err;
 	const char *hostpath; /* `path`, trailing slashes trimmed */
-	char *name;	      /* current archive name */
+	char *name;           /* current archive name */
 	size_t namelen, namecap;
 	size_t toplen; /* length of the top name */
 	struct link_slot *links;
@@ -807,7 +807,8 @@ static int arch_entry(struct tw *t, int dirfd, const char *nm, bool top)
 	}
 
 	if (S_ISREG(st.st_mode)) {
-		int fd = openat(dirfd, nm, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		int fd = openat(dirfd, nm,
+				O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 		if (fd < 0) {
 			if (!top && (errno == ENOENT || errno == ELOOP))
 				return 0;
@@ -877,7 +878,8 @@ static int top_name(const char *path, size_t trimmed, char **out)
 	while (start > 0 && path[start - 1] != '/')
 		start--;
 	size_t bl = end - start;
-	if ((bl == 1 && path[start] == '.') || (bl == 2 && path[start] == '.' && path[start + 1] == '.')) {
+	if ((bl == 1 && path[start] == '.') ||
+	    (bl == 2 && path[start] == '.' && path[start + 1] == '.')) {
 		char rp[PATH_MAX];
 		if (realpath(path, rp) == NULL)
 			return -1;
@@ -1318,7 +1320,8 @@ static int open_beneath(struct tx *x, const char *rel, int flags)
 #endif
 	if (!walk) {
 		struct tar_open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC),
-					   .resolve = TAR_RESOLVE_BENEATH | TAR_RESOLVE_NO_MAGICLINKS};
+					   .resolve =
+						   TAR_RESOLVE_BENEATH | TAR_RESOLVE_NO_MAGICLINKS};
 		int fd;
 		do
 			fd = (int)syscall(SYS_openat2, x->root, rel, &how, sizeof how);
@@ -1587,9 +1590,9 @@ static int defer_add(struct tx *x, const char *rel, const struct defer_dir *tmpl
 struct entry {
 	char type;
 	char rel[PATH_MAX]; /* normalized name */
-	bool slash;	    /* raw name ended with '/' */
+	bool slash;         /* raw name ended with '/' */
 	const char *link;   /* raw link target, or NULL */
-	uint64_t size;	    /* data bytes that follow */
+	uint64_t size;      /* data bytes that follow */
 	unsigned mode;
 	bool own;
 	uid_t uid;
@@ -1908,7 +1911,8 @@ static int ex_entry(struct tx *x, const unsigned char *h, struct pending *pd, st
 	 * silently wrong, and skipping it would silently lose it. */
 	int rc = 0;
 	if (pd->sparse || type == 'S') {
-		rc = tx_fail(x, EOPNOTSUPP, e->rel, "GNU sparse files are not supported (archive without --sparse)");
+		rc = tx_fail(x, EOPNOTSUPP, e->rel,
+			     "GNU sparse files are not supported (archive without --sparse)");
 		goto out;
 	}
 	if (kind == K_SKIP || (kind == K_DIR && e->rel[0] == '\0')) {
@@ -2064,14 +2068,16 @@ static int extract_loop(struct tx *x)
 				break;
 			}
 			if (type == 'g') {
-				rc = tx_check(x, tx_skip(x, (uint64_t)size + padded((uint64_t)size)), NULL);
+				rc = tx_check(x,
+					      tx_skip(x, (uint64_t)size + padded((uint64_t)size)),
+					      NULL);
 				if (rc < 0)
 					break;
 				continue;
 			}
-			char *b = read_meta(x, (uint64_t)size, type == 'x' ? PAX_MAX : LONGNAME_MAX,
-					    type == 'x' ? "pax header too large" : "long name too large",
-					    &rc);
+			char *b = read_meta(
+				x, (uint64_t)size, type == 'x' ? PAX_MAX : LONGNAME_MAX,
+				type == 'x' ? "pax header too large" : "long name too large", &rc);
 			if (b == NULL)
 				break;
 			pd.any = true;
@@ -2101,8 +2107,12 @@ static int extract_loop(struct tx *x)
 
 int tar_extract(int in_fd, const char *dir, uint32_t flags, bool as_root, struct fop_err *err)
 {
-	struct tx x = {
-		.in = in_fd, .root = -1, .dir = dir, .as_root = as_root, .err = err, .cache_fd = -1};
+	struct tx x = {.in = in_fd,
+		       .root = -1,
+		       .dir = dir,
+		       .as_root = as_root,
+		       .err = err,
+		       .cache_fd = -1};
 	mode_t old_umask = umask(0);
 	int rc = -1, in_flags = -1;
 	if ((flags & FOP_PARENTS) && mkdir_parents(dir) < 0) {

@@ -10,15 +10,15 @@
 
 static int passed, failed;
 
-#define CHECK(cond)                                                                      \
-	do {                                                                             \
-		if (cond) {                                                              \
-			passed++;                                                        \
-		} else {                                                                 \
-			failed++;                                                        \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, \
-				__func__, #cond);                                        \
-		}                                                                        \
+#define CHECK(cond)                                                                                \
+	do {                                                                                       \
+		if (cond) {                                                                        \
+			passed++;                                                                  \
+		} else {                                                                           \
+			failed++;                                                                  \
+			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
+				__func__, #cond);                                                  \
+		}                                                                                  \
 	} while (0)
 
 #endif

@@ -16,11 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -217,7 +217,9 @@ static void finish_op(struct child *c, const void *in, size_t in_len, struct res
 			break;
 		}
 		if (iin >= 0 && pfd[iin].revents) {
-			ssize_t w = in_len > in_off ? write(c->in, (const char *)in + in_off, in_len - in_off) : 0;
+			ssize_t w = in_len > in_off ? write(c->in, (const char *)in + in_off,
+							    in_len - in_off)
+						    : 0;
 			if (w > 0)
 				in_off += (size_t)w;
 			if (w < 0 || in_off >= in_len) {
@@ -299,16 +301,28 @@ static int decode(const uint8_t *p, size_t len, struct rec *out, int max, size_t
 		roost_tlv_iter_init(&it, p + off + 4, rl);
 		while (roost_tlv_next(&it, &t) == 1) {
 			switch (t.tag) {
-			case ROOST_TAG_PATH: tlv_str(&t, r->path, sizeof r->path); break;
-			case ROOST_TAG_NAME: tlv_str(&t, r->name, sizeof r->name); break;
+			case ROOST_TAG_PATH:
+				tlv_str(&t, r->path, sizeof r->path);
+				break;
+			case ROOST_TAG_NAME:
+				tlv_str(&t, r->name, sizeof r->name);
+				break;
 			case ROOST_TAG_LINK:
 				tlv_str(&t, r->link, sizeof r->link);
 				r->has_link = true;
 				break;
-			case ROOST_TAG_MESSAGE: tlv_str(&t, r->msg, sizeof r->msg); break;
-			case ROOST_TAG_ST_MODE: roost_tlv_u32(&t, &r->mode); break;
-			case ROOST_TAG_UID: roost_tlv_u32(&t, &r->uid); break;
-			case ROOST_TAG_GID: roost_tlv_u32(&t, &r->gid); break;
+			case ROOST_TAG_MESSAGE:
+				tlv_str(&t, r->msg, sizeof r->msg);
+				break;
+			case ROOST_TAG_ST_MODE:
+				roost_tlv_u32(&t, &r->mode);
+				break;
+			case ROOST_TAG_UID:
+				roost_tlv_u32(&t, &r->uid);
+				break;
+			case ROOST_TAG_GID:
+				roost_tlv_u32(&t, &r->gid);
+				break;
 			case ROOST_TAG_EVENT:
 				r->has_event = roost_tlv_u32(&t, &r->event) == 0;
 				break;
@@ -318,8 +332,11 @@ static int decode(const uint8_t *p, size_t len, struct rec *out, int max, size_t
 			case ROOST_TAG_SIZE:
 				r->has_size = roost_tlv_u64(&t, &r->size) == 0;
 				break;
-			case ROOST_TAG_MTIME_NS: roost_tlv_u64(&t, &r->mtime); break;
-			default: break;
+			case ROOST_TAG_MTIME_NS:
+				roost_tlv_u64(&t, &r->mtime);
+				break;
+			default:
+				break;
 			}
 		}
 		off += 4 + rl;
@@ -347,13 +364,13 @@ static bool failed_with(const struct result *res, int e)
 	size_t used = 0;
 	if (res->status != 1 || decode(res->err.p, res->err.len, &r, 1, &used) != 1 ||
 	    used != res->err.len || !r.has_errno) {
-		fprintf(stderr, "  expected errno %d (%s): status %d, %zu bytes on fd 2\n", e, strerror(e),
-			res->status, res->err.len);
+		fprintf(stderr, "  expected errno %d (%s): status %d, %zu bytes on fd 2\n", e,
+			strerror(e), res->status, res->err.len);
 		return false;
 	}
 	if ((int)r.err != e)
-		fprintf(stderr, "  expected errno %d (%s), got %u: %s (path %s)\n", e, strerror(e), r.err,
-			r.msg, r.path);
+		fprintf(stderr, "  expected errno %d (%s), got %u: %s (path %s)\n", e, strerror(e),
+			r.err, r.msg, r.path);
 	return (int)r.err == e;
 }
 
@@ -362,8 +379,8 @@ static bool ok(const struct result *res)
 	if (res->status != 0) {
 		struct rec r;
 		if (decode(res->err.p, res->err.len, &r, 1, NULL) == 1)
-			fprintf(stderr, "  status %d: errno %u: %s (path %s)\n", res->status, r.err, r.msg,
-				r.path);
+			fprintf(stderr, "  status %d: errno %u: %s (path %s)\n", res->status, r.err,
+				r.msg, r.path);
 		else
 			fprintf(stderr, "  status %d\n", res->status);
 	}
@@ -403,7 +420,8 @@ static void test_check(void)
 	CHECK(fop_check(&r, msg, sizeof msg) < 0);
 	r = (struct fop_req){.op = NULL};
 	CHECK(fop_check(&r, msg, sizeof msg) < 0);
-	const char *all[] = {"read", "write", "stat", "list", "mkdir", "remove", "watch", "archive", "extract"};
+	const char *all[] = {"read",   "write", "stat",    "list",   "mkdir",
+			     "remove", "watch", "archive", "extract"};
 	for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
 		r = req1(all[i], "x");
 		CHECK(fop_check(&r, msg, sizeof msg) == 0);
@@ -449,7 +467,8 @@ static void test_write(void)
 	chmod(P("a.txt"), 0640);
 	r = req1("write", P("a.txt"));
 	run(&r, "again!", 6, &res);
-	CHECK(ok(&res) && out_records(&res) == 1 && recs[0].mode == (S_IFREG | 0640) && recs[0].size == 6);
+	CHECK(ok(&res) && out_records(&res) == 1 && recs[0].mode == (S_IFREG | 0640) &&
+	      recs[0].size == 6);
 	CHECK(recs[0].has_event && recs[0].event == 0); /* replaced */
 	CHECK(get_file(P("a.txt"), got, sizeof got) == 6 && strcmp(got, "again!") == 0);
 	result_free(&res);
@@ -535,7 +554,8 @@ static void test_write(void)
 	run(&r, "new!", 4, &res);
 	CHECK(ok(&res) && out_records(&res) == 1 && strcmp(recs[0].name, "target") == 0);
 	CHECK(get_file(P("target"), got, sizeof got) == 4 && strcmp(got, "new!") == 0);
-	CHECK(lstat(P("link"), &st) == 0 && S_ISLNK(st.st_mode) && (stat(P("target"), &st), (st.st_mode & 0777) == 0600));
+	CHECK(lstat(P("link"), &st) == 0 && S_ISLNK(st.st_mode) &&
+	      (stat(P("target"), &st), (st.st_mode & 0777) == 0600));
 	result_free(&res);
 	/* A dangling link: its target is created. */
 	CHECK(symlink("p/created", P("dangling")) == 0);
@@ -655,7 +675,8 @@ static void test_read_stat(void)
 	CHECK(strcmp(recs[0].name, "r.txt") == 0 && strcmp(recs[0].path, P("r.txt")) == 0);
 	struct stat st;
 	stat(P("r.txt"), &st);
-	CHECK(recs[0].mtime == (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
+	CHECK(recs[0].mtime ==
+	      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
 	CHECK(recs[0].uid == st.st_uid && recs[0].gid == st.st_gid);
 	result_free(&res);
 
@@ -673,7 +694,8 @@ static void test_read_stat(void)
 
 	r = req1("stat", P("rdir/"));
 	run(&r, NULL, 0, &res);
-	CHECK(ok(&res) && out_records(&res) == 1 && S_ISDIR(recs[0].mode) && strcmp(recs[0].name, "rdir") == 0);
+	CHECK(ok(&res) && out_records(&res) == 1 && S_ISDIR(recs[0].mode) &&
+	      strcmp(recs[0].name, "rdir") == 0);
 	result_free(&res);
 	r = req1("stat", "/");
 	run(&r, NULL, 0, &res);
@@ -798,7 +820,8 @@ static void test_mkdir(void)
 	r.has_mode = true;
 	r.mode = 0711;
 	run(&r, NULL, 0, &res);
-	CHECK(ok(&res) && out_records(&res) == 1 && recs[0].event == 1 && recs[0].mode == (S_IFDIR | 0711));
+	CHECK(ok(&res) && out_records(&res) == 1 && recs[0].event == 1 &&
+	      recs[0].mode == (S_IFDIR | 0711));
 	CHECK(strcmp(recs[0].path, P("M/x/y")) == 0);
 	result_free(&res);
 
@@ -961,14 +984,16 @@ static void test_rename(void)
 	result_free(&res);
 
 	/* NO_REPLACE: EEXIST, both intact. Without: replaced. */
-	r = (struct fop_req){.op = "rename", .args = {P("N/c"), P("N/b")}, .nargs = 2, .flags = FOP_NO_REPLACE};
+	r = (struct fop_req){
+		.op = "rename", .args = {P("N/c"), P("N/b")}, .nargs = 2, .flags = FOP_NO_REPLACE};
 	run(&r, NULL, 0, &res);
 	CHECK(failed_with(&res, EEXIST));
 	CHECK(get_file(P("N/b"), got, sizeof got) == 1 && got[0] == 'B' && exists(P("N/c")));
 	result_free(&res);
 	r.flags = 0;
 	run(&r, NULL, 0, &res);
-	CHECK(ok(&res) && get_file(P("N/b"), got, sizeof got) == 1 && got[0] == 'A' && !exists(P("N/c")));
+	CHECK(ok(&res) && get_file(P("N/b"), got, sizeof got) == 1 && got[0] == 'A' &&
+	      !exists(P("N/c")));
 	result_free(&res);
 
 	/* PARENTS creates the target's directories. */
@@ -1006,8 +1031,8 @@ static bool watch_next(struct watch *w, struct rec *r, int ms)
 	uint64_t end = now_ms() + (uint64_t)ms;
 	for (;;) {
 		size_t used = 0;
-		if (decode(w->out.p ? w->out.p + w->off : (const uint8_t *)"", w->out.len - w->off, r, 1,
-			   &used) == 1) {
+		if (decode(w->out.p ? w->out.p + w->off : (const uint8_t *)"", w->out.len - w->off,
+			   r, 1, &used) == 1) {
 			w->off += used;
 			return true;
 		}
@@ -1105,8 +1130,8 @@ static void test_watch(void)
 	CHECK(watch_next(&w, &rec, 5000) && rec.event == FOP_EV_READY && rec.mode == S_IFDIR);
 	put_file(P("W/old/ignored"), "", 0644);
 	put_file(P("W/seen"), "", 0644);
-	CHECK(watch_next(&w, &rec, 5000) && rec.event == FOP_EV_CREATE && strcmp(rec.path, P("W/seen")) == 0);
-
+	CHECK(watch_next(&w, &rec, 5000) && rec.event == FOP_EV_CREATE &&
+	      strcmp(rec.path, P("W/seen")) == 0);
 
 	/* The watched directory deleted: a final remove, exit 0. */
 	r = (struct fop_req){.op = "remove", .args = {P("W")}, .nargs = 1, .flags = FOP_RECURSIVE};
@@ -1183,7 +1208,8 @@ static void test_permissions(void)
 	r.is_root = false;
 	run(&r, NULL, 0, &res);
 	int n = out_records(&res);
-	CHECK(ok(&res) && n == 2 && find_rec(n, P("perm/closed")) && !find_rec(n, P("perm/closed/secret")));
+	CHECK(ok(&res) && n == 2 && find_rec(n, P("perm/closed")) &&
+	      !find_rec(n, P("perm/closed/secret")));
 	result_free(&res);
 	r = req1("list", P("perm/closed"));
 	r.is_root = false;

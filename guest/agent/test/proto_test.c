@@ -42,6 +42,9 @@ static void test_constants_frozen(void)
 	CHECK(ROOST_DEFAULT_ROWS == 24);
 	CHECK(ROOST_DEFAULT_COLS == 80);
 	CHECK(ROOST_FLAG_POWEROFF_ON_DISCONNECT == 0x1);
+	CHECK(ROOST_CAP_FREEZE == 0x1);
+	CHECK(ROOST_CAP_CALL == 0x2);
+	CHECK(ROOST_CAP_NET == 0x4);
 
 	CHECK(ROOST_T_HELLO == 0x01);
 	CHECK(ROOST_T_PING == 0x02);
@@ -67,6 +70,8 @@ static void test_constants_frozen(void)
 	CHECK(ROOST_TAG_NONCE == 0x0005);
 	CHECK(ROOST_TAG_AGENT_VERSION == 0x0006);
 	CHECK(ROOST_TAG_MAX_PAYLOAD == 0x0007);
+	CHECK(ROOST_TAG_NET == 0x0008);
+	CHECK(ROOST_TAG_CAPABILITIES == 0x0009);
 	CHECK(ROOST_TAG_CODE == 0x0010);
 	CHECK(ROOST_TAG_MESSAGE == 0x0011);
 	CHECK(ROOST_TAG_ARG == 0x0020);
@@ -131,7 +136,10 @@ static void test_frame_encoding_exact(void)
 	roost_buf_put(&b, "ab", 2);
 	CHECK(roost_frame_end(&b, s) == 0);
 	CHECK(b.len == 11);
-	CHECK(memcmp(mem, "\x00\x00\x00\x07\x01\x02\x03\x04\x12" "ab", 11) == 0);
+	CHECK(memcmp(mem,
+		     "\x00\x00\x00\x07\x01\x02\x03\x04\x12"
+		     "ab",
+		     11) == 0);
 
 	/* Empty payload: length 5. */
 	roost_buf_init(&b, mem, sizeof mem);
@@ -150,9 +158,10 @@ static void test_frame_encoding_exact(void)
 	roost_tlv_put_str(&b, ROOST_TAG_MESSAGE, "no");
 	CHECK(roost_frame_end(&b, s) == 0);
 	CHECK(b.len == 9 + 10 + 8);
-	CHECK(memcmp(mem, "\x00\x00\x00\x17\x00\x00\x00\x00\x07"
-			  "\x00\x68\x00\x00\x00\x04\x00\x00\x00\x5f"
-			  "\x00\x11\x00\x00\x00\x02no",
+	CHECK(memcmp(mem,
+		     "\x00\x00\x00\x17\x00\x00\x00\x00\x07"
+		     "\x00\x68\x00\x00\x00\x04\x00\x00\x00\x5f"
+		     "\x00\x11\x00\x00\x00\x02no",
 		     27) == 0);
 
 	/* TLV encoding. */
@@ -162,9 +171,10 @@ static void test_frame_encoding_exact(void)
 	roost_tlv_put_u64(&b, ROOST_TAG_TIME_NS, 0x0102030405060708ull);
 	CHECK(!b.overflow);
 	CHECK(b.len == 10 + 7 + 14);
-	CHECK(memcmp(mem, "\x00\x10\x00\x00\x00\x04\x00\x00\x00\x03"
-			  "\x00\x11\x00\x00\x00\x01x"
-			  "\x00\x03\x00\x00\x00\x08\x01\x02\x03\x04\x05\x06\x07\x08",
+	CHECK(memcmp(mem,
+		     "\x00\x10\x00\x00\x00\x04\x00\x00\x00\x03"
+		     "\x00\x11\x00\x00\x00\x01x"
+		     "\x00\x03\x00\x00\x00\x08\x01\x02\x03\x04\x05\x06\x07\x08",
 		     31) == 0);
 
 	uint8_t hdr[9];
@@ -222,7 +232,8 @@ static size_t build_stream(uint8_t *mem, size_t cap, struct built_frame *fr, int
 	struct roost_buf b;
 	roost_buf_init(&b, mem, cap);
 	for (int i = 0; i < n; i++) {
-		size_t s = roost_frame_begin(&b, (uint32_t)i * 0x01010101u + 1, (uint8_t)(0x10 + i));
+		size_t s =
+			roost_frame_begin(&b, (uint32_t)i * 0x01010101u + 1, (uint8_t)(0x10 + i));
 		fr[i].stream = (uint32_t)i * 0x01010101u + 1;
 		fr[i].type = (uint8_t)(0x10 + i);
 		fr[i].len = lens[i];
@@ -312,7 +323,8 @@ static void test_round_trip_and_splits(void)
 	CHECK(len == 4 * 9 + 2 * ROOST_MAX_PAYLOAD + 3);
 	fails = 0;
 	for (size_t cut = 0; cut <= len; cut++) {
-		int edge = cut < 64 || (cut > 65536 && cut < 65620) || cut + 64 > len || rnd() % 512 == 0;
+		int edge = cut < 64 || (cut > 65536 && cut < 65620) || cut + 64 > len ||
+			   rnd() % 512 == 0;
 		if (!edge)
 			continue;
 		size_t cuts[1] = {cut};
@@ -382,7 +394,7 @@ static void test_length_limits(void)
  * bad length the next byte starts a new frame). Produces an event log.
  */
 struct event {
-	int kind; /* 1 frame, 2 error */
+	int kind;         /* 1 frame, 2 error */
 	uint32_t a, b, c; /* frame: stream, type, len; error: length */
 	size_t payload_off;
 };
@@ -443,7 +455,8 @@ static void test_random_bytes(void)
 			while (pos < end) {
 				struct roost_frame f;
 				int res;
-				size_t used = roost_parser_feed(&parser, buf + pos, end - pos, &f, &res);
+				size_t used =
+					roost_parser_feed(&parser, buf + pos, end - pos, &f, &res);
 				if (used == 0 || used > end - pos) {
 					mismatches++;
 					pos = end;
@@ -463,8 +476,8 @@ static void test_random_bytes(void)
 						mismatches++;
 				} else {
 					frames++;
-					if (e->kind != 1 || f.stream != e->a || f.type != e->b || f.len != e->c ||
-					    f.len > ROOST_MAX_PAYLOAD ||
+					if (e->kind != 1 || f.stream != e->a || f.type != e->b ||
+					    f.len != e->c || f.len > ROOST_MAX_PAYLOAD ||
 					    memcmp(f.payload, buf + e->payload_off, f.len) != 0)
 						mismatches++;
 				}
@@ -495,14 +508,17 @@ static void test_tlv(void)
 	roost_tlv_iter_init(&it, mem, b.len);
 	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_ARG && t.len == 2 &&
 	      memcmp(t.value, "ls", 2) == 0 && roost_tlv_str_ok(&t));
-	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_ARG && t.len == 0 && roost_tlv_str_ok(&t));
+	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_ARG && t.len == 0 &&
+	      roost_tlv_str_ok(&t));
 	uint32_t v32 = 0;
 	uint64_t v64 = 0;
-	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_PTY && roost_tlv_u32(&t, &v32) == 0 &&
-	      v32 == 1 && roost_tlv_u64(&t, &v64) == -1);
-	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_TIME_NS && roost_tlv_u64(&t, &v64) == 0 &&
-	      v64 == 123456789012345ull && roost_tlv_u32(&t, &v32) == -1);
-	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == 0xbeef && t.len == 2 && !roost_tlv_str_ok(&t));
+	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_PTY &&
+	      roost_tlv_u32(&t, &v32) == 0 && v32 == 1 && roost_tlv_u64(&t, &v64) == -1);
+	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == ROOST_TAG_TIME_NS &&
+	      roost_tlv_u64(&t, &v64) == 0 && v64 == 123456789012345ull &&
+	      roost_tlv_u32(&t, &v32) == -1);
+	CHECK(roost_tlv_next(&it, &t) == 1 && t.tag == 0xbeef && t.len == 2 &&
+	      !roost_tlv_str_ok(&t));
 	CHECK(roost_tlv_next(&it, &t) == 0);
 	CHECK(roost_tlv_next(&it, &t) == 0);
 
@@ -547,7 +563,8 @@ static void test_tlv(void)
 	/* NUL inside strings, at each position. */
 	const char *withnul[] = {"\0abc", "a\0bc", "abc\0"};
 	for (int i = 0; i < 3; i++) {
-		struct roost_tlv s = {.tag = ROOST_TAG_ARG, .len = 4, .value = (const uint8_t *)withnul[i]};
+		struct roost_tlv s = {
+			.tag = ROOST_TAG_ARG, .len = 4, .value = (const uint8_t *)withnul[i]};
 		CHECK(!roost_tlv_str_ok(&s));
 	}
 	struct roost_tlv s = {.tag = ROOST_TAG_ARG, .len = 4, .value = (const uint8_t *)"abcd"};
@@ -625,7 +642,8 @@ static void test_hello_round_trip(void)
 	struct roost_frame f;
 	int res;
 	size_t used = roost_parser_feed(&parser, mem, b.len, &f, &res);
-	CHECK(used == b.len && res == ROOST_PARSE_FRAME && f.type == ROOST_T_HELLO && f.stream == 0);
+	CHECK(used == b.len && res == ROOST_PARSE_FRAME && f.type == ROOST_T_HELLO &&
+	      f.stream == 0);
 	CHECK(roost_tlv_validate(f.payload, f.len) == 0);
 	struct roost_tlv_iter it;
 	struct roost_tlv t;
@@ -635,11 +653,21 @@ static void test_hello_round_trip(void)
 		uint32_t v;
 		uint64_t w;
 		switch (t.tag) {
-		case ROOST_TAG_VERSION: seen += roost_tlv_u32(&t, &v) == 0 && v == 1; break;
-		case ROOST_TAG_FLAGS: seen += roost_tlv_u32(&t, &v) == 0 && v == 1; break;
-		case ROOST_TAG_TIME_NS: seen += roost_tlv_u64(&t, &w) == 0 && w == 1700000000123456789ull; break;
-		case ROOST_TAG_ENTROPY: seen += t.len == 512 && memcmp(t.value, entropy, 512) == 0; break;
-		case ROOST_TAG_NONCE: seen += t.len == 64 && memcmp(t.value, nonce, 64) == 0; break;
+		case ROOST_TAG_VERSION:
+			seen += roost_tlv_u32(&t, &v) == 0 && v == 1;
+			break;
+		case ROOST_TAG_FLAGS:
+			seen += roost_tlv_u32(&t, &v) == 0 && v == 1;
+			break;
+		case ROOST_TAG_TIME_NS:
+			seen += roost_tlv_u64(&t, &w) == 0 && w == 1700000000123456789ull;
+			break;
+		case ROOST_TAG_ENTROPY:
+			seen += t.len == 512 && memcmp(t.value, entropy, 512) == 0;
+			break;
+		case ROOST_TAG_NONCE:
+			seen += t.len == 64 && memcmp(t.value, nonce, 64) == 0;
+			break;
 		}
 	}
 	CHECK(seen == 5);
@@ -653,7 +681,8 @@ static void test_hello_round_trip(void)
 	CHECK(roost_frame_end(&b, s) == 0 && b.len == sizeof mem);
 	roost_parser_reset(&parser);
 	used = roost_parser_feed(&parser, mem, b.len, &f, &res);
-	CHECK(used == b.len && res == ROOST_PARSE_FRAME && f.len == ROOST_MAX_PAYLOAD && f.stream == 42);
+	CHECK(used == b.len && res == ROOST_PARSE_FRAME && f.len == ROOST_MAX_PAYLOAD &&
+	      f.stream == 42);
 	CHECK(roost_tlv_validate(f.payload, f.len) == 0);
 }
 

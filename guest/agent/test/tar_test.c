@@ -23,21 +23,21 @@
 
 #include "check.h"
 
-#define CHECK_ERR(rc, err, want)                                                             \
-	do {                                                                                 \
-		CHECK((rc) == -1 && (err).errnum == (want));                                 \
-		if (!((rc) == -1 && (err).errnum == (want)))                                 \
-			fprintf(stderr, "   rc %d errnum %d (%s) path '%s' msg '%s', want %s\n", \
-				(rc), (err).errnum, strerror((err).errnum), (err).path,     \
-				(err).msg, #want);                                           \
+#define CHECK_ERR(rc, err, want)                                                                   \
+	do {                                                                                       \
+		CHECK((rc) == -1 && (err).errnum == (want));                                       \
+		if (!((rc) == -1 && (err).errnum == (want)))                                       \
+			fprintf(stderr, "   rc %d errnum %d (%s) path '%s' msg '%s', want %s\n",   \
+				(rc), (err).errnum, strerror((err).errnum), (err).path, (err).msg, \
+				#want);                                                            \
 	} while (0)
 
-#define CHECK_OK(rc, err)                                                                \
-	do {                                                                             \
-		CHECK((rc) == 0);                                                        \
-		if ((rc) != 0)                                                           \
-			fprintf(stderr, "   failed: errnum %d path '%s' msg '%s'\n",     \
-				(err).errnum, (err).path, (err).msg);                    \
+#define CHECK_OK(rc, err)                                                                          \
+	do {                                                                                       \
+		CHECK((rc) == 0);                                                                  \
+		if ((rc) != 0)                                                                     \
+			fprintf(stderr, "   failed: errnum %d path '%s' msg '%s'\n", (err).errnum, \
+				(err).path, (err).msg);                                            \
 	} while (0)
 
 static char scratch[PATH_MAX]; /* the test's scratch directory */
@@ -63,8 +63,8 @@ static const char *P(const char *fmt, ...)
 }
 
 /* A long-lived copy of P(...). */
-#define PKEEP(var, ...)                   \
-	char var[PATH_MAX];               \
+#define PKEEP(var, ...)                                                                            \
+	char var[PATH_MAX];                                                                        \
 	snprintf(var, sizeof var, "%s", P(__VA_ARGS__))
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -267,9 +267,9 @@ static int tb_extract(struct tb *b, const char *dir, bool as_root, struct fop_er
 /* ---- tree comparison ---- */
 
 struct cmp_opts {
-	bool owners;	   /* compare uid/gid */
+	bool owners;       /* compare uid/gid */
 	unsigned modemask; /* applied to the source's mode */
-	bool devices;	   /* devices expected in the copy */
+	bool devices;      /* devices expected in the copy */
 	bool dir_mtimes;
 };
 
@@ -491,10 +491,13 @@ static void make_tree(const char *top)
 	}
 	/* mtimes (whole seconds, as archived): files first, then directories
 	 * deepest first */
-	static const char *const files[] = {"small.txt", "empty", "big.bin", "setuid", "link",
-					    "dangling", "abslink", "dirlink", "longlink", "hl1",
-					    "fifo", "sub/deeper/file.txt", "ro/inner.txt",
-					    "h\xc3\xa9llo-w\xc3\xb6rld.txt"};
+	static const char *const files[] = {"small.txt",    "empty",
+					    "big.bin",      "setuid",
+					    "link",         "dangling",
+					    "abslink",      "dirlink",
+					    "longlink",     "hl1",
+					    "fifo",         "sub/deeper/file.txt",
+					    "ro/inner.txt", "h\xc3\xa9llo-w\xc3\xb6rld.txt"};
 	time_t t0 = 1000000000;
 	for (size_t i = 0; i < sizeof files / sizeof *files; i++)
 		set_mtime(T("%s/%s", top, files[i]), t0 + (time_t)i * 1000);
@@ -678,7 +681,8 @@ static void test_gnu_tar_to_extract(void)
 			CHECK(r == 0);
 			int rc = extract_from(tarf, out, FOP_PARENTS, is_root, &err);
 			CHECK_OK(rc, err);
-			struct cmp_opts o = {.owners = is_root, .modemask = 07777, .dir_mtimes = true};
+			struct cmp_opts o = {
+				.owners = is_root, .modemask = 07777, .dir_mtimes = true};
 			CHECK(compare(P("g1/plain"), P("g1/out-%s/plain", f), &o) == 0);
 			rm_rf(P("g1/plain"));
 			continue;
@@ -734,7 +738,8 @@ static void test_gnu_sparse_refused(void)
 	for (size_t i = 0; i < sizeof formats / sizeof *formats; i++) {
 		PKEEP(tarf, "sp/%s.tar", formats[i]);
 		PKEEP(out, "sp/out-%s", formats[i]);
-		CHECK(sh("tar --sparse --format=%s -C '%s' -cf '%s' holes", formats[i], P("sp"), tarf) == 0);
+		CHECK(sh("tar --sparse --format=%s -C '%s' -cf '%s' holes", formats[i], P("sp"),
+			 tarf) == 0);
 		struct fop_err err;
 		memset(&err, 0, sizeof err);
 		int rc = extract_from(tarf, out, FOP_PARENTS, is_root, &err);
@@ -769,10 +774,8 @@ static void test_archive_to_gnu_tar(void)
 	/* Extracts identically. */
 	must(mkdir(P("g2/out"), 0755), "mkdir");
 	CHECK(sh("tar -C '%s' -xpf '%s' 2>&1", P("g2/out"), tarf) == 0);
-	struct cmp_opts o = {.owners = is_root,
-			     .modemask = 07777,
-			     .devices = is_root,
-			     .dir_mtimes = true};
+	struct cmp_opts o = {
+		.owners = is_root, .modemask = 07777, .devices = is_root, .dir_mtimes = true};
 	CHECK(compare(top, P("g2/out/top"), &o) == 0);
 	rm_rf(P("g2"));
 }
@@ -849,7 +852,8 @@ static void test_big_file(void)
 {
 	const char *big_env = getenv("ROOST_TAR_TEST_BIG");
 	if (big_env == NULL || strcmp(big_env, "1") != 0) {
-		fprintf(stderr, "tar_test: 9 GiB stream test skipped (ROOST_TAR_TEST_BIG=1 runs it)\n");
+		fprintf(stderr,
+			"tar_test: 9 GiB stream test skipped (ROOST_TAR_TEST_BIG=1 runs it)\n");
 		return;
 	}
 	PKEEP(f, "bigsparse");
@@ -1034,8 +1038,8 @@ static void test_hostile(void)
 	int rc;
 
 	/* ".." entries */
-	static const char *const dotdot[] = {"../evil", "a/../../evil", "x/..", "..", "/../evil",
-					     "./a/./../evil"};
+	static const char *const dotdot[] = {"../evil", "a/../../evil", "x/..",
+					     "..",      "/../evil",     "./a/./../evil"};
 	for (size_t i = 0; i < sizeof dotdot / sizeof *dotdot; i++) {
 		tb_file(&b, "ok-before", "ok\n");
 		tb_file(&b, dotdot[i], "evil\n");
@@ -1279,8 +1283,8 @@ static void test_hostile(void)
 	rc = tb_extract(&b, d, is_root, &err);
 	CHECK_ERR(rc, err, EINVAL);
 	/* Malformed pax records. */
-	static const char *const badpax[] = {"5 a=b\n", "x path=a\n", "99 path=a\n",
-					     "10 patha\n\n", "9 path=a\0\n"};
+	static const char *const badpax[] = {"5 a=b\n", "x path=a\n", "99 path=a\n", "10 patha\n\n",
+					     "9 path=a\0\n"};
 	for (size_t i = 0; i < sizeof badpax / sizeof *badpax; i++) {
 		size_t n = i == 4 ? 9 : strlen(badpax[i]);
 		tb_hdr(&b, "././@PaxHeader", 'x', n, NULL);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CallFlags, DEFAULT_WINDOW, ErrorCode, Fd, HEADER_SIZE, HelloFlags, MAX_ENTROPY, MAX_NONCE, MAX_PAYLOAD, MAX_RECORD, MAX_STREAMS, MessageType, Tag, VERSION, WatchEvent } from './constants.js';
+import { CallFlags, Capability, DEFAULT_WINDOW, ErrorCode, Fd, HEADER_SIZE, HelloFlags, MAX_ENTROPY, MAX_NONCE, MAX_PAYLOAD, MAX_RECORD, MAX_STREAMS, MessageType, Tag, VERSION, WatchEvent } from './constants.js';
 
 // These numbers are on the wire and in the C agent (guest/agent/proto.h).
 // Changing one breaks every agent already built: add, never change.
@@ -17,7 +17,7 @@ describe('protocol constants are frozen', () => {
   });
   it('keeps TLV tags', () => {
     expect(Tag).toEqual({
-      VERSION: 0x0001, FLAGS: 0x0002, TIME_NS: 0x0003, ENTROPY: 0x0004, NONCE: 0x0005, AGENT_VERSION: 0x0006, MAX_PAYLOAD: 0x0007, NET: 0x0008,
+      VERSION: 0x0001, FLAGS: 0x0002, TIME_NS: 0x0003, ENTROPY: 0x0004, NONCE: 0x0005, AGENT_VERSION: 0x0006, MAX_PAYLOAD: 0x0007, NET: 0x0008, CAPABILITIES: 0x0009,
       CODE: 0x0010, MESSAGE: 0x0011,
       ARG: 0x0020, ENV: 0x0021, CWD: 0x0022, USER: 0x0023, PTY: 0x0024, ROWS: 0x0025, COLS: 0x0026, TIMEOUT_MS: 0x0027, STDIN: 0x0028, WINDOW: 0x0029,
       PID: 0x0030, STDIN_WINDOW: 0x0031, EXIT_CODE: 0x0040, EXIT_SIGNAL: 0x0041, TIMED_OUT: 0x0042,
@@ -28,6 +28,7 @@ describe('protocol constants are frozen', () => {
   it('keeps error codes, flags and fds', () => {
     expect(ErrorCode).toEqual({ PROTOCOL: 1, VERSION: 2, BAD_REQUEST: 3, NOT_FOUND: 4, INTERNAL: 5 });
     expect(HelloFlags).toEqual({ POWEROFF_ON_DISCONNECT: 1 });
+    expect(Capability).toEqual({ FREEZE: 0x1, CALL: 0x2, NET: 0x4 });
     expect(Fd).toEqual({ STDIN: 0, STDOUT: 1, STDERR: 2 });
   });
   it('keeps call flags, watch events and the record bound', () => {

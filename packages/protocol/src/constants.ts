@@ -61,6 +61,8 @@ export const Tag = {
   AGENT_VERSION: 0x0006,
   MAX_PAYLOAD: 0x0007,
   NET: 0x0008,
+  /** Agent HELLO: the Capability bits it serves (u32). Absent in agents older than roost-agent 0.2.0. */
+  CAPABILITIES: 0x0009,
   CODE: 0x0010,
   MESSAGE: 0x0011,
   ARG: 0x0020,
@@ -133,6 +135,23 @@ export const HelloFlags = {
   /** The agent powers the VM off when this connection goes away. */
   POWEROFF_ON_DISCONNECT: 0x1,
 } as const;
+
+/**
+ * CAPABILITIES bits of the agent's HELLO: what the agent serves of what was
+ * added to protocol version 1 after its first agent. The host sends none of
+ * these to an agent that did not announce it (an agent without the TLV
+ * announces none). New features get new bits; VERSION stays 1 while every
+ * change is additive. See docs/PROTOCOL.md, "Versions and capabilities".
+ */
+export const Capability = {
+  /** FREEZE and THAW (snapshots). */
+  FREEZE: 0x1,
+  /** CALL: the built-in file operations. */
+  CALL: 0x2,
+  /** NET in HELLO: the agent configures eth0. */
+  NET: 0x4,
+} as const;
+export type CapabilityName = keyof typeof Capability;
 
 /** ERROR codes. */
 export const ErrorCode = {

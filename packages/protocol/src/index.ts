@@ -8,3 +8,4 @@ export * from './frame.js';
 export * from './tlv.js';
 export * from './messages.js';
 export * from './records.js';
+export * from './agent-info.js';

@@ -20,6 +20,8 @@ export interface AgentHello {
   agentVersion: string;
   maxPayload: number;
   nonce: Buffer;
+  /** Capability bits; undefined when the agent sent no CAPABILITIES (one older than the TLV). */
+  capabilities?: number | undefined;
 }
 
 /** An EXEC request. */
@@ -128,6 +130,7 @@ export function encodeAgentHello(h: AgentHello): Buffer {
     .string(Tag.AGENT_VERSION, h.agentVersion)
     .u32(Tag.MAX_PAYLOAD, h.maxPayload)
     .bytes(Tag.NONCE, h.nonce);
+  if (h.capabilities !== undefined) tlv.u32(Tag.CAPABILITIES, h.capabilities);
   return encodeFrame(0, MessageType.HELLO, tlv.finish());
 }
 
@@ -251,6 +254,7 @@ export function decodeAgentHello(payload: Uint8Array): AgentHello {
     agentVersion: r.string(Tag.AGENT_VERSION, 256) ?? 'unknown',
     maxPayload: r.u32(Tag.MAX_PAYLOAD) ?? MAX_PAYLOAD,
     nonce: r.bytes(Tag.NONCE, MAX_NONCE) ?? Buffer.alloc(0),
+    capabilities: r.u32(Tag.CAPABILITIES),
   };
 }
 

@@ -3,9 +3,9 @@ import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import {
   CONTROL_STREAM, DEFAULT_WINDOW, Fd, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, MAX_STREAMS, MessageType, ProtocolError, VERSION,
-  decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeFreezeResult, decodeStarted,
+  agentInfo, decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeFreezeResult, decodeStarted,
   encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeFreeze, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal, encodeThaw,
-  type AgentHello, type CallRequest, type ExecExit, type ExecRequest, type Frame, type FreezeResult, type WireError,
+  type AgentHello, type AgentInfo, type CallRequest, type CapabilityName, type ExecExit, type ExecRequest, type Frame, type FreezeResult, type WireError,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { connectWithRetry } from '../vmm/connect.js';
@@ -59,6 +59,13 @@ export interface ExecListener {
  */
 export class AgentConnection extends EventEmitter {
   readonly hello: AgentHello;
+  /**
+   * The agent's version and the capabilities it announced in its HELLO.
+   * FREEZE, THAW, CALL and NET are only sent to an agent that announced
+   * them; otherwise the method refuses with an AGENT error naming the
+   * missing capability and the agent's version.
+   */
+  readonly agent: AgentInfo;
   #socket: Socket;
   #decoder = new FrameDecoder();
   #streams = new Map<number, ExecChannel>();
@@ -79,6 +86,7 @@ export class AgentConnection extends EventEmitter {
     super();
     this.#socket = socket;
     this.hello = hello;
+    this.agent = agentInfo(hello);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', () => {});
     socket.on('close', () => this.#end(new RoostError('AGENT', 'the guest agent connection closed (the VM stopped or the agent died)')));
@@ -92,7 +100,8 @@ export class AgentConnection extends EventEmitter {
   /**
    * Connects to the agent socket QEMU listens on and performs the handshake.
    * Retries until the socket accepts; the agent answers once the guest has
-   * booted, so this also waits for the boot.
+   * booted, so this also waits for the boot. With `net`, an agent that does
+   * not announce the NET capability is refused (AGENT).
    */
   static async connect(path: string, options: ConnectOptions): Promise<AgentConnection> {
     const deadline = Date.now() + options.timeoutMs;
@@ -105,6 +114,11 @@ export class AgentConnection extends EventEmitter {
       const { hello, rest } = await awaitHello(socket, nonce, deadline, options);
       if (hello.version !== VERSION) {
         throw new RoostError('AGENT', `the guest agent speaks protocol version ${hello.version}, this host ${VERSION}: run \`roost setup\` to rebuild the agent`);
+      }
+      // NET rides in the HELLO itself, before the host can know: an agent that
+      // does not announce it ignored it (an unknown tag), so the guest has no network.
+      if (options.net && !agentInfo(hello).capabilities.includes('NET')) {
+        throw missingCapability(agentInfo(hello), 'NET', "configure the sandbox's network");
       }
       return new AgentConnection(socket, hello, rest);
     } catch (e) {
@@ -122,10 +136,23 @@ export class AgentConnection extends EventEmitter {
    * Opens a call stream: one of the agent's built-in file operations
    * (docs/PROTOCOL.md, "Calls"). On the wire it is an exec stream in every
    * other respect, so it has the same channel and listener. Throws
-   * INVALID_ARGUMENT when the request does not fit one frame.
+   * INVALID_ARGUMENT when the request does not fit one frame, and AGENT
+   * (nothing sent) when the agent did not announce the CALL capability.
    */
   call(request: CallRequest, listener: ExecListener): ExecChannel {
+    if (this.#closed) throw this.#closed;
+    this.#require('CALL', 'run file operations');
     return this.#open('file operation', request.window, (id, window) => encodeCall(id, { ...request, window }), listener);
+  }
+
+  /** True when the agent announced `capability` in its HELLO. */
+  supports(capability: CapabilityName): boolean {
+    return this.agent.capabilities.includes(capability);
+  }
+
+  /** Throws the AGENT error of a capability the agent did not announce. */
+  #require(capability: CapabilityName, what: string): void {
+    if (!this.supports(capability)) throw missingCapability(this.agent, capability, what);
   }
 
   #open(what: string, requestedWindow: number | undefined, encode: (id: number, window: number) => Buffer, listener: ExecListener): ExecChannel {
@@ -183,7 +210,9 @@ export class AgentConnection extends EventEmitter {
    * sandbox has no disk to freeze (the guest still counts a snapshot as
    * pending), or another errno with a `message`. Rejects with TIMEOUT when no
    * answer comes within `timeoutMs`, INVALID_STATE while another freeze or
-   * thaw awaits its answer, and with the connection's error if it ends first.
+   * thaw awaits its answer, AGENT (nothing sent) when the agent did not
+   * announce the FREEZE capability, and with the connection's error if it
+   * ends first.
    */
   freeze(timeoutMs = 10_000): Promise<FreezeResult> {
     return this.#fsRequest(MessageType.FREEZE, timeoutMs);
@@ -201,6 +230,8 @@ export class AgentConnection extends EventEmitter {
   #fsRequest(type: FsRequest['type'], timeoutMs: number): Promise<FreezeResult> {
     if (this.#closed) return Promise.reject(this.#closed);
     const name = type === MessageType.FREEZE ? 'freeze' : 'thaw';
+    // THAW belongs to the same capability as FREEZE.
+    if (!this.supports('FREEZE')) return Promise.reject(missingCapability(this.agent, 'FREEZE', `${name} the sandbox's disk`));
     if (this.#fsRequests.some((r) => r.settle !== null)) {
       return Promise.reject(new RoostError('INVALID_STATE', `cannot ${name} the sandbox's disk: a freeze or thaw is already waiting for the guest agent`));
     }
@@ -536,6 +567,16 @@ export class ExecChannel {
 }
 
 // ---- connect + handshake ------------------------------------------------------
+
+/** What a host says to an agent that did not announce a capability it needs. */
+function missingCapability(agent: AgentInfo, capability: CapabilityName, what: string): RoostError {
+  return new RoostError(
+    'AGENT',
+    `the guest agent (${agent.version}, protocol ${agent.protocolVersion}) does not announce the ${capability} capability, so the host cannot ${what}: ` +
+      'the sandbox was booted with an older agent; stop and start it (or create a new one) to boot the agent `roost setup` built',
+    { details: { capability, agentVersion: agent.version, capabilities: [...agent.capabilities] } },
+  );
+}
 
 async function connectSocket(path: string, deadline: number, options: ConnectOptions): Promise<Socket> {
   const attempt = () =>
