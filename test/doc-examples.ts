@@ -56,7 +56,12 @@ export interface DocDiagnostic {
   message: string;
 }
 
-const FENCE_OPEN = /^(\s*)```(ts|typescript)\s*$/;
+/**
+ * A fence opens a code block as CommonMark says: three or more backticks and
+ * an info string without backticks (so a line that starts with inline code
+ * such as ```` ```ts ```` is text). Groups: indentation, the fence, the language.
+ */
+const FENCE_OPEN = /^(\s*)(`{3,})\s*([^`\s]*)[^`]*$/;
 const PRELUDE_OPEN = /^\s*<!--\s*ts-prelude\s*$/;
 
 /** Finds the ```ts blocks and the prelude comment of a Markdown text. */
@@ -68,16 +73,18 @@ export function extractExamples(doc: string, markdown: string): DocExamples {
     const text = lines[i] ?? '';
     const fence = FENCE_OPEN.exec(text);
     if (fence) {
-      // Blocks inside list items are indented: the indentation of the fence is not code.
-      const indent = fence[1] ?? '';
-      const end = findLine(lines, i + 1, (l) => l.trim() === '```', `${doc}:${i + 1}: a \`\`\`ts block is not closed`);
-      const code = lines.slice(i + 1, end).map((l) => (l.startsWith(indent) ? l.slice(indent.length) : l));
-      blocks.push({ doc, line: i + 2, code: code.join('\n') + '\n' });
+      const [, indent = '', ticks = '', lang = ''] = fence;
+      // It ends at a line of at least as many backticks and nothing else.
+      const closes = (l: string) => l.trim().length >= ticks.length && /^`+$/.test(l.trim());
+      const end = findLine(lines, i + 1, closes, `${doc}:${i + 1}: a code block is not closed`);
+      if (lang === 'ts' || lang === 'typescript') {
+        // Blocks inside list items are indented: the indentation of the fence is not code.
+        const code = lines.slice(i + 1, end).map((l) => (l.startsWith(indent) ? l.slice(indent.length) : l));
+        blocks.push({ doc, line: i + 2, code: code.join('\n') + '\n' });
+      }
+      // Other languages' blocks are skipped whole, so a ```ts inside one (as
+      // in a ```text sample) is not taken for an example.
       i = end;
-    } else if (/^\s*```/.test(text)) {
-      // Another language's block: skip it whole, so a ```ts inside it (as in a
-      // ```text sample) is not taken for an example.
-      i = findLine(lines, i + 1, (l) => l.trim() === '```', `${doc}:${i + 1}: a code block is not closed`);
     } else if (PRELUDE_OPEN.test(text)) {
       if (prelude) throw new Error(`${doc}:${i + 1}: a document has at most one ts-prelude comment`);
       const end = findLine(lines, i + 1, (l) => l.trim() === '-->', `${doc}:${i + 1}: the ts-prelude comment is not closed by a line '-->'`);

@@ -34,6 +34,7 @@ describe('the checker', () => {
       '```text',
       '```ts',
       '```',
+      '```` ```ts ```` in a sentence is inline code, not a block',
     ].join('\n');
     const examples = extractExamples('t.md', markdown);
     expect(examples.blocks.map((b) => b.line)).toEqual([7, 11]);
