@@ -8,12 +8,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chooseAccel, loadAssets, qemuArgs, QEMU_BINARY, roostHome, Sandbox, vmPaths } from '@roost/core';
+import { ensureTestTools } from '@roost/testkit';
 import { pct, ms, mib, sleep } from './stats.js';
 
 const COLD_RUNS = Number(process.env.BENCH_COLD_RUNS ?? 10);
 const EXEC_RUNS = Number(process.env.BENCH_EXEC_RUNS ?? 200);
 const STREAM_BYTES = Number(process.env.BENCH_STREAM_MIB ?? 256) * 2 ** 20;
 const SCALE_PEERS = 4;
+
+// `npm run bench` has run `roost setup` (the guest). The image benchmarks also
+// need the tools of the image tests (a registry, skopeo, debootstrap): install
+// them as `npm test` does (test/global-setup.ts), before any figure is taken,
+// so a fresh machine does not stop half-way with `spawn debootstrap ENOENT`.
+if (process.env.BENCH_IMAGES !== '0') await ensureTestTools((line) => console.log(`(setup: ${line})`));
 
 const realHome = roostHome();
 const assets = await loadAssets(realHome);
