@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   CallFlags, FrameDecoder, MAX_PAYLOAD, MAX_RECORD, MessageType, VERSION, WatchEvent,
   decodeCall, decodeCredit, decodeData, decodeEof, decodeHostHello, decodeSignal,
-  encodeAgentHello, encodeData, encodeEntryRecord, encodeEof, encodeErrorRecord, encodeEventRecord, encodeExit, encodeRecord, encodeStarted,
+  Capability, encodeAgentHello, encodeData, encodeEntryRecord, encodeEof, encodeErrorRecord, encodeEventRecord, encodeExit, encodeRecord, encodeStarted,
   type CallRequest, type Fd,
 } from '@roost/protocol';
 import { AgentConnection } from './agent/connection.js';
@@ -96,7 +96,7 @@ beforeAll(async () => {
       for (const f of dec.push(chunk)) {
         if (f.type === MessageType.HELLO) {
           const h = decodeHostHello(f.payload);
-          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce) }));
+          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce), capabilities: Capability.CALL }));
         } else if (f.type === MessageType.CALL) {
           const s = new FakeStream(sock, f.stream, decodeCall(f.payload));
           byId.set(f.stream, s);
