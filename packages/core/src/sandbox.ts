@@ -4,76 +4,30 @@ import type { PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, 
 import { hostForPort } from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
-import { Commands, type CommandHooks } from './commands.js';
+import { Commands } from './commands.js';
 import { RoostError } from './errors.js';
 import { Files } from './files.js';
-import type { HomeLayout } from './home.js';
-import type { ImageStore } from './image/store.js';
-import type { RuntimeNetwork } from './net/runtime-network.js';
-import type { SnapshotRecord, SnapshotStore } from './snapshot/store.js';
-import type { EventLog } from './state/events.js';
-import type { SandboxRecords } from './state/sandboxes.js';
-import type { Volumes } from './volumes.js';
-import type { VmHandle, Vmm, VmShare } from './vmm/types.js';
+import type { SnapshotRecord } from './snapshot/store.js';
+import type { VmHandle, VmShare } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
 import { SandboxNetwork } from './sandbox/ports.js';
-import { isLive, SandboxRecord } from './sandbox/record.js';
+import { commandHooks, isLive, SandboxRecord } from './sandbox/record.js';
+import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
 import { reconcileVm, recoveryDecision } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
 import { hostShares, isHostPath } from './sandbox/volumes.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy, SandboxOptions };
-export { checkRestoreOptions } from './sandbox/plan.js';
-export { isLive } from './sandbox/record.js';
+export type { RuntimeCounters, SharedRuntime } from './sandbox/services.js';
 
-/** Runtime-wide counters a sandbox adds to. */
-export interface RuntimeCounters {
-  sandboxesCreated: number;
-  sandboxesDestroyed: number;
-  execs: number;
-  execBytes: { stdin: number; stdout: number; stderr: number };
-}
+/** @internal What a sandbox uses of the runtime that owns it (see sandbox/services.ts). */
+export type SandboxServices = Services<Sandbox>;
 
-/**
- * @internal What a sandbox uses of the runtime that owns it. Each module
- * under sandbox/ takes only its part of this (see their contexts). One
- * runtime owns a home at a time, so a Sandbox object is the only writer of
- * its record.
- */
-export interface SandboxServices {
-  readonly home: string;
-  readonly layout: HomeLayout;
-  readonly records: SandboxRecords;
-  readonly events: EventLog;
-  readonly counters: RuntimeCounters;
-  readonly images: ImageStore;
-  readonly volumes: Volumes;
-  readonly snapshots: SnapshotStore;
-  /** Bridge mode's bridge and leases. */
-  readonly network: RuntimeNetwork;
-  /** The VMM backend the runtime uses. */
-  readonly vmm: Vmm;
-  assets(): Promise<Assets>;
-  /** Creates a sandbox through the runtime (its limits and tracking): forks use it. */
-  create(options: SandboxOptions): Promise<Sandbox>;
-  /** The sandbox has a record: the runtime lists it from now on (even if its boot then fails). */
-  adopted(sandbox: Sandbox): void;
-  /** The sandbox was removed: forget it. */
-  released(id: string): void;
-}
+let sharedRuntime: ((home: string | undefined) => Promise<SharedRuntime<Sandbox>>) | null = null;
 
-/** The process's shared runtime of a home, as the static helpers use it (set by runtime.ts, which imports this module). */
-export interface SharedRuntime {
-  create(options: SandboxOptions): Promise<Sandbox>;
-  get(id: string): Promise<Sandbox>;
-  list(): Promise<SandboxInfo[]>;
-}
-
-let sharedRuntime: ((home: string | undefined) => Promise<SharedRuntime>) | null = null;
-
-function shared(home: string | undefined): Promise<SharedRuntime> {
+function shared(home: string | undefined): Promise<SharedRuntime<Sandbox>> {
   if (!sharedRuntime) return Promise.reject(new RoostError('INTERNAL', 'no runtime module loaded: import Sandbox from @roost/core'));
   return sharedRuntime(home);
 }
@@ -122,12 +76,12 @@ export class Sandbox implements SandboxApi {
     this.commands = new Commands(
       connection,
       () => ({ env: record.info.env, ...(record.info.workingDir ? { cwd: record.info.workingDir } : {}), ...(record.info.user ? { user: record.info.user } : {}) }),
-      this.#commandHooks(),
+      commandHooks(record, services.counters),
     );
     // File operations run as the sandbox's user, like commands, but are not commands: no exec events or counts.
     this.files = new Files(connection, () => (record.info.user ? { user: record.info.user } : {}));
     this.ports = {
-      add: (spec) => {
+      add: async (spec) => {
         this.#checkNotRemoved();
         return this.#net.addPort(spec);
       },
@@ -157,7 +111,7 @@ export class Sandbox implements SandboxApi {
   }
 
   /** @internal Where the static helpers find the shared runtime of a home (runtime.ts sets it). */
-  static _useSharedRuntime(get: (home: string | undefined) => Promise<SharedRuntime>): void {
+  static _useSharedRuntime(get: (home: string | undefined) => Promise<SharedRuntime<Sandbox>>): void {
     sharedRuntime = get;
   }
 
@@ -528,21 +482,6 @@ export class Sandbox implements SandboxApi {
 
   #checkNotRemoved(): void {
     if (this.#record.removed) throw new RoostError('NOT_FOUND', `sandbox ${this.id} was removed`);
-  }
-
-  #commandHooks(): CommandHooks {
-    const counters = this.#services.counters;
-    const record = () => this.#record;
-    return {
-      started: (cmd) => {
-        counters.execs++;
-        record().save({ execs: record().info.execs + 1 }, 'exec.started', { data: { execId: cmd.id, pid: cmd.pid, argv: cmd.argv.map((a) => a.slice(0, 256)).slice(0, 32) } });
-      },
-      exited: (cmd) => record().event('exec.exited', { ...cmd }),
-      bytes: (stream, n) => {
-        counters.execBytes[stream] += n;
-      },
-    };
   }
 }
 

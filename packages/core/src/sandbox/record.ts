@@ -2,6 +2,8 @@ import type { EventType, SandboxInfo, SandboxStatus } from '@roost/api';
 import { RoostError } from '../errors.js';
 import type { EventInput, EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
+import type { CommandHooks } from '../commands.js';
+import type { RuntimeCounters } from './services.js';
 
 /**
  * The status changes a sandbox's record may make, from each status. A save
@@ -126,4 +128,18 @@ export class SandboxRecord {
       events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
     })();
   }
+}
+
+/** Command bookkeeping: counts, and `exec.started` / `exec.exited` events on the record. */
+export function commandHooks(record: SandboxRecord, counters: RuntimeCounters): CommandHooks {
+  return {
+    started: (cmd) => {
+      counters.execs++;
+      record.save({ execs: record.info.execs + 1 }, 'exec.started', { data: { execId: cmd.id, pid: cmd.pid, argv: cmd.argv.map((a) => a.slice(0, 256)).slice(0, 32) } });
+    },
+    exited: (cmd) => record.event('exec.exited', { ...cmd }),
+    bytes: (stream, n) => {
+      counters.execBytes[stream] += n;
+    },
+  };
 }
