@@ -12,7 +12,7 @@ import type { VmHandle, VmShare } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
-import { SandboxNetwork } from './sandbox/ports.js';
+import { SandboxNetwork } from './sandbox/network.js';
 import { commandHooks, isLive, SandboxRecord } from './sandbox/record.js';
 import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
 import { reconcileVm, recoveryDecision } from './sandbox/recover.js';

@@ -6,7 +6,7 @@ import { abortError, RoostError } from '../errors.js';
 import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
 import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
 import { AgentLink } from './agent-link.js';
-import type { SandboxNetwork } from './ports.js';
+import type { SandboxNetwork } from './network.js';
 import type { SandboxRecord } from './record.js';
 import { mountVolumes } from './volumes.js';
 
