@@ -31,7 +31,9 @@ export { RoostError, isRoostError, ERROR_STATUS, type RoostErrorCode } from './e
 export { setup, loadAssets, sourceRoot, ensureDebianPackages, REQUIRED_PACKAGES, type Assets, type SetupOptions, type ProgressFn } from './assets.js';
 export { roostHome, HomeLayout } from './home.js';
 export { chooseAccel, hostCpu, type Accel } from './vmm/accel.js';
-export { QemuVmm, qemuArgs, kernelCmdline, vmPaths, QEMU_BINARY } from './vmm/qemu.js';
-export type { Vmm, VmConfig, VmHandle, VmExit, VmPaths, VmShare } from './vmm/types.js';
-export { QmpClient, type QmpEvent } from './vmm/qmp.js';
+export { QemuVmm } from './vmm/qemu/vmm.js';
+export { qemuArgs, kernelCmdline, vmPaths, QEMU_BINARY } from './vmm/qemu/args.js';
+export { registerVmm, vmmNames, DEFAULT_VMM, type VmmFactory } from './vmm/registry.js';
+export type { Vmm, VmmDisks, VmConfig, VmControlOptions, VmHandle, VmExit, VmNic, VmPaths, VmRestore, VmShare, VmStateTarget, SavedMemory } from './vmm/types.js';
+export { QmpClient, type QmpEvent } from './vmm/qemu/qmp.js';
 export { AgentConnection, ExecChannel } from './agent/connection.js';

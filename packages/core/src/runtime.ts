@@ -7,7 +7,9 @@ import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
 import { processUsage } from './proc.js';
-import { Sandbox, checkRestoreOptions, isLive, type RuntimeCounters, type SandboxOptions, type SandboxOwner } from './sandbox.js';
+import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
+import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
+import { isLive } from './sandbox/record.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
@@ -18,6 +20,8 @@ import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
 import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
+import { resolveVmm } from './vmm/registry.js';
+import type { Vmm } from './vmm/types.js';
 
 /** Options of `Runtime.open`. */
 export interface RuntimeOptions {
@@ -31,6 +35,8 @@ export interface RuntimeOptions {
   maxSandboxes?: number;
   /** Bridge mode's bridge and subnet (default: $ROOST_BRIDGE or roost0, $ROOST_BRIDGE_SUBNET or 10.88.0.0/16). */
   bridge?: Partial<BridgeConfig>;
+  /** The VMM backend: a name given to `registerVmm` (default `qemu`), or a backend object. */
+  vmm?: string | Vmm;
 }
 
 /** Options of `runtime.create`. */
@@ -91,18 +97,20 @@ export class Runtime implements RuntimeApi {
   #closed: Promise<void> | null = null;
   #assets: Promise<Assets> | null = null;
   readonly #network: RuntimeNetwork;
+  readonly #vmm: Vmm;
 
-  private constructor(home: string, lock: HomeLock, options: RuntimeOptions) {
+  private constructor(home: string, lock: HomeLock, vmm: Vmm, options: RuntimeOptions) {
     this.home = home;
     this.#layout = new HomeLayout(home);
     this.#lock = lock;
+    this.#vmm = vmm;
     const db = stateDb(home);
     this.#records = new SandboxRecords(db);
     this.#log = new EventLog(db);
     this.settings = new Settings(db);
     this.#images = new ImageStore({ home });
     this.#volumes = new Volumes({ home });
-    this.#snapshotStore = new SnapshotStore(db, this.#layout);
+    this.#snapshotStore = new SnapshotStore(db, this.#layout, () => vmm.version());
     this.#network = new RuntimeNetwork(db, bridgeConfig(options.bridge));
     this.#templates = new Templates(db, this.#snapshotStore, this.#log, { create: (o) => this.create(o), assets: () => this.assets() });
     const store = this.#snapshotStore;
@@ -128,9 +136,10 @@ export class Runtime implements RuntimeApi {
     for (const [k, v] of [['maxConcurrentCreates', options.maxConcurrentCreates], ['maxSandboxes', options.maxSandboxes]] as const) {
       if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new RoostError('INVALID_ARGUMENT', `${k}: must be a positive integer, not ${v}`);
     }
+    const vmm = resolveVmm(options.vmm);
     const lock = HomeLock.acquire(home, options.owner ?? 'an embedded runtime');
     try {
-      const runtime = new Runtime(home, lock, options);
+      const runtime = new Runtime(home, lock, vmm, options);
       await runtime.#recover();
       return runtime;
     } catch (e) {
@@ -200,7 +209,7 @@ export class Runtime implements RuntimeApi {
     }
     this.#creating++;
     const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
-    const created = Sandbox._create(this.#owner(), { ...options, signal });
+    const created = Sandbox._create(this.#services(), { ...options, signal });
     this.#track(created);
     try {
       const sb = await created;
@@ -309,8 +318,9 @@ export class Runtime implements RuntimeApi {
 
   // ---- internals -------------------------------------------------------------
 
-  #owner(): SandboxOwner {
+  #services(): SandboxServices {
     return {
+      vmm: this.#vmm,
       home: this.home,
       layout: this.#layout,
       records: this.#records,
@@ -365,9 +375,9 @@ export class Runtime implements RuntimeApi {
         await rm(this.#layout.sandbox(id), { recursive: true, force: true });
       }
     }
-    const owner = this.#owner();
+    const services = this.#services();
     for (const info of this.#records.all()) {
-      const sb = Sandbox._recover(owner, info);
+      const sb = Sandbox._recover(services, info);
       this.#sandboxes.set(sb.id, sb);
       await sb._attachNetwork();
       await sb._reconcile();
@@ -383,6 +393,8 @@ export class Runtime implements RuntimeApi {
     await this.#snapshotStore.sweep();
   }
 }
+
+Sandbox._useSharedRuntime((home) => Runtime.shared(home));
 
 /** A sandbox.json record of Roost before the SQLite state, brought to today's shape. */
 function parseLegacyRecord(text: string, id: string): SandboxInfo | null {

@@ -1,7 +1,7 @@
 import type { NetworkInfo, NetworkStats } from '@roost/api';
 import { applyEgress, checkBridgePrivileges, createTap, deleteTap, deniedCount, ensureBridge, pruneLearned, removeEgress, serveBridgeDns, tapName, tapStats, type BridgeDnsServer } from './bridge.js';
 import type { Ipam } from './ipam.js';
-import type { SandboxNet } from './sandbox-net.js';
+import type { EgressFilter } from './policy.js';
 
 /** A bridge and its subnet. */
 export interface BridgeConfig {
@@ -11,6 +11,18 @@ export interface BridgeConfig {
   subnet: string;
   /** The host's address on the bridge (default: the subnet's first). */
   gateway?: string;
+}
+
+/**
+ * What the bridge needs of a sandbox's network while its TAP is attached:
+ * its address, MAC and egress policy, its filter for DNS answers, and where
+ * denied lookups are reported. (A SandboxNet is one; this keeps the bridge
+ * from depending on it.)
+ */
+export interface BridgeAttachment {
+  readonly info: NetworkInfo;
+  filter(): EgressFilter;
+  reportDenied(d: { protocol: 'dns'; name: string }): void;
 }
 
 /** How often expired DNS-learned rules are pruned. */
@@ -26,7 +38,7 @@ export class BridgeNetwork {
   readonly name: string;
   readonly gateway: string;
   readonly #ipam: Ipam;
-  readonly #attached = new Map<string, SandboxNet>();
+  readonly #attached = new Map<string, BridgeAttachment>();
   #dns: BridgeDnsServer | null = null;
   #prune: NodeJS.Timeout | null = null;
 
@@ -67,7 +79,7 @@ export class BridgeNetwork {
   }
 
   /** The sandbox's TAP on the bridge and its egress rules (again after a runtime restart: both idempotent). */
-  async attachSandbox(sandboxId: string, snet: SandboxNet): Promise<void> {
+  async attachSandbox(sandboxId: string, snet: BridgeAttachment): Promise<void> {
     const tap = tapName(sandboxId);
     await createTap(tap, this.name);
     await applyEgress({ id: sandboxId, tap, address: snet.info.address!, mac: snet.info.mac!, bridge: this.name }, snet.info.egress, this.gateway);

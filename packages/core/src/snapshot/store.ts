@@ -1,14 +1,11 @@
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import type Database from 'better-sqlite3';
 import type { SnapshotInfo, SnapshotKind } from '@roost/api';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
-import { QEMU_BINARY } from '../vmm/qemu.js';
 import { hashFile, ramChecksum } from './memory.js';
 
 /** The snapshot directory's layout version; a snapshot of another format is refused. */
@@ -47,29 +44,14 @@ export interface SnapshotRecord extends Omit<SnapshotInfo, 'dependents'> {
  */
 export const SNAPSHOT_FILES = { memory: 'memory', state: 'state', disk: 'disk.qcow2', overlay: 'overlay.qcow2', manifest: 'manifest.json' } as const;
 
-const execFileP = promisify(execFile);
-let qemuVersion: Promise<string> | null = null;
-
-/** `qemu-system-x86_64 --version`'s first line, once per process. */
-export function currentQemuVersion(): Promise<string> {
-  qemuVersion ??= execFileP(QEMU_BINARY, ['--version']).then(
-    (r) => r.stdout.split('\n')[0]!.trim(),
-    (e: Error) => {
-      qemuVersion = null;
-      throw new RoostError('SETUP_REQUIRED', `cannot run ${QEMU_BINARY} --version: ${e.message}`, { cause: e });
-    },
-  );
-  return qemuVersion;
-}
-
 /**
- * Why a snapshot was not made by this build (QEMU, kernel, initramfs, agent),
- * or null when it was.
+ * Why a snapshot was not made by this build (the VMM's version, kernel,
+ * initramfs, agent), or null when it was.
  */
-export async function buildMismatch(rec: SnapshotRecord, assets: Assets): Promise<string | null> {
+export function buildMismatch(rec: SnapshotRecord, assets: Assets, vmmVersion: string): string | null {
   const m = rec.manifest;
   if (m.format !== SNAPSHOT_FORMAT) return `it has format ${m.format}, this Roost reads ${SNAPSHOT_FORMAT}`;
-  const now = { ...buildIdentity(assets), qemuVersion: await currentQemuVersion() };
+  const now = { ...buildIdentity(assets), qemuVersion: vmmVersion };
   if (m.qemuVersion !== now.qemuVersion) return `it was made by ${m.qemuVersion}, this host runs ${now.qemuVersion}: take it again`;
   if (m.kernel !== now.kernel) return `it was made with guest kernel ${m.kernel}, the current build is ${now.kernel}: take it again`;
   if (m.initramfs !== now.initramfs || m.agentHash !== now.agentHash) return `it was made with guest agent ${m.agentHash}, the current build is ${now.agentHash}: take it again`;
@@ -93,10 +75,18 @@ export class SnapshotStore {
   readonly #layout: HomeLayout;
   /** Snapshots whose files were checked in this process, by id, with the files' identity when checked. */
   readonly #verified = new Map<string, string>();
+  /** The VMM's build (QEMU's `--version`), recorded with every snapshot. */
+  readonly vmmVersion: () => Promise<string>;
 
-  constructor(db: Database.Database, layout: HomeLayout) {
+  constructor(db: Database.Database, layout: HomeLayout, vmmVersion: () => Promise<string>) {
     this.#db = db;
     this.#layout = layout;
+    this.vmmVersion = vmmVersion;
+  }
+
+  /** Why `rec` was not made by this build, or null when it was (see `buildMismatch`). */
+  async mismatch(rec: SnapshotRecord, assets: Assets): Promise<string | null> {
+    return buildMismatch(rec, assets, await this.vmmVersion());
   }
 
   dir(id: string): string {
@@ -225,7 +215,7 @@ export class SnapshotStore {
     const m = rec.manifest;
     const refuse = (why: string, reason: string) =>
       new RoostError('INVALID_STATE', `snapshot ${rec.name} cannot be restored: ${why}`, { details: { snapshot: rec.name, reason } });
-    const mismatch = await buildMismatch(rec, assets);
+    const mismatch = await this.mismatch(rec, assets);
     if (mismatch) throw refuse(mismatch, 'version');
     if (m.accel !== accel) throw refuse(`it was made under ${m.accel}, this host uses ${accel} (guest CPU state does not carry over)`, 'accel');
     const root = await stat(rootfs).catch(() => null);

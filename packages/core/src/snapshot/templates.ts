@@ -1,17 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import type Database from 'better-sqlite3';
-import { CreateTemplateRequestSchema, type CreateTemplateRequest, type TemplateInfo, type TemplatesApi } from '@roost/api';
+import { CreateTemplateRequestSchema, type CommandsApi, type CreateTemplateRequest, type TemplateInfo, type TemplatesApi } from '@roost/api';
 import { RoostError } from '../errors.js';
-import type { Sandbox, SandboxOptions } from '../sandbox.js';
+import type { SandboxOptions } from '../sandbox/plan.js';
 import type { EventLog } from '../state/events.js';
 import { parseOptions } from '../validate.js';
-import type { SnapshotStore } from './store.js';
-import { buildMismatch } from './store.js';
+import type { SnapshotRecord, SnapshotStore } from './store.js';
 import type { Assets } from '../assets.js';
+
+/** What building a template uses of its sandbox: a command, a snapshot, removal. */
+export interface TemplateSandbox {
+  readonly commands: Pick<CommandsApi, 'run'>;
+  _snapshot(name: string, kind: 'template', options: { template: string; timeoutMs: number; signal?: AbortSignal }): Promise<SnapshotRecord>;
+  remove(options: { force: boolean }): Promise<void>;
+}
 
 /** What templates need from the runtime. */
 export interface TemplateHost {
-  create(options: SandboxOptions): Promise<Sandbox>;
+  create(options: SandboxOptions): Promise<TemplateSandbox>;
   assets(): Promise<Assets>;
 }
 
@@ -113,7 +119,7 @@ export class Templates implements TemplatesApi {
 
   async #restorable(id: string): Promise<boolean> {
     const rec = this.#snapshots.find(id);
-    return rec !== undefined && (await buildMismatch(rec, await this.#host.assets())) === null;
+    return rec !== undefined && (await this.#snapshots.mismatch(rec, await this.#host.assets())) === null;
   }
 
   async #build(name: string, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<TemplateInfo> {

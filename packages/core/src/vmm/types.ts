@@ -1,5 +1,4 @@
 import type { Accel } from './accel.js';
-import type { QmpClient } from './qmp.js';
 
 /** What a VM boots and how big it is. */
 export interface VmConfig {
@@ -41,7 +40,7 @@ export type VmNic = { kind: 'stream'; socket: string; mac: string; mtu: number }
 export interface VmRestore {
   /** The guest RAM image (`memoryMiB` bytes), mapped copy-on-write. */
   memory: string;
-  /** QEMU's device state (`xen-save-devices-state`), loaded as an incoming migration. */
+  /** The VMM's device state, as `VmHandle.saveState` wrote it. */
   state: string;
 }
 
@@ -64,14 +63,44 @@ export interface VmExit {
 /** Files a running VM exposes in its sandbox directory. */
 export interface VmPaths {
   agentSocket: string;
-  qmpSocket: string;
   /** Where QEMU serves the NIC's frames in user mode. */
   netSocket: string;
   consoleLog: string;
   vmmLog: string;
 }
 
-/** A running VM. */
+/** What `VmHandle.saveState` writes: the VM's device state and its guest RAM. */
+export interface VmStateTarget {
+  /** Where the device state goes. */
+  devices: string;
+  /** Where the guest RAM image goes (a sparse file of `memoryBytes`). */
+  memory: string;
+  /** The guest RAM's size in bytes (`memoryMiB` of the VM). */
+  memoryBytes: number;
+  /** The RAM image this VM was restored from, if it was (a re-attached VM does not know). */
+  restoredFrom?: string | undefined;
+}
+
+/** What `VmHandle.saveState` wrote of the guest RAM. */
+export interface SavedMemory {
+  /** The RAM image's checksum (see snapshot/memory.ts, `ramChecksum`). */
+  checksum: string;
+  /** Bytes of data written (the rest are holes). */
+  dataBytes: number;
+}
+
+/** Bounds of one control request to the VMM. */
+export interface VmControlOptions {
+  /** Gives up connecting to the VMM's control channel when it fires. */
+  signal?: AbortSignal | undefined;
+  /** How long the VMM may take to answer (default 10 s). */
+  timeoutMs?: number | undefined;
+}
+
+/**
+ * A running VM, as core uses it: every control goes through these methods,
+ * so nothing above the backend knows how the VMM is driven.
+ */
 export interface VmHandle {
   readonly pid: number;
   readonly paths: VmPaths;
@@ -81,19 +110,46 @@ export interface VmHandle {
   waitForExit(): Promise<VmExit>;
   /** True once the process is gone. */
   readonly hasExited: boolean;
-  /** The QMP control connection (opened on first use). */
-  qmp(signal?: AbortSignal): Promise<QmpClient>;
+  /** The VMM's view of the VM (`running`, `paused`, ...), independent of the guest agent. */
+  status(options?: VmControlOptions): Promise<string>;
+  /** Stops the vCPUs; memory and devices stay as they are. */
+  pause(options?: VmControlOptions): Promise<void>;
+  /** Runs the vCPUs again after `pause`. */
+  resume(options?: VmControlOptions): Promise<void>;
+  /** Writes the device state and guest RAM of a paused VM (a snapshot); `timeoutMs` bounds the device state. */
+  saveState(target: VmStateTarget, options: VmControlOptions & { timeoutMs: number }): Promise<SavedMemory>;
+  /** Asks the VMM to exit (the guest gets no say); resolves once asked, not once it has exited. */
+  quit(options?: VmControlOptions): Promise<void>;
   /** Ends the VM process at once (SIGKILL). Idempotent. */
   kill(): void;
-  /** Closes this process's QMP connection, if open (QEMU serves one QMP client at a time). */
-  closeQmp(): void;
+  /** Lets go of this process's control connection, if open (a VMM may serve one controller at a time). */
+  release(): void;
 }
 
-/** A virtual machine monitor backend. */
-export interface Vmm {
+/** Disk and version operations of a backend that do not need a running VM. */
+export interface VmmDisks {
+  /** Makes a sandbox's writable disk at `path` (`sizeMiB`, sparse); `cache` may keep shared templates. */
+  createDisk(path: string, sizeMiB: number, options: { cache: string; signal?: AbortSignal }): Promise<void>;
+  /** Makes an empty writable layer at `path` over the disk `base`, which will be at that path when it is used. */
+  createOverlay(base: string, path: string, sizeMiB: number, options: { signal?: AbortSignal }): Promise<void>;
+}
+
+/** A virtual machine monitor backend (register one with `registerVmm`). */
+export interface Vmm extends VmmDisks {
   readonly name: string;
+  /** The backend's build, recorded with snapshots: a snapshot restores only under the same one. */
+  version(): Promise<string>;
+  /** The files a VM of the sandbox directory `dir` will expose (known before it starts: its NIC's socket is). */
+  paths(dir: string): VmPaths;
   /** Starts a VM; resolves once the process runs (not once the guest has booted). */
   start(config: VmConfig): Promise<VmHandle>;
   /** Re-attaches to a VM started earlier (a detached sandbox) by its pid, or returns null if it is gone. */
   attach(pid: number, dir: string): VmHandle | null;
+  /** The most shares (volumes) a VM can have: `withNic` when it also has a NIC. */
+  maxShares(withNic: boolean): number;
 }
+
+/** Sizes of a sandbox's writable disk (MiB). */
+export const DEFAULT_DISK_MIB = 4096;
+export const MIN_DISK_MIB = 64;
+export const MAX_DISK_MIB = 2 * 2 ** 20; // 2 TiB

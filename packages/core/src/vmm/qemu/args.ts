@@ -1,12 +1,7 @@
-import { spawn } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
-import type { Writable } from 'node:stream';
-import { RoostError } from '../errors.js';
-import { hostCpu } from './accel.js';
-import { connectWithRetry } from './connect.js';
-import { QmpClient } from './qmp.js';
-import type { Vmm, VmConfig, VmExit, VmHandle, VmNic, VmPaths, VmShare } from './types.js';
+import { join } from 'node:path';
+import { RoostError } from '../../errors.js';
+import { hostCpu } from '../accel.js';
+import type { VmConfig, VmNic, VmPaths, VmShare } from '../types.js';
 
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
@@ -19,22 +14,6 @@ export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
  */
 const TCG_CPU = 'max,erms=off,fsrm=off';
 
-/**
- * The most a sandbox may write to each of its logs on the host (bytes). A
- * root guest can write to its serial console without end (~0.4 MiB/s under
- * TCG, over 1 GB an hour), and can make QEMU print errors about its devices:
- * both go through a pipe to a keeper process that writes the first `limit`
- * bytes to the log and discards the rest, so the guest runs on unharmed.
- * (QEMU itself cannot be size-limited: it writes the sandbox's disk.)
- */
-export function logLimit(env: NodeJS.ProcessEnv = process.env): number {
-  const raw = env.ROOST_LOG_LIMIT_BYTES;
-  if (raw === undefined || raw === '') return 64 * 2 ** 20;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 4096) throw new RoostError('INVALID_ARGUMENT', `ROOST_LOG_LIMIT_BYTES must be a whole number of at least 4096, not "${raw}"`);
-  return n;
-}
-
 /** Escapes a value for QEMU's comma-separated options (a comma is written twice). */
 function opt(value: string): string {
   return value.replaceAll(',', ',,');
@@ -43,7 +22,12 @@ function opt(value: string): string {
 /** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
 const TCG_TB_SIZE_MIB = 16;
 
-export function vmPaths(dir: string): VmPaths {
+/** The files of a QEMU VM: the backend-neutral ones, and QEMU's control socket (QMP). */
+export interface QemuPaths extends VmPaths {
+  qmpSocket: string;
+}
+
+export function vmPaths(dir: string): QemuPaths {
   return {
     agentSocket: join(dir, 'agent.sock'),
     netSocket: join(dir, 'net.sock'),
@@ -73,7 +57,7 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
 }
 
 /** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
-export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
+export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
   const { agent = true, rootfs = true } = options;
   const tcg = config.accel === 'tcg';
   const args = [
@@ -134,7 +118,7 @@ export function qemuArgs(config: VmConfig, paths: VmPaths, options: { agent?: bo
   return args;
 }
 
-/** The id of the guest RAM's memory backend; it names the mapping in /proc/PID/maps (see snapshot/memory.ts). */
+/** The id of the guest RAM's memory backend; it names the mapping in /proc/PID/maps (see ram.ts). */
 export const MEMORY_BACKEND_MEMFD_NAME = '/memfd:memory-backend-memfd';
 
 /**
@@ -211,198 +195,5 @@ function shareArgs(share: VmShare, id: string, bus: string): string[] {
 function nicArgs(nic: VmNic, bus: string): string[] {
   const netdev = nic.kind === 'stream' ? `stream,id=net0,server=on,addr.type=unix,addr.path=${opt(nic.socket)}` : `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no`;
   return ['-netdev', netdev, '-device', `virtio-net-device,netdev=net0,mac=${nic.mac},host_mtu=${nic.mtu},bus=${bus}`];
-}
-
-/** The longest unix socket path Linux accepts (sun_path is 108 bytes with its NUL). */
-const MAX_SOCKET_PATH = 107;
-
-/** QEMU on the microvm machine. */
-export class QemuVmm implements Vmm {
-  readonly name = 'qemu';
-
-  async start(config: VmConfig): Promise<VmHandle> {
-    const paths = vmPaths(config.dir);
-    for (const p of [paths.agentSocket, paths.qmpSocket]) {
-      if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
-        throw new RoostError('INVALID_ARGUMENT', `socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter ROOST_HOME`);
-      }
-    }
-    const qemu = findExecutable(QEMU_BINARY);
-    if (!qemu) {
-      throw new RoostError('SETUP_REQUIRED', `${QEMU_BINARY} is not installed: run \`roost setup\` (it installs qemu-system-x86)`);
-    }
-    const args = qemuArgs(config, paths, { consolePipe: true });
-    const limit = logLimit();
-    const consoleKeeper = startLogKeeper(paths.consoleLog, limit);
-    const vmmKeeper = startLogKeeper(paths.vmmLog, limit);
-    // For a non-detached VM, setpriv sets PR_SET_PDEATHSIG on QEMU, so it gets
-    // SIGKILL when its owner dies, however it dies. The keepers end when QEMU
-    // closes their pipes.
-    const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
-    let child;
-    let stateFd: number | undefined;
-    try {
-      if (config.restore) stateFd = openSync(config.restore.state, 'r');
-      // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      child = spawn(cmd, argv, { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'], detached: true });
-    } catch (e) {
-      consoleKeeper.kill();
-      vmmKeeper.kill();
-      throw new RoostError('VMM', `could not start QEMU: ${(e as Error).message}`, { cause: e });
-    } finally {
-      // QEMU holds the write ends now; ours would keep the keepers from ever seeing EOF.
-      consoleKeeper.stdin.destroy();
-      vmmKeeper.stdin.destroy();
-      if (stateFd !== undefined) closeSync(stateFd);
-    }
-    const qemuExited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-    // The VM has exited once its logs are complete too: boot errors read them right after.
-    const exited = Promise.all([qemuExited, consoleKeeper.exited, vmmKeeper.exited]).then(([e]) => e);
-    const pid = await new Promise<number>((resolve, reject) => {
-      child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (e: NodeJS.ErrnoException) => {
-        consoleKeeper.kill();
-        vmmKeeper.kill();
-        reject(new RoostError('VMM', `could not start QEMU (through ${cmd}): ${e.message}`, { cause: e }));
-      });
-    });
-    child.unref();
-    return new QemuHandle(pid, paths, exited);
-  }
-
-  attach(pid: number, dir: string): VmHandle | null {
-    if (!isOurQemu(pid, dir)) return null;
-    const paths = vmPaths(dir);
-    // Not our child: watch for its exit by polling.
-    const exited = new Promise<VmExit>((resolve) => {
-      const timer = setInterval(() => {
-        if (!isOurQemu(pid, dir)) {
-          clearInterval(timer);
-          resolve({ code: null, signal: null });
-        }
-      }, 100);
-      timer.unref();
-    });
-    return new QemuHandle(pid, paths, exited);
-  }
-}
-
-interface LogKeeper {
-  stdin: Writable;
-  exited: Promise<void>;
-  kill(): void;
-}
-
-/**
- * A process that copies its stdin to `path` as it arrives, the first `limit`
- * bytes of it, and discards the rest. It outlives this Node process with a detached VM.
- */
-function startLogKeeper(path: string, limit: number): LogKeeper {
-  const out = openSync(path, 'a');
-  try {
-    // cat copies each read at once (head and dd wait to fill their buffers);
-    // RLIMIT_FSIZE stops it at the limit (SIGXFSZ ignored, so the write fails
-    // with EFBIG and cat exits), then a second cat drains the rest unseen.
-    const script = 'trap "" XFSZ; prlimit --fsize="$1" -- cat; exec cat >/dev/null';
-    const child = spawn('/bin/sh', ['-c', script, 'roost-log', String(limit)], {
-      stdio: ['pipe', out, 'ignore'],
-      detached: true,
-    });
-    child.unref();
-    const exited = new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
-      child.once('error', () => resolve());
-    });
-    return {
-      stdin: child.stdin!, // stdio[0] is 'pipe'
-      exited,
-      kill: () => {
-        child.kill('SIGKILL');
-      },
-    };
-  } finally {
-    closeSync(out);
-  }
-}
-
-/** Resolves a command name through PATH (or checks a path); null when it is not an executable file. */
-export function findExecutable(name: string): string | null {
-  const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).map((d) => join(d, name));
-  for (const c of candidates) {
-    try {
-      accessSync(c, constants.X_OK);
-      return c;
-    } catch {
-      // next
-    }
-  }
-  return null;
-}
-
-/** True if `pid` is alive and is the QEMU of the sandbox in `dir` (guards against a recycled pid). */
-export function isOurQemu(pid: number, dir: string): boolean {
-  try {
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (/\) Z /.test(stat)) return false; // a zombie has exited
-    return cmdline.includes(vmPaths(dir).agentSocket);
-  } catch {
-    return false;
-  }
-}
-
-class QemuHandle implements VmHandle {
-  #qmp: Promise<QmpClient> | undefined;
-  #exited = false;
-  readonly exited: Promise<VmExit>;
-
-  constructor(
-    readonly pid: number,
-    readonly paths: VmPaths,
-    exited: Promise<VmExit>,
-  ) {
-    this.exited = exited.then((e) => {
-      this.#exited = true;
-      return e;
-    });
-  }
-
-  get hasExited(): boolean {
-    return this.#exited;
-  }
-
-  async waitForExit(): Promise<VmExit> {
-    // The child process and its watchers are unref'd so an idle sandbox does
-    // not keep its owner alive; someone waiting on the exit must.
-    const hold = setInterval(() => {}, 1 << 30);
-    try {
-      return await this.exited;
-    } finally {
-      clearInterval(hold);
-    }
-  }
-
-  qmp(signal?: AbortSignal): Promise<QmpClient> {
-    if (!this.#qmp) {
-      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), { what: this.paths.qmpSocket, vmExited: () => this.#exited, signal });
-      this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
-    }
-    return this.#qmp;
-  }
-
-  closeQmp(): void {
-    const qmp = this.#qmp;
-    this.#qmp = undefined;
-    void qmp?.then((q) => q.close()).catch(() => {});
-  }
-
-  kill(): void {
-    if (this.#exited) return;
-    try {
-      process.kill(this.pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
 }
 

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
-import { RoostError } from '../errors.js';
+import { RoostError } from '../../errors.js';
 
 /** A QMP event as QEMU sends it. */
 export interface QmpEvent {

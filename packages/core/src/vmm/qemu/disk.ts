@@ -1,12 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runTool } from '../tool.js';
-
-/** Default size of a sandbox's writable disk (MiB): sparse, so it costs only what is written. */
-export const DEFAULT_DISK_MIB = 4096;
-export const MIN_DISK_MIB = 64;
-export const MAX_DISK_MIB = 2 * 2 ** 20; // 2 TiB
+import { runTool } from '../../tool.js';
 
 /**
  * Creates a sandbox's writable disk at `path`: a qcow2 overlay whose backing
@@ -23,6 +18,14 @@ export async function createDisk(cache: string, path: string, sizeMiB: number, s
     await rm(path, { force: true });
     throw e;
   }
+}
+
+/**
+ * An empty qcow2 layer at `path` over the qcow2 disk `base`. `-u`: `base`
+ * need not exist yet (a snapshot's disk is renamed into place after).
+ */
+export async function createOverlay(base: string, path: string, sizeMiB: number, signal?: AbortSignal): Promise<void> {
+  await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-u', '-b', base, path, `${sizeMiB}M`], { pkg: 'qemu-utils', code: 'VMM', ...(signal ? { signal } : {}) });
 }
 
 /** The shared empty-filesystem image of a size, built on first use (atomically: concurrent builders race safely). */

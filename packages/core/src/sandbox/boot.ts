@@ -1,0 +1,167 @@
+import { access, copyFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AgentConnection } from '../agent/connection.js';
+import type { Assets } from '../assets.js';
+import { abortError, RoostError } from '../errors.js';
+import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
+import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
+import { AgentLink } from './agent-link.js';
+import type { SandboxNetwork } from './network.js';
+import type { SandboxRecord } from './record.js';
+import { mountVolumes } from './volumes.js';
+
+/** What booting a sandbox's VM needs, and how it hands the running VM over. */
+export interface BootContext {
+  readonly record: SandboxRecord;
+  /** The sandbox's directory: its disk, sockets and logs. */
+  readonly dir: string;
+  readonly vmm: Vmm;
+  /** Where shared disk templates are kept. */
+  readonly cacheDir: string;
+  /** A snapshot's directory (for a restore). */
+  snapshotDir(id: string): string;
+  readonly net: SandboxNetwork;
+  /** The VM process runs (not yet booted): the sandbox's VM from now on. */
+  vmStarted(vm: VmHandle | null): void;
+  /** The guest booted: the sandbox watches the VM for its exit, and the connection for a lost agent. */
+  booted(vm: VmHandle, conn: AgentConnection): void;
+}
+
+/** What to boot. */
+export interface BootRequest {
+  assets: Assets;
+  rootfs: string;
+  shares: VmShare[];
+  timeoutMs: number;
+  signal?: AbortSignal | undefined;
+  /** Resume this snapshot instead of booting. */
+  restore?: SnapshotRecord | undefined;
+}
+
+/**
+ * Boots the sandbox's VM, or resumes a snapshot in it; resolves once the
+ * agent answers and the volumes are mounted, with the record `running`. On
+ * failure the VM is killed, the network closed and the record `failed`
+ * (when a VM was started), and the error is BOOT_FAILED (or TIMEOUT,
+ * ABORTED, or the setup/input error that stopped it) with the guest's last
+ * console lines.
+ */
+export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> {
+  const { dir, record } = ctx;
+  const deadline = AbortSignal.timeout(req.timeoutMs);
+  const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
+  const info = record.info;
+  let vm: VmHandle | null = null;
+  try {
+    if (signal.aborted) throw abortError(signal, 'sandbox creation');
+    await mkdir(dir, { recursive: true });
+    const disk = join(dir, 'disk.qcow2');
+    const snapshotDir = req.restore ? ctx.snapshotDir(req.restore.id) : null;
+    if (snapshotDir) {
+      // An empty layer over the snapshot's disk, made once with the snapshot.
+      await copyFile(join(snapshotDir, SNAPSHOT_FILES.overlay), disk);
+    } else if (!(await exists(disk))) {
+      await ctx.vmm.createDisk(disk, info.diskSizeMiB, { cache: ctx.cacheDir, signal });
+    }
+    // Published ports are bound before the VM starts: a port in use fails the create before a VM is spent on it.
+    const snet = await ctx.net.open();
+    vm = await ctx.vmm.start({
+      id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: req.assets.kernel, initramfs: req.assets.initramfs,
+      rootfs: req.rootfs, disk, kernelHz: req.assets.kernelHz, detached: info.detached, accel: info.accel, shares: req.shares,
+      ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
+      ...(snet ? { nic: snet.nic(ctx.vmm.paths(dir)) } : {}),
+    });
+    ctx.vmStarted(vm);
+    record.save({ pid: vm.pid });
+    const runningVm = vm;
+    await snet?.attach(vm.paths, { vmExited: () => runningVm.hasExited, signal, timeoutMs: req.timeoutMs });
+    const conn = await AgentLink.handshake(vm, { detached: info.detached, timeoutMs: req.timeoutMs, signal, net: snet?.helloConfig() });
+    try {
+      await mountVolumes(conn, record.info.volumes ?? [], req.shares, signal);
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+    ctx.booted(vm, conn);
+    record.save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.hello.agentVersion }, 'sandbox.started', {
+      data: { pid: vm.pid, agentVersion: conn.hello.agentVersion, ...(req.restore ? { restoredFrom: req.restore.id } : {}) },
+    });
+  } catch (e) {
+    vm?.kill();
+    await vm?.waitForExit();
+    ctx.vmStarted(null);
+    ctx.net.close(true);
+    const err = await bootError(e, dir, req.timeoutMs, signal);
+    if (vm) {
+      const reason = err.message.split('\n')[0]!;
+      record.save({ status: 'failed', pid: null, reason, stoppedAt: new Date().toISOString() }, 'sandbox.failed', { data: { reason, code: err.code } });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Ends a VM run on purpose: the agent ends processes, syncs and powers off
+ * (a paused guest is let run for that). If it does not within half of
+ * `timeoutMs`, the VMM is asked to quit; at `timeoutMs` the VM is killed.
+ * Resolves once the VM has exited.
+ */
+export async function shutDown(vm: VmHandle, connection: () => Promise<AgentConnection>, options: { wasPaused: boolean; timeoutMs: number }): Promise<void> {
+  const { timeoutMs } = options;
+  if (options.wasPaused) await vm.resume().catch(() => {});
+  try {
+    const conn = await Promise.race([connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
+    conn?.poweroff();
+  } catch {
+    // No agent to ask: the kill below ends it.
+  }
+  const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms).then(() => false)]);
+  if (!(await exitedWithin(timeoutMs / 2))) {
+    await vm.quit({ timeoutMs: 1_000 }).catch(() => {});
+    if (!(await exitedWithin(timeoutMs / 2))) {
+      vm.kill();
+      await vm.waitForExit();
+    }
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Turns a boot failure into BOOT_FAILED (or TIMEOUT / ABORTED) carrying the guest's last console lines. */
+export async function bootError(e: unknown, dir: string, timeoutMs: number, signal: AbortSignal): Promise<RoostError> {
+  const consoleTail = await tail(join(dir, 'console.log'), 30);
+  const vmmTail = await tail(join(dir, 'qemu.log'), 10);
+  const details = { console: consoleTail, qemu: vmmTail, dir };
+  const shown = [vmmTail.length ? `QEMU said:\n  ${vmmTail.join('\n  ')}` : '', consoleTail.length ? `last console lines:\n  ${consoleTail.slice(-10).join('\n  ')}` : 'the guest printed nothing on its console']
+    .filter(Boolean)
+    .join('\n');
+  // Not boot failures: bad input, a missing setup, or a published host port that is taken or privileged (bound before QEMU starts).
+  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT' || e.code === 'UNAVAILABLE' || e.code === 'PERMISSION_DENIED')) return e;
+  if (signal.aborted && !(signal.reason instanceof Error && signal.reason.name === 'TimeoutError')) {
+    return abortError(signal, 'sandbox creation');
+  }
+  const deadlineHit = signal.aborted && signal.reason instanceof Error && signal.reason.name === 'TimeoutError';
+  if ((e instanceof RoostError && e.code === 'TIMEOUT') || deadlineHit) {
+    return new RoostError('BOOT_FAILED', `the guest did not boot within ${timeoutMs} ms (raise timeoutMs on a loaded machine; see ${dir}/console.log)\n${shown}`, { cause: e, details });
+  }
+  const msg = e instanceof Error ? e.message : String(e);
+  return new RoostError('BOOT_FAILED', `the sandbox failed to boot: ${msg}\n${shown}`, { cause: e, details });
+}
+
+async function tail(path: string, lines: number): Promise<string[]> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim()).slice(-lines);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,131 @@
+import { realpath, stat } from 'node:fs/promises';
+import { posix } from 'node:path';
+import { CallFlags } from '@roost/protocol';
+import { MAX_VOLUMES, VolumeNameSchema, type NetworkMode, type SandboxInfo, type VolumeMount } from '@roost/api';
+import type { AgentConnection } from '../agent/connection.js';
+import { RoostError } from '../errors.js';
+import { runCall } from '../files.js';
+import type { Volumes } from '../volumes.js';
+import type { Vmm, VmShare } from '../vmm/types.js';
+
+/** A NIC takes one of the VM's free device slots: with a network, one volume fewer. */
+export function checkVolumeCount(count: number, mode: NetworkMode, vmm: Pick<Vmm, 'maxShares'>): void {
+  const all = vmm.maxShares(false);
+  const max = vmm.maxShares(mode !== 'none');
+  if (count > max) {
+    throw new RoostError('INVALID_ARGUMENT', `volumes: at most ${max} with network '${mode}', not ${count}${mode === 'none' ? '' : ` (${all} with network 'none')`}`, { details: { field: 'volumes' } });
+  }
+}
+
+/** Guest paths no volume may be mounted on or below: the kernel's own file systems. */
+const RESERVED_TARGETS = ['/proc', '/sys', '/dev'];
+
+/** True for a volume source that is a host directory (else it names a volume). */
+export function isHostPath(source: string): boolean {
+  return source.startsWith('/');
+}
+
+function depth(path: string): number {
+  return path.split('/').length;
+}
+
+/**
+ * Checks the volumes of a sandbox to be: targets absolute, normalized,
+ * distinct and not reserved; host directories existing (resolved with
+ * realpath once, here: that is what is recorded and mounted), names valid.
+ */
+export async function resolveVolumes(volumes: readonly VolumeMount[], home: string): Promise<VolumeMount[]> {
+  if (volumes.length > MAX_VOLUMES) throw new RoostError('INVALID_ARGUMENT', `volumes: at most ${MAX_VOLUMES}, not ${volumes.length}`);
+  const realHome = await realpath(home).catch(() => home);
+  const targets = new Set<string>();
+  const out: VolumeMount[] = [];
+  for (const [i, v] of volumes.entries()) {
+    const where = `volumes[${i}]`;
+    const bad = (message: string, field: 'source' | 'target') => new RoostError('INVALID_ARGUMENT', `${where}.${field}: ${message}`, { details: { field: `volumes.${i}.${field}`, source: v.source, target: v.target } });
+    const t = v.target;
+    if (!t.startsWith('/')) throw bad(`the guest path "${t}" must be absolute`, 'target');
+    if (t.includes('\0')) throw bad('the guest path contains a NUL byte', 'target');
+    if (Buffer.byteLength(t) > 4095) throw bad('the guest path is longer than 4095 bytes', 'target');
+    const normal = posix.normalize(t).replace(/(.)\/+$/, '$1');
+    if (normal !== t) throw bad(`the guest path "${t}" is not normalized: write it as "${normal}"`, 'target');
+    if (t === '/') throw bad('a volume cannot be mounted on / (the guest\'s root)', 'target');
+    const reserved = RESERVED_TARGETS.find((r) => t === r || t.startsWith(r + '/'));
+    if (reserved) throw bad(`${t} is under ${reserved}, which belongs to the guest kernel`, 'target');
+    if (targets.has(t)) throw bad(`two volumes are mounted at ${t}`, 'target');
+    targets.add(t);
+
+    let source: string;
+    if (isHostPath(v.source)) {
+      if (v.source.includes('\0')) throw bad('the host path contains a NUL byte', 'source');
+      try {
+        source = await realpath(v.source);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        throw bad(code === 'ENOENT' ? `the host directory ${v.source} does not exist` : `cannot resolve the host directory ${v.source}: ${(e as Error).message}`, 'source');
+      }
+      const st = await stat(source).catch((e: Error) => {
+        throw bad(`cannot read the host directory ${v.source}: ${e.message}`, 'source');
+      });
+      if (!st.isDirectory()) throw bad(`${v.source}${source !== v.source ? ` (${source})` : ''} is not a directory`, 'source');
+      if (source === realHome || source.startsWith(realHome + '/')) {
+        throw bad(`${v.source} is inside the Roost home ${home} (sandbox disks, sockets, the API token): use a named volume instead`, 'source');
+      }
+    } else {
+      const r = VolumeNameSchema.safeParse(v.source);
+      if (!r.success) throw bad(`"${v.source}" is neither an absolute host directory nor a volume name (${r.error.issues[0]?.message ?? 'invalid'})`, 'source');
+      source = v.source;
+    }
+    out.push({ source, target: t, readOnly: v.readOnly === true });
+  }
+  return out;
+}
+
+/**
+ * The host side of a sandbox's volumes, in the order of `info.volumes`
+ * (share i has tag `roost.v<i>`): NOT_FOUND or INVALID_STATE when a host
+ * directory is gone or became a link; named volumes are made again if missing.
+ */
+export async function hostShares(info: Pick<SandboxInfo, 'id' | 'volumes'>, volumes: Pick<Volumes, '_ensure'>): Promise<VmShare[]> {
+  const shares: VmShare[] = [];
+  for (const [i, v] of (info.volumes ?? []).entries()) {
+    let path: string;
+    if (isHostPath(v.source)) {
+      path = v.source;
+      const st = await stat(path).catch(() => null);
+      if (!st?.isDirectory()) {
+        throw new RoostError('NOT_FOUND', `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is no longer a directory: restore it (or remove the sandbox)`, {
+          details: { source: path, target: v.target },
+        });
+      }
+      // Resolved once, at create: a directory since replaced by a symlink is not followed somewhere else.
+      const real = await realpath(path).catch(() => path);
+      if (real !== path) {
+        throw new RoostError('INVALID_STATE', `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is now a link to ${real}: restore the directory (or remove the sandbox)`, {
+          details: { source: path, target: v.target },
+        });
+      }
+    } else {
+      path = volumes._ensure(v.source).path;
+    }
+    shares.push({ tag: `roost.v${i}`, path, readOnly: v.readOnly === true });
+  }
+  return shares;
+}
+
+/**
+ * Mounts the volumes in the guest (the agent's `mount` call, as root),
+ * parents before what is mounted below them. A failure fails the boot.
+ */
+export async function mountVolumes(conn: AgentConnection, volumes: readonly VolumeMount[], shares: VmShare[], signal: AbortSignal): Promise<void> {
+  const order = volumes.map((v, i) => ({ v, share: shares[i]! })).sort((a, b) => depth(a.v.target) - depth(b.v.target));
+  for (const { v, share } of order) {
+    try {
+      await runCall(conn, { op: 'mount', args: [share.tag, v.target], flags: v.readOnly ? CallFlags.READ_ONLY : 0, user: '0' }, { signal });
+    } catch (e) {
+      if (signal.aborted) throw e;
+      const why = e instanceof Error ? e.message : String(e);
+      throw new RoostError('BOOT_FAILED', `cannot mount volume ${v.source} at ${v.target} in the guest: ${why}`, { cause: e, details: { source: v.source, target: v.target } });
+    }
+  }
+}
+

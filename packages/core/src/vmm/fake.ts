@@ -1,0 +1,248 @@
+import { appendFileSync } from 'node:fs';
+import { rm, truncate, writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import {
+  decodeHostHello, encodeAgentHello, encodeFrame, encodeFreezeResult, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, VERSION, type Frame,
+} from '@roost/protocol';
+import { RoostError } from '../errors.js';
+import { saveRam } from '../snapshot/memory.js';
+import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmPaths, VmStateTarget } from './types.js';
+
+/**
+ * How the fake guest behaves, per VM (read when the VM starts):
+ * - `answer`: its agent answers HELLO, PING, POWEROFF, FREEZE and THAW;
+ * - `silent`: its agent accepts the connection and never answers;
+ * - `exit`: the VM process exits right after it starts (a kernel that panics);
+ * - `garbage`: the agent answers HELLO, then sends an answer the host never asked for (a violation).
+ */
+export type FakeGuest = 'answer' | 'silent' | 'exit' | 'garbage';
+
+/** A pid no process has (above Linux's pid_max), so nothing real is ever signalled or read. */
+let nextPid = 5_000_000;
+
+/**
+ * @internal A VMM without virtual machines, for unit tests of the layers
+ * above the seam (the sandbox lifecycle, records, recovery): a "VM" is a
+ * unix socket on which a small fake agent speaks @roost/protocol, so the
+ * sandbox's real agent connection, liveness and boot code run against it.
+ * Commands and files are not served (EXEC and CALL go unanswered). It is not
+ * exported from the package: tests that claim a feature works boot QEMU.
+ */
+export class FakeVmm implements Vmm {
+  readonly name = 'fake';
+  /** How the guest of the next VM behaves. */
+  guest: FakeGuest = 'answer';
+  /** Every VM started, in order. */
+  readonly started: FakeVm[] = [];
+  readonly #running = new Map<number, FakeVm>();
+
+  async version(): Promise<string> {
+    return 'fake-vmm 1';
+  }
+
+  paths(dir: string): VmPaths {
+    return { agentSocket: join(dir, 'agent.sock'), netSocket: join(dir, 'net.sock'), consoleLog: join(dir, 'console.log'), vmmLog: join(dir, 'qemu.log') };
+  }
+
+  maxShares(withNic: boolean): number {
+    return withNic ? 2 : 3;
+  }
+
+  /** A small file standing for the disk (a real one is a qcow2 of a few hundred KiB: nothing reads this one as a disk). */
+  async createDisk(path: string, sizeMiB: number): Promise<void> {
+    await writeFile(path, `fake disk of ${sizeMiB} MiB\n`);
+  }
+
+  async createOverlay(base: string, path: string): Promise<void> {
+    await writeFile(path, `overlay of ${base}\n`);
+  }
+
+  async start(config: VmConfig): Promise<VmHandle> {
+    const vm = new FakeVm(nextPid++, this.paths(config.dir), config, this.guest);
+    await vm.boot();
+    this.started.push(vm);
+    this.#running.set(vm.pid, vm);
+    void vm.exited.then(() => this.#running.delete(vm.pid));
+    return vm;
+  }
+
+  attach(pid: number): VmHandle | null {
+    return this.#running.get(pid) ?? null;
+  }
+
+  /** The running VM of a sandbox directory, if any. */
+  vmOf(dir: string): FakeVm | undefined {
+    return [...this.#running.values()].find((vm) => vm.config.dir === dir);
+  }
+}
+
+/** @internal A fake VM: its state, and the fake agent on its agent socket. */
+export class FakeVm implements VmHandle {
+  readonly exited: Promise<VmExit>;
+  /** `running`, `paused` or `shutdown`, as a VMM would say. */
+  state = 'running';
+  /** Controls asked of it, in order (`pause`, `resume`, `saveState`, `quit`, `kill`, `release`). */
+  readonly calls: string[] = [];
+  /** The guest's disk is frozen (between FREEZE and THAW). */
+  frozen = false;
+  #exit!: (e: VmExit) => void;
+  #hasExited = false;
+  #server: Server | null = null;
+  #sockets = new Set<Socket>();
+  #paused: (() => void)[] = [];
+  readonly #ram: string;
+
+  constructor(
+    readonly pid: number,
+    readonly paths: VmPaths,
+    readonly config: VmConfig,
+    readonly guest: FakeGuest,
+  ) {
+    this.exited = new Promise((resolve) => (this.#exit = resolve));
+    this.#ram = join(config.dir, 'fake-ram');
+  }
+
+  get hasExited(): boolean {
+    return this.#hasExited;
+  }
+
+  /** Starts the fake agent (or, for `exit`, dies at once). */
+  async boot(): Promise<void> {
+    appendFileSync(this.paths.consoleLog, `fake kernel: booting ${this.config.id}${this.config.restore ? ' (restore)' : ''}\n`);
+    // The guest's RAM: a sparse file with one page written, read back by saveState.
+    await writeFile(this.#ram, 'fake guest memory\n');
+    await truncate(this.#ram, this.config.memoryMiB * 2 ** 20);
+    if (this.guest === 'exit') {
+      appendFileSync(this.paths.consoleLog, 'fake kernel: panic\n');
+      setTimeout(() => this.#end({ code: 0, signal: null }), 5).unref();
+      return;
+    }
+    await rm(this.paths.agentSocket, { force: true });
+    this.#server = createServer((socket) => this.#serve(socket));
+    await new Promise<void>((resolve, reject) => {
+      this.#server!.once('error', reject);
+      this.#server!.listen(this.paths.agentSocket, () => resolve());
+    });
+    this.#server.unref();
+  }
+
+  waitForExit(): Promise<VmExit> {
+    const hold = setInterval(() => {}, 1 << 30);
+    return this.exited.finally(() => clearInterval(hold));
+  }
+
+  async status(): Promise<string> {
+    this.#checkAlive('report its status');
+    return this.state;
+  }
+
+  async pause(): Promise<void> {
+    this.#checkAlive('pause');
+    this.calls.push('pause');
+    this.state = 'paused';
+  }
+
+  async resume(): Promise<void> {
+    this.#checkAlive('resume');
+    this.calls.push('resume');
+    this.state = 'running';
+    for (const run of this.#paused.splice(0)) run();
+  }
+
+  async saveState(target: VmStateTarget, options: VmControlOptions & { timeoutMs: number }): Promise<SavedMemory> {
+    this.#checkAlive('saveState');
+    if (this.state !== 'paused') throw new RoostError('VMM', 'fake VMM: the state of a running VM cannot be saved');
+    if (options.signal?.aborted) throw new RoostError('ABORTED', 'fake VMM: save aborted');
+    this.calls.push('saveState');
+    await writeFile(target.devices, `fake device state of ${this.config.id}\n`);
+    return saveRam({ kind: 'file', path: this.#ram }, target.memoryBytes, target.memory);
+  }
+
+  async quit(): Promise<void> {
+    this.#checkAlive('quit');
+    this.calls.push('quit');
+    this.#end({ code: 0, signal: null });
+  }
+
+  kill(): void {
+    this.calls.push('kill');
+    this.#end({ code: null, signal: 'SIGKILL' });
+  }
+
+  release(): void {
+    this.calls.push('release');
+  }
+
+  /** The guest powers itself off (as on POWEROFF). */
+  powerOff(): void {
+    this.#end({ code: 0, signal: null });
+  }
+
+  #checkAlive(what: string): void {
+    if (this.#hasExited) throw new RoostError('VMM', `fake VMM: cannot ${what}: the VM exited`);
+  }
+
+  #end(exit: VmExit): void {
+    if (this.#hasExited) return;
+    this.#hasExited = true;
+    this.state = 'shutdown';
+    this.#server?.close();
+    for (const s of this.#sockets) s.destroy();
+    void rm(this.paths.agentSocket, { force: true });
+    this.#exit(exit);
+  }
+
+  /** The fake agent: one host session per connection, frames handled while the VM runs. */
+  #serve(socket: Socket): void {
+    this.#sockets.add(socket);
+    const decoder = new FrameDecoder();
+    let poweroffOnDisconnect = false;
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.#sockets.delete(socket);
+      // A pending snapshot keeps the VM up whatever the session's flags (docs/PROTOCOL.md, "Snapshots").
+      if (poweroffOnDisconnect && !this.frozen) this.powerOff();
+    });
+    if (this.guest === 'silent') return;
+    const handle = (f: Frame) => {
+      if (this.state === 'paused') {
+        // A paused guest answers nothing until it runs again.
+        this.#paused.push(() => handle(f));
+        return;
+      }
+      switch (f.type) {
+        case MessageType.HELLO: {
+          const hello = decodeHostHello(f.payload);
+          poweroffOnDisconnect = (hello.flags & HelloFlags.POWEROFF_ON_DISCONNECT) !== 0;
+          socket.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake-agent 1', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(hello.nonce) }));
+          if (this.guest === 'garbage') setTimeout(() => socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 })), 20).unref();
+          break;
+        }
+        case MessageType.PING:
+          socket.write(encodeFrame(0, MessageType.PONG, f.payload));
+          break;
+        case MessageType.POWEROFF:
+          this.powerOff();
+          break;
+        case MessageType.FREEZE:
+          this.frozen = true;
+          socket.write(encodeFreezeResult(MessageType.FREEZE, { errno: 0 }));
+          break;
+        case MessageType.THAW:
+          this.frozen = false;
+          socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 }));
+          break;
+        default:
+        // EXEC, CALL and the rest: not served by the fake.
+      }
+    };
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        for (const f of decoder.push(chunk)) handle(f);
+      } catch {
+        socket.destroy();
+      }
+    });
+  }
+}
