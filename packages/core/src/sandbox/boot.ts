@@ -83,8 +83,8 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
       throw e;
     }
     ctx.booted(vm, conn);
-    record.save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.hello.agentVersion }, 'sandbox.started', {
-      data: { pid: vm.pid, agentVersion: conn.hello.agentVersion, ...(req.restore ? { restoredFrom: req.restore.id } : {}) },
+    record.save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.agent.version }, 'sandbox.started', {
+      data: { pid: vm.pid, agentVersion: conn.agent.version, agentCapabilities: [...conn.agent.capabilities], ...(req.restore ? { restoredFrom: req.restore.id } : {}) },
     });
   } catch (e) {
     vm?.kill();

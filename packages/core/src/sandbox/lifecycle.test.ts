@@ -168,6 +168,18 @@ describe('sandbox lifecycle on a fake VMM', () => {
     expect((await runtime.snapshots.list()).map((s) => s.name)).toEqual(['snap-2']);
   });
 
+  it('snapshots a sandbox whose agent predates capabilities unfrozen, and says what it cannot do', async () => {
+    vmm.guest = 'old';
+    const sb = await runtime.create(small);
+    expect(sb.info.agentVersion).toBe('fake-agent 0');
+    const snap = await sb.snapshot({ name: 'old-1' });
+    // No FREEZE was sent (the fake drops the link if it is): the snapshot is taken as on a freeze timeout.
+    expect(snap).toMatchObject({ name: 'old-1', frozen: false });
+    expect(sb.status).toBe('running');
+    await expect(sb.files.read('/etc/hostname')).rejects.toMatchObject({ code: 'AGENT', details: { capability: 'CALL' } });
+    expect(await sb.ping()).toBeGreaterThanOrEqual(0);
+  });
+
   it('refuses to snapshot a stopped sandbox', async () => {
     const sb = await runtime.create(small);
     await sb.stop();

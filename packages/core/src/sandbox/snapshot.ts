@@ -129,12 +129,15 @@ export async function takeSnapshot(ctx: SnapshotContext, name: string, kind: Sna
         await vm.resume({ signal });
         running = true;
       }
-      freezeSent = true;
-      const answer = await conn.freeze(Math.min(timeoutMs, 10_000)).catch((e: unknown) => {
-        if (e instanceof RoostError && e.code === 'TIMEOUT') return null;
-        throw e;
-      });
-      frozen = answer?.errno === 0;
+      // An agent older than FREEZE is snapshotted unfrozen, as one that does not answer in time is (`frozen: false`).
+      if (conn.supports('FREEZE')) {
+        freezeSent = true;
+        const answer = await conn.freeze(Math.min(timeoutMs, 10_000)).catch((e: unknown) => {
+          if (e instanceof RoostError && e.code === 'TIMEOUT') return null;
+          throw e;
+        });
+        frozen = answer?.errno === 0;
+      }
       await vm.pause({ signal });
       running = false;
       [saved, disk] = await Promise.all([

@@ -3,7 +3,7 @@ import { rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
-  decodeHostHello, encodeAgentHello, encodeFrame, encodeFreezeResult, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, VERSION, type Frame,
+  Capability, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreezeResult, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, VERSION, type Frame,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
@@ -14,9 +14,11 @@ import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, Vm
  * - `answer`: its agent answers HELLO, PING, POWEROFF, FREEZE and THAW;
  * - `silent`: its agent accepts the connection and never answers;
  * - `exit`: the VM process exits right after it starts (a kernel that panics);
- * - `garbage`: the agent answers HELLO, then sends an answer the host never asked for (a violation).
+ * - `garbage`: the agent answers HELLO, then sends an answer the host never asked for (a violation);
+ * - `old`: an agent from before capabilities (protocol 1 without the CAPABILITIES TLV): it
+ *   answers like `answer`, but announces nothing, so the host must not send it FREEZE, CALL or NET.
  */
-export type FakeGuest = 'answer' | 'silent' | 'exit' | 'garbage';
+export type FakeGuest = 'answer' | 'silent' | 'exit' | 'garbage' | 'old';
 
 /** A pid no process has (above Linux's pid_max), so nothing real is ever signalled or read. */
 let nextPid = 5_000_000;
@@ -215,7 +217,9 @@ export class FakeVm implements VmHandle {
         case MessageType.HELLO: {
           const hello = decodeHostHello(f.payload);
           poweroffOnDisconnect = (hello.flags & HelloFlags.POWEROFF_ON_DISCONNECT) !== 0;
-          socket.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake-agent 1', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(hello.nonce) }));
+          // Announces what the real agent does (an `old` one: nothing), so the host's capability gates are exercised.
+          const capabilities = this.guest === 'old' ? undefined : Capability.FREEZE | Capability.CALL | Capability.NET;
+          socket.write(encodeAgentHello({ version: VERSION, agentVersion: this.guest === 'old' ? 'fake-agent 0' : 'fake-agent 1', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(hello.nonce), ...(capabilities !== undefined ? { capabilities } : {}) }));
           if (this.guest === 'garbage') setTimeout(() => socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 })), 20).unref();
           break;
         }
@@ -226,6 +230,8 @@ export class FakeVm implements VmHandle {
           this.powerOff();
           break;
         case MessageType.FREEZE:
+          // An old agent would have dropped the connection on an unknown message: the host must not send it.
+          if (this.guest === 'old') throw new Error('FREEZE sent to an agent that did not announce it');
           this.frozen = true;
           socket.write(encodeFreezeResult(MessageType.FREEZE, { errno: 0 }));
           break;
