@@ -5,6 +5,7 @@
  */
 export * from './deps.js';
 export * from './registry.js';
+export * from './fake-registry.js';
 export * from './images.js';
 // The layout writer's public part; its building blocks (clean, initLayout, tagInIndex) stay inside.
 export {
