@@ -15,8 +15,7 @@ import {
   parseIpv4, parseMac, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, type Ipv4View,
 } from './wire.js';
 
-export { createUserNetFilter, USER_NET, USER_NET_HOST_ADDRESS } from './addressing.js';
-
+/** How a UserNet is set up: the guest MAC it starts with, the egress filter, and hooks for DNS, refusals and logs. */
 export interface UserNetOptions {
   /** The guest NIC's MAC, until a frame from the guest says otherwise (a restored copy may keep an old one). */
   guestMac: string;
