@@ -25,6 +25,10 @@ import ts from 'typescript';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const maxLinesFlag = process.argv.indexOf('--max-lines');
 const MAX_LINES = maxLinesFlag === -1 ? 800 : Number(process.argv[maxLinesFlag + 1]);
+if (!Number.isInteger(MAX_LINES) || MAX_LINES < 1) {
+  console.error('usage: node scripts/check-layout.mjs [--max-lines N]');
+  process.exit(2);
+}
 
 /** Every file under `dir`, recursively (no dist/ or node_modules/ lives under src/). */
 function walk(dir) {
