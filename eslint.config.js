@@ -1,6 +1,17 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
+/** The TypeScript the type-aware rules read: every package's sources and tests, and the integration tests. */
+const typedFiles = ['packages/*/src/**/*.ts', 'test/**/*.ts'];
+
+/** Imports a layer must not make, as both `import ... from` and `import()`. */
+function forbidImports(packages, message) {
+  return {
+    'no-restricted-imports': ['error', { paths: packages.map((name) => ({ name, message })), patterns: packages.map((name) => ({ group: [`${name}/*`], message })) }],
+    'no-restricted-syntax': ['error', ...packages.map((name) => ({ selector: `ImportExpression[source.value=/^${name.replace('/', '\\/')}(\\/|$)/]`, message }))],
+  };
+}
+
 export default tseslint.config(
   { ignores: ['**/dist/**', 'node_modules/**', 'bench/results/**', 'guest/**'] },
   js.configs.recommended,
@@ -11,5 +22,30 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
       'no-constant-condition': ['error', { checkLoops: false }],
     },
+  },
+  {
+    // A promise nobody awaits loses its rejection; one handed to a callback that ignores what it returns does too.
+    files: typedFiles,
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': 'error',
+    },
+  },
+  {
+    // Tests beside the code are outside their package's tsconfig (it builds dist/), inside test/tsconfig.json.
+    files: ['packages/*/src/**/*.test.ts'],
+    languageOptions: { parserOptions: { projectService: false, project: ['test/tsconfig.json'], tsconfigRootDir: import.meta.dirname } },
+  },
+  {
+    // Layers: the server's routes talk to the contract (@roost/api); only serve.ts, which builds the daemon, knows the core.
+    files: ['packages/server/src/**/*.ts'],
+    ignores: ['packages/server/src/serve.ts'],
+    rules: forbidImports(['@roost/core'], 'only packages/server/src/serve.ts imports @roost/core: routes use the contract in @roost/api'),
+  },
+  {
+    // Layers: the CLI is a face over core and the client, never over the server's internals.
+    files: ['packages/cli/src/**/*.ts'],
+    rules: forbidImports(['@roost/server'], 'the CLI never imports @roost/server: use @roost/api (the contract), @roost/core or @roost/client'),
   },
 );

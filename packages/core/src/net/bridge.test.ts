@@ -226,12 +226,11 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
 
   it('checks privileges: root passes, another user is told what to do', () => {
     expect(() => checkBridgePrivileges()).not.toThrow();
-    // The compiled module, in a process of user nobody (no capabilities).
-    const compiled = fileURLToPath(new URL('../../dist/net/bridge.js', import.meta.url));
-    // (npm test builds it first; tsc -b may leave a byte-identical output with its old mtime, so no staleness check.)
-    if (!existsSync(compiled)) throw new Error(`${compiled} is missing: run \`npx tsc -b\` first`);
+    // The module, in a process of user nobody (no capabilities), run from its TypeScript source through the repository's source hooks.
+    const source = fileURLToPath(new URL('./bridge.ts', import.meta.url));
+    const registerTs = new URL('../../../../scripts/ts-register.mjs', import.meta.url).href;
     const script = `import(process.argv[1]).then((m) => { try { m.checkBridgePrivileges(); console.log('{}'); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); } })`;
-    const out = execFileSync(process.execPath, ['-e', script, compiled], { uid: 65534, gid: 65534, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, ['--import', registerTs, '-e', script, source], { uid: 65534, gid: 65534, encoding: 'utf8' });
     expect(JSON.parse(out)).toEqual({
       code: 'PERMISSION_DENIED',
       message: "bridge networking needs root (CAP_NET_ADMIN) to create the bridge and TAP devices: run as root (e.g. `sudo roost serve`), or use network mode 'user'",

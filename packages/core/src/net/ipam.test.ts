@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,22 +123,20 @@ describe('Ipam', () => {
   });
 
   it('gives distinct addresses to runtimes leasing at once from their own connections', async () => {
-    // Each worker thread loads the compiled module (its own module instance, so its own database connection).
-    const dist = fileURLToPath(new URL('../../dist/', import.meta.url));
-    const ipamJs = join(dist, 'net/ipam.js');
-    const dbJs = join(dist, 'state/db.js');
-    const source = fileURLToPath(new URL('./ipam.ts', import.meta.url));
-    if (!existsSync(ipamJs) || statSync(ipamJs).mtimeMs < statSync(source).mtimeMs) {
-      throw new Error(`${ipamJs} is missing or older than ipam.ts: run \`npx tsc -b\` first`);
-    }
+    // Each worker thread loads the module itself (its own module instance, so its own database
+    // connection), from the TypeScript source through the repository's source hooks: no build needed.
+    const registerTs = new URL('../../../../scripts/ts-register.mjs', import.meta.url).href;
+    const ipamTs = fileURLToPath(new URL('./ipam.ts', import.meta.url));
+    const dbTs = fileURLToPath(new URL('../state/db.ts', import.meta.url));
     const workers = 8;
     const perWorker = 25;
     const start = new Int32Array(new SharedArrayBuffer(4));
     const script = `
       const { parentPort, workerData } = require('node:worker_threads');
       (async () => {
-        const { stateDb } = await import(workerData.dbJs);
-        const { Ipam } = await import(workerData.ipamJs);
+        await import(workerData.registerTs);
+        const { stateDb } = await import(workerData.dbTs);
+        const { Ipam } = await import(workerData.ipamTs);
         const ipam = new Ipam(stateDb(workerData.home), { network: 'roost0', subnet: '10.88.0.0/24' });
         parentPort.postMessage({ ready: true });
         Atomics.wait(workerData.start, 0, 0); // every worker starts leasing at the same moment
@@ -158,7 +156,7 @@ describe('Ipam', () => {
     const results: Array<Promise<{ leases: Lease[]; errors: string[] }>> = [];
     const ready: Array<Promise<void>> = [];
     for (let n = 0; n < workers; n++) {
-      const worker = new Worker(script, { eval: true, workerData: { n, home, dbJs, ipamJs, perWorker, start } });
+      const worker = new Worker(script, { eval: true, workerData: { n, home, registerTs, dbTs, ipamTs, perWorker, start } });
       let onReady!: () => void;
       ready.push(new Promise((resolve) => (onReady = resolve)));
       results.push(

@@ -3,4 +3,5 @@
  * netdev) terminated in the runtime, with the egress policy applied to
  * every flow on the host.
  */
-export { UserNet, USER_NET, USER_NET_HOST_ADDRESS, createUserNetFilter, type UserNetOptions } from './stack.js';
+export { UserNet, type UserNetOptions } from './stack.js';
+export { USER_NET, USER_NET_HOST_ADDRESS, createUserNetFilter } from './addressing.js';

@@ -1,46 +1,21 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { connect as netConnect, type Socket } from 'node:net';
-import { Duplex } from 'node:stream';
-import { networkInterfaces } from 'node:os';
-import { intToIpv4, ipv4ToInt, isIpv4, RoostError, type DeniedConnection, type EgressPolicy, type NetworkStats } from '@roost/api';
+import { connect as netConnect } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { intToIpv4, RoostError, type DeniedConnection, type NetworkStats } from '@roost/api';
 import { answerDnsQuery, DnsLimit, type Resolve4 } from '../dns.js';
-import { EgressFilter, HOST_NAME } from '../policy.js';
-import { internetChecksum, onesComplementSum, pseudoHeaderSum } from './checksum.js';
+import { HOST_NAME, type EgressFilter } from '../policy.js';
+import { BROADCAST, DNS, GATEWAY, GUEST, hostAddressOf, isRoutable, USER_NET } from './addressing.js';
+import { onesComplementSum, pseudoHeaderSum } from './checksum.js';
 import { dhcpReply } from './dhcp.js';
-import { parseSynOptions, resetFor, TcpConnection, type TcpCloseReason, type TcpContext, type TcpPeer, type TcpSegment } from './tcp.js';
+import { flowError, GuestTcpStream, HostSocketPeer, type FlowError } from './peers.js';
+import { arpReply, icmpEchoReply, icmpUnreachable, parseArp, udpFrames } from './replies.js';
+import { parseSynOptions, resetFor, TcpConnection, type TcpContext, type TcpSegment } from './tcp.js';
 import {
-  BROADCAST_MAC, ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, FrameBuilder, FrameReader, L4_OFFSET, l4ChecksumValid, LENGTH_PREFIX, MAX_FRAME,
-  parseIpv4, parseMac, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, finishL4Checksum, type Ipv4View,
+  BROADCAST_MAC, ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, FrameBuilder, FrameReader, l4ChecksumValid, LENGTH_PREFIX, MAX_FRAME,
+  parseIpv4, parseMac, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, type Ipv4View,
 } from './wire.js';
 
-/** The fixed addressing of user mode (like slirp's): the guest, the gateway (= the host) and our DNS server. */
-export const USER_NET = {
-  subnet: '10.0.2.0/24',
-  prefix: 24,
-  guest: '10.0.2.15',
-  gateway: '10.0.2.2',
-  dns: '10.0.2.3',
-  mtu: 65520,
-  gatewayMac: '52:55:0a:00:02:02',
-} as const;
-
-/** The address connections to the gateway are made to on the host. */
-export const USER_NET_HOST_ADDRESS = '127.0.0.1';
-
-/**
- * An egress filter for user mode. "The host" is 127.0.0.1 (where
- * connections to the gateway go) and the host's own IPv4 addresses as of
- * now (a guest could otherwise reach services on 0.0.0.0 by the host's LAN
- * address under default allow).
- */
-export function createUserNetFilter(policy: EgressPolicy): EgressFilter {
-  const own: number[] = [];
-  for (const addresses of Object.values(networkInterfaces())) {
-    for (const a of addresses ?? []) if (a.family === 'IPv4' && isIpv4(a.address)) own.push(ipv4ToInt(a.address));
-  }
-  return new EgressFilter(policy, { hostAddresses: [ipv4ToInt(USER_NET_HOST_ADDRESS), ...own] });
-}
-
+/** How a UserNet is set up: the guest MAC it starts with, the egress filter, and hooks for DNS, refusals and logs. */
 export interface UserNetOptions {
   /** The guest NIC's MAC, until a frame from the guest says otherwise (a restored copy may keep an old one). */
   guestMac: string;
@@ -60,14 +35,6 @@ export interface UserNetOptions {
   dnsUpstream?: { address: string; port: number } | null;
 }
 
-const GUEST = ipv4ToInt(USER_NET.guest);
-const GATEWAY = ipv4ToInt(USER_NET.gateway);
-const DNS = ipv4ToInt(USER_NET.dns);
-const SUBNET = ipv4ToInt('10.0.2.0');
-const SUBNET_MASK = 0xffffff00;
-const HOST_LOOPBACK = ipv4ToInt(USER_NET_HOST_ADDRESS);
-const BROADCAST = 0xffffffff;
-
 const MAX_TCP_FLOWS = 1024;
 /** Host connects in progress at once: a SYN flood must not become a connect flood. */
 const MAX_CONNECTING = 128;
@@ -84,12 +51,6 @@ const TICK_MS = 100;
 /** How long a lone data segment from the guest waits for company before its ACK goes out. */
 const DELAYED_ACK_MS = 10;
 const EPHEMERAL_FIRST = 49152;
-
-type FlowError = Error & { code: string };
-
-function flowError(code: string, message: string): FlowError {
-  return Object.assign(new Error(message), { code });
-}
 
 interface UdpNatFlow {
   key: string;
@@ -258,11 +219,11 @@ export class UserNet {
     this.#filter = filter;
     for (const conn of [...this.#tcp.values()]) {
       if (conn.peer instanceof GuestTcpStream) continue;
-      const hostAddress = conn.remoteAddress === GATEWAY ? HOST_LOOPBACK : conn.remoteAddress;
+      const hostAddress = hostAddressOf(conn.remoteAddress);
       if (!filter.check(hostAddress, conn.remotePort, 'tcp').allowed) conn.abort('ECONNRESET');
     }
     for (const flow of [...this.#udp.values()]) {
-      const hostAddress = flow.remoteAddress === GATEWAY ? HOST_LOOPBACK : flow.remoteAddress;
+      const hostAddress = hostAddressOf(flow.remoteAddress);
       if (!filter.check(hostAddress, flow.remotePort, 'udp').allowed) this.#closeUdpFlow(flow);
     }
   }
@@ -426,27 +387,11 @@ export class UserNet {
   }
 
   #onArp(frame: Buffer): void {
-    const a = ETH_HEADER;
-    if (frame.length < a + 28) return;
-    if (frame.readUInt16BE(a) !== 1 || frame.readUInt16BE(a + 2) !== ETHERTYPE_IPV4 || frame[a + 4] !== 6 || frame[a + 5] !== 4) return;
-    const op = frame.readUInt16BE(a + 6);
-    const senderIp = frame.readUInt32BE(a + 14);
-    const targetIp = frame.readUInt32BE(a + 24);
-    if (senderIp === GUEST) this.#learnGuestMac(frame, a + 8);
-    if (op !== 1 || (targetIp !== GATEWAY && targetIp !== DNS)) return;
-    const senderMac = frame.subarray(a + 8, a + 14);
-    const reply = this.#frames.ethernet(senderMac, ETHERTYPE_ARP, 28);
-    const r = LENGTH_PREFIX + ETH_HEADER;
-    reply.writeUInt16BE(1, r);
-    reply.writeUInt16BE(ETHERTYPE_IPV4, r + 2);
-    reply[r + 4] = 6;
-    reply[r + 5] = 4;
-    reply.writeUInt16BE(2, r + 6);
-    this.#frames.gatewayMac.copy(reply, r + 8);
-    reply.writeUInt32BE(targetIp, r + 14);
-    senderMac.copy(reply, r + 18);
-    reply.writeUInt32BE(senderIp, r + 24);
-    this.#transmit(reply);
+    const request = parseArp(frame);
+    if (request === null) return;
+    if (request.senderIp === GUEST) this.#learnGuestMac(frame, request.senderMacOffset);
+    const reply = arpReply(this.#frames, frame, request);
+    if (reply !== null) this.#transmit(reply);
   }
 
   #onIpv4(frame: Buffer): void {
@@ -471,28 +416,13 @@ export class UserNet {
   // ---- ICMP -----------------------------------------------------------------------------
 
   #onIcmp(frame: Buffer, ip: Ipv4View): void {
-    const length = ip.l4End - ip.l4Start;
-    if (length < 8 || onesComplementSum(frame, ip.l4Start, ip.l4End) !== 0xffff) return;
-    // Echo requests to the gateway and DNS addresses; nothing else is ours to answer.
-    if (frame[ip.l4Start] !== 8 || frame[ip.l4Start + 1] !== 0 || (ip.dst !== GATEWAY && ip.dst !== DNS)) return;
-    const reply = this.#frames.ipv4(ip.dst, GUEST, PROTO_ICMP, length, false);
-    frame.copy(reply, L4_OFFSET, ip.l4Start, ip.l4End);
-    reply[L4_OFFSET] = 0;
-    reply.writeUInt16BE(0, L4_OFFSET + 2);
-    reply.writeUInt16BE(internetChecksum(reply, L4_OFFSET, reply.length), L4_OFFSET + 2);
-    this.#transmit(reply);
+    const reply = icmpEchoReply(this.#frames, frame, ip);
+    if (reply !== null) this.#transmit(reply);
   }
 
   /** Destination unreachable (type 3) about the guest's packet: code 13 administratively prohibited, 1 host, 3 port unreachable. */
   #sendUnreachable(frame: Buffer, ip: Ipv4View, code: number): void {
-    const quoted = Math.min(ip.l4End, ip.l4Start + 8) - ip.ipStart;
-    const reply = this.#frames.ipv4(GATEWAY, GUEST, PROTO_ICMP, 8 + quoted, false);
-    reply.fill(0, L4_OFFSET, L4_OFFSET + 8);
-    reply[L4_OFFSET] = 3;
-    reply[L4_OFFSET + 1] = code;
-    frame.copy(reply, L4_OFFSET + 8, ip.ipStart, ip.ipStart + quoted);
-    reply.writeUInt16BE(internetChecksum(reply, L4_OFFSET, reply.length), L4_OFFSET + 2);
-    this.#transmit(reply);
+    this.#transmit(icmpUnreachable(this.#frames, frame, ip, code));
   }
 
   #deny(protocol: 'tcp' | 'udp', address: number, port: number): void {
@@ -534,8 +464,8 @@ export class UserNet {
         return;
       }
     }
-    if (!this.#routable(ip.dst)) return;
-    const hostAddress = ip.dst === GATEWAY ? HOST_LOOPBACK : ip.dst;
+    if (!isRoutable(ip.dst)) return;
+    const hostAddress = hostAddressOf(ip.dst);
     if (!this.#filter.check(hostAddress, dstPort, 'udp').allowed) {
       this.#deny('udp', ip.dst, dstPort);
       this.#sendUnreachable(frame, ip, 13);
@@ -545,14 +475,6 @@ export class UserNet {
     flow.socket.send(payload, dstPort, flow.hostAddress, (err) => {
       if (err) this.#log(`udp send to ${flow.hostAddress}:${dstPort} failed: ${err.message}`);
     });
-  }
-
-  /** True for a destination the guest may reach through us: not our subnet (but the gateway), broadcast, multicast or "this network". */
-  #routable(dst: number): boolean {
-    if (dst === GATEWAY) return true;
-    if (((dst & SUBNET_MASK) >>> 0) === SUBNET) return false;
-    const first = dst >>> 24;
-    return first !== 0 && first < 224;
   }
 
   #udpFlow(guestPort: number, remoteAddress: number, remotePort: number, hostAddress: number): UdpNatFlow {
@@ -595,27 +517,7 @@ export class UserNet {
 
   /** A UDP datagram to the guest (fragmented when it is larger than the MTU allows). */
   #sendUdp(src: number, srcPort: number, dst: number, dstPort: number, payload: Buffer): void {
-    const l4Length = 8 + payload.length;
-    if (l4Length > 65535 - 20) return;
-    if (20 + l4Length <= USER_NET.mtu) {
-      const frame = this.#frames.ipv4(src, dst, PROTO_UDP, l4Length, false);
-      frame.writeUInt16BE(srcPort, L4_OFFSET);
-      frame.writeUInt16BE(dstPort, L4_OFFSET + 2);
-      frame.writeUInt16BE(l4Length, L4_OFFSET + 4);
-      frame.writeUInt16BE(0, L4_OFFSET + 6);
-      payload.copy(frame, L4_OFFSET + 8);
-      finishL4Checksum(frame, src, dst, PROTO_UDP, 6);
-      this.#transmit(frame);
-      return;
-    }
-    const datagram = Buffer.alloc(l4Length);
-    datagram.writeUInt16BE(srcPort, 0);
-    datagram.writeUInt16BE(dstPort, 2);
-    datagram.writeUInt16BE(l4Length, 4);
-    payload.copy(datagram, 8);
-    const sum = internetChecksum(datagram, 0, l4Length, pseudoHeaderSum(src, dst, PROTO_UDP, l4Length));
-    datagram.writeUInt16BE(sum === 0 ? 0xffff : sum, 6);
-    for (const fragment of this.#frames.fragments(src, dst, PROTO_UDP, datagram, USER_NET.mtu)) this.#transmit(fragment);
+    for (const frame of udpFrames(this.#frames, src, srcPort, dst, dstPort, payload)) this.#transmit(frame);
   }
 
   #onDhcp(payload: Buffer): void {
@@ -697,11 +599,11 @@ export class UserNet {
       reset();
       return;
     }
-    if (!this.#routable(ip.dst)) {
+    if (!isRoutable(ip.dst)) {
       if (ip.dst === DNS) reset();
       return;
     }
-    const hostAddress = ip.dst === GATEWAY ? HOST_LOOPBACK : ip.dst;
+    const hostAddress = hostAddressOf(ip.dst);
     if (!this.#filter.check(hostAddress, remotePort, 'tcp').allowed) {
       this.#deny('tcp', ip.dst, remotePort);
       this.#sendUnreachable(frame, ip, 13);
@@ -800,187 +702,5 @@ export class UserNet {
     } catch {
       // a logger must not take the stack down
     }
-  }
-}
-
-/** Relays one guest connection to a host socket. */
-class HostSocketPeer implements TcpPeer {
-  readonly #afterWrite: () => void;
-
-  constructor(
-    readonly conn: TcpConnection,
-    readonly socket: Socket,
-    readonly log: (msg: string) => void,
-  ) {
-    this.#afterWrite = () => {
-      try {
-        if (conn.state === 'established') conn.windowMaybeOpened();
-      } catch (err) {
-        log(`tcp window update failed: ${String(err)}`);
-      }
-    };
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        if (!conn.send(chunk)) socket.pause();
-      } catch (err) {
-        log(`tcp relay failed: ${String(err)}`);
-        socket.destroy();
-      }
-    });
-    socket.on('end', () => {
-      try {
-        conn.end();
-      } catch (err) {
-        log(`tcp relay end failed: ${String(err)}`);
-      }
-    });
-  }
-
-  onEstablished(): void {}
-
-  onData(data: Buffer): void {
-    if (!this.socket.destroyed && this.socket.writable) this.socket.write(data, this.#afterWrite);
-  }
-
-  pendingBytes(): number {
-    return this.socket.writableLength;
-  }
-
-  onFin(): void {
-    if (!this.socket.destroyed) this.socket.end();
-  }
-
-  onSendSpace(): void {
-    if (!this.socket.destroyed) this.socket.resume();
-  }
-
-  onClose(reason: TcpCloseReason): void {
-    // A clean close needs nothing: both directions have ended and the socket closes itself once flushed.
-    if (reason !== undefined && !this.socket.destroyed) this.socket.resetAndDestroy();
-  }
-
-  /** The host side failed after connecting: the guest gets RST. */
-  onSocketError(err: Error): void {
-    if (this.conn.state !== 'closed') {
-      this.log(`tcp connection to ${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}: ${err.message}`);
-      this.conn.abort('ECONNRESET');
-    }
-  }
-
-  /** The host socket is gone; unless the TCP close is already under way, the guest gets RST. */
-  onSocketClose(): void {
-    const conn = this.conn;
-    if (conn.state === 'closed' || conn.state === 'connecting') return;
-    // Closed without an error: the host's FIN was relayed and ours forwarded; the guest's ACK of our FIN finishes the connection.
-    if (this.socket.readableEnded && this.socket.writableFinished) return;
-    conn.abort('ECONNRESET');
-  }
-}
-
-/** The Duplex of UserNet.connectTcp. */
-class GuestTcpStream extends Duplex implements TcpPeer {
-  conn: TcpConnection | null = null;
-  guestPort = 0;
-  #established = false;
-  #heldWrite: { chunk: Buffer; callback: (err?: Error | null) => void } | null = null;
-  #heldFinal: ((err?: Error | null) => void) | null = null;
-  #waitingForSpace: ((err?: Error | null) => void) | null = null;
-
-  constructor() {
-    // Not autoDestroy: both ends finishing here (our FIN queued, theirs read) is not the end of the
-    // connection while queued bytes are still on their way to the guest; destroy() would reset it
-    // and drop them. The stream is destroyed when the connection is gone (onClose).
-    super({ allowHalfOpen: true, autoDestroy: false, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 256 * 1024 });
-  }
-
-  onEstablished(): void {
-    this.#established = true;
-    this.emit('connect');
-    const held = this.#heldWrite;
-    this.#heldWrite = null;
-    if (held) this.#writeNow(held.chunk, held.callback);
-    const final = this.#heldFinal;
-    this.#heldFinal = null;
-    if (final) this._final(final);
-  }
-
-  onData(data: Buffer): void {
-    this.push(data);
-  }
-
-  pendingBytes(): number {
-    return this.readableLength;
-  }
-
-  onFin(): void {
-    this.push(null);
-  }
-
-  onSendSpace(): void {
-    const callback = this.#waitingForSpace;
-    this.#waitingForSpace = null;
-    callback?.();
-  }
-
-  onClose(reason: TcpCloseReason): void {
-    const error = reason === undefined ? null : this.#error(reason);
-    for (const callback of [this.#waitingForSpace, this.#heldWrite?.callback, this.#heldFinal]) callback?.(error ?? flowError('EPIPE', 'the connection is closed'));
-    this.#waitingForSpace = null;
-    this.#heldWrite = null;
-    this.#heldFinal = null;
-    if (error !== null) this.destroy(error);
-    // A clean close: what the guest sent is still readable here until the consumer has it.
-    else if (this.readableEnded) this.destroy();
-    else this.once('end', () => this.destroy());
-  }
-
-  #error(reason: Exclude<TcpCloseReason, undefined>): FlowError {
-    const what = `guest port ${this.guestPort}`;
-    switch (reason) {
-      case 'ECONNREFUSED':
-        return flowError(reason, `connection to ${what} refused: nothing listens there`);
-      case 'ETIMEDOUT':
-        return flowError(reason, `connection to ${what} timed out: the guest did not answer`);
-      case 'ECONNRESET':
-        return flowError(reason, `connection to ${what} was reset`);
-    }
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    if (!this.#established) {
-      this.#heldWrite = { chunk, callback };
-      return;
-    }
-    this.#writeNow(chunk, callback);
-  }
-
-  #writeNow(chunk: Buffer, callback: (err?: Error | null) => void): void {
-    const conn = this.conn;
-    if (conn === null || conn.state === 'closed') {
-      callback(flowError('EPIPE', `the connection to guest port ${this.guestPort} is closed`));
-      return;
-    }
-    if (conn.send(chunk)) callback();
-    else this.#waitingForSpace = callback;
-  }
-
-  override _final(callback: (err?: Error | null) => void): void {
-    if (!this.#established) {
-      this.#heldFinal = callback;
-      return;
-    }
-    this.conn?.end();
-    callback();
-  }
-
-  override _read(): void {
-    const conn = this.conn;
-    if (conn !== null && conn.state === 'established') conn.windowMaybeOpened();
-  }
-
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    const conn = this.conn;
-    if (conn !== null && conn.state !== 'closed') conn.abort('ECONNRESET');
-    callback(err);
   }
 }
