@@ -135,7 +135,7 @@ export class SandboxNet {
       }
       if (this.#bridge) await this.#bridge.attachSandbox(this.#sandboxId, this);
     } catch (e) {
-      this.close();
+      await this.close();
       throw e;
     }
     return this.#forwarder.list();
