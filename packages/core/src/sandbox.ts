@@ -1,16 +1,15 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { cpus as hostCpus, totalmem } from 'node:os';
+import { cpus as hostCpus } from 'node:os';
 import { access, copyFile, mkdir, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { CallFlags, HelloFlags } from '@roost/protocol';
 import type { EventType, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
-import { LabelsSchema, EnvSchema, MAX_FORK_COUNT, SNAPSHOT_NAME_RE, VolumeMountSchema, VolumeNameSchema, type VolumeMount } from '@roost/api';
-import { EgressSpecSchema, hostForPort, NetworkModeSchema, PortSpecSchema, ZERO_NETWORK_STATS } from '@roost/api';
+import { MAX_FORK_COUNT, SNAPSHOT_NAME_RE, VolumeNameSchema, type VolumeMount } from '@roost/api';
+import { hostForPort, ZERO_NETWORK_STATS } from '@roost/api';
 import type { EgressSpec, NetworkMode, NetworkStats, PortBinding, PortMapping, PortProtocol, PortSpec, PortsApi } from '@roost/api';
 import type { BridgeNetwork } from './net/bridge-network.js';
 import type { RuntimeNetwork } from './net/runtime-network.js';
 import { planNetwork, SandboxNet } from './net/sandbox-net.js';
-import { z } from 'zod';
 import { AgentConnection } from './agent/connection.js';
 import type { Assets } from './assets.js';
 import { Commands, type CommandHooks } from './commands.js';
@@ -20,11 +19,12 @@ import type { ImageStore } from './image/store.js';
 import type { PullProgress } from './image/manifest.js';
 import type { EventInput, EventLog } from './state/events.js';
 import type { SandboxRecords } from './state/sandboxes.js';
-import { parseOptions } from './validate.js';
+import { parseOptions, sandboxOptionsSchema } from './validate.js';
+import { readConsoleLog } from './console-log.js';
 import { Files, runCall } from './files.js';
 import type { Volumes } from './volumes.js';
 import { chooseAccel } from './vmm/accel.js';
-import { createDisk, DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB } from './vmm/disk.js';
+import { createDisk, DEFAULT_DISK_MIB } from './vmm/disk.js';
 import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QemuVmm, vmPaths } from './vmm/qemu.js';
 import { copyHashed, findRam, saveRam, type SavedRam } from './snapshot/memory.js';
 import { buildIdentity, currentQemuVersion, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from './snapshot/store.js';
@@ -108,31 +108,6 @@ export interface SandboxOptions {
   /** Roost home (default $ROOST_HOME or ~/.roost); only for the static `Sandbox.create`. */
   home?: string;
 }
-
-const MAX_CPUS = 16; // the guest kernel's NR_CPUS
-
-const sandboxOptionsSchema = z
-  .object({
-    cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
-    memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
-    env: EnvSchema.optional(),
-    labels: LabelsSchema.optional(),
-    image: z.string().min(1).optional(),
-    pull: z.enum(['missing', 'always', 'never']).optional(),
-    onPullProgress: z.function().optional(),
-    diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
-    detached: z.boolean().optional(),
-    volumes: z.array(VolumeMountSchema).max(MAX_SHARES).optional(),
-    snapshot: z.string().min(1).optional(),
-    template: z.string().min(1).optional(),
-    network: NetworkModeSchema.optional(),
-    ports: z.array(PortSpecSchema).max(64).optional(),
-    egress: EgressSpecSchema.optional(),
-    timeoutMs: z.number().int().positive().optional(),
-    signal: z.instanceof(AbortSignal).optional(),
-    home: z.string().min(1).optional(),
-  })
-  .strict();
 
 /** Runtime-wide counters a sandbox adds to. */
 export interface RuntimeCounters {
@@ -446,6 +421,11 @@ export class Sandbox implements SandboxApi {
   /** The guest's serial console log (kernel messages, agent diagnostics). */
   get consoleLogPath(): string {
     return join(this.dir, 'console.log');
+  }
+
+  /** Its serial console log, or its last `tail` lines (at most the log's last MiB). */
+  logs(options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
+    return readConsoleLog(this.consoleLogPath, options);
   }
 
   /** The record as it is now (the embedded runtime keeps it current; this also re-reads the database). */
