@@ -276,7 +276,7 @@ describe('RoostClient transport', () => {
     });
     await using client = new RoostClient({ home });
     const progress: number[] = [];
-    const image = await client.images.pull('x', { onProgress: (p) => progress.push(p.completed) });
+    const image = await client.images.pull('x', { onProgress: (p) => progress.push(p.current) });
     expect(image).toMatchObject({ id: 'sha256:bb' });
     expect(progress).toEqual([5, 10]);
   });
