@@ -2,6 +2,7 @@ import type {
   CommandHandleApi,
   CreateOptions,
   EventType,
+  ImagesApi,
   ListFilter,
   RoostEvent,
   RunOptions,
@@ -20,42 +21,8 @@ import type {
  * internals).
  */
 
-/** Pull progress of one blob, as the core's image store reports it. */
-export interface DaemonPullProgress {
-  image: string;
-  digest: string;
-  kind: 'config' | 'layer';
-  current: number;
-  total: number;
-  status: 'waiting' | 'downloading' | 'verifying' | 'exists' | 'done' | 'retrying' | 'failed';
-}
-
-/** An image as the core's store describes it (the route maps it to the API's ImageInfo). */
-export interface DaemonImageInfo {
-  id: string;
-  tags: string[];
-  size: number;
-  configDigest: string;
-  layers: readonly unknown[];
-  config: { entrypoint: string[]; cmd: string[]; env: string[]; workingDir: string; user: string };
-  created?: string;
-  addedAt: string;
-  source: string;
-  rootfsSize?: number;
-}
-
-/** The image store of the runtime. */
-export interface DaemonImages {
-  pull(reference: string, options?: { signal?: AbortSignal; onProgress?: (p: DaemonPullProgress) => void }): Promise<DaemonImageInfo>;
-  list(): DaemonImageInfo[];
-  inspect(reference: string): DaemonImageInfo;
-  remove(reference: string, options?: { force?: boolean }): Promise<{ untagged: string[]; deleted: string[] }>;
-}
-
 /** A sandbox of the runtime. */
 export interface DaemonSandbox extends SandboxApi {
-  /** The guest's serial console log. */
-  readonly consoleLogPath: string;
   readonly commands: {
     start(cmd: string | string[], options?: RunOptions): Promise<CommandHandleApi>;
     run: SandboxApi['commands']['run'];
@@ -65,14 +32,15 @@ export interface DaemonSandbox extends SandboxApi {
 /** The runtime the daemon serves (`Runtime` from @roost/core). */
 export interface DaemonRuntime {
   readonly home: string;
-  readonly images: DaemonImages;
+  /** The image store of the home. */
+  readonly images: ImagesApi;
   /** The named volumes of the home. */
   readonly volumes: VolumesApi;
   /** The snapshots of the home (user snapshots, fork bases, template warm starts). */
   readonly snapshots: SnapshotsApi;
   /** The templates of the home, each kept ready as a snapshot. */
   readonly templates: TemplatesApi;
-  create(options?: CreateOptions & { onPullProgress?: (p: DaemonPullProgress) => void }): Promise<DaemonSandbox>;
+  create(options?: CreateOptions): Promise<DaemonSandbox>;
   get(id: string): Promise<DaemonSandbox>;
   list(filter?: ListFilter): Promise<SandboxApi['info'][]>;
   events(options?: { after?: number; signal?: AbortSignal; types?: EventType[]; sandboxId?: string }): AsyncIterable<RoostEvent>;
