@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { RoostError } from './errors.js';
 import { MAX_FILE_MODE } from './limits.js';
 import { CommandOptionsSchema, CreateSandboxRequestSchema } from './schemas.js';
+import { CreateSnapshotRequestSchema, ForkRequestSchema } from './snapshots.js';
 
 /*
  * The inputs of calls (as opposed to request bodies): the wire schemas
@@ -19,6 +20,12 @@ export const CreateOptionsSchema = CreateSandboxRequestSchema.extend({
   /** Progress of the image pull, per blob (see PullProgress). */
   onPullProgress: callbackSchema.optional(),
 }).strict();
+
+/** `sandbox.snapshot(options)`: the request body and a signal. */
+export const SnapshotOptionsSchema = CreateSnapshotRequestSchema.extend({ signal: signalSchema.optional() }).strict();
+
+/** `sandbox.fork(options)`: the request body and a signal. */
+export const ForkOptionsSchema = ForkRequestSchema.extend({ signal: signalSchema.optional() }).strict();
 
 const isStdin = (v: unknown): boolean =>
   typeof v === 'string' || typeof v === 'boolean' || v instanceof Uint8Array || (typeof v === 'object' && v !== null && Symbol.asyncIterator in v);

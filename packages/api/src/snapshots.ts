@@ -107,7 +107,7 @@ export const CreateTemplateRequestSchema = z.object({
 }).strict().meta({ id: 'CreateTemplateRequest' });
 export type CreateTemplateRequest = z.infer<typeof CreateTemplateRequestSchema>;
 
-/** `runtime.snapshots`. */
+/** `runtime.snapshots`. Concurrency: calls may overlap; snapshots are taken by `sandbox.snapshot()`, serialized with that sandbox's lifecycle. */
 export interface SnapshotsApi {
   list(): Promise<SnapshotInfo[]>;
   /** By name or id; NOT_FOUND if there is none. */
@@ -116,7 +116,7 @@ export interface SnapshotsApi {
   remove(nameOrId: string): Promise<void>;
 }
 
-/** `runtime.templates`. */
+/** `runtime.templates`. Concurrency: calls may overlap; concurrent builds of one template's snapshot (`warm`, a first `create({ template })`) share one build. */
 export interface TemplatesApi {
   /** Defines a template (ALREADY_EXISTS if the name is taken); with `warm`, builds its snapshot now. */
   create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo>;
