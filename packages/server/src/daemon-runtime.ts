@@ -1,52 +1,24 @@
-import type {
-  CommandHandleApi,
-  CreateOptions,
-  EventType,
-  ImagesApi,
-  ListFilter,
-  RoostEvent,
-  RunOptions,
-  RuntimeMetrics,
-  SandboxApi,
-  SandboxMetrics,
-  SnapshotsApi,
-  TemplatesApi,
-  VolumesApi,
-} from '@roost/api';
+import type { EventType, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxApi, SandboxMetrics } from '@roost/api';
 
 /*
- * What the daemon needs from the runtime, stated structurally: `Runtime`
- * from @roost/core satisfies it, and the routes depend on nothing else of
- * the core (they stay thin, and the server builds without the core's
- * internals).
+ * What the daemon needs from the runtime: the contract's RuntimeApi and a
+ * few daemon-only reads, stated structurally. `Runtime` from @roost/core
+ * satisfies it; only serve.ts imports the core, and the routes depend on
+ * nothing else of it (they stay thin, and the server builds without the
+ * core's internals).
  */
 
-/** A sandbox of the runtime. */
-export interface DaemonSandbox extends SandboxApi {
-  readonly commands: {
-    start(cmd: string | string[], options?: RunOptions): Promise<CommandHandleApi>;
-    run: SandboxApi['commands']['run'];
-  };
-}
+/** A sandbox of the runtime: the contract's SandboxApi. */
+export type DaemonSandbox = SandboxApi;
 
 /** The runtime the daemon serves (`Runtime` from @roost/core). */
-export interface DaemonRuntime {
+export interface DaemonRuntime extends Omit<RuntimeApi, 'events'> {
+  /** The Roost home it owns. */
   readonly home: string;
-  /** The image store of the home. */
-  readonly images: ImagesApi;
-  /** The named volumes of the home. */
-  readonly volumes: VolumesApi;
-  /** The snapshots of the home (user snapshots, fork bases, template warm starts). */
-  readonly snapshots: SnapshotsApi;
-  /** The templates of the home, each kept ready as a snapshot. */
-  readonly templates: TemplatesApi;
-  create(options?: CreateOptions): Promise<DaemonSandbox>;
-  get(id: string): Promise<DaemonSandbox>;
-  list(filter?: ListFilter): Promise<SandboxApi['info'][]>;
+  /** Events after `after`, then live ones, filtered by type and sandbox, until `signal` aborts. */
   events(options?: { after?: number; signal?: AbortSignal; types?: EventType[]; sandboxId?: string }): AsyncIterable<RoostEvent>;
   /** The newest event id: where a follower of new events only starts. */
   lastEventId(): number;
   metrics(): Promise<RuntimeMetrics>;
   sandboxMetrics(id: string): Promise<SandboxMetrics>;
-  close(): Promise<void>;
 }
