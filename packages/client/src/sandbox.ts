@@ -1,4 +1,4 @@
-import { ForkOptionsSchema, hostForPort, isRoostError, parseInput, SnapshotOptionsSchema, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
+import { ForkOptionsSchema, hostForPort, isRoostError, normalizePortSpec, parseInput, SnapshotOptionsSchema, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
 import type { NetworkInfo, NetworkStats, PortBinding, PortProtocol, PortSpec, PortsApi } from '@roost/api';
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
@@ -141,6 +141,7 @@ export class RemoteSandbox implements SandboxApi {
   }
 
   async #addPort(spec: PortSpec): Promise<PortBinding> {
+    normalizePortSpec(spec); // the same check as core's, before a request is sent
     const binding = await this.#transport.json<PortBinding>('POST', `${this.#path}/ports`, { json: spec, what: `publishing a port of sandbox ${this.id}` });
     const ports = this.#info.network?.ports ?? [];
     this.#setPorts([...ports.filter((p) => !(p.hostPort === binding.hostPort && p.hostIp === binding.hostIp && p.protocol === binding.protocol)), binding]);
