@@ -29,7 +29,8 @@ const info: SandboxInfo = {
 beforeAll(async () => {
   writeFileSync(apiTokenPath(home), 'secret-token\n', { mode: 0o600 });
   routes.set(`GET /v1/sandboxes/${info.id}`, (_req, res) => void res.writeHead(200).end(JSON.stringify(info)));
-  server = http.createServer(async (req, res) => {
+  server = http.createServer((req, res) => void serveRequest(req, res));
+  async function serveRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks);
@@ -41,7 +42,7 @@ beforeAll(async () => {
       return;
     }
     await h(req, res, body);
-  });
+  }
   await new Promise<void>((r) => server.listen(socket, r));
 });
 
@@ -276,7 +277,7 @@ describe('RoostClient transport', () => {
     });
     await using client = new RoostClient({ home });
     const progress: number[] = [];
-    const image = await client.images.pull('x', { onProgress: (p) => progress.push(p.completed) });
+    const image = await client.images.pull('x', { onProgress: (p) => progress.push(p.current) });
     expect(image).toMatchObject({ id: 'sha256:bb' });
     expect(progress).toEqual([5, 10]);
   });

@@ -78,6 +78,11 @@ export interface FileWatchApi extends AsyncIterable<FileEvent>, AsyncDisposable 
  * (`ENOENT`, `EACCES`, ...) and `path`: NOT_FOUND for a missing path,
  * PERMISSION_DENIED, ALREADY_EXISTS, INVALID_STATE for a directory where a
  * file was expected (and the like), RESOURCE_EXHAUSTED for a full disk.
+ *
+ * Concurrency (every method): each call is its own stream to the guest and
+ * runs in its own process there; calls are not serialized with each other
+ * or with commands, so two calls on one path race as two processes would
+ * (a write still replaces the file whole). They wait while the sandbox is paused.
  */
 export interface FilesApi {
   /** Reads a file: as text (UTF-8, the default), bytes, or a stream read as it is consumed. */
@@ -98,9 +103,9 @@ export interface FilesApi {
   exists(path: string, options?: FileOptions): Promise<boolean>;
   /** Creates a directory and missing parents (default mode 0o755). Resolves false if it already existed. */
   makeDir(path: string, options?: FileOptions & { mode?: number }): Promise<boolean>;
-  /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). */
+  /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). Not atomic: what a concurrent writer adds below the directory meanwhile may stay. */
   remove(path: string, options?: FileOptions & { recursive?: boolean }): Promise<void>;
-  /** Renames (moves) a path; replaces an existing target unless `noReplace`. */
+  /** Renames (moves) a path; replaces an existing target unless `noReplace` (one renameat2 in the guest: atomic). */
   rename(from: string, to: string, options?: FileOptions & { noReplace?: boolean }): Promise<EntryInfo>;
   /** Watches a directory (inotify in the guest). Resolves once the watch is in place. */
   watch(path: string, options?: FileOptions & { recursive?: boolean }): Promise<FileWatchApi>;
@@ -152,7 +157,12 @@ export const CreateVolumeRequestSchema = z.object({
 }).strict().meta({ id: 'CreateVolumeRequest' });
 export type CreateVolumeRequest = z.infer<typeof CreateVolumeRequestSchema>;
 
-/** `runtime.volumes`. */
+/**
+ * `runtime.volumes`.
+ *
+ * Concurrency: calls may overlap; create and remove are SQLite transactions,
+ * so a volume is never removed while a sandbox being created takes it.
+ */
 export interface VolumesApi {
   /** Creates a named volume; ALREADY_EXISTS if the name is taken. */
   create(request: CreateVolumeRequest): Promise<VolumeInfo>;

@@ -1,13 +1,20 @@
 /**
- * @roost/api: the contract between Roost's faces. The REST API's zod
- * schemas, the Sandbox interface shared by the embedded runtime and the
- * remote client, and RoostError with its HTTP status table.
+ * @roost/api: the contract between Roost's faces. Input schemas with their
+ * limits, the interfaces the embedded runtime and the remote client both
+ * implement, RoostError with its HTTP status table, and the wire decoders.
  */
 export * from './errors.js';
+export * from './limits.js';
 export * from './schemas.js';
+export * from './options.js';
 export * from './sandbox.js';
+export * from './images.js';
 export * from './paths.js';
 export * from './files.js';
 export * from './errno.js';
 export * from './snapshots.js';
 export * from './network.js';
+export * from './abort.js';
+export * from './wire.js';
+export * from './output-buffer.js';
+export * from './command-args.js';

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
 import { EntryInfoSchema, FileEventSchema, MAX_VOLUMES, VolumeMountSchema } from './files.js';
 import { EgressSpecSchema, NetworkInfoSchema, NetworkModeSchema, PortSpecSchema } from './network.js';
+import { MAX_COMMAND_TIMEOUT_MS, MAX_CPUS, MAX_DISK_MIB, MAX_OPERATION_TIMEOUT_MS, MAX_PORTS, MAX_SIGNAL, MAX_TERMINAL_SIZE, MIN_DISK_MIB, MIN_MEMORY_MIB } from './limits.js';
 
 /*
  * The REST API's bodies, as zod schemas: the daemon validates requests with
@@ -66,13 +67,21 @@ export const SandboxInfoSchema = z.object({
 }).meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
 
-/** POST /v1/sandboxes */
+/** How long an operation (a boot, a stop, a snapshot, a fork) may take, in ms. */
+export const OperationTimeoutSchema = z.number().int().positive().max(MAX_OPERATION_TIMEOUT_MS);
+
+/**
+ * POST /v1/sandboxes, and the wire fields of `runtime.create()` embedded or
+ * remote. Memory is bounded below here and above by the host (the runtime
+ * checks it against the host's RAM); cpus likewise against its cores under KVM.
+ */
 export const CreateSandboxRequestSchema = z.object({
   image: z.string().min(1).optional(),
   pull: PullPolicySchema.optional(),
-  cpus: z.number().int().min(1).max(16).optional(),
-  memoryMiB: z.number().int().min(64).optional(),
-  diskSizeMiB: z.number().int().optional(),
+  cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
+  memoryMiB: z.number().int().min(MIN_MEMORY_MIB).optional(),
+  /** The writable disk, sparse (default 4096). */
+  diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
   env: EnvSchema.optional(),
   labels: LabelsSchema.optional(),
   /** Survives a restart of the runtime that made it (default false: it stops with it). */
@@ -82,7 +91,7 @@ export const CreateSandboxRequestSchema = z.object({
   /** `user` (default: user-mode NAT run by Roost, no root needed), `bridge` (a TAP on a Linux bridge with a leased address; root) or `none`. */
   network: NetworkModeSchema.optional(),
   /** Guest ports to publish on the host: `8080:80`, `127.0.0.1::80` (a free port), `5353:53/udp`, or objects. Bound to 127.0.0.1 unless another address is named. */
-  ports: z.array(PortSpecSchema).max(64).optional(),
+  ports: z.array(PortSpecSchema).max(MAX_PORTS).optional(),
   /** Which connections the sandbox may open: `allow` (default), `deny`, or a policy with allow/deny rules. */
   egress: EgressSpecSchema.optional(),
   /**
@@ -95,7 +104,7 @@ export const CreateSandboxRequestSchema = z.object({
   /** Start from this template's warm snapshot, building it on first use. */
   template: z.string().min(1).optional(),
   /** How long booting may take (ms). */
-  timeoutMs: z.number().int().positive().max(600_000).optional(),
+  timeoutMs: OperationTimeoutSchema.optional(),
 }).strict().meta({ id: 'CreateSandboxRequest' });
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequestSchema>;
 
@@ -112,25 +121,36 @@ export type ListSandboxesQuery = z.infer<typeof ListSandboxesQuerySchema>;
 
 export const SandboxListSchema = z.object({ sandboxes: z.array(SandboxInfoSchema) }).meta({ id: 'SandboxList' });
 
-export const StopSandboxRequestSchema = z.object({ timeoutMs: z.number().int().positive().max(600_000).optional() }).strict();
-export const StartSandboxRequestSchema = z.object({ timeoutMs: z.number().int().positive().max(600_000).optional() }).strict();
+export const StopSandboxRequestSchema = z.object({ timeoutMs: OperationTimeoutSchema.optional() }).strict();
+export const StartSandboxRequestSchema = z.object({ timeoutMs: OperationTimeoutSchema.optional() }).strict();
+
+const terminalSide = z.number().int().min(1).max(MAX_TERMINAL_SIZE);
+
+/**
+ * The options of a command both the wire (ExecRequest) and the call
+ * (`commands.run` / `start`, RunOptionsSchema) carry, with their limits.
+ */
+export const CommandOptionsSchema = z.object({
+  /** Arguments: with them, `cmd` is the program itself and no shell is involved. */
+  args: z.array(z.string()).optional(),
+  env: EnvSchema.optional(),
+  cwd: z.string().min(1).optional(),
+  user: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
+  pty: z.union([z.boolean(), z.object({ rows: terminalSide.optional(), cols: terminalSide.optional() }).strict()]).optional(),
+  timeoutMs: z.number().int().positive().max(MAX_COMMAND_TIMEOUT_MS).optional(),
+});
 
 /** POST /v1/sandboxes/{id}/exec */
 export const ExecRequestSchema = z.object({
   /** A shell command line (run with /bin/sh -c), or argv when an array. */
   cmd: z.union([z.string().min(1), z.array(z.string()).min(1)]),
-  args: z.array(z.string()).optional(),
-  env: EnvSchema.optional(),
-  cwd: z.string().min(1).optional(),
-  user: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
+  ...CommandOptionsSchema.shape,
   /** All of stdin at once (closed after). */
   stdin: z.string().optional(),
   /** How `stdin` is encoded (default utf8). */
   stdinEncoding: z.enum(['utf8', 'base64']).optional(),
   /** Keep stdin open for POST .../execs/{execId}/stdin (default false: /dev/null or `stdin`). */
   interactive: z.boolean().optional(),
-  pty: z.union([z.boolean(), z.object({ rows: z.number().int().min(1).max(65535).optional(), cols: z.number().int().min(1).max(65535).optional() }).strict()]).optional(),
-  timeoutMs: z.number().int().positive().max(0xffffffff).optional(),
   /** Encoding of output in the NDJSON stream (default utf8: text decoded across chunk boundaries). */
   encoding: z.enum(['utf8', 'base64']).optional(),
 }).strict().meta({ id: 'ExecRequest' });
@@ -158,8 +178,8 @@ export const ExecResultSchema = z.object({
 }).meta({ id: 'ExecResult' });
 export type ExecResult = z.infer<typeof ExecResultSchema>;
 
-export const SignalRequestSchema = z.object({ signal: z.union([z.string().regex(/^SIG[A-Z0-9]+$/), z.number().int().min(1).max(64)]) }).strict();
-export const ResizeRequestSchema = z.object({ rows: z.number().int().min(1).max(65535), cols: z.number().int().min(1).max(65535) }).strict();
+export const SignalRequestSchema = z.object({ signal: z.union([z.string().regex(/^SIG[A-Z0-9]+$/), z.number().int().min(1).max(MAX_SIGNAL)]) }).strict();
+export const ResizeRequestSchema = z.object({ rows: terminalSide, cols: terminalSide }).strict();
 
 export const ImageInfoSchema = z.object({
   /** The platform manifest's digest. */
@@ -189,9 +209,13 @@ export const ImageListSchema = z.object({ images: z.array(ImageInfoSchema) }).me
 /** POST /v1/images/pull */
 export const PullRequestSchema = z.object({ reference: z.string().min(1) }).strict().meta({ id: 'PullRequest' });
 
-/** One line of a pull's NDJSON progress stream; `done` or `error` last. */
+/** Where one blob of a pull is. `done` and `exists` are final for that blob. */
+export const PullStatusSchema = z.enum(['waiting', 'downloading', 'verifying', 'exists', 'done', 'retrying', 'failed']);
+export type PullStatus = z.infer<typeof PullStatusSchema>;
+
+/** One line of a pull's NDJSON progress stream; `done` or `error` last. `status` was added later (older daemons send only `done`). */
 export const PullEventSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('progress'), digest: z.string(), kind: z.string(), completed: z.number(), total: z.number(), done: z.boolean() }),
+  z.object({ type: z.literal('progress'), digest: z.string(), kind: z.string(), completed: z.number(), total: z.number(), done: z.boolean(), status: PullStatusSchema.optional() }),
   z.object({ type: z.literal('done'), image: ImageInfoSchema }),
   z.object({ type: z.literal('error'), error: z.lazy(() => ErrorBodySchema.shape.error) }),
 ]).meta({ id: 'PullEvent' });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { EnvSchema, LabelsSchema, SandboxImageSchema, SandboxInfoSchema } from './schemas.js';
+import { MAX_CPUS, MIN_MEMORY_MIB, MIN_DISK_MIB, MAX_DISK_MIB } from './limits.js';
+import { EnvSchema, LabelsSchema, OperationTimeoutSchema, SandboxImageSchema, SandboxInfoSchema } from './schemas.js';
 
 /*
  * Snapshots, forks and templates (warm pools). A snapshot is a sandbox's
@@ -56,7 +57,7 @@ export const SnapshotListSchema = z.object({ snapshots: z.array(SnapshotInfoSche
 export const CreateSnapshotRequestSchema = z.object({
   /** Default: `<sandbox id>-<time>`. ALREADY_EXISTS if taken. */
   name: snapshotName.optional(),
-  timeoutMs: z.number().int().positive().max(600_000).optional(),
+  timeoutMs: OperationTimeoutSchema.optional(),
 }).strict().meta({ id: 'CreateSnapshotRequest' });
 export type CreateSnapshotRequest = z.infer<typeof CreateSnapshotRequestSchema>;
 
@@ -67,7 +68,7 @@ export const ForkRequestSchema = z.object({
   /** Labels of the copies (default: the source's). */
   labels: LabelsSchema.optional(),
   detached: z.boolean().optional(),
-  timeoutMs: z.number().int().positive().max(600_000).optional(),
+  timeoutMs: OperationTimeoutSchema.optional(),
 }).strict().meta({ id: 'ForkRequest' });
 export type ForkRequest = z.infer<typeof ForkRequestSchema>;
 
@@ -95,18 +96,18 @@ export const TemplateListSchema = z.object({ templates: z.array(TemplateInfoSche
 export const CreateTemplateRequestSchema = z.object({
   name: snapshotName,
   image: z.string().min(1).optional(),
-  cpus: z.number().int().min(1).max(16).optional(),
-  memoryMiB: z.number().int().min(64).optional(),
-  diskSizeMiB: z.number().int().optional(),
+  cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
+  memoryMiB: z.number().int().min(MIN_MEMORY_MIB).optional(),
+  diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
   env: EnvSchema.optional(),
   setup: z.union([z.string().min(1), z.array(z.string()).min(1)]).optional(),
   /** Build the snapshot now rather than on the first create (default false). */
   warm: z.boolean().optional(),
-  timeoutMs: z.number().int().positive().max(600_000).optional(),
+  timeoutMs: OperationTimeoutSchema.optional(),
 }).strict().meta({ id: 'CreateTemplateRequest' });
 export type CreateTemplateRequest = z.infer<typeof CreateTemplateRequestSchema>;
 
-/** `runtime.snapshots`. */
+/** `runtime.snapshots`. Concurrency: calls may overlap; snapshots are taken by `sandbox.snapshot()`, serialized with that sandbox's lifecycle. */
 export interface SnapshotsApi {
   list(): Promise<SnapshotInfo[]>;
   /** By name or id; NOT_FOUND if there is none. */
@@ -115,7 +116,7 @@ export interface SnapshotsApi {
   remove(nameOrId: string): Promise<void>;
 }
 
-/** `runtime.templates`. */
+/** `runtime.templates`. Concurrency: calls may overlap; concurrent builds of one template's snapshot (`warm`, a first `create({ template })`) share one build. */
 export interface TemplatesApi {
   /** Defines a template (ALREADY_EXISTS if the name is taken); with `warm`, builds its snapshot now. */
   create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo>;

@@ -1,30 +1,13 @@
 import { createReadStream, existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
-import { daemonSocketPath, isRoostError, RoostError, type CreateOptions, type ImageInfoBody, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
+import { stat } from 'node:fs/promises';
+import { daemonSocketPath, isRoostError, RoostError, type ImagesApi, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
 import { RoostClient } from '@roost/client';
-import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
-import { imageBody } from '@roost/server';
-
-/** Pull progress of one blob, as the CLI prints it (core's PullProgress, or the daemon's progress lines mapped to it). */
-export interface PullLine {
-  digest: string;
-  status: 'waiting' | 'downloading' | 'verifying' | 'exists' | 'done' | 'retrying' | 'failed';
-  current: number;
-  total: number;
-}
-
-/** The image commands both faces serve, answering in the REST API's shapes. */
-export interface FaceImages {
-  pull(reference: string, options?: { onProgress?: (p: PullLine) => void; signal?: AbortSignal }): Promise<ImageInfoBody>;
-  list(): Promise<ImageInfoBody[]>;
-  inspect(reference: string): Promise<ImageInfoBody>;
-  remove(reference: string, options?: { force?: boolean }): Promise<{ untagged: string[]; deleted: string[] }>;
-}
+import { ImageStore, roostHome, Runtime, StoreImages, Volumes } from '@roost/core';
 
 /** What the image commands talk to: the daemon's image store, or the home's (no lock needed). */
 export interface ImagesFace {
   readonly kind: 'remote' | 'embedded';
-  readonly images: FaceImages;
+  readonly images: ImagesApi;
   close(): Promise<void>;
 }
 
@@ -38,10 +21,6 @@ export interface Face extends ImagesFace {
   /** The daemon's address, or the home. */
   readonly where: string;
   readonly runtime: RuntimeApi;
-  /** Creates a sandbox; pulls its image first with progress when it is missing. */
-  create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi>;
-  /** A sandbox's console log, or its last `tail` lines (remote: at most the last MiB the daemon sends). */
-  logs(sandbox: SandboxApi, options?: { tail?: number }): Promise<string>;
   /** Ends the connection or the runtime (non-detached sandboxes of an embedded runtime die with it). */
   close(): Promise<void>;
 }
@@ -77,7 +56,7 @@ export async function connectImages(options: { host?: string; home?: string }): 
   const home = roostHome(options.home);
   const client = await findDaemon(home, options.host);
   if (client) return new RemoteFace(client);
-  return { kind: 'embedded', images: new EmbeddedImages(new ImageStore({ home })), close: async () => {} };
+  return { kind: 'embedded', images: new StoreImages(new ImageStore({ home })), close: async () => {} };
 }
 
 /**
@@ -113,51 +92,15 @@ async function findDaemon(home: string, hostOption: string | undefined): Promise
 
 class RemoteFace implements Face {
   readonly kind = 'remote';
-  readonly images: FaceImages;
 
-  constructor(readonly runtime: RoostClient) {
-    const images = runtime.images;
-    this.images = {
-      pull: (reference, options = {}) =>
-        images.pull(reference, {
-          ...(options.signal ? { signal: options.signal } : {}),
-          ...(options.onProgress
-            ? {
-                onProgress: (p) => options.onProgress!({ digest: p.digest, current: p.completed, total: p.total, status: p.done ? 'done' : p.completed > 0 ? 'downloading' : 'waiting' }),
-              }
-            : {}),
-        }),
-      list: () => images.list(),
-      inspect: (reference) => images.inspect(reference),
-      remove: (reference, options = {}) => images.remove(reference, options),
-    };
+  constructor(readonly runtime: RoostClient) {}
+
+  get images(): ImagesApi {
+    return this.runtime.images;
   }
 
   get where(): string {
     return this.runtime.endpoint.display;
-  }
-
-  async create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi> {
-    const opts = { ...options };
-    // The daemon pulls silently inside create: pull here first to show progress.
-    if (opts.image && opts.pull !== 'never' && onPullProgress) {
-      const stored = opts.pull === 'always' ? false : await this.images.inspect(opts.image).then(
-        () => true,
-        (e: unknown) => {
-          if (isRoostError(e, 'NOT_FOUND')) return false;
-          throw e;
-        },
-      );
-      if (!stored) {
-        await this.images.pull(opts.image, { onProgress: onPullProgress, ...(opts.signal ? { signal: opts.signal } : {}) });
-        opts.pull = 'missing';
-      }
-    }
-    return this.runtime.create(opts);
-  }
-
-  logs(sandbox: SandboxApi, options: { tail?: number } = {}): Promise<string> {
-    return this.runtime.logs(sandbox.id, options);
   }
 
   close(): Promise<void> {
@@ -167,26 +110,15 @@ class RemoteFace implements Face {
 
 class EmbeddedFace implements Face {
   readonly kind = 'embedded';
-  readonly images: FaceImages;
 
-  constructor(readonly runtime: Runtime) {
-    this.images = new EmbeddedImages(runtime.images);
+  constructor(readonly runtime: Runtime) {}
+
+  get images(): ImagesApi {
+    return this.runtime.images;
   }
 
   get where(): string {
     return this.runtime.home;
-  }
-
-  create(options: CreateOptions, onPullProgress?: (p: PullLine) => void): Promise<SandboxApi> {
-    return this.runtime.create({ ...options, ...(onPullProgress ? { onPullProgress } : {}) });
-  }
-
-  async logs(sandbox: SandboxApi, options: { tail?: number } = {}): Promise<string> {
-    const text = await readFile(consoleLogPath(sandbox), 'utf8').catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return '';
-      throw e;
-    });
-    return options.tail === undefined ? text : tailLines(text, options.tail);
   }
 
   close(): Promise<void> {
@@ -212,31 +144,4 @@ export async function copyFrom(path: string, offset: number, out: NodeJS.Writabl
       .on('error', reject);
   });
   return size;
-}
-
-/** The last `n` lines of a text (a final newline ends the last line). */
-export function tailLines(text: string, n: number): string {
-  const lines = text.split('\n');
-  const trailing = lines.at(-1) === '' ? lines.pop() !== undefined : false;
-  return lines.slice(Math.max(0, lines.length - n)).join('\n') + (trailing && n > 0 ? '\n' : '');
-}
-
-class EmbeddedImages implements FaceImages {
-  constructor(private readonly store: ImageStore) {}
-
-  async pull(reference: string, options: { onProgress?: (p: PullLine) => void; signal?: AbortSignal } = {}): Promise<ImageInfoBody> {
-    return imageBody(await this.store.pull(reference, options));
-  }
-
-  async list(): Promise<ImageInfoBody[]> {
-    return this.store.list().map(imageBody);
-  }
-
-  async inspect(reference: string): Promise<ImageInfoBody> {
-    return imageBody(this.store.inspect(reference));
-  }
-
-  remove(reference: string, options: { force?: boolean } = {}): Promise<{ untagged: string[]; deleted: string[] }> {
-    return this.store.remove(reference, options);
-  }
 }

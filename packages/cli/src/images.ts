@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
-import type { ImageInfoBody } from '@roost/api';
+import { pullProgressDone, type ImageInfoBody, type PullProgress } from '@roost/api';
 import { ImageStore, familiarImageReference, normalizeRegistry, parseImageReference, RoostError } from '@roost/core';
-import type { PullLine, WithImages } from './connect.js';
+import type { WithImages } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
 
 /**
@@ -197,7 +197,7 @@ async function readStdin(): Promise<string> {
  * Prints pull progress on stderr: on a terminal, one line per blob redrawn
  * in place with a bar; otherwise one line per blob when it is done.
  */
-export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullLine) => void {
+export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullProgress) => void {
   const tty = stream.isTTY === true;
   const order: string[] = [];
   const lines = new Map<string, string>();
@@ -218,13 +218,13 @@ export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr)
     if (!lines.has(p.digest)) order.push(p.digest);
     const line = `${id}: ${describe(p)}`;
     lines.set(p.digest, line);
-    const final = p.status === 'done' || p.status === 'exists' || p.status === 'failed';
+    const final = pullProgressDone(p) || p.status === 'failed';
     if (tty) redraw(final);
     else if (final) stream.write(`${line}\n`);
   };
 }
 
-function describe(p: PullLine): string {
+function describe(p: PullProgress): string {
   switch (p.status) {
     case 'waiting':
       return 'waiting';

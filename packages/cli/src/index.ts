@@ -1,8 +1,10 @@
+import { stat } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
 import {
   EVENT_TYPES,
   isRoostError,
   RoostError,
+  sleep,
   type CommandHandleApi,
   type EventType,
   type ListFilter,
@@ -15,7 +17,7 @@ import {
   type SandboxStatus,
 } from '@roost/api';
 import { setup } from '@roost/core';
-import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, tailLines, type Face, type WithFace, type WithImages } from './connect.js';
+import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
@@ -127,8 +129,7 @@ export async function main(argv: string[]): Promise<number> {
       const volumes = flags.volume.map((v) => parseVolumeFlag(v));
       const network = networkOptions(flags);
       await withFace('run', async (face) => {
-        const sandbox = await face.create(
-          {
+        const sandbox = await face.runtime.create({
             ...(passed('cpus') ? { cpus: flags.cpus } : {}),
             ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
             ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
@@ -140,9 +141,8 @@ export async function main(argv: string[]): Promise<number> {
             ...(image ? { image, pull: flags.pull } : {}),
             ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
             ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
-          },
-          image ? pullProgressPrinter() : undefined,
-        );
+            ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
+        });
         // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
         // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
         const img = restore ? undefined : sandbox.info.image;
@@ -436,22 +436,22 @@ async function printLog(face: Face, sandbox: SandboxApi, options: { follow: bool
       const path = consoleLogPath(sandbox);
       let offset = 0;
       if (options.tail !== undefined) {
-        const text = await face.logs(sandbox);
-        out.write(tailLines(text, options.tail));
-        offset = Buffer.byteLength(text);
+        // Follow from where the log ended before the tail was read: a line written meanwhile may show twice, never not at all.
+        offset = (await stat(path).catch(() => ({ size: 0 }))).size;
+        out.write(await sandbox.logs({ tail: options.tail }));
       }
       for (;;) {
         offset = await copyFrom(path, offset, out);
         if (!options.follow || stop.signal.aborted || !(await stillLive(sandbox))) return;
-        await sleep(200, stop.signal);
+        await sleep(200, stop.signal).catch(() => {});
       }
     }
     // Remote: the daemon answers with the log's last part; what is new is what follows the end of the previous answer.
-    let previous = await face.logs(sandbox);
-    out.write(options.tail !== undefined ? tailLines(previous, options.tail) : previous);
+    let previous = await sandbox.logs();
+    out.write(options.tail !== undefined ? await sandbox.logs({ tail: options.tail }) : previous);
     while (options.follow && !stop.signal.aborted && (await stillLive(sandbox))) {
-      await sleep(500, stop.signal);
-      const now = await face.logs(sandbox);
+      await sleep(500, stop.signal).catch(() => {});
+      const now = await sandbox.logs();
       out.write(newPart(previous, now));
       previous = now;
     }
@@ -471,13 +471,6 @@ export function newPart(previous: string, now: string): string {
 async function stillLive(sandbox: SandboxApi): Promise<boolean> {
   const info = await sandbox.refresh().catch(() => null);
   return info !== null && LIVE.includes(info.status);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-  });
 }
 
 function parseEnv(pairs: string[]): Record<string, string> {

@@ -1,9 +1,13 @@
-import { isRoostError, RoostError, type CreateOptions, type EventType, type ImageInfoBody, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo } from '@roost/api';
-import { abortError, defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
+import {
+  CreateOptionsSchema, errorFromBody, isErrorObject, isRoostError, parseInput, RoostError, sleep,
+  type CreateOptions, type EventType, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo,
+} from '@roost/api';
+import { defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
+import { RemoteImages } from './images.js';
 import { RemoteSandbox } from './sandbox.js';
 import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 import { RemoteVolumes } from './volumes.js';
-import { NdjsonParser, SseParser } from './wire.js';
+import { SseParser } from './wire.js';
 
 /** Options of `new RoostClient()`. */
 export interface RoostClientOptions {
@@ -34,17 +38,6 @@ export interface Health {
   home: string;
   pid: number;
   uptimeSeconds: number;
-}
-
-/** One progress report of an image pull (per blob). */
-export interface PullProgressEvent {
-  digest: string;
-  /** `config` or `layer`. */
-  kind: string;
-  /** Bytes so far and in all. */
-  completed: number;
-  total: number;
-  done: boolean;
 }
 
 /** Options of `client.events()`. */
@@ -105,9 +98,28 @@ export class RoostClient implements RuntimeApi {
     this.templates = new RemoteTemplates(this.#transport);
   }
 
-  /** Creates and boots a sandbox on the daemon (pulling its image if needed), or restores one from a `snapshot` or `template`. */
+  /**
+   * Creates and boots a sandbox on the daemon (pulling its image if needed),
+   * or restores one from a `snapshot` or `template`. With `onPullProgress`,
+   * a missing image is pulled first through `images.pull` (the daemon pulls
+   * silently inside create).
+   */
   async create(options: CreateOptions = {}): Promise<RemoteSandbox> {
-    const { signal, ...body } = options;
+    parseInput(CreateOptionsSchema, options, 'sandbox options');
+    const { signal, onPullProgress, ...body } = options;
+    if (body.image !== undefined && body.pull !== 'never' && onPullProgress) {
+      const stored = body.pull === 'always' ? false : await this.images.inspect(body.image).then(
+        () => true,
+        (e: unknown) => {
+          if (isRoostError(e, 'NOT_FOUND')) return false;
+          throw e;
+        },
+      );
+      if (!stored) {
+        await this.images.pull(body.image, { onProgress: onPullProgress, ...(signal ? { signal } : {}) });
+        body.pull = 'missing';
+      }
+    }
     const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, signal, timeoutMs: null, what: 'creating a sandbox' });
     return new RemoteSandbox(this.#transport, info);
   }
@@ -184,7 +196,8 @@ export class RoostClient implements RuntimeApi {
         if (isRoostError(e) && e.code !== 'UNAVAILABLE' && e.code !== 'INTERNAL' && e.code !== 'TIMEOUT') throw e;
       }
       if (stopped()) return;
-      await sleep(delay, signal, this.#transport.closedSignal);
+      // Woken early (quietly) when the caller aborts or the client closes.
+      await sleep(delay, signal ? AbortSignal.any([signal, this.#transport.closedSignal]) : this.#transport.closedSignal).catch(() => {});
       delay = Math.min(RECONNECT_MAX_MS, Math.max(serverRetry ?? RECONNECT_MIN_MS, delay * 2));
     }
   }
@@ -222,84 +235,13 @@ export class RoostClient implements RuntimeApi {
   }
 }
 
-/**
- * `client.images`: the daemon's image store.
- *
- * Concurrency: calls may overlap; pulls of the same image share the daemon's downloads.
- */
-export class RemoteImages {
-  /** @internal */
-  constructor(private readonly transport: Transport) {}
-
-  /** Pulls an image; `onProgress` hears about each blob. Resolves with the stored image. */
-  async pull(reference: string, options: { onProgress?: (p: PullProgressEvent) => void; signal?: AbortSignal } = {}): Promise<ImageInfoBody> {
-    const what = `pulling ${reference}`;
-    const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', { json: { reference }, accept: 'application/x-ndjson', signal: options.signal, timeoutMs: null, what });
-    const parser = new NdjsonParser();
-    let result: ImageInfoBody | undefined;
-    const take = (v: unknown) => {
-      const ev = v as { type?: string; image?: ImageInfoBody; error?: { code?: string; message?: string; details?: Record<string, unknown> } } & Partial<PullProgressEvent>;
-      if (ev.type === 'progress') {
-        try {
-          options.onProgress?.({ digest: String(ev.digest), kind: String(ev.kind), completed: Number(ev.completed), total: Number(ev.total), done: ev.done === true });
-        } catch {
-          // A throwing progress callback does not end the pull.
-        }
-      } else if (ev.type === 'done' && ev.image) {
-        result = ev.image;
-      } else if (ev.type === 'error') {
-        const e = ev.error;
-        throw new RoostError((e?.code ?? 'IMAGE') as RoostError['code'], e?.message ?? `pulling ${reference} failed`, e?.details ? { details: e.details } : {});
-      }
-    };
-    try {
-      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) take(v);
-      for (const v of parser.end()) take(v);
-    } catch (e) {
-      abort(e instanceof Error ? e : new Error(String(e)));
-      if (isRoostError(e)) throw e;
-      if (options.signal?.aborted) throw abortError(options.signal, what);
-      throw new RoostError('UNAVAILABLE', `${what}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e });
-    }
-    if (!result) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
-    return result;
-  }
-
-  /** The stored images. */
-  async list(): Promise<ImageInfoBody[]> {
-    return (await this.transport.json<{ images: ImageInfoBody[] }>('GET', '/v1/images')).images;
-  }
-
-  /** One image, by reference or id (prefix); NOT_FOUND when it is not stored. */
-  inspect(reference: string): Promise<ImageInfoBody> {
-    return this.transport.json<ImageInfoBody>('GET', `/v1/images/${encodeURIComponent(reference)}`);
-  }
-
-  /** Untags an image, and deletes it when no name is left. One that sandboxes use needs `force`. */
-  remove(reference: string, options: { force?: boolean } = {}): Promise<{ untagged: string[]; deleted: string[] }> {
-    return this.transport.json('DELETE', `/v1/images/${encodeURIComponent(reference)}`, { query: options.force ? { force: 'true' } : {} });
-  }
-}
-
 /** The daemon's `event: error` (it closes the stream after it): UNAVAILABLE ones are retried. */
 function streamError(data: string): RoostError {
   try {
-    const e = (JSON.parse(data) as { error?: { code?: string; message?: string; details?: Record<string, unknown> } }).error;
-    if (e?.code && e.message) return new RoostError(e.code as RoostError['code'], e.message, e.details ? { details: e.details } : {});
+    const e = (JSON.parse(data) as { error?: unknown }).error;
+    if (isErrorObject(e)) return errorFromBody(e, { code: 'UNAVAILABLE', message: e.message });
   } catch {
     // not an error body
   }
   return new RoostError('UNAVAILABLE', `the event stream failed: ${data.slice(0, 200)}`);
-}
-
-function sleep(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      for (const s of signals) s?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    for (const s of signals) s?.addEventListener('abort', done, { once: true });
-  });
 }

@@ -1,6 +1,8 @@
-import { constants as osConstants } from 'node:os';
-import { RoostError, type CommandHandleApi, type CommandResult, type CommandsApi, type ExecRequest, type OutputCallback, type RunOptions } from '@roost/api';
-import { abortError, type StreamingResponse, type Transport } from './http.js';
+import {
+  abortError, checkTerminalSize, decodeExecEvent, OutputBuffer, parseInput, pumpStdin, RoostError, RunOptionsSchema, signalNumber,
+  type CommandHandleApi, type CommandResult, type CommandsApi, type ExecRequest, type OutputCallback, type RunOptions,
+} from '@roost/api';
+import type { StreamingResponse, Transport } from './http.js';
 import { NdjsonParser } from './wire.js';
 
 /** Output held for a reader (or a slow callback) before the HTTP response is paused: the daemon then stops reading the guest. */
@@ -13,114 +15,12 @@ const INLINE_STDIN = 512 << 10;
 const TIMEOUT_GRACE_MS = 10_000;
 
 /**
- * One output stream of a remote command, with core's semantics: chunks go to
- * the callback (if any), then to an iterator (if one is attached), or are
- * collected for `wait()`. What waits for a reader counts as backlog; the
- * exec's response is paused while there is too much of it.
+ * One output stream of a remote command: the contract's OutputBuffer, whose
+ * credit port tells the exec's response reader that a slow reader caught
+ * up (the response is paused while the buffer holds OUTPUT_HIGH_WATER).
  */
-class OutputQueue implements AsyncIterable<Uint8Array> {
-  #queue: Buffer[] = [];
-  #queued = 0;
-  #collected: Buffer[] = [];
-  #collecting = false;
-  #iterating = false;
-  #ended = false;
-  #error: RoostError | null = null;
-  #wake: (() => void) | null = null;
-  #decoder = new TextDecoder();
-  #callbackChain: Promise<void> = Promise.resolve();
-  #callbackPending = 0;
-
-  constructor(
-    private readonly callback: OutputCallback | undefined,
-    private readonly changed: () => void,
-  ) {}
-
-  /** Bytes waiting for a reader or a callback. */
-  get backlog(): number {
-    return this.#queued + this.#callbackPending;
-  }
-
-  push(chunk: Buffer): void {
-    if (this.callback) {
-      const text = this.#decoder.decode(chunk, { stream: true });
-      const cb = this.callback;
-      const n = chunk.length;
-      this.#callbackPending += n;
-      this.#callbackChain = this.#callbackChain
-        .then(() => cb(text))
-        .catch(() => {})
-        .finally(() => {
-          this.#callbackPending -= n;
-          this.changed();
-        });
-    }
-    if (this.#iterating || (!this.#collecting && !this.callback)) {
-      this.#queue.push(chunk);
-      this.#queued += chunk.length;
-      this.#wake?.();
-    } else {
-      this.#collected.push(chunk);
-    }
-  }
-
-  end(err: RoostError | null = null): void {
-    if (this.#ended) return;
-    this.#ended = true;
-    this.#error = err;
-    if (this.callback) {
-      const tail = this.#decoder.decode();
-      if (tail) {
-        const cb = this.callback;
-        this.#callbackChain = this.#callbackChain.then(() => cb(tail)).catch(() => {});
-      }
-    }
-    this.#wake?.();
-  }
-
-  /** Collect everything not consumed by an iterator (used by wait()). */
-  collect(): void {
-    if (this.#iterating || this.#collecting) return;
-    this.#collecting = true;
-    this.#collected.push(...this.#queue.splice(0));
-    this.#queued = 0;
-    this.changed();
-  }
-
-  /** Collected output as text, after callbacks have run. */
-  async text(): Promise<string> {
-    await this.#callbackChain;
-    return Buffer.concat(this.#collected).toString('utf8');
-  }
-
-  async *[Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-    if (this.#iterating || this.#collecting) throw new RoostError('INVALID_STATE', 'this output stream is already being read');
-    this.#iterating = true;
-    try {
-      for (;;) {
-        const chunk = this.#queue.shift();
-        if (chunk) {
-          this.#queued -= chunk.length;
-          this.changed();
-          yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-          continue;
-        }
-        if (this.#ended) {
-          if (this.#error) throw this.#error;
-          return;
-        }
-        await new Promise<void>((r) => (this.#wake = r));
-        this.#wake = null;
-      }
-    } finally {
-      // A reader that stops early (break) must not leave the command blocked
-      // on output nobody will read: the rest is collected for wait().
-      if (!this.#ended) {
-        this.#iterating = false;
-        this.collect();
-      }
-    }
-  }
+function remoteOutput(callback: OutputCallback | undefined, changed: () => void): OutputBuffer {
+  return new OutputBuffer({ credit: changed }, callback);
 }
 
 /** How a command's stream ended. */
@@ -163,7 +63,7 @@ export class RemoteCommandHandle implements CommandHandleApi {
   #pumping = false;
 
   /** @internal */
-  constructor(transport: Transport, base: string, started: { execId: string; pid: number }, out: OutputQueue, err: OutputQueue, outcome: Promise<Outcome>) {
+  constructor(transport: Transport, base: string, started: { execId: string; pid: number }, out: OutputBuffer, err: OutputBuffer, outcome: Promise<Outcome>) {
     this.#transport = transport;
     this.#base = base;
     this.pid = started.pid;
@@ -201,8 +101,8 @@ export class RemoteCommandHandle implements CommandHandleApi {
    * TIMEOUT error, an abort an ABORTED one.
    */
   wait(): Promise<CommandResult> {
-    (this.stdout as OutputQueue).collect();
-    (this.stderr as OutputQueue).collect();
+    (this.stdout as OutputBuffer).collect();
+    (this.stderr as OutputBuffer).collect();
     this.#result ??= this.#makeResult();
     return this.#result;
   }
@@ -229,10 +129,7 @@ export class RemoteCommandHandle implements CommandHandleApi {
 
   /** Sends a signal to the command's process group (default SIGKILL). */
   kill(signal: NodeJS.Signals | number = 'SIGKILL'): void {
-    const signo = typeof signal === 'number' ? signal : osConstants.signals[signal];
-    if (signo === undefined || !Number.isInteger(signo) || signo < 1 || signo > 64) {
-      throw new RoostError('INVALID_ARGUMENT', `unknown signal ${String(signal)}`);
-    }
+    signalNumber(signal);
     if (this.#exited) return;
     this.#post('signal', { signal }).catch(() => {
       // The command has already ended.
@@ -241,9 +138,7 @@ export class RemoteCommandHandle implements CommandHandleApi {
 
   /** Sets the terminal size of a PTY command. */
   resize(size: { rows: number; cols: number }): void {
-    if (!Number.isInteger(size.rows) || !Number.isInteger(size.cols) || size.rows < 1 || size.cols < 1 || size.rows > 65535 || size.cols > 65535) {
-      throw new RoostError('INVALID_ARGUMENT', `invalid terminal size ${size.rows}x${size.cols}`);
-    }
+    checkTerminalSize(size);
     if (this.#exited) return;
     this.#post('resize', { rows: size.rows, cols: size.cols }).catch(() => {});
   }
@@ -316,7 +211,7 @@ export class RemoteCommands implements CommandsApi {
    * with an ABORTED error.
    */
   async start(cmd: string | string[], options: RunOptions = {}): Promise<RemoteCommandHandle> {
-    const opts = checkRunOptions(options);
+    const opts = parseInput(RunOptionsSchema, options, 'command options') as RunOptions;
     const argv = Array.isArray(cmd) ? cmd : opts.args ? [cmd, ...opts.args] : [cmd];
     const description = `command ${JSON.stringify(argv.join(' ').slice(0, 80))}`;
     if (opts.signal?.aborted) throw abortError(opts.signal, description);
@@ -371,14 +266,14 @@ export class RemoteCommands implements CommandsApi {
 
     let resume: (() => void) | null = null;
     const changed = () => {
-      if (resume && out.backlog < OUTPUT_HIGH_WATER && err.backlog < OUTPUT_HIGH_WATER) {
+      if (resume && out.held < OUTPUT_HIGH_WATER && err.held < OUTPUT_HIGH_WATER) {
         const r = resume;
         resume = null;
         r();
       }
     };
-    const out = new OutputQueue(opts.onStdout, changed);
-    const err = new OutputQueue(opts.onStderr, changed);
+    const out = remoteOutput(opts.onStdout, changed);
+    const err = remoteOutput(opts.onStderr, changed);
     let onStarted!: (s: { execId: string; pid: number }) => void;
     let onStartFailed!: (e: RoostError) => void;
     const started = new Promise<{ execId: string; pid: number }>((res, rej) => ((onStarted = res), (onStartFailed = rej)));
@@ -388,26 +283,22 @@ export class RemoteCommands implements CommandsApi {
       const parser = new NdjsonParser();
       let end: Outcome | undefined;
       const take = (value: unknown): void => {
-        const ev = value as { type?: unknown; [k: string]: unknown };
-        switch (ev.type) {
+        // Unknown event types decode to null and are ignored (additive changes).
+        const ev = decodeExecEvent(value);
+        switch (ev?.type) {
           case 'started':
-            onStarted({ execId: String(ev.execId), pid: Number(ev.pid) });
+            onStarted({ execId: ev.execId, pid: ev.pid });
             break;
           case 'stdout':
           case 'stderr':
-            if (typeof ev.data !== 'string') break;
             (ev.type === 'stdout' ? out : err).push(Buffer.from(ev.data, 'base64'));
             break;
           case 'exit':
-            end = { ok: true, exitCode: Number(ev.exitCode), signal: typeof ev.signal === 'string' ? ev.signal : null };
+            end = { ok: true, exitCode: ev.exitCode, signal: ev.signal };
             break;
-          case 'error': {
-            const e = ev.error as { code?: string; message?: string; details?: Record<string, unknown> } | undefined;
-            end = { ok: false, error: new RoostError((e?.code ?? 'INTERNAL') as RoostError['code'], e?.message ?? 'the command failed', e?.details ? { details: e.details } : {}) };
+          case 'error':
+            end = { ok: false, error: ev.error };
             break;
-          }
-          default:
-          // Unknown event types are ignored (additive changes).
         }
       };
       let closed = false;
@@ -419,7 +310,7 @@ export class RemoteCommands implements CommandsApi {
         for await (const chunk of response.res) {
           for (const v of parser.push(chunk as Buffer)) take(v);
           // Backpressure: stop reading the response while a reader is behind (an abort closes it and ends the wait).
-          while (!closed && (out.backlog >= OUTPUT_HIGH_WATER || err.backlog >= OUTPUT_HIGH_WATER)) await new Promise<void>((r) => (resume = r));
+          while (!closed && (out.held >= OUTPUT_HIGH_WATER || err.held >= OUTPUT_HIGH_WATER)) await new Promise<void>((r) => (resume = r));
         }
         for (const v of parser.end()) take(v);
         if (!end) {
@@ -452,32 +343,4 @@ export class RemoteCommands implements CommandsApi {
     if (streamIn !== undefined) void pumpStdin(handle, streamIn);
     return handle;
   }
-}
-
-async function pumpStdin(handle: RemoteCommandHandle, input: string | Uint8Array | AsyncIterable<Uint8Array | string>): Promise<void> {
-  try {
-    if (typeof input === 'string' || input instanceof Uint8Array) await handle.write(input);
-    else for await (const chunk of input) await handle.write(chunk);
-    handle.closeStdin();
-  } catch {
-    // The process exited before reading all of its input, like a closed pipe.
-  }
-}
-
-const RUN_OPTION_KEYS = new Set(['args', 'env', 'cwd', 'user', 'stdin', 'pty', 'onStdout', 'onStderr', 'timeoutMs', 'signal']);
-
-/** Checks what the daemon cannot (callbacks, the signal, unknown keys); the daemon validates the rest. */
-function checkRunOptions(options: RunOptions): RunOptions {
-  if (options === null || typeof options !== 'object') throw new RoostError('INVALID_ARGUMENT', 'command options: an object is required');
-  for (const k of Object.keys(options)) {
-    if (!RUN_OPTION_KEYS.has(k)) throw new RoostError('INVALID_ARGUMENT', `command options: unknown option "${k}"`);
-  }
-  if (options.onStdout !== undefined && typeof options.onStdout !== 'function') throw new RoostError('INVALID_ARGUMENT', 'command options: onStdout must be a function');
-  if (options.onStderr !== undefined && typeof options.onStderr !== 'function') throw new RoostError('INVALID_ARGUMENT', 'command options: onStderr must be a function');
-  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new RoostError('INVALID_ARGUMENT', 'command options: signal must be an AbortSignal');
-  const s = options.stdin;
-  if (s !== undefined && typeof s !== 'string' && typeof s !== 'boolean' && !(s instanceof Uint8Array) && !(typeof s === 'object' && s !== null && Symbol.asyncIterator in s)) {
-    throw new RoostError('INVALID_ARGUMENT', 'command options: stdin must be a string, bytes, an async iterable or true');
-  }
-  return options;
 }

@@ -1,6 +1,20 @@
 import type { IncomingMessage } from 'node:http';
 import {
+  abortError,
   ERROR_STATUS,
+  errorFromBody,
+  FileOptionsSchema,
+  isErrorCode,
+  isErrorObject,
+  ListOptionsSchema,
+  MakeDirOptionsSchema,
+  parseInput,
+  ReadOptionsSchema,
+  RemoveOptionsSchema,
+  RenameOptionsSchema,
+  StatOptionsSchema,
+  WatchOptionsSchema,
+  WriteOptionsSchema,
   isRoostError,
   RoostError,
   type EntryInfo,
@@ -13,7 +27,7 @@ import {
   type WriteData,
   type WriteOptions,
 } from '@roost/api';
-import { abortError, errorFromResponse, type Transport } from './http.js';
+import { errorFromResponse, type Transport } from './http.js';
 import { NdjsonParser } from './wire.js';
 
 /** The trailer a download ends with when it failed after its first bytes (see the daemon's files routes). */
@@ -52,6 +66,7 @@ export class RemoteFiles implements FilesApi {
   read(path: string, options: FileOptions & { format: 'bytes' }): Promise<Uint8Array>;
   read(path: string, options: FileOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
   async read(path: string, options: FileOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
+    parseInput(ReadOptionsSchema, options, 'read options');
     const stream = await this.#download('content', 'application/octet-stream', path, options, `reading ${path}`);
     const format = options.format ?? 'text';
     if (format === 'stream') return stream;
@@ -68,6 +83,7 @@ export class RemoteFiles implements FilesApi {
    * this rejects with its error.
    */
   async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<WriteInfo> {
+    parseInput(WriteOptionsSchema, options, 'write options');
     const body = typeof data === 'string' ? Buffer.from(data) : data;
     const query: Query = { path, ...userQuery(options), mode: options.mode, noReplace: options.noReplace ? 'true' : undefined };
     return this.#transport.json<WriteInfo>('PUT', `${this.#base}/content`, { query, body, signal: options.signal, timeoutMs: null, what: `writing ${path}` });
@@ -75,13 +91,15 @@ export class RemoteFiles implements FilesApi {
 
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */
   async list(path: string, options: FileOptions & { depth?: number } = {}): Promise<EntryInfo[]> {
+    parseInput(ListOptionsSchema, options, 'list options');
     const query: Query = { path, ...userQuery(options), depth: options.depth };
     const r = await this.#transport.json<{ entries: EntryInfo[] }>('GET', `${this.#base}/list`, { query, signal: options.signal, what: `listing ${path}` });
     return r.entries;
   }
 
   /** Describes one path (a symlink itself, unless `follow`). */
-  stat(path: string, options: FileOptions & { follow?: boolean } = {}): Promise<EntryInfo> {
+  async stat(path: string, options: FileOptions & { follow?: boolean } = {}): Promise<EntryInfo> {
+    parseInput(StatOptionsSchema, options, 'stat options');
     const query: Query = { path, ...userQuery(options), follow: options.follow ? 'true' : undefined };
     return this.#transport.json<EntryInfo>('GET', `${this.#base}/stat`, { query, signal: options.signal, what: `stat of ${path}` });
   }
@@ -100,6 +118,7 @@ export class RemoteFiles implements FilesApi {
 
   /** Creates a directory and missing parents (default mode 0o755). Resolves false if it already existed. */
   async makeDir(path: string, options: FileOptions & { mode?: number } = {}): Promise<boolean> {
+    parseInput(MakeDirOptionsSchema, options, 'makeDir options');
     const json = { path, ...(options.mode !== undefined ? { mode: options.mode } : {}), ...(options.user !== undefined ? { user: options.user } : {}) };
     const r = await this.#transport.json<{ created: boolean }>('POST', `${this.#base}/mkdir`, { json, signal: options.signal, what: `creating directory ${path}` });
     return r.created;
@@ -107,12 +126,14 @@ export class RemoteFiles implements FilesApi {
 
   /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). */
   async remove(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<void> {
+    parseInput(RemoveOptionsSchema, options, 'remove options');
     const query: Query = { path, ...userQuery(options), recursive: options.recursive === false ? 'false' : undefined };
     await this.#transport.json('DELETE', this.#base, { query, signal: options.signal, timeoutMs: null, what: `removing ${path}` });
   }
 
   /** Renames (moves) a path; replaces an existing target unless `noReplace`. */
-  rename(from: string, to: string, options: FileOptions & { noReplace?: boolean } = {}): Promise<EntryInfo> {
+  async rename(from: string, to: string, options: FileOptions & { noReplace?: boolean } = {}): Promise<EntryInfo> {
+    parseInput(RenameOptionsSchema, options, 'rename options');
     const json = { from, to, ...(options.noReplace !== undefined ? { noReplace: options.noReplace } : {}), ...(options.user !== undefined ? { user: options.user } : {}) };
     return this.#transport.json<EntryInfo>('POST', `${this.#base}/rename`, { json, signal: options.signal, what: `renaming ${from} to ${to}` });
   }
@@ -123,6 +144,7 @@ export class RemoteFiles implements FilesApi {
    * iteration then ends quietly.
    */
   async watch(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<FileWatchApi> {
+    parseInput(WatchOptionsSchema, options, 'watch options');
     const what = `watching ${path}`;
     const query: Query = { path, ...userQuery(options), recursive: options.recursive ? 'true' : undefined };
     const { res, abort } = await this.#transport.stream('GET', `${this.#base}/watch`, { query, accept: 'application/x-ndjson', signal: options.signal, timeoutMs: null, what });
@@ -137,12 +159,14 @@ export class RemoteFiles implements FilesApi {
   }
 
   /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`. */
-  readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+  async readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    parseInput(FileOptionsSchema, options, 'readArchive options');
     return this.#download('archive', 'application/x-tar', path, options, `archiving ${path}`);
   }
 
   /** Extracts a tar stream into a directory (created if missing); as root, owners are kept. */
   async writeArchive(dir: string, tar: Uint8Array | AsyncIterable<Uint8Array>, options: FileOptions = {}): Promise<void> {
+    parseInput(FileOptionsSchema, options, 'writeArchive options');
     const query: Query = { path: dir, ...userQuery(options) };
     await this.#transport.json('PUT', `${this.#base}/archive`, { query, body: tar, contentType: 'application/x-tar', signal: options.signal, timeoutMs: null, what: `extracting into ${dir}` });
   }
@@ -267,7 +291,7 @@ class RemoteWatch implements FileWatchApi {
 
 /** Rebuilds an error the daemon sent inside a stream (a trailer, an `error` line), with the status of its code. */
 function lineError(error: unknown, what: string, where: string): RoostError {
-  const code = (error as { code?: unknown } | null)?.code;
-  const status = typeof code === 'string' && code in ERROR_STATUS ? ERROR_STATUS[code as keyof typeof ERROR_STATUS] : 500;
-  return errorFromResponse(status, JSON.stringify({ error }), what, where);
+  if (!isErrorObject(error)) return errorFromResponse(500, JSON.stringify({ error }), what, where);
+  const status = isErrorCode(error.code) ? ERROR_STATUS[error.code] : 500;
+  return errorFromBody(error, { code: 'INTERNAL', message: error.message }, { status });
 }

@@ -4,7 +4,7 @@ import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { apiTokenPath, daemonSocketPath, DEFAULT_TCP_PORT, ERROR_CODES, ERROR_STATUS, RoostError, type RoostErrorCode } from '@roost/api';
+import { abortError, apiTokenPath, daemonSocketPath, DEFAULT_TCP_PORT, ERROR_CODES, ERROR_STATUS, errorFromBody, isErrorObject, RoostError, type RoostErrorCode } from '@roost/api';
 
 /** Where a daemon listens: a unix socket, or an HTTP(S) address. */
 export interface Endpoint {
@@ -261,7 +261,8 @@ export class Transport {
           resolvePromise({ res: r, abort });
           return;
         }
-        readAll(r, MAX_ERROR_BODY, () => r.destroy())
+        // Cannot reject: a body that fails to read is an empty one, and fail() settles the call.
+        void readAll(r, MAX_ERROR_BODY, () => r.destroy())
           .catch(() => Buffer.alloc(0))
           .then((buf) => {
             const err = errorFromResponse(status, buf.toString('utf8'), what, e.display);
@@ -324,13 +325,8 @@ export class Transport {
 /** Rebuilds the daemon's RoostError from an error answer (`{ "error": { code, message, details } }`). */
 export function errorFromResponse(status: number, text: string, what: string, where: string): RoostError {
   try {
-    const body = JSON.parse(text) as { error?: { code?: unknown; message?: unknown; details?: unknown } };
-    const e = body.error;
-    if (e && typeof e.code === 'string' && typeof e.message === 'string') {
-      const code = (ERROR_CODES as string[]).includes(e.code) ? (e.code as RoostErrorCode) : statusCode(status);
-      const details = e.details && typeof e.details === 'object' && !Array.isArray(e.details) ? (e.details as Record<string, unknown>) : undefined;
-      return new RoostError(code, e.message, { details: { ...details, status } });
-    }
+    const e = (JSON.parse(text) as { error?: unknown }).error;
+    if (isErrorObject(e)) return errorFromBody(e, { code: statusCode(status), message: e.message }, { status });
   } catch {
     // Not an error body: a proxy, or not a Roost daemon.
   }
@@ -346,14 +342,6 @@ function statusCode(status: number): RoostErrorCode {
   if (status === 504) return 'TIMEOUT';
   for (const code of ERROR_CODES) if (ERROR_STATUS[code] === status) return code;
   return status >= 400 && status < 500 ? 'INVALID_ARGUMENT' : 'INTERNAL';
-}
-
-/** Turns an aborted signal's reason into a RoostError: ABORTED, or TIMEOUT for AbortSignal.timeout (as core does). */
-export function abortError(signal: AbortSignal, what: string): RoostError {
-  const reason: unknown = signal.reason;
-  if (reason instanceof RoostError) return reason;
-  if (reason instanceof Error && reason.name === 'TimeoutError') return new RoostError('TIMEOUT', `${what} timed out`, { cause: reason });
-  return new RoostError('ABORTED', `${what} was aborted`, { cause: reason });
 }
 
 function queryString(query: RequestOptions['query']): string {

@@ -12,13 +12,13 @@
  * const { exitCode, stdout } = await sandbox.commands.run('uname -a');
  * ```
  */
-export { RoostClient, RemoteImages, type RoostClientOptions, type Health, type PullProgressEvent, type EventsOptions } from './client.js';
+export { RoostClient, type RoostClientOptions, type Health, type EventsOptions } from './client.js';
+export { RemoteImages } from './images.js';
 export { RemoteSandbox } from './sandbox.js';
 export { RemoteVolumes } from './volumes.js';
 export { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 export { RemoteCommands, RemoteCommandHandle } from './command.js';
 export { RemoteFiles } from './files.js';
-export { parseHost, defaultEndpoint, resolveHome, errorFromResponse, type Endpoint } from './http.js';
-export { LineSplitter, NdjsonParser, SseParser, MAX_LINE, type SseEvent } from './wire.js';
+export { parseHost, defaultEndpoint, resolveHome, type Endpoint } from './http.js';
 export { RoostError, isRoostError, type RoostErrorCode } from '@roost/api';
-export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, FilesApi, FileWatchApi, EntryInfo, FileEvent, SnapshotInfo, SnapshotsApi, TemplateInfo, TemplatesApi, CreateTemplateRequest, PortsApi, PortSpec, PortMapping, PortBinding, PortProtocol, NetworkMode, NetworkInfo, NetworkStats, EgressSpec, EgressPolicyInput } from '@roost/api';
+export type { RuntimeApi, SandboxApi, CommandHandleApi, CommandsApi, CommandResult, RunOptions, CreateOptions, ListFilter, SandboxInfo, SandboxStatus, RoostEvent, ImageInfoBody, ImagesApi, PullProgress, PullImageOptions, ImageRemoval, FilesApi, FileWatchApi, EntryInfo, FileEvent, SnapshotInfo, SnapshotsApi, TemplateInfo, TemplatesApi, CreateTemplateRequest, PortsApi, PortSpec, PortMapping, PortBinding, PortProtocol, NetworkMode, NetworkInfo, NetworkStats, EgressSpec, EgressPolicyInput } from '@roost/api';

@@ -1,4 +1,4 @@
-import { hostForPort, isRoostError, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
+import { ForkOptionsSchema, hostForPort, isRoostError, normalizePortSpec, parseInput, SnapshotOptionsSchema, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
 import type { NetworkInfo, NetworkStats, PortBinding, PortProtocol, PortSpec, PortsApi } from '@roost/api';
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
@@ -93,13 +93,15 @@ export class RemoteSandbox implements SandboxApi {
    * or stays paused); restore it with `client.create({ snapshot })`. A name
    * that is taken is ALREADY_EXISTS.
    */
-  snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+  async snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+    parseInput(SnapshotOptionsSchema, options, 'snapshot options');
     const { signal, ...body } = options;
     return this.#transport.json<SnapshotInfo>('POST', `${this.#path}/snapshot`, { json: body, signal, timeoutMs: null, what: `snapshotting sandbox ${this.id}` });
   }
 
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
   async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<RemoteSandbox[]> {
+    parseInput(ForkOptionsSchema, options, 'fork options');
     const { signal, ...body } = options;
     const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('POST', `${this.#path}/fork`, { json: body, signal, timeoutMs: null, what: `forking sandbox ${this.id}` });
     return r.sandboxes.map((info) => new RemoteSandbox(this.#transport, info));
@@ -139,6 +141,7 @@ export class RemoteSandbox implements SandboxApi {
   }
 
   async #addPort(spec: PortSpec): Promise<PortBinding> {
+    normalizePortSpec(spec); // the same check as core's, before a request is sent
     const binding = await this.#transport.json<PortBinding>('POST', `${this.#path}/ports`, { json: spec, what: `publishing a port of sandbox ${this.id}` });
     const ports = this.#info.network?.ports ?? [];
     this.#setPorts([...ports.filter((p) => !(p.hostPort === binding.hostPort && p.hostIp === binding.hostIp && p.protocol === binding.protocol)), binding]);

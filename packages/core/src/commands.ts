@@ -1,11 +1,10 @@
 import { constants as osConstants } from 'node:os';
 import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
 import { randomBytes } from 'node:crypto';
-import type { CommandHandleApi, CommandResult, CommandsApi, RunOptions } from '@roost/api';
-import { z } from 'zod';
+import { checkTerminalSize, pumpStdin, RunOptionsSchema, signalName, signalNumber, type CommandHandleApi, type CommandResult, type CommandsApi, type OutputBuffer, type RunOptions } from '@roost/api';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
-import { OutputStream } from './output.js';
+import { agentOutput } from './output.js';
 import { parseOptions } from './validate.js';
 
 export type { OutputCallback, RunOptions, CommandResult } from '@roost/api';
@@ -16,21 +15,6 @@ export interface CommandHooks {
   exited?(cmd: { id: string; pid: number; exitCode: number | null; signal: string | null; error?: string; durationMs: number }): void;
   bytes?(stream: 'stdin' | 'stdout' | 'stderr', n: number): void;
 }
-
-const runOptionsSchema = z
-  .object({
-    args: z.array(z.string()).optional(),
-    env: z.record(z.string().regex(/^[^=\0]+$/, 'environment names must be non-empty and contain no "=" or NUL'), z.string()).optional(),
-    cwd: z.string().min(1).optional(),
-    user: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
-    stdin: z.any().optional(),
-    pty: z.union([z.boolean(), z.object({ rows: z.number().int().min(1).max(65535).optional(), cols: z.number().int().min(1).max(65535).optional() })]).optional(),
-    onStdout: z.function().optional(),
-    onStderr: z.function().optional(),
-    timeoutMs: z.number().int().positive().max(0xffffffff).optional(),
-    signal: z.instanceof(AbortSignal).optional(),
-  })
-  .strict();
 
 /** Output window granted per fd: enough to keep the channel busy, small enough to bound memory. */
 const OUTPUT_WINDOW = 1 << 20;
@@ -57,7 +41,7 @@ export class CommandHandle implements CommandHandleApi {
   #onStdin: ((n: number) => void) | undefined;
 
   /** @internal */
-  constructor(id: string, pid: number, channel: ExecChannel, out: OutputStream, err: OutputStream, exit: Promise<ExecExit>, description: string, onStdin?: (n: number) => void) {
+  constructor(id: string, pid: number, channel: ExecChannel, out: OutputBuffer, err: OutputBuffer, exit: Promise<ExecExit>, description: string, onStdin?: (n: number) => void) {
     this.id = id;
     this.pid = pid;
     this.#onStdin = onStdin;
@@ -94,8 +78,8 @@ export class CommandHandle implements CommandHandleApi {
 
   /** Waits for the process to exit. Output not read through the iterables is collected into the result. */
   wait(): Promise<CommandResult> {
-    (this.stdout as OutputStream).collect();
-    (this.stderr as OutputStream).collect();
+    (this.stdout as OutputBuffer).collect();
+    (this.stderr as OutputBuffer).collect();
     this.#result ??= this.#makeResult();
     return this.#result;
   }
@@ -114,18 +98,12 @@ export class CommandHandle implements CommandHandleApi {
 
   /** Sends a signal to the command's process group (default SIGKILL). */
   kill(signal: NodeJS.Signals | number = 'SIGKILL'): void {
-    const signo = typeof signal === 'number' ? signal : osConstants.signals[signal];
-    if (signo === undefined || !Number.isInteger(signo) || signo < 1 || signo > 64) {
-      throw new RoostError('INVALID_ARGUMENT', `unknown signal ${String(signal)}`);
-    }
-    this.#channel.signal(signo);
+    this.#channel.signal(signalNumber(signal));
   }
 
   /** Sets the terminal size of a PTY command. */
   resize(size: { rows: number; cols: number }): void {
-    if (!Number.isInteger(size.rows) || !Number.isInteger(size.cols) || size.rows < 1 || size.cols < 1 || size.rows > 65535 || size.cols > 65535) {
-      throw new RoostError('INVALID_ARGUMENT', `invalid terminal size ${size.rows}x${size.cols}`);
-    }
+    checkTerminalSize(size);
     this.#channel.resize(size.rows, size.cols);
   }
 
@@ -158,7 +136,7 @@ export class Commands implements CommandsApi {
 
   /** Starts a command and returns once it runs. */
   async start(cmd: string | string[], options: RunOptions = {}): Promise<CommandHandle> {
-    const opts = parseOptions(runOptionsSchema, options, 'command options') as RunOptions;
+    const opts = parseOptions(RunOptionsSchema, options, 'command options') as RunOptions;
     const argv = commandArgv(cmd, opts.args);
     const description = `command ${JSON.stringify(argv.join(' ').slice(0, 80))}`;
     if (opts.signal?.aborted) throw abortError(opts.signal, description);
@@ -187,8 +165,8 @@ export class Commands implements CommandsApi {
     // eslint-disable-next-line prefer-const
     let channel!: ExecChannel;
     const grant = (fd: Fd, n: number) => channel.grant(fd, n);
-    const out = new OutputStream(Fd.STDOUT, grant, opts.onStdout, hooks.bytes && ((n) => hooks.bytes!('stdout', n)));
-    const err = new OutputStream(Fd.STDERR, grant, opts.onStderr, hooks.bytes && ((n) => hooks.bytes!('stderr', n)));
+    const out = agentOutput(Fd.STDOUT, grant, opts.onStdout, hooks.bytes && ((n) => hooks.bytes!('stdout', n)));
+    const err = agentOutput(Fd.STDERR, grant, opts.onStderr, hooks.bytes && ((n) => hooks.bytes!('stderr', n)));
     let onStarted!: (pid: number) => void;
     let onStartFailed!: (e: RoostError) => void;
     const started = new Promise<number>((res, rej) => ((onStarted = res), (onStartFailed = rej)));
@@ -254,18 +232,8 @@ export class Commands implements CommandsApi {
       (e: RoostError) => hooks.exited?.({ id, pid, exitCode: null, signal: null, error: e.code, durationMs: Math.round(performance.now() - startedAt) }),
     ).catch(() => {});
     const handle = new CommandHandle(id, pid, channel, out, err, exit, description, hooks.bytes && ((n) => hooks.bytes!('stdin', n)));
-    if (opts.stdin !== undefined && typeof opts.stdin !== 'boolean') void pumpStdin(handle, channel, opts.stdin);
+    if (opts.stdin !== undefined && typeof opts.stdin !== 'boolean') void pumpStdin(handle, opts.stdin);
     return handle;
-  }
-}
-
-async function pumpStdin(handle: CommandHandle, channel: ExecChannel, input: string | Uint8Array | AsyncIterable<Uint8Array | string>): Promise<void> {
-  try {
-    if (typeof input === 'string' || input instanceof Uint8Array) await handle.write(input);
-    else for await (const chunk of input) await handle.write(chunk);
-    channel.closeStdin();
-  } catch {
-    // The process exited before reading all of its input, like a closed pipe.
   }
 }
 
@@ -277,9 +245,4 @@ function commandArgv(cmd: string | string[], args: string[] | undefined): string
   }
   if (typeof cmd !== 'string' || cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'cmd: a non-empty command is required');
   return args ? [cmd, ...args] : ['/bin/sh', '-c', cmd];
-}
-
-function signalName(signo: number): NodeJS.Signals | null {
-  for (const [name, n] of Object.entries(osConstants.signals)) if (n === signo) return name as NodeJS.Signals;
-  return null;
 }

@@ -5,12 +5,12 @@ import {
   type CallRequest, type EntryRecord, type ErrorRecord, type EventRecord, type ExecExit,
 } from '@roost/protocol';
 import {
-  errnoCode, type EntryInfo, type FileEvent, type FileOptions, type FilesApi, type FileWatchApi, type ReadFormat, type WriteData, type WriteInfo, type WriteOptions,
+  errnoCode, FileOptionsSchema, GuestPathSchema, ListOptionsSchema, MakeDirOptionsSchema, ReadOptionsSchema, RemoveOptionsSchema, RenameOptionsSchema,
+  StatOptionsSchema, WatchOptionsSchema, WriteOptionsSchema, type OutputBuffer, type EntryInfo, type FileEvent, type FileOptions, type FilesApi, type FileWatchApi, type ReadFormat, type WriteData, type WriteInfo, type WriteOptions,
 } from '@roost/api';
-import { z } from 'zod';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
-import { OutputStream } from './output.js';
+import { agentOutput } from './output.js';
 import { parseOptions } from './validate.js';
 
 /*
@@ -97,7 +97,7 @@ interface CallOptions {
  */
 class Call {
   /** fd 1 as bytes (not used in record mode). Breaking out of its iterator ends the call. */
-  readonly stdout: OutputStream;
+  readonly stdout: OutputBuffer;
   /** Settles when the call has ended: resolves on success, rejects with its error (the cancel reason, if cancelled). */
   readonly done: Promise<void>;
   /** Resolves once fd 1 carried data or the call ended, whichever comes first. */
@@ -132,7 +132,7 @@ class Call {
     this.firstOutput = new Promise<void>((r) => (this.#resolveFirst = r));
     const onRecord = options.onRecord;
     if (onRecord) this.#records = new RecordDecoder();
-    this.stdout = new OutputStream(Fd.STDOUT, (fd, n) => this.grant(n, fd), undefined, undefined, () => void this.cancel(null));
+    this.stdout = agentOutput(Fd.STDOUT, (fd, n) => this.grant(n, fd), undefined, undefined, () => void this.cancel(null));
     this.#channel = conn.call(request, {
       started: () => {},
       data: (fd, chunk) => {
@@ -411,30 +411,9 @@ function isoFromNs(ns: bigint): string {
 
 // ---- validation ----------------------------------------------------------------
 
-const pathSchema = z
-  .string({ error: 'must be a string' })
-  .min(1, 'must be a non-empty path')
-  .refine((p) => !p.includes('\0'), 'must not contain a NUL byte');
-const userSchema = z.union([
-  z.string().min(1, 'must be a non-empty user name or id').refine((u) => !u.includes('\0'), 'must not contain a NUL byte'),
-  z.number().int().nonnegative(),
-]);
-const modeSchema = z.number().int().min(0).max(0o7777);
-const base = { user: userSchema.optional(), signal: z.instanceof(AbortSignal).optional() };
-
-const readSchema = z.object({ ...base, format: z.enum(['text', 'bytes', 'stream']).optional() }).strict();
-const writeSchema = z.object({ ...base, mode: modeSchema.optional(), noReplace: z.boolean().optional() }).strict();
-const listSchema = z.object({ ...base, depth: z.number().int().min(1).max(0xffffffff).optional() }).strict();
-const statSchema = z.object({ ...base, follow: z.boolean().optional() }).strict();
-const makeDirSchema = z.object({ ...base, mode: modeSchema.optional() }).strict();
-const removeSchema = z.object({ ...base, recursive: z.boolean().optional() }).strict();
-const renameSchema = z.object({ ...base, noReplace: z.boolean().optional() }).strict();
-const watchSchema = z.object({ ...base, recursive: z.boolean().optional() }).strict();
-const baseSchema = z.object(base).strict();
-
 /** Checks a path operand; INVALID_ARGUMENT names the field. */
 function checkPath(value: unknown, field: string): string {
-  const r = pathSchema.safeParse(value);
+  const r = GuestPathSchema.safeParse(value);
   if (r.success) return r.data;
   const message = r.error.issues[0]?.message ?? 'invalid';
   throw new RoostError('INVALID_ARGUMENT', `${field}: ${message}`, { details: { fields: [{ path: field, message }] } });
@@ -472,7 +451,7 @@ export class Files implements FilesApi {
    */
   async read(path: string, options: FileOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(readSchema, options, 'read options');
+    const opts = parseOptions(ReadOptionsSchema, options, 'read options');
     const format = opts.format ?? 'text';
     const started = await this.#start('read', [path], opts, format === 'stream' ? { window: STREAM_WINDOW } : {});
     if (format === 'stream') return this.#stream(started);
@@ -494,7 +473,7 @@ export class Files implements FilesApi {
     if (typeof data !== 'string' && !(data instanceof Uint8Array) && !isAsyncIterable(data)) {
       throw new RoostError('INVALID_ARGUMENT', 'data: must be a string, a Uint8Array or an async iterable of them', { details: { fields: [{ path: 'data', message: 'invalid type' }] } });
     }
-    const opts = parseOptions(writeSchema, options, 'write options');
+    const opts = parseOptions(WriteOptionsSchema, options, 'write options');
     if (typeof data === 'string') data = Buffer.from(data, 'utf8');
     const extra: Partial<CallRequest> = { stdin: true, flags: CallFlags.PARENTS | (opts.noReplace ? CallFlags.NO_REPLACE : 0) };
     if (opts.mode !== undefined) extra.mode = opts.mode;
@@ -509,7 +488,7 @@ export class Files implements FilesApi {
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */
   async list(path: string, options: FileOptions & { depth?: number } = {}): Promise<EntryInfo[]> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(listSchema, options, 'list options');
+    const opts = parseOptions(ListOptionsSchema, options, 'list options');
     const { call, conn, what } = await this.#start('list', [path], opts, { depth: opts.depth ?? 1 });
     const out = await gather(call, MAX_CALL_OUTPUT, () =>
       new RoostError('RESOURCE_EXHAUSTED', `${what}: the listing is larger than ${MAX_CALL_OUTPUT >> 20} MiB; list fewer levels (depth)`, { details: { path } }),
@@ -521,7 +500,7 @@ export class Files implements FilesApi {
   /** Describes one path: a symlink itself, unless `follow`. */
   async stat(path: string, options: FileOptions & { follow?: boolean } = {}): Promise<EntryInfo> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(statSchema, options, 'stat options');
+    const opts = parseOptions(StatOptionsSchema, options, 'stat options');
     const { call, conn, what } = await this.#start('stat', [path], opts, opts.follow ? { flags: CallFlags.FOLLOW } : {});
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return toEntryInfo(oneRecord(conn, out, decodeEntryRecord, what));
@@ -541,7 +520,7 @@ export class Files implements FilesApi {
   /** Creates a directory and missing parents (default mode 0o755). Resolves false if it already existed. */
   async makeDir(path: string, options: FileOptions & { mode?: number } = {}): Promise<boolean> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(makeDirSchema, options, 'makeDir options');
+    const opts = parseOptions(MakeDirOptionsSchema, options, 'makeDir options');
     const { call, conn, what } = await this.#start('mkdir', [path], opts, { flags: CallFlags.PARENTS, mode: opts.mode ?? 0o755 });
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return oneRecord(conn, out, decodeEntryRecord, what).event === 1;
@@ -550,7 +529,7 @@ export class Files implements FilesApi {
   /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). */
   async remove(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<void> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(removeSchema, options, 'remove options');
+    const opts = parseOptions(RemoveOptionsSchema, options, 'remove options');
     const { call } = await this.#start('remove', [path], opts, opts.recursive === false ? {} : { flags: CallFlags.RECURSIVE });
     await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', 'the guest agent sent output for remove'));
   }
@@ -559,7 +538,7 @@ export class Files implements FilesApi {
   async rename(from: string, to: string, options: FileOptions & { noReplace?: boolean } = {}): Promise<EntryInfo> {
     from = checkPath(from, 'from');
     to = checkPath(to, 'to');
-    const opts = parseOptions(renameSchema, options, 'rename options');
+    const opts = parseOptions(RenameOptionsSchema, options, 'rename options');
     const { call, conn, what } = await this.#start('rename', [from, to], opts, opts.noReplace ? { flags: CallFlags.NO_REPLACE } : {});
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return toEntryInfo(oneRecord(conn, out, decodeEntryRecord, what));
@@ -577,7 +556,7 @@ export class Files implements FilesApi {
    */
   async watch(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<FileWatchApi> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(watchSchema, options, 'watch options');
+    const opts = parseOptions(WatchOptionsSchema, options, 'watch options');
     const watch = new FileWatch(path);
     const started = await this.#start('watch', [path], opts, opts.recursive ? { flags: CallFlags.RECURSIVE } : {}, (p, n) => watch.onRecord(p, n));
     return watch.attach(started.call);
@@ -586,7 +565,7 @@ export class Files implements FilesApi {
   /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`; read as it is consumed, like `read` with format 'stream'. */
   async readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(baseSchema, options, 'readArchive options');
+    const opts = parseOptions(FileOptionsSchema, options, 'readArchive options');
     return this.#stream(await this.#start('archive', [path], opts, { window: STREAM_WINDOW }));
   }
 
@@ -596,7 +575,7 @@ export class Files implements FilesApi {
     if (!(tar instanceof Uint8Array) && !isAsyncIterable(tar)) {
       throw new RoostError('INVALID_ARGUMENT', 'tar: must be a Uint8Array or an async iterable of Uint8Array', { details: { fields: [{ path: 'tar', message: 'invalid type' }] } });
     }
-    const opts = parseOptions(baseSchema, options, 'writeArchive options');
+    const opts = parseOptions(FileOptionsSchema, options, 'writeArchive options');
     const { call, what } = await this.#start('extract', [dir], opts, { stdin: true, flags: CallFlags.PARENTS });
     void pumpStdin(call, tar, what);
     await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent output for extract`));

@@ -16,6 +16,7 @@ export { Settings } from './state/settings.js';
 export { processUsage, type ProcessUsage } from './proc.js';
 export type { RoostEvent, EventType, ListFilter, RuntimeMetrics, SandboxMetrics, CommandHandleApi, SandboxApi, RuntimeApi } from '@roost/api';
 export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
+export { StoreImages, imageInfoBody } from './image/images-api.js';
 export { BlobStore } from './image/blobs.js';
 export { CredentialStore, normalizeRegistry, type Credentials, type CredentialStoreOptions } from './image/auth.js';
 export { RegistryClient, RegistrySource, parseWwwAuthenticate, type RegistryClientOptions, type RetryEvent, type AuthChallenge } from './image/registry.js';

@@ -1,11 +1,12 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CreateOptions, EventType, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus, SnapshotsApi } from '@roost/api';
+import type { CreateOptions, EventType, ImagesApi, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus, SnapshotsApi } from '@roost/api';
 import { matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
+import { StoreImages } from './image/images-api.js';
 import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
 import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
@@ -160,10 +161,11 @@ export class Runtime implements RuntimeApi {
     return r;
   }
 
-  /** The image store of this home: pull, list, remove, import and export images. */
-  get images(): ImageStore {
-    return this.#images;
+  /** The images of this home: pull, list, inspect, remove (import, export, tag and prune: `ImageStore`). */
+  get images(): ImagesApi {
+    return (this.#imagesApi ??= new StoreImages(this.#images));
   }
+  #imagesApi: StoreImages | undefined;
 
   /** The named volumes of this home: directories mounted into sandboxes (`volumes` of `create`), kept after them. */
   get volumes(): Volumes {

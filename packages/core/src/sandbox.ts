@@ -1,10 +1,11 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
-import { hostForPort } from '@roost/api';
+import { ForkOptionsSchema, hostForPort, parseInput, SnapshotOptionsSchema } from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
+import { readConsoleLog } from './console-log.js';
 import { RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
@@ -216,6 +217,11 @@ export class Sandbox implements SandboxApi {
     return join(this.dir, 'console.log');
   }
 
+  /** The console log's last `tail` lines (all of it, up to its last MiB, without). Concurrency: any number at once. */
+  logs(options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
+    return readConsoleLog(this.consoleLogPath, options);
+  }
+
   /** The record as it is now (the embedded runtime keeps it current; this also re-reads the database). */
   async refresh(): Promise<SandboxInfo> {
     this.#record.reload();
@@ -275,6 +281,7 @@ export class Sandbox implements SandboxApi {
    * `runtime.create({ snapshot: name })`.
    */
   async snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
+    options = parseInput(SnapshotOptionsSchema, options, 'snapshot options');
     const name = snapshotName(this.id, options.name);
     return this.#serialize(async () => this.#services.snapshots.info(await this.#takeSnapshot(name, 'user', options.timeoutMs ?? 60_000, options.signal)));
   }
@@ -287,8 +294,9 @@ export class Sandbox implements SandboxApi {
    * snapshot of kind `fork`, removed with the last of them.
    */
   async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Sandbox[]> {
+    options = parseInput(ForkOptionsSchema, options, 'fork options');
     const count = options.count ?? 1;
-    const name = forkName(this.id, count);
+    const name = forkName(this.id);
     const timeoutMs = options.timeoutMs ?? 60_000;
     const rec = await this.#serialize(() => this.#takeSnapshot(name, 'fork', timeoutMs, options.signal));
     return forkFrom(this.#services, this.#record.info, rec, count, { ...options, timeoutMs });

@@ -1,18 +1,23 @@
-import type { z } from 'zod';
-import { RoostError } from './errors.js';
+import { totalmem } from 'node:os';
+import { CreateOptionsSchema, parseInput } from '@roost/api';
+import { z } from 'zod';
+
+/** Validates a call's input with its schema (INVALID_ARGUMENT naming every offending field): the contract's parseInput. */
+export const parseOptions = parseInput;
 
 /**
- * Validates options with a zod schema; on failure throws INVALID_ARGUMENT
- * naming every offending field (`memoryMiB: must be at least 64`).
+ * `Sandbox.create` options: the contract's create schema, with the static
+ * helper's `home`, and memory checked against this host's RAM (a limit the
+ * contract cannot know).
  */
-export function parseOptions<T extends z.ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
-  const r = schema.safeParse(value ?? {});
-  if (r.success) return r.data;
-  const problems = r.error.issues.map((i) => {
-    const field = i.path.length > 0 ? i.path.join('.') : i.code === 'unrecognized_keys' ? (i as { keys: string[] }).keys.join(', ') : what;
-    return `${field}: ${i.message}`;
+export const sandboxOptionsSchema = CreateOptionsSchema.extend({
+  /** Roost home (default $ROOST_HOME or ~/.roost); only for the static `Sandbox.create`. */
+  home: z.string().min(1).optional(),
+})
+  .strict()
+  .superRefine((opts, ctx) => {
+    const hostMiB = Math.floor(totalmem() / 2 ** 20);
+    if (opts.memoryMiB !== undefined && opts.memoryMiB > hostMiB) {
+      ctx.addIssue({ code: 'custom', input: opts.memoryMiB, path: ['memoryMiB'], message: `Too big: expected number to be <=${hostMiB} (this host's memory in MiB)` });
+    }
   });
-  throw new RoostError('INVALID_ARGUMENT', `invalid ${what}: ${problems.join('; ')}`, {
-    details: { fields: r.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })) },
-  });
-}

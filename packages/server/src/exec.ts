@@ -1,68 +1,7 @@
-import { ExecRequestSchema, ResizeRequestSchema, RoostError, SignalRequestSchema, type CommandHandleApi, type ExecEvent, type RunOptions } from '@roost/api';
+import { ExecRequestSchema, ResizeRequestSchema, RoostError, SignalRequestSchema, type ExecEvent, type RunOptions } from '@roost/api';
+import { killQuietly } from './exec-registry.js';
 import { boolParam, errorBody, parseJsonBody, queryParams, toRoostError, wantsJson } from './http.js';
 import type { RouteContext, RoostHono } from './route-context.js';
-
-/** A command started through the API, kept while its process runs so stdin, signals and resizes can reach it. */
-interface LiveExec {
-  id: string;
-  sandboxId: string;
-  handle: CommandHandleApi;
-  /** Started with `interactive: true` (stdin kept open for the stdin route). */
-  interactive: boolean;
-  /** Stdin writes of concurrent requests, one after the other. */
-  stdin: Promise<void>;
-}
-
-/**
- * The commands started through the daemon that are still running, by exec
- * id. Entries leave when their process exits. Single-threaded (the event
- * loop): no locking.
- */
-export class ExecRegistry {
-  readonly #execs = new Map<string, LiveExec>();
-
-  add(sandboxId: string, handle: CommandHandleApi, interactive: boolean): LiveExec {
-    // The runtime names each command; its id is the API's execId (events carry the same one).
-    const exec: LiveExec = { id: handle.id, sandboxId, handle, interactive, stdin: Promise.resolve() };
-    this.#execs.set(exec.id, exec);
-    return exec;
-  }
-
-  delete(id: string): void {
-    this.#execs.delete(id);
-  }
-
-  get size(): number {
-    return this.#execs.size;
-  }
-
-  /** The exec `execId` of the sandbox named by `sandboxRef` (an id or prefix), or NOT_FOUND. */
-  async find(ctx: RouteContext, sandboxRef: string, execId: string): Promise<LiveExec> {
-    const exec = this.#execs.get(execId);
-    const notFound = () => new RoostError('NOT_FOUND', `no running exec ${execId} in sandbox ${sandboxRef} (it has exited, or was started by another daemon)`);
-    if (!exec) throw notFound();
-    if (exec.sandboxId !== sandboxRef) {
-      // A prefix: resolve it the way every other route does.
-      const sandbox = await ctx.runtime.get(sandboxRef);
-      if (sandbox.id !== exec.sandboxId) throw notFound();
-    }
-    return exec;
-  }
-
-  /** Kills every process still running (the daemon is shutting down). */
-  killAll(): void {
-    for (const exec of this.#execs.values()) killQuietly(exec.handle);
-  }
-}
-
-function killQuietly(handle: CommandHandleApi): void {
-  if (handle.exited) return;
-  try {
-    handle.kill('SIGKILL');
-  } catch {
-    // Its sandbox is gone already.
-  }
-}
 
 const line = (e: ExecEvent) => JSON.stringify(e) + '\n';
 
@@ -181,7 +120,7 @@ export function execRoutes(app: RoostHono, ctx: RouteContext): void {
 
   app.post('/v1/sandboxes/:id/execs/:execId/stdin', async (c) => {
     const close = boolParam(queryParams(c, ['close']), 'close');
-    const exec = await execs.find(ctx, c.req.param('id'), c.req.param('execId'));
+    const exec = await execs.find(runtime, c.req.param('id'), c.req.param('execId'));
     if (!exec.interactive) throw new RoostError('INVALID_STATE', `exec ${exec.id} was not started with interactive: true; its stdin is closed`);
     const body = c.req.raw.body;
     // One request's bytes go in whole before the next request's.
@@ -205,14 +144,14 @@ export function execRoutes(app: RoostHono, ctx: RouteContext): void {
 
   app.post('/v1/sandboxes/:id/execs/:execId/signal', async (c) => {
     const req = await parseJsonBody(c, SignalRequestSchema);
-    const exec = await execs.find(ctx, c.req.param('id'), c.req.param('execId'));
+    const exec = await execs.find(runtime, c.req.param('id'), c.req.param('execId'));
     exec.handle.kill(req.signal as NodeJS.Signals | number);
     return c.body(null, 204);
   });
 
   app.post('/v1/sandboxes/:id/execs/:execId/resize', async (c) => {
     const req = await parseJsonBody(c, ResizeRequestSchema);
-    const exec = await execs.find(ctx, c.req.param('id'), c.req.param('execId'));
+    const exec = await execs.find(runtime, c.req.param('id'), c.req.param('execId'));
     exec.handle.resize(req);
     return c.body(null, 204);
   });

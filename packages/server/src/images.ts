@@ -1,8 +1,6 @@
-import { PullRequestSchema, type PullEventSchema } from '@roost/api';
+import { encodePullProgress, pullProgressDone, PullRequestSchema, type PullEventSchema, type PullProgress } from '@roost/api';
 import type { z } from 'zod';
 import { boolParam, errorBody, parseJsonBody, queryParams, toRoostError, wantsJson } from './http.js';
-import { imageBody } from './mapping.js';
-import type { DaemonPullProgress } from './daemon-runtime.js';
 import type { RouteContext, RoostHono } from './route-context.js';
 
 /** Progress lines per blob are at most this often (its last one, `done`, always goes out). */
@@ -18,22 +16,22 @@ export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
     const req = await parseJsonBody(c, PullRequestSchema);
     if (wantsJson(c)) {
       const image = await runtime.images.pull(req.reference, { signal: AbortSignal.any([ctx.clientGone(c), ctx.shutdown]) });
-      return c.json(imageBody(image));
+      return c.json(image);
     }
 
     const s = ctx.openStream(c, 'application/x-ndjson');
     const lastSent = new Map<string, number>();
     let firstProgress!: () => void;
     const progressed = new Promise<void>((r) => (firstProgress = r));
-    const onProgress = (p: DaemonPullProgress) => {
+    const onProgress = (p: PullProgress) => {
       firstProgress();
-      const done = p.status === 'done' || p.status === 'exists';
+      const done = pullProgressDone(p);
       const now = Date.now();
       const prev = lastSent.get(p.digest);
       if (!done && prev !== undefined && now - prev < PROGRESS_INTERVAL_MS) return;
       lastSent.set(p.digest, now);
       // Lines are small and rate-limited: queued without waiting for the client.
-      s.push(line({ type: 'progress', digest: p.digest, kind: p.kind, completed: p.current, total: p.total, done }));
+      s.push(line(encodePullProgress(p, done)));
     };
     let failedEarly: unknown;
     const pulled = runtime.images.pull(req.reference, { signal: AbortSignal.any([s.signal, ctx.shutdown]), onProgress });
@@ -47,21 +45,21 @@ export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
     }
     void pulled
       .then(
-        (image) => s.push(line({ type: 'done', image: imageBody(image) })),
+        (image) => s.push(line({ type: 'done', image })),
         (e: unknown) => s.push(line({ type: 'error', error: errorBody(toRoostError(e)).error })),
       )
       .finally(() => s.close());
     return s.response();
   });
 
-  app.get('/v1/images', (c) => {
+  app.get('/v1/images', async (c) => {
     queryParams(c, []);
-    return c.json({ images: runtime.images.list().map(imageBody) });
+    return c.json({ images: await runtime.images.list() });
   });
 
-  app.get('/v1/images/:ref', (c) => {
+  app.get('/v1/images/:ref', async (c) => {
     queryParams(c, []);
-    return c.json(imageBody(runtime.images.inspect(c.req.param('ref'))));
+    return c.json(await runtime.images.inspect(c.req.param('ref')));
   });
 
   app.delete('/v1/images/:ref', async (c) => {

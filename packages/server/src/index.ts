@@ -12,6 +12,6 @@ export { createApp, DEFAULT_MAX_IN_FLIGHT, type AppOptions, type AppLimits } fro
 export { serve, isLoopback, loadOrCreateToken, type ServeOptions, type ServeHandle, type ServeLimits } from './serve.js';
 export { openapiDocument, openapiJson, ROUTES } from './openapi.js';
 export { prometheusText, PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
-export type { DaemonRuntime, DaemonSandbox, DaemonImages, DaemonImageInfo, DaemonPullProgress } from './daemon-runtime.js';
+export type { DaemonRuntime, DaemonSandbox } from './daemon-runtime.js';
 export { VERSION } from './version.js';
-export { imageBody, sandboxBody } from './mapping.js';
+export { sandboxBody } from './mapping.js';

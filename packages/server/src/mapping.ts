@@ -1,5 +1,4 @@
-import type { ImageInfoBody, SandboxInfo } from '@roost/api';
-import type { DaemonImageInfo } from './daemon-runtime.js';
+import type { SandboxInfo } from '@roost/api';
 import { networkBody } from './network.js';
 
 /*
@@ -35,26 +34,4 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.snapshot !== undefined) body.snapshot = info.snapshot;
   if (info.network !== undefined) body.network = networkBody(info.network);
   return body;
-}
-
-/** An image as the API describes it: layers as a count, missing dates and sizes as null. */
-export function imageBody(image: DaemonImageInfo): ImageInfoBody {
-  return {
-    id: image.id,
-    tags: image.tags,
-    size: image.size,
-    configDigest: image.configDigest,
-    created: image.created ?? null,
-    addedAt: image.addedAt,
-    source: image.source,
-    rootfsSize: image.rootfsSize ?? null,
-    layers: image.layers.length,
-    config: {
-      entrypoint: image.config.entrypoint ?? [],
-      cmd: image.config.cmd ?? [],
-      env: image.config.env ?? [],
-      workingDir: image.config.workingDir ?? '',
-      user: image.config.user ?? '',
-    },
-  };
 }

@@ -1,6 +1,6 @@
 import type { Context, Hono } from 'hono';
 import type { DaemonRuntime } from './daemon-runtime.js';
-import type { ExecRegistry } from './exec.js';
+import type { ExecRegistry } from './exec-registry.js';
 import type { ResponseStream } from './response-stream.js';
 
 /** Per-request state the middleware shares with the routes. */

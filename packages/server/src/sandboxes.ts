@@ -1,4 +1,3 @@
-import { open } from 'node:fs/promises';
 import {
   CreateSandboxRequestSchema,
   ListSandboxesQuerySchema,
@@ -12,9 +11,6 @@ import { z } from 'zod';
 import { boolParam, intParam, parseJsonBody, queryParams, validationError } from './http.js';
 import { sandboxBody } from './mapping.js';
 import type { RouteContext, RoostHono } from './route-context.js';
-
-/** The most of a console log one request reads (its end). */
-export const MAX_LOG_BYTES = 1 << 20;
 
 const EmptyRequestSchema = z.object({}).strict();
 
@@ -98,7 +94,7 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
   app.get('/v1/sandboxes/:id/logs', async (c) => {
     const tail = intParam(queryParams(c, ['tail']), 'tail');
     const sandbox = await runtime.get(c.req.param('id'));
-    const text = await readLogTail(sandbox.consoleLogPath, tail);
+    const text = await sandbox.logs(tail === undefined ? {} : { tail });
     return c.body(text, 200, { 'content-type': 'text/plain; charset=utf-8' });
   });
 
@@ -107,36 +103,4 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
     const sandbox = await runtime.get(c.req.param('id'));
     return c.json(await runtime.sandboxMetrics(sandbox.id));
   });
-}
-
-/**
- * The end of a console log: at most MAX_LOG_BYTES (from a line start when
- * the file is longer), and of that the last `lines` lines when asked.
- * A log that does not exist yet is empty.
- */
-export async function readLogTail(path: string, lines?: number): Promise<string> {
-  let fh;
-  try {
-    fh = await open(path, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return '';
-    throw e;
-  }
-  try {
-    const { size } = await fh.stat();
-    const start = Math.max(0, size - MAX_LOG_BYTES);
-    const buf = Buffer.alloc(size - start);
-    const { bytesRead } = await fh.read(buf, 0, buf.length, start);
-    let text = buf.subarray(0, bytesRead).toString('utf8');
-    if (start > 0) text = text.slice(text.indexOf('\n') + 1);
-    if (lines !== undefined) {
-      const all = text.split('\n');
-      // A final newline ends the last line rather than starting an empty one.
-      const trailing = all.at(-1) === '' ? all.pop() !== undefined : false;
-      text = all.slice(Math.max(0, all.length - lines)).join('\n') + (trailing && lines > 0 ? '\n' : '');
-    }
-    return text;
-  } finally {
-    await fh.close();
-  }
 }

@@ -249,15 +249,5 @@ export interface ImageSource {
   close?(): Promise<void>;
 }
 
-/** Progress of a pull or import, per blob. */
-export interface PullProgress {
-  /** The image being pulled (as the user typed it, normalized). */
-  image: string;
-  digest: string;
-  /** 'config' or 'layer'; manifests are small and not reported. */
-  kind: 'config' | 'layer';
-  /** Bytes so far and in all. */
-  current: number;
-  total: number;
-  status: 'waiting' | 'downloading' | 'verifying' | 'exists' | 'done' | 'retrying' | 'failed';
-}
+/** Progress of a pull or import, per blob: the contract's one shape. */
+export type { PullProgress } from '@roost/api';

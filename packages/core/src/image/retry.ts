@@ -1,4 +1,4 @@
-import { abortError, RoostError } from '../errors.js';
+import { RoostError } from '../errors.js';
 
 /** The first retry waits about this long; each later one about twice as long as the one before. */
 export const BACKOFF_BASE_MS = 200;
@@ -15,21 +15,8 @@ export function backoffDelay(attempt: number, baseMs = BACKOFF_BASE_MS, capMs = 
   return ceiling / 2 + (Math.random() * ceiling) / 2;
 }
 
-/** Resolves after `ms`, or rejects with `abortError` as soon as `signal` aborts. */
-export function sleep(ms: number, signal: AbortSignal | undefined, what: string): Promise<void> {
-  if (signal?.aborted) return Promise.reject(abortError(signal, what));
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(abortError(signal!, what));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
+/** The contract's abortable sleep (retry loops wait with it). */
+export { sleep } from '@roost/api';
 
 /**
  * True for a transient failure that may succeed when tried again from the

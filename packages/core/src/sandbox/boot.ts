@@ -1,5 +1,6 @@
 import { access, copyFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { sleep } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { abortError, RoostError } from '../errors.js';
@@ -110,12 +111,12 @@ export async function shutDown(vm: VmHandle, connection: () => Promise<AgentConn
   const { timeoutMs } = options;
   if (options.wasPaused) await vm.resume().catch(() => {});
   try {
-    const conn = await Promise.race([connection(), sleep(Math.min(timeoutMs, 2_000)).then(() => null)]);
+    const conn = await Promise.race([connection(), sleep(Math.min(timeoutMs, 2_000), undefined, 'the agent connection', { unref: true }).then(() => null)]);
     conn?.poweroff();
   } catch {
     // No agent to ask: the kill below ends it.
   }
-  const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms).then(() => false)]);
+  const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms, undefined, 'the VM exit', { unref: true }).then(() => false)]);
   if (!(await exitedWithin(timeoutMs / 2))) {
     await vm.quit({ timeoutMs: 1_000 }).catch(() => {});
     if (!(await exitedWithin(timeoutMs / 2))) {
@@ -123,10 +124,6 @@ export async function shutDown(vm: VmHandle, connection: () => Promise<AgentConn
       await vm.waitForExit();
     }
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
 }
 
 async function exists(path: string): Promise<boolean> {

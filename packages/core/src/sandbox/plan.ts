@@ -1,10 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { cpus as hostCpus, totalmem } from 'node:os';
+import { cpus as hostCpus } from 'node:os';
 import { mkdir } from 'node:fs/promises';
 import type { NetworkMode, PullPolicy, SandboxImage, SandboxInfo } from '@roost/api';
-import { EgressSpecSchema, EnvSchema, LabelsSchema, MAX_VOLUMES, NetworkModeSchema, PortSpecSchema, VolumeMountSchema } from '@roost/api';
 import type { EgressSpec, PortMapping, PortSpec, VolumeMount } from '@roost/api';
-import { z } from 'zod';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
@@ -15,9 +13,9 @@ import type { RuntimeNetwork } from '../net/runtime-network.js';
 import { planNetwork } from '../net/sandbox-net.js';
 import type { SnapshotRecord, SnapshotStore } from '../snapshot/store.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
-import { parseOptions } from '../validate.js';
+import { parseOptions, sandboxOptionsSchema } from '../validate.js';
 import { chooseAccel } from '../vmm/accel.js';
-import { DEFAULT_DISK_MIB, MAX_DISK_MIB, MIN_DISK_MIB, type Vmm } from '../vmm/types.js';
+import { DEFAULT_DISK_MIB, type Vmm } from '../vmm/types.js';
 import { checkVolumeCount, resolveVolumes } from './volumes.js';
 
 /** Options of `Sandbox.create` / `runtime.create`. */
@@ -96,35 +94,12 @@ export interface SandboxOptions {
   home?: string;
 }
 
-const MAX_CPUS = 16; // the guest kernel's NR_CPUS
-
 /**
  * The options `Sandbox.create` / `runtime.create` accept, with their limits:
- * the one parser of create options in core (the API's create schema will
- * take its place).
+ * the contract's create schema (`CreateOptionsSchema` in @roost/api) with
+ * `home` and this host's memory (validate.ts).
  */
-export const createOptionsSchema = z
-  .object({
-    cpus: z.number().int().min(1).max(MAX_CPUS).optional(),
-    memoryMiB: z.number().int().min(64).max(Math.floor(totalmem() / 2 ** 20)).optional(),
-    env: EnvSchema.optional(),
-    labels: LabelsSchema.optional(),
-    image: z.string().min(1).optional(),
-    pull: z.enum(['missing', 'always', 'never']).optional(),
-    onPullProgress: z.function().optional(),
-    diskSizeMiB: z.number().int().min(MIN_DISK_MIB).max(MAX_DISK_MIB).optional(),
-    detached: z.boolean().optional(),
-    volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
-    snapshot: z.string().min(1).optional(),
-    template: z.string().min(1).optional(),
-    network: NetworkModeSchema.optional(),
-    ports: z.array(PortSpecSchema).max(64).optional(),
-    egress: EgressSpecSchema.optional(),
-    timeoutMs: z.number().int().positive().optional(),
-    signal: z.instanceof(AbortSignal).optional(),
-    home: z.string().min(1).optional(),
-  })
-  .strict();
+export const createOptionsSchema = sandboxOptionsSchema;
 
 /** What planning a sandbox needs: the stores it reads, the network it leases from, the VMM's limits. */
 export interface PlanDeps {

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MAX_FORK_COUNT, SNAPSHOT_NAME_RE, type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
+import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { abortError, RoostError } from '../errors.js';
@@ -31,18 +31,11 @@ export interface SnapshotContext {
 
 /** The default name of a user snapshot: <id>-<UTC time to the millisecond>, e.g. 3f2a9c0d1b7e-20261122T115323123. */
 export function snapshotName(sandboxId: string, name?: string): string {
-  const chosen = name ?? `${sandboxId}-${new Date().toISOString().replace(/[-:.Z]/g, '')}`;
-  if (!SNAPSHOT_NAME_RE.test(chosen)) {
-    throw new RoostError('INVALID_ARGUMENT', `snapshot name "${chosen}": use 1-128 letters, digits, "_", "." and "-", starting with a letter or digit`, { details: { field: 'name' } });
-  }
-  return chosen;
+  return name ?? `${sandboxId}-${new Date().toISOString().replace(/[-:.Z]/g, '')}`;
 }
 
-/** A fork's snapshot name, and INVALID_ARGUMENT for a count out of range. */
-export function forkName(sandboxId: string, count: number): string {
-  if (!Number.isInteger(count) || count < 1 || count > MAX_FORK_COUNT) {
-    throw new RoostError('INVALID_ARGUMENT', `count: a whole number from 1 to ${MAX_FORK_COUNT}, not ${count}`, { details: { field: 'count' } });
-  }
+/** A fork's snapshot name: unique per source and moment. */
+export function forkName(sandboxId: string): string {
   return `fork-${sandboxId}-${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
 }
 

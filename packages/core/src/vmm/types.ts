@@ -151,5 +151,5 @@ export interface Vmm extends VmmDisks {
 
 /** Sizes of a sandbox's writable disk (MiB). */
 export const DEFAULT_DISK_MIB = 4096;
-export const MIN_DISK_MIB = 64;
-export const MAX_DISK_MIB = 2 * 2 ** 20; // 2 TiB
+/** The writable disk's limits are the contract's (a create request is checked against them). */
+export { MIN_DISK_MIB, MAX_DISK_MIB } from '@roost/api';

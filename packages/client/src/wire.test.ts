@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { LineSplitter, NdjsonParser, SseParser, parseHost, errorFromResponse, type SseEvent } from '@roost/client';
+import { errorFromResponse, parseHost } from './http.js';
+import { LineSplitter, NdjsonParser, SseParser, type SseEvent } from './wire.js';
 import { isRoostError } from '@roost/api';
 
 /** Feeds `text` to a parser cut at every possible pair of points, and checks the result never depends on the cuts. */

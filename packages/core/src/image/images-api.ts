@@ -1,0 +1,52 @@
+import type { ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions } from '@roost/api';
+import type { ImageInfo, ImageStore } from './store.js';
+
+/**
+ * `runtime.images`: the contract's ImagesApi over the home's ImageStore.
+ * Answers in the contract's shapes (the store's own records, with their
+ * layer lists, stay inside core; import, export, tag and prune are
+ * ImageStore's, for the CLI).
+ *
+ * Concurrency: calls may overlap; pulls of the same image share their downloads (the store's).
+ */
+export class StoreImages implements ImagesApi {
+  constructor(private readonly store: ImageStore) {}
+
+  async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
+    return imageInfoBody(await this.store.pull(reference, options));
+  }
+
+  async list(): Promise<ImageInfoBody[]> {
+    return this.store.list().map(imageInfoBody);
+  }
+
+  async inspect(reference: string): Promise<ImageInfoBody> {
+    return imageInfoBody(this.store.inspect(reference));
+  }
+
+  remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
+    return this.store.remove(reference, options);
+  }
+}
+
+/** A stored image as the contract describes it: fields picked, layers as a count, missing dates and sizes as null. */
+export function imageInfoBody(image: ImageInfo): ImageInfoBody {
+  return {
+    id: image.id,
+    tags: image.tags,
+    size: image.size,
+    configDigest: image.configDigest,
+    created: image.created ?? null,
+    addedAt: image.addedAt,
+    source: image.source,
+    rootfsSize: image.rootfsSize ?? null,
+    layers: image.layers.length,
+    config: {
+      entrypoint: image.config.entrypoint ?? [],
+      cmd: image.config.cmd ?? [],
+      env: image.config.env ?? [],
+      workingDir: image.config.workingDir ?? '',
+      user: image.config.user ?? '',
+    },
+  };
+}
