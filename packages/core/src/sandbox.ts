@@ -53,6 +53,8 @@ export class Sandbox implements SandboxApi {
   readonly #link: AgentLink;
   readonly #net: SandboxNetwork;
   #vm: VmHandle | null = null;
+  /** Set when the runtime that owns this object closed and let a detached VM run on. */
+  #letGo = false;
   /** Serializes lifecycle operations (start, stop, kill, remove, pause, resume, snapshot). */
   #lifecycle: Promise<unknown> = Promise.resolve();
 
@@ -390,6 +392,8 @@ export class Sandbox implements SandboxApi {
   /** @internal The runtime is closing: a detached sandbox is let go, any other is killed. */
   async _release(): Promise<void> {
     if (this.#record.info.detached || this.#record.removed) {
+      // The home is no longer this process's: whatever becomes of the VM, the next runtime records it.
+      this.#letGo = true;
       this.#link.close();
       // The VM runs on: a bridge TAP stays; ports and the user-mode network wait for the next runtime.
       this.#net.close(false);
@@ -477,7 +481,7 @@ export class Sandbox implements SandboxApi {
     void vm.exited.then(() => {
       if (this.#vm !== vm) return;
       this.#link.close();
-      if (this.#link.ending || this.#record.removed) return;
+      if (this.#link.ending || this.#record.removed || this.#letGo) return;
       this.#exited('failed', this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
     });
   }

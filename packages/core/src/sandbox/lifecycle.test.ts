@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { SandboxStatus } from '@roost/api';
 import { isRoostError, RoostError } from '../errors.js';
 import { Runtime } from '../runtime.js';
-import { closeStateDbs } from '../state/db.js';
+import { closeStateDbs, stateDb } from '../state/db.js';
 import { FakeVmm, type FakeVm } from '../vmm/fake.js';
 import { registerVmm } from '../vmm/registry.js';
 
@@ -279,6 +279,21 @@ describe('recovery on a fake VMM', () => {
     runtime = await Runtime.open({ home, vmm: new FakeVmm() });
     const info = (await runtime.get(sb.id)).info;
     expect(info).toMatchObject({ status: 'failed', pid: null, reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)' });
+  });
+
+  it('a closed runtime no longer writes the record of a detached sandbox whose VM dies later', async () => {
+    const sb = await runtime.create({ ...small, detached: true });
+    const vm = vmOf(sb.id);
+    await runtime.close();
+    // The home is nobody's now; the VM dies while no runtime watches it.
+    vm.powerOff();
+    await until(() => vm.hasExited);
+    await new Promise((r) => setTimeout(r, 20));
+    const row = stateDb(home).prepare('SELECT status FROM sandboxes WHERE id = ?').get(sb.id) as { status: string };
+    expect(row.status).toBe('running');
+    // The next runtime is the one that finds out, and says so.
+    runtime = await Runtime.open({ home, vmm });
+    expect((await runtime.get(sb.id)).info).toMatchObject({ status: 'failed', reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)' });
   });
 
   it('kills what a closing runtime owned, and reopens it as stopped', async () => {
