@@ -13,7 +13,8 @@ import { lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { closeStateDbs, ImageStore, Sandbox } from '@roost/core';
+import { ImageStore, Sandbox } from '@roost/core';
+import { closeStateDbs } from '@roost/core/internal';
 import { buildDebianImage, startRegistry } from '@roost/testkit';
 import { MiB, median, pct, ms, sec, mibB } from './stats.js';
 

@@ -7,7 +7,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chooseAccel, loadAssets, qemuArgs, QEMU_BINARY, roostHome, Sandbox, vmPaths } from '@roost/core';
+import { roostHome, Sandbox } from '@roost/core';
+import { chooseAccel, loadAssets, qemuArgs, QEMU_BINARY, vmPaths } from '@roost/core/internal';
 import { ensureTestTools } from '@roost/testkit';
 import { pct, ms, mib, sleep } from './stats.js';
 

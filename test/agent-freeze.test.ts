@@ -3,7 +3,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentConnection, RoostError, type ExecChannel, type Sandbox } from '@roost/core';
+import { RoostError, type Sandbox } from '@roost/core';
+import { AgentConnection, type ExecChannel } from '@roost/core/internal';
 import {
   Capability, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, ProtocolError, VERSION,
   decodeCall, decodeFreezeResult, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreeze, encodeFreezeResult, encodeHostHello, encodeThaw,

@@ -246,7 +246,7 @@ describe('the sandbox', () => {
   it('has a directory with its sockets, console log and disk, and a record in the home database', async () => {
     const { readdirSync } = await import('node:fs');
     expect(readdirSync(sb.dir).sort()).toEqual(expect.arrayContaining(['agent.sock', 'console.log', 'disk.qcow2', 'qmp.sock', 'qemu.log']));
-    const { stateDb } = await import('@roost/core');
+    const { stateDb } = await import('@roost/core/internal');
     const row = stateDb(home.root).prepare('SELECT status, pid, info_json FROM sandboxes WHERE id = ?').get(sb.id) as { status: string; pid: number; info_json: string };
     expect(row).toMatchObject({ status: 'running', pid: sb.info.pid });
     expect(JSON.parse(row.info_json)).toMatchObject({ id: sb.id, execs: expect.any(Number) });

@@ -2,7 +2,8 @@ import { readFileSync, statSync, truncateSync, writeFileSync, openSync, writeSyn
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentConnection, isRoostError, QmpClient, type Runtime, type Sandbox } from '@roost/core';
+import { isRoostError, type Runtime, type Sandbox } from '@roost/core';
+import { AgentConnection, QmpClient } from '@roost/core/internal';
 import { TestHome } from './helpers.js';
 
 // One booted sandbox (`src`) is the source of most snapshots and forks;

@@ -2,7 +2,8 @@ import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { daemonSocketPath, isRoostError, RoostError, type ImagesApi, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
 import { RoostClient } from '@roost/client';
-import { ImageStore, roostHome, Runtime, StoreImages, Volumes } from '@roost/core';
+import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
+import { StoreImages } from '@roost/core/internal';
 
 /** What the image commands talk to: the daemon's image store, or the home's (no lock needed). */
 export interface ImagesFace {

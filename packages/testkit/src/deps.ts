@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { ensureDebianPackages, type ProgressFn } from '@roost/core';
+import { ensureDebianPackages, type ProgressFn } from '@roost/core/internal';
 
 /** Debian packages the image tests use on the host. */
 export const TEST_PACKAGES = [
