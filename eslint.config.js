@@ -7,8 +7,14 @@ const typedFiles = ['packages/*/src/**/*.ts', 'test/**/*.ts'];
 /** Imports a layer must not make, as both `import ... from` and `import()`. */
 function forbidImports(packages, message) {
   return {
-    'no-restricted-imports': ['error', { paths: packages.map((name) => ({ name, message })), patterns: packages.map((name) => ({ group: [`${name}/*`], message })) }],
-    'no-restricted-syntax': ['error', ...packages.map((name) => ({ selector: `ImportExpression[source.value=/^${name.replace('/', '\\/')}(\\/|$)/]`, message }))],
+    'no-restricted-imports': [
+      'error',
+      { paths: packages.map((name) => ({ name, message })), patterns: packages.map((name) => ({ group: [`${name}/*`], message })) },
+    ],
+    'no-restricted-syntax': [
+      'error',
+      ...packages.map((name) => ({ selector: `ImportExpression[source.value=/^${name.replace('/', '\\/')}(\\/|$)/]`, message })),
+    ],
   };
 }
 
@@ -17,7 +23,23 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    languageOptions: { globals: { process: 'readonly', Buffer: 'readonly', console: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', setInterval: 'readonly', clearInterval: 'readonly', performance: 'readonly', queueMicrotask: 'readonly', AbortController: 'readonly', AbortSignal: 'readonly', TextDecoder: 'readonly', URL: 'readonly' } },
+    languageOptions: {
+      globals: {
+        process: 'readonly',
+        Buffer: 'readonly',
+        console: 'readonly',
+        setTimeout: 'readonly',
+        clearTimeout: 'readonly',
+        setInterval: 'readonly',
+        clearInterval: 'readonly',
+        performance: 'readonly',
+        queueMicrotask: 'readonly',
+        AbortController: 'readonly',
+        AbortSignal: 'readonly',
+        TextDecoder: 'readonly',
+        URL: 'readonly',
+      },
+    },
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
       'no-constant-condition': ['error', { checkLoops: false }],

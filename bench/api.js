@@ -76,12 +76,28 @@ export async function benchApi({ realHome, row, results }) {
 
     const c = { embedded: pct(create.embedded, 50), daemon: pct(create.daemon, 50) };
     const e = { embedded: pct(exec.embedded, 50), daemon: pct(exec.daemon, 50) };
-    results.figures.apiCreateToFirstExec = { unit: 'ms', p50: c.daemon, samples: create.daemon, floor: { what: 'embedded runtime', p50: c.embedded, samples: create.embedded }, addedMs: c.daemon - c.embedded };
+    results.figures.apiCreateToFirstExec = {
+      unit: 'ms',
+      p50: c.daemon,
+      samples: create.daemon,
+      floor: { what: 'embedded runtime', p50: c.embedded, samples: create.embedded },
+      addedMs: c.daemon - c.embedded,
+    };
     row('API: create -> first run(true)', `daemon p50 ${ms(c.daemon)}`, `embedded p50 ${ms(c.embedded)}`, `+${ms(c.daemon - c.embedded)}`);
     results.figures.apiExecRoundTrip = {
-      unit: 'ms', p50: e.daemon, p99: pct(exec.daemon, 99), floor: { what: 'the same sandbox called in-process', p50: e.embedded, p99: pct(exec.embedded, 99) }, addedMs: e.daemon - e.embedded, target: 'added < 1 ms per exec',
+      unit: 'ms',
+      p50: e.daemon,
+      p99: pct(exec.daemon, 99),
+      floor: { what: 'the same sandbox called in-process', p50: e.embedded, p99: pct(exec.embedded, 99) },
+      addedMs: e.daemon - e.embedded,
+      target: 'added < 1 ms per exec',
     };
-    row(`API: run(true) round trip x${EXEC_RUNS}, same VM`, `daemon p50 ${ms(e.daemon)} p99 ${ms(pct(exec.daemon, 99))}`, `embedded p50 ${ms(e.embedded)} p99 ${ms(pct(exec.embedded, 99))}`, `+${ms(e.daemon - e.embedded)} (target < 1 ms)`);
+    row(
+      `API: run(true) round trip x${EXEC_RUNS}, same VM`,
+      `daemon p50 ${ms(e.daemon)} p99 ${ms(pct(exec.daemon, 99))}`,
+      `embedded p50 ${ms(e.embedded)} p99 ${ms(pct(exec.embedded, 99))}`,
+      `+${ms(e.daemon - e.embedded)} (target < 1 ms)`,
+    );
 
     // --- 2. list/get with 100 records under 50 concurrent clients -------------------------
     // One real sandbox's record, stopped, cloned into 100 rows: real records to list and get, without 100 boots.
@@ -123,11 +139,20 @@ export async function benchApi({ realHome, row, results }) {
     const list = await load(() => listClient.list());
     const get = await load((k, i) => listClient.get(ids[(k * REQUESTS_PER_CLIENT + i) % ids.length]));
     results.figures.apiListGet = {
-      unit: 'ms', records: RECORDS, clients: CLIENTS, requests: CLIENTS * REQUESTS_PER_CLIENT,
-      list: { p50: pct(list, 50), p99: pct(list, 99) }, get: { p50: pct(get, 50), p99: pct(get, 99) },
+      unit: 'ms',
+      records: RECORDS,
+      clients: CLIENTS,
+      requests: CLIENTS * REQUESTS_PER_CLIENT,
+      list: { p50: pct(list, 50), p99: pct(list, 99) },
+      get: { p50: pct(get, 50), p99: pct(get, 99) },
       floor: { what: 'GET /v1/health under the same load', p50: pct(health, 50), p99: pct(health, 99) },
     };
-    row(`API: list ${RECORDS} records, ${CLIENTS} clients`, `p50 ${ms(pct(list, 50))} p99 ${ms(pct(list, 99))}`, `health p50 ${ms(pct(health, 50))} p99 ${ms(pct(health, 99))}`, '');
+    row(
+      `API: list ${RECORDS} records, ${CLIENTS} clients`,
+      `p50 ${ms(pct(list, 50))} p99 ${ms(pct(list, 99))}`,
+      `health p50 ${ms(pct(health, 50))} p99 ${ms(pct(health, 99))}`,
+      '',
+    );
     row(`API: get, ${CLIENTS} clients`, `p50 ${ms(pct(get, 50))} p99 ${ms(pct(get, 99))}`, `health p50 ${ms(pct(health, 50))} p99 ${ms(pct(health, 99))}`, '');
     await listClient.close();
     await client.close();
@@ -147,7 +172,14 @@ async function startDaemon(home) {
   const end = Date.now() + 30_000;
   for (;;) {
     if (d.exitCode !== null) throw new Error(`roost serve exited ${d.exitCode}`);
-    if (existsSync(join(home, 'api-token')) && (await client.health().then(() => true, () => false))) break;
+    if (
+      existsSync(join(home, 'api-token')) &&
+      (await client.health().then(
+        () => true,
+        () => false,
+      ))
+    )
+      break;
     if (Date.now() > end) throw new Error('roost serve did not answer within 30 s');
     await new Promise((r) => setTimeout(r, 50));
   }

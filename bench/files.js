@@ -53,8 +53,11 @@ export async function benchFiles({ home, row, results, stdoutMbps }) {
     const writeMbps = bytes / 1e6 / (median(writes) / 1000);
     const readMbps = bytes / 1e6 / (median(reads) / 1000);
     results.figures.filesThroughput = {
-      unit: 'MB/s', bytes, runs: FILE_RUNS,
-      write: { mbps: writeMbps, ms: writes }, read: { mbps: readMbps, ms: reads },
+      unit: 'MB/s',
+      bytes,
+      runs: FILE_RUNS,
+      write: { mbps: writeMbps, ms: writes },
+      read: { mbps: readMbps, ms: reads },
       floor: { what: 'stdout streaming of the same run', mbps: stdoutMbps },
     };
     row(`files.write (${FILE_MIB} MiB, median of ${FILE_RUNS})`, `${writeMbps.toFixed(0)} MB/s`, `stdout streaming ${stdoutMbps.toFixed(0)} MB/s`, '');
@@ -76,9 +79,16 @@ export async function benchFiles({ home, row, results, stdoutMbps }) {
     }
     const mbps = (ms) => bytes / 1e6 / (median(ms) / 1000);
     results.figures.volumeThroughput = {
-      unit: 'MB/s', bytes, runs: FILE_RUNS,
-      write: { mbps: mbps(guestWrite), ms: guestWrite }, read: { mbps: mbps(guestRead), ms: guestRead },
-      floor: { what: 'the same dd on the host, in the volume directory', write: { mbps: mbps(hostWrite), ms: hostWrite }, read: { mbps: mbps(hostRead), ms: hostRead } },
+      unit: 'MB/s',
+      bytes,
+      runs: FILE_RUNS,
+      write: { mbps: mbps(guestWrite), ms: guestWrite },
+      read: { mbps: mbps(guestRead), ms: guestRead },
+      floor: {
+        what: 'the same dd on the host, in the volume directory',
+        write: { mbps: mbps(hostWrite), ms: hostWrite },
+        read: { mbps: mbps(hostRead), ms: hostRead },
+      },
     };
     row(`9P volume write (dd ${FILE_MIB} MiB, fsync)`, `${mbps(guestWrite).toFixed(0)} MB/s`, `host disk ${mbps(hostWrite).toFixed(0)} MB/s`, '');
     row(`9P volume read (dd ${FILE_MIB} MiB)`, `${mbps(guestRead).toFixed(0)} MB/s`, `host (page cache) ${mbps(hostRead).toFixed(0)} MB/s`, '');
@@ -104,4 +114,3 @@ async function hostTimed(ddArgs) {
   await exec('dd', ddArgs);
   return performance.now() - t0;
 }
-

@@ -89,9 +89,16 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
     const pullMbps = bytes / 1e6 / (median(roost) / 1000);
     const skopeoMbps = bytes / 1e6 / (median(skopeo) / 1000);
     results.figures.imagePull = {
-      unit: 'MB/s', value: pullMbps, ms: median(roost), samples: roost, bytes, layers: debian.layers.length, uncompressedBytes: debian.tarBytes,
+      unit: 'MB/s',
+      value: pullMbps,
+      ms: median(roost),
+      samples: roost,
+      bytes,
+      layers: debian.layers.length,
+      uncompressedBytes: debian.tarBytes,
       floor: { what: 'skopeo copy docker:// -> oci: of the same image (median)', mbps: skopeoMbps, ms: median(skopeo), samples: skopeo, bytes: skopeoBytes },
-      ratio: pullMbps / skopeoMbps, target: 'ratio >= 1 (at least as fast as skopeo)',
+      ratio: pullMbps / skopeoMbps,
+      target: 'ratio >= 1 (at least as fast as skopeo)',
     };
     row(
       `image pull (${(bytes / 1e6).toFixed(0)} MB gzip, ${debian.layers.length} layers)`,
@@ -108,7 +115,11 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
     for (const p of pulledHomes) {
       let tMkfs = 0;
       const t = performance.now();
-      rootfsFile = await p.store.rootfs(p.id, { onProgress: (line) => { if (line.startsWith('writing')) tMkfs = performance.now(); } });
+      rootfsFile = await p.store.rootfs(p.id, {
+        onProgress: (line) => {
+          if (line.startsWith('writing')) tMkfs = performance.now();
+        },
+      });
       const end = performance.now();
       build.push(end - t);
       apply.push(tMkfs - t);
@@ -116,8 +127,14 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
     }
     const rootfsBytes = lstatSync(rootfsFile).size;
     results.figures.imageRootfsBuild = {
-      unit: 'ms', p50: median(build), samples: build, applyLayersP50: median(apply), mkfsErofsP50: median(mkfs), rootfsBytes,
-      floor: { what: 'the pull of the same image (median, above)', ms: median(roost) }, target: 'none (part of the first-sandbox figure)',
+      unit: 'ms',
+      p50: median(build),
+      samples: build,
+      applyLayersP50: median(apply),
+      mkfsErofsP50: median(mkfs),
+      rootfsBytes,
+      floor: { what: 'the pull of the same image (median, above)', ms: median(roost) },
+      target: 'none (part of the first-sandbox figure)',
     };
     row(
       `image rootfs build (erofs, ${(rootfsBytes / MiB).toFixed(0)} MiB)`,
@@ -160,7 +177,10 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
     const cachedP50 = pct(cached, 50);
     const firstP50 = median(first);
     results.figures.imageFirstSandbox = {
-      unit: 'ms', p50: firstP50, samples: first, pullPhaseMs: firstPull,
+      unit: 'ms',
+      p50: firstP50,
+      samples: first,
+      pullPhaseMs: firstPull,
       breakdown: { pullMs: median(roost), rootfsBuildMs: median(build), cachedStartMs: cachedP50 },
       floor: { what: 'pull + rootfs build + cached start, each measured alone in this run', ms: median(roost) + median(build) + cachedP50 },
       target: 'none stated (includes pull and filesystem build)',
@@ -172,9 +192,13 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
       'create -> first run(true)',
     );
     results.figures.imageCachedStart = {
-      unit: 'ms', p50: cachedP50, p95: pct(cached, 95), samples: cached,
+      unit: 'ms',
+      p50: cachedP50,
+      p95: pct(cached, 95),
+      samples: cached,
       floor: { what: 'base rootfs cold start p50 (create -> first run(true)), this run', p50: coldStartP50 },
-      ratio: cachedP50 / coldStartP50, target: 'ratio <= 1.2',
+      ratio: cachedP50 / coldStartP50,
+      target: 'ratio <= 1.2',
     };
     row(
       'cached image: create -> first run(true)',
@@ -206,11 +230,19 @@ export async function benchImages({ realHome, row, results, coldStartP50 }) {
     const ideal = imageRootfs + imageBlobs + written;
     const overhead = (sandboxesTotal - written) / DISK_SANDBOXES;
     results.figures.imageDisk = {
-      unit: 'bytes', sandboxes: DISK_SANDBOXES, writtenPerSandbox: WRITE_MIB * MiB, total,
-      image: { rootfs: imageRootfs, blobs: imageBlobs }, emptyDiskTemplate: template,
-      perSandbox, perSandboxDisk: perDisk, perSandboxFreshBoot: fresh, perSandboxOverheadBytes: overhead,
+      unit: 'bytes',
+      sandboxes: DISK_SANDBOXES,
+      writtenPerSandbox: WRITE_MIB * MiB,
+      total,
+      image: { rootfs: imageRootfs, blobs: imageBlobs },
+      emptyDiskTemplate: template,
+      perSandbox,
+      perSandboxDisk: perDisk,
+      perSandboxFreshBoot: fresh,
+      perSandboxOverheadBytes: overhead,
       floor: { what: 'the image once (rootfs + blobs) + what the sandboxes wrote', bytes: ideal },
-      ratio: total / ideal, target: 'image once + only what each wrote (per-sandbox overhead ~0)',
+      ratio: total / ideal,
+      target: 'image once + only what each wrote (per-sandbox overhead ~0)',
     };
     row(
       `disk: ${DISK_SANDBOXES} sandboxes x ${WRITE_MIB} MiB written`,
@@ -260,4 +292,3 @@ function allocated(paths) {
   paths.forEach(visit);
   return n;
 }
-

@@ -28,7 +28,9 @@ export async function benchNet({ home, row, results }) {
   const runtime = await Runtime.shared(home);
   const sb = await runtime.create({ ports: ['127.0.0.1::5001', '127.0.0.1::80'], memoryMiB: 256 + (2 * NET_BYTES) / 2 ** 20, timeoutMs: 60_000 });
   try {
-    await sb.commands.run(`mkdir -p /tmp/www && echo ok > /tmp/www/index.html && dd if=/dev/zero of=/tmp/www/big bs=1M count=${NET_BYTES / 2 ** 20} 2>/dev/null && busybox httpd -p 80 -h /tmp/www`);
+    await sb.commands.run(
+      `mkdir -p /tmp/www && echo ok > /tmp/www/index.html && dd if=/dev/zero of=/tmp/www/big bs=1M count=${NET_BYTES / 2 ** 20} 2>/dev/null && busybox httpd -p 80 -h /tmp/www`,
+    );
 
     // --- floors: the host's loopback ----------------------------------------------
     const floorIn = [];
@@ -69,9 +71,22 @@ export async function benchNet({ home, row, results }) {
     const stats = await sb.networkStats();
 
     const mbps = (t) => NET_BYTES / 1e6 / (t / 1000);
-    const figure = (runs, floor) => ({ unit: 'MB/s', bytes: NET_BYTES, p50: mbps(pct(runs, 50)), samplesMs: runs, floor: { what: 'the same transfer over the host loopback, Node to Node', p50: mbps(pct(floor, 50)), samplesMs: floor } });
+    const figure = (runs, floor) => ({
+      unit: 'MB/s',
+      bytes: NET_BYTES,
+      p50: mbps(pct(runs, 50)),
+      samplesMs: runs,
+      floor: { what: 'the same transfer over the host loopback, Node to Node', p50: mbps(pct(floor, 50)), samplesMs: floor },
+    });
     results.figures.netHostToGuest = figure(inRuns, floorIn);
-    results.figures.netGuestToHost = { ...figure(outRuns, floorOut), inGuestLoopback: { what: 'the same GET by busybox wget inside the guest, over its loopback (a run command: includes ~10 ms of exec)', p50: mbps(pct(inGuest, 50)), samplesMs: inGuest } };
+    results.figures.netGuestToHost = {
+      ...figure(outRuns, floorOut),
+      inGuestLoopback: {
+        what: 'the same GET by busybox wget inside the guest, over its loopback (a run command: includes ~10 ms of exec)',
+        p50: mbps(pct(inGuest, 50)),
+        samplesMs: inGuest,
+      },
+    };
     results.figures.netConnectLatency = {
       unit: 'ms',
       p50: pct(latency, 50),
@@ -82,7 +97,12 @@ export async function benchNet({ home, row, results }) {
     results.figures.netStats = stats;
     const mb = NET_BYTES / 2 ** 20;
     row(`TCP host -> guest, forwarded port (${mb} MiB)`, `${mbps(pct(inRuns, 50)).toFixed(0)} MB/s`, `loopback ${mbps(pct(floorIn, 50)).toFixed(0)} MB/s`, '');
-    row(`TCP guest -> host, forwarded port (${mb} MiB)`, `${mbps(pct(outRuns, 50)).toFixed(0)} MB/s`, `loopback ${mbps(pct(floorOut, 50)).toFixed(0)} MB/s`, `in-guest loopback ${mbps(pct(inGuest, 50)).toFixed(0)} MB/s`);
+    row(
+      `TCP guest -> host, forwarded port (${mb} MiB)`,
+      `${mbps(pct(outRuns, 50)).toFixed(0)} MB/s`,
+      `loopback ${mbps(pct(floorOut, 50)).toFixed(0)} MB/s`,
+      `in-guest loopback ${mbps(pct(inGuest, 50)).toFixed(0)} MB/s`,
+    );
     row('connect + HTTP GET, forwarded port', `p50 ${ms(pct(latency, 50))} p90 ${ms(pct(latency, 90))}`, `loopback p50 ${ms(pct(floorLatency, 50))}`, '');
   } finally {
     await sb.remove({ force: true });

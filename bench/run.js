@@ -54,8 +54,21 @@ try {
   }
   const floorP50 = pct(floor, 50);
   const coldP50 = pct(cold, 50);
-  results.figures.coldStart = { unit: 'ms', p50: coldP50, p95: pct(cold, 95), samples: cold, floor: { p50: floorP50, p95: pct(floor, 95), samples: floor }, ratio: coldP50 / floorP50, target: 'ratio <= 1.2' };
-  row('cold start: create -> first run(true)', `p50 ${ms(coldP50)} p95 ${ms(pct(cold, 95))}`, `boot->poweroff p50 ${ms(floorP50)} p95 ${ms(pct(floor, 95))}`, `${(coldP50 / floorP50).toFixed(2)}x (target <= 1.2x)`);
+  results.figures.coldStart = {
+    unit: 'ms',
+    p50: coldP50,
+    p95: pct(cold, 95),
+    samples: cold,
+    floor: { p50: floorP50, p95: pct(floor, 95), samples: floor },
+    ratio: coldP50 / floorP50,
+    target: 'ratio <= 1.2',
+  };
+  row(
+    'cold start: create -> first run(true)',
+    `p50 ${ms(coldP50)} p95 ${ms(pct(cold, 95))}`,
+    `boot->poweroff p50 ${ms(floorP50)} p95 ${ms(pct(floor, 95))}`,
+    `${(coldP50 / floorP50).toFixed(2)}x (target <= 1.2x)`,
+  );
 
   // --- exec round trip, output throughput, idle memory: one sandbox ------------
   const rssBefore = process.memoryUsage().rss;
@@ -76,10 +89,21 @@ try {
     await Promise.all(peers.map((p) => p.remove({ force: true })));
     const perSandboxAtScale = pssAtScale.reduce((a, b) => a + b, 0) / pssAtScale.length;
     results.figures.idleMemory = {
-      unit: 'KiB', qemuRss, qemuPss, qemuAnonymous: qemuAnon, runtimeShareKiB: Math.round(runtimeShare), totalKiB: Math.round(qemuRss + runtimeShare),
-      pssPerSandboxWith: { sandboxes: pssAtScale.length, kib: Math.round(perSandboxAtScale) }, target: '< 80 MiB (RSS + runtime)',
+      unit: 'KiB',
+      qemuRss,
+      qemuPss,
+      qemuAnonymous: qemuAnon,
+      runtimeShareKiB: Math.round(runtimeShare),
+      totalKiB: Math.round(qemuRss + runtimeShare),
+      pssPerSandboxWith: { sandboxes: pssAtScale.length, kib: Math.round(perSandboxAtScale) },
+      target: '< 80 MiB (RSS + runtime)',
     };
-    row('idle sandbox memory (QEMU RSS + runtime)', `${mib(qemuRss + runtimeShare)} (QEMU ${mib(qemuRss)})`, `private ${mib(qemuAnon)}; PSS of ${pssAtScale.length} ${mib(perSandboxAtScale)}`, 'target < 80 MiB');
+    row(
+      'idle sandbox memory (QEMU RSS + runtime)',
+      `${mib(qemuRss + runtimeShare)} (QEMU ${mib(qemuRss)})`,
+      `private ${mib(qemuAnon)}; PSS of ${pssAtScale.length} ${mib(perSandboxAtScale)}`,
+      'target < 80 MiB',
+    );
 
     const ping = [];
     for (let i = 0; i < EXEC_RUNS; i++) ping.push(await sb.ping());
@@ -93,11 +117,23 @@ try {
     const spawns = 100;
     const inGuestSpawn = (await timed(() => sb.commands.run(`i=0; while [ $i -lt ${spawns} ]; do /bin/true; i=$((i+1)); done`))) / spawns;
     results.figures.execRoundTrip = {
-      unit: 'ms', p50: pct(exec, 50), p99: pct(exec, 99),
-      floor: { what: 'agent PING round trip; fork+exec of /bin/true inside the guest', pingP50: pct(ping, 50), pingP99: pct(ping, 99), inGuestSpawnMean: inGuestSpawn },
+      unit: 'ms',
+      p50: pct(exec, 50),
+      p99: pct(exec, 99),
+      floor: {
+        what: 'agent PING round trip; fork+exec of /bin/true inside the guest',
+        pingP50: pct(ping, 50),
+        pingP99: pct(ping, 99),
+        inGuestSpawnMean: inGuestSpawn,
+      },
       target: 'p50 < 5 ms',
     };
-    row(`exec round trip: run(true) x${EXEC_RUNS}`, `p50 ${ms(pct(exec, 50))} p99 ${ms(pct(exec, 99))}`, `ping p50 ${ms(pct(ping, 50))}; in-guest spawn ${ms(inGuestSpawn)}`, 'target p50 < 5 ms');
+    row(
+      `exec round trip: run(true) x${EXEC_RUNS}`,
+      `p50 ${ms(pct(exec, 50))} p99 ${ms(pct(exec, 99))}`,
+      `ping p50 ${ms(pct(ping, 50))}; in-guest spawn ${ms(inGuestSpawn)}`,
+      'target p50 < 5 ms',
+    );
 
     // Floor: the same producer writing to /dev/null inside the guest, so the bytes never leave it.
     const produce = `dd if=/dev/zero bs=65536 count=${STREAM_BYTES / 65536} status=none`;
@@ -111,8 +147,20 @@ try {
     if (bytes !== STREAM_BYTES) throw new Error(`streamed ${bytes} bytes, expected ${STREAM_BYTES}`);
     const mbps = STREAM_BYTES / 1e6 / (streamMs / 1000);
     const floorMbps = STREAM_BYTES / 1e6 / (inGuest / 1000);
-    results.figures.stdoutThroughput = { unit: 'MB/s', value: mbps, bytes: STREAM_BYTES, ms: streamMs, floor: { what: 'the same dd writing to /dev/null inside the guest', mbps: floorMbps }, target: '>= 100 MB/s' };
-    row(`stdout throughput (${STREAM_BYTES / 2 ** 20} MiB)`, `${mbps.toFixed(0)} MB/s`, `dd to /dev/null in guest ${floorMbps.toFixed(0)} MB/s`, 'target >= 100 MB/s');
+    results.figures.stdoutThroughput = {
+      unit: 'MB/s',
+      value: mbps,
+      bytes: STREAM_BYTES,
+      ms: streamMs,
+      floor: { what: 'the same dd writing to /dev/null inside the guest', mbps: floorMbps },
+      target: '>= 100 MB/s',
+    };
+    row(
+      `stdout throughput (${STREAM_BYTES / 2 ** 20} MiB)`,
+      `${mbps.toFixed(0)} MB/s`,
+      `dd to /dev/null in guest ${floorMbps.toFixed(0)} MB/s`,
+      'target >= 100 MB/s',
+    );
   } finally {
     await sb.remove({ force: true });
   }
@@ -164,7 +212,19 @@ console.log(`\nwrote ${file}`);
 async function bootToPoweroff(i) {
   const dir = mkdtempSync(join(tmpdir(), 'roost-floor-'));
   try {
-    const config = { id: `floor${i}`, dir, cpus: 1, memoryMiB: 256, kernel: assets.kernel, initramfs: assets.initramfs, rootfs: assets.rootfs, kernelHz: assets.kernelHz, detached: false, accel, append: ['roost.poweroff=1'] };
+    const config = {
+      id: `floor${i}`,
+      dir,
+      cpus: 1,
+      memoryMiB: 256,
+      kernel: assets.kernel,
+      initramfs: assets.initramfs,
+      rootfs: assets.rootfs,
+      kernelHz: assets.kernelHz,
+      detached: false,
+      accel,
+      append: ['roost.poweroff=1'],
+    };
     const args = qemuArgs(config, vmPaths(dir), { agent: false, rootfs: false });
     const t0 = performance.now();
     await new Promise((resolve, reject) => {
@@ -205,4 +265,3 @@ function hostFacts() {
   const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
   return { cpu: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1] ?? 'unknown', cpus: (cpuinfo.match(/^processor/gm) ?? []).length, node: process.version };
 }
-

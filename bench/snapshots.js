@@ -120,16 +120,29 @@ export async function benchSnapshots({ home, row, results, coldStartP50 }) {
     rmSync(src, { force: true });
     const createP50 = median(create);
     results.figures.snapshotCreate = {
-      unit: 'ms', memoryMiB, runs: SNAPSHOT_RUNS, p50: createP50, samples: create,
+      unit: 'ms',
+      memoryMiB,
+      runs: SNAPSHOT_RUNS,
+      p50: createP50,
+      samples: create,
       size: {
-        unit: 'bytes', sizeBytesP50: median(sizeBytes), sizeBytes, duAllocatedP50: median(duAllocated), duAllocated, duApparent,
-        sourceTouchedRamKiB: sourceIdle.pssShmem, sourceDiskAllocated: sourceDiskBytes,
+        unit: 'bytes',
+        sizeBytesP50: median(sizeBytes),
+        sizeBytes,
+        duAllocatedP50: median(duAllocated),
+        duAllocated,
+        duApparent,
+        sourceTouchedRamKiB: sourceIdle.pssShmem,
+        sourceDiskAllocated: sourceDiskBytes,
       },
       floor: {
-        what: `cp of a ${memoryMiB} MiB file in the page cache, tmpfs to tmpfs (median)`, ms: median(cp), samples: cp,
+        what: `cp of a ${memoryMiB} MiB file in the page cache, tmpfs to tmpfs (median)`,
+        ms: median(cp),
+        samples: cp,
         fsyncedToHome: { what: `dd of the same ${memoryMiB} MiB to the home's filesystem, conv=fsync (median)`, ms: median(fsynced), samples: fsynced },
       },
-      ratio: createP50 / median(cp), target: 'none stated',
+      ratio: createP50 / median(cp),
+      target: 'none stated',
     };
     row(
       `snapshot create (idle ${memoryMiB} MiB, median of ${SNAPSHOT_RUNS})`,
@@ -170,10 +183,23 @@ export async function benchSnapshots({ home, row, results, coldStartP50 }) {
     await removeSnapshot(restoreName);
     const restoreP50 = median(total);
     results.figures.snapshotRestore = {
-      unit: 'ms', runs: RESTORE_RUNS, p50: restoreP50, p90: pct(total, 90), min: Math.min(...total), samples: total,
-      split: { createResolvedP50: median(created), firstRunP50: median(firstRun), secondRunP50: median(secondRun), createResolved: created, firstRun, secondRun },
+      unit: 'ms',
+      runs: RESTORE_RUNS,
+      p50: restoreP50,
+      p90: pct(total, 90),
+      min: Math.min(...total),
+      samples: total,
+      split: {
+        createResolvedP50: median(created),
+        firstRunP50: median(firstRun),
+        secondRunP50: median(secondRun),
+        createResolved: created,
+        firstRun,
+        secondRun,
+      },
       floor: { what: 'cold start p50 (create -> first run(true)), this run', p50: coldStartP50 },
-      ratio: restoreP50 / coldStartP50, target: 'ratio <= 0.1 (a tenth of the cold start)',
+      ratio: restoreP50 / coldStartP50,
+      target: 'ratio <= 0.1 (a tenth of the cold start)',
     };
     row(
       'restore -> first run(true)',
@@ -207,7 +233,9 @@ export async function benchSnapshots({ home, row, results, coldStartP50 }) {
     const clonePrivate = median(perRound.map((r) => r.private));
     // Where a copy's memory is, from the last round (mean over its copies).
     const last = rounds.at(-1).clones;
-    const breakdown = Object.fromEntries(['guestRam', 'tcgCode', 'other'].map((k) => [k, { pss: mean(last.map((c) => c.parts[k].pss)), private: mean(last.map((c) => c.parts[k].private)) }]));
+    const breakdown = Object.fromEntries(
+      ['guestRam', 'tcgCode', 'other'].map((k) => [k, { pss: mean(last.map((c) => c.parts[k].pss)), private: mean(last.map((c) => c.parts[k].private)) }]),
+    );
 
     // Marginal cost: one copy, then nine more from the same source.
     const [first] = await attempt('fork', () => source.fork({ count: 1, timeoutMs: 120_000 }));
@@ -226,21 +254,44 @@ export async function benchSnapshots({ home, row, results, coldStartP50 }) {
 
     const snapshotFloor = createP50 + median(created);
     results.figures.snapshotFork = {
-      unit: 'ms', count: FORK_COUNT, rounds: FORK_ROUNDS, p50: median(forkMs), samples: forkMs,
+      unit: 'ms',
+      count: FORK_COUNT,
+      rounds: FORK_ROUNDS,
+      p50: median(forkMs),
+      samples: forkMs,
       floor: { what: 'one snapshot create p50 + one restore (create resolved) p50, each measured alone in this run', ms: snapshotFloor },
       target: 'none stated',
     };
     results.figures.snapshotForkMemory = {
-      unit: 'KiB', count: FORK_COUNT, idleMs: IDLE_MS,
-      perClone: { pss: clonePss, private: clonePrivate, what: 'mean over the copies of a fork of 10, median over rounds; private = Private_Clean + Private_Dirty' },
-      perCloneBreakdown: { ...breakdown, what: 'mean over the copies of the last round, by mapping (/proc/PID/smaps): guest RAM, TCG translated-code buffer (none under KVM), the rest of QEMU' },
+      unit: 'KiB',
+      count: FORK_COUNT,
+      idleMs: IDLE_MS,
+      perClone: {
+        pss: clonePss,
+        private: clonePrivate,
+        what: 'mean over the copies of a fork of 10, median over rounds; private = Private_Clean + Private_Dirty',
+      },
+      perCloneBreakdown: {
+        ...breakdown,
+        what: 'mean over the copies of the last round, by mapping (/proc/PID/smaps): guest RAM, TCG translated-code buffer (none under KVM), the rest of QEMU',
+      },
       marginal: {
-        perExtraClone: marginal, t1, t10, what: '(T10 - T1) / 9: T1 = Pss(source) + Pss(1 copy); T10 after 9 more copies from a second fork of the same source',
-        perExtraCloneOneFork: marginalOneFork, oneForkWhat: '(T10 - T1) / 9 with T10 from the fork of 10 (median over rounds)',
+        perExtraClone: marginal,
+        t1,
+        t10,
+        what: '(T10 - T1) / 9: T1 = Pss(source) + Pss(1 copy); T10 after 9 more copies from a second fork of the same source',
+        perExtraCloneOneFork: marginalOneFork,
+        oneForkWhat: '(T10 - T1) / 9 with T10 from the fork of 10 (median over rounds)',
         after,
       },
       rounds,
-      floor: { what: 'Pss of the source, a booted idle sandbox (before any fork)', pss: sourceIdle.pss, private: sourceIdle.private, touchedRam: sourceIdle.pssShmem, parts: sourceIdle.parts },
+      floor: {
+        what: 'Pss of the source, a booted idle sandbox (before any fork)',
+        pss: sourceIdle.pss,
+        private: sourceIdle.private,
+        touchedRam: sourceIdle.pssShmem,
+        parts: sourceIdle.parts,
+      },
       target: '< 16 MiB per idle copy',
     };
     row(
@@ -267,7 +318,10 @@ export async function benchSnapshots({ home, row, results, coldStartP50 }) {
       `source Pss ${mib(sourceIdle.pss)}`,
       `target < 16 MiB; one fork of 10: ${mib(marginalOneFork)}`,
     );
-    results.figures.snapshotBootFailures = { ...tries, what: 'restores and forks whose VM failed to boot, each tried again (timings are of the attempts that worked)' };
+    results.figures.snapshotBootFailures = {
+      ...tries,
+      what: 'restores and forks whose VM failed to boot, each tried again (timings are of the attempts that worked)',
+    };
     const failed = tries.restore.failures.length + tries.fork.failures.length;
     if (failed > 0) {
       row(

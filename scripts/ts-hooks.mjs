@@ -35,4 +35,3 @@ export async function load(url, context, nextLoad) {
   });
   return { format: 'module', source: outputText, shortCircuit: true };
 }
-

@@ -6,9 +6,25 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoostError, type Sandbox } from '@roost/core';
 import { AgentConnection, type ExecChannel } from '@roost/core/internal';
 import {
-  Capability, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, ProtocolError, VERSION,
-  decodeCall, decodeFreezeResult, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreeze, encodeFreezeResult, encodeHostHello, encodeThaw,
-  type ExecExit, type ExecRequest, type Frame,
+  Capability,
+  FrameDecoder,
+  HelloFlags,
+  MAX_PAYLOAD,
+  MessageType,
+  ProtocolError,
+  VERSION,
+  decodeCall,
+  decodeFreezeResult,
+  decodeHostHello,
+  encodeAgentHello,
+  encodeFrame,
+  encodeFreeze,
+  encodeFreezeResult,
+  encodeHostHello,
+  encodeThaw,
+  type ExecExit,
+  type ExecRequest,
+  type Frame,
 } from '@roost/protocol';
 import { alive, eventually, TestHome } from './helpers.js';
 
@@ -51,7 +67,15 @@ async function fakeAgent(onFrame: (f: Frame, sock: Socket) => void = () => {}, c
       for (const f of decoder.push(chunk)) {
         if (f.type === MessageType.HELLO) {
           const h = decodeHostHello(f.payload);
-          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce), capabilities: capabilities ?? undefined }));
+          sock.write(
+            encodeAgentHello({
+              version: VERSION,
+              agentVersion: 'fake',
+              maxPayload: MAX_PAYLOAD,
+              nonce: Buffer.from(h.nonce),
+              capabilities: capabilities ?? undefined,
+            }),
+          );
         } else if (f.type === MessageType.PING) {
           sock.write(encodeFrame(0, MessageType.PONG, f.payload));
         } else {
@@ -247,17 +271,20 @@ function start(conn: AgentConnection, script: string, opts: Partial<ExecRequest>
   // Streams the test abandons (orphans, a closed connection) fail later: not an unhandled rejection.
   pid.catch(() => {});
   done.catch(() => {});
-  const channel: ExecChannel = conn.exec({ args: ['sh', '-c', script], ...opts }, {
-    started: (p) => onPid(p),
-    data: (fd, chunk) => {
-      out[fd === 1 ? 0 : 1].push(Buffer.from(chunk));
-      channel.grant(fd, chunk.length);
-      onOutput();
+  const channel: ExecChannel = conn.exec(
+    { args: ['sh', '-c', script], ...opts },
+    {
+      started: (p) => onPid(p),
+      data: (fd, chunk) => {
+        out[fd === 1 ? 0 : 1].push(Buffer.from(chunk));
+        channel.grant(fd, chunk.length);
+        onOutput();
+      },
+      eof: () => {},
+      exit: (exit) => onDone({ exit, stdout: Buffer.concat(out[0]).toString(), stderr: Buffer.concat(out[1]).toString() }),
+      failed: (e) => onFail(e),
     },
-    eof: () => {},
-    exit: (exit) => onDone({ exit, stdout: Buffer.concat(out[0]).toString(), stderr: Buffer.concat(out[1]).toString() }),
-    failed: (e) => onFail(e),
-  });
+  );
   return { channel, pid, done, firstOutput };
 }
 
@@ -322,7 +349,10 @@ describe('the agent: FREEZE, THAW and a restored copy', () => {
     const writer = start(conn, 'echo x > /root/f; sync; cat /root/f');
     await writer.pid;
     let finished = false;
-    void writer.done.then(() => (finished = true), () => {});
+    void writer.done.then(
+      () => (finished = true),
+      () => {},
+    );
     await sleep(400);
     expect(finished).toBe(false);
     const t1 = performance.now();
@@ -383,21 +413,26 @@ describe('the agent: FREEZE, THAW and a restored copy', () => {
     // A call of the previous session is ended (SIGTERM), not orphaned.
     let callPid = 0;
     const callStarted = new Promise<void>((resolve, reject) => {
-      conn.call({ op: 'watch', args: ['/tmp'], stdin: false }, {
-        started: (pid) => {
-          callPid = pid;
-          resolve();
+      conn.call(
+        { op: 'watch', args: ['/tmp'], stdin: false },
+        {
+          started: (pid) => {
+            callPid = pid;
+            resolve();
+          },
+          data: () => {},
+          eof: () => {},
+          exit: () => {},
+          failed: (e) => reject(e),
         },
-        data: () => {},
-        eof: () => {},
-        exit: () => {},
-        failed: (e) => reject(e),
-      });
+      );
     });
     await within(callStarted, 10_000, 'the watch call');
     expect(await conn.freeze()).toEqual({ errno: 0 });
     // A new session on the same connection, as a restored copy sees when its new host is quick.
-    conn.send(encodeHostHello({ version: VERSION, flags: 0, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: Buffer.alloc(32, 7), nonce: Buffer.from('again') }));
+    conn.send(
+      encodeHostHello({ version: VERSION, flags: 0, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: Buffer.alloc(32, 7), nonce: Buffer.from('again') }),
+    );
     await sleep(500);
     conn.close(); // flags 0 in the second HELLO: no power off
     const conn2 = await connectAgent(0);

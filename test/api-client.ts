@@ -269,10 +269,13 @@ export class ApiClient {
     }
     if (payload !== undefined && !options.chunked) headers['content-length'] = String(Buffer.byteLength(payload));
     const target = this.#target;
-    const base = 'socketPath' in target ? { socketPath: target.socketPath, host: 'localhost' } : (() => {
-      const u = new URL(target.url);
-      return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port) };
-    })();
+    const base =
+      'socketPath' in target
+        ? { socketPath: target.socketPath, host: 'localhost' }
+        : (() => {
+            const u = new URL(target.url);
+            return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port) };
+          })();
     return new Promise((resolve, reject) => {
       const req = httpRequest({ ...base, method, path, headers, agent: this.#agent, ...(options.signal ? { signal: options.signal } : {}) }, resolve);
       req.on('error', reject);
@@ -300,7 +303,8 @@ export function validateResponse(method: string, path: string, status: number, c
     return undefined;
   }
   const type = contentType.split(';')[0]!.trim().toLowerCase();
-  if (!content[type]) throw new Error(`${method} ${path}: ${status} ${type || '(no content type)'} is not a documented media type (${Object.keys(content).join(', ')})`);
+  if (!content[type])
+    throw new Error(`${method} ${path}: ${status} ${type || '(no content type)'} is not a documented media type (${Object.keys(content).join(', ')})`);
   const v = validatorAt([...pointer, 'content', type, 'schema']);
   if (type === 'application/json') {
     const value = JSON.parse(text) as unknown;
@@ -308,7 +312,10 @@ export function validateResponse(method: string, path: string, status: number, c
     return value;
   }
   if (type === 'application/x-ndjson') {
-    const values = text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as unknown);
+    const values = text
+      .split('\n')
+      .filter((l) => l.trim())
+      .map((l) => JSON.parse(l) as unknown);
     for (const value of values) check(v, value, `${method} ${path} NDJSON line`);
     validated.lines += values.length;
     return values;

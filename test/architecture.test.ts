@@ -83,7 +83,18 @@ describe('docs/ARCHITECTURE.md', () => {
   });
 
   it('reads nested directories and several names on a line', () => {
-    const map = ['## Inside @roost/core', '', '```', 'packages/core/src', '  index.ts   exports', '  vmm/       the seam', '    qemu/    backend', '      args.ts qmp.ts   files', '  agent/connection.ts  host end', '```'].join('\n');
+    const map = [
+      '## Inside @roost/core',
+      '',
+      '```',
+      'packages/core/src',
+      '  index.ts   exports',
+      '  vmm/       the seam',
+      '    qemu/    backend',
+      '      args.ts qmp.ts   files',
+      '  agent/connection.ts  host end',
+      '```',
+    ].join('\n');
     expect([...coreMapPaths(map)].sort()).toEqual(['agent/', 'agent/connection.ts', 'index.ts', 'vmm/', 'vmm/qemu/', 'vmm/qemu/args.ts', 'vmm/qemu/qmp.ts']);
   });
 });

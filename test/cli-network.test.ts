@@ -83,10 +83,14 @@ describe('roost run network flags (embedded)', () => {
 
   it('run -p 127.0.0.1::80 publishes the guest port on a free host port while the command runs, and says which', async () => {
     // The guest answers one connection through the published port, then the command ends.
-    const child = spawn(process.execPath, [ROOST_BIN, 'run', '-p', '127.0.0.1::80', '--egress', 'deny', '--', 'sh', '-c', 'echo hello through the port | busybox nc -l -p 80'], {
-      env: home.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [ROOST_BIN, 'run', '-p', '127.0.0.1::80', '--egress', 'deny', '--', 'sh', '-c', 'echo hello through the port | busybox nc -l -p 80'],
+      {
+        env: home.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -115,7 +119,20 @@ describe('roost port, ps and inspect (against a daemon)', () => {
 
   it('run -d -p with an egress policy: the daemon serves the port after the CLI exits', async () => {
     daemon = await serve({ home: home.root });
-    const r = await roost(['run', '-d', '-p', '127.0.0.1::80', '--allow', 'host:8080', '--deny', '10.0.0.0/8', '--', 'sh', '-c', 'mkdir -p /tmp/www && echo served > /tmp/www/index.html && busybox httpd -p 80 -h /tmp/www']);
+    const r = await roost([
+      'run',
+      '-d',
+      '-p',
+      '127.0.0.1::80',
+      '--allow',
+      'host:8080',
+      '--deny',
+      '10.0.0.0/8',
+      '--',
+      'sh',
+      '-c',
+      'mkdir -p /tmp/www && echo served > /tmp/www/index.html && busybox httpd -p 80 -h /tmp/www',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     id = r.stdout.trim();
     expect(id).toMatch(/^[0-9a-f]{12}$/);
@@ -158,7 +175,9 @@ describe('roost port, ps and inspect (against a daemon)', () => {
     const traffic = /\nTraffic:\s+in \S+ \((\d+) packets\), out \S+ \((\d+) packets\), (\d+) denied\n/.exec(inspect);
     expect(traffic, inspect).not.toBeNull();
     expect(Number(traffic![1])).toBeGreaterThan(0);
-    expect(JSON.parse(await ok(['inspect', '--json', id]))).toMatchObject({ network: { mode: 'user', egress: { default: 'deny', allow: ['host:8080'], deny: ['10.0.0.0/8'] } } });
+    expect(JSON.parse(await ok(['inspect', '--json', id]))).toMatchObject({
+      network: { mode: 'user', egress: { default: 'deny', allow: ['host:8080'], deny: ['10.0.0.0/8'] } },
+    });
 
     expect(await ok(['port', 'rm', id, String(fixed), `127.0.0.1:${udpPort}/udp`])).toBe(`${fixed}\n127.0.0.1:${udpPort}/udp\n`);
     expect(await ok(['port', 'ls', id])).toBe(`80/tcp -> 127.0.0.1:${published}\n`);
@@ -183,7 +202,9 @@ describe('roost port, ps and inspect (against a daemon)', () => {
     try {
       const inUse = await roost(['port', 'add', id, `127.0.0.1:${held}:80`]);
       expect(inUse.code).toBe(125);
-      expect(inUse.stderr).toBe(`roost: host port 127.0.0.1:${held}/tcp is already in use by another program: choose another port, or publish 127.0.0.1::80 for a free one\n`);
+      expect(inUse.stderr).toBe(
+        `roost: host port 127.0.0.1:${held}/tcp is already in use by another program: choose another port, or publish 127.0.0.1::80 for a free one\n`,
+      );
     } finally {
       await new Promise((r) => holder.close(r));
     }

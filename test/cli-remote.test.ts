@@ -156,8 +156,13 @@ describe('roost against a daemon', () => {
     await eventually(() => stdout.includes(`"sandboxId":"${id}"`), 10_000, 'a live event');
     p.kill('SIGINT');
     expect(await closed).toBe(0);
-    const events = stdout.trim().split('\n').map((l) => JSON.parse(l) as RoostEvent);
-    expect(events.map((e) => e.type)).toEqual(expect.arrayContaining(['sandbox.created', 'sandbox.started', 'exec.started', 'exec.exited', 'sandbox.deleted', 'image.pulled']));
+    const events = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RoostEvent);
+    expect(events.map((e) => e.type)).toEqual(
+      expect.arrayContaining(['sandbox.created', 'sandbox.started', 'exec.started', 'exec.exited', 'sandbox.deleted', 'image.pulled']),
+    );
     const ids = events.map((e) => e.id);
     expect([...ids].sort((a, b) => a - b)).toEqual(ids);
     const human = await new Promise<string>((resolve) => {

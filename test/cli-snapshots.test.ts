@@ -37,7 +37,7 @@ describe('roost pause, resume, snapshot, fork and snapshots', () => {
 
     expect(await ok(['pause', id])).toBe(`${id}\n`);
     expect(JSON.parse(await ok(['ps', '--json']))).toMatchObject([{ id, status: 'paused' }]);
-    expect((await ok(['ps', '-f', 'status=paused', '-q']))).toBe(`${id}\n`);
+    expect(await ok(['ps', '-f', 'status=paused', '-q'])).toBe(`${id}\n`);
     expect(await ok(['pause', id])).toBe(`${id}\n`);
     expect(await ok(['resume', id])).toBe(`${id}\n`);
     expect(await ok(['exec', id, '--', 'cat', '/root/marker'])).toBe('before\n');
@@ -81,7 +81,12 @@ describe('roost pause, resume, snapshot, fork and snapshots', () => {
       expect(await ok(['exec', f, '--', 'cat', '/root/marker'])).toBe('after\n');
     }
     const ps = JSON.parse(await ok(['ps', '--json'])) as { id: string; status: string }[];
-    expect(ps.filter((s) => s.status === 'running').map((s) => s.id).sort()).toEqual([id, ...forked].sort());
+    expect(
+      ps
+        .filter((s) => s.status === 'running')
+        .map((s) => s.id)
+        .sort(),
+    ).toEqual([id, ...forked].sort());
     const base = (JSON.parse(await ok(['snapshots', 'ls', '--json'])) as SnapshotJson[]).find((s) => s.kind === 'fork')!;
     expect([...base.dependents.sandboxes].sort()).toEqual([...forked].sort());
     expect((await roost(['snapshots', 'rm', base.id])).code).toBe(125);
@@ -90,7 +95,9 @@ describe('roost pause, resume, snapshot, fork and snapshots', () => {
 
   it('defines, lists, warms, uses and removes a template', async () => {
     expect(await ok(['template', 'create', 'cli-tpl', '--memory', '128', '--setup', 'echo ready > /root/t'])).toBe('cli-tpl\n');
-    expect(await ok(['template', 'ls'])).toMatch(/^NAME\s+IMAGE\s+CPUS\s+MEMORY\s+SETUP\s+SNAPSHOT\s+CREATED\ncli-tpl\s+-\s+1\s+128MiB\s+echo ready > \/root\/t\s+-\s/);
+    expect(await ok(['template', 'ls'])).toMatch(
+      /^NAME\s+IMAGE\s+CPUS\s+MEMORY\s+SETUP\s+SNAPSHOT\s+CREATED\ncli-tpl\s+-\s+1\s+128MiB\s+echo ready > \/root\/t\s+-\s/,
+    );
     const warm = await ok(['template', 'warm', 'cli-tpl']);
     expect(warm).toMatch(/^cli-tpl {2}[0-9a-f]{12}\n$/);
     const r = await roost(['run', '--template', 'cli-tpl', '--', 'sh', '-c', 'cat /root/t; grep MemTotal /proc/meminfo']);
@@ -104,7 +111,7 @@ describe('roost pause, resume, snapshot, fork and snapshots', () => {
 });
 
 describe('roost snapshots against a daemon', () => {
-  it('lists the daemon\'s snapshots and forks through it', async () => {
+  it("lists the daemon's snapshots and forks through it", async () => {
     const daemonHome = new TestHome();
     const daemon = await serve({ home: daemonHome.root });
     try {

@@ -31,7 +31,21 @@ describe('roost volume and run -v', () => {
     expect((await roost(['volume', 'ls', '-q'])).stdout).toBe('cli-vol\n');
     expect((await roost(['volumes'])).stdout).toMatch(/^NAME\s+CREATED\s+USED BY\s+PATH\ncli-vol\s/);
 
-    const r = await roost(['run', '--network', 'none', '-v', './rw:/h', '-v', 'cli-vol:/v', '-v', `${ro}:/r:ro`, '--', 'sh', '-c', 'echo guest > /h/out.txt; cat /r/in.txt; echo kept > /v/k; echo x > /r/no']);
+    const r = await roost([
+      'run',
+      '--network',
+      'none',
+      '-v',
+      './rw:/h',
+      '-v',
+      'cli-vol:/v',
+      '-v',
+      `${ro}:/r:ro`,
+      '--',
+      'sh',
+      '-c',
+      'echo guest > /h/out.txt; cat /r/in.txt; echo kept > /v/k; echo x > /r/no',
+    ]);
     expect(r.stdout).toBe('from host\n');
     expect(r.stderr).toMatch(/Read-only file system/);
     expect(r.code).toBe(1);

@@ -18,9 +18,29 @@ describe('roost run', () => {
   });
 
   it('passes env, workdir, user, stdin (-i) and resources', async () => {
-    const r = await roost(['run', '-i', '--cpus', '2', '--memory', '128', '-e', 'A=1', '-e', 'B=two words', '-w', '/tmp', '-u', 'nobody', '--',
-      'sh', '-c', 'echo "$A|$B|$(pwd)|$(id -u)|$(nproc)"; cat']
-    , { stdin: 'from stdin\n' });
+    const r = await roost(
+      [
+        'run',
+        '-i',
+        '--cpus',
+        '2',
+        '--memory',
+        '128',
+        '-e',
+        'A=1',
+        '-e',
+        'B=two words',
+        '-w',
+        '/tmp',
+        '-u',
+        'nobody',
+        '--',
+        'sh',
+        '-c',
+        'echo "$A|$B|$(pwd)|$(id -u)|$(nproc)"; cat',
+      ],
+      { stdin: 'from stdin\n' },
+    );
     expect(r).toMatchObject({ code: 0, stdout: '1|two words|/tmp|65534|2\nfrom stdin\n' });
   });
 

@@ -22,8 +22,18 @@ const seen: { method: string; url: string; auth: string | undefined; lastEventId
 let server: http.Server;
 
 const info: SandboxInfo = {
-  id: 'abcdefabcdef', status: 'running', createdAt: new Date().toISOString(), cpus: 1, memoryMiB: 256, diskSizeMiB: 4096,
-  detached: false, accel: 'tcg', pid: 1234, env: {}, labels: {}, execs: 0,
+  id: 'abcdefabcdef',
+  status: 'running',
+  createdAt: new Date().toISOString(),
+  cpus: 1,
+  memoryMiB: 256,
+  diskSizeMiB: 4096,
+  detached: false,
+  accel: 'tcg',
+  pid: 1234,
+  env: {},
+  labels: {},
+  execs: 0,
 };
 
 beforeAll(async () => {
@@ -66,8 +76,12 @@ describe('RoostClient transport', () => {
 
   it('sends the home token, rebuilds error codes, and passes list filters as the query', async () => {
     routes.set('GET /v1/sandboxes', (_req, res) => void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ sandboxes: [info] })));
-    routes.set('GET /v1/sandboxes/nope', (_req, res) =>
-      void res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'NOT_FOUND', message: 'no sandbox nope', details: { id: 'nope' } } })),
+    routes.set(
+      'GET /v1/sandboxes/nope',
+      (_req, res) =>
+        void res
+          .writeHead(404, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ error: { code: 'NOT_FOUND', message: 'no sandbox nope', details: { id: 'nope' } } })),
     );
     await using client = new RoostClient({ home });
     expect(await client.list({ status: ['running', 'stopped'], labels: ['team=a', 'x'], image: 'alpine' })).toEqual([info]);
@@ -87,7 +101,11 @@ describe('RoostClient transport', () => {
       expect(req.encoding).toBe('base64');
       expect(Buffer.from(req.stdin!, 'base64').toString()).toBe('input');
       ndjson(res);
-      const text = line({ type: 'started', execId: 'e1', pid: 42 }) + line({ type: 'stdout', data: bytes.toString('base64') }) + line({ type: 'stderr', data: Buffer.from('warn\n').toString('base64') }) + line({ type: 'exit', exitCode: 3, signal: null });
+      const text =
+        line({ type: 'started', execId: 'e1', pid: 42 }) +
+        line({ type: 'stdout', data: bytes.toString('base64') }) +
+        line({ type: 'stderr', data: Buffer.from('warn\n').toString('base64') }) +
+        line({ type: 'exit', exitCode: 3, signal: null });
       // Cut the stream at odd places: lines arrive in pieces.
       for (let i = 0; i < text.length; i += 7) {
         res.write(text.slice(i, i + 7));

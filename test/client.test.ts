@@ -66,7 +66,10 @@ async function* pieces(buf: Buffer, size: number): AsyncIterable<Uint8Array> {
 /** The entry names (and types) of a tar. */
 async function tarEntries(tar: Buffer): Promise<string[]> {
   const names: string[] = [];
-  const parser = new Parser({ strict: true, onReadEntry: (e: ReadEntry) => (names.push(`${e.type} ${e.path}${e.linkpath ? ` -> ${e.linkpath}` : ''}`), e.resume()) });
+  const parser = new Parser({
+    strict: true,
+    onReadEntry: (e: ReadEntry) => (names.push(`${e.type} ${e.path}${e.linkpath ? ` -> ${e.linkpath}` : ''}`), e.resume()),
+  });
   await new Promise<void>((resolve, reject) => {
     parser.on('end', () => resolve());
     parser.on('error', reject);
@@ -213,7 +216,7 @@ for (const name of ['remote', 'embedded'] as const) {
 
       // A 3 MiB file from an async iterable, read back as a stream (several chunks, bytes exact).
       const big = Buffer.alloc(3 << 20);
-      for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i * 2654435761 >>> 0, i);
+      for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
       const info = await f.write(`${dir}/big`, pieces(big, 100_000));
       expect(info.size).toBe(big.length);
       const back = await drain(await f.read(`${dir}/big`, { format: 'stream' }));
@@ -283,7 +286,10 @@ for (const name of ['remote', 'embedded'] as const) {
       await f.write(`${dir}/x/y/f`, 'f');
       await shared.commands.run(`ln -s /etc ${dir}/link`);
       const top = await f.list(dir);
-      expect(top.map((e) => [e.name, e.type])).toEqual([['link', 'symlink'], ['x', 'dir']]);
+      expect(top.map((e) => [e.name, e.type])).toEqual([
+        ['link', 'symlink'],
+        ['x', 'dir'],
+      ]);
       expect(top[0]).toMatchObject({ path: `${dir}/link`, symlinkTarget: '/etc' });
       expect((await f.list(dir, { depth: 3 })).map((e) => e.path)).toEqual([`${dir}/link`, `${dir}/x`, `${dir}/x/y`, `${dir}/x/y/f`]);
       expect((await f.stat(`${dir}/link`)).type).toBe('symlink');
@@ -307,7 +313,7 @@ for (const name of ['remote', 'embedded'] as const) {
       expect(isRoostError(gone, 'NOT_FOUND')).toBe(true);
     });
 
-    it('files: errors carry their code, errno and path; the user\'s rights apply', async () => {
+    it("files: errors carry their code, errno and path; the user's rights apply", async () => {
       const { shared } = face();
       const f = shared.files;
       const missing = await f.read('/nonexistent/file').catch((e: unknown) => e);
@@ -353,7 +359,9 @@ for (const name of ['remote', 'embedded'] as const) {
         seen.push(`${ev.type} ${ev.path.slice(dir.length)}${ev.oldPath ? ` from ${ev.oldPath.slice(dir.length)}` : ''}${ev.isDir ? ' dir' : ''}`);
         if (ev.type === 'remove' && ev.path.endsWith('/c')) break;
       }
-      expect(seen).toEqual(expect.arrayContaining(['create /w/a', 'write /w/a', 'create /w/sub dir', 'create /w/sub/b', 'rename /w/c from /w/a', 'remove /w/c']));
+      expect(seen).toEqual(
+        expect.arrayContaining(['create /w/a', 'write /w/a', 'create /w/sub dir', 'create /w/sub/b', 'rename /w/c from /w/a', 'remove /w/c']),
+      );
       await watch.close();
 
       const ended = await f.watch(`${dir}/w`);
@@ -381,11 +389,15 @@ for (const name of ['remote', 'embedded'] as const) {
           `ln -s a ${dir}/src/l && ln ${dir}/src/a ${dir}/src/hard && chown 1234:2345 ${dir}/src/sub/b && touch -d @1500000000 ${dir}/src/a`,
       );
       const tar = await drain(await f.readArchive(`${dir}/src`));
-      expect(await tarEntries(tar.bytes)).toEqual(['Directory src/', 'Directory src/sub/', 'File src/a', 'File src/sub/b', 'Link src/hard -> src/a', 'SymbolicLink src/l -> a'].sort());
+      expect(await tarEntries(tar.bytes)).toEqual(
+        ['Directory src/', 'Directory src/sub/', 'File src/a', 'File src/sub/b', 'Link src/hard -> src/a', 'SymbolicLink src/l -> a'].sort(),
+      );
       await f.writeArchive(`${dir}/copy`, pieces(tar.bytes, 3000));
       await f.writeArchive(`${dir}/copy2`, new Uint8Array(tar.bytes));
       for (const copy of ['copy', 'copy2']) {
-        const r = await shared.commands.run(`cd ${dir}/${copy}/src && find . | sort && cat a sub/b && stat -c '%n %a %u:%g' sub sub/b && stat -c %Y a && readlink l && stat -c %h a`);
+        const r = await shared.commands.run(
+          `cd ${dir}/${copy}/src && find . | sort && cat a sub/b && stat -c '%n %a %u:%g' sub sub/b && stat -c %Y a && readlink l && stat -c %h a`,
+        );
         expect(r.stdout).toBe('.\n./a\n./hard\n./l\n./sub\n./sub/b\none\ntwo' + 'sub 751 0:0\nsub/b 644 1234:2345\n1500000000\na\n2\n');
       }
       const file = await drain(await f.readArchive(`${dir}/src/sub/b`));
@@ -399,8 +411,13 @@ for (const name of ['remote', 'embedded'] as const) {
       expect(isRoostError(missing, 'NOT_FOUND')).toBe(true);
 
       // Unreadable below the archived directory: the archive fails with EACCES, before or after its first bytes.
-      await shared.commands.run(`mkdir -p ${dir}/mixed && head -c 400000 /dev/zero > ${dir}/mixed/a && echo s > ${dir}/mixed/z && chmod 600 ${dir}/mixed/z && chmod 755 ${dir}/mixed`);
-      const failed = await f.readArchive(`${dir}/mixed`, { user: 'nobody' }).then(drain).catch((e: unknown) => e);
+      await shared.commands.run(
+        `mkdir -p ${dir}/mixed && head -c 400000 /dev/zero > ${dir}/mixed/a && echo s > ${dir}/mixed/z && chmod 600 ${dir}/mixed/z && chmod 755 ${dir}/mixed`,
+      );
+      const failed = await f
+        .readArchive(`${dir}/mixed`, { user: 'nobody' })
+        .then(drain)
+        .catch((e: unknown) => e);
       expect(isRoostError(failed, 'PERMISSION_DENIED')).toBe(true);
       expect((failed as { details: object }).details).toMatchObject({ errno: 'EACCES' });
     });

@@ -124,15 +124,39 @@ describe('extracting a guest-made archive on the host', () => {
   afterEach(() => rmSync(work, { recursive: true, force: true }));
 
   it('never writes through a symlink the archive made (link -> dir, then link/file)', async () => {
-    await refused([{ path: 'link', type: 'SymbolicLink', linkpath: outside }, { path: 'link/passwd', data: 'owned\n' }], /link is a symlink/);
+    await refused(
+      [
+        { path: 'link', type: 'SymbolicLink', linkpath: outside },
+        { path: 'link/passwd', data: 'owned\n' },
+      ],
+      /link is a symlink/,
+    );
     outsideUnchanged();
     // The symlink itself is there, as a symlink.
     expect(readlinkSync(join(dest, 'link'))).toBe(outside);
-    await refused([{ path: 'etc', type: 'SymbolicLink', linkpath: '/etc' }, { path: 'etc/roost-cp-test', data: 'x' }], /etc is a symlink/);
+    await refused(
+      [
+        { path: 'etc', type: 'SymbolicLink', linkpath: '/etc' },
+        { path: 'etc/roost-cp-test', data: 'x' },
+      ],
+      /etc is a symlink/,
+    );
     expect(existsSync('/etc/roost-cp-test')).toBe(false);
     // Nor through a relative one, or one that points at a directory the archive then fills.
-    await refused([{ path: 'up', type: 'SymbolicLink', linkpath: '../outside' }, { path: 'up/new', data: 'x' }], /up is a symlink/);
-    await refused([{ path: 'up2', type: 'SymbolicLink', linkpath: '../outside' }, { path: 'up2/x/y', data: 'x' }], /up2 is a symlink/);
+    await refused(
+      [
+        { path: 'up', type: 'SymbolicLink', linkpath: '../outside' },
+        { path: 'up/new', data: 'x' },
+      ],
+      /up is a symlink/,
+    );
+    await refused(
+      [
+        { path: 'up2', type: 'SymbolicLink', linkpath: '../outside' },
+        { path: 'up2/x/y', data: 'x' },
+      ],
+      /up2 is a symlink/,
+    );
     outsideUnchanged();
   });
 
@@ -149,25 +173,44 @@ describe('extracting a guest-made archive on the host', () => {
     await refused([{ path: 'pw', type: 'Link', linkpath: '../outside/passwd' }], /\.\. component/);
     await refused([{ path: 'pw', type: 'Link', linkpath: join(outside, 'passwd') }], /not a file extracted before it/);
     // A link to a symlink the archive made is refused too (it is not a file it extracted).
-    await refused([{ path: 's', type: 'SymbolicLink', linkpath: join(outside, 'passwd') }, { path: 'h', type: 'Link', linkpath: 's' }], /not a file extracted before it/);
+    await refused(
+      [
+        { path: 's', type: 'SymbolicLink', linkpath: join(outside, 'passwd') },
+        { path: 'h', type: 'Link', linkpath: 's' },
+      ],
+      /not a file extracted before it/,
+    );
     outsideUnchanged();
     // A file, a hard link to it, then a file under the link's name: the first file keeps its contents.
-    await extract([{ path: 'f', data: 'first\n' }, { path: 'h', type: 'Link', linkpath: 'f' }]);
+    await extract([
+      { path: 'f', data: 'first\n' },
+      { path: 'h', type: 'Link', linkpath: 'f' },
+    ]);
     expect(lstatSync(join(dest, 'h')).ino).toBe(lstatSync(join(dest, 'f')).ino);
-    await extract([{ path: 'f', data: 'first\n' }, { path: 'h', type: 'Link', linkpath: 'f' }, { path: 'h', data: 'second\n' }]);
+    await extract([
+      { path: 'f', data: 'first\n' },
+      { path: 'h', type: 'Link', linkpath: 'f' },
+      { path: 'h', data: 'second\n' },
+    ]);
     expect(readFileSync(join(dest, 'f'), 'utf8')).toBe('first\n');
     expect(readFileSync(join(dest, 'h'), 'utf8')).toBe('second\n');
   });
 
   it('replaces a symlink with a file instead of writing through it; a host symlink in the destination is not followed', async () => {
-    await extract([{ path: 'pw', type: 'SymbolicLink', linkpath: join(outside, 'passwd') }, { path: 'pw', data: 'replaced\n' }]);
+    await extract([
+      { path: 'pw', type: 'SymbolicLink', linkpath: join(outside, 'passwd') },
+      { path: 'pw', data: 'replaced\n' },
+    ]);
     outsideUnchanged();
     expect(lstatSync(join(dest, 'pw')).isFile()).toBe(true);
     expect(readFileSync(join(dest, 'pw'), 'utf8')).toBe('replaced\n');
     symlinkSync(outside, join(dest, 'hostlink'));
     await refused([{ path: 'hostlink/passwd', data: 'owned\n' }], /hostlink is a symlink/);
     // A symlinked directory replaced by a directory: the link goes, the target stays.
-    await extract([{ path: 'hostlink/', type: 'Directory' }, { path: 'hostlink/passwd', data: 'mine\n' }]);
+    await extract([
+      { path: 'hostlink/', type: 'Directory' },
+      { path: 'hostlink/passwd', data: 'mine\n' },
+    ]);
     expect(lstatSync(join(dest, 'hostlink')).isDirectory()).toBe(true);
     outsideUnchanged();
   });
@@ -200,14 +243,37 @@ describe('extracting a guest-made archive on the host', () => {
   });
 
   it('renames the top-level name or strips it, and refuses entries outside it', async () => {
-    await extract([{ path: 'out/', type: 'Directory' }, { path: 'out/a', data: 'a' }, { path: 'out/d/b', data: 'b' }, { path: 'out/h', type: 'Link', linkpath: 'out/a' }], { root: 'renamed' });
+    await extract(
+      [
+        { path: 'out/', type: 'Directory' },
+        { path: 'out/a', data: 'a' },
+        { path: 'out/d/b', data: 'b' },
+        { path: 'out/h', type: 'Link', linkpath: 'out/a' },
+      ],
+      { root: 'renamed' },
+    );
     expect(readFileSync(join(dest, 'renamed/d/b'), 'utf8')).toBe('b');
     expect(lstatSync(join(dest, 'renamed/h')).ino).toBe(lstatSync(join(dest, 'renamed/a')).ino);
-    await extract([{ path: 'out/', type: 'Directory', mode: 0o700 }, { path: 'out/c', data: 'c' }], { root: '' });
+    await extract(
+      [
+        { path: 'out/', type: 'Directory', mode: 0o700 },
+        { path: 'out/c', data: 'c' },
+      ],
+      { root: '' },
+    );
     expect(readFileSync(join(dest, 'c'), 'utf8')).toBe('c');
     expect(lstatSync(dest).mode & 0o777).not.toBe(0o700); // the destination itself is left as it was
     for (const root of ['x', '', null]) {
-      const err = await extractArchive(chunked(tarOf([{ path: 'out/a', data: 'a' }, { path: 'other/b', data: 'b' }])), dest, { root }).catch((e: unknown) => e);
+      const err = await extractArchive(
+        chunked(
+          tarOf([
+            { path: 'out/a', data: 'a' },
+            { path: 'other/b', data: 'b' },
+          ]),
+        ),
+        dest,
+        { root },
+      ).catch((e: unknown) => e);
       expect((err as Error).message).toMatch(/not below "out"/);
     }
     expect(existsSync(join(dest, 'other'))).toBe(false);
@@ -348,7 +414,9 @@ describe('roost cp with a real sandbox, embedded (each CLI run opens the home)',
   });
 
   it('keeps guest-made symlinks as symlinks on the host, and changes nothing outside the destination', async () => {
-    await sh('mkdir -p /ev/real && echo data > /ev/real/f && ln -s /etc/passwd /ev/pw && ln -s /etc /ev/etcdir && ln -s real /ev/reallink && ln -s ../../.. /ev/up');
+    await sh(
+      'mkdir -p /ev/real && echo data > /ev/real/f && ln -s /etc/passwd /ev/pw && ln -s /etc /ev/etcdir && ln -s real /ev/reallink && ln -s ../../.. /ev/up',
+    );
     const passwd = sha1('/etc/passwd');
     const etc = readdirSync('/etc').sort();
     const before = readdirSync(work).sort();
@@ -415,8 +483,17 @@ describe('roost cp through a daemon: 10,000 files in and out', () => {
     const copyIn = await roost(env, ['cp', big, `${id}:/big`]);
     const inMs = Date.now() - started;
     expect(copyIn).toMatchObject({ code: 0, stderr: '' });
-    const counts = await roost(env, ['exec', id, '--', 'sh', '-c', 'find /big -type f | wc -l; find /big -type l | wc -l; stat -c "%a %u:%g %Y" /big/d007/f000 /big/d000']);
-    expect(counts.stdout.toString()).toBe(`10000\n100\n${(0o644).toString(8)} ${asRoot ? '1000:2001' : `${process.getuid!()}:${process.getgid!()}`} ${1_600_000_700}\n750 ${asRoot ? '0:0' : `${process.getuid!()}:${process.getgid!()}`} 1500000000\n`);
+    const counts = await roost(env, [
+      'exec',
+      id,
+      '--',
+      'sh',
+      '-c',
+      'find /big -type f | wc -l; find /big -type l | wc -l; stat -c "%a %u:%g %Y" /big/d007/f000 /big/d000',
+    ]);
+    expect(counts.stdout.toString()).toBe(
+      `10000\n100\n${(0o644).toString(8)} ${asRoot ? '1000:2001' : `${process.getuid!()}:${process.getgid!()}`} ${1_600_000_700}\n750 ${asRoot ? '0:0' : `${process.getuid!()}:${process.getgid!()}`} 1500000000\n`,
+    );
 
     started = Date.now();
     const copyOut = await roost(env, ['cp', `${id}:/big`, join(work, 'back')]);

@@ -52,7 +52,10 @@ async function startDaemon(): Promise<ChildProcess> {
       if (!existsSync(join(home.root, 'api-token'))) return false;
       const api = apiClient();
       try {
-        return await api.get('/v1/health').then((r) => r.status === 200, () => false);
+        return await api.get('/v1/health').then(
+          (r) => r.status === 200,
+          () => false,
+        );
       } finally {
         api.close();
       }
@@ -78,7 +81,11 @@ describe('roost serve killed with SIGKILL', () => {
     const kept = await json<Info>(before, 'POST', '/v1/sandboxes', { detached: true, labels: { role: 'kept' } });
     const owned = await json<Info>(before, 'POST', '/v1/sandboxes', { labels: { role: 'owned' } });
     expect(kept.status).toBe('running');
-    const marked = await before.post<{ stdout: string }>(`/v1/sandboxes/${kept.id}/exec`, { cmd: 'echo before > /root/marker; cat /root/marker' }, { headers: { accept: 'application/json' } });
+    const marked = await before.post<{ stdout: string }>(
+      `/v1/sandboxes/${kept.id}/exec`,
+      { cmd: 'echo before > /root/marker; cat /root/marker' },
+      { headers: { accept: 'application/json' } },
+    );
     expect(marked.body.stdout).toBe('before\n');
     await Promise.all([streamingExec(before, kept.id, 3), streamingExec(before, owned.id, 3)]);
 
@@ -91,7 +98,8 @@ describe('roost serve killed with SIGKILL', () => {
     before.close();
     await startDaemon();
     const api = apiClient();
-    const run = async (cmd: string) => (await api.post<{ stdout: string }>(`/v1/sandboxes/${kept.id}/exec`, { cmd }, { headers: { accept: 'application/json' } })).body.stdout;
+    const run = async (cmd: string) =>
+      (await api.post<{ stdout: string }>(`/v1/sandboxes/${kept.id}/exec`, { cmd }, { headers: { accept: 'application/json' } })).body.stdout;
     const list = (await json<{ sandboxes: Info[] }>(api, 'GET', '/v1/sandboxes')).sandboxes;
     expect(list.map((s) => s.id).sort()).toEqual([kept.id, owned.id].sort());
     expect(list.find((s) => s.id === kept.id)).toMatchObject({ status: 'running', pid: kept.pid });

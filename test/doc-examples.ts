@@ -119,12 +119,16 @@ export class ExampleCompiler {
    */
   constructor(root: string, tsconfig: string) {
     this.#root = root;
-    const parsed = ts.getParsedCommandLineOfConfigFile(tsconfig, {}, {
-      ...ts.sys,
-      onUnRecoverableConfigFileDiagnostic: (d) => {
-        throw new Error(ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+    const parsed = ts.getParsedCommandLineOfConfigFile(
+      tsconfig,
+      {},
+      {
+        ...ts.sys,
+        onUnRecoverableConfigFileDiagnostic: (d) => {
+          throw new Error(ts.flattenDiagnosticMessageText(d.messageText, '\n'));
+        },
       },
-    });
+    );
     if (!parsed) throw new Error(`cannot read ${tsconfig}`);
     this.#options = { ...parsed.options, noEmit: true };
   }
@@ -197,4 +201,3 @@ export function requireBuiltPackages(root: string, packages: readonly string[]):
 export function readExamples(root: string, doc: string): DocExamples {
   return extractExamples(doc, readFileSync(join(root, doc), 'utf8'));
 }
-

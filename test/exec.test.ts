@@ -56,7 +56,10 @@ describe('commands.run', () => {
   });
 
   it('fails clearly for an unknown user and a missing cwd', async () => {
-    await expect(sb.commands.run('true', { user: 'nosuchuser' })).rejects.toMatchObject({ code: 'AGENT', message: expect.stringMatching(/unknown user nosuchuser/) });
+    await expect(sb.commands.run('true', { user: 'nosuchuser' })).rejects.toMatchObject({
+      code: 'AGENT',
+      message: expect.stringMatching(/unknown user nosuchuser/),
+    });
     const r = await sb.commands.run('true', { cwd: '/does/not/exist' });
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr).toMatch(/\/does\/not\/exist/);
@@ -124,7 +127,10 @@ describe('commands.run', () => {
     await expect(sb.commands.run('true', { env: { 'A=B': '1' } })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/env/) });
     await expect(sb.commands.run('true', { bogus: 1 } as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/bogus/) });
     await expect(sb.commands.run('')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await expect(sb.commands.run('x', { env: { BIG: 'x'.repeat(70_000) } })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/65536/) });
+    await expect(sb.commands.run('x', { env: { BIG: 'x'.repeat(70_000) } })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/65536/),
+    });
   });
 });
 
@@ -247,7 +253,11 @@ describe('the sandbox', () => {
     const { readdirSync } = await import('node:fs');
     expect(readdirSync(sb.dir).sort()).toEqual(expect.arrayContaining(['agent.sock', 'console.log', 'disk.qcow2', 'qmp.sock', 'qemu.log']));
     const { stateDb } = await import('@roost/core/internal');
-    const row = stateDb(home.root).prepare('SELECT status, pid, info_json FROM sandboxes WHERE id = ?').get(sb.id) as { status: string; pid: number; info_json: string };
+    const row = stateDb(home.root).prepare('SELECT status, pid, info_json FROM sandboxes WHERE id = ?').get(sb.id) as {
+      status: string;
+      pid: number;
+      info_json: string;
+    };
     expect(row).toMatchObject({ status: 'running', pid: sb.info.pid });
     expect(JSON.parse(row.info_json)).toMatchObject({ id: sb.id, execs: expect.any(Number) });
   });

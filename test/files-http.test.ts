@@ -38,7 +38,12 @@ const content = 'abcdefghij'.repeat(Math.ceil((MAX_JSON_BODY * 2) / 10) + 7);
 const q = (params: Record<string, string>) => new URLSearchParams(params).toString();
 
 /** A raw request over the daemon's socket: the response and its whole body, trailers included. */
-function raw(method: string, path: string, body?: Buffer | (() => AsyncIterable<Buffer>), headers: Record<string, string> = {}): Promise<{ res: IncomingMessage; body: Buffer; ms: number }> {
+function raw(
+  method: string,
+  path: string,
+  body?: Buffer | (() => AsyncIterable<Buffer>),
+  headers: Record<string, string> = {},
+): Promise<{ res: IncomingMessage; body: Buffer; ms: number }> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     const req = httpRequest({ socketPath: daemon.socketPath, method, path, headers: { authorization: `Bearer ${daemon.token}`, ...headers } });
@@ -63,7 +68,10 @@ function raw(method: string, path: string, body?: Buffer | (() => AsyncIterable<
 
 describe('the files routes', () => {
   it('PUT and GET .../files/content stream bodies larger than the JSON limit; 201 for a new file, 200 for a replaced one', async () => {
-    const put = await api.request<Json>('PUT', `${base}/content?${q({ path: '/tmp/http/big.txt', mode: '416' })}`, { raw: content, headers: { 'content-type': 'application/octet-stream' } });
+    const put = await api.request<Json>('PUT', `${base}/content?${q({ path: '/tmp/http/big.txt', mode: '416' })}`, {
+      raw: content,
+      headers: { 'content-type': 'application/octet-stream' },
+    });
     expect(put.status).toBe(201);
     expect(put.body).toMatchObject({ path: '/tmp/http/big.txt', type: 'file', size: content.length, mode: 0o640 });
     const again = await api.request<Json>('PUT', `${base}/content?${q({ path: '/tmp/http/big.txt' })}`, { raw: content, chunked: true });
@@ -158,7 +166,10 @@ describe('the files routes', () => {
     expect(back.body).toMatchObject({ size: content.length });
 
     // Readable first (400 kB), unreadable last: the 200 is out before the agent fails.
-    for (const [name, size] of [['a', 400_000], ['z', 10]] as const) {
+    for (const [name, size] of [
+      ['a', 400_000],
+      ['z', 10],
+    ] as const) {
       await api.request('PUT', `${base}/content?${q({ path: `/tmp/http/mixed/${name}`, mode: name === 'z' ? '384' : '420' })}`, { raw: 'm'.repeat(size) });
     }
     const failed = await raw('GET', `${base}/archive?${q({ path: '/tmp/http/mixed', user: 'nobody' })}`, undefined, { te: 'trailers' });
@@ -166,7 +177,11 @@ describe('the files routes', () => {
     expect(failed.body.length).toBeGreaterThan(0);
     const trailer = failed.res.trailers['roost-error'];
     expect(trailer).toBeDefined();
-    expect(JSON.parse(trailer!)).toMatchObject({ code: 'PERMISSION_DENIED', message: expect.stringMatching(/mixed\/z/), details: { errno: 'EACCES', path: '/tmp/http/mixed/z' } });
+    expect(JSON.parse(trailer!)).toMatchObject({
+      code: 'PERMISSION_DENIED',
+      message: expect.stringMatching(/mixed\/z/),
+      details: { errno: 'EACCES', path: '/tmp/http/mixed/z' },
+    });
     // A client that did not ask for trailers sees the connection break instead of a clean end.
     const broken = await raw('GET', `${base}/archive?${q({ path: '/tmp/http/mixed', user: 'nobody' })}`).catch((e: unknown) => e);
     expect((broken as Error).message).toMatch(/aborted|socket hang up|ECONNRESET/);

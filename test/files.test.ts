@@ -61,7 +61,9 @@ describe('files: read and write', () => {
     const readMs = performance.now() - t;
     expect(n).toBe(size);
     expect(back.digest('hex')).toBe(sent);
-    console.log(`1 GiB: write ${(writeMs / 1000).toFixed(1)} s (${mbps(size, writeMs)} MB/s), read ${(readMs / 1000).toFixed(1)} s (${mbps(size, readMs)} MB/s), guest sha256sum ${(sumMs / 1000).toFixed(1)} s`);
+    console.log(
+      `1 GiB: write ${(writeMs / 1000).toFixed(1)} s (${mbps(size, writeMs)} MB/s), read ${(readMs / 1000).toFixed(1)} s (${mbps(size, readMs)} MB/s), guest sha256sum ${(sumMs / 1000).toFixed(1)} s`,
+    );
     await sb.files.remove('/data/big');
   }, 300_000);
 
@@ -107,13 +109,20 @@ describe('files: read and write', () => {
     console.log(`EACCES message: ${(err as Error).message}`);
     const mine = await sb.files.write('/t3/open/f', 'x', { user: 'nobody' });
     expect(mine).toMatchObject({ uid: 65534, gid: 65534 });
-    await expect(sb.files.read('/etc/shadow', { user: 65534 })).rejects.toMatchObject({ code: 'PERMISSION_DENIED', details: { errno: 'EACCES', path: '/etc/shadow' } });
+    await expect(sb.files.read('/etc/shadow', { user: 65534 })).rejects.toMatchObject({
+      code: 'PERMISSION_DENIED',
+      details: { errno: 'EACCES', path: '/etc/shadow' },
+    });
     await expect(sb.files.stat('/', { user: 'nosuchuser' })).rejects.toMatchObject({ code: 'AGENT', message: expect.stringMatching(/nosuchuser/) });
   });
 
   it('maps errors: a missing path is NOT_FOUND, a directory read is INVALID_STATE, both with errno and path', async () => {
     const missing = await sb.files.read('/etc/nope').catch((e: unknown) => e);
-    expect(missing).toMatchObject({ code: 'NOT_FOUND', details: { errno: 'ENOENT', path: '/etc/nope' }, message: expect.stringMatching(/^read \/etc\/nope: .*No such file or directory \(ENOENT\)$/) });
+    expect(missing).toMatchObject({
+      code: 'NOT_FOUND',
+      details: { errno: 'ENOENT', path: '/etc/nope' },
+      message: expect.stringMatching(/^read \/etc\/nope: .*No such file or directory \(ENOENT\)$/),
+    });
     console.log(`ENOENT message: ${(missing as Error).message}`);
     await expect(sb.files.read('/etc')).rejects.toMatchObject({ code: 'INVALID_STATE', details: { errno: 'EISDIR', path: '/etc' } });
     await expect(sb.files.read('/etc/nope', { format: 'stream' })).rejects.toMatchObject({ code: 'NOT_FOUND', details: { errno: 'ENOENT' } });
@@ -126,10 +135,20 @@ describe('files: read and write', () => {
   it('reads and writes concurrently from several callers', async () => {
     const files = Array.from({ length: 8 }, (_, i) => ({ path: `/t4/f${i}`, data: randomBytes(2 << 20) }));
     const t = performance.now();
-    await Promise.all(files.map((f) => sb.files.write(f.path, (async function* () {
-      for (let off = 0; off < f.data.length; off += 100_000) yield f.data.subarray(off, off + 100_000);
-    })())));
-    const sums = (await sh('cd /t4 && sha256sum f*')).trim().split('\n').map((l) => l.split(' ')[0]);
+    await Promise.all(
+      files.map((f) =>
+        sb.files.write(
+          f.path,
+          (async function* () {
+            for (let off = 0; off < f.data.length; off += 100_000) yield f.data.subarray(off, off + 100_000);
+          })(),
+        ),
+      ),
+    );
+    const sums = (await sh('cd /t4 && sha256sum f*'))
+      .trim()
+      .split('\n')
+      .map((l) => l.split(' ')[0]);
     expect(sums).toEqual(files.map((f) => createHash('sha256').update(f.data).digest('hex')));
     const back = await Promise.all([...files, ...files].map((f) => sb.files.read(f.path, { format: 'bytes' })));
     back.forEach((b, i) => expect(Buffer.compare(Buffer.from(b), files[i % 8]!.data)).toBe(0));
@@ -192,7 +211,11 @@ describe('files: directories and metadata', () => {
   it('lists entries to a depth, sorted by path, without following symlinks', async () => {
     await sh('mkdir -p /t7/a/b/c && echo 1 > /t7/a/f && echo 22 > /t7/a/b/g && ln -s /t7/a /t7/link && touch /t7/z');
     const one = await sb.files.list('/t7');
-    expect(one.map((e) => [e.path, e.type])).toEqual([['/t7/a', 'dir'], ['/t7/link', 'symlink'], ['/t7/z', 'file']]);
+    expect(one.map((e) => [e.path, e.type])).toEqual([
+      ['/t7/a', 'dir'],
+      ['/t7/link', 'symlink'],
+      ['/t7/z', 'file'],
+    ]);
     expect(one[1]).toMatchObject({ name: 'link', symlinkTarget: '/t7/a' });
     const all = await sb.files.list('/t7', { depth: 10 });
     expect(all.map((e) => e.path)).toEqual(['/t7/a', '/t7/a/b', '/t7/a/b/c', '/t7/a/b/g', '/t7/a/f', '/t7/link', '/t7/z']);
@@ -322,7 +345,9 @@ describe('files: watch', () => {
 describe('files: archives', () => {
   it('round-trips a directory of 10,000 small files through readArchive and writeArchive', async () => {
     let t = performance.now();
-    await sh('mkdir -p /t16/src && cd /t16/src && i=0; while [ $i -lt 100 ]; do mkdir d$i; j=0; while [ $j -lt 100 ]; do echo "file $i $j" > d$i/f$j; j=$((j+1)); done; i=$((i+1)); done; ln -s d0/f0 link');
+    await sh(
+      'mkdir -p /t16/src && cd /t16/src && i=0; while [ $i -lt 100 ]; do mkdir d$i; j=0; while [ $j -lt 100 ]; do echo "file $i $j" > d$i/f$j; j=$((j+1)); done; i=$((i+1)); done; ln -s d0/f0 link',
+    );
     const makeMs = performance.now() - t;
 
     t = performance.now();
@@ -343,9 +368,12 @@ describe('files: archives', () => {
     }
     await sb.files.writeArchive('/t16/dst/deeper', chunks());
     const writeMs = performance.now() - t;
-    const sum = (dir: string) => sh(`cd ${dir} && find . | sort | md5sum && find . -type f | sort | xargs cat | md5sum && find . -type l -exec readlink {} \\;`);
+    const sum = (dir: string) =>
+      sh(`cd ${dir} && find . | sort | md5sum && find . -type f | sort | xargs cat | md5sum && find . -type l -exec readlink {} \\;`);
     expect(await sum('/t16/dst/deeper/src')).toBe(await sum('/t16/src'));
-    console.log(`10,000 files: made in the guest ${(makeMs / 1000).toFixed(1)} s; readArchive ${(readMs / 1000).toFixed(1)} s (${(tar.length / 2 ** 20).toFixed(1)} MiB tar); writeArchive ${(writeMs / 1000).toFixed(1)} s`);
+    console.log(
+      `10,000 files: made in the guest ${(makeMs / 1000).toFixed(1)} s; readArchive ${(readMs / 1000).toFixed(1)} s (${(tar.length / 2 ** 20).toFixed(1)} MiB tar); writeArchive ${(writeMs / 1000).toFixed(1)} s`,
+    );
     await expect(sb.files.writeArchive('/t16/bad', Buffer.from('this is not a tar archive'.repeat(40)))).rejects.toBeInstanceOf(RoostError);
     await sb.files.remove('/t16');
   }, 300_000);
@@ -358,12 +386,14 @@ describe('files: cancellation', () => {
     const stream = await sb.files.read('/t17/f', { format: 'stream', signal: ac.signal });
     let n = 0;
     const t = performance.now();
-    await expect((async () => {
-      for await (const c of stream) {
-        n += c.length;
-        if (n > 1 << 20) ac.abort();
-      }
-    })()).rejects.toMatchObject({ code: 'ABORTED' });
+    await expect(
+      (async () => {
+        for await (const c of stream) {
+          n += c.length;
+          if (n > 1 << 20) ac.abort();
+        }
+      })(),
+    ).rejects.toMatchObject({ code: 'ABORTED' });
     expect(n).toBeLessThan(64 << 20);
     for await (const c of await sb.files.read('/t17/f', { format: 'stream' })) {
       expect(c.length).toBeGreaterThan(0);
@@ -379,9 +409,11 @@ describe('files: cancellation', () => {
     const ac = new AbortController();
     const watch = await sb.files.watch('/t18', { signal: ac.signal });
     setTimeout(() => ac.abort(), 100);
-    await expect((async () => {
-      for await (const e of watch) void e;
-    })()).rejects.toMatchObject({ code: 'ABORTED' });
+    await expect(
+      (async () => {
+        for await (const e of watch) void e;
+      })(),
+    ).rejects.toMatchObject({ code: 'ABORTED' });
     await expect(sb.files.list('/', { depth: 100, signal: AbortSignal.timeout(1) })).rejects.toMatchObject({ code: expect.stringMatching(/TIMEOUT|ABORTED/) });
   });
 });

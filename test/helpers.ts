@@ -126,7 +126,11 @@ export interface CliResult {
 /** Runs the CLI to its end with `env` (a TestHome's), feeding `stdin` (default: none). */
 export function runRoost(args: string[], options: { env: NodeJS.ProcessEnv; stdin?: string; cwd?: string }): Promise<CliResult> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [ROOST_BIN, ...args], { env: options.env, stdio: ['pipe', 'pipe', 'pipe'], ...(options.cwd ? { cwd: options.cwd } : {}) });
+    const p = spawn(process.execPath, [ROOST_BIN, ...args], {
+      env: options.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+    });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

@@ -19,7 +19,17 @@ let hostileBinary: Buffer;
 
 beforeAll(async () => {
   const out = join(tmpdir(), `roost-hostile-${process.pid}`);
-  execFileSync('musl-gcc', ['-std=c11', '-static', '-Os', '-Wall', '-Wextra', '-Werror', '-o', out, fileURLToPath(new URL('./fixtures/hostile.c', import.meta.url))]);
+  execFileSync('musl-gcc', [
+    '-std=c11',
+    '-static',
+    '-Os',
+    '-Wall',
+    '-Wextra',
+    '-Werror',
+    '-o',
+    out,
+    fileURLToPath(new URL('./fixtures/hostile.c', import.meta.url)),
+  ]);
   hostileBinary = readFileSync(out);
   bystander = await home.create();
 });

@@ -67,7 +67,14 @@ async function expectRoot(sb: Sandbox, expected: ExpectedRoot): Promise<void> {
   got.forEach((line, i) => {
     const w = want[i]!;
     if (w.includes('*')) {
-      const re = new RegExp('^' + w.split('*').map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('\\S+') + '$');
+      const re = new RegExp(
+        '^' +
+          w
+            .split('*')
+            .map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+            .join('\\S+') +
+          '$',
+      );
       expect(line).toMatch(re);
     } else expect(line).toBe(w);
   });
@@ -179,7 +186,12 @@ describe('OCI images from a real registry', () => {
   });
 
   it('runs Entrypoint and Cmd as docker run does, as the image User', async () => {
-    const img = await buildBusyboxImage(join(work, 'entry'), { tag: '1', user: 'app', entrypoint: ['/bin/sh', '-c', 'echo "args:$* uid:$(id -u)"', 'ep'], cmd: ['a', 'b'] });
+    const img = await buildBusyboxImage(join(work, 'entry'), {
+      tag: '1',
+      user: 'app',
+      entrypoint: ['/bin/sh', '-c', 'echo "args:$* uid:$(id -u)"', 'ep'],
+      cmd: ['a', 'b'],
+    });
     await registry.push(img.dir, 'roost/entry:1');
     const name = `${registry.host}/roost/entry:1`;
     // `roost run` owns the home it runs in (this process holds `home`'s runtime): give it its own.
@@ -308,7 +320,13 @@ describe('OCI images from a real registry', () => {
     const hostile = await writeOciLayout(join(work, 'hostile'), {
       tag: '1',
       layers: [
-        { entries: [{ type: 'dir', path: 'etc' }, { type: 'symlink', path: 'escape', target: join(outside, 'dir') }, { type: 'file', path: 'escape/pwned', content: 'x' }] },
+        {
+          entries: [
+            { type: 'dir', path: 'etc' },
+            { type: 'symlink', path: 'escape', target: join(outside, 'dir') },
+            { type: 'file', path: 'escape/pwned', content: 'x' },
+          ],
+        },
         { entries: [{ type: 'file', path: `../../../../../../${outside.slice(1)}/dotdot`, content: 'x', verbatim: true }] },
       ],
       config: { Cmd: ['sh'] },

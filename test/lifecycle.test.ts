@@ -105,7 +105,10 @@ describe('sandbox lifecycle', () => {
       expect(runtime.home).toBe(other.root);
       expect((await runtime.assets()).kernel).toMatch(/vmlinux$/);
       // A second owner, in this process or another, is refused with the holder's name.
-      await expect(Runtime.open({ home: other.root })).rejects.toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/in use by the test \(pid \d+/) });
+      await expect(Runtime.open({ home: other.root })).rejects.toMatchObject({
+        code: 'UNAVAILABLE',
+        message: expect.stringMatching(/in use by the test \(pid \d+/),
+      });
       const script = `
         import { Runtime } from ${JSON.stringify(coreEntry)};
         const err = await Runtime.open().catch((e) => e);

@@ -141,7 +141,13 @@ describe('create with a network', () => {
     const port = await api.post<Json>('/v1/sandboxes', { ports: ['99999:80'] });
     expect(port.status).toBe(400);
     expect(port.body).toMatchObject({ error: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('"99999" is not a port') } });
-    for (const body of [{ ports: [{ guestPort: 0 }] }, { ports: [{ guestPort: 80, extra: 1 }] }, { network: 'nat' }, { egress: 'maybe' }, { network: 'none', ports: ['80'] }]) {
+    for (const body of [
+      { ports: [{ guestPort: 0 }] },
+      { ports: [{ guestPort: 80, extra: 1 }] },
+      { network: 'nat' },
+      { egress: 'maybe' },
+      { network: 'none', ports: ['80'] },
+    ]) {
       const r = await api.post<Json>('/v1/sandboxes', body);
       expect(r.status, JSON.stringify(body)).toBe(400);
       expect(r.body, JSON.stringify(body)).toMatchObject({ error: { code: 'INVALID_ARGUMENT' } });
@@ -185,7 +191,9 @@ describe('published ports', () => {
     expect((await api.delete(`/v1/sandboxes/${id}/ports/${udp.body.hostPort}?protocol=udp`)).status).toBe(204);
     expect((await api.delete(`/v1/sandboxes/${id}/ports/${fixed}?hostIp=127.0.0.1`)).status).toBe(204);
     expect(await connectError(fixed)).toBe('ECONNREFUSED');
-    expect((await api.get<{ ports: Binding[] }>(`/v1/sandboxes/${id}/ports`)).body.ports).toEqual([{ guestPort: 80, hostPort: published, hostIp: '127.0.0.1', protocol: 'tcp' }]);
+    expect((await api.get<{ ports: Binding[] }>(`/v1/sandboxes/${id}/ports`)).body.ports).toEqual([
+      { guestPort: 80, hostPort: published, hostIp: '127.0.0.1', protocol: 'tcp' },
+    ]);
     expect((await httpGet(published)).status).toBe(200);
   });
 
@@ -203,7 +211,10 @@ describe('published ports', () => {
     const inUse = await api.post<Json>(`/v1/sandboxes/${id}/ports`, `127.0.0.1:${heldPort}:80`);
     expect(inUse.status).toBe(503);
     expect(inUse.body).toMatchObject({
-      error: { code: 'UNAVAILABLE', message: `host port 127.0.0.1:${heldPort}/tcp is already in use by another program: choose another port, or publish 127.0.0.1::80 for a free one` },
+      error: {
+        code: 'UNAVAILABLE',
+        message: `host port 127.0.0.1:${heldPort}/tcp is already in use by another program: choose another port, or publish 127.0.0.1::80 for a free one`,
+      },
     });
 
     for (const path of [`ports/abc`, `ports/0`, `ports/65536`, `ports/${published}?protocol=sctp`, `ports/${published}?other=1`]) {
@@ -216,7 +227,12 @@ describe('published ports', () => {
       expect(r.status, path).toBe(404);
       expect(r.body, path).toMatchObject({ error: { code: 'NOT_FOUND' } });
     }
-    for (const r of [await api.get<Json>('/v1/sandboxes/ffffffffffff/ports'), await api.post<Json>('/v1/sandboxes/ffffffffffff/ports', '80'), await api.delete<Json>('/v1/sandboxes/ffffffffffff/ports/80'), await api.get<Json>('/v1/sandboxes/ffffffffffff/network')]) {
+    for (const r of [
+      await api.get<Json>('/v1/sandboxes/ffffffffffff/ports'),
+      await api.post<Json>('/v1/sandboxes/ffffffffffff/ports', '80'),
+      await api.delete<Json>('/v1/sandboxes/ffffffffffff/ports/80'),
+      await api.get<Json>('/v1/sandboxes/ffffffffffff/network'),
+    ]) {
       expect(r.status).toBe(404);
     }
     expect((await api.get<Json>(`/v1/sandboxes/${id}/ports?x=1`)).status).toBe(400);
@@ -242,7 +258,13 @@ describe('the network endpoint', () => {
     const before = await api.get<{ network: Network; stats: Json }>(`/v1/sandboxes/${id}/network`);
     expect(before.status).toBe(200);
     expect(before.body.network).toEqual((await api.get<Info>(`/v1/sandboxes/${id}`)).body.network);
-    expect(before.body.stats).toMatchObject({ bytesIn: expect.any(Number), packetsIn: expect.any(Number), bytesOut: expect.any(Number), packetsOut: expect.any(Number), denied: expect.any(Number) });
+    expect(before.body.stats).toMatchObject({
+      bytesIn: expect.any(Number),
+      packetsIn: expect.any(Number),
+      bytesOut: expect.any(Number),
+      packetsOut: expect.any(Number),
+      denied: expect.any(Number),
+    });
     // The HTTP requests above went in and out through the NIC.
     expect(before.body.stats.packetsIn as number).toBeGreaterThan(0);
     expect(before.body.stats.bytesOut as number).toBeGreaterThan(0);
@@ -285,7 +307,7 @@ describe('the SDK', () => {
     expect(stats.denied).toBeGreaterThan(0);
   });
 
-  it('keeps a stopped sandbox\'s ports in its record, refuses to add ports, and reads zero counters', async () => {
+  it("keeps a stopped sandbox's ports in its record, refuses to add ports, and reads zero counters", async () => {
     expect((await api.post<Info>(`/v1/sandboxes/${id}/stop`, {})).body.status).toBe('stopped');
     expect(await connectError(published)).toBe('ECONNREFUSED');
     const add = await api.post<Json>(`/v1/sandboxes/${id}/ports`, '80');

@@ -179,7 +179,9 @@ describe('egress', () => {
       const stats = await copy.networkStats();
       expect(stats.denied).toBeGreaterThanOrEqual(2);
       const events = await eventsOf('network.denied', copy.id);
-      expect(events.some((e) => (e.data as { protocol?: string; port?: number }).protocol === 'tcp' && (e.data as { port?: number }).port === hostPort)).toBe(true);
+      expect(events.some((e) => (e.data as { protocol?: string; port?: number }).protocol === 'tcp' && (e.data as { port?: number }).port === hostPort)).toBe(
+        true,
+      );
     } finally {
       await copy.remove({ force: true });
     }
@@ -213,7 +215,7 @@ describe('egress', () => {
 
 // Last: it closes this file's runtime (the sandboxes above die with it).
 describe('a runtime that attaches to a running detached sandbox', () => {
-  it('serves its network again: published ports and the guest\'s own connections', async () => {
+  it("serves its network again: published ports and the guest's own connections", async () => {
     const kept = await home.create({ detached: true, ports: ['127.0.0.1::80'], egress: { default: 'deny', allow: [`host:${hostPort}`] } });
     await sh(kept, 'mkdir -p /tmp/www && echo kept > /tmp/www/index.html && busybox httpd -p 80 -h /tmp/www');
     const where = kept.getHost(80);

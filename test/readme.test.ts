@@ -9,7 +9,13 @@ import { ExampleCompiler, extractExamples, readExamples, requireBuiltPackages, t
 // VM is booted: this needs only `npm run build`.
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const docs = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
+const docs = [
+  'README.md',
+  ...readdirSync(join(root, 'docs'))
+    .filter((f) => f.endsWith('.md'))
+    .sort()
+    .map((f) => `docs/${f}`),
+];
 
 requireBuiltPackages(root, ['api', 'core', 'client']);
 const compiler = new ExampleCompiler(root, join(root, 'test', 'tsconfig.doc-examples.json'));

@@ -41,7 +41,11 @@ async function readLines(lines: AsyncGenerator<Json>, until: (l: Json) => boolea
   }
 }
 
-const joined = (lines: Json[], type: string) => lines.filter((l) => l.type === type).map((l) => l.data as string).join('');
+const joined = (lines: Json[], type: string) =>
+  lines
+    .filter((l) => l.type === type)
+    .map((l) => l.data as string)
+    .join('');
 
 describe('roost serve: the REST API over a real runtime', () => {
   let home: TestHome;
@@ -113,7 +117,9 @@ describe('roost serve: the REST API over a real runtime', () => {
 
     const wrongType = await tcp.post('/v1/sandboxes', { memoryMiB: 'lots' });
     expect(wrongType.status).toBe(400);
-    expect(wrongType.body).toMatchObject({ error: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('memoryMiB'), details: { field: 'memoryMiB' } } });
+    expect(wrongType.body).toMatchObject({
+      error: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('memoryMiB'), details: { field: 'memoryMiB' } },
+    });
 
     const nested = await unix.post('/v1/sandboxes', { env: { A: 1 } });
     expect(nested.status).toBe(400);
@@ -200,12 +206,18 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect(joined(lines, 'stdout')).toBe('é€😀'.repeat(4000));
 
     const bytes = Buffer.from([0, 1, 2, 0xff, 0xfe, 10]);
-    const b64 = (await unix.post<Json[]>(`/v1/sandboxes/${id}/exec`, { cmd: 'cat', stdin: bytes.toString('base64'), stdinEncoding: 'base64', encoding: 'base64' })).body;
+    const b64 = (
+      await unix.post<Json[]>(`/v1/sandboxes/${id}/exec`, { cmd: 'cat', stdin: bytes.toString('base64'), stdinEncoding: 'base64', encoding: 'base64' })
+    ).body;
     expect(Buffer.concat(b64.filter((l) => l.type === 'stdout').map((l) => Buffer.from(l.data as string, 'base64')))).toEqual(bytes);
   });
 
   it('answers one ExecResult with Accept: application/json, stdin included', async () => {
-    const r = await tcp.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: ['sh', '-c', 'cat; echo done >&2'], stdin: 'from the request\n' }, { headers: { accept: 'application/json' } });
+    const r = await tcp.post<Json>(
+      `/v1/sandboxes/${id}/exec`,
+      { cmd: ['sh', '-c', 'cat; echo done >&2'], stdin: 'from the request\n' },
+      { headers: { accept: 'application/json' } },
+    );
     expect(r.status).toBe(200);
     expect(r.body).toEqual({ exitCode: 0, signal: null, stdout: 'from the request\n', stderr: 'done\n' });
     const argv = await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'printf', args: ['%s|', 'a b', 'c'] }, { headers: { accept: 'application/json' } });
@@ -213,7 +225,11 @@ describe('roost serve: the REST API over a real runtime', () => {
   });
 
   it('turns a timeout into a TIMEOUT error (504 in JSON, an error line in the stream)', async () => {
-    const json = await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'echo before; sleep 30', timeoutMs: 500 }, { headers: { accept: 'application/json' } });
+    const json = await unix.post<Json>(
+      `/v1/sandboxes/${id}/exec`,
+      { cmd: 'echo before; sleep 30', timeoutMs: 500 },
+      { headers: { accept: 'application/json' } },
+    );
     expect(json.status).toBe(504);
     expect(json.body).toMatchObject({ error: { code: 'TIMEOUT', details: { stdout: 'before\n' } } });
     const stream = (await unix.post<Json[]>(`/v1/sandboxes/${id}/exec`, { cmd: 'sleep 30', timeoutMs: 500 })).body;
@@ -259,7 +275,10 @@ describe('roost serve: the REST API over a real runtime', () => {
     const end = await readLines(lines, (l) => l.type === 'exit' || l.type === 'error');
     expect(end.at(-1)).toEqual({ type: 'exit', exitCode: 143, signal: 'SIGTERM' });
 
-    for (const [route, body] of [['signal', { signal: 'SIGKILL' }], ['resize', { rows: 1, cols: 1 }]] as const) {
+    for (const [route, body] of [
+      ['signal', { signal: 'SIGKILL' }],
+      ['resize', { rows: 1, cols: 1 }],
+    ] as const) {
       const r = await unix.post(`/v1/sandboxes/${id}/execs/0000000000000000/${route}`, body);
       expect(r.status).toBe(404);
       expect(r.body).toMatchObject({ error: { code: 'NOT_FOUND' } });
@@ -278,7 +297,14 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect(notInteractive.body).toMatchObject({ error: { code: 'INVALID_STATE', message: expect.stringContaining('interactive') } });
     s.close();
     await eventually(
-      async () => (await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: `kill -0 ${started.pid} 2>/dev/null && echo alive || echo gone` }, { headers: { accept: 'application/json' } })).body.stdout === 'gone\n',
+      async () =>
+        (
+          await unix.post<Json>(
+            `/v1/sandboxes/${id}/exec`,
+            { cmd: `kill -0 ${started.pid} 2>/dev/null && echo alive || echo gone` },
+            { headers: { accept: 'application/json' } },
+          )
+        ).body.stdout === 'gone\n',
       10_000,
       'the guest process killed after the client left',
     );
@@ -290,7 +316,9 @@ describe('roost serve: the REST API over a real runtime', () => {
     const total = 64 * 1024 * 1024;
     const before = await stdoutBytes();
     // dd writes 64 MiB in about 0.1 s when nothing holds it back.
-    const s = await unix.stream('POST', `/v1/sandboxes/${id}/exec`, { body: { cmd: `dd if=/dev/zero bs=1M count=${total >> 20} 2>/dev/null`, encoding: 'base64' } });
+    const s = await unix.stream('POST', `/v1/sandboxes/${id}/exec`, {
+      body: { cmd: `dd if=/dev/zero bs=1M count=${total >> 20} 2>/dev/null`, encoding: 'base64' },
+    });
     const lines = s.lines();
     const bytesOf = (l: Json) => (l.type === 'stdout' ? Buffer.byteLength(l.data as string, 'base64') : 0);
     let got = (await readLines(lines, (l) => l.type === 'stdout')).reduce((n, l) => n + bytesOf(l), 0);
@@ -311,7 +339,7 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect((await stdoutBytes()) - before).toBe(total);
   });
 
-  it('serves the console log (tail) and the sandbox\'s metrics', async () => {
+  it("serves the console log (tail) and the sandbox's metrics", async () => {
     const all = await unix.get<string>(`/v1/sandboxes/${id}/logs`);
     expect(all.status).toBe(200);
     expect(all.headers['content-type']).toMatch(/^text\/plain/);
@@ -330,7 +358,17 @@ describe('roost serve: the REST API over a real runtime', () => {
     const prom = await tcp.get<string>('/metrics');
     expect(prom.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
     const text = prom.body;
-    for (const name of ['roost_sandboxes_created_total', 'roost_sandboxes_destroyed_total', 'roost_execs_total', 'roost_exec_bytes_total', 'roost_sandboxes', 'roost_sandbox_cpu_seconds_total', 'roost_sandbox_memory_rss_bytes', 'roost_sandbox_memory_pss_bytes', 'roost_sandbox_execs_total']) {
+    for (const name of [
+      'roost_sandboxes_created_total',
+      'roost_sandboxes_destroyed_total',
+      'roost_execs_total',
+      'roost_exec_bytes_total',
+      'roost_sandboxes',
+      'roost_sandbox_cpu_seconds_total',
+      'roost_sandbox_memory_rss_bytes',
+      'roost_sandbox_memory_pss_bytes',
+      'roost_sandbox_execs_total',
+    ]) {
       expect(text).toMatch(new RegExp(`^# HELP ${name} `, 'm'));
       expect(text).toMatch(new RegExp(`^# TYPE ${name} (counter|gauge)$`, 'm'));
     }
@@ -344,7 +382,16 @@ describe('roost serve: the REST API over a real runtime', () => {
 
   it('is driven by curl over the unix socket', async () => {
     const curl = async (args: string[]) => {
-      const { stdout } = await execFileP('curl', ['-sS', '--unix-socket', daemon.socketPath, '-H', `Authorization: Bearer ${daemon.token}`, '-w', '\n@@%{http_code} %{content_type}', ...args]);
+      const { stdout } = await execFileP('curl', [
+        '-sS',
+        '--unix-socket',
+        daemon.socketPath,
+        '-H',
+        `Authorization: Bearer ${daemon.token}`,
+        '-w',
+        '\n@@%{http_code} %{content_type}',
+        ...args,
+      ]);
       const at = stdout.lastIndexOf('\n@@');
       const [status, contentType] = stdout.slice(at + 3).split(' ');
       return { status: Number(status), contentType: contentType ?? '', text: stdout.slice(0, at) };
@@ -353,7 +400,16 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect(health.status).toBe(200);
     expect(validateResponse('GET', '/v1/health', health.status, health.contentType, health.text)).toMatchObject({ status: 'ok' });
 
-    const exec = await curl(['-N', '-X', 'POST', '-H', 'Content-Type: application/json', '-d', '{"cmd":"echo from curl"}', `http://localhost/v1/sandboxes/${id}/exec`]);
+    const exec = await curl([
+      '-N',
+      '-X',
+      'POST',
+      '-H',
+      'Content-Type: application/json',
+      '-d',
+      '{"cmd":"echo from curl"}',
+      `http://localhost/v1/sandboxes/${id}/exec`,
+    ]);
     const lines = validateResponse('POST', `/v1/sandboxes/${id}/exec`, exec.status, exec.contentType, exec.text) as Json[];
     expect(joined(lines, 'stdout')).toBe('from curl\n');
     expect(lines.at(-1)).toEqual({ type: 'exit', exitCode: 0, signal: null });
@@ -370,7 +426,9 @@ describe('roost serve: the REST API over a real runtime', () => {
         case 0:
           return client.get<Json>('/v1/health').then((r) => r.status === 200 && r.body.status === 'ok');
         case 1:
-          return client.get<{ sandboxes: Json[] }>('/v1/sandboxes?label=team=api').then((r) => r.status === 200 && r.body.sandboxes.length === 1 && r.body.sandboxes[0]!.id === id);
+          return client
+            .get<{ sandboxes: Json[] }>('/v1/sandboxes?label=team=api')
+            .then((r) => r.status === 200 && r.body.sandboxes.length === 1 && r.body.sandboxes[0]!.id === id);
         case 2:
           return client.get<Json>(`/v1/sandboxes/${id}`).then((r) => r.status === 200 && r.body.id === id);
         default:
@@ -450,7 +508,9 @@ describe('roost serve: the REST API over a real runtime', () => {
     expect(started.status).toBe(200);
     expect(started.body).toMatchObject({ id, status: 'running', pid: expect.any(Number) });
     const pid = started.body.pid as number;
-    expect((await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'echo again' }, { headers: { accept: 'application/json' } })).body).toMatchObject({ stdout: 'again\n' });
+    expect((await unix.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'echo again' }, { headers: { accept: 'application/json' } })).body).toMatchObject({
+      stdout: 'again\n',
+    });
 
     const busy = await unix.delete(`/v1/sandboxes/${id}`);
     expect(busy.status).toBe(409);
@@ -559,7 +619,10 @@ describe('roost serve: start-up', () => {
     await expect(serve({ home: home.root })).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(/chmod 600/) });
     chmodSync(apiTokenPath(home.root), 0o600);
 
-    await expect(serve({ home: home.root, tcp: { host: '0.0.0.0', port: 0 }, noAuth: true })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/without a token/) });
+    await expect(serve({ home: home.root, tcp: { host: '0.0.0.0', port: 0 }, noAuth: true })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/without a token/),
+    });
     // A non-loopback address is fine with the token (always required).
     const c = await serve({ home: home.root, tcp: { host: '0.0.0.0', port: 0 } });
     const client = new ApiClient({ url: c.url!.replace('0.0.0.0', '127.0.0.1') }, null);
@@ -688,7 +751,10 @@ describe('roost serve: the CLI command', () => {
        await program.parseAsync(process.argv);
        process.stderr.write('serve returned\\n');`,
     );
-    const child = spawn(process.execPath, [script, 'serve', '--tcp', '127.0.0.1:0', '--max-sandboxes', '2'], { env: home.env, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [script, 'serve', '--tcp', '127.0.0.1:0', '--max-sandboxes', '2'], {
+      env: home.env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));

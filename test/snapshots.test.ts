@@ -271,7 +271,6 @@ describe('snapshot files are checked before a restore', () => {
     expect((await runtime.list()).filter((s) => s.snapshot === id)).toEqual([]);
     await runtime.snapshots.remove('victim');
   });
-
 });
 
 describe('a full disk', () => {

@@ -126,7 +126,11 @@ for (const auth of ['none', 'basic', 'token'] as RegistryAuth[]) {
           expect(res.headers.get('docker-content-digest')).toBe(digest);
           const body = Buffer.from(await res.arrayBuffer());
           expect(sha256(body)).toBe(digest);
-          const manifest = JSON.parse(body.toString()) as { mediaType: string; config: { digest: string }; layers: { mediaType: string; digest: string; size: number }[] };
+          const manifest = JSON.parse(body.toString()) as {
+            mediaType: string;
+            config: { digest: string };
+            layers: { mediaType: string; digest: string; size: number }[];
+          };
           expect(manifest.mediaType).toBe(c.manifest);
           expect(manifest.config.digest).toBe(image.configDigest);
           expect(manifest.layers.map((l) => l.mediaType)).toEqual([c.layer, c.layer, c.layer]);
@@ -247,12 +251,19 @@ describe('buildDebianImage', () => {
     const dir = join(layout, 'debian');
     const started = Date.now();
     const built = await buildDebianImage(dir, { progress: (line) => process.stderr.write(`[debian image] ${line}\n`) });
-    process.stderr.write(`[debian image] ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${(built.tarBytes / 1e6).toFixed(0)} MB in layers, ${(built.blobBytes / 1e6).toFixed(0)} MB gzipped\n`);
+    process.stderr.write(
+      `[debian image] ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${(built.tarBytes / 1e6).toFixed(0)} MB in layers, ${(built.blobBytes / 1e6).toFixed(0)} MB gzipped\n`,
+    );
     expect(built.layers).toHaveLength(3);
     expect(built.tarBytes).toBeGreaterThan(100e6);
     expect(built.expected.absent.length).toBeGreaterThan(0);
     expect(built.expected.hardlinks.length).toBeGreaterThanOrEqual(2);
-    const info = JSON.parse(execFileSync('skopeo', ['inspect', `oci:${dir}:${built.tag}`], { encoding: 'utf8' })) as { Digest: string; Layers: string[]; Os: string; Architecture: string };
+    const info = JSON.parse(execFileSync('skopeo', ['inspect', `oci:${dir}:${built.tag}`], { encoding: 'utf8' })) as {
+      Digest: string;
+      Layers: string[];
+      Os: string;
+      Architecture: string;
+    };
     expect(info).toMatchObject({ Digest: built.manifestDigest, Os: 'linux', Architecture: 'amd64', Layers: built.layers.map((l) => l.digest) });
 
     // A second build comes from the cache, byte for byte.

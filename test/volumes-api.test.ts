@@ -60,14 +60,24 @@ describe('roost serve: volumes', () => {
   });
 
   it('creates a sandbox with volumes, refuses to delete a volume in use (409 naming the sandbox), deletes it after', async () => {
-    const created = await api.post<Json>('/v1/sandboxes', { volumes: [{ source: hostDir, target: '/host' }, { source: 'api-2', target: '/vol', readOnly: false }], timeoutMs: 120_000 });
+    const created = await api.post<Json>('/v1/sandboxes', {
+      volumes: [
+        { source: hostDir, target: '/host' },
+        { source: 'api-2', target: '/vol', readOnly: false },
+      ],
+      timeoutMs: 120_000,
+    });
     expect(created.status).toBe(201);
     const id = created.body.id as string;
     expect(created.body.volumes).toEqual([
       { source: hostDir, target: '/host', readOnly: false },
       { source: 'api-2', target: '/vol', readOnly: false },
     ]);
-    const run = await api.post<Json>(`/v1/sandboxes/${id}/exec`, { cmd: 'echo hi > /host/h && echo vol > /vol/v' }, { headers: { accept: 'application/json' } });
+    const run = await api.post<Json>(
+      `/v1/sandboxes/${id}/exec`,
+      { cmd: 'echo hi > /host/h && echo vol > /vol/v' },
+      { headers: { accept: 'application/json' } },
+    );
     expect(run.body).toMatchObject({ exitCode: 0 });
     expect(readFileSync(join(hostDir, 'h'), 'utf8')).toBe('hi\n');
 
@@ -87,7 +97,10 @@ describe('roost serve: volumes', () => {
     for (const volumes of [
       [{ source: '/no/such/dir', target: '/x' }],
       [{ source: 'v', target: 'relative' }],
-      [{ source: 'v', target: '/a' }, { source: hostDir, target: '/a' }],
+      [
+        { source: 'v', target: '/a' },
+        { source: hostDir, target: '/a' },
+      ],
       [{ source: 'v', target: '/x', mode: 'ro' }],
       Array.from({ length: MAX_VOLUMES + 1 }, (_, i) => ({ source: 'v', target: `/t${i}` })),
     ]) {

@@ -80,7 +80,10 @@ describe('host directories', () => {
 
   it('never lets guest root make setuid, executable or root-made special files on the host', async () => {
     // The guest sees the modes it set; the host sees plain 0644 files of QEMU's user.
-    const guest = await sh(sb, 'cp /bin/busybox /mnt/host/suid && chmod 4755 /mnt/host/suid && mknod /mnt/host/blk b 254 0 && mkfifo /mnt/host/fifo && ln -s /etc/shadow /mnt/host/link && stat -c "%a %F" /mnt/host/suid /mnt/host/blk /mnt/host/fifo /mnt/host/link');
+    const guest = await sh(
+      sb,
+      'cp /bin/busybox /mnt/host/suid && chmod 4755 /mnt/host/suid && mknod /mnt/host/blk b 254 0 && mkfifo /mnt/host/fifo && ln -s /etc/shadow /mnt/host/link && stat -c "%a %F" /mnt/host/suid /mnt/host/blk /mnt/host/fifo /mnt/host/link',
+    );
     expect(guest.split('\n').filter(Boolean)).toEqual(['4755 regular file', '644 block special file', '644 fifo', '777 symbolic link']);
     for (const name of ['suid', 'blk', 'fifo', 'link']) {
       const st = lstatSync(join(hostDir, name));
@@ -112,7 +115,8 @@ describe('a named volume shared by two running sandboxes', () => {
 describe('read-only mounts', () => {
   it('refuse writes with EROFS, for guest root too, even after a remount read-write', async () => {
     expect(await sh(sb, 'cat /mnt/ro/readme.txt')).toBe('read only\n');
-    const attempts = 'echo x > /mnt/ro/new; echo x >> /mnt/ro/readme.txt; rm /mnt/ro/readme.txt; chmod 777 /mnt/ro/readme.txt; mkdir /mnt/ro/d; ln -s x /mnt/ro/l';
+    const attempts =
+      'echo x > /mnt/ro/new; echo x >> /mnt/ro/readme.txt; rm /mnt/ro/readme.txt; chmod 777 /mnt/ro/readme.txt; mkdir /mnt/ro/d; ln -s x /mnt/ro/l';
     const before = await sb.commands.run(attempts);
     expect(before.stderr.match(/Read-only file system/g)).toHaveLength(6);
     expect((await sb.commands.run('mount -o remount,rw /mnt/ro')).exitCode).toBe(0);
@@ -120,7 +124,9 @@ describe('read-only mounts', () => {
     const after = await sb.commands.run(attempts);
     expect(after.stderr.match(/Read-only file system/g)).toHaveLength(6);
     // Unmounting and mounting the share again read-write gains nothing either.
-    const again = await sb.commands.run('umount /mnt/ro && mkdir -p /mnt/ro2 && mount -t 9p -o trans=virtio,version=9p2000.L roost.v1 /mnt/ro2 && echo x > /mnt/ro2/new');
+    const again = await sb.commands.run(
+      'umount /mnt/ro && mkdir -p /mnt/ro2 && mount -t 9p -o trans=virtio,version=9p2000.L roost.v1 /mnt/ro2 && echo x > /mnt/ro2/new',
+    );
     expect(again.stderr).toMatch(/Read-only file system/);
     expect(readFileSync(join(roDir, 'readme.txt'), 'utf8')).toBe('read only\n');
     expect(existsSync(join(roDir, 'new'))).toBe(false);
@@ -167,7 +173,10 @@ describe('volume lifecycle', () => {
     const v = await runtime.volumes.create({ name: 'made-1', labels: { team: 'a' } });
     expect(v).toMatchObject({ name: 'made-1', labels: { team: 'a' }, usedBy: [], path: join(home.root, 'volumes', 'made-1', 'data') });
     expect(existsSync(v.path)).toBe(true);
-    await expect(runtime.volumes.create({ name: 'made-1' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS', message: expect.stringMatching(/made-1 already exists/) });
+    await expect(runtime.volumes.create({ name: 'made-1' })).rejects.toMatchObject({
+      code: 'ALREADY_EXISTS',
+      message: expect.stringMatching(/made-1 already exists/),
+    });
     await expect(runtime.volumes.create({ name: '../x' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(runtime.volumes.create({ name: '' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(runtime.volumes.get('nope')).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/no volume nope/) });
@@ -217,7 +226,10 @@ describe('volume lifecycle', () => {
     await sh(s, 'echo before > /cg/f');
     await s.stop();
     rmSync(dir, { recursive: true });
-    await expect(s.start()).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/mounts host directory .*comes-and-goes at \/cg, which is no longer a directory/) });
+    await expect(s.start()).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringMatching(/mounts host directory .*comes-and-goes at \/cg, which is no longer a directory/),
+    });
     symlinkSync(outside, dir);
     await expect(s.start()).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(/which is now a link to .*outside/) });
     expect(s.status).toBe('stopped');
@@ -243,7 +255,10 @@ describe('volume lifecycle', () => {
     // The child's mount point was made in the parent volume; the child's data is in its own.
     expect(readFileSync(join((await runtime.volumes.get('nest-child')).path, 'x'), 'utf8')).toBe('hi\n');
     await s.remove({ force: true });
-    await expect(home.create({ volumes: [...volumes, { source: hostDir, target: '/n/z' }], network: 'none' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/volumes/) });
+    await expect(home.create({ volumes: [...volumes, { source: hostDir, target: '/n/z' }], network: 'none' })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/volumes/),
+    });
   });
 });
 
@@ -254,7 +269,14 @@ describe('bad volumes', () => {
     ['a relative target', [{ source: 'vol', target: 'x/y' }], /must be absolute/],
     ['a target that is not normalized', [{ source: 'vol', target: '/a/../b' }], /not normalized: write it as "\/b"/],
     ['a trailing slash', [{ source: 'vol', target: '/a/' }], /not normalized: write it as "\/a"/],
-    ['a duplicate target', [{ source: 'vol', target: '/a' }, { source: 'other', target: '/a' }], /volumes\[1\]\.target: two volumes are mounted at \/a/],
+    [
+      'a duplicate target',
+      [
+        { source: 'vol', target: '/a' },
+        { source: 'other', target: '/a' },
+      ],
+      /volumes\[1\]\.target: two volumes are mounted at \/a/,
+    ],
     ['the root', [{ source: 'vol', target: '/' }], /cannot be mounted on \//],
     ['/proc', [{ source: 'vol', target: '/proc/x' }], /under \/proc/],
     ['/dev', [{ source: 'vol', target: '/dev' }], /under \/dev/],

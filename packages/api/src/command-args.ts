@@ -35,7 +35,10 @@ export function checkTerminalSize(size: { rows: number; cols: number }): void {
  * Writes all of `input` to a command's stdin, then closes it. A process
  * that exits before reading all of it is not an error (a closed pipe).
  */
-export async function pumpStdin(handle: Pick<CommandHandleApi, 'write' | 'closeStdin'>, input: string | Uint8Array | AsyncIterable<Uint8Array | string>): Promise<void> {
+export async function pumpStdin(
+  handle: Pick<CommandHandleApi, 'write' | 'closeStdin'>,
+  input: string | Uint8Array | AsyncIterable<Uint8Array | string>,
+): Promise<void> {
   try {
     if (typeof input === 'string' || input instanceof Uint8Array) await handle.write(input);
     else for await (const chunk of input) await handle.write(chunk);

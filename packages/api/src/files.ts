@@ -11,23 +11,25 @@ export const EntryTypeSchema = z.enum(['file', 'dir', 'symlink', 'other']);
 export type EntryType = z.infer<typeof EntryTypeSchema>;
 
 /** One file system entry, as `stat` (lstat) sees it. */
-export const EntryInfoSchema = z.object({
-  /** Its path in the guest. */
-  path: z.string(),
-  /** Its base name. */
-  name: z.string(),
-  type: EntryTypeSchema,
-  /** Size in bytes (for a symlink, the length of its target). */
-  size: z.number().int().nonnegative(),
-  /** Permission bits, `0o7777` at most. */
-  mode: z.number().int().min(0).max(0o7777),
-  uid: z.number().int().nonnegative(),
-  gid: z.number().int().nonnegative(),
-  /** Modification time, ISO 8601. */
-  mtime: z.string(),
-  /** A symlink's target. */
-  symlinkTarget: z.string().optional(),
-}).meta({ id: 'EntryInfo' });
+export const EntryInfoSchema = z
+  .object({
+    /** Its path in the guest. */
+    path: z.string(),
+    /** Its base name. */
+    name: z.string(),
+    type: EntryTypeSchema,
+    /** Size in bytes (for a symlink, the length of its target). */
+    size: z.number().int().nonnegative(),
+    /** Permission bits, `0o7777` at most. */
+    mode: z.number().int().min(0).max(0o7777),
+    uid: z.number().int().nonnegative(),
+    gid: z.number().int().nonnegative(),
+    /** Modification time, ISO 8601. */
+    mtime: z.string(),
+    /** A symlink's target. */
+    symlinkTarget: z.string().optional(),
+  })
+  .meta({ id: 'EntryInfo' });
 export type EntryInfo = z.infer<typeof EntryInfoSchema>;
 
 /** What `files.write` wrote: the file, and whether it is new (else it replaced one). */
@@ -38,14 +40,16 @@ export const FileEventTypeSchema = z.enum(['create', 'write', 'remove', 'rename'
 export type FileEventType = z.infer<typeof FileEventTypeSchema>;
 
 /** One change seen by `files.watch`. */
-export const FileEventSchema = z.object({
-  type: FileEventTypeSchema,
-  /** The path that changed (for `rename`, the new name). */
-  path: z.string(),
-  /** For `rename`, the old name, when the kernel reported both in one pair. */
-  oldPath: z.string().optional(),
-  isDir: z.boolean(),
-}).meta({ id: 'FileEvent' });
+export const FileEventSchema = z
+  .object({
+    type: FileEventTypeSchema,
+    /** The path that changed (for `rename`, the new name). */
+    path: z.string(),
+    /** For `rename`, the old name, when the kernel reported both in one pair. */
+    oldPath: z.string().optional(),
+    isDir: z.boolean(),
+  })
+  .meta({ id: 'FileEvent' });
 export type FileEvent = z.infer<typeof FileEventSchema>;
 
 /** Options every file operation takes. */
@@ -117,7 +121,9 @@ export interface FilesApi {
 
 // ---- volumes -------------------------------------------------------------------
 
-const volumeName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'volume names are 1-128 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
+const volumeName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'volume names are 1-128 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
 export const VolumeNameSchema = volumeName;
 
 /**
@@ -131,30 +137,38 @@ export const MAX_VOLUMES = 3;
  * A volume mounted into a sandbox: a host directory (an absolute `source`)
  * or a named volume (a `source` that is a volume name; created on first use).
  */
-export const VolumeMountSchema = z.object({
-  source: z.string().min(1),
-  /** Absolute guest path. */
-  target: z.string().regex(/^\//, 'the guest path must be absolute'),
-  readOnly: z.boolean().optional(),
-}).strict().meta({ id: 'VolumeMount' });
+export const VolumeMountSchema = z
+  .object({
+    source: z.string().min(1),
+    /** Absolute guest path. */
+    target: z.string().regex(/^\//, 'the guest path must be absolute'),
+    readOnly: z.boolean().optional(),
+  })
+  .strict()
+  .meta({ id: 'VolumeMount' });
 export type VolumeMount = z.infer<typeof VolumeMountSchema>;
 
 /** A named volume: a directory under the Roost home, kept after the sandboxes that used it go. */
-export const VolumeInfoSchema = z.object({
-  name: z.string(),
-  /** Its directory on the host. */
-  path: z.string(),
-  createdAt: z.string(),
-  labels: z.record(z.string(), z.string()),
-  /** Ids of sandboxes (not removed) that mount it. */
-  usedBy: z.array(z.string()),
-}).meta({ id: 'VolumeInfo' });
+export const VolumeInfoSchema = z
+  .object({
+    name: z.string(),
+    /** Its directory on the host. */
+    path: z.string(),
+    createdAt: z.string(),
+    labels: z.record(z.string(), z.string()),
+    /** Ids of sandboxes (not removed) that mount it. */
+    usedBy: z.array(z.string()),
+  })
+  .meta({ id: 'VolumeInfo' });
 export type VolumeInfo = z.infer<typeof VolumeInfoSchema>;
 
-export const CreateVolumeRequestSchema = z.object({
-  name: volumeName,
-  labels: z.record(z.string(), z.string().max(256)).optional(),
-}).strict().meta({ id: 'CreateVolumeRequest' });
+export const CreateVolumeRequestSchema = z
+  .object({
+    name: volumeName,
+    labels: z.record(z.string(), z.string().max(256)).optional(),
+  })
+  .strict()
+  .meta({ id: 'CreateVolumeRequest' });
 export type CreateVolumeRequest = z.infer<typeof CreateVolumeRequestSchema>;
 
 /**

@@ -57,8 +57,20 @@ describe('port specs', () => {
 describe('egress rules', () => {
   it('parses every target kind with ports and protocol', () => {
     expect(parseEgressRule('10.0.0.0/8')).toEqual({ text: '10.0.0.0/8', target: { kind: 'cidr', address: 0x0a000000, prefix: 8 } });
-    expect(parseEgressRule('1.2.3.4:443/tcp')).toEqual({ text: '1.2.3.4:443/tcp', target: { kind: 'cidr', address: 0x01020304, prefix: 32 }, ports: [[443, 443]], protocol: 'tcp' });
-    expect(parseEgressRule('Example.COM:80,8000-8999')).toEqual({ text: 'Example.COM:80,8000-8999', target: { kind: 'name', name: 'example.com', wildcard: false }, ports: [[80, 80], [8000, 8999]] });
+    expect(parseEgressRule('1.2.3.4:443/tcp')).toEqual({
+      text: '1.2.3.4:443/tcp',
+      target: { kind: 'cidr', address: 0x01020304, prefix: 32 },
+      ports: [[443, 443]],
+      protocol: 'tcp',
+    });
+    expect(parseEgressRule('Example.COM:80,8000-8999')).toEqual({
+      text: 'Example.COM:80,8000-8999',
+      target: { kind: 'name', name: 'example.com', wildcard: false },
+      ports: [
+        [80, 80],
+        [8000, 8999],
+      ],
+    });
     expect(parseEgressRule('*.npmjs.org').target).toEqual({ kind: 'name', name: 'npmjs.org', wildcard: true });
     expect(parseEgressRule('*:53/udp')).toEqual({ text: '*:53/udp', target: { kind: 'any' }, ports: [[53, 53]], protocol: 'udp' });
     expect(parseEgressRule('host:8080').target).toEqual({ kind: 'host' });
@@ -82,9 +94,29 @@ describe('egress rules', () => {
 });
 
 describe('getHost', () => {
-  const base = { id: 'abcdef012345', status: 'running', createdAt: '', cpus: 1, memoryMiB: 256, diskSizeMiB: 4096, detached: false, accel: 'tcg', pid: 1, env: {}, labels: {}, execs: 0 } as const;
+  const base = {
+    id: 'abcdef012345',
+    status: 'running',
+    createdAt: '',
+    cpus: 1,
+    memoryMiB: 256,
+    diskSizeMiB: 4096,
+    detached: false,
+    accel: 'tcg',
+    pid: 1,
+    env: {},
+    labels: {},
+    execs: 0,
+  } as const;
   it('answers from published ports, or the bridge address', () => {
-    const info: SandboxInfo = { ...base, network: { mode: 'user', ports: [{ guestPort: 80, hostPort: 40123, hostIp: '0.0.0.0', protocol: 'tcp' }], egress: { default: 'allow', allow: [], deny: [] } } };
+    const info: SandboxInfo = {
+      ...base,
+      network: {
+        mode: 'user',
+        ports: [{ guestPort: 80, hostPort: 40123, hostIp: '0.0.0.0', protocol: 'tcp' }],
+        egress: { default: 'allow', allow: [], deny: [] },
+      },
+    };
     expect(hostForPort(info, 80)).toBe('127.0.0.1:40123');
     expect(() => hostForPort(info, 81)).toThrow(/not published: publish it with/);
     expect(() => hostForPort(info, 80, 'udp')).toThrow(RoostError);

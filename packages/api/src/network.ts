@@ -128,7 +128,8 @@ export function isIpv4(text: string): boolean {
 
 /** `1.2.3.4` -> its 32-bit value (unsigned). */
 export function ipv4ToInt(text: string): number {
-  if (!isIpv4(text)) throw new RoostError('INVALID_ARGUMENT', `"${text}" is not an IPv4 address (like 10.0.0.1)${text.includes(':') ? ': sandboxes have IPv4 only' : ''}`);
+  if (!isIpv4(text))
+    throw new RoostError('INVALID_ARGUMENT', `"${text}" is not an IPv4 address (like 10.0.0.1)${text.includes(':') ? ': sandboxes have IPv4 only' : ''}`);
   return text.split('.').reduce((n, o) => n * 256 + Number(o), 0);
 }
 
@@ -154,7 +155,10 @@ export function parseCidr(text: string): Cidr {
   const addr = slash < 0 ? text : text.slice(0, slash);
   const prefixText = slash < 0 ? '32' : text.slice(slash + 1);
   if (!isIpv4(addr) || !/^\d{1,2}$/.test(prefixText) || Number(prefixText) > 32) {
-    throw new RoostError('INVALID_ARGUMENT', `"${text}" is not an IPv4 CIDR: write an address with a prefix length, like 10.0.0.0/8 or 192.168.1.7/32${text.includes(':') ? ' (sandboxes have IPv4 only)' : ''}`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `"${text}" is not an IPv4 CIDR: write an address with a prefix length, like 10.0.0.0/8 or 192.168.1.7/32${text.includes(':') ? ' (sandboxes have IPv4 only)' : ''}`,
+    );
   }
   const prefix = Number(prefixText);
   const address = ipv4ToInt(addr);
@@ -167,7 +171,7 @@ export function parseCidr(text: string): Cidr {
 
 /** True if `address` (unsigned) is in `cidr`. */
 export function cidrContains(cidr: Cidr, address: number): boolean {
-  return ((address & prefixMask(cidr.prefix)) >>> 0) === cidr.address;
+  return (address & prefixMask(cidr.prefix)) >>> 0 === cidr.address;
 }
 
 /** True if `inner` lies wholly inside `outer`. */
@@ -197,7 +201,10 @@ function parsePortNumber(text: string, what: string, allowZero = false): number 
  */
 export function parsePortSpec(text: string): PortMapping {
   const invalid = (why: string) =>
-    new RoostError('INVALID_ARGUMENT', `port mapping "${text}" ${why}: write [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp], like 8080:80, 127.0.0.1::80 or 5353:53/udp`);
+    new RoostError(
+      'INVALID_ARGUMENT',
+      `port mapping "${text}" ${why}: write [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp], like 8080:80, 127.0.0.1::80 or 5353:53/udp`,
+    );
   let rest = text.trim();
   let protocol: PortProtocol | undefined;
   const slash = rest.lastIndexOf('/');
@@ -222,17 +229,18 @@ export function parsePortSpec(text: string): PortMapping {
 export function normalizePortSpec(spec: PortSpec): Required<PortMapping> {
   const m = typeof spec === 'string' ? parsePortSpec(spec) : PortMappingSchema.parse(spec);
   const hostIp = m.hostIp ?? '127.0.0.1';
-  if (!isIpv4(hostIp)) throw new RoostError('INVALID_ARGUMENT', `host address "${hostIp}" of a published port is not an IPv4 address: use 127.0.0.1 (the default), 0.0.0.0 or an address of this host`);
+  if (!isIpv4(hostIp))
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `host address "${hostIp}" of a published port is not an IPv4 address: use 127.0.0.1 (the default), 0.0.0.0 or an address of this host`,
+    );
   return { guestPort: m.guestPort, hostPort: m.hostPort ?? 0, hostIp, protocol: m.protocol ?? 'tcp' };
 }
 
 // ---- egress rules -------------------------------------------------------------
 
 export type EgressTarget =
-  | { kind: 'cidr'; address: number; prefix: number }
-  | { kind: 'name'; name: string; wildcard: boolean }
-  | { kind: 'any' }
-  | { kind: 'host' };
+  { kind: 'cidr'; address: number; prefix: number } | { kind: 'name'; name: string; wildcard: boolean } | { kind: 'any' } | { kind: 'host' };
 
 export interface EgressRule {
   /** The rule as written. */
@@ -255,7 +263,10 @@ export function isHostName(name: string): boolean {
 /** Parses one egress rule (see EgressPolicySchema for the grammar). */
 export function parseEgressRule(text: string): EgressRule {
   const invalid = (why: string) =>
-    new RoostError('INVALID_ARGUMENT', `egress rule "${text}" ${why}: write TARGET[:PORTS][/tcp|udp], TARGET an address, a CIDR (10.0.0.0/8), a host name (example.com, *.example.com), * or host, PORTS like 443, 8000-8999 or 80,443`);
+    new RoostError(
+      'INVALID_ARGUMENT',
+      `egress rule "${text}" ${why}: write TARGET[:PORTS][/tcp|udp], TARGET an address, a CIDR (10.0.0.0/8), a host name (example.com, *.example.com), * or host, PORTS like 443, 8000-8999 or 80,443`,
+    );
   let rest = text.trim().toLowerCase();
   if (rest === '') throw invalid('is empty');
   let protocol: PortProtocol | undefined;

@@ -3,8 +3,7 @@ import { MAX_CPUS, MAX_DISK_MIB, MAX_PORTS, MIN_MEMORY_MIB } from './limits.js';
 import { CreateOptionsSchema, parseInput, RunOptionsSchema } from './options.js';
 import { CreateSandboxRequestSchema, ExecRequestSchema } from './schemas.js';
 
-const fails = (schema: Parameters<typeof parseInput>[0], value: unknown, field: RegExp) =>
-  expect(() => parseInput(schema, value, 'options')).toThrow(field);
+const fails = (schema: Parameters<typeof parseInput>[0], value: unknown, field: RegExp) => expect(() => parseInput(schema, value, 'options')).toThrow(field);
 
 describe('the call schemas', () => {
   it('enforce the named limits, the same for the wire and the call', () => {
@@ -22,7 +21,9 @@ describe('the call schemas', () => {
     const ac = new AbortController();
     expect(() => parseInput(CreateOptionsSchema, { signal: ac.signal, onPullProgress: () => {} }, 'options')).not.toThrow();
     fails(CreateSandboxRequestSchema, { signal: ac.signal }, /signal/);
-    async function* chunks() { yield 'x'; }
+    async function* chunks() {
+      yield 'x';
+    }
     for (const stdin of ['text', new Uint8Array(1), chunks(), true]) {
       expect(() => parseInput(RunOptionsSchema, { stdin, onStdout: () => {} }, 'command options')).not.toThrow();
     }

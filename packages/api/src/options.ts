@@ -48,7 +48,10 @@ export const GuestPathSchema = z
 
 /** A user name, a uid, `uid:gid` or `name:group`. */
 export const FileUserSchema = z.union([
-  z.string().min(1, 'must be a non-empty user name or id').refine((u) => !u.includes('\0'), 'must not contain a NUL byte'),
+  z
+    .string()
+    .min(1, 'must be a non-empty user name or id')
+    .refine((u) => !u.includes('\0'), 'must not contain a NUL byte'),
   z.number().int().nonnegative(),
 ]);
 const fileMode = z.number().int().min(0).max(MAX_FILE_MODE);

@@ -142,7 +142,10 @@ export function hostForPort(info: SandboxInfo, port: number, protocol: PortProto
   const binding = net?.ports.find((p) => p.guestPort === port && p.protocol === protocol);
   if (binding) return hostForBinding(binding);
   if (net?.mode === 'bridge' && net.address) return `${net.address}:${port}`;
-  throw new RoostError('NOT_FOUND', `port ${port}/${protocol} of sandbox ${info.id} is not published${net?.mode === 'none' || !net ? ' (it has no network)' : `: publish it with sandbox.ports.add('127.0.0.1::${port}${protocol === 'udp' ? '/udp' : ''}') or \`roost port add ${info.id.slice(0, 12)} ${port}\``}`);
+  throw new RoostError(
+    'NOT_FOUND',
+    `port ${port}/${protocol} of sandbox ${info.id} is not published${net?.mode === 'none' || !net ? ' (it has no network)' : `: publish it with sandbox.ports.add('127.0.0.1::${port}${protocol === 'udp' ? '/udp' : ''}') or \`roost port add ${info.id.slice(0, 12)} ${port}\``}`,
+  );
 }
 
 /** Options of `create`, embedded or remote (validated by CreateOptionsSchema). */
@@ -180,7 +183,11 @@ export interface ListFilter {
 /** Turns query parameters into a ListFilter (the daemon and the CLI share it). */
 export function listFilterFromQuery(q: ListSandboxesQuery): ListFilter {
   const f: ListFilter = {};
-  if (q.status) f.status = q.status.split(',').map((s) => s.trim()).filter(Boolean) as SandboxStatus[];
+  if (q.status)
+    f.status = q.status
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean) as SandboxStatus[];
   if (q.image) f.image = q.image;
   if (q.label !== undefined) f.labels = Array.isArray(q.label) ? q.label : [q.label];
   return f;
@@ -192,7 +199,8 @@ export function matchesFilter(info: SandboxInfo, f: ListFilter): boolean {
     const wanted = Array.isArray(f.status) ? f.status : [f.status];
     if (!wanted.includes(info.status)) return false;
   }
-  if (f.image && !(info.image && (info.image.reference === f.image || info.image.id.startsWith(f.image) || info.image.id.slice(7).startsWith(f.image)))) return false;
+  if (f.image && !(info.image && (info.image.reference === f.image || info.image.id.startsWith(f.image) || info.image.id.slice(7).startsWith(f.image))))
+    return false;
   for (const l of f.labels ?? []) {
     const eq = l.indexOf('=');
     if (eq < 0 ? !(l in info.labels) : info.labels[l.slice(0, eq)] !== l.slice(eq + 1)) return false;

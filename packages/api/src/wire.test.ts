@@ -38,9 +38,12 @@ describe('pull events', () => {
     expect(decodePullEvent(JSON.parse(JSON.stringify(encodePullProgress(p, false))), 'alpine')).toEqual({ type: 'progress', progress: p });
   });
 
-  it('derives the status from an older daemon\'s line', () => {
+  it("derives the status from an older daemon's line", () => {
     const line = (completed: number, done: boolean) => ({ type: 'progress', digest: 'd', kind: 'config', completed, total: 10, done });
-    const status = (v: unknown) => { const e = decodePullEvent(v, 'x'); return e?.type === 'progress' ? e.progress.status : null; };
+    const status = (v: unknown) => {
+      const e = decodePullEvent(v, 'x');
+      return e?.type === 'progress' ? e.progress.status : null;
+    };
     expect(status(line(0, false))).toBe('waiting');
     expect(status(line(3, false))).toBe('downloading');
     expect(status(line(10, true))).toBe('done');

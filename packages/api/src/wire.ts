@@ -37,9 +37,7 @@ export function isErrorObject(error: unknown): error is { code: string; message:
 }
 
 /** A decoded exec event: the wire's, with an `error` rebuilt into a RoostError. */
-export type DecodedExecEvent =
-  | Exclude<ExecEvent, { type: 'error' }>
-  | { type: 'error'; error: RoostError };
+export type DecodedExecEvent = Exclude<ExecEvent, { type: 'error' }> | { type: 'error'; error: RoostError };
 
 /** Decodes one line of an exec's NDJSON stream; null for what it does not know (ignored: additive changes). */
 export function decodeExecEvent(value: unknown): DecodedExecEvent | null {
@@ -63,7 +61,10 @@ export function decodeExecEvent(value: unknown): DecodedExecEvent | null {
 export type DecodedPullEvent = { type: 'progress'; progress: PullProgress } | { type: 'done'; image: ImageInfoBody } | { type: 'error'; error: RoostError };
 
 /** The wire's progress line of one blob (`completed` is PullProgress's `current`; `status` is additive: older daemons send only `done`). */
-export function encodePullProgress(p: PullProgress, done: boolean): { type: 'progress'; digest: string; kind: string; completed: number; total: number; done: boolean; status: PullProgress['status'] } {
+export function encodePullProgress(
+  p: PullProgress,
+  done: boolean,
+): { type: 'progress'; digest: string; kind: string; completed: number; total: number; done: boolean; status: PullProgress['status'] } {
   return { type: 'progress', digest: p.digest, kind: p.kind, completed: p.current, total: p.total, done, status: p.status };
 }
 
@@ -76,7 +77,10 @@ export function decodePullEvent(value: unknown, image: string): DecodedPullEvent
       const done = value.done === true;
       const parsed = PullStatusSchema.safeParse(value.status);
       const status = parsed.success ? parsed.data : done ? 'done' : current > 0 ? 'downloading' : 'waiting';
-      return { type: 'progress', progress: { image, digest: String(value.digest), kind: value.kind === 'config' ? 'config' : 'layer', current, total: Number(value.total), status } };
+      return {
+        type: 'progress',
+        progress: { image, digest: String(value.digest), kind: value.kind === 'config' ? 'config' : 'layer', current, total: Number(value.total), status },
+      };
     }
     case 'done':
       return isObject(value.image) ? { type: 'done', image: value.image as ImageInfoBody } : null;

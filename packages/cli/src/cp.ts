@@ -85,7 +85,8 @@ export function addCpCommand(program: Command, withFace: WithFace): void {
     .action(async (src: string, dest: string, flags: { followLink?: boolean }) => {
       const from = parseLocation(src);
       const to = parseLocation(dest);
-      if (from.kind === 'guest' && to.kind === 'guest') throw new RoostError('INVALID_ARGUMENT', 'cp: copying between two sandboxes is not supported: copy to the host first');
+      if (from.kind === 'guest' && to.kind === 'guest')
+        throw new RoostError('INVALID_ARGUMENT', 'cp: copying between two sandboxes is not supported: copy to the host first');
       if (from.kind !== 'guest' && to.kind !== 'guest') throw new RoostError('INVALID_ARGUMENT', 'cp: one of SRC and DEST must be ID:PATH (a sandbox path)');
       if (from.kind === 'stdio' && to.kind === 'stdio') throw new RoostError('INVALID_ARGUMENT', 'cp: - may stand for one side only');
       const id = from.kind === 'guest' ? from.id : (to as GuestLocation).id;
@@ -159,7 +160,8 @@ function hostError(e: unknown, path: string): RoostError {
 async function copyIn(sandbox: SandboxApi, from: HostLocation | StdioLocation, dest: string, followLink: boolean): Promise<void> {
   const target = await guestStat(sandbox, dest, true);
   if (from.kind === 'stdio') {
-    if (target && target.type !== 'dir') throw new RoostError('INVALID_STATE', `cp: ${dest} is not a directory (a tar from stdin is extracted into a directory)`);
+    if (target && target.type !== 'dir')
+      throw new RoostError('INVALID_STATE', `cp: ${dest} is not a directory (a tar from stdin is extracted into a directory)`);
     await sandbox.files.writeArchive(dest, process.stdin as AsyncIterable<Uint8Array>, { user: ROOT });
     return;
   }
@@ -196,7 +198,8 @@ async function copyIn(sandbox: SandboxApi, from: HostLocation | StdioLocation, d
 
 /** A tar of `files` (relative to `cwd`), with the top name `from` written as `to`. */
 function packHost(cwd: string, files: string[], from?: string, to?: string): Pack {
-  const rename = (p: string) => (from === undefined || to === undefined || from === to ? p : p === from || p.startsWith(`${from}/`) ? to + p.slice(from.length) : p);
+  const rename = (p: string) =>
+    from === undefined || to === undefined || from === to ? p : p === from || p.startsWith(`${from}/`) ? to + p.slice(from.length) : p;
   const pack = new Pack({
     cwd,
     portable: false,
@@ -284,11 +287,12 @@ async function writeOut(source: AsyncIterable<Uint8Array>, out: NodeJS.WriteStre
   try {
     for await (const chunk of source) {
       if (failed) break;
-      if (!out.write(chunk)) await new Promise<void>((r) => {
-        const done = () => (out.off('drain', done), out.off('error', done), r());
-        out.on('drain', done);
-        out.on('error', done);
-      });
+      if (!out.write(chunk))
+        await new Promise<void>((r) => {
+          const done = () => (out.off('drain', done), out.off('error', done), r());
+          out.on('drain', done);
+          out.on('error', done);
+        });
     }
     if (failed) throw hostError(failed, 'standard output');
   } finally {
@@ -448,7 +452,7 @@ export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: st
           entry.on('data', (chunk: Buffer) => {
             if (failure) return;
             try {
-              for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off);
+              for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off);
             } catch (e) {
               failure = hostError(e, `${dest}/${path}`);
             }

@@ -73,7 +73,11 @@ export function addImageCommands(program: Command, withImages: WithImages): void
     .description('write an image out as an OCI layout or a `docker save` archive')
     .argument('<image>')
     .argument('<dest>')
-    .addOption(new Option('--format <format>', 'oci-archive (tar), oci-dir, or docker-archive').choices(['oci-archive', 'oci-dir', 'docker-archive']).default('oci-archive'))
+    .addOption(
+      new Option('--format <format>', 'oci-archive (tar), oci-dir, or docker-archive')
+        .choices(['oci-archive', 'oci-dir', 'docker-archive'])
+        .default('oci-archive'),
+    )
     .action(async (image: string, dest: string, flags: { format: 'oci-archive' | 'oci-dir' | 'docker-archive' }) => {
       await new ImageStore().export(image, dest, { format: flags.format });
       process.stdout.write(`${dest}\n`);

@@ -25,7 +25,16 @@ import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
 import { int, parsePairs } from './args.js';
-import { addNetworkFlags, addPortCommands, announceChosenPorts, embeddedPortsNote, formatPorts, networkOptions, networkRows, type NetworkFlags } from './network.js';
+import {
+  addNetworkFlags,
+  addPortCommands,
+  announceChosenPorts,
+  embeddedPortsNote,
+  formatPorts,
+  networkOptions,
+  networkRows,
+  type NetworkFlags,
+} from './network.js';
 
 export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
 
@@ -52,7 +61,10 @@ export async function main(argv: string[]): Promise<number> {
   const program = new Command('roost')
     .description('Run untrusted code in hardware-isolated Linux microVMs')
     .version('0.1.0')
-    .option('-H, --host <url>', 'talk to the daemon at this address (unix:///path/to/roost.sock, http://HOST:PORT; default $ROOST_HOST, else the home\'s daemon if one runs, else embedded)')
+    .option(
+      '-H, --host <url>',
+      "talk to the daemon at this address (unix:///path/to/roost.sock, http://HOST:PORT; default $ROOST_HOST, else the home's daemon if one runs, else embedded)",
+    )
     .enablePositionalOptions()
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -103,33 +115,55 @@ export async function main(argv: string[]): Promise<number> {
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'), 256)
     .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
     .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('-v, --volume <SRC:DST[:ro]>', 'mount a host directory or a named volume (created on first use) at DST in the guest; :ro for read-only (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      '-v, --volume <SRC:DST[:ro]>',
+      'mount a host directory or a named volume (created on first use) at DST in the guest; :ro for read-only (repeatable)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
     .addOption(new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts('template'))
-    .option('--template <name>', 'start from this template\'s warm snapshot (built on first use)')
+    .option('--template <name>', "start from this template's warm snapshot (built on first use)")
     .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'));
   addNetworkFlags(run);
   addExecFlags(run)
     .passThroughOptions()
     .argument('[args...]')
-    .action(async (args: string[], flags: ExecFlags & NetworkFlags & { detach?: boolean; cpus: number; memory: number; disk?: number; label: string[]; volume: string[]; pull: PullPolicy; snapshot?: string; template?: string; bootTimeout?: number }) => {
-      const restore = flags.snapshot !== undefined || flags.template !== undefined;
-      let { image, cmd: given } = splitRunArgs(args, argv);
-      if (restore && image !== undefined) {
-        // The snapshot or template has the image: the arguments are the command (`run --snapshot NAME CMD...`).
-        const from = flags.snapshot !== undefined ? '--snapshot' : '--template';
-        if (args.includes('--')) throw new RoostError('INVALID_ARGUMENT', `${from} brings its own image: give no IMAGE (${image}): roost run ${from} NAME [--] CMD [ARG...]`);
-        given = [image, ...given];
-        image = undefined;
-      }
-      // A restored sandbox has the snapshot's (or template's) CPUs and memory: only values given here go to the runtime (which refuses them).
-      const passed = (name: string) => !restore || run.getOptionValueSource(name) === 'cli';
-      const env = parseEnv(flags.env);
-      const labels = parsePairs(flags.label, '-l');
-      const volumes = flags.volume.map((v) => parseVolumeFlag(v));
-      const network = networkOptions(flags);
-      await withFace('run', async (face) => {
-        const sandbox = await face.runtime.create({
+    .action(
+      async (
+        args: string[],
+        flags: ExecFlags &
+          NetworkFlags & {
+            detach?: boolean;
+            cpus: number;
+            memory: number;
+            disk?: number;
+            label: string[];
+            volume: string[];
+            pull: PullPolicy;
+            snapshot?: string;
+            template?: string;
+            bootTimeout?: number;
+          },
+      ) => {
+        const restore = flags.snapshot !== undefined || flags.template !== undefined;
+        let { image, cmd: given } = splitRunArgs(args, argv);
+        if (restore && image !== undefined) {
+          // The snapshot or template has the image: the arguments are the command (`run --snapshot NAME CMD...`).
+          const from = flags.snapshot !== undefined ? '--snapshot' : '--template';
+          if (args.includes('--'))
+            throw new RoostError('INVALID_ARGUMENT', `${from} brings its own image: give no IMAGE (${image}): roost run ${from} NAME [--] CMD [ARG...]`);
+          given = [image, ...given];
+          image = undefined;
+        }
+        // A restored sandbox has the snapshot's (or template's) CPUs and memory: only values given here go to the runtime (which refuses them).
+        const passed = (name: string) => !restore || run.getOptionValueSource(name) === 'cli';
+        const env = parseEnv(flags.env);
+        const labels = parsePairs(flags.label, '-l');
+        const volumes = flags.volume.map((v) => parseVolumeFlag(v));
+        const network = networkOptions(flags);
+        await withFace('run', async (face) => {
+          const sandbox = await face.runtime.create({
             ...(passed('cpus') ? { cpus: flags.cpus } : {}),
             ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
             ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
@@ -142,33 +176,39 @@ export async function main(argv: string[]): Promise<number> {
             ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
             ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
             ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
-        });
-        // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
-        // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
-        const img = restore ? undefined : sandbox.info.image;
-        const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
-        if (!flags.detach && cmd.length === 0) {
-          await sandbox.remove({ force: true });
-          throw new RoostError('INVALID_ARGUMENT', image ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]` : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]');
-        }
-        if (flags.detach) {
-          if (cmd.length > 0) {
-            // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
-            await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions(flags, env));
+          });
+          // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
+          // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
+          const img = restore ? undefined : sandbox.info.image;
+          const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
+          if (!flags.detach && cmd.length === 0) {
+            await sandbox.remove({ force: true });
+            throw new RoostError(
+              'INVALID_ARGUMENT',
+              image
+                ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]`
+                : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]',
+            );
           }
-          // A detached sandbox outlives the runtime (or client) closed after this.
-          process.stdout.write(`${sandbox.id}\n`);
-          if (flags.publish.length > 0) embeddedPortsNote(face);
-          return;
-        }
-        announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
-        try {
-          exitCode = await runAttached(sandbox, cmd, flags, env);
-        } finally {
-          await sandbox.remove({ force: true });
-        }
-      });
-    });
+          if (flags.detach) {
+            if (cmd.length > 0) {
+              // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
+              await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions(flags, env));
+            }
+            // A detached sandbox outlives the runtime (or client) closed after this.
+            process.stdout.write(`${sandbox.id}\n`);
+            if (flags.publish.length > 0) embeddedPortsNote(face);
+            return;
+          }
+          announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
+          try {
+            exitCode = await runAttached(sandbox, cmd, flags, env);
+          } finally {
+            await sandbox.remove({ force: true });
+          }
+        });
+      },
+    );
 
   addExecFlags(program.command('exec').description('run a command in a running sandbox').usage('[options] ID -- CMD [ARG...]'))
     .passThroughOptions()
@@ -189,7 +229,12 @@ export async function main(argv: string[]): Promise<number> {
     .command('ps')
     .description('list sandboxes (running ones; -a for all)')
     .option('-a, --all', 'include stopped and failed sandboxes')
-    .option('-f, --filter <K=V>', 'filter: status=STATUS, label=KEY or label=KEY=VALUE, image=REF (repeatable; labels must all match)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      '-f, --filter <K=V>',
+      'filter: status=STATUS, label=KEY or label=KEY=VALUE, image=REF (repeatable; labels must all match)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option('-q, --quiet', 'print only ids')
     .option('--json', 'print JSON')
     .action(async (flags: { all?: boolean; filter: string[]; quiet?: boolean; json?: boolean }) => {
@@ -203,7 +248,7 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('inspect')
-    .description("show everything recorded about a sandbox")
+    .description('show everything recorded about a sandbox')
     .option('--json', 'print JSON')
     .argument('<id>')
     .action(async (id: string, flags: { json?: boolean }) => {
@@ -211,7 +256,10 @@ export async function main(argv: string[]): Promise<number> {
         const sandbox = await face.runtime.get(id);
         const record = await sandbox.refresh();
         // Counters only mean something while the VM runs.
-        return [record, !flags.json && record.network && record.network.mode !== 'none' && LIVE.includes(record.status) ? await sandbox.networkStats() : null] as const;
+        return [
+          record,
+          !flags.json && record.network && record.network.mode !== 'none' && LIVE.includes(record.status) ? await sandbox.networkStats() : null,
+        ] as const;
       });
       process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : describeSandbox(info, stats));
     });
@@ -229,7 +277,11 @@ export async function main(argv: string[]): Promise<number> {
       });
     });
 
-  const lifecycle = (name: 'stop' | 'start' | 'kill' | 'rm', description: string, act: (s: SandboxApi, flags: { timeout?: number; force?: boolean }) => Promise<void>) =>
+  const lifecycle = (
+    name: 'stop' | 'start' | 'kill' | 'rm',
+    description: string,
+    act: (s: SandboxApi, flags: { timeout?: number; force?: boolean }) => Promise<void>,
+  ) =>
     program
       .command(name)
       .description(description)
@@ -265,9 +317,13 @@ export async function main(argv: string[]): Promise<number> {
     .option('--sandbox <id>', 'only events of this sandbox')
     .option('--json', 'print one JSON object per line')
     .action(async (flags: { since?: number; type?: string; sandbox?: string; json?: boolean }) => {
-      const types = flags.type?.split(',').map((t) => t.trim()).filter(Boolean);
+      const types = flags.type
+        ?.split(',')
+        .map((t) => t.trim())
+        .filter(Boolean);
       for (const t of types ?? []) {
-        if (!(EVENT_TYPES as readonly string[]).includes(t)) throw new RoostError('INVALID_ARGUMENT', `--type: unknown event type "${t}" (known: ${EVENT_TYPES.join(', ')})`);
+        if (!(EVENT_TYPES as readonly string[]).includes(t))
+          throw new RoostError('INVALID_ARGUMENT', `--type: unknown event type "${t}" (known: ${EVENT_TYPES.join(', ')})`);
       }
       const stop = new AbortController();
       const onSignal = () => stop.abort();
@@ -302,7 +358,8 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
+    if (e instanceof CommanderError)
+      return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
     if (isRoostError(e)) {
       process.stderr.write(`roost: ${e.message}\n`);
       return EXIT_ROOST_ERROR;
@@ -489,7 +546,8 @@ export function parseFilters(filters: string[]): ListFilter {
     switch (key) {
       case 'status':
         for (const s of value.split(',')) {
-          if (!(STATUSES as string[]).includes(s)) throw new RoostError('INVALID_ARGUMENT', `--filter status=${s}: unknown status (known: ${STATUSES.join(', ')})`);
+          if (!(STATUSES as string[]).includes(s))
+            throw new RoostError('INVALID_ARGUMENT', `--filter status=${s}: unknown status (known: ${STATUSES.join(', ')})`);
           statuses.push(s as SandboxStatus);
         }
         break;
@@ -545,11 +603,21 @@ function describeSandbox(s: SandboxInfo, stats: NetworkStats | null): string {
     ['Working dir', s.workingDir || '-'],
     ['User', s.user || '-'],
     ['Agent', s.agentVersion ?? '-'],
-    ['Labels', Object.entries(s.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '-'],
+    [
+      'Labels',
+      Object.entries(s.labels ?? {})
+        .map(([k, v]) => `${k}=${v}`)
+        .join(', ') || '-',
+    ],
     ['Snapshot', s.snapshot ?? '-'],
     ['Volumes', (s.volumes ?? []).map((v) => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`).join(', ') || '-'],
     ...networkRows(s.network, stats),
-    ['Env', Object.entries(s.env ?? {}).map(([k, v]) => `${k}=${v}`).join(' ') || '-'],
+    [
+      'Env',
+      Object.entries(s.env ?? {})
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || '-',
+    ],
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;
   return rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}\n`).join('');

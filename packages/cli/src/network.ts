@@ -37,10 +37,24 @@ const collect = (v: string, acc: string[]) => [...acc, v];
 /** Adds -p/--publish, --network, --egress, --allow and --deny to a command. */
 export function addNetworkFlags(cmd: Command): Command {
   return cmd
-    .option('-p, --publish <SPEC>', 'publish a guest port on the host: [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp], like 8080:80 or 127.0.0.1::80 (a free port); on 127.0.0.1 unless an address is given (repeatable)', collect, [] as string[])
-    .addOption(new Option('--network <mode>', 'user (default: NAT run by Roost, no root needed), bridge (a TAP on a Linux bridge, needs root) or none (no NIC)').choices(['none', 'user', 'bridge']))
+    .option(
+      '-p, --publish <SPEC>',
+      'publish a guest port on the host: [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp], like 8080:80 or 127.0.0.1::80 (a free port); on 127.0.0.1 unless an address is given (repeatable)',
+      collect,
+      [] as string[],
+    )
+    .addOption(
+      new Option('--network <mode>', 'user (default: NAT run by Roost, no root needed), bridge (a TAP on a Linux bridge, needs root) or none (no NIC)').choices(
+        ['none', 'user', 'bridge'],
+      ),
+    )
     .addOption(new Option('--egress <policy>', 'what the sandbox may connect to when no rule matches: allow (the default) or deny').choices(['allow', 'deny']))
-    .option('--allow <RULE>', 'allow connections to TARGET[:PORTS][/tcp|udp]: an address, a CIDR (10.0.0.0/8), a host name (example.com, *.example.com), * or host; without --egress the default becomes deny (repeatable)', collect, [] as string[])
+    .option(
+      '--allow <RULE>',
+      'allow connections to TARGET[:PORTS][/tcp|udp]: an address, a CIDR (10.0.0.0/8), a host name (example.com, *.example.com), * or host; without --egress the default becomes deny (repeatable)',
+      collect,
+      [] as string[],
+    )
     .option('--deny <RULE>', 'deny connections to TARGET[:PORTS][/tcp|udp], even when allowed otherwise (repeatable)', collect, [] as string[]);
 }
 
@@ -59,7 +73,10 @@ export function networkOptions(flags: NetworkFlags): Pick<CreateOptions, 'networ
     egress = { default: byDefault, allow: flags.allow, deny: flags.deny };
   }
   if (flags.network === 'none' && (flags.publish.length > 0 || egress !== undefined)) {
-    throw new RoostError('INVALID_ARGUMENT', `--network none gives the sandbox no NIC: drop ${flags.publish.length > 0 ? '-p' : '--egress, --allow and --deny'}, or use --network user`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `--network none gives the sandbox no NIC: drop ${flags.publish.length > 0 ? '-p' : '--egress, --allow and --deny'}, or use --network user`,
+    );
   }
   return {
     ...(flags.network !== undefined ? { network: flags.network } : {}),
@@ -103,7 +120,10 @@ export function networkRows(network: NetworkInfo | undefined, stats: NetworkStat
   const e = network.egress;
   rows.push(['Egress', [`default ${e.default}`, ...e.allow.map((r) => `allow ${r}`), ...e.deny.map((r) => `deny ${r}`)].join(', ')]);
   if (stats) {
-    rows.push(['Traffic', `in ${bytes(stats.bytesIn)} (${stats.packetsIn} packets), out ${bytes(stats.bytesOut)} (${stats.packetsOut} packets), ${stats.denied} denied`]);
+    rows.push([
+      'Traffic',
+      `in ${bytes(stats.bytesIn)} (${stats.packetsIn} packets), out ${bytes(stats.bytesOut)} (${stats.packetsOut} packets), ${stats.denied} denied`,
+    ]);
   }
   return rows;
 }
@@ -113,7 +133,10 @@ export function parseHostPort(text: string): { hostPort: number; hostIp?: string
   const m = /^(?:([\d.]+):)?(\d{1,5})(?:\/(tcp|udp))?$/i.exec(text.trim());
   const port = m ? Number(m[2]) : 0;
   if (!m || port < 1 || port > 65535 || (m[1] !== undefined && !isIpv4(m[1]))) {
-    throw new RoostError('INVALID_ARGUMENT', `"${text}" is not a published host port: write HOST_PORT[/tcp|udp] or HOST_IP:HOST_PORT[/tcp|udp], like 8080 or 127.0.0.1:5353/udp (see \`roost port ls ID\`)`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `"${text}" is not a published host port: write HOST_PORT[/tcp|udp] or HOST_IP:HOST_PORT[/tcp|udp], like 8080 or 127.0.0.1:5353/udp (see \`roost port ls ID\`)`,
+    );
   }
   return { hostPort: port, ...(m[1] !== undefined ? { hostIp: m[1] } : {}), protocol: (m[3]?.toLowerCase() ?? 'tcp') as PortProtocol };
 }
@@ -121,7 +144,8 @@ export function parseHostPort(text: string): { hostPort: number; hostIp?: string
 /** `GUEST_PORT[/PROTO]`: the filter of `roost port ls`. */
 function parseGuestPort(text: string): { guestPort: number; protocol?: PortProtocol } {
   const m = /^(\d{1,5})(?:\/(tcp|udp))?$/i.exec(text.trim());
-  if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535) throw new RoostError('INVALID_ARGUMENT', `"${text}" is not a guest port: write GUEST_PORT[/tcp|udp], like 80 or 53/udp`);
+  if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535)
+    throw new RoostError('INVALID_ARGUMENT', `"${text}" is not a guest port: write GUEST_PORT[/tcp|udp], like 80 or 53/udp`);
   return { guestPort: Number(m[1]), ...(m[2] ? { protocol: m[2].toLowerCase() as PortProtocol } : {}) };
 }
 
@@ -132,7 +156,9 @@ function parseGuestPort(text: string): { guestPort: number; protocol?: PortProto
  */
 export function embeddedPortsNote(face: Face): void {
   if (face.kind !== 'embedded') return;
-  process.stderr.write("roost: note: no daemon runs, so this sandbox's network and published ports work only while a roost command holds the home: run `roost serve` to keep them up\n");
+  process.stderr.write(
+    "roost: note: no daemon runs, so this sandbox's network and published ports work only while a roost command holds the home: run `roost serve` to keep them up\n",
+  );
 }
 
 /** Writes `roost: published HOST -> GUEST` for ports whose host port the host chose (the user could not know it otherwise). */
@@ -157,7 +183,8 @@ export function addPortCommands(program: Command, withFace: WithFace): void {
       const want = guest === undefined ? undefined : parseGuestPort(guest);
       const all = await withFace('port', async (face) => (await face.runtime.get(id)).ports.list());
       const list = want ? all.filter((p) => p.guestPort === want.guestPort && (want.protocol === undefined || p.protocol === want.protocol)) : all;
-      if (want && list.length === 0) throw new RoostError('NOT_FOUND', `sandbox ${id} does not publish port ${guest}: publish it with \`roost port add ${id} ${guest}\``);
+      if (want && list.length === 0)
+        throw new RoostError('NOT_FOUND', `sandbox ${id} does not publish port ${guest}: publish it with \`roost port add ${id} ${guest}\``);
       if (flags.json) process.stdout.write(JSON.stringify(list, null, 2) + '\n');
       else process.stdout.write(list.map((p) => (want ? `${p.hostIp}:${p.hostPort}\n` : `${portLine(p)}\n`)).join(''));
     });

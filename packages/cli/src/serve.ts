@@ -36,7 +36,10 @@ export function addServeCommand(program: Command): Command {
   return program
     .command('serve')
     .description('run the Roost daemon: the REST API on a unix socket in the home (and on TCP with --tcp), until SIGINT or SIGTERM')
-    .option('--tcp [address]', `also listen on TCP, [host:]port (default 127.0.0.1:${DEFAULT_TCP_PORT}; port 0 picks a free one); every request needs the token`)
+    .option(
+      '--tcp [address]',
+      `also listen on TCP, [host:]port (default 127.0.0.1:${DEFAULT_TCP_PORT}; port 0 picks a free one); every request needs the token`,
+    )
     .option('--socket <path>', 'the unix socket (default: roost.sock in the Roost home)')
     .option('--max-concurrent-creates <n>', 'sandboxes booting at once (more are answered 429)', positiveInt('--max-concurrent-creates'))
     .option('--max-sandboxes <n>', 'sandboxes with a VM at once (more are answered 429)', positiveInt('--max-sandboxes'))

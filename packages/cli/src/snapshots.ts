@@ -44,7 +44,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .command('snapshot')
     .description("save a sandbox's memory, processes and disk as a snapshot (it runs on); restore with `roost run --snapshot NAME`")
     .argument('<id>')
-    .argument('[name]', 'the snapshot\'s name (default: <id>-<time>)')
+    .argument('[name]', "the snapshot's name (default: <id>-<time>)")
     .option('-t, --timeout <ms>', 'how long saving may take', int('--timeout'))
     .option('--json', 'print JSON')
     .action(async (id: string, name: string | undefined, flags: { timeout?: number; json?: boolean }) => {
@@ -60,7 +60,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .description('make running copies of a sandbox (each with its own id, memory and disk) and print their ids')
     .argument('<id>')
     .option('-n, --count <n>', `how many copies (1-${MAX_FORK_COUNT})`, int('--count'), 1)
-    .option('-l, --label <K=V>', 'labels of the copies instead of the source\'s (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('-l, --label <K=V>', "labels of the copies instead of the source's (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('-t, --timeout <ms>', 'how long the fork may take', int('--timeout'))
     .action(async (id: string, flags: { count: number; label: string[]; timeout?: number }) => {
       const labels = parsePairs(flags.label, '-l');
@@ -110,12 +110,15 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
       });
     });
 
-  const template = program.command('template').alias('templates').description('manage templates: an image, resources and a setup command kept ready as a snapshot (`roost run --template NAME`)');
+  const template = program
+    .command('template')
+    .alias('templates')
+    .description('manage templates: an image, resources and a setup command kept ready as a snapshot (`roost run --template NAME`)');
   template
     .command('create')
     .description('define a template (built on its first use, or now with --warm)')
     .argument('<name>')
-    .option('--image <image>', 'the image (default: Roost\'s base root filesystem)')
+    .option('--image <image>', "the image (default: Roost's base root filesystem)")
     .option('--cpus <n>', 'virtual CPUs', int('--cpus'))
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'))
     .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
@@ -124,20 +127,35 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .option('--warm', 'build its snapshot now')
     .option('-t, --timeout <ms>', 'how long building may take (with --warm)', int('--timeout'))
     .option('--json', 'print JSON')
-    .action(async (name: string, flags: { image?: string; cpus?: number; memory?: number; disk?: number; env: string[]; setup?: string; warm?: boolean; timeout?: number; json?: boolean }) => {
-      const env = parsePairs(flags.env, '-e');
-      const request: CreateTemplateRequest = { name };
-      if (flags.image !== undefined) request.image = flags.image;
-      if (flags.cpus !== undefined) request.cpus = flags.cpus;
-      if (flags.memory !== undefined) request.memoryMiB = flags.memory;
-      if (flags.disk !== undefined) request.diskSizeMiB = flags.disk;
-      if (Object.keys(env).length > 0) request.env = env;
-      if (flags.setup !== undefined) request.setup = flags.setup;
-      if (flags.warm) request.warm = true;
-      if (flags.timeout !== undefined) request.timeoutMs = flags.timeout;
-      const info = await withFace('template', (face) => face.runtime.templates.create(request));
-      process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}${info.snapshot ? `  ${info.snapshot}` : ''}\n`);
-    });
+    .action(
+      async (
+        name: string,
+        flags: {
+          image?: string;
+          cpus?: number;
+          memory?: number;
+          disk?: number;
+          env: string[];
+          setup?: string;
+          warm?: boolean;
+          timeout?: number;
+          json?: boolean;
+        },
+      ) => {
+        const env = parsePairs(flags.env, '-e');
+        const request: CreateTemplateRequest = { name };
+        if (flags.image !== undefined) request.image = flags.image;
+        if (flags.cpus !== undefined) request.cpus = flags.cpus;
+        if (flags.memory !== undefined) request.memoryMiB = flags.memory;
+        if (flags.disk !== undefined) request.diskSizeMiB = flags.disk;
+        if (Object.keys(env).length > 0) request.env = env;
+        if (flags.setup !== undefined) request.setup = flags.setup;
+        if (flags.warm) request.warm = true;
+        if (flags.timeout !== undefined) request.timeoutMs = flags.timeout;
+        const info = await withFace('template', (face) => face.runtime.templates.create(request));
+        process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}${info.snapshot ? `  ${info.snapshot}` : ''}\n`);
+      },
+    );
   template
     .command('ls', { isDefault: true })
     .description('list templates')
@@ -215,4 +233,3 @@ function truncate(s: string, max: number): string {
   const line = s.replace(/\s+/g, ' ');
   return line.length <= max ? line : `${line.slice(0, max - 3)}...`;
 }
-

@@ -12,7 +12,10 @@ export type WithVolumes = <T>(fn: (volumes: VolumesApi) => Promise<T>) => Promis
  * (no runtime, no lock: safe beside a running one).
  */
 export function addVolumeCommands(program: Command, withVolumes: WithVolumes): void {
-  const volume = program.command('volume').alias('volumes').description('manage named volumes (directories mounted into sandboxes with -v NAME:/path, kept after them)');
+  const volume = program
+    .command('volume')
+    .alias('volumes')
+    .description('manage named volumes (directories mounted into sandboxes with -v NAME:/path, kept after them)');
   volume
     .command('create')
     .description('create a named volume (`run -v NAME:/path` also creates one on first use)')
@@ -72,7 +75,8 @@ export function parseVolumeFlag(spec: string, cwd = process.cwd()): VolumeMount 
     if (mode !== 'ro' && mode !== 'rw') throw new RoostError('INVALID_ARGUMENT', `-v ${spec}: the mode is "ro" or "rw", not "${mode}"`);
     readOnly = mode === 'ro';
   }
-  if (parts.length !== 2 || !parts[0] || !parts[1]) throw new RoostError('INVALID_ARGUMENT', `-v ${spec}: expected SRC:DST or SRC:DST:ro (SRC a host directory or a volume name, DST an absolute guest path)`);
+  if (parts.length !== 2 || !parts[0] || !parts[1])
+    throw new RoostError('INVALID_ARGUMENT', `-v ${spec}: expected SRC:DST or SRC:DST:ro (SRC a host directory or a volume name, DST an absolute guest path)`);
   const [src, target] = parts as [string, string];
   const hostPath = src.startsWith('/') || src.startsWith('.') || src.includes('/');
   return { source: hostPath ? resolve(cwd, src) : src, target, ...(readOnly ? { readOnly: true } : {}) };
@@ -100,7 +104,12 @@ function describeVolume(v: VolumeInfo): string {
     ['Name', v.name],
     ['Path', v.path],
     ['Created', `${v.createdAt} (${ago(v.createdAt)})`],
-    ['Labels', Object.entries(v.labels).map(([k, val]) => `${k}=${val}`).join(', ') || '-'],
+    [
+      'Labels',
+      Object.entries(v.labels)
+        .map(([k, val]) => `${k}=${val}`)
+        .join(', ') || '-',
+    ],
     ['Used by', v.usedBy.join(', ') || '-'],
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;

@@ -1,6 +1,18 @@
 import {
-  CreateOptionsSchema, errorFromBody, isErrorObject, isRoostError, parseInput, RoostError, sleep,
-  type CreateOptions, type EventType, type ListFilter, type RoostEvent, type RuntimeApi, type RuntimeMetrics, type SandboxInfo,
+  CreateOptionsSchema,
+  errorFromBody,
+  isErrorObject,
+  isRoostError,
+  parseInput,
+  RoostError,
+  sleep,
+  type CreateOptions,
+  type EventType,
+  type ListFilter,
+  type RoostEvent,
+  type RuntimeApi,
+  type RuntimeMetrics,
+  type SandboxInfo,
 } from '@roost/api';
 import { defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteImages } from './images.js';
@@ -90,7 +102,11 @@ export class RoostClient implements RuntimeApi {
     this.home = resolveHome(options.home);
     const host = options.host ?? (process.env.ROOST_HOST || undefined);
     this.endpoint = host ? parseHost(host) : defaultEndpoint(this.home);
-    const token = tokenSource({ ...(options.token !== undefined ? { token: options.token } : {}), home: this.home, local: this.endpoint.socketPath !== undefined });
+    const token = tokenSource({
+      ...(options.token !== undefined ? { token: options.token } : {}),
+      home: this.home,
+      local: this.endpoint.socketPath !== undefined,
+    });
     this.#transport = new Transport(this.endpoint, token, options.timeoutMs ?? 60_000);
     this.images = new RemoteImages(this.#transport);
     this.volumes = new RemoteVolumes(this.#transport);
@@ -108,13 +124,16 @@ export class RoostClient implements RuntimeApi {
     parseInput(CreateOptionsSchema, options, 'sandbox options');
     const { signal, onPullProgress, ...body } = options;
     if (body.image !== undefined && body.pull !== 'never' && onPullProgress) {
-      const stored = body.pull === 'always' ? false : await this.images.inspect(body.image).then(
-        () => true,
-        (e: unknown) => {
-          if (isRoostError(e, 'NOT_FOUND')) return false;
-          throw e;
-        },
-      );
+      const stored =
+        body.pull === 'always'
+          ? false
+          : await this.images.inspect(body.image).then(
+              () => true,
+              (e: unknown) => {
+                if (isRoostError(e, 'NOT_FOUND')) return false;
+                throw e;
+              },
+            );
       if (!stored) {
         await this.images.pull(body.image, { onProgress: onPullProgress, ...(signal ? { signal } : {}) });
         body.pull = 'missing';
@@ -161,7 +180,13 @@ export class RoostClient implements RuntimeApi {
         if (last !== undefined) query.after = String(last);
         const headers: Record<string, string> = { 'cache-control': 'no-cache' };
         if (last !== undefined) headers['last-event-id'] = String(last);
-        const { res, abort } = await this.#transport.stream('GET', '/v1/events', { query, headers, accept: 'text/event-stream', signal, what: 'the event stream' });
+        const { res, abort } = await this.#transport.stream('GET', '/v1/events', {
+          query,
+          headers,
+          accept: 'text/event-stream',
+          signal,
+          what: 'the event stream',
+        });
         try {
           const parser = new SseParser();
           for await (const chunk of res) {
@@ -204,7 +229,10 @@ export class RoostClient implements RuntimeApi {
 
   /** The daemon's health: version, home, pid, uptime. */
   health(options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Health> {
-    return this.#transport.json<Health>('GET', '/v1/health', { signal: options.signal, ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}) });
+    return this.#transport.json<Health>('GET', '/v1/health', {
+      signal: options.signal,
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    });
   }
 
   /** Counters and gauges of the daemon's runtime. */
@@ -219,7 +247,11 @@ export class RoostClient implements RuntimeApi {
 
   /** A sandbox's console log; `tail` keeps the last lines. */
   logs(id: string, options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
-    return this.#transport.text('GET', `/v1/sandboxes/${encodeURIComponent(id)}/logs`, { accept: 'text/plain', query: { tail: options.tail }, signal: options.signal });
+    return this.#transport.text('GET', `/v1/sandboxes/${encodeURIComponent(id)}/logs`, {
+      accept: 'text/plain',
+      query: { tail: options.tail },
+      signal: options.signal,
+    });
   }
 
   /**

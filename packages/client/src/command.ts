@@ -1,6 +1,19 @@
 import {
-  abortError, checkTerminalSize, decodeExecEvent, OutputBuffer, parseInput, pumpStdin, RoostError, RunOptionsSchema, signalNumber,
-  type CommandHandleApi, type CommandResult, type CommandsApi, type ExecRequest, type OutputCallback, type RunOptions,
+  abortError,
+  checkTerminalSize,
+  decodeExecEvent,
+  OutputBuffer,
+  parseInput,
+  pumpStdin,
+  RoostError,
+  RunOptionsSchema,
+  signalNumber,
+  type CommandHandleApi,
+  type CommandResult,
+  type CommandsApi,
+  type ExecRequest,
+  type OutputCallback,
+  type RunOptions,
 } from '@roost/api';
 import type { StreamingResponse, Transport } from './http.js';
 import { NdjsonParser } from './wire.js';
@@ -314,11 +327,23 @@ export class RemoteCommands implements CommandsApi {
         }
         for (const v of parser.end()) take(v);
         if (!end) {
-          end = { ok: false, error: new RoostError('UNAVAILABLE', `${description}: the connection to the daemon at ${this.transport.endpoint.display} ended before the command did`) };
+          end = {
+            ok: false,
+            error: new RoostError(
+              'UNAVAILABLE',
+              `${description}: the connection to the daemon at ${this.transport.endpoint.display} ended before the command did`,
+            ),
+          };
         }
       } catch (e) {
         response.abort(e instanceof Error ? e : new Error(String(e)));
-        end = { ok: false, error: e instanceof RoostError ? e : new RoostError('UNAVAILABLE', `${description}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e }) };
+        end = {
+          ok: false,
+          error:
+            e instanceof RoostError
+              ? e
+              : new RoostError('UNAVAILABLE', `${description}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e }),
+        };
       } finally {
         clearTimeout(backupTimer);
       }

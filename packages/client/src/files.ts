@@ -120,7 +120,11 @@ export class RemoteFiles implements FilesApi {
   async makeDir(path: string, options: FileOptions & { mode?: number } = {}): Promise<boolean> {
     parseInput(MakeDirOptionsSchema, options, 'makeDir options');
     const json = { path, ...(options.mode !== undefined ? { mode: options.mode } : {}), ...(options.user !== undefined ? { user: options.user } : {}) };
-    const r = await this.#transport.json<{ created: boolean }>('POST', `${this.#base}/mkdir`, { json, signal: options.signal, what: `creating directory ${path}` });
+    const r = await this.#transport.json<{ created: boolean }>('POST', `${this.#base}/mkdir`, {
+      json,
+      signal: options.signal,
+      what: `creating directory ${path}`,
+    });
     return r.created;
   }
 
@@ -134,7 +138,12 @@ export class RemoteFiles implements FilesApi {
   /** Renames (moves) a path; replaces an existing target unless `noReplace`. */
   async rename(from: string, to: string, options: FileOptions & { noReplace?: boolean } = {}): Promise<EntryInfo> {
     parseInput(RenameOptionsSchema, options, 'rename options');
-    const json = { from, to, ...(options.noReplace !== undefined ? { noReplace: options.noReplace } : {}), ...(options.user !== undefined ? { user: options.user } : {}) };
+    const json = {
+      from,
+      to,
+      ...(options.noReplace !== undefined ? { noReplace: options.noReplace } : {}),
+      ...(options.user !== undefined ? { user: options.user } : {}),
+    };
     return this.#transport.json<EntryInfo>('POST', `${this.#base}/rename`, { json, signal: options.signal, what: `renaming ${from} to ${to}` });
   }
 
@@ -147,7 +156,13 @@ export class RemoteFiles implements FilesApi {
     parseInput(WatchOptionsSchema, options, 'watch options');
     const what = `watching ${path}`;
     const query: Query = { path, ...userQuery(options), recursive: options.recursive ? 'true' : undefined };
-    const { res, abort } = await this.#transport.stream('GET', `${this.#base}/watch`, { query, accept: 'application/x-ndjson', signal: options.signal, timeoutMs: null, what });
+    const { res, abort } = await this.#transport.stream('GET', `${this.#base}/watch`, {
+      query,
+      accept: 'application/x-ndjson',
+      signal: options.signal,
+      timeoutMs: null,
+      what,
+    });
     const watch = new RemoteWatch(res, abort, what, options.signal, this.#transport.endpoint.display);
     try {
       await watch.ready();
@@ -168,19 +183,39 @@ export class RemoteFiles implements FilesApi {
   async writeArchive(dir: string, tar: Uint8Array | AsyncIterable<Uint8Array>, options: FileOptions = {}): Promise<void> {
     parseInput(FileOptionsSchema, options, 'writeArchive options');
     const query: Query = { path: dir, ...userQuery(options) };
-    await this.#transport.json('PUT', `${this.#base}/archive`, { query, body: tar, contentType: 'application/x-tar', signal: options.signal, timeoutMs: null, what: `extracting into ${dir}` });
+    await this.#transport.json('PUT', `${this.#base}/archive`, {
+      query,
+      body: tar,
+      contentType: 'application/x-tar',
+      signal: options.signal,
+      timeoutMs: null,
+      what: `extracting into ${dir}`,
+    });
   }
 
   async #download(route: string, accept: string, path: string, options: FileOptions, what: string): Promise<AsyncIterable<Uint8Array>> {
     const query: Query = { path, ...userQuery(options) };
     // With `TE: trailers`, a failure after the first bytes comes as the daemon's error, not a broken connection.
-    const { res, abort } = await this.#transport.stream('GET', `${this.#base}/${route}`, { query, accept, headers: { te: 'trailers' }, signal: options.signal, timeoutMs: null, what });
+    const { res, abort } = await this.#transport.stream('GET', `${this.#base}/${route}`, {
+      query,
+      accept,
+      headers: { te: 'trailers' },
+      signal: options.signal,
+      timeoutMs: null,
+      what,
+    });
     return downloadBody(res, abort, what, options.signal, this.#transport.endpoint.display);
   }
 }
 
 /** A download's body as bytes, read as it is consumed; a failure the daemon reported in its trailer is thrown at the end. */
-async function* downloadBody(res: IncomingMessage, abort: (err: Error) => void, what: string, signal: AbortSignal | undefined, where: string): AsyncGenerator<Uint8Array> {
+async function* downloadBody(
+  res: IncomingMessage,
+  abort: (err: Error) => void,
+  what: string,
+  signal: AbortSignal | undefined,
+  where: string,
+): AsyncGenerator<Uint8Array> {
   let complete = false;
   try {
     for await (const chunk of res) {

@@ -4,7 +4,18 @@ import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { abortError, apiTokenPath, daemonSocketPath, DEFAULT_TCP_PORT, ERROR_CODES, ERROR_STATUS, errorFromBody, isErrorObject, RoostError, type RoostErrorCode } from '@roost/api';
+import {
+  abortError,
+  apiTokenPath,
+  daemonSocketPath,
+  DEFAULT_TCP_PORT,
+  ERROR_CODES,
+  ERROR_STATUS,
+  errorFromBody,
+  isErrorObject,
+  RoostError,
+  type RoostErrorCode,
+} from '@roost/api';
 
 /** Where a daemon listens: a unix socket, or an HTTP(S) address. */
 export interface Endpoint {
@@ -153,7 +164,11 @@ export class Transport {
     try {
       return JSON.parse(text) as T;
     } catch (cause) {
-      throw new RoostError('INTERNAL', `${options.what ?? `${method} ${path}`}: the daemon at ${this.endpoint.display} answered with something other than JSON`, { cause });
+      throw new RoostError(
+        'INTERNAL',
+        `${options.what ?? `${method} ${path}`}: the daemon at ${this.endpoint.display} answered with something other than JSON`,
+        { cause },
+      );
     }
   }
 
@@ -161,7 +176,9 @@ export class Transport {
   async text(method: string, path: string, options: RequestOptions = {}): Promise<string> {
     const { res, abort } = await this.stream(method, path, options);
     try {
-      return (await readAll(res, MAX_BODY, () => abort(new RoostError('RESOURCE_EXHAUSTED', `${method} ${path}: the answer is larger than ${MAX_BODY} bytes`)))).toString('utf8');
+      return (
+        await readAll(res, MAX_BODY, () => abort(new RoostError('RESOURCE_EXHAUSTED', `${method} ${path}: the answer is larger than ${MAX_BODY} bytes`)))
+      ).toString('utf8');
     } catch (e) {
       throw this.#mapError(e, options.what ?? `${method} ${path}`);
     }
@@ -267,7 +284,11 @@ export class Transport {
           .then((buf) => {
             const err = errorFromResponse(status, buf.toString('utf8'), what, e.display);
             if (err.code === 'UNAUTHENTICATED' && !token) {
-              fail(new RoostError('UNAUTHENTICATED', `${err.message} (no token was sent: set ROOST_TOKEN, or give the client its token)`, { details: err.details }));
+              fail(
+                new RoostError('UNAUTHENTICATED', `${err.message} (no token was sent: set ROOST_TOKEN, or give the client its token)`, {
+                  details: err.details,
+                }),
+              );
             } else fail(err);
           });
       });
@@ -285,7 +306,11 @@ export class Transport {
           cleanup();
           if (settled) return;
           settled = true;
-          reject(err instanceof RoostError ? err : new RoostError('ABORTED', `${what}: reading the data to send failed: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+          reject(
+            err instanceof RoostError
+              ? err
+              : new RoostError('ABORTED', `${what}: reading the data to send failed: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
+          );
         },
       );
     });
@@ -301,7 +326,9 @@ export class Transport {
         return new RoostError('UNAVAILABLE', `no daemon listens at ${where} (start one with \`roost serve\`)`, { cause: err });
       case 'EACCES':
       case 'EPERM':
-        return new RoostError('UNAVAILABLE', `cannot connect to the daemon at ${where}: permission denied (its socket is private to the user who runs it)`, { cause: err });
+        return new RoostError('UNAVAILABLE', `cannot connect to the daemon at ${where}: permission denied (its socket is private to the user who runs it)`, {
+          cause: err,
+        });
       case 'ENOTFOUND':
       case 'EAI_AGAIN':
         return new RoostError('UNAVAILABLE', `cannot resolve the daemon's host ${this.endpoint.hostname} (${code})`, { cause: err });

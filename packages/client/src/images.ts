@@ -1,4 +1,13 @@
-import { abortError, decodePullEvent, isRoostError, RoostError, type ImageInfoBody, type ImageRemoval, type ImagesApi, type PullImageOptions } from '@roost/api';
+import {
+  abortError,
+  decodePullEvent,
+  isRoostError,
+  RoostError,
+  type ImageInfoBody,
+  type ImageRemoval,
+  type ImagesApi,
+  type PullImageOptions,
+} from '@roost/api';
 import type { Transport } from './http.js';
 import { NdjsonParser } from './wire.js';
 
@@ -14,7 +23,13 @@ export class RemoteImages implements ImagesApi {
   /** Pulls an image; `onProgress` hears about each blob. Resolves with the stored image. */
   async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
     const what = `pulling ${reference}`;
-    const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', { json: { reference }, accept: 'application/x-ndjson', signal: options.signal, timeoutMs: null, what });
+    const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', {
+      json: { reference },
+      accept: 'application/x-ndjson',
+      signal: options.signal,
+      timeoutMs: null,
+      what,
+    });
     const parser = new NdjsonParser();
     let result: ImageInfoBody | undefined;
     const take = (v: unknown) => {

@@ -1,4 +1,16 @@
-import { ForkOptionsSchema, hostForPort, isRoostError, normalizePortSpec, parseInput, SnapshotOptionsSchema, type SandboxApi, type SandboxInfo, type SandboxMetrics, type SandboxStatus, type SnapshotInfo } from '@roost/api';
+import {
+  ForkOptionsSchema,
+  hostForPort,
+  isRoostError,
+  normalizePortSpec,
+  parseInput,
+  SnapshotOptionsSchema,
+  type SandboxApi,
+  type SandboxInfo,
+  type SandboxMetrics,
+  type SandboxStatus,
+  type SnapshotInfo,
+} from '@roost/api';
 import type { NetworkInfo, NetworkStats, PortBinding, PortProtocol, PortSpec, PortsApi } from '@roost/api';
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
@@ -59,7 +71,10 @@ export class RemoteSandbox implements SandboxApi {
   /** Stops the sandbox (the VM powers off; killed after `timeoutMs`, default 10 s). */
   async stop(options: { timeoutMs?: number } = {}): Promise<void> {
     const body = options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {};
-    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/stop`, { json: body, timeoutMs: (options.timeoutMs ?? 10_000) + ANSWER_GRACE_MS });
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/stop`, {
+      json: body,
+      timeoutMs: (options.timeoutMs ?? 10_000) + ANSWER_GRACE_MS,
+    });
   }
 
   /** Boots a stopped sandbox again, on the disk it had. */
@@ -96,14 +111,26 @@ export class RemoteSandbox implements SandboxApi {
   async snapshot(options: { name?: string; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<SnapshotInfo> {
     parseInput(SnapshotOptionsSchema, options, 'snapshot options');
     const { signal, ...body } = options;
-    return this.#transport.json<SnapshotInfo>('POST', `${this.#path}/snapshot`, { json: body, signal, timeoutMs: null, what: `snapshotting sandbox ${this.id}` });
+    return this.#transport.json<SnapshotInfo>('POST', `${this.#path}/snapshot`, {
+      json: body,
+      signal,
+      timeoutMs: null,
+      what: `snapshotting sandbox ${this.id}`,
+    });
   }
 
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
-  async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<RemoteSandbox[]> {
+  async fork(
+    options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<RemoteSandbox[]> {
     parseInput(ForkOptionsSchema, options, 'fork options');
     const { signal, ...body } = options;
-    const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('POST', `${this.#path}/fork`, { json: body, signal, timeoutMs: null, what: `forking sandbox ${this.id}` });
+    const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('POST', `${this.#path}/fork`, {
+      json: body,
+      signal,
+      timeoutMs: null,
+      what: `forking sandbox ${this.id}`,
+    });
     return r.sandboxes.map((info) => new RemoteSandbox(this.#transport, info));
   }
 

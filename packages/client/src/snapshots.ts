@@ -46,7 +46,12 @@ export class RemoteTemplates implements TemplatesApi {
    */
   create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo> {
     const { signal, ...body } = request;
-    return this.transport.json<TemplateInfo>('POST', '/v1/templates', { json: body, signal, timeoutMs: body.warm ? null : undefined, what: `creating template ${body.name}` });
+    return this.transport.json<TemplateInfo>('POST', '/v1/templates', {
+      json: body,
+      signal,
+      timeoutMs: body.warm ? null : undefined,
+      what: `creating template ${body.name}`,
+    });
   }
 
   /** A template by name; NOT_FOUND when there is none. */
@@ -62,7 +67,12 @@ export class RemoteTemplates implements TemplatesApi {
   /** Builds the template's snapshot now: a new one, replacing the one it had (removed once no sandbox restored from it remains). */
   warm(name: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<TemplateInfo> {
     const body = options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {};
-    return this.transport.json<TemplateInfo>('POST', `/v1/templates/${encodeURIComponent(name)}/warm`, { json: body, signal: options.signal, timeoutMs: null, what: `warming template ${name}` });
+    return this.transport.json<TemplateInfo>('POST', `/v1/templates/${encodeURIComponent(name)}/warm`, {
+      json: body,
+      signal: options.signal,
+      timeoutMs: null,
+      what: `warming template ${name}`,
+    });
   }
 
   /** Removes the template, and its snapshot once no sandbox depends on it. */

@@ -42,7 +42,8 @@ describe('SSE parser', () => {
   const ev = (data: string, event = 'message', id?: string): SseEvent => ({ event, data, id });
 
   it('dispatches on a blank line; joins data lines; keeps the last id; ignores comments and unknown fields', () => {
-    const text = ': connected\nretry: 1500\n\nid: 1\nevent: sandbox.created\ndata: {"id":1}\n\n: heartbeat\n\ndata: line one\ndata: line two\nfoo: bar\n\nid: 7\nevent: exec.exited\ndata:no-space\n\n';
+    const text =
+      ': connected\nretry: 1500\n\nid: 1\nevent: sandbox.created\ndata: {"id":1}\n\n: heartbeat\n\ndata: line one\ndata: line two\nfoo: bar\n\nid: 7\nevent: exec.exited\ndata:no-space\n\n';
     const got = everySplit(text, () => new SseParser());
     expect(got).toEqual([ev('{"id":1}', 'sandbox.created', '1'), ev('line one\nline two', 'message', '1'), ev('no-space', 'exec.exited', '7')]);
     const p = new SseParser();
@@ -88,7 +89,12 @@ describe('host addresses', () => {
 
 describe('error bodies', () => {
   it('rebuilds the daemon RoostError, and falls back on the status table', () => {
-    const e = errorFromResponse(404, JSON.stringify({ error: { code: 'NOT_FOUND', message: 'no sandbox abc', details: { id: 'abc' } } }), 'GET /v1/sandboxes/abc', 'unix:///x');
+    const e = errorFromResponse(
+      404,
+      JSON.stringify({ error: { code: 'NOT_FOUND', message: 'no sandbox abc', details: { id: 'abc' } } }),
+      'GET /v1/sandboxes/abc',
+      'unix:///x',
+    );
     expect(isRoostError(e, 'NOT_FOUND')).toBe(true);
     expect(e.message).toBe('no sandbox abc');
     expect(e.details).toMatchObject({ id: 'abc', status: 404 });

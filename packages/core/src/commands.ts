@@ -1,7 +1,18 @@
 import { constants as osConstants } from 'node:os';
 import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
 import { randomBytes } from 'node:crypto';
-import { checkTerminalSize, pumpStdin, RunOptionsSchema, signalName, signalNumber, type CommandHandleApi, type CommandResult, type CommandsApi, type OutputBuffer, type RunOptions } from '@roost/api';
+import {
+  checkTerminalSize,
+  pumpStdin,
+  RunOptionsSchema,
+  signalName,
+  signalNumber,
+  type CommandHandleApi,
+  type CommandResult,
+  type CommandsApi,
+  type OutputBuffer,
+  type RunOptions,
+} from '@roost/api';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
 import { agentOutput } from './output.js';
@@ -41,7 +52,16 @@ export class CommandHandle implements CommandHandleApi {
   #onStdin: ((n: number) => void) | undefined;
 
   /** @internal */
-  constructor(id: string, pid: number, channel: ExecChannel, out: OutputBuffer, err: OutputBuffer, exit: Promise<ExecExit>, description: string, onStdin?: (n: number) => void) {
+  constructor(
+    id: string,
+    pid: number,
+    channel: ExecChannel,
+    out: OutputBuffer,
+    err: OutputBuffer,
+    exit: Promise<ExecExit>,
+    description: string,
+    onStdin?: (n: number) => void,
+  ) {
     this.id = id;
     this.pid = pid;
     this.#onStdin = onStdin;
@@ -227,10 +247,20 @@ export class Commands implements CommandsApi {
     const id = randomBytes(6).toString('hex');
     const startedAt = performance.now();
     hooks.started?.({ id, pid, argv });
-    exit.then(
-      (e) => hooks.exited?.({ id, pid, exitCode: e.exitCode, signal: e.signal === null ? null : signalName(e.signal), ...(e.timedOut ? { error: 'TIMEOUT' } : {}), durationMs: Math.round(performance.now() - startedAt) }),
-      (e: RoostError) => hooks.exited?.({ id, pid, exitCode: null, signal: null, error: e.code, durationMs: Math.round(performance.now() - startedAt) }),
-    ).catch(() => {});
+    exit
+      .then(
+        (e) =>
+          hooks.exited?.({
+            id,
+            pid,
+            exitCode: e.exitCode,
+            signal: e.signal === null ? null : signalName(e.signal),
+            ...(e.timedOut ? { error: 'TIMEOUT' } : {}),
+            durationMs: Math.round(performance.now() - startedAt),
+          }),
+        (e: RoostError) => hooks.exited?.({ id, pid, exitCode: null, signal: null, error: e.code, durationMs: Math.round(performance.now() - startedAt) }),
+      )
+      .catch(() => {});
     const handle = new CommandHandle(id, pid, channel, out, err, exit, description, hooks.bytes && ((n) => hooks.bytes!('stdin', n)));
     if (opts.stdin !== undefined && typeof opts.stdin !== 'boolean') void pumpStdin(handle, opts.stdin);
     return handle;

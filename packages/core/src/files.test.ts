@@ -4,10 +4,31 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
-  CallFlags, FrameDecoder, MAX_PAYLOAD, MAX_RECORD, MessageType, VERSION, WatchEvent,
-  decodeCall, decodeCredit, decodeData, decodeEof, decodeHostHello, decodeSignal,
-  Capability, encodeAgentHello, encodeData, encodeEntryRecord, encodeEof, encodeErrorRecord, encodeEventRecord, encodeExit, encodeRecord, encodeStarted,
-  type CallRequest, type Fd,
+  CallFlags,
+  FrameDecoder,
+  MAX_PAYLOAD,
+  MAX_RECORD,
+  MessageType,
+  VERSION,
+  WatchEvent,
+  decodeCall,
+  decodeCredit,
+  decodeData,
+  decodeEof,
+  decodeHostHello,
+  decodeSignal,
+  Capability,
+  encodeAgentHello,
+  encodeData,
+  encodeEntryRecord,
+  encodeEof,
+  encodeErrorRecord,
+  encodeEventRecord,
+  encodeExit,
+  encodeRecord,
+  encodeStarted,
+  type CallRequest,
+  type Fd,
 } from '@roost/protocol';
 import { AgentConnection } from './agent/connection.js';
 import { Files, runCall } from './files.js';
@@ -26,7 +47,11 @@ class FakeStream {
   credit = [0, 0];
   #listeners: (() => void)[] = [];
 
-  constructor(readonly sock: Socket, readonly id: number, readonly request: CallRequest) {
+  constructor(
+    readonly sock: Socket,
+    readonly id: number,
+    readonly request: CallRequest,
+  ) {
     const w = request.window ?? 262144;
     this.credit = [w, w];
   }
@@ -96,7 +121,9 @@ beforeAll(async () => {
       for (const f of dec.push(chunk)) {
         if (f.type === MessageType.HELLO) {
           const h = decodeHostHello(f.payload);
-          sock.write(encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce), capabilities: Capability.CALL }));
+          sock.write(
+            encodeAgentHello({ version: VERSION, agentVersion: 'fake', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(h.nonce), capabilities: Capability.CALL }),
+          );
         } else if (f.type === MessageType.CALL) {
           const s = new FakeStream(sock, f.stream, decodeCall(f.payload));
           byId.set(f.stream, s);
@@ -119,7 +146,16 @@ afterEach(() => {
 });
 
 const entry = (path: string, stMode: number, extra: { size?: bigint; link?: string; event?: number } = {}) =>
-  encodeEntryRecord({ path, name: path.slice(path.lastIndexOf('/') + 1), stMode, size: extra.size ?? 0n, uid: 1, gid: 2, mtimeNs: 1_700_000_000_500_000_000n, ...extra });
+  encodeEntryRecord({
+    path,
+    name: path.slice(path.lastIndexOf('/') + 1),
+    stMode,
+    size: extra.size ?? 0n,
+    uid: 1,
+    gid: 2,
+    mtimeNs: 1_700_000_000_500_000_000n,
+    ...extra,
+  });
 
 describe('runCall', () => {
   it('returns fd 1 and maps an error record to a RoostError', async () => {
@@ -144,10 +180,22 @@ describe('runCall', () => {
   it('maps errnos by the shared table, and names a path other than the operand', async () => {
     const conn = await connect();
     const cases: [number, string, string][] = [
-      [13, 'EACCES', 'PERMISSION_DENIED'], [1, 'EPERM', 'PERMISSION_DENIED'], [17, 'EEXIST', 'ALREADY_EXISTS'], [21, 'EISDIR', 'INVALID_STATE'],
-      [20, 'ENOTDIR', 'INVALID_STATE'], [39, 'ENOTEMPTY', 'INVALID_STATE'], [30, 'EROFS', 'INVALID_STATE'], [16, 'EBUSY', 'INVALID_STATE'],
-      [18, 'EXDEV', 'INVALID_STATE'], [26, 'ETXTBSY', 'INVALID_STATE'], [22, 'EINVAL', 'INVALID_ARGUMENT'], [36, 'ENAMETOOLONG', 'INVALID_ARGUMENT'],
-      [40, 'ELOOP', 'INVALID_ARGUMENT'], [28, 'ENOSPC', 'RESOURCE_EXHAUSTED'], [122, 'EDQUOT', 'RESOURCE_EXHAUSTED'], [27, 'EFBIG', 'RESOURCE_EXHAUSTED'],
+      [13, 'EACCES', 'PERMISSION_DENIED'],
+      [1, 'EPERM', 'PERMISSION_DENIED'],
+      [17, 'EEXIST', 'ALREADY_EXISTS'],
+      [21, 'EISDIR', 'INVALID_STATE'],
+      [20, 'ENOTDIR', 'INVALID_STATE'],
+      [39, 'ENOTEMPTY', 'INVALID_STATE'],
+      [30, 'EROFS', 'INVALID_STATE'],
+      [16, 'EBUSY', 'INVALID_STATE'],
+      [18, 'EXDEV', 'INVALID_STATE'],
+      [26, 'ETXTBSY', 'INVALID_STATE'],
+      [22, 'EINVAL', 'INVALID_ARGUMENT'],
+      [36, 'ENAMETOOLONG', 'INVALID_ARGUMENT'],
+      [40, 'ELOOP', 'INVALID_ARGUMENT'],
+      [28, 'ENOSPC', 'RESOURCE_EXHAUSTED'],
+      [122, 'EDQUOT', 'RESOURCE_EXHAUSTED'],
+      [27, 'EFBIG', 'RESOURCE_EXHAUSTED'],
       [5, 'EIO', 'AGENT'],
     ];
     for (const [errno, name, code] of cases) {
@@ -155,7 +203,11 @@ describe('runCall', () => {
         s.started();
         s.fail(errno, '/a', 'mkdir: x');
       };
-      await expect(runCall(conn, { op: 'write', args: ['/a/b'] })).rejects.toMatchObject({ code, details: { errno: name, path: '/a' }, message: `write /a/b: mkdir /a: x (${name})` });
+      await expect(runCall(conn, { op: 'write', args: ['/a/b'] })).rejects.toMatchObject({
+        code,
+        details: { errno: name, path: '/a' },
+        message: `write /a/b: mkdir /a: x (${name})`,
+      });
     }
     conn.close();
   });
@@ -167,7 +219,10 @@ describe('runCall', () => {
       s.out(2, Buffer.from('fileops: assertion failed\n'));
       s.exit(null, 11);
     };
-    await expect(runCall(conn, { op: 'stat', args: ['/'] })).rejects.toMatchObject({ code: 'AGENT', message: expect.stringMatching(/killed by signal 11: fileops: assertion failed/) });
+    await expect(runCall(conn, { op: 'stat', args: ['/'] })).rejects.toMatchObject({
+      code: 'AGENT',
+      message: expect.stringMatching(/killed by signal 11: fileops: assertion failed/),
+    });
     handler = (s) => {
       s.started();
       s.exit(3);
@@ -246,7 +301,10 @@ describe('Files', () => {
   let files: Files;
   beforeAll(async () => {
     conn = await connect();
-    files = new Files(async () => conn, () => ({ user: 'app' }));
+    files = new Files(
+      async () => conn,
+      () => ({ user: 'app' }),
+    );
   });
   afterAll(() => conn.close());
 
@@ -257,7 +315,17 @@ describe('Files', () => {
       if (s.request.op === 'mkdir') s.out(1, entry('/d', 0o40755, { event: 1 }));
       s.exit(0);
     };
-    expect(await files.stat('/l')).toEqual({ path: '/l', name: 'l', type: 'symlink', size: 3, mode: 0o777, uid: 1, gid: 2, mtime: '2023-11-14T22:13:20.500Z', symlinkTarget: '/x' });
+    expect(await files.stat('/l')).toEqual({
+      path: '/l',
+      name: 'l',
+      type: 'symlink',
+      size: 3,
+      mode: 0o777,
+      uid: 1,
+      gid: 2,
+      mtime: '2023-11-14T22:13:20.500Z',
+      symlinkTarget: '/x',
+    });
     await files.stat('/l', { follow: true, user: 0 });
     expect(await files.makeDir('/d', { mode: 0o700 })).toBe(true);
     await files.remove('/d');
@@ -396,16 +464,19 @@ describe('Files', () => {
     handler = async (s) => {
       s.started();
       s.out(1, encodeEventRecord({ event: WatchEvent.READY, path: '', stMode: 0 }));
-      s.out(1, Buffer.concat([
-        encodeEventRecord({ event: WatchEvent.CREATE, path: '/w/a', stMode: S_IFREG }),
-        encodeEventRecord({ event: WatchEvent.WRITE, path: '/w/a', stMode: S_IFREG }),
-        encodeEventRecord({ event: WatchEvent.RENAME_FROM, path: '/w/a', stMode: S_IFREG }),
-        encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/w/b', stMode: S_IFREG }),
-        encodeEventRecord({ event: 99, path: '/w/future', stMode: S_IFREG }),
-        encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/w/in', stMode: S_IFDIR }),
-        encodeEventRecord({ event: WatchEvent.CHMOD, path: '/w/b', stMode: S_IFREG }),
-        encodeEventRecord({ event: WatchEvent.RENAME_FROM, path: '/w/b', stMode: S_IFREG }),
-      ]));
+      s.out(
+        1,
+        Buffer.concat([
+          encodeEventRecord({ event: WatchEvent.CREATE, path: '/w/a', stMode: S_IFREG }),
+          encodeEventRecord({ event: WatchEvent.WRITE, path: '/w/a', stMode: S_IFREG }),
+          encodeEventRecord({ event: WatchEvent.RENAME_FROM, path: '/w/a', stMode: S_IFREG }),
+          encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/w/b', stMode: S_IFREG }),
+          encodeEventRecord({ event: 99, path: '/w/future', stMode: S_IFREG }),
+          encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/w/in', stMode: S_IFDIR }),
+          encodeEventRecord({ event: WatchEvent.CHMOD, path: '/w/b', stMode: S_IFREG }),
+          encodeEventRecord({ event: WatchEvent.RENAME_FROM, path: '/w/b', stMode: S_IFREG }),
+        ]),
+      );
       await new Promise((r) => setTimeout(r, 200));
       s.out(1, encodeEventRecord({ event: WatchEvent.REMOVE, path: '/w/in', stMode: S_IFDIR }));
       await s.until(() => s.signals.length > 0);
@@ -459,9 +530,11 @@ describe('a hostile agent', () => {
       s.out(1, head);
     };
     const watch = await files.watch('/w');
-    await expect((async () => {
-      for await (const ev of watch) void ev;
-    })()).rejects.toMatchObject({ code: 'AGENT' });
+    await expect(
+      (async () => {
+        for await (const ev of watch) void ev;
+      })(),
+    ).rejects.toMatchObject({ code: 'AGENT' });
     expect(violations).toHaveLength(1);
   });
 

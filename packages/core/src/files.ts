@@ -1,12 +1,43 @@
 import { constants as osConstants } from 'node:os';
 import {
-  CallFlags, DEFAULT_WINDOW, Fd, MAX_RECORD, ProtocolError, RecordDecoder, WatchEvent,
-  decodeEntryRecord, decodeErrorRecord, decodeEventRecord,
-  type CallRequest, type EntryRecord, type ErrorRecord, type EventRecord, type ExecExit,
+  CallFlags,
+  DEFAULT_WINDOW,
+  Fd,
+  MAX_RECORD,
+  ProtocolError,
+  RecordDecoder,
+  WatchEvent,
+  decodeEntryRecord,
+  decodeErrorRecord,
+  decodeEventRecord,
+  type CallRequest,
+  type EntryRecord,
+  type ErrorRecord,
+  type EventRecord,
+  type ExecExit,
 } from '@roost/protocol';
 import {
-  errnoCode, FileOptionsSchema, GuestPathSchema, ListOptionsSchema, MakeDirOptionsSchema, ReadOptionsSchema, RemoveOptionsSchema, RenameOptionsSchema,
-  StatOptionsSchema, WatchOptionsSchema, WriteOptionsSchema, type OutputBuffer, type EntryInfo, type FileEvent, type FileOptions, type FilesApi, type FileWatchApi, type ReadFormat, type WriteData, type WriteInfo, type WriteOptions,
+  errnoCode,
+  FileOptionsSchema,
+  GuestPathSchema,
+  ListOptionsSchema,
+  MakeDirOptionsSchema,
+  ReadOptionsSchema,
+  RemoveOptionsSchema,
+  RenameOptionsSchema,
+  StatOptionsSchema,
+  WatchOptionsSchema,
+  WriteOptionsSchema,
+  type OutputBuffer,
+  type EntryInfo,
+  type FileEvent,
+  type FileOptions,
+  type FilesApi,
+  type FileWatchApi,
+  type ReadFormat,
+  type WriteData,
+  type WriteInfo,
+  type WriteOptions,
 } from '@roost/api';
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
@@ -132,7 +163,13 @@ class Call {
     this.firstOutput = new Promise<void>((r) => (this.#resolveFirst = r));
     const onRecord = options.onRecord;
     if (onRecord) this.#records = new RecordDecoder();
-    this.stdout = agentOutput(Fd.STDOUT, (fd, n) => this.grant(n, fd), undefined, undefined, () => void this.cancel(null));
+    this.stdout = agentOutput(
+      Fd.STDOUT,
+      (fd, n) => this.grant(n, fd),
+      undefined,
+      undefined,
+      () => void this.cancel(null),
+    );
     this.#channel = conn.call(request, {
       started: () => {},
       data: (fd, chunk) => {
@@ -306,7 +343,8 @@ async function pumpStdin(call: Call, data: WriteData, what: string): Promise<voi
   } catch (e) {
     // The call ended under us (its outcome is in `done`), or the source failed.
     if (call.settled || call.cancelled) return;
-    const reason = e instanceof RoostError ? e : new RoostError('ABORTED', `${what}: reading the data to send failed: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    const reason =
+      e instanceof RoostError ? e : new RoostError('ABORTED', `${what}: reading the data to send failed: ${(e as Error)?.message ?? String(e)}`, { cause: e });
     await call.cancel(reason);
   }
 }
@@ -455,8 +493,13 @@ export class Files implements FilesApi {
     const format = opts.format ?? 'text';
     const started = await this.#start('read', [path], opts, format === 'stream' ? { window: STREAM_WINDOW } : {});
     if (format === 'stream') return this.#stream(started);
-    const bytes = await gather(started.call, MAX_READ_GATHER, () =>
-      new RoostError('RESOURCE_EXHAUSTED', `${started.what}: the file is larger than ${MAX_READ_GATHER >> 20} MiB; read it with format 'stream'`, { details: { path } }),
+    const bytes = await gather(
+      started.call,
+      MAX_READ_GATHER,
+      () =>
+        new RoostError('RESOURCE_EXHAUSTED', `${started.what}: the file is larger than ${MAX_READ_GATHER >> 20} MiB; read it with format 'stream'`, {
+          details: { path },
+        }),
     );
     return format === 'text' ? bytes.toString('utf8') : bytes;
   }
@@ -471,7 +514,9 @@ export class Files implements FilesApi {
   async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<WriteInfo> {
     path = checkPath(path, 'path');
     if (typeof data !== 'string' && !(data instanceof Uint8Array) && !isAsyncIterable(data)) {
-      throw new RoostError('INVALID_ARGUMENT', 'data: must be a string, a Uint8Array or an async iterable of them', { details: { fields: [{ path: 'data', message: 'invalid type' }] } });
+      throw new RoostError('INVALID_ARGUMENT', 'data: must be a string, a Uint8Array or an async iterable of them', {
+        details: { fields: [{ path: 'data', message: 'invalid type' }] },
+      });
     }
     const opts = parseOptions(WriteOptionsSchema, options, 'write options');
     if (typeof data === 'string') data = Buffer.from(data, 'utf8');
@@ -490,8 +535,13 @@ export class Files implements FilesApi {
     path = checkPath(path, 'path');
     const opts = parseOptions(ListOptionsSchema, options, 'list options');
     const { call, conn, what } = await this.#start('list', [path], opts, { depth: opts.depth ?? 1 });
-    const out = await gather(call, MAX_CALL_OUTPUT, () =>
-      new RoostError('RESOURCE_EXHAUSTED', `${what}: the listing is larger than ${MAX_CALL_OUTPUT >> 20} MiB; list fewer levels (depth)`, { details: { path } }),
+    const out = await gather(
+      call,
+      MAX_CALL_OUTPUT,
+      () =>
+        new RoostError('RESOURCE_EXHAUSTED', `${what}: the listing is larger than ${MAX_CALL_OUTPUT >> 20} MiB; list fewer levels (depth)`, {
+          details: { path },
+        }),
     );
     const entries = records(conn, out, decodeEntryRecord, what).map(toEntryInfo);
     return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
@@ -573,7 +623,9 @@ export class Files implements FilesApi {
   async writeArchive(dir: string, tar: Uint8Array | AsyncIterable<Uint8Array>, options: FileOptions = {}): Promise<void> {
     dir = checkPath(dir, 'dir');
     if (!(tar instanceof Uint8Array) && !isAsyncIterable(tar)) {
-      throw new RoostError('INVALID_ARGUMENT', 'tar: must be a Uint8Array or an async iterable of Uint8Array', { details: { fields: [{ path: 'tar', message: 'invalid type' }] } });
+      throw new RoostError('INVALID_ARGUMENT', 'tar: must be a Uint8Array or an async iterable of Uint8Array', {
+        details: { fields: [{ path: 'tar', message: 'invalid type' }] },
+      });
     }
     const opts = parseOptions(FileOptionsSchema, options, 'writeArchive options');
     const { call, what } = await this.#start('extract', [dir], opts, { stdin: true, flags: CallFlags.PARENTS });

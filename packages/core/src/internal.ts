@@ -14,7 +14,16 @@ export { BlobStore } from './image/blobs.js';
 export { RegistryClient, RegistrySource, parseWwwAuthenticate, type RegistryClientOptions, type RetryEvent, type AuthChallenge } from './image/registry.js';
 export { pullImage, type PullImageOptions, type PulledImage } from './image/pull.js';
 export { openOciLayout, openDockerArchive, writeOciLayout, type LocalImageSource, type LocalImageRef } from './image/archive.js';
-export { MediaType, parseManifest, parseImageConfig, selectPlatform, type Descriptor, type ImageManifest, type ImageIndex, type ImageSource } from './image/manifest.js';
+export {
+  MediaType,
+  parseManifest,
+  parseImageConfig,
+  selectPlatform,
+  type Descriptor,
+  type ImageManifest,
+  type ImageIndex,
+  type ImageSource,
+} from './image/manifest.js';
 export { buildRootfs, ROOTFS_FORMAT, type RootfsBuild } from './image/rootfs.js';
 export { registryApiHost, DOCKER_HUB } from './image/reference.js';
 export { Commands, CommandHandle } from './commands.js';

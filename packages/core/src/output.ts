@@ -12,6 +12,12 @@ export { OutputBuffer as OutputStream } from '@roost/api';
  * (commands: `wait()` still returns it), or, with `onEarlyReturn`, discards
  * it and reports that nobody reads any more (file operations end the call).
  */
-export function agentOutput(fd: Fd, grant: (fd: Fd, n: number) => void, callback?: OutputCallback, onBytes?: (n: number) => void, onEarlyReturn?: () => void): OutputBuffer {
+export function agentOutput(
+  fd: Fd,
+  grant: (fd: Fd, n: number) => void,
+  callback?: OutputCallback,
+  onBytes?: (n: number) => void,
+  onEarlyReturn?: () => void,
+): OutputBuffer {
   return new OutputBuffer({ credit: (n) => grant(fd, n) }, callback, { ...(onBytes ? { onBytes } : {}), ...(onEarlyReturn ? { onEarlyReturn } : {}) });
 }

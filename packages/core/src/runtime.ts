@@ -1,6 +1,18 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { CreateOptions, EventType, ImagesApi, ListFilter, RoostEvent, RuntimeApi, RuntimeMetrics, SandboxInfo, SandboxMetrics, SandboxStatus, SnapshotsApi } from '@roost/api';
+import type {
+  CreateOptions,
+  EventType,
+  ImagesApi,
+  ListFilter,
+  RoostEvent,
+  RuntimeApi,
+  RuntimeMetrics,
+  SandboxInfo,
+  SandboxMetrics,
+  SandboxStatus,
+  SnapshotsApi,
+} from '@roost/api';
 import { matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { RoostError } from './errors.js';
@@ -134,7 +146,10 @@ export class Runtime implements RuntimeApi {
    */
   static async open(options: RuntimeOptions = {}): Promise<Runtime> {
     const home = roostHome(options.home);
-    for (const [k, v] of [['maxConcurrentCreates', options.maxConcurrentCreates], ['maxSandboxes', options.maxSandboxes]] as const) {
+    for (const [k, v] of [
+      ['maxConcurrentCreates', options.maxConcurrentCreates],
+      ['maxSandboxes', options.maxSandboxes],
+    ] as const) {
       if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new RoostError('INVALID_ARGUMENT', `${k}: must be a positive integer, not ${v}`);
     }
     const vmm = resolveVmm(options.vmm);
@@ -197,17 +212,26 @@ export class Runtime implements RuntimeApi {
       if (rest.snapshot !== undefined) throw new RoostError('INVALID_ARGUMENT', 'snapshot and template: give one of them');
       // Checked before the template's snapshot is built: bad input fails fast.
       checkRestoreOptions(rest, 'of a template', "the template's");
-      const snapshot = await this.#templates._snapshotFor(template, { ...(rest.timeoutMs ? { timeoutMs: Math.max(rest.timeoutMs, 120_000) } : {}), ...(rest.signal ? { signal: rest.signal } : {}) });
+      const snapshot = await this.#templates._snapshotFor(template, {
+        ...(rest.timeoutMs ? { timeoutMs: Math.max(rest.timeoutMs, 120_000) } : {}),
+        ...(rest.signal ? { signal: rest.signal } : {}),
+      });
       return this.create({ ...rest, snapshot });
     }
     if (this.#creating >= this.#maxConcurrentCreates) {
-      throw new RoostError('RESOURCE_EXHAUSTED', `${this.#creating} sandboxes are being created already (the limit is ${this.#maxConcurrentCreates}): retry when one is up`, {
-        details: { limit: this.#maxConcurrentCreates },
-      });
+      throw new RoostError(
+        'RESOURCE_EXHAUSTED',
+        `${this.#creating} sandboxes are being created already (the limit is ${this.#maxConcurrentCreates}): retry when one is up`,
+        {
+          details: { limit: this.#maxConcurrentCreates },
+        },
+      );
     }
     const live = [...this.#sandboxes.values()].filter((s) => isLive(s.status)).length + this.#creating;
     if (live >= this.#maxSandboxes) {
-      throw new RoostError('RESOURCE_EXHAUSTED', `${live} sandboxes run already (the limit is ${this.#maxSandboxes}): stop one first`, { details: { limit: this.#maxSandboxes } });
+      throw new RoostError('RESOURCE_EXHAUSTED', `${live} sandboxes run already (the limit is ${this.#maxSandboxes}): stop one first`, {
+        details: { limit: this.#maxSandboxes },
+      });
     }
     this.#creating++;
     const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
@@ -354,7 +378,14 @@ export class Runtime implements RuntimeApi {
   async #usage(sb: Sandbox): Promise<SandboxMetrics> {
     const pid = sb.vmPid;
     const u = pid !== null ? await processUsage(pid) : null;
-    return { id: sb.id, status: sb.status, cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, memoryPssBytes: u?.pssBytes ?? null, execs: sb.info.execs };
+    return {
+      id: sb.id,
+      status: sb.status,
+      cpuSeconds: u?.cpuSeconds ?? 0,
+      memoryRssBytes: u?.rssBytes ?? 0,
+      memoryPssBytes: u?.pssBytes ?? null,
+      execs: sb.info.execs,
+    };
   }
 
   /**

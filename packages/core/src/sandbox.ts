@@ -78,7 +78,11 @@ export class Sandbox implements SandboxApi {
     const connection = () => this.#link.connection();
     this.commands = new Commands(
       connection,
-      () => ({ env: record.info.env, ...(record.info.workingDir ? { cwd: record.info.workingDir } : {}), ...(record.info.user ? { user: record.info.user } : {}) }),
+      () => ({
+        env: record.info.env,
+        ...(record.info.workingDir ? { cwd: record.info.workingDir } : {}),
+        ...(record.info.user ? { user: record.info.user } : {}),
+      }),
       commandHooks(record, services.counters),
     );
     // File operations run as the sandbox's user, like commands, but are not commands: no exec events or counts.
@@ -131,7 +135,16 @@ export class Sandbox implements SandboxApi {
     sb.#net.setPendingPorts(plan.ports);
     if (plan.restore) {
       // Recorded with its snapshot in one statement: from here the snapshot counts it as a dependent.
-      sb.#record.save({}, 'sandbox.created', { data: { snapshot: plan.restore.name, snapshotId: plan.restore.id, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+      sb.#record.save({}, 'sandbox.created', {
+        data: {
+          snapshot: plan.restore.name,
+          snapshotId: plan.restore.id,
+          cpus: info.cpus,
+          memoryMiB: info.memoryMiB,
+          detached: info.detached,
+          labels: info.labels,
+        },
+      });
     } else {
       // Named volumes are made (or found) in the transaction that records the sandbox: a concurrent
       // `volumes.remove` (another process, too: immediate takes the write lock first) sees the volume
@@ -139,7 +152,9 @@ export class Sandbox implements SandboxApi {
       services.records.db
         .transaction(() => {
           for (const v of info.volumes ?? []) if (!isHostPath(v.source)) services.volumes._ensure(v.source);
-          sb.#record.save({}, 'sandbox.created', { data: { image: info.image?.reference ?? null, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels } });
+          sb.#record.save({}, 'sandbox.created', {
+            data: { image: info.image?.reference ?? null, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels },
+          });
         })
         .immediate();
     }
@@ -295,7 +310,9 @@ export class Sandbox implements SandboxApi {
    * reseeded random pool. This sandbox runs on. The copies depend on a
    * snapshot of kind `fork`, removed with the last of them.
    */
-  async fork(options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Sandbox[]> {
+  async fork(
+    options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<Sandbox[]> {
     options = parseInput(ForkOptionsSchema, options, 'fork options');
     const count = options.count ?? 1;
     const name = forkName(this.id);
@@ -496,4 +513,3 @@ export class Sandbox implements SandboxApi {
     if (this.#record.removed) throw new RoostError('NOT_FOUND', `sandbox ${this.id} was removed`);
   }
 }
-

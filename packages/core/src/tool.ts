@@ -24,7 +24,8 @@ export function runTool(cmd: string, args: string[], options: RunToolOptions): P
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4000)));
     child.on('error', (e: NodeJS.ErrnoException) => {
       failed = true;
-      if (e.code === 'ENOENT') reject(new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs ${options.pkg})`, { cause: e }));
+      if (e.code === 'ENOENT')
+        reject(new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs ${options.pkg})`, { cause: e }));
       else if (e.name === 'AbortError' && signal) reject(abortError(signal, cmd));
       else reject(new RoostError(options.code, `${cmd}: ${e.message}`, { cause: e }));
     });

@@ -18,6 +18,11 @@ export const sandboxOptionsSchema = CreateOptionsSchema.extend({
   .superRefine((opts, ctx) => {
     const hostMiB = Math.floor(totalmem() / 2 ** 20);
     if (opts.memoryMiB !== undefined && opts.memoryMiB > hostMiB) {
-      ctx.addIssue({ code: 'custom', input: opts.memoryMiB, path: ['memoryMiB'], message: `Too big: expected number to be <=${hostMiB} (this host's memory in MiB)` });
+      ctx.addIssue({
+        code: 'custom',
+        input: opts.memoryMiB,
+        path: ['memoryMiB'],
+        message: `Too big: expected number to be <=${hostMiB} (this host's memory in MiB)`,
+      });
     }
   });

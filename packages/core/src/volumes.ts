@@ -46,7 +46,8 @@ export class Volumes implements VolumesApi {
     const req = parseOptions(CreateVolumeRequestSchema, request, 'volume') as CreateVolumeRequest;
     return this.#db
       .transaction(() => {
-        if (this.#row(req.name)) throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
+        if (this.#row(req.name))
+          throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
         return this.#insert(req.name, req.labels ?? {});
       })
       .immediate();
@@ -80,9 +81,13 @@ export class Volumes implements VolumesApi {
         if (!row) throw notFound(name);
         const users = this.#users().get(name) ?? [];
         if (users.length > 0) {
-          throw new RoostError('INVALID_STATE', `volume ${name} is mounted by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first`, {
-            details: { name, sandboxes: users },
-          });
+          throw new RoostError(
+            'INVALID_STATE',
+            `volume ${name} is mounted by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first`,
+            {
+              details: { name, sandboxes: users },
+            },
+          );
         }
         this.#db.prepare('DELETE FROM volumes WHERE name = ?').run(name);
         this.#events.append('volume.removed', { data: { name } });
@@ -185,7 +190,10 @@ export class Volumes implements VolumesApi {
 
 function checkName(name: string): void {
   const r = VolumeNameSchema.safeParse(name);
-  if (!r.success) throw new RoostError('INVALID_ARGUMENT', `"${String(name).slice(0, 200)}" is not a volume name: ${r.error.issues[0]?.message ?? 'invalid'}`, { details: { field: 'name' } });
+  if (!r.success)
+    throw new RoostError('INVALID_ARGUMENT', `"${String(name).slice(0, 200)}" is not a volume name: ${r.error.issues[0]?.message ?? 'invalid'}`, {
+      details: { field: 'name' },
+    });
 }
 
 function notFound(name: string): RoostError {

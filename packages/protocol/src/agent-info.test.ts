@@ -25,7 +25,9 @@ describe('the agent HELLO carries version and capabilities', () => {
   });
 
   it('summarises a HELLO as AgentInfo; an older agent announces nothing', () => {
-    const hello = decodeAgentHello(payload(encodeAgentHello({ version: 1, agentVersion: 'roost-agent 0.2.0', maxPayload: MAX_PAYLOAD, nonce, capabilities: Capability.CALL })));
+    const hello = decodeAgentHello(
+      payload(encodeAgentHello({ version: 1, agentVersion: 'roost-agent 0.2.0', maxPayload: MAX_PAYLOAD, nonce, capabilities: Capability.CALL })),
+    );
     expect(agentInfo(hello)).toEqual({ protocolVersion: 1, version: 'roost-agent 0.2.0', capabilities: ['CALL'] });
     const old = decodeAgentHello(payload(encodeAgentHello({ version: 1, agentVersion: 'roost-agent 0.1.0', maxPayload: MAX_PAYLOAD, nonce })));
     expect(agentInfo(old)).toEqual({ protocolVersion: 1, version: 'roost-agent 0.1.0', capabilities: [] });

@@ -2,8 +2,24 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
-  CallFlags, Capability, DEFAULT_WINDOW, ErrorCode, HEADER_SIZE, HelloFlags, LENGTH_OVERHEAD, MAX_ENTROPY, MAX_FRAME_LENGTH, MAX_NONCE, MAX_PAYLOAD,
-  MAX_RECORD, MAX_STREAMS, MessageType, NET_CONFIG_LEN, Tag, VERSION, WatchEvent,
+  CallFlags,
+  Capability,
+  DEFAULT_WINDOW,
+  ErrorCode,
+  HEADER_SIZE,
+  HelloFlags,
+  LENGTH_OVERHEAD,
+  MAX_ENTROPY,
+  MAX_FRAME_LENGTH,
+  MAX_NONCE,
+  MAX_PAYLOAD,
+  MAX_RECORD,
+  MAX_STREAMS,
+  MessageType,
+  NET_CONFIG_LEN,
+  Tag,
+  VERSION,
+  WatchEvent,
 } from './constants.js';
 
 // The C agent has its own copy of every number on the wire (guest/agent/proto.h,
@@ -83,10 +99,18 @@ describe('the C agent and @roost/protocol agree', () => {
       NET_CONFIG_LEN: c('ROOST_NET_LEN'),
       DEFAULT_WINDOW: c('ROOST_DEFAULT_WINDOW'),
     }).toEqual({
-      VERSION, MAX_PAYLOAD, HEADER_SIZE, LENGTH_OVERHEAD, MAX_FRAME_LENGTH, MAX_STREAMS, MAX_ENTROPY, MAX_NONCE,
+      VERSION,
+      MAX_PAYLOAD,
+      HEADER_SIZE,
+      LENGTH_OVERHEAD,
+      MAX_FRAME_LENGTH,
+      MAX_STREAMS,
+      MAX_ENTROPY,
+      MAX_NONCE,
       // A PING payload has the nonce's bound (constants.ts: "Bytes of a nonce or a PING payload").
       MAX_PING: MAX_NONCE,
-      NET_CONFIG_LEN, DEFAULT_WINDOW,
+      NET_CONFIG_LEN,
+      DEFAULT_WINDOW,
     });
   });
 

@@ -4,11 +4,38 @@ import { CallFlags, MAX_PAYLOAD, MAX_RECORD, MessageType, Tag, WatchEvent } from
 import { ProtocolError } from './errors.js';
 import { encodeFrame, FrameDecoder, type Frame } from './frame.js';
 import {
-  decodeAgentHello, decodeCall, decodeCredit, decodeData, decodeEof, decodeExec, decodeExit, decodeHostHello, decodeResize, decodeSignal, decodeStarted,
-  encodeAgentHello, encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeExit, encodeHostHello, encodeResize, encodeSignal, encodeStarted,
+  decodeAgentHello,
+  decodeCall,
+  decodeCredit,
+  decodeData,
+  decodeEof,
+  decodeExec,
+  decodeExit,
+  decodeHostHello,
+  decodeResize,
+  decodeSignal,
+  decodeStarted,
+  encodeAgentHello,
+  encodeCall,
+  encodeCredit,
+  encodeData,
+  encodeEof,
+  encodeExec,
+  encodeExit,
+  encodeHostHello,
+  encodeResize,
+  encodeSignal,
+  encodeStarted,
 } from './messages.js';
 import {
-  decodeEntryRecord, decodeErrorRecord, decodeEventRecord, encodeEntryRecord, encodeErrorRecord, encodeEventRecord, encodeRecord, RecordDecoder,
+  decodeEntryRecord,
+  decodeErrorRecord,
+  decodeEventRecord,
+  encodeEntryRecord,
+  encodeErrorRecord,
+  encodeEventRecord,
+  encodeRecord,
+  RecordDecoder,
 } from './records.js';
 import { parseTlv, TlvReader, TlvWriter } from './tlv.js';
 
@@ -44,7 +71,11 @@ describe('frames', () => {
     for (const cut of [1, 2, 3, 4, 5, 8, 9, 10, 999, 1009, wire.length - 1]) {
       const d = new FrameDecoder();
       const got = [...d.push(wire.subarray(0, cut)), ...d.push(wire.subarray(cut))];
-      expect(got.map((f) => [f.stream, f.type, f.payload.length])).toEqual([[1, 2, 0], [3, 4, 1000], [5, 6, MAX_PAYLOAD]]);
+      expect(got.map((f) => [f.stream, f.type, f.payload.length])).toEqual([
+        [1, 2, 0],
+        [3, 4, 1000],
+        [5, 6, MAX_PAYLOAD],
+      ]);
       expect(d.buffered).toBe(0);
     }
     // and one byte at a time
@@ -77,7 +108,21 @@ describe('frames', () => {
         for (const f of d.push(bytes)) {
           expect(f.payload.length).toBeLessThanOrEqual(MAX_PAYLOAD);
           // Every decoder on the frame either succeeds or throws ProtocolError.
-          for (const dec of [decodeAgentHello, decodeExit, decodeData, decodeEof, decodeCredit, decodeSignal, decodeResize, decodeStarted, decodeExec, decodeCall, decodeEntryRecord, decodeEventRecord, decodeErrorRecord]) {
+          for (const dec of [
+            decodeAgentHello,
+            decodeExit,
+            decodeData,
+            decodeEof,
+            decodeCredit,
+            decodeSignal,
+            decodeResize,
+            decodeStarted,
+            decodeExec,
+            decodeCall,
+            decodeEntryRecord,
+            decodeEventRecord,
+            decodeErrorRecord,
+          ]) {
             try {
               dec(f.payload);
             } catch (e) {
@@ -94,7 +139,13 @@ describe('frames', () => {
 
 describe('TLV', () => {
   it('round-trips every kind of value', () => {
-    const p = new TlvWriter().u32(1, 0xffffffff).u64(2, 2n ** 63n).string(3, 'héllo').bytes(4, Buffer.from([0, 1, 2])).string(3, 'again').finish();
+    const p = new TlvWriter()
+      .u32(1, 0xffffffff)
+      .u64(2, 2n ** 63n)
+      .string(3, 'héllo')
+      .bytes(4, Buffer.from([0, 1, 2]))
+      .string(3, 'again')
+      .finish();
     const r = new TlvReader(p);
     expect(r.u32(1)).toBe(0xffffffff);
     expect(r.u64(2)).toBe(2n ** 63n);
@@ -113,7 +164,10 @@ describe('TLV', () => {
   });
 
   it('rejects wrong integer widths and NUL in strings', () => {
-    const p = new TlvWriter().bytes(Tag.VERSION, Buffer.from([1, 2])).bytes(Tag.ARG, Buffer.from('a\0b')).finish();
+    const p = new TlvWriter()
+      .bytes(Tag.VERSION, Buffer.from([1, 2]))
+      .bytes(Tag.ARG, Buffer.from('a\0b'))
+      .finish();
     const r = new TlvReader(p);
     expect(() => r.u32(Tag.VERSION)).toThrow(ProtocolError);
     expect(() => r.strings(Tag.ARG)).toThrow(ProtocolError);
@@ -138,12 +192,27 @@ describe('messages', () => {
   });
 
   it('round-trips EXEC, STARTED, EXIT, DATA, EOF, CREDIT, SIGNAL, RESIZE', () => {
-    const req = { args: ['sh', '-c', 'echo hi'], env: ['A=1'], cwd: '/tmp', user: 'nobody', pty: true, rows: 30, cols: 100, timeoutMs: 5000, stdin: true, window: 1 << 20 };
+    const req = {
+      args: ['sh', '-c', 'echo hi'],
+      env: ['A=1'],
+      cwd: '/tmp',
+      user: 'nobody',
+      pty: true,
+      rows: 30,
+      cols: 100,
+      timeoutMs: 5000,
+      stdin: true,
+      window: 1 << 20,
+    };
     const f = payloadOf(encodeExec(7, req));
     expect(f).toMatchObject({ stream: 7, type: MessageType.EXEC });
     expect(decodeExec(f.payload)).toEqual(req);
     expect(decodeStarted(payloadOf(encodeStarted(7, 99, 65536)).payload)).toEqual({ pid: 99, stdinWindow: 65536 });
-    expect(decodeExit(payloadOf(encodeExit(7, { exitCode: 3, signal: null, timedOut: false })).payload)).toEqual({ exitCode: 3, signal: null, timedOut: false });
+    expect(decodeExit(payloadOf(encodeExit(7, { exitCode: 3, signal: null, timedOut: false })).payload)).toEqual({
+      exitCode: 3,
+      signal: null,
+      timedOut: false,
+    });
     expect(decodeExit(payloadOf(encodeExit(7, { exitCode: null, signal: 9, timedOut: true })).payload)).toEqual({ exitCode: null, signal: 9, timedOut: true });
     const d = decodeData(payloadOf(encodeData(7, 2, Buffer.from('err'))).payload);
     expect([d.fd, Buffer.from(d.data).toString()]).toEqual([2, 'err']);
@@ -169,8 +238,17 @@ describe('messages', () => {
 describe('CALL', () => {
   it('round-trips every field', () => {
     const req = {
-      op: 'write', args: ['/tmp/a b', 'ü'], user: 'nobody', cwd: '/tmp', stdin: true, window: 1 << 20, timeoutMs: 1000,
-      mode: 0o640, flags: CallFlags.PARENTS | CallFlags.NO_REPLACE, depth: 3, size: 2n ** 40n,
+      op: 'write',
+      args: ['/tmp/a b', 'ü'],
+      user: 'nobody',
+      cwd: '/tmp',
+      stdin: true,
+      window: 1 << 20,
+      timeoutMs: 1000,
+      mode: 0o640,
+      flags: CallFlags.PARENTS | CallFlags.NO_REPLACE,
+      depth: 3,
+      size: 2n ** 40n,
     };
     const f = payloadOf(encodeCall(9, req));
     expect(f).toMatchObject({ stream: 9, type: MessageType.CALL });
@@ -193,7 +271,9 @@ describe('records', () => {
     const link = { ...entry, path: '/bin/sh', name: 'sh', stMode: 0o120777, size: 12n, link: '/bin/busybox' };
     const dir = { ...entry, path: '/tmp/d', name: 'd', stMode: 0o40755, event: 1 };
     const wire = Buffer.concat([
-      encodeEntryRecord(entry), encodeEntryRecord(link), encodeEntryRecord(dir),
+      encodeEntryRecord(entry),
+      encodeEntryRecord(link),
+      encodeEntryRecord(dir),
       encodeEventRecord({ event: WatchEvent.READY, path: '', stMode: 0 }),
       encodeEventRecord({ event: WatchEvent.RENAME_TO, path: '/tmp/x', stMode: 0o100000 }),
       encodeErrorRecord({ errno: 2, path: '/nope', message: 'open: No such file or directory' }),
@@ -201,7 +281,10 @@ describe('records', () => {
     const got = new RecordDecoder().push(wire);
     expect(got).toHaveLength(6);
     expect(got.slice(0, 3).map(decodeEntryRecord)).toEqual([entry, link, dir]);
-    expect(got.slice(3, 5).map(decodeEventRecord)).toEqual([{ event: 0, path: '', stMode: 0 }, { event: 5, path: '/tmp/x', stMode: 0o100000 }]);
+    expect(got.slice(3, 5).map(decodeEventRecord)).toEqual([
+      { event: 0, path: '', stMode: 0 },
+      { event: 5, path: '/tmp/x', stMode: 0o100000 },
+    ]);
     expect(decodeErrorRecord(got[5]!)).toEqual({ errno: 2, path: '/nope', message: 'open: No such file or directory' });
   });
 
@@ -234,8 +317,15 @@ describe('records', () => {
   it('refuses records without their required fields, and defaults the rest', () => {
     expect(() => decodeEntryRecord(new TlvWriter().u32(Tag.ST_MODE, 0o100644).finish())).toThrow(/without PATH/);
     expect(() => decodeEntryRecord(new TlvWriter().string(Tag.PATH, '/a').finish())).toThrow(/without ST_MODE/);
-    expect(decodeEntryRecord(new TlvWriter().string(Tag.PATH, '/a/b').u32(Tag.ST_MODE, 0o40700).finish()))
-      .toEqual({ path: '/a/b', name: 'b', stMode: 0o40700, size: 0n, uid: 0, gid: 0, mtimeNs: 0n });
+    expect(decodeEntryRecord(new TlvWriter().string(Tag.PATH, '/a/b').u32(Tag.ST_MODE, 0o40700).finish())).toEqual({
+      path: '/a/b',
+      name: 'b',
+      stMode: 0o40700,
+      size: 0n,
+      uid: 0,
+      gid: 0,
+      mtimeNs: 0n,
+    });
     expect(() => decodeEventRecord(new TlvWriter().string(Tag.PATH, '/a').finish())).toThrow(ProtocolError);
     expect(() => decodeErrorRecord(new TlvWriter().string(Tag.MESSAGE, 'x').finish())).toThrow(ProtocolError);
     expect(() => decodeErrorRecord(new TlvWriter().bytes(Tag.ERRNO, Buffer.of(1)).finish())).toThrow(ProtocolError);

@@ -93,14 +93,25 @@ export function createApp(options: AppOptions): RoostHono {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
     // Hashes have equal lengths, so the compare takes the same time whatever was sent.
     if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
-      return errorResponse(c, new RoostError('UNAUTHENTICATED', header ? 'the bearer token is not valid for this daemon' : 'an Authorization: Bearer <token> header is required (the token is in the api-token file of the Roost home)'));
+      return errorResponse(
+        c,
+        new RoostError(
+          'UNAUTHENTICATED',
+          header
+            ? 'the bearer token is not valid for this daemon'
+            : 'an Authorization: Bearer <token> header is required (the token is in the api-token file of the Roost home)',
+        ),
+      );
     }
     return next();
   });
 
   app.use('*', async (c, next) => {
     if (inFlight >= maxInFlight) {
-      const res = errorResponse(c, new RoostError('UNAVAILABLE', `the daemon is handling ${inFlight} requests, its limit: retry shortly`, { details: { maxInFlight } }));
+      const res = errorResponse(
+        c,
+        new RoostError('UNAVAILABLE', `the daemon is handling ${inFlight} requests, its limit: retry shortly`, { details: { maxInFlight } }),
+      );
       res.headers.set('Retry-After', '1');
       return res;
     }
@@ -123,7 +134,13 @@ export function createApp(options: AppOptions): RoostHono {
   // JSON bodies are bounded; a command's stdin streams through its own route.
   const limit = bodyLimit({
     maxSize: MAX_JSON_BODY,
-    onError: (c) => errorResponse(c, new RoostError('INVALID_ARGUMENT', `request body: larger than ${MAX_JSON_BODY} bytes (stream stdin through POST .../execs/{execId}/stdin)`, { details: { field: '', maxBytes: MAX_JSON_BODY } })),
+    onError: (c) =>
+      errorResponse(
+        c,
+        new RoostError('INVALID_ARGUMENT', `request body: larger than ${MAX_JSON_BODY} bytes (stream stdin through POST .../execs/{execId}/stdin)`, {
+          details: { field: '', maxBytes: MAX_JSON_BODY },
+        }),
+      ),
   });
   // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
   const rawBody = (method: string, path: string) => STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path));

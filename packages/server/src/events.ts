@@ -17,16 +17,23 @@ export function eventRoutes(app: RoostHono, ctx: RouteContext): void {
     // EventSource reconnects to the same URL with Last-Event-ID: the header wins over ?after=.
     const lastEventId = c.req.header('last-event-id')?.trim();
     if (lastEventId) {
-      if (!/^\d{1,15}$/.test(lastEventId)) throw new RoostError('INVALID_ARGUMENT', `Last-Event-ID: expected an event id, got "${lastEventId}"`, { details: { field: 'Last-Event-ID' } });
+      if (!/^\d{1,15}$/.test(lastEventId))
+        throw new RoostError('INVALID_ARGUMENT', `Last-Event-ID: expected an event id, got "${lastEventId}"`, { details: { field: 'Last-Event-ID' } });
       after = Number(lastEventId);
     }
     let types: EventType[] | undefined;
     const typeParam = q.get('type');
     if (typeParam) {
       types = [];
-      for (const t of typeParam.flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean)) {
+      for (const t of typeParam
+        .flatMap((v) => v.split(','))
+        .map((v) => v.trim())
+        .filter(Boolean)) {
         const r = EventTypeSchema.safeParse(t);
-        if (!r.success) throw new RoostError('INVALID_ARGUMENT', `query: type: unknown event type "${t}" (known: ${EventTypeSchema.options.join(', ')})`, { details: { field: 'type' } });
+        if (!r.success)
+          throw new RoostError('INVALID_ARGUMENT', `query: type: unknown event type "${t}" (known: ${EventTypeSchema.options.join(', ')})`, {
+            details: { field: 'type' },
+          });
         types.push(r.data);
       }
     }

@@ -22,7 +22,11 @@ export function execRoutes(app: RoostHono, ctx: RouteContext): void {
     const json = wantsJson(c);
     if (json && req.interactive) {
       // The execId the stdin route needs comes in the stream's first line: without it the command would wait for input forever.
-      throw new RoostError('INVALID_ARGUMENT', 'interactive: needs the NDJSON stream (Accept: application/x-ndjson), whose `started` line carries the execId for POST .../execs/{execId}/stdin', { details: { field: 'interactive' } });
+      throw new RoostError(
+        'INVALID_ARGUMENT',
+        'interactive: needs the NDJSON stream (Accept: application/x-ndjson), whose `started` line carries the execId for POST .../execs/{execId}/stdin',
+        { details: { field: 'interactive' } },
+      );
     }
     const sandbox = await runtime.get(c.req.param('id'));
     const stdinData = req.stdin === undefined ? undefined : Buffer.from(req.stdin, req.stdinEncoding === 'base64' ? 'base64' : 'utf8');
@@ -101,20 +105,27 @@ export function execRoutes(app: RoostHono, ctx: RouteContext): void {
       } catch (e) {
         const err = toRoostError(e);
         if (err.code === 'TIMEOUT') {
-          throw new RoostError('TIMEOUT', err.message, { cause: err, details: { ...err.details, stdout: text(collected.stdout, base64), stderr: text(collected.stderr, base64) } });
+          throw new RoostError('TIMEOUT', err.message, {
+            cause: err,
+            details: { ...err.details, stdout: text(collected.stdout, base64), stderr: text(collected.stderr, base64) },
+          });
         }
         throw err;
       }
     }
 
     const s = stream!;
-    void outcome.then(
-      (r) => s.write(line({ type: 'exit', exitCode: r.exitCode, signal: r.signal })),
-      (e: unknown) => {
-        const err = ctx.shutdown.aborted ? new RoostError('UNAVAILABLE', 'the daemon is shutting down; the command was killed', { cause: e }) : toRoostError(e);
-        return s.write(line({ type: 'error', error: errorBody(err).error }));
-      },
-    ).finally(() => s.close());
+    void outcome
+      .then(
+        (r) => s.write(line({ type: 'exit', exitCode: r.exitCode, signal: r.signal })),
+        (e: unknown) => {
+          const err = ctx.shutdown.aborted
+            ? new RoostError('UNAVAILABLE', 'the daemon is shutting down; the command was killed', { cause: e })
+            : toRoostError(e);
+          return s.write(line({ type: 'error', error: errorBody(err).error }));
+        },
+      )
+      .finally(() => s.close());
     return s.response();
   });
 

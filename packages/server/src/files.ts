@@ -75,7 +75,11 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
    * anything is sent, so a failure to open is a normal error response; a
    * failure after that ends the body with the error trailer.
    */
-  const sendStream = async (c: Context<RoostEnv>, contentType: string, open: (signal: AbortSignal) => Promise<AsyncIterable<Uint8Array>>): Promise<Response> => {
+  const sendStream = async (
+    c: Context<RoostEnv>,
+    contentType: string,
+    open: (signal: AbortSignal) => Promise<AsyncIterable<Uint8Array>>,
+  ): Promise<Response> => {
     const cancel = new AbortController();
     const source = await open(callSignal(c, cancel.signal));
     const it = source[Symbol.asyncIterator]();
@@ -162,7 +166,13 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
     queryParams(c, []);
     const req = await parseJsonBody(c, RenameRequestSchema);
     const sandbox = await sandboxOf(c);
-    return c.json(await sandbox.files.rename(req.from, req.to, { ...userOf(req), ...(req.noReplace !== undefined ? { noReplace: req.noReplace } : {}), signal: callSignal(c) }));
+    return c.json(
+      await sandbox.files.rename(req.from, req.to, {
+        ...userOf(req),
+        ...(req.noReplace !== undefined ? { noReplace: req.noReplace } : {}),
+        signal: callSignal(c),
+      }),
+    );
   });
 
   app.delete('/v1/sandboxes/:id/files', async (c) => {

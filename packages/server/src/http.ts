@@ -40,7 +40,8 @@ export function errorResponse(c: Context, err: unknown): Response {
 export function validationError(where: string, error: z.ZodError): RoostError {
   const issues = error.issues.map((i) => {
     const path = [...i.path.map(String)];
-    if (i.code === 'unrecognized_keys') return { field: [...path, i.keys[0] ?? ''].join('.'), message: `unknown field${i.keys.length > 1 ? `s ${i.keys.map((k) => `"${k}"`).join(', ')}` : ''}` };
+    if (i.code === 'unrecognized_keys')
+      return { field: [...path, i.keys[0] ?? ''].join('.'), message: `unknown field${i.keys.length > 1 ? `s ${i.keys.map((k) => `"${k}"`).join(', ')}` : ''}` };
     return { field: path.join('.'), message: i.message };
   });
   const first = issues[0] ?? { field: '', message: 'invalid' };
@@ -73,7 +74,9 @@ export function queryParams(c: Context, known: readonly string[]): Map<string, s
   const out = new Map<string, string[]>();
   for (const [name, values] of Object.entries(all)) {
     if (!known.includes(name)) {
-      throw new RoostError('INVALID_ARGUMENT', `query: unknown parameter "${name}"${known.length ? ` (known: ${known.join(', ')})` : ''}`, { details: { field: name } });
+      throw new RoostError('INVALID_ARGUMENT', `query: unknown parameter "${name}"${known.length ? ` (known: ${known.join(', ')})` : ''}`, {
+        details: { field: name },
+      });
     }
     out.set(name, values);
   }
@@ -93,7 +96,8 @@ export function boolParam(q: Map<string, string[]>, name: string): boolean {
 export function intParam(q: Map<string, string[]>, name: string): number | undefined {
   const v = q.get(name)?.at(-1);
   if (v === undefined) return undefined;
-  if (!/^\d{1,15}$/.test(v)) throw new RoostError('INVALID_ARGUMENT', `query: ${name}: expected a non-negative integer, got "${v}"`, { details: { field: name } });
+  if (!/^\d{1,15}$/.test(v))
+    throw new RoostError('INVALID_ARGUMENT', `query: ${name}: expected a non-negative integer, got "${v}"`, { details: { field: name } });
   return Number(v);
 }
 

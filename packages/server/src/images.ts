@@ -38,7 +38,13 @@ export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
     // A pull that fails before it fetched anything (a bad reference, an
     // unknown image, a refused login) gets a proper error status rather
     // than a 200 stream whose only line is the error.
-    await Promise.race([progressed, pulled.then(() => {}, (e: unknown) => void (failedEarly = e ?? new Error('pull failed')))]);
+    await Promise.race([
+      progressed,
+      pulled.then(
+        () => {},
+        (e: unknown) => void (failedEarly = e ?? new Error('pull failed')),
+      ),
+    ]);
     if (failedEarly !== undefined) {
       s.close();
       throw failedEarly;

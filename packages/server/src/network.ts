@@ -27,7 +27,11 @@ export function portBody(p: PortBinding): PortBinding {
 /** A sandbox's network as the API describes it (records from before networking have none: mode `none`). */
 export function networkBody(n: NetworkInfo | undefined): NetworkInfo {
   if (!n) return { mode: 'none', ports: [], egress: { default: 'allow', allow: [], deny: [] } };
-  const body: NetworkInfo = { mode: n.mode, ports: n.ports.map(portBody), egress: { default: n.egress.default, allow: [...n.egress.allow], deny: [...n.egress.deny] } };
+  const body: NetworkInfo = {
+    mode: n.mode,
+    ports: n.ports.map(portBody),
+    egress: { default: n.egress.default, allow: [...n.egress.allow], deny: [...n.egress.deny] },
+  };
   for (const k of ['mac', 'address', 'gateway', 'dns', 'bridge'] as const) if (n[k] !== undefined) body[k] = n[k];
   if (n.prefix !== undefined) body.prefix = n.prefix;
   return body;
@@ -78,6 +82,9 @@ export function networkRoutes(app: RoostHono, ctx: RouteContext): void {
     queryParams(c, []);
     const sandbox = await runtime.get(c.req.param('id'));
     const stats = await sandbox.networkStats();
-    return c.json({ network: networkBody(sandbox.info.network), stats: { bytesIn: stats.bytesIn, packetsIn: stats.packetsIn, bytesOut: stats.bytesOut, packetsOut: stats.packetsOut, denied: stats.denied } });
+    return c.json({
+      network: networkBody(sandbox.info.network),
+      stats: { bytesIn: stats.bytesIn, packetsIn: stats.packetsIn, bytesOut: stats.bytesOut, packetsOut: stats.packetsOut, denied: stats.denied },
+    });
   });
 }

@@ -24,7 +24,11 @@ describe('the OpenAPI document', () => {
   });
 
   it('is OpenAPI 3.1 with components for every $ref and an error response on every operation', () => {
-    const doc = openapiDocument() as { openapi: string; paths: Record<string, Record<string, { responses: Record<string, unknown> }>>; components: { schemas: Record<string, unknown>; responses: Record<string, unknown> } };
+    const doc = openapiDocument() as {
+      openapi: string;
+      paths: Record<string, Record<string, { responses: Record<string, unknown> }>>;
+      components: { schemas: Record<string, unknown>; responses: Record<string, unknown> };
+    };
     expect(doc.openapi).toBe('3.1.0');
     const text = JSON.stringify(doc);
     for (const [, kind, name] of text.matchAll(/"#\/components\/(schemas|responses)\/([^"]+)"/g)) {

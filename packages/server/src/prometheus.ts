@@ -39,14 +39,29 @@ export function prometheusText(m: RuntimeMetrics): string {
   );
   family('roost_uptime_seconds', 'gauge', 'Seconds since the runtime started.', [[{}, m.uptimeSeconds]]);
   const per = m.perSandbox;
-  family('roost_sandbox_cpu_seconds_total', 'counter', 'CPU seconds used by the sandbox VM (user + system).', per.map((s) => [{ sandbox: s.id }, s.cpuSeconds]));
-  family('roost_sandbox_memory_rss_bytes', 'gauge', 'Resident memory of the sandbox VM.', per.map((s) => [{ sandbox: s.id }, s.memoryRssBytes]));
+  family(
+    'roost_sandbox_cpu_seconds_total',
+    'counter',
+    'CPU seconds used by the sandbox VM (user + system).',
+    per.map((s) => [{ sandbox: s.id }, s.cpuSeconds]),
+  );
+  family(
+    'roost_sandbox_memory_rss_bytes',
+    'gauge',
+    'Resident memory of the sandbox VM.',
+    per.map((s) => [{ sandbox: s.id }, s.memoryRssBytes]),
+  );
   family(
     'roost_sandbox_memory_pss_bytes',
     'gauge',
     'Proportional memory of the sandbox VM (shared pages split between the processes sharing them).',
     per.filter((s) => s.memoryPssBytes !== null).map((s) => [{ sandbox: s.id }, s.memoryPssBytes!]),
   );
-  family('roost_sandbox_execs_total', 'counter', 'Commands started in the sandbox.', per.map((s) => [{ sandbox: s.id }, s.execs]));
+  family(
+    'roost_sandbox_execs_total',
+    'counter',
+    'Commands started in the sandbox.',
+    per.map((s) => [{ sandbox: s.id }, s.execs]),
+  );
   return out.join('\n') + '\n';
 }

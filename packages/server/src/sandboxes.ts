@@ -35,7 +35,9 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
     const filter = listFilterFromQuery(parsed.data);
     for (const s of [filter.status ?? []].flat()) {
       if (!SandboxStatusSchema.safeParse(s).success) {
-        throw new RoostError('INVALID_ARGUMENT', `query: status: unknown status "${s}" (known: ${SandboxStatusSchema.options.join(', ')})`, { details: { field: 'status' } });
+        throw new RoostError('INVALID_ARGUMENT', `query: status: unknown status "${s}" (known: ${SandboxStatusSchema.options.join(', ')})`, {
+          details: { field: 'status' },
+        });
       }
     }
     const list = await runtime.list(filter);

@@ -227,7 +227,10 @@ export async function loadOrCreateToken(home: string): Promise<string> {
       const st = await fh.stat();
       if (!st.isFile()) throw new RoostError('INVALID_STATE', `${path} is not a file`);
       if ((st.mode & 0o077) !== 0) {
-        throw new RoostError('INVALID_STATE', `${path} is accessible to other users (mode ${(st.mode & 0o777).toString(8)}): \`chmod 600 ${path}\`, or delete it to have a new token made`);
+        throw new RoostError(
+          'INVALID_STATE',
+          `${path} is accessible to other users (mode ${(st.mode & 0o777).toString(8)}): \`chmod 600 ${path}\`, or delete it to have a new token made`,
+        );
       }
       const uid = process.getuid?.();
       if (uid !== undefined && st.uid !== uid) throw new RoostError('INVALID_STATE', `${path} belongs to uid ${st.uid}, not to this user (${uid})`);

@@ -1,10 +1,4 @@
-import {
-  CreateSnapshotRequestSchema,
-  CreateTemplateRequestSchema,
-  ForkRequestSchema,
-  type SnapshotInfo,
-  type TemplateInfo,
-} from '@roost/api';
+import { CreateSnapshotRequestSchema, CreateTemplateRequestSchema, ForkRequestSchema, type SnapshotInfo, type TemplateInfo } from '@roost/api';
 import { z } from 'zod';
 import { parseJsonBody, queryParams } from './http.js';
 import { sandboxBody } from './mapping.js';

@@ -55,7 +55,10 @@ export function buildFakeImage(opts: { layers?: Buffer[]; architecture?: string;
 }
 
 /** An OCI index over FakeImages, one entry per platform. */
-export function buildFakeIndex(entries: { image: FakeImage; platform: { os: string; architecture: string; variant?: string } }[]): { body: Buffer; digest: string } {
+export function buildFakeIndex(entries: { image: FakeImage; platform: { os: string; architecture: string; variant?: string } }[]): {
+  body: Buffer;
+  digest: string;
+} {
   const body = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
@@ -65,7 +68,6 @@ export function buildFakeIndex(entries: { image: FakeImage; platform: { os: stri
   );
   return { body, digest: sha256Of(body) };
 }
-
 
 /** Handles a request before the registry does; returning false lets the registry handle it. `hit` counts requests to the path. */
 export type FakeRegistryHook = (req: IncomingMessage, res: ServerResponse, hit: number) => boolean | void;
@@ -151,7 +153,11 @@ export class FakeRegistry {
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname;
-    this.log.push({ path, ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}), ...(req.headers.accept ? { accept: req.headers.accept } : {}) });
+    this.log.push({
+      path,
+      ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+      ...(req.headers.accept ? { accept: req.headers.accept } : {}),
+    });
     const hit = this.count(path) + 1;
     this.hits.set(path, hit);
     const hook = this.hooks.get(path);
@@ -202,7 +208,13 @@ export class FakeRegistry {
       const scope = params.get('scope') ?? undefined;
       const service = params.get('service') ?? undefined;
       const authorization = req.headers.authorization;
-      this.tokenLog.push({ method: req.method ?? '', ...(scope ? { scope } : {}), ...(service ? { service } : {}), ...(authorization ? { authorization } : {}), ...(form ? { form } : {}) });
+      this.tokenLog.push({
+        method: req.method ?? '',
+        ...(scope ? { scope } : {}),
+        ...(service ? { service } : {}),
+        ...(authorization ? { authorization } : {}),
+        ...(form ? { form } : {}),
+      });
       let ok: boolean;
       if (form) ok = form.get('grant_type') === 'refresh_token' && form.get('refresh_token') === 'idtok';
       else if (authorization) ok = authorization === `Basic ${Buffer.from('alice:s3cret').toString('base64')}`;

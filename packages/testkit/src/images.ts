@@ -4,8 +4,17 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFil
 import { join } from 'node:path';
 import { roostHome } from '@roost/core';
 import {
-  clean, initLayout, MEDIA_TYPES, tagInIndex, tarEntries, treeEntries, writeLayerFile, writeOciLayout,
-  type BuiltImage, type ImageConfig, type LayerEntry,
+  clean,
+  initLayout,
+  MEDIA_TYPES,
+  tagInIndex,
+  tarEntries,
+  treeEntries,
+  writeLayerFile,
+  writeOciLayout,
+  type BuiltImage,
+  type ImageConfig,
+  type LayerEntry,
 } from './oci-layout.js';
 import { exists, run, writeAtomic } from './util.js';
 
@@ -171,7 +180,14 @@ export async function buildBusyboxImage(dir: string, options: BusyboxImageOption
       ['/bin/busybox', '/bin/sh'],
       ['/data/original.txt', '/data/linked.txt'],
     ],
-    absent: ['/data/remove-me.txt', '/data/remove-dir', '/data/opaque/old-a.txt', '/data/opaque/old-sub', '/data/.wh.remove-me.txt', '/data/opaque/.wh..wh..opq'],
+    absent: [
+      '/data/remove-me.txt',
+      '/data/remove-dir',
+      '/data/opaque/old-a.txt',
+      '/data/opaque/old-sub',
+      '/data/.wh.remove-me.txt',
+      '/data/opaque/.wh..wh..opq',
+    ],
   };
   const expectedConfig: ExpectedConfig = { Cmd: config.Cmd!, Env: env, WorkingDir: '/home/app' };
   if (config.Entrypoint) expectedConfig.Entrypoint = config.Entrypoint;
@@ -267,7 +283,10 @@ export async function debianMinbaseTarball(progress: (line: string) => void = ()
     };
     await writeLayerFile(tmpTar, treeEntries(root, { filter: keep }), 'none');
     await rename(tmpTar, out);
-    await writeAtomic(metaPath, JSON.stringify({ version: TARBALL_VERSION, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n');
+    await writeAtomic(
+      metaPath,
+      JSON.stringify({ version: TARBALL_VERSION, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n',
+    );
   } finally {
     await rm(tmpTar, { force: true });
     await removeTree(work);
@@ -313,7 +332,8 @@ export async function buildDebianImage(dir: string, options: DebianImageOptions 
       });
       // Layouts of an older tarball or split are garbage now.
       for (const name of await readdir(testCacheDir())) {
-        if (/^debian-layout-[0-9a-f]{16}$/.test(name) && join(testCacheDir(), name) !== cached) await rm(join(testCacheDir(), name), { recursive: true, force: true });
+        if (/^debian-layout-[0-9a-f]{16}$/.test(name) && join(testCacheDir(), name) !== cached)
+          await rm(join(testCacheDir(), name), { recursive: true, force: true });
       }
     } finally {
       await rm(tmp, { recursive: true, force: true });
@@ -334,7 +354,7 @@ type DebianLayoutInfo = Omit<DebianImage, 'dir' | 'tag' | 'rootTarball'>;
 async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLayoutInfo> {
   const inShare = (p: string) => p.startsWith('usr/share/') && p !== 'usr/share/';
   // A hardlink goes to the layer of its target, so no link crosses layers.
-  const layerOf = (e: LayerEntry) => (e.type === 'hardlink' ? inShare(clean(e.target)) : inShare(e.path)) ? 2 : 1;
+  const layerOf = (e: LayerEntry) => ((e.type === 'hardlink' ? inShare(clean(e.target)) : inShare(e.path)) ? 2 : 1);
   const docs: string[] = [];
   const facts: { hardlink?: [string, string]; modes: Record<string, { dir: boolean; mode: number; uid: number; gid: number }> } = { modes: {} };
   const watch = new Set(['etc/shadow', 'usr/bin/passwd', 'tmp', 'var/mail', 'root']);
@@ -344,7 +364,8 @@ async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLa
       const p = clean(e.path);
       if (layer === 2 && /^usr\/share\/doc\/[^/]+$/.test(p)) docs.push(p);
       if (e.type === 'hardlink' && !facts.hardlink) facts.hardlink = [`/${clean(e.target)}`, `/${p}`];
-      if (watch.has(p) && e.type !== 'whiteout' && e.type !== 'opaque') facts.modes[`/${p}`] = { dir: e.type === 'dir', mode: e.mode ?? 0, uid: e.uid ?? 0, gid: e.gid ?? 0 };
+      if (watch.has(p) && e.type !== 'whiteout' && e.type !== 'opaque')
+        facts.modes[`/${p}`] = { dir: e.type === 'dir', mode: e.mode ?? 0, uid: e.uid ?? 0, gid: e.gid ?? 0 };
       yield e;
     }
   }

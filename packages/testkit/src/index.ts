@@ -9,6 +9,19 @@ export * from './fake-registry.js';
 export * from './images.js';
 // The layout writer's public part; its building blocks (clean, initLayout, tagInIndex) stay inside.
 export {
-  FIXED_MTIME, MEDIA_TYPES, tarEntries, treeEntries, writeBlob, writeLayerFile, writeOciIndex, writeOciLayout,
-  type BuiltImage, type ImageConfig, type ImageSpec, type LayerEntry, type LayerInfo, type LayerSpec, type TreeOptions,
+  FIXED_MTIME,
+  MEDIA_TYPES,
+  tarEntries,
+  treeEntries,
+  writeBlob,
+  writeLayerFile,
+  writeOciIndex,
+  writeOciLayout,
+  type BuiltImage,
+  type ImageConfig,
+  type ImageSpec,
+  type LayerEntry,
+  type LayerInfo,
+  type LayerSpec,
+  type TreeOptions,
 } from './oci-layout.js';

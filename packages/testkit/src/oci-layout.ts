@@ -88,7 +88,15 @@ export function clean(path: string): string {
   return p.replace(/\/+$/, '');
 }
 
-const TAR_TYPES = { file: 'file', dir: 'directory', symlink: 'symlink', hardlink: 'link', char: 'character-device', block: 'block-device', fifo: 'fifo' } as const;
+const TAR_TYPES = {
+  file: 'file',
+  dir: 'directory',
+  symlink: 'symlink',
+  hardlink: 'link',
+  char: 'character-device',
+  block: 'block-device',
+  fifo: 'fifo',
+} as const;
 
 /**
  * Adds one entry to a tar pack, resolving once it is written (tar-stream
@@ -102,7 +110,8 @@ async function addEntry(pack: tar.Pack, e: LayerEntry, modes: Map<string, number
     return addEntry(pack, { type: 'file', path: name, content: '', mode: 0o644, ...(e.mtime !== undefined ? { mtime: e.mtime } : {}) }, modes);
   }
   const name = e.verbatim ? e.path : clean(e.path);
-  const defaultMode = e.type === 'dir' ? 0o755 : e.type === 'symlink' ? 0o777 : e.type === 'hardlink' ? (modes.get(e.target.replace(/^\/+/, '')) ?? 0o644) : 0o644;
+  const defaultMode =
+    e.type === 'dir' ? 0o755 : e.type === 'symlink' ? 0o777 : e.type === 'hardlink' ? (modes.get(e.target.replace(/^\/+/, '')) ?? 0o644) : 0o644;
   if (e.type === 'file') modes.set(name, e.mode ?? 0o644);
   const header: Partial<tar.Header> & { name: string } = {
     name: e.type === 'dir' ? `${name}/` : name,
@@ -257,9 +266,7 @@ export async function writeBlob(dir: string, data: Buffer | string): Promise<{ d
 /** Points `tag` in index.json at `desc`, replacing what the tag named before. */
 export async function tagInIndex(dir: string, tag: string, desc: Descriptor): Promise<void> {
   const path = join(dir, 'index.json');
-  const index = (await exists(path))
-    ? (JSON.parse(await readFile(path, 'utf8')) as { manifests: Descriptor[] })
-    : { manifests: [] as Descriptor[] };
+  const index = (await exists(path)) ? (JSON.parse(await readFile(path, 'utf8')) as { manifests: Descriptor[] }) : { manifests: [] as Descriptor[] };
   const manifests = index.manifests.filter((m) => m.annotations?.[REF_NAME] !== tag);
   manifests.push({ ...desc, annotations: { ...desc.annotations, [REF_NAME]: tag } });
   await writeAtomic(path, JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests }, null, 2) + '\n');
@@ -352,7 +359,13 @@ export async function* treeEntries(root: string, options: TreeOptions = {}): Asy
       const abs = join(root, r);
       const st = await lstat(abs);
       if (options.filter && !options.filter(r, st)) continue;
-      const meta = { path: prefix + r, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: options.keepMtimes ? Math.floor(st.mtimeMs / 1000) : FIXED_MTIME };
+      const meta = {
+        path: prefix + r,
+        mode: st.mode & 0o7777,
+        uid: st.uid,
+        gid: st.gid,
+        mtime: options.keepMtimes ? Math.floor(st.mtimeMs / 1000) : FIXED_MTIME,
+      };
       if (st.isDirectory()) {
         yield { type: 'dir', ...meta };
         if (st.dev === rootDev) yield* walk(r);
@@ -379,22 +392,30 @@ export async function* tarEntries(path: string): AsyncGenerator<LayerEntry> {
   const input = createReadStream(path);
   input.pipe(extract);
   input.on('error', (e) => extract.destroy(e));
-  const back: Record<string, LayerEntry['type']> = { file: 'file', directory: 'dir', symlink: 'symlink', link: 'hardlink', 'character-device': 'char', 'block-device': 'block', fifo: 'fifo' };
+  const back: Record<string, LayerEntry['type']> = {
+    file: 'file',
+    directory: 'dir',
+    symlink: 'symlink',
+    link: 'hardlink',
+    'character-device': 'char',
+    'block-device': 'block',
+    fifo: 'fifo',
+  };
   try {
-  for await (const entry of extract) {
-    const h = entry.header;
-    const type = back[h.type ?? 'file'];
-    const meta = { path: h.name, mode: h.mode ?? 0, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: Math.floor((h.mtime?.getTime() ?? FIXED_MTIME * 1000) / 1000) };
-    if (type === 'file') {
-      yield { type, ...meta, stream: entry as AsyncIterable<Uint8Array>, size: h.size ?? 0 };
-      entry.resume(); // the body, unless the consumer read it
-      continue;
+    for await (const entry of extract) {
+      const h = entry.header;
+      const type = back[h.type ?? 'file'];
+      const meta = { path: h.name, mode: h.mode ?? 0, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: Math.floor((h.mtime?.getTime() ?? FIXED_MTIME * 1000) / 1000) };
+      if (type === 'file') {
+        yield { type, ...meta, stream: entry as AsyncIterable<Uint8Array>, size: h.size ?? 0 };
+        entry.resume(); // the body, unless the consumer read it
+        continue;
+      }
+      entry.resume();
+      if (type === 'dir') yield { type, ...meta };
+      else if (type === 'symlink' || type === 'hardlink') yield { type, ...meta, target: h.linkname ?? '' };
+      else if (type === 'char' || type === 'block' || type === 'fifo') yield { type, ...meta, major: h.devmajor ?? 0, minor: h.devminor ?? 0 };
     }
-    entry.resume();
-    if (type === 'dir') yield { type, ...meta };
-    else if (type === 'symlink' || type === 'hardlink') yield { type, ...meta, target: h.linkname ?? '' };
-    else if (type === 'char' || type === 'block' || type === 'fifo') yield { type, ...meta, major: h.devmajor ?? 0, minor: h.devminor ?? 0 };
-  }
   } finally {
     // The consumer may stop early.
     input.destroy();

@@ -496,7 +496,10 @@ async function startTokenServer(dir: string, user: string, password: string, opt
       const first = s.indexOf(':');
       const last = s.lastIndexOf(':');
       if (first < 0 || last === first) return [];
-      const requested = s.slice(last + 1).split(',').filter(Boolean);
+      const requested = s
+        .slice(last + 1)
+        .split(',')
+        .filter(Boolean);
       const actions = authenticated ? requested : requested.filter((a) => a === 'pull');
       return [{ type: s.slice(0, first), name: s.slice(first + 1, last), actions }];
     });
@@ -519,7 +522,10 @@ async function startTokenServer(dir: string, user: string, password: string, opt
     let account: string | null = null;
     let pass: string | null = null;
     let service = url.searchParams.get('service');
-    let scopes = url.searchParams.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
+    let scopes = url.searchParams
+      .getAll('scope')
+      .flatMap((s) => s.split(' '))
+      .filter(Boolean);
     const authz = req.headers.authorization;
     if (authz?.startsWith('Basic ')) {
       const decoded = Buffer.from(authz.slice(6), 'base64').toString();
@@ -541,7 +547,11 @@ async function startTokenServer(dir: string, user: string, password: string, opt
       return reply(405, { errors: [{ code: 'UNSUPPORTED' }] });
     }
     if (account !== null && (account !== user || pass !== password)) {
-      return reply(401, { errors: [{ code: 'UNAUTHORIZED', message: 'wrong user name or password' }] }, { 'www-authenticate': 'Basic realm="roost-test-token"' });
+      return reply(
+        401,
+        { errors: [{ code: 'UNAUTHORIZED', message: 'wrong user name or password' }] },
+        { 'www-authenticate': 'Basic realm="roost-test-token"' },
+      );
     }
     if (account === null && !options.anonymousPull) {
       return reply(401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, { 'www-authenticate': 'Basic realm="roost-test-token"' });

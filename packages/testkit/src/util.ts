@@ -31,6 +31,8 @@ export function run(cmd: string, args: string[]): Promise<string> {
     });
     child.stderr.on('data', (d: Buffer) => (tail = (tail + d.toString()).slice(-4000)));
     child.on('error', reject);
-    child.on('close', (code, sig) => (code === 0 ? resolve(stdout) : reject(new Error(`${cmd} ${args.join(' ')} failed (${sig ?? `exit ${code}`}):\n${tail}`))));
+    child.on('close', (code, sig) =>
+      code === 0 ? resolve(stdout) : reject(new Error(`${cmd} ${args.join(' ')} failed (${sig ?? `exit ${code}`}):\n${tail}`)),
+    );
   });
 }

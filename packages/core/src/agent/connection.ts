@@ -2,10 +2,46 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import {
-  CONTROL_STREAM, DEFAULT_WINDOW, Fd, FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, MAX_STREAMS, MessageType, ProtocolError, VERSION,
-  agentInfo, decodeAgentHello, decodeCredit, decodeData, decodeEof, decodeError, decodeExit, decodeFreezeResult, decodeStarted,
-  encodeCall, encodeCredit, encodeData, encodeEof, encodeExec, encodeFreeze, encodeHostHello, encodePing, encodePoweroff, encodeResize, encodeSignal, encodeThaw,
-  type AgentHello, type AgentInfo, type CallRequest, type CapabilityName, type ExecExit, type ExecRequest, type Frame, type FreezeResult, type WireError,
+  CONTROL_STREAM,
+  DEFAULT_WINDOW,
+  Fd,
+  FrameDecoder,
+  HEADER_SIZE,
+  MAX_PAYLOAD,
+  MAX_STREAMS,
+  MessageType,
+  ProtocolError,
+  VERSION,
+  agentInfo,
+  decodeAgentHello,
+  decodeCredit,
+  decodeData,
+  decodeEof,
+  decodeError,
+  decodeExit,
+  decodeFreezeResult,
+  decodeStarted,
+  encodeCall,
+  encodeCredit,
+  encodeData,
+  encodeEof,
+  encodeExec,
+  encodeFreeze,
+  encodeHostHello,
+  encodePing,
+  encodePoweroff,
+  encodeResize,
+  encodeSignal,
+  encodeThaw,
+  type AgentHello,
+  type AgentInfo,
+  type CallRequest,
+  type CapabilityName,
+  type ExecExit,
+  type ExecRequest,
+  type Frame,
+  type FreezeResult,
+  type WireError,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { connectWithRetry } from '../vmm/connect.js';
@@ -113,7 +149,10 @@ export class AgentConnection extends EventEmitter {
       );
       const { hello, rest } = await awaitHello(socket, nonce, deadline, options);
       if (hello.version !== VERSION) {
-        throw new RoostError('AGENT', `the guest agent speaks protocol version ${hello.version}, this host ${VERSION}: run \`roost setup\` to rebuild the agent`);
+        throw new RoostError(
+          'AGENT',
+          `the guest agent speaks protocol version ${hello.version}, this host ${VERSION}: run \`roost setup\` to rebuild the agent`,
+        );
       }
       // NET rides in the HELLO itself, before the host can know: an agent that
       // does not announce it ignored it (an unknown tag), so the guest has no network.
@@ -158,7 +197,10 @@ export class AgentConnection extends EventEmitter {
   #open(what: string, requestedWindow: number | undefined, encode: (id: number, window: number) => Buffer, listener: ExecListener): ExecChannel {
     if (this.#closed) throw this.#closed;
     if (this.#streams.size >= MAX_STREAMS) {
-      throw new RoostError('INVALID_STATE', `this sandbox already runs ${MAX_STREAMS} commands and file operations over one connection; wait for some to finish`);
+      throw new RoostError(
+        'INVALID_STATE',
+        `this sandbox already runs ${MAX_STREAMS} commands and file operations over one connection; wait for some to finish`,
+      );
     }
     const id = this.#allocStream();
     const window = requestedWindow ?? DEFAULT_WINDOW;
@@ -236,7 +278,12 @@ export class AgentConnection extends EventEmitter {
       return Promise.reject(new RoostError('INVALID_STATE', `cannot ${name} the sandbox's disk: a freeze or thaw is already waiting for the guest agent`));
     }
     if (this.#fsRequests.length >= MAX_LATE_FS_ANSWERS) {
-      return Promise.reject(new RoostError('AGENT', `cannot ${name} the sandbox's disk: the guest agent has not answered ${this.#fsRequests.length} earlier freeze or thaw requests`));
+      return Promise.reject(
+        new RoostError(
+          'AGENT',
+          `cannot ${name} the sandbox's disk: the guest agent has not answered ${this.#fsRequests.length} earlier freeze or thaw requests`,
+        ),
+      );
     }
     return new Promise<FreezeResult>((resolve, reject) => {
       const request: FsRequest = { type, settle: null };
@@ -448,7 +495,13 @@ export class ExecChannel {
   #what: string;
 
   /** `what` names the stream in errors ('command', 'file operation'). */
-  constructor(conn: AgentConnection, readonly id: number, window: number, listener: ExecListener, what = 'command') {
+  constructor(
+    conn: AgentConnection,
+    readonly id: number,
+    window: number,
+    listener: ExecListener,
+    what = 'command',
+  ) {
     this.#conn = conn;
     this.#listener = listener;
     this.#outCredit = [window, window];
@@ -497,7 +550,9 @@ export class ExecChannel {
       case MessageType.ERROR: {
         const e: WireError = decodeError(f.payload);
         this.#finish(false);
-        this.#listener.failed(new RoostError('AGENT', `the guest agent refused the ${this.#what}: ${e.message || `error code ${e.code}`}`, { details: { agentCode: e.code } }));
+        this.#listener.failed(
+          new RoostError('AGENT', `the guest agent refused the ${this.#what}: ${e.message || `error code ${e.code}`}`, { details: { agentCode: e.code } }),
+        );
         return;
       }
       default:
@@ -591,7 +646,13 @@ async function connectSocket(path: string, deadline: number, options: ConnectOpt
       s.once('error', reject);
     });
   try {
-    return await connectWithRetry(attempt, { what: `the agent socket ${path}`, vmExited: options.vmExited, exitCode: 'BOOT_FAILED', signal: options.signal, deadline });
+    return await connectWithRetry(attempt, {
+      what: `the agent socket ${path}`,
+      vmExited: options.vmExited,
+      exitCode: 'BOOT_FAILED',
+      signal: options.signal,
+      deadline,
+    });
   } catch (e) {
     if (e instanceof RoostError) throw e;
     throw new RoostError('AGENT', `cannot connect to ${path}: ${(e as Error).message}`, { cause: e });
@@ -631,10 +692,7 @@ function awaitHello(socket: Socket, nonce: Buffer, deadline: number, options: Co
     };
     const onClose = () => fail(new RoostError('BOOT_FAILED', 'the VM closed the agent connection before the agent answered'));
     const onAbort = () => fail(new RoostError('ABORTED', 'waiting for the guest agent was aborted', { cause: options.signal?.reason }));
-    const timer = setTimeout(
-      () => fail(new RoostError('TIMEOUT', 'the guest agent did not answer the handshake in time')),
-      Math.max(0, deadline - Date.now()),
-    );
+    const timer = setTimeout(() => fail(new RoostError('TIMEOUT', 'the guest agent did not answer the handshake in time')), Math.max(0, deadline - Date.now()));
     const exitPoll = setInterval(() => {
       if (options.vmExited?.()) fail(new RoostError('BOOT_FAILED', 'the VM exited before its agent answered'));
     }, 20);

@@ -48,9 +48,16 @@ const compressors: Record<Compression, { mediaType: string; apply: (b: Buffer) =
 };
 
 /** A two-layer linux/amd64 image in the test store, as the store would hand it to an export. */
-async function makeImage(compression: [Compression, Compression] = ['gzip', 'gzip'], name: string | undefined = '127.0.0.1:5000/team/app:1.0'): Promise<ExportImage & { diffIds: string[] }> {
+async function makeImage(
+  compression: [Compression, Compression] = ['gzip', 'gzip'],
+  name: string | undefined = '127.0.0.1:5000/team/app:1.0',
+): Promise<ExportImage & { diffIds: string[] }> {
   const tars = [
-    await tarOf([{ name: 'etc/', type: 'directory' }, { name: 'etc/os-release', body: 'ID=test\n' }, { name: 'bin/sh', body: '#!fake\n'.repeat(2000) }]),
+    await tarOf([
+      { name: 'etc/', type: 'directory' },
+      { name: 'etc/os-release', body: 'ID=test\n' },
+      { name: 'bin/sh', body: '#!fake\n'.repeat(2000) },
+    ]),
     await tarOf([{ name: 'app/', type: 'directory' }, { name: 'app/main', body: 'hello\n' }, { name: 'etc/.wh.os-release' }]),
   ];
   const diffIds = tars.map(sha);
@@ -166,7 +173,10 @@ describe('OCI layout export and import', () => {
     const dest = join(base, 'layout');
     await writeOciLayout(a, dest, { format: 'oci-dir' });
     const index = JSON.parse(readFileSync(join(dest, 'index.json'), 'utf8')) as { manifests: Descriptor[] };
-    expect(index.manifests[0]!.annotations).toEqual({ 'io.containerd.image.name': 'docker.io/library/alpine:3.20', 'org.opencontainers.image.ref.name': '3.20' });
+    expect(index.manifests[0]!.annotations).toEqual({
+      'io.containerd.image.name': 'docker.io/library/alpine:3.20',
+      'org.opencontainers.image.ref.name': '3.20',
+    });
 
     // A second, unnamed image in the same layout.
     const other = json({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: a.config, layers: a.layers.slice(0, 1) });
@@ -196,7 +206,10 @@ describe('docker-archive export and import', () => {
     expect(got.mediaType).toBe(MediaType.dockerManifest);
     expect(got.manifest.config.digest).toBe(image.config.digest); // the image ID survives
     expect(got.manifest.layers.map((l) => l.digest)).toEqual(image.diffIds);
-    expect(got.manifest.layers.map((l) => l.mediaType)).toEqual(['application/vnd.docker.image.rootfs.diff.tar', 'application/vnd.docker.image.rootfs.diff.tar']);
+    expect(got.manifest.layers.map((l) => l.mediaType)).toEqual([
+      'application/vnd.docker.image.rootfs.diff.tar',
+      'application/vnd.docker.image.rootfs.diff.tar',
+    ]);
     expect(got.diffIds).toEqual(image.diffIds);
   });
 
@@ -217,7 +230,12 @@ describe('docker-archive export and import', () => {
     writeFileSync(
       archive,
       await tarOf([
-        { name: 'manifest.json', body: json([{ Config: `${hexOf(sha(config))}.json`, RepoTags: ['app:1', 'app:latest'], Layers: ['one/layer.tar', 'two/layer.tar', 'three/layer.tar'] }]) },
+        {
+          name: 'manifest.json',
+          body: json([
+            { Config: `${hexOf(sha(config))}.json`, RepoTags: ['app:1', 'app:latest'], Layers: ['one/layer.tar', 'two/layer.tar', 'three/layer.tar'] },
+          ]),
+        },
         { name: `${hexOf(sha(config))}.json`, body: config },
         { name: 'one/', type: 'directory' },
         { name: 'one/layer.tar', body: gzipSync(l1) },
@@ -229,7 +247,11 @@ describe('docker-archive export and import', () => {
     const source = await openDockerArchive(archive);
     expect(source.refs().map((r) => r.name)).toEqual(['app:1', 'app:latest']);
     const got = await importAll(source);
-    expect(got.manifest.layers.map((l) => l.mediaType)).toEqual([MediaType.dockerLayerGzip, 'application/vnd.docker.image.rootfs.diff.tar', MediaType.dockerLayerGzip]);
+    expect(got.manifest.layers.map((l) => l.mediaType)).toEqual([
+      MediaType.dockerLayerGzip,
+      'application/vnd.docker.image.rootfs.diff.tar',
+      MediaType.dockerLayerGzip,
+    ]);
     expect(got.manifest.layers[1]!.digest).toBe(sha(l2));
     expect(got.manifest.config.digest).toBe(sha(config));
     expect(source.resolve('app')).toBe(got.digest); // app means app:latest
@@ -240,7 +262,10 @@ describe('docker-archive export and import', () => {
     const dir = join(base, 'layout');
     await writeOciLayout(image, dir, { format: 'oci-dir' });
     const layers = image.layers.map((l) => `blobs/sha256/${hexOf(l.digest)}`);
-    writeFileSync(join(dir, 'manifest.json'), JSON.stringify([{ Config: `blobs/sha256/${hexOf(image.config.digest)}`, RepoTags: ['team/app:1.0'], Layers: layers }]));
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: `blobs/sha256/${hexOf(image.config.digest)}`, RepoTags: ['team/app:1.0'], Layers: layers }]),
+    );
     const archive = join(base, 'docker25.tar');
     execFileSync('tar', ['-C', dir, '-cf', archive, '.']);
     const source = await openDockerArchive(archive);
@@ -251,7 +276,11 @@ describe('docker-archive export and import', () => {
   it('leaves nothing behind when an export fails or is aborted', async () => {
     const image = await makeImage(['gzip', 'gzip']);
     // A layer whose content is not what the config says.
-    const bad = { ...image, blobPath: (d: string) => (d === image.layers[1]!.digest ? store.path(image.layers[0]!.digest) : store.path(d)), layers: [image.layers[0]!, { ...image.layers[1]!, size: image.layers[0]!.size }] };
+    const bad = {
+      ...image,
+      blobPath: (d: string) => (d === image.layers[1]!.digest ? store.path(image.layers[0]!.digest) : store.path(d)),
+      layers: [image.layers[0]!, { ...image.layers[1]!, size: image.layers[0]!.size }],
+    };
     await rejects(writeOciLayout(bad, join(base, 'x.tar'), { format: 'docker-archive' }), 'IMAGE', /decompresses to sha256:.*but the image config says/);
     onlyStoreLeft();
 
@@ -261,7 +290,11 @@ describe('docker-archive export and import', () => {
 
     await store.remove(image.layers[1]!.digest);
     await rejects(writeOciLayout(image, join(base, 'z.tar'), { format: 'oci-archive' }), 'NOT_FOUND', new RegExp(`blob ${image.layers[1]!.digest}`));
-    await rejects(writeOciLayout({ ...image, manifestBytes: Buffer.from('{}') }, join(base, 'z'), { format: 'oci-dir' }), 'INVALID_ARGUMENT', /do not have the digest/);
+    await rejects(
+      writeOciLayout({ ...image, manifestBytes: Buffer.from('{}') }, join(base, 'z'), { format: 'oci-dir' }),
+      'INVALID_ARGUMENT',
+      /do not have the digest/,
+    );
     await rejects(writeOciLayout(await makeImage(), join(base, 'no/such/dir.tar'), { format: 'oci-archive' }), 'NOT_FOUND', /does not exist/);
     onlyStoreLeft();
   });
@@ -293,7 +326,10 @@ describe('interoperability with skopeo', () => {
     const ociTar = join(base, 'ours-oci.tar');
     await writeOciLayout(image, ociTar, { format: 'oci-archive' });
     expect(skopeo('inspect', '--raw', `oci-archive:${ociTar}`)).toBe(image.manifestBytes.toString());
-    expect(JSON.parse(skopeo('inspect', `oci-archive:${ociTar}:1.0`))).toMatchObject({ Digest: image.manifestDigest, Layers: image.layers.map((l) => l.digest) });
+    expect(JSON.parse(skopeo('inspect', `oci-archive:${ociTar}:1.0`))).toMatchObject({
+      Digest: image.manifestDigest,
+      Layers: image.layers.map((l) => l.digest),
+    });
 
     const dockerTar = join(base, 'ours-docker.tar');
     await writeOciLayout(image, dockerTar, { format: 'docker-archive' });
@@ -334,7 +370,12 @@ describe('hostile archives', () => {
   });
 
   it('ignores ../ entries, absolute names and a symlinked blob pointing at /etc/passwd', async () => {
-    const manifest = json({ schemaVersion: 2, mediaType: MediaType.ociManifest, config: { mediaType: MediaType.ociConfig, digest: sha(Buffer.from('x')), size: 1 }, layers: [] });
+    const manifest = json({
+      schemaVersion: 2,
+      mediaType: MediaType.ociManifest,
+      config: { mediaType: MediaType.ociConfig, digest: sha(Buffer.from('x')), size: 1 },
+      layers: [],
+    });
     const blob = `blobs/sha256/${hexOf(sha(manifest))}`;
     const path = await layout([
       marker,
@@ -380,7 +421,11 @@ describe('hostile archives', () => {
 
   it('refuses an index.json over 4 MiB in a tar and in a directory, before parsing it', async () => {
     const huge = Buffer.alloc(5 * 2 ** 20, 0x20);
-    await rejects(openOciLayout(await layout([marker, { name: 'index.json', body: huge }])), 'IMAGE', /index.json is 5242880 bytes, over the 4194304-byte limit/);
+    await rejects(
+      openOciLayout(await layout([marker, { name: 'index.json', body: huge }])),
+      'IMAGE',
+      /index.json is 5242880 bytes, over the 4194304-byte limit/,
+    );
     const dir = join(base, 'dir');
     mkdirSync(dir);
     writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
@@ -400,7 +445,11 @@ describe('hostile archives', () => {
   it('refuses a wrong layout version, a missing path and a non-layout', async () => {
     await rejects(openOciLayout(await layout([{ name: 'oci-layout', body: '{"imageLayoutVersion":"2.0.0"}' }])), 'IMAGE', /imageLayoutVersion 1.0.0/);
     await rejects(openOciLayout(join(base, 'nothing')), 'NOT_FOUND', /does not exist/);
-    await rejects(openOciLayout(await layout([marker, { name: 'index.json', body: '{"schemaVersion":2,"manifests":[{"digest":"../../x"}]}' }])), 'IMAGE', /index.json: invalid image index/);
+    await rejects(
+      openOciLayout(await layout([marker, { name: 'index.json', body: '{"schemaVersion":2,"manifests":[{"digest":"../../x"}]}' }])),
+      'IMAGE',
+      /index.json: invalid image index/,
+    );
     await rejects(openOciLayout(await layout([{ name: 'manifest.json', body: '[]' }])), 'IMAGE', /not an OCI image layout/);
     await rejects(openDockerArchive(await layout([{ name: 'hello', body: 'x' }])), 'IMAGE', /no manifest.json/);
   });
@@ -412,7 +461,10 @@ describe('hostile archives', () => {
       ['/etc/passwd', []],
       ['c.json', ['../../../../etc/passwd']],
     ] as const) {
-      const path = await layout([{ name: 'manifest.json', body: json([{ Config, RepoTags: null, Layers }]) }, { name: 'c.json', body: config }]);
+      const path = await layout([
+        { name: 'manifest.json', body: json([{ Config, RepoTags: null, Layers }]) },
+        { name: 'c.json', body: config },
+      ]);
       await rejects(openDockerArchive(path), 'IMAGE', /a path outside the archive; refused/);
     }
     // A layer that is a symlink out of the archive is not there.

@@ -107,11 +107,15 @@ export async function openDockerArchive(path: string, options: { signal?: AbortS
 
   const manifestEntry = tar.file('manifest.json');
   if (!manifestEntry) throw new RoostError('IMAGE', `${description} is not a docker save archive (it has no manifest.json)`);
-  const parsed = dockerManifestSchema.safeParse(parseDocument(await readCapped(tar, manifestEntry, `${description}: manifest.json`), `${description}: manifest.json`));
-  if (!parsed.success) throw new RoostError('IMAGE', `${description}: invalid manifest.json: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const parsed = dockerManifestSchema.safeParse(
+    parseDocument(await readCapped(tar, manifestEntry, `${description}: manifest.json`), `${description}: manifest.json`),
+  );
+  if (!parsed.success)
+    throw new RoostError('IMAGE', `${description}: invalid manifest.json: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
 
   const lookup = (p: string): TarEntry => {
-    if (normalizeEntryName(p) === undefined) throw new RoostError('IMAGE', `${description}: manifest.json names ${JSON.stringify(p)}, a path outside the archive; refused`);
+    if (normalizeEntryName(p) === undefined)
+      throw new RoostError('IMAGE', `${description}: manifest.json names ${JSON.stringify(p)}, a path outside the archive; refused`);
     const entry = tar.fileFollowing(p);
     if (!entry) throw new RoostError('IMAGE', `${description}: manifest.json names ${JSON.stringify(p)}, which the archive does not contain`);
     return entry;
@@ -136,7 +140,10 @@ export async function openDockerArchive(path: string, options: { signal?: AbortS
       let d = layerDigests.get(entry);
       if (!d) layerDigests.set(entry, (d = await digestLayer(tar, entry, layerPath, description, options.signal)));
       if (d.diffId !== expected[i]) {
-        throw new RoostError('IMAGE', `${description}: layer ${layerPath} has content ${d.diffId} but the image config says ${expected[i]}; the archive is corrupt`);
+        throw new RoostError(
+          'IMAGE',
+          `${description}: layer ${layerPath} has content ${d.diffId} but the image config says ${expected[i]}; the archive is corrupt`,
+        );
       }
       layers.push({ mediaType: d.gzip ? MediaType.dockerLayerGzip : DOCKER_LAYER_TAR, digest: d.digest, size: entry.size });
       blobs.set(d.digest, entry);
@@ -247,7 +254,8 @@ export async function writeOciLayout(image: ExportImage, dest: string, options: 
     if (err.code === 'ENOENT' && err.path !== undefined && dirname(err.path) === dirname(target)) {
       throw new RoostError('NOT_FOUND', `cannot write ${target}: the directory ${dirname(target)} does not exist`, { cause: e });
     }
-    if (err.code === 'ENOTEMPTY' || err.code === 'EEXIST') throw new RoostError('INVALID_ARGUMENT', `${target} appeared while it was being written`, { cause: e });
+    if (err.code === 'ENOTEMPTY' || err.code === 'EEXIST')
+      throw new RoostError('INVALID_ARGUMENT', `${target} appeared while it was being written`, { cause: e });
     throw new RoostError('IMAGE', `exporting to ${target} failed: ${err.message}`, { cause: e });
   }
 }
@@ -317,7 +325,8 @@ async function openLayout(files: LayoutFiles, description: string): Promise<Loca
       const bytes = await files.read(blobName(digest), `manifest ${digest}`);
       if (!bytes) throw missingBlob(digest, description);
       const { algorithm, hex } = parseDigest(digest);
-      if (createHash(algorithm).update(bytes).digest('hex') !== hex) throw new RoostError('IMAGE', `${description}: manifest ${digest} does not match its digest (corrupt or tampered)`);
+      if (createHash(algorithm).update(bytes).digest('hex') !== hex)
+        throw new RoostError('IMAGE', `${description}: manifest ${digest} does not match its digest (corrupt or tampered)`);
       const mediaType = index.manifests.find((m) => m.digest === digest)?.mediaType;
       return mediaType === undefined ? { bytes } : { bytes, mediaType };
     },
@@ -552,7 +561,8 @@ async function writeDockerArchive(tar: TarWriter, image: ExportImage, ref: Image
   const parsed = diffIdsSchema.safeParse(parseDocument(config, `image config ${image.config.digest}`));
   if (!parsed.success) throw new RoostError('IMAGE', `image config ${image.config.digest} has no rootfs.diff_ids`);
   const diffIds = parsed.data.rootfs.diff_ids;
-  if (diffIds.length !== image.layers.length) throw new RoostError('IMAGE', `the image config lists ${diffIds.length} layers but the manifest has ${image.layers.length}`);
+  if (diffIds.length !== image.layers.length)
+    throw new RoostError('IMAGE', `the image config lists ${diffIds.length} layers but the manifest has ${image.layers.length}`);
 
   const configName = `${parseDigest(image.config.digest).hex}.json`;
   await tar.add(configName, [config], signal);
@@ -577,7 +587,8 @@ async function writeDockerArchive(tar: TarWriter, image: ExportImage, ref: Image
       signal,
     );
     const actual = `${algorithm}:${hash.digest('hex')}`;
-    if (actual !== diffId) throw new RoostError('IMAGE', `layer ${layer.digest} decompresses to ${actual}, but the image config says ${diffId}; the store is corrupt`);
+    if (actual !== diffId)
+      throw new RoostError('IMAGE', `layer ${layer.digest} decompresses to ${actual}, but the image config says ${diffId}; the store is corrupt`);
   }
   const repoTags = ref?.tag !== undefined ? [familiarImageReference({ registry: ref.registry, repository: ref.repository, tag: ref.tag })] : [];
   const manifest = [{ Config: configName, RepoTags: repoTags, Layers: layerNames }];
@@ -616,7 +627,8 @@ async function* zstdDecompress(path: string, digest: string, signal?: AbortSigna
     const code = await exited;
     if (code !== 0) throw new RoostError('IMAGE', `zstd could not decompress layer ${digest}: ${stderr.trim() || `exit code ${code}`}`);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new RoostError('SETUP_REQUIRED', 'the zstd program is needed to decompress zstd layers: install it (apt-get install zstd)', { cause: e });
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new RoostError('SETUP_REQUIRED', 'the zstd program is needed to decompress zstd layers: install it (apt-get install zstd)', { cause: e });
     throw e;
   } finally {
     if (child.exitCode === null) child.kill();
@@ -628,7 +640,8 @@ function openSource(image: ExportImage, blob: Descriptor, signal?: AbortSignal):
 }
 
 function checkExportedSize(size: number, blob: Descriptor): void {
-  if (size !== blob.size) throw new RoostError('IMAGE', `blob ${blob.digest} is ${size} bytes on disk but its descriptor says ${blob.size}; the store is corrupt`);
+  if (size !== blob.size)
+    throw new RoostError('IMAGE', `blob ${blob.digest} is ${size} bytes on disk but its descriptor says ${blob.size}; the store is corrupt`);
 }
 
 function sha256(bytes: Buffer): string {

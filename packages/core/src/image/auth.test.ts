@@ -108,7 +108,10 @@ describe('CredentialStore: roost login', () => {
   it('says which file is broken', async () => {
     mkdirSync(join(dir, 'home'));
     writeFileSync(roostFile, '{"auths": ');
-    await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringContaining(`the credentials file ${roostFile} is not valid JSON`) });
+    await expect(store().get('reg.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringContaining(`the credentials file ${roostFile} is not valid JSON`),
+    });
     writeFileSync(roostFile, JSON.stringify({ auths: { 'reg.example': { auth: 5 } } }));
     await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringContaining('auths.reg.example.auth') });
   });
@@ -144,12 +147,18 @@ describe("CredentialStore: Docker's config", () => {
 
   it('refuses an auth that is not base64 of user:password', async () => {
     dockerConfig({ auths: { 'reg.example': { auth: b64('no-colon') } } });
-    await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/"auth" of reg.example in .*config.json is not base64 of user:password/) });
+    await expect(store().get('reg.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/"auth" of reg.example in .*config.json is not base64 of user:password/),
+    });
   });
 
   it('asks the credential helper named for the registry, giving it the server address', async () => {
     installHelpers();
-    dockerConfig({ credHelpers: { 'reg.example:5000': 'fake', 'https://index.docker.io/v1/': 'fake', 'other.example': 'fake' }, auths: { 'reg.example:5000': { auth: b64('file:ignored') } } });
+    dockerConfig({
+      credHelpers: { 'reg.example:5000': 'fake', 'https://index.docker.io/v1/': 'fake', 'other.example': 'fake' },
+      auths: { 'reg.example:5000': { auth: b64('file:ignored') } },
+    });
     const s = store();
     expect(await s.get('reg.example:5000')).toEqual({ username: 'helper-user', password: 'helper-pass' });
     expect(await s.get('docker.io')).toEqual({ identityToken: 'idtok' });
@@ -161,16 +170,28 @@ describe("CredentialStore: Docker's config", () => {
     dockerConfig({ credsStore: 'fake', credHelpers: { 'broken.example': 'broken' }, auths: { 'reg.example:5000': {} } });
     const s = store();
     expect(await s.get('reg.example:5000')).toEqual({ username: 'helper-user', password: 'helper-pass' });
-    await expect(s.get('broken.example')).rejects.toMatchObject({ code: 'IMAGE', message: 'the credential helper docker-credential-broken failed for broken.example: boom: the keyring is locked' });
+    await expect(s.get('broken.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: 'the credential helper docker-credential-broken failed for broken.example: boom: the keyring is locked',
+    });
   });
 
   it('names a helper that is missing, broken or not a name', async () => {
     installHelpers();
     dockerConfig({ credsStore: 'missing' });
-    await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/^the credential helper docker-credential-missing \(configured in .*config.json\) is not installed or not on PATH$/) });
+    await expect(store().get('reg.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/^the credential helper docker-credential-missing \(configured in .*config.json\) is not installed or not on PATH$/),
+    });
     dockerConfig({ credsStore: 'garbled' });
-    await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: 'the credential helper docker-credential-garbled gave an answer that is not JSON' });
+    await expect(store().get('reg.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: 'the credential helper docker-credential-garbled gave an answer that is not JSON',
+    });
     dockerConfig({ credsStore: '../../bin/sh' });
-    await expect(store().get('reg.example')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/names the credential helper "..\/..\/bin\/sh", which is not a valid helper name/) });
+    await expect(store().get('reg.example')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/names the credential helper "..\/..\/bin\/sh", which is not a valid helper name/),
+    });
   });
 });

@@ -36,13 +36,19 @@ describe('BlobStore', () => {
 
   it('refuses a wrong digest and keeps nothing', async () => {
     const other = Buffer.from('y'.repeat(10_000));
-    await expect(store.put(sha(data), other.length, chunks(other))).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/corrupt or tampered/) });
+    await expect(store.put(sha(data), other.length, chunks(other))).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/corrupt or tampered/),
+    });
     empty();
     expect(await store.has(sha(data))).toBe(false);
   });
 
   it('refuses a truncated blob', async () => {
-    await expect(store.put(sha(data), data.length, chunks(data.subarray(0, 4000)))).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/4000 of 10000 bytes/) });
+    await expect(store.put(sha(data), data.length, chunks(data.subarray(0, 4000)))).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/4000 of 10000 bytes/),
+    });
     empty();
   });
 

@@ -137,4 +137,3 @@ export class BlobStore {
     return n;
   }
 }
-

@@ -1,6 +1,23 @@
 import {
-  chmodSync, closeSync, constants as fsc, fchmodSync, fchownSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
-  mkdirSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync, unlinkSync, utimesSync, writevSync,
+  chmodSync,
+  closeSync,
+  constants as fsc,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writevSync,
 } from 'node:fs';
 import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
@@ -221,7 +238,8 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
     extract.destroy();
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', `${what}: the disk is full while extracting: free space under the Roost home`, { cause: e, details: { errno: 'ENOSPC' } });
+    if (err.code === 'ENOSPC')
+      throw new RoostError('IMAGE', `${what}: the disk is full while extracting: free space under the Roost home`, { cause: e, details: { errno: 'ENOSPC' } });
     if (err.name === 'AbortError') throw new RoostError('ABORTED', `extracting ${what} was aborted`, { cause: e });
     throw new RoostError('IMAGE', `${what} could not be extracted: ${err.message}`, { cause: e });
   }

@@ -136,9 +136,7 @@ export interface ImageConfig {
 }
 
 /** A parsed manifest document: either one image or an index of per-platform images. */
-export type ParsedManifest =
-  | { kind: 'manifest'; mediaType: string; manifest: ImageManifest }
-  | { kind: 'index'; mediaType: string; index: ImageIndex };
+export type ParsedManifest = { kind: 'manifest'; mediaType: string; manifest: ImageManifest } | { kind: 'index'; mediaType: string; index: ImageIndex };
 
 function parseJson(bytes: Uint8Array, what: string): unknown {
   if (bytes.byteLength > MAX_DOCUMENT_BYTES) throw new RoostError('IMAGE', `${what} is ${bytes.byteLength} bytes, over the ${MAX_DOCUMENT_BYTES}-byte limit`);
@@ -191,10 +189,13 @@ export const TARGET_PLATFORM: Platform = { os: 'linux', architecture: 'amd64' };
  */
 export function selectPlatform(index: ImageIndex, platform: Platform = TARGET_PLATFORM): Descriptor {
   const match = index.manifests.find(
-    (m) => m.platform?.os === platform.os && m.platform.architecture === platform.architecture && (!platform.variant || m.platform.variant === platform.variant),
+    (m) =>
+      m.platform?.os === platform.os && m.platform.architecture === platform.architecture && (!platform.variant || m.platform.variant === platform.variant),
   );
   if (match) return match;
-  const have = index.manifests.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? '/' + m.platform.variant : ''}` : 'unknown')).join(', ');
+  const have = index.manifests
+    .map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? '/' + m.platform.variant : ''}` : 'unknown'))
+    .join(', ');
   throw new RoostError('IMAGE', `the image has no ${platform.os}/${platform.architecture} variant (it has: ${have || 'none'})`);
 }
 

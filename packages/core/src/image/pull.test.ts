@@ -78,7 +78,10 @@ function addImage(
     architecture: opts.architecture ?? 'amd64',
     os: 'linux',
     config: { Entrypoint: ['/entry'] },
-    rootfs: { type: 'layers', diff_ids: Array.from({ length: opts.diffIds ?? layers.length + (opts.duplicate ? 1 : 0) }, (_, i) => sha(Buffer.from(String(i)))) },
+    rootfs: {
+      type: 'layers',
+      diff_ids: Array.from({ length: opts.diffIds ?? layers.length + (opts.duplicate ? 1 : 0) }, (_, i) => sha(Buffer.from(String(i)))),
+    },
   });
   const listed = opts.duplicate ? [...layers, layers[0]!] : layers;
   const manifest = doc({
@@ -168,7 +171,10 @@ describe('pullImage', () => {
 
   it('checks layer media types before downloading anything', async () => {
     addImage(source, 'v1', { layerMediaType: 'application/vnd.oci.image.layer.v1.tar+bzip2' });
-    await expect(pullImage(source, 'v1', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/mem\/team\/app:v1: layer sha256:.*unsupported layer media type/) });
+    await expect(pullImage(source, 'v1', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/mem\/team\/app:v1: layer sha256:.*unsupported layer media type/),
+    });
     expect(source.opened).toEqual([]);
   });
 
@@ -180,7 +186,10 @@ describe('pullImage', () => {
 
   it('checks the config (layer count, platform) before downloading layers', async () => {
     const image = addImage(source, 'v1', { diffIds: 5 });
-    await expect(pullImage(source, 'v1', store)).rejects.toMatchObject({ code: 'IMAGE', message: 'mem/team/app:v1: the image config lists 5 layers but the manifest has 2' });
+    await expect(pullImage(source, 'v1', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: 'mem/team/app:v1: the image config lists 5 layers but the manifest has 2',
+    });
     expect(source.opened).toEqual([image.config.digest]);
     addImage(source, 'arm', { architecture: 'arm64' });
     await expect(pullImage(source, 'arm', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/is for linux\/arm64/) });
@@ -189,22 +198,36 @@ describe('pullImage', () => {
   it('verifies a manifest fetched by digest even when the source does not', async () => {
     const image = addImage(source, 'v1');
     source.manifests.set(image.manifest.digest, { bytes: Buffer.concat([image.manifest.bytes, Buffer.from(' ')]), digest: image.manifest.digest });
-    await expect(pullImage(source, image.manifest.digest, store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/arrived with digest .*corrupt or tampered/) });
+    await expect(pullImage(source, image.manifest.digest, store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/arrived with digest .*corrupt or tampered/),
+    });
   });
 
   it('checks the size an index gives its manifest, and refuses nested indexes', async () => {
     const image = addImage(source, 'v1');
     const index = (size: number, mediaType: string = MediaType.dockerManifest) =>
-      doc({ schemaVersion: 2, mediaType: MediaType.dockerManifestList, manifests: [{ mediaType, digest: image.manifest.digest, size, platform: { os: 'linux', architecture: 'amd64' } }] });
+      doc({
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifestList,
+        manifests: [{ mediaType, digest: image.manifest.digest, size, platform: { os: 'linux', architecture: 'amd64' } }],
+      });
     const lying = index(image.manifest.bytes.length + 1);
     source.manifests.set('lying', lying);
     await expect(pullImage(source, 'lying', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/bytes but its index says/) });
 
     const inner = index(image.manifest.bytes.length);
-    const outer = doc({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [{ mediaType: MediaType.ociIndex, digest: inner.digest, size: inner.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }] });
+    const outer = doc({
+      schemaVersion: 2,
+      mediaType: MediaType.ociIndex,
+      manifests: [{ mediaType: MediaType.ociIndex, digest: inner.digest, size: inner.bytes.length, platform: { os: 'linux', architecture: 'amd64' } }],
+    });
     source.manifests.set(inner.digest, inner);
     source.manifests.set('nested', outer);
-    await expect(pullImage(source, 'nested', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/nested indexes are not supported/) });
+    await expect(pullImage(source, 'nested', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/nested indexes are not supported/),
+    });
     expect(source.opened).toEqual([]);
   });
 
@@ -268,7 +291,10 @@ describe('pullImage', () => {
     );
     const progress: PullProgress[] = [];
     const started = Date.now();
-    await expect(pullImage(source, 'v1', store, { onProgress: (p) => progress.push(p) })).rejects.toMatchObject({ code: 'IMAGE', message: 'registry exploded' });
+    await expect(pullImage(source, 'v1', store, { onProgress: (p) => progress.push(p) })).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: 'registry exploded',
+    });
     expect(Date.now() - started).toBeLessThan(1000);
     expect(slowClosed).toBe(true);
     expect(stored()).toEqual([image.config.digest]);

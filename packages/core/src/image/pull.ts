@@ -64,7 +64,8 @@ const DEFAULT_RETRIES = 4;
  */
 export async function pullImage(source: ImageSource, tagOrDigest: string, blobs: BlobStore, options: PullImageOptions = {}): Promise<PulledImage> {
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1) throw new RoostError('INVALID_ARGUMENT', `concurrency must be a whole number >= 1, not ${options.concurrency}`);
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1)
+    throw new RoostError('INVALID_ARGUMENT', `concurrency must be a whole number >= 1, not ${options.concurrency}`);
   const retries = options.retries ?? DEFAULT_RETRIES;
   if (!Number.isSafeInteger(retries) || retries < 0) throw new RoostError('INVALID_ARGUMENT', `retries must be a whole number >= 0, not ${options.retries}`);
   const image = options.image ?? `${source.description}${tagOrDigest.includes(':') ? '@' : ':'}${tagOrDigest}`;
@@ -81,7 +82,8 @@ export async function pullImage(source: ImageSource, tagOrDigest: string, blobs:
     indexDigest = top.digest;
     doc = await fetchDocument(source, chosen.digest, chosen, signal);
     parsed = parseManifest(doc.bytes, doc.mediaType ?? chosen.mediaType);
-    if (parsed.kind !== 'manifest') throw new RoostError('IMAGE', `the linux/amd64 entry of the index of ${image} is another index; nested indexes are not supported`);
+    if (parsed.kind !== 'manifest')
+      throw new RoostError('IMAGE', `the linux/amd64 entry of the index of ${image} is another index; nested indexes are not supported`);
   }
   const { manifest, mediaType: manifestMediaType } = parsed;
   const configDescriptor = manifest.config;
@@ -147,12 +149,18 @@ interface Download {
 }
 
 /** A manifest or index from the source, its digest verified when it was asked for by digest (the source need not be trusted). */
-async function fetchDocument(source: ImageSource, ref: string, expected: Descriptor | undefined, signal: AbortSignal | undefined): Promise<{ bytes: Buffer; mediaType?: string; digest: string }> {
+async function fetchDocument(
+  source: ImageSource,
+  ref: string,
+  expected: Descriptor | undefined,
+  signal: AbortSignal | undefined,
+): Promise<{ bytes: Buffer; mediaType?: string; digest: string }> {
   const { bytes, mediaType } = await source.getManifest(ref, signal);
   const byDigest = ref.includes(':');
   const algorithm = byDigest ? parseDigest(ref).algorithm : 'sha256';
   const digest = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
-  if (byDigest && digest !== ref) throw new RoostError('IMAGE', `manifest ${ref} from ${source.description} arrived with digest ${digest} (corrupt or tampered); refused`);
+  if (byDigest && digest !== ref)
+    throw new RoostError('IMAGE', `manifest ${ref} from ${source.description} arrived with digest ${digest} (corrupt or tampered); refused`);
   if (expected && bytes.length !== expected.size) {
     throw new RoostError('IMAGE', `manifest ${ref} from ${source.description} is ${bytes.length} bytes but its index says ${expected.size}; refused`);
   }
@@ -219,9 +227,14 @@ async function fetchBlob(d: Download, desc: Descriptor, kind: PullProgress['kind
 
 async function storeDocument(blobs: BlobStore, digest: string, bytes: Buffer, signal: AbortSignal): Promise<void> {
   if (await blobs.has(digest, bytes.length)) return;
-  await blobs.put(digest, bytes.length, (async function* () {
-    yield bytes;
-  })(), { signal });
+  await blobs.put(
+    digest,
+    bytes.length,
+    (async function* () {
+      yield bytes;
+    })(),
+    { signal },
+  );
 }
 
 /** Runs `work` on every item, `concurrency` at a time. The first failure aborts `controller` (ending the others) and is thrown once all have settled. */

@@ -107,7 +107,8 @@ export function formatImageReference(ref: ImageReference): string {
 /** The short form people type and Docker prints: `alpine:3.20`, `team/app:1`, `h:5000/a/b:tag`. */
 export function familiarImageReference(ref: ImageReference): string {
   let name = `${ref.registry}/${ref.repository}`;
-  if (ref.registry === DOCKER_HUB) name = ref.repository.startsWith('library/') && ref.repository.split('/').length === 2 ? ref.repository.slice(8) : ref.repository;
+  if (ref.registry === DOCKER_HUB)
+    name = ref.repository.startsWith('library/') && ref.repository.split('/').length === 2 ? ref.repository.slice(8) : ref.repository;
   return `${name}${ref.tag !== undefined ? `:${ref.tag}` : ''}${ref.digest !== undefined ? `@${ref.digest}` : ''}`;
 }
 

@@ -135,18 +135,28 @@ describe('RegistryClient: manifests and blobs', () => {
     expect(byTag).toMatchObject({ mediaType: MediaType.ociManifest, digest: image.digest });
     const byDigest = await c.getManifest(fake.registry, 'team/app', image.digest);
     expect(byDigest.bytes.equals(image.manifest)).toBe(true);
-    for (const t of [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest]) expect(fake.log[0]?.accept).toContain(t);
+    for (const t of [MediaType.ociIndex, MediaType.ociManifest, MediaType.dockerManifestList, MediaType.dockerManifest])
+      expect(fake.log[0]?.accept).toContain(t);
   });
 
   it('refuses a manifest whose bytes do not match the digest asked for', async () => {
     const image = buildImage();
     fake.push('team/app', 'v1', image);
-    fake.manifests.set(`team/app@${image.digest}`, { body: Buffer.from(image.manifest.toString().replace('"schemaVersion":2', '"schemaVersion": 2')), type: image.mediaType });
-    await expect(client().getManifest(fake.registry, 'team/app', image.digest)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/corrupt or tampered/) });
+    fake.manifests.set(`team/app@${image.digest}`, {
+      body: Buffer.from(image.manifest.toString().replace('"schemaVersion":2', '"schemaVersion": 2')),
+      type: image.mediaType,
+    });
+    await expect(client().getManifest(fake.registry, 'team/app', image.digest)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/corrupt or tampered/),
+    });
   });
 
   it('gives NOT_FOUND naming the image for a missing manifest', async () => {
-    await expect(client().getManifest(fake.registry, 'team/app', 'nope')).rejects.toMatchObject({ code: 'NOT_FOUND', message: `image ${fake.registry}/team/app:nope not found` });
+    await expect(client().getManifest(fake.registry, 'team/app', 'nope')).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: `image ${fake.registry}/team/app:nope not found`,
+    });
   });
 
   it('cuts off a manifest over the size limit whatever its Content-Length says', async () => {
@@ -160,7 +170,10 @@ describe('RegistryClient: manifests and blobs', () => {
       };
       pump();
     });
-    await expect(client().getManifest(fake.registry, 'team/app', 'big')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/larger than 4194304 bytes; refused/) });
+    await expect(client().getManifest(fake.registry, 'team/app', 'big')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/larger than 4194304 bytes; refused/),
+    });
     expect(sent).toBeLessThan(20 * 2 ** 20);
   });
 
@@ -171,14 +184,21 @@ describe('RegistryClient: manifests and blobs', () => {
     const layer = image.layers[0]!;
     expect((await collect(await c.openBlob(fake.registry, 'team/app', layer.digest))).equals(layer.data)).toBe(true);
     const missing = sha(Buffer.from('missing'));
-    await expect(c.openBlob(fake.registry, 'team/app', missing)).rejects.toMatchObject({ code: 'IMAGE', message: `blob ${missing} not found in repo ${fake.registry}/team/app` });
+    await expect(c.openBlob(fake.registry, 'team/app', missing)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: `blob ${missing} not found in repo ${fake.registry}/team/app`,
+    });
   });
 
   it("reports the registry's own explanation of a refusal", async () => {
-    fake.on('/v2/team/app/manifests/v1', (_req, res) => sendJson(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] }));
+    fake.on('/v2/team/app/manifests/v1', (_req, res) =>
+      sendJson(res, 403, { errors: [{ code: 'DENIED', message: 'requested access to the resource is denied' }] }),
+    );
     await expect(client().getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({
       code: 'IMAGE',
-      message: expect.stringMatching(/^access denied: .* answered 403 Forbidden to the manifest of .*team\/app:v1: DENIED: requested access to the resource is denied$/),
+      message: expect.stringMatching(
+        /^access denied: .* answered 403 Forbidden to the manifest of .*team\/app:v1: DENIED: requested access to the resource is denied$/,
+      ),
     });
   });
 });
@@ -200,8 +220,13 @@ describe('RegistryClient: authentication', () => {
   it('asks for a login when Basic is demanded and there are no credentials, and says when they are wrong', async () => {
     fake.auth = 'basic';
     fake.push('team/app', 'v1', buildImage());
-    await expect(client().getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({ code: 'IMAGE', message: `authentication required: run roost login ${fake.registry}` });
-    await expect(client({ credentials: async () => ({ username: 'alice', password: 'nope' }) }).getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({
+    await expect(client().getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: `authentication required: run roost login ${fake.registry}`,
+    });
+    await expect(
+      client({ credentials: async () => ({ username: 'alice', password: 'nope' }) }).getManifest(fake.registry, 'team/app', 'v1'),
+    ).rejects.toMatchObject({
       code: 'IMAGE',
       message: expect.stringMatching(/refused access to .*team\/app with the saved login/),
     });
@@ -233,18 +258,30 @@ describe('RegistryClient: authentication', () => {
     fake.push('team/app', 'v1', buildImage());
     await client({ credentials: async () => ({ identityToken: 'idtok' }) }).getManifest(fake.registry, 'team/app', 'v1');
     expect(fake.tokenLog[0]?.method).toBe('POST');
-    expect(Object.fromEntries(fake.tokenLog[0]!.form!)).toMatchObject({ grant_type: 'refresh_token', refresh_token: 'idtok', service: 'fake.registry', scope: 'repository:team/app:pull' });
+    expect(Object.fromEntries(fake.tokenLog[0]!.form!)).toMatchObject({
+      grant_type: 'refresh_token',
+      refresh_token: 'idtok',
+      service: 'fake.registry',
+      scope: 'repository:team/app:pull',
+    });
   });
 
   it('fails clearly when the token service refuses', async () => {
     fake.auth = 'bearer';
     fake.anonymousTokens = false;
     fake.push('team/app', 'v1', buildImage());
-    await expect(client({ credentials: async () => ({ username: 'alice', password: 'wrong' }) }).getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({
+    await expect(
+      client({ credentials: async () => ({ username: 'alice', password: 'wrong' }) }).getManifest(fake.registry, 'team/app', 'v1'),
+    ).rejects.toMatchObject({
       code: 'IMAGE',
-      message: expect.stringMatching(new RegExp(`^authentication failed for ${fake.registry}: http://127.0.0.1:\\d+ answered 401: UNAUTHORIZED: bad credentials`)),
+      message: expect.stringMatching(
+        new RegExp(`^authentication failed for ${fake.registry}: http://127.0.0.1:\\d+ answered 401: UNAUTHORIZED: bad credentials`),
+      ),
     });
-    await expect(client().getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({ code: 'IMAGE', message: `authentication required: run roost login ${fake.registry}` });
+    await expect(client().getManifest(fake.registry, 'team/app', 'v1')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: `authentication required: run roost login ${fake.registry}`,
+    });
   });
 
   it('gets a new token when the cached one expires or is refused', async () => {
@@ -357,7 +394,10 @@ describe('RegistryClient: authentication', () => {
   it('reads credentials from a Docker config through a CredentialStore', async () => {
     fake.auth = 'basic';
     fake.push('team/app', 'v1', buildImage());
-    writeFileSync(join(dir, 'config.json'), JSON.stringify({ auths: { [`http://${fake.registry}/v2/`]: { auth: Buffer.from('alice:s3cret').toString('base64') } } }));
+    writeFileSync(
+      join(dir, 'config.json'),
+      JSON.stringify({ auths: { [`http://${fake.registry}/v2/`]: { auth: Buffer.from('alice:s3cret').toString('base64') } } }),
+    );
     const store = new CredentialStore({ roostAuthFile: join(dir, 'auth.json'), dockerConfigDir: dir });
     const got = await client({ credentials: store }).getManifest(fake.registry, 'team/app', 'v1');
     expect(got.mediaType).toBe(MediaType.ociManifest);
@@ -390,7 +430,10 @@ describe('RegistryClient: failures', () => {
     await client({ onRetry: (e) => retries.push(e) }).getManifest(fake.registry, 'team/app', 'v1');
     expect(retries).toMatchObject([{ delayMs: 0 }]);
     fake.on('/v2/team/app/manifests/v2', (_req, res) => sendJson(res, 429, {}, { 'retry-after': '3600' }));
-    await expect(client().getManifest(fake.registry, 'team/app', 'v2')).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/429 Too Many Requests.*asks to wait 3600 s/) });
+    await expect(client().getManifest(fake.registry, 'team/app', 'v2')).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/429 Too Many Requests.*asks to wait 3600 s/),
+    });
     expect(fake.count('/v2/team/app/manifests/v2')).toBe(1);
   });
 
@@ -418,7 +461,10 @@ describe('RegistryClient: failures', () => {
   });
 
   it("names fetch's own refusals (ports it will not use)", async () => {
-    await expect(client().getManifest('127.0.0.1:6000', 'team/app', 'v1')).rejects.toMatchObject({ code: 'NETWORK', message: 'cannot reach 127.0.0.1:6000: bad port' });
+    await expect(client().getManifest('127.0.0.1:6000', 'team/app', 'v1')).rejects.toMatchObject({
+      code: 'NETWORK',
+      message: 'cannot reach 127.0.0.1:6000: bad port',
+    });
   });
 
   it('retries a connection closed before the answer', async () => {
@@ -464,7 +510,11 @@ describe('RegistryClient: failures', () => {
       res.write(layer.data.subarray(0, 1000));
     });
     const stream = await client({ idleTimeoutMs: 150 }).openBlob(fake.registry, 'team/app', layer.digest);
-    await expect(collect(stream)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/stopped sending blob .* \(nothing for 0.15 s\)/), details: { retryable: true } });
+    await expect(collect(stream)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/stopped sending blob .* \(nothing for 0.15 s\)/),
+      details: { retryable: true },
+    });
   });
 
   it('ends a blob whose connection drops with a retryable error', async () => {
@@ -476,7 +526,11 @@ describe('RegistryClient: failures', () => {
       res.write(layer.data.subarray(0, 1000), () => req.socket.destroy());
     });
     const stream = await client().openBlob(fake.registry, 'team/app', layer.digest);
-    await expect(collect(stream)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/connection to .* dropped while receiving blob/), details: { retryable: true } });
+    await expect(collect(stream)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/connection to .* dropped while receiving blob/),
+      details: { retryable: true },
+    });
   });
 
   it('ends a stream aborted after its last chunk was read (undici leaves that next read pending)', async () => {
@@ -487,10 +541,13 @@ describe('RegistryClient: failures', () => {
     const it = (await client().openBlob(fake.registry, 'team/app', layer.digest, ac.signal))[Symbol.asyncIterator]();
     expect((await it.next()).value).toHaveLength(layer.size);
     ac.abort();
-    const settled = await Promise.race([it.next().then(
-      () => 'read',
-      (e: { code?: string }) => e.code,
-    ), delay(1000).then(() => 'hung')]);
+    const settled = await Promise.race([
+      it.next().then(
+        () => 'read',
+        (e: { code?: string }) => e.code,
+      ),
+      delay(1000).then(() => 'hung'),
+    ]);
     expect(settled).toBe('ABORTED');
   });
 
@@ -529,7 +586,12 @@ describe('pulling from a registry', () => {
     expect(pulled.config.cmd).toEqual(['/bin/sh']);
     expect(pulled.indexDigest).toBeUndefined();
     expect(expectStoreClean(store).sort()).toEqual([image.digest, image.config.digest, ...image.layers.map((l) => l.digest)].sort());
-    expect(progress.filter((p) => p.status === 'done').map((p) => p.digest).sort()).toEqual([image.config.digest, ...image.layers.map((l) => l.digest)].sort());
+    expect(
+      progress
+        .filter((p) => p.status === 'done')
+        .map((p) => p.digest)
+        .sort(),
+    ).toEqual([image.config.digest, ...image.layers.map((l) => l.digest)].sort());
     expect(progress.every((p) => p.image === `${fake.registry}/team/app:v1`)).toBe(true);
     expect(fake.storageLog.every((l) => l.authorization === undefined)).toBe(true);
 
@@ -562,7 +624,10 @@ describe('pulling from a registry', () => {
       { image: arm, platform: { os: 'linux', architecture: 'arm', variant: 'v7' } },
     ]);
     fake.pushIndex('team/app', 'multi', index, [arm]);
-    await expect(pullImage(source(), 'multi', store)).rejects.toMatchObject({ code: 'IMAGE', message: 'the image has no linux/amd64 variant (it has: linux/arm64, linux/arm/v7)' });
+    await expect(pullImage(source(), 'multi', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: 'the image has no linux/amd64 variant (it has: linux/arm64, linux/arm/v7)',
+    });
     expect(fake.log.filter((l) => l.path.includes('/blobs/'))).toEqual([]);
   });
 
@@ -575,7 +640,10 @@ describe('pulling from a registry', () => {
       res.writeHead(200, { 'content-length': bad.size });
       res.end(randomBytes(bad.size));
     });
-    await expect(pullImage(source(), 'v1', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/team\/app: blob .* arrived with digest .*corrupt or tampered.*\(on two downloads\)$/) });
+    await expect(pullImage(source(), 'v1', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/team\/app: blob .* arrived with digest .*corrupt or tampered.*\(on two downloads\)$/),
+    });
     expect(fake.count(path)).toBe(2);
     expect(expectStoreClean(store)).not.toContain(bad.digest);
     expect(expectStoreClean(store)).not.toContain(image.digest);
@@ -600,7 +668,10 @@ describe('pulling from a registry', () => {
 
     const other = new BlobStore(join(dir, 'other'));
     truncate = Infinity;
-    await expect(pullImage(source(), 'v1', other, { retries: 1 })).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/dropped while receiving blob/) });
+    await expect(pullImage(source(), 'v1', other, { retries: 1 })).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/dropped while receiving blob/),
+    });
     expect(expectStoreClean(other)).not.toContain(layer.digest);
   });
 
@@ -608,7 +679,10 @@ describe('pulling from a registry', () => {
     const image = buildImage({ sizes: { 0: 1000 } });
     fake.push('team/app', 'v1', image);
     const layer = image.layers[0]!;
-    await expect(pullImage(source(), 'v1', store)).rejects.toMatchObject({ code: 'IMAGE', message: expect.stringMatching(/larger than the 1000 bytes its descriptor declares/) });
+    await expect(pullImage(source(), 'v1', store)).rejects.toMatchObject({
+      code: 'IMAGE',
+      message: expect.stringMatching(/larger than the 1000 bytes its descriptor declares/),
+    });
     expect(fake.count(`/v2/team/app/blobs/${layer.digest}`)).toBe(1);
     expect(expectStoreClean(store)).not.toContain(layer.digest);
   });

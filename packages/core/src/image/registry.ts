@@ -80,7 +80,7 @@ export function parseWwwAuthenticate(header: string): AuthChallenge[] {
   };
   const quoted = (): string | undefined => {
     let value = '';
-    for (i++; i < n; ) {
+    for (i++; i < n;) {
       const c = header[i++]!;
       if (c === '"') return value;
       if (c === '\\') {
@@ -276,11 +276,15 @@ export class RegistryClient {
     const creds = options.credentials;
     this.auth = new AuthState(typeof creds === 'function' ? creds : creds ? (r) => creds.get(r) : () => Promise.resolve(undefined));
     const insecure = options.insecureRegistries ?? (process.env.ROOST_INSECURE_REGISTRIES ?? '').split(',');
-    this.insecure = insecure.map((r) => r.trim()).filter(Boolean).map(normalizeRegistry);
+    this.insecure = insecure
+      .map((r) => r.trim())
+      .filter(Boolean)
+      .map(normalizeRegistry);
     this.requestTimeoutMs = positive(options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS, 'requestTimeoutMs');
     this.idleTimeoutMs = positive(options.idleTimeoutMs ?? DEFAULT_TIMEOUT_MS, 'idleTimeoutMs');
     this.retries = options.retries ?? DEFAULT_RETRIES;
-    if (!Number.isSafeInteger(this.retries) || this.retries < 0) throw new RoostError('INVALID_ARGUMENT', `retries must be a whole number >= 0, not ${options.retries}`);
+    if (!Number.isSafeInteger(this.retries) || this.retries < 0)
+      throw new RoostError('INVALID_ARGUMENT', `retries must be a whole number >= 0, not ${options.retries}`);
     this.retryBaseMs = positive(options.retryBaseMs ?? BACKOFF_BASE_MS, 'retryBaseMs');
     this.userAgent = options.userAgent ?? `roost (node ${process.version})`;
     this.onRetry = options.onRetry;
@@ -299,7 +303,12 @@ export class RegistryClient {
    * the one asked for, verified, or the sha256 of the bytes for a tag.
    * A missing manifest is NOT_FOUND.
    */
-  async getManifest(registry: string, repository: string, tagOrDigest: string, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType?: string; digest: string }> {
+  async getManifest(
+    registry: string,
+    repository: string,
+    tagOrDigest: string,
+    signal?: AbortSignal,
+  ): Promise<{ bytes: Buffer; mediaType?: string; digest: string }> {
     checkRepository(repository);
     const byDigest = tagOrDigest.includes(':');
     if (byDigest) parseDigest(tagOrDigest);
@@ -307,7 +316,13 @@ export class RegistryClient {
     const name = `${registry}/${repository}${byDigest ? '@' : ':'}${tagOrDigest}`;
     const what = `the manifest of ${name}`;
     return this.retrying(registryApiHost(registry), what, signal, async () => {
-      const ex = await this.request(this.auth, registry, `/v2/${repository}/manifests/${tagOrDigest}`, { scope: pullScope(repository), repository, accept: MANIFEST_ACCEPT, signal, what });
+      const ex = await this.request(this.auth, registry, `/v2/${repository}/manifests/${tagOrDigest}`, {
+        scope: pullScope(repository),
+        repository,
+        accept: MANIFEST_ACCEPT,
+        signal,
+        what,
+      });
       if (ex.res.status === 404) {
         ex.discard();
         throw new RoostError('NOT_FOUND', `image ${name} not found`, { details: { registry, repository, reference: tagOrDigest } });
@@ -318,7 +333,9 @@ export class RegistryClient {
       const algorithm = byDigest ? parseDigest(tagOrDigest).algorithm : 'sha256';
       const digest = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
       if (byDigest && digest !== tagOrDigest) {
-        throw new RoostError('IMAGE', `${what} arrived with digest ${digest} (corrupt or tampered); refused`, { details: { registry, repository, digest: tagOrDigest } });
+        throw new RoostError('IMAGE', `${what} arrived with digest ${digest} (corrupt or tampered); refused`, {
+          details: { registry, repository, digest: tagOrDigest },
+        });
       }
       return { bytes, digest, ...(mediaType ? { mediaType } : {}) };
     });
@@ -360,7 +377,8 @@ export class RegistryClient {
       if (!ex.res.ok) throw await this.statusError(ex, what);
       ex.discard();
     } catch (e) {
-      if (e instanceof RoostError && e.code === 'IMAGE') throw new RoostError('IMAGE', `login to ${registry} failed: ${e.message}`, { cause: e, details: e.details });
+      if (e instanceof RoostError && e.code === 'IMAGE')
+        throw new RoostError('IMAGE', `login to ${registry} failed: ${e.message}`, { cause: e, details: e.details });
       throw e;
     }
   }
@@ -386,7 +404,10 @@ export class RegistryClient {
         const retryAfterMs = typeof e.details.retryAfterMs === 'number' ? e.details.retryAfterMs : undefined;
         const details = { ...e.details, retryable: false };
         if (retryAfterMs !== undefined && retryAfterMs > MAX_RETRY_AFTER_MS) {
-          throw new RoostError(e.code, `${e.message}; it asks to wait ${Math.ceil(retryAfterMs / 1000)} s before trying again: try later`, { cause: e, details });
+          throw new RoostError(e.code, `${e.message}; it asks to wait ${Math.ceil(retryAfterMs / 1000)} s before trying again: try later`, {
+            cause: e,
+            details,
+          });
         }
         if (n >= this.retries) throw new RoostError(e.code, n > 0 ? `${e.message} (gave up after ${n} retries)` : e.message, { cause: e, details });
         const delayMs = retryAfterMs ?? backoffDelay(n, this.retryBaseMs);
@@ -412,7 +433,10 @@ export class RegistryClient {
       ex.discard();
       const challenge = pickChallenge(parseWwwAuthenticate(header));
       if (!challenge) {
-        throw new RoostError('IMAGE', `${url.host} demands authentication for ${options.what} with a challenge Roost cannot answer (WWW-Authenticate: ${header.slice(0, 200) || 'none'})`);
+        throw new RoostError(
+          'IMAGE',
+          `${url.host} demands authentication for ${options.what} with a challenge Roost cannot answer (WWW-Authenticate: ${header.slice(0, 200) || 'none'})`,
+        );
       }
       state.challenges.set(registry, challenge);
       authorization = await this.authorization(state, registry, options, authorization);
@@ -465,17 +489,26 @@ export class RegistryClient {
   }
 
   /** Gets a bearer token from the challenge's realm (the Docker token protocol, or OAuth2 with an identity token). */
-  private async fetchToken(state: AuthState, registry: string, challenge: { realm: string; service?: string }, scope: string | undefined): Promise<{ token: string; ttlS: number }> {
+  private async fetchToken(
+    state: AuthState,
+    registry: string,
+    challenge: { realm: string; service?: string },
+    scope: string | undefined,
+  ): Promise<{ token: string; ttlS: number }> {
     let realm: URL;
     try {
       realm = new URL(challenge.realm);
     } catch (e) {
       throw new RoostError('IMAGE', `${registry} named an invalid token service "${challenge.realm}"`, { cause: e });
     }
-    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') throw new RoostError('IMAGE', `${registry} named a token service that is not http(s): ${challenge.realm}`);
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:')
+      throw new RoostError('IMAGE', `${registry} named a token service that is not http(s): ${challenge.realm}`);
     const creds = await state.credentials(registry);
     if (creds && realm.protocol === 'http:' && !this.plainHttpAllowed(realm.host)) {
-      throw new RoostError('IMAGE', `${registry} sends logins to ${realm.origin} over plain http; refusing to send credentials there (list it in ROOST_INSECURE_REGISTRIES if that is intended)`);
+      throw new RoostError(
+        'IMAGE',
+        `${registry} sends logins to ${realm.origin} over plain http; refusing to send credentials there (list it in ROOST_INSECURE_REGISTRIES if that is intended)`,
+      );
     }
     const what = `a token for ${registry} from ${realm.origin}`;
     let init: ExchangeInit;
@@ -496,7 +529,11 @@ export class RegistryClient {
         const detail = await this.errorDetail(ex);
         state.forget(registry);
         throw creds
-          ? new RoostError('IMAGE', `authentication failed for ${registry}: ${realm.origin} answered ${status}${detail}; check the login (roost login ${registry})`, { details: { registry, status } })
+          ? new RoostError(
+              'IMAGE',
+              `authentication failed for ${registry}: ${realm.origin} answered ${status}${detail}; check the login (roost login ${registry})`,
+              { details: { registry, status } },
+            )
           : new RoostError('IMAGE', `authentication required: run roost login ${registry}`, { details: { registry, status } });
       }
       if (status >= 500 || status === 429) throw await this.transientStatus(ex, what);
@@ -519,8 +556,15 @@ export class RegistryClient {
     const creds = await state.credentials(registry);
     const details = { registry, ...(options.repository ? { repository: options.repository } : {}) };
     if (!options.repository) return new RoostError('IMAGE', `${registry} refused the credentials`, { details });
-    if (!creds) return new RoostError('IMAGE', `authentication required: run roost login ${registry} (or check that ${registry}/${options.repository} exists)`, { details });
-    return new RoostError('IMAGE', `${registry} refused access to ${registry}/${options.repository} with the saved login: check that the repository exists and that this login may pull it`, { details });
+    if (!creds)
+      return new RoostError('IMAGE', `authentication required: run roost login ${registry} (or check that ${registry}/${options.repository} exists)`, {
+        details,
+      });
+    return new RoostError(
+      'IMAGE',
+      `${registry} refused access to ${registry}/${options.repository} with the saved login: check that the repository exists and that this login may pull it`,
+      { details },
+    );
   }
 
   /**
@@ -545,7 +589,10 @@ export class RegistryClient {
         if (init.authorization && current.origin === url.origin) headers.authorization = init.authorization;
         if (body !== undefined && init.contentType) headers['content-type'] = init.contentType;
         const host = current.host;
-        const timer = setTimeout(() => controller.abort(new RoostError('IMAGE', `${host} did not answer ${what} within ${this.requestTimeoutMs / 1000} s`)), this.requestTimeoutMs);
+        const timer = setTimeout(
+          () => controller.abort(new RoostError('IMAGE', `${host} did not answer ${what} within ${this.requestTimeoutMs / 1000} s`)),
+          this.requestTimeoutMs,
+        );
         let res: Response;
         try {
           res = await fetch(current, { method, headers, body, redirect: 'manual', signal: controller.signal });
@@ -564,7 +611,8 @@ export class RegistryClient {
         } catch (e) {
           throw new RoostError('IMAGE', `${host} redirected ${what} to an invalid URL`, { cause: e });
         }
-        if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new RoostError('IMAGE', `${host} redirected ${what} to a ${next.protocol} URL; refused`);
+        if (next.protocol !== 'http:' && next.protocol !== 'https:')
+          throw new RoostError('IMAGE', `${host} redirected ${what} to a ${next.protocol} URL; refused`);
         if (res.status === 303 || ((res.status === 301 || res.status === 302) && method === 'POST')) {
           method = 'GET';
           body = undefined;
@@ -597,7 +645,9 @@ export class RegistryClient {
     try {
       while (reader) {
         const timer = setTimeout(() => {
-          const error = new RoostError('IMAGE', `${ex.url.host} stopped sending ${what} (nothing for ${this.idleTimeoutMs / 1000} s)`, { details: { retryable: true } });
+          const error = new RoostError('IMAGE', `${ex.url.host} stopped sending ${what} (nothing for ${this.idleTimeoutMs / 1000} s)`, {
+            details: { retryable: true },
+          });
           ex.controller.abort(error);
         }, this.idleTimeoutMs);
         const read = reader.read();
@@ -768,7 +818,10 @@ function bodyError(e: unknown, ex: Exchange, signal: AbortSignal | undefined, wh
   if (signal?.aborted) return abortError(signal, what);
   const reason: unknown = ex.controller.signal.reason;
   if (ex.controller.signal.aborted && reason instanceof RoostError) return reason;
-  return new RoostError('IMAGE', `the connection to ${ex.url.host} dropped while receiving ${what}: ${errorCode(e) ?? innermostMessage(e)}`, { cause: e, details: { retryable: true } });
+  return new RoostError('IMAGE', `the connection to ${ex.url.host} dropped while receiving ${what}: ${errorCode(e) ?? innermostMessage(e)}`, {
+    cause: e,
+    details: { retryable: true },
+  });
 }
 
 /** Retry-After as milliseconds (delta-seconds or an HTTP date), or undefined. */

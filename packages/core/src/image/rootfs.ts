@@ -77,7 +77,11 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
     options.onProgress?.({ of: layers.length, what: 'mkfs' });
     // Ownership, modes, times (the image's own, not the build's) and xattrs
     // come from the tree; a fixed UUID keeps builds of one image alike.
-    await runTool('mkfs.erofs', ['--quiet', '--preserve-mtime', '-U', '00000000-0000-0000-0000-000000000000', tmpOut, tree], { pkg: 'erofs-utils', code: 'IMAGE', signal });
+    await runTool('mkfs.erofs', ['--quiet', '--preserve-mtime', '-U', '00000000-0000-0000-0000-000000000000', tmpOut, tree], {
+      pkg: 'erofs-utils',
+      code: 'IMAGE',
+      signal,
+    });
     const { size } = await stat(tmpOut);
     await rename(tmpOut, out);
     return { size, skipped, ms: Date.now() - started };
@@ -85,7 +89,11 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
     await rm(tmpOut, { force: true });
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC') throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', { cause: e, details: { errno: 'ENOSPC' } });
+    if (err.code === 'ENOSPC')
+      throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', {
+        cause: e,
+        details: { errno: 'ENOSPC' },
+      });
     throw new RoostError('IMAGE', `building the root filesystem failed: ${err.message}`, { cause: e });
   } finally {
     await rm(tree, { recursive: true, force: true });
@@ -144,7 +152,10 @@ async function applyXattrs(tree: string, xattrs: LayerStats['xattrs'], signal?: 
     } catch (e) {
       // A file system without xattr support (tmpfs before Linux 6.6 takes no user.*): the caller can build on disk instead.
       if (e instanceof RoostError && /Operation not supported/.test(e.message)) {
-        throw new RoostError('IMAGE', `the scratch file system cannot hold the image's extended attributes: ${e.message}`, { cause: e, details: { errno: 'ENOTSUP' } });
+        throw new RoostError('IMAGE', `the scratch file system cannot hold the image's extended attributes: ${e.message}`, {
+          cause: e,
+          details: { errno: 'ENOTSUP' },
+        });
       }
       throw e;
     }

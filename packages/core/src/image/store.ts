@@ -56,7 +56,6 @@ export interface ImportOptions {
   tag?: string;
 }
 
-
 interface ImageRow {
   id: string;
   manifest_media_type: string;
@@ -191,7 +190,11 @@ export class ImageStore {
   tag(reference: string, name: string): void {
     const image = this.inspect(reference);
     const full = formatImageReference(withDefaultTag(parseImageReference(name)));
-    this.#db.prepare('INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at').run(full, image.id, new Date().toISOString());
+    this.#db
+      .prepare(
+        'INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at',
+      )
+      .run(full, image.id, new Date().toISOString());
   }
 
   /**
@@ -210,7 +213,10 @@ export class ImageStore {
     if (goes && !options.force) {
       const users = this.#sandboxesUsing(row.id);
       if (users.length > 0) {
-        throw new RoostError('INVALID_STATE', `image ${reference} is used by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first, or use force`);
+        throw new RoostError(
+          'INVALID_STATE',
+          `image ${reference} is used by sandbox${users.length > 1 ? 'es' : ''} ${users.join(', ')}: remove ${users.length > 1 ? 'them' : 'it'} first, or use force`,
+        );
       }
     }
     const del = this.#db.prepare('DELETE FROM tags WHERE name = ?');
@@ -326,7 +332,9 @@ export class ImageStore {
         layer.run(l.digest, config.diffIds[i]!, l.size, l.mediaType);
         link.run(pulled.manifestDigest, i, l.digest);
       });
-      const tag = db.prepare('INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at');
+      const tag = db.prepare(
+        'INSERT INTO tags (name, image_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, updated_at = excluded.updated_at',
+      );
       for (const n of names) tag.run(n, pulled.manifestDigest, now);
     }).immediate();
     return this.inspect(pulled.manifestDigest);
@@ -344,7 +352,8 @@ export class ImageStore {
       if (rows[0]) return rows[0];
     }
     const name = this.#tagFor(reference);
-    if (name) return this.#db.prepare('SELECT images.* FROM images JOIN tags ON tags.image_id = images.id WHERE tags.name = ?').get(name) as ImageRow | undefined;
+    if (name)
+      return this.#db.prepare('SELECT images.* FROM images JOIN tags ON tags.image_id = images.id WHERE tags.name = ?').get(name) as ImageRow | undefined;
     const ref = parseImageReference(reference);
     // A pinned reference whose digest we hold under another name still resolves.
     return ref.digest ? (byId.get(ref.digest, ref.digest) as ImageRow | undefined) : undefined;
@@ -372,7 +381,9 @@ export class ImageStore {
 
   #layers(id: string): Descriptor[] {
     return this.#db
-      .prepare('SELECT l.digest, l.size, l.media_type AS mediaType FROM image_layers il JOIN layers l ON l.digest = il.layer_digest WHERE il.image_id = ? ORDER BY il.position')
+      .prepare(
+        'SELECT l.digest, l.size, l.media_type AS mediaType FROM image_layers il JOIN layers l ON l.digest = il.layer_digest WHERE il.image_id = ? ORDER BY il.position',
+      )
       .all(id) as Descriptor[];
   }
 
@@ -559,4 +570,3 @@ function writerAlive(name: string): boolean {
   const pid = Number(/(?:^tree|\.tmp)-(\d+)-/.exec(name)?.[1]);
   return pid > 0 && isAlive(pid);
 }
-

@@ -219,7 +219,10 @@ function parseNumber(h: Buffer, offset: number, length: number, pos: number, wha
     n = 0;
     for (const b of field.subarray(1)) n = n * 256 + b;
   } else {
-    const text = field.toString('latin1').replace(/[\0 ]+$/, '').trim();
+    const text = field
+      .toString('latin1')
+      .replace(/[\0 ]+$/, '')
+      .trim();
     if (!/^[0-7]*$/.test(text)) throw new RoostError('IMAGE', `${what} has a malformed header at byte ${pos}`);
     n = text === '' ? 0 : parseInt(text, 8);
   }
@@ -236,7 +239,8 @@ function checkChecksum(h: Buffer, pos: number, what: string): void {
     unsigned += b;
     signed += b > 127 ? b - 256 : b;
   }
-  if (stored !== unsigned && stored !== signed) throw new RoostError('IMAGE', `${what} is not a tar archive, or is corrupt (bad header checksum at byte ${pos})`);
+  if (stored !== unsigned && stored !== signed)
+    throw new RoostError('IMAGE', `${what} is not a tar archive, or is corrupt (bad header checksum at byte ${pos})`);
 }
 
 /** The PAX records Roost needs: `path`, `linkpath`, `size`. */

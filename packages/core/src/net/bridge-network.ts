@@ -1,5 +1,18 @@
 import type { NetworkInfo, NetworkStats } from '@roost/api';
-import { applyEgress, checkBridgePrivileges, createTap, deleteTap, deniedCount, ensureBridge, pruneLearned, removeEgress, serveBridgeDns, tapName, tapStats, type BridgeDnsServer } from './bridge.js';
+import {
+  applyEgress,
+  checkBridgePrivileges,
+  createTap,
+  deleteTap,
+  deniedCount,
+  ensureBridge,
+  pruneLearned,
+  removeEgress,
+  serveBridgeDns,
+  tapName,
+  tapStats,
+  type BridgeDnsServer,
+} from './bridge.js';
 import type { Ipam } from './ipam.js';
 import type { EgressFilter } from './policy.js';
 

@@ -159,7 +159,15 @@ function deleteNamespaces(): void {
 
 describe('egressRules', () => {
   it('orders deny, link-local, allow, learned, default; the host only for DNS and host rules', () => {
-    const { egress, host } = egressRules('0123456789ab', { default: 'deny', allow: ['169.254.169.254:80/tcp', '*:443/tcp', 'host:8000-8999', '10.0.0.0/8', 'example.com'], deny: ['10.1.0.0/16:22', 'host:8080/tcp'] }, GATEWAY);
+    const { egress, host } = egressRules(
+      '0123456789ab',
+      {
+        default: 'deny',
+        allow: ['169.254.169.254:80/tcp', '*:443/tcp', 'host:8000-8999', '10.0.0.0/8', 'example.com'],
+        deny: ['10.1.0.0/16:22', 'host:8080/tcp'],
+      },
+      GATEWAY,
+    );
     const reject = '-j REJECT --reject-with icmp-admin-prohibited';
     expect(egress.map((r) => r.join(' '))).toEqual([
       `-d 10.1.0.0/16 -p tcp -m multiport --dports 22 ${reject}`,
@@ -192,7 +200,12 @@ describe('egressRules', () => {
   });
 
   it('refuses ids that would make bad chain names', () => {
-    expect(isRoostError(thrown(() => egressRules('no such id!', { default: 'allow', allow: [], deny: [] }, GATEWAY)), 'INVALID_ARGUMENT')).toBe(true);
+    expect(
+      isRoostError(
+        thrown(() => egressRules('no such id!', { default: 'allow', allow: [], deny: [] }, GATEWAY)),
+        'INVALID_ARGUMENT',
+      ),
+    ).toBe(true);
     expect(() => tapName('XYZ')).toThrow(/12 hex digits/);
     expect(tapName('0123456789ab')).toBe('rt-0123456789ab');
   });
@@ -233,7 +246,8 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
     const out = execFileSync(process.execPath, ['--import', registerTs, '-e', script, source], { uid: 65534, gid: 65534, encoding: 'utf8' });
     expect(JSON.parse(out)).toEqual({
       code: 'PERMISSION_DENIED',
-      message: "bridge networking needs root (CAP_NET_ADMIN) to create the bridge and TAP devices: run as root (e.g. `sudo roost serve`), or use network mode 'user'",
+      message:
+        "bridge networking needs root (CAP_NET_ADMIN) to create the bridge and TAP devices: run as root (e.g. `sudo roost serve`), or use network mode 'user'",
     });
   });
 
@@ -303,7 +317,9 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
     await applyEgress(sandbox, { default: 'deny', allow: [`${OUTSIDE_ADDRESS}:8080/tcp`], deny: [] }, GATEWAY, net);
     expect(iptablesSave()).toBe(applied);
     expect(duplicateRules(applied)).toEqual([]);
-    expect(applied.split('\n').filter((l) => l.includes('-j ROOST-E-0123456789ab'))).toEqual([`-A ROOST-FWD-${BRIDGE} -s ${sandbox.address}/32 -i ${BRIDGE} -j ROOST-E-0123456789ab`]);
+    expect(applied.split('\n').filter((l) => l.includes('-j ROOST-E-0123456789ab'))).toEqual([
+      `-A ROOST-FWD-${BRIDGE} -s ${sandbox.address}/32 -i ${BRIDGE} -j ROOST-E-0123456789ab`,
+    ]);
     expect(await deniedCount(sandbox, net)).toBe(0);
 
     // Allowed: through the NAT (the server sees the host's address on its side).
@@ -330,7 +346,11 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
     expect(connectFromGuest('169.254.169.254', 80, { timeoutMs: 1500 })).toMatchObject({ ok: false, code: 'EHOSTUNREACH' });
     expect(await deniedCount(sandbox, net)).toBe(2);
     // One set of jumps, whatever happened before.
-    expect(iptablesSave().split('\n').filter((l) => l.includes('-j ROOST-H-0123456789ab'))).toHaveLength(1);
+    expect(
+      iptablesSave()
+        .split('\n')
+        .filter((l) => l.includes('-j ROOST-H-0123456789ab')),
+    ).toHaveLength(1);
   });
 
   it('drops what the guest sends from an address (or MAC) that is not its own', async () => {
@@ -371,7 +391,8 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
     expect(await deniedCount(sandbox, net)).toBe(1);
     expect(await deniedCount(peer, net)).toBe(0);
     // Broadcast and multicast reach no peer, and are not counted as denied.
-    const dropped = () => Number(/^\s*(\d+)\s+\d+\s+DROP\b.*PKTTYPE != unicast/m.exec(run(HOST, 'iptables', '-L', `ROOST-FWD-${BRIDGE}`, '-v', '-x', '-n'))?.[1]);
+    const dropped = () =>
+      Number(/^\s*(\d+)\s+\d+\s+DROP\b.*PKTTYPE != unicast/m.exec(run(HOST, 'iptables', '-L', `ROOST-FWD-${BRIDGE}`, '-v', '-x', '-n'))?.[1]);
     const droppedBefore = dropped();
     udpFromGuest('10.77.0.255', 9999);
     udpFromGuest('224.0.0.251', 5353);
@@ -403,7 +424,10 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
     expect(connectFromGuest(OUTSIDE_ADDRESS, 8081)).toMatchObject({ ok: false, code: 'EHOSTUNREACH' });
     await allowLearned(sandbox, OUTSIDE_ADDRESS, [[8081, 8081]], 'tcp', 30, net);
     await allowLearned(sandbox, [OUTSIDE_ADDRESS], [[8081, 8081]], 'tcp', 120, net);
-    const learned = () => run(HOST, 'iptables', '-S', 'ROOST-L-0123456789ab').split('\n').filter((l) => l.startsWith('-A'));
+    const learned = () =>
+      run(HOST, 'iptables', '-S', 'ROOST-L-0123456789ab')
+        .split('\n')
+        .filter((l) => l.startsWith('-A'));
     expect(learned()).toHaveLength(1); // learned again: replaced, with the later expiry
     const expiry = Number(/roost-expires=(\d+)/.exec(learned()[0]!)?.[1]);
     expect(expiry - Date.now() / 1000).toBeGreaterThan(100);
@@ -441,7 +465,9 @@ describe.skipIf(!isRoot)('bridge plumbing (in network namespaces)', () => {
       expect(answer?.rcode).toBe(0);
       expect(answer?.addresses).toEqual([OUTSIDE_ADDRESS]);
       // The rule was in place when the answer came.
-      expect(run(HOST, 'iptables', '-S', 'ROOST-L-0123456789ab')).toMatch(/-A ROOST-L-0123456789ab -d 192\.0\.2\.1\/32 -p tcp -m multiport --dports 8081 .*-j ACCEPT/);
+      expect(run(HOST, 'iptables', '-S', 'ROOST-L-0123456789ab')).toMatch(
+        /-A ROOST-L-0123456789ab -d 192\.0\.2\.1\/32 -p tcp -m multiport --dports 8081 .*-j ACCEPT/,
+      );
       expect(filter.check(0xc0000201, 8081, 'tcp').allowed).toBe(true);
       expect(connectFromGuest(OUTSIDE_ADDRESS, 8081)).toMatchObject({ ok: true });
       expect((await dnsQuery(server.port, 'evil.test'))?.rcode).toBe(3);

@@ -75,7 +75,10 @@ export function checkBridgePrivileges(): void {
     );
   }
   if (!existsSync('/dev/net/tun')) {
-    throw new RoostError('SETUP_REQUIRED', "bridge networking needs /dev/net/tun for TAP devices, and this host has none: load the tun module (`modprobe tun`), or use network mode 'user'");
+    throw new RoostError(
+      'SETUP_REQUIRED',
+      "bridge networking needs /dev/net/tun for TAP devices, and this host has none: load the tun module (`modprobe tun`), or use network mode 'user'",
+    );
   }
 }
 
@@ -124,7 +127,10 @@ function bridgeAddress(config: { name: string; subnet: string; gateway: string }
   const gateway = ipv4ToInt(config.gateway);
   const broadcast = (cidr.address | ~prefixMask(cidr.prefix)) >>> 0;
   if (cidr.prefix > 30 || !cidrContains(cidr, gateway) || gateway === cidr.address || gateway === broadcast) {
-    throw new RoostError('INVALID_ARGUMENT', `bridge ${config.name}: the gateway ${config.gateway} is not a host address of the subnet ${config.subnet} (a subnet of /30 or larger)`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `bridge ${config.name}: the gateway ${config.gateway} is not a host address of the subnet ${config.subnet} (a subnet of /30 or larger)`,
+    );
   }
   return { subnet: formatCidr(cidr), gateway: intToIpv4(gateway), prefix: cidr.prefix };
 }
@@ -176,13 +182,17 @@ async function brNetfilterLoaded(opts: HostNetOptions): Promise<boolean> {
  */
 async function filterBridgedTraffic(bridge: LinkInfo, opts: HostNetOptions): Promise<boolean> {
   if (!(await brNetfilterLoaded(opts))) {
-    const loaded = await hostCommand('modprobe', ['br_netfilter'], opts).then((r) => r.code === 0, () => false); // no modprobe: not loadable
+    const loaded = await hostCommand('modprobe', ['br_netfilter'], opts).then(
+      (r) => r.code === 0,
+      () => false,
+    ); // no modprobe: not loadable
     if (!loaded || !(await brNetfilterLoaded(opts))) return false;
     // Loading it turns the sysctls on, for every bridge: in this namespace, other bridges keep what they had before
     // (no filtering of bridged frames); ours has its own option. Best effort: other namespaces are not ours to change.
     for (const sysctl of BR_NETFILTER_SYSCTLS) await writeSysctl(sysctl, '0', opts).catch(() => {});
   }
-  if (bridge.linkinfo?.info_data?.nf_call_iptables !== 1) await mustRun('ip', ['link', 'set', 'dev', bridge.ifname, 'type', 'bridge', 'nf_call_iptables', '1'], opts);
+  if (bridge.linkinfo?.info_data?.nf_call_iptables !== 1)
+    await mustRun('ip', ['link', 'set', 'dev', bridge.ifname, 'type', 'bridge', 'nf_call_iptables', '1'], opts);
   return true;
 }
 
@@ -217,7 +227,10 @@ export async function ensureBridge(config: { name: string; subnet: string; gatew
     if (existing === null) throw new RoostError('NETWORK', `cannot create the bridge ${name}: ${r.stderr.trim()}`);
   }
   if (existing.linkinfo?.info_kind !== 'bridge') {
-    throw new RoostError('INVALID_STATE', `the network interface ${name} exists and is not a bridge: choose another bridge name, or remove it (\`ip link del ${name}\`)`);
+    throw new RoostError(
+      'INVALID_STATE',
+      `the network interface ${name} exists and is not a bridge: choose another bridge name, or remove it (\`ip link del ${name}\`)`,
+    );
   }
   // A bridge without a MAC of its own takes its ports' lowest, changing as TAPs come and go, and every guest's
   // ARP entry for the gateway goes stale: give it a fixed one (the leases' scheme, for the gateway's address).
@@ -226,7 +239,9 @@ export async function ensureBridge(config: { name: string; subnet: string; gatew
   const ipv6 = `/proc/sys/net/ipv6/conf/${name}/disable_ipv6`;
   if (opts.netns !== undefined || existsSync(ipv6)) await writeSysctl(ipv6, '1', opts).catch(() => {}); // IPv6 may be off altogether
   const want = `${gateway}/${prefix}`;
-  const shown = JSON.parse(await mustRun('ip', ['-j', '-4', 'addr', 'show', 'dev', name], opts)) as Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>;
+  const shown = JSON.parse(await mustRun('ip', ['-j', '-4', 'addr', 'show', 'dev', name], opts)) as Array<{
+    addr_info?: Array<{ local: string; prefixlen: number }>;
+  }>;
   const have = (shown[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`);
   for (const a of have) if (a !== want) await mustRun('ip', ['addr', 'del', a, 'dev', name], opts);
   if (!have.includes(want)) {
@@ -320,7 +335,10 @@ export function tapStats(tap: string, opts: HostNetOptions = {}): NetworkStats {
         ? files.map((f) => readFileSync(f, 'utf8')).join('\n')
         : // sysfs shows the namespace of whoever mounted it: read it from inside the namespace.
           execFileSync('ip', ['netns', 'exec', opts.netns, 'cat', ...files], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 });
-    values = text.split(/\s+/).filter((s) => s !== '').map(Number);
+    values = text
+      .split(/\s+/)
+      .filter((s) => s !== '')
+      .map(Number);
   } catch {
     return { ...ZERO_NETWORK_STATS };
   }
@@ -382,7 +400,13 @@ export function serveBridgeDns(config: BridgeDnsConfig): Promise<BridgeDnsServer
     const grants: Array<Promise<void>> = [];
     const filter = client.sandboxId === undefined ? client.filter : learningFilter(client.filter, client.sandboxId, grants, netOpts);
     void (async () => {
-      const response = await answerDnsQuery(query, { filter, hostName: { name: HOST_NAME, address: config.gateway }, limit, ...(config.resolve4 ? { resolve4: config.resolve4 } : {}), ...(client.onDenied ? { onDenied: client.onDenied } : {}) });
+      const response = await answerDnsQuery(query, {
+        filter,
+        hostName: { name: HOST_NAME, address: config.gateway },
+        limit,
+        ...(config.resolve4 ? { resolve4: config.resolve4 } : {}),
+        ...(client.onDenied ? { onDenied: client.onDenied } : {}),
+      });
       // The guest connects as soon as it has the answer: the addresses must be let through first.
       for (const r of await Promise.allSettled(grants)) if (r.status === 'rejected') config.onError?.(r.reason);
       if (response) socket.send(response, peer.port, peer.address, (err) => err && config.onError?.(err));
@@ -392,7 +416,11 @@ export function serveBridgeDns(config: BridgeDnsConfig): Promise<BridgeDnsServer
     socket.once('error', (err: NodeJS.ErrnoException) => {
       reject(
         err.code === 'EADDRINUSE'
-          ? new RoostError('UNAVAILABLE', `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: the port is in use: another Roost home (its leases are its own) or another DNS server uses this bridge; give this home a bridge of its own with ROOST_BRIDGE and ROOST_BRIDGE_SUBNET`, { cause: err })
+          ? new RoostError(
+              'UNAVAILABLE',
+              `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: the port is in use: another Roost home (its leases are its own) or another DNS server uses this bridge; give this home a bridge of its own with ROOST_BRIDGE and ROOST_BRIDGE_SUBNET`,
+              { cause: err },
+            )
           : new RoostError('NETWORK', `cannot serve DNS on ${config.gateway}:${config.port ?? 53}: ${err.message}`, { cause: err }),
       );
     });

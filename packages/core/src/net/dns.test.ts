@@ -43,7 +43,11 @@ function parse(r: Buffer): Parsed {
 
 const hostAddresses = [ipv4ToInt('127.0.0.1')];
 const resolver: Resolve4 = async (name) => {
-  if (name === 'example.com') return [{ address: '93.184.216.34', ttl: 300 }, { address: '93.184.216.35', ttl: 100 }];
+  if (name === 'example.com')
+    return [
+      { address: '93.184.216.34', ttl: 300 },
+      { address: '93.184.216.35', ttl: 100 },
+    ];
   if (name === 'empty.example') throw Object.assign(new Error('no data'), { code: 'ENODATA' });
   if (name === 'broken.example') throw Object.assign(new Error('try again'), { code: 'EAI_AGAIN' });
   throw Object.assign(new Error('not found'), { code: 'ENOTFOUND' });
@@ -159,7 +163,10 @@ describe('answerDnsQuery', () => {
     const limit = new DnsLimit(2);
     const release: (() => void)[] = [];
     const slow: Resolve4 = () => new Promise((resolve) => release.push(() => resolve([{ address: '1.2.3.4', ttl: 60 }])));
-    const pending = [answerDnsQuery(query('a.example'), { filter, resolve4: slow, limit }), answerDnsQuery(query('b.example'), { filter, resolve4: slow, limit })];
+    const pending = [
+      answerDnsQuery(query('a.example'), { filter, resolve4: slow, limit }),
+      answerDnsQuery(query('b.example'), { filter, resolve4: slow, limit }),
+    ];
     const third = await answerDnsQuery(query('c.example'), { filter, resolve4: slow, limit });
     expect(parse(third!).rcode).toBe(2);
     for (const r of release) r();

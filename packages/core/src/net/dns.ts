@@ -143,7 +143,11 @@ async function resolveA(query: Buffer, q: DnsQuestion, options: AnswerDnsOptions
     answers.push({ address, ttl });
   }
   if (answers.length > 0) {
-    options.filter.learn(q.name, answers.map((a) => a.address), Math.min(...answers.map((a) => a.ttl)));
+    options.filter.learn(
+      q.name,
+      answers.map((a) => a.address),
+      Math.min(...answers.map((a) => a.ttl)),
+    );
   }
   return respond(query, q, RCODE_NOERROR, answers);
 }

@@ -108,7 +108,10 @@ describe('Ipam', () => {
     for (const id of ['live1', 'gone1', 'live2', 'gone2']) ipam.lease(id);
     const live = new Set(['live1', 'live2']);
     const released = ipam.reclaim((id) => live.has(id));
-    expect(released.map((l: Lease) => [l.sandboxId, l.address])).toEqual([['gone1', '10.88.0.3'], ['gone2', '10.88.0.5']]);
+    expect(released.map((l: Lease) => [l.sandboxId, l.address])).toEqual([
+      ['gone1', '10.88.0.3'],
+      ['gone2', '10.88.0.5'],
+    ]);
     expect(ipam.list().map((l) => l.sandboxId)).toEqual(['live1', 'live2']);
     expect(ipam.reclaim(() => true)).toEqual([]);
   });

@@ -85,7 +85,10 @@ export class Ipam {
       throw new RoostError('INVALID_ARGUMENT', `${what}: ${(e as Error).message}`, { cause: e });
     }
     if (cidr.prefix > 30) {
-      throw new RoostError('INVALID_ARGUMENT', `${what}, ${pool.subnet}, is too small: a subnet needs at least 4 addresses (network, gateway, a sandbox, broadcast), so its prefix can be /30 at most (like 10.88.0.0/16)`);
+      throw new RoostError(
+        'INVALID_ARGUMENT',
+        `${what}, ${pool.subnet}, is too small: a subnet needs at least 4 addresses (network, gateway, a sandbox, broadcast), so its prefix can be /30 at most (like 10.88.0.0/16)`,
+      );
     }
     if (cidr.prefix < 8) {
       throw new RoostError('INVALID_ARGUMENT', `${what}, ${pool.subnet}, is too large: use a private subnet of /8 or smaller (like 10.88.0.0/16)`);
@@ -95,7 +98,8 @@ export class Ipam {
     this.#last = broadcast - 1;
     let gateway = this.#first;
     if (pool.gateway !== undefined) {
-      if (!isIpv4(pool.gateway)) throw new RoostError('INVALID_ARGUMENT', `the gateway of bridge ${pool.network}, "${pool.gateway}", is not an IPv4 address (like 10.88.0.1)`);
+      if (!isIpv4(pool.gateway))
+        throw new RoostError('INVALID_ARGUMENT', `the gateway of bridge ${pool.network}, "${pool.gateway}", is not an IPv4 address (like 10.88.0.1)`);
       gateway = ipv4ToInt(pool.gateway);
       if (gateway < this.#first || gateway > this.#last) {
         throw new RoostError(

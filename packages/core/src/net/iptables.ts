@@ -1,15 +1,5 @@
 import { spawn } from 'node:child_process';
-import {
-  cidrWithin,
-  formatCidr,
-  intToIpv4,
-  ipv4ToInt,
-  parseCidr,
-  parseEgressRule,
-  type EgressPolicy,
-  type EgressRule,
-  type PortProtocol,
-} from '@roost/api';
+import { cidrWithin, formatCidr, intToIpv4, ipv4ToInt, parseCidr, parseEgressRule, type EgressPolicy, type EgressRule, type PortProtocol } from '@roost/api';
 import { RoostError } from '../errors.js';
 
 /*
@@ -71,10 +61,14 @@ const COMMAND_TIMEOUT_MS = 30_000;
 
 function missingCommand(cmd: string, cause?: unknown): RoostError {
   const pkg = PACKAGE_OF[cmd] ?? cmd;
-  return new RoostError('SETUP_REQUIRED', `bridge networking needs \`${cmd}\`, which is not installed: install the Debian package ${pkg} (\`apt-get install ${pkg}\`), or use network mode 'user'`, {
-    ...(cause === undefined ? {} : { cause }),
-    details: { command: cmd, package: pkg },
-  });
+  return new RoostError(
+    'SETUP_REQUIRED',
+    `bridge networking needs \`${cmd}\`, which is not installed: install the Debian package ${pkg} (\`apt-get install ${pkg}\`), or use network mode 'user'`,
+    {
+      ...(cause === undefined ? {} : { cause }),
+      details: { command: cmd, package: pkg },
+    },
+  );
 }
 
 /** Runs a command (in `opts.netns` if given); resolves with its exit code and output, never rejects on a non-zero exit. */
@@ -182,7 +176,8 @@ const SANDBOX_ID_RE = /^[a-zA-Z0-9_]{1,20}$/;
 
 /** Throws INVALID_ARGUMENT unless `name` is a usable interface name (bridge or TAP). */
 export function checkInterfaceName(name: string, what: string): void {
-  if (!INTERFACE_NAME_RE.test(name)) throw new RoostError('INVALID_ARGUMENT', `"${name}" is not a usable ${what} name: use 1 to 15 letters, digits, '_', '.' or '-'`);
+  if (!INTERFACE_NAME_RE.test(name))
+    throw new RoostError('INVALID_ARGUMENT', `"${name}" is not a usable ${what} name: use 1 to 15 letters, digits, '_', '.' or '-'`);
 }
 
 function checkSandboxId(id: string): void {
@@ -386,7 +381,10 @@ export function applyEgress(sandbox: BridgeSandbox, policy: EgressPolicy, gatewa
     const fwd = chains.forward(sandbox.bridge);
     const inp = chains.input(sandbox.bridge);
     if (!(await chainExists('filter', fwd, opts)) || !(await chainExists('filter', inp, opts))) {
-      throw new RoostError('INVALID_STATE', `the packet filter of bridge ${sandbox.bridge} is not set up (no chain ${fwd}): set up the bridge first (ensureBridge)`);
+      throw new RoostError(
+        'INVALID_STATE',
+        `the packet filter of bridge ${sandbox.bridge} is not set up (no chain ${fwd}): set up the bridge first (ensureBridge)`,
+      );
     }
     const e = chains.egress(sandbox.id);
     const h = chains.host(sandbox.id);
@@ -396,7 +394,10 @@ export function applyEgress(sandbox: BridgeSandbox, policy: EgressPolicy, gatewa
     for (const r of egress) lines.push(`-A ${e} ${r.join(' ')}`);
     for (const r of host) lines.push(`-A ${h} ${r.join(' ')}`);
     // Jumps from the bridge's chains: the right one once, none with a stale address.
-    for (const [chain, target, head] of [[fwd, e, FORWARD_HEAD], [inp, h, INPUT_HEAD]] as const) {
+    for (const [chain, target, head] of [
+      [fwd, e, FORWARD_HEAD],
+      [inp, h, INPUT_HEAD],
+    ] as const) {
       const want = ['-s', `${address}/32`, '-i', sandbox.bridge, '-j', target];
       let present = false;
       for (const rule of await listRules('filter', chain, opts)) {
@@ -451,7 +452,12 @@ async function ebtablesRules(chain: string, opts: HostNetOptions): Promise<strin
 
 /** MACs print as `2:52:a:58:0:2` or `02:52:0a:58:00:02` depending on the ebtables build. */
 function normalizeMacs(rule: string): string {
-  return rule.replace(/\b[0-9a-f]{1,2}(:[0-9a-f]{1,2}){5}\b/gi, (mac) => mac.split(':').map((o) => parseInt(o, 16).toString(16)).join(':'));
+  return rule.replace(/\b[0-9a-f]{1,2}(:[0-9a-f]{1,2}){5}\b/gi, (mac) =>
+    mac
+      .split(':')
+      .map((o) => parseInt(o, 16).toString(16))
+      .join(':'),
+  );
 }
 
 async function ensureAntiSpoof(sandbox: BridgeSandbox, address: string, opts: HostNetOptions): Promise<void> {
@@ -556,7 +562,13 @@ export function allowLearned(
     const kept = existing.filter((r) => !remove.includes(r)).sort((a, b) => a.expires - b.expires);
     const overflow = kept.length + fresh.length - MAX_LEARNED_RULES;
     if (overflow > 0) remove.push(...kept.slice(0, overflow));
-    const lines = ['*filter', ...remove.map((r) => `-D ${chain} ${quoteArgs(r.args)}`), ...fresh.slice(-MAX_LEARNED_RULES).map((r) => `-A ${chain} ${quoteArgs(r)}`), 'COMMIT', ''];
+    const lines = [
+      '*filter',
+      ...remove.map((r) => `-D ${chain} ${quoteArgs(r.args)}`),
+      ...fresh.slice(-MAX_LEARNED_RULES).map((r) => `-A ${chain} ${quoteArgs(r)}`),
+      'COMMIT',
+      '',
+    ];
     await mustRun('iptables-restore', ['-w', '30', '--noflush'], { ...opts, input: lines.join('\n') });
   });
 }

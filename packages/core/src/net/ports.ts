@@ -175,11 +175,23 @@ function bindError(e: NodeJS.ErrnoException, m: Required<PortMapping>): RoostErr
   const where = `${m.hostIp}:${m.hostPort}/${m.protocol}`;
   switch (e.code) {
     case 'EADDRINUSE':
-      return new RoostError('UNAVAILABLE', `host port ${where} is already in use by another program: choose another port, or publish ${m.hostIp}::${m.guestPort}${m.protocol === 'udp' ? '/udp' : ''} for a free one`, { cause: e });
+      return new RoostError(
+        'UNAVAILABLE',
+        `host port ${where} is already in use by another program: choose another port, or publish ${m.hostIp}::${m.guestPort}${m.protocol === 'udp' ? '/udp' : ''} for a free one`,
+        { cause: e },
+      );
     case 'EACCES':
-      return new RoostError('PERMISSION_DENIED', `host port ${where} needs privileges (ports below 1024 need root or CAP_NET_BIND_SERVICE): choose a port of 1024 or above`, { cause: e });
+      return new RoostError(
+        'PERMISSION_DENIED',
+        `host port ${where} needs privileges (ports below 1024 need root or CAP_NET_BIND_SERVICE): choose a port of 1024 or above`,
+        { cause: e },
+      );
     case 'EADDRNOTAVAIL':
-      return new RoostError('INVALID_ARGUMENT', `${m.hostIp} is not an address of this host: publish on 127.0.0.1 (the default), 0.0.0.0, or one of the host's addresses`, { cause: e });
+      return new RoostError(
+        'INVALID_ARGUMENT',
+        `${m.hostIp} is not an address of this host: publish on 127.0.0.1 (the default), 0.0.0.0, or one of the host's addresses`,
+        { cause: e },
+      );
     default:
       return new RoostError('NETWORK', `cannot listen on ${where}: ${e.message}`, { cause: e });
   }

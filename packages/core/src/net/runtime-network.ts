@@ -52,7 +52,11 @@ export class RuntimeNetwork {
   }
 
   #leases(): Ipam {
-    this.#ipam ??= new Ipam(this.#db, { network: this.config.name, subnet: this.config.subnet, ...(this.config.gateway ? { gateway: this.config.gateway } : {}) });
+    this.#ipam ??= new Ipam(this.#db, {
+      network: this.config.name,
+      subnet: this.config.subnet,
+      ...(this.config.gateway ? { gateway: this.config.gateway } : {}),
+    });
     return this.#ipam;
   }
 }

@@ -47,7 +47,10 @@ export function planNetwork(req: NetworkRequest): { info: NetworkInfo; ports: Re
   const egress = normalizeEgress(req.egress);
   const ports = (req.ports ?? []).map((p) => normalizePortSpec(p));
   if (mode === 'none' && (ports.length > 0 || req.egress !== undefined)) {
-    throw new RoostError('INVALID_ARGUMENT', `a sandbox with network 'none' has no NIC, so it cannot publish ports or have an egress policy: use network 'user' (the default)`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `a sandbox with network 'none' has no NIC, so it cannot publish ports or have an egress policy: use network 'user' (the default)`,
+    );
   }
   const seen = new Set<string>();
   for (const p of ports) {
@@ -58,7 +61,10 @@ export function planNetwork(req: NetworkRequest): { info: NetworkInfo; ports: Re
   }
   if (mode === 'none') return { info: { mode, ports: [], egress }, ports };
   if (mode === 'user') {
-    return { info: { mode, mac: randomMac(), address: USER_NET.guest, prefix: USER_NET.prefix, gateway: USER_NET.gateway, dns: USER_NET.dns, ports: [], egress }, ports };
+    return {
+      info: { mode, mac: randomMac(), address: USER_NET.guest, prefix: USER_NET.prefix, gateway: USER_NET.gateway, dns: USER_NET.dns, ports: [], egress },
+      ports,
+    };
   }
   return { info: { mode, ports: [], egress }, ports };
 }
@@ -173,7 +179,10 @@ export class SandboxNet {
    */
   filter(): EgressFilter {
     // One per VM run: the bridge's DNS server asks for it on every query.
-    this.#filter ??= this.info.mode === 'user' ? createUserNetFilter(this.info.egress) : new EgressFilter(this.info.egress, { hostAddresses: [ipv4ToInt(this.info.gateway!)] });
+    this.#filter ??=
+      this.info.mode === 'user'
+        ? createUserNetFilter(this.info.egress)
+        : new EgressFilter(this.info.egress, { hostAddresses: [ipv4ToInt(this.info.gateway!)] });
     return this.#filter;
   }
 

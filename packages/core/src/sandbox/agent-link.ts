@@ -43,7 +43,10 @@ export class AgentLink {
    * The first handshake with a VM's agent, waiting for the boot. A
    * non-detached guest powers off when the host disconnects.
    */
-  static handshake(vm: VmHandle, options: { detached: boolean; timeoutMs: number; signal: AbortSignal; net: Uint8Array | undefined }): Promise<AgentConnection> {
+  static handshake(
+    vm: VmHandle,
+    options: { detached: boolean; timeoutMs: number; signal: AbortSignal; net: Uint8Array | undefined },
+  ): Promise<AgentConnection> {
     return AgentConnection.connect(vm.paths.agentSocket, {
       flags: options.detached ? 0 : HelloFlags.POWEROFF_ON_DISCONNECT,
       timeoutMs: options.timeoutMs,
@@ -64,10 +67,19 @@ export class AgentLink {
       const reason = host.reason();
       return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${host.id} is ${status}${reason ? ` (${reason})` : ''}`));
     }
-    const conn = AgentConnection.connect(vm.paths.agentSocket, { flags: 0, timeoutMs: CONNECT_TIMEOUT_MS, vmExited: () => vm.hasExited, net: host.netHello() }).catch((e: unknown) => {
+    const conn = AgentConnection.connect(vm.paths.agentSocket, {
+      flags: 0,
+      timeoutMs: CONNECT_TIMEOUT_MS,
+      vmExited: () => vm.hasExited,
+      net: host.netHello(),
+    }).catch((e: unknown) => {
       if (e instanceof RoostError && e.code === 'TIMEOUT') {
         // QEMU serves one client on the agent socket at a time; a stuck guest or a stray client holds it.
-        throw new RoostError('AGENT', `the agent of sandbox ${host.id} did not answer within ${CONNECT_TIMEOUT_MS / 1000} s: the guest is probably hung (see \`roost logs\`)`, { cause: e });
+        throw new RoostError(
+          'AGENT',
+          `the agent of sandbox ${host.id} did not answer within ${CONNECT_TIMEOUT_MS / 1000} s: the guest is probably hung (see \`roost logs\`)`,
+          { cause: e },
+        );
       }
       throw e;
     });

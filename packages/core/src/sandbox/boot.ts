@@ -67,8 +67,18 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
     // Published ports are bound before the VM starts: a port in use fails the create before a VM is spent on it.
     const snet = await ctx.net.open();
     vm = await ctx.vmm.start({
-      id: info.id, dir, cpus: info.cpus, memoryMiB: info.memoryMiB, kernel: req.assets.kernel, initramfs: req.assets.initramfs,
-      rootfs: req.rootfs, disk, kernelHz: req.assets.kernelHz, detached: info.detached, accel: info.accel, shares: req.shares,
+      id: info.id,
+      dir,
+      cpus: info.cpus,
+      memoryMiB: info.memoryMiB,
+      kernel: req.assets.kernel,
+      initramfs: req.assets.initramfs,
+      rootfs: req.rootfs,
+      disk,
+      kernelHz: req.assets.kernelHz,
+      detached: info.detached,
+      accel: info.accel,
+      shares: req.shares,
       ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
       ...(snet ? { nic: snet.nic(ctx.vmm.paths(dir)) } : {}),
     });
@@ -85,7 +95,12 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
     }
     ctx.booted(vm, conn);
     record.save({ status: 'running', startedAt: new Date().toISOString(), stoppedAt: null, agentVersion: conn.agent.version }, 'sandbox.started', {
-      data: { pid: vm.pid, agentVersion: conn.agent.version, agentCapabilities: [...conn.agent.capabilities], ...(req.restore ? { restoredFrom: req.restore.id } : {}) },
+      data: {
+        pid: vm.pid,
+        agentVersion: conn.agent.version,
+        agentCapabilities: [...conn.agent.capabilities],
+        ...(req.restore ? { restoredFrom: req.restore.id } : {}),
+      },
     });
   } catch (e) {
     vm?.kill();
@@ -116,7 +131,8 @@ export async function shutDown(vm: VmHandle, connection: () => Promise<AgentConn
   } catch {
     // No agent to ask: the kill below ends it.
   }
-  const exitedWithin = (ms: number) => Promise.race([vm.waitForExit().then(() => true), sleep(ms, undefined, 'the VM exit', { unref: true }).then(() => false)]);
+  const exitedWithin = (ms: number) =>
+    Promise.race([vm.waitForExit().then(() => true), sleep(ms, undefined, 'the VM exit', { unref: true }).then(() => false)]);
   if (!(await exitedWithin(timeoutMs / 2))) {
     await vm.quit({ timeoutMs: 1_000 }).catch(() => {});
     if (!(await exitedWithin(timeoutMs / 2))) {
@@ -138,17 +154,25 @@ export async function bootError(e: unknown, dir: string, timeoutMs: number, sign
   const consoleTail = await tail(join(dir, 'console.log'), 30);
   const vmmTail = await tail(join(dir, 'qemu.log'), 10);
   const details = { console: consoleTail, qemu: vmmTail, dir };
-  const shown = [vmmTail.length ? `QEMU said:\n  ${vmmTail.join('\n  ')}` : '', consoleTail.length ? `last console lines:\n  ${consoleTail.slice(-10).join('\n  ')}` : 'the guest printed nothing on its console']
+  const shown = [
+    vmmTail.length ? `QEMU said:\n  ${vmmTail.join('\n  ')}` : '',
+    consoleTail.length ? `last console lines:\n  ${consoleTail.slice(-10).join('\n  ')}` : 'the guest printed nothing on its console',
+  ]
     .filter(Boolean)
     .join('\n');
   // Not boot failures: bad input, a missing setup, or a published host port that is taken or privileged (bound before QEMU starts).
-  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT' || e.code === 'UNAVAILABLE' || e.code === 'PERMISSION_DENIED')) return e;
+  if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT' || e.code === 'UNAVAILABLE' || e.code === 'PERMISSION_DENIED'))
+    return e;
   if (signal.aborted && !(signal.reason instanceof Error && signal.reason.name === 'TimeoutError')) {
     return abortError(signal, 'sandbox creation');
   }
   const deadlineHit = signal.aborted && signal.reason instanceof Error && signal.reason.name === 'TimeoutError';
   if ((e instanceof RoostError && e.code === 'TIMEOUT') || deadlineHit) {
-    return new RoostError('BOOT_FAILED', `the guest did not boot within ${timeoutMs} ms (raise timeoutMs on a loaded machine; see ${dir}/console.log)\n${shown}`, { cause: e, details });
+    return new RoostError(
+      'BOOT_FAILED',
+      `the guest did not boot within ${timeoutMs} ms (raise timeoutMs on a loaded machine; see ${dir}/console.log)\n${shown}`,
+      { cause: e, details },
+    );
   }
   const msg = e instanceof Error ? e.message : String(e);
   return new RoostError('BOOT_FAILED', `the sandbox failed to boot: ${msg}\n${shown}`, { cause: e, details });
@@ -157,7 +181,11 @@ export async function bootError(e: unknown, dir: string, timeoutMs: number, sign
 async function tail(path: string, lines: number): Promise<string[]> {
   try {
     const text = await readFile(path, 'utf8');
-    return text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim()).slice(-lines);
+    return text
+      .split('\n')
+      .map((l) => l.replace(/\r$/, ''))
+      .filter((l) => l.trim())
+      .slice(-lines);
   } catch {
     return [];
   }

@@ -22,7 +22,13 @@ async function makeHome(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'roost-unit-'));
   const cache = join(dir, 'cache');
   await mkdir(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = { kernel: join(cache, 'kernel', 'k1', 'vmlinux'), kernelHz: 100, initramfs: join(cache, 'initramfs-a1.cpio'), rootfs: join(cache, 'base.erofs'), agentHash: 'a1' };
+  const assets = {
+    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
+    kernelHz: 100,
+    initramfs: join(cache, 'initramfs-a1.cpio'),
+    rootfs: join(cache, 'base.erofs'),
+    agentHash: 'a1',
+  };
   for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) await writeFile(f, 'fake\n');
   await writeFile(join(cache, 'assets.json'), JSON.stringify(assets));
   return dir;
@@ -244,7 +250,9 @@ describe('boot failures on a fake VMM', () => {
 
   it('bad options fail before anything is recorded', async () => {
     await expect(runtime.create({ ...small, cpus: 0 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await expect(runtime.create({ ...small, volumes: [{ source: '/nonexistent-dir-for-roost', target: '/data' }] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(runtime.create({ ...small, volumes: [{ source: '/nonexistent-dir-for-roost', target: '/data' }] })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
     await expect(runtime.create({ network: 'none', snapshot: 'nope' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(await runtime.list()).toEqual([]);
     expect(vmm.started).toEqual([]);
@@ -293,7 +301,10 @@ describe('recovery on a fake VMM', () => {
     expect(row.status).toBe('running');
     // The next runtime is the one that finds out, and says so.
     runtime = await Runtime.open({ home, vmm });
-    expect((await runtime.get(sb.id)).info).toMatchObject({ status: 'failed', reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)' });
+    expect((await runtime.get(sb.id)).info).toMatchObject({
+      status: 'failed',
+      reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)',
+    });
   });
 
   it('kills what a closing runtime owned, and reopens it as stopped', async () => {

@@ -108,7 +108,12 @@ export class SandboxNetwork {
     const snet = this.#net;
     if (!snet) {
       const mode = record.info.network?.mode ?? 'none';
-      throw new RoostError('INVALID_STATE', mode === 'none' ? `sandbox ${record.id} has no network (mode 'none'): it cannot publish ports` : `sandbox ${record.id} is ${record.status}: ports are published while it runs (start it first)`);
+      throw new RoostError(
+        'INVALID_STATE',
+        mode === 'none'
+          ? `sandbox ${record.id} has no network (mode 'none'): it cannot publish ports`
+          : `sandbox ${record.id} is ${record.status}: ports are published while it runs (start it first)`,
+      );
     }
     const binding = await snet.addPort(spec);
     record.save({ network: { ...snet.info, ports: snet.ports } }, 'port.added', { data: { ...binding } });
@@ -122,7 +127,11 @@ export class SandboxNetwork {
     const match = (record.info.network?.ports ?? []).filter(
       (p) => p.hostPort === want.hostPort && (want.hostIp === undefined || p.hostIp === want.hostIp) && p.protocol === (want.protocol ?? 'tcp'),
     );
-    if (match.length === 0) throw new RoostError('NOT_FOUND', `sandbox ${record.id} does not publish host port ${want.hostPort}/${want.protocol ?? 'tcp'}${want.hostIp ? ` on ${want.hostIp}` : ''}`);
+    if (match.length === 0)
+      throw new RoostError(
+        'NOT_FOUND',
+        `sandbox ${record.id} does not publish host port ${want.hostPort}/${want.protocol ?? 'tcp'}${want.hostIp ? ` on ${want.hostIp}` : ''}`,
+      );
     for (const b of match) this.#net?.removePort(b);
     const ports = (record.info.network?.ports ?? []).filter((p) => !match.includes(p));
     record.save({ network: { ...record.info.network!, ports } }, 'port.removed', { data: { ...match[0]! } });

@@ -194,7 +194,10 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
   let rootfs = assets.rootfs;
   if (rec.image) {
     if (!deps.images.find(rec.image.id)) {
-      throw new RoostError('NOT_FOUND', `snapshot ${rec.name} runs image ${rec.image.reference} (${rec.image.id}), which is no longer stored: pull it again to restore the snapshot`);
+      throw new RoostError(
+        'NOT_FOUND',
+        `snapshot ${rec.name} runs image ${rec.image.reference} (${rec.image.id}), which is no longer stored: pull it again to restore the snapshot`,
+      );
     }
     rootfs = await deps.images.rootfs(rec.image.id, opts.signal ? { signal: opts.signal } : {});
   }
@@ -202,7 +205,11 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
   // The NIC is part of the saved devices: the copy has the snapshot's network mode, and its own MAC and address.
   const snapshotMode: NetworkMode = rec.manifest.network ?? 'none';
   if (opts.network !== undefined && opts.network !== snapshotMode) {
-    throw new RoostError('INVALID_ARGUMENT', `network: snapshot ${rec.name} was taken with network '${snapshotMode}', and a restored sandbox has the snapshot's devices: leave network out, or give '${snapshotMode}'`, { details: { field: 'network' } });
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `network: snapshot ${rec.name} was taken with network '${snapshotMode}', and a restored sandbox has the snapshot's devices: leave network out, or give '${snapshotMode}'`,
+      { details: { field: 'network' } },
+    );
   }
   const plan = planNetwork({ ...opts, network: snapshotMode });
   // In user mode every sandbox has a network of its own (no shared segment), so a copy keeps the
@@ -240,12 +247,19 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
  * What a stopped sandbox boots again: the assets and its image's root
  * filesystem (NOT_FOUND when the image is no longer stored).
  */
-export async function planStart(deps: Pick<PlanDeps, 'assets' | 'images'>, info: Pick<SandboxInfo, 'id' | 'image'>, signal?: AbortSignal): Promise<{ assets: Assets; rootfs: string }> {
+export async function planStart(
+  deps: Pick<PlanDeps, 'assets' | 'images'>,
+  info: Pick<SandboxInfo, 'id' | 'image'>,
+  signal?: AbortSignal,
+): Promise<{ assets: Assets; rootfs: string }> {
   const assets = await deps.assets();
   const image = info.image;
   if (!image) return { assets, rootfs: assets.rootfs };
   if (!deps.images.find(image.id)) {
-    throw new RoostError('NOT_FOUND', `sandbox ${info.id} runs image ${image.reference} (${image.id}), which is no longer stored: pull it again to start the sandbox`);
+    throw new RoostError(
+      'NOT_FOUND',
+      `sandbox ${info.id} runs image ${image.reference} (${image.id}), which is no longer stored: pull it again to start the sandbox`,
+    );
   }
   return { assets, rootfs: await deps.images.rootfs(image.id, signal ? { signal } : {}) };
 }
@@ -291,9 +305,13 @@ async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<Pr
 export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: string): void {
   const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => opts[k] !== undefined);
   if (fixed.length > 0) {
-    throw new RoostError('INVALID_ARGUMENT', `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`, {
-      details: { fields: fixed },
-    });
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`,
+      {
+        details: { fields: fixed },
+      },
+    );
   }
 }
 
@@ -311,7 +329,6 @@ async function makeSandboxDir(deps: Pick<PlanDeps, 'layout' | 'network'>, info: 
     throw e;
   }
 }
-
 
 function newId(records: SandboxRecords): string {
   for (;;) {

@@ -15,7 +15,22 @@ let records: SandboxRecords;
 let events: EventLog;
 
 function info(status: SandboxStatus): SandboxInfo {
-  return { id: 'a1b2c3d4e5f6', status, createdAt: new Date().toISOString(), startedAt: null, stoppedAt: null, cpus: 1, memoryMiB: 64, diskSizeMiB: 64, detached: false, accel: 'tcg', pid: null, env: {}, labels: {}, execs: 0 };
+  return {
+    id: 'a1b2c3d4e5f6',
+    status,
+    createdAt: new Date().toISOString(),
+    startedAt: null,
+    stoppedAt: null,
+    cpus: 1,
+    memoryMiB: 64,
+    diskSizeMiB: 64,
+    detached: false,
+    accel: 'tcg',
+    pid: null,
+    env: {},
+    labels: {},
+    execs: 0,
+  };
 }
 
 beforeEach(async () => {

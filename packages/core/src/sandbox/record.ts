@@ -110,7 +110,9 @@ export class SandboxRecord {
   /** Records that the VM is gone, once: `stopped` or `failed` with its reason, if the record says it had one. */
   exited(status: 'stopped' | 'failed', reason: string, data: Record<string, unknown> = {}): void {
     if (!isLive(this.#info.status)) return;
-    this.save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', { data: { reason, ...data } });
+    this.save({ status, pid: null, reason, stoppedAt: new Date().toISOString() }, status === 'failed' ? 'sandbox.failed' : 'sandbox.exited', {
+      data: { reason, ...data },
+    });
   }
 
   /** From now on nothing is written: the sandbox is being removed. */
@@ -135,7 +137,9 @@ export function commandHooks(record: SandboxRecord, counters: RuntimeCounters): 
   return {
     started: (cmd) => {
       counters.execs++;
-      record.save({ execs: record.info.execs + 1 }, 'exec.started', { data: { execId: cmd.id, pid: cmd.pid, argv: cmd.argv.map((a) => a.slice(0, 256)).slice(0, 32) } });
+      record.save({ execs: record.info.execs + 1 }, 'exec.started', {
+        data: { execId: cmd.id, pid: cmd.pid, argv: cmd.argv.map((a) => a.slice(0, 256)).slice(0, 32) },
+      });
     },
     exited: (cmd) => record.event('exec.exited', { ...cmd }),
     bytes: (stream, n) => {

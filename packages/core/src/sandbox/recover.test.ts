@@ -14,16 +14,39 @@ describe('recovery decisions', () => {
   });
 
   it('kills a VM that cannot be trusted to be whole, and records why', () => {
-    expect(recoveryDecision({ status: 'creating', detached: true }, true)).toEqual({ action: 'record', kill: true, status: 'failed', reason: 'the runtime exited while it booted' });
+    expect(recoveryDecision({ status: 'creating', detached: true }, true)).toEqual({
+      action: 'record',
+      kill: true,
+      status: 'failed',
+      reason: 'the runtime exited while it booted',
+    });
     expect(recoveryDecision({ status: 'stopping', detached: false }, true)).toEqual({ action: 'record', kill: true, status: 'stopped', reason: 'stopped' });
-    expect(recoveryDecision({ status: 'running', detached: false }, true)).toEqual({ action: 'record', kill: true, status: 'stopped', reason: 'its runtime exited' });
+    expect(recoveryDecision({ status: 'running', detached: false }, true)).toEqual({
+      action: 'record',
+      kill: true,
+      status: 'stopped',
+      reason: 'its runtime exited',
+    });
   });
 
   it('records a VM that is gone', () => {
     expect(recoveryDecision({ status: 'running', detached: true }, false)).toEqual({
-      action: 'record', kill: false, status: 'failed', reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)',
+      action: 'record',
+      kill: false,
+      status: 'failed',
+      reason: 'the VM process is gone (it crashed or was killed while no runtime watched it)',
     });
-    expect(recoveryDecision({ status: 'paused', detached: false }, false)).toEqual({ action: 'record', kill: false, status: 'stopped', reason: 'its runtime exited, and the VM with it' });
-    expect(recoveryDecision({ status: 'creating', detached: false }, false)).toEqual({ action: 'record', kill: false, status: 'failed', reason: 'its runtime exited, and the VM with it' });
+    expect(recoveryDecision({ status: 'paused', detached: false }, false)).toEqual({
+      action: 'record',
+      kill: false,
+      status: 'stopped',
+      reason: 'its runtime exited, and the VM with it',
+    });
+    expect(recoveryDecision({ status: 'creating', detached: false }, false)).toEqual({
+      action: 'record',
+      kill: false,
+      status: 'failed',
+      reason: 'its runtime exited, and the VM with it',
+    });
   });
 });

@@ -10,9 +10,7 @@ import { isLive } from './record.js';
  *   runs, and record `status` with `reason`.
  */
 export type RecoveryDecision =
-  | { action: 'keep' }
-  | { action: 'attach' }
-  | { action: 'record'; kill: boolean; status: Extract<SandboxStatus, 'stopped' | 'failed'>; reason: string };
+  { action: 'keep' } | { action: 'attach' } | { action: 'record'; kill: boolean; status: Extract<SandboxStatus, 'stopped' | 'failed'>; reason: string };
 
 /**
  * Decides what becomes of a record found at open, given whether its VM

@@ -41,7 +41,14 @@ export function forkName(sandboxId: string): string {
 
 /** What forking needs of the runtime: creating through it (its limits and tracking), and the snapshot store. */
 export interface ForkDeps<S extends { remove(options: { force: boolean }): Promise<void> }> {
-  create(options: { snapshot: string; labels: Record<string, string>; detached: boolean; egress?: EgressSpec; timeoutMs: number; signal?: AbortSignal }): Promise<S>;
+  create(options: {
+    snapshot: string;
+    labels: Record<string, string>;
+    detached: boolean;
+    egress?: EgressSpec;
+    timeoutMs: number;
+    signal?: AbortSignal;
+  }): Promise<S>;
   readonly snapshots: Pick<SnapshotStore, 'removeIfUnused'>;
 }
 
@@ -87,13 +94,23 @@ export async function forkFrom<S extends { remove(options: { force: boolean }): 
  * inserted with its event. The guest is left as it was (running or
  * paused, thawed) whatever happens. Called serialized with the lifecycle.
  */
-export async function takeSnapshot(ctx: SnapshotContext, name: string, kind: SnapshotKind, timeoutMs: number, userSignal?: AbortSignal, template?: string): Promise<SnapshotRecord> {
+export async function takeSnapshot(
+  ctx: SnapshotContext,
+  name: string,
+  kind: SnapshotKind,
+  timeoutMs: number,
+  userSignal?: AbortSignal,
+  template?: string,
+): Promise<SnapshotRecord> {
   const { info, vm } = ctx;
   if ((info.status !== 'running' && info.status !== 'paused') || !vm || vm.hasExited) {
     throw new RoostError('INVALID_STATE', `sandbox ${info.id} is ${info.status}: only a running or paused sandbox can be snapshotted`);
   }
   if (info.volumes?.length) {
-    throw new RoostError('INVALID_STATE', `sandbox ${info.id} mounts volumes: their 9P state lives in QEMU and the host, so sandboxes with volumes cannot be snapshotted or forked`);
+    throw new RoostError(
+      'INVALID_STATE',
+      `sandbox ${info.id} mounts volumes: their 9P state lives in QEMU and the host, so sandboxes with volumes cannot be snapshotted or forked`,
+    );
   }
   const store = ctx.snapshots;
   store.checkNameFree(name);
@@ -202,7 +219,9 @@ export async function takeSnapshot(ctx: SnapshotContext, name: string, kind: Sna
     await rm(tmp, { recursive: true, force: true });
     await rm(store.dir(id), { recursive: true, force: true }).catch(() => {});
     if (signal.aborted && !(e instanceof RoostError && e.code !== 'ABORTED' && e.code !== 'TIMEOUT')) {
-      throw deadline.aborted ? new RoostError('TIMEOUT', `the snapshot of sandbox ${info.id} took longer than ${timeoutMs} ms`, { cause: e }) : abortError(signal, 'the snapshot');
+      throw deadline.aborted
+        ? new RoostError('TIMEOUT', `the snapshot of sandbox ${info.id} took longer than ${timeoutMs} ms`, { cause: e })
+        : abortError(signal, 'the snapshot');
     }
     throw e;
   }

@@ -13,7 +13,11 @@ export function checkVolumeCount(count: number, mode: NetworkMode, vmm: Pick<Vmm
   const all = vmm.maxShares(false);
   const max = vmm.maxShares(mode !== 'none');
   if (count > max) {
-    throw new RoostError('INVALID_ARGUMENT', `volumes: at most ${max} with network '${mode}', not ${count}${mode === 'none' ? '' : ` (${all} with network 'none')`}`, { details: { field: 'volumes' } });
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `volumes: at most ${max} with network '${mode}', not ${count}${mode === 'none' ? '' : ` (${all} with network 'none')`}`,
+      { details: { field: 'volumes' } },
+    );
   }
 }
 
@@ -41,14 +45,15 @@ export async function resolveVolumes(volumes: readonly VolumeMount[], home: stri
   const out: VolumeMount[] = [];
   for (const [i, v] of volumes.entries()) {
     const where = `volumes[${i}]`;
-    const bad = (message: string, field: 'source' | 'target') => new RoostError('INVALID_ARGUMENT', `${where}.${field}: ${message}`, { details: { field: `volumes.${i}.${field}`, source: v.source, target: v.target } });
+    const bad = (message: string, field: 'source' | 'target') =>
+      new RoostError('INVALID_ARGUMENT', `${where}.${field}: ${message}`, { details: { field: `volumes.${i}.${field}`, source: v.source, target: v.target } });
     const t = v.target;
     if (!t.startsWith('/')) throw bad(`the guest path "${t}" must be absolute`, 'target');
     if (t.includes('\0')) throw bad('the guest path contains a NUL byte', 'target');
     if (Buffer.byteLength(t) > 4095) throw bad('the guest path is longer than 4095 bytes', 'target');
     const normal = posix.normalize(t).replace(/(.)\/+$/, '$1');
     if (normal !== t) throw bad(`the guest path "${t}" is not normalized: write it as "${normal}"`, 'target');
-    if (t === '/') throw bad('a volume cannot be mounted on / (the guest\'s root)', 'target');
+    if (t === '/') throw bad("a volume cannot be mounted on / (the guest's root)", 'target');
     const reserved = RESERVED_TARGETS.find((r) => t === r || t.startsWith(r + '/'));
     if (reserved) throw bad(`${t} is under ${reserved}, which belongs to the guest kernel`, 'target');
     if (targets.has(t)) throw bad(`two volumes are mounted at ${t}`, 'target');
@@ -61,7 +66,10 @@ export async function resolveVolumes(volumes: readonly VolumeMount[], home: stri
         source = await realpath(v.source);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        throw bad(code === 'ENOENT' ? `the host directory ${v.source} does not exist` : `cannot resolve the host directory ${v.source}: ${(e as Error).message}`, 'source');
+        throw bad(
+          code === 'ENOENT' ? `the host directory ${v.source} does not exist` : `cannot resolve the host directory ${v.source}: ${(e as Error).message}`,
+          'source',
+        );
       }
       const st = await stat(source).catch((e: Error) => {
         throw bad(`cannot read the host directory ${v.source}: ${e.message}`, 'source');
@@ -93,16 +101,24 @@ export async function hostShares(info: Pick<SandboxInfo, 'id' | 'volumes'>, volu
       path = v.source;
       const st = await stat(path).catch(() => null);
       if (!st?.isDirectory()) {
-        throw new RoostError('NOT_FOUND', `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is no longer a directory: restore it (or remove the sandbox)`, {
-          details: { source: path, target: v.target },
-        });
+        throw new RoostError(
+          'NOT_FOUND',
+          `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is no longer a directory: restore it (or remove the sandbox)`,
+          {
+            details: { source: path, target: v.target },
+          },
+        );
       }
       // Resolved once, at create: a directory since replaced by a symlink is not followed somewhere else.
       const real = await realpath(path).catch(() => path);
       if (real !== path) {
-        throw new RoostError('INVALID_STATE', `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is now a link to ${real}: restore the directory (or remove the sandbox)`, {
-          details: { source: path, target: v.target },
-        });
+        throw new RoostError(
+          'INVALID_STATE',
+          `sandbox ${info.id} mounts host directory ${path} at ${v.target}, which is now a link to ${real}: restore the directory (or remove the sandbox)`,
+          {
+            details: { source: path, target: v.target },
+          },
+        );
       }
     } else {
       path = volumes._ensure(v.source).path;
@@ -124,8 +140,10 @@ export async function mountVolumes(conn: AgentConnection, volumes: readonly Volu
     } catch (e) {
       if (signal.aborted) throw e;
       const why = e instanceof Error ? e.message : String(e);
-      throw new RoostError('BOOT_FAILED', `cannot mount volume ${v.source} at ${v.target} in the guest: ${why}`, { cause: e, details: { source: v.source, target: v.target } });
+      throw new RoostError('BOOT_FAILED', `cannot mount volume ${v.source} at ${v.target} in the guest: ${why}`, {
+        cause: e,
+        details: { source: v.source, target: v.target },
+      });
     }
   }
 }
-

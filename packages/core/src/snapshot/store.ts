@@ -54,7 +54,8 @@ export function buildMismatch(rec: SnapshotRecord, assets: Assets, vmmVersion: s
   const now = { ...buildIdentity(assets), qemuVersion: vmmVersion };
   if (m.qemuVersion !== now.qemuVersion) return `it was made by ${m.qemuVersion}, this host runs ${now.qemuVersion}: take it again`;
   if (m.kernel !== now.kernel) return `it was made with guest kernel ${m.kernel}, the current build is ${now.kernel}: take it again`;
-  if (m.initramfs !== now.initramfs || m.agentHash !== now.agentHash) return `it was made with guest agent ${m.agentHash}, the current build is ${now.agentHash}: take it again`;
+  if (m.initramfs !== now.initramfs || m.agentHash !== now.agentHash)
+    return `it was made with guest agent ${m.agentHash}, the current build is ${now.agentHash}: take it again`;
   return null;
 }
 
@@ -102,7 +103,9 @@ export class SnapshotStore {
 
   /** By exact name, else by id. */
   find(nameOrId: string): SnapshotRecord | undefined {
-    const row = this.#db.prepare('SELECT info_json FROM snapshots WHERE name = ? OR id = ? ORDER BY name = ? DESC LIMIT 1').get(nameOrId, nameOrId, nameOrId) as { info_json: string } | undefined;
+    const row = this.#db
+      .prepare('SELECT info_json FROM snapshots WHERE name = ? OR id = ? ORDER BY name = ? DESC LIMIT 1')
+      .get(nameOrId, nameOrId, nameOrId) as { info_json: string } | undefined;
     return row ? (JSON.parse(row.info_json) as SnapshotRecord) : undefined;
   }
 
@@ -119,7 +122,9 @@ export class SnapshotStore {
 
   /** What depends on a snapshot: sandboxes restored from it (not removed) and snapshots layered on it. */
   dependents(id: string): SnapshotInfo['dependents'] {
-    const sandboxes = (this.#db.prepare("SELECT id FROM sandboxes WHERE json_extract(info_json, '$.snapshot') = ? ORDER BY created_at").all(id) as { id: string }[]).map((r) => r.id);
+    const sandboxes = (
+      this.#db.prepare("SELECT id FROM sandboxes WHERE json_extract(info_json, '$.snapshot') = ? ORDER BY created_at").all(id) as { id: string }[]
+    ).map((r) => r.id);
     const snapshots = (this.#db.prepare('SELECT name FROM snapshots WHERE parent_id = ? ORDER BY created_at').all(id) as { name: string }[]).map((r) => r.name);
     return { sandboxes, snapshots };
   }
@@ -161,9 +166,13 @@ export class SnapshotStore {
             deps.sandboxes.length ? `sandbox${deps.sandboxes.length > 1 ? 'es' : ''} ${deps.sandboxes.join(', ')}` : '',
             deps.snapshots.length ? `snapshot${deps.snapshots.length > 1 ? 's' : ''} ${deps.snapshots.join(', ')}` : '',
           ].filter(Boolean);
-          throw new RoostError('INVALID_STATE', `snapshot ${rec.name} is in use by ${what.join(' and ')}: remove ${what.length > 1 || deps.sandboxes.length + deps.snapshots.length > 1 ? 'them' : 'it'} first`, {
-            details: { snapshot: rec.name, ...deps },
-          });
+          throw new RoostError(
+            'INVALID_STATE',
+            `snapshot ${rec.name} is in use by ${what.join(' and ')}: remove ${what.length > 1 || deps.sandboxes.length + deps.snapshots.length > 1 ? 'them' : 'it'} first`,
+            {
+              details: { snapshot: rec.name, ...deps },
+            },
+          );
         }
         return this.#db.prepare('DELETE FROM snapshots WHERE id = ?').run(rec.id).changes > 0;
       })
@@ -257,7 +266,9 @@ export class SnapshotStore {
 }
 
 function nameTaken(name: string): RoostError {
-  return new RoostError('ALREADY_EXISTS', `a snapshot named ${name} exists already: choose another name or remove it (\`roost snapshots rm ${name}\`)`, { details: { snapshot: name } });
+  return new RoostError('ALREADY_EXISTS', `a snapshot named ${name} exists already: choose another name or remove it (\`roost snapshots rm ${name}\`)`, {
+    details: { snapshot: name },
+  });
 }
 
 export type { SnapshotKind };

@@ -60,12 +60,18 @@ export class Templates implements TemplatesApi {
     };
     try {
       this.#db.transaction(() => {
-        this.#db.prepare('INSERT INTO templates (name, spec_json, snapshot_id, created_at) VALUES (?, ?, NULL, ?)').run(spec.name, JSON.stringify(spec), new Date().toISOString());
+        this.#db
+          .prepare('INSERT INTO templates (name, spec_json, snapshot_id, created_at) VALUES (?, ?, NULL, ?)')
+          .run(spec.name, JSON.stringify(spec), new Date().toISOString());
         this.#events.append('template.created', { data: { template: spec.name, image: spec.image ?? null } });
       })();
     } catch (e) {
       if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-        throw new RoostError('ALREADY_EXISTS', `a template named ${spec.name} exists already: choose another name or remove it (\`roost template rm ${spec.name}\`)`, { details: { template: spec.name } });
+        throw new RoostError(
+          'ALREADY_EXISTS',
+          `a template named ${spec.name} exists already: choose another name or remove it (\`roost template rm ${spec.name}\`)`,
+          { details: { template: spec.name } },
+        );
       }
       throw e;
     }
@@ -140,12 +146,20 @@ export class Templates implements TemplatesApi {
         const r = await sb.commands.run(t.setup, { timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
         if (r.exitCode !== 0) {
           const tailOf = (s: string) => s.split('\n').filter(Boolean).slice(-10).join('\n  ');
-          throw new RoostError('INVALID_STATE', `the setup command of template ${name} exited with ${r.exitCode}:\n  ${tailOf(r.stderr || r.stdout) || '(no output)'}`, {
-            details: { template: name, exitCode: r.exitCode },
-          });
+          throw new RoostError(
+            'INVALID_STATE',
+            `the setup command of template ${name} exited with ${r.exitCode}:\n  ${tailOf(r.stderr || r.stdout) || '(no output)'}`,
+            {
+              details: { template: name, exitCode: r.exitCode },
+            },
+          );
         }
       }
-      const rec = await sb._snapshot(`template.${name}.${randomBytes(3).toString('hex')}`, 'template', { template: name, timeoutMs, ...(options.signal ? { signal: options.signal } : {}) });
+      const rec = await sb._snapshot(`template.${name}.${randomBytes(3).toString('hex')}`, 'template', {
+        template: name,
+        timeoutMs,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
       const old = this.#find(name)?.snapshot ?? null;
       const changes = this.#db.prepare('UPDATE templates SET snapshot_id = ? WHERE name = ?').run(rec.id, name).changes;
       if (changes === 0) {

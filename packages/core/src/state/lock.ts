@@ -61,7 +61,10 @@ export class HomeLock {
         const who = holder
           ? `${holder.owner} (pid ${holder.pid}${holder.hostname !== hostname() ? ` on ${holder.hostname}` : ''}, since ${holder.since})`
           : 'another process';
-        const hint = holder?.owner === 'roost serve' ? ': talk to it with the CLI or @roost/client' : ': wait for it to finish, or run `roost serve` and let every client share it';
+        const hint =
+          holder?.owner === 'roost serve'
+            ? ': talk to it with the CLI or @roost/client'
+            : ': wait for it to finish, or run `roost serve` and let every client share it';
         throw new RoostError('UNAVAILABLE', `the Roost home ${home} is in use by ${who}${hint}`, { details: { home, ...(holder ? { owner: holder } : {}) } });
       }
     }

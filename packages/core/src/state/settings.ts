@@ -18,7 +18,9 @@ export class Settings {
       this.#db.prepare('DELETE FROM settings WHERE key = ?').run(key);
       return;
     }
-    this.#db.prepare('INSERT INTO settings (key, value_json) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json').run(key, JSON.stringify(value));
+    this.#db
+      .prepare('INSERT INTO settings (key, value_json) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json')
+      .run(key, JSON.stringify(value));
   }
 
   all(): Record<string, unknown> {

@@ -3,7 +3,17 @@ import { rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
-  Capability, decodeHostHello, encodeAgentHello, encodeFrame, encodeFreezeResult, FrameDecoder, HelloFlags, MAX_PAYLOAD, MessageType, VERSION, type Frame,
+  Capability,
+  decodeHostHello,
+  encodeAgentHello,
+  encodeFrame,
+  encodeFreezeResult,
+  FrameDecoder,
+  HelloFlags,
+  MAX_PAYLOAD,
+  MessageType,
+  VERSION,
+  type Frame,
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
@@ -219,7 +229,15 @@ export class FakeVm implements VmHandle {
           poweroffOnDisconnect = (hello.flags & HelloFlags.POWEROFF_ON_DISCONNECT) !== 0;
           // Announces what the real agent does (an `old` one: nothing), so the host's capability gates are exercised.
           const capabilities = this.guest === 'old' ? undefined : Capability.FREEZE | Capability.CALL | Capability.NET;
-          socket.write(encodeAgentHello({ version: VERSION, agentVersion: this.guest === 'old' ? 'fake-agent 0' : 'fake-agent 1', maxPayload: MAX_PAYLOAD, nonce: Buffer.from(hello.nonce), ...(capabilities !== undefined ? { capabilities } : {}) }));
+          socket.write(
+            encodeAgentHello({
+              version: VERSION,
+              agentVersion: this.guest === 'old' ? 'fake-agent 0' : 'fake-agent 1',
+              maxPayload: MAX_PAYLOAD,
+              nonce: Buffer.from(hello.nonce),
+              ...(capabilities !== undefined ? { capabilities } : {}),
+            }),
+          );
           if (this.guest === 'garbage') setTimeout(() => socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 })), 20).unref();
           break;
         }

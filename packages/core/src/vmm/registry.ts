@@ -16,7 +16,8 @@ export const DEFAULT_VMM = 'qemu';
  * back of runtimes that use it.
  */
 export function registerVmm(name: string, factory: VmmFactory): void {
-  if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(name)) throw new RoostError('INVALID_ARGUMENT', `VMM name "${name}": use 1-64 lowercase letters, digits, ".", "_" and "-"`);
+  if (!/^[a-z0-9][a-z0-9._-]{0,63}$/.test(name))
+    throw new RoostError('INVALID_ARGUMENT', `VMM name "${name}": use 1-64 lowercase letters, digits, ".", "_" and "-"`);
   if (factories.has(name)) throw new RoostError('ALREADY_EXISTS', `a VMM backend named ${name} is registered already`);
   factories.set(name, factory);
 }

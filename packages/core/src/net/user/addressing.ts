@@ -42,7 +42,7 @@ const SUBNET_MASK = 0xffffff00;
 /** True for a destination the guest may reach through us: not our subnet (but the gateway), broadcast, multicast or "this network". */
 export function isRoutable(dst: number): boolean {
   if (dst === GATEWAY) return true;
-  if (((dst & SUBNET_MASK) >>> 0) === SUBNET) return false;
+  if ((dst & SUBNET_MASK) >>> 0 === SUBNET) return false;
   const first = dst >>> 24;
   return first !== 0 && first < 224;
 }

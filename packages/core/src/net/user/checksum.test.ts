@@ -15,7 +15,18 @@ describe('onesComplementSum', () => {
     const backing = randomBytes(70_000);
     for (let offset = 0; offset < 8; offset++) {
       const buf = backing.subarray(offset);
-      for (const [start, length] of [[0, 0], [0, 1], [1, 2], [3, 5], [2, 20], [1, 1501], [5, 65_535], [0, 65_536], [7, 40], [6, 3]] as const) {
+      for (const [start, length] of [
+        [0, 0],
+        [0, 1],
+        [1, 2],
+        [3, 5],
+        [2, 20],
+        [1, 1501],
+        [5, 65_535],
+        [0, 65_536],
+        [7, 40],
+        [6, 3],
+      ] as const) {
         expect(onesComplementSum(buf, start, start + length, 0x1234)).toBe(reference(buf, start, start + length, 0x1234));
       }
     }

@@ -32,7 +32,7 @@ export function dhcpReply(request: Buffer, config: DhcpConfig): Buffer | null {
   let type = 0;
   let requested: number | undefined;
   let serverId: number | undefined;
-  for (let p = BOOTP_MIN; p < request.length; ) {
+  for (let p = BOOTP_MIN; p < request.length;) {
     const code = request[p]!;
     if (code === 255) break;
     if (code === 0) {

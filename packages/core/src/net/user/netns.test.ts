@@ -283,7 +283,9 @@ describe.skipIf(missing !== null)('UserNet with the Linux TCP stack in a network
 
   it('leases 10.0.2.15 to a real DHCP client', async () => {
     // busybox prints its messages on stderr; -s /bin/true: do not touch the interface.
-    const out = await run('ip', ['netns', 'exec', NS, 'busybox', 'udhcpc', '-i', TAP, '-n', '-q', '-f', '-t', '3', '-T', '1', '-s', '/bin/true'], { timeout: 30_000 }).then(
+    const out = await run('ip', ['netns', 'exec', NS, 'busybox', 'udhcpc', '-i', TAP, '-n', '-q', '-f', '-t', '3', '-T', '1', '-s', '/bin/true'], {
+      timeout: 30_000,
+    }).then(
       (r) => r.stdout + r.stderr,
       (e: { stdout?: string; stderr?: string }) => `${e.stdout ?? ''}${e.stderr ?? ''}`,
     );
@@ -299,7 +301,11 @@ describe.skipIf(missing !== null)('UserNet with the Linux TCP stack in a network
   it(`moves ${BULK >> 20} MiB each way between the namespace and the host's 127.0.0.1 through 10.0.2.2`, async () => {
     const up = JSON.parse(await py(PY_CLIENT, blockPath, 'U', USER_NET.gateway, String(bulkPort), String(BULK))) as { seconds: number; digest: string };
     expect(up.digest).toBe(expected(BULK));
-    const down = JSON.parse(await py(PY_CLIENT, blockPath, 'D', USER_NET.gateway, String(bulkPort), String(BULK))) as { seconds: number; digest: string; bytes: number };
+    const down = JSON.parse(await py(PY_CLIENT, blockPath, 'D', USER_NET.gateway, String(bulkPort), String(BULK))) as {
+      seconds: number;
+      digest: string;
+      bytes: number;
+    };
     expect(down.bytes).toBe(BULK);
     expect(down.digest).toBe(expected(BULK));
     console.log(`[netns] guest->host ${mbps(BULK, up.seconds)} MB/s, host->guest ${mbps(BULK, down.seconds)} MB/s (${BULK >> 20} MiB each)`);
@@ -426,7 +432,7 @@ function serveBulk(s: Socket, block: Buffer): void {
 /** Writes `header`, then `n` bytes of `block` repeated, honouring backpressure. */
 async function writeAll(s: NodeJS.WritableStream, header: Buffer, n: number, block: Buffer): Promise<void> {
   if (header.length > 0 && !s.write(header)) await new Promise((r) => s.once('drain', r));
-  for (let left = n; left > 0; ) {
+  for (let left = n; left > 0;) {
     const piece = left >= block.length ? block : block.subarray(0, left);
     left -= piece.length;
     if (!s.write(piece)) await new Promise((r) => s.once('drain', r));

@@ -136,7 +136,8 @@ export class GuestTcpStream extends Duplex implements TcpPeer {
 
   onClose(reason: TcpCloseReason): void {
     const error = reason === undefined ? null : this.#error(reason);
-    for (const callback of [this.#waitingForSpace, this.#heldWrite?.callback, this.#heldFinal]) callback?.(error ?? flowError('EPIPE', 'the connection is closed'));
+    for (const callback of [this.#waitingForSpace, this.#heldWrite?.callback, this.#heldFinal])
+      callback?.(error ?? flowError('EPIPE', 'the connection is closed'));
     this.#waitingForSpace = null;
     this.#heldWrite = null;
     this.#heldFinal = null;

@@ -5,7 +5,18 @@
  */
 import { onesComplementSum, internetChecksum, pseudoHeaderSum } from './checksum.js';
 import { DNS, GATEWAY, GUEST, USER_NET } from './addressing.js';
-import { ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, finishL4Checksum, L4_OFFSET, LENGTH_PREFIX, PROTO_ICMP, PROTO_UDP, type FrameBuilder, type Ipv4View } from './wire.js';
+import {
+  ETH_HEADER,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  finishL4Checksum,
+  L4_OFFSET,
+  LENGTH_PREFIX,
+  PROTO_ICMP,
+  PROTO_UDP,
+  type FrameBuilder,
+  type Ipv4View,
+} from './wire.js';
 
 /** An ARP request from the guest, checked for shape (Ethernet/IPv4 addresses). */
 export interface ArpRequest {

@@ -130,7 +130,7 @@ function parse(frame: Buffer): Parsed {
       window: payload.readUInt16BE(14),
       data: payload.subarray(doff),
     };
-    for (let p = 20; p < doff; ) {
+    for (let p = 20; p < doff;) {
       const kind = payload[p]!;
       if (kind === 0) break;
       if (kind === 1) {
@@ -230,7 +230,8 @@ function setup(opts: { allow?: string[]; deny?: string[]; def?: 'allow' | 'deny'
     filter: createUserNetFilter({ default: opts.def ?? 'deny', allow: opts.allow ?? ['host'], deny: opts.deny ?? [] }),
     onDenied: (d) => denied.push(d),
     log: (m) => logs.push(m),
-    resolve4: async (name) => (name === 'example.test' ? [{ address: '192.0.2.7', ttl: 60 }] : Promise.reject(Object.assign(new Error('x'), { code: 'ENOTFOUND' }))),
+    resolve4: async (name) =>
+      name === 'example.test' ? [{ address: '192.0.2.7', ttl: 60 }] : Promise.reject(Object.assign(new Error('x'), { code: 'ENOTFOUND' })),
     dnsUpstream: null,
     ...(opts.guestConnectTimeoutMs !== undefined ? { guestConnectTimeoutMs: opts.guestConnectTimeoutMs } : {}),
   });
@@ -325,7 +326,13 @@ describe('UserNet link layer', () => {
       m.writeUInt32BE(0xdeadbeef, 4);
       GUEST_MAC.copy(m, 28);
       m.writeUInt32BE(0x63825363, 236);
-      const opts = [53, 1, type, ...(requested !== undefined ? [50, 4, requested >>> 24, (requested >>> 16) & 255, (requested >>> 8) & 255, requested & 255] : []), 255];
+      const opts = [
+        53,
+        1,
+        type,
+        ...(requested !== undefined ? [50, 4, requested >>> 24, (requested >>> 16) & 255, (requested >>> 8) & 255, requested & 255] : []),
+        255,
+      ];
       Buffer.from(opts).copy(m, 240);
       return udpFrame(68, 0xffffffff, 67, m, 0);
     };
@@ -623,7 +630,10 @@ describe('UserNet UDP', () => {
 describe('createUserNetFilter', () => {
   it('treats 127.0.0.1 and the host’s own addresses as the host', async () => {
     const { networkInterfaces } = await import('node:os');
-    const own = Object.values(networkInterfaces()).flatMap((a) => a ?? []).filter((a) => a.family === 'IPv4').map((a) => ipv4ToInt(a.address));
+    const own = Object.values(networkInterfaces())
+      .flatMap((a) => a ?? [])
+      .filter((a) => a.family === 'IPv4')
+      .map((a) => ipv4ToInt(a.address));
     const open = createUserNetFilter({ default: 'allow', allow: [], deny: [] });
     const withHost = createUserNetFilter({ default: 'allow', allow: ['host'], deny: [] });
     for (const address of [ipv4ToInt('127.0.0.1'), ...own]) {

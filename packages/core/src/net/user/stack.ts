@@ -11,8 +11,24 @@ import { flowError, GuestTcpStream, HostSocketPeer, type FlowError } from './pee
 import { arpReply, icmpEchoReply, icmpUnreachable, parseArp, udpFrames } from './replies.js';
 import { parseSynOptions, resetFor, TcpConnection, type TcpContext, type TcpSegment } from './tcp.js';
 import {
-  BROADCAST_MAC, ETH_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, FrameBuilder, FrameReader, l4ChecksumValid, LENGTH_PREFIX, MAX_FRAME,
-  parseIpv4, parseMac, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN, type Ipv4View,
+  BROADCAST_MAC,
+  ETH_HEADER,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  FrameBuilder,
+  FrameReader,
+  l4ChecksumValid,
+  LENGTH_PREFIX,
+  MAX_FRAME,
+  parseIpv4,
+  parseMac,
+  PROTO_ICMP,
+  PROTO_TCP,
+  PROTO_UDP,
+  TCP_ACK,
+  TCP_RST,
+  TCP_SYN,
+  type Ipv4View,
 } from './wire.js';
 
 /** How a UserNet is set up: the guest MAC it starts with, the egress filter, and hooks for DNS, refusals and logs. */
@@ -144,9 +160,10 @@ export class UserNet {
     const listeners = {
       data: (chunk: Buffer) => this.#guard('link data', () => this.#onLinkData(link, chunk)),
       drain: () => this.#guard('link drain', () => this.#onLinkDrain()),
-      close: () => this.#guard('link close', () => {
-        if (this.#link === link) this.#detach('the link closed');
-      }),
+      close: () =>
+        this.#guard('link close', () => {
+          if (this.#link === link) this.#detach('the link closed');
+        }),
       error: (err: Error) => this.#log(`network link error: ${err.message}`),
     };
     this.#link = link;
@@ -199,9 +216,10 @@ export class UserNet {
     const flow = { guestPort, onMessage };
     this.#gatewayUdp.set(port, flow);
     return {
-      send: (data: Buffer) => this.#guard('udp flow send', () => {
-        if (this.#gatewayUdp.get(port) === flow) this.#sendUdp(GATEWAY, port, GUEST, guestPort, data);
-      }),
+      send: (data: Buffer) =>
+        this.#guard('udp flow send', () => {
+          if (this.#gatewayUdp.get(port) === flow) this.#sendUdp(GATEWAY, port, GUEST, guestPort, data);
+        }),
       close: () => {
         if (this.#gatewayUdp.get(port) === flow) this.#gatewayUdp.delete(port);
       },
@@ -494,12 +512,14 @@ export class UserNet {
     }
     const socket = createSocket('udp4');
     const flow: UdpNatFlow = { key, socket, guestPort, remoteAddress, remotePort, hostAddress: intToIpv4(hostAddress), lastActive: now };
-    socket.on('message', (msg, rinfo) => this.#guard('udp reply', () => {
-      // Only the peer the guest talks to may answer through this mapping.
-      if (this.#udp.get(key) !== flow || rinfo.address !== flow.hostAddress || rinfo.port !== remotePort) return;
-      flow.lastActive = Date.now();
-      this.#sendUdp(remoteAddress, remotePort, GUEST, guestPort, msg);
-    }));
+    socket.on('message', (msg, rinfo) =>
+      this.#guard('udp reply', () => {
+        // Only the peer the guest talks to may answer through this mapping.
+        if (this.#udp.get(key) !== flow || rinfo.address !== flow.hostAddress || rinfo.port !== remotePort) return;
+        flow.lastActive = Date.now();
+        this.#sendUdp(remoteAddress, remotePort, GUEST, guestPort, msg);
+      }),
+    );
     socket.on('error', (err) => this.#log(`udp flow to ${flow.hostAddress}:${remotePort}: ${err.message}`));
     this.#udp.set(key, flow);
     this.#ensureTick();
@@ -592,7 +612,16 @@ export class UserNet {
       conn.abort('ECONNRESET');
     }
     const reset = () => {
-      const rst = resetFor(this.#frames, { guestAddress: GUEST, guestPort, remoteAddress: ip.dst, remotePort, seq: seg.seq, ack: seg.ack, flags, length: seg.payload.length });
+      const rst = resetFor(this.#frames, {
+        guestAddress: GUEST,
+        guestPort,
+        remoteAddress: ip.dst,
+        remotePort,
+        seq: seg.seq,
+        ack: seg.ack,
+        flags,
+        length: seg.payload.length,
+      });
       if (rst !== null) this.#transmit(rst);
     };
     if (!isSyn) {
@@ -640,34 +669,49 @@ export class UserNet {
     const timer = setTimeout(() => {
       if (conn.state === 'connecting') socket.destroy(flowError('ETIMEDOUT', `connect to ${host}:${remotePort} timed out`));
     }, this.#options.connectTimeoutMs ?? 10_000);
-    socket.once('connect', () => this.#guard('tcp connect', () => {
-      if (!settle() || conn.state !== 'connecting') return;
-      socket.setNoDelay(true);
-      conn.hostConnected();
-    }));
-    socket.on('error', (err: FlowError) => this.#guard('tcp socket error', () => {
-      if (!settle()) {
-        peer.onSocketError(err);
-        return;
-      }
-      if (conn.state !== 'connecting') return;
-      // The guest learns the real outcome: refused -> RST; unreachable or silent -> ICMP.
-      if (this.#link !== null) {
-        if (err.code === 'ECONNREFUSED') {
-          const rst = resetFor(this.#frames, { guestAddress: GUEST, guestPort, remoteAddress: ip.dst, remotePort, seq: seg.seq, ack: 0, flags: TCP_SYN, length: 0 });
-          if (rst !== null) this.#transmit(rst);
-        } else {
-          const code = err.code === 'ENETUNREACH' ? 0 : 1;
-          const view: Ipv4View = { ...ip, ipStart: 0, l4Start: ip.l4Start - ip.ipStart, l4End: synHead.length };
-          this.#sendUnreachable(synHead, view, code);
+    socket.once('connect', () =>
+      this.#guard('tcp connect', () => {
+        if (!settle() || conn.state !== 'connecting') return;
+        socket.setNoDelay(true);
+        conn.hostConnected();
+      }),
+    );
+    socket.on('error', (err: FlowError) =>
+      this.#guard('tcp socket error', () => {
+        if (!settle()) {
+          peer.onSocketError(err);
+          return;
         }
-      }
-      conn.drop(err.code === 'ECONNREFUSED' ? 'ECONNREFUSED' : 'ETIMEDOUT');
-    }));
-    socket.on('close', () => this.#guard('tcp socket close', () => {
-      settle();
-      peer.onSocketClose();
-    }));
+        if (conn.state !== 'connecting') return;
+        // The guest learns the real outcome: refused -> RST; unreachable or silent -> ICMP.
+        if (this.#link !== null) {
+          if (err.code === 'ECONNREFUSED') {
+            const rst = resetFor(this.#frames, {
+              guestAddress: GUEST,
+              guestPort,
+              remoteAddress: ip.dst,
+              remotePort,
+              seq: seg.seq,
+              ack: 0,
+              flags: TCP_SYN,
+              length: 0,
+            });
+            if (rst !== null) this.#transmit(rst);
+          } else {
+            const code = err.code === 'ENETUNREACH' ? 0 : 1;
+            const view: Ipv4View = { ...ip, ipStart: 0, l4Start: ip.l4Start - ip.ipStart, l4End: synHead.length };
+            this.#sendUnreachable(synHead, view, code);
+          }
+        }
+        conn.drop(err.code === 'ECONNREFUSED' ? 'ECONNREFUSED' : 'ETIMEDOUT');
+      }),
+    );
+    socket.on('close', () =>
+      this.#guard('tcp socket close', () => {
+        settle();
+        peer.onSocketClose();
+      }),
+    );
   }
 
   // ---- timers -----------------------------------------------------------------------

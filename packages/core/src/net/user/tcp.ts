@@ -311,7 +311,7 @@ export class TcpConnection {
       if (ackOk) this.#close('ECONNREFUSED');
       return;
     }
-    if ((seg.flags & TCP_ACK) && !ackOk) {
+    if (seg.flags & TCP_ACK && !ackOk) {
       this.#sendRaw(TCP_RST, seg.ack, 0, 0);
       return;
     }
@@ -406,7 +406,7 @@ export class TcpConnection {
 
   #acknowledge(count: number): void {
     let dataAcked = count;
-    if (this.#finSent && ((this.#sndUna + count) >>> 0) === this.#sndNxt) {
+    if (this.#finSent && (this.#sndUna + count) >>> 0 === this.#sndNxt) {
       // Our FIN (the last sequence number) is acknowledged with everything before it.
       this.#finAcked = true;
       dataAcked--;

@@ -61,22 +61,38 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
   const { agent = true, rootfs = true } = options;
   const tcg = config.accel === 'tcg';
   const args = [
-    '-name', `roost-${config.id}`,
+    '-name',
+    `roost-${config.id}`,
     // suppress-vmdesc: snapshots' device state has no JSON description, and a restore need not expect one.
-    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem,suppress-vmdesc=on${tcg ? '' : ',pit=off,pic=off'}`,
-    '-accel', tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
-    '-cpu', tcg ? TCG_CPU : 'host',
-    '-smp', String(config.cpus),
-    '-m', `${config.memoryMiB}M`,
+    '-M',
+    `microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem,suppress-vmdesc=on${tcg ? '' : ',pit=off,pic=off'}`,
+    '-accel',
+    tcg ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm',
+    '-cpu',
+    tcg ? TCG_CPU : 'host',
+    '-smp',
+    String(config.cpus),
+    '-m',
+    `${config.memoryMiB}M`,
     ...memoryArgs(config),
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-kernel', config.kernel,
-    '-initrd', config.initramfs,
-    '-append', kernelCmdline(config, rootfs ? '/dev/vda' : null),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-kernel',
+    config.kernel,
+    '-initrd',
+    config.initramfs,
+    '-append',
+    kernelCmdline(config, rootfs ? '/dev/vda' : null),
     // fd 3 is a socket to the console keeper (see logLimit); without one (benchmark floors), the file itself.
-    '-chardev', options.consolePipe ? 'socket,id=console,fd=3,server=off' : `file,id=console,path=${opt(paths.consoleLog)}`,
-    '-serial', 'chardev:console',
-    '-device', 'virtio-rng-device',
+    '-chardev',
+    options.consolePipe ? 'socket,id=console,fd=3,server=off' : `file,id=console,path=${opt(paths.consoleLog)}`,
+    '-serial',
+    'chardev:console',
+    '-device',
+    'virtio-rng-device',
   ];
   if (rootfs) {
     args.push('-drive', `id=root,file=${opt(config.rootfs)},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
@@ -86,23 +102,32 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
       // what it deletes: discard). A failing host write is reported to the
       // guest as an I/O error rather than pausing the VM.
       args.push(
-        '-drive', `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,werror=report,rerror=report`,
-        '-device', 'virtio-blk-device,drive=disk',
+        '-drive',
+        `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,werror=report,rerror=report`,
+        '-device',
+        'virtio-blk-device,drive=disk',
       );
     }
   }
   const buses = [...FREE_BUSES];
   if (config.nic) args.push(...nicArgs(config.nic, buses.shift()!));
   if ((config.shares?.length ?? 0) > buses.length) {
-    throw new RoostError('INVALID_ARGUMENT', `at most ${buses.length} volumes per sandbox with ${config.nic ? 'a network' : 'no network'}, not ${config.shares!.length}${config.nic ? " (3 with network 'none')" : ''}`);
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `at most ${buses.length} volumes per sandbox with ${config.nic ? 'a network' : 'no network'}, not ${config.shares!.length}${config.nic ? " (3 with network 'none')" : ''}`,
+    );
   }
   (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, buses[i]!)));
   if (agent) {
     args.push(
-      '-device', 'virtio-serial-device,max_ports=2',
-      '-chardev', `socket,id=agent,path=${opt(paths.agentSocket)},server=on,wait=off`,
-      '-device', 'virtserialport,chardev=agent,name=roost.agent',
-      '-qmp', `unix:${opt(paths.qmpSocket)},server=on,wait=off`,
+      '-device',
+      'virtio-serial-device,max_ports=2',
+      '-chardev',
+      `socket,id=agent,path=${opt(paths.agentSocket)},server=on,wait=off`,
+      '-device',
+      'virtserialport,chardev=agent,name=roost.agent',
+      '-qmp',
+      `unix:${opt(paths.qmpSocket)},server=on,wait=off`,
     );
   }
   if (config.restore) {
@@ -129,7 +154,9 @@ export const MEMORY_BACKEND_MEMFD_NAME = '/memfd:memory-backend-memfd';
  */
 function memoryArgs(config: VmConfig): string[] {
   const size = `size=${config.memoryMiB}M`;
-  const backend = config.restore ? `memory-backend-file,id=mem,${size},mem-path=${opt(config.restore.memory)},share=off` : `memory-backend-memfd,id=mem,${size}`;
+  const backend = config.restore
+    ? `memory-backend-file,id=mem,${size},mem-path=${opt(config.restore.memory)},share=off`
+    : `memory-backend-memfd,id=mem,${size}`;
   return ['-object', backend];
 }
 
@@ -193,7 +220,9 @@ function shareArgs(share: VmShare, id: string, bus: string): string[] {
  * down.
  */
 function nicArgs(nic: VmNic, bus: string): string[] {
-  const netdev = nic.kind === 'stream' ? `stream,id=net0,server=on,addr.type=unix,addr.path=${opt(nic.socket)}` : `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no`;
+  const netdev =
+    nic.kind === 'stream'
+      ? `stream,id=net0,server=on,addr.type=unix,addr.path=${opt(nic.socket)}`
+      : `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no`;
   return ['-netdev', netdev, '-device', `virtio-net-device,netdev=net0,mac=${nic.mac},host_mtu=${nic.mtu},bus=${bus}`];
 }
-

@@ -25,7 +25,11 @@ export async function createDisk(cache: string, path: string, sizeMiB: number, s
  * need not exist yet (a snapshot's disk is renamed into place after).
  */
 export async function createOverlay(base: string, path: string, sizeMiB: number, signal?: AbortSignal): Promise<void> {
-  await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-u', '-b', base, path, `${sizeMiB}M`], { pkg: 'qemu-utils', code: 'VMM', ...(signal ? { signal } : {}) });
+  await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-u', '-b', base, path, `${sizeMiB}M`], {
+    pkg: 'qemu-utils',
+    code: 'VMM',
+    ...(signal ? { signal } : {}),
+  });
 }
 
 /** The shared empty-filesystem image of a size, built on first use (atomically: concurrent builders race safely). */
@@ -41,7 +45,11 @@ async function diskTemplate(cache: string, sizeMiB: number, signal?: AbortSignal
     // No reserved blocks (the guest's root is the only user); inode tables and
     // the journal are left uninitialized so the template stays sparse. The guest
     // mounts with noinit_itable, so nothing zeroes them later either.
-    await runTool('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'roost-rw', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', tmp], { pkg: 'e2fsprogs', code: 'VMM', signal });
+    await runTool('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'roost-rw', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', tmp], {
+      pkg: 'e2fsprogs',
+      code: 'VMM',
+      signal,
+    });
     await rename(tmp, template);
   } catch (e) {
     await rm(tmp, { force: true });

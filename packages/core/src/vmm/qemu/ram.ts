@@ -33,4 +33,3 @@ export async function findRam(pid: number, size: number, memfdName: string, memP
   if (found.length !== 1) throw new RoostError('VMM', `found ${found.length} mappings of ${memPath} (${size} bytes) in QEMU (pid ${pid}), expected one`);
   return { kind: 'process', pid, start: found[0]! };
 }
-

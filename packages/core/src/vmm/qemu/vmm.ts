@@ -27,7 +27,8 @@ export function logLimit(env: NodeJS.ProcessEnv = process.env): number {
   const raw = env.ROOST_LOG_LIMIT_BYTES;
   if (raw === undefined || raw === '') return 64 * 2 ** 20;
   const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 4096) throw new RoostError('INVALID_ARGUMENT', `ROOST_LOG_LIMIT_BYTES must be a whole number of at least 4096, not "${raw}"`);
+  if (!Number.isSafeInteger(n) || n < 4096)
+    throw new RoostError('INVALID_ARGUMENT', `ROOST_LOG_LIMIT_BYTES must be a whole number of at least 4096, not "${raw}"`);
   return n;
 }
 
@@ -281,7 +282,11 @@ class QemuHandle implements VmHandle {
 
   #client(signal?: AbortSignal): Promise<QmpClient> {
     if (!this.#qmp) {
-      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), { what: this.paths.qmpSocket, vmExited: () => this.#exited, ...(signal ? { signal } : {}) });
+      this.#qmp = connectWithRetry(() => QmpClient.connect(this.paths.qmpSocket, signal), {
+        what: this.paths.qmpSocket,
+        vmExited: () => this.#exited,
+        ...(signal ? { signal } : {}),
+      });
       this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
     }
     return this.#qmp;
