@@ -133,31 +133,9 @@ export class Sandbox implements SandboxApi {
     const { info } = plan;
     const sb = new Sandbox(services, info);
     sb.#net.setPendingPorts(plan.ports);
-    if (plan.restore) {
-      // Recorded with its snapshot in one statement: from here the snapshot counts it as a dependent.
-      sb.#record.save({}, 'sandbox.created', {
-        data: {
-          snapshot: plan.restore.name,
-          snapshotId: plan.restore.id,
-          cpus: info.cpus,
-          memoryMiB: info.memoryMiB,
-          detached: info.detached,
-          labels: info.labels,
-        },
-      });
-    } else {
-      // Named volumes are made (or found) in the transaction that records the sandbox: a concurrent
-      // `volumes.remove` (another process, too: immediate takes the write lock first) sees the volume
-      // in use, or removes it before this makes it again.
-      services.records.db
-        .transaction(() => {
-          for (const v of info.volumes ?? []) if (!isHostPath(v.source)) services.volumes._ensure(v.source);
-          sb.#record.save({}, 'sandbox.created', {
-            data: { image: info.image?.reference ?? null, cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels },
-          });
-        })
-        .immediate();
-    }
+    sb.#record.created(plan.restore, () => {
+      for (const v of info.volumes ?? []) if (!isHostPath(v.source)) services.volumes._ensure(v.source);
+    });
     services.counters.sandboxesCreated++;
     services.adopted(sb);
     try {

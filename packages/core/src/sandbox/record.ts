@@ -96,6 +96,26 @@ export class SandboxRecord {
     this.#info = next;
   }
 
+  /**
+   * Writes a new sandbox's first row with its `sandbox.created` event. A
+   * restore names its snapshot (from here the snapshot counts it as a
+   * dependent); a boot names its image, and `also` runs in the same
+   * IMMEDIATE transaction (named volumes are made or found there, so a
+   * concurrent `volumes.remove`, in another process too, sees them in use or
+   * removes them before they are made again).
+   */
+  created(restoredFrom: { id: string; name: string } | undefined, also: () => void = () => {}): void {
+    const info = this.#info;
+    const common = { cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels };
+    const data = restoredFrom ? { snapshot: restoredFrom.name, snapshotId: restoredFrom.id, ...common } : { image: info.image?.reference ?? null, ...common };
+    this.#store.records.db
+      .transaction(() => {
+        also();
+        this.save({}, 'sandbox.created', { data });
+      })
+      .immediate();
+  }
+
   /** Appends an event about this sandbox without changing its record (none once it is removed). */
   event(type: EventType, data: Record<string, unknown>): void {
     if (!this.#removed) this.#store.events.append(type, { sandboxId: this.id, data });
