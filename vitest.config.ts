@@ -5,11 +5,13 @@ import { defineConfig } from 'vitest/config';
 const packagesDir = fileURLToPath(new URL('./packages/', import.meta.url));
 
 /** Each workspace package (@roost/<dir>) by its source entry, so unit tests need no `tsc -b` first. */
-const sourceAliases = Object.fromEntries(
-  readdirSync(packagesDir)
+const sourceAliases = [
+  // Subpath entries first: `@roost/core/internal` is not `@roost/core` + '/internal'.
+  { find: /^@roost\/core\/internal$/, replacement: `${packagesDir}core/src/internal.ts` },
+  ...readdirSync(packagesDir)
     .filter((dir) => existsSync(`${packagesDir}${dir}/src/index.ts`))
-    .map((dir) => [`@roost/${dir}`, `${packagesDir}${dir}/src/index.ts`]),
-);
+    .map((dir) => ({ find: new RegExp(`^@roost/${dir}$`), replacement: `${packagesDir}${dir}/src/index.ts` })),
+];
 
 export default defineConfig({
   test: {
