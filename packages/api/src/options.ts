@@ -27,6 +27,12 @@ export const SnapshotOptionsSchema = CreateSnapshotRequestSchema.extend({ signal
 /** `sandbox.fork(options)`: the request body and a signal. */
 export const ForkOptionsSchema = ForkRequestSchema.extend({ signal: signalSchema.optional() }).strict();
 
+/** `images.pull(reference, options)`: a signal and the progress callback (the reference is PullRequestSchema's). */
+export const PullImageOptionsSchema = z.object({ onProgress: callbackSchema.optional(), signal: signalSchema.optional() }).strict();
+
+/** `images.remove(reference, options)`. */
+export const RemoveImageOptionsSchema = z.object({ force: z.boolean().optional() }).strict();
+
 const isStdin = (v: unknown): boolean =>
   typeof v === 'string' || typeof v === 'boolean' || v instanceof Uint8Array || (typeof v === 'object' && v !== null && Symbol.asyncIterator in v);
 

@@ -2,6 +2,10 @@ import {
   abortError,
   decodePullEvent,
   isRoostError,
+  parseInput,
+  PullImageOptionsSchema,
+  PullRequestSchema,
+  RemoveImageOptionsSchema,
   RoostError,
   type ImageInfoBody,
   type ImageRemoval,
@@ -22,6 +26,9 @@ export class RemoteImages implements ImagesApi {
 
   /** Pulls an image; `onProgress` hears about each blob. Resolves with the stored image. */
   async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
+    // Checked here with the contract's schemas, before anything goes on the wire.
+    parseInput(PullRequestSchema, { reference }, 'image pull');
+    parseInput(PullImageOptionsSchema, options, 'pull options');
     const what = `pulling ${reference}`;
     const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', {
       json: { reference },
@@ -70,7 +77,8 @@ export class RemoteImages implements ImagesApi {
   }
 
   /** Untags an image, and deletes it when no name is left. One that sandboxes use needs `force`. */
-  remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
+  async remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
+    options = parseInput(RemoveImageOptionsSchema, options, 'image removal options');
     return this.transport.json('DELETE', `/v1/images/${encodeURIComponent(reference)}`, { query: options.force ? { force: 'true' } : {} });
   }
 }

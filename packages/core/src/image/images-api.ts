@@ -1,3 +1,4 @@
+import { parseInput, PullImageOptionsSchema, PullRequestSchema, RemoveImageOptionsSchema } from '@roost/api';
 import type { ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions } from '@roost/api';
 import type { ImageInfo, ImageStore } from './store.js';
 
@@ -13,6 +14,9 @@ export class StoreImages implements ImagesApi {
   constructor(private readonly store: ImageStore) {}
 
   async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
+    // Checked only: the callback is passed on as the caller gave it.
+    parseInput(PullRequestSchema, { reference }, 'image pull');
+    parseInput(PullImageOptionsSchema, options, 'pull options');
     return imageInfoBody(await this.store.pull(reference, options));
   }
 
@@ -24,8 +28,9 @@ export class StoreImages implements ImagesApi {
     return imageInfoBody(this.store.inspect(reference));
   }
 
-  remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
-    return this.store.remove(reference, options);
+  async remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
+    const checked = parseInput(RemoveImageOptionsSchema, options, 'image removal options');
+    return this.store.remove(reference, checked);
   }
 }
 
