@@ -154,28 +154,17 @@ export async function planCreate(deps: PlanDeps, opts: SandboxOptions): Promise<
   // Privileges and the bridge are checked before an image is pulled.
   const bridge = plan.info.mode === 'bridge' ? await deps.network.bridge() : null;
   const image = opts.image ? await prepareImage(deps.images, opts) : undefined;
-  const now = new Date().toISOString();
-  const info: SandboxInfo = {
-    id: newId(deps.records),
-    status: 'creating',
-    createdAt: now,
-    startedAt: null,
-    stoppedAt: null,
+  const info = newRecord(deps, opts, accel, {
     cpus,
     memoryMiB: opts.memoryMiB ?? 256,
     diskSizeMiB: opts.diskSizeMiB ?? DEFAULT_DISK_MIB,
-    detached: opts.detached ?? false,
-    accel,
-    pid: null,
     env: { ...image?.env, ...opts.env },
-    labels: { ...opts.labels },
     ...(image ? { image: image.record } : {}),
     ...(image?.workingDir ? { workingDir: image.workingDir } : {}),
     ...(image?.user ? { user: image.user } : {}),
     ...(volumes.length > 0 ? { volumes } : {}),
     network: plan.info,
-    execs: 0,
-  };
+  });
   // Recorded before QEMU starts, so a crash in between leaves a record to reap, not an orphan.
   await makeSandboxDir(deps, info, bridge);
   return { info, assets, rootfs: image?.rootfs ?? assets.rootfs, ports: plan.ports };
@@ -217,30 +206,45 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
   // copy gets its own lease and MAC.
   if (plan.info.mode === 'user' && rec.manifest.mac) plan.info.mac = rec.manifest.mac;
   const bridge = plan.info.mode === 'bridge' ? await deps.network.bridge() : null;
-  const now = new Date().toISOString();
-  const info: SandboxInfo = {
-    id: newId(deps.records),
-    status: 'creating',
-    createdAt: now,
-    startedAt: null,
-    stoppedAt: null,
+  const info = newRecord(deps, opts, accel, {
     cpus: rec.cpus,
     memoryMiB: rec.memoryMiB,
     diskSizeMiB: rec.diskSizeMiB,
-    detached: opts.detached ?? false,
-    accel,
-    pid: null,
     env: { ...rec.env, ...opts.env },
-    labels: { ...opts.labels },
     ...(rec.image ? { image: rec.image } : {}),
     ...(rec.workingDir ? { workingDir: rec.workingDir } : {}),
     ...(rec.user ? { user: rec.user } : {}),
     snapshot: rec.id,
     network: plan.info,
-    execs: 0,
-  };
+  });
   await makeSandboxDir(deps, info, bridge);
   return { info, assets, rootfs, ports: plan.ports, restore: rec };
+}
+
+/** What a new record takes from its plan; the rest is the same for every new sandbox. */
+type PlannedFields = Pick<SandboxInfo, 'cpus' | 'memoryMiB' | 'diskSizeMiB' | 'env' | 'network'> &
+  Partial<Pick<SandboxInfo, 'image' | 'workingDir' | 'user' | 'volumes' | 'snapshot'>>;
+
+/** A new sandbox's record (status `creating`, a fresh id) from what its plan chose. */
+function newRecord(deps: Pick<PlanDeps, 'records'>, opts: SandboxOptions, accel: SandboxInfo['accel'], planned: PlannedFields): SandboxInfo {
+  const { cpus, memoryMiB, diskSizeMiB, env, ...rest } = planned;
+  return {
+    id: newId(deps.records),
+    status: 'creating',
+    createdAt: new Date().toISOString(),
+    startedAt: null,
+    stoppedAt: null,
+    cpus,
+    memoryMiB,
+    diskSizeMiB,
+    detached: opts.detached ?? false,
+    accel,
+    pid: null,
+    env,
+    labels: { ...opts.labels },
+    ...rest,
+    execs: 0,
+  };
 }
 
 /**
