@@ -3,6 +3,7 @@ import { Fd, type ExecExit, type ExecRequest } from '@roost/protocol';
 import { randomBytes } from 'node:crypto';
 import {
   checkTerminalSize,
+  parseInput,
   pumpStdin,
   RunOptionsSchema,
   signalName,
@@ -16,7 +17,6 @@ import {
 import type { AgentConnection, ExecChannel } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
 import { agentOutput } from './output.js';
-import { parseOptions } from './validate.js';
 
 export type { OutputCallback, RunOptions, CommandResult } from '@roost/api';
 
@@ -156,7 +156,7 @@ export class Commands implements CommandsApi {
 
   /** Starts a command and returns once it runs. */
   async start(cmd: string | string[], options: RunOptions = {}): Promise<CommandHandle> {
-    const opts = parseOptions(RunOptionsSchema, options, 'command options') as RunOptions;
+    const opts = parseInput(RunOptionsSchema, options, 'command options') as RunOptions;
     const argv = commandArgv(cmd, opts.args);
     const description = `command ${JSON.stringify(argv.join(' ').slice(0, 80))}`;
     if (opts.signal?.aborted) throw abortError(opts.signal, description);

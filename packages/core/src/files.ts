@@ -4,6 +4,7 @@ import {
   GuestPathSchema,
   ListOptionsSchema,
   MakeDirOptionsSchema,
+  parseInput,
   ReadOptionsSchema,
   RemoveOptionsSchema,
   RenameOptionsSchema,
@@ -21,7 +22,6 @@ import {
 } from '@roost/api';
 import type { AgentConnection } from './agent/connection.js';
 import { abortError, RoostError } from './errors.js';
-import { parseOptions } from './validate.js';
 import { Call, describeCall, gather, MAX_CALL_OUTPUT, oneRecord, pumpStdin, records } from './files/call.js';
 import { toEntryInfo } from './files/entry-info.js';
 import { FileWatch } from './files/watch.js';
@@ -88,7 +88,7 @@ export class Files implements FilesApi {
    */
   async read(path: string, options: FileOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(ReadOptionsSchema, options, 'read options');
+    const opts = parseInput(ReadOptionsSchema, options, 'read options');
     const format = opts.format ?? 'text';
     const started = await this.#start('read', [path], opts, format === 'stream' ? { window: STREAM_WINDOW } : {});
     if (format === 'stream') return this.#stream(started);
@@ -117,7 +117,7 @@ export class Files implements FilesApi {
         details: { fields: [{ path: 'data', message: 'invalid type' }] },
       });
     }
-    const opts = parseOptions(WriteOptionsSchema, options, 'write options');
+    const opts = parseInput(WriteOptionsSchema, options, 'write options');
     if (typeof data === 'string') data = Buffer.from(data, 'utf8');
     const extra: Partial<CallRequest> = { stdin: true, flags: CallFlags.PARENTS | (opts.noReplace ? CallFlags.NO_REPLACE : 0) };
     if (opts.mode !== undefined) extra.mode = opts.mode;
@@ -132,7 +132,7 @@ export class Files implements FilesApi {
   /** Entries below a directory, `depth` levels deep (default 1), sorted by path. Symlinks are not followed. */
   async list(path: string, options: FileOptions & { depth?: number } = {}): Promise<EntryInfo[]> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(ListOptionsSchema, options, 'list options');
+    const opts = parseInput(ListOptionsSchema, options, 'list options');
     const { call, conn, what } = await this.#start('list', [path], opts, { depth: opts.depth ?? 1 });
     const out = await gather(
       call,
@@ -149,7 +149,7 @@ export class Files implements FilesApi {
   /** Describes one path: a symlink itself, unless `follow`. */
   async stat(path: string, options: FileOptions & { follow?: boolean } = {}): Promise<EntryInfo> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(StatOptionsSchema, options, 'stat options');
+    const opts = parseInput(StatOptionsSchema, options, 'stat options');
     const { call, conn, what } = await this.#start('stat', [path], opts, opts.follow ? { flags: CallFlags.FOLLOW } : {});
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return toEntryInfo(oneRecord(conn, out, decodeEntryRecord, what));
@@ -169,7 +169,7 @@ export class Files implements FilesApi {
   /** Creates a directory and missing parents (default mode 0o755). Resolves false if it already existed. */
   async makeDir(path: string, options: FileOptions & { mode?: number } = {}): Promise<boolean> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(MakeDirOptionsSchema, options, 'makeDir options');
+    const opts = parseInput(MakeDirOptionsSchema, options, 'makeDir options');
     const { call, conn, what } = await this.#start('mkdir', [path], opts, { flags: CallFlags.PARENTS, mode: opts.mode ?? 0o755 });
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return oneRecord(conn, out, decodeEntryRecord, what).event === 1;
@@ -178,7 +178,7 @@ export class Files implements FilesApi {
   /** Removes a file, a symlink (never its target) or a directory with everything below it (`recursive`, default true). */
   async remove(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<void> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(RemoveOptionsSchema, options, 'remove options');
+    const opts = parseInput(RemoveOptionsSchema, options, 'remove options');
     const { call } = await this.#start('remove', [path], opts, opts.recursive === false ? {} : { flags: CallFlags.RECURSIVE });
     await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', 'the guest agent sent output for remove'));
   }
@@ -187,7 +187,7 @@ export class Files implements FilesApi {
   async rename(from: string, to: string, options: FileOptions & { noReplace?: boolean } = {}): Promise<EntryInfo> {
     from = checkPath(from, 'from');
     to = checkPath(to, 'to');
-    const opts = parseOptions(RenameOptionsSchema, options, 'rename options');
+    const opts = parseInput(RenameOptionsSchema, options, 'rename options');
     const { call, conn, what } = await this.#start('rename', [from, to], opts, opts.noReplace ? { flags: CallFlags.NO_REPLACE } : {});
     const out = await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent an oversized result`));
     return toEntryInfo(oneRecord(conn, out, decodeEntryRecord, what));
@@ -205,7 +205,7 @@ export class Files implements FilesApi {
    */
   async watch(path: string, options: FileOptions & { recursive?: boolean } = {}): Promise<FileWatchApi> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(WatchOptionsSchema, options, 'watch options');
+    const opts = parseInput(WatchOptionsSchema, options, 'watch options');
     const watch = new FileWatch(path);
     const started = await this.#start('watch', [path], opts, opts.recursive ? { flags: CallFlags.RECURSIVE } : {}, (p, n) => watch.onRecord(p, n));
     return watch.attach(started.call);
@@ -214,7 +214,7 @@ export class Files implements FilesApi {
   /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`; read as it is consumed, like `read` with format 'stream'. */
   async readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
-    const opts = parseOptions(FileOptionsSchema, options, 'readArchive options');
+    const opts = parseInput(FileOptionsSchema, options, 'readArchive options');
     return this.#stream(await this.#start('archive', [path], opts, { window: STREAM_WINDOW }));
   }
 
@@ -226,7 +226,7 @@ export class Files implements FilesApi {
         details: { fields: [{ path: 'tar', message: 'invalid type' }] },
       });
     }
-    const opts = parseOptions(FileOptionsSchema, options, 'writeArchive options');
+    const opts = parseInput(FileOptionsSchema, options, 'writeArchive options');
     const { call, what } = await this.#start('extract', [dir], opts, { stdin: true, flags: CallFlags.PARENTS });
     void pumpStdin(call, tar, what);
     await gather(call, MAX_CALL_OUTPUT, () => new RoostError('AGENT', `${what}: the guest agent sent output for extract`));

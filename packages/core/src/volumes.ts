@@ -3,12 +3,11 @@ import { mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
-import { CreateVolumeRequestSchema, VolumeNameSchema, type CreateVolumeRequest, type VolumeInfo, type VolumesApi } from '@roost/api';
+import { CreateVolumeRequestSchema, parseInput, VolumeNameSchema, type CreateVolumeRequest, type VolumeInfo, type VolumesApi } from '@roost/api';
 import { RoostError } from './errors.js';
 import { roostHome } from './home.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
-import { parseOptions } from './validate.js';
 
 interface VolumeRow {
   name: string;
@@ -43,7 +42,7 @@ export class Volumes implements VolumesApi {
 
   /** Creates a named volume (an empty directory); ALREADY_EXISTS when the name is taken. */
   async create(request: CreateVolumeRequest): Promise<VolumeInfo> {
-    const req = parseOptions(CreateVolumeRequestSchema, request, 'volume') as CreateVolumeRequest;
+    const req = parseInput(CreateVolumeRequestSchema, request, 'volume') as CreateVolumeRequest;
     return this.#db
       .transaction(() => {
         if (this.#row(req.name))

@@ -1,8 +1,9 @@
-import { access, copyFile, mkdir, readFile } from 'node:fs/promises';
+import { access, copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sleep } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
+import { readConsoleLog } from '../console-log.js';
 import { abortError, RoostError } from '../errors.js';
 import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
 import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
@@ -178,10 +179,10 @@ export async function bootError(e: unknown, dir: string, timeoutMs: number, sign
   return new RoostError('BOOT_FAILED', `the sandbox failed to boot: ${msg}\n${shown}`, { cause: e, details });
 }
 
+/** The last non-blank lines of a log, read through the one bounded console-log reader (none if it cannot be read). */
 async function tail(path: string, lines: number): Promise<string[]> {
   try {
-    const text = await readFile(path, 'utf8');
-    return text
+    return (await readConsoleLog(path))
       .split('\n')
       .map((l) => l.replace(/\r$/, ''))
       .filter((l) => l.trim())

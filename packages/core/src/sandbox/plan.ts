@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { cpus as hostCpus } from 'node:os';
+import { cpus as hostCpus, totalmem } from 'node:os';
 import { mkdir } from 'node:fs/promises';
 import type { NetworkMode, PullPolicy, SandboxImage, SandboxInfo } from '@roost/api';
 import type { EgressSpec, PortMapping, PortSpec, VolumeMount } from '@roost/api';
+import { CreateOptionsSchema, parseInput } from '@roost/api';
+import { z } from 'zod';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
@@ -13,7 +15,6 @@ import type { RuntimeNetwork } from '../net/runtime-network.js';
 import { planNetwork } from '../net/sandbox-net.js';
 import type { SnapshotRecord, SnapshotStore } from '../snapshot/store.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
-import { parseOptions, sandboxOptionsSchema } from '../validate.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { DEFAULT_DISK_MIB, type Vmm } from '../vmm/types.js';
 import { checkVolumeCount, resolveVolumes } from './volumes.js';
@@ -95,11 +96,26 @@ export interface SandboxOptions {
 }
 
 /**
- * The options `Sandbox.create` / `runtime.create` accept, with their limits:
- * the contract's create schema (`CreateOptionsSchema` in @roost/api) with
- * `home` and this host's memory (validate.ts).
+ * The options `Sandbox.create` / `runtime.create` accept: the contract's
+ * create schema with the static helper's `home`, and memory checked against
+ * this host's RAM (a limit the contract cannot know).
  */
-export const createOptionsSchema = sandboxOptionsSchema;
+export const createOptionsSchema = CreateOptionsSchema.extend({
+  /** Roost home (default $ROOST_HOME or ~/.roost); only for the static `Sandbox.create`. */
+  home: z.string().min(1).optional(),
+})
+  .strict()
+  .superRefine((opts, ctx) => {
+    const hostMiB = Math.floor(totalmem() / 2 ** 20);
+    if (opts.memoryMiB !== undefined && opts.memoryMiB > hostMiB) {
+      ctx.addIssue({
+        code: 'custom',
+        input: opts.memoryMiB,
+        path: ['memoryMiB'],
+        message: `Too big: expected number to be <=${hostMiB} (this host's memory in MiB)`,
+      });
+    }
+  });
 
 /** What planning a sandbox needs: the stores it reads, the network it leases from, the VMM's limits. */
 export interface PlanDeps {
@@ -130,7 +146,7 @@ export interface SandboxPlan {
 
 /** Parses create options (INVALID_ARGUMENT naming the field); templates are resolved by the runtime before. */
 export function parseCreateOptions(options: SandboxOptions): SandboxOptions {
-  const opts = parseOptions(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
+  const opts = parseInput(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
   if (opts.template !== undefined) throw new RoostError('INTERNAL', 'templates are resolved by the runtime');
   return opts;
 }

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import type Database from 'better-sqlite3';
-import { CreateTemplateRequestSchema, type CommandsApi, type CreateTemplateRequest, type TemplateInfo, type TemplatesApi } from '@roost/api';
+import { CreateTemplateRequestSchema, parseInput, type CommandsApi, type CreateTemplateRequest, type TemplateInfo, type TemplatesApi } from '@roost/api';
 import { RoostError } from '../errors.js';
 import type { SandboxOptions } from '../sandbox/plan.js';
 import type { EventLog } from '../state/events.js';
-import { parseOptions } from '../validate.js';
+import { DEFAULT_DISK_MIB } from '../vmm/types.js';
 import type { SnapshotRecord, SnapshotStore } from './store.js';
 import type { Assets } from '../assets.js';
 
@@ -48,13 +48,13 @@ export class Templates implements TemplatesApi {
   /** Defines a template; with `warm`, builds its snapshot now. ALREADY_EXISTS if the name is taken. */
   async create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo> {
     const { signal, ...rest } = request;
-    const req = parseOptions(CreateTemplateRequestSchema, rest, 'template');
+    const req = parseInput(CreateTemplateRequestSchema, rest, 'template');
     const spec: TemplateSpec = {
       name: req.name,
       ...(req.image ? { image: req.image } : {}),
       cpus: req.cpus ?? 1,
       memoryMiB: req.memoryMiB ?? 256,
-      diskSizeMiB: req.diskSizeMiB ?? 4096,
+      diskSizeMiB: req.diskSizeMiB ?? DEFAULT_DISK_MIB,
       env: req.env ?? {},
       ...(req.setup ? { setup: req.setup } : {}),
     };
