@@ -282,7 +282,8 @@ async function copyOut(sandbox: SandboxApi, src: string, to: HostLocation | Stdi
     await copyOutBounded(sandbox, src, to, limit);
   } catch (e) {
     // The runtime's (or daemon's) error names its option: name the flag.
-    if (limit !== undefined && isRoostError(e, 'RESOURCE_EXHAUSTED') && e.details.maxBytes !== undefined) throw readLimitError(`cp ${src}`, limit, '--max-bytes', src);
+    if (limit !== undefined && isRoostError(e, 'RESOURCE_EXHAUSTED') && e.details.maxBytes !== undefined && e.details.option !== '--max-bytes')
+      throw readLimitError(`cp ${src}`, limit, '--max-bytes', src);
     throw e;
   }
 }
