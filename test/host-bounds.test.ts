@@ -81,7 +81,9 @@ describe('a guest cannot make the host spend more than it has; the home is priva
     id = sb.id;
     // 1 GiB that costs the guest nothing; 48 MiB with data at both ends; real data.
     await sh('truncate -s 1G /root/sparse && printf start | dd of=/root/sparse conv=notrunc 2>/dev/null');
-    await sh('truncate -s 48M /root/holes && printf head | dd of=/root/holes conv=notrunc 2>/dev/null && printf tail | dd of=/root/holes bs=1 seek=41943040 conv=notrunc 2>/dev/null');
+    await sh(
+      'truncate -s 48M /root/holes && printf head | dd of=/root/holes conv=notrunc 2>/dev/null && printf tail | dd of=/root/holes bs=1 seek=41943040 conv=notrunc 2>/dev/null',
+    );
     await sh('mkdir /root/dir && head -c 1048576 /dev/urandom > /root/dir/a && head -c 1048576 /dev/urandom > /root/dir/b');
   });
   afterAll(async () => {

@@ -84,7 +84,7 @@ export function addCpCommand(program: Command, withFace: WithFace): void {
     .description('copy files or directories between the host and a sandbox (SRC or DEST is ID:PATH; - is a tar on stdin/stdout)')
     .usage('[options] SRC DEST')
     .option('-L, --follow-link', 'follow SRC when it is a host symlink')
-    .option('--max-bytes <size>', "copying out: the most bytes the sandbox may send, like 512M or 2G (default: its disk size)", byteSize('--max-bytes'))
+    .option('--max-bytes <size>', 'copying out: the most bytes the sandbox may send, like 512M or 2G (default: its disk size)', byteSize('--max-bytes'))
     .argument('<src>')
     .argument('<dest>')
     .addHelpText('after', HELP)

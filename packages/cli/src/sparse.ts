@@ -56,7 +56,7 @@ export class SparseWriter {
   /** Appends `chunk`: its data runs are written at their offsets, its zero blocks skipped. */
   write(chunk: Uint8Array): void {
     for (const [start, end] of dataRuns(chunk, this.#position)) {
-      for (let off = start; off < end; ) {
+      for (let off = start; off < end;) {
         off += writeSync(this.fd, chunk, off, end - off, this.#position + off);
       }
       this.written += end - start;

@@ -406,7 +406,7 @@ describe('Files', () => {
     expect(streams[0]!.signals).toEqual([15]);
   });
 
-  it('stops reads past maxBytes (the caller\'s, else the sandbox\'s) with RESOURCE_EXHAUSTED naming the limit', async () => {
+  it("stops reads past maxBytes (the caller's, else the sandbox's) with RESOURCE_EXHAUSTED naming the limit", async () => {
     handler = async (s) => {
       s.started();
       // A guest that sends more than asked for (a sparse file claims any size), then waits to be stopped.
@@ -421,7 +421,9 @@ describe('Files', () => {
     );
     const tooMuch = { code: 'RESOURCE_EXHAUSTED', details: { maxBytes: 2500, option: 'maxBytes', path: '/big' } };
     await expect(limited.read('/big', { format: 'bytes' })).rejects.toMatchObject(tooMuch);
-    await expect(limited.read('/big')).rejects.toMatchObject({ message: expect.stringMatching(/more than 2.4 KiB \(2500 bytes\).*Raise the limit with maxBytes/) });
+    await expect(limited.read('/big')).rejects.toMatchObject({
+      message: expect.stringMatching(/more than 2.4 KiB \(2500 bytes\).*Raise the limit with maxBytes/),
+    });
     // Streams end with the error once past the limit, after what fitted; the guest's call is stopped.
     const got: Buffer[] = [];
     await expect(

@@ -124,7 +124,9 @@ describe('the home is private under umask 022 (and swept when opened)', () => {
 
   it('starts tools with umask 077, and still tells a missing one', async () => {
     const file = join(root, 'made-by-a-tool');
-    await new Promise<void>((resolve, reject) => privateSpawn('touch', [file], { stdio: 'ignore' }).on('exit', (c) => (c === 0 ? resolve() : reject(new Error(`exit ${c}`)))));
+    await new Promise<void>((resolve, reject) =>
+      privateSpawn('touch', [file], { stdio: 'ignore' }).on('exit', (c) => (c === 0 ? resolve() : reject(new Error(`exit ${c}`)))),
+    );
     expect(lstatSync(file).mode & 0o777).toBe(0o600);
     // The process's own umask is untouched.
     expect(process.umask(0o022)).toBe(0o022);

@@ -61,7 +61,17 @@ export function privateSpawn(cmd: string, args: readonly string[], options: Spaw
 export const COMMAND_NOT_FOUND = 127;
 
 /** Files at the top of a home that Roost makes: private files. */
-const HOME_FILES = ['roost.db', 'roost.db-wal', 'roost.db-shm', 'roost.db-journal', 'roost.lock', 'roost.lock-journal', 'roost.owner.json', 'auth.json', 'api-token'];
+const HOME_FILES = [
+  'roost.db',
+  'roost.db-wal',
+  'roost.db-shm',
+  'roost.db-journal',
+  'roost.lock',
+  'roost.lock-journal',
+  'roost.owner.json',
+  'auth.json',
+  'api-token',
+];
 /** Directories at the top of a home that Roost makes (`cache` is left alone: see above). */
 const HOME_DIRS = ['sandboxes', 'snapshots', 'images', 'volumes', 'tmp'];
 /** Below these, each entry is a directory of a few files Roost made (a sandbox's, a snapshot's): fixed too. */
