@@ -61,6 +61,18 @@ export interface FileOptions {
 
 export type ReadFormat = 'text' | 'bytes' | 'stream';
 
+/** Options of the reads that bring guest data to the host (`read`, `readArchive`). */
+export interface ReadOptions extends FileOptions {
+  /**
+   * The most bytes the guest may send (for `readArchive`, bytes of the
+   * archive). Default: the sandbox's disk size, so a copy out costs the host
+   * no more than the guest could hold. More is RESOURCE_EXHAUSTED (with
+   * `details.maxBytes`) and the read is stopped: a stream ends with the
+   * error, nothing partial is returned.
+   */
+  maxBytes?: number;
+}
+
 /** What `files.write` accepts: the whole contents, or a stream of it (never held whole in memory). */
 export type WriteData = string | Uint8Array | AsyncIterable<Uint8Array | string>;
 
@@ -90,9 +102,9 @@ export interface FileWatchApi extends AsyncIterable<FileEvent>, AsyncDisposable 
  */
 export interface FilesApi {
   /** Reads a file: as text (UTF-8, the default), bytes, or a stream read as it is consumed. */
-  read(path: string, options?: FileOptions & { format?: 'text' }): Promise<string>;
-  read(path: string, options: FileOptions & { format: 'bytes' }): Promise<Uint8Array>;
-  read(path: string, options: FileOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
+  read(path: string, options?: ReadOptions & { format?: 'text' }): Promise<string>;
+  read(path: string, options: ReadOptions & { format: 'bytes' }): Promise<Uint8Array>;
+  read(path: string, options: ReadOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
   /**
    * Writes a file, creating missing parent directories. The new contents
    * replace the old only once all of them arrived: a failed or aborted write
@@ -113,8 +125,8 @@ export interface FilesApi {
   rename(from: string, to: string, options?: FileOptions & { noReplace?: boolean }): Promise<EntryInfo>;
   /** Watches a directory (inotify in the guest). Resolves once the watch is in place. */
   watch(path: string, options?: FileOptions & { recursive?: boolean }): Promise<FileWatchApi>;
-  /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`. */
-  readArchive(path: string, options?: FileOptions): Promise<AsyncIterable<Uint8Array>>;
+  /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`; at most `maxBytes` (default: the sandbox's disk size). */
+  readArchive(path: string, options?: ReadOptions): Promise<AsyncIterable<Uint8Array>>;
   /** Extracts a tar stream into a directory (created if missing); as root, owners are kept. */
   writeArchive(dir: string, tar: Uint8Array | AsyncIterable<Uint8Array>, options?: FileOptions): Promise<void>;
 }

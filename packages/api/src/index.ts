@@ -17,4 +17,5 @@ export * from './network.js';
 export * from './abort.js';
 export * from './wire.js';
 export * from './output-buffer.js';
+export * from './read-limit.js';
 export * from './command-args.js';

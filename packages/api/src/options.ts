@@ -65,7 +65,11 @@ const fileBase = { user: FileUserSchema.optional(), signal: signalSchema.optiona
 
 /** Options every file operation takes (readArchive, writeArchive, exists). */
 export const FileOptionsSchema = z.object(fileBase).strict();
-export const ReadOptionsSchema = z.object({ ...fileBase, format: z.enum(['text', 'bytes', 'stream']).optional() }).strict();
+/** A read's bound on what the guest may send (`maxBytes`): a positive whole number of bytes. */
+const maxBytes = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+export const ReadOptionsSchema = z.object({ ...fileBase, format: z.enum(['text', 'bytes', 'stream']).optional(), maxBytes: maxBytes.optional() }).strict();
+/** Options of `readArchive`: those of every operation, and `maxBytes`. */
+export const ReadArchiveOptionsSchema = z.object({ ...fileBase, maxBytes: maxBytes.optional() }).strict();
 export const WriteOptionsSchema = z.object({ ...fileBase, mode: fileMode.optional(), noReplace: z.boolean().optional() }).strict();
 export const ListOptionsSchema = z.object({ ...fileBase, depth: z.number().int().min(1).max(0xffffffff).optional() }).strict();
 export const StatOptionsSchema = z.object({ ...fileBase, follow: z.boolean().optional() }).strict();

@@ -415,6 +415,16 @@ const queryInt = (max: number) =>
     .pipe(z.number().max(max));
 
 export const FileQuerySchema = z.object({ path: z.string().min(1), user: z.string().min(1).optional() }).strict();
+/** Reads (content, archive): `maxBytes`, the most bytes the guest may send (default: the sandbox's disk size). */
+export const ReadQuerySchema = FileQuerySchema.extend({
+  maxBytes: z
+    .string()
+    .regex(/^[1-9]\d{0,15}$/, 'expected a positive integer')
+    .transform(Number)
+    .pipe(z.number().max(Number.MAX_SAFE_INTEGER)),
+})
+  .partial({ maxBytes: true })
+  .strict();
 export const StatQuerySchema = FileQuerySchema.extend({ follow: queryBool.optional() }).strict();
 export const ListQuerySchema = FileQuerySchema.extend({ depth: queryInt(0xffffffff).optional() }).strict();
 export const WriteQuerySchema = FileQuerySchema.extend({ mode: queryInt(0o7777).optional(), noReplace: queryBool.optional() }).strict();

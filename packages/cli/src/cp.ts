@@ -15,15 +15,15 @@ import {
   statSync,
   symlinkSync,
   unlinkSync,
-  writeSync,
   type Stats,
 } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { ERRNO_CODES, isRoostError, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
-import type { Command } from 'commander';
+import { ERRNO_CODES, formatByteSize, isRoostError, readLimitError, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
+import { InvalidArgumentError, type Command } from 'commander';
 import { Pack, Parser, type ReadEntry, type WriteEntry } from 'tar';
 import type { WithFace } from './connect.js';
+import { SparseWriter } from './sparse.js';
 
 /*
  * `roost cp`: files and directories between the host and a sandbox, with
@@ -65,6 +65,11 @@ Naming (as docker cp):
   - SRC/. copies the contents of the directory SRC into DEST.
   - a directory cannot be copied onto a file.
 
+Out of a sandbox, runs of zeros are written as holes (a sparse file stays
+sparse on the host), and at most --max-bytes come from the guest (default:
+the sandbox's disk size); past it the copy stops with an error and the file
+being written is removed.
+
 Symlinks are copied as symlinks (-L follows a host SRC that is one).
 Modes, modification times and owners are kept: in the sandbox the agent
 extracts as root, so files keep their host uid and gid; on the host,
@@ -79,10 +84,11 @@ export function addCpCommand(program: Command, withFace: WithFace): void {
     .description('copy files or directories between the host and a sandbox (SRC or DEST is ID:PATH; - is a tar on stdin/stdout)')
     .usage('[options] SRC DEST')
     .option('-L, --follow-link', 'follow SRC when it is a host symlink')
+    .option('--max-bytes <size>', 'copying out: the most bytes the sandbox may send, like 512M or 2G (default: its disk size)', byteSize('--max-bytes'))
     .argument('<src>')
     .argument('<dest>')
     .addHelpText('after', HELP)
-    .action(async (src: string, dest: string, flags: { followLink?: boolean }) => {
+    .action(async (src: string, dest: string, flags: { followLink?: boolean; maxBytes?: number }) => {
       const from = parseLocation(src);
       const to = parseLocation(dest);
       if (from.kind === 'guest' && to.kind === 'guest')
@@ -93,9 +99,21 @@ export function addCpCommand(program: Command, withFace: WithFace): void {
       await withFace('cp', async (face) => {
         const sandbox = await face.runtime.get(id);
         if (to.kind === 'guest') await copyIn(sandbox, from as HostLocation | StdioLocation, to.path, !!flags.followLink);
-        else await copyOut(sandbox, (from as GuestLocation).path, to);
+        else await copyOut(sandbox, (from as GuestLocation).path, to, flags.maxBytes);
       });
     });
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** A commander parser for a size: bytes, or a number with K, M, G or T (binary: 1K = 1024), `B`/`iB` allowed after it. */
+export function byteSize(flag: string): (v: string) => number {
+  return (v) => {
+    const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim());
+    const n = m ? Math.floor(Number(m[1]) * SIZE_UNITS[m[2]!.toUpperCase()]!) : NaN;
+    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${flag} takes a size like 1048576, 512M or 2G, not "${v}"`);
+    return n;
+  };
 }
 
 interface GuestLocation {
@@ -251,22 +269,50 @@ function guestBasename(p: string): string {
 
 // ---- guest -> host ----------------------------------------------------------------
 
-async function copyOut(sandbox: SandboxApi, src: string, to: HostLocation | StdioLocation): Promise<void> {
+/**
+ * Copies out under a bound: at most `maxBytes` of archive (default: the
+ * sandbox's disk size, which no real data in the guest can exceed; a sparse
+ * file can claim any size). A file known to be larger is refused before
+ * anything is sent; a stream that grows past it is stopped, in the runtime
+ * and again here, and the file being written is removed.
+ */
+async function copyOut(sandbox: SandboxApi, src: string, to: HostLocation | StdioLocation, maxBytes: number | undefined): Promise<void> {
+  const limit = maxBytes ?? (sandbox.info.diskSizeMiB > 0 ? sandbox.info.diskSizeMiB * 2 ** 20 : undefined);
+  try {
+    await copyOutBounded(sandbox, src, to, limit);
+  } catch (e) {
+    // The runtime's (or daemon's) error names its option: name the flag.
+    if (limit !== undefined && isRoostError(e, 'RESOURCE_EXHAUSTED') && e.details.maxBytes !== undefined && e.details.option !== '--max-bytes')
+      throw readLimitError(`cp ${src}`, limit, '--max-bytes', src);
+    throw e;
+  }
+}
+
+async function copyOutBounded(sandbox: SandboxApi, src: string, to: HostLocation | StdioLocation, limit: number | undefined): Promise<void> {
   const contents = contentsOf(src);
   const srcPath = contents ? src.slice(0, -1).replace(/(.)\/+$/, '$1') || '/' : src;
   const info = await guestStat(sandbox, srcPath, src.endsWith('/'));
   if (!info) throw new RoostError('NOT_FOUND', `cp: ${src}: no such file or directory in sandbox ${sandbox.id}`, { details: { path: src } });
   if (contents && info.type !== 'dir') throw new RoostError('INVALID_STATE', `cp: ${src}: not a directory`);
-  const archive = await sandbox.files.readArchive(srcPath, { user: ROOT });
+  if (limit !== undefined && info.type === 'file' && info.size > limit) {
+    throw new RoostError(
+      'RESOURCE_EXHAUSTED',
+      `cp ${src}: the file is ${formatByteSize(info.size)} (${info.size} bytes), more than ${formatByteSize(limit)} (${limit} bytes), the limit of this copy ` +
+        `(by default the sandbox's disk size); nothing was copied. Raise the limit with --max-bytes if you expect that much`,
+      { details: { maxBytes: limit, option: '--max-bytes', path: src, size: info.size } },
+    );
+  }
+  const archive = await sandbox.files.readArchive(srcPath, { user: ROOT, ...(limit !== undefined ? { maxBytes: limit } : {}) });
   if (to.kind === 'stdio') {
     await writeOut(archive, process.stdout);
     return;
   }
+  const bound = limit !== undefined ? { maxBytes: limit } : {};
   const dest = to.path;
   const target = hostStat(dest, true);
   if (target?.isDirectory()) {
     // Into DEST: as SRC's name, or (SRC/.) its contents.
-    await extractArchive(archive, dest, { root: contents ? '' : null });
+    await extractArchive(archive, dest, { root: contents ? '' : null, ...bound });
     return;
   }
   if (target && info.type === 'dir') throw new RoostError('INVALID_STATE', `cp: cannot copy directory ${src} onto ${dest}, which is not a directory`);
@@ -276,7 +322,7 @@ async function copyOut(sandbox: SandboxApi, src: string, to: HostLocation | Stdi
   await mkdir(parent, { recursive: true }).catch((e: unknown) => {
     throw hostError(e, parent);
   });
-  await extractArchive(archive, parent, { root: basename(resolve(dest)) });
+  await extractArchive(archive, parent, { root: basename(resolve(dest)), ...bound });
 }
 
 /** Writes the archive to stdout; a reader that went away (EPIPE) ends the copy with an error. */
@@ -316,6 +362,8 @@ export interface ExtractOptions {
   preserveOwner?: boolean;
   /** Called for entries skipped (FIFOs, devices). Default: a line on stderr. */
   onSkip?: (path: string, type: string) => void;
+  /** The most bytes of archive to take (RESOURCE_EXHAUSTED past it; the file being written is removed). */
+  maxBytes?: number;
 }
 
 const O_DIR = fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW;
@@ -341,7 +389,9 @@ function refused(message: string, path: string): RoostError {
  * hard links may only point at regular files the archive extracted before.
  * Modes are kept without setuid/setgid, modification times are kept
  * (directories' once everything below them is written), owners only as
- * root. FIFOs and devices are skipped.
+ * root. FIFOs and devices are skipped. Zero blocks of files are written
+ * as holes (see sparse.ts). A failure (a damaged archive, more than
+ * `maxBytes`) removes the file it was writing: no partial file stays.
  */
 export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: string, options: ExtractOptions = {}): Promise<void> {
   const preserveOwner = options.preserveOwner ?? process.getuid?.() === 0;
@@ -359,6 +409,8 @@ export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: st
   const finish = new Map<string, { mode: number; mtime: Date | undefined; uid: number | undefined; gid: number | undefined }>();
   let topName: string | undefined;
   let failure: unknown;
+  /** The file being written, until it is complete: removed if the extraction fails. */
+  let partial: { parent: number; name: string; fd: number | null } | null = null;
 
   const closeDirs = () => {
     for (const fd of dirs.values()) closeSync(fd);
@@ -449,26 +501,32 @@ export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: st
         case 'ContiguousFile': {
           clear(parent, name, path, false);
           const fd = openSync(at(parent, name), O_NEWFILE, 0o600);
+          const file = (partial = { parent, name, fd: fd as number | null });
+          const out = new SparseWriter(fd);
           entry.on('data', (chunk: Buffer) => {
             if (failure) return;
             try {
-              for (let off = 0; off < chunk.length;) off += writeSync(fd, chunk, off);
+              out.write(chunk);
             } catch (e) {
               failure = hostError(e, `${dest}/${path}`);
             }
           });
           entry.on('end', () => {
+            if (file.fd === null) return; // the extraction failed and removed it
             try {
               if (!failure) {
+                out.finish();
                 setOwner(fd, entry);
                 fchmodSync(fd, mode);
                 if (entry.mtime) futimesSync(fd, entry.mtime, entry.mtime);
                 files.add(path);
+                if (partial === file) partial = null;
               }
             } catch (e) {
               failure ??= hostError(e, `${dest}/${path}`);
             } finally {
-              closeSync(fd);
+              if (file.fd !== null) closeSync(fd);
+              file.fd = null;
             }
           });
           return;
@@ -515,9 +573,15 @@ export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: st
     });
   });
   parser.on('entry', onEntry);
+  let received = 0;
   try {
     for await (const chunk of source) {
       if (failure) break;
+      received += chunk.byteLength;
+      if (options.maxBytes !== undefined && received > options.maxBytes) {
+        failure = readLimitError('cp', options.maxBytes, '--max-bytes');
+        break;
+      }
       if (!parser.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength))) {
         await Promise.race([new Promise((r) => parser.once('drain', r)), ended]);
       }
@@ -537,6 +601,17 @@ export async function extractArchive(source: AsyncIterable<Uint8Array>, dest: st
   } catch (e) {
     aborted = true;
     parser.abort(e instanceof Error ? e : new Error(String(e)));
+    // The file cut short goes: a partial file must not pass for a copy.
+    const cut = partial as { parent: number; name: string; fd: number | null } | null;
+    if (cut) {
+      if (cut.fd !== null) closeSync(cut.fd);
+      cut.fd = null;
+      try {
+        unlinkSync(at(cut.parent, cut.name));
+      } catch {
+        // Already gone.
+      }
+    }
     throw e instanceof RoostError ? e : hostError(e, dest);
   } finally {
     closeDirs();

@@ -6,9 +6,12 @@ import {
   FileOptionsSchema,
   isErrorCode,
   isErrorObject,
+  limitBytes,
   ListOptionsSchema,
   MakeDirOptionsSchema,
   parseInput,
+  ReadArchiveOptionsSchema,
+  readLimitError,
   ReadOptionsSchema,
   RemoveOptionsSchema,
   RenameOptionsSchema,
@@ -24,6 +27,7 @@ import {
   type FilesApi,
   type FileWatchApi,
   type ReadFormat,
+  type ReadOptions,
   type WriteData,
   type WriteOptions,
 } from '@roost/api';
@@ -62,10 +66,10 @@ export class RemoteFiles implements FilesApi {
   }
 
   /** Reads a file: as text (UTF-8, the default), bytes, or a stream read as it is consumed. */
-  read(path: string, options?: FileOptions & { format?: 'text' }): Promise<string>;
-  read(path: string, options: FileOptions & { format: 'bytes' }): Promise<Uint8Array>;
-  read(path: string, options: FileOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
-  async read(path: string, options: FileOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
+  read(path: string, options?: ReadOptions & { format?: 'text' }): Promise<string>;
+  read(path: string, options: ReadOptions & { format: 'bytes' }): Promise<Uint8Array>;
+  read(path: string, options: ReadOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
+  async read(path: string, options: ReadOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
     parseInput(ReadOptionsSchema, options, 'read options');
     const stream = await this.#download('content', 'application/octet-stream', path, options, `reading ${path}`);
     const format = options.format ?? 'text';
@@ -174,8 +178,8 @@ export class RemoteFiles implements FilesApi {
   }
 
   /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`. */
-  async readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
-    parseInput(FileOptionsSchema, options, 'readArchive options');
+  async readArchive(path: string, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    parseInput(ReadArchiveOptionsSchema, options, 'readArchive options');
     return this.#download('archive', 'application/x-tar', path, options, `archiving ${path}`);
   }
 
@@ -193,8 +197,9 @@ export class RemoteFiles implements FilesApi {
     });
   }
 
-  async #download(route: string, accept: string, path: string, options: FileOptions, what: string): Promise<AsyncIterable<Uint8Array>> {
-    const query: Query = { path, ...userQuery(options) };
+  /** A download; with `maxBytes`, the daemon stops the guest past it, and what arrives is counted here too. */
+  async #download(route: string, accept: string, path: string, options: ReadOptions, what: string): Promise<AsyncIterable<Uint8Array>> {
+    const query: Query = { path, ...userQuery(options), maxBytes: options.maxBytes };
     // With `TE: trailers`, a failure after the first bytes comes as the daemon's error, not a broken connection.
     const { res, abort } = await this.#transport.stream('GET', `${this.#base}/${route}`, {
       query,
@@ -204,7 +209,9 @@ export class RemoteFiles implements FilesApi {
       timeoutMs: null,
       what,
     });
-    return downloadBody(res, abort, what, options.signal, this.#transport.endpoint.display);
+    const body = downloadBody(res, abort, what, options.signal, this.#transport.endpoint.display);
+    const max = options.maxBytes;
+    return max === undefined ? body : limitBytes(body, max, () => readLimitError(what, max, 'maxBytes', path));
   }
 }
 

@@ -96,7 +96,7 @@ export async function setup(options: SetupOptions = {}): Promise<Assets> {
   const home = roostHome(options.home);
   const progress = options.progress ?? (() => {});
   const layout = new HomeLayout(home);
-  await mkdir(layout.cache, { recursive: true });
+  await mkdir(layout.cache, { recursive: true, mode: 0o700 });
 
   const missing = missingPackages();
   if (missing.length > 0) {

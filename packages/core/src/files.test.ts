@@ -406,6 +406,44 @@ describe('Files', () => {
     expect(streams[0]!.signals).toEqual([15]);
   });
 
+  it("stops reads past maxBytes (the caller's, else the sandbox's) with RESOURCE_EXHAUSTED naming the limit", async () => {
+    handler = async (s) => {
+      s.started();
+      // A guest that sends more than asked for (a sparse file claims any size), then waits to be stopped.
+      for (let i = 0; i < 4; i++) s.out(1, Buffer.alloc(1000, i));
+      if (s.request.args[0] === '/exact') return s.exit(0);
+      await s.until(() => s.signals.length > 0);
+      s.fail(125, '/big', 'read: Operation canceled');
+    };
+    const limited = new Files(
+      async () => conn,
+      () => ({ maxBytes: 2500 }),
+    );
+    const tooMuch = { code: 'RESOURCE_EXHAUSTED', details: { maxBytes: 2500, option: 'maxBytes', path: '/big' } };
+    await expect(limited.read('/big', { format: 'bytes' })).rejects.toMatchObject(tooMuch);
+    await expect(limited.read('/big')).rejects.toMatchObject({
+      message: expect.stringMatching(/more than 2.4 KiB \(2500 bytes\).*Raise the limit with maxBytes/),
+    });
+    // Streams end with the error once past the limit, after what fitted; the guest's call is stopped.
+    const got: Buffer[] = [];
+    await expect(
+      (async () => {
+        for await (const c of await limited.read('/big', { format: 'stream' })) got.push(Buffer.from(c));
+      })(),
+    ).rejects.toMatchObject(tooMuch);
+    expect(Buffer.concat(got).length).toBeLessThanOrEqual(2500);
+    await expect(
+      (async () => {
+        for await (const c of await limited.readArchive('/big')) expect(c.length).toBeGreaterThan(0);
+      })(),
+    ).rejects.toMatchObject(tooMuch);
+    for (const st of streams) await st.until(() => st.signals.includes(15));
+    // The caller's maxBytes wins over the default; under it, reads are whole.
+    expect((await limited.read('/exact', { format: 'bytes', maxBytes: 4000 })).length).toBe(4000);
+    await expect(limited.read('/big', { maxBytes: 0 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(files.readArchive('/big', { maxBytes: 1.5 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
   it('writes bytes with SIZE and PARENTS; an aborted write sends SIGTERM, no EOF, and rejects once the call ended', async () => {
     let exited = false;
     handler = async (s) => {

@@ -5,6 +5,9 @@ import {
   ListOptionsSchema,
   MakeDirOptionsSchema,
   parseInput,
+  limitBytes,
+  ReadArchiveOptionsSchema,
+  readLimitError,
   ReadOptionsSchema,
   RemoveOptionsSchema,
   RenameOptionsSchema,
@@ -16,6 +19,7 @@ import {
   type FilesApi,
   type FileWatchApi,
   type ReadFormat,
+  type ReadOptions,
   type WriteData,
   type WriteInfo,
   type WriteOptions,
@@ -73,32 +77,34 @@ export class Files implements FilesApi {
   /** @internal */
   constructor(
     private readonly connection: () => Promise<AgentConnection>,
-    private readonly defaults: () => { user?: string | undefined } = () => ({}),
+    private readonly defaults: () => { user?: string | undefined; maxBytes?: number | undefined } = () => ({}),
   ) {}
 
-  read(path: string, options?: FileOptions & { format?: 'text' }): Promise<string>;
-  read(path: string, options: FileOptions & { format: 'bytes' }): Promise<Uint8Array>;
-  read(path: string, options: FileOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
+  read(path: string, options?: ReadOptions & { format?: 'text' }): Promise<string>;
+  read(path: string, options: ReadOptions & { format: 'bytes' }): Promise<Uint8Array>;
+  read(path: string, options: ReadOptions & { format: 'stream' }): Promise<AsyncIterable<Uint8Array>>;
   /**
    * Reads a file: as text (UTF-8, the default) or bytes (at most 256 MiB;
    * more is RESOURCE_EXHAUSTED), or as a stream read from the guest as it is
    * consumed. A failure before the first byte (a missing file) rejects
    * `read` itself, also for 'stream'; a later one ends the stream with the
-   * error. Breaking out of the stream (or `signal`) stops the read.
+   * error. Breaking out of the stream (or `signal`) stops the read. At most
+   * `maxBytes` (default: the sandbox's disk size) come from the guest: more
+   * is RESOURCE_EXHAUSTED and the read is stopped.
    */
-  async read(path: string, options: FileOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
+  async read(path: string, options: ReadOptions & { format?: ReadFormat } = {}): Promise<string | Uint8Array | AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
     const opts = parseInput(ReadOptionsSchema, options, 'read options');
     const format = opts.format ?? 'text';
+    const limit = this.#limit(opts.maxBytes);
     const started = await this.#start('read', [path], opts, format === 'stream' ? { window: STREAM_WINDOW } : {});
-    if (format === 'stream') return this.#stream(started);
-    const bytes = await gather(
-      started.call,
-      MAX_READ_GATHER,
-      () =>
-        new RoostError('RESOURCE_EXHAUSTED', `${started.what}: the file is larger than ${MAX_READ_GATHER >> 20} MiB; read it with format 'stream'`, {
-          details: { path },
-        }),
+    if (format === 'stream') return this.#stream(started, limit, path);
+    const bytes = await gather(started.call, Math.min(MAX_READ_GATHER, limit), () =>
+      limit < MAX_READ_GATHER
+        ? readLimitError(started.what, limit, 'maxBytes', path)
+        : new RoostError('RESOURCE_EXHAUSTED', `${started.what}: the file is larger than ${MAX_READ_GATHER >> 20} MiB; read it with format 'stream'`, {
+            details: { path },
+          }),
     );
     return format === 'text' ? bytes.toString('utf8') : bytes;
   }
@@ -211,11 +217,21 @@ export class Files implements FilesApi {
     return watch.attach(started.call);
   }
 
-  /** A tar stream (POSIX pax) of a file or directory, entries named `basename(path)/...`; read as it is consumed, like `read` with format 'stream'. */
-  async readArchive(path: string, options: FileOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+  /**
+   * A tar stream (POSIX pax) of a file or directory, entries named
+   * `basename(path)/...`; read as it is consumed, like `read` with format
+   * 'stream', and bounded the same way (`maxBytes` of archive).
+   */
+  async readArchive(path: string, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
     path = checkPath(path, 'path');
-    const opts = parseInput(FileOptionsSchema, options, 'readArchive options');
-    return this.#stream(await this.#start('archive', [path], opts, { window: STREAM_WINDOW }));
+    const opts = parseInput(ReadArchiveOptionsSchema, options, 'readArchive options');
+    const limit = this.#limit(opts.maxBytes);
+    return this.#stream(await this.#start('archive', [path], opts, { window: STREAM_WINDOW }), limit, path);
+  }
+
+  /** The bound of one read: the caller's, else the sandbox's (its disk size), else none. */
+  #limit(maxBytes: number | undefined): number {
+    return maxBytes ?? this.defaults().maxBytes ?? Infinity;
   }
 
   /** Extracts a tar stream into a directory (created, with parents, if missing), streamed under the agent's credit; as root, owners are kept. */
@@ -249,11 +265,17 @@ export class Files implements FilesApi {
     return { call, conn, what };
   }
 
-  /** A byte stream of a call, once it has shown data or ended: an error before the first byte rejects here. */
-  async #stream({ call }: { call: Call }): Promise<AsyncIterable<Uint8Array>> {
+  /**
+   * A byte stream of a call, once it has shown data or ended: an error
+   * before the first byte rejects here. More than `limit` bytes end it with
+   * RESOURCE_EXHAUSTED and stop the call.
+   */
+  async #stream({ call, what }: { call: Call; what: string }, limit: number, path: string): Promise<AsyncIterable<Uint8Array>> {
     await call.firstOutput;
     // Data came first: a later failure ends the stream instead.
     if (call.settled && !call.sawOutput) await call.done;
-    return call.stdout;
+    if (limit === Infinity) return call.stdout;
+    // Leaving the inner iterator (the throw) ends the call in the guest.
+    return limitBytes(call.stdout, limit, () => readLimitError(what, limit, 'maxBytes', path));
   }
 }

@@ -8,6 +8,8 @@ export { HomeLock, type HomeOwner } from './state/lock.js';
 export { EventLog } from './state/events.js';
 export { Settings } from './state/settings.js';
 export { stateDb, closeStateDbs, SCHEMA_VERSION } from './state/db.js';
+export { sweepTempFiles, tempOwner } from './state/sweep.js';
+export { secureHome } from './state/private.js';
 export { processUsage, type ProcessUsage } from './proc.js';
 export { StoreImages, imageInfoBody } from './image/images-api.js';
 export { BlobStore } from './image/blobs.js';

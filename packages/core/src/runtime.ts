@@ -35,6 +35,8 @@ import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
 import type { Vmm } from './vmm/types.js';
+import { secureHome } from './state/private.js';
+import { sweepTempFiles } from './state/sweep.js';
 
 /** Options of `Runtime.open`. */
 export interface RuntimeOptions {
@@ -424,6 +426,8 @@ export class Runtime implements RuntimeApi {
     this.#log.prune();
     await this.#volumes.sweep();
     await this.#snapshotStore.sweep();
+    secureHome(this.home);
+    await sweepTempFiles(this.home);
   }
 }
 

@@ -86,7 +86,11 @@ export class Sandbox implements SandboxApi {
       commandHooks(record, services.counters),
     );
     // File operations run as the sandbox's user, like commands, but are not commands: no exec events or counts.
-    this.files = new Files(connection, () => (record.info.user ? { user: record.info.user } : {}));
+    // Reads bring at most the disk's size to the host unless the caller says more (a sparse file can claim any size).
+    this.files = new Files(connection, () => ({
+      ...(record.info.user ? { user: record.info.user } : {}),
+      ...(record.info.diskSizeMiB > 0 ? { maxBytes: record.info.diskSizeMiB * 2 ** 20 } : {}),
+    }));
     this.ports = {
       add: async (spec) => {
         this.#checkNotRemoved();

@@ -2,6 +2,7 @@ import {
   FileQuerySchema,
   ListQuerySchema,
   MakeDirRequestSchema,
+  ReadQuerySchema,
   RecursiveQuerySchema,
   RenameRequestSchema,
   StatQuerySchema,
@@ -45,6 +46,10 @@ function fileQuery<S extends z.ZodType>(c: Context, schema: S): z.output<S> {
 
 function userOf(q: { user?: string | number | undefined }): Pick<FileOptions, 'user'> {
   return q.user === undefined ? {} : { user: q.user };
+}
+
+function limitOf(q: { maxBytes?: number | undefined }): { maxBytes?: number } {
+  return q.maxBytes === undefined ? {} : { maxBytes: q.maxBytes };
 }
 
 /** The request body as an async iterable, read as it is consumed. */
@@ -117,9 +122,9 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
   };
 
   app.get('/v1/sandboxes/:id/files/content', async (c) => {
-    const q = fileQuery(c, FileQuerySchema);
+    const q = fileQuery(c, ReadQuerySchema);
     const sandbox = await sandboxOf(c);
-    return sendStream(c, 'application/octet-stream', (signal) => sandbox.files.read(q.path, { format: 'stream', ...userOf(q), signal }));
+    return sendStream(c, 'application/octet-stream', (signal) => sandbox.files.read(q.path, { format: 'stream', ...userOf(q), ...limitOf(q), signal }));
   });
 
   app.put('/v1/sandboxes/:id/files/content', async (c) => {
@@ -208,9 +213,9 @@ export function fileRoutes(app: RoostHono, ctx: RouteContext): void {
   });
 
   app.get('/v1/sandboxes/:id/files/archive', async (c) => {
-    const q = fileQuery(c, FileQuerySchema);
+    const q = fileQuery(c, ReadQuerySchema);
     const sandbox = await sandboxOf(c);
-    return sendStream(c, 'application/x-tar', (signal) => sandbox.files.readArchive(q.path, { ...userOf(q), signal }));
+    return sendStream(c, 'application/x-tar', (signal) => sandbox.files.readArchive(q.path, { ...userOf(q), ...limitOf(q), signal }));
   });
 
   app.put('/v1/sandboxes/:id/files/archive', async (c) => {

@@ -55,11 +55,11 @@ export class BlobStore {
     const { algorithm } = parseDigest(digest);
     if (!Number.isSafeInteger(size) || size < 0) throw new RoostError('INVALID_ARGUMENT', `blob size ${size} is not a byte count`);
     const final = this.path(digest);
-    await mkdir(join(this.dir, algorithm), { recursive: true });
+    await mkdir(join(this.dir, algorithm), { recursive: true, mode: 0o700 });
     const tmp = join(this.dir, algorithm, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     const hash = createHash(algorithm);
     let received = 0;
-    const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
     let writing: Promise<unknown> = Promise.resolve();
     try {
       try {

@@ -46,8 +46,8 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
   const { blobs, layers, diffIds, out, scratch, signal } = options;
   const started = Date.now();
   if (layers.length !== diffIds.length) throw new RoostError('IMAGE', `the image has ${layers.length} layers but ${diffIds.length} diff_ids`);
-  await mkdir(scratch, { recursive: true });
-  await mkdir(dirname(out), { recursive: true });
+  await mkdir(scratch, { recursive: true, mode: 0o700 });
+  await mkdir(dirname(out), { recursive: true, mode: 0o700 });
   const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
   const tree = join(scratch, `tree-${tag}`);
   const tmpOut = `${out}.tmp-${tag}`;

@@ -1,4 +1,4 @@
-import { access, copyFile, mkdir } from 'node:fs/promises';
+import { access, chmod, copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sleep } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
@@ -11,6 +11,7 @@ import { AgentLink } from './agent-link.js';
 import type { SandboxNetwork } from './network.js';
 import type { SandboxRecord } from './record.js';
 import { mountVolumes } from './volumes.js';
+import { PRIVATE_DIR, PRIVATE_FILE } from '../state/private.js';
 
 /** What booting a sandbox's VM needs, and how it hands the running VM over. */
 export interface BootContext {
@@ -56,12 +57,13 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
   let vm: VmHandle | null = null;
   try {
     if (signal.aborted) throw abortError(signal, 'sandbox creation');
-    await mkdir(dir, { recursive: true });
+    await mkdir(dir, { recursive: true, mode: PRIVATE_DIR });
     const disk = join(dir, 'disk.qcow2');
     const snapshotDir = req.restore ? ctx.snapshotDir(req.restore.id) : null;
     if (snapshotDir) {
       // An empty layer over the snapshot's disk, made once with the snapshot.
       await copyFile(join(snapshotDir, SNAPSHOT_FILES.overlay), disk);
+      await chmod(disk, PRIVATE_FILE);
     } else if (!(await exists(disk))) {
       await ctx.vmm.createDisk(disk, info.diskSizeMiB, { cache: ctx.cacheDir, signal });
     }

@@ -18,6 +18,7 @@ import type { SandboxRecords } from '../state/sandboxes.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { DEFAULT_DISK_MIB, type Vmm } from '../vmm/types.js';
 import { checkVolumeCount, resolveVolumes } from './volumes.js';
+import { PRIVATE_DIR } from '../state/private.js';
 
 /** Options of `Sandbox.create` / `runtime.create`. */
 export interface SandboxOptions {
@@ -343,7 +344,7 @@ export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: s
 async function makeSandboxDir(deps: Pick<PlanDeps, 'layout' | 'network'>, info: SandboxInfo, bridge: BridgeNetwork | null): Promise<void> {
   if (bridge) Object.assign(info.network!, bridge.lease(info.id));
   try {
-    await mkdir(deps.layout.sandbox(info.id), { recursive: true });
+    await mkdir(deps.layout.sandbox(info.id), { recursive: true, mode: PRIVATE_DIR });
   } catch (e) {
     if (bridge) deps.network.releaseLease(info.id);
     throw e;

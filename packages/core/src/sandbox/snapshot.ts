@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
@@ -11,6 +11,7 @@ import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, ty
 import type { EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import type { SavedMemory, Vmm, VmHandle } from '../vmm/types.js';
+import { PRIVATE_DIR, PRIVATE_FILE } from '../state/private.js';
 
 /** What taking a snapshot needs: the stores it writes, the VMM's disk tools, and the source sandbox's VM and agent. */
 export interface SnapshotContext {
@@ -120,8 +121,9 @@ export async function takeSnapshot(
   const rootfs = info.image ? await ctx.images.rootfs(info.image.id, { signal }) : assets.rootfs;
   const rootfsSize = (await stat(rootfs)).size;
   const id = store.newId();
-  const tmp = join(ctx.snapshotsDir, `.tmp-${id}`);
-  await mkdir(tmp, { recursive: true });
+  // Named with our pid: a temp dir whose process died is swept (state/sweep.ts), a live one's is not.
+  const tmp = join(ctx.snapshotsDir, `.tmp-${process.pid}-${id}`);
+  await mkdir(tmp, { recursive: true, mode: PRIVATE_DIR });
   try {
     const conn = await ctx.connection();
     const wasPaused = info.status === 'paused';
@@ -207,7 +209,9 @@ export async function takeSnapshot(
         },
       },
     };
-    await writeFile(join(tmp, SNAPSHOT_FILES.manifest), JSON.stringify(rec.manifest, null, 2) + '\n');
+    // QEMU and qemu-img made some of these files: private whatever their umask.
+    for (const f of await readdir(tmp)) await chmod(join(tmp, f), PRIVATE_FILE);
+    await writeFile(join(tmp, SNAPSHOT_FILES.manifest), JSON.stringify(rec.manifest, null, 2) + '\n', { mode: PRIVATE_FILE });
     await rename(tmp, store.dir(id));
     store.markVerified(id, await store.identity(id));
     ctx.records.db.transaction(() => {

@@ -7,6 +7,8 @@ import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
 import { hashFile, ramChecksum } from './memory.js';
+import { isAlive } from '../proc.js';
+import { tempOwner } from '../state/sweep.js';
 
 /** The snapshot directory's layout version; a snapshot of another format is refused. */
 export const SNAPSHOT_FORMAT = 1;
@@ -206,6 +208,9 @@ export class SnapshotStore {
     for (const n of names) {
       const id = n.startsWith('.tmp-') ? null : n;
       if (id && this.#db.prepare('SELECT 1 FROM snapshots WHERE id = ?').get(id)) continue;
+      // A snapshot being written by a live process (`.tmp-<pid>-<id>`) is not a leftover.
+      const writer = id ? null : tempOwner(n);
+      if (writer !== null && (writer === process.pid || isAlive(writer))) continue;
       await rm(join(this.#layout.snapshots, n), { recursive: true, force: true });
     }
   }

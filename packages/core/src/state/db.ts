@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
+import { chmodIfThere, PRIVATE_DIR, PRIVATE_FILE } from './private.js';
 
 /**
  * Numbered schema migrations, applied in order inside one transaction each;
@@ -130,7 +131,7 @@ export function stateDb(home: string): Database.Database {
   const path = join(home, 'roost.db');
   const existing = open.get(path);
   if (existing?.open) return existing;
-  mkdirSync(dirname(path), { recursive: true });
+  mkdirSync(dirname(path), { recursive: true, mode: PRIVATE_DIR });
   let db: Database.Database;
   try {
     db = new Database(path, { timeout: 10_000 });
@@ -138,6 +139,8 @@ export function stateDb(home: string): Database.Database {
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
     migrate(db);
+    // Private whatever the umask; SQLite makes -wal and -shm with the database file's mode.
+    for (const f of [path, `${path}-wal`, `${path}-shm`]) chmodIfThere(f, PRIVATE_FILE);
   } catch (e) {
     if (e instanceof RoostError) throw e;
     throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });

@@ -1,9 +1,10 @@
-import { readFileSync, rmSync, writeFileSync, renameSync, mkdirSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
 import { isAlive } from '../proc.js';
+import { chmodIfThere, mkdirPrivate, PRIVATE_FILE } from './private.js';
 
 /** Who holds a Roost home, as its owner file says. */
 export interface HomeOwner {
@@ -35,7 +36,7 @@ export class HomeLock {
 
   /** Takes the lock of `home`, or throws UNAVAILABLE naming the current owner. */
   static acquire(home: string, owner: string): HomeLock {
-    mkdirSync(home, { recursive: true });
+    mkdirPrivate(home);
     const path = join(home, 'roost.lock');
     const ownerFile = join(home, 'roost.owner.json');
     let db: Database.Database;
@@ -46,6 +47,7 @@ export class HomeLock {
         db.pragma('locking_mode = EXCLUSIVE');
         // The first write takes the EXCLUSIVE lock; in this locking mode it is kept until close.
         db.exec('BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS lock (x); COMMIT;');
+        chmodIfThere(path, PRIVATE_FILE);
         break;
       } catch (e) {
         db.close();
@@ -70,7 +72,7 @@ export class HomeLock {
     }
     const info: HomeOwner = { pid: process.pid, owner, since: new Date().toISOString(), hostname: hostname() };
     const tmp = `${ownerFile}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(info) + '\n');
+    writeFileSync(tmp, JSON.stringify(info) + '\n', { mode: PRIVATE_FILE });
     renameSync(tmp, ownerFile);
     return new HomeLock(db, ownerFile);
   }

@@ -1,5 +1,5 @@
 import { appendFileSync } from 'node:fs';
-import { rm, truncate, writeFile } from 'node:fs/promises';
+import { chmod, rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
@@ -63,11 +63,11 @@ export class FakeVmm implements Vmm {
 
   /** A small file standing for the disk (a real one is a qcow2 of a few hundred KiB: nothing reads this one as a disk). */
   async createDisk(path: string, sizeMiB: number): Promise<void> {
-    await writeFile(path, `fake disk of ${sizeMiB} MiB\n`);
+    await writeFile(path, `fake disk of ${sizeMiB} MiB\n`, { mode: 0o600 });
   }
 
   async createOverlay(base: string, path: string): Promise<void> {
-    await writeFile(path, `overlay of ${base}\n`);
+    await writeFile(path, `overlay of ${base}\n`, { mode: 0o600 });
   }
 
   async start(config: VmConfig): Promise<VmHandle> {
@@ -121,9 +121,10 @@ export class FakeVm implements VmHandle {
 
   /** Starts the fake agent (or, for `exit`, dies at once). */
   async boot(): Promise<void> {
-    appendFileSync(this.paths.consoleLog, `fake kernel: booting ${this.config.id}${this.config.restore ? ' (restore)' : ''}\n`);
+    // Private as QEMU's (started with umask 077) and its log keeper's files.
+    appendFileSync(this.paths.consoleLog, `fake kernel: booting ${this.config.id}${this.config.restore ? ' (restore)' : ''}\n`, { mode: 0o600 });
     // The guest's RAM: a sparse file with one page written, read back by saveState.
-    await writeFile(this.#ram, 'fake guest memory\n');
+    await writeFile(this.#ram, 'fake guest memory\n', { mode: 0o600 });
     await truncate(this.#ram, this.config.memoryMiB * 2 ** 20);
     if (this.guest === 'exit') {
       appendFileSync(this.paths.consoleLog, 'fake kernel: panic\n');
@@ -136,6 +137,7 @@ export class FakeVm implements VmHandle {
       this.#server!.once('error', reject);
       this.#server!.listen(this.paths.agentSocket, () => resolve());
     });
+    await chmod(this.paths.agentSocket, 0o600);
     this.#server.unref();
   }
 
@@ -167,7 +169,7 @@ export class FakeVm implements VmHandle {
     if (this.state !== 'paused') throw new RoostError('VMM', 'fake VMM: the state of a running VM cannot be saved');
     if (options.signal?.aborted) throw new RoostError('ABORTED', 'fake VMM: save aborted');
     this.calls.push('saveState');
-    await writeFile(target.devices, `fake device state of ${this.config.id}\n`);
+    await writeFile(target.devices, `fake device state of ${this.config.id}\n`, { mode: 0o600 });
     return saveRam({ kind: 'file', path: this.#ram }, target.memoryBytes, target.memory);
   }
 

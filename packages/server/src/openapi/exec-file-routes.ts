@@ -34,6 +34,13 @@ const userQuery: Param = {
   description: "Act as this user: a name, a uid, `uid:gid` or `name:group` (default: the sandbox's user).",
   schema: { type: 'string', minLength: 1 },
 };
+const maxBytesQuery: Param = {
+  name: 'maxBytes',
+  in: 'query',
+  description:
+    "The most bytes the guest may send (default: the sandbox's disk size). More is `RESOURCE_EXHAUSTED`: before the first byte an error response, after it the error trailer.",
+  schema: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+};
 const FILE_ERRORS = [400, 403, 404, 409, 429, 502];
 const TRAILER_NOTE =
   'Errors before the first byte are ordinary error responses. A failure after it, for a client that sent `TE: trailers`, ends the body with the `Roost-Error` trailer ' +
@@ -97,7 +104,7 @@ export const EXEC_AND_FILE_ROUTES: readonly Route[] = [
     tag: 'files',
     summary: 'Read a file',
     description: `The file's bytes, streamed as the client reads them (a slow client slows the read in the guest). ${TRAILER_NOTE}`,
-    params: [idParam, pathQuery('The file (a guest path; relative to `/`).'), userQuery],
+    params: [idParam, pathQuery('The file (a guest path; relative to `/`).'), userQuery, maxBytesQuery],
     ok: { 200: { description: 'The contents.', bodies: [{ binary: 'application/octet-stream' }] } },
     errors: FILE_ERRORS,
   },
@@ -225,7 +232,7 @@ export const EXEC_AND_FILE_ROUTES: readonly Route[] = [
     tag: 'files',
     summary: 'A tar stream of a file or directory',
     description: `POSIX pax, entries named \`basename(path)/...\`; symlinks stored as links. ${TRAILER_NOTE}`,
-    params: [idParam, pathQuery('The file or directory.'), userQuery],
+    params: [idParam, pathQuery('The file or directory.'), userQuery, maxBytesQuery],
     ok: { 200: { description: 'The archive.', bodies: [{ binary: 'application/x-tar' }] } },
     errors: FILE_ERRORS,
   },

@@ -37,10 +37,10 @@ async function diskTemplate(cache: string, sizeMiB: number, signal?: AbortSignal
   const dir = join(cache, 'disks');
   const template = join(dir, `ext4-${sizeMiB}m.raw`);
   if (await stat(template).catch(() => null)) return template;
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   try {
-    await writeFile(tmp, '');
+    await writeFile(tmp, '', { mode: 0o600 });
     await truncate(tmp, sizeMiB * 2 ** 20);
     // No reserved blocks (the guest's root is the only user); inode tables and
     // the journal are left uninitialized so the template stays sparse. The guest

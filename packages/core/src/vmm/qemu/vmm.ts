@@ -1,9 +1,10 @@
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { RoostError } from '../../errors.js';
+import { privateSpawn } from '../../state/private.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
 import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmStateTarget } from '../types.js';
@@ -91,7 +92,10 @@ export class QemuVmm implements Vmm {
     try {
       if (config.restore) stateFd = openSync(config.restore.state, 'r');
       // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      child = spawn(cmd, argv, { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'], detached: true });
+      // With a umask of 077 (its sockets and saved device state are private), unless it shares
+      // directories (volumes): files the guest makes there keep the modes documented in docs/files.md.
+      const options = { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'], detached: true } satisfies SpawnOptions;
+      child = config.shares?.length ? spawn(cmd, argv, options) : privateSpawn(cmd, argv, options);
     } catch (e) {
       consoleKeeper.kill();
       vmmKeeper.kill();
@@ -145,7 +149,7 @@ interface LogKeeper {
  * bytes of it, and discards the rest. It outlives this Node process with a detached VM.
  */
 function startLogKeeper(path: string, limit: number): LogKeeper {
-  const out = openSync(path, 'a');
+  const out = openSync(path, 'a', 0o600);
   try {
     // cat copies each read at once (head and dd wait to fill their buffers);
     // RLIMIT_FSIZE stops it at the limit (SIGXFSZ ignored, so the write fails
