@@ -7,7 +7,7 @@ import type { Assets } from '../assets.js';
 import { abortError, RoostError } from '../errors.js';
 import type { ImageStore } from '../image/store.js';
 import { copyHashed } from '../snapshot/memory.js';
-import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
+import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, writeSnapshotWitness, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
 import type { EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import type { SavedMemory, Vmm, VmHandle } from '../vmm/types.js';
@@ -208,6 +208,7 @@ export async function takeSnapshot(
       },
     };
     await writeFile(join(tmp, SNAPSHOT_FILES.manifest), JSON.stringify(rec.manifest, null, 2) + '\n');
+    writeSnapshotWitness(tmp, rec);
     await rename(tmp, store.dir(id));
     store.markVerified(id, await store.identity(id));
     ctx.records.db.transaction(() => {
