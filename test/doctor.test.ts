@@ -1,8 +1,10 @@
-import { existsSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { DoctorReport, SandboxInfo } from '@roost/api';
+import { serve } from '@roost/server';
+import { ApiClient } from './api-client.js';
 import { alive, eventually, runRoost, TestHome, type CliResult } from './helpers.js';
 
 // A damaged roost.db beside a running detached sandbox, through the CLI and real QEMU:
@@ -83,8 +85,10 @@ describe('roost doctor', () => {
     expect(existsSync(dir)).toBe(false);
   });
 
-  it('moves a database of garbage bytes aside, and re-adopts the VM it had forgotten', async () => {
+  it('moves a database of garbage bytes aside, and re-adopts from its QEMU process a VM that lost its witness too', async () => {
     const { id, pid } = await runDetached();
+    const before = (await ps()).find((s) => s.id === id)!;
+    rmSync(join(home.root, 'sandboxes', id, 'record.json'));
     writeFileSync(dbFile(), Buffer.alloc(32 * 1024, 'this is no database. '));
     expectRefused(await roost(['ps']));
     const repair = await roost(['doctor', '--repair']);
@@ -92,7 +96,17 @@ describe('roost doctor', () => {
     expect(repair.stdout).toContain('database not-a-database');
     const moved = readdirSync(home.root).filter((f) => f.startsWith('roost.db.broken-') && f.endsWith('Z'));
     expect(moved.some((f) => readFileSync(join(home.root, f), 'utf8').startsWith('this is no database'))).toBe(true);
-    expect((await ps()).find((s) => s.id === id)).toMatchObject({ status: 'running', pid });
+    expect(repair.stdout).toContain(`VM process ${pid} runs in`);
+    // What its command line says: resources and accelerator; the rest was only in the record.
+    expect((await ps()).find((s) => s.id === id)).toMatchObject({
+      status: 'running',
+      pid,
+      detached: true,
+      cpus: before.cpus,
+      memoryMiB: before.memoryMiB,
+      diskSizeMiB: before.diskSizeMiB,
+      accel: before.accel,
+    });
     expect(await roost(['exec', id, '--', 'true'])).toMatchObject({ code: 0 });
     expect(await roost(['rm', '-f', id])).toMatchObject({ code: 0 });
     await eventually(() => !alive(pid), 10_000, 'the VM to exit');
@@ -115,5 +129,32 @@ describe('roost doctor', () => {
     expect(kept.prepare('SELECT owner FROM accounts').get()).toEqual({ owner: 'someone' });
     kept.close();
     expect(await ps()).toEqual([]);
+  });
+
+  it('goes through the daemon that owns the home (POST /v1/doctor), and moves what nothing describes to lost+found', async () => {
+    const daemon = await serve({ home: home.root });
+    try {
+      const api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
+      const clean = await api.post<DoctorReport>('/v1/doctor');
+      expect(clean).toMatchObject({ status: 200, body: { ok: true, findings: [], database: { condition: 'ok' } } });
+      expect((await api.post('/v1/doctor', { repair: 'yes' })).status).toBe(400);
+
+      // A directory nothing describes (no record, no witness, no VM): reported, then moved to lost+found.
+      const stray = join(home.root, 'sandboxes', '0123456789ab');
+      mkdirSync(stray, { recursive: true });
+      writeFileSync(join(stray, 'notes.txt'), 'left by hand');
+      // Left alone for a while: beside a running runtime, a fresh one may be a create or remove in progress.
+      const past = new Date(Date.now() - 5 * 60_000);
+      utimesSync(stray, past, past);
+      const check = await roost(['doctor']);
+      expect(check.code).toBe(1);
+      expect(check.stdout).toContain('dir-without-record');
+      const repaired = await api.post<DoctorReport>('/v1/doctor', { repair: true });
+      expect(repaired.body).toMatchObject({ ok: true, findings: [{ kind: 'dir-without-record', id: '0123456789ab', repaired: true }] });
+      expect(readFileSync(join(home.root, 'lost+found', 'sandboxes', '0123456789ab', 'notes.txt'), 'utf8')).toBe('left by hand');
+      expect((await roost(['doctor'])).stdout).toContain('nothing to repair');
+    } finally {
+      await daemon.close();
+    }
   });
 });

@@ -1,6 +1,16 @@
 import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { daemonSocketPath, isRoostError, RoostError, type DoctorOptions, type DoctorReport, type ImagesApi, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
+import {
+  daemonSocketPath,
+  isRoostError,
+  RoostError,
+  type DoctorOptions,
+  type DoctorReport,
+  type ImagesApi,
+  type RuntimeApi,
+  type SandboxApi,
+  type VolumesApi,
+} from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
 import { StoreImages } from '@roost/core/internal';

@@ -354,7 +354,11 @@ export async function main(argv: string[]): Promise<number> {
   addSnapshotCommands(program, withFace);
   addPortCommands(program, withFace);
   addServeCommand(program);
-  addDoctorCommand(program, (o) => runDoctor({ ...hostOption(), ...o }), (code) => (exitCode = code));
+  addDoctorCommand(
+    program,
+    (o) => runDoctor({ ...hostOption(), ...o }),
+    (code) => (exitCode = code),
+  );
 
   try {
     await program.parseAsync(argv);

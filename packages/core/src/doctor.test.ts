@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -205,6 +205,23 @@ describe('recovery at open', () => {
     const sb = await rt.get(id);
     expect(sb.status).toBe('running');
     expect(await sb.ping()).toBeGreaterThanOrEqual(0);
+  });
+
+  it('beside a running runtime, moves only directories left alone for a while', async () => {
+    const rt = await open();
+    const fresh = join(home, 'sandboxes', '0123456789ab');
+    const old = join(home, 'sandboxes', '0123456789ac');
+    await mkdir(fresh, { recursive: true });
+    await mkdir(old, { recursive: true });
+    const past = new Date(Date.now() - 5 * 60_000);
+    utimesSync(old, past, past);
+    const report = await rt.doctor({ repair: true });
+    expect(report.findings.map((f) => [f.id, f.repaired])).toEqual([
+      ['0123456789ab', false],
+      ['0123456789ac', true],
+    ]);
+    expect(existsSync(fresh)).toBe(true);
+    expect(existsSync(join(home, 'lost+found', 'sandboxes', '0123456789ac'))).toBe(true);
   });
 
   it('re-records a snapshot whose row is gone from its witness', async () => {

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { VolumeNameSchema, type DatabaseCondition, type DoctorFinding, type DoctorReport, type SandboxInfo } from '@roost/api';
@@ -41,6 +41,13 @@ export interface DoctorContext {
    */
   owned?: (id: string) => boolean;
 }
+
+/**
+ * How long a directory nothing describes must have been left alone before
+ * a doctor beside a running runtime moves it: younger, it may be a sandbox
+ * being created, or one being removed.
+ */
+export const QUIET_MS = 60_000;
 
 /** What `examineHome` found, and the sandboxes whose records it wrote (a runtime adopts them). */
 export interface Examination {
@@ -86,7 +93,12 @@ export async function examineHome(ctx: DoctorContext, repair: boolean): Promise<
     if (witness) {
       const info = vm ? adopted(witness, vm) : settled(witness);
       const runs = vm ? `, and its VM runs (pid ${vm.pid})` : '';
-      note({ kind: 'dir-without-record', id, path, message: `sandbox ${id} has no record; its witness says ${witness.status}${runs}: ${todo(`recorded again as ${info.status}`, 'records it again')}` });
+      note({
+        kind: 'dir-without-record',
+        id,
+        path,
+        message: `sandbox ${id} has no record; its witness says ${witness.status}${runs}: ${todo(`recorded again as ${info.status}`, 'records it again')}`,
+      });
       if (repair) write(info, 'witness');
     } else if (vm) {
       const message = `VM process ${vm.pid} runs in ${path}, which has neither record nor witness: ${todo('re-adopted as a detached sandbox (its image, env, labels and network are not known)', 're-adopts it as a detached sandbox')}`;
@@ -94,8 +106,21 @@ export async function examineHome(ctx: DoctorContext, repair: boolean): Promise<
       if (repair) write(fromProcess(id, vm), 'process');
     } else {
       const to = lostAndFound(layout, 'sandboxes', id);
-      note({ kind: 'dir-without-record', id, path, message: `sandbox directory ${path} has neither record nor witness, and no VM runs in it: ${todo(`moved to ${to}`, `moves it to ${to}`)}` });
-      if (repair) moveTo(path, to);
+      const what = `sandbox directory ${path} has neither record nor witness, and no VM runs in it`;
+      if (ctx.owned && !quiet(path)) {
+        note(
+          {
+            kind: 'dir-without-record',
+            id,
+            path,
+            message: `${what}, but it changed in the last minute (a create or remove in progress?): run doctor again later`,
+          },
+          false,
+        );
+      } else {
+        note({ kind: 'dir-without-record', id, path, message: `${what}: ${todo(`moved to ${to}`, `moves it to ${to}`)}` });
+        if (repair) moveTo(path, to);
+      }
     }
   }
 
@@ -109,7 +134,11 @@ export async function examineHome(ctx: DoctorContext, repair: boolean): Promise<
       continue;
     }
     if (!isLive(rec.status)) {
-      note({ kind: 'status-mismatch', id, message: `sandbox ${id} is recorded ${rec.status}, but its VM runs (pid ${vm.pid}): ${todo('re-adopted as running and detached', 're-adopts it')}` });
+      note({
+        kind: 'status-mismatch',
+        id,
+        message: `sandbox ${id} is recorded ${rec.status}, but its VM runs (pid ${vm.pid}): ${todo('re-adopted as running and detached', 're-adopts it')}`,
+      });
       if (repair) write(adopted(rec, vm), 'process');
     } else if (rec.pid !== vm.pid && !owned(id)) {
       note({ kind: 'status-mismatch', id, message: `sandbox ${id} records pid ${rec.pid}, but its VM is pid ${vm.pid}: ${todo('recorded', 'records it')}` });
@@ -122,7 +151,11 @@ export async function examineHome(ctx: DoctorContext, repair: boolean): Promise<
     for (const rec of records.values()) {
       if (!isLive(rec.status) || vms.has(rec.id) || owned(rec.id)) continue;
       const info = settled(rec);
-      note({ kind: 'status-mismatch', id: rec.id, message: `sandbox ${rec.id} is recorded ${rec.status}, but no VM of it runs: ${todo(`recorded ${info.status}`, `records it ${info.status}`)}` });
+      note({
+        kind: 'status-mismatch',
+        id: rec.id,
+        message: `sandbox ${rec.id} is recorded ${rec.status}, but no VM of it runs: ${todo(`recorded ${info.status}`, `records it ${info.status}`)}`,
+      });
       if (repair) write(info, 'doctor');
     }
   }
@@ -189,8 +222,17 @@ export async function doctorHome(options: HomeDoctorOptions = {}): Promise<Docto
         // Compared with an empty database: what a repair would record again.
         db = scratch = memoryStateDb();
       }
-      const done = fixable ? `moved to ${movedTo} (kept) and a new database made` : refused.condition === 'newer' ? 'upgrade Roost' : 'the checks below compare the home with an empty database';
-      findings.push({ kind: 'database', path: join(home, 'roost.db'), message: `${refused.error.message.split(': run `roost doctor`')[0]}: ${done}`, repaired: fixable });
+      const done = fixable
+        ? `moved to ${movedTo} (kept) and a new database made`
+        : refused.condition === 'newer'
+          ? 'upgrade Roost'
+          : 'the checks below compare the home with an empty database';
+      findings.push({
+        kind: 'database',
+        path: join(home, 'roost.db'),
+        message: `${refused.error.message.split(': run `roost doctor`')[0]}: ${done}`,
+        repaired: fixable,
+      });
     } else {
       db = stateDb(home);
     }
@@ -216,7 +258,14 @@ export async function doctorHome(options: HomeDoctorOptions = {}): Promise<Docto
 }
 
 /** A report from its parts: `ok` when nothing is left unrepaired. */
-export function report(home: string, repair: boolean, condition: DatabaseCondition, movedTo: string | undefined, vms: number, findings: DoctorFinding[]): DoctorReport {
+export function report(
+  home: string,
+  repair: boolean,
+  condition: DatabaseCondition,
+  movedTo: string | undefined,
+  vms: number,
+  findings: DoctorFinding[],
+): DoctorReport {
   return {
     home,
     repair,
@@ -285,6 +334,9 @@ function examineSnapshots(ctx: DoctorContext, repair: boolean): DoctorFinding[] 
       const message = `snapshot ${witness.name} (${id}) has no record: ${repair ? 'recorded again from its witness' : '`roost doctor --repair` records it again'}`;
       if (repair) ctx.snapshots.restoreFromWitness(id);
       findings.push({ kind: 'snapshot-without-record', id, path, message, repaired: repair });
+    } else if (ctx.owned && !quiet(path)) {
+      const message = `snapshot directory ${path} has neither record nor witness, but it changed in the last minute: run doctor again later`;
+      findings.push({ kind: 'snapshot-without-record', id, path, message, repaired: false });
     } else {
       const to = lostAndFound(ctx.layout, 'snapshots', id);
       const message = `snapshot directory ${path} has neither record nor witness: ${repair ? `moved to ${to}` : `\`roost doctor --repair\` moves it to ${to}`}`;
@@ -341,6 +393,15 @@ function lostAndFound(layout: HomeLayout, what: string, id: string): string {
 function moveTo(from: string, to: string): void {
   mkdirSync(join(to, '..'), { recursive: true, mode: 0o700 });
   renameSync(from, to);
+}
+
+/** True when a directory has not changed for QUIET_MS. */
+function quiet(path: string): boolean {
+  try {
+    return Date.now() - statSync(path).mtimeMs >= QUIET_MS;
+  } catch {
+    return false;
+  }
 }
 
 function list(dir: string): string[] {

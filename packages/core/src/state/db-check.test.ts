@@ -97,7 +97,9 @@ describe('stateDb refuses what it must not replace or misread', () => {
     const db = stateDb(home);
     db.pragma('user_version = 999');
     closeStateDbs();
-    expect(() => stateDb(home)).toThrow(expect.objectContaining({ code: 'INVALID_STATE', message: expect.stringContaining('upgrade Roost') as unknown }) as Error);
+    expect(() => stateDb(home)).toThrow(
+      expect.objectContaining({ code: 'INVALID_STATE', message: expect.stringContaining('upgrade Roost') as unknown }) as Error,
+    );
     expect(databaseRefusal(home)?.condition).toBe('newer');
   });
 

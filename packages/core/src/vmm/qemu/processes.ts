@@ -30,6 +30,8 @@ export function findQemuVms(root: string): FoundVm[] {
 
 /** The VM of process `pid` if it is a live QEMU whose sandbox directory is under `root`, else null. */
 export function qemuOf(pid: number, root: string): FoundVm | null {
+  // The executable first: one readlink per process, so a scan of every process stays cheap.
+  if (!isQemu(pid)) return null;
   let argv: string[];
   let stat: string;
   try {
@@ -38,7 +40,6 @@ export function qemuOf(pid: number, root: string): FoundVm | null {
   } catch {
     return null; // gone meanwhile
   }
-  if (!isQemu(pid, argv)) return null;
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   if (fields[0] === 'Z') return null; // exited, waits to be reaped
   const dir = agentDir(argv);
@@ -59,21 +60,18 @@ export function qemuOf(pid: number, root: string): FoundVm | null {
 }
 
 /** True when the process runs a QEMU system emulator (its executable, or its name when that cannot be read). */
-function isQemu(pid: number, argv: string[]): boolean {
-  let exe: string | null = null;
+function isQemu(pid: number): boolean {
   try {
-    exe = readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    exe = null;
+    return basename(readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '')).startsWith('qemu-system');
+  } catch (e) {
+    // Another user's process (EACCES), a kernel thread (ENOENT) or one gone: its name says, if anything.
+    if ((e as NodeJS.ErrnoException).code !== 'EACCES') return false;
   }
-  if (exe !== null) return basename(exe.replace(/ \(deleted\)$/, '')).startsWith('qemu-system');
-  let comm = '';
   try {
-    comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('qemu-system');
   } catch {
     return false;
   }
-  return comm.startsWith('qemu-system') && basename(argv[0] ?? '').startsWith('qemu-system');
 }
 
 /** The directory of the agent socket a QEMU command line serves (`socket,id=agent,path=<dir>/agent.sock,...`). */
