@@ -175,6 +175,16 @@ describe('databases that are not Roost', () => {
 });
 
 describe('recovery at open', () => {
+  it('writes the witness of a record that has none (a home from before witnesses)', async () => {
+    const { id } = await detachedSandbox();
+    rmSync(join(home, 'sandboxes', id, WITNESS_FILE));
+    await open();
+    expect(JSON.parse(readFileSync(join(home, 'sandboxes', id, WITNESS_FILE), 'utf8'))).toMatchObject({
+      kind: 'roost.sandbox',
+      record: { id, status: 'running' },
+    });
+  });
+
   it('records a directory again from its witness when its row is gone', async () => {
     const { id, pid } = await detachedSandbox();
     const db = new Database(dbFile());

@@ -467,6 +467,7 @@ export class Runtime implements RuntimeApi {
     }
     for (const info of this.#records.all()) {
       const sb = await this.#adopt(info.id);
+      if (sb) this.#witnesses.ensure(sb.info);
       if (sb && !isLive(sb.status)) {
         const dir = this.#layout.sandbox(sb.id);
         for (const f of await readdir(dir).catch(() => [] as string[])) if (f.endsWith('.sock')) await rm(join(dir, f), { force: true });

@@ -1,4 +1,4 @@
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxInfoSchema, type SandboxInfo } from '@roost/api';
 import type { HomeLayout } from '../home.js';
@@ -77,6 +77,11 @@ export class SandboxWitnesses {
     } catch {
       return false;
     }
+  }
+
+  /** Writes the witness of a record that has none (a sandbox of a Roost from before witnesses). */
+  ensure(info: SandboxInfo): void {
+    if (!existsSync(join(this.layout.sandbox(info.id), WITNESS_FILE)) && existsSync(this.layout.sandbox(info.id))) this.write(info);
   }
 
   /** The sandbox record a directory's witness holds, if it is readable and for that directory. */
