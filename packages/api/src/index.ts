@@ -19,3 +19,4 @@ export * from './wire.js';
 export * from './output-buffer.js';
 export * from './read-limit.js';
 export * from './command-args.js';
+export * from './doctor.js';

@@ -3,6 +3,7 @@ import type { ImagesApi, PullProgress } from './images.js';
 import type { SnapshotInfo, SnapshotsApi, TemplatesApi } from './snapshots.js';
 import { RoostError } from './errors.js';
 import type { NetworkStats, PortBinding, PortProtocol, PortSpec } from './network.js';
+import type { DoctorOptions, DoctorReport } from './doctor.js';
 import type { CreateSandboxRequest, ExecResult, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
@@ -169,6 +170,8 @@ export interface RuntimeApi extends AsyncDisposable {
   list(filter?: ListFilter): Promise<SandboxInfo[]>;
   /** Events after `after` (an event id), then live ones, until `signal` aborts. Concurrency: any number of readers, each sees every event. */
   events(options?: { after?: number; signal?: AbortSignal }): AsyncIterable<RoostEvent>;
+  /** Checks the home against the VM processes and files found, and with `repair` rebuilds what it safely can (see docs/recovery.md). Concurrency: one at a time per home; lifecycle calls may overlap. */
+  doctor(options?: DoctorOptions): Promise<DoctorReport>;
   /** Closes the runtime (embedded: non-detached sandboxes stop) or the connection. Concurrency: calls in flight end with ABORTED. */
   close(): Promise<void>;
 }

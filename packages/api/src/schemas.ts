@@ -285,6 +285,7 @@ export const EVENT_TYPES = [
   'port.added',
   'port.removed',
   'network.denied',
+  'sandbox.recovered',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

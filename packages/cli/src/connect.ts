@@ -1,6 +1,16 @@
 import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { daemonSocketPath, isRoostError, RoostError, type ImagesApi, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
+import {
+  daemonSocketPath,
+  isRoostError,
+  RoostError,
+  type DoctorOptions,
+  type DoctorReport,
+  type ImagesApi,
+  type RuntimeApi,
+  type SandboxApi,
+  type VolumesApi,
+} from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
 import { StoreImages } from '@roost/core/internal';
@@ -70,6 +80,23 @@ export async function connectVolumes(options: { host?: string; home?: string }):
   const client = await findDaemon(home, options.host);
   if (client) return { volumes: client.volumes, close: () => client.close() };
   return { volumes: new Volumes({ home }), close: async () => {} };
+}
+
+/**
+ * `roost doctor`: the daemon's when one owns the home (as `connect` finds
+ * it), else the offline doctor, which takes the home's lock but not its
+ * database, so it works where `Runtime.open` refuses the database.
+ */
+export async function runDoctor(options: { host?: string; home?: string } & DoctorOptions): Promise<DoctorReport> {
+  const home = roostHome(options.home);
+  const client = await findDaemon(home, options.host);
+  const repair = options.repair ?? false;
+  if (!client) return Runtime.doctor({ home, repair });
+  try {
+    return await client.doctor({ repair });
+  } finally {
+    await client.close();
+  }
 }
 
 /** The daemon to use: the given host, else the home's if one answers on its socket, else none. */

@@ -17,8 +17,9 @@ import {
   type SandboxStatus,
 } from '@roost/api';
 import { setup } from '@roost/core';
-import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, type Face, type WithFace, type WithImages } from './connect.js';
+import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, runDoctor, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
+import { addDoctorCommand } from './doctor.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
@@ -353,6 +354,11 @@ export async function main(argv: string[]): Promise<number> {
   addSnapshotCommands(program, withFace);
   addPortCommands(program, withFace);
   addServeCommand(program);
+  addDoctorCommand(
+    program,
+    (o) => runDoctor({ ...hostOption(), ...o }),
+    (code) => (exitCode = code),
+  );
 
   try {
     await program.parseAsync(argv);

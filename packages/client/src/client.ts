@@ -1,5 +1,6 @@
 import {
   CreateOptionsSchema,
+  DoctorRequestSchema,
   errorFromBody,
   isErrorObject,
   isRoostError,
@@ -7,6 +8,8 @@ import {
   RoostError,
   sleep,
   type CreateOptions,
+  type DoctorOptions,
+  type DoctorReport,
   type EventType,
   type ListFilter,
   type RoostEvent,
@@ -147,6 +150,15 @@ export class RoostClient implements RuntimeApi {
   async get(id: string): Promise<RemoteSandbox> {
     const info = await this.#transport.json<SandboxInfo>('GET', `/v1/sandboxes/${encodeURIComponent(id)}`);
     return new RemoteSandbox(this.#transport, info);
+  }
+
+  /**
+   * Checks the daemon's home against its VM processes and directories and,
+   * with `repair`, rebuilds what can be rebuilt safely (see docs/recovery.md).
+   */
+  async doctor(options: DoctorOptions = {}): Promise<DoctorReport> {
+    const body = parseInput(DoctorRequestSchema, options, 'doctor options');
+    return this.#transport.json<DoctorReport>('POST', '/v1/doctor', { json: body, timeoutMs: null, what: 'the doctor' });
   }
 
   /** Lists sandboxes, newest first. */

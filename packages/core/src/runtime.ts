@@ -1,7 +1,9 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type {
   CreateOptions,
+  DoctorOptions,
+  DoctorReport,
   EventType,
   ImagesApi,
   ListFilter,
@@ -15,6 +17,7 @@ import type {
 } from '@roost/api';
 import { matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
+import { doctorHome, examineHome, report, type HomeDoctorOptions } from './doctor.js';
 import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
@@ -28,6 +31,7 @@ import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
 import { SandboxRecords } from './state/sandboxes.js';
 import { Settings } from './state/settings.js';
+import { SandboxWitnesses } from './state/witness.js';
 import { Volumes } from './volumes.js';
 import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
@@ -95,6 +99,7 @@ export class Runtime implements RuntimeApi {
   readonly #layout: HomeLayout;
   readonly #lock: HomeLock;
   readonly #records: SandboxRecords;
+  readonly #witnesses: SandboxWitnesses;
   readonly #log: EventLog;
   readonly #images: ImageStore;
   readonly #volumes: Volumes;
@@ -121,6 +126,7 @@ export class Runtime implements RuntimeApi {
     this.#vmm = vmm;
     const db = stateDb(home);
     this.#records = new SandboxRecords(db);
+    this.#witnesses = new SandboxWitnesses(this.#layout);
     this.#log = new EventLog(db);
     this.settings = new Settings(db);
     this.#images = new ImageStore({ home });
@@ -324,6 +330,46 @@ export class Runtime implements RuntimeApi {
   }
 
   /**
+   * Checks the home against the VM processes and directories found and,
+   * with `repair`, rebuilds what it safely can (see docs/recovery.md): a VM
+   * without a record is re-adopted as a detached sandbox, never killed.
+   */
+  doctor(options: DoctorOptions = {}): Promise<DoctorReport> {
+    this.#checkOpen();
+    const run = this.#doctoring.then(async () => {
+      const repair = options.repair ?? false;
+      const result = await examineHome(
+        {
+          layout: this.#layout,
+          db: this.#records.db,
+          records: this.#records,
+          events: this.#log,
+          snapshots: this.#snapshotStore,
+          witnesses: this.#witnesses,
+          vmm: this.#vmm,
+          owned: (id) => this.#sandboxes.has(id),
+        },
+        repair,
+      );
+      for (const id of result.rewritten) await this.#adopt(id);
+      return report(this.home, repair, 'ok', undefined, result.vms, result.findings);
+    });
+    this.#doctoring = run.catch(() => {});
+    return run;
+  }
+  #doctoring: Promise<unknown> = Promise.resolve();
+
+  /**
+   * The doctor of a home no runtime has open: works when `Runtime.open`
+   * refuses its database (INVALID_STATE), and with `repair` moves that
+   * database aside (kept as `roost.db.broken-<time>`) and rebuilds the
+   * records from the sandbox and snapshot directories and live VMs.
+   */
+  static doctor(options: HomeDoctorOptions = {}): Promise<DoctorReport> {
+    return doctorHome(options);
+  }
+
+  /**
    * Closes the runtime: creations in flight are aborted, sandboxes that are
    * not detached are killed (detached ones keep running for the next
    * runtime), and the home's lock is released.
@@ -353,6 +399,7 @@ export class Runtime implements RuntimeApi {
       layout: this.#layout,
       records: this.#records,
       events: this.#log,
+      witnesses: this.#witnesses,
       counters: this.#counters,
       images: this.#images,
       volumes: this.#volumes,
@@ -391,32 +438,39 @@ export class Runtime implements RuntimeApi {
   }
 
   /**
-   * What a previous owner left: records of sandboxes from before SQLite
-   * (sandbox.json) are imported; each record is re-attached to its VM or
-   * recorded as exited; directories without a record and sockets of dead
-   * VMs are removed; old events are pruned.
+   * What a previous owner left: directories without a record are recorded
+   * again from their witness (or an older Roost's sandbox.json); each
+   * record is re-attached to its VM or recorded as exited; directories with
+   * neither record nor witness nor a live VM, and sockets of dead VMs, are
+   * removed; old events are pruned.
    */
   async #recover(): Promise<void> {
     const dirs = (await readdir(this.#layout.sandboxes).catch(() => [] as string[])).filter((d) => ID_PATTERN.test(d));
+    // Directories live VMs serve: never removed (null: the backend cannot tell, so none is).
+    const found = this.#vmm.findVms?.(this.#layout.sandboxes);
+    const vmDirs = found ? new Set(found.map((vm) => basename(vm.dir))) : null;
     for (const id of dirs) {
       if (this.#records.get(id)) continue;
-      const legacy = await readFile(join(this.#layout.sandbox(id), 'sandbox.json'), 'utf8').catch(() => null);
-      const info = legacy ? parseLegacyRecord(legacy, id) : null;
+      const witness = this.#witnesses.read(id);
+      const legacy = witness ? null : await readFile(join(this.#layout.sandbox(id), 'sandbox.json'), 'utf8').catch(() => null);
+      const info = witness ?? (legacy ? parseLegacyRecord(legacy, id) : null);
       if (info) {
-        this.#records.put(info);
-        await rm(join(this.#layout.sandbox(id), 'sandbox.json'), { force: true });
-      } else {
+        // A record lost (or never written after its witness): the witness brings it back, and the loop below reconciles it.
+        this.#records.db.transaction(() => {
+          this.#records.put(info);
+          this.#log.append('sandbox.recovered', { sandboxId: id, data: { from: witness ? 'witness' : 'sandbox.json', status: info.status, pid: info.pid } });
+        })();
+        if (legacy) await rm(join(this.#layout.sandbox(id), 'sandbox.json'), { force: true });
+      } else if (vmDirs && !vmDirs.has(id)) {
         // Made by a runtime that died between mkdir and its first record: nothing ran here.
         await rm(this.#layout.sandbox(id), { recursive: true, force: true });
       }
+      // Otherwise a VM runs there that nothing records: `roost doctor --repair` adopts it.
     }
-    const services = this.#services();
     for (const info of this.#records.all()) {
-      const sb = Sandbox._recover(services, info);
-      this.#sandboxes.set(sb.id, sb);
-      await sb._attachNetwork();
-      await sb._reconcile();
-      if (!isLive(sb.status)) {
+      const sb = await this.#adopt(info.id);
+      if (sb) this.#witnesses.ensure(sb.info);
+      if (sb && !isLive(sb.status)) {
         const dir = this.#layout.sandbox(sb.id);
         for (const f of await readdir(dir).catch(() => [] as string[])) if (f.endsWith('.sock')) await rm(join(dir, f), { force: true });
       }
@@ -428,6 +482,22 @@ export class Runtime implements RuntimeApi {
     await this.#snapshotStore.sweep();
     secureHome(this.home);
     await sweepTempFiles(this.home);
+  }
+
+  /**
+   * Makes the sandbox of a record this runtime's: attached to its VM, or
+   * recorded as gone (see `Sandbox._recover`). An object that held the
+   * record before (a doctor rewrote it) writes nothing more.
+   */
+  async #adopt(id: string): Promise<Sandbox | null> {
+    const info = this.#records.get(id);
+    if (!info) return null;
+    this.#sandboxes.get(id)?._supersede();
+    const sb = Sandbox._recover(this.#services(), info);
+    this.#sandboxes.set(sb.id, sb);
+    await sb._attachNetwork();
+    await sb._reconcile();
+    return sb;
   }
 }
 

@@ -167,6 +167,12 @@ export class Sandbox implements SandboxApi {
     return sb;
   }
 
+  /** @internal Another object now holds this sandbox's record (a doctor rewrote it): this one writes nothing more. */
+  _supersede(): void {
+    this.#record.markRemoved();
+    this.#link.close();
+  }
+
   /**
    * @internal After a recover: a VM recorded as running that a dead runtime
    * left stopped mid-snapshot is continued (see `reconcileVm`).

@@ -5,6 +5,7 @@ import { MAX_JSON_BODY, RoostError } from '@roost/api';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
+import { doctorRoutes } from './doctor.js';
 import { eventRoutes } from './events.js';
 import { execRoutes } from './exec.js';
 import { ExecRegistry } from './exec-registry.js';
@@ -159,6 +160,7 @@ export function createApp(options: AppOptions): RoostHono {
   snapshotRoutes(app, ctx);
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
+  doctorRoutes(app, ctx);
 
   app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));
   app.get('/metrics', async (c) => c.body(prometheusText(await options.runtime.metrics()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));

@@ -2,6 +2,7 @@ import type { EventType, SandboxInfo, SandboxStatus } from '@roost/api';
 import { RoostError } from '../errors.js';
 import type { EventInput, EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
+import { witnessWanted, type SandboxWitnesses } from '../state/witness.js';
 import type { CommandHooks } from '../commands.js';
 import type { RuntimeCounters } from './services.js';
 
@@ -37,10 +38,14 @@ export function isLive(status: SandboxStatus): boolean {
   return status === 'creating' || status === 'running' || status === 'paused' || status === 'stopping';
 }
 
-/** Where a record is written: the sandboxes table and the event log of one database. */
+/**
+ * Where a record is written: the sandboxes table and the event log of one
+ * database, and the witness copy in the sandbox's directory (absent: none).
+ */
 export interface RecordStore {
   readonly records: SandboxRecords;
   readonly events: EventLog;
+  readonly witnesses?: SandboxWitnesses;
 }
 
 /**
@@ -48,7 +53,9 @@ export interface RecordStore {
  * it: every change is written with its event in one transaction, before the
  * caller acts on it (a crash then leaves a record to recover from, not an
  * orphan). One runtime owns a home at a time, so this object is the only
- * writer of its row. Once removed, saves are ignored.
+ * writer of its row. Once removed, saves are ignored. After the database,
+ * each change but a hot one (an exec's count) rewrites the witness in the
+ * sandbox's directory (state/witness.ts), the record's second copy.
  */
 export class SandboxRecord {
   readonly id: string;
@@ -94,6 +101,7 @@ export class SandboxRecord {
       if (event) events.append(event, { ...input, sandboxId: this.id, ...(next.image ? { imageId: next.image.id } : {}) });
     })();
     this.#info = next;
+    if (witnessWanted(patch)) this.#store.witnesses?.write(next);
   }
 
   /**
@@ -149,6 +157,8 @@ export class SandboxRecord {
       also();
       events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
     })();
+    // The witness goes at once (the directory may take a while): nothing must bring the record back.
+    this.#store.witnesses?.remove(this.id);
   }
 }
 

@@ -6,6 +6,7 @@ import type { RuntimeNetwork } from '../net/runtime-network.js';
 import type { SnapshotStore } from '../snapshot/store.js';
 import type { EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
+import type { SandboxWitnesses } from '../state/witness.js';
 import type { Volumes } from '../volumes.js';
 import type { Vmm } from '../vmm/types.js';
 import type { SandboxOptions } from './plan.js';
@@ -29,6 +30,8 @@ export interface SandboxServices<S> {
   readonly layout: HomeLayout;
   readonly records: SandboxRecords;
   readonly events: EventLog;
+  /** The records' copies in the sandboxes' directories. */
+  readonly witnesses: SandboxWitnesses;
   readonly counters: RuntimeCounters;
   readonly images: ImageStore;
   readonly volumes: Volumes;

@@ -7,7 +7,7 @@ import type { Assets } from '../assets.js';
 import { abortError, RoostError } from '../errors.js';
 import type { ImageStore } from '../image/store.js';
 import { copyHashed } from '../snapshot/memory.js';
-import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
+import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, writeSnapshotWitness, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
 import type { EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import type { SavedMemory, Vmm, VmHandle } from '../vmm/types.js';
@@ -212,12 +212,18 @@ export async function takeSnapshot(
     // QEMU and qemu-img made some of these files: private whatever their umask.
     for (const f of await readdir(tmp)) await chmod(join(tmp, f), PRIVATE_FILE);
     await writeFile(join(tmp, SNAPSHOT_FILES.manifest), JSON.stringify(rec.manifest, null, 2) + '\n', { mode: PRIVATE_FILE });
+    writeSnapshotWitness(tmp, rec);
     await rename(tmp, store.dir(id));
-    store.markVerified(id, await store.identity(id));
+    // Recorded at once: a directory in place without its record is what a doctor records again from its witness.
     ctx.records.db.transaction(() => {
       store.insert(rec);
       ctx.events.append('snapshot.created', { sandboxId: info.id, data: { snapshot: name, snapshotId: id, kind, sizeBytes: rec.sizeBytes, frozen } });
     })();
+    // Only a cache of checked files: its failure fails nothing.
+    await store.identity(id).then(
+      (identity) => store.markVerified(id, identity),
+      () => {},
+    );
     return rec;
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });

@@ -6,6 +6,7 @@ import type { SnapshotInfo, SnapshotKind } from '@roost/api';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
+import { readWitness, removeWitness, writeWitness } from '../state/witness.js';
 import { hashFile, ramChecksum } from './memory.js';
 import { isAlive } from '../proc.js';
 import { tempOwner } from '../state/sweep.js';
@@ -46,6 +47,23 @@ export interface SnapshotRecord extends Omit<SnapshotInfo, 'dependents'> {
  */
 export const SNAPSHOT_FILES = { memory: 'memory', state: 'state', disk: 'disk.qcow2', overlay: 'overlay.qcow2', manifest: 'manifest.json' } as const;
 
+const SNAPSHOT_WITNESS = 'roost.snapshot';
+
+/** Writes a snapshot's witness (its whole record) into its directory, before the directory is renamed into place. */
+export function writeSnapshotWitness(dir: string, rec: SnapshotRecord): void {
+  writeWitness(dir, SNAPSHOT_WITNESS, rec);
+}
+
+/** The record a snapshot directory's witness holds, if it is readable and for that directory. */
+export function readSnapshotWitness(dir: string, id: string): SnapshotRecord | null {
+  return readWitness(dir, SNAPSHOT_WITNESS, (r) => {
+    const v = r as Partial<SnapshotRecord> | null;
+    if (!v || v.id !== id || typeof v.name !== 'string' || typeof v.kind !== 'string' || typeof v.createdAt !== 'string') return null;
+    if (!v.manifest || typeof v.manifest !== 'object' || !v.manifest.files) return null;
+    return v as SnapshotRecord;
+  });
+}
+
 /**
  * Why a snapshot was not made by this build (the VMM's version, kernel,
  * initramfs, agent), or null when it was.
@@ -70,8 +88,10 @@ export function buildIdentity(assets: Assets): { kernel: string; initramfs: stri
  * The snapshots of a home: records in SQLite (`snapshots`), files in
  * `<home>/snapshots/<id>/`. A snapshot's files are written to a temporary
  * directory and renamed into place before its record is inserted, so a
- * record always has whole files; a directory without a record (a crash in
- * between) is removed by `sweep`.
+ * record always has whole files. Each directory holds its record's
+ * witness (`record.json`), so a directory without a record (a crash in
+ * between, or a lost database) is recorded again by `sweep`; one without
+ * either is removed.
  */
 export class SnapshotStore {
   readonly #db: Database.Database;
@@ -181,6 +201,7 @@ export class SnapshotStore {
       .immediate();
     if (deleted) {
       this.#verified.delete(rec.id);
+      removeWitness(this.dir(rec.id));
       await rm(this.dir(rec.id), { recursive: true, force: true });
     }
     return rec;
@@ -202,17 +223,39 @@ export class SnapshotStore {
     });
   }
 
-  /** Removes snapshot directories without a record (a crash between writing the files and recording them). */
-  async sweep(): Promise<void> {
+  /**
+   * Snapshot directories without a record (a crash between writing the files
+   * and recording them, or a lost database): recorded again from their
+   * witness, or removed when they have none. Returns the ids recorded again.
+   */
+  async sweep(): Promise<string[]> {
     const names = await readdir(this.#layout.snapshots).catch(() => [] as string[]);
+    const restored: string[] = [];
     for (const n of names) {
       const id = n.startsWith('.tmp-') ? null : n;
       if (id && this.#db.prepare('SELECT 1 FROM snapshots WHERE id = ?').get(id)) continue;
       // A snapshot being written by a live process (`.tmp-<pid>-<id>`) is not a leftover.
       const writer = id ? null : tempOwner(n);
       if (writer !== null && (writer === process.pid || isAlive(writer))) continue;
+      if (id && this.restoreFromWitness(id)) {
+        restored.push(id);
+        continue;
+      }
       await rm(join(this.#layout.snapshots, n), { recursive: true, force: true });
     }
+    return restored;
+  }
+
+  /**
+   * Records a snapshot directory from its witness; false when it has none.
+   * A name taken meanwhile by another snapshot gets the id appended.
+   */
+  restoreFromWitness(id: string): boolean {
+    const rec = readSnapshotWitness(this.dir(id), id);
+    if (!rec) return false;
+    const taken = this.#db.prepare('SELECT 1 FROM snapshots WHERE name = ?').get(rec.name);
+    this.insert(taken ? { ...rec, name: `${rec.name}-${id}` } : rec);
+    return true;
   }
 
   /** Notes that a snapshot's files are known good (it was just made by this process). */

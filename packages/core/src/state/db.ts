@@ -1,8 +1,9 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RoostError } from '../errors.js';
 import { chmodIfThere, PRIVATE_DIR, PRIVATE_FILE } from './private.js';
+import { checkDatabaseFile, checkTables, isNotADatabase, refusal, type DatabaseRefusal } from './db-check.js';
 
 /**
  * Numbered schema migrations, applied in order inside one transaction each;
@@ -122,19 +123,43 @@ export const SCHEMA_VERSION = MIGRATIONS.length;
 
 const open = new Map<string, Database.Database>();
 
+/** Options of `stateDb`. */
+export interface StateDbOptions {
+  /**
+   * Make a new database even though the home holds sandboxes, snapshots,
+   * images or volumes (only `roost doctor --repair`, which rebuilds the
+   * records from them, asks for this).
+   */
+  fresh?: boolean;
+}
+
 /**
  * The Roost home's SQLite database (`<home>/roost.db`), opened once per
  * process in WAL mode, migrated to the current schema. Several processes
  * may use one home at a time: writers wait for each other (busy timeout).
+ *
+ * A database is never made afresh over a home that holds what it should
+ * describe, and never one that is not Roost's used: a missing or empty
+ * file beside sandbox directories, snapshots, image blobs or volumes, a
+ * file that is not a SQLite database, one with another program's tables,
+ * or one from a newer Roost is refused (INVALID_STATE, naming `roost
+ * doctor`), and nothing in it is changed.
  */
-export function stateDb(home: string): Database.Database {
+export function stateDb(home: string, options: StateDbOptions = {}): Database.Database {
   const path = join(home, 'roost.db');
   const existing = open.get(path);
   if (existing?.open) return existing;
+  if (!options.fresh) {
+    const refused = checkDatabaseFile(home);
+    if (refused) throw refused.error;
+  }
   mkdirSync(dirname(path), { recursive: true, mode: PRIVATE_DIR });
-  let db: Database.Database;
+  let db: Database.Database | undefined;
   try {
     db = new Database(path, { timeout: 10_000 });
+    // Looked at before anything is written (the journal mode is a write): a foreign file stays as it was.
+    const refused = inspectDatabase(db, path);
+    if (refused) throw refused.error;
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
@@ -142,18 +167,66 @@ export function stateDb(home: string): Database.Database {
     // Private whatever the umask; SQLite makes -wal and -shm with the database file's mode.
     for (const f of [path, `${path}-wal`, `${path}-shm`]) chmodIfThere(f, PRIVATE_FILE);
   } catch (e) {
+    db?.close();
     if (e instanceof RoostError) throw e;
+    if (isNotADatabase(e)) throw refusal('not-a-database', path, 'is not a SQLite database, or is damaged', e).error;
     throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });
   }
   open.set(path, db);
   return db;
 }
 
+/** Why an open database is not Roost's (or from a newer Roost), or null when it is (or is new). Writes nothing. */
+export function inspectDatabase(db: Database.Database, path: string): DatabaseRefusal | null {
+  let version: number;
+  let tables: string[];
+  try {
+    version = db.pragma('user_version', { simple: true }) as number;
+    tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all() as string[];
+  } catch (e) {
+    if (isNotADatabase(e)) return refusal('not-a-database', path, 'is not a SQLite database, or is damaged', e);
+    throw e;
+  }
+  if (version > SCHEMA_VERSION) {
+    return refusal('newer', path, `has schema version ${version}, newer than this Roost (${SCHEMA_VERSION})`);
+  }
+  return checkTables(path, tables, version);
+}
+
+/**
+ * Why the database of `home` cannot be used as it is (see `stateDb`), or
+ * null when it can (or does not exist in a home that holds nothing).
+ * Opens it read-only, if at all: nothing is changed.
+ */
+export function databaseRefusal(home: string): DatabaseRefusal | null {
+  const refused = checkDatabaseFile(home);
+  if (refused) return refused;
+  const path = join(home, 'roost.db');
+  if (!existsSync(path)) return null;
+  if (open.get(path)?.open) return inspectDatabase(open.get(path)!, path);
+  let db: Database.Database;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+  } catch (e) {
+    if (isNotADatabase(e)) return refusal('not-a-database', path, 'is not a SQLite database, or is damaged', e);
+    throw e;
+  }
+  try {
+    return inspectDatabase(db, path);
+  } finally {
+    db.close();
+  }
+}
+
+/** A database of the current schema in memory (what a check compares a home with when its own is refused). */
+export function memoryStateDb(): Database.Database {
+  const db = new Database(':memory:');
+  migrate(db);
+  return db;
+}
+
 function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > SCHEMA_VERSION) {
-    throw new RoostError('INVALID_STATE', `the Roost database has schema version ${current}, newer than this Roost (${SCHEMA_VERSION}): upgrade Roost`);
-  }
   for (let v = current; v < SCHEMA_VERSION; v++) {
     // BEGIN IMMEDIATE: two processes opening a new home at once migrate one after the other.
     db.transaction(() => {

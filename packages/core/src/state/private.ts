@@ -45,6 +45,16 @@ export function chmodIfThere(path: string, mode: number): boolean {
   }
 }
 
+/** True when a path is there, not a symlink, and its mode is not `mode`. */
+function differs(path: string, mode: number): boolean {
+  try {
+    const st = lstatSync(path);
+    return !st.isSymbolicLink() && (st.mode & 0o7777) !== mode;
+  } catch {
+    return false;
+  }
+}
+
 /** The sh script that sets the child's umask and becomes the command. */
 const UMASK_SCRIPT = 'umask 077 && exec "$0" "$@"';
 
@@ -83,11 +93,11 @@ const PER_ITEM_DIRS = ['sandboxes', 'snapshots'];
  * directory and files, the image store's directories (not each blob), the
  * volumes directory and each volume's own directory (not its data). A
  * bounded walk: a handful of entries per sandbox and snapshot. Returns the
- * paths it changed.
+ * paths it changed (with `dryRun`, those it would change).
  */
-export function secureHome(home: string): string[] {
+export function secureHome(home: string, options: { dryRun?: boolean } = {}): string[] {
   const changed: string[] = [];
-  const fix = (path: string, mode: number) => chmodIfThere(path, mode) && changed.push(path);
+  const fix = (path: string, mode: number) => (options.dryRun ? differs(path, mode) : chmodIfThere(path, mode)) && changed.push(path);
   const entries = (dir: string) => {
     try {
       return readdirSync(dir, { withFileTypes: true });

@@ -35,9 +35,10 @@ export function tempOwner(name: string): number | null {
  * longer alive: interrupted blob downloads, root filesystem builds and
  * unpacked trees, snapshots being written, disks and assets being made.
  * Those of live processes (this one's included) are kept. A `cache` that is
- * a symlink (shared between homes) is left alone. Returns what it removed.
+ * a symlink (shared between homes) is left alone. Returns what it removed
+ * (with `dryRun`, what it would remove).
  */
-export async function sweepTempFiles(home: string): Promise<{ removed: string[] }> {
+export async function sweepTempFiles(home: string, options: { dryRun?: boolean } = {}): Promise<{ removed: string[] }> {
   const removed: string[] = [];
   const cacheShared = await lstat(join(home, 'cache')).then(
     (st) => st.isSymbolicLink(),
@@ -50,7 +51,7 @@ export async function sweepTempFiles(home: string): Promise<{ removed: string[] 
       const pid = tempOwner(name);
       if (pid === null || pid === process.pid || isAlive(pid)) continue;
       const path = join(dir, name);
-      await rm(path, { recursive: true, force: true });
+      if (!options.dryRun) await rm(path, { recursive: true, force: true });
       removed.push(path);
     }
   }

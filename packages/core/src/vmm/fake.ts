@@ -1,7 +1,7 @@
 import { appendFileSync } from 'node:fs';
 import { chmod, rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   Capability,
   decodeHostHello,
@@ -17,7 +17,7 @@ import {
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
-import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmPaths, VmStateTarget } from './types.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmPaths, VmStateTarget } from './types.js';
 
 /**
  * How the fake guest behaves, per VM (read when the VM starts):
@@ -81,6 +81,13 @@ export class FakeVmm implements Vmm {
 
   attach(pid: number): VmHandle | null {
     return this.#running.get(pid) ?? null;
+  }
+
+  /** The running fake VMs whose directory is directly under `root`. */
+  findVms(root: string): FoundVm[] {
+    return [...this.#running.values()]
+      .filter((vm) => dirname(vm.config.dir) === root)
+      .map((vm) => ({ pid: vm.pid, dir: vm.config.dir, cpus: vm.config.cpus, memoryMiB: vm.config.memoryMiB, accel: vm.config.accel }));
   }
 
   /** The running VM of a sandbox directory, if any. */

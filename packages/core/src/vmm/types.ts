@@ -134,6 +134,20 @@ export interface VmmDisks {
   createOverlay(base: string, path: string, sizeMiB: number, options: { signal?: AbortSignal }): Promise<void>;
 }
 
+/** A VM process found running (see `Vmm.findVms`), with what its command line says of it. */
+export interface FoundVm {
+  pid: number;
+  /** Its sandbox directory (the `dir` it was started with). */
+  dir: string;
+  cpus?: number;
+  memoryMiB?: number;
+  /** The writable disk's size, when it can be read. */
+  diskSizeMiB?: number;
+  accel?: 'kvm' | 'tcg';
+  /** When the process started (ISO 8601), when known. */
+  startedAt?: string;
+}
+
 /** A virtual machine monitor backend (register one with `registerVmm`). */
 export interface Vmm extends VmmDisks {
   readonly name: string;
@@ -145,6 +159,14 @@ export interface Vmm extends VmmDisks {
   start(config: VmConfig): Promise<VmHandle>;
   /** Re-attaches to a VM started earlier (a detached sandbox) by its pid, or returns null if it is gone. */
   attach(pid: number, dir: string): VmHandle | null;
+  /**
+   * The live VM processes of this backend whose sandbox directory is
+   * directly under `root` (a home's `sandboxes/`), whoever started them.
+   * Recovery and `roost doctor` use it so that no directory of a live VM is
+   * ever removed and a VM without a record can be adopted. A backend
+   * without it cannot tell: directories without records are then kept.
+   */
+  findVms?(root: string): FoundVm[];
   /** The most shares (volumes) a VM can have: `withNic` when it also has a NIC. */
   maxShares(withNic: boolean): number;
 }

@@ -1,6 +1,8 @@
 import {
   CreateTemplateRequestSchema,
   CreateVolumeRequestSchema,
+  DoctorReportSchema,
+  DoctorRequestSchema,
   EVENT_TYPES,
   ImageInfoSchema,
   ImageListSchema,
@@ -222,6 +224,18 @@ export const RUNTIME_ROUTES: readonly Route[] = [
       { name: 'Last-Event-ID', in: 'header', description: 'Resume after this event id (wins over `after`).', schema: { type: 'string', pattern: '^[0-9]+$' } },
     ],
     ok: { 200: { description: 'The event stream.', bodies: [{ sse: RoostEventSchema }] } },
+    errors: [400],
+  },
+  {
+    method: 'post',
+    path: '/v1/doctor',
+    operationId: 'doctor',
+    tag: 'system',
+    summary: "Check the daemon's home, and repair what can be repaired safely",
+    description:
+      'Compares the records with the VM processes and the sandbox, snapshot and volume directories found. With `repair`, records are rebuilt from the witnesses in those directories and from live VMs (re-adopted as detached sandboxes, never killed), and what nothing describes is moved to `lost+found/`. A database the daemon could not open is repaired offline: `roost doctor --repair` with no daemon running.',
+    body: { schema: DoctorRequestSchema, required: false },
+    ok: { 200: { description: 'What was found and what was repaired.', bodies: [{ json: DoctorReportSchema }] } },
     errors: [400],
   },
   {

@@ -7,10 +7,11 @@ import { RoostError } from '../../errors.js';
 import { privateSpawn } from '../../state/private.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
-import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmStateTarget } from '../types.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmStateTarget } from '../types.js';
 import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
 import { createDisk, createOverlay } from './disk.js';
 import { QmpClient } from './qmp.js';
+import { findQemuVms } from './processes.js';
 import { findRam } from './ram.js';
 
 const execFileP = promisify(execFile);
@@ -135,6 +136,10 @@ export class QemuVmm implements Vmm {
       timer.unref();
     });
     return new QemuHandle(pid, paths, exited);
+  }
+
+  findVms(root: string): FoundVm[] {
+    return findQemuVms(root);
   }
 }
 
