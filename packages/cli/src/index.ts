@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import {
   EVENT_TYPES,
   isRoostError,
@@ -19,6 +19,7 @@ import {
 import { setup } from '@roost/core';
 import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
+import { reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
@@ -37,9 +38,8 @@ import {
 } from './network.js';
 
 export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
+export { reportError } from './errors.js';
 
-/** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
-const EXIT_ROOST_ERROR = 125;
 /** Exit status when `--timeout` killed the command (as timeout(1) reports it). */
 const EXIT_TIMEOUT = 124;
 
@@ -358,13 +358,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
-    if (e instanceof CommanderError)
-      return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
-    if (isRoostError(e)) {
-      process.stderr.write(`roost: ${e.message}\n`);
-      return EXIT_ROOST_ERROR;
-    }
-    throw e;
+    return reportError(e);
   }
 }
 
