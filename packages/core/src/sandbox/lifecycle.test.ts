@@ -192,6 +192,19 @@ describe('sandbox lifecycle on a fake VMM', () => {
     await expect(sb.snapshot()).rejects.toMatchObject({ code: 'INVALID_STATE' });
   });
 
+  it('says how to get out of a state: a command in a stopped sandbox names start, a paused one resume', async () => {
+    const sb = await runtime.create(small);
+    await sb.pause();
+    await expect(sb.pause()).resolves.toBeUndefined();
+    await sb.resume();
+    await sb.stop();
+    const start = new RegExp(`is stopped.*: cannot .*start it first \\(\`roost start ${sb.id}\`, or \`sandbox.start\\(\\)\`\\)`);
+    await expect(sb.commands.run('true')).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(start) });
+    await expect(sb.files.read('/etc/hostname')).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(start) });
+    await expect(sb.snapshot()).rejects.toMatchObject({ message: expect.stringMatching(start) });
+    await expect(sb.pause()).rejects.toMatchObject({ message: expect.stringMatching(start) });
+  });
+
   it('forks copies that depend on a fork snapshot removed with the last of them', async () => {
     const sb = await runtime.create({ ...small, labels: { team: 'a' } });
     const copies = await sb.fork({ count: 2 });
