@@ -31,7 +31,11 @@ export function asExpectedError(e: unknown): RoostError | undefined {
   if (!(e instanceof Error)) return undefined;
   const sys = e as NodeJS.ErrnoException;
   if (typeof sys.code === 'string' && /^E[A-Z0-9]+$/.test(sys.code) && (sys.syscall !== undefined || sys.errno !== undefined)) {
-    const code = Object.hasOwn(ERRNO_CODES, sys.code) ? ERRNO_CODES[sys.code]! : sys.code === 'ECONNREFUSED' || sys.code === 'ECONNRESET' ? 'UNAVAILABLE' : 'INTERNAL';
+    const code = Object.hasOwn(ERRNO_CODES, sys.code)
+      ? ERRNO_CODES[sys.code]!
+      : sys.code === 'ECONNREFUSED' || sys.code === 'ECONNRESET'
+        ? 'UNAVAILABLE'
+        : 'INTERNAL';
     // Node's messages already name the call and the path: "ENOENT: no such file or directory, open '/x'".
     return new RoostError(code, sys.message, { cause: e, details: { errno: sys.code, ...(sys.path !== undefined ? { path: sys.path } : {}) } });
   }
@@ -70,8 +74,27 @@ export function reportError(e: unknown, write: (s: string) => void = (s) => proc
   if (expected) write(`roost: ${expected.message}\n`);
   else {
     const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-    write(`roost: internal error: ${message.split('\n')[0]}${debug ? '' : ' (a bug in Roost: run again with ROOST_DEBUG=1 for its stack trace, and report it)'}\n`);
+    write(
+      `roost: internal error: ${message.split('\n')[0]}${debug ? '' : ' (a bug in Roost: run again with ROOST_DEBUG=1 for its stack trace, and report it)'}\n`,
+    );
   }
   if (debug) write(`${stackOf(e)}\n`);
   return EXIT_ROOST_ERROR;
+}
+
+/**
+ * Runs `fn`; an error whose message names an option to change
+ * (`details.option`, like a boot timeout's `timeoutMs`) names `flag`, the
+ * CLI flag the user types, instead.
+ */
+export async function namingFlag<T>(flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    const option = isRoostError(e) ? e.details.option : undefined;
+    if (isRoostError(e) && typeof option === 'string' && e.message.includes(`(${option})`)) {
+      throw new RoostError(e.code, e.message.replace(`(${option})`, `(${flag})`), { cause: e, details: { ...e.details, option: flag } });
+    }
+    throw e;
+  }
 }

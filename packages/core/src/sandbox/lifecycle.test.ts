@@ -237,7 +237,10 @@ describe('boot failures on a fake VMM', () => {
     const started = Date.now();
     const err = await runtime.create({ ...small, timeoutMs: 300 }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'BOOT_FAILED' });
-    expect((err as Error).message).toMatch(/did not boot within 300 ms/);
+    expect((err as Error).message).toMatch(/did not boot within 300 ms: raise the boot timeout \(timeoutMs\)/);
+    // No file is named (a failed create's directory may be gone): the console's tail is in the message and details.
+    expect((err as Error).message).not.toMatch(/console\.log/);
+    expect(err).toMatchObject({ details: { option: 'timeoutMs', timeoutMs: 300, console: expect.any(Array) } });
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(vmm.started[0]!.calls).toContain('kill');
     expect((await runtime.list())[0]?.status).toBe('failed');
