@@ -192,6 +192,24 @@ describe('sandbox lifecycle on a fake VMM', () => {
     await expect(sb.snapshot()).rejects.toMatchObject({ code: 'INVALID_STATE' });
   });
 
+  it("refuses a snapshot name that is another snapshot's id: an id keeps meaning its snapshot", async () => {
+    const sb = await runtime.create(small);
+    const first = await sb.snapshot({ name: 'first' });
+    await expect(sb.snapshot({ name: first.id })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/may not look like ids/) });
+    expect((await runtime.snapshots.get(first.id)).name).toBe('first');
+    await expect(runtime.volumes.create({ name: '0123456789ab' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it('a template whose build fails with --warm is not created; a lazy one stays defined', async () => {
+    vmm.guest = 'exit';
+    await expect(runtime.templates.create({ name: 'broken', warm: true, timeoutMs: 5_000 })).rejects.toMatchObject({ code: 'BOOT_FAILED' });
+    expect(await runtime.templates.list()).toEqual([]);
+    expect((await runtime.snapshots.list()).filter((x) => x.kind === 'template')).toEqual([]);
+    // The name is free again, and a template defined without building is kept as defined.
+    await runtime.templates.create({ name: 'broken' });
+    expect((await runtime.templates.list()).map((t) => [t.name, t.snapshot])).toEqual([['broken', null]]);
+  });
+
   it('says how to get out of a state: a command in a stopped sandbox names start, a paused one resume', async () => {
     const sb = await runtime.create(small);
     await sb.pause();
