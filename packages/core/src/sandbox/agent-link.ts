@@ -66,7 +66,7 @@ export class AgentLink {
     const status = host.status();
     if (!vm || vm.hasExited || (status !== 'running' && status !== 'paused')) {
       const reason = host.reason();
-      return Promise.reject(notRunningError(host.id, status, 'reach its agent', reason));
+      return Promise.reject(notRunningError(host.id, status, 'run commands or reach its files', reason));
     }
     const conn = AgentConnection.connect(vm.paths.agentSocket, {
       flags: 0,

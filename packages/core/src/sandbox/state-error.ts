@@ -13,7 +13,7 @@ export function notRunningError(id: string, status: SandboxStatus, what: string,
       : status === 'paused'
         ? `resume it first (\`roost resume ${id}\`, or \`sandbox.resume()\`)`
         : 'wait for it to finish, then try again';
-  return new RoostError('INVALID_STATE', `sandbox ${id} is ${status}${reason ? ` (${reason})` : ''}: cannot ${what}; ${way}`, {
+  return new RoostError('INVALID_STATE', `sandbox ${id} is ${status}${reason && reason !== status ? ` (${reason})` : ''}: cannot ${what}; ${way}`, {
     details: { status },
   });
 }
