@@ -122,7 +122,7 @@ describe('failures with a guest (one shared sandbox)', () => {
     expect(readFileSync(join(work, 'status'), 'utf8')).toMatch(/^Name:/);
   });
 
-  it("a snapshot may not be named like an id, so an id keeps meaning its snapshot", async () => {
+  it('a snapshot may not be named like an id, so an id keeps meaning its snapshot', async () => {
     await fails(['snapshot', id, '0123456789ab'], /may not look like ids/);
     expect(JSON.parse((await roost(['snapshots', 'ls', '--json'])).stdout)).toEqual([]);
   });

@@ -262,7 +262,8 @@ export class Sandbox implements SandboxApi {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
       if (this.status === 'running') return;
-      if (this.status === 'stopped' || this.status === 'failed') throw notRunningError(this.id, this.status, 'resume it (only a paused sandbox can be resumed)');
+      if (this.status === 'stopped' || this.status === 'failed')
+        throw notRunningError(this.id, this.status, 'resume it (only a paused sandbox can be resumed)');
       if (this.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a paused sandbox can be resumed`);
       await this.#runningVm().resume();
       this.#link.holdLiveness(false);

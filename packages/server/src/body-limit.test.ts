@@ -25,9 +25,9 @@ describe('a JSON body over the limit', () => {
       expect(body.error.message).toMatch(/files\/content/);
       expect(body.error.details.maxBytes).toBe(MAX_JSON_BODY);
       // The document says so.
-      const op = (openapiDocument().paths as Record<string, Record<string, { responses: Record<string, unknown> }>>)[
-        path.replace('0123456789ab', '{id}')
-      ]?.[method.toLowerCase()];
+      const op = (openapiDocument().paths as Record<string, Record<string, { responses: Record<string, unknown> }>>)[path.replace('0123456789ab', '{id}')]?.[
+        method.toLowerCase()
+      ];
       expect(op?.responses['413']).toEqual({ $ref: '#/components/responses/PayloadTooLarge' });
     });
   }
