@@ -129,8 +129,10 @@ describe('roost serve: the REST API over a real runtime', () => {
     const big = { env: { A: 'x'.repeat(MAX_JSON_BODY) } };
     for (const chunked of [false, true]) {
       const oversized = await unix.post('/v1/sandboxes', big, { chunked });
-      expect(oversized.status).toBe(400);
-      expect(oversized.body).toMatchObject({ error: { code: 'INVALID_ARGUMENT', message: expect.stringMatching(/larger than 1048576 bytes/) } });
+      expect(oversized.status).toBe(413);
+      expect(oversized.body).toMatchObject({
+        error: { code: 'INVALID_ARGUMENT', message: expect.stringMatching(/limit of 1048576 bytes/), details: { maxBytes: MAX_JSON_BODY } },
+      });
     }
 
     // A chunked body under the limit is read whole (the request gets as far as the missing sandbox).

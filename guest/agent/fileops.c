@@ -319,8 +319,34 @@ static const char *read_link(int dfd, const char *name, char *buf)
 /* ------------------------------------------------------------------ */
 /* read */
 
+/* What a file type is called in messages ("a FIFO"). */
+static const char *fop_type_name(mode_t mode)
+{
+	if (S_ISFIFO(mode))
+		return "FIFO";
+	if (S_ISCHR(mode))
+		return "character device";
+	if (S_ISBLK(mode))
+		return "block device";
+	if (S_ISSOCK(mode))
+		return "socket";
+	if (S_ISDIR(mode))
+		return "directory";
+	if (S_ISLNK(mode))
+		return "symbolic link";
+	return "special file";
+}
+
 static int op_read(struct ctx *c, const char *path)
 {
+	/* A socket cannot be opened (ENXIO): say what it is instead. */
+	struct stat pre;
+	if (stat(path, &pre) == 0 && S_ISSOCK(pre.st_mode)) {
+		fop_fail(c->err, EINVAL, path, "read");
+		snprintf(c->err->msg, sizeof c->err->msg,
+			 "read: not a regular file but a socket; only regular files can be read");
+		return -1;
+	}
 	/* O_NONBLOCK: opening a FIFO must not wait for a writer. */
 	int fd;
 	while ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0 &&
@@ -335,6 +361,17 @@ static int op_read(struct ctx *c, const char *path)
 	}
 	if (S_ISDIR(st.st_mode)) {
 		fop_fail(c->err, EISDIR, path, "read");
+		goto fail;
+	}
+	/* Only regular files are read: a FIFO or a socket has no end to stream
+	 * (an empty answer would look like an empty file), a device may have
+	 * none. procfs and sysfs files are regular: they stream whatever size
+	 * they report. */
+	if (!S_ISREG(st.st_mode)) {
+		fop_fail(c->err, EINVAL, path, "read");
+		snprintf(c->err->msg, sizeof c->err->msg,
+			 "read: not a regular file but a %s; only regular files can be read",
+			 fop_type_name(st.st_mode));
 		goto fail;
 	}
 	int fl = fcntl(fd, F_GETFL);

@@ -635,6 +635,61 @@ static int stream_file(struct tw *t, int fd, uint64_t size)
 	return tw_pad(t, size);
 }
 
+/* A regular file that reports size 0 may still have contents: procfs and
+ * sysfs files make theirs when read. A header needs the size first, so such
+ * a file is read whole (up to UNSIZED_MAX) and stored at the size read. One
+ * with more than that fails the archive when it is what was asked for, and
+ * is stored empty inside a directory (as GNU tar stores it). A file that
+ * would block (a FIFO cannot get here; /proc/kmsg can) ends where it would. */
+#define UNSIZED_MAX (1u << 20)
+
+static int arch_unsized(struct tw *t, int fd, struct hdr_info *hi, bool top)
+{
+	char *buf = malloc(UNSIZED_MAX + 1);
+	if (buf == NULL)
+		return tw_fail(t, ENOMEM, "reading");
+	size_t n = 0;
+	while (n <= UNSIZED_MAX) {
+		if (fop_cancelled) {
+			free(buf);
+			return tw_fail(t, ECANCELED, NULL);
+		}
+		ssize_t r = read(fd, buf + n, UNSIZED_MAX + 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno != EAGAIN) {
+			/* Some of these cannot be read at all (EIO, EINVAL): as empty, unless asked for. */
+			if (top) {
+				int e = errno;
+				free(buf);
+				return tw_fail(t, e, "reading");
+			}
+			n = 0;
+			break;
+		}
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	if (n > UNSIZED_MAX) {
+		free(buf);
+		if (top)
+			return tw_fail(
+				t, EFBIG,
+				"reading a file that reports size 0 but has more than 1 MiB");
+		n = 0;
+		buf = NULL;
+	}
+	hi->size = n;
+	int rc = emit_header(t, hi);
+	if (rc == 0 && n > 0)
+		rc = tw_put(t, buf, n);
+	if (rc == 0)
+		rc = tw_pad(t, n);
+	free(buf);
+	return rc;
+}
+
 static int cmp_names(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -831,6 +886,11 @@ static int arch_entry(struct tw *t, int dirfd, const char *nm, bool top)
 		info_from_stat(&hi, &fst, t);
 		hi.type = '0';
 		hi.size = (uint64_t)fst.st_size;
+		if (hi.size == 0) {
+			int rc = arch_unsized(t, fd, &hi, top);
+			close(fd);
+			return rc;
+		}
 		int rc = emit_header(t, &hi);
 		if (rc == 0)
 			rc = stream_file(t, fd, hi.size);

@@ -661,11 +661,23 @@ static void test_read_stat(void)
 	run(&r, NULL, 0, &res);
 	CHECK(failed_with(&res, EISDIR));
 	result_free(&res);
-	/* A FIFO without a writer reads as empty instead of hanging. */
+	/* A FIFO is refused at once (not read as empty, not waited on). */
 	CHECK(mkfifo(P("fifo"), 0644) == 0);
 	r = req1("read", P("fifo"));
 	run(&r, NULL, 0, &res);
-	CHECK(ok(&res) && res.out.len == 0);
+	CHECK(failed_with(&res, EINVAL) && res.out.len == 0 &&
+	      memmem(res.err.p, res.err.len, "FIFO", 4) != NULL);
+	result_free(&res);
+	/* So is a device. */
+	r = req1("read", "/dev/null");
+	run(&r, NULL, 0, &res);
+	CHECK(failed_with(&res, EINVAL) &&
+	      memmem(res.err.p, res.err.len, "character device", 16) != NULL);
+	result_free(&res);
+	/* A procfs file reports size 0 and streams its contents. */
+	r = req1("read", "/proc/self/status");
+	run(&r, NULL, 0, &res);
+	CHECK(ok(&res) && res.out.len > 0 && memcmp(res.out.p, "Name:", 5) == 0);
 	result_free(&res);
 
 	r = req1("stat", P("r.txt"));

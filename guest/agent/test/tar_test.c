@@ -943,6 +943,31 @@ static void test_changing_file(void)
 	unlink(outf);
 }
 
+/* procfs files report size 0 but have contents: archived at the size read. */
+static void test_unsized_files(void)
+{
+	struct fop_err err;
+	PKEEP(tarf, "proc.tar");
+	int rc = archive_to("/proc/self/status", tarf, &err);
+	CHECK_OK(rc, err);
+	rc = extract_from(tarf, P("procx"), FOP_PARENTS, false, &err);
+	CHECK_OK(rc, err);
+	struct stat st;
+	CHECK(stat(P("procx/status"), &st) == 0 && st.st_size > 0);
+	CHECK(sh("grep -q '^Name:' '%s'", P("procx/status")) == 0);
+	/* An empty regular file stays empty. */
+	write_file(P("empty"), "", 0, 0644);
+	rc = archive_to(P("empty"), tarf, &err);
+	CHECK_OK(rc, err);
+	rc = extract_from(tarf, P("emptyx"), FOP_PARENTS, false, &err);
+	CHECK_OK(rc, err);
+	CHECK(stat(P("emptyx/empty"), &st) == 0 && st.st_size == 0);
+	unlink(P("empty"));
+	unlink(tarf);
+	rm_rf(P("procx"));
+	rm_rf(P("emptyx"));
+}
+
 static void test_unreadable(void)
 {
 	if (!is_root)
@@ -1519,6 +1544,7 @@ int main(void)
 	test_gnu_tar_to_extract();
 	test_gnu_sparse_refused();
 	test_archive_to_gnu_tar();
+	test_unsized_files();
 	test_unreadable();
 	test_extract_as_user();
 	test_hostile();

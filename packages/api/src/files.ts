@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { nameSchema } from './names.js';
 
 /*
  * The files API (`sandbox.files`) and volumes, shared by the embedded runtime
@@ -133,9 +134,7 @@ export interface FilesApi {
 
 // ---- volumes -------------------------------------------------------------------
 
-const volumeName = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'volume names are 1-128 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
+const volumeName = nameSchema('volume');
 export const VolumeNameSchema = volumeName;
 
 /**

@@ -10,6 +10,7 @@ export * from './options.js';
 export * from './sandbox.js';
 export * from './images.js';
 export * from './paths.js';
+export * from './names.js';
 export * from './files.js';
 export * from './errno.js';
 export * from './snapshots.js';

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { NAME_RE, nameSchema } from './names.js';
 import { MAX_CPUS, MIN_MEMORY_MIB, MIN_DISK_MIB, MAX_DISK_MIB } from './limits.js';
 import { EnvSchema, LabelsSchema, OperationTimeoutSchema, SandboxImageSchema, SandboxInfoSchema } from './schemas.js';
 
@@ -9,11 +10,9 @@ import { EnvSchema, LabelsSchema, OperationTimeoutSchema, SandboxImageSchema, Sa
  * pages until they write them.
  */
 
-/** Names of snapshots and templates. */
-export const SNAPSHOT_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const snapshotName = z
-  .string()
-  .regex(SNAPSHOT_NAME_RE, 'snapshot and template names are 1-128 characters of letters, digits, "_", "." and "-", starting with a letter or digit');
+/** Names of snapshots and templates (the shape; see nameSchema for the whole rule). */
+export const SNAPSHOT_NAME_RE = NAME_RE;
+const snapshotName = nameSchema('snapshot and template');
 
 /** The most copies one fork makes. */
 export const MAX_FORK_COUNT = 32;

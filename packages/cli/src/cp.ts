@@ -302,6 +302,10 @@ async function copyOutBounded(sandbox: SandboxApi, src: string, to: HostLocation
       { details: { maxBytes: limit, option: '--max-bytes', path: src, size: info.size } },
     );
   }
+  if (info.type === 'other' && to.kind !== 'stdio')
+    throw new RoostError('INVALID_ARGUMENT', `cp: ${src} is not a regular file, directory or symlink (a FIFO, socket or device): nothing was copied`, {
+      details: { path: src },
+    });
   const archive = await sandbox.files.readArchive(srcPath, { user: ROOT, ...(limit !== undefined ? { maxBytes: limit } : {}) });
   if (to.kind === 'stdio') {
     await writeOut(archive, process.stdout);
@@ -310,9 +314,24 @@ async function copyOutBounded(sandbox: SandboxApi, src: string, to: HostLocation
   const bound = limit !== undefined ? { maxBytes: limit } : {};
   const dest = to.path;
   const target = hostStat(dest, true);
+  // FIFOs and devices are not made on the host: each is named on stderr, and the copy fails once the rest is in place.
+  const skipped: string[] = [];
+  const onSkip = (path: string, type: string) => {
+    skipped.push(path);
+    process.stderr.write(`roost cp: skipped ${path} (${type})\n`);
+  };
+  const checkSkipped = () => {
+    if (skipped.length > 0)
+      throw new RoostError(
+        'INVALID_STATE',
+        `cp: copied ${src} to ${dest} except ${skipped.length} ${skipped.length === 1 ? 'entry' : 'entries'} that ${skipped.length === 1 ? 'is' : 'are'} not a regular file, directory or symlink (FIFOs, devices: listed above)`,
+        { details: { skipped } },
+      );
+  };
   if (target?.isDirectory()) {
     // Into DEST: as SRC's name, or (SRC/.) its contents.
-    await extractArchive(archive, dest, { root: contents ? '' : null, ...bound });
+    await extractArchive(archive, dest, { root: contents ? '' : null, onSkip, ...bound });
+    checkSkipped();
     return;
   }
   if (target && info.type === 'dir') throw new RoostError('INVALID_STATE', `cp: cannot copy directory ${src} onto ${dest}, which is not a directory`);
@@ -322,7 +341,8 @@ async function copyOutBounded(sandbox: SandboxApi, src: string, to: HostLocation
   await mkdir(parent, { recursive: true }).catch((e: unknown) => {
     throw hostError(e, parent);
   });
-  await extractArchive(archive, parent, { root: basename(resolve(dest)), ...bound });
+  await extractArchive(archive, parent, { root: basename(resolve(dest)), onSkip, ...bound });
+  checkSkipped();
 }
 
 /** Writes the archive to stdout; a reader that went away (EPIPE) ends the copy with an error. */

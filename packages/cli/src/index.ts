@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import {
   EVENT_TYPES,
   isRoostError,
@@ -20,6 +20,7 @@ import { setup } from '@roost/core';
 import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, runDoctor, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
 import { addDoctorCommand } from './doctor.js';
+import { namingFlag, reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
@@ -38,9 +39,8 @@ import {
 } from './network.js';
 
 export { extractArchive, parseLocation, type ExtractOptions } from './cp.js';
+export { reportError } from './errors.js';
 
-/** Exit status for errors of Roost itself (as docker does), distinct from the command's own statuses. */
-const EXIT_ROOST_ERROR = 125;
 /** Exit status when `--timeout` killed the command (as timeout(1) reports it). */
 const EXIT_TIMEOUT = 124;
 
@@ -164,20 +164,22 @@ export async function main(argv: string[]): Promise<number> {
         const volumes = flags.volume.map((v) => parseVolumeFlag(v));
         const network = networkOptions(flags);
         await withFace('run', async (face) => {
-          const sandbox = await face.runtime.create({
-            ...(passed('cpus') ? { cpus: flags.cpus } : {}),
-            ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
-            ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
-            ...(flags.template !== undefined ? { template: flags.template } : {}),
-            detached: !!flags.detach,
-            ...(Object.keys(labels).length > 0 ? { labels } : {}),
-            ...(volumes.length > 0 ? { volumes } : {}),
-            ...network,
-            ...(image ? { image, pull: flags.pull } : {}),
-            ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
-            ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
-            ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
-          });
+          const sandbox = await namingFlag('--boot-timeout', () =>
+            face.runtime.create({
+              ...(passed('cpus') ? { cpus: flags.cpus } : {}),
+              ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
+              ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
+              ...(flags.template !== undefined ? { template: flags.template } : {}),
+              detached: !!flags.detach,
+              ...(Object.keys(labels).length > 0 ? { labels } : {}),
+              ...(volumes.length > 0 ? { volumes } : {}),
+              ...network,
+              ...(image ? { image, pull: flags.pull } : {}),
+              ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
+              ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+              ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
+            }),
+          );
           // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
           // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
           const img = restore ? undefined : sandbox.info.image;
@@ -302,11 +304,9 @@ export async function main(argv: string[]): Promise<number> {
     int('--timeout'),
     10_000,
   );
-  lifecycle('start', 'boot stopped sandboxes again, on the disks they had', (s, f) => s.start(f.timeout !== undefined ? { timeoutMs: f.timeout } : {})).option(
-    '-t, --timeout <ms>',
-    'how long the boot may take',
-    int('--timeout'),
-  );
+  lifecycle('start', 'boot stopped sandboxes again, on the disks they had', (s, f) =>
+    namingFlag('--timeout', () => s.start(f.timeout !== undefined ? { timeoutMs: f.timeout } : {})),
+  ).option('-t, --timeout <ms>', 'how long the boot may take', int('--timeout'));
   lifecycle('kill', 'kill sandboxes at once (their VMs end without shutting down)', (s) => s.kill());
   lifecycle('rm', 'remove sandboxes', (s, f) => s.remove({ force: !!f.force })).option('-f, --force', 'kill running sandboxes first');
 
@@ -364,13 +364,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
-    if (e instanceof CommanderError)
-      return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
-    if (isRoostError(e)) {
-      process.stderr.write(`roost: ${e.message}\n`);
-      return EXIT_ROOST_ERROR;
-    }
-    throw e;
+    return reportError(e);
   }
 }
 

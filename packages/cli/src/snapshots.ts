@@ -3,6 +3,7 @@ import { MAX_FORK_COUNT, type CreateTemplateRequest, type SnapshotInfo, type Tem
 import type { WithFace } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
 import { int, parsePairs } from './args.js';
+import { namingFlag } from './errors.js';
 
 /**
  * `roost pause|resume|snapshot|fork`, `roost snapshots ls|inspect|rm` and
@@ -66,13 +67,15 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
       const labels = parsePairs(flags.label, '-l');
       await withFace('fork', async (face) => {
         const sandbox = await face.runtime.get(id);
-        const copies = await sandbox.fork({
-          count: flags.count,
-          // The copies outlive this command (an embedded runtime closes when it ends).
-          detached: true,
-          ...(Object.keys(labels).length > 0 ? { labels } : {}),
-          ...(flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {}),
-        });
+        const copies = await namingFlag('--timeout', () =>
+          sandbox.fork({
+            count: flags.count,
+            // The copies outlive this command (an embedded runtime closes when it ends).
+            detached: true,
+            ...(Object.keys(labels).length > 0 ? { labels } : {}),
+            ...(flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {}),
+          }),
+        );
         process.stdout.write(copies.map((c) => `${c.id}\n`).join(''));
       });
     });
@@ -152,7 +155,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
         if (flags.setup !== undefined) request.setup = flags.setup;
         if (flags.warm) request.warm = true;
         if (flags.timeout !== undefined) request.timeoutMs = flags.timeout;
-        const info = await withFace('template', (face) => face.runtime.templates.create(request));
+        const info = await withFace('template', (face) => namingFlag('--timeout', () => face.runtime.templates.create(request)));
         process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}${info.snapshot ? `  ${info.snapshot}` : ''}\n`);
       },
     );
@@ -181,7 +184,9 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .argument('<name>')
     .option('-t, --timeout <ms>', 'how long building may take', int('--timeout'))
     .action(async (name: string, flags: { timeout?: number }) => {
-      const info = await withFace('template', (face) => face.runtime.templates.warm(name, flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {}));
+      const info = await withFace('template', (face) =>
+        namingFlag('--timeout', () => face.runtime.templates.warm(name, flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {})),
+      );
       process.stdout.write(`${info.name}  ${info.snapshot ?? '-'}\n`);
     });
   template

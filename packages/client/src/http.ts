@@ -120,11 +120,11 @@ const MAX_BODY = 256 << 20;
 export class Transport {
   readonly endpoint: Endpoint;
   #agent: http.Agent;
-  #token: () => Promise<string | undefined>;
+  #token: TokenSource;
   #timeoutMs: number;
   #closed = new AbortController();
 
-  constructor(endpoint: Endpoint, token: () => Promise<string | undefined>, timeoutMs: number) {
+  constructor(endpoint: Endpoint, token: TokenSource, timeoutMs: number) {
     this.endpoint = endpoint;
     this.#token = token;
     this.#timeoutMs = timeoutMs;
@@ -284,11 +284,8 @@ export class Transport {
           .then((buf) => {
             const err = errorFromResponse(status, buf.toString('utf8'), what, e.display);
             if (err.code === 'UNAUTHENTICATED' && !token) {
-              fail(
-                new RoostError('UNAUTHENTICATED', `${err.message} (no token was sent: set ROOST_TOKEN, or give the client its token)`, {
-                  details: err.details,
-                }),
-              );
+              const why = this.#token.missing?.() ?? 'no token was sent: set ROOST_TOKEN, or give the client its token';
+              fail(new RoostError('UNAUTHENTICATED', `${err.message} (${why})`, { details: err.details }));
             } else fail(err);
           });
       });
@@ -423,8 +420,14 @@ export async function readAll(res: IncomingMessage, max: number, tooBig: () => v
   return Buffer.concat(chunks);
 }
 
+/**
+ * Where a client's API token comes from; `missing` says why none could be
+ * read (the token file is gone or unreadable), for the message of a 401.
+ */
+export type TokenSource = (() => Promise<string | undefined>) & { missing?: () => string | undefined };
+
 /** Reads the API token: the option, else $ROOST_TOKEN, else (for a local socket) the home's token file. */
-export function tokenSource(options: { token?: string; home: string; local: boolean }): () => Promise<string | undefined> {
+export function tokenSource(options: { token?: string; home: string; local: boolean }): TokenSource {
   if (options.token) {
     const t = options.token;
     return () => Promise.resolve(t);
@@ -432,16 +435,27 @@ export function tokenSource(options: { token?: string; home: string; local: bool
   const env = process.env.ROOST_TOKEN;
   if (env) return () => Promise.resolve(env);
   if (!options.local) return () => Promise.resolve(undefined);
+  const path = apiTokenPath(options.home);
   let cached: Promise<string | undefined> | undefined;
-  return () => {
-    cached ??= readFile(apiTokenPath(options.home), 'utf8').then(
-      (t) => t.trim() || undefined,
-      () => {
+  let missing: string | undefined;
+  const source: TokenSource = () => {
+    cached ??= readFile(path, 'utf8').then(
+      (t) => {
+        missing = t.trim() ? undefined : `the token file ${path} is empty: restart the daemon to have a new one made, or set ROOST_TOKEN`;
+        return t.trim() || undefined;
+      },
+      (e: NodeJS.ErrnoException) => {
         // No token file: the daemon will answer UNAUTHENTICATED if it needs one. Read it again next time.
         cached = undefined;
+        missing =
+          e.code === 'ENOENT'
+            ? `the token file ${path} is missing: the daemon writes it when it starts, so restart the daemon (\`roost serve\`) to have a new one made, or set ROOST_TOKEN`
+            : `the token file ${path} could not be read (${e.code ?? e.message}): set ROOST_TOKEN, or fix the file`;
         return undefined;
       },
     );
     return cached;
   };
+  source.missing = () => missing;
+  return source;
 }

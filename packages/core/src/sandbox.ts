@@ -15,6 +15,7 @@ import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
 import { SandboxNetwork } from './sandbox/network.js';
 import { commandHooks, isLive, SandboxRecord } from './sandbox/record.js';
+import { notRunningError } from './sandbox/state-error.js';
 import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
 import { reconcileVm, recoveryDecision } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
@@ -259,7 +260,7 @@ export class Sandbox implements SandboxApi {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
       if (this.status === 'paused') return;
-      if (this.status !== 'running') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a running sandbox can be paused`);
+      if (this.status !== 'running') throw notRunningError(this.id, this.status, 'pause it (only a running sandbox can be paused)');
       await this.#runningVm().pause();
       this.#link.holdLiveness(true);
       this.#record.save({ status: 'paused' }, 'sandbox.paused');
@@ -271,6 +272,8 @@ export class Sandbox implements SandboxApi {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
       if (this.status === 'running') return;
+      if (this.status === 'stopped' || this.status === 'failed')
+        throw notRunningError(this.id, this.status, 'resume it (only a paused sandbox can be resumed)');
       if (this.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a paused sandbox can be resumed`);
       await this.#runningVm().resume();
       this.#link.holdLiveness(false);
@@ -460,7 +463,7 @@ export class Sandbox implements SandboxApi {
   /** The VM, or INVALID_STATE when there is none running. */
   #runningVm(): VmHandle {
     const vm = this.#vm;
-    if (!vm || vm.hasExited) throw new RoostError('INVALID_STATE', `sandbox ${this.id} has no running VM`);
+    if (!vm || vm.hasExited) throw notRunningError(this.id, this.status, 'do this without a running VM');
     return vm;
   }
 

@@ -10,7 +10,7 @@ import { eventRoutes } from './events.js';
 import { execRoutes } from './exec.js';
 import { ExecRegistry } from './exec-registry.js';
 import { FILE_UPLOAD_ROUTE, fileRoutes } from './files.js';
-import { errorResponse } from './http.js';
+import { bodyTooLarge, errorResponse } from './http.js';
 import { imageRoutes } from './images.js';
 import { networkRoutes } from './network.js';
 import { openapiDocument } from './openapi.js';
@@ -132,17 +132,8 @@ export function createApp(options: AppOptions): RoostHono {
     }
   });
 
-  // JSON bodies are bounded; a command's stdin streams through its own route.
-  const limit = bodyLimit({
-    maxSize: MAX_JSON_BODY,
-    onError: (c) =>
-      errorResponse(
-        c,
-        new RoostError('INVALID_ARGUMENT', `request body: larger than ${MAX_JSON_BODY} bytes (stream stdin through POST .../execs/{execId}/stdin)`, {
-          details: { field: '', maxBytes: MAX_JSON_BODY },
-        }),
-      ),
-  });
+  // JSON bodies are bounded (413, naming the limit); a command's stdin and file contents stream through their own routes.
+  const limit = bodyLimit({ maxSize: MAX_JSON_BODY, onError: (c) => errorResponse(c, bodyTooLarge(), 413) });
   // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
   const rawBody = (method: string, path: string) => STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path));
   app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));

@@ -1,4 +1,4 @@
-import { ERROR_STATUS, RoostError, type ErrorBody } from '@roost/api';
+import { ERROR_STATUS, MAX_JSON_BODY, RoostError, type ErrorBody } from '@roost/api';
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
@@ -28,12 +28,25 @@ export function toRoostError(err: unknown): RoostError {
   return new RoostError('INTERNAL', `internal error: ${message}`, { cause: err });
 }
 
-/** The JSON error response of `err`. */
-export function errorResponse(c: Context, err: unknown): Response {
+/** The JSON error response of `err`, with the status of its code (or `status`: 413 for a body over the limit). */
+export function errorResponse(c: Context, err: unknown, status?: ContentfulStatusCode): Response {
   const e = toRoostError(err);
-  const res = c.json(errorBody(e), ERROR_STATUS[e.code] as ContentfulStatusCode);
+  const res = c.json(errorBody(e), status ?? (ERROR_STATUS[e.code] as ContentfulStatusCode));
   if (e.code === 'UNAUTHENTICATED') res.headers.set('WWW-Authenticate', 'Bearer realm="roost"');
   return res;
+}
+
+/**
+ * The error of a JSON body over MAX_JSON_BODY (answered 413): it names the
+ * limit and the routes that take large data as a stream.
+ */
+export function bodyTooLarge(): RoostError {
+  return new RoostError(
+    'INVALID_ARGUMENT',
+    `request body: larger than the limit of ${MAX_JSON_BODY} bytes (1 MiB) for JSON bodies; send large data as a stream: ` +
+      "a file's contents with PUT /v1/sandboxes/{id}/files/content (or an archive with PUT .../files/archive), a command's input with POST .../execs/{execId}/stdin",
+    { details: { field: '', maxBytes: MAX_JSON_BODY } },
+  );
 }
 
 /** A 400 naming the field of the first zod issue, with every issue in `details`. */

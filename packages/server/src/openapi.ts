@@ -22,7 +22,7 @@ export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...EXEC_AND_FILE_ROU
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
   400: {
     name: 'InvalidArgument',
-    description: 'INVALID_ARGUMENT: invalid JSON, an unknown field, a wrong type, a body over the limit, or a bad parameter (the message names it).',
+    description: 'INVALID_ARGUMENT: invalid JSON, an unknown field, a wrong type, or a bad parameter (the message names it).',
   },
   401: { name: 'Unauthenticated', description: 'UNAUTHENTICATED: no bearer token, or a wrong one.' },
   403: {
@@ -35,6 +35,10 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
     description: 'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, file or route (for a file, details carry `errno` and `path`).',
   },
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
+  413: {
+    name: 'PayloadTooLarge',
+    description: `INVALID_ARGUMENT: a JSON body over ${MAX_JSON_BODY} bytes (details carry maxBytes); file contents and a command's input stream through their own routes.`,
+  },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },
   502: { name: 'BadGateway', description: 'AGENT, IMAGE or NETWORK: a guest agent or a registry failed.' },
@@ -98,7 +102,9 @@ function operation(route: Route): JsonSchema {
     const c = content(r.bodies);
     responses[status] = c ? { description: r.description, content: c } : { description: r.description };
   }
-  for (const status of [...new Set([...route.errors, 401, 503])].sort()) {
+  // A body over the limit is 413 on every route that can carry one, except the streamed uploads.
+  const limited = route.method !== 'get' && !(route.body && 'raw' in route.body) ? [413] : [];
+  for (const status of [...new Set([...route.errors, ...limited, 401, 503])].sort()) {
     const r = ERROR_RESPONSES[status];
     if (!r) throw new Error(`openapi: no error response for status ${status}`);
     responses[String(status)] = { $ref: `#/components/responses/${r.name}` };

@@ -6,7 +6,7 @@ import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { RoostError } from '../errors.js';
-import { DOCKER_HUB } from './reference.js';
+import { DOCKER_HUB, registryHostProblem } from './reference.js';
 
 /**
  * A registry login: a user name with a password (or access token), or an
@@ -31,9 +31,9 @@ const REGISTRY_RE = /^(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0
 const HELPER_TIMEOUT_MS = 30_000;
 const HELPER_OUTPUT_MAX = 1 << 20;
 
-/** True for a registry name: a host name or bracketed IPv6 address, with an optional port, and nothing else. */
+/** True for a registry name: a host name or bracketed IPv6 address, with an optional port (1-65535), and nothing else. */
 export function isRegistryHost(registry: string): boolean {
-  return REGISTRY_RE.test(registry);
+  return REGISTRY_RE.test(registry) && registryHostProblem(registry) === undefined;
 }
 
 /**

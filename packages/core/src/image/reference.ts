@@ -77,6 +77,8 @@ export function parseImageReference(input: string): ImageReference {
       registry = first;
       path = rest.slice(slash + 1);
       if (!DOMAIN_RE.test(registry)) throw bad(`"${registry}" is not a registry host`);
+      const problem = registryHostProblem(registry);
+      if (problem) throw bad(problem);
     }
   }
   if (registry === 'index.docker.io' || registry === 'registry-1.docker.io') registry = DOCKER_HUB;
@@ -97,6 +99,23 @@ export function parseImageReference(input: string): ImageReference {
   if (digest !== undefined) ref.digest = digest;
   if (tag === undefined && digest === undefined) ref.tag = 'latest';
   return ref;
+}
+
+/**
+ * Why `host` (a registry's `host[:port]`, already of the right shape)
+ * cannot be reached, or undefined when it can: a port outside 1-65535, or
+ * a host no URL can hold.
+ */
+export function registryHostProblem(host: string): string | undefined {
+  const port = /\]?:([0-9]+)$/.exec(host)?.[1];
+  if (port !== undefined && (port.length > 5 || Number(port) < 1 || Number(port) > 65535))
+    return `port ${port} of registry "${host}" is out of range (1-65535)`;
+  try {
+    new URL(`https://${host}/`);
+  } catch {
+    return `"${host}" is not a valid registry host`;
+  }
+  return undefined;
 }
 
 /** The fully qualified form: `docker.io/library/alpine:3.20`, `h:5000/a@sha256:...`. */

@@ -71,6 +71,7 @@ describe('RegistryClient: addresses', () => {
     expect(c.baseUrl('build.lan:443')).toBe('http://build.lan:443');
     expect(c.baseUrl('128.0.0.1')).toBe('https://128.0.0.1');
     expect(() => c.baseUrl('evil.example/x?')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => c.baseUrl('localhost:99999')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/out of range/) }));
   });
 
   it('reads insecure registries from ROOST_INSECURE_REGISTRIES', () => {

@@ -10,7 +10,7 @@ import { RoostError } from '../errors.js';
 import { isRegistryHost, normalizeRegistry, type CredentialStore, type Credentials } from './auth.js';
 import { parseDigest } from './blobs.js';
 import { MANIFEST_ACCEPT, MAX_DOCUMENT_BYTES, type Descriptor, type ImageSource } from './manifest.js';
-import { registryApiHost, type ImageReference } from './reference.js';
+import { registryApiHost, registryHostProblem, type ImageReference } from './reference.js';
 import { AuthState, RegistryAuthenticator, type RequestOptions } from './registry-auth.js';
 import { RegistryHttp, type Exchange, type RetryEvent } from './registry-http.js';
 import { BACKOFF_BASE_MS } from './retry.js';
@@ -84,7 +84,8 @@ export class RegistryClient {
 
   /** The registry's API root: https, or plain http for loopback hosts and insecure registries (Docker's rule). */
   baseUrl(registry: string): string {
-    if (!isRegistryHost(registry)) throw new RoostError('INVALID_ARGUMENT', `"${registry}" is not a registry host`);
+    if (!isRegistryHost(registry))
+      throw new RoostError('INVALID_ARGUMENT', registryHostProblem(registry) ?? `"${registry}" is not a registry host (HOST or HOST:PORT)`);
     return `${this.plainHttpAllowed(registry) ? 'http' : 'https'}://${registryApiHost(registry)}`;
   }
 

@@ -2,6 +2,7 @@ import { HelloFlags } from '@roost/protocol';
 import type { SandboxStatus } from '@roost/api';
 import { AgentConnection } from '../agent/connection.js';
 import { RoostError } from '../errors.js';
+import { notRunningError } from './state-error.js';
 import type { VmHandle } from '../vmm/types.js';
 
 /** What the agent link needs to know about its sandbox, and how it reports a lost guest. */
@@ -65,7 +66,7 @@ export class AgentLink {
     const status = host.status();
     if (!vm || vm.hasExited || (status !== 'running' && status !== 'paused')) {
       const reason = host.reason();
-      return Promise.reject(new RoostError('INVALID_STATE', `sandbox ${host.id} is ${status}${reason ? ` (${reason})` : ''}`));
+      return Promise.reject(notRunningError(host.id, status, 'run commands or reach its files', reason));
     }
     const conn = AgentConnection.connect(vm.paths.agentSocket, {
       flags: 0,

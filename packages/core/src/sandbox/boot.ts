@@ -152,6 +152,9 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
+/** The option of a boot timeout, as BOOT_FAILED's message and `details.option` name it. */
+export const BOOT_TIMEOUT_OPTION = 'timeoutMs';
+
 /** Turns a boot failure into BOOT_FAILED (or TIMEOUT / ABORTED) carrying the guest's last console lines. */
 export async function bootError(e: unknown, dir: string, timeoutMs: number, signal: AbortSignal): Promise<RoostError> {
   const consoleTail = await tail(join(dir, 'console.log'), 30);
@@ -171,10 +174,15 @@ export async function bootError(e: unknown, dir: string, timeoutMs: number, sign
   }
   const deadlineHit = signal.aborted && signal.reason instanceof Error && signal.reason.name === 'TimeoutError';
   if ((e instanceof RoostError && e.code === 'TIMEOUT') || deadlineHit) {
+    // The console's tail is in the message: a failed create removes the sandbox's directory, and its console.log with it.
+    // `details.option` names the option to raise, so a face can name its own (the CLI's flag) instead.
     return new RoostError(
       'BOOT_FAILED',
-      `the guest did not boot within ${timeoutMs} ms (raise timeoutMs on a loaded machine; see ${dir}/console.log)\n${shown}`,
-      { cause: e, details },
+      `the guest did not boot within ${timeoutMs} ms: raise the boot timeout (${BOOT_TIMEOUT_OPTION}) on a loaded machine\n${shown}`,
+      {
+        cause: e,
+        details: { ...details, option: BOOT_TIMEOUT_OPTION, timeoutMs },
+      },
     );
   }
   const msg = e instanceof Error ? e.message : String(e);

@@ -192,6 +192,37 @@ describe('sandbox lifecycle on a fake VMM', () => {
     await expect(sb.snapshot()).rejects.toMatchObject({ code: 'INVALID_STATE' });
   });
 
+  it("refuses a snapshot name that is another snapshot's id: an id keeps meaning its snapshot", async () => {
+    const sb = await runtime.create(small);
+    const first = await sb.snapshot({ name: 'first' });
+    await expect(sb.snapshot({ name: first.id })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/may not look like ids/) });
+    expect((await runtime.snapshots.get(first.id)).name).toBe('first');
+    await expect(runtime.volumes.create({ name: '0123456789ab' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it('a template whose build fails with --warm is not created; a lazy one stays defined', async () => {
+    vmm.guest = 'exit';
+    await expect(runtime.templates.create({ name: 'broken', warm: true, timeoutMs: 5_000 })).rejects.toMatchObject({ code: 'BOOT_FAILED' });
+    expect(await runtime.templates.list()).toEqual([]);
+    expect((await runtime.snapshots.list()).filter((x) => x.kind === 'template')).toEqual([]);
+    // The name is free again, and a template defined without building is kept as defined.
+    await runtime.templates.create({ name: 'broken' });
+    expect((await runtime.templates.list()).map((t) => [t.name, t.snapshot])).toEqual([['broken', null]]);
+  });
+
+  it('says how to get out of a state: a command in a stopped sandbox names start, a paused one resume', async () => {
+    const sb = await runtime.create(small);
+    await sb.pause();
+    await expect(sb.pause()).resolves.toBeUndefined();
+    await sb.resume();
+    await sb.stop();
+    const start = new RegExp(`is stopped.*: cannot .*start it first \\(\`roost start ${sb.id}\`, or \`sandbox.start\\(\\)\`\\)`);
+    await expect(sb.commands.run('true')).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(start) });
+    await expect(sb.files.read('/etc/hostname')).rejects.toMatchObject({ code: 'INVALID_STATE', message: expect.stringMatching(start) });
+    await expect(sb.snapshot()).rejects.toMatchObject({ message: expect.stringMatching(start) });
+    await expect(sb.pause()).rejects.toMatchObject({ message: expect.stringMatching(start) });
+  });
+
   it('forks copies that depend on a fork snapshot removed with the last of them', async () => {
     const sb = await runtime.create({ ...small, labels: { team: 'a' } });
     const copies = await sb.fork({ count: 2 });
@@ -224,7 +255,10 @@ describe('boot failures on a fake VMM', () => {
     const started = Date.now();
     const err = await runtime.create({ ...small, timeoutMs: 300 }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'BOOT_FAILED' });
-    expect((err as Error).message).toMatch(/did not boot within 300 ms/);
+    expect((err as Error).message).toMatch(/did not boot within 300 ms: raise the boot timeout \(timeoutMs\)/);
+    // No file is named (a failed create's directory may be gone): the console's tail is in the message and details.
+    expect((err as Error).message).not.toMatch(/console\.log/);
+    expect(err).toMatchObject({ details: { option: 'timeoutMs', timeoutMs: 300, console: expect.any(Array) } });
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(vmm.started[0]!.calls).toContain('kill');
     expect((await runtime.list())[0]?.status).toBe('failed');

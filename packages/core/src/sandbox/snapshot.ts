@@ -5,6 +5,7 @@ import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { abortError, RoostError } from '../errors.js';
+import { notRunningError } from './state-error.js';
 import type { ImageStore } from '../image/store.js';
 import { copyHashed } from '../snapshot/memory.js';
 import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, writeSnapshotWitness, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
@@ -105,7 +106,7 @@ export async function takeSnapshot(
 ): Promise<SnapshotRecord> {
   const { info, vm } = ctx;
   if ((info.status !== 'running' && info.status !== 'paused') || !vm || vm.hasExited) {
-    throw new RoostError('INVALID_STATE', `sandbox ${info.id} is ${info.status}: only a running or paused sandbox can be snapshotted`);
+    throw notRunningError(info.id, info.status, 'snapshot it (only a running or paused sandbox can be snapshotted)');
   }
   if (info.volumes?.length) {
     throw new RoostError(

@@ -123,11 +123,13 @@ export class SnapshotStore {
     }
   }
 
-  /** By exact name, else by id. */
+  /**
+   * By id, else by exact name. New names cannot look like ids (nameSchema in
+   * @roost/api); an id-like name an older home kept never shadows an id.
+   */
   find(nameOrId: string): SnapshotRecord | undefined {
-    const row = this.#db
-      .prepare('SELECT info_json FROM snapshots WHERE name = ? OR id = ? ORDER BY name = ? DESC LIMIT 1')
-      .get(nameOrId, nameOrId, nameOrId) as { info_json: string } | undefined;
+    const row = this.#db.prepare('SELECT info_json FROM snapshots WHERE name = ? OR id = ? ORDER BY id = ? DESC LIMIT 1').get(nameOrId, nameOrId, nameOrId) as
+      { info_json: string } | undefined;
     return row ? (JSON.parse(row.info_json) as SnapshotRecord) : undefined;
   }
 

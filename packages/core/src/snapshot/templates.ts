@@ -45,7 +45,11 @@ export class Templates implements TemplatesApi {
     this.#host = host;
   }
 
-  /** Defines a template; with `warm`, builds its snapshot now. ALREADY_EXISTS if the name is taken. */
+  /**
+   * Defines a template; with `warm`, builds its snapshot first and writes the
+   * template with it, so a failed build leaves no template. ALREADY_EXISTS if
+   * the name is taken.
+   */
   async create(request: CreateTemplateRequest & { signal?: AbortSignal }): Promise<TemplateInfo> {
     const { signal, ...rest } = request;
     const req = parseInput(CreateTemplateRequestSchema, rest, 'template');
@@ -58,25 +62,35 @@ export class Templates implements TemplatesApi {
       env: req.env ?? {},
       ...(req.setup ? { setup: req.setup } : {}),
     };
+    if (this.#find(spec.name)) throw alreadyExists(spec.name);
+    if (!req.warm) {
+      this.#insert(spec, null);
+      return this.get(spec.name);
+    }
+    // Built first, written with its snapshot: a failed build (a setup that exits non-zero, a boot that fails) leaves no template.
+    const rec = await this.#buildSnapshot(spec, { ...(req.timeoutMs ? { timeoutMs: req.timeoutMs } : {}), ...(signal ? { signal } : {}) });
+    try {
+      this.#insert(spec, rec.id);
+    } catch (e) {
+      await this.#snapshots.removeIfUnused(rec.id).catch(() => {});
+      throw e;
+    }
+    return this.get(spec.name);
+  }
+
+  /** Writes a template's row (with its snapshot, when built) and its event; ALREADY_EXISTS if the name is taken. */
+  #insert(spec: TemplateSpec, snapshotId: string | null): void {
     try {
       this.#db.transaction(() => {
         this.#db
-          .prepare('INSERT INTO templates (name, spec_json, snapshot_id, created_at) VALUES (?, ?, NULL, ?)')
-          .run(spec.name, JSON.stringify(spec), new Date().toISOString());
+          .prepare('INSERT INTO templates (name, spec_json, snapshot_id, created_at) VALUES (?, ?, ?, ?)')
+          .run(spec.name, JSON.stringify(spec), snapshotId, new Date().toISOString());
         this.#events.append('template.created', { data: { template: spec.name, image: spec.image ?? null } });
       })();
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
-        throw new RoostError(
-          'ALREADY_EXISTS',
-          `a template named ${spec.name} exists already: choose another name or remove it (\`roost template rm ${spec.name}\`)`,
-          { details: { template: spec.name } },
-        );
-      }
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw alreadyExists(spec.name);
       throw e;
     }
-    if (req.warm) return this.warm(spec.name, { ...(req.timeoutMs ? { timeoutMs: req.timeoutMs } : {}), ...(signal ? { signal } : {}) });
-    return this.get(spec.name);
   }
 
   async get(name: string): Promise<TemplateInfo> {
@@ -128,8 +142,24 @@ export class Templates implements TemplatesApi {
     return rec !== undefined && (await this.#snapshots.mismatch(rec, await this.#host.assets())) === null;
   }
 
+  /** Builds a new snapshot of a defined template and makes it the template's (the old one is removed once unused). */
   async #build(name: string, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<TemplateInfo> {
     const t = await this.get(name);
+    const rec = await this.#buildSnapshot(t, options);
+    const old = this.#find(name)?.snapshot ?? null;
+    const changes = this.#db.prepare('UPDATE templates SET snapshot_id = ? WHERE name = ?').run(rec.id, name).changes;
+    if (changes === 0) {
+      // Removed while it was being built.
+      await this.#snapshots.removeIfUnused(rec.id);
+      throw new RoostError('NOT_FOUND', `template ${name} was removed while its snapshot was built`);
+    }
+    if (old && old !== rec.id) await this.#snapshots.removeIfUnused(old);
+    return this.get(name);
+  }
+
+  /** Boots a sandbox of the spec, runs its setup, snapshots it and removes it: the snapshot, or the error that stopped it (nothing left behind). */
+  async #buildSnapshot(t: TemplateSpec, options: { timeoutMs?: number; signal?: AbortSignal }): Promise<SnapshotRecord> {
+    const name = t.name;
     const timeoutMs = options.timeoutMs ?? 120_000;
     const sb = await this.#host.create({
       ...(t.image ? { image: t.image } : {}),
@@ -155,20 +185,11 @@ export class Templates implements TemplatesApi {
           );
         }
       }
-      const rec = await sb._snapshot(`template.${name}.${randomBytes(3).toString('hex')}`, 'template', {
+      return await sb._snapshot(`template.${name}.${randomBytes(3).toString('hex')}`, 'template', {
         template: name,
         timeoutMs,
         ...(options.signal ? { signal: options.signal } : {}),
       });
-      const old = this.#find(name)?.snapshot ?? null;
-      const changes = this.#db.prepare('UPDATE templates SET snapshot_id = ? WHERE name = ?').run(rec.id, name).changes;
-      if (changes === 0) {
-        // Removed while it was being built.
-        await this.#snapshots.removeIfUnused(rec.id);
-        throw new RoostError('NOT_FOUND', `template ${name} was removed while its snapshot was built`);
-      }
-      if (old && old !== rec.id) await this.#snapshots.removeIfUnused(old);
-      return this.get(name);
     } finally {
       await sb.remove({ force: true }).catch(() => {});
     }
@@ -178,6 +199,12 @@ export class Templates implements TemplatesApi {
     const row = this.#db.prepare('SELECT spec_json, snapshot_id, created_at FROM templates WHERE name = ?').get(name) as Row | undefined;
     return row ? toInfo(row) : undefined;
   }
+}
+
+function alreadyExists(name: string): RoostError {
+  return new RoostError('ALREADY_EXISTS', `a template named ${name} exists already: choose another name or remove it (\`roost template rm ${name}\`)`, {
+    details: { template: name },
+  });
 }
 
 interface Row {
