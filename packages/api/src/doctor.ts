@@ -28,8 +28,10 @@ export const DoctorFindingKindSchema = z.enum([
   'volume-without-record',
   /** Image blobs that no image in the index uses (after the index was lost). */
   'images-not-indexed',
-  /** Temporary files left by processes that died, and files with loose permissions. */
+  /** Temporary files left by processes that died. */
   'temp-files',
+  /** Files or directories of the home that other users could read (not 0600/0700). */
+  'permissions',
 ]);
 export type DoctorFindingKind = z.infer<typeof DoctorFindingKindSchema>;
 

@@ -191,7 +191,7 @@ export async function sweepFindings(home: string, repair: boolean): Promise<Doct
       repaired: repair,
     })),
     ...loose.map((path) => ({
-      kind: 'temp-files' as const,
+      kind: 'permissions' as const,
       path,
       message: repair ? 'readable by other users: made private (0700/0600)' : 'readable by other users (--repair makes it 0700/0600)',
       repaired: repair,
