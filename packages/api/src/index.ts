@@ -18,3 +18,4 @@ export * from './abort.js';
 export * from './wire.js';
 export * from './output-buffer.js';
 export * from './command-args.js';
+export * from './sessions.js';

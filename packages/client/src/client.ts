@@ -17,6 +17,7 @@ import {
 import { defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteImages } from './images.js';
 import { RemoteSandbox } from './sandbox.js';
+import { SessionLink } from './session.js';
 import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 import { RemoteVolumes } from './volumes.js';
 import { SseParser } from './wire.js';
@@ -97,6 +98,7 @@ export class RoostClient implements RuntimeApi {
   /** Templates (warm pools): create, list, inspect, warm, remove; use them with `create({ template })`. */
   readonly templates: RemoteTemplates;
   #transport: Transport;
+  #session: SessionLink;
 
   constructor(options: RoostClientOptions = {}) {
     this.home = resolveHome(options.home);
@@ -112,6 +114,7 @@ export class RoostClient implements RuntimeApi {
     this.volumes = new RemoteVolumes(this.#transport);
     this.snapshots = new RemoteSnapshots(this.#transport);
     this.templates = new RemoteTemplates(this.#transport);
+    this.#session = new SessionLink(this.#transport);
   }
 
   /**
@@ -139,14 +142,16 @@ export class RoostClient implements RuntimeApi {
         body.pull = 'missing';
       }
     }
-    const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, signal, timeoutMs: null, what: 'creating a sandbox' });
-    return new RemoteSandbox(this.#transport, info);
+    // A sandbox that is not detached belongs to this client's session: it ends when the client does.
+    const headers = body.detached ? {} : await this.#session.header();
+    const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, headers, signal, timeoutMs: null, what: 'creating a sandbox' });
+    return new RemoteSandbox(this.#transport, info, this.#session);
   }
 
   /** Finds a sandbox by id (or unique id prefix). */
   async get(id: string): Promise<RemoteSandbox> {
     const info = await this.#transport.json<SandboxInfo>('GET', `/v1/sandboxes/${encodeURIComponent(id)}`);
-    return new RemoteSandbox(this.#transport, info);
+    return new RemoteSandbox(this.#transport, info, this.#session);
   }
 
   /** Lists sandboxes, newest first. */
@@ -255,10 +260,15 @@ export class RoostClient implements RuntimeApi {
   }
 
   /**
-   * Closes the connections: calls and streams in flight end with ABORTED.
-   * Sandboxes stay on the daemon (it owns them).
+   * Closes the client: the sandboxes it made that are not detached end (as
+   * an embedded runtime's do when it closes: killed, or removed when made
+   * with `autoRemove`), then calls and streams in flight end with ABORTED.
+   * Detached sandboxes stay on the daemon. A client that is never closed
+   * ends its sandboxes the same way when its process exits, however it exits,
+   * after the daemon's grace period (5 s by default).
    */
   async close(): Promise<void> {
+    await this.#session.close();
     this.#transport.close();
   }
 

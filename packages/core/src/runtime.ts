@@ -23,6 +23,7 @@ import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
 import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
 import { isLive } from './sandbox/record.js';
+import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
@@ -412,6 +413,11 @@ export class Runtime implements RuntimeApi {
     for (const info of this.#records.all()) {
       const sb = Sandbox._recover(services, info);
       this.#sandboxes.set(sb.id, sb);
+      // What its dead owner would have removed on a normal exit (VM killed by _recover).
+      if (removedAtRecovery(info)) {
+        await sb.remove({ force: true });
+        continue;
+      }
       await sb._attachNetwork();
       await sb._reconcile();
       if (!isLive(sb.status)) {
