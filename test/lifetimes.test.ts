@@ -28,7 +28,10 @@ let client: RoostClient;
 const children: ChildProcess[] = [];
 
 /** A `roost` child whose output is collected; `ready` resolves when stdout has shown `text`. */
-function startRoost(args: string[], env: NodeJS.ProcessEnv): { child: ChildProcess; out: () => string; err: () => string; printed: (text: string) => Promise<void>; exit: Promise<number | null> } {
+function startRoost(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): { child: ChildProcess; out: () => string; err: () => string; printed: (text: string) => Promise<void>; exit: Promise<number | null> } {
   const child = spawn(process.execPath, [ROOST_BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let stdout = '';

@@ -168,23 +168,25 @@ export async function main(argv: string[]): Promise<number> {
         // Whatever ends this CLI early (a signal, the terminal closing, a reader of its output gone) removes what it made.
         using life = new Lifetime();
         await withFace('run', async (face) => {
-          const sandbox = await face.runtime.create({
-            signal: life.signal,
-            // Embedded, a SIGKILLed CLI leaves it to the next runtime to remove; through a daemon, to its client session's end.
-            ...(flags.detach ? {} : { autoRemove: true }),
-            ...(passed('cpus') ? { cpus: flags.cpus } : {}),
-            ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
-            ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
-            ...(flags.template !== undefined ? { template: flags.template } : {}),
-            detached: !!flags.detach,
-            ...(Object.keys(labels).length > 0 ? { labels } : {}),
-            ...(volumes.length > 0 ? { volumes } : {}),
-            ...network,
-            ...(image ? { image, pull: flags.pull } : {}),
-            ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
-            ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
-            ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
-          }).catch((e: unknown) => life.rethrow(e));
+          const sandbox = await face.runtime
+            .create({
+              signal: life.signal,
+              // Embedded, a SIGKILLed CLI leaves it to the next runtime to remove; through a daemon, to its client session's end.
+              ...(flags.detach ? {} : { autoRemove: true }),
+              ...(passed('cpus') ? { cpus: flags.cpus } : {}),
+              ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
+              ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
+              ...(flags.template !== undefined ? { template: flags.template } : {}),
+              detached: !!flags.detach,
+              ...(Object.keys(labels).length > 0 ? { labels } : {}),
+              ...(volumes.length > 0 ? { volumes } : {}),
+              ...network,
+              ...(image ? { image, pull: flags.pull } : {}),
+              ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
+              ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+              ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
+            })
+            .catch((e: unknown) => life.rethrow(e));
           // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
           // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
           const img = restore ? undefined : sandbox.info.image;

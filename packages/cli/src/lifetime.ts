@@ -24,7 +24,8 @@ export class Interrupted extends Error {
   }
 }
 
-let active: Lifetime | null = null;
+/** The Lifetimes running, the newest last (one at a time in practice). */
+const running = new Set<Lifetime>();
 let guarded = false;
 
 /**
@@ -42,6 +43,7 @@ export function guardOutput(): void {
   ] as const) {
     stream.on('error', (e: NodeJS.ErrnoException) => {
       const code = e.code === 'EPIPE' ? EXIT_EPIPE : EXIT_HANGUP;
+      const active = [...running].at(-1);
       if (active) active.end(code, `${name}: ${e.code ?? e.message}`);
       else process.exit(code);
     });
@@ -63,7 +65,7 @@ export class Lifetime implements Disposable {
 
   constructor() {
     guardOutput();
-    active = this;
+    running.add(this);
     process.on('SIGINT', this.#onSignal);
     process.on('SIGTERM', this.#onSignal);
     process.on('SIGHUP', this.#onSignal);
@@ -101,7 +103,7 @@ export class Lifetime implements Disposable {
     process.off('SIGINT', this.#onSignal);
     process.off('SIGTERM', this.#onSignal);
     process.off('SIGHUP', this.#onSignal);
-    if (active === this) active = null;
+    running.delete(this);
   }
 
   readonly #onSignal = (signal: NodeJS.Signals): void => {

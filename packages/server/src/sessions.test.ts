@@ -37,7 +37,9 @@ class FakeRuntime {
   async get(id: string): Promise<DaemonSandbox> {
     const sb = this.sandboxes.get(id);
     if (!sb) throw Object.assign(new Error(`no sandbox ${id}`), { code: 'NOT_FOUND' });
-    const runtime = this;
+    const sandboxes = this.sandboxes;
+    const ended = this.ended;
+    const create = (options: { detached?: boolean }) => this.create(options);
     return {
       id,
       get info() {
@@ -46,20 +48,27 @@ class FakeRuntime {
       async kill() {
         sb.calls.push('kill');
         sb.info = { ...sb.info, status: 'stopped' };
-        runtime.ended.push(id);
+        ended.push(id);
       },
       async remove() {
         sb.calls.push('remove');
-        runtime.sandboxes.delete(id);
-        runtime.ended.push(id);
+        sandboxes.delete(id);
+        ended.push(id);
       },
       async fork(options: { count?: number; detached?: boolean }) {
         const copies = [];
-        for (let i = 0; i < (options.count ?? 1); i++) copies.push(await runtime.create({ detached: options.detached ?? sb.info.detached }));
+        for (let i = 0; i < (options.count ?? 1); i++) copies.push(await create({ detached: options.detached ?? sb.info.detached }));
         return copies;
       },
     } as unknown as DaemonSandbox;
   }
+}
+
+/** The parts of JSON answers these tests read. */
+interface Body {
+  id: string;
+  error: { code: string; message: string; details?: Record<string, unknown> };
+  sandboxes: { id: string }[];
 }
 
 let dir: string;
@@ -105,7 +114,7 @@ function send(method: string, path: string, options: { json?: unknown; headers?:
   });
 }
 
-async function call(method: string, path: string, options: { json?: unknown; headers?: Record<string, string> } = {}): Promise<{ status: number; body: any }> {
+async function call(method: string, path: string, options: { json?: unknown; headers?: Record<string, string> } = {}): Promise<{ status: number; body: Body }> {
   const res = await send(method, path, options);
   let text = '';
   for await (const c of res) text += (c as Buffer).toString();
@@ -192,7 +201,7 @@ describe('client sessions', () => {
     // Forks that are not detached join the session of their source when the request names none.
     const fork = await call('POST', `/v1/sandboxes/${id}/fork`, { json: { count: 1 } });
     expect(fork.status).toBe(201);
-    const copy = fork.body.sandboxes[0].id as string;
+    const copy = fork.body.sandboxes[0]!.id;
     expect((await call('DELETE', `/v1/sessions/${s.id}`)).status).toBe(204);
     expect(runtime.ended.sort()).toEqual([id, copy].sort());
     expect((await call('DELETE', `/v1/sessions/${s.id}`)).status).toBe(404);

@@ -75,7 +75,11 @@ export function snapshotRoutes(app: RoostHono, ctx: RouteContext): void {
     // Copies that are not detached belong to the request's session, else to their source's.
     const header = c.req.header(SESSION_HEADER);
     const detached = req.detached ?? sandbox.info.detached;
-    const session = detached ? undefined : header ? ctx.sessions.get(header.trim()) : (ctx.sessions.owner(sandbox.id) ?? ctx.sessions.required(undefined, 'fork'));
+    const session = detached
+      ? undefined
+      : header
+        ? ctx.sessions.get(header.trim())
+        : (ctx.sessions.owner(sandbox.id) ?? ctx.sessions.required(undefined, 'fork'));
     const copies = await sandbox.fork({ ...req, signal: longSignal(c) });
     if (session) await Promise.all(copies.map((copy) => session.adopt(copy)));
     return c.json({ sandboxes: copies.map((s) => sandboxBody(s.info)) }, 201);
