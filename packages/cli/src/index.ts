@@ -503,7 +503,11 @@ function forwardStdin(handle: CommandHandleApi, raw: boolean): () => void {
   })();
   return () => {
     stopped = true;
-    if (raw) stdin.setRawMode(false);
+    try {
+      if (raw) stdin.setRawMode(false);
+    } catch {
+      // The terminal is gone (SIGHUP): nothing to restore.
+    }
     stdin.pause();
     stdin.unref?.();
   };

@@ -5,6 +5,7 @@ import {
   isRoostError,
   parseInput,
   RoostError,
+  SESSION_HEADER,
   sleep,
   type CreateOptions,
   type EventType,
@@ -143,8 +144,16 @@ export class RoostClient implements RuntimeApi {
       }
     }
     // A sandbox that is not detached belongs to this client's session: it ends when the client does.
-    const headers = body.detached ? {} : await this.#session.header();
-    const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, headers, signal, timeoutMs: null, what: 'creating a sandbox' });
+    const send = async () => {
+      const headers = body.detached ? {} : await this.#session.header();
+      return this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, headers, signal, timeoutMs: null, what: 'creating a sandbox' });
+    };
+    const info = await send().catch((e: unknown) => {
+      // A session the daemon no longer knows (it restarted): nothing was created; once more in a new session.
+      if (!isRoostError(e, 'NOT_FOUND') || e.details.field !== SESSION_HEADER) throw e;
+      this.#session.forget(String(e.details.session));
+      return send();
+    });
     return new RemoteSandbox(this.#transport, info, this.#session);
   }
 

@@ -15,6 +15,8 @@ import type { StreamingResponse, Transport } from './http.js';
 export class SessionLink {
   readonly #transport: Transport;
   #current: Promise<{ id: string; stream: StreamingResponse; graceMs: number }> | null = null;
+  /** The session `#current` resolved to, once it has. */
+  #opened: { id: string; stream: StreamingResponse } | null = null;
   #closed = false;
 
   constructor(transport: Transport) {
@@ -54,11 +56,29 @@ export class SessionLink {
     }
   }
 
+  /**
+   * Forgets the session `id` names when the daemon said it has ended (a
+   * daemon restarted meanwhile): the next `header()` opens a new one.
+   */
+  forget(id: string): void {
+    const open = this.#opened;
+    if (!open || open.id !== id) return;
+    this.#current = null;
+    this.#opened = null;
+    open.stream.abort(new RoostError('ABORTED', `session ${id} has ended`));
+  }
+
   async #open(resume?: string): Promise<{ id: string; stream: StreamingResponse; graceMs: number }> {
-    const stream = await this.#transport.stream('POST', '/v1/sessions', {
-      accept: 'application/x-ndjson',
-      ...(resume ? { headers: { [SESSION_HEADER]: resume } } : {}),
-      what: resume ? `resuming session ${resume}` : 'opening a session',
+    const request = () =>
+      this.#transport.stream('POST', '/v1/sessions', {
+        accept: 'application/x-ndjson',
+        ...(resume ? { headers: { [SESSION_HEADER]: resume } } : {}),
+        what: resume ? `resuming session ${resume}` : 'opening a session',
+      });
+    // Opening (or resuming) twice is harmless: a kept-alive socket the daemon had just closed is retried once.
+    const stream = await request().catch((e: unknown) => {
+      if ((e as { retryable?: boolean }).retryable) return request();
+      throw e;
     });
     // Held open for the life of the client, not of the process.
     stream.res.socket?.unref();
@@ -89,6 +109,7 @@ export class SessionLink {
       stream.res.once('close', onEnd);
     });
     const session = { id: first.id, stream, graceMs: first.graceMs };
+    this.#opened = session;
     // Keepalive lines are read and dropped; when the stream ends, the session is resumed while the client is open.
     stream.res.on('data', () => {});
     stream.res.once('close', () => void this.#dropped(session));

@@ -166,7 +166,7 @@ export class SessionRegistry {
   /** The error for a session that is not there. */
   endedError(id: string): RoostError {
     return new RoostError('NOT_FOUND', `no session ${id}: it ended (its sandboxes were ended) or was never opened; open a new one with POST /v1/sessions`, {
-      details: { field: SESSION_HEADER },
+      details: { field: SESSION_HEADER, session: id },
     });
   }
 
