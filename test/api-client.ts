@@ -137,6 +137,7 @@ export class ApiClient {
   readonly #target: Target;
   readonly #token: string | null;
   readonly #agent = new Agent({ keepAlive: true, maxSockets: 256 });
+  #session: { id: string; close(): void } | null = null;
 
   constructor(target: Target, token: string | null) {
     this.#target = target;
@@ -252,13 +253,39 @@ export class ApiClient {
     return out;
   }
 
-  /** Closes kept-alive connections. */
+  /**
+   * Opens a client session (POST /v1/sessions), as @roost/client does before
+   * it creates a sandbox that is not detached: its id goes in the
+   * Roost-Session header of every later request, and the sandboxes made in
+   * it end when it does (`close()`, or the client's connections closing).
+   */
+  async openSession(): Promise<string> {
+    const s = await this.stream('POST', '/v1/sessions');
+    expect(s.status).toBe(200);
+    const lines = s.lines();
+    const first = (await lines.next()).value as { id: string };
+    // Keepalive lines are read (and validated) as they come, until the stream ends.
+    void (async () => {
+      try {
+        for await (const line of lines) void line;
+      } catch {
+        // closed
+      }
+    })();
+    this.#session = { id: first.id, close: () => s.close() };
+    return first.id;
+  }
+
+  /** Closes kept-alive connections (and the session's stream). */
   close(): void {
+    this.#session?.close();
+    this.#session = null;
     this.#agent.destroy();
   }
 
   #send(method: string, path: string, options: RequestOptions): Promise<IncomingMessage> {
     const headers: Record<string, string> = { ...options.headers };
+    if (this.#session && !Object.keys(headers).some((h) => h.toLowerCase() === 'roost-session')) headers['roost-session'] = this.#session.id;
     const token = options.token === undefined ? this.#token : options.token;
     if (token !== null && !Object.keys(headers).some((h) => h.toLowerCase() === 'authorization')) headers.authorization = `Bearer ${token}`;
     let payload: string | Buffer | undefined;

@@ -78,6 +78,8 @@ describe('roost serve killed with SIGKILL', () => {
   it('is found as it was by the next daemon: detached sandboxes re-attached, others recorded, nothing orphaned or lost', async () => {
     const first = await startDaemon();
     const before = apiClient();
+    // The owned sandbox belongs to this client's session (a sandbox that is not detached needs one).
+    await before.openSession();
     const kept = await json<Info>(before, 'POST', '/v1/sandboxes', { detached: true, labels: { role: 'kept' } });
     const owned = await json<Info>(before, 'POST', '/v1/sandboxes', { labels: { role: 'owned' } });
     expect(kept.status).toBe('running');

@@ -22,6 +22,7 @@ let base: string;
 beforeAll(async () => {
   daemon = await serve({ home: home.root });
   api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
+  await api.openSession();
   const created = await api.post<Json>('/v1/sandboxes', { timeoutMs: 60_000 });
   expect(created.status).toBe(201);
   base = `/v1/sandboxes/${String(created.body.id)}/files`;

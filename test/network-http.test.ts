@@ -88,6 +88,7 @@ beforeAll(async () => {
   heldPort = (held.address() as net.AddressInfo).port;
   daemon = await serve({ home: home.root });
   api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
+  await api.openSession();
   client = new RoostClient({ host: `unix://${daemon.socketPath}`, token: daemon.token });
   const created = await api.post<Info>('/v1/sandboxes', {
     ports: ['127.0.0.1::80'],

@@ -38,6 +38,7 @@ async function removeSandbox(id: string): Promise<void> {
 beforeAll(async () => {
   daemon = await serve({ home: home.root });
   api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
+  await api.openSession();
   client = new RoostClient({ host: `unix://${daemon.socketPath}`, token: daemon.token });
   const created = await api.post<Info>('/v1/sandboxes', { timeoutMs: 60_000 });
   expect(created.status).toBe(201);

@@ -23,6 +23,7 @@ describe('roost serve: volumes', () => {
     home = new TestHome();
     daemon = await serve({ home: home.root });
     api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
+    await api.openSession();
     client = new RoostClient({ host: `unix://${daemon.socketPath}`, token: daemon.token });
   });
 

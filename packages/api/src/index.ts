@@ -21,3 +21,4 @@ export * from './output-buffer.js';
 export * from './read-limit.js';
 export * from './command-args.js';
 export * from './doctor.js';
+export * from './sessions.js';

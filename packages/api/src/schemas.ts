@@ -61,6 +61,8 @@ export const SandboxInfoSchema = z
     memoryMiB: z.number().int(),
     diskSizeMiB: z.number().int(),
     detached: z.boolean(),
+    /** Removed (record, disk, logs), not kept stopped, when its owner ends: see `autoRemove` of the create request. */
+    autoRemove: z.boolean().optional(),
     accel: z.enum(['kvm', 'tcg']),
     /** The QEMU process, while one runs. */
     pid: z.number().int().nullable(),
@@ -104,6 +106,11 @@ export const CreateSandboxRequestSchema = z
     labels: LabelsSchema.optional(),
     /** Survives a restart of the runtime that made it (default false: it stops with it). */
     detached: z.boolean().optional(),
+    /**
+     * Remove the sandbox (record, disk, logs) instead of keeping it stopped when its owner ends: the runtime
+     * closing or dying, or (through a daemon) the client's session ending; as `docker run --rm`. Not with `detached`.
+     */
+    autoRemove: z.boolean().optional(),
     /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3; 2 with a network). */
     volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
     /** `user` (default: user-mode NAT run by Roost, no root needed), `bridge` (a TAP on a Linux bridge with a leased address; root) or `none`. */

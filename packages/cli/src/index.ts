@@ -26,6 +26,7 @@ import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
+import { guardOutput, Interrupted, Lifetime } from './lifetime.js';
 import { int, parsePairs } from './args.js';
 import {
   addNetworkFlags,
@@ -59,6 +60,8 @@ interface ExecFlags {
 /** Runs the CLI; resolves with the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;
+  // A reader of the output that is gone ends the CLI quietly (`roost ps | head -1`).
+  guardOutput();
   const program = new Command('roost')
     .description('Run untrusted code in hardware-isolated Linux microVMs')
     .version('0.1.0')
@@ -163,9 +166,14 @@ export async function main(argv: string[]): Promise<number> {
         const labels = parsePairs(flags.label, '-l');
         const volumes = flags.volume.map((v) => parseVolumeFlag(v));
         const network = networkOptions(flags);
+        // Whatever ends this CLI early (a signal, the terminal closing, a reader of its output gone) removes what it made.
+        using life = new Lifetime();
         await withFace('run', async (face) => {
           const sandbox = await namingFlag('--boot-timeout', () =>
             face.runtime.create({
+              signal: life.signal,
+              // Embedded, a SIGKILLed CLI leaves it to the next runtime to remove; through a daemon, to its client session's end.
+              ...(flags.detach ? {} : { autoRemove: true }),
               ...(passed('cpus') ? { cpus: flags.cpus } : {}),
               ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
               ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
@@ -179,7 +187,7 @@ export async function main(argv: string[]): Promise<number> {
               ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
               ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
             }),
-          );
+          ).catch((e: unknown) => life.rethrow(e));
           // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
           // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
           const img = restore ? undefined : sandbox.info.image;
@@ -205,7 +213,7 @@ export async function main(argv: string[]): Promise<number> {
           }
           announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
           try {
-            exitCode = await runAttached(sandbox, cmd, flags, env);
+            exitCode = await runAttached(sandbox, cmd, flags, env, life);
           } finally {
             await sandbox.remove({ force: true });
           }
@@ -222,9 +230,10 @@ export async function main(argv: string[]): Promise<number> {
       if (cmd[0] === '--') cmd = cmd.slice(1);
       if (cmd.length === 0) throw new RoostError('INVALID_ARGUMENT', 'give a command to run: roost exec ID -- CMD [ARG...]');
       const env = parseEnv(flags.env);
+      using life = new Lifetime();
       await withFace('exec', async (face) => {
         const sandbox = await face.runtime.get(id);
-        exitCode = await runAttached(sandbox, cmd, flags, env);
+        exitCode = await runAttached(sandbox, cmd, flags, env, life);
       });
     });
 
@@ -364,6 +373,11 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
+    if (e instanceof Interrupted) {
+      // Quiet (the reader of the output, or the terminal, is gone; or the user asked): and prompt, even if a stream lingers.
+      setTimeout(() => process.exit(e.exitCode), 2_000).unref();
+      return e.exitCode;
+    }
     return reportError(e);
   }
 }
@@ -403,8 +417,8 @@ function execOptions(flags: ExecFlags, env: Record<string, string>): RunOptions 
   return opts;
 }
 
-/** Runs a command with this process's stdio wired to it; returns its exit code. */
-async function runAttached(sandbox: SandboxApi, cmd: string[], flags: ExecFlags, env: Record<string, string>): Promise<number> {
+/** Runs a command with this process's stdio wired to it; returns its exit code (throws an Interrupted when `life` ends first). */
+async function runAttached(sandbox: SandboxApi, cmd: string[], flags: ExecFlags, env: Record<string, string>, life: Lifetime): Promise<number> {
   const tty = !!flags.tty && process.stdin.isTTY === true;
   const interactive = !!flags.interactive || !!flags.tty;
   const opts = execOptions(flags, env);
@@ -426,24 +440,35 @@ async function runAttached(sandbox: SandboxApi, cmd: string[], flags: ExecFlags,
     process.stdout.on('resize', onResize);
     cleanups.push(() => process.stdout.off('resize', onResize));
   }
-  // Ctrl-C (outside raw mode) and SIGTERM go to the command; a second one ends the CLI.
-  let interrupts = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (++interrupts > 1) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
-    handle.kill(sig);
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  cleanups.push(() => {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+  // Ctrl-C (outside raw mode) and SIGTERM go to the command; a second one, SIGHUP, or output nobody reads ends the CLI.
+  cleanups.push(
+    life.forward((sig) => {
+      try {
+        handle.kill(sig);
+      } catch {
+        // It has exited.
+      }
+    }),
+  );
+  let onEnd = () => {};
+  const ended = new Promise<never>((_, reject) => {
+    onEnd = () => reject(life.signal.reason as Error);
+    if (life.signal.aborted) onEnd();
+    else life.signal.addEventListener('abort', onEnd, { once: true });
   });
+  ended.catch(() => {});
+  cleanups.push(() => life.signal.removeEventListener('abort', onEnd));
 
   try {
-    await Promise.all([pipeOut(handle.stdout, process.stdout), pipeOut(handle.stderr, process.stderr)]).catch(() => {});
-    const result = await handle.wait();
-    return result.exitCode;
+    const done = (async () => {
+      await Promise.all([pipeOut(handle.stdout, process.stdout), pipeOut(handle.stderr, process.stderr)]).catch(() => {});
+      return (await handle.wait()).exitCode;
+    })();
+    // When the CLI ends first, the command's streams fail as its sandbox goes: nothing to report.
+    done.catch(() => {});
+    return await Promise.race([done, ended]);
   } catch (e) {
+    if (life.interrupted) throw life.interrupted;
     if (!isRoostError(e, 'TIMEOUT')) throw e;
     // As timeout(1) does, so scripts can tell a timeout from the command's own failure.
     process.stderr.write(`roost: ${e.message}\n`);
@@ -476,7 +501,11 @@ function forwardStdin(handle: CommandHandleApi, raw: boolean): () => void {
   })();
   return () => {
     stopped = true;
-    if (raw) stdin.setRawMode(false);
+    try {
+      if (raw) stdin.setRawMode(false);
+    } catch {
+      // The terminal is gone (SIGHUP): nothing to restore.
+    }
     stdin.pause();
     stdin.unref?.();
   };

@@ -8,6 +8,7 @@ interface ServeFlags {
   maxConcurrentCreates?: number;
   maxSandboxes?: number;
   maxInFlight?: number;
+  sessionGrace?: number;
 }
 
 /** Parses `--tcp [host:]port` (`[::1]:7423` for IPv6; a bare `--tcp` is 127.0.0.1:7423). */
@@ -44,6 +45,11 @@ export function addServeCommand(program: Command): Command {
     .option('--max-concurrent-creates <n>', 'sandboxes booting at once (more are answered 429)', positiveInt('--max-concurrent-creates'))
     .option('--max-sandboxes <n>', 'sandboxes with a VM at once (more are answered 429)', positiveInt('--max-sandboxes'))
     .option('--max-in-flight <n>', 'requests handled at once, streams included (more are answered 503; default 256)', positiveInt('--max-in-flight'))
+    .option(
+      '--session-grace <ms>',
+      "how long a client's sandboxes that are not detached outlive its connection, for it to reconnect (default 5000)",
+      positiveInt('--session-grace'),
+    )
     .action(async (flags: ServeFlags) => {
       const options: ServeOptions = { limits: {} };
       if (flags.tcp !== undefined) options.tcp = parseTcpAddress(flags.tcp);
@@ -51,6 +57,7 @@ export function addServeCommand(program: Command): Command {
       if (flags.maxConcurrentCreates !== undefined) options.limits!.maxConcurrentCreates = flags.maxConcurrentCreates;
       if (flags.maxSandboxes !== undefined) options.limits!.maxSandboxes = flags.maxSandboxes;
       if (flags.maxInFlight !== undefined) options.limits!.maxInFlight = flags.maxInFlight;
+      if (flags.sessionGrace !== undefined) options.limits!.sessionGraceMs = flags.sessionGrace;
 
       const daemon = await serve(options);
       process.stderr.write(`roost serve: home ${daemon.home}\n`);

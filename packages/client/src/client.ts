@@ -6,6 +6,7 @@ import {
   isRoostError,
   parseInput,
   RoostError,
+  SESSION_HEADER,
   sleep,
   type CreateOptions,
   type DoctorOptions,
@@ -20,6 +21,7 @@ import {
 import { defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteImages } from './images.js';
 import { RemoteSandbox } from './sandbox.js';
+import { SessionLink } from './session.js';
 import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 import { RemoteVolumes } from './volumes.js';
 import { SseParser } from './wire.js';
@@ -100,6 +102,7 @@ export class RoostClient implements RuntimeApi {
   /** Templates (warm pools): create, list, inspect, warm, remove; use them with `create({ template })`. */
   readonly templates: RemoteTemplates;
   #transport: Transport;
+  #session: SessionLink;
 
   constructor(options: RoostClientOptions = {}) {
     this.home = resolveHome(options.home);
@@ -115,6 +118,7 @@ export class RoostClient implements RuntimeApi {
     this.volumes = new RemoteVolumes(this.#transport);
     this.snapshots = new RemoteSnapshots(this.#transport);
     this.templates = new RemoteTemplates(this.#transport);
+    this.#session = new SessionLink(this.#transport);
   }
 
   /**
@@ -142,14 +146,24 @@ export class RoostClient implements RuntimeApi {
         body.pull = 'missing';
       }
     }
-    const info = await this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, signal, timeoutMs: null, what: 'creating a sandbox' });
-    return new RemoteSandbox(this.#transport, info);
+    // A sandbox that is not detached belongs to this client's session: it ends when the client does.
+    const send = async () => {
+      const headers = body.detached ? {} : await this.#session.header();
+      return this.#transport.json<SandboxInfo>('POST', '/v1/sandboxes', { json: body, headers, signal, timeoutMs: null, what: 'creating a sandbox' });
+    };
+    const info = await send().catch((e: unknown) => {
+      // A session the daemon no longer knows (it restarted): nothing was created; once more in a new session.
+      if (!isRoostError(e, 'NOT_FOUND') || e.details.field !== SESSION_HEADER) throw e;
+      this.#session.forget(String(e.details.session));
+      return send();
+    });
+    return new RemoteSandbox(this.#transport, info, this.#session);
   }
 
   /** Finds a sandbox by id (or unique id prefix). */
   async get(id: string): Promise<RemoteSandbox> {
     const info = await this.#transport.json<SandboxInfo>('GET', `/v1/sandboxes/${encodeURIComponent(id)}`);
-    return new RemoteSandbox(this.#transport, info);
+    return new RemoteSandbox(this.#transport, info, this.#session);
   }
 
   /**
@@ -267,10 +281,15 @@ export class RoostClient implements RuntimeApi {
   }
 
   /**
-   * Closes the connections: calls and streams in flight end with ABORTED.
-   * Sandboxes stay on the daemon (it owns them).
+   * Closes the client: the sandboxes it made that are not detached end (as
+   * an embedded runtime's do when it closes: killed, or removed when made
+   * with `autoRemove`), then calls and streams in flight end with ABORTED.
+   * Detached sandboxes stay on the daemon. A client that is never closed
+   * ends its sandboxes the same way when its process exits, however it exits,
+   * after the daemon's grace period (5 s by default).
    */
   async close(): Promise<void> {
+    await this.#session.close();
     this.#transport.close();
   }
 

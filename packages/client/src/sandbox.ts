@@ -15,6 +15,7 @@ import type { NetworkInfo, NetworkStats, PortBinding, PortProtocol, PortSpec, Po
 import { RemoteCommands } from './command.js';
 import { RemoteFiles } from './files.js';
 import type { Transport } from './http.js';
+import type { SessionLink } from './session.js';
 
 /** Headroom over a call's own timeout for the daemon to answer (it enforces the timeout itself). */
 const ANSWER_GRACE_MS = 15_000;
@@ -37,10 +38,12 @@ export class RemoteSandbox implements SandboxApi {
   #info: SandboxInfo;
   #transport: Transport;
   #path: string;
+  #session: SessionLink | undefined;
 
   /** @internal Use `client.create()` or `client.get()`. */
-  constructor(transport: Transport, info: SandboxInfo) {
+  constructor(transport: Transport, info: SandboxInfo, session?: SessionLink) {
     this.id = info.id;
+    this.#session = session;
     this.#info = info;
     this.#transport = transport;
     this.#path = `/v1/sandboxes/${encodeURIComponent(info.id)}`;
@@ -125,13 +128,16 @@ export class RemoteSandbox implements SandboxApi {
   ): Promise<RemoteSandbox[]> {
     parseInput(ForkOptionsSchema, options, 'fork options');
     const { signal, ...body } = options;
+    // Copies that are not detached belong to this client's session.
+    const headers = (body.detached ?? this.#info.detached) || !this.#session ? {} : await this.#session.header();
     const r = await this.#transport.json<{ sandboxes: SandboxInfo[] }>('POST', `${this.#path}/fork`, {
       json: body,
+      headers,
       signal,
       timeoutMs: null,
       what: `forking sandbox ${this.id}`,
     });
-    return r.sandboxes.map((info) => new RemoteSandbox(this.#transport, info));
+    return r.sandboxes.map((info) => new RemoteSandbox(this.#transport, info, this.#session));
   }
 
   /** The guest's console log (kernel, agent, output of background commands); `tail` keeps the last lines. */

@@ -26,6 +26,7 @@ import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
 import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
 import { isLive } from './sandbox/record.js';
+import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
@@ -469,6 +470,11 @@ export class Runtime implements RuntimeApi {
     }
     for (const info of this.#records.all()) {
       const sb = await this.#adopt(info.id);
+      // What its dead owner would have removed on a normal exit (its VM was killed by the recovery).
+      if (sb && removedAtRecovery(info)) {
+        await sb.remove({ force: true });
+        continue;
+      }
       if (sb) this.#witnesses.ensure(sb.info);
       if (sb && !isLive(sb.status)) {
         const dir = this.#layout.sandbox(sb.id);

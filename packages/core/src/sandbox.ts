@@ -408,6 +408,8 @@ export class Sandbox implements SandboxApi {
       return;
     }
     await this.#serialize(() => this.#kill('its runtime closed')).catch(() => {});
+    // Made to go with its owner (`autoRemove`): the record, disk and logs go too.
+    if (this.#record.info.autoRemove) await this.remove({ force: true }).catch(() => {});
   }
 
   // ---- internals -------------------------------------------------------------

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { ServerResponse } from 'node:http';
-import { MAX_JSON_BODY, RoostError } from '@roost/api';
+import { DEFAULT_SESSION_GRACE_MS, DEFAULT_SESSION_KEEPALIVE_MS, MAX_JSON_BODY, RoostError } from '@roost/api';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
@@ -18,6 +18,8 @@ import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
 import { ResponseStream } from './response-stream.js';
 import type { RouteContext, RoostEnv, RoostHono } from './route-context.js';
 import { sandboxRoutes } from './sandboxes.js';
+import { SessionRegistry } from './session-registry.js';
+import { sessionRoutes } from './sessions.js';
 import { snapshotRoutes } from './snapshots.js';
 import { volumeRoutes } from './volumes.js';
 
@@ -27,6 +29,10 @@ export interface AppLimits {
   maxInFlight?: number;
   /** Interval of the SSE heartbeat comments in ms (default 15 s). */
   sseHeartbeatMs?: number;
+  /** How long a client's session waits, once its connection is gone, for the client to resume it before its sandboxes end (ms; default 5 s). */
+  sessionGraceMs?: number;
+  /** Interval of the keepalive lines of session streams in ms (default 15 s). */
+  sessionKeepaliveMs?: number;
 }
 
 /** Options of `createApp`. */
@@ -59,12 +65,25 @@ export function createApp(options: AppOptions): RoostHono {
   // Every stream and boot in flight listens to it: hundreds are normal, not a leak.
   setMaxListeners(0, shutdown);
   const execs = new ExecRegistry();
-  shutdown.addEventListener('abort', () => execs.killAll(), { once: true });
+  const sessions = new SessionRegistry(options.runtime, {
+    graceMs: options.limits?.sessionGraceMs ?? DEFAULT_SESSION_GRACE_MS,
+    keepaliveMs: options.limits?.sessionKeepaliveMs ?? DEFAULT_SESSION_KEEPALIVE_MS,
+  });
+  shutdown.addEventListener(
+    'abort',
+    () => {
+      // The runtime's close ends the sessions' sandboxes (those not detached), as it would without sessions.
+      sessions.close();
+      execs.killAll();
+    },
+    { once: true },
+  );
   let inFlight = 0;
 
   const ctx: RouteContext = {
     runtime: options.runtime,
     execs,
+    sessions,
     shutdown,
     heartbeatMs: options.limits?.sseHeartbeatMs ?? 15_000,
     openStream(c, contentType, streamOptions) {
@@ -144,6 +163,7 @@ export function createApp(options: AppOptions): RoostHono {
   app.get('/v1/openapi.json', (c) => c.json(openapiDocument()));
 
   sandboxRoutes(app, ctx);
+  sessionRoutes(app, ctx);
   execRoutes(app, ctx);
   imageRoutes(app, ctx);
   eventRoutes(app, ctx);

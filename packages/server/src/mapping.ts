@@ -25,6 +25,7 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
     // Records written before exec counting existed have none.
     execs: info.execs ?? 0,
   };
+  if (info.autoRemove) body.autoRemove = true;
   if (info.image) body.image = { reference: info.image.reference, id: info.image.id, entrypoint: info.image.entrypoint, cmd: info.image.cmd };
   if (info.workingDir !== undefined) body.workingDir = info.workingDir;
   if (info.user !== undefined) body.user = info.user;

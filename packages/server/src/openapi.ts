@@ -4,6 +4,7 @@ import { EXEC_AND_FILE_ROUTES } from './openapi/exec-file-routes.js';
 import type { Body, JsonSchema, Route } from './openapi/route.js';
 import { RUNTIME_ROUTES } from './openapi/runtime-routes.js';
 import { SANDBOX_ROUTES } from './openapi/sandbox-routes.js';
+import { SESSION_ROUTES } from './openapi/session-routes.js';
 import { VERSION } from './version.js';
 
 /*
@@ -16,7 +17,7 @@ import { VERSION } from './version.js';
  */
 
 /** The route table: the one place that says what the daemon serves (its order is the document's). */
-export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES];
+export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES];
 
 /** The error responses, shared by the routes as components (status -> name and meaning). */
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
@@ -178,6 +179,7 @@ export function openapiDocument(): JsonSchema {
     tags: [
       { name: 'system' },
       { name: 'sandboxes' },
+      { name: 'sessions' },
       { name: 'network' },
       { name: 'execs' },
       { name: 'files' },

@@ -2,6 +2,7 @@ import type { Context, Hono } from 'hono';
 import type { DaemonRuntime } from './daemon-runtime.js';
 import type { ExecRegistry } from './exec-registry.js';
 import type { ResponseStream } from './response-stream.js';
+import type { SessionRegistry } from './session-registry.js';
 
 /** Per-request state the middleware shares with the routes. */
 export interface RoostEnv {
@@ -20,6 +21,8 @@ export type RoostHono = Hono<RoostEnv>;
 export interface RouteContext {
   runtime: DaemonRuntime;
   execs: ExecRegistry;
+  /** Client sessions: the owners of sandboxes that are not detached. */
+  sessions: SessionRegistry;
   /** Aborts when the daemon shuts down: streams end, commands started through it are killed. */
   shutdown: AbortSignal;
   /** Interval of SSE heartbeat comments. */

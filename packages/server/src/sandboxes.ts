@@ -4,6 +4,7 @@ import {
   listFilterFromQuery,
   RoostError,
   SandboxStatusSchema,
+  SESSION_HEADER,
   StartSandboxRequestSchema,
   StopSandboxRequestSchema,
 } from '@roost/api';
@@ -21,8 +22,11 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
   app.post('/v1/sandboxes', async (c) => {
     queryParams(c, []);
     const req = await parseJsonBody(c, CreateSandboxRequestSchema);
+    // A sandbox that is not detached belongs to its client's session (see session-registry.ts).
+    const session = req.detached ? undefined : ctx.sessions.required(c.req.header(SESSION_HEADER), 'POST /v1/sandboxes');
     // A client that gives up (or a daemon that stops) aborts the boot: nothing is left behind.
     const sandbox = await runtime.create({ ...req, signal: AbortSignal.any([ctx.clientGone(c), ctx.shutdown]) });
+    await session?.adopt(sandbox);
     c.header('Location', `/v1/sandboxes/${sandbox.id}`);
     return c.json(sandboxBody(sandbox.info), 201);
   });

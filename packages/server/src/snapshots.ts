@@ -1,4 +1,4 @@
-import { CreateSnapshotRequestSchema, CreateTemplateRequestSchema, ForkRequestSchema, type SnapshotInfo, type TemplateInfo } from '@roost/api';
+import { CreateSnapshotRequestSchema, CreateTemplateRequestSchema, ForkRequestSchema, SESSION_HEADER, type SnapshotInfo, type TemplateInfo } from '@roost/api';
 import { z } from 'zod';
 import { parseJsonBody, queryParams } from './http.js';
 import { sandboxBody } from './mapping.js';
@@ -72,7 +72,16 @@ export function snapshotRoutes(app: RoostHono, ctx: RouteContext): void {
     queryParams(c, []);
     const req = await parseJsonBody(c, ForkRequestSchema);
     const sandbox = await runtime.get(c.req.param('id'));
+    // Copies that are not detached belong to the request's session, else to their source's.
+    const header = c.req.header(SESSION_HEADER);
+    const detached = req.detached ?? sandbox.info.detached;
+    const session = detached
+      ? undefined
+      : header
+        ? ctx.sessions.get(header.trim())
+        : (ctx.sessions.owner(sandbox.id) ?? ctx.sessions.required(undefined, 'fork'));
     const copies = await sandbox.fork({ ...req, signal: longSignal(c) });
+    if (session) await Promise.all(copies.map((copy) => session.adopt(copy)));
     return c.json({ sandboxes: copies.map((s) => sandboxBody(s.info)) }, 201);
   });
 

@@ -54,6 +54,12 @@ export interface SandboxOptions {
    */
   detached?: boolean;
   /**
+   * Remove the sandbox (record, disk, logs) rather than keep it stopped when
+   * its owner ends it: this runtime closing, or the next runtime finding that
+   * its owner died (default false; as `docker run --rm`). Not with `detached`.
+   */
+  autoRemove?: boolean;
+  /**
    * Host directories (an absolute `source`, which must exist) and named
    * volumes (a `source` that is a volume name; created on first use) to
    * mount at `target` in the guest, over virtio-9p; at most 3 (MAX_VOLUMES). Targets are
@@ -149,6 +155,11 @@ export interface SandboxPlan {
 export function parseCreateOptions(options: SandboxOptions): SandboxOptions {
   const opts = parseInput(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
   if (opts.template !== undefined) throw new RoostError('INTERNAL', 'templates are resolved by the runtime');
+  if (opts.autoRemove && opts.detached) {
+    throw new RoostError('INVALID_ARGUMENT', 'autoRemove: a detached sandbox outlives its owner; remove it yourself (give one of detached and autoRemove)', {
+      details: { field: 'autoRemove' },
+    });
+  }
   return opts;
 }
 
@@ -255,6 +266,7 @@ function newRecord(deps: Pick<PlanDeps, 'records'>, opts: SandboxOptions, accel:
     memoryMiB,
     diskSizeMiB,
     detached: opts.detached ?? false,
+    ...(opts.autoRemove ? { autoRemove: true } : {}),
     accel,
     pid: null,
     env,

@@ -35,6 +35,17 @@ export function recoveryDecision(info: Pick<SandboxInfo, 'status' | 'detached'>,
 }
 
 /**
+ * Whether a record found at open is removed (record, directory, lease)
+ * after its decision is carried out: one made to be removed when its owner
+ * ends (`autoRemove`, as `roost run` makes them), whose owner was the runtime
+ * that died. Whatever its status: `roost run` removes its sandbox whether
+ * the command is still running or has exited.
+ */
+export function removedAtRecovery(info: Pick<SandboxInfo, 'detached' | 'autoRemove'>): boolean {
+  return info.autoRemove === true && !info.detached;
+}
+
+/**
  * After an attach: a runtime that died in the middle of a snapshot left
  * the VM stopped (and its disk frozen). A VM recorded as running but paused
  * in the VMM is continued, and connected to (`connect`), which thaws the

@@ -47,6 +47,7 @@ export interface ForkDeps<S extends { remove(options: { force: boolean }): Promi
     snapshot: string;
     labels: Record<string, string>;
     detached: boolean;
+    autoRemove?: boolean;
     egress?: EgressSpec;
     timeoutMs: number;
     signal?: AbortSignal;
@@ -66,12 +67,15 @@ export async function forkFrom<S extends { remove(options: { force: boolean }): 
   count: number,
   options: { labels?: Record<string, string>; detached?: boolean; timeoutMs: number; signal?: AbortSignal },
 ): Promise<S[]> {
+  const detached = options.detached ?? source.detached;
   const results = await Promise.allSettled(
     Array.from({ length: count }, () =>
       deps.create({
         snapshot: rec.id,
         labels: options.labels ?? source.labels,
-        detached: options.detached ?? source.detached,
+        detached,
+        // Copies that end with their owner end as their source would.
+        ...(!detached && source.autoRemove ? { autoRemove: true } : {}),
         // Copies keep the source's egress policy (not its published ports: a host port has one listener).
         ...(source.network && source.network.mode !== 'none' ? { egress: source.network.egress } : {}),
         timeoutMs: options.timeoutMs,

@@ -1,3 +1,4 @@
+import { SESSION_HEADER } from '@roost/api';
 import type { z } from 'zod';
 
 /*
@@ -34,7 +35,7 @@ export interface Route {
   operationId: string;
   summary: string;
   description?: string;
-  tag: 'system' | 'sandboxes' | 'network' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics';
+  tag: 'system' | 'sessions' | 'sandboxes' | 'network' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics';
   params?: Param[];
   /** A JSON body (optional when every field is), or a raw stream. */
   body?: { schema: z.ZodType; required: boolean } | { raw: RawBody };
@@ -51,6 +52,15 @@ export const idParam: Param = {
   required: true,
   description: 'The sandbox id, or a unique prefix of it.',
   schema: { type: 'string', pattern: '^[0-9a-f]{1,12}$' },
+};
+
+/** The `Roost-Session` header of requests that make sandboxes which are not detached. */
+export const sessionHeaderParam: Param = {
+  name: SESSION_HEADER,
+  in: 'header',
+  description:
+    'The id of an open client session (POST /v1/sessions) that owns the sandboxes made when they are not detached; required for those (400 without it, 404 for a session that has ended).',
+  schema: { type: 'string', pattern: '^[0-9a-f]{32}$' },
 };
 
 /** The `force` query flag of a removal, saying what it forces. */

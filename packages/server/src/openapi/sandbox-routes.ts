@@ -15,7 +15,7 @@ import {
 } from '@roost/api';
 import { z } from 'zod';
 import { NetworkStatusSchema, PortListSchema, PortSpecRequestSchema } from '../network.js';
-import { forceParam, idParam, VM_ERRORS, type Route } from './route.js';
+import { forceParam, idParam, sessionHeaderParam, VM_ERRORS, type Route } from './route.js';
 
 /*
  * The routes of the daemon itself (health, this document) and of one sandbox
@@ -55,7 +55,9 @@ export const SANDBOX_ROUTES: readonly Route[] = [
       "With `snapshot`, the sandbox is restored from that snapshot (its memory, processes and disk) instead of booted; with `template`, from the template's warm snapshot, which is built first when it has none (or no longer restores). " +
       "Beyond the runtime's limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED. " +
       '`ports` are bound before the VM starts: a host port another program holds fails the create with 503 UNAVAILABLE; an invalid mapping or egress rule is 400 (the message says which); ' +
-      '`network: bridge` needs a daemon running as root (403 PERMISSION_DENIED otherwise).',
+      '`network: bridge` needs a daemon running as root (403 PERMISSION_DENIED otherwise). ' +
+      'A sandbox that is not `detached` belongs to the client session named by the `Roost-Session` header (see POST /v1/sessions), and ends when that session ends: without the header the answer is 400.',
+    params: [sessionHeaderParam],
     body: { schema: CreateSandboxRequestSchema, required: false },
     ok: { 201: { description: 'The sandbox runs.', bodies: [{ json: SandboxInfoSchema }] } },
     errors: [400, 403, 404, 409, 429, 500, 502, 504],
@@ -182,8 +184,10 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     operationId: 'forkSandbox',
     tag: 'snapshots',
     summary: 'Running copies of a sandbox',
-    description: 'Each copy has its own id, memory and disk, restored from a snapshot (kind `fork`) of the sandbox taken now; the sandbox runs on.',
-    params: [idParam],
+    description:
+      'Each copy has its own id, memory and disk, restored from a snapshot (kind `fork`) of the sandbox taken now; the sandbox runs on. ' +
+      'Copies that are not detached belong to the session of the `Roost-Session` header, else to the session that owns the sandbox (400 when neither is there).',
+    params: [idParam, sessionHeaderParam],
     body: { schema: ForkRequestSchema, required: false },
     ok: { 201: { description: 'The copies run.', bodies: [{ json: ForkResultSchema }] } },
     errors: VM_ERRORS,
