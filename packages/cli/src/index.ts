@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { Command, CommanderError, Option } from 'commander';
 import {
+  diskFullError,
   EVENT_TYPES,
   isRoostError,
   RoostError,
@@ -16,7 +17,7 @@ import {
   type SandboxInfo,
   type SandboxStatus,
 } from '@roost/api';
-import { setup } from '@roost/core';
+import { roostHome, setup } from '@roost/core';
 import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
@@ -360,8 +361,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof CommanderError)
       return e.exitCode === 0 ? 0 : e.code === 'commander.help' || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 2;
-    if (isRoostError(e)) {
-      process.stderr.write(`roost: ${e.message}\n`);
+    // A full disk under the home (roost.db, a sandbox's files) is an expected failure too: said, not a stack trace.
+    const err = isRoostError(e) ? e : diskFullError(e, roostHome());
+    if (err) {
+      process.stderr.write(`roost: ${err.message}\n`);
       return EXIT_ROOST_ERROR;
     }
     throw e;

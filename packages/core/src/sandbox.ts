@@ -6,10 +6,10 @@ import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
 import { readConsoleLog } from './console-log.js';
-import { RoostError } from './errors.js';
+import { isRoostError, RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
-import type { VmHandle, VmShare } from './vmm/types.js';
+import type { VmHandle, VmIoError, VmShare } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
@@ -262,9 +262,10 @@ export class Sandbox implements SandboxApi {
       this.#checkNotRemoved();
       if (this.status === 'running') return;
       if (this.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a paused sandbox can be resumed`);
+      // A VM stopped on a host disk error retries the failed request first: on a disk still full it stops again (#ioStopped).
       await this.#runningVm().resume();
       this.#link.holdLiveness(false);
-      this.#record.save({ status: 'running' }, 'sandbox.resumed');
+      this.#record.save({ status: 'running', reason: undefined }, 'sandbox.resumed');
     });
   }
 
@@ -362,9 +363,32 @@ export class Sandbox implements SandboxApi {
       this.#net.close(true);
       await this.#net.closed();
       const services = this.#services;
-      record.delete(() => {
-        if (record.info.network?.mode === 'bridge') services.network.releaseLease(this.id);
-      });
+      const deleteRecord = () =>
+        record.delete(() => {
+          if (record.info.network?.mode === 'bridge') services.network.releaseLease(this.id);
+        });
+      try {
+        deleteRecord();
+      } catch (e) {
+        if (!isRoostError(e, 'RESOURCE_EXHAUSTED')) {
+          record.markRemoved(false);
+          throw e;
+        }
+        // A full disk: the VM is gone, and its directory (its disk most of all) is what is removed anyway, and may be
+        // what filled the disk. Without it the record is a stopped sandbox with nothing left, which a retry removes.
+        await rm(this.dir, { recursive: true, force: true });
+        try {
+          deleteRecord();
+        } catch (e2) {
+          record.markRemoved(false);
+          throw e2 instanceof RoostError
+            ? new RoostError(e2.code, `${e2.message} (sandbox ${this.id}: its VM and files are removed, its record is not; remove it again)`, {
+                cause: e2,
+                details: e2.details,
+              })
+            : e2;
+        }
+      }
       services.counters.sandboxesDestroyed++;
       services.released(this.id);
       await rm(this.dir, { recursive: true, force: true });
@@ -471,8 +495,28 @@ export class Sandbox implements SandboxApi {
     this.#record.exited(status, reason);
   }
 
+  /**
+   * The VM stopped itself on a host disk error (its writable disk could not
+   * be written or read on the host): recorded as `paused` with the reason and
+   * a `sandbox.paused` event, until `resume`.
+   */
+  #ioStopped(vm: VmHandle, error: VmIoError): void {
+    const current = () => this.#vm === vm && !vm.hasExited && !this.#record.removed;
+    if (!current()) return;
+    // Stopped, the agent cannot answer pings: hold them now, not after the lifecycle calls queued before this.
+    this.#link.holdLiveness(true);
+    const reason = error.nospace ? 'host disk full' : `host disk error: ${error.message}`;
+    void this.#serialize(async () => {
+      if (!current() || (this.status !== 'running' && this.status !== 'paused')) return;
+      this.#link.holdLiveness(true);
+      if (this.status === 'paused' && this.#record.info.reason === reason) return;
+      this.#record.save({ status: 'paused', reason }, 'sandbox.paused', { data: { reason, error: error.message, disk: join(this.dir, 'disk.qcow2') } });
+    }).catch(() => {});
+  }
+
   #watch(vm: VmHandle): void {
     this.#vm = vm;
+    vm.onIoError((error) => this.#ioStopped(vm, error));
     void vm.exited.then(() => {
       if (this.#vm !== vm) return;
       this.#link.close();

@@ -32,7 +32,8 @@ export function runTool(cmd: string, args: string[], options: RunToolOptions): P
     child.on('close', (code, sig) => {
       if (failed) return;
       if (code === 0) resolve();
-      else reject(new RoostError(options.code, `${cmd} failed (${sig ?? `exit ${code}`}): ${stderr.trim()}`));
+      // The tool's words are kept as the cause, so diskFullError can tell a full disk ("No space left on device").
+      else reject(new RoostError(options.code, `${cmd} failed (${sig ?? `exit ${code}`}): ${stderr.trim()}`, { cause: new Error(stderr.trim()) }));
     });
   });
 }

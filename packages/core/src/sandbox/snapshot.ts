@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
-import { abortError, RoostError } from '../errors.js';
+import { abortError, diskFullError, rethrowDiskFull, RoostError } from '../errors.js';
 import type { ImageStore } from '../image/store.js';
 import { copyHashed } from '../snapshot/memory.js';
 import { buildIdentity, SNAPSHOT_FILES, SNAPSHOT_FORMAT, type SnapshotRecord, type SnapshotStore } from '../snapshot/store.js';
@@ -121,7 +121,7 @@ export async function takeSnapshot(
   const rootfsSize = (await stat(rootfs)).size;
   const id = store.newId();
   const tmp = join(ctx.snapshotsDir, `.tmp-${id}`);
-  await mkdir(tmp, { recursive: true });
+  await mkdir(tmp, { recursive: true }).catch((e: unknown) => rethrowDiskFull(e, ctx.snapshotsDir));
   try {
     const conn = await ctx.connection();
     const wasPaused = info.status === 'paused';
@@ -223,6 +223,6 @@ export async function takeSnapshot(
         ? new RoostError('TIMEOUT', `the snapshot of sandbox ${info.id} took longer than ${timeoutMs} ms`, { cause: e })
         : abortError(signal, 'the snapshot');
     }
-    throw e;
+    throw diskFullError(e, ctx.snapshotsDir) ?? e;
   }
 }

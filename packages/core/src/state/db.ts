@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
-import { RoostError } from '../errors.js';
+import { RoostError, throwIfDiskFull } from '../errors.js';
 
 /**
  * Numbered schema migrations, applied in order inside one transaction each;
@@ -140,6 +140,7 @@ export function stateDb(home: string): Database.Database {
     migrate(db);
   } catch (e) {
     if (e instanceof RoostError) throw e;
+    throwIfDiskFull(e, path);
     throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });
   }
   open.set(path, db);

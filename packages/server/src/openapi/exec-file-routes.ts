@@ -34,7 +34,7 @@ const userQuery: Param = {
   description: "Act as this user: a name, a uid, `uid:gid` or `name:group` (default: the sandbox's user).",
   schema: { type: 'string', minLength: 1 },
 };
-const FILE_ERRORS = [400, 403, 404, 409, 429, 502];
+const FILE_ERRORS = [400, 403, 404, 409, 429, 502, 507];
 const TRAILER_NOTE =
   'Errors before the first byte are ordinary error responses. A failure after it, for a client that sent `TE: trailers`, ends the body with the `Roost-Error` trailer ' +
   "(announced in a `Trailer` header) whose value is the JSON of an error body's `error`; for other clients it breaks the connection. A body that ends cleanly without that trailer is complete.";

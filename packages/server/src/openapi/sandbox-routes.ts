@@ -58,7 +58,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
       '`network: bridge` needs a daemon running as root (403 PERMISSION_DENIED otherwise).',
     body: { schema: CreateSandboxRequestSchema, required: false },
     ok: { 201: { description: 'The sandbox runs.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 403, 404, 409, 429, 500, 502, 504],
+    errors: [400, 403, 404, 409, 429, 500, 502, 504, 507],
   },
   {
     method: 'get',
@@ -103,7 +103,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     summary: 'Remove a sandbox and its disk',
     params: [idParam, forceParam('Kill it first when it runs (otherwise a running sandbox is 409 INVALID_STATE).')],
     ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } },
-    errors: [400, 404, 409],
+    errors: [400, 404, 409, 507],
   },
   {
     method: 'post',
@@ -125,7 +125,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     params: [idParam],
     body: { schema: StartSandboxRequestSchema, required: false },
     ok: { 200: { description: 'Running again.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 409, 429, 500, 504],
+    errors: [400, 404, 409, 429, 500, 504, 507],
   },
   {
     method: 'post',

@@ -6,10 +6,10 @@ import { promisify } from 'node:util';
 import { RoostError } from '../../errors.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
-import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmStateTarget } from '../types.js';
+import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmStateTarget } from '../types.js';
 import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
 import { createDisk, createOverlay } from './disk.js';
-import { QmpClient } from './qmp.js';
+import { ioErrorOf, QmpClient, stoppedOnIoError, type QmpEvent } from './qmp.js';
 import { findRam } from './ram.js';
 
 const execFileP = promisify(execFile);
@@ -202,6 +202,7 @@ export function isOurQemu(pid: number, dir: string): boolean {
 class QemuHandle implements VmHandle {
   #qmp: Promise<QmpClient> | undefined;
   #exited = false;
+  readonly #ioListeners: ((error: VmIoError) => void)[] = [];
   readonly exited: Promise<VmExit>;
 
   constructor(
@@ -271,6 +272,16 @@ class QemuHandle implements VmHandle {
     void qmp?.then((q) => q.close()).catch(() => {});
   }
 
+  onIoError(listener: (error: VmIoError) => void): void {
+    this.#ioListeners.push(listener);
+    // Watching needs the QMP connection open: events go only to a connected client.
+    if (!this.#exited) this.#client().catch(() => {});
+  }
+
+  #ioError(error: VmIoError): void {
+    for (const listener of this.#ioListeners) listener(error);
+  }
+
   kill(): void {
     if (this.#exited) return;
     try {
@@ -287,7 +298,26 @@ class QemuHandle implements VmHandle {
         vmExited: () => this.#exited,
         ...(signal ? { signal } : {}),
       });
-      this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
+      const qmp = this.#qmp;
+      qmp
+        .then((q) => {
+          q.once('close', () => {
+            if (this.#qmp === qmp) this.#qmp = undefined;
+          });
+          q.on('event', (event: QmpEvent) => {
+            const error = ioErrorOf(event);
+            if (error) this.#ioError(error);
+          });
+          // An error while no client was connected sent its event to no one: the VM's state still says.
+          if (this.#ioListeners.length > 0) {
+            void stoppedOnIoError(q)
+              .then((error) => error && this.#ioError(error))
+              .catch(() => {});
+          }
+        })
+        .catch(() => {
+          if (this.#qmp === qmp) this.#qmp = undefined;
+        });
     }
     return this.#qmp;
   }
