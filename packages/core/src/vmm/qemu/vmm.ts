@@ -1,9 +1,9 @@
 import { execFile, spawn } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { accessSync, constants, openSync, closeSync, readFileSync, statfsSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
-import { RoostError } from '../../errors.js';
+import { diskFullErrno, rethrowDiskFull, RoostError } from '../../errors.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
 import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmStateTarget } from '../types.js';
@@ -172,6 +172,16 @@ function startLogKeeper(path: string, limit: number): LogKeeper {
   }
 }
 
+/** True when the filesystem of `dir` has less than 1 MiB left for this user (a write there likely failed for want of space). */
+function nearlyFull(dir: string): boolean {
+  try {
+    const st = statfsSync(dir);
+    return st.bavail * st.bsize < 2 ** 20;
+  } catch {
+    return false;
+  }
+}
+
 /** Resolves a command name through PATH (or checks a path); null when it is not an executable file. */
 export function findExecutable(name: string): string | null {
   const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).map((d) => join(d, name));
@@ -255,11 +265,16 @@ class QemuHandle implements VmHandle {
       if (!target.restoredFrom) throw e;
       return findRam(this.pid, target.memoryBytes, MEMORY_BACKEND_MEMFD_NAME, target.restoredFrom);
     });
-    const [, saved] = await Promise.all([
+    const [devices, saved] = await Promise.allSettled([
       qmp.execute('xen-save-devices-state', { filename: target.devices, live: false }, options.timeoutMs),
       saveRam(ram, target.memoryBytes, target.memory),
     ]);
-    return saved;
+    if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
+    const failures = [devices, saved].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    // QEMU says only "An IO error has occurred" when it cannot write the device state: a full disk is told by its free space.
+    const full = failures.find((e) => diskFullErrno(e)) ?? (devices.status === 'rejected' && nearlyFull(dirname(target.devices)) ? { code: 'ENOSPC' } : undefined);
+    if (full) rethrowDiskFull(full, dirname(target.devices));
+    throw failures[0];
   }
 
   async quit(options: VmControlOptions = {}): Promise<void> {
