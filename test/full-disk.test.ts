@@ -162,7 +162,9 @@ describe.skipIf(!asRoot)('a Roost home on a full disk', () => {
     expect(result.exitCode, result.stderr).toBe(0);
     expect((await status()).status).toBe('running');
     expect((await status()).reason).toBeUndefined();
-    const check = await sh('sha256sum -c /root/x.sum && echo more > /root/y && cat /root/y && dmesg | grep -ci -e "i/o error" -e "EXT4-fs error" -e "remounting" || true');
+    const check = await sh(
+      'sha256sum -c /root/x.sum && echo more > /root/y && cat /root/y && dmesg | grep -ci -e "i/o error" -e "EXT4-fs error" -e "remounting" || true',
+    );
     expect(check).toMatchObject({ exitCode: 0 });
     expect(check.stdout).toBe('/root/x: OK\nmore\n0\n');
 

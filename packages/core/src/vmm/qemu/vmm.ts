@@ -272,7 +272,8 @@ class QemuHandle implements VmHandle {
     if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
     const failures = [devices, saved].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
     // QEMU says only "An IO error has occurred" when it cannot write the device state: a full disk is told by its free space.
-    const full = failures.find((e) => diskFullErrno(e)) ?? (devices.status === 'rejected' && nearlyFull(dirname(target.devices)) ? { code: 'ENOSPC' } : undefined);
+    const full =
+      failures.find((e) => diskFullErrno(e)) ?? (devices.status === 'rejected' && nearlyFull(dirname(target.devices)) ? { code: 'ENOSPC' } : undefined);
     if (full) rethrowDiskFull(full, dirname(target.devices));
     throw failures[0];
   }
