@@ -220,9 +220,23 @@ describe.skipIf(!asRoot)('a Roost home on a full disk', () => {
     // The `echo` run while the database was full: its start and exit were written before the deletion.
     expect(types.filter((t) => t === 'exec.exited').length).toBeGreaterThanOrEqual(3);
 
-    // A new runtime on the home (the daemon gone) finds no record.
+    // Without a daemon, on a home with no room at all: the CLI cannot even open roost.db (SQLite cannot make its
+    // shared-memory file), and says why, without a stack trace; a new sandbox is refused the same way.
     await daemon!.close();
     daemon = undefined;
+    closeStateDbs();
+    fill(filler());
+    for (const args of [
+      ['ps', '-a'],
+      ['run', '--network', 'none', '--', 'true'],
+    ]) {
+      const r = await runRoost(args, { env: { ...process.env, ROOST_HOME: mount } });
+      expect(r.code, args.join(' ')).toBe(125);
+      expect(r.stderr).toBe(`roost: the disk holding ${join(mount, 'roost.db')} is full: free space and retry\n`);
+    }
+    expect(qemusOf(mount)).toEqual([]);
+
+    // A new runtime on the home, once there is room, finds no record.
     rmSync(filler());
     const runtime = await Runtime.open({ home: mount });
     try {

@@ -1,7 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
-import { RoostError, throwIfDiskFull } from '../errors.js';
+import { diskFullAt } from '../disk-space.js';
+import { RoostError } from '../errors.js';
 
 /**
  * Numbered schema migrations, applied in order inside one transaction each;
@@ -140,7 +141,9 @@ export function stateDb(home: string): Database.Database {
     migrate(db);
   } catch (e) {
     if (e instanceof RoostError) throw e;
-    throwIfDiskFull(e, path);
+    // On a full disk SQLite cannot even make its shared-memory file (-shm) to read: say so, not "disk I/O error".
+    const full = diskFullAt(e, path);
+    if (full) throw full;
     throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });
   }
   open.set(path, db);

@@ -1,9 +1,10 @@
 import { execFile, spawn } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync, statfsSync } from 'node:fs';
+import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
-import { diskFullErrno, rethrowDiskFull, RoostError } from '../../errors.js';
+import { diskFullAt } from '../../disk-space.js';
+import { RoostError } from '../../errors.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
 import type { SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmStateTarget } from '../types.js';
@@ -172,16 +173,6 @@ function startLogKeeper(path: string, limit: number): LogKeeper {
   }
 }
 
-/** True when the filesystem of `dir` has less than 1 MiB left for this user (a write there likely failed for want of space). */
-function nearlyFull(dir: string): boolean {
-  try {
-    const st = statfsSync(dir);
-    return st.bavail * st.bsize < 2 ** 20;
-  } catch {
-    return false;
-  }
-}
-
 /** Resolves a command name through PATH (or checks a path); null when it is not an executable file. */
 export function findExecutable(name: string): string | null {
   const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).map((d) => join(d, name));
@@ -272,10 +263,8 @@ class QemuHandle implements VmHandle {
     if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
     const failures = [devices, saved].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
     // QEMU says only "An IO error has occurred" when it cannot write the device state: a full disk is told by its free space.
-    const full =
-      failures.find((e) => diskFullErrno(e)) ?? (devices.status === 'rejected' && nearlyFull(dirname(target.devices)) ? { code: 'ENOSPC' } : undefined);
-    if (full) rethrowDiskFull(full, dirname(target.devices));
-    throw failures[0];
+    const full = failures.map((e) => diskFullAt(e, dirname(target.devices))).find((e) => e !== null);
+    throw full ?? failures[0];
   }
 
   async quit(options: VmControlOptions = {}): Promise<void> {
