@@ -147,10 +147,13 @@ describe.skipIf(!asRoot)('a Roost home on a full disk', () => {
     await eventually(async () => (await status()).status === 'paused', 60_000, 'the sandbox paused');
     expect(await status()).toMatchObject({ status: 'paused', reason: 'host disk full' });
 
-    // Resuming retries the write: the disk is still full, so it pauses again, same reason; nothing crashed.
-    const resumed = await api.post<Info>(`/v1/sandboxes/${id}/resume`);
-    expect(resumed.status).toBe(200);
-    await eventually(async () => (await status()).status === 'paused', 30_000, 'paused again');
+    // Resuming retries the write: the disk is still full, so it pauses again, same reason, and the answer says so (507).
+    const resumed = await api.post<Json>(`/v1/sandboxes/${id}/resume`);
+    expect(resumed.status).toBe(507);
+    expect(resumed.body).toMatchObject({ error: { code: 'RESOURCE_EXHAUSTED', details: { resource: 'disk' } } });
+    expect((resumed.body as { error: { message: string } }).error.message).toMatch(
+      /^sandbox \w+ is paused again: the disk holding \S+ is full: free space and retry$/,
+    );
     expect(await status()).toMatchObject({ status: 'paused', reason: 'host disk full' });
   });
 

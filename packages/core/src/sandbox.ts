@@ -6,7 +6,7 @@ import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
 import { readConsoleLog } from './console-log.js';
-import { isRoostError, RoostError } from './errors.js';
+import { diskFullError, isRoostError, RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
 import type { VmHandle, VmIoError, VmShare } from './vmm/types.js';
@@ -25,6 +25,9 @@ export type { RuntimeCounters, SharedRuntime } from './sandbox/services.js';
 
 /** @internal What a sandbox uses of the runtime that owns it (see sandbox/services.ts). */
 export type SandboxServices = Services<Sandbox>;
+
+/** How long `resume` watches a VM it resumed from a host disk error for the retried request to fail again (ms). */
+const DISK_RETRY_WAIT_MS = 500;
 
 let sharedRuntime: ((home: string | undefined) => Promise<SharedRuntime<Sandbox>>) | null = null;
 
@@ -256,16 +259,23 @@ export class Sandbox implements SandboxApi {
     });
   }
 
-  /** Resumes a paused sandbox exactly where it was (a running one is left as is). */
+  /**
+   * Resumes a paused sandbox exactly where it was (a running one is left as
+   * is). One paused on a host disk error retries the failed disk request
+   * first: if the disk is still full it is paused again, with the same
+   * reason, and this is RESOURCE_EXHAUSTED.
+   */
   resume(): Promise<void> {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
       if (this.status === 'running') return;
       if (this.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a paused sandbox can be resumed`);
-      // A VM stopped on a host disk error retries the failed request first: on a disk still full it stops again (#ioStopped).
-      await this.#runningVm().resume();
+      const vm = this.#runningVm();
+      const diskReason = this.#record.info.reason?.startsWith('host disk') ? this.#record.info.reason : undefined;
+      await vm.resume();
       this.#link.holdLiveness(false);
       this.#record.save({ status: 'running', reason: undefined }, 'sandbox.resumed');
+      if (diskReason) await this.#checkDiskRetry(vm, diskReason);
     });
   }
 
@@ -400,6 +410,9 @@ export class Sandbox implements SandboxApi {
   /** Closes this process's agent connection without stopping the sandbox (a later command reconnects). */
   disconnect(): void {
     this.#link.close();
+    // Closing let go of the VMM's control connection too; the runtime still owns the VM, so it watches on (see onIoError).
+    const vm = this.#vm;
+    if (vm && !vm.hasExited && !this.#letGo) void vm.status().catch(() => {});
   }
 
   /** Ends the sandbox: a detached one is only disconnected; any other is killed and removed. */
@@ -493,6 +506,28 @@ export class Sandbox implements SandboxApi {
   #exited(status: 'stopped' | 'failed', reason: string): void {
     this.#net.close(true);
     this.#record.exited(status, reason);
+  }
+
+  /**
+   * After resuming a VM stopped on a host disk error: the failed request is
+   * retried at once, so a disk still full stops it again within moments.
+   * Then it is paused again, same reason, and the caller is told
+   * (RESOURCE_EXHAUSTED); a later failure is left to #ioStopped.
+   */
+  async #checkDiskRetry(vm: VmHandle, reason: string): Promise<void> {
+    let status = 'running';
+    for (let waited = 0; waited < DISK_RETRY_WAIT_MS && status === 'running'; waited += 50) {
+      await new Promise((r) => setTimeout(r, 50));
+      status = await vm.status().catch(() => 'unknown');
+    }
+    if (status !== 'io-error') return;
+    this.#link.holdLiveness(true);
+    const disk = join(this.dir, 'disk.qcow2');
+    this.#record.save({ status: 'paused', reason }, 'sandbox.paused', { data: { reason, disk } });
+    const full = reason === 'host disk full' ? diskFullError({ code: 'ENOSPC' }, disk) : null;
+    throw full
+      ? new RoostError('RESOURCE_EXHAUSTED', `sandbox ${this.id} is paused again: ${full.message}`, { details: full.details })
+      : new RoostError('VMM', `sandbox ${this.id} is paused again (${reason}): see the host's disk`, { details: { disk } });
   }
 
   /**

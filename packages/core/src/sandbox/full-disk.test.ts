@@ -103,9 +103,11 @@ describe('a full host disk on a fake VMM', () => {
     expect(sb.info.reason).toBe('host disk full');
     expect(await sb.vmStatus()).toBe('io-error');
 
-    // Still full: the retried writes stop it again, same reason; nothing failed or was killed.
-    await sb.resume();
-    await until(() => sb.status === 'paused');
+    // Still full: the retried writes stop it again, same reason, and resume says so; nothing failed or was killed.
+    const again = await sb.resume().catch((e: unknown) => e);
+    expect(again).toMatchObject({ code: 'RESOURCE_EXHAUSTED', details: { resource: 'disk', path: join(sb.dir, 'disk.qcow2') } });
+    expect((again as Error).message).toBe(`sandbox ${sb.id} is paused again: the disk holding ${join(sb.dir, 'disk.qcow2')} is full: free space and retry`);
+    expect(sb.status).toBe('paused');
     expect(sb.info.reason).toBe('host disk full');
     expect(vm.calls).not.toContain('kill');
 
@@ -115,6 +117,8 @@ describe('a full host disk on a fake VMM', () => {
     expect(sb.status).toBe('running');
     expect(sb.info.reason).toBeUndefined();
     expect(await sb.ping()).toBeGreaterThanOrEqual(0);
+    // The paused-again event came once, from resume (the VM's own report of the same stop added nothing).
+    await new Promise((r) => setTimeout(r, 20));
 
     const all = await events(sb.id);
     expect(all.map((e) => e.type)).toEqual(['sandbox.created', 'sandbox.started', 'sandbox.paused', 'sandbox.resumed', 'sandbox.paused', 'sandbox.resumed']);

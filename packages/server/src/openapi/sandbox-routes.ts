@@ -157,10 +157,12 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     operationId: 'resumeSandbox',
     tag: 'sandboxes',
     summary: 'Continue a paused sandbox where it was (a running one is left as it is)',
+    description:
+      'A sandbox Roost paused because the host could not store its disk writes (`reason: "host disk full"`) retries them first: on a disk still full it is paused again, same reason, and the answer is 507.',
     params: [idParam],
     body: { schema: EmptyRequestSchema, required: false },
     ok: { 200: { description: 'Running again.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 409],
+    errors: [400, 404, 409, 507],
   },
   {
     method: 'post',
