@@ -47,9 +47,14 @@ export class PendingWrites {
    * Runs `write` in a transaction, after the writes still kept. When the
    * disk cannot take them (or it), it is kept with them and false is
    * returned; any other failure is thrown. Inside a caller's transaction
-   * the kept writes wait (a rollback there would lose them).
+   * it is part of that transaction (its failure is the caller's), and the
+   * kept writes wait (a rollback there would lose them).
    */
   write(write: Write): boolean {
+    if (this.#db.inTransaction) {
+      write();
+      return true;
+    }
     if (!this.flush()) {
       this.#keep(write);
       return false;
