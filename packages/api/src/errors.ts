@@ -45,6 +45,24 @@ export const ERROR_STATUS: Readonly<Record<RoostErrorCode, number>> = {
 export const ERROR_CODES = Object.keys(ERROR_STATUS) as RoostErrorCode[];
 
 /**
+ * The status of a RESOURCE_EXHAUSTED that is a full disk (the host's or a
+ * guest's): 507 Insufficient Storage. 429 says "retry later", which a full
+ * disk will not make true by itself.
+ */
+export const DISK_FULL_STATUS = 507;
+
+/** True for the details of a full disk: `resource: 'disk'` (the host's), or the errno of a full disk or quota (a guest's). */
+export function isDiskFullDetails(details: Record<string, unknown>): boolean {
+  return details.resource === 'disk' || details.errno === 'ENOSPC' || details.errno === 'EDQUOT';
+}
+
+/** The HTTP status of an error: ERROR_STATUS of its code, but DISK_FULL_STATUS for a full disk. */
+export function errorStatus(err: { code: RoostErrorCode; details?: Record<string, unknown> }): number {
+  if (err.code === 'RESOURCE_EXHAUSTED' && err.details && isDiskFullDetails(err.details)) return DISK_FULL_STATUS;
+  return ERROR_STATUS[err.code];
+}
+
+/**
  * The one error type Roost throws, embedded or remote. `code` is stable;
  * `message` says what happened and what to do; `cause` carries the
  * underlying error; `details` carries structured context (for example the

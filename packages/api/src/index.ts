@@ -4,6 +4,7 @@
  * implement, RoostError with its HTTP status table, and the wire decoders.
  */
 export * from './errors.js';
+export * from './disk-full.js';
 export * from './limits.js';
 export * from './schemas.js';
 export * from './options.js';

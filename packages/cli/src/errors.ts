@@ -1,5 +1,6 @@
 import { CommanderError } from 'commander';
-import { ERRNO_CODES, isRoostError, RoostError } from '@roost/api';
+import { diskFullError, ERRNO_CODES, isRoostError, RoostError } from '@roost/api';
+import { roostHome } from '@roost/core';
 
 /*
  * How the CLI reports a failure: one line on stderr, never a JavaScript
@@ -29,6 +30,9 @@ export function debugEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
 export function asExpectedError(e: unknown): RoostError | undefined {
   if (isRoostError(e)) return e;
   if (!(e instanceof Error)) return undefined;
+  // A full disk under the home (roost.db, a sandbox's files): SQLite's errors name no path, so the home is named.
+  const full = diskFullError(e, (e as NodeJS.ErrnoException).path ?? roostHome());
+  if (full) return full;
   const sys = e as NodeJS.ErrnoException;
   if (typeof sys.code === 'string' && /^E[A-Z0-9]+$/.test(sys.code) && (sys.syscall !== undefined || sys.errno !== undefined)) {
     const code = Object.hasOwn(ERRNO_CODES, sys.code)

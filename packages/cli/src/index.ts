@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import {
+  diskFullError,
   EVENT_TYPES,
   isRoostError,
   RoostError,
@@ -599,7 +600,8 @@ function table(rows: SandboxInfo[]): string {
   const body = rows.map((s) => [
     s.id,
     s.image?.reference ?? '-',
-    s.status,
+    // A pause Roost made itself (a full host disk) says why; one the user asked for does not need to.
+    s.status === 'paused' && s.reason ? `paused (${s.reason})` : s.status,
     String(s.cpus),
     `${s.memoryMiB}MiB`,
     s.accel,

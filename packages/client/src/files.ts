@@ -1,8 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import {
   abortError,
-  ERROR_STATUS,
   errorFromBody,
+  errorStatus,
   FileOptionsSchema,
   isErrorCode,
   isErrorObject,
@@ -334,6 +334,7 @@ class RemoteWatch implements FileWatchApi {
 /** Rebuilds an error the daemon sent inside a stream (a trailer, an `error` line), with the status of its code. */
 function lineError(error: unknown, what: string, where: string): RoostError {
   if (!isErrorObject(error)) return errorFromResponse(500, JSON.stringify({ error }), what, where);
-  const status = isErrorCode(error.code) ? ERROR_STATUS[error.code] : 500;
+  const details = typeof error.details === 'object' && error.details !== null ? (error.details as Record<string, unknown>) : {};
+  const status = isErrorCode(error.code) ? errorStatus({ code: error.code, details }) : 500;
   return errorFromBody(error, { code: 'INTERNAL', message: error.message }, { status });
 }

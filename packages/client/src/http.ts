@@ -10,6 +10,7 @@ import {
   daemonSocketPath,
   DEFAULT_TCP_PORT,
   ERROR_CODES,
+  DISK_FULL_STATUS,
   ERROR_STATUS,
   errorFromBody,
   isErrorObject,
@@ -364,6 +365,7 @@ function statusCode(status: number): RoostErrorCode {
   if (status === 500) return 'INTERNAL';
   if (status === 502 || status === 503) return 'UNAVAILABLE';
   if (status === 504) return 'TIMEOUT';
+  if (status === DISK_FULL_STATUS) return 'RESOURCE_EXHAUSTED';
   for (const code of ERROR_CODES) if (ERROR_STATUS[code] === status) return code;
   return status >= 400 && status < 500 ? 'INVALID_ARGUMENT' : 'INTERNAL';
 }

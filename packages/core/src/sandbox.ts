@@ -6,10 +6,10 @@ import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
 import { readConsoleLog } from './console-log.js';
-import { RoostError } from './errors.js';
+import { diskFullError, isRoostError, RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
-import type { VmHandle, VmShare } from './vmm/types.js';
+import type { VmHandle, VmIoError, VmShare } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
@@ -26,6 +26,9 @@ export type { RuntimeCounters, SharedRuntime } from './sandbox/services.js';
 
 /** @internal What a sandbox uses of the runtime that owns it (see sandbox/services.ts). */
 export type SandboxServices = Services<Sandbox>;
+
+/** How long `resume` watches a VM it resumed from a host disk error for the retried request to fail again (ms). */
+const DISK_RETRY_WAIT_MS = 500;
 
 let sharedRuntime: ((home: string | undefined) => Promise<SharedRuntime<Sandbox>>) | null = null;
 
@@ -267,7 +270,12 @@ export class Sandbox implements SandboxApi {
     });
   }
 
-  /** Resumes a paused sandbox exactly where it was (a running one is left as is). */
+  /**
+   * Resumes a paused sandbox exactly where it was (a running one is left as
+   * is). One paused on a host disk error retries the failed disk request
+   * first: if the disk is still full it is paused again, with the same
+   * reason, and this is RESOURCE_EXHAUSTED.
+   */
   resume(): Promise<void> {
     return this.#serialize(async () => {
       this.#checkNotRemoved();
@@ -275,9 +283,12 @@ export class Sandbox implements SandboxApi {
       if (this.status === 'stopped' || this.status === 'failed')
         throw notRunningError(this.id, this.status, 'resume it (only a paused sandbox can be resumed)');
       if (this.status !== 'paused') throw new RoostError('INVALID_STATE', `sandbox ${this.id} is ${this.status}: only a paused sandbox can be resumed`);
-      await this.#runningVm().resume();
+      const vm = this.#runningVm();
+      const diskReason = this.#record.info.reason?.startsWith('host disk') ? this.#record.info.reason : undefined;
+      await vm.resume();
       this.#link.holdLiveness(false);
-      this.#record.save({ status: 'running' }, 'sandbox.resumed');
+      this.#record.save({ status: 'running', reason: undefined }, 'sandbox.resumed');
+      if (diskReason) await this.#checkDiskRetry(vm, diskReason);
     });
   }
 
@@ -375,9 +386,32 @@ export class Sandbox implements SandboxApi {
       this.#net.close(true);
       await this.#net.closed();
       const services = this.#services;
-      record.delete(() => {
-        if (record.info.network?.mode === 'bridge') services.network.releaseLease(this.id);
-      });
+      const deleteRecord = () =>
+        record.delete(() => {
+          if (record.info.network?.mode === 'bridge') services.network.releaseLease(this.id);
+        });
+      try {
+        deleteRecord();
+      } catch (e) {
+        if (!isRoostError(e, 'RESOURCE_EXHAUSTED')) {
+          record.markRemoved(false);
+          throw e;
+        }
+        // A full disk: the VM is gone, and its directory (its disk most of all) is what is removed anyway, and may be
+        // what filled the disk. Without it the record is a stopped sandbox with nothing left, which a retry removes.
+        await rm(this.dir, { recursive: true, force: true });
+        try {
+          deleteRecord();
+        } catch (e2) {
+          record.markRemoved(false);
+          throw e2 instanceof RoostError
+            ? new RoostError(e2.code, `${e2.message} (sandbox ${this.id}: its VM and files are removed, its record is not; remove it again)`, {
+                cause: e2,
+                details: e2.details,
+              })
+            : e2;
+        }
+      }
       services.counters.sandboxesDestroyed++;
       services.released(this.id);
       await rm(this.dir, { recursive: true, force: true });
@@ -389,6 +423,9 @@ export class Sandbox implements SandboxApi {
   /** Closes this process's agent connection without stopping the sandbox (a later command reconnects). */
   disconnect(): void {
     this.#link.close();
+    // Closing let go of the VMM's control connection too; the runtime still owns the VM, so it watches on (see onIoError).
+    const vm = this.#vm;
+    if (vm && !vm.hasExited && !this.#letGo) void vm.status().catch(() => {});
   }
 
   /** Ends the sandbox: a detached one is only disconnected; any other is killed and removed. */
@@ -486,8 +523,50 @@ export class Sandbox implements SandboxApi {
     this.#record.exited(status, reason);
   }
 
+  /**
+   * After resuming a VM stopped on a host disk error: the failed request is
+   * retried at once, so a disk still full stops it again within moments.
+   * Then it is paused again, same reason, and the caller is told
+   * (RESOURCE_EXHAUSTED); a later failure is left to #ioStopped.
+   */
+  async #checkDiskRetry(vm: VmHandle, reason: string): Promise<void> {
+    let status = 'running';
+    for (let waited = 0; waited < DISK_RETRY_WAIT_MS && status === 'running'; waited += 50) {
+      await new Promise((r) => setTimeout(r, 50));
+      status = await vm.status().catch(() => 'unknown');
+    }
+    if (status !== 'io-error') return;
+    this.#link.holdLiveness(true);
+    const disk = join(this.dir, 'disk.qcow2');
+    this.#record.save({ status: 'paused', reason }, 'sandbox.paused', { data: { reason, disk } });
+    const full = reason === 'host disk full' ? diskFullError({ code: 'ENOSPC' }, disk) : null;
+    throw full
+      ? new RoostError('RESOURCE_EXHAUSTED', `sandbox ${this.id} is paused again: ${full.message}`, { details: full.details })
+      : new RoostError('VMM', `sandbox ${this.id} is paused again (${reason}): see the host's disk`, { details: { disk } });
+  }
+
+  /**
+   * The VM stopped itself on a host disk error (its writable disk could not
+   * be written or read on the host): recorded as `paused` with the reason and
+   * a `sandbox.paused` event, until `resume`.
+   */
+  #ioStopped(vm: VmHandle, error: VmIoError): void {
+    const current = () => this.#vm === vm && !vm.hasExited && !this.#record.removed;
+    if (!current()) return;
+    // Stopped, the agent cannot answer pings: hold them now, not after the lifecycle calls queued before this.
+    this.#link.holdLiveness(true);
+    const reason = error.nospace ? 'host disk full' : `host disk error: ${error.message}`;
+    void this.#serialize(async () => {
+      if (!current() || (this.status !== 'running' && this.status !== 'paused')) return;
+      this.#link.holdLiveness(true);
+      if (this.status === 'paused' && this.#record.info.reason === reason) return;
+      this.#record.save({ status: 'paused', reason }, 'sandbox.paused', { data: { reason, error: error.message, disk: join(this.dir, 'disk.qcow2') } });
+    }).catch(() => {});
+  }
+
   #watch(vm: VmHandle): void {
     this.#vm = vm;
+    vm.onIoError((error) => this.#ioStopped(vm, error));
     void vm.exited.then(() => {
       if (this.#vm !== vm) return;
       this.#link.close();

@@ -35,7 +35,8 @@ export function runTool(cmd: string, args: string[], options: RunToolOptions): P
       if (code === 0) resolve();
       else if (code === COMMAND_NOT_FOUND && /not found/.test(stderr))
         reject(new RoostError('SETUP_REQUIRED', `${cmd} is not installed: run \`roost setup\` (it installs ${options.pkg})`));
-      else reject(new RoostError(options.code, `${cmd} failed (${sig ?? `exit ${code}`}): ${stderr.trim()}`));
+      // The tool's words are kept as the cause, so diskFullError can tell a full disk ("No space left on device").
+      else reject(new RoostError(options.code, `${cmd} failed (${sig ?? `exit ${code}`}): ${stderr.trim()}`, { cause: new Error(stderr.trim()) }));
     });
   });
 }

@@ -4,7 +4,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { CreateVolumeRequestSchema, parseInput, VolumeNameSchema, type CreateVolumeRequest, type VolumeInfo, type VolumesApi } from '@roost/api';
-import { RoostError } from './errors.js';
+import { rethrowDiskFull, RoostError, throwIfDiskFull } from './errors.js';
 import { roostHome } from './home.js';
 import { stateDb } from './state/db.js';
 import { EventLog } from './state/events.js';
@@ -43,13 +43,17 @@ export class Volumes implements VolumesApi {
   /** Creates a named volume (an empty directory); ALREADY_EXISTS when the name is taken. */
   async create(request: CreateVolumeRequest): Promise<VolumeInfo> {
     const req = parseInput(CreateVolumeRequestSchema, request, 'volume') as CreateVolumeRequest;
-    return this.#db
-      .transaction(() => {
-        if (this.#row(req.name))
-          throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
-        return this.#insert(req.name, req.labels ?? {});
-      })
-      .immediate();
+    try {
+      return this.#db
+        .transaction(() => {
+          if (this.#row(req.name))
+            throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
+          return this.#insert(req.name, req.labels ?? {});
+        })
+        .immediate();
+    } catch (e) {
+      rethrowDiskFull(e, this.#db.name);
+    }
   }
 
   /** A volume by name; NOT_FOUND when there is none. */
@@ -156,6 +160,7 @@ export class Volumes implements VolumesApi {
       mkdirSync(join(this.root, name), { recursive: true, mode: 0o700 });
       mkdirSync(path, { recursive: true, mode: 0o755 });
     } catch (e) {
+      throwIfDiskFull(e, path);
       throw new RoostError('INTERNAL', `cannot create the directory of volume ${name} (${path}): ${(e as Error).message}`, { cause: e });
     }
     this.#events.append('volume.created', { data: { name, path, labels } });

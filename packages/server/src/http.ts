@@ -1,4 +1,4 @@
-import { ERROR_STATUS, MAX_JSON_BODY, RoostError, type ErrorBody } from '@roost/api';
+import { diskFullError, errorStatus, MAX_JSON_BODY, RoostError, type ErrorBody } from '@roost/api';
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
@@ -7,7 +7,7 @@ import type { z } from 'zod';
 /*
  * Request parsing and the one error shape. Every failure becomes a
  * RoostError, and every RoostError becomes `{ "error": { code, message,
- * details? } }` with the status of ERROR_STATUS.
+ * details? } }` with the status of errorStatus (ERROR_STATUS, 507 for a full disk).
  */
 
 /** The body of an error response. */
@@ -24,6 +24,9 @@ export function toRoostError(err: unknown): RoostError {
     const code = err.status === 401 ? 'UNAUTHENTICATED' : err.status === 404 ? 'NOT_FOUND' : err.status < 500 ? 'INVALID_ARGUMENT' : 'INTERNAL';
     return new RoostError(code, err.message || `HTTP ${err.status}`, { cause: err });
   }
+  // A full host disk where the core did not say which (a database write): RESOURCE_EXHAUSTED, 507.
+  const full = diskFullError(err);
+  if (full) return full;
   const message = err instanceof Error ? err.message : String(err);
   return new RoostError('INTERNAL', `internal error: ${message}`, { cause: err });
 }
@@ -31,7 +34,7 @@ export function toRoostError(err: unknown): RoostError {
 /** The JSON error response of `err`, with the status of its code (or `status`: 413 for a body over the limit). */
 export function errorResponse(c: Context, err: unknown, status?: ContentfulStatusCode): Response {
   const e = toRoostError(err);
-  const res = c.json(errorBody(e), status ?? (ERROR_STATUS[e.code] as ContentfulStatusCode));
+  const res = c.json(errorBody(e), status ?? (errorStatus(e) as ContentfulStatusCode));
   if (e.code === 'UNAUTHENTICATED') res.headers.set('WWW-Authenticate', 'Bearer realm="roost"');
   return res;
 }

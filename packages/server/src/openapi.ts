@@ -49,6 +49,11 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
       'UNAVAILABLE: too many requests in flight (see Retry-After), the daemon is shutting down, or a host port to publish is held by another program; or SETUP_REQUIRED.',
   },
   504: { name: 'Timeout', description: 'TIMEOUT.' },
+  507: {
+    name: 'InsufficientStorage',
+    description:
+      "RESOURCE_EXHAUSTED of a full disk: the host's (details `resource: 'disk'`, `errno`, `path`: free space there and retry) or, for a file, the guest's (details `errno: 'ENOSPC'`).",
+  },
   default: { name: 'Error', description: 'Any other error, with the status of its code.' },
 };
 

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { abortError, RoostError } from '../errors.js';
+import { abortError, RoostError, throwIfDiskFull } from '../errors.js';
 import { isAlive } from '../proc.js';
 
 const DIGEST_RE = /^(sha256):([0-9a-f]{64})$|^(sha512):([0-9a-f]{128})$/;
@@ -101,7 +101,7 @@ export class BlobStore {
       await rm(tmp, { force: true });
       if (e instanceof RoostError) throw e;
       const err = e as NodeJS.ErrnoException;
-      if (err.code === 'ENOSPC') throw new RoostError('IMAGE', `the disk is full while storing ${digest}: free space under ${this.dir}`, { cause: e });
+      throwIfDiskFull(e, this.dir);
       throw new RoostError('IMAGE', `storing blob ${digest} failed: ${err.message}`, { cause: e });
     }
   }

@@ -23,7 +23,7 @@ import { join, relative } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
-import { RoostError } from '../errors.js';
+import { RoostError, throwIfDiskFull } from '../errors.js';
 
 /** What applying one layer did. */
 export interface LayerStats {
@@ -238,8 +238,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
     extract.destroy();
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC')
-      throw new RoostError('IMAGE', `${what}: the disk is full while extracting: free space under the Roost home`, { cause: e, details: { errno: 'ENOSPC' } });
+    throwIfDiskFull(e, root);
     if (err.name === 'AbortError') throw new RoostError('ABORTED', `extracting ${what} was aborted`, { cause: e });
     throw new RoostError('IMAGE', `${what} could not be extracted: ${err.message}`, { cause: e });
   }

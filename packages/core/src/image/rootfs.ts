@@ -5,7 +5,7 @@ import { lstat, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { abortError, RoostError } from '../errors.js';
+import { abortError, RoostError, throwIfDiskFull } from '../errors.js';
 import { runTool } from '../tool.js';
 import type { BlobStore } from './blobs.js';
 import { applyLayer, type LayerStats } from './layer.js';
@@ -87,13 +87,10 @@ export async function buildRootfs(options: BuildRootfsOptions): Promise<RootfsBu
     return { size, skipped, ms: Date.now() - started };
   } catch (e) {
     await rm(tmpOut, { force: true });
+    // A full disk (the scratch directory's, or the output's), from mkfs.erofs too: the store then builds on disk, or says so.
+    throwIfDiskFull(e, dirname(tmpOut));
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ENOSPC')
-      throw new RoostError('IMAGE', 'the disk is full while building the root filesystem: free space under the Roost home', {
-        cause: e,
-        details: { errno: 'ENOSPC' },
-      });
     throw new RoostError('IMAGE', `building the root filesystem failed: ${err.message}`, { cause: e });
   } finally {
     await rm(tree, { recursive: true, force: true });

@@ -2,7 +2,7 @@ import { lstat, mkdir, readdir, readFile, rm, stat, statfs } from 'node:fs/promi
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
-import { RoostError } from '../errors.js';
+import { diskFullError, RoostError } from '../errors.js';
 import { HomeLayout, roostHome } from '../home.js';
 import { stateDb } from '../state/db.js';
 import { EventLog } from '../state/events.js';
@@ -113,6 +113,9 @@ export class ImageStore {
       const info = this.#record(pulled, [nameFor(ref, pulled)], formatImageReference(ref));
       this.#events.append('image.pulled', { imageId: info.id, data: { reference: formatImageReference(ref), tags: info.tags, size: info.size } });
       return info;
+    } catch (e) {
+      // Blobs and layers say which directory is full; the index's write is roost.db.
+      throw diskFullError(e, this.#db.name) ?? e;
     } finally {
       await source.close?.();
     }
@@ -138,6 +141,8 @@ export class ImageStore {
       const info = this.#record(pulled, names, `archive:${path}`);
       this.#events.append('image.pulled', { imageId: info.id, data: { archive: path, tags: info.tags, size: info.size } });
       return info;
+    } catch (e) {
+      throw diskFullError(e, this.#db.name) ?? e;
     } finally {
       await source.close?.();
     }

@@ -4,7 +4,7 @@ import { sleep } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { readConsoleLog } from '../console-log.js';
-import { abortError, RoostError } from '../errors.js';
+import { abortError, diskFullError, RoostError } from '../errors.js';
 import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
 import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
 import { AgentLink } from './agent-link.js';
@@ -166,6 +166,9 @@ export async function bootError(e: unknown, dir: string, timeoutMs: number, sign
   ]
     .filter(Boolean)
     .join('\n');
+  // A full host disk (the sandbox's directory, its disk, or roost.db): RESOURCE_EXHAUSTED, not a boot failure.
+  const full = diskFullError(e, dir);
+  if (full) return full;
   // Not boot failures: bad input, a missing setup, or a published host port that is taken or privileged (bound before QEMU starts).
   if (e instanceof RoostError && (e.code === 'SETUP_REQUIRED' || e.code === 'INVALID_ARGUMENT' || e.code === 'UNAVAILABLE' || e.code === 'PERMISSION_DENIED'))
     return e;

@@ -1,5 +1,6 @@
 import type { EventType, SandboxInfo, SandboxStatus } from '@roost/api';
-import { RoostError } from '../errors.js';
+import { rethrowDiskFull, RoostError } from '../errors.js';
+import { pendingWrites } from '../state/pending-writes.js';
 import type { EventInput, EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import { witnessWanted, type SandboxWitnesses } from '../state/witness.js';
@@ -96,10 +97,13 @@ export class SandboxRecord {
     const next = { ...this.#info, ...patch };
     for (const k of Object.keys(patch) as (keyof SandboxInfo)[]) if (patch[k] === undefined) delete next[k];
     const { records, events } = this.#store;
-    records.db.transaction(() => {
+    const eventInput = { ...input, sandboxId: this.id, ...(next.image ? { imageId: next.image.id } : {}), time: new Date().toISOString() };
+    // On a full disk the change is kept in memory and written, in order, once the disk takes writes again (PendingWrites):
+    // the VM's state changed whether or not the database could say so.
+    pendingWrites(records.db).write(() => {
       records.put(next);
-      if (event) events.append(event, { ...input, sandboxId: this.id, ...(next.image ? { imageId: next.image.id } : {}) });
-    })();
+      if (event) events.append(event, eventInput);
+    });
     this.#info = next;
     if (witnessWanted(patch)) this.#store.witnesses?.write(next);
   }
@@ -116,21 +120,31 @@ export class SandboxRecord {
     const info = this.#info;
     const common = { cpus: info.cpus, memoryMiB: info.memoryMiB, detached: info.detached, labels: info.labels };
     const data = restoredFrom ? { snapshot: restoredFrom.name, snapshotId: restoredFrom.id, ...common } : { image: info.image?.reference ?? null, ...common };
-    this.#store.records.db
-      .transaction(() => {
-        also();
-        this.save({}, 'sandbox.created', { data });
-      })
-      .immediate();
+    const { records, events } = this.#store;
+    const pending = pendingWrites(records.db);
+    // A sandbox is not made on a disk that cannot record it (RESOURCE_EXHAUSTED).
+    try {
+      if (!pending.flush()) rethrowDiskFull({ code: 'SQLITE_FULL' }, records.db.name);
+      records.db
+        .transaction(() => {
+          also();
+          records.put(info);
+          events.append('sandbox.created', { data, sandboxId: this.id, ...(info.image ? { imageId: info.image.id } : {}) });
+        })
+        .immediate();
+    } catch (e) {
+      rethrowDiskFull(e, records.db.name);
+    }
   }
 
   /** Appends an event about this sandbox without changing its record (none once it is removed). */
   event(type: EventType, data: Record<string, unknown>): void {
-    if (!this.#removed) this.#store.events.append(type, { sandboxId: this.id, data });
+    if (!this.#removed) this.#store.events.appendOrKeep(type, { sandboxId: this.id, data });
   }
 
-  /** Re-reads the row (another writer of the database may have changed it). */
+  /** Re-reads the row (another writer of the database may have changed it; not while changes wait for the disk). */
   reload(): void {
+    if (pendingWrites(this.#store.records.db).size > 0) return;
     const rec = this.#store.records.get(this.id);
     if (rec) this.#info = rec;
   }
@@ -143,20 +157,30 @@ export class SandboxRecord {
     });
   }
 
-  /** From now on nothing is written: the sandbox is being removed. */
-  markRemoved(): void {
-    this.#removed = true;
+  /** From now on nothing is written: the sandbox is being removed (`false`: its removal failed, it is kept). */
+  markRemoved(removed = true): void {
+    this.#removed = removed;
   }
 
-  /** Deletes the row with a `sandbox.deleted` event, and `also` in the same transaction; later saves are ignored. */
+  /**
+   * Deletes the row with a `sandbox.deleted` event, and `also` in the same
+   * transaction; later saves are ignored. Not kept for later: on a full disk
+   * it fails (RESOURCE_EXHAUSTED) and the record stays as it was.
+   */
   delete(also: () => void = () => {}): void {
     const { records, events } = this.#store;
+    const pending = pendingWrites(records.db);
+    try {
+      if (!pending.flush()) rethrowDiskFull({ code: 'SQLITE_FULL' }, records.db.name);
+      records.db.transaction(() => {
+        records.delete(this.id);
+        also();
+        events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
+      })();
+    } catch (e) {
+      rethrowDiskFull(e, records.db.name);
+    }
     this.#removed = true;
-    records.db.transaction(() => {
-      records.delete(this.id);
-      also();
-      events.append('sandbox.deleted', { sandboxId: this.id, data: {} });
-    })();
     // The witness goes at once (the directory may take a while): nothing must bring the record back.
     this.#store.witnesses?.remove(this.id);
   }

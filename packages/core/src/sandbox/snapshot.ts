@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
-import { abortError, RoostError } from '../errors.js';
+import { abortError, diskFullError, rethrowDiskFull, RoostError } from '../errors.js';
 import { notRunningError } from './state-error.js';
 import type { ImageStore } from '../image/store.js';
 import { copyHashed } from '../snapshot/memory.js';
@@ -128,7 +128,7 @@ export async function takeSnapshot(
   const id = store.newId();
   // Named with our pid: a temp dir whose process died is swept (state/sweep.ts), a live one's is not.
   const tmp = join(ctx.snapshotsDir, `.tmp-${process.pid}-${id}`);
-  await mkdir(tmp, { recursive: true, mode: PRIVATE_DIR });
+  await mkdir(tmp, { recursive: true, mode: PRIVATE_DIR }).catch((e: unknown) => rethrowDiskFull(e, ctx.snapshotsDir));
   try {
     const conn = await ctx.connection();
     const wasPaused = info.status === 'paused';
@@ -238,6 +238,6 @@ export async function takeSnapshot(
         ? new RoostError('TIMEOUT', `the snapshot of sandbox ${info.id} took longer than ${timeoutMs} ms`, { cause: e })
         : abortError(signal, 'the snapshot');
     }
-    throw e;
+    throw diskFullError(e, ctx.snapshotsDir) ?? e;
   }
 }

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
+import { diskFullAt } from '../disk-space.js';
 import { RoostError } from '../errors.js';
 import { chmodIfThere, PRIVATE_DIR, PRIVATE_FILE } from './private.js';
 import { checkDatabaseFile, checkTables, isNotADatabase, refusal, type DatabaseRefusal } from './db-check.js';
@@ -169,6 +170,9 @@ export function stateDb(home: string, options: StateDbOptions = {}): Database.Da
   } catch (e) {
     db?.close();
     if (e instanceof RoostError) throw e;
+    // On a full disk SQLite cannot even make its shared-memory file (-shm) to read: say so, not "disk I/O error".
+    const full = diskFullAt(e, path);
+    if (full) throw full;
     if (isNotADatabase(e)) throw refusal('not-a-database', path, 'is not a SQLite database, or is damaged', e).error;
     throw new RoostError('INTERNAL', `cannot open the Roost database ${path}: ${(e as Error).message}`, { cause: e });
   }

@@ -1,12 +1,15 @@
 import { EventEmitter } from 'node:events';
 import type Database from 'better-sqlite3';
 import type { EventType, RoostEvent } from '@roost/api';
+import { pendingWrites } from './pending-writes.js';
 
 /** What an event is about, and what it says. */
 export interface EventInput {
   sandboxId?: string | undefined;
   imageId?: string | undefined;
   data?: Record<string, unknown>;
+  /** When it happened (default: now); a write kept while the disk was full is written later with its own time. */
+  time?: string | undefined;
 }
 
 /** Options of `EventLog.follow`. */
@@ -65,7 +68,10 @@ export class EventLog {
 
   /** Records an event; returns it with its id. Call it inside a transaction to make it atomic with a state change. */
   append(type: EventType, input: EventInput = {}): RoostEvent {
-    const time = new Date().toISOString();
+    // Writes kept while the disk was full go first: events stay in the order they happened.
+    const pending = pendingWrites(this.#db);
+    if (pending.size > 0) pending.flush();
+    const time = input.time ?? new Date().toISOString();
     const data = input.data ?? {};
     const r = this.#insert.run(time, type, input.sandboxId ?? null, input.imageId ?? null, JSON.stringify(data));
     const event: RoostEvent = { id: Number(r.lastInsertRowid), time, type, data };
@@ -74,6 +80,16 @@ export class EventLog {
     // Followers read the table; a wake inside a transaction that then rolls back only costs a query.
     queueMicrotask(() => this.#waker.emit('append'));
     return event;
+  }
+
+  /**
+   * Records an event, or keeps it in memory while the disk cannot take it
+   * (see PendingWrites) and writes it once it can, in order with every other
+   * write. For events whose loss would be worse than their delay (`exec.exited`).
+   */
+  appendOrKeep(type: EventType, input: EventInput = {}): void {
+    const kept = { ...input, time: input.time ?? new Date().toISOString() };
+    pendingWrites(this.#db).write(() => this.append(type, kept));
   }
 
   /** The newest event id (0 when there is none). */

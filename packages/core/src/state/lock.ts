@@ -2,7 +2,7 @@ import { readFileSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { RoostError } from '../errors.js';
+import { diskFullErrno, RoostError } from '../errors.js';
 import { isAlive } from '../proc.js';
 import { chmodIfThere, mkdirPrivate, PRIVATE_FILE } from './private.js';
 
@@ -72,8 +72,18 @@ export class HomeLock {
     }
     const info: HomeOwner = { pid: process.pid, owner, since: new Date().toISOString(), hostname: hostname() };
     const tmp = `${ownerFile}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(info) + '\n', { mode: PRIVATE_FILE });
-    renameSync(tmp, ownerFile);
+    try {
+      writeFileSync(tmp, JSON.stringify(info) + '\n', { mode: PRIVATE_FILE });
+      renameSync(tmp, ownerFile);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      // The owner file only names the holder in others' errors: a full disk must not keep the owner out of its home
+      // (freeing space often takes `roost rm`).
+      if (!diskFullErrno(e)) {
+        db.close();
+        throw e;
+      }
+    }
     return new HomeLock(db, ownerFile);
   }
 

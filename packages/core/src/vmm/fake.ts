@@ -17,7 +17,7 @@ import {
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
-import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmPaths, VmStateTarget } from './types.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmPaths, VmStateTarget } from './types.js';
 
 /**
  * How the fake guest behaves, per VM (read when the VM starts):
@@ -29,6 +29,8 @@ import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmH
  *   answers like `answer`, but announces nothing, so the host must not send it FREEZE, CALL or NET.
  */
 export type FakeGuest = 'answer' | 'silent' | 'exit' | 'garbage' | 'old';
+
+const FAKE_NOSPACE: VmIoError = { nospace: true, message: 'No space left on device' };
 
 /** A pid no process has (above Linux's pid_max), so nothing real is ever signalled or read. */
 let nextPid = 5_000_000;
@@ -99,8 +101,15 @@ export class FakeVmm implements Vmm {
 /** @internal A fake VM: its state, and the fake agent on its agent socket. */
 export class FakeVm implements VmHandle {
   readonly exited: Promise<VmExit>;
-  /** `running`, `paused` or `shutdown`, as a VMM would say. */
+  /** `running`, `paused`, `io-error` or `shutdown`, as a VMM would say. */
   state = 'running';
+  /** The host's disk is full: the guest's next write (`guestWrites`) stops the VM, as QEMU's `werror=stop` does. */
+  hostDiskFull = false;
+  /** Disk writes the guest made that wait for the host (retried on `resume`). */
+  pendingWrites = 0;
+  /** Disk writes that reached the host. */
+  writes = 0;
+  readonly #ioListeners: ((error: VmIoError) => void)[] = [];
   /** Controls asked of it, in order (`pause`, `resume`, `saveState`, `quit`, `kill`, `release`). */
   readonly calls: string[] = [];
   /** The guest's disk is frozen (between FREEZE and THAW). */
@@ -168,7 +177,28 @@ export class FakeVm implements VmHandle {
     this.#checkAlive('resume');
     this.calls.push('resume');
     this.state = 'running';
+    // The writes kept while stopped are retried first: on a disk still full, the VM stops again.
+    const retry = this.pendingWrites;
+    this.pendingWrites = 0;
+    if (retry > 0) setTimeout(() => this.guestWrites(retry), 1).unref();
     for (const run of this.#paused.splice(0)) run();
+  }
+
+  onIoError(listener: (error: VmIoError) => void): void {
+    this.#ioListeners.push(listener);
+    if (this.state === 'io-error') queueMicrotask(() => listener(FAKE_NOSPACE));
+  }
+
+  /** The guest writes `count` blocks to its disk: with the host's disk full, the VM stops with them kept. */
+  guestWrites(count = 1): void {
+    if (this.#hasExited) return;
+    if (!this.hostDiskFull) {
+      this.writes += count;
+      return;
+    }
+    this.pendingWrites += count;
+    this.state = 'io-error';
+    for (const listener of this.#ioListeners) listener(FAKE_NOSPACE);
   }
 
   async saveState(target: VmStateTarget, options: VmControlOptions & { timeoutMs: number }): Promise<SavedMemory> {
@@ -227,7 +257,7 @@ export class FakeVm implements VmHandle {
     });
     if (this.guest === 'silent') return;
     const handle = (f: Frame) => {
-      if (this.state === 'paused') {
+      if (this.state === 'paused' || this.state === 'io-error') {
         // A paused guest answers nothing until it runs again.
         this.#paused.push(() => handle(f));
         return;

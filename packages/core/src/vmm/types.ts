@@ -98,6 +98,19 @@ export interface VmControlOptions {
 }
 
 /**
+ * A host disk error that stopped a VM: its writable disk's read or write
+ * failed on the host (a full disk, a quota, a failing device), and instead
+ * of passing the error to the guest (whose filesystem would abort) the VMM
+ * stopped the vCPUs and kept the request. `resume` retries it.
+ */
+export interface VmIoError {
+  /** The host's disk (or quota) is full: freeing space and resuming continues the guest. */
+  nospace: boolean;
+  /** The host's error as the VMM reports it ("No space left on device"). */
+  message: string;
+}
+
+/**
  * A running VM, as core uses it: every control goes through these methods,
  * so nothing above the backend knows how the VMM is driven.
  */
@@ -124,6 +137,14 @@ export interface VmHandle {
   kill(): void;
   /** Lets go of this process's control connection, if open (a VMM may serve one controller at a time). */
   release(): void;
+  /**
+   * Calls `listener` whenever the VM stops itself on a host disk error (see
+   * VmIoError; the VM stays stopped until `resume`), also for a VM already
+   * stopped that way when watching starts. Watching keeps this process's
+   * control connection open; after `release` it goes on from the next
+   * control request.
+   */
+  onIoError(listener: (error: VmIoError) => void): void;
 }
 
 /** Disk and version operations of a backend that do not need a running VM. */

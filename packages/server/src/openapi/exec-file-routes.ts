@@ -41,7 +41,7 @@ const maxBytesQuery: Param = {
     "The most bytes the guest may send (default: the sandbox's disk size). More is `RESOURCE_EXHAUSTED`: before the first byte an error response, after it the error trailer.",
   schema: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
 };
-const FILE_ERRORS = [400, 403, 404, 409, 429, 502];
+const FILE_ERRORS = [400, 403, 404, 409, 429, 502, 507];
 const TRAILER_NOTE =
   'Errors before the first byte are ordinary error responses. A failure after it, for a client that sent `TE: trailers`, ends the body with the `Roost-Error` trailer ' +
   "(announced in a `Trailer` header) whose value is the JSON of an error body's `error`; for other clients it breaks the connection. A body that ends cleanly without that trailer is complete.";

@@ -67,4 +67,4 @@ export const sessionHeaderParam: Param = {
 export const forceParam = (what: string): Param => ({ name: 'force', in: 'query', description: what, schema: { type: 'boolean' } });
 
 /** Errors of the routes that boot, restore or save VMs. */
-export const VM_ERRORS = [400, 404, 409, 429, 500, 502, 504];
+export const VM_ERRORS = [400, 404, 409, 429, 500, 502, 504, 507];

@@ -50,7 +50,7 @@ export const RUNTIME_ROUTES: readonly Route[] = [
       'With `Accept: application/x-ndjson` (the default), PullEvent lines: `progress` per blob (at most about 10 a second each), then `done` or `error`. With `Accept: application/json`, the ImageInfo once pulled.',
     body: { schema: PullRequestSchema, required: true },
     ok: { 200: { description: 'Pulling (stream) or pulled (JSON).', bodies: [{ ndjson: PullEventSchema }, { json: ImageInfoSchema }] } },
-    errors: [400, 404, 502],
+    errors: [400, 404, 502, 507],
   },
   {
     method: 'get',
@@ -91,7 +91,7 @@ export const RUNTIME_ROUTES: readonly Route[] = [
       'An empty directory under the Roost home, mounted into sandboxes that name it in `volumes` (which also create it on first use), and kept after them. A name that is taken is 409 ALREADY_EXISTS.',
     body: { schema: CreateVolumeRequestSchema, required: true },
     ok: { 201: { description: 'Created.', bodies: [{ json: VolumeInfoSchema }] } },
-    errors: [400, 409],
+    errors: [400, 409, 507],
   },
   {
     method: 'get',

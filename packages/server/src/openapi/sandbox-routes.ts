@@ -60,7 +60,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     params: [sessionHeaderParam],
     body: { schema: CreateSandboxRequestSchema, required: false },
     ok: { 201: { description: 'The sandbox runs.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 403, 404, 409, 429, 500, 502, 504],
+    errors: [400, 403, 404, 409, 429, 500, 502, 504, 507],
   },
   {
     method: 'get',
@@ -105,7 +105,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     summary: 'Remove a sandbox and its disk',
     params: [idParam, forceParam('Kill it first when it runs (otherwise a running sandbox is 409 INVALID_STATE).')],
     ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } },
-    errors: [400, 404, 409],
+    errors: [400, 404, 409, 507],
   },
   {
     method: 'post',
@@ -127,7 +127,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     params: [idParam],
     body: { schema: StartSandboxRequestSchema, required: false },
     ok: { 200: { description: 'Running again.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 409, 429, 500, 504],
+    errors: [400, 404, 409, 429, 500, 504, 507],
   },
   {
     method: 'post',
@@ -159,10 +159,12 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     operationId: 'resumeSandbox',
     tag: 'sandboxes',
     summary: 'Continue a paused sandbox where it was (a running one is left as it is)',
+    description:
+      'A sandbox Roost paused because the host could not store its disk writes (`reason: "host disk full"`) retries them first: on a disk still full it is paused again, same reason, and the answer is 507.',
     params: [idParam],
     body: { schema: EmptyRequestSchema, required: false },
     ok: { 200: { description: 'Running again.', bodies: [{ json: SandboxInfoSchema }] } },
-    errors: [400, 404, 409],
+    errors: [400, 404, 409, 507],
   },
   {
     method: 'post',

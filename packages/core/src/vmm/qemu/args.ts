@@ -99,13 +99,17 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
     if (config.disk) {
       // The sandbox's writable layer: a qcow2 overlay on an empty ext4 image, so
       // the host file grows only with what the guest writes (and shrinks with
-      // what it deletes: discard). A failing host write is reported to the
-      // guest as an I/O error rather than pausing the VM.
+      // what it deletes: discard). A read or write the host cannot complete
+      // (a full host disk, a quota, a failing device) stops the VM with the
+      // request kept (BLOCK_IO_ERROR, status io-error) instead of failing it
+      // in the guest, whose ext4 would abort and turn read-only: `cont`
+      // retries it once space is freed. `stop` rather than `enospc`: a
+      // quota (EDQUOT) or a host EIO is no better for the guest to see.
       args.push(
         '-drive',
-        `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap,werror=report,rerror=report`,
+        `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap`,
         '-device',
-        'virtio-blk-device,drive=disk',
+        'virtio-blk-device,drive=disk,werror=stop,rerror=stop',
       );
     }
   }

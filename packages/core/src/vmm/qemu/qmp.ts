@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { RoostError } from '../../errors.js';
+import type { VmIoError } from '../types.js';
 
 /** A QMP event as QEMU sends it. */
 export interface QmpEvent {
@@ -137,4 +138,29 @@ export class QmpClient extends EventEmitter {
     this.#pending.clear();
     this.emit('close');
   }
+}
+
+/**
+ * The host disk error of a `BLOCK_IO_ERROR` event that stopped the VM (a
+ * drive with `werror=stop`/`rerror=stop`), or null for any other event
+ * (errors reported to the guest, or ignored, do not stop it).
+ */
+export function ioErrorOf(event: QmpEvent): VmIoError | null {
+  if (event.event !== 'BLOCK_IO_ERROR' || event.data?.action !== 'stop') return null;
+  const reason = typeof event.data.reason === 'string' ? event.data.reason : 'I/O error';
+  return { nospace: event.data.nospace === true, message: reason };
+}
+
+/**
+ * The host disk error a VM is stopped on (status `io-error`), from the
+ * devices' I/O status (`query-block`); null when it is not stopped on one.
+ * For a client that connects after the event was sent.
+ */
+export async function stoppedOnIoError(qmp: QmpClient): Promise<VmIoError | null> {
+  const status = await qmp.execute<{ status: string }>('query-status');
+  if (status.status !== 'io-error') return null;
+  const devices = await qmp.execute<{ device: string; 'io-status'?: string }[]>('query-block');
+  const failed = devices.find((d) => d['io-status'] === 'nospace' || d['io-status'] === 'failed');
+  const nospace = failed?.['io-status'] === 'nospace';
+  return { nospace, message: nospace ? 'No space left on device' : 'I/O error' };
 }

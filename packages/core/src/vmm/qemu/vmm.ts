@@ -1,16 +1,17 @@
 import { execFile, spawn, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
+import { diskFullAt } from '../../disk-space.js';
 import { RoostError } from '../../errors.js';
 import { privateSpawn } from '../../state/private.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
-import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmStateTarget } from '../types.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmStateTarget } from '../types.js';
 import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
 import { createDisk, createOverlay } from './disk.js';
-import { QmpClient } from './qmp.js';
+import { ioErrorOf, QmpClient, stoppedOnIoError, type QmpEvent } from './qmp.js';
 import { findQemuVms } from './processes.js';
 import { findRam } from './ram.js';
 
@@ -211,6 +212,7 @@ export function isOurQemu(pid: number, dir: string): boolean {
 class QemuHandle implements VmHandle {
   #qmp: Promise<QmpClient> | undefined;
   #exited = false;
+  readonly #ioListeners: ((error: VmIoError) => void)[] = [];
   readonly exited: Promise<VmExit>;
 
   constructor(
@@ -263,11 +265,15 @@ class QemuHandle implements VmHandle {
       if (!target.restoredFrom) throw e;
       return findRam(this.pid, target.memoryBytes, MEMORY_BACKEND_MEMFD_NAME, target.restoredFrom);
     });
-    const [, saved] = await Promise.all([
+    const [devices, saved] = await Promise.allSettled([
       qmp.execute('xen-save-devices-state', { filename: target.devices, live: false }, options.timeoutMs),
       saveRam(ram, target.memoryBytes, target.memory),
     ]);
-    return saved;
+    if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
+    const failures = [devices, saved].flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    // QEMU says only "An IO error has occurred" when it cannot write the device state: a full disk is told by its free space.
+    const full = failures.map((e) => diskFullAt(e, dirname(target.devices))).find((e) => e !== null);
+    throw full ?? failures[0];
   }
 
   async quit(options: VmControlOptions = {}): Promise<void> {
@@ -278,6 +284,16 @@ class QemuHandle implements VmHandle {
     const qmp = this.#qmp;
     this.#qmp = undefined;
     void qmp?.then((q) => q.close()).catch(() => {});
+  }
+
+  onIoError(listener: (error: VmIoError) => void): void {
+    this.#ioListeners.push(listener);
+    // Watching needs the QMP connection open: events go only to a connected client.
+    if (!this.#exited) this.#client().catch(() => {});
+  }
+
+  #ioError(error: VmIoError): void {
+    for (const listener of this.#ioListeners) listener(error);
   }
 
   kill(): void {
@@ -296,7 +312,26 @@ class QemuHandle implements VmHandle {
         vmExited: () => this.#exited,
         ...(signal ? { signal } : {}),
       });
-      this.#qmp.then((q) => q.once('close', () => (this.#qmp = undefined))).catch(() => (this.#qmp = undefined));
+      const qmp = this.#qmp;
+      qmp
+        .then((q) => {
+          q.once('close', () => {
+            if (this.#qmp === qmp) this.#qmp = undefined;
+          });
+          q.on('event', (event: QmpEvent) => {
+            const error = ioErrorOf(event);
+            if (error) this.#ioError(error);
+          });
+          // An error while no client was connected sent its event to no one: the VM's state still says.
+          if (this.#ioListeners.length > 0) {
+            void stoppedOnIoError(q)
+              .then((error) => error && this.#ioError(error))
+              .catch(() => {});
+          }
+        })
+        .catch(() => {
+          if (this.#qmp === qmp) this.#qmp = undefined;
+        });
     }
     return this.#qmp;
   }
