@@ -1,7 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import {
-  diskFullError,
   EVENT_TYPES,
   isRoostError,
   RoostError,
