@@ -135,6 +135,7 @@ export class SandboxRecord {
     } catch (e) {
       rethrowDiskFull(e, records.db.name);
     }
+    this.#store.witnesses?.write(info);
   }
 
   /** Appends an event about this sandbox without changing its record (none once it is removed). */
