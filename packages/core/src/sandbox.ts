@@ -16,7 +16,7 @@ import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOpt
 import { SandboxNetwork } from './sandbox/network.js';
 import { commandHooks, isLive, SandboxRecord } from './sandbox/record.js';
 import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
-import { reconcileVm, recoveryDecision } from './sandbox/recover.js';
+import { reconcileVm, recoveryDecision, removeVmSockets } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
 import { hostShares, isHostPath } from './sandbox/volumes.js';
 
@@ -469,6 +469,7 @@ export class Sandbox implements SandboxApi {
   #exited(status: 'stopped' | 'failed', reason: string): void {
     this.#net.close(true);
     this.#record.exited(status, reason);
+    removeVmSockets(this.dir);
   }
 
   #watch(vm: VmHandle): void {

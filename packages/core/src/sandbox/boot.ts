@@ -10,6 +10,7 @@ import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
 import { AgentLink } from './agent-link.js';
 import type { SandboxNetwork } from './network.js';
 import type { SandboxRecord } from './record.js';
+import { removeVmSockets } from './recover.js';
 import { mountVolumes } from './volumes.js';
 
 /** What booting a sandbox's VM needs, and how it hands the running VM over. */
@@ -106,6 +107,7 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
   } catch (e) {
     vm?.kill();
     await vm?.waitForExit();
+    if (vm) removeVmSockets(dir);
     ctx.vmStarted(null);
     ctx.net.close(true);
     const err = await bootError(e, dir, req.timeoutMs, signal);
