@@ -152,7 +152,9 @@ export class Sandbox implements SandboxApi {
   /** @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone. */
   static _recover(services: SandboxServices, info: SandboxInfo): Sandbox {
     const live = isLive(info.status);
-    const vm = live && info.pid !== null ? services.vmm.attach(info.pid, services.layout.sandbox(info.id)) : null;
+    const dir = services.layout.sandbox(info.id);
+    // No pid recorded: its runtime may have died between starting the VM and recording it; a detached VM runs on.
+    const vm = !live ? null : info.pid !== null ? services.vmm.attach(info.pid, dir) : (services.vmm.find?.(dir) ?? null);
     const sb = new Sandbox(services, info);
     const decision = recoveryDecision(info, vm !== null);
     if (decision.action === 'attach') sb.#watch(vm!);

@@ -83,6 +83,10 @@ export class FakeVmm implements Vmm {
     return this.#running.get(pid) ?? null;
   }
 
+  find(dir: string): VmHandle | null {
+    return this.vmOf(dir) ?? null;
+  }
+
   /** The running VM of a sandbox directory, if any. */
   vmOf(dir: string): FakeVm | undefined {
     return [...this.#running.values()].find((vm) => vm.config.dir === dir);

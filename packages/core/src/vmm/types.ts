@@ -145,6 +145,12 @@ export interface Vmm extends VmmDisks {
   start(config: VmConfig): Promise<VmHandle>;
   /** Re-attaches to a VM started earlier (a detached sandbox) by its pid, or returns null if it is gone. */
   attach(pid: number, dir: string): VmHandle | null;
+  /**
+   * The VM of a sandbox directory whatever its pid, or null: a runtime that
+   * died between starting a VM and recording its pid left one running that
+   * no record names (a detached VM does not die with its owner).
+   */
+  find?(dir: string): VmHandle | null;
   /** The most shares (volumes) a VM can have: `withNic` when it also has a NIC. */
   maxShares(withNic: boolean): number;
 }

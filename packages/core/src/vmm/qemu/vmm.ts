@@ -1,5 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
+import { accessSync, constants, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -115,6 +115,13 @@ export class QemuVmm implements Vmm {
     });
     child.unref();
     return new QemuHandle(pid, paths, exited);
+  }
+
+  find(dir: string): VmHandle | null {
+    for (const name of readdirSync('/proc')) {
+      if (/^\d+$/.test(name) && isOurQemu(Number(name), dir)) return this.attach(Number(name), dir);
+    }
+    return null;
   }
 
   attach(pid: number, dir: string): VmHandle | null {
