@@ -1,5 +1,5 @@
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
 import { ForkOptionsSchema, hostForPort, parseInput, SnapshotOptionsSchema } from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
@@ -17,7 +17,7 @@ import { SandboxNetwork } from './sandbox/network.js';
 import { commandHooks, isLive, SandboxRecord } from './sandbox/record.js';
 import { notRunningError } from './sandbox/state-error.js';
 import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
-import { reconcileVm, recoveryDecision } from './sandbox/recover.js';
+import { reconcileVm, recoveryDecision, removeVmSockets } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
 import { hostShares, isHostPath } from './sandbox/volumes.js';
 
@@ -160,7 +160,11 @@ export class Sandbox implements SandboxApi {
   /** @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone. */
   static _recover(services: SandboxServices, info: SandboxInfo): Sandbox {
     const live = isLive(info.status);
-    const vm = live && info.pid !== null ? services.vmm.attach(info.pid, services.layout.sandbox(info.id)) : null;
+    const dir = services.layout.sandbox(info.id);
+    // No pid recorded: its runtime may have died between starting the VM and recording it; a detached VM runs on.
+    // A runtime that died between starting a VM and recording its pid left one that only its directory names.
+    const pid = !live ? null : (info.pid ?? services.vmm.findVms?.(dirname(dir)).find((v) => v.dir === dir)?.pid ?? null);
+    const vm = pid !== null ? services.vmm.attach(pid, dir) : null;
     const sb = new Sandbox(services, info);
     const decision = recoveryDecision(info, vm !== null);
     if (decision.action === 'attach') sb.#watch(vm!);
@@ -521,6 +525,7 @@ export class Sandbox implements SandboxApi {
   #exited(status: 'stopped' | 'failed', reason: string): void {
     this.#net.close(true);
     this.#record.exited(status, reason);
+    removeVmSockets(this.dir);
   }
 
   /**

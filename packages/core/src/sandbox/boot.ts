@@ -10,6 +10,7 @@ import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
 import { AgentLink } from './agent-link.js';
 import type { SandboxNetwork } from './network.js';
 import type { SandboxRecord } from './record.js';
+import { removeVmSockets } from './recover.js';
 import { mountVolumes } from './volumes.js';
 import { PRIVATE_DIR, PRIVATE_FILE } from '../state/private.js';
 
@@ -108,6 +109,7 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
   } catch (e) {
     vm?.kill();
     await vm?.waitForExit();
+    if (vm) removeVmSockets(dir);
     ctx.vmStarted(null);
     ctx.net.close(true);
     const err = await bootError(e, dir, req.timeoutMs, signal);

@@ -341,6 +341,19 @@ describe('recovery on a fake VMM', () => {
     });
   });
 
+  it('kills the VM of a record a dead runtime left creating before it recorded the pid', async () => {
+    const sb = await runtime.create({ ...small, detached: true });
+    const vm = vmOf(sb.id);
+    await runtime.close();
+    // As if the runtime died between starting the (detached) VM and recording its pid.
+    stateDb(home)
+      .prepare(`UPDATE sandboxes SET status = 'creating', pid = NULL, info_json = json_set(info_json, '$.status', 'creating', '$.pid', NULL) WHERE id = ?`)
+      .run(sb.id);
+    runtime = await Runtime.open({ home, vmm });
+    await until(() => vm.hasExited);
+    expect((await runtime.get(sb.id)).info).toMatchObject({ status: 'failed', pid: null, reason: 'the runtime exited while it booted' });
+  });
+
   it('kills what a closing runtime owned, and reopens it as stopped', async () => {
     const sb = await runtime.create(small);
     const vm = vmOf(sb.id);

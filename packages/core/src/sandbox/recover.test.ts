@@ -1,5 +1,8 @@
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { recoveryDecision } from './recover.js';
+import { recoveryDecision, removeVmSockets } from './recover.js';
 
 describe('recovery decisions', () => {
   it('keeps records without a VM', () => {
@@ -48,5 +51,19 @@ describe('recovery decisions', () => {
       status: 'failed',
       reason: 'its runtime exited, and the VM with it',
     });
+  });
+});
+
+describe('sockets of a VM that is gone', () => {
+  it('are removed from its directory; its disk and logs stay, a missing directory is no error', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'roost-sockets-'));
+    try {
+      for (const f of ['agent.sock', 'qmp.sock', 'net.sock', 'disk.qcow2', 'console.log']) writeFileSync(join(dir, f), '');
+      removeVmSockets(dir);
+      expect(readdirSync(dir).sort()).toEqual(['console.log', 'disk.qcow2']);
+      expect(() => removeVmSockets(join(dir, 'gone'))).not.toThrow();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

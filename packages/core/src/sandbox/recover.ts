@@ -1,3 +1,5 @@
+import { readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import type { SandboxInfo, SandboxStatus } from '@roost/api';
 import type { VmHandle } from '../vmm/types.js';
 import { isLive } from './record.js';
@@ -62,4 +64,20 @@ export async function reconcileVm(vm: VmHandle, connect: () => Promise<unknown>)
   } catch {
     // Left to the liveness checks of the next connection.
   }
+}
+
+/**
+ * Removes the unix sockets (agent, QMP, network) a VM that is gone left in
+ * its sandbox's directory: a killed QEMU cannot unlink them, and nothing
+ * listens on them any more. Synchronous, so a start that follows makes its
+ * sockets after this, never before.
+ */
+export function removeVmSockets(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return; // removed already
+  }
+  for (const f of names) if (f.endsWith('.sock')) rmSync(join(dir, f), { force: true });
 }
