@@ -364,12 +364,10 @@ describe(`fault injection (seed ${SEED})`, () => {
     expect(found('dir-has-record', 'record-has-files', 'no-unowned-snapshot', 'lease-has-record', 'no-stale-socket')).toEqual([]);
   });
 
-  // TODO(issue 16, temp sweep at open): expected to fail until a runtime opening a home removes temp files of dead processes.
   it('no temp file of a dead process is left once the home was reopened', () => {
     expect(found('no-temp-files')).toEqual([]);
   });
 
-  // TODO(issue 16, owner lifetimes): expected to fail until a non-detached sandbox ends with the CLI that made it (embedded and through a daemon).
   it('a non-detached sandbox ends with its owner', () => {
     expect(found('ends-with-owner')).toEqual([]);
   });
@@ -384,7 +382,6 @@ describe(`fault injection (seed ${SEED})`, () => {
     ).toEqual([]);
   });
 
-  // TODO(issue 16, temp sweep at open): its checkHome fails while a killed pull's temp blob is left.
   it('at the end the daemon starts on the home, every sandbox is removed, and no QEMU of the home is left', async () => {
     if (!daemon.running) await daemon.start();
     const list = JSON.parse((await must(['ps', '-a', '--json'])).stdout) as Listed[];

@@ -37,7 +37,7 @@ export interface SandboxRow {
   id: string;
   status: string;
   pid: number | null;
-  info: { detached?: boolean; snapshot?: string; startedAt?: string | null };
+  info: { detached?: boolean; autoRemove?: boolean; snapshot?: string; startedAt?: string | null };
 }
 export interface SnapshotRow {
   id: string;
@@ -179,8 +179,11 @@ export async function checkHome(home: string, options: CheckOptions = {}): Promi
       add('record-has-qemu', `sandbox ${s.id} is recorded ${s.status}, yet its pid ${s.pid} is a live QEMU`);
     }
     if (options.ownersGone && s.info.detached === false) {
-      // TODO(issue 16, owner lifetimes): fails until non-detached sandboxes end with their owner on every face.
-      add('ends-with-owner', `sandbox ${s.id} is not detached and its owner is gone, yet it is still recorded (${s.status})`);
+      // Not detached: it ends with its owner. Made with autoRemove (`roost run`), it is removed too; without, its record stays, stopped.
+      if (s.info.autoRemove === true)
+        add('ends-with-owner', `sandbox ${s.id} was made with autoRemove and its owner is gone, yet it is still recorded (${s.status})`);
+      else if (s.status === 'running' || s.status === 'paused')
+        add('ends-with-owner', `sandbox ${s.id} is not detached and its owner is gone, yet it is ${s.status}`);
     }
   }
 
@@ -235,7 +238,6 @@ export async function checkHome(home: string, options: CheckOptions = {}): Promi
     if (!TEMP.test(name) || f === join(home, 'tmp')) continue; // <home>/tmp is the scratch directory itself
     const pid = Number(TEMP_PID.exec(name)?.[1] ?? NaN);
     if (Number.isInteger(pid) && alive(pid)) continue;
-    // TODO(issue 16, temp sweep at open): fails until a runtime opening a home sweeps what dead processes left.
     add('no-temp-files', `${f.slice(home.length + 1)} was left by a writer that is gone`);
   }
 
