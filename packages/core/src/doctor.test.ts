@@ -8,7 +8,7 @@ import type { DoctorReport } from '@roost/api';
 import { Runtime } from './runtime.js';
 import { closeStateDbs, stateDb } from './state/db.js';
 import { WITNESS_FILE } from './state/witness.js';
-import { FakeVmm } from './vmm/fake.js';
+import { FakeVmm, writeFakeAssets } from './vmm/fake.js';
 
 // roost doctor and recovery on a fake VMM (vmm/fake.ts): no QEMU. The
 // records, witnesses, database checks and the doctor are the real ones.
@@ -19,17 +19,7 @@ let runtime: Runtime | null;
 
 async function makeHome(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'roost-doctor-'));
-  const cache = join(dir, 'cache');
-  await mkdir(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = {
-    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
-    kernelHz: 100,
-    initramfs: join(cache, 'initramfs-a1.cpio'),
-    rootfs: join(cache, 'base.erofs'),
-    agentHash: 'a1',
-  };
-  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) await writeFile(f, 'fake\n');
-  await writeFile(join(cache, 'assets.json'), JSON.stringify(assets));
+  writeFakeAssets(join(dir, 'cache'));
   return dir;
 }
 

@@ -1,12 +1,12 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Runtime } from '../runtime.js';
 import { closeStateDbs, stateDb } from '../state/db.js';
 import { SandboxRecords } from '../state/sandboxes.js';
-import { FakeVmm } from '../vmm/fake.js';
+import { FakeVmm, writeFakeAssets } from '../vmm/fake.js';
 import { recoveryDecision, removedAtRecovery } from './recover.js';
 
 // `autoRemove` (as `docker run --rm`, what `roost run` asks for) against a fake VMM:
@@ -20,17 +20,7 @@ let runtime: Runtime;
 /** A home with assets that exist (their contents are never read by the fake). */
 async function makeHome(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'roost-unit-'));
-  const cache = join(dir, 'cache');
-  await mkdir(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = {
-    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
-    kernelHz: 100,
-    initramfs: join(cache, 'initramfs-a1.cpio'),
-    rootfs: join(cache, 'base.erofs'),
-    agentHash: 'a1',
-  };
-  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) await writeFile(f, 'fake\n');
-  await writeFile(join(cache, 'assets.json'), JSON.stringify(assets));
+  writeFakeAssets(join(dir, 'cache'));
   return dir;
 }
 

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import type { RoostEvent } from '@roost/api';
 import { Runtime } from '../runtime.js';
 import { closeStateDbs, stateDb } from '../state/db.js';
 import { pendingWrites } from '../state/pending-writes.js';
-import { FakeVmm, type FakeVm } from '../vmm/fake.js';
+import { FakeVmm, type FakeVm, writeFakeAssets } from '../vmm/fake.js';
 
 // A full host disk against the fake VMM: the VM stopping on a disk error (QEMU's werror=stop, which the
 // fake imitates), and roost.db refusing writes (SQLITE_FULL, made real with PRAGMA max_page_count).
@@ -19,17 +19,7 @@ let runtime: Runtime;
 
 async function makeHome(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'roost-unit-'));
-  const cache = join(dir, 'cache');
-  await mkdir(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = {
-    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
-    kernelHz: 100,
-    initramfs: join(cache, 'initramfs-a1.cpio'),
-    rootfs: join(cache, 'base.erofs'),
-    agentHash: 'a1',
-  };
-  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) await writeFile(f, 'fake\n');
-  await writeFile(join(cache, 'assets.json'), JSON.stringify(assets));
+  writeFakeAssets(join(dir, 'cache'));
   return dir;
 }
 

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import type { SandboxStatus } from '@roost/api';
 import { isRoostError, RoostError } from '../errors.js';
 import { Runtime } from '../runtime.js';
 import { closeStateDbs, stateDb } from '../state/db.js';
-import { FakeVmm, type FakeVm } from '../vmm/fake.js';
+import { FakeVmm, type FakeVm, writeFakeAssets } from '../vmm/fake.js';
 import { registerVmm } from '../vmm/registry.js';
 
 // The sandbox lifecycle against a fake VMM (vmm/fake.ts): no QEMU, no kernel.
@@ -20,17 +20,7 @@ let runtime: Runtime;
 /** A home with assets that exist (their contents are never read by the fake). */
 async function makeHome(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'roost-unit-'));
-  const cache = join(dir, 'cache');
-  await mkdir(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = {
-    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
-    kernelHz: 100,
-    initramfs: join(cache, 'initramfs-a1.cpio'),
-    rootfs: join(cache, 'base.erofs'),
-    agentHash: 'a1',
-  };
-  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) await writeFile(f, 'fake\n');
-  await writeFile(join(cache, 'assets.json'), JSON.stringify(assets));
+  writeFakeAssets(join(dir, 'cache'));
   return dir;
 }
 

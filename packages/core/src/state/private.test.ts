@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Runtime } from '../runtime.js';
 import { runTool } from '../tool.js';
-import { FakeVmm } from '../vmm/fake.js';
+import { FakeVmm, writeFakeAssets } from '../vmm/fake.js';
 import { closeStateDbs } from './db.js';
 import { privateSpawn, secureHome } from './private.js';
 
@@ -27,16 +27,7 @@ beforeEach(() => {
   home = join(root, 'home');
   // Assets that exist (the fake never reads them), in a cache shared through a symlink as tests do.
   const cache = join(root, 'cache');
-  mkdirSync(join(cache, 'kernel', 'k1'), { recursive: true });
-  const assets = {
-    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
-    kernelHz: 100,
-    initramfs: join(cache, 'initramfs-a1.cpio'),
-    rootfs: join(cache, 'base.erofs'),
-    agentHash: 'a1',
-  };
-  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) writeFileSync(f, 'fake\n');
-  writeFileSync(join(cache, 'assets.json'), JSON.stringify(assets));
+  writeFakeAssets(cache);
   // A home made the way a permissive umask makes one.
   mkdirSync(home, { mode: 0o755 });
   symlinkSync(cache, join(home, 'cache'));

@@ -1,4 +1,4 @@
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { chmod, rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -18,6 +18,24 @@ import {
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
 import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmPaths, VmStateTarget } from './types.js';
+
+/**
+ * Writes assets that exist into `cache` (a home's `cache/`): what the fake
+ * VMM boots is never read, but a runtime checks the files are there. For
+ * unit tests of the layers above the VMM.
+ */
+export function writeFakeAssets(cache: string): void {
+  mkdirSync(join(cache, 'kernel', 'k1'), { recursive: true });
+  const assets = {
+    kernel: join(cache, 'kernel', 'k1', 'vmlinux'),
+    kernelHz: 100,
+    initramfs: join(cache, 'initramfs-a1.cpio'),
+    rootfs: join(cache, 'base.erofs'),
+    agentHash: 'a1',
+  };
+  for (const f of [assets.kernel, assets.initramfs, assets.rootfs]) writeFileSync(f, 'fake\n');
+  writeFileSync(join(cache, 'assets.json'), JSON.stringify(assets));
+}
 
 /**
  * How the fake guest behaves, per VM (read when the VM starts):
