@@ -150,8 +150,9 @@ export class Sandbox implements SandboxApi {
       const shares = plan.restore ? [] : await hostShares(sb.#record.info, services.volumes);
       await sb.#boot(plan.assets, plan.rootfs, shares, opts.timeoutMs ?? 30_000, opts.signal, plan.restore);
     } catch (e) {
-      // A boot that never started QEMU leaves nothing worth keeping; one that did keeps its logs for `roost logs`.
-      if (sb.status === 'creating') await sb.remove({ force: true }).catch(() => {});
+      // A boot that never started QEMU leaves nothing worth keeping; one that did keeps its logs for `roost logs`,
+      // unless made with autoRemove: its owner asked for nothing to stay (the error carries the console's tail).
+      if (sb.status === 'creating' || opts.autoRemove) await sb.remove({ force: true }).catch(() => {});
       throw e;
     }
     return sb;
