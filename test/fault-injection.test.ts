@@ -276,7 +276,7 @@ describe(`fault injection (seed ${SEED})`, () => {
     db.exec(`CREATE TABLE sandboxes (id TEXT PRIMARY KEY, status TEXT, pid INTEGER, info_json TEXT);
       CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT, type TEXT, sandbox_id TEXT);`);
     const put = db.prepare('INSERT INTO sandboxes VALUES (?, ?, ?, ?)');
-    put.run('bbbbbbbbbbbb', 'stopped', null, JSON.stringify({ detached: false, startedAt: null }));
+    put.run('bbbbbbbbbbbb', 'stopped', null, JSON.stringify({ detached: false, autoRemove: true, startedAt: null }));
     put.run('dddddddddddd', 'running', 999_999_999, JSON.stringify({ detached: true, startedAt: null }));
     const ev = db.prepare('INSERT INTO events (time, type, sandbox_id) VALUES (?, ?, ?)');
     const t = new Date().toISOString();
@@ -297,7 +297,7 @@ describe(`fault injection (seed ${SEED})`, () => {
         'no-temp-files', // the blob
         'no-temp-files', // the snapshot's temp directory
         'no-stale-socket', // bbbbbbbbbbbb stopped with agent.sock
-        'ends-with-owner', // bbbbbbbbbbbb not detached
+        'ends-with-owner', // bbbbbbbbbbbb made with autoRemove, its owner gone
         'events-tell-story', // bbbbbbbbbbbb stopped, last event started
         'events-tell-story', // dddddddddddd: started without created
         'no-lost-record', // eeeeeeeeeeee gone without sandbox.deleted

@@ -486,6 +486,8 @@ export class Runtime implements RuntimeApi {
     this.#log.prune();
     await this.#volumes.sweep();
     await this.#snapshotStore.sweep();
+    // A fork's (or template's) snapshot that nothing uses: its maker died between taking it and restoring from it.
+    for (const r of this.#snapshotStore.all()) if (r.kind !== 'user') await this.#snapshotStore.removeIfUnused(r.id).catch(() => {});
     secureHome(this.home);
     await sweepTempFiles(this.home);
   }
