@@ -102,7 +102,7 @@ beforeAll(async () => {
   daemon = await serve({ home: mount });
   api = new ApiClient({ socketPath: daemon.socketPath }, daemon.token);
   client = new RoostClient({ host: `unix://${daemon.socketPath}`, token: daemon.token });
-  const created = await api.post<Info>('/v1/sandboxes', { network: 'none', memoryMiB: 128, timeoutMs: 60_000 });
+  const created = await api.post<Info>('/v1/sandboxes', { network: 'none', memoryMiB: 128, timeoutMs: 60_000, detached: true });
   expect(created.status).toBe(201);
   id = created.body.id;
 });

@@ -339,11 +339,12 @@ describe('a runtime that died in the middle of a snapshot', () => {
     // What a snapshot does before it copies anything: freeze (marking the guest) and stop.
     const conn = await AgentConnection.connect(join(sb.dir, 'agent.sock'), { flags: 0, timeoutMs: 10_000, vmExited: () => false });
     expect((await conn.freeze()).errno).toBe(0);
+    conn.close();
+    // The runtime watches its VMs over QMP (disk errors) while it is open, and QMP takes one client at a time.
+    await home.release();
     const qmp = await QmpClient.connect(join(sb.dir, 'qmp.sock'));
     await qmp.execute('stop');
     qmp.close();
-    conn.close();
-    await home.release();
     const reopened = await home.runtime();
     const again = await reopened.get(sb.id);
     expect(again.status).toBe('running');
