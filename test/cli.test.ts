@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { alive, eventually, ROOST_BIN as roostBin, runInTerminal, runRoost, TestHome, type CliResult } from './helpers.js';
 
@@ -112,5 +113,25 @@ describe('detached sandboxes through the CLI', () => {
     const gone = await roost(['exec', id, '--', 'true']);
     expect(gone.code).toBe(125);
     expect(gone.stderr).toMatch(/no sandbox/);
+  });
+});
+
+describe('roost events (embedded)', () => {
+  it('follows until it is interrupted, past its poll interval, with nothing else keeping the process alive', async () => {
+    // Events of the sandboxes above are in the log: --since 0 replays them first.
+    const p = spawn(process.execPath, [roostBin, 'events', '--since', '0', '--json'], { env: home.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    const exited = new Promise<number | null>((resolve) => p.once('exit', (code) => resolve(code)));
+    try {
+      await eventually(() => stdout.includes('"sandbox.created"'), 10_000, 'the replayed events');
+      // Three poll intervals (1 s each) with nothing to print: a follower whose timers did not hold the process ended here.
+      await new Promise((r) => setTimeout(r, 3_000));
+      expect(alive(p.pid!)).toBe(true);
+      p.kill('SIGINT');
+      expect(await exited).toBe(0);
+    } finally {
+      if (p.exitCode === null) p.kill('SIGKILL');
+    }
   });
 });

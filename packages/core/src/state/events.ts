@@ -130,8 +130,8 @@ export class EventLog {
         }
         if (rows.length === PAGE || pending) continue;
         await new Promise<void>((resolve) => {
+          // Not unref'd: a follower keeps its process alive, as an open stream does, until its signal aborts or it is returned.
           const timer = setTimeout(resolve, POLL_MS);
-          timer.unref();
           wake = () => {
             clearTimeout(timer);
             resolve();
