@@ -39,7 +39,7 @@ import { Templates } from './snapshot/templates.js';
 import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
-import type { Vmm } from './vmm/types.js';
+import type { FoundVm, Vmm } from './vmm/types.js';
 import { secureHome } from './state/private.js';
 import { sweepTempFiles } from './state/sweep.js';
 
@@ -469,7 +469,7 @@ export class Runtime implements RuntimeApi {
       // Otherwise a VM runs there that nothing records: `roost doctor --repair` adopts it.
     }
     for (const info of this.#records.all()) {
-      const sb = await this.#adopt(info.id);
+      const sb = await this.#adopt(info.id, found);
       // What its dead owner would have removed on a normal exit (its VM was killed by the recovery).
       if (sb && removedAtRecovery(info)) {
         await sb.remove({ force: true });
@@ -495,13 +495,14 @@ export class Runtime implements RuntimeApi {
   /**
    * Makes the sandbox of a record this runtime's: attached to its VM, or
    * recorded as gone (see `Sandbox._recover`). An object that held the
-   * record before (a doctor rewrote it) writes nothing more.
+   * record before (a doctor rewrote it) writes nothing more. `found`: the
+   * home's VMs, when already looked up.
    */
-  async #adopt(id: string): Promise<Sandbox | null> {
+  async #adopt(id: string, found?: readonly FoundVm[]): Promise<Sandbox | null> {
     const info = this.#records.get(id);
     if (!info) return null;
     this.#sandboxes.get(id)?._supersede();
-    const sb = Sandbox._recover(this.#services(), info);
+    const sb = Sandbox._recover(this.#services(), info, found);
     this.#sandboxes.set(sb.id, sb);
     await sb._attachNetwork();
     await sb._reconcile();

@@ -9,7 +9,7 @@ import { readConsoleLog } from './console-log.js';
 import { diskFullError, isRoostError, RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
-import type { VmHandle, VmIoError, VmShare } from './vmm/types.js';
+import type { FoundVm, VmHandle, VmIoError, VmShare } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
@@ -158,13 +158,17 @@ export class Sandbox implements SandboxApi {
     return sb;
   }
 
-  /** @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone. */
-  static _recover(services: SandboxServices, info: SandboxInfo): Sandbox {
+  /**
+   * @internal A sandbox found in the records when a runtime opens: attached to its running VM, or recorded as gone.
+   * `found`: the home's VMs, when the caller has looked already (`Vmm.findVms`).
+   */
+  static _recover(services: SandboxServices, info: SandboxInfo, found?: readonly FoundVm[] | null): Sandbox {
     const live = isLive(info.status);
     const dir = services.layout.sandbox(info.id);
-    // No pid recorded: its runtime may have died between starting the VM and recording it; a detached VM runs on.
-    // A runtime that died between starting a VM and recording its pid left one that only its directory names.
-    const pid = !live ? null : (info.pid ?? services.vmm.findVms?.(dirname(dir)).find((v) => v.dir === dir)?.pid ?? null);
+    // No pid recorded: its runtime may have died between starting the VM and recording it, leaving one that only its
+    // directory names (a detached VM runs on).
+    const vms = live && info.pid === null ? (found ?? services.vmm.findVms?.(dirname(dir))) : undefined;
+    const pid = !live ? null : (info.pid ?? vms?.find((v) => v.dir === dir)?.pid ?? null);
     const vm = pid !== null ? services.vmm.attach(pid, dir) : null;
     const sb = new Sandbox(services, info);
     const decision = recoveryDecision(info, vm !== null);
