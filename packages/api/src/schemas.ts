@@ -49,6 +49,26 @@ export const SandboxImageSchema = z
 export type SandboxImage = z.infer<typeof SandboxImageSchema>;
 
 /** Everything recorded about a sandbox. */
+/**
+ * How a sandbox's VMM is confined on the host (docs/security.md): in Roost's
+ * jail (its own uid, namespaces, a root holding only what the VM uses, no
+ * capabilities, a syscall filter, a cgroup with these limits), or not at all
+ * (`ROOST_JAIL=off`, `jail: false`).
+ */
+export const ConfinementSchema = z
+  .object({
+    jailed: z.boolean(),
+    /** The uid and gid its VMM runs as (no other process on the host has them). */
+    uid: z.number().int().optional(),
+    gid: z.number().int().optional(),
+    /** Its cgroup, e.g. `roost/0123456789ab`. */
+    cgroup: z.string().optional(),
+    /** What the host enforces: CPU time in cores, the VMM's memory (guest RAM and its own) in bytes, threads. */
+    limits: z.object({ cpus: z.number(), memoryBytes: z.number().int(), pids: z.number().int() }).optional(),
+  })
+  .meta({ id: 'Confinement' });
+export type Confinement = z.infer<typeof ConfinementSchema>;
+
 export const SandboxInfoSchema = z
   .object({
     id: z.string().regex(/^[0-9a-f]{12}$/),
@@ -82,6 +102,8 @@ export const SandboxInfoSchema = z
     snapshot: z.string().optional(),
     /** Its network: mode, addresses, published ports, egress policy (absent on records from before networking: none). */
     network: NetworkInfoSchema.optional(),
+    /** How its VMM is confined, set each time its VM starts (absent: never started, or started before the jail existed). */
+    confinement: ConfinementSchema.optional(),
   })
   .meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
@@ -321,6 +343,10 @@ export const SandboxMetricsSchema = z
     memoryRssBytes: z.number().int(),
     memoryPssBytes: z.number().int().nullable(),
     execs: z.number().int(),
+    /** Its VMM runs in Roost's jail; false: unconfined (see `confinement` in SandboxInfo). */
+    jailed: z.boolean(),
+    /** Its memory limit (the VMM's, guest RAM included), when confined by a cgroup. */
+    memoryLimitBytes: z.number().int().nullable(),
   })
   .meta({ id: 'SandboxMetrics' });
 export type SandboxMetrics = z.infer<typeof SandboxMetricsSchema>;

@@ -20,6 +20,9 @@ export interface Assets {
   rootfs: string;
   /** The agent's source hash: what `roost ps` and snapshots record. */
   agentHash: string;
+  /** The jailer that confines each VMM, and the shim it preloads into QEMU (host/jailer); absent from older setups. */
+  jailer?: string;
+  jailPreload?: string;
 }
 
 /** Debian packages Roost needs on the host. */
@@ -110,13 +113,14 @@ export async function setup(options: SetupOptions = {}): Promise<Assets> {
   const kernelDir = await buildKernel(layout, src, progress, options.signal);
   const agent = await buildAgent(layout, src, progress, options.signal);
   const initramfs = await buildInitramfs(layout, agent, progress);
+  const jail = await buildJailer(layout, src, progress, options.signal);
   const rootfs = await buildBaseRootfs(layout, progress, options.signal);
 
   const config = await readFile(join(kernelDir, 'config'), 'utf8');
   const hz = Number(/^CONFIG_HZ=(\d+)$/m.exec(config)?.[1] ?? NaN);
   if (!Number.isFinite(hz)) throw new RoostError('INTERNAL', `kernel config in ${kernelDir} has no CONFIG_HZ`);
 
-  const assets: Assets = { kernel: join(kernelDir, 'vmlinux'), kernelHz: hz, initramfs, rootfs, agentHash: agent.hash };
+  const assets: Assets = { kernel: join(kernelDir, 'vmlinux'), kernelHz: hz, initramfs, rootfs, agentHash: agent.hash, ...jail };
   await writeAtomic(join(layout.cache, MANIFEST), JSON.stringify(assets, null, 2) + '\n');
   progress(`ready: kernel ${relative(home, assets.kernel)}, rootfs ${relative(home, assets.rootfs)}`);
   return assets;
@@ -203,6 +207,31 @@ async function buildAgent(layout: HomeLayout, src: string, progress: ProgressFn,
     await rm(tmp, { recursive: true, force: true });
   }
   return { path: bin, hash: key };
+}
+
+/** The jailer and its preload shim (host/jailer), built once per source hash. */
+async function buildJailer(layout: HomeLayout, src: string, progress: ProgressFn, signal?: AbortSignal): Promise<{ jailer: string; jailPreload: string }> {
+  const jdir = join(src, 'host', 'jailer');
+  const files = (await readdir(jdir)).filter((f) => /\.(c|h)$/.test(f) || f === 'Makefile').map((f) => join(jdir, f));
+  const key = await hashOf(files);
+  const out = join(layout.cache, 'jailer', key);
+  const built = { jailer: join(out, 'roost-jailer'), jailPreload: join(out, 'roost-jail-preload.so') };
+  if (existsSync(built.jailer) && existsSync(built.jailPreload)) {
+    progress(`jailer: cached (${key})`);
+    return built;
+  }
+  progress('jailer: compiling');
+  const tmp = `${out}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
+  await mkdir(tmp, { recursive: true });
+  try {
+    await run('make', ['-s', '-C', jdir, `OUT=${tmp}`, 'all'], { progress, signal });
+    // Bind-mounted into every jail and read by QEMU's own uid there.
+    await chmod(tmp, 0o755);
+    await renameInto(tmp, out);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  return built;
 }
 
 async function buildInitramfs(layout: HomeLayout, agent: { path: string; hash: string }, progress: ProgressFn): Promise<string> {

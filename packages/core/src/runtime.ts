@@ -28,6 +28,8 @@ import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
 import { isLive } from './sandbox/record.js';
 import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
+import { jailSettings, RuntimeJail, type JailOptions } from './jail/policy.js';
+import { sweepSandboxCgroups } from './jail/cgroup.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
 import { SandboxRecords } from './state/sandboxes.js';
@@ -57,6 +59,11 @@ export interface RuntimeOptions {
   bridge?: Partial<BridgeConfig>;
   /** The VMM backend: a name given to `registerVmm` (default `qemu`), or a backend object. */
   vmm?: string | Vmm;
+  /**
+   * Confine each VMM in Roost's jail (default: true, unless $ROOST_JAIL is `off`); its settings. `false` runs VMMs
+   * unconfined, as this process's user: only where the jail cannot be built (see docs/security.md).
+   */
+  jail?: boolean | JailOptions;
 }
 
 /** Options of `runtime.create`. */
@@ -100,6 +107,7 @@ export class Runtime implements RuntimeApi {
   readonly #layout: HomeLayout;
   readonly #lock: HomeLock;
   readonly #records: SandboxRecords;
+  readonly #jail: RuntimeJail | null;
   readonly #witnesses: SandboxWitnesses;
   readonly #log: EventLog;
   readonly #images: ImageStore;
@@ -127,6 +135,8 @@ export class Runtime implements RuntimeApi {
     this.#vmm = vmm;
     const db = stateDb(home);
     this.#records = new SandboxRecords(db);
+    const jail = jailSettings(options.jail);
+    this.#jail = jail.enabled ? new RuntimeJail(db, home, jail, this.#layout.cache) : null;
     this.#witnesses = new SandboxWitnesses(this.#layout);
     this.#log = new EventLog(db);
     this.settings = new Settings(db);
@@ -396,6 +406,7 @@ export class Runtime implements RuntimeApi {
   #services(): SandboxServices {
     return {
       vmm: this.#vmm,
+      jail: this.#jail,
       home: this.home,
       layout: this.#layout,
       records: this.#records,
@@ -435,6 +446,8 @@ export class Runtime implements RuntimeApi {
       memoryRssBytes: u?.rssBytes ?? 0,
       memoryPssBytes: u?.pssBytes ?? null,
       execs: sb.info.execs,
+      jailed: sb.info.confinement?.jailed ?? false,
+      memoryLimitBytes: sb.info.confinement?.limits?.memoryBytes ?? null,
     };
   }
 
@@ -484,6 +497,8 @@ export class Runtime implements RuntimeApi {
     // Addresses leased to sandboxes that were never recorded (a crash between lease and record).
     this.#network.reclaimLeases((id) => this.#records.get(id) !== undefined);
     this.#log.prune();
+    // Cgroups of this home's sandboxes whose VMs died with no one to see them exit (other homes' are theirs).
+    if (this.#jail) sweepSandboxCgroups((id) => !this.#records.get(id) || this.#sandboxes.get(id)?.vmPid != null);
     await this.#volumes.sweep();
     await this.#snapshotStore.sweep();
     // A fork's (or template's) snapshot that nothing uses: its maker died between taking it and restoring from it.

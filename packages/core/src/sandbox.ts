@@ -398,6 +398,7 @@ export class Sandbox implements SandboxApi {
       const deleteRecord = () =>
         record.delete(() => {
           if (record.info.network?.mode === 'bridge') services.network.releaseLease(this.id);
+          services.jail?.release(this.id);
         });
       try {
         deleteRecord();
@@ -468,6 +469,7 @@ export class Sandbox implements SandboxApi {
         dir: this.dir,
         vmm: services.vmm,
         cacheDir: services.layout.cache,
+        jail: (a) => services.jail?.vmJail(this.id, this.#record.info.cpus, this.#record.info.memoryMiB, a),
         snapshotDir: (id) => services.snapshots.dir(id),
         net: this.#net,
         vmStarted: (vm) => {

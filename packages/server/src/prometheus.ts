@@ -58,6 +58,18 @@ export function prometheusText(m: RuntimeMetrics): string {
     per.filter((s) => s.memoryPssBytes !== null).map((s) => [{ sandbox: s.id }, s.memoryPssBytes!]),
   );
   family(
+    'roost_sandbox_jailed',
+    'gauge',
+    "1 when the sandbox's VMM runs in Roost's jail, 0 when it runs unconfined.",
+    per.map((s) => [{ sandbox: s.id }, s.jailed ? 1 : 0]),
+  );
+  family(
+    'roost_sandbox_memory_limit_bytes',
+    'gauge',
+    "The memory limit of the sandbox's VMM (guest RAM and its own), when confined.",
+    per.filter((s) => s.memoryLimitBytes !== null).map((s) => [{ sandbox: s.id }, s.memoryLimitBytes!]),
+  );
+  family(
     'roost_sandbox_execs_total',
     'counter',
     'Commands started in the sandbox.',

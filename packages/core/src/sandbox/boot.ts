@@ -6,7 +6,8 @@ import type { Assets } from '../assets.js';
 import { readConsoleLog } from '../console-log.js';
 import { abortError, diskFullError, RoostError } from '../errors.js';
 import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
-import type { VmHandle, Vmm, VmShare } from '../vmm/types.js';
+import type { VmConfinement, VmHandle, VmJail, Vmm, VmShare } from '../vmm/types.js';
+import type { Confinement } from '@roost/api';
 import { AgentLink } from './agent-link.js';
 import type { SandboxNetwork } from './network.js';
 import type { SandboxRecord } from './record.js';
@@ -22,6 +23,8 @@ export interface BootContext {
   readonly vmm: Vmm;
   /** Where shared disk templates are kept. */
   readonly cacheDir: string;
+  /** The jail of the sandbox's next VM; undefined: unconfined. Throws when one is wanted and cannot be built. */
+  jail(assets: Assets): VmJail | undefined;
   /** A snapshot's directory (for a restore). */
   snapshotDir(id: string): string;
   readonly net: SandboxNetwork;
@@ -68,6 +71,7 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
     } else if (!(await exists(disk))) {
       await ctx.vmm.createDisk(disk, info.diskSizeMiB, { cache: ctx.cacheDir, signal });
     }
+    const jail = ctx.jail(req.assets);
     // Published ports are bound before the VM starts: a port in use fails the create before a VM is spent on it.
     const snet = await ctx.net.open();
     vm = await ctx.vmm.start({
@@ -85,9 +89,10 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
       shares: req.shares,
       ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
       ...(snet ? { nic: snet.nic(ctx.vmm.paths(dir)) } : {}),
+      ...(jail ? { jail } : {}),
     });
     ctx.vmStarted(vm);
-    record.save({ pid: vm.pid });
+    record.save({ pid: vm.pid, confinement: confinementInfo(vm.confinement) });
     const runningVm = vm;
     await snet?.attach(vm.paths, { vmExited: () => runningVm.hasExited, signal, timeoutMs: req.timeoutMs });
     const conn = await AgentLink.handshake(vm, { detached: info.detached, timeoutMs: req.timeoutMs, signal, net: snet?.helloConfig() });
@@ -205,4 +210,10 @@ async function tail(path: string, lines: number): Promise<string[]> {
   } catch {
     return [];
   }
+}
+
+/** A VM's jail as SandboxInfo shows it. */
+export function confinementInfo(c: VmConfinement | null): Confinement {
+  if (!c) return { jailed: false };
+  return { jailed: true, uid: c.uid, gid: c.gid, ...(c.cgroup ? { cgroup: c.cgroup } : {}), ...(c.limits ? { limits: c.limits } : {}) };
 }

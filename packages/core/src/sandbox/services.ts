@@ -9,6 +9,7 @@ import type { SandboxRecords } from '../state/sandboxes.js';
 import type { SandboxWitnesses } from '../state/witness.js';
 import type { Volumes } from '../volumes.js';
 import type { Vmm } from '../vmm/types.js';
+import type { RuntimeJail } from '../jail/policy.js';
 import type { SandboxOptions } from './plan.js';
 
 /** Runtime-wide counters a sandbox adds to. */
@@ -40,6 +41,8 @@ export interface SandboxServices<S> {
   readonly network: RuntimeNetwork;
   /** The VMM backend the runtime uses. */
   readonly vmm: Vmm;
+  /** Confines each VM (null: the runtime runs them unconfined, `jail: false`). */
+  readonly jail: RuntimeJail | null;
   assets(): Promise<Assets>;
   /** Creates a sandbox through the runtime (its limits and tracking): forks use it. */
   create(options: SandboxOptions): Promise<S>;

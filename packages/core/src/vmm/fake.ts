@@ -17,7 +17,7 @@ import {
 } from '@roost/protocol';
 import { RoostError } from '../errors.js';
 import { saveRam } from '../snapshot/memory.js';
-import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmPaths, VmStateTarget } from './types.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmConfinement, VmControlOptions, VmExit, VmHandle, VmIoError, VmPaths, VmStateTarget } from './types.js';
 
 /**
  * Writes assets that exist into `cache` (a home's `cache/`): what the fake
@@ -147,6 +147,12 @@ export class FakeVm implements VmHandle {
   ) {
     this.exited = new Promise((resolve) => (this.#exit = resolve));
     this.#ram = join(config.dir, 'fake-ram');
+  }
+
+  /** As a jail would say: the uid and limits it was asked for (no process is confined). */
+  get confinement(): VmConfinement | null {
+    const jail = this.config.jail;
+    return jail ? { uid: jail.uid, gid: jail.gid, cgroup: null, limits: jail.limits } : null;
   }
 
   get hasExited(): boolean {

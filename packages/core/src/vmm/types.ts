@@ -27,6 +27,44 @@ export interface VmConfig {
   restore?: VmRestore;
   /** The NIC (virtio-net); absent: none. */
   nic?: VmNic;
+  /** Confinement (docs/security.md); absent: the VMM runs unconfined, as this process's user. */
+  jail?: VmJail;
+}
+
+/** A VM's resource limits, enforced on the host (a cgroup). */
+export interface VmLimits {
+  /** CPU time, in cores (a quota of `cpus` x 100 ms every 100 ms). */
+  cpus: number;
+  /** The VMM's memory: guest RAM plus the VMM's own (exceeding it ends the VM). */
+  memoryBytes: number;
+  /** Threads and processes. */
+  pids: number;
+}
+
+/**
+ * How a VM is confined: its VMM runs as `uid`/`gid` (no other process on
+ * the host does), with no capabilities, in namespaces of its own whose
+ * root holds only what the VM uses, under a syscall filter, in a cgroup
+ * with `limits`.
+ */
+export interface VmJail {
+  uid: number;
+  gid: number;
+  /** The jailer and its preload shim (host/jailer), built by setup. */
+  jailer: string;
+  preload: string;
+  /** Where what every jail shares is kept (the home's cache). */
+  cache: string;
+  limits: VmLimits;
+}
+
+/** What confines a running VM, as `roost inspect` shows it. */
+export interface VmConfinement {
+  uid: number;
+  gid: number;
+  /** Its cgroup (`roost/<id>`), when one could be found. */
+  cgroup: string | null;
+  limits: VmLimits | null;
 }
 
 /**
@@ -58,6 +96,8 @@ export interface VmShare {
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /** Why, when the backend knows better than the status (the VMM exceeded its memory limit). */
+  reason?: string;
 }
 
 /** Files a running VM exposes in its sandbox directory. */
@@ -117,6 +157,8 @@ export interface VmIoError {
 export interface VmHandle {
   readonly pid: number;
   readonly paths: VmPaths;
+  /** Its jail, or null when it runs unconfined. */
+  readonly confinement: VmConfinement | null;
   /** Resolves when the VM process has exited. Observing it does not keep the Node process alive. */
   readonly exited: Promise<VmExit>;
   /** Waits for the exit, keeping the Node process alive meanwhile (use it when something must happen after). */

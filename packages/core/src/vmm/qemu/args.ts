@@ -19,6 +19,73 @@ function opt(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
+/** The value of `key=` in a QEMU option string (commas in values are written twice), or null. */
+export function qemuArgValue(option: string, key: string): string | null {
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < option.length; i++) {
+    if (option[i] === ',') {
+      if (option[i + 1] === ',') {
+        cur += ',';
+        i++;
+        continue;
+      }
+      parts.push(cur);
+      cur = '';
+    } else cur += option[i];
+  }
+  parts.push(cur);
+  const hit = parts.find((p) => p.startsWith(`${key}=`));
+  return hit === undefined ? null : hit.slice(key.length + 1);
+}
+
+/**
+ * The file in a confined VM's sandbox directory that QEMU writes device
+ * state to for a snapshot (through an fd set: it cannot open files by name).
+ */
+export const DEVICES_OUT = 'devices.out';
+
+/**
+ * What a confined QEMU is handed as file descriptors instead of names (see
+ * jail.ts): it opens nothing in the Roost home itself.
+ */
+export interface QemuFds {
+  /** Listening sockets: the agent's and QMP's. */
+  agent: number;
+  qmp: number;
+  /** The NIC's: a listening socket (user mode) or the TAP device (bridge mode). */
+  nic?: number;
+  /** Fd sets (`-add-fd`), each named by the file it holds; the set's id is its first fd. */
+  sets: { fd: number; set: number; file: string }[];
+  /** The root filesystem image's set. */
+  rootfsSet: number;
+  /** The writable disk's backing chain, top first, each image's set. */
+  diskChain?: { set: number; format: 'qcow2' | 'raw' }[];
+}
+
+/** QEMU's `-sandbox` for a confined VM: its seccomp filter with every optional group denied. */
+export const JAIL_SECCOMP = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+
+/** The fd set holding a confined VM's device-state file, read back from its command line (null: not confined). */
+export function devicesOutSet(argv: string[]): number | null {
+  for (const a of argv) {
+    if (!a.startsWith('fd=') || !qemuArgValue(a, 'opaque')?.endsWith(`/${DEVICES_OUT}`)) continue;
+    const set = Number(qemuArgValue(a, 'set'));
+    if (Number.isSafeInteger(set)) return set;
+  }
+  return null;
+}
+
+/** A `-drive` spec for a disk chain handed over in fd sets: each backing image named explicitly (QEMU cannot open them by name). */
+function chainDrive(chain: NonNullable<QemuFds['diskChain']>): string {
+  return chain
+    .map((layer, i) => {
+      const prefix = 'backing.'.repeat(i);
+      return `${prefix}driver=${layer.format},${prefix}file.driver=file,${prefix}file.filename=/dev/fdset/${layer.set}`;
+    })
+    .join(',');
+}
+
 /** TCG translation cache cap (MiB): QEMU's default of 1 GiB would dominate an idle sandbox's memory. */
 const TCG_TB_SIZE_MIB = 16;
 
@@ -57,8 +124,12 @@ export function kernelCmdline(config: Pick<VmConfig, 'accel' | 'kernelHz' | 'app
 }
 
 /** The QEMU argument vector for a sandbox VM on the microvm machine. Exported so benchmarks boot the same thing. */
-export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean } = {}): string[] {
-  const { agent = true, rootfs = true } = options;
+export function qemuArgs(
+  config: VmConfig,
+  paths: QemuPaths,
+  options: { agent?: boolean; rootfs?: boolean; consolePipe?: boolean; fds?: QemuFds } = {},
+): string[] {
+  const { agent = true, rootfs = true, fds } = options;
   const tcg = config.accel === 'tcg';
   const args = [
     '-name',
@@ -94,8 +165,12 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
     '-device',
     'virtio-rng-device',
   ];
+  // Confined: QEMU's own seccomp filter too (no obsolete syscalls, no setuid and friends, no fork or exec, no scheduler or NUMA changes).
+  if (fds) args.push('-sandbox', JAIL_SECCOMP);
+  for (const s of fds?.sets ?? []) args.push('-add-fd', `fd=${s.fd},set=${s.set},opaque=${opt(s.file)}`);
   if (rootfs) {
-    args.push('-drive', `id=root,file=${opt(config.rootfs)},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
+    const rootFile = fds ? `/dev/fdset/${fds.rootfsSet}` : opt(config.rootfs);
+    args.push('-drive', `id=root,file=${rootFile},format=raw,if=none,read-only=on,cache=unsafe`, '-device', 'virtio-blk-device,drive=root');
     if (config.disk) {
       // The sandbox's writable layer: a qcow2 overlay on an empty ext4 image, so
       // the host file grows only with what the guest writes (and shrinks with
@@ -105,16 +180,17 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
       // in the guest, whose ext4 would abort and turn read-only: `cont`
       // retries it once space is freed. `stop` rather than `enospc`: a
       // quota (EDQUOT) or a host EIO is no better for the guest to see.
+      const image = fds?.diskChain ? chainDrive(fds.diskChain) : `file=${opt(config.disk)},format=qcow2`;
       args.push(
         '-drive',
-        `id=disk,file=${opt(config.disk)},format=qcow2,if=none,discard=unmap,detect-zeroes=unmap`,
+        `id=disk,${image},if=none,discard=unmap,detect-zeroes=unmap`,
         '-device',
         'virtio-blk-device,drive=disk,werror=stop,rerror=stop',
       );
     }
   }
   const buses = [...FREE_BUSES];
-  if (config.nic) args.push(...nicArgs(config.nic, buses.shift()!));
+  if (config.nic) args.push(...nicArgs(config.nic, buses.shift()!, fds?.nic));
   if ((config.shares?.length ?? 0) > buses.length) {
     throw new RoostError(
       'INVALID_ARGUMENT',
@@ -123,15 +199,19 @@ export function qemuArgs(config: VmConfig, paths: QemuPaths, options: { agent?: 
   }
   (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, buses[i]!)));
   if (agent) {
+    // Confined, both sockets are listening already (the jailer bound them at these paths) and come as descriptors.
+    const [agentAt, qmpAt] = fds ? [`fd=${fds.agent}`, `fd=${fds.qmp}`] : [`path=${opt(paths.agentSocket)}`, `path=${opt(paths.qmpSocket)}`];
     args.push(
       '-device',
       'virtio-serial-device,max_ports=2',
       '-chardev',
-      `socket,id=agent,path=${opt(paths.agentSocket)},server=on,wait=off`,
+      `socket,id=agent,${agentAt},server=on,wait=off`,
       '-device',
       'virtserialport,chardev=agent,name=roost.agent',
-      '-qmp',
-      `unix:${opt(paths.qmpSocket)},server=on,wait=off`,
+      '-chardev',
+      `socket,id=qmp,${qmpAt},server=on,wait=off`,
+      '-mon',
+      'chardev=qmp,mode=control',
     );
   }
   if (config.restore) {
@@ -223,10 +303,9 @@ function shareArgs(share: VmShare, id: string, bus: string): string[] {
  * which the guest adopts) keeps the packet count, and TCG's cost per packet,
  * down.
  */
-function nicArgs(nic: VmNic, bus: string): string[] {
-  const netdev =
-    nic.kind === 'stream'
-      ? `stream,id=net0,server=on,addr.type=unix,addr.path=${opt(nic.socket)}`
-      : `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no`;
+function nicArgs(nic: VmNic, bus: string, fd?: number): string[] {
+  let netdev: string;
+  if (nic.kind === 'stream') netdev = `stream,id=net0,server=on,${fd === undefined ? `addr.type=unix,addr.path=${opt(nic.socket)}` : `addr.type=fd,addr.str=${fd}`}`;
+  else netdev = fd === undefined ? `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no` : `tap,id=net0,fd=${fd}`;
   return ['-netdev', netdev, '-device', `virtio-net-device,netdev=net0,mac=${nic.mac},host_mtu=${nic.mtu},bus=${bus}`];
 }

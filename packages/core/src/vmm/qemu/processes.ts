@@ -1,6 +1,8 @@
-import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import type { FoundVm } from '../types.js';
+import { DEVICES_OUT, qemuArgValue } from './args.js';
+import { qcow2VirtualSize } from './qcow2.js';
 
 /** Clock ticks per second of /proc/<pid>/stat times (USER_HZ). */
 const USER_HZ = 100;
@@ -42,7 +44,7 @@ export function qemuOf(pid: number, root: string): FoundVm | null {
   }
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   if (fields[0] === 'Z') return null; // exited, waits to be reaped
-  const dir = agentDir(argv);
+  const dir = vmDirOf(argv);
   if (!dir || dirname(dir) !== root) return null;
   const vm: FoundVm = { pid, dir };
   const smp = argAfter(argv, '-smp');
@@ -51,7 +53,8 @@ export function qemuOf(pid: number, root: string): FoundVm | null {
   if (mem && /^\d+M?$/.test(mem)) vm.memoryMiB = parseInt(mem, 10);
   const accel = argAfter(argv, '-accel');
   if (accel) vm.accel = accel.startsWith('kvm') ? 'kvm' : 'tcg';
-  const disk = argv.map((a) => optionValue(a, 'file')).find((f) => f !== null && f === `${dir}/disk.qcow2`);
+  // The disk by name (an unconfined VM), or named by the fd set a confined one was given it in.
+  const disk = argv.flatMap((a) => [qemuArgValue(a, 'file'), qemuArgValue(a, 'opaque')]).find((f) => f === `${dir}/disk.qcow2`);
   const size = disk ? qcow2VirtualSize(disk) : null;
   if (size !== null) vm.diskSizeMiB = Math.round(size / 2 ** 20);
   const started = startTime(Number(fields[19]));
@@ -74,54 +77,30 @@ function isQemu(pid: number): boolean {
   }
 }
 
-/** The directory of the agent socket a QEMU command line serves (`socket,id=agent,path=<dir>/agent.sock,...`). */
-function agentDir(argv: string[]): string | null {
+/**
+ * The sandbox directory a QEMU command line belongs to: an unconfined VM
+ * serves its agent socket by name (`socket,id=agent,path=<dir>/agent.sock`);
+ * a confined one is handed its sockets as descriptors and names its
+ * directory in the fd set of its device-state file (`-add-fd
+ * ...,opaque=<dir>/devices.out`).
+ */
+export function vmDirOf(argv: string[]): string | null {
   for (const a of argv) {
-    if (!a.startsWith('socket,') || !a.includes('id=agent')) continue;
-    const path = optionValue(a, 'path');
-    if (path?.endsWith('/agent.sock')) return dirname(path);
+    if (a.startsWith('socket,') && a.includes('id=agent')) {
+      const path = qemuArgValue(a, 'path');
+      if (path?.endsWith('/agent.sock')) return dirname(path);
+    }
+    if (a.startsWith('fd=')) {
+      const opaque = qemuArgValue(a, 'opaque');
+      if (opaque?.endsWith(`/${DEVICES_OUT}`)) return dirname(opaque);
+    }
   }
   return null;
-}
-
-/** The value of `key=` in a QEMU option string (commas in values are written twice), or null. */
-function optionValue(option: string, key: string): string | null {
-  const parts: string[] = [];
-  let cur = '';
-  for (let i = 0; i < option.length; i++) {
-    if (option[i] === ',') {
-      if (option[i + 1] === ',') {
-        cur += ',';
-        i++;
-        continue;
-      }
-      parts.push(cur);
-      cur = '';
-    } else cur += option[i];
-  }
-  parts.push(cur);
-  const hit = parts.find((p) => p.startsWith(`${key}=`));
-  return hit === undefined ? null : hit.slice(key.length + 1);
 }
 
 function argAfter(argv: string[], flag: string): string | undefined {
   const i = argv.indexOf(flag);
   return i >= 0 ? argv[i + 1] : undefined;
-}
-
-/** A qcow2 image's virtual size in bytes (its header: magic `QFI\xfb`, size at offset 24), or null. */
-function qcow2VirtualSize(path: string): number | null {
-  let fd: number | undefined;
-  try {
-    fd = openSync(path, 'r');
-    const header = Buffer.alloc(32);
-    if (readSync(fd, header, 0, 32, 0) < 32 || header.readUInt32BE(0) !== 0x514649fb) return null;
-    return Number(header.readBigUInt64BE(24));
-  } catch {
-    return null;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
 }
 
 /** A process's start time (its stat's 22nd field, in ticks since boot) as ISO 8601, or null. */

@@ -1,4 +1,4 @@
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { RoostError } from '../../errors.js';
 import type { RamSource } from '../../snapshot/memory.js';
 
@@ -22,11 +22,17 @@ export async function findRam(pid: number, size: number, memfdName: string, memP
   const maps = await readFile(`/proc/${pid}/maps`, 'utf8').catch((e: Error) => {
     throw new RoostError('VMM', `cannot read the memory map of QEMU (pid ${pid}): ${e.message}`, { cause: e });
   });
+  // A confined QEMU was handed the image as a descriptor opened in its jail's mount namespace, whose path
+  // may read differently from here: the inode tells.
+  const inode = await stat(memPath).then(
+    (st) => String(st.ino),
+    () => null,
+  );
   const found: number[] = [];
   for (const line of maps.split('\n')) {
     // start-end perms offset dev inode path
-    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ 0+ \S+ \d+ +(.+)$/.exec(line);
-    if (!m || m[3]!.replace(/ \(deleted\)$/, '') !== memPath) continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ 0+ \S+ (\d+) +(.+)$/.exec(line);
+    if (!m || (m[4]!.replace(/ \(deleted\)$/, '') !== memPath && m[3] !== inode)) continue;
     const start = parseInt(m[1]!, 16);
     if (parseInt(m[2]!, 16) - start === size) found.push(start);
   }

@@ -1,18 +1,24 @@
 import { execFile, spawn, type SpawnOptions } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync } from 'node:fs';
-import { delimiter, dirname, join } from 'node:path';
-import type { Writable } from 'node:stream';
+import { accessSync, constants, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { basename, delimiter, dirname, join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { diskFullAt } from '../../disk-space.js';
 import { RoostError } from '../../errors.js';
 import { privateSpawn } from '../../state/private.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
-import type { FoundVm, SavedMemory, Vmm, VmConfig, VmControlOptions, VmExit, VmHandle, VmIoError, VmStateTarget } from '../types.js';
-import { MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
+import { cgroupSupport, createSandboxCgroup, openSandboxCgroup, type SandboxCgroup } from '../../jail/cgroup.js';
+import type { FoundVm, SavedMemory, Vmm, VmConfig, VmConfinement, VmControlOptions, VmExit, VmHandle, VmIoError, VmJail, VmLimits, VmStateTarget } from '../types.js';
+import { DEVICES_OUT, devicesOutSet, MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
+import { planJail, REPORT_FD, type JailLaunch } from './jail.js';
+import { qemuRuntime } from './jail-runtime.js';
 import { createDisk, createOverlay } from './disk.js';
 import { ioErrorOf, QmpClient, stoppedOnIoError, type QmpEvent } from './qmp.js';
-import { findQemuVms } from './processes.js';
+import { findQemuVms, vmDirOf } from './processes.js';
 import { findRam } from './ram.js';
 
 const execFileP = promisify(execFile);
@@ -81,26 +87,34 @@ export class QemuVmm implements Vmm {
     if (!qemu) {
       throw new RoostError('SETUP_REQUIRED', `${QEMU_BINARY} is not installed: run \`roost setup\` (it installs qemu-system-x86)`);
     }
-    const args = qemuArgs(config, paths, { consolePipe: true });
+    const jailed = config.jail ? await this.#prepareJail(config, paths, config.jail, qemu) : null;
+    const args = qemuArgs(config, paths, { consolePipe: true, ...(jailed ? { fds: jailed.launch.fds } : {}) });
     const limit = logLimit();
     const consoleKeeper = startLogKeeper(paths.consoleLog, limit);
     const vmmKeeper = startLogKeeper(paths.vmmLog, limit);
-    // For a non-detached VM, setpriv sets PR_SET_PDEATHSIG on QEMU, so it gets
-    // SIGKILL when its owner dies, however it dies. The keepers end when QEMU
-    // closes their pipes.
-    const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
     let child;
     let stateFd: number | undefined;
     try {
       if (config.restore) stateFd = openSync(config.restore.state, 'r');
-      // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-      // With a umask of 077 (its sockets and saved device state are private), unless it shares
-      // directories (volumes): files the guest makes there keep the modes documented in docs/files.md.
-      const options = { stdio: ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'], detached: true } satisfies SpawnOptions;
-      child = config.shares?.length ? spawn(cmd, argv, options) : privateSpawn(cmd, argv, options);
+      const stdio = ['ignore', vmmKeeper.stdin, vmmKeeper.stdin, consoleKeeper.stdin, stateFd ?? 'ignore'] as const;
+      if (jailed) {
+        // The jailer (host/jailer) opens what QEMU needs, confines it and reports its pid on fd 5 (REPORT_FD).
+        child = spawn(config.jail!.jailer, [...jailed.launch.jailerArgs, ...args], { stdio: [...stdio, 'pipe'], detached: true });
+      } else {
+        // For a non-detached VM, setpriv sets PR_SET_PDEATHSIG on QEMU, so it gets
+        // SIGKILL when its owner dies, however it dies. The keepers end when QEMU
+        // closes their pipes.
+        const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
+        // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
+        // With a umask of 077 (its sockets and saved device state are private), unless it shares
+        // directories (volumes): files the guest makes there keep the modes documented in docs/files.md.
+        const options = { stdio: [...stdio], detached: true } satisfies SpawnOptions;
+        child = config.shares?.length ? spawn(cmd, argv, options) : privateSpawn(cmd, argv, options);
+      }
     } catch (e) {
       consoleKeeper.kill();
       vmmKeeper.kill();
+      jailed?.cgroup?.remove().catch(() => {});
       throw new RoostError('VMM', `could not start QEMU: ${(e as Error).message}`, { cause: e });
     } finally {
       // QEMU holds the write ends now; ours would keep the keepers from ever seeing EOF.
@@ -108,24 +122,66 @@ export class QemuVmm implements Vmm {
       vmmKeeper.stdin.destroy();
       if (stateFd !== undefined) closeSync(stateFd);
     }
-    const qemuExited = new Promise<VmExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    const started = child;
+    const childExited = new Promise<VmExit>((resolve) => started.once('exit', (code, signal) => resolve({ code, signal })));
     // The VM has exited once its logs are complete too: boot errors read them right after.
-    const exited = Promise.all([qemuExited, consoleKeeper.exited, vmmKeeper.exited]).then(([e]) => e);
-    const pid = await new Promise<number>((resolve, reject) => {
-      child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (e: NodeJS.ErrnoException) => {
+    let exited = Promise.all([childExited, consoleKeeper.exited, vmmKeeper.exited]).then(([e]) => e);
+    const spawned = new Promise<number>((resolve, reject) => {
+      started.once('spawn', () => resolve(started.pid!));
+      started.once('error', (e: NodeJS.ErrnoException) => {
         consoleKeeper.kill();
         vmmKeeper.kill();
-        reject(new RoostError('VMM', `could not start QEMU (through ${cmd}): ${e.message}`, { cause: e }));
+        reject(new RoostError('VMM', `could not start QEMU (through ${started.spawnfile}): ${e.message}`, { cause: e }));
       });
     });
-    child.unref();
-    return new QemuHandle(pid, paths, exited);
+    let pid: number;
+    let confinement: VmConfinement | null = null;
+    if (jailed) {
+      const cgroup = jailed.cgroup;
+      try {
+        await spawned;
+        pid = await readJailReport(started.stdio[REPORT_FD as number] as unknown as Readable, childExited);
+      } catch (e) {
+        started.kill('SIGKILL');
+        await exited.catch(() => {});
+        await cgroup?.remove().catch(() => {});
+        throw e;
+      }
+      confinement = { uid: config.jail!.uid, gid: config.jail!.gid, cgroup: cgroup?.name ?? null, limits: cgroup ? limitsOf(cgroup) : null };
+      exited = exited.then((e) => afterJailedExit(e, cgroup, config.jail!.limits));
+    } else {
+      pid = await spawned;
+    }
+    started.unref();
+    const devicesSet = jailed?.launch.fds.sets.find((x) => x.file.endsWith(`/${DEVICES_OUT}`))?.set ?? null;
+    return new QemuHandle(pid, paths, exited, confinement, devicesSet);
+  }
+
+  /** The runtime, cgroup and jailer arguments of a confined VM. */
+  async #prepareJail(config: VmConfig, paths: QemuPaths, jail: VmJail, qemu: string): Promise<{ launch: JailLaunch; cgroup: SandboxCgroup | null }> {
+    const runtime = await qemuRuntime(jail.cache, qemu);
+    // A stale device-state file (the jailer opens it for appending) starts empty.
+    writeFileSync(join(config.dir, DEVICES_OUT), '', { mode: 0o600 });
+    const cgroup = cgroupSupport() ? createSandboxCgroup(config.id, jail.limits) : null;
+    try {
+      return { launch: planJail(config, paths, jail, runtime, cgroup?.dirs ?? []), cgroup };
+    } catch (e) {
+      await cgroup?.remove().catch(() => {});
+      throw e;
+    }
   }
 
   attach(pid: number, dir: string): VmHandle | null {
     if (!isOurQemu(pid, dir)) return null;
     const paths = vmPaths(dir);
+    let argv: string[] = [];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      return null;
+    }
+    const devicesSet = devicesOutSet(argv);
+    const confinement = devicesSet === null ? null : confinementOf(pid, basename(dir));
     // Not our child: watch for its exit by polling.
     const exited = new Promise<VmExit>((resolve) => {
       const timer = setInterval(() => {
@@ -136,7 +192,9 @@ export class QemuVmm implements Vmm {
       }, 100);
       timer.unref();
     });
-    return new QemuHandle(pid, paths, exited);
+    const cgroup = confinement?.cgroup ? openSandboxCgroup(basename(dir)) : null;
+    const watched = confinement?.limits ? exited.then((e) => afterJailedExit(e, cgroup, confinement.limits!)) : exited;
+    return new QemuHandle(pid, paths, watched, confinement, devicesSet);
   }
 
   findVms(root: string): FoundVm[] {
@@ -202,9 +260,75 @@ export function isOurQemu(pid: number, dir: string): boolean {
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     if (/\) Z /.test(stat)) return false; // a zombie has exited
-    return cmdline.includes(vmPaths(dir).agentSocket);
+    return vmDirOf(cmdline.split('\0')) === dir;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Reads the jailer's report (REPORT_FD): `pid N` once QEMU's process exists,
+ * then EOF once QEMU runs (the jailer's copy of the pipe is closed, and
+ * QEMU's is close-on-exec); `error ...` lines when setting up the jail failed.
+ */
+async function readJailReport(report: Readable, exited: Promise<VmExit>): Promise<number> {
+  let text = '';
+  report.setEncoding('utf8');
+  report.on('data', (chunk: string) => {
+    if (text.length < 65536) text += chunk;
+  });
+  const ended = new Promise<void>((resolve) => report.once('close', () => resolve()));
+  const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), JAIL_SETUP_TIMEOUT_MS).unref());
+  const how = await Promise.race([ended, timeout]);
+  const errors = text
+    .split('\n')
+    .filter((l) => l.startsWith('error '))
+    .map((l) => l.slice(6));
+  if (errors.length > 0) throw new RoostError('VMM', `could not confine QEMU: ${errors.join('; ')}`, { details: { jail: errors } });
+  if (how === 'timeout') throw new RoostError('VMM', `the jailer did not start QEMU within ${JAIL_SETUP_TIMEOUT_MS / 1000} s`);
+  const pid = Number(/^pid (\d+)$/m.exec(text)?.[1]);
+  if (!Number.isSafeInteger(pid) || pid <= 1) {
+    const e = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 1000).unref())]);
+    const how = e ? (e.signal ? `was killed by ${e.signal}` : `exited with status ${e.code}`) : 'said nothing';
+    throw new RoostError('VMM', `the jailer ${how} before QEMU started`);
+  }
+  return pid;
+}
+
+/** How long the jailer may take to set up a jail and exec QEMU. */
+const JAIL_SETUP_TIMEOUT_MS = 30_000;
+
+function limitsOf(cgroup: SandboxCgroup): VmLimits {
+  return { cpus: cgroup.limits.cpus, memoryBytes: cgroup.limits.memoryBytes, pids: cgroup.limits.pids };
+}
+
+/** After a confined VM exits: an OOM kill in its cgroup is the reason, then the cgroup goes. */
+async function afterJailedExit(exit: VmExit, cgroup: SandboxCgroup | null, limits: VmLimits): Promise<VmExit> {
+  if (!cgroup) return exit;
+  let out = exit;
+  try {
+    const oom = cgroup.stats().oomKills ?? 0;
+    if (oom > 0) {
+      const mib = Math.round(limits.memoryBytes / 2 ** 20);
+      out = { ...exit, reason: `out of memory: its QEMU used more than its limit of ${mib} MiB (guest RAM and the VMM's own) and was killed` };
+    }
+  } catch {
+    // the cgroup is gone already
+  }
+  await cgroup.remove({ timeoutMs: 2000 }).catch(() => false);
+  return out;
+}
+
+/** The jail of a running confined QEMU, read from /proc and its cgroup (a VM re-attached after a restart). */
+function confinementOf(pid: number, id: string): VmConfinement | null {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+    const gid = Number(/^Gid:\s+(\d+)/m.exec(status)?.[1]);
+    const cgroup = openSandboxCgroup(id);
+    return { uid, gid, cgroup: cgroup?.name ?? null, limits: cgroup ? limitsOf(cgroup) : null };
+  } catch {
+    return null;
   }
 }
 
@@ -219,6 +343,9 @@ class QemuHandle implements VmHandle {
     readonly pid: number,
     readonly paths: QemuPaths,
     exited: Promise<VmExit>,
+    readonly confinement: VmConfinement | null = null,
+    /** A confined VM's fd set for its device-state file (DEVICES_OUT); null: QEMU writes device state by name. */
+    private readonly devicesSet: number | null = null,
   ) {
     this.exited = exited.then((e) => {
       this.#exited = true;
@@ -265,8 +392,17 @@ class QemuHandle implements VmHandle {
       if (!target.restoredFrom) throw e;
       return findRam(this.pid, target.memoryBytes, MEMORY_BACKEND_MEMFD_NAME, target.restoredFrom);
     });
+    // Confined, QEMU writes to the device-state file it was handed, at that descriptor's offset: each
+    // save goes after the last one (QEMU's dup of an fd-set member drops O_APPEND but shares the
+    // offset), and the new bytes are copied out.
+    const out = this.devicesSet === null ? null : join(dirname(this.paths.agentSocket), DEVICES_OUT);
+    const from = out ? (await stat(out)).size : 0;
     const [devices, saved] = await Promise.allSettled([
-      qmp.execute('xen-save-devices-state', { filename: target.devices, live: false }, options.timeoutMs),
+      qmp
+        .execute('xen-save-devices-state', { filename: out ? `/dev/fdset/${this.devicesSet}` : target.devices, live: false }, options.timeoutMs)
+        .then(async () => {
+          if (out) await pipeline(createReadStream(out, { start: from }), createWriteStream(target.devices, { mode: 0o600 }));
+        }),
       saveRam(ram, target.memoryBytes, target.memory),
     ]);
     if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
