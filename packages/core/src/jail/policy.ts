@@ -1,3 +1,4 @@
+import { realpathSync } from 'node:fs';
 import type Database from 'better-sqlite3';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
@@ -89,7 +90,14 @@ export class RuntimeJail {
     if (why) throw new RoostError('SETUP_REQUIRED', `cannot confine sandbox ${id}: ${why}. To run sandboxes unconfined, set ROOST_JAIL=off (or jail: false in RuntimeOptions)`);
     if (!assets.jailer || !assets.jailPreload) throw new RoostError('SETUP_REQUIRED', 'the jailer is not built: run `roost setup` (or `npm run setup`) again');
     const uid = this.#ids.acquire(id);
-    return { uid, gid: uid, jailer: assets.jailer, preload: assets.jailPreload, cache: this.cache, limits: vmLimits(cpus, memoryMiB, this.settings.memoryOverheadMiB) };
+    // The cache's real path: the jail holds QEMU's runtime at that path, and a home's `cache` is often a link.
+    let cache = this.cache;
+    try {
+      cache = realpathSync(cache);
+    } catch {
+      // not made yet: the backend makes it
+    }
+    return { uid, gid: uid, jailer: assets.jailer, preload: assets.jailPreload, cache, limits: vmLimits(cpus, memoryMiB, this.settings.memoryOverheadMiB) };
   }
 
   /** Sandbox `id` is removed: its uid goes back to the range. */
