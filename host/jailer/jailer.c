@@ -66,7 +66,8 @@ static const char usage[] =
 	"  --hostname NAME      (default roost)\n"
 	"  --report FD          'pid N' or 'error ...' lines\n"
 	"  --die-with-parent    SIGKILL when the parent dies\n"
-	"  --no-netns           keep the host network namespace\n";
+	"  --no-netns           keep the host network namespace\n"
+	"  --proc               mount a procfs of the jail's PID namespace (its own processes only) at /proc\n";
 
 static int report_fd = -1;
 static volatile pid_t child_pid;
@@ -345,6 +346,18 @@ static void build_root(const struct jail_opts *o, const char *jail)
 	/* Binds first: creating their mount points then never meets a symlink made here. */
 	for (size_t i = 0; i < o->nmounts; i++)
 		bind_one(&o->mounts[i], jail, rootlen);
+	if (o->proc) {
+		/*
+		 * QEMU's 9P server sets extended attributes through /proc/self/fd.
+		 * subset=pid: only the processes of the jail's own PID namespace
+		 * (QEMU alone), no /proc/sys or other system files.
+		 */
+		in_jail(full, jail, "/proc");
+		if (mkdir(full, 0555) < 0)
+			CHILD_FAIL("mkdir /proc");
+		if (mount("proc", full, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible") < 0)
+			CHILD_FAIL("mount proc");
+	}
 	for (size_t i = 0; i < o->nsymlinks; i++) {
 		in_jail(full, jail, o->symlinks[i].link);
 		make_parents(full, rootlen, o->symlinks[i].link);

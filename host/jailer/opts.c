@@ -186,6 +186,10 @@ int jail_parse(int argc, char **argv, struct jail_opts *o, char *err, size_t err
 			o->die_with_parent = true;
 			continue;
 		}
+		if (strcmp(opt, "--proc") == 0) {
+			o->proc = true;
+			continue;
+		}
 		if (strcmp(opt, "--no-netns") == 0) {
 			o->no_netns = true;
 			continue;
