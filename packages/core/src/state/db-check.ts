@@ -16,6 +16,7 @@ export const ROOST_TABLES: Readonly<Record<string, number>> = {
   snapshots: 4,
   templates: 4,
   leases: 5,
+  jail_ids: 6,
 };
 
 const ID_PATTERN = /^[0-9a-f]{12}$/;

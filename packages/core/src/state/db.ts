@@ -117,6 +117,16 @@ const MIGRATIONS: readonly string[] = [
     UNIQUE (network, mac)
   );
   `,
+  // 6: the jail's uids. Each sandbox's QEMU runs as its own uid (and the gid of the same number), from the
+  // configured range; a uid is held by one sandbox at a time (the keys hold even if the allocator were wrong).
+  // Other homes on the host are kept off it by a claim file (jail/ids.ts), not by this table.
+  `
+  CREATE TABLE jail_ids (
+    uid INTEGER PRIMARY KEY,             -- also the gid
+    sandbox_id TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
