@@ -75,7 +75,8 @@ export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runti
   if (groups.length > 0) args.push('--groups', groups.join(','));
   for (const share of config.shares ?? []) args.push(share.readOnly ? '--ro' : '--rw', share.path);
   // QEMU's 9P server reads and writes files of any owner in a volume: it keeps these two capabilities, which reach only what its jail holds.
-  if (config.shares?.length) args.push('--keep-cap', 'dac_override', '--keep-cap', 'fowner');
+  // It sets extended attributes through /proc/self/fd: a procfs of its own PID namespace (itself only).
+  if (config.shares?.length) args.push('--keep-cap', 'dac_override', '--keep-cap', 'fowner', '--proc');
   for (const link of runtime.symlinks) args.push('--symlink', link);
   for (const e of env) args.push('--env', e);
   args.push('--', runtime.qemu);
