@@ -12,7 +12,6 @@ const root = process.getuid?.() === 0;
 const home = new TestHome();
 const oomHome = new TestHome();
 const openHome = new TestHome();
-let runtime: Runtime;
 let a: Sandbox;
 let b: Sandbox;
 
@@ -46,7 +45,7 @@ async function sh(s: Sandbox, cmd: string): Promise<string> {
 
 describe.skipIf(!root)('the jail (as root)', () => {
   beforeAll(async () => {
-    runtime = await home.runtime();
+    await home.runtime();
     [a, b] = await Promise.all([home.create({ cpus: 1, memoryMiB: 256 }), home.create({ cpus: 1, memoryMiB: 256, detached: true })]);
   });
 
@@ -117,7 +116,7 @@ describe.skipIf(!root)('the jail (as root)', () => {
     const c0 = cpuSeconds(pid);
     await new Promise((r) => setTimeout(r, 3000));
     const cores = (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
-    await handle.kill().catch(() => {});
+    handle.kill('SIGKILL');
     await handle.wait().catch(() => {});
     expect(cores).toBeGreaterThan(0.5);
     expect(cores).toBeLessThan(1.15);
@@ -129,7 +128,9 @@ describe.skipIf(!root)('the jail (as root)', () => {
       const c = await oomRuntime.create({ cpus: 1, memoryMiB: 256, timeoutMs: 60_000 });
       expect(c.info.confinement?.limits?.memoryBytes).toBe(256 * 2 ** 20);
       // Guest RAM in a tmpfs cannot be reclaimed: QEMU's guest memory plus its own passes 256 MiB.
-      await c.commands.run('mkdir -p /mnt/fill && mount -t tmpfs -o size=240m none /mnt/fill && dd if=/dev/zero of=/mnt/fill/x bs=1M count=235').catch(() => null);
+      await c.commands
+        .run('mkdir -p /mnt/fill && mount -t tmpfs -o size=240m none /mnt/fill && dd if=/dev/zero of=/mnt/fill/x bs=1M count=235')
+        .catch(() => null);
       await eventually(() => c.status === 'failed', 30_000, 'the sandbox failed');
       expect(c.info.reason).toMatch(/out of memory/);
       expect(c.info.reason).toMatch(/256 MiB/);

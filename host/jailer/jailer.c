@@ -67,6 +67,7 @@ static const char usage[] =
 	"  --report FD          'pid N' or 'error ...' lines\n"
 	"  --die-with-parent    SIGKILL when the parent dies\n"
 	"  --no-netns           keep the host network namespace\n"
+	"  --share-modes        umask 022 instead of 077 (files QEMU makes in volumes)\n"
 	"  --proc               mount a procfs of the jail's PID namespace (its own processes only) at /proc\n";
 
 static int report_fd = -1;
@@ -355,7 +356,8 @@ static void build_root(const struct jail_opts *o, const char *jail)
 		in_jail(full, jail, "/proc");
 		if (mkdir(full, 0555) < 0)
 			CHILD_FAIL("mkdir /proc");
-		if (mount("proc", full, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible") < 0)
+		if (mount("proc", full, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+			  "subset=pid,hidepid=invisible") < 0)
 			CHILD_FAIL("mount proc");
 	}
 	for (size_t i = 0; i < o->nsymlinks; i++) {
@@ -464,7 +466,7 @@ __attribute__((noreturn)) static void child(struct jail_opts *o, const char *jai
 		CHILD_FAIL("poll the jailer's liveness pipe");
 	if (r > 0 && (p.revents & (POLLHUP | POLLERR)))
 		_exit(126); /* the jailer is gone: nobody to report to */
-	umask(077);
+	umask(o->umask);
 	sigset_t none;
 	sigemptyset(&none);
 	for (int sig = 1; sig < NSIG; sig++)

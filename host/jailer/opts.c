@@ -174,6 +174,7 @@ int jail_parse(int argc, char **argv, struct jail_opts *o, char *err, size_t err
 	memset(o, 0, sizeof *o);
 	o->report = -1;
 	o->hostname = "roost";
+	o->umask = 077;
 	bool have_uid = false, have_gid = false;
 	int i = 1;
 	for (; i < argc; i++) {
@@ -184,6 +185,10 @@ int jail_parse(int argc, char **argv, struct jail_opts *o, char *err, size_t err
 		}
 		if (strcmp(opt, "--die-with-parent") == 0) {
 			o->die_with_parent = true;
+			continue;
+		}
+		if (strcmp(opt, "--share-modes") == 0) {
+			o->umask = 022;
 			continue;
 		}
 		if (strcmp(opt, "--proc") == 0) {

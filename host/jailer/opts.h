@@ -64,7 +64,8 @@ struct jail_opts {
 	int report; /* -1: none */
 	bool die_with_parent;
 	bool no_netns;
-	bool proc; /* mount a procfs of the jail's PID namespace at /proc */
+	mode_t umask; /* PROGRAM's (default 077) */
+	bool proc;    /* mount a procfs of the jail's PID namespace at /proc */
 	const char *program;
 	char **args; /* NULL-terminated, args[0] is PROGRAM */
 };

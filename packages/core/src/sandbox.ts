@@ -37,6 +37,9 @@ function shared(home: string | undefined): Promise<SharedRuntime<Sandbox>> {
   return sharedRuntime(home);
 }
 
+/** How long a lost agent waits for its VM's exit, whose reason is better (an out-of-memory kill). */
+const LOST_EXIT_GRACE_MS = 1000;
+
 /**
  * A microVM sandbox: a QEMU process booting the Roost kernel with the agent
  * as PID 1. Run commands with `sandbox.commands`; end it with `stop()`,
@@ -75,8 +78,15 @@ export class Sandbox implements SandboxApi {
       removed: () => record.removed,
       netHello: () => this.#net.helloConfig(),
       lost: (reason) => {
-        this.#exited('failed', reason);
-        this.#vm?.kill();
+        const vm = this.#vm;
+        const fail = (why: string) => {
+          if (isLive(this.status)) this.#exited('failed', why);
+          this.#vm?.kill();
+        };
+        if (!vm || vm.hasExited) return fail(reason);
+        // The agent's connection also closes when the VM dies: its exit may say why (the jail's memory limit).
+        const grace = new Promise<null>((r) => setTimeout(() => r(null), LOST_EXIT_GRACE_MS).unref());
+        void Promise.race([vm.exited, grace]).then((exit) => fail(exit?.reason ?? reason));
       },
     });
     const connection = () => this.#link.connection();
@@ -579,11 +589,12 @@ export class Sandbox implements SandboxApi {
   #watch(vm: VmHandle): void {
     this.#vm = vm;
     vm.onIoError((error) => this.#ioStopped(vm, error));
-    void vm.exited.then(() => {
+    void vm.exited.then((exit) => {
       if (this.#vm !== vm) return;
       this.#link.close();
       if (this.#link.ending || this.#record.removed || this.#letGo) return;
-      this.#exited('failed', this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
+      if (!isLive(this.status)) return;
+      this.#exited('failed', exit.reason ?? this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
     });
   }
 

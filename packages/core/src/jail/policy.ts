@@ -87,7 +87,11 @@ export class RuntimeJail {
   /** The jail of sandbox `id`'s next VM; SETUP_REQUIRED when the host cannot build one (see ROOST_JAIL). */
   vmJail(id: string, cpus: number, memoryMiB: number, assets: Assets): VmJail {
     const why = jailUnavailable();
-    if (why) throw new RoostError('SETUP_REQUIRED', `cannot confine sandbox ${id}: ${why}. To run sandboxes unconfined, set ROOST_JAIL=off (or jail: false in RuntimeOptions)`);
+    if (why)
+      throw new RoostError(
+        'SETUP_REQUIRED',
+        `cannot confine sandbox ${id}: ${why}. To run sandboxes unconfined, set ROOST_JAIL=off (or jail: false in RuntimeOptions)`,
+      );
     if (!assets.jailer || !assets.jailPreload) throw new RoostError('SETUP_REQUIRED', 'the jailer is not built: run `roost setup` (or `npm run setup`) again');
     const uid = this.#ids.acquire(id);
     // The cache's real path: the jail holds QEMU's runtime at that path, and a home's `cache` is often a link.

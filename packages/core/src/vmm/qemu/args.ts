@@ -181,12 +181,7 @@ export function qemuArgs(
       // retries it once space is freed. `stop` rather than `enospc`: a
       // quota (EDQUOT) or a host EIO is no better for the guest to see.
       const image = fds?.diskChain ? chainDrive(fds.diskChain) : `file=${opt(config.disk)},format=qcow2`;
-      args.push(
-        '-drive',
-        `id=disk,${image},if=none,discard=unmap,detect-zeroes=unmap`,
-        '-device',
-        'virtio-blk-device,drive=disk,werror=stop,rerror=stop',
-      );
+      args.push('-drive', `id=disk,${image},if=none,discard=unmap,detect-zeroes=unmap`, '-device', 'virtio-blk-device,drive=disk,werror=stop,rerror=stop');
     }
   }
   const buses = [...FREE_BUSES];
@@ -305,7 +300,8 @@ function shareArgs(share: VmShare, id: string, bus: string): string[] {
  */
 function nicArgs(nic: VmNic, bus: string, fd?: number): string[] {
   let netdev: string;
-  if (nic.kind === 'stream') netdev = `stream,id=net0,server=on,${fd === undefined ? `addr.type=unix,addr.path=${opt(nic.socket)}` : `addr.type=fd,addr.str=${fd}`}`;
+  if (nic.kind === 'stream')
+    netdev = `stream,id=net0,server=on,${fd === undefined ? `addr.type=unix,addr.path=${opt(nic.socket)}` : `addr.type=fd,addr.str=${fd}`}`;
   else netdev = fd === undefined ? `tap,id=net0,ifname=${opt(nic.ifname)},script=no,downscript=no` : `tap,id=net0,fd=${fd}`;
   return ['-netdev', netdev, '-device', `virtio-net-device,netdev=net0,mac=${nic.mac},host_mtu=${nic.mtu},bus=${bus}`];
 }

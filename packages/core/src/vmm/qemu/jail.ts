@@ -75,8 +75,9 @@ export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runti
   if (groups.length > 0) args.push('--groups', groups.join(','));
   for (const share of config.shares ?? []) args.push(share.readOnly ? '--ro' : '--rw', share.path);
   // QEMU's 9P server reads and writes files of any owner in a volume: it keeps these two capabilities, which reach only what its jail holds.
-  // It sets extended attributes through /proc/self/fd: a procfs of its own PID namespace (itself only).
-  if (config.shares?.length) args.push('--keep-cap', 'dac_override', '--keep-cap', 'fowner', '--proc');
+  // It sets extended attributes through /proc/self/fd: a procfs of its own PID namespace (itself only). Files it
+  // makes there get the modes docs/files.md gives (umask 022; the default is 077).
+  if (config.shares?.length) args.push('--keep-cap', 'dac_override', '--keep-cap', 'fowner', '--proc', '--share-modes');
   for (const link of runtime.symlinks) args.push('--symlink', link);
   for (const e of env) args.push('--env', e);
   args.push('--', runtime.qemu);

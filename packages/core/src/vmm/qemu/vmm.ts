@@ -12,7 +12,20 @@ import { privateSpawn } from '../../state/private.js';
 import { saveRam } from '../../snapshot/memory.js';
 import { connectWithRetry } from '../connect.js';
 import { cgroupSupport, createSandboxCgroup, openSandboxCgroup, type SandboxCgroup } from '../../jail/cgroup.js';
-import type { FoundVm, SavedMemory, Vmm, VmConfig, VmConfinement, VmControlOptions, VmExit, VmHandle, VmIoError, VmJail, VmLimits, VmStateTarget } from '../types.js';
+import type {
+  FoundVm,
+  SavedMemory,
+  Vmm,
+  VmConfig,
+  VmConfinement,
+  VmControlOptions,
+  VmExit,
+  VmHandle,
+  VmIoError,
+  VmJail,
+  VmLimits,
+  VmStateTarget,
+} from '../types.js';
 import { DEVICES_OUT, devicesOutSet, MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
 import { planJail, REPORT_FD, type JailLaunch } from './jail.js';
 import { qemuRuntime } from './jail-runtime.js';
