@@ -177,6 +177,12 @@ try {
     await benchApi({ realHome, row, results });
   }
 
+  // --- the jail (bench/jail.js): cold start, restore and idle memory, confined beside `jail: false`.
+  if (process.env.BENCH_JAIL !== '0') {
+    const { benchJail } = await import('./jail.js');
+    await benchJail({ realHome, row, results });
+  }
+
   // --- snapshots, restore and fork (bench/snapshots.js): a restore is compared
   // with coldP50 of this run, a copy's memory with its source's.
   if (process.env.BENCH_SNAPSHOTS !== '0') {

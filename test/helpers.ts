@@ -80,7 +80,9 @@ export function qemusOf(dir: string): number[] {
   for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     try {
       const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.includes('qemu-system') && cmd.includes(`${dir}/`)) pids.push(Number(p));
+      // QEMU itself, not the jailer that started it (its command line holds QEMU's).
+      const comm = readFileSync(`/proc/${p}/comm`, 'utf8');
+      if (comm.startsWith('qemu-system') && cmd.includes(`${dir}/`)) pids.push(Number(p));
     } catch {
       // gone
     }

@@ -9,7 +9,7 @@ import { apiTokenPath, MAX_JSON_BODY } from '@roost/api';
 import { serve, type ServeHandle } from '@roost/server';
 import { buildBusyboxImage, startRegistry, type TestRegistry } from '@roost/testkit';
 import { ApiClient, openapi, validated, validateResponse, type StreamResponse } from './api-client.js';
-import { alive, eventually, TestHome } from './helpers.js';
+import { alive, eventually, qemusOf, TestHome } from './helpers.js';
 
 const execFileP = promisify(execFile);
 
@@ -17,17 +17,7 @@ type Json = Record<string, unknown>;
 
 /** QEMU processes that belong to a Roost home (their command line names its sandbox directories). */
 function qemuProcessesOf(home: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.includes('qemu-system') && cmdline.includes(home) && alive(Number(entry))) pids.push(Number(entry));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return pids;
+  return qemusOf(home).filter((pid) => alive(pid));
 }
 
 /** Reads lines of an exec stream until `until` says stop (inclusive); returns them. */

@@ -77,13 +77,14 @@ export class Sandbox implements SandboxApi {
       reason: () => record.info.reason,
       removed: () => record.removed,
       netHello: () => this.#net.helloConfig(),
-      lost: (reason) => {
+      lost: (reason, closed) => {
         const vm = this.#vm;
         const fail = (why: string) => {
           if (isLive(this.status)) this.#exited('failed', why);
           this.#vm?.kill();
         };
-        if (!vm || vm.hasExited) return fail(reason);
+        if (!closed || !vm || vm.hasExited) return fail(reason);
+        this.#lostReason ??= reason;
         // The agent's connection also closes when the VM dies: its exit may say why (the jail's memory limit).
         const grace = new Promise<null>((r) => setTimeout(() => r(null), LOST_EXIT_GRACE_MS).unref());
         void Promise.race([vm.exited, grace]).then((exit) => fail(exit?.reason ?? reason));
@@ -479,7 +480,7 @@ export class Sandbox implements SandboxApi {
         dir: this.dir,
         vmm: services.vmm,
         cacheDir: services.layout.cache,
-        jail: (a) => services.jail?.vmJail(this.id, this.#record.info.cpus, this.#record.info.memoryMiB, a),
+        jail: (a) => (services.vmm.confines ? services.jail?.vmJail(this.id, this.#record.info.cpus, this.#record.info.memoryMiB, a) : undefined),
         snapshotDir: (id) => services.snapshots.dir(id),
         net: this.#net,
         vmStarted: (vm) => {
@@ -586,15 +587,19 @@ export class Sandbox implements SandboxApi {
     }).catch(() => {});
   }
 
+  /** Why the agent was lost, while its VM's exit may still give a better reason. */
+  #lostReason: string | null = null;
+
   #watch(vm: VmHandle): void {
     this.#vm = vm;
+    this.#lostReason = null;
     vm.onIoError((error) => this.#ioStopped(vm, error));
     void vm.exited.then((exit) => {
       if (this.#vm !== vm) return;
       this.#link.close();
       if (this.#link.ending || this.#record.removed || this.#letGo) return;
       if (!isLive(this.status)) return;
-      this.#exited('failed', exit.reason ?? this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
+      this.#exited('failed', exit.reason ?? this.#lostReason ?? this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
     });
   }
 

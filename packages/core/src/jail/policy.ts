@@ -54,8 +54,8 @@ export function jailSettings(option: boolean | JailOptions | undefined, env: Nod
 }
 
 /** Why the jail cannot be built on this host, or null when it can. */
-export function jailUnavailable(): string | null {
-  if (process.getuid?.() !== 0) {
+export function jailUnavailable(uid: number | undefined = process.getuid?.()): string | null {
+  if (uid !== 0) {
     return 'Roost is not running as root: the jail gives each VMM its own uid, namespaces and cgroup, which needs root (a rootless jail is not built yet)';
   }
   return null;

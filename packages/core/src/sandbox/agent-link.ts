@@ -17,7 +17,8 @@ export interface AgentLinkHost {
   /** The guest's network configuration, sent with every HELLO (absent: no NIC). */
   netHello(): Uint8Array | undefined;
   /** The guest broke the protocol, stopped answering or its agent went away: record the failure and end the VM. */
-  lost(reason: string): void;
+  /** `closed`: the connection just closed (the VM may be dying, and its exit may say why), rather than a broken protocol. */
+  lost(reason: string, closed?: boolean): void;
 }
 
 /** How long a connection to an already booted agent may take. */
@@ -104,7 +105,7 @@ export class AgentLink {
         if (host.status() === 'paused') c.holdLiveness(true);
         c.on('close', () => {
           if (this.#conn === conn) this.#conn = null;
-          if (!this.ending && !c.closedByHost) host.lost('the guest agent went away');
+          if (!this.ending && !c.closedByHost) host.lost('the guest agent went away', true);
         });
       },
       () => {

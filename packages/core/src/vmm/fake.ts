@@ -62,6 +62,8 @@ let nextPid = 5_000_000;
  * exported from the package: tests that claim a feature works boot QEMU.
  */
 export class FakeVmm implements Vmm {
+  /** Nothing to confine: its VMs are in-process fakes. */
+  readonly confines = false;
   readonly name = 'fake';
   /** How the guest of the next VM behaves. */
   guest: FakeGuest = 'answer';

@@ -214,6 +214,8 @@ export interface FoundVm {
 /** A virtual machine monitor backend (register one with `registerVmm`). */
 export interface Vmm extends VmmDisks {
   readonly name: string;
+  /** It can confine a VM (`VmConfig.jail`); a backend that cannot (a fake) runs every VM as it is, and says so. */
+  readonly confines: boolean;
   /** The backend's build, recorded with snapshots: a snapshot restores only under the same one. */
   version(): Promise<string>;
   /** The files a VM of the sandbox directory `dir` will expose (known before it starts: its NIC's socket is). */

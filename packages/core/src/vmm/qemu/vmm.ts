@@ -60,6 +60,7 @@ const MAX_SOCKET_PATH = 107;
 /** QEMU on the microvm machine. */
 export class QemuVmm implements Vmm {
   readonly name = 'qemu';
+  readonly confines = true;
 
   /** `qemu-system-x86_64 --version`'s first line, once per process. */
   version(): Promise<string> {
