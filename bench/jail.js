@@ -75,7 +75,12 @@ export async function benchJail({ realHome, row, results }) {
       target: 'the jail adds under 5% (ratio < 1.05); idle memory does not grow',
     };
     row('jail: cold start (create -> run)', `p50 ${ms(median(j.cold))}`, `jail: false p50 ${ms(median(u.cold))}`, `${coldRatio.toFixed(3)}x (target < 1.05x)`);
-    row('jail: restore -> first run', `p50 ${ms(median(j.restore))}`, `jail: false p50 ${ms(median(u.restore))}`, `${restoreRatio.toFixed(3)}x (target < 1.05x)`);
+    row(
+      'jail: restore -> first run',
+      `p50 ${ms(median(j.restore))}`,
+      `jail: false p50 ${ms(median(u.restore))}`,
+      `${restoreRatio.toFixed(3)}x (target < 1.05x)`,
+    );
     row(
       'jail: idle memory (QEMU PSS + jailer RSS)',
       `${mib(memory[0].qemuPssKiB + memory[0].jailerRssKiB)} (jailer ${mib(memory[0].jailerRssKiB)})`,

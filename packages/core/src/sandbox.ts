@@ -599,7 +599,10 @@ export class Sandbox implements SandboxApi {
       this.#link.close();
       if (this.#link.ending || this.#record.removed || this.#letGo) return;
       if (!isLive(this.status)) return;
-      this.#exited('failed', exit.reason ?? this.#lostReason ?? this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)');
+      this.#exited(
+        'failed',
+        exit.reason ?? this.#lostReason ?? this.#record.info.reason ?? 'the VM exited unexpectedly (the guest rebooted, powered off or crashed)',
+      );
     });
   }
 

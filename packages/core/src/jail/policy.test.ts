@@ -21,7 +21,12 @@ describe('jail settings', () => {
   });
 
   it('refuses bad values with INVALID_ARGUMENT', () => {
-    for (const env of [{ ROOST_JAIL: 'maybe' }, { ROOST_JAIL_IDS: 'lots' }, { ROOST_JAIL_MEMORY_OVERHEAD_MIB: '-5' }, { ROOST_JAIL_MEMORY_OVERHEAD_MIB: 'x' }]) {
+    for (const env of [
+      { ROOST_JAIL: 'maybe' },
+      { ROOST_JAIL_IDS: 'lots' },
+      { ROOST_JAIL_MEMORY_OVERHEAD_MIB: '-5' },
+      { ROOST_JAIL_MEMORY_OVERHEAD_MIB: 'x' },
+    ]) {
       let err: unknown;
       try {
         jailSettings(undefined, env);

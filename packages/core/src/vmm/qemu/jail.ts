@@ -5,6 +5,9 @@ import { DEVICES_OUT, type QemuFds, type QemuPaths } from './args.js';
 import type { QemuRuntime } from './jail-runtime.js';
 import { backingChain } from './qcow2.js';
 
+/** The empty directory in a sandbox's directory that the jail's root (a tmpfs, in its own mount namespace) is mounted on. */
+export const JAIL_ROOT = 'jail';
+
 /** The fd on which the jailer reports QEMU's pid (or what failed). 0-4 are QEMU's stdio, console pipe and device-state stream. */
 export const REPORT_FD = 5;
 /** Open files a confined QEMU may hold (RLIMIT_NOFILE): its volumes' open files count. */
@@ -27,7 +30,7 @@ export interface JailLaunch {
  * KVM), the volume directories, and, for a restore, the preload shim.
  */
 export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runtime: QemuRuntime, cgroupDirs: string[]): JailLaunch {
-  const args: string[] = ['--root', config.dir, '--uid', String(jail.uid), '--gid', String(jail.gid), '--report', String(REPORT_FD)];
+  const args: string[] = ['--root', join(config.dir, JAIL_ROOT), '--uid', String(jail.uid), '--gid', String(jail.gid), '--report', String(REPORT_FD)];
   args.push('--nofile', String(JAIL_NOFILE));
   if (!config.detached) args.push('--die-with-parent');
   for (const dir of cgroupDirs) args.push('--cgroup', dir);
@@ -58,7 +61,12 @@ export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runti
       return { set, format: layer.format };
     });
   }
-  inSet('append', join(config.dir, DEVICES_OUT));
+  // The device-state file of snapshots: bound read-write at its path (it is the jail uid's, and QEMU names it
+  // in a QMP command, which cannot take a descriptor from us). Its fd set only names the sandbox directory on
+  // QEMU's command line, where /proc scans find it (QEMU closes it when the first QMP client leaves).
+  const devicesOut = join(config.dir, DEVICES_OUT);
+  inSet('append', devicesOut);
+  args.push('--rw', devicesOut);
   const env = [`LD_LIBRARY_PATH=${runtime.libraryPath.join(':')}`];
   if (config.restore) {
     // QEMU 7.2 opens a memory-backend-file image read-write even for a private mapping; the shim hands it this read-only fd instead.

@@ -1,7 +1,6 @@
 import { execFile, spawn, type SpawnOptions } from 'node:child_process';
-import { accessSync, constants, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, chownSync, mkdirSync, constants, openSync, closeSync, fstatSync, readFileSync, writeFileSync } from 'node:fs';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { basename, delimiter, dirname, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -27,7 +26,7 @@ import type {
   VmStateTarget,
 } from '../types.js';
 import { DEVICES_OUT, devicesOutSet, MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
-import { planJail, REPORT_FD, type JailLaunch } from './jail.js';
+import { JAIL_ROOT, planJail, REPORT_FD, type JailLaunch } from './jail.js';
 import { qemuRuntime } from './jail-runtime.js';
 import { createDisk, createOverlay } from './disk.js';
 import { ioErrorOf, QmpClient, stoppedOnIoError, type QmpEvent } from './qmp.js';
@@ -174,8 +173,11 @@ export class QemuVmm implements Vmm {
   /** The runtime, cgroup and jailer arguments of a confined VM. */
   async #prepareJail(config: VmConfig, paths: QemuPaths, jail: VmJail, qemu: string): Promise<{ launch: JailLaunch; cgroup: SandboxCgroup | null }> {
     const runtime = await qemuRuntime(jail.cache, qemu);
-    // A stale device-state file (the jailer opens it for appending) starts empty.
-    writeFileSync(join(config.dir, DEVICES_OUT), '', { mode: 0o600 });
+    // The device-state file starts empty, and is the jail uid's: QEMU writes it by name (see planJail).
+    mkdirSync(join(config.dir, JAIL_ROOT), { recursive: true, mode: 0o700 });
+    const devicesOut = join(config.dir, DEVICES_OUT);
+    writeFileSync(devicesOut, '', { mode: 0o600 });
+    chownSync(devicesOut, jail.uid, jail.gid);
     const cgroup = cgroupSupport() ? createSandboxCgroup(config.id, jail.limits) : null;
     try {
       return { launch: planJail(config, paths, jail, runtime, cgroup?.dirs ?? []), cgroup };
@@ -406,17 +408,20 @@ class QemuHandle implements VmHandle {
       if (!target.restoredFrom) throw e;
       return findRam(this.pid, target.memoryBytes, MEMORY_BACKEND_MEMFD_NAME, target.restoredFrom);
     });
-    // Confined, QEMU writes to the device-state file it was handed, at that descriptor's offset: each
-    // save goes after the last one (QEMU's dup of an fd-set member drops O_APPEND but shares the
-    // offset), and the new bytes are copied out.
+    // Confined, QEMU writes the one file its jail lets it write (DEVICES_OUT, bound at its path), copied
+    // out after: opened without following links, a regular file, read up to the size it has then.
     const out = this.devicesSet === null ? null : join(dirname(this.paths.agentSocket), DEVICES_OUT);
-    const from = out ? (await stat(out)).size : 0;
     const [devices, saved] = await Promise.allSettled([
-      qmp
-        .execute('xen-save-devices-state', { filename: out ? `/dev/fdset/${this.devicesSet}` : target.devices, live: false }, options.timeoutMs)
-        .then(async () => {
-          if (out) await pipeline(createReadStream(out, { start: from }), createWriteStream(target.devices, { mode: 0o600 }));
-        }),
+      qmp.execute('xen-save-devices-state', { filename: out ?? target.devices, live: false }, options.timeoutMs).then(async () => {
+        if (!out) return;
+        const fd = openSync(out, constants.O_RDONLY | constants.O_NOFOLLOW);
+        try {
+          if (!fstatSync(fd).isFile()) throw new RoostError('VMM', `${out} is not a regular file`);
+          await pipeline(createReadStream('', { fd, autoClose: false }), createWriteStream(target.devices, { mode: 0o600 }));
+        } finally {
+          closeSync(fd);
+        }
+      }),
       saveRam(ram, target.memoryBytes, target.memory),
     ]);
     if (devices.status === 'fulfilled' && saved.status === 'fulfilled') return saved.value;
