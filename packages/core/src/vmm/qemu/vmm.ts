@@ -153,7 +153,9 @@ export class QemuVmm implements Vmm {
       const cgroup = jailed.cgroup;
       try {
         await spawned;
-        pid = await readJailReport(started.stdio[REPORT_FD as number] as unknown as Readable, childExited);
+        // stdio's type lists only fds 0-4; the report pipe is at REPORT_FD.
+        const report = (started.stdio as readonly (Readable | Writable | null | undefined)[])[REPORT_FD] as Readable;
+        pid = await readJailReport(report, childExited);
       } catch (e) {
         started.kill('SIGKILL');
         await exited.catch(() => {});
