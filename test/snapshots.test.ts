@@ -1,7 +1,7 @@
 import { readFileSync, statSync, truncateSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { isRoostError, type Runtime, type Sandbox } from '@roost/core';
 import { AgentConnection, QmpClient } from '@roost/core/internal';
 import { TestHome } from './helpers.js';
@@ -36,8 +36,11 @@ beforeAll(async () => {
   runtime = await home.runtime();
   src = await home.create();
   await sh(src, 'echo on-disk > /root/disk.txt; echo in-memory > /tmp/mem.txt');
-  // A process that outlives the command that started it, and writes as it runs.
-  await sh(src, 'setsid sh -c "while :; do date +%s > /root/tick; sleep 0.2; done" </dev/null >/dev/null 2>&1 & echo $! > /tmp/ticker.pid');
+  // A process that outlives the command that started it, and writes as it runs (renaming into place, so a reader never sees an empty file).
+  await sh(
+    src,
+    'setsid sh -c "while :; do date +%s > /root/tick.new; mv /root/tick.new /root/tick; sleep 0.2; done" </dev/null >/dev/null 2>&1 & echo $! > /tmp/ticker.pid',
+  );
   tickerPid = (await sh(src, 'cat /tmp/ticker.pid')).trim();
   await src.commands.start(['sh', '-c', 'echo $$ > /tmp/streamer.pid; while :; do echo tick; sleep 0.1; done']);
   await new Promise((r) => setTimeout(r, 300));
@@ -105,6 +108,8 @@ describe('snapshot and restore', () => {
   it('restores memory, disk and running processes; sets the clock; gets its own disk', async () => {
     await new Promise((r) => setTimeout(r, 2_000)); // the snapshot's clock is now 2 s behind
     const r = await home.create({ snapshot: 'base' });
+    // A failure below must not leave r holding 'base' for the tests after this one.
+    onTestFinished(() => r.remove({ force: true }).catch(() => undefined));
     expect(r.id).not.toBe(src.id);
     expect(r.info.snapshot).toBeDefined();
     expect(r.info.memoryMiB).toBe(256);

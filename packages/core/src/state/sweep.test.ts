@@ -44,6 +44,7 @@ describe('sweepTempFiles', () => {
     mkdirSync(join(home, 'tmp', `tree-${dead}-aa`, 'usr', 'bin'), { recursive: true });
     mkdirSync(join(home, 'snapshots', `.tmp-${dead}-0123456789ab`), { recursive: true });
     mkdirSync(join(home, 'snapshots', `.tmp-${livePid}-0123456789ac`), { recursive: true });
+    mkdirSync(join(home, 'sandboxes', '0123456789ad'), { recursive: true });
     const a = '0'.repeat(64);
     const files = {
       deadBlob: join(blobs, `.tmp-${dead}-0a0b0c`),
@@ -52,6 +53,9 @@ describe('sweepTempFiles', () => {
       blob: join(blobs, a),
       deadRootfs: join(home, 'images', 'rootfs', `${a}.erofs.tmp-${dead}-1234`),
       deadOwner: join(home, `roost.owner.json.tmp-${dead}`),
+      deadWitness: join(home, 'sandboxes', '0123456789ad', `record.json.tmp-${dead}`),
+      liveWitness: join(home, 'sandboxes', '0123456789ad', `record.json.tmp-${livePid}`),
+      witness: join(home, 'sandboxes', '0123456789ad', 'record.json'),
       db: join(home, 'roost.db'),
       sharedTemp: join(sharedCache, `kernel.tmp-${dead}-abc`),
     };
@@ -60,10 +64,18 @@ describe('sweepTempFiles', () => {
 
     const { removed } = await sweepTempFiles(home);
     expect(removed.sort()).toEqual(
-      [files.deadBlob, files.deadRootfs, files.deadOwner, join(home, 'tmp', `tree-${dead}-aa`), join(home, 'snapshots', `.tmp-${dead}-0123456789ab`)].sort(),
+      [
+        files.deadBlob,
+        files.deadRootfs,
+        files.deadOwner,
+        files.deadWitness,
+        join(home, 'tmp', `tree-${dead}-aa`),
+        join(home, 'snapshots', `.tmp-${dead}-0123456789ab`),
+      ].sort(),
     );
     for (const f of removed) expect(existsSync(f), f).toBe(false);
-    for (const f of [files.liveBlob, files.ownBlob, files.blob, files.db, files.sharedTemp]) expect(existsSync(f), f).toBe(true);
+    for (const f of [files.liveBlob, files.ownBlob, files.blob, files.db, files.sharedTemp, files.liveWitness, files.witness])
+      expect(existsSync(f), f).toBe(true);
     expect(existsSync(join(home, 'snapshots', `.tmp-${livePid}-0123456789ac`))).toBe(true);
     // Nothing left to do a second time.
     expect((await sweepTempFiles(home)).removed).toEqual([]);

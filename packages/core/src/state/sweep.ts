@@ -21,6 +21,8 @@ const TEMP_DIRS = [
   'snapshots', // .tmp-<pid>-<id> (a snapshot being written)
   'cache', // <asset>.tmp-<pid>-… (setup), only when the cache is the home's own
   'cache/disks', // .tmp-<pid>-… (an empty disk being made)
+  'sandboxes/*', // record.json.tmp-<pid> (a witness being written)
+  'snapshots/*', // record.json.tmp-<pid>
 ];
 
 /** The pid a temp name carries, or null for a name that is not a temp name of a process. */
@@ -44,9 +46,19 @@ export async function sweepTempFiles(home: string, options: { dryRun?: boolean }
     (st) => st.isSymbolicLink(),
     () => true,
   );
+  const dirs: string[] = [];
   for (const rel of TEMP_DIRS) {
     if (cacheShared && (rel === 'cache' || rel.startsWith('cache/'))) continue;
-    const dir = join(home, rel);
+    if (!rel.endsWith('/*')) {
+      dirs.push(join(home, rel));
+      continue;
+    }
+    const parent = join(home, rel.slice(0, -2));
+    for (const entry of await readdir(parent, { withFileTypes: true }).catch(() => [])) {
+      if (entry.isDirectory()) dirs.push(join(parent, entry.name));
+    }
+  }
+  for (const dir of dirs) {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       const pid = tempOwner(name);
       if (pid === null || pid === process.pid || isAlive(pid)) continue;
