@@ -337,33 +337,41 @@ describe.skipIf(!asRoot)('roost-jailer (runs as root: skipped when not root)', (
     rmdirSync(root);
   });
 
-  it('joins the cgroups it is given before the fork', async () => {
+  it('joins the cgroups it is given before the fork (v1 through `tasks`, v2 through cgroup.procs)', async () => {
     const v1 = existsSync('/sys/fs/cgroup/pids/cgroup.procs');
-    const parent = v1 ? '/sys/fs/cgroup/pids' : '/sys/fs/cgroup';
     const name = `roost-jailer-test-${process.pid}`;
-    const dir = join(parent, name);
-    mkdirSync(dir);
+    // A v1 host often has the v2 hierarchy mounted beside (as this machine does): both ways of joining are tried.
+    const parents = v1 ? ['/sys/fs/cgroup/pids', ...(existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? ['/sys/fs/cgroup/unified'] : [])] : ['/sys/fs/cgroup'];
+    const dirs = parents.map((p) => join(p, name));
+    for (const dir of dirs) mkdirSync(dir);
     try {
-      const run = jail([...base, '--ro', probe, '--cgroup', dir], ['wait']);
+      const run = jail([...base, '--ro', probe, ...dirs.flatMap((d) => ['--cgroup', d])], ['wait']);
       const pid = await reportedPid(run);
       const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-      expect(cgroups).toMatch(v1 ? new RegExp(`^\\d+:pids:/${name}$`, 'm') : new RegExp(`^0::/${name}$`, 'm'));
-      expect(readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim().split('\n').map(Number)).toContain(pid);
+      if (v1) expect(cgroups).toMatch(new RegExp(`^\\d+:pids:/${name}$`, 'm'));
+      if (dirs.length > 1 || !v1) expect(cgroups).toMatch(new RegExp(`^0::/${name}$`, 'm'));
+      for (const dir of dirs) {
+        // The program and the jailer (which joined before the fork) are in each, whole.
+        const procs = readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim().split('\n').map(Number);
+        expect(procs.sort()).toEqual([run.child.pid!, pid].sort());
+      }
       run.child.stdin!.end();
       expect((await run.done).code).toBe(0);
     } finally {
-      await eventually(
-        () => {
-          try {
-            rmdirSync(dir);
-            return true;
-          } catch {
-            return false;
-          }
-        },
-        10_000,
-        'the test cgroup removed',
-      );
+      for (const dir of dirs) {
+        await eventually(
+          () => {
+            try {
+              rmdirSync(dir);
+              return true;
+            } catch {
+              return false;
+            }
+          },
+          10_000,
+          'the test cgroup removed',
+        );
+      }
     }
   });
 

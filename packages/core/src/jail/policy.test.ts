@@ -43,6 +43,6 @@ describe('jail settings', () => {
   });
 
   it('limits a VMM to its cpus, its RAM plus the overhead, and JAIL_PIDS threads', () => {
-    expect(vmLimits(2, 512, 192)).toEqual({ cpus: 2, memoryBytes: 704 * 2 ** 20, pids: JAIL_PIDS });
+    expect(vmLimits(2, 512, 96)).toEqual({ cpus: 2, memoryBytes: 608 * 2 ** 20, pids: JAIL_PIDS });
   });
 });
