@@ -497,7 +497,7 @@ export class Runtime implements RuntimeApi {
     // Addresses leased to sandboxes that were never recorded (a crash between lease and record).
     this.#network.reclaimLeases((id) => this.#records.get(id) !== undefined);
     this.#log.prune();
-    // Cgroups of this home's sandboxes whose VMs died with no one to see them exit (other homes' are theirs).
+    // Cgroups of this home's sandboxes whose VMs died with no one to see them exit, and any home's empty stale ones.
     if (this.#jail) sweepSandboxCgroups((id) => !this.#records.get(id) || this.#sandboxes.get(id)?.vmPid != null);
     await this.#volumes.sweep();
     await this.#snapshotStore.sweep();

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -189,7 +189,12 @@ describe('sandbox cgroups on a fake v2 tree', () => {
     writeFileSync(join(dir, 'cgroup.procs'), '4242\n');
     expectRoostError(() => createSandboxCgroup(ID, LIMITS, { root }), 'ALREADY_EXISTS', /4242/);
     writeFileSync(join(dir, 'cgroup.procs'), '');
+    const longAgo = new Date(Date.now() - 3_600_000);
+    utimesSync(dir, longAgo, longAgo);
     expect(createSandboxCgroup(ID, { ...LIMITS, cpus: 1 }, { root }).limits.cpus).toBe(1);
+    // Reused, it is new to a sweep: another runtime must not take it for a leftover between its making and its VM's start.
+    expect(Date.now() - statSync(dir).mtimeMs).toBeLessThan(60_000);
+    expect(sweepSandboxCgroups(() => true, { root })).toEqual([]);
   });
 
   it('validates the id and the limits', () => {
@@ -250,10 +255,18 @@ describe('sandbox cgroups on a fake v2 tree', () => {
     for (const id of [kept, stale, busy]) mkcg(`roost/${id}`);
     mkcg('roost/not-a-sandbox');
     writeFileSync(join(root, 'roost', busy, 'cgroup.procs'), '4242\n');
-    expect(sweepSandboxCgroups((id) => id === kept, { root })).toEqual([`roost/${stale}`]);
+    // Another home's (kept): empty and made two minutes ago, a leftover no one else removes; its busy twin stays.
+    const [old, oldBusy] = ['dddddddddddd', 'eeeeeeeeeeee'];
+    for (const id of [old, oldBusy]) mkcg(`roost/${id}`);
+    writeFileSync(join(root, 'roost', oldBusy, 'cgroup.procs'), '4243\n');
+    const twoMinutesAgo = new Date(Date.now() - 120_000);
+    for (const id of [old, oldBusy]) utimesSync(join(root, 'roost', id), twoMinutesAgo, twoMinutesAgo);
+    expect(sweepSandboxCgroups((id) => id !== stale, { root })).toEqual([`roost/${stale}`, `roost/${old}`]);
     expect(existsSync(join(root, 'roost', kept))).toBe(true);
     expect(existsSync(join(root, 'roost', stale))).toBe(false);
     expect(existsSync(join(root, 'roost', busy))).toBe(true);
+    expect(existsSync(join(root, 'roost', old))).toBe(false);
+    expect(existsSync(join(root, 'roost', oldBusy))).toBe(true);
     expect(existsSync(join(root, 'roost', 'not-a-sandbox'))).toBe(true);
     expect(sweepSandboxCgroups(() => false, { root: join(root, 'nothing-here') })).toEqual([]);
   });

@@ -10,7 +10,20 @@
  * by writing its pid into `cgroup.procs` of every directory in `dirs` (the
  * jailer does that before it execs QEMU).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, statSync, statfsSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  statSync,
+  statfsSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+  type Stats,
+} from 'node:fs';
 import { join } from 'node:path';
 import { RoostError, type RoostErrorCode } from '@roost/api';
 
@@ -130,12 +143,16 @@ function readText(path: string): string | null {
   }
 }
 
-function isDir(path: string): boolean {
+function statOrNull(path: string): Stats | null {
   try {
-    return statSync(path).isDirectory();
+    return statSync(path);
   } catch {
-    return false;
+    return null;
   }
+}
+
+function isDir(path: string): boolean {
+  return statOrNull(path)?.isDirectory() ?? false;
 }
 
 function words(text: string | null): string[] {
@@ -486,12 +503,15 @@ export function createSandboxCgroup(id: string, limits: CgroupLimits, options: C
   } else {
     for (const dir of cgroup.dirs) mkdirOnce(join(dir, '..'));
   }
-  for (const dir of cgroup.dirs) mkdirOnce(dir);
   const tasks = cgroup.procs();
   if (tasks.length > 0)
     throw new RoostError('ALREADY_EXISTS', `cgroup ${cgroup.name} already holds tasks (${tasks.slice(0, 5).join(', ')}): is sandbox ${id} running?`, {
       details: { name: cgroup.name, pids: tasks },
     });
+  for (const dir of cgroup.dirs) mkdirOnce(dir);
+  // A leftover of an earlier run is reused: its time is now, so that a sweep does not take it for stale.
+  const now = new Date();
+  for (const dir of cgroup.dirs) utimesSync(dir, now, now);
   cgroup.apply(limits);
   cgroup.readBack();
   return cgroup;
@@ -512,15 +532,23 @@ export function openSandboxCgroup(id: string, options: CgroupOptions = {}): Sand
   return cgroup;
 }
 
+/** An empty sandbox cgroup older than this is a leftover, whichever home it was made for. */
+export const STALE_CGROUP_MS = 60_000;
+
 /**
  * Removes the cgroups `roost/<id>` no task is in whose sandbox id `keep`
- * rejects (left behind by a Roost that was killed); one pass, no waiting.
- * Returns the names of the cgroups removed.
+ * rejects (left behind by a Roost that was killed), and the empty ones made
+ * more than `staleMs` ago whatever their id: a sandbox of another home whose
+ * runtime was killed, or whose VM was ended by someone else, leaves one that
+ * no one else would remove. A cgroup is empty only between its making and
+ * its VM's start (milliseconds) and after its VM is gone. One pass, no
+ * waiting. Returns the names of the cgroups removed.
  */
-export function sweepSandboxCgroups(keep: (id: string) => boolean, options: CgroupOptions = {}): string[] {
+export function sweepSandboxCgroups(keep: (id: string) => boolean, options: CgroupOptions & { staleMs?: number } = {}): string[] {
   const layout = detect(options.root ?? CGROUP_ROOT);
   if (!layout) return [];
-  const ids = new Set<string>();
+  const staleBefore = Date.now() - (options.staleMs ?? STALE_CGROUP_MS);
+  const ids = new Map<string, number>(); // id -> when it was made (the newest of its directories)
   for (const mount of new Set(layout.mounts.values())) {
     let entries: string[] = [];
     try {
@@ -528,11 +556,15 @@ export function sweepSandboxCgroups(keep: (id: string) => boolean, options: Cgro
     } catch {
       continue;
     }
-    for (const e of entries) if (SANDBOX_ID.test(e) && isDir(join(mount, CGROUP_PARENT, e))) ids.add(e);
+    for (const e of entries) {
+      if (!SANDBOX_ID.test(e)) continue;
+      const st = statOrNull(join(mount, CGROUP_PARENT, e));
+      if (st?.isDirectory()) ids.set(e, Math.max(ids.get(e) ?? 0, st.mtimeMs));
+    }
   }
   const removed: string[] = [];
-  for (const id of [...ids].sort()) {
-    if (keep(id)) continue;
+  for (const [id, made] of [...ids].sort(([a], [b]) => a.localeCompare(b))) {
+    if (keep(id) && made >= staleBefore) continue;
     const cgroup = new Cgroup(layout, id);
     if (cgroup.procs().length > 0) continue;
     if (cgroup.removeOnce()) removed.push(cgroup.name);
