@@ -113,7 +113,12 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
     const res = await fetch(url, {
       method: 'POST',
       headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
-      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }),
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'initialize',
+        params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } },
+      }),
     });
     expect(res.status).toBe(401);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('UNAUTHENTICATED');
@@ -173,10 +178,14 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
     await call(client, 'sandbox_write_file', { id, path: '/root/dir/note.txt', content: 'héllo\n' });
     expect(await call(client, 'sandbox_read_file', { id, path: '/root/dir/note.txt' })).toMatchObject({ content: 'héllo\n', encoding: 'utf8', size: 7 });
     expect(await failure(client, 'sandbox_read_file', { id, path: '/root/all.bin', encoding: 'utf8' })).toMatch(/^INVALID_ARGUMENT: .*not UTF-8/);
-    expect(await failure(client, 'sandbox_write_file', { id, path: '/root/x', content: 'not base64!', encoding: 'base64' })).toMatch(/^INVALID_ARGUMENT: content/);
+    expect(await failure(client, 'sandbox_write_file', { id, path: '/root/x', content: 'not base64!', encoding: 'base64' })).toMatch(
+      /^INVALID_ARGUMENT: content/,
+    );
     // Over the read limit: refused, saying what to do instead.
     await call(client, 'sandbox_exec', { id, command: `head -c ${READ_LIMIT + 1} /dev/zero > /root/big` });
-    expect(await failure(client, 'sandbox_read_file', { id, path: '/root/big' })).toMatch(/^RESOURCE_EXHAUSTED: \/root\/big is larger than the 65536 bytes.*sandbox_exec/);
+    expect(await failure(client, 'sandbox_read_file', { id, path: '/root/big' })).toMatch(
+      /^RESOURCE_EXHAUSTED: \/root\/big is larger than the 65536 bytes.*sandbox_exec/,
+    );
     const listed = await call<{ entries: { name: string }[] }>(client, 'sandbox_list_files', { id, path: '/root', depth: 2 });
     expect(listed.entries.map((e) => e.name)).toEqual(expect.arrayContaining(['all.bin', 'big', 'dir', 'note.txt']));
     expect(await call(client, 'sandbox_remove_file', { id, path: '/root/dir' })).toEqual({ path: '/root/dir', removed: true });
@@ -185,11 +194,9 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
 
   it('sends output as progress notifications while a command runs', async () => {
     const progress: { progress: number; message?: string }[] = [];
-    const r = (await client.callTool(
-      { name: 'sandbox_exec', arguments: { id, command: 'for i in 1 2 3; do echo line$i; sleep 0.3; done' } },
-      undefined,
-      { onprogress: (p) => progress.push(p) },
-    )) as CallToolResult;
+    const r = (await client.callTool({ name: 'sandbox_exec', arguments: { id, command: 'for i in 1 2 3; do echo line$i; sleep 0.3; done' } }, undefined, {
+      onprogress: (p) => progress.push(p),
+    })) as CallToolResult;
     expect(r.structuredContent).toMatchObject({ exitCode: 0, stdout: 'line1\nline2\nline3\n' });
     expect(progress.map((p) => p.message).join('')).toBe('stdout: line1\nstdout: line2\nstdout: line3\n');
     expect(progress.map((p) => p.progress)).toEqual([1, 2, 3]);
@@ -247,7 +254,10 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
     const templates = await client.listResourceTemplates();
     expect(templates.resourceTemplates.map((t) => t.uriTemplate).sort()).toEqual(['roost://sandboxes/{id}/files{+path}', 'roost://sandboxes/{id}/logs']);
     const file = await client.readResource({ uri: `roost://sandboxes/${id}/files/root/all.bin` });
-    expect(file.contents[0]).toMatchObject({ mimeType: 'application/octet-stream', blob: Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('base64') });
+    expect(file.contents[0]).toMatchObject({
+      mimeType: 'application/octet-stream',
+      blob: Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('base64'),
+    });
     const dir = await client.readResource({ uri: `roost://sandboxes/${id}/files/root` });
     expect(JSON.parse((dir.contents[0] as { text: string }).text).map((e: { name: string }) => e.name)).toContain('all.bin');
     const log = await client.readResource({ uri: `roost://sandboxes/${id}/logs` });
@@ -295,7 +305,12 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
     // The ended session is gone for good: a request naming it is 404.
     const res = await fetch(url, {
       method: 'POST',
-      headers: { authorization: `Bearer ${daemon.token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', 'mcp-session-id': session },
+      headers: {
+        authorization: `Bearer ${daemon.token}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        'mcp-session-id': session,
+      },
       body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }),
     });
     expect(res.status).toBe(404);
@@ -346,7 +361,12 @@ describe('roost mcp (stdio)', () => {
 
   /** An SDK client that starts `roost mcp` with this environment. */
   async function stdioClient(env: NodeJS.ProcessEnv, args: string[] = []): Promise<{ client: Client; transport: StdioClientTransport }> {
-    const transport = new StdioClientTransport({ command: process.execPath, args: [ROOST_BIN, 'mcp', ...args], env: env as Record<string, string>, stderr: 'pipe' });
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: [ROOST_BIN, 'mcp', ...args],
+      env: env as Record<string, string>,
+      stderr: 'pipe',
+    });
     const client = new Client({ name: 'roost-test-stdio', version: '1.0.0' });
     await client.connect(transport);
     return { client, transport };
@@ -358,7 +378,11 @@ describe('roost mcp (stdio)', () => {
       const { client, transport } = await stdioClient(own.env, ['--output-limit', '10']);
       tools ??= new Map((await client.listTools()).tools.map((t) => [t.name, t]));
       const box = await call<SandboxInfo>(client, 'sandbox_create', {});
-      expect(await call(client, 'sandbox_exec', { id: box.id, command: 'echo 0123456789abcdef' })).toMatchObject({ stdout: '0123456789', truncated: true, stdoutBytes: 17 });
+      expect(await call(client, 'sandbox_exec', { id: box.id, command: 'echo 0123456789abcdef' })).toMatchObject({
+        stdout: '0123456789',
+        truncated: true,
+        stdoutBytes: 17,
+      });
       // Pull from a local registry, then list.
       work = await mkdtemp(join(tmpdir(), 'roost-mcp-'));
       const busybox = await buildBusyboxImage(join(work, 'busybox'), { tag: '1' });

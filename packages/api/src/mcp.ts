@@ -64,7 +64,9 @@ export const McpToolInputs = {
       keep: z
         .boolean()
         .optional()
-        .describe('Keep the sandbox after this MCP session ends (default false: it is removed with the session). Kept sandboxes do not count against the session limit.'),
+        .describe(
+          'Keep the sandbox after this MCP session ends (default false: it is removed with the session). Kept sandboxes do not count against the session limit.',
+        ),
     })
     .strict(),
   sandbox_list: z
@@ -82,7 +84,8 @@ export const McpToolInputs = {
       id,
       command: z
         .union([z.string().min(1), z.array(z.string()).min(1)], {
-          error: (issue) => (issue.input === undefined ? 'required: a shell command line, or an argv array' : 'must be a non-empty string or a non-empty array of strings'),
+          error: (issue) =>
+            issue.input === undefined ? 'required: a shell command line, or an argv array' : 'must be a non-empty string or a non-empty array of strings',
         })
         .describe('A shell command line (run with /bin/sh -c), or an argv array run without a shell.'),
       args: CommandOptionsSchema.shape.args.describe('Arguments: with them, `command` is the program itself and no shell is involved.'),
@@ -235,7 +238,9 @@ export function mcpSettings(settings: McpSettings = {}, env: NodeJS.ProcessEnv =
     const value = raw ?? fallback;
     if (!Number.isSafeInteger(value) || value < 1) {
       const from = given !== undefined ? key : MCP_ENV[key];
-      throw new RoostError('INVALID_ARGUMENT', `${from} must be a positive whole number, not ${String(given ?? env[MCP_ENV[key]])}`, { details: { field: key } });
+      throw new RoostError('INVALID_ARGUMENT', `${from} must be a positive whole number, not ${String(given ?? env[MCP_ENV[key]])}`, {
+        details: { field: key },
+      });
     }
     return value;
   };

@@ -22,7 +22,11 @@ export function addMcpCommand(program: Command, withFace: WithFace): Command {
   return program
     .command('mcp')
     .description('serve the Model Context Protocol on stdio: sandboxes as tools for an AI agent (see docs/mcp.md)')
-    .option('--output-limit <bytes>', 'bytes of stdout and of stderr a sandbox_exec result keeps (default 65536, or $ROOST_MCP_OUTPUT_LIMIT)', int('--output-limit'))
+    .option(
+      '--output-limit <bytes>',
+      'bytes of stdout and of stderr a sandbox_exec result keeps (default 65536, or $ROOST_MCP_OUTPUT_LIMIT)',
+      int('--output-limit'),
+    )
     .option('--read-limit <bytes>', 'bytes a file read returns at most (default 1048576, or $ROOST_MCP_READ_LIMIT)', int('--read-limit'))
     .option('--max-sandboxes <n>', 'sandboxes the session may have at once, kept ones aside (default 8, or $ROOST_MCP_MAX_SANDBOXES)', int('--max-sandboxes'))
     .action(async (flags: McpFlags) => {

@@ -93,7 +93,14 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   const servers: Server[] = [];
   let url: string | null = null;
   try {
-    const app = createApp({ runtime, token: options.noAuth ? null : token, version: VERSION, limits, shutdown: shutdown.signal, ...(options.mcp ? { mcp: options.mcp } : {}) });
+    const app = createApp({
+      runtime,
+      token: options.noAuth ? null : token,
+      version: VERSION,
+      limits,
+      shutdown: shutdown.signal,
+      ...(options.mcp ? { mcp: options.mcp } : {}),
+    });
     const newServer = () => {
       const server = createAdaptorServer({ fetch: app.fetch }) as Server;
       // Stdin streams and event streams are long requests by design.

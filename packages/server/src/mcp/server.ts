@@ -106,15 +106,21 @@ async function readResource(session: McpSession, uri: string, signal: AbortSigna
     const bytes = await readCapped(sandbox, path, session.limits.readBytes, signal);
     const body = encodeContent(bytes, path);
     return {
-      contents: [body.encoding === 'utf8' ? { uri, mimeType: 'text/plain', text: body.content } : { uri, mimeType: 'application/octet-stream', blob: body.content }],
+      contents: [
+        body.encoding === 'utf8' ? { uri, mimeType: 'text/plain', text: body.content } : { uri, mimeType: 'application/octet-stream', blob: body.content },
+      ],
     };
   } catch (e) {
     if (!isRoostError(e)) throw e;
     // -32002: the MCP spec's "resource not found".
-    throw new McpError(e.code === 'NOT_FOUND' ? -32002 : e.code === 'INVALID_ARGUMENT' ? ErrorCode.InvalidParams : ErrorCode.InternalError, `${e.code}: ${e.message}`, {
-      uri,
-      code: e.code,
-    });
+    throw new McpError(
+      e.code === 'NOT_FOUND' ? -32002 : e.code === 'INVALID_ARGUMENT' ? ErrorCode.InvalidParams : ErrorCode.InternalError,
+      `${e.code}: ${e.message}`,
+      {
+        uri,
+        code: e.code,
+      },
+    );
   }
 }
 

@@ -224,7 +224,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   sandbox_stop: {
     title: 'Stop a sandbox',
-    description: 'Stops a sandbox’s VM (its disk stays; processes end). A stopped sandbox can be removed, or snapshotted from its disk. Stopping a stopped one does nothing.',
+    description:
+      'Stops a sandbox’s VM (its disk stays; processes end). A stopped sandbox can be removed, or snapshotted from its disk. Stopping a stopped one does nothing.',
     annotations: settles(true),
     async run(input, call) {
       const sandbox = await call.session.runtime.get(input.id);
@@ -253,7 +254,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   sandbox_write_file: {
     title: 'Write a file',
-    description: 'Writes a whole file in a sandbox (parent directories are made), replacing it atomically. Text as is, or binary as base64 with encoding "base64".',
+    description:
+      'Writes a whole file in a sandbox (parent directories are made), replacing it atomically. Text as is, or binary as base64 with encoding "base64".',
     annotations: settles(true),
     async run(input, call) {
       const sandbox = await call.session.runtime.get(input.id);
@@ -263,7 +265,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   sandbox_read_file: {
     title: 'Read a file',
-    description: 'Reads a whole file from a sandbox: as text when it is UTF-8, else base64 (or as `encoding` asks). Files over the size limit are refused; read parts with sandbox_exec.',
+    description:
+      'Reads a whole file from a sandbox: as text when it is UTF-8, else base64 (or as `encoding` asks). Files over the size limit are refused; read parts with sandbox_exec.',
     annotations: readOnly,
     async run(input, call) {
       const sandbox = await call.session.runtime.get(input.id);
@@ -273,7 +276,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   sandbox_list_files: {
     title: 'List a directory',
-    description: 'Lists the entries below a directory in a sandbox (name, type, size, mode, owner, mtime), `depth` levels deep, sorted by path. Symlinks are not followed.',
+    description:
+      'Lists the entries below a directory in a sandbox (name, type, size, mode, owner, mtime), `depth` levels deep, sorted by path. Symlinks are not followed.',
     annotations: readOnly,
     async run(input, call) {
       const sandbox = await call.session.runtime.get(input.id);
@@ -346,7 +350,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   sandbox_logs: {
     title: 'Read the console log',
-    description: 'Returns a sandbox’s serial console log (kernel and boot messages, what the guest printed to its console), or its last `tail` lines. Useful when a sandbox failed.',
+    description:
+      'Returns a sandbox’s serial console log (kernel and boot messages, what the guest printed to its console), or its last `tail` lines. Useful when a sandbox failed.',
     annotations: readOnly,
     async run(input, call) {
       const sandbox = await call.session.runtime.get(input.id);
@@ -371,7 +376,8 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
   },
   image_pull: {
     title: 'Pull an image',
-    description: 'Pulls an OCI image from its registry into the local store (layers already stored are not fetched again), so sandbox_create can use it; with a progress token, reports progress.',
+    description:
+      'Pulls an OCI image from its registry into the local store (layers already stored are not fetched again), so sandbox_create can use it; with a progress token, reports progress.',
     annotations: { ...settles(false), openWorldHint: true },
     async run(input, call) {
       let last = 0;

@@ -22,7 +22,10 @@ const sessionHeader = {
 /** A JSON-RPC error of the transport (no session, a session that ended, a body that is not JSON-RPC). */
 const rpcErrors = {
   400: { description: 'Not a JSON-RPC message, or no Mcp-Session-Id where one is needed (a JSON-RPC error).', bodies: [{ json: JsonRpcMessageSchema }] },
-  404: { description: 'The session has ended (idle, deleted, or the daemon restarted): initialize a new one (a JSON-RPC error).', bodies: [{ json: JsonRpcMessageSchema }] },
+  404: {
+    description: 'The session has ended (idle, deleted, or the daemon restarted): initialize a new one (a JSON-RPC error).',
+    bodies: [{ json: JsonRpcMessageSchema }],
+  },
 };
 
 export const MCP_ROUTES: readonly Route[] = [
