@@ -13,6 +13,9 @@ import { McpSession, type McpRuntime } from './session.js';
  * running, or when the daemon stops; its sandboxes are removed then.
  */
 
+/** Sessions one daemon keeps at once: a client that initializes again and again without DELETE cannot pile them up. */
+export const MAX_MCP_SESSIONS = 1024;
+
 interface Entry {
   transport: WebStandardStreamableHTTPServerTransport;
   server: Server;
@@ -33,7 +36,7 @@ export class McpHttpSessions {
 
   constructor(
     private readonly runtime: McpRuntime,
-    private readonly options: { version: string; settings?: McpSettings; shutdown: AbortSignal },
+    private readonly options: { version: string; settings?: McpSettings; shutdown: AbortSignal; maxSessions?: number },
   ) {
     this.#settings = mcpSettings(options.settings);
     options.shutdown.addEventListener('abort', () => void this.close(), { once: true });
@@ -63,6 +66,15 @@ export class McpHttpSessions {
       return rpcError(400, -32700, 'the body is not JSON');
     }
     if (!isInitializeRequest(body)) return rpcError(400, -32000, 'no Mcp-Session-Id header: the first request of a session is initialize');
+    const max = this.options.maxSessions ?? MAX_MCP_SESSIONS;
+    if (this.#entries.size >= max) {
+      const res = Response.json(
+        { error: { code: 'UNAVAILABLE', message: `the daemon has ${max} MCP sessions open: end some (DELETE /mcp) or wait for idle ones to expire` } },
+        { status: 503 },
+      );
+      res.headers.set('Retry-After', '5');
+      return res;
+    }
     return this.#open().transport.handleRequest(req, { parsedBody: body });
   }
 

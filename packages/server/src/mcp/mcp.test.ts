@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isRoostError, MCP_SESSION_LABEL, mcpSettings, McpToolInputs, McpToolOutputs, RoostError, type McpLimits, type SandboxInfo } from '@roost/api';
+import { McpHttpSessions } from './http.js';
 import { callTool, listTools, toolJsonSchema } from './server.js';
 import { McpSession, type McpRuntime } from './session.js';
 import { encodeContent, type ToolCall } from './tools.js';
@@ -154,5 +155,73 @@ describe('MCP settings and content', () => {
     expect(encodeContent(Buffer.from([0xff, 0x00]), '/f')).toEqual({ content: '/wA=', encoding: 'base64' });
     expect(encodeContent(Buffer.from('hi'), '/f', 'base64')).toEqual({ content: 'aGk=', encoding: 'base64' });
     expect(() => encodeContent(Buffer.from([0xff]), '/f', 'utf8')).toThrow(/not UTF-8/);
+  });
+});
+
+describe('MCP sessions over HTTP', () => {
+  const init = (id = 1) =>
+    JSON.stringify({
+      jsonrpc: '2.0',
+      id,
+      method: 'initialize',
+      params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } },
+    });
+  const post = (body: string, session?: string) =>
+    new Request('http://127.0.0.1/mcp', {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        ...(session ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}),
+      },
+      body,
+    });
+
+  it('opens a session on initialize, answers it by its id, ends it on DELETE (its sandboxes removed) and 404s it after', async () => {
+    const { runtime, boxes } = fakeRuntime();
+    const ac = new AbortController();
+    const sessions = new McpHttpSessions(runtime, { version: 't', shutdown: ac.signal, maxSessions: 2 });
+    const opened = await sessions.handle(post(init()));
+    expect(opened.status).toBe(200);
+    const id = opened.headers.get('mcp-session-id')!;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    await opened.text();
+    expect((await sessions.handle(post(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }), id))).status).toBe(202);
+    const created = await sessions.handle(
+      post(JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'sandbox_create', arguments: {} } }), id),
+    );
+    expect(await created.text()).toContain(`"${MCP_SESSION_LABEL}":"${id}"`);
+    expect(boxes.size).toBe(1);
+    // No session id, or not initialize first: 400; a full house: 503.
+    expect((await sessions.handle(post(JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/list' })))).status).toBe(400);
+    expect((await sessions.handle(post('{nope'))).status).toBe(400);
+    await (await sessions.handle(post(init()))).text();
+    expect(sessions.size).toBe(2);
+    expect((await sessions.handle(post(init()))).status).toBe(503);
+    const deleted = await sessions.handle(
+      new Request('http://127.0.0.1/mcp', { method: 'DELETE', headers: { 'mcp-session-id': id, 'mcp-protocol-version': '2025-06-18' } }),
+    );
+    expect(deleted.status).toBe(200);
+    expect(boxes.size).toBe(0);
+    expect((await sessions.handle(post(JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/list' }), id))).status).toBe(404);
+    ac.abort();
+    await sessions.close();
+    expect(sessions.size).toBe(0);
+    expect((await sessions.handle(post(init()))).status).toBe(503);
+  });
+
+  it('ends a session left idle, with its sandboxes (one with a call running: test/mcp.test.ts)', async () => {
+    const { runtime, boxes } = fakeRuntime();
+    const sessions = new McpHttpSessions(runtime, { version: 't', shutdown: new AbortController().signal, settings: { sessionIdleMs: 50 } });
+    const opened = await sessions.handle(post(init()));
+    const id = opened.headers.get('mcp-session-id')!;
+    await opened.text();
+    await (
+      await sessions.handle(post(JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'sandbox_create', arguments: {} } }), id))
+    ).text();
+    expect(boxes.size).toBe(1);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(sessions.size).toBe(0);
+    expect(boxes.size).toBe(0);
   });
 });
