@@ -67,10 +67,10 @@ export default tseslint.config(
   },
   {
     // Layers: the CLI is a face over core and the client, never over the server's internals.
-    // `roost serve` (cli/src/serve.ts) is the one exception: that command is the daemon, and
-    // starting it is the only thing it takes from @roost/server (its `serve` entry point).
+    // `roost serve` (cli/src/serve.ts) and `roost mcp` (cli/src/mcp.ts) are the exceptions: those
+    // commands are servers, and starting them is all they take from @roost/server (`serve`, `serveMcpStdio`).
     files: ['packages/cli/src/**/*.ts'],
-    ignores: ['packages/cli/src/serve.ts'],
+    ignores: ['packages/cli/src/serve.ts', 'packages/cli/src/mcp.ts'],
     rules: forbidImports(['@roost/server'], 'the CLI never imports @roost/server: use @roost/api (the contract), @roost/core or @roost/client'),
   },
 );

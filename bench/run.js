@@ -177,6 +177,12 @@ try {
     await benchApi({ realHome, row, results });
   }
 
+  // --- MCP (bench/mcp.js): sandbox_exec over Streamable HTTP beside REST and the embedded call.
+  if (process.env.BENCH_MCP !== '0') {
+    const { benchMcp } = await import('./mcp.js');
+    await benchMcp({ realHome, row, results });
+  }
+
   // --- the jail (bench/jail.js): cold start, restore and idle memory, confined beside `jail: false`.
   if (process.env.BENCH_JAIL !== '0') {
     const { benchJail } = await import('./jail.js');

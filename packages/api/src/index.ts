@@ -23,3 +23,4 @@ export * from './read-limit.js';
 export * from './command-args.js';
 export * from './doctor.js';
 export * from './sessions.js';
+export * from './mcp.js';

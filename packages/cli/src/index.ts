@@ -22,6 +22,7 @@ import { addCpCommand } from './cp.js';
 import { addDoctorCommand } from './doctor.js';
 import { namingFlag, reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
+import { addMcpCommand } from './mcp.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
@@ -363,6 +364,7 @@ export async function main(argv: string[]): Promise<number> {
   addSnapshotCommands(program, withFace);
   addPortCommands(program, withFace);
   addServeCommand(program);
+  addMcpCommand(program, withFace);
   addDoctorCommand(
     program,
     (o) => runDoctor({ ...hostOption(), ...o }),

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { ServerResponse } from 'node:http';
-import { DEFAULT_SESSION_GRACE_MS, DEFAULT_SESSION_KEEPALIVE_MS, MAX_JSON_BODY, RoostError } from '@roost/api';
+import { DEFAULT_SESSION_GRACE_MS, DEFAULT_SESSION_KEEPALIVE_MS, MAX_JSON_BODY, RoostError, type McpSettings } from '@roost/api';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
@@ -12,6 +12,7 @@ import { ExecRegistry } from './exec-registry.js';
 import { FILE_UPLOAD_ROUTE, fileRoutes } from './files.js';
 import { bodyTooLarge, errorResponse } from './http.js';
 import { imageRoutes } from './images.js';
+import { McpHttpSessions } from './mcp/http.js';
 import { networkRoutes } from './network.js';
 import { openapiDocument } from './openapi.js';
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from './prometheus.js';
@@ -45,6 +46,8 @@ export interface AppOptions {
   limits?: AppLimits;
   /** Aborting it ends every stream (SSE, exec, pull) and kills the commands started through the app. */
   shutdown?: AbortSignal;
+  /** Limits of the MCP sessions at /mcp (default: the environment's, see `mcpSettings`). */
+  mcp?: McpSettings;
 }
 
 /** The default of `AppLimits.maxInFlight`. */
@@ -172,6 +175,10 @@ export function createApp(options: AppOptions): RoostHono {
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
   doctorRoutes(app, ctx);
+
+  // MCP over Streamable HTTP (docs/mcp.md): the SDK's transport answers, behind the same token.
+  const mcp = new McpHttpSessions(options.runtime, { version: options.version, shutdown, ...(options.mcp ? { settings: options.mcp } : {}) });
+  for (const method of ['GET', 'POST', 'DELETE'] as const) app.on(method, '/mcp', (c) => mcp.handle(c.req.raw));
 
   app.get('/v1/metrics', async (c) => c.json(await options.runtime.metrics()));
   app.get('/metrics', async (c) => c.body(prometheusText(await options.runtime.metrics()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }));

@@ -15,3 +15,7 @@ export { prometheusText, PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
 export type { DaemonRuntime, DaemonSandbox } from './daemon-runtime.js';
 export { VERSION } from './version.js';
 export { sandboxBody } from './mapping.js';
+export { createMcpServer, listTools, type McpServerOptions } from './mcp/server.js';
+export { McpSession, type McpRuntime } from './mcp/session.js';
+export { McpHttpSessions } from './mcp/http.js';
+export { serveMcpStdio, type McpStdioOptions } from './mcp/stdio.js';

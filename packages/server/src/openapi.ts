@@ -1,6 +1,7 @@
 import { API_VERSION, DEFAULT_TCP_PORT, ErrorBodySchema, MAX_JSON_BODY } from '@roost/api';
 import { z } from 'zod';
 import { EXEC_AND_FILE_ROUTES } from './openapi/exec-file-routes.js';
+import { MCP_ROUTES } from './openapi/mcp-routes.js';
 import type { Body, JsonSchema, Route } from './openapi/route.js';
 import { RUNTIME_ROUTES } from './openapi/runtime-routes.js';
 import { SANDBOX_ROUTES } from './openapi/sandbox-routes.js';
@@ -17,7 +18,7 @@ import { VERSION } from './version.js';
  */
 
 /** The route table: the one place that says what the daemon serves (its order is the document's). */
-export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES];
+export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES, ...MCP_ROUTES];
 
 /** The error responses, shared by the routes as components (status -> name and meaning). */
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
@@ -194,6 +195,7 @@ export function openapiDocument(): JsonSchema {
       { name: 'templates' },
       { name: 'events' },
       { name: 'metrics' },
+      { name: 'mcp', description: 'The Model Context Protocol over Streamable HTTP: the tools of docs/mcp.md for AI agents.' },
     ],
     paths,
     components: {

@@ -4,7 +4,7 @@ import { chmod, lstat, mkdir, open, rename, unlink, writeFile } from 'node:fs/pr
 import type { Server } from 'node:http';
 import { connect, isIP } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
-import { apiTokenPath, daemonSocketPath, RoostError } from '@roost/api';
+import { apiTokenPath, daemonSocketPath, RoostError, type McpSettings } from '@roost/api';
 import { Runtime, roostHome } from '@roost/core';
 import { createApp, type AppLimits } from './app.js';
 import { VERSION } from './version.js';
@@ -32,6 +32,8 @@ export interface ServeOptions {
   /** Accept requests without a token. Refused with a TCP listener on anything but a loopback address. */
   noAuth?: boolean;
   limits?: ServeLimits;
+  /** Limits of the MCP sessions at /mcp (default: the environment's; see docs/mcp.md). */
+  mcp?: McpSettings;
 }
 
 /** A running daemon. */
@@ -91,7 +93,14 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   const servers: Server[] = [];
   let url: string | null = null;
   try {
-    const app = createApp({ runtime, token: options.noAuth ? null : token, version: VERSION, limits, shutdown: shutdown.signal });
+    const app = createApp({
+      runtime,
+      token: options.noAuth ? null : token,
+      version: VERSION,
+      limits,
+      shutdown: shutdown.signal,
+      ...(options.mcp ? { mcp: options.mcp } : {}),
+    });
     const newServer = () => {
       const server = createAdaptorServer({ fetch: app.fetch }) as Server;
       // Stdin streams and event streams are long requests by design.
