@@ -100,6 +100,7 @@ async function exec(input: McpToolInput<'sandbox_exec'>, call: ToolCall): Promis
   // A cancelled call kills the command (the start's signal covers the start only on some faces).
   const kill = () => handle.kill('SIGKILL');
   call.signal.addEventListener('abort', kill, { once: true });
+  if (call.signal.aborted) kill(); // cancelled while it was starting
   const pump = async (from: AsyncIterable<Uint8Array>, into: CappedOutput, name: 'stdout' | 'stderr') => {
     const decoder = new TextDecoder();
     for await (const chunk of from) {
