@@ -18,6 +18,8 @@ export const MAX_DISK_MIB = 2 * 2 ** 20;
 export const MAX_PORTS = 64;
 /** The longest a boot, a stop, a snapshot or a fork may be given, in ms (10 minutes). */
 export const MAX_OPERATION_TIMEOUT_MS = 600_000;
+/** The longest lifetime a sandbox may be given (30 days, in ms). */
+export const MAX_LIFETIME_MS = 30 * 24 * 3_600_000;
 /** The longest timeout of one command, in ms (what the agent's u32 carries). */
 export const MAX_COMMAND_TIMEOUT_MS = 0xffffffff;
 /** The largest terminal side (rows or columns) of a PTY command. */

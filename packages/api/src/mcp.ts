@@ -51,6 +51,8 @@ const create = CreateSandboxRequestSchema.pick({
   ports: true,
   egress: true,
   timeoutMs: true,
+  lifetimeMs: true,
+  onExpiry: true,
 });
 
 /** The tools' inputs, by tool name. */

@@ -4,7 +4,7 @@ import type { SnapshotInfo, SnapshotsApi, TemplatesApi } from './snapshots.js';
 import { RoostError } from './errors.js';
 import type { NetworkStats, PortBinding, PortProtocol, PortSpec } from './network.js';
 import type { DoctorOptions, DoctorReport } from './doctor.js';
-import type { CreateSandboxRequest, ExecResult, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
+import type { CreateSandboxRequest, ExecResult, ExpiryAction, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
  * The interface both faces of Roost implement: the embedded runtime
@@ -117,6 +117,13 @@ export interface SandboxApi extends AsyncDisposable {
   getHost(port: number, protocol?: PortProtocol): string;
   /** Traffic through its NIC since it last started, and connections its egress policy denied. Concurrency: not serialized; any number at once. */
   networkStats(): Promise<NetworkStats>;
+  /**
+   * Sets when the sandbox ends: `lifetimeMs` from now (null: never), doing
+   * `onExpiry` then (default: what was set, else remove). With `extendOnly`,
+   * a later end already set is kept. Resolves with the record.
+   * Concurrency: not serialized with lifecycle calls; the last call wins.
+   */
+  setLifetime(lifetimeMs: number | null, options?: { extendOnly?: boolean; onExpiry?: ExpiryAction }): Promise<SandboxInfo>;
   /** Its serial console log, or its last `tail` lines. Concurrency: not serialized; reads the log as written so far. */
   logs(options?: { tail?: number; signal?: AbortSignal }): Promise<string>;
 }

@@ -3,6 +3,7 @@ import { ERROR_CODES } from './errors.js';
 import { EntryInfoSchema, FileEventSchema, MAX_VOLUMES, VolumeMountSchema } from './files.js';
 import { EgressSpecSchema, NetworkInfoSchema, NetworkModeSchema, PortSpecSchema } from './network.js';
 import {
+  MAX_LIFETIME_MS,
   MAX_COMMAND_TIMEOUT_MS,
   MAX_CPUS,
   MAX_DISK_MIB,
@@ -69,6 +70,13 @@ export const ConfinementSchema = z
   .meta({ id: 'Confinement' });
 export type Confinement = z.infer<typeof ConfinementSchema>;
 
+/** What a sandbox's lifetime ending does: remove it (record, disk, logs), stop it, or pause it. */
+export const ExpiryActionSchema = z.enum(['remove', 'stop', 'pause']);
+export type ExpiryAction = z.infer<typeof ExpiryActionSchema>;
+
+/** A sandbox's lifetime in ms, counted from when it is given. */
+export const LifetimeSchema = z.number().int().positive().max(MAX_LIFETIME_MS);
+
 export const SandboxInfoSchema = z
   .object({
     id: z.string().regex(/^[0-9a-f]{12}$/),
@@ -104,6 +112,9 @@ export const SandboxInfoSchema = z
     network: NetworkInfoSchema.optional(),
     /** How its VMM is confined, set each time its VM starts (absent: never started, or started before the jail existed). */
     confinement: ConfinementSchema.optional(),
+    /** When its lifetime ends (ISO 8601; absent or null: it lives until removed), and what happens then. */
+    expiresAt: z.string().nullable().optional(),
+    onExpiry: ExpiryActionSchema.optional(),
   })
   .meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
@@ -152,6 +163,14 @@ export const CreateSandboxRequestSchema = z
     template: z.string().min(1).optional(),
     /** How long booting may take (ms). */
     timeoutMs: OperationTimeoutSchema.optional(),
+    /**
+     * End the sandbox this long after it is created (ms; change it later with
+     * setLifetime). Enforced by the runtime that owns the home: one that is
+     * closed acts when the home is opened again. Default: no end.
+     */
+    lifetimeMs: LifetimeSchema.optional(),
+    /** What the end of its lifetime does: `remove` (default), `stop` or `pause`. */
+    onExpiry: ExpiryActionSchema.optional(),
   })
   .strict()
   .meta({ id: 'CreateSandboxRequest' });
@@ -171,6 +190,20 @@ export const ListSandboxesQuerySchema = z
 export type ListSandboxesQuery = z.infer<typeof ListSandboxesQuerySchema>;
 
 export const SandboxListSchema = z.object({ sandboxes: z.array(SandboxInfoSchema) }).meta({ id: 'SandboxList' });
+
+/** POST /v1/sandboxes/{id}/lifetime */
+export const SetLifetimeRequestSchema = z
+  .object({
+    /** The sandbox ends this long from now (ms); null: it lives until removed. */
+    lifetimeMs: LifetimeSchema.nullable(),
+    /** Keep the current end when it is later than the new one (extend, never shorten). */
+    extendOnly: z.boolean().optional(),
+    /** What the end does (default: what it was, else `remove`). */
+    onExpiry: ExpiryActionSchema.optional(),
+  })
+  .strict()
+  .meta({ id: 'SetLifetimeRequest' });
+export type SetLifetimeRequest = z.infer<typeof SetLifetimeRequestSchema>;
 
 export const StopSandboxRequestSchema = z.object({ timeoutMs: OperationTimeoutSchema.optional() }).strict();
 export const StartSandboxRequestSchema = z.object({ timeoutMs: OperationTimeoutSchema.optional() }).strict();
@@ -315,6 +348,7 @@ export const EVENT_TYPES = [
   'port.removed',
   'network.denied',
   'sandbox.recovered',
+  'sandbox.expired',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

@@ -7,6 +7,7 @@ import {
   sleep,
   type CommandHandleApi,
   type EventType,
+  type ExpiryAction,
   type ListFilter,
   type NetworkStats,
   type PullPolicy,
@@ -129,7 +130,9 @@ export async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
     .addOption(new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts('template'))
     .option('--template <name>', "start from this template's warm snapshot (built on first use)")
-    .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'));
+    .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'))
+    .option('--lifetime <ms>', 'end the sandbox this long after it is created (with -d: later `roost` commands see it go)', int('--lifetime'))
+    .addOption(new Option('--on-expiry <action>', 'what the end of --lifetime does: remove (default), stop or pause').choices(['remove', 'stop', 'pause']));
   addNetworkFlags(run);
   addExecFlags(run)
     .passThroughOptions()
@@ -149,6 +152,8 @@ export async function main(argv: string[]): Promise<number> {
             snapshot?: string;
             template?: string;
             bootTimeout?: number;
+            lifetime?: number;
+            onExpiry?: ExpiryAction;
           },
       ) => {
         const restore = flags.snapshot !== undefined || flags.template !== undefined;
@@ -186,6 +191,8 @@ export async function main(argv: string[]): Promise<number> {
               ...(image ? { image, pull: flags.pull } : {}),
               ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
               ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+              ...(flags.lifetime !== undefined ? { lifetimeMs: flags.lifetime } : {}),
+              ...(flags.onExpiry !== undefined ? { onExpiry: flags.onExpiry } : {}),
               ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
             }),
           ).catch((e: unknown) => life.rethrow(e));

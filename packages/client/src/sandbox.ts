@@ -4,7 +4,9 @@ import {
   isRoostError,
   normalizePortSpec,
   parseInput,
+  SetLifetimeRequestSchema,
   SnapshotOptionsSchema,
+  type ExpiryAction,
   type SandboxApi,
   type SandboxInfo,
   type SandboxMetrics,
@@ -104,6 +106,16 @@ export class RemoteSandbox implements SandboxApi {
   /** Continues a paused sandbox exactly where it was (a running one is left as it is). */
   async resume(): Promise<void> {
     this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/resume`, { json: {} });
+  }
+
+  /**
+   * Sets when the sandbox ends: `lifetimeMs` from now, or never (null); with
+   * `extendOnly`, a later end already set is kept. The daemon acts on it.
+   */
+  async setLifetime(lifetimeMs: number | null, options: { extendOnly?: boolean; onExpiry?: ExpiryAction } = {}): Promise<SandboxInfo> {
+    const body = parseInput(SetLifetimeRequestSchema, { lifetimeMs, ...options }, 'lifetime');
+    this.#info = await this.#transport.json<SandboxInfo>('POST', `${this.#path}/lifetime`, { json: body });
+    return structuredClone(this.#info);
   }
 
   /**

@@ -30,6 +30,7 @@ import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
 import { jailSettings, RuntimeJail, type JailOptions } from './jail/policy.js';
 import { sweepSandboxCgroups } from './jail/cgroup.js';
+import { Lifetimes } from './sandbox/lifetime.js';
 import { EventLog } from './state/events.js';
 import { HomeLock } from './state/lock.js';
 import { SandboxRecords } from './state/sandboxes.js';
@@ -116,6 +117,9 @@ export class Runtime implements RuntimeApi {
   readonly #templates: Templates;
   readonly #snapshots: SnapshotsApi;
   readonly #sandboxes = new Map<string, Sandbox>();
+  /** The ends of the sandboxes' lifetimes (armed once recovery is done). */
+  #recovered = false;
+  readonly #lifetimes = new Lifetimes((id) => this.#expire(id));
   readonly #counters: RuntimeCounters = { sandboxesCreated: 0, sandboxesDestroyed: 0, execs: 0, execBytes: { stdin: 0, stdout: 0, stderr: 0 } };
   readonly #closing = new AbortController();
   readonly #startedAt = performance.now();
@@ -388,6 +392,7 @@ export class Runtime implements RuntimeApi {
   close(): Promise<void> {
     this.#closed ??= (async () => {
       this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
+      this.#lifetimes.close();
       await Promise.allSettled([...this.#inFlight]);
       await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
       this.#network.close();
@@ -419,8 +424,15 @@ export class Runtime implements RuntimeApi {
       network: this.#network,
       assets: () => this.assets(),
       create: (options) => this.create(options),
-      adopted: (sb) => this.#sandboxes.set(sb.id, sb),
-      released: (id) => this.#sandboxes.delete(id),
+      adopted: (sb) => {
+        this.#sandboxes.set(sb.id, sb);
+        this.#lifetimes.set(sb.id, sb.info.expiresAt);
+      },
+      released: (id) => {
+        this.#sandboxes.delete(id);
+        this.#lifetimes.delete(id);
+      },
+      lifetimeChanged: (id, expiresAt) => this.#lifetimes.set(id, expiresAt),
     };
   }
 
@@ -505,6 +517,34 @@ export class Runtime implements RuntimeApi {
     for (const r of this.#snapshotStore.all()) if (r.kind !== 'user') await this.#snapshotStore.removeIfUnused(r.id).catch(() => {});
     secureHome(this.home);
     await sweepTempFiles(this.home);
+    // Lifetimes last: one that ended while no runtime was open ends now, once the home is whole.
+    for (const sb of this.#sandboxes.values()) this.#lifetimes.set(sb.id, sb.info.expiresAt);
+    this.#recovered = true;
+  }
+
+  /**
+   * Sandbox `id`'s lifetime has ended: it is removed, stopped or paused as
+   * its record says (`onExpiry`), with a `sandbox.expired` event first. An
+   * end moved later meanwhile is waited for instead.
+   */
+  async #expire(id: string): Promise<void> {
+    const sb = this.#sandboxes.get(id);
+    const at = sb?.info.expiresAt;
+    if (!sb || !at || this.#closed) return;
+    if (Date.parse(at) > Date.now()) return this.#lifetimes.set(id, at);
+    // Still booting: it ends once it is up (a lifetime shorter than its boot does not fail the boot).
+    if (sb.status === 'creating') return this.#lifetimes.set(id, new Date(Date.now() + EXPIRY_RETRY_MS).toISOString());
+    const action = sb.info.onExpiry ?? 'remove';
+    this.#log.append('sandbox.expired', { sandboxId: id, data: { action, expiresAt: at } });
+    const done = (async () => {
+      if (action === 'remove') return sb.remove({ force: true });
+      // Stopped or paused, it has no end any more: a later setLifetime gives it one.
+      await sb.setLifetime(null);
+      if (action === 'stop' && isLive(sb.status)) await sb.stop();
+      if (action === 'pause' && sb.status === 'running') await sb.pause();
+    })();
+    this.#track(done);
+    await done;
   }
 
   /**
@@ -521,11 +561,16 @@ export class Runtime implements RuntimeApi {
     this.#sandboxes.set(sb.id, sb);
     await sb._attachNetwork();
     await sb._reconcile();
+    // Recovery arms all lifetimes once it is done; a doctor's re-adoption arms this one.
+    if (this.#recovered) this.#lifetimes.set(id, sb.info.expiresAt);
     return sb;
   }
 }
 
 Sandbox._useSharedRuntime((home) => Runtime.shared(home));
+
+/** How soon an ended lifetime is looked at again while its sandbox is still being created (ms). */
+const EXPIRY_RETRY_MS = 100;
 
 /** A sandbox.json record of Roost before the SQLite state, brought to today's shape. */
 function parseLegacyRecord(text: string, id: string): SandboxInfo | null {

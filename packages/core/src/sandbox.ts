@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
-import { ForkOptionsSchema, hostForPort, parseInput, SnapshotOptionsSchema } from '@roost/api';
+import type { ExpiryAction, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
+import { ForkOptionsSchema, hostForPort, parseInput, SetLifetimeRequestSchema, SnapshotOptionsSchema } from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
@@ -249,6 +249,26 @@ export class Sandbox implements SandboxApi {
   /** The console log's last `tail` lines (all of it, up to its last MiB, without). Concurrency: any number at once. */
   logs(options: { tail?: number; signal?: AbortSignal } = {}): Promise<string> {
     return readConsoleLog(this.consoleLogPath, options);
+  }
+
+  /**
+   * Sets when the sandbox ends: `lifetimeMs` from now, or never (null); with
+   * `extendOnly`, a later end already set (or none) is kept. `onExpiry`
+   * (default: the one set, else `remove`) is what the end does. The runtime
+   * that owns the home acts on it. Concurrency: not serialized with
+   * lifecycle calls; the last call wins.
+   */
+  async setLifetime(lifetimeMs: number | null, options: { extendOnly?: boolean; onExpiry?: ExpiryAction } = {}): Promise<SandboxInfo> {
+    const input = parseInput(SetLifetimeRequestSchema, { lifetimeMs, ...options }, 'lifetime');
+    if (this.#record.removed) throw new RoostError('NOT_FOUND', `sandbox ${this.id} has been removed`);
+    const current = this.#record.info.expiresAt ?? null;
+    let next = input.lifetimeMs === null ? null : new Date(Date.now() + input.lifetimeMs).toISOString();
+    // Extend only: no end (never) outlasts any, and a later end stays.
+    if (input.extendOnly && (current === null || (next !== null && Date.parse(current) >= Date.parse(next)))) next = current;
+    const onExpiry = next === null ? undefined : (input.onExpiry ?? this.#record.info.onExpiry ?? 'remove');
+    this.#record.save({ expiresAt: next, onExpiry });
+    this.#services.lifetimeChanged(this.id, next);
+    return this.info;
   }
 
   /** The record as it is now (the embedded runtime keeps it current; this also re-reads the database). */

@@ -34,5 +34,10 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.volumes !== undefined) body.volumes = info.volumes.map((v) => ({ source: v.source, target: v.target, readOnly: v.readOnly === true }));
   if (info.snapshot !== undefined) body.snapshot = info.snapshot;
   if (info.network !== undefined) body.network = networkBody(info.network);
+  if (info.confinement !== undefined) body.confinement = structuredClone(info.confinement);
+  if (info.expiresAt) {
+    body.expiresAt = info.expiresAt;
+    body.onExpiry = info.onExpiry ?? 'remove';
+  }
   return body;
 }

@@ -5,6 +5,7 @@ import {
   RoostError,
   SandboxStatusSchema,
   SESSION_HEADER,
+  SetLifetimeRequestSchema,
   StartSandboxRequestSchema,
   StopSandboxRequestSchema,
 } from '@roost/api';
@@ -81,6 +82,13 @@ export function sandboxRoutes(app: RoostHono, ctx: RouteContext): void {
     const sandbox = await runtime.get(c.req.param('id'));
     await sandbox.pause();
     return c.json(sandboxBody(sandbox.info));
+  });
+
+  app.post('/v1/sandboxes/:id/lifetime', async (c) => {
+    const body = await parseJsonBody(c, SetLifetimeRequestSchema);
+    const sandbox = await runtime.get(c.req.param('id'));
+    const { lifetimeMs, ...options } = body;
+    return c.json(sandboxBody(await sandbox.setLifetime(lifetimeMs, options)));
   });
 
   app.post('/v1/sandboxes/:id/resume', async (c) => {

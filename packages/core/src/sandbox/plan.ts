@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { cpus as hostCpus, totalmem } from 'node:os';
 import { mkdir } from 'node:fs/promises';
-import type { NetworkMode, PullPolicy, SandboxImage, SandboxInfo } from '@roost/api';
+import type { ExpiryAction, NetworkMode, PullPolicy, SandboxImage, SandboxInfo } from '@roost/api';
 import type { EgressSpec, PortMapping, PortSpec, VolumeMount } from '@roost/api';
 import { CreateOptionsSchema, parseInput } from '@roost/api';
 import { z } from 'zod';
@@ -59,6 +59,14 @@ export interface SandboxOptions {
    * its owner died (default false; as `docker run --rm`). Not with `detached`.
    */
   autoRemove?: boolean;
+  /**
+   * End the sandbox this long after it is created (ms; see `setLifetime`),
+   * doing `onExpiry` then: `remove` (the default), `stop` or `pause`. The
+   * runtime that owns the home enforces it; when none is open, the next one
+   * to open the home does.
+   */
+  lifetimeMs?: number;
+  onExpiry?: ExpiryAction;
   /**
    * Host directories (an absolute `source`, which must exist) and named
    * volumes (a `source` that is a volume name; created on first use) to
@@ -155,6 +163,9 @@ export interface SandboxPlan {
 export function parseCreateOptions(options: SandboxOptions): SandboxOptions {
   const opts = parseInput(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
   if (opts.template !== undefined) throw new RoostError('INTERNAL', 'templates are resolved by the runtime');
+  if (opts.onExpiry !== undefined && opts.lifetimeMs === undefined) {
+    throw new RoostError('INVALID_ARGUMENT', 'onExpiry: says what the end of the lifetime does; give lifetimeMs too', { details: { field: 'onExpiry' } });
+  }
   if (opts.autoRemove && opts.detached) {
     throw new RoostError('INVALID_ARGUMENT', 'autoRemove: a detached sandbox outlives its owner; remove it yourself (give one of detached and autoRemove)', {
       details: { field: 'autoRemove' },
@@ -267,6 +278,7 @@ function newRecord(deps: Pick<PlanDeps, 'records'>, opts: SandboxOptions, accel:
     diskSizeMiB,
     detached: opts.detached ?? false,
     ...(opts.autoRemove ? { autoRemove: true } : {}),
+    ...(opts.lifetimeMs ? { expiresAt: new Date(Date.now() + opts.lifetimeMs).toISOString(), onExpiry: opts.onExpiry ?? 'remove' } : {}),
     accel,
     pid: null,
     env,

@@ -50,6 +50,8 @@ export interface SandboxServices<S> {
   adopted(sandbox: S): void;
   /** The sandbox was removed: forget it. */
   released(id: string): void;
+  /** The end of the sandbox's lifetime changed (null: it has none). */
+  lifetimeChanged(id: string, expiresAt: string | null): void;
 }
 
 /** The process's shared runtime of a home, as the static `Sandbox` helpers use it (runtime.ts provides it). */

@@ -8,6 +8,7 @@ import {
   SandboxInfoSchema,
   SandboxListSchema,
   SandboxMetricsSchema,
+  SetLifetimeRequestSchema,
   SandboxStatusSchema,
   SnapshotInfoSchema,
   StartSandboxRequestSchema,
@@ -152,6 +153,19 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     body: { schema: EmptyRequestSchema, required: false },
     ok: { 200: { description: 'Paused.', bodies: [{ json: SandboxInfoSchema }] } },
     errors: [400, 404, 409],
+  },
+  {
+    method: 'post',
+    path: '/v1/sandboxes/{id}/lifetime',
+    operationId: 'setSandboxLifetime',
+    tag: 'sandboxes',
+    summary: 'Set when a sandbox ends (its lifetime), and what its end does',
+    description:
+      'The sandbox ends lifetimeMs from now (null: never), and is then removed, stopped or paused (onExpiry). With extendOnly, a later end already set is kept. The daemon acts on it; the record says when (expiresAt) and a sandbox.expired event tells.',
+    params: [idParam],
+    body: { schema: SetLifetimeRequestSchema, required: true },
+    ok: { 200: { description: 'The record with its new end.', bodies: [{ json: SandboxInfoSchema }] } },
+    errors: [400, 404],
   },
   {
     method: 'post',
