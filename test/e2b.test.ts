@@ -1,0 +1,97 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AuthenticationError, Sandbox, SandboxNotFoundError } from 'e2b';
+import { RoostClient } from '@roost/client';
+import { serve, type ServeHandle } from '@roost/server';
+import { E2bKeys } from '../packages/server/src/e2b/keys.js';
+import { eventually, TestHome } from './helpers.js';
+
+/*
+ * E2B's own SDK (the `e2b` package from npm, pinned, unchanged) against
+ * `roost serve`: its control plane so far (create, getInfo, list with
+ * metadata and pages, setTimeout, pause and connect, kill, isRunning),
+ * with real VMs. The envd half (commands, files) is not built yet.
+ */
+
+const home = new TestHome();
+let daemon: ServeHandle;
+let rest: RoostClient;
+let apiKey: string;
+
+beforeAll(async () => {
+  daemon = await serve({ home: home.root, tcp: { host: '127.0.0.1', port: 0 } });
+  rest = new RoostClient({ host: daemon.url!, token: daemon.token });
+  apiKey = new E2bKeys(home.root).create('test').key;
+  process.env.E2B_API_URL = daemon.url!;
+  process.env.E2B_SANDBOX_URL = daemon.url!;
+  process.env.E2B_API_KEY = apiKey;
+});
+
+afterAll(async () => {
+  await rest?.close();
+  await daemon?.close();
+  await home.cleanup();
+});
+
+describe('E2B control plane', () => {
+  it('creates a sandbox from `base` with metadata and a timeout; getInfo, isRunning and kill', async () => {
+    const sbx = await Sandbox.create('base', { metadata: { user: 'a b', team: 'x' }, timeoutMs: 120_000 });
+    expect(sbx.sandboxId).toMatch(/^[0-9a-f]{12}$/);
+    const info = await sbx.getInfo();
+    expect(info).toMatchObject({
+      sandboxId: sbx.sandboxId,
+      templateId: 'base',
+      metadata: { user: 'a b', team: 'x' },
+      state: 'running',
+      cpuCount: 1,
+      memoryMB: 256,
+    });
+    expect(info.endAt.getTime() - Date.now()).toBeGreaterThan(100_000);
+    expect(await sbx.isRunning()).toBe(true);
+    // The record underneath: a detached Roost sandbox with E2B's timeout as its lifetime.
+    const roost = await rest.get(sbx.sandboxId);
+    expect(roost.info).toMatchObject({ detached: true, onExpiry: 'remove', labels: { 'e2b.template': 'base', 'e2b.metadata/user': 'a b' } });
+    await sbx.setTimeout(30_000);
+    expect((await sbx.getInfo()).endAt.getTime() - Date.now()).toBeLessThanOrEqual(30_000);
+    expect(await sbx.kill()).toBe(true);
+    expect(await Sandbox.kill(sbx.sandboxId)).toBe(false);
+    await expect(Sandbox.getInfo(sbx.sandboxId)).rejects.toBeInstanceOf(SandboxNotFoundError);
+    expect(await sbx.isRunning()).toBe(false);
+  });
+
+  it('an unknown template is a 404; a bad key is an AuthenticationError', async () => {
+    await expect(Sandbox.create('no-such-template')).rejects.toThrow(/404.*no-such-template/);
+    await expect(Sandbox.create('base', { apiKey: 'e2b_' + '0'.repeat(40) })).rejects.toBeInstanceOf(AuthenticationError);
+  });
+
+  it('lists by metadata and state, in pages; pauses, and connect resumes (twice), extending the timeout', async () => {
+    const a = await Sandbox.create('base', { metadata: { suite: 'list', n: '1' } });
+    const b = await Sandbox.create('base', { metadata: { suite: 'list', n: '2' } });
+    const pages: string[][] = [];
+    const paginator = Sandbox.list({ query: { metadata: { suite: 'list' } }, limit: 1 });
+    while (paginator.hasNext) pages.push((await paginator.nextItems()).map((s) => s.sandboxId));
+    expect(pages.flat().sort()).toEqual([a.sandboxId, b.sandboxId].sort());
+    expect(pages.every((p) => p.length === 1)).toBe(true);
+
+    for (let round = 0; round < 2; round++) {
+      expect(await a.pause()).toBe(true);
+      expect(await a.pause()).toBe(false); // already paused: E2B's 409
+      const paused = await Sandbox.list({ query: { metadata: { suite: 'list' }, state: ['paused'] } }).nextItems();
+      expect(paused.map((s) => s.sandboxId)).toEqual([a.sandboxId]);
+      const again = await Sandbox.connect(a.sandboxId, { timeoutMs: 200_000 });
+      expect((await again.getInfo()).state).toBe('running');
+      expect((await again.getInfo()).endAt.getTime() - Date.now()).toBeGreaterThan(150_000);
+    }
+    // Connect never shortens.
+    await Sandbox.connect(a.sandboxId, { timeoutMs: 10_000 });
+    expect((await a.getInfo()).endAt.getTime() - Date.now()).toBeGreaterThan(150_000);
+    await a.kill();
+    await b.kill();
+  });
+
+  it('the end of the timeout kills the sandbox, as E2B does', async () => {
+    const sbx = await Sandbox.create('base', { timeoutMs: 2_000 });
+    await eventually(async () => !(await sbx.isRunning()), 20_000, 'killed at its timeout');
+    await expect(sbx.getInfo()).rejects.toBeInstanceOf(SandboxNotFoundError);
+    await expect(rest.get(sbx.sandboxId)).rejects.toThrow(/NOT_FOUND|no sandbox/);
+  });
+});
