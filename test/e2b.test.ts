@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuthenticationError, Sandbox, SandboxNotFoundError } from 'e2b';
+import { AuthenticationError, CommandExitError, Sandbox, SandboxNotFoundError, TimeoutError } from 'e2b';
 import { RoostClient } from '@roost/client';
 import { serve, type ServeHandle } from '@roost/server';
 import { E2bKeys } from '../packages/server/src/e2b/keys.js';
@@ -9,7 +9,8 @@ import { eventually, TestHome } from './helpers.js';
  * E2B's own SDK (the `e2b` package from npm, pinned, unchanged) against
  * `roost serve`: its control plane so far (create, getInfo, list with
  * metadata and pages, setTimeout, pause and connect, kill, isRunning),
- * with real VMs. The envd half (commands, files) is not built yet.
+ * and its envd's process service (commands), with real VMs. Files and
+ * PTYs are not built yet.
  */
 
 const home = new TestHome();
@@ -93,5 +94,56 @@ describe('E2B control plane', () => {
     await eventually(async () => !(await sbx.isRunning()), 20_000, 'killed at its timeout');
     await expect(sbx.getInfo()).rejects.toBeInstanceOf(SandboxNotFoundError);
     await expect(rest.get(sbx.sandboxId)).rejects.toThrow(/NOT_FOUND|no sandbox/);
+  });
+});
+
+describe('E2B commands (envd process service)', () => {
+  let sbx: Sandbox;
+  beforeAll(async () => {
+    sbx = await Sandbox.create('base', { envs: { FROM_CREATE: 'c' } });
+  });
+  afterAll(async () => {
+    await sbx?.kill();
+  });
+
+  it('runs a command: output, exit code, environment, cwd; a failure is a CommandExitError', async () => {
+    const r = await sbx.commands.run('echo hello; echo err >&2');
+    expect(r).toMatchObject({ exitCode: 0, stdout: 'hello\n', stderr: 'err\n' });
+    const env = await sbx.commands.run('echo "$A-$FROM_CREATE" && pwd', { envs: { A: 'a' }, cwd: '/tmp' });
+    expect(env.stdout).toBe('a-c\n/tmp\n');
+    const err = await sbx.commands.run('echo partial; exit 3').then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CommandExitError);
+    expect(err).toMatchObject({ exitCode: 3, stdout: 'partial\n', error: 'exit status 3' });
+    // stdin is /dev/null by default: a command that reads it does not hang.
+    expect((await sbx.commands.run('cat; echo done')).stdout).toBe('done\n');
+  });
+
+  it('streams output to callbacks, runs in the background, lists, takes stdin, and kills', async () => {
+    const seen: string[] = [];
+    await sbx.commands.run('for i in 1 2 3; do echo $i; sleep 0.1; done', { onStdout: (d) => void seen.push(d) });
+    expect(seen.join('')).toBe('1\n2\n3\n');
+    const bg = await sbx.commands.run('cat', { background: true, stdin: true });
+    expect((await sbx.commands.list()).map((p) => p.pid)).toContain(bg.pid);
+    await sbx.commands.sendStdin(bg.pid, 'through stdin\n');
+    await sbx.commands.closeStdin(bg.pid);
+    expect((await bg.wait()).stdout).toBe('through stdin\n');
+    const sleeper = await sbx.commands.run('sleep 60', { background: true });
+    expect(await sbx.commands.kill(sleeper.pid)).toBe(true);
+    const killed = await sleeper.wait().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(killed).toBeInstanceOf(CommandExitError);
+    expect(await sbx.commands.kill(sleeper.pid)).toBe(false);
+  });
+
+  it('a command past its timeout is killed, as E2B does', async () => {
+    const started = Date.now();
+    await expect(sbx.commands.run('sleep 30', { timeoutMs: 500 })).rejects.toBeInstanceOf(TimeoutError);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    await eventually(async () => !(await sbx.commands.list()).some((p) => p.args.join(' ').includes('sleep 30')), 10_000, 'the command killed');
   });
 });
