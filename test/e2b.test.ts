@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuthenticationError, CommandExitError, Sandbox, SandboxNotFoundError, TimeoutError } from 'e2b';
+import { AuthenticationError, CommandExitError, FileNotFoundError, Sandbox, SandboxNotFoundError, TimeoutError } from 'e2b';
 import { RoostClient } from '@roost/client';
 import { serve, type ServeHandle } from '@roost/server';
 import { E2bKeys } from '../packages/server/src/e2b/keys.js';
@@ -9,8 +9,8 @@ import { eventually, TestHome } from './helpers.js';
  * E2B's own SDK (the `e2b` package from npm, pinned, unchanged) against
  * `roost serve`: its control plane so far (create, getInfo, list with
  * metadata and pages, setTimeout, pause and connect, kill, isRunning),
- * and its envd's process service (commands), with real VMs. Files and
- * PTYs are not built yet.
+ * and its envd's process and filesystem services and /files, with real
+ * VMs. PTYs, watchDir and signed URLs are not built yet.
  */
 
 const home = new TestHome();
@@ -145,5 +145,51 @@ describe('E2B commands (envd process service)', () => {
     await expect(sbx.commands.run('sleep 30', { timeoutMs: 500 })).rejects.toBeInstanceOf(TimeoutError);
     expect(Date.now() - started).toBeLessThan(10_000);
     await eventually(async () => !(await sbx.commands.list()).some((p) => p.args.join(' ').includes('sleep 30')), 10_000, 'the command killed');
+  });
+});
+
+describe('E2B files (envd filesystem service and /files)', () => {
+  let sbx: Sandbox;
+  beforeAll(async () => {
+    sbx = await Sandbox.create('base');
+  });
+  afterAll(async () => {
+    await sbx?.kill();
+  });
+
+  it('writes and reads text and bytes, several files at once, relative to the home; lists, stats, renames, removes', async () => {
+    const info = await sbx.files.write('/tmp/e2b/a.txt', 'hello e2b\n');
+    expect(info).toMatchObject({ name: 'a.txt', type: 'file', path: '/tmp/e2b/a.txt' });
+    expect(await sbx.files.read('/tmp/e2b/a.txt')).toBe('hello e2b\n');
+    const bytes = new Uint8Array(Array.from({ length: 256 }, (_, i) => i));
+    await sbx.files.write('/tmp/e2b/b.bin', bytes.buffer);
+    expect(new Uint8Array(await sbx.files.read('/tmp/e2b/b.bin', { format: 'bytes' }))).toEqual(bytes);
+    const many = await sbx.files.write([
+      { path: '/tmp/e2b/many/1.txt', data: 'one' },
+      { path: '/tmp/e2b/many/2.txt', data: 'two' },
+    ]);
+    expect(many.map((f) => f.path)).toEqual(['/tmp/e2b/many/1.txt', '/tmp/e2b/many/2.txt']);
+    // Relative paths start at the user's home (root's here).
+    await sbx.files.write('rel.txt', 'relative');
+    expect((await sbx.commands.run('cat /root/rel.txt')).stdout).toBe('relative');
+    await expect(sbx.files.read('')).rejects.toThrow(/path/);
+
+    const listed = await sbx.files.list('/tmp/e2b');
+    expect(listed.map((e) => e.name).sort()).toEqual(['a.txt', 'b.bin', 'many']);
+    expect(listed.find((e) => e.name === 'many')).toMatchObject({ type: 'dir' });
+    expect((await sbx.files.list('/tmp/e2b', { depth: 2 })).map((e) => e.path)).toContain('/tmp/e2b/many/2.txt');
+    const stat = await sbx.files.getInfo('/tmp/e2b/a.txt');
+    expect(stat).toMatchObject({ name: 'a.txt', type: 'file', size: 10, permissions: '-rw-r--r--' });
+    expect(await sbx.files.exists('/tmp/e2b/a.txt')).toBe(true);
+    expect(await sbx.files.exists('/tmp/e2b/nope')).toBe(false);
+    expect(await sbx.files.makeDir('/tmp/e2b/new/deeper')).toBe(true);
+    expect(await sbx.files.makeDir('/tmp/e2b/new/deeper')).toBe(false);
+    const moved = await sbx.files.rename('/tmp/e2b/a.txt', '/tmp/e2b/new/a.txt');
+    expect(moved).toMatchObject({ path: '/tmp/e2b/new/a.txt', type: 'file' });
+    await sbx.files.remove('/tmp/e2b/new');
+    expect(await sbx.files.exists('/tmp/e2b/new')).toBe(false);
+    await sbx.files.remove('/tmp/e2b/never-was');
+    await expect(sbx.files.read('/tmp/e2b/new/a.txt')).rejects.toBeInstanceOf(FileNotFoundError);
+    await expect(sbx.files.getInfo('/tmp/e2b/nope')).rejects.toBeInstanceOf(FileNotFoundError);
   });
 });

@@ -1,8 +1,12 @@
-import { isRoostError } from '@roost/api';
+import { isRoostError, RoostError, type SandboxApi } from '@roost/api';
 import type { Context } from 'hono';
 import type { DaemonRuntime } from '../daemon-runtime.js';
 import type { RoostHono } from '../route-context.js';
-import { e2bControlRoutes, E2B_TEMPLATE_LABEL } from './control.js';
+import { e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
+import { filesystemCall, readFile, writeFiles } from './files.js';
+
+/** Thrown inside a handler when the sandbox is gone: answered 502, as E2B's edge does. */
+const GONE = new Error('gone');
 import { ConnectStream, readEnvelope, readUnary, unaryError } from './connect.js';
 import { E2bKeys } from './keys.js';
 import { E2bProcesses } from './process.js';
@@ -98,6 +102,46 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
       return fail(e);
     }
   });
+
+  // envd's filesystem service and /files (./files.ts).
+  const envdSandbox = async (c: Context) => control.sandbox(c.req.header('e2b-sandbox-id') ?? '');
+  const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
+  app.post('/filesystem.Filesystem/:method', async (c) => {
+    const method = c.req.param('method')!;
+    try {
+      const sandbox = await envdSandbox(c).catch((e: unknown) => {
+        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
+      });
+      if (method === 'WatchDir') {
+        const stream = new ConnectStream();
+        stream.end(new RoostError('INVALID_ARGUMENT', "watchDir is not served by Roost's E2B face yet"));
+        return stream.response;
+      }
+      return c.json(await filesystemCall(sandbox, method, await readUnary(c.req.raw), basicUser(c.req.header('authorization'))));
+    } catch (e) {
+      return e === GONE ? gone(c) : unaryError(e);
+    }
+  });
+  const files = (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>) => async (c: Context) => {
+    try {
+      const sandbox = await envdSandbox(c).catch((e: unknown) => {
+        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
+      });
+      return await fn(sandbox, c);
+    } catch (e) {
+      if (e === GONE) return gone(c);
+      // envd's HTTP errors: `{ code: <status>, message }`; 404 is the SDK's FileNotFoundError.
+      return e2bError(c, e);
+    }
+  };
+  app.get(
+    '/files',
+    files((sandbox, c) => readFile(sandbox, new URL(c.req.url))),
+  );
+  app.post(
+    '/files',
+    files((sandbox, c) => writeFiles(sandbox, c.req.raw, new URL(c.req.url))),
+  );
 
   return async (c) => {
     const face = e2bFaceOf(c.req.path);
