@@ -67,10 +67,10 @@ export default tseslint.config(
   },
   {
     // Layers: the CLI is a face over core and the client, never over the server's internals.
-    // `roost serve` (cli/src/serve.ts) and `roost mcp` (cli/src/mcp.ts) are the exceptions: those
-    // commands are servers, and starting them is all they take from @roost/server (`serve`, `serveMcpStdio`).
+    // `roost serve` (cli/src/serve.ts), `roost mcp` (cli/src/mcp.ts) and `roost e2b` (cli/src/e2b.ts, the keys of
+    // the E2B face) are the exceptions: they run or manage the server's faces, and take only that from @roost/server.
     files: ['packages/cli/src/**/*.ts'],
-    ignores: ['packages/cli/src/serve.ts', 'packages/cli/src/mcp.ts'],
+    ignores: ['packages/cli/src/serve.ts', 'packages/cli/src/mcp.ts', 'packages/cli/src/e2b.ts'],
     rules: forbidImports(['@roost/server'], 'the CLI never imports @roost/server: use @roost/api (the contract), @roost/core or @roost/client'),
   },
 );

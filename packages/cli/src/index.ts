@@ -23,6 +23,7 @@ import { addCpCommand } from './cp.js';
 import { addDoctorCommand } from './doctor.js';
 import { namingFlag, reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
+import { addE2bCommands } from './e2b.js';
 import { addMcpCommand } from './mcp.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
@@ -372,6 +373,7 @@ export async function main(argv: string[]): Promise<number> {
   addPortCommands(program, withFace);
   addServeCommand(program);
   addMcpCommand(program, withFace);
+  addE2bCommands(program);
   addDoctorCommand(
     program,
     (o) => runDoctor({ ...hostOption(), ...o }),

@@ -6,6 +6,7 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
 import { doctorRoutes } from './doctor.js';
+import { e2bFaceOf, e2bRoutes } from './e2b/index.js';
 import { eventRoutes } from './events.js';
 import { execRoutes } from './exec.js';
 import { ExecRegistry } from './exec-registry.js';
@@ -110,7 +111,13 @@ export function createApp(options: AppOptions): RoostHono {
 
   // Auth first: nothing, not even a 404, is answered to a caller without the token.
   const expected = options.token === null ? null : digest(options.token);
+  // E2B's face (./e2b) authenticates its own way: X-API-KEY, or a sandbox's access token.
+  let e2bAuth: ((c: Context<RoostEnv>) => Promise<boolean>) | null = null;
   app.use('*', async (c, next) => {
+    if (e2bAuth && e2bFaceOf(c.req.path)) {
+      if (await e2bAuth(c)) return next();
+      return c.json({ code: 401, message: 'Invalid API key or access token: make a key with `roost e2b key create`' }, 401);
+    }
     if (expected === null) return next();
     const header = c.req.header('authorization') ?? '';
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
@@ -157,7 +164,9 @@ export function createApp(options: AppOptions): RoostHono {
   // JSON bodies are bounded (413, naming the limit); a command's stdin and file contents stream through their own routes.
   const limit = bodyLimit({ maxSize: MAX_JSON_BODY, onError: (c) => errorResponse(c, bodyTooLarge(), 413) });
   // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
-  const rawBody = (method: string, path: string) => STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path));
+  // And E2B's /files uploads (bounded by the E2B face itself).
+  const rawBody = (method: string, path: string) =>
+    STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path)) || (method === 'POST' && path === '/files');
   app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));
 
   app.get('/v1/health', (c) =>
@@ -175,6 +184,9 @@ export function createApp(options: AppOptions): RoostHono {
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
   doctorRoutes(app, ctx);
+
+  // E2B's control plane and envd (./e2b), for E2B's SDK unchanged.
+  e2bAuth = e2bRoutes(app, options.runtime);
 
   // MCP over Streamable HTTP (docs/mcp.md): the SDK's transport answers, behind the same token.
   const mcp = new McpHttpSessions(options.runtime, { version: options.version, shutdown, ...(options.mcp ? { settings: options.mcp } : {}) });

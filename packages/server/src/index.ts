@@ -19,3 +19,4 @@ export { createMcpServer, listTools, type McpServerOptions } from './mcp/server.
 export { McpSession, type McpRuntime } from './mcp/session.js';
 export { McpHttpSessions } from './mcp/http.js';
 export { serveMcpStdio, type McpStdioOptions } from './mcp/stdio.js';
+export { E2bKeys, type E2bKeyInfo } from './e2b/keys.js';

@@ -1,0 +1,268 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import { errorStatus, isRoostError, RoostError, type CreateOptions, type SandboxApi, type SandboxInfo } from '@roost/api';
+import type { Context } from 'hono';
+import { z } from 'zod';
+import type { DaemonRuntime } from '../daemon-runtime.js';
+import type { RoostHono } from '../route-context.js';
+
+/*
+ * E2B's control plane (docs/e2b-wire.md §1) over Roost's runtime: the JSON
+ * API E2B's SDK calls with E2B_API_URL. Sandboxes made here carry the
+ * label E2B_TEMPLATE_LABEL (only they are E2B's to list and touch), their
+ * metadata as labels under E2B_METADATA_PREFIX, and E2B's timeout as a
+ * Roost lifetime. Errors are E2B's `{ code: <status>, message }`: the SDK
+ * reads 404 and 409 from `code`, not from the status.
+ */
+
+/** The label naming the E2B template a sandbox was made from (and marking it as E2B's). */
+export const E2B_TEMPLATE_LABEL = 'e2b.template';
+/** Labels holding E2B metadata: `e2b.metadata/<key>`. */
+export const E2B_METADATA_PREFIX = 'e2b.metadata/';
+/** E2B's default sandbox timeout (s), when create gives none. */
+export const E2B_DEFAULT_TIMEOUT_S = 300;
+/** The longest timeout E2B's API takes (s): 24 hours, as its Pro tier. */
+export const E2B_MAX_TIMEOUT_S = 86_400;
+/**
+ * The envd version Roost's envd face reports. The SDK turns features on by
+ * version (docs/e2b-wire.md §3.5); every one up to this version must be served.
+ */
+export const ENVD_VERSION = '0.6.4';
+
+const timeoutSeconds = z.number().int().positive().max(E2B_MAX_TIMEOUT_S);
+
+/** `POST /v2/sandboxes` (and v1's `POST /sandboxes`): what Roost reads of E2B's NewSandbox. */
+const NewSandboxSchema = z.looseObject({
+  templateID: z.string().min(1),
+  metadata: z.record(z.string(), z.string()).optional(),
+  envVars: z.record(z.string(), z.string()).optional(),
+  timeout: timeoutSeconds.optional(),
+  autoPause: z.boolean().optional(),
+});
+const TimeoutSchema = z.looseObject({ timeout: timeoutSeconds });
+const ConnectSchema = z.looseObject({ timeout: timeoutSeconds.optional() });
+
+/** An E2B error response: `{ code, message }` with the status as its code. */
+export function e2bError(c: Context, err: unknown): Response {
+  const e = isRoostError(err) ? err : new RoostError('INTERNAL', err instanceof Error ? err.message : String(err));
+  const status = errorStatus(e);
+  const res = c.json({ code: status, message: e.message }, status as 400);
+  if (status === 429 || status === 503) res.headers.set('Retry-After', '1');
+  return res;
+}
+
+/** Parses an E2B JSON body; INVALID_ARGUMENT naming the field. */
+async function body<T extends z.ZodType>(c: Context, schema: T, optional = false): Promise<z.infer<T>> {
+  const text = await c.req.text();
+  let value: unknown = {};
+  if (text.trim()) {
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new RoostError('INVALID_ARGUMENT', 'the body is not JSON');
+    }
+  } else if (!optional) throw new RoostError('INVALID_ARGUMENT', 'a JSON body is required');
+  const r = schema.safeParse(value);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw new RoostError('INVALID_ARGUMENT', `${issue.path.join('.') || 'body'}: ${issue.message}`);
+  }
+  return r.data;
+}
+
+/** E2B's state of a Roost sandbox: running or paused; anything else is gone to E2B. */
+function stateOf(info: SandboxInfo): 'running' | 'paused' | null {
+  return info.status === 'running' ? 'running' : info.status === 'paused' ? 'paused' : null;
+}
+
+function metadataOf(info: SandboxInfo): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(info.labels)) if (k.startsWith(E2B_METADATA_PREFIX)) out[k.slice(E2B_METADATA_PREFIX.length)] = v;
+  return out;
+}
+
+/** The E2B face's view of the runtime: its sandboxes only, with E2B's 404 for any other. */
+class E2bControl {
+  /** envd access tokens are an HMAC of the sandbox id under this daemon's secret: nothing to store, nothing to leak. */
+  readonly #secret = randomBytes(32);
+
+  constructor(private readonly runtime: DaemonRuntime) {}
+
+  accessToken(id: string): string {
+    return createHmac('sha256', this.#secret).update(`envd:${id}`).digest('hex');
+  }
+
+  /** A live E2B sandbox by id; NOT_FOUND (E2B's 404) otherwise. */
+  async sandbox(id: string): Promise<SandboxApi> {
+    const notFound = new RoostError('NOT_FOUND', `sandbox ${id} not found`);
+    if (!/^[0-9a-f]{12}$/.test(id)) throw notFound;
+    const sb = await this.runtime.get(id).catch((e: unknown) => {
+      throw isRoostError(e, 'NOT_FOUND') ? notFound : e;
+    });
+    if (!(E2B_TEMPLATE_LABEL in sb.info.labels) || stateOf(sb.info) === null) throw notFound;
+    return sb;
+  }
+
+  /** The `Sandbox` body of create and connect. */
+  sandboxBody(info: SandboxInfo): Record<string, unknown> {
+    return {
+      sandboxID: info.id,
+      templateID: info.labels[E2B_TEMPLATE_LABEL],
+      clientID: 'roost',
+      envdVersion: ENVD_VERSION,
+      envdAccessToken: this.accessToken(info.id),
+      domain: null,
+    };
+  }
+
+  /** The `SandboxDetail` of getInfo, and a `ListedSandbox` of list. */
+  detail(info: SandboxInfo): Record<string, unknown> {
+    return {
+      sandboxID: info.id,
+      templateID: info.labels[E2B_TEMPLATE_LABEL],
+      alias: info.labels[E2B_TEMPLATE_LABEL],
+      clientID: 'roost',
+      metadata: metadataOf(info),
+      startedAt: info.startedAt ?? info.createdAt,
+      // A paused sandbox has no end (Roost clears its lifetime when E2B pauses it).
+      endAt: info.expiresAt ?? new Date(Date.parse(info.createdAt) + E2B_MAX_TIMEOUT_S * 1000).toISOString(),
+      state: stateOf(info),
+      cpuCount: info.cpus,
+      memoryMB: info.memoryMiB,
+      diskSizeMB: info.diskSizeMiB,
+      envdVersion: ENVD_VERSION,
+      domain: null,
+      volumeMounts: [],
+    };
+  }
+
+  /**
+   * The create options of an E2B template name: a Roost template of that
+   * name, else a stored image, else (for `base`) the built-in Linux;
+   * E2B's 404 for anything else.
+   */
+  async source(templateID: string): Promise<Pick<CreateOptions, 'template' | 'image'>> {
+    const exists = (p: Promise<unknown>) =>
+      p.then(
+        () => true,
+        (e: unknown) => (isRoostError(e, 'NOT_FOUND') ? false : Promise.reject(e)),
+      );
+    if (await exists(this.runtime.templates.get(templateID))) return { template: templateID };
+    if (await exists(this.runtime.images.inspect(templateID))) return { image: templateID };
+    if (templateID === 'base') return {};
+    throw new RoostError('NOT_FOUND', `template '${templateID}' not found: make it with \`roost template create\`, or pull an image of that name`);
+  }
+}
+
+/** Registers E2B's control-plane routes (behind X-API-KEY: see app.ts). */
+export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bControl {
+  const control = new E2bControl(runtime);
+  const route = (fn: (c: Context) => Promise<Response>) => async (c: Context) => fn(c).catch((e: unknown) => e2bError(c, e));
+
+  const create = route(async (c) => {
+    const req = await body(c, NewSandboxSchema);
+    const labels: Record<string, string> = { [E2B_TEMPLATE_LABEL]: req.templateID };
+    for (const [k, v] of Object.entries(req.metadata ?? {})) labels[`${E2B_METADATA_PREFIX}${k}`] = v;
+    const sb = await runtime.create({
+      ...(await control.source(req.templateID)),
+      labels,
+      ...(req.envVars ? { env: req.envVars } : {}),
+      // E2B's timeout is the sandbox's lifetime: killed (removed) at its end, or paused with autoPause.
+      lifetimeMs: (req.timeout ?? E2B_DEFAULT_TIMEOUT_S) * 1000,
+      onExpiry: req.autoPause ? 'pause' : 'remove',
+      // E2B's sandboxes outlive the client that made them.
+      detached: true,
+    });
+    return c.json(control.sandboxBody(sb.info), 201);
+  });
+  app.post('/v2/sandboxes', create);
+  app.post('/sandboxes', create);
+
+  app.get(
+    '/sandboxes/:id',
+    route(async (c) => c.json(control.detail((await control.sandbox(c.req.param('id')!)).info))),
+  );
+
+  app.delete(
+    '/sandboxes/:id',
+    route(async (c) => {
+      await (await control.sandbox(c.req.param('id')!)).remove({ force: true });
+      return c.body(null, 204);
+    }),
+  );
+
+  app.post(
+    '/sandboxes/:id/timeout',
+    route(async (c) => {
+      const req = await body(c, TimeoutSchema);
+      const sb = await control.sandbox(c.req.param('id')!);
+      await sb.setLifetime(req.timeout * 1000);
+      return c.body(null, 204);
+    }),
+  );
+
+  app.post(
+    '/sandboxes/:id/pause',
+    route(async (c) => {
+      await body(c, z.looseObject({ memory: z.boolean().optional() }), true);
+      const sb = await control.sandbox(c.req.param('id')!);
+      if (sb.status === 'paused') throw new RoostError('INVALID_STATE', `sandbox ${sb.id} is already paused`);
+      await sb.pause();
+      // A paused E2B sandbox stays until it is connected to again (or killed): no end while it sleeps.
+      await sb.setLifetime(null);
+      return c.body(null, 204);
+    }),
+  );
+
+  const connect = route(async (c) => {
+    const req = await body(c, ConnectSchema, true);
+    const sb = await control.sandbox(c.req.param('id')!);
+    const resumed = sb.status === 'paused';
+    if (resumed) await sb.resume();
+    // Connecting extends the timeout, never shortens it.
+    const info = await sb.setLifetime((req.timeout ?? E2B_DEFAULT_TIMEOUT_S) * 1000, { extendOnly: true });
+    return c.json(control.sandboxBody(info), resumed ? 201 : 200);
+  });
+  app.post('/v2/sandboxes/:id/connect', connect);
+  app.post('/sandboxes/:id/connect', connect);
+
+  const list = route(async (c) => {
+    const q = c.req.query();
+    const states = (q.state ?? 'running,paused').split(',').filter(Boolean);
+    for (const s of states) if (s !== 'running' && s !== 'paused') throw new RoostError('INVALID_ARGUMENT', `state: '${s}' is not running or paused`);
+    const limit = q.limit === undefined ? 100 : Number(q.limit);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000)
+      throw new RoostError('INVALID_ARGUMENT', `limit: a whole number from 1 to 1000, not ${q.limit}`);
+    const metadata = parseMetadataQuery(q.metadata);
+    const labels = [E2B_TEMPLATE_LABEL, ...Object.entries(metadata).map(([k, v]) => `${E2B_METADATA_PREFIX}${k}=${v}`)];
+    const all = (await runtime.list({ labels })).filter((i) => states.includes(stateOf(i) ?? ''));
+    // Newest first (as runtime.list); the token is the last id of the page before.
+    const start = q.nextToken ? all.findIndex((i) => i.id === q.nextToken) + 1 : 0;
+    if (q.nextToken && start === 0) throw new RoostError('INVALID_ARGUMENT', 'nextToken: not a token this list gave (its sandbox is gone: list again)');
+    const page = all.slice(start, start + limit);
+    const res = c.json(page.map((i) => control.detail(i)));
+    if (start + limit < all.length && page.length > 0) res.headers.set('X-Next-Token', page[page.length - 1]!.id);
+    return res;
+  });
+  app.get('/v2/sandboxes', list);
+  app.get('/sandboxes', list);
+
+  return control;
+}
+
+/**
+ * E2B's list `metadata` query: `k=v&k2=v2` with each key and value
+ * URL-encoded by the SDK before the whole was encoded again (one decoding
+ * is done by the query parser).
+ */
+export function parseMetadataQuery(text: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!text) return out;
+  for (const [k, v] of new URLSearchParams(text)) {
+    try {
+      out[decodeURIComponent(k)] = decodeURIComponent(v);
+    } catch {
+      throw new RoostError('INVALID_ARGUMENT', `metadata: '${k}' is not URL-encoded`);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,177 @@
+import { posix } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { isRoostError, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
+import { z } from 'zod';
+import { parseMessage } from './process.js';
+
+/*
+ * envd's `filesystem.Filesystem` service (unary calls; WatchDir is not
+ * served yet) and its `/files` endpoint (docs/e2b-wire.md §2.5, §3.3-3.4)
+ * over Roost's file operations. Relative paths resolve against the user's
+ * home, as in E2B: /root for root, /home/<user> for another user.
+ */
+
+/**
+ * The most one `/files` upload may carry (and, gunzipped, hold). Uploads are
+ * read whole before they are written (streaming them into the guest is
+ * still to do), so they are bounded here.
+ */
+export const MAX_E2B_UPLOAD_BYTES = 256 * 1024 * 1024;
+
+const PathSchema = z.looseObject({ path: z.string().min(1) });
+const ListDirSchema = PathSchema.extend({ depth: z.number().int().min(0).max(64).optional() });
+const MoveSchema = z.looseObject({ source: z.string().min(1), destination: z.string().min(1) });
+
+/** The home of an E2B user: where relative paths start. */
+function homeOf(user: string | undefined): string {
+  return !user || user === 'root' ? '/root' : `/home/${user}`;
+}
+
+/** An E2B path (absolute, or relative to the user's home) as a guest path. */
+export function guestPath(path: string, user: string | undefined): string {
+  return posix.resolve(homeOf(user), path);
+}
+
+const FILE_TYPE: Record<EntryInfo['type'], string> = {
+  file: 'FILE_TYPE_FILE',
+  dir: 'FILE_TYPE_DIRECTORY',
+  symlink: 'FILE_TYPE_SYMLINK',
+  other: 'FILE_TYPE_UNSPECIFIED',
+};
+
+/** `ls -l`'s permission string of an entry, e.g. `-rw-r--r--`. */
+export function permissions(type: EntryInfo['type'], mode: number): string {
+  const kind = type === 'dir' ? 'd' : type === 'symlink' ? 'l' : '-';
+  let out = kind;
+  for (const shift of [6, 3, 0]) {
+    const bits = (mode >> shift) & 7;
+    out += (bits & 4 ? 'r' : '-') + (bits & 2 ? 'w' : '-') + (bits & 1 ? 'x' : '-');
+  }
+  return out;
+}
+
+/** A Roost entry as envd's EntryInfo (owner and group as numeric ids: Roost's entries carry no names). */
+export function entryInfo(e: EntryInfo): Record<string, unknown> {
+  return {
+    name: e.name,
+    type: FILE_TYPE[e.type],
+    path: e.path,
+    size: String(e.size),
+    mode: e.mode,
+    permissions: permissions(e.type, e.mode),
+    owner: e.uid === 0 ? 'root' : String(e.uid),
+    group: e.gid === 0 ? 'root' : String(e.gid),
+    modifiedTime: e.mtime,
+    ...(e.symlinkTarget !== undefined ? { symlinkTarget: e.symlinkTarget } : {}),
+  };
+}
+
+/** Runs one unary Filesystem RPC. */
+export async function filesystemCall(sandbox: SandboxApi, method: string, message: unknown, user: string | undefined): Promise<object> {
+  const files = sandbox.files;
+  const as = user ? { user } : {};
+  switch (method) {
+    case 'Stat': {
+      const req = parseMessage(PathSchema, message);
+      return { entry: entryInfo(await files.stat(guestPath(req.path, user), as)) };
+    }
+    case 'ListDir': {
+      const req = parseMessage(ListDirSchema, message);
+      const entries = await files.list(guestPath(req.path, user), { ...as, depth: Math.max(1, req.depth ?? 1) });
+      return { entries: entries.map(entryInfo) };
+    }
+    case 'MakeDir': {
+      const req = parseMessage(PathSchema, message);
+      const path = guestPath(req.path, user);
+      if (!(await files.makeDir(path, as))) throw new RoostError('ALREADY_EXISTS', `directory ${path} already exists`);
+      return { entry: entryInfo(await files.stat(path, as)) };
+    }
+    case 'Move': {
+      const req = parseMessage(MoveSchema, message);
+      return { entry: entryInfo(await files.rename(guestPath(req.source, user), guestPath(req.destination, user), as)) };
+    }
+    case 'Remove': {
+      const req = parseMessage(PathSchema, message);
+      // envd's Remove succeeds when the path is already gone.
+      await files.remove(guestPath(req.path, user), { ...as, recursive: true }).catch((e: unknown) => {
+        if (!isRoostError(e, 'NOT_FOUND')) throw e;
+      });
+      return {};
+    }
+    default:
+      throw new RoostError('INVALID_ARGUMENT', `filesystem.Filesystem/${method} is not served by Roost's E2B face`);
+  }
+}
+
+/** `GET /files?path=&username=`: a file's bytes. */
+export async function readFile(sandbox: SandboxApi, url: URL): Promise<Response> {
+  const user = url.searchParams.get('username') || undefined;
+  const path = url.searchParams.get('path');
+  if (!path) throw new RoostError('INVALID_ARGUMENT', 'path: required');
+  const bytes = await sandbox.files.read(guestPath(path, user), { format: 'bytes', ...(user ? { user } : {}) });
+  return new Response(bytes, { status: 200, headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) } });
+}
+
+/** `POST /files`: multipart (one `file` part per file, named by its full path) or one octet-stream body (gzip too). */
+export async function writeFiles(sandbox: SandboxApi, req: Request, url: URL): Promise<Response> {
+  const user = url.searchParams.get('username') || undefined;
+  const queryPath = url.searchParams.get('path') || undefined;
+  const as = user ? { user } : {};
+  const type = req.headers.get('content-type') ?? '';
+  const length = Number(req.headers.get('content-length') ?? NaN);
+  if (length > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
+  const written: { name: string; type: 'file'; path: string }[] = [];
+  const write = async (path: string, data: Uint8Array) => {
+    const info = await sandbox.files.write(guestPath(path, user), data, as);
+    written.push({ name: info.name, type: 'file', path: info.path });
+  };
+  if (type.startsWith('multipart/form-data')) {
+    const form = await req.formData();
+    const parts = form.getAll('file');
+    if (parts.length === 0) throw new RoostError('INVALID_ARGUMENT', 'no `file` part in the form');
+    const seen = new Set<string>();
+    for (const part of parts) {
+      if (typeof part === 'string') throw new RoostError('INVALID_ARGUMENT', 'a `file` part is not a file');
+      // One file: the query names it; several: each part's file name is its full path.
+      const path = parts.length === 1 && queryPath ? queryPath : part.name;
+      if (!path) throw new RoostError('INVALID_ARGUMENT', 'a `file` part has no file name (its destination path)');
+      if (seen.has(path)) throw new RoostError('INVALID_ARGUMENT', `${path} is given twice`);
+      seen.add(path);
+      await write(path, new Uint8Array(await part.arrayBuffer()));
+    }
+  } else if (type.startsWith('application/octet-stream') || type === '') {
+    if (!queryPath) throw new RoostError('INVALID_ARGUMENT', 'path: required for an octet-stream upload');
+    let data = await readBounded(req);
+    if ((req.headers.get('content-encoding') ?? '').toLowerCase() === 'gzip') {
+      try {
+        data = gunzipSync(data, { maxOutputLength: MAX_E2B_UPLOAD_BYTES });
+      } catch (e) {
+        throw (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE'
+          ? tooLarge()
+          : new RoostError('INVALID_ARGUMENT', `the body is not gzip: ${(e as Error).message}`);
+      }
+    }
+    await write(queryPath, data);
+  } else {
+    throw new RoostError('INVALID_ARGUMENT', `Content-Type ${type} is not multipart/form-data or application/octet-stream`);
+  }
+  return Response.json(written);
+}
+
+function tooLarge(): RoostError {
+  return new RoostError('RESOURCE_EXHAUSTED', `an upload through E2B's /files may carry at most ${MAX_E2B_UPLOAD_BYTES} bytes`, {
+    details: { maxBytes: MAX_E2B_UPLOAD_BYTES },
+  });
+}
+
+/** The request body, refused past MAX_E2B_UPLOAD_BYTES as it arrives. */
+async function readBounded(req: Request): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of req.body ?? []) {
+    total += chunk.byteLength;
+    if (total > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,156 @@
+import { isRoostError, RoostError, type SandboxApi } from '@roost/api';
+import type { Context } from 'hono';
+import type { DaemonRuntime } from '../daemon-runtime.js';
+import type { RoostHono } from '../route-context.js';
+import { e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
+import { filesystemCall, readFile, writeFiles } from './files.js';
+
+/** Thrown inside a handler when the sandbox is gone: answered 502, as E2B's edge does. */
+const GONE = new Error('gone');
+import { ConnectStream, readEnvelope, readUnary, unaryError } from './connect.js';
+import { E2bKeys } from './keys.js';
+import { E2bProcesses } from './process.js';
+
+/** The user of an envd request: `Authorization: Basic base64(user:)`, as E2B's SDK sends it. */
+export function basicUser(header: string | undefined): string | undefined {
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header ?? '');
+  if (!m) return undefined;
+  const user = Buffer.from(m[1]!, 'base64').toString('utf8').split(':')[0];
+  return user || undefined;
+}
+
+/*
+ * The E2B face (issue 18; docs/e2b-wire.md): E2B's control plane and, on
+ * the same listener, its in-sandbox daemon ("envd"), routed by the
+ * E2b-Sandbox-Id header, so that E2B's SDK, unchanged, drives Roost with
+ * E2B_API_URL and E2B_SANDBOX_URL set to the daemon's TCP address.
+ * Built so far: the control plane, envd's /health and its process service
+ * (no PTYs); the filesystem service and /files are not built yet.
+ */
+
+/** Paths of E2B's control plane (authenticated with X-API-KEY). */
+const CONTROL_PATH = /^\/(v2\/)?sandboxes(\/|$)/;
+/** Paths of envd (authenticated with the sandbox's X-Access-Token, /health with none). */
+const ENVD_PATH = /^\/(health|files|envs|process\.Process\/[A-Za-z]+|filesystem\.Filesystem\/[A-Za-z]+)$/;
+
+/** Which face a request is for: E2B's control plane, envd, or Roost's own API. */
+export function e2bFaceOf(path: string): 'control' | 'envd' | null {
+  if (CONTROL_PATH.test(path)) return 'control';
+  if (ENVD_PATH.test(path)) return 'envd';
+  return null;
+}
+
+/** Registers the E2B face; returns the check of a request's E2B credentials (for the app's auth). */
+export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) => Promise<boolean> {
+  // Made on first use: registering the routes touches no runtime (the OpenAPI test lists them with none).
+  let keys: E2bKeys | undefined;
+  const control = e2bControlRoutes(app, runtime);
+
+  // envd's liveness: 204 while the sandbox runs, 502 (E2B's edge for a dead sandbox) otherwise.
+  app.get('/health', async (c) => {
+    const id = c.req.header('e2b-sandbox-id') ?? '';
+    const alive = await control.sandbox(id).then(
+      (sb) => sb.status === 'running' || sb.status === 'paused',
+      () => false,
+    );
+    return alive ? c.body(null, 204) : c.json({ code: 502, message: 'The sandbox was not found' }, 502);
+  });
+
+  // envd's process service (./process.ts), over Connect (./connect.ts).
+  const processes = new E2bProcesses();
+  const hasBash = new Map<string, Promise<boolean>>();
+  app.post('/process.Process/:method', async (c) => {
+    const method = c.req.param('method');
+    const streaming = method === 'Start' || method === 'Connect';
+    const fail = (e: unknown) => {
+      if (!streaming) return unaryError(e);
+      const stream = new ConnectStream();
+      stream.end(e);
+      return stream.response;
+    };
+    const id = c.req.header('e2b-sandbox-id') ?? '';
+    let sandbox;
+    try {
+      sandbox = await control.sandbox(id);
+    } catch (e) {
+      // E2B's edge answers 502 for a sandbox that is gone: the SDK reads it as "killed or timed out".
+      if (isRoostError(e, 'NOT_FOUND')) return c.json({ code: 502, message: 'The sandbox was not found' }, 502);
+      return fail(e);
+    }
+    try {
+      if (method === 'Start') {
+        const message = await readEnvelope(c.req.raw);
+        let bash = hasBash.get(sandbox.id);
+        if (!bash) hasBash.set(sandbox.id, (bash = sandbox.files.exists('/bin/bash')));
+        const timeoutMs = Number(c.req.header('connect-timeout-ms') ?? 0);
+        const keepaliveS = Number(c.req.header('keepalive-ping-interval') ?? 0);
+        return await processes.start(sandbox, message, {
+          user: basicUser(c.req.header('authorization')),
+          timeoutMs: Number.isSafeInteger(timeoutMs) && timeoutMs > 0 ? timeoutMs : undefined,
+          keepaliveMs: Number.isFinite(keepaliveS) && keepaliveS > 0 ? keepaliveS * 1000 : undefined,
+          hasBash: await bash,
+        });
+      }
+      if (method === 'Connect') return processes.connect(sandbox, await readEnvelope(c.req.raw));
+      const message = await readUnary(c.req.raw);
+      if (method === 'List') return c.json(processes.list(sandbox));
+      if (method === 'SendSignal') return c.json(processes.signal(sandbox, message));
+      if (method === 'SendInput') return c.json(await processes.input(sandbox, message));
+      if (method === 'CloseStdin') return c.json(processes.closeStdin(sandbox, message));
+      return c.json({ code: 'unimplemented', message: `process.Process/${method} is not served by Roost's E2B face` }, 501);
+    } catch (e) {
+      return fail(e);
+    }
+  });
+
+  // envd's filesystem service and /files (./files.ts).
+  const envdSandbox = async (c: Context) => control.sandbox(c.req.header('e2b-sandbox-id') ?? '');
+  const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
+  app.post('/filesystem.Filesystem/:method', async (c) => {
+    const method = c.req.param('method')!;
+    try {
+      const sandbox = await envdSandbox(c).catch((e: unknown) => {
+        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
+      });
+      if (method === 'WatchDir') {
+        const stream = new ConnectStream();
+        stream.end(new RoostError('INVALID_ARGUMENT', "watchDir is not served by Roost's E2B face yet"));
+        return stream.response;
+      }
+      return c.json(await filesystemCall(sandbox, method, await readUnary(c.req.raw), basicUser(c.req.header('authorization'))));
+    } catch (e) {
+      return e === GONE ? gone(c) : unaryError(e);
+    }
+  });
+  const files = (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>) => async (c: Context) => {
+    try {
+      const sandbox = await envdSandbox(c).catch((e: unknown) => {
+        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
+      });
+      return await fn(sandbox, c);
+    } catch (e) {
+      if (e === GONE) return gone(c);
+      // envd's HTTP errors: `{ code: <status>, message }`; 404 is the SDK's FileNotFoundError.
+      return e2bError(c, e);
+    }
+  };
+  app.get(
+    '/files',
+    files((sandbox, c) => readFile(sandbox, new URL(c.req.url))),
+  );
+  app.post(
+    '/files',
+    files((sandbox, c) => writeFiles(sandbox, c.req.raw, new URL(c.req.url))),
+  );
+
+  return async (c) => {
+    const face = e2bFaceOf(c.req.path);
+    if (face === 'control') return (keys ??= new E2bKeys(runtime.home)).verify(c.req.header('x-api-key'));
+    if (c.req.path === '/health') return true;
+    const id = c.req.header('e2b-sandbox-id');
+    const token = c.req.header('x-access-token');
+    return !!id && !!token && /^[0-9a-f]{12}$/.test(id) && token === control.accessToken(id);
+  };
+}
+
+export { E2bKeys, E2B_TEMPLATE_LABEL };
