@@ -140,6 +140,18 @@ describe('E2B commands (envd process service)', () => {
     expect(await sbx.commands.kill(sleeper.pid)).toBe(false);
   });
 
+  it('connects to a running process by pid and sees its output from then on; runs as the user asked', async () => {
+    const bg = await sbx.commands.run('sleep 0.5; echo late; exit 4', { background: true });
+    const again = await sbx.commands.connect(bg.pid);
+    const err = await again.wait().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ exitCode: 4, stdout: 'late\n' });
+    expect((await sbx.commands.run('id -u', { user: 'nobody' })).stdout.trim()).not.toBe('0');
+    await expect(sbx.commands.connect(999_999)).rejects.toThrow(/not found/);
+  });
+
   it('a command past its timeout is killed, as E2B does', async () => {
     const started = Date.now();
     await expect(sbx.commands.run('sleep 30', { timeoutMs: 500 })).rejects.toBeInstanceOf(TimeoutError);
