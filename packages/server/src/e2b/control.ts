@@ -3,6 +3,7 @@ import { errorStatus, isRoostError, RoostError, type CreateOptions, type Sandbox
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { DaemonRuntime } from '../daemon-runtime.js';
+import { parseJsonBody } from '../http.js';
 import type { RoostHono } from '../route-context.js';
 
 /*
@@ -48,25 +49,6 @@ export function e2bError(c: Context, err: unknown): Response {
   const res = c.json({ code: status, message: e.message }, status as 400);
   if (status === 429 || status === 503) res.headers.set('Retry-After', '1');
   return res;
-}
-
-/** Parses an E2B JSON body; INVALID_ARGUMENT naming the field. */
-async function body<T extends z.ZodType>(c: Context, schema: T, optional = false): Promise<z.infer<T>> {
-  const text = await c.req.text();
-  let value: unknown = {};
-  if (text.trim()) {
-    try {
-      value = JSON.parse(text);
-    } catch {
-      throw new RoostError('INVALID_ARGUMENT', 'the body is not JSON');
-    }
-  } else if (!optional) throw new RoostError('INVALID_ARGUMENT', 'a JSON body is required');
-  const r = schema.safeParse(value);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    throw new RoostError('INVALID_ARGUMENT', `${issue.path.join('.') || 'body'}: ${issue.message}`);
-  }
-  return r.data;
 }
 
 /** E2B's state of a Roost sandbox: running or paused; anything else is gone to E2B. */
@@ -159,7 +141,7 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
   const route = (fn: (c: Context) => Promise<Response>) => async (c: Context) => fn(c).catch((e: unknown) => e2bError(c, e));
 
   const create = route(async (c) => {
-    const req = await body(c, NewSandboxSchema);
+    const req = await parseJsonBody(c, NewSandboxSchema);
     const labels: Record<string, string> = { [E2B_TEMPLATE_LABEL]: req.templateID };
     for (const [k, v] of Object.entries(req.metadata ?? {})) labels[`${E2B_METADATA_PREFIX}${k}`] = v;
     const sb = await runtime.create({
@@ -193,7 +175,7 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
   app.post(
     '/sandboxes/:id/timeout',
     route(async (c) => {
-      const req = await body(c, TimeoutSchema);
+      const req = await parseJsonBody(c, TimeoutSchema);
       const sb = await control.sandbox(c.req.param('id')!);
       await sb.setLifetime(req.timeout * 1000);
       return c.body(null, 204);
@@ -203,7 +185,7 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
   app.post(
     '/sandboxes/:id/pause',
     route(async (c) => {
-      await body(c, z.looseObject({ memory: z.boolean().optional() }), true);
+      await parseJsonBody(c, z.looseObject({ memory: z.boolean().optional() }));
       const sb = await control.sandbox(c.req.param('id')!);
       if (sb.status === 'paused') throw new RoostError('INVALID_STATE', `sandbox ${sb.id} is already paused`);
       await sb.pause();
@@ -214,7 +196,7 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
   );
 
   const connect = route(async (c) => {
-    const req = await body(c, ConnectSchema, true);
+    const req = await parseJsonBody(c, ConnectSchema);
     const sb = await control.sandbox(c.req.param('id')!);
     const resumed = sb.status === 'paused';
     if (resumed) await sb.resume();

@@ -1,8 +1,7 @@
 import { posix } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { isRoostError, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
+import { isRoostError, parseInput, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
 import { z } from 'zod';
-import { parseMessage } from './process.js';
 
 /*
  * envd's `filesystem.Filesystem` service (unary calls; WatchDir is not
@@ -72,26 +71,26 @@ export async function filesystemCall(sandbox: SandboxApi, method: string, messag
   const as = user ? { user } : {};
   switch (method) {
     case 'Stat': {
-      const req = parseMessage(PathSchema, message);
+      const req = parseInput(PathSchema, message, 'request');
       return { entry: entryInfo(await files.stat(guestPath(req.path, user), as)) };
     }
     case 'ListDir': {
-      const req = parseMessage(ListDirSchema, message);
+      const req = parseInput(ListDirSchema, message, 'request');
       const entries = await files.list(guestPath(req.path, user), { ...as, depth: Math.max(1, req.depth ?? 1) });
       return { entries: entries.map(entryInfo) };
     }
     case 'MakeDir': {
-      const req = parseMessage(PathSchema, message);
+      const req = parseInput(PathSchema, message, 'request');
       const path = guestPath(req.path, user);
       if (!(await files.makeDir(path, as))) throw new RoostError('ALREADY_EXISTS', `directory ${path} already exists`);
       return { entry: entryInfo(await files.stat(path, as)) };
     }
     case 'Move': {
-      const req = parseMessage(MoveSchema, message);
+      const req = parseInput(MoveSchema, message, 'request');
       return { entry: entryInfo(await files.rename(guestPath(req.source, user), guestPath(req.destination, user), as)) };
     }
     case 'Remove': {
-      const req = parseMessage(PathSchema, message);
+      const req = parseInput(PathSchema, message, 'request');
       // envd's Remove succeeds when the path is already gone.
       await files.remove(guestPath(req.path, user), { ...as, recursive: true }).catch((e: unknown) => {
         if (!isRoostError(e, 'NOT_FOUND')) throw e;

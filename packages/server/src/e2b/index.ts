@@ -5,8 +5,6 @@ import type { RoostHono } from '../route-context.js';
 import { e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
 import { filesystemCall, readFile, writeFiles } from './files.js';
 
-/** Thrown inside a handler when the sandbox is gone: answered 502, as E2B's edge does. */
-const GONE = new Error('gone');
 import { ConnectStream, readEnvelope, readUnary, unaryError } from './connect.js';
 import { E2bKeys } from './keys.js';
 import { E2bProcesses } from './process.js';
@@ -46,94 +44,91 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
   let keys: E2bKeys | undefined;
   const control = e2bControlRoutes(app, runtime);
 
-  // envd's liveness: 204 while the sandbox runs, 502 (E2B's edge for a dead sandbox) otherwise.
-  app.get('/health', async (c) => {
-    const id = c.req.header('e2b-sandbox-id') ?? '';
-    const alive = await control.sandbox(id).then(
-      (sb) => sb.status === 'running' || sb.status === 'paused',
-      () => false,
-    );
-    return alive ? c.body(null, 204) : c.json({ code: 502, message: 'The sandbox was not found' }, 502);
-  });
+  /** E2B's edge answers 502 for a sandbox that is gone: the SDK reads it as "killed or timed out". */
+  const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
+  /**
+   * An envd route: the sandbox named by E2b-Sandbox-Id (gone: 502), then
+   * `fn`; its failures answered by `fail` in the route's own error shape.
+   */
+  const envd =
+    (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>, fail: (e: unknown, c: Context) => Response) =>
+    async (c: Context): Promise<Response> => {
+      let sandbox: SandboxApi;
+      try {
+        sandbox = await control.sandbox(c.req.header('e2b-sandbox-id') ?? '');
+      } catch (e) {
+        return isRoostError(e, 'NOT_FOUND') ? gone(c) : fail(e, c);
+      }
+      try {
+        return await fn(sandbox, c);
+      } catch (e) {
+        return fail(e, c);
+      }
+    };
+  /** A streaming call's failure: an end-stream envelope carrying the error. */
+  const streamError = (e: unknown) => {
+    const stream = new ConnectStream();
+    stream.end(e);
+    return stream.response;
+  };
+
+  // envd's liveness: 204 while the sandbox runs, 502 otherwise.
+  app.get(
+    '/health',
+    envd(
+      async (sb, c) => (sb.status === 'running' || sb.status === 'paused' ? c.body(null, 204) : gone(c)),
+      (_e, c) => gone(c),
+    ),
+  );
 
   // envd's process service (./process.ts), over Connect (./connect.ts).
   const processes = new E2bProcesses();
   const hasBash = new Map<string, Promise<boolean>>();
-  app.post('/process.Process/:method', async (c) => {
-    const method = c.req.param('method');
-    const streaming = method === 'Start' || method === 'Connect';
-    const fail = (e: unknown) => {
-      if (!streaming) return unaryError(e);
-      const stream = new ConnectStream();
-      stream.end(e);
-      return stream.response;
-    };
-    const id = c.req.header('e2b-sandbox-id') ?? '';
-    let sandbox;
-    try {
-      sandbox = await control.sandbox(id);
-    } catch (e) {
-      // E2B's edge answers 502 for a sandbox that is gone: the SDK reads it as "killed or timed out".
-      if (isRoostError(e, 'NOT_FOUND')) return c.json({ code: 502, message: 'The sandbox was not found' }, 502);
-      return fail(e);
-    }
-    try {
-      if (method === 'Start') {
-        const message = await readEnvelope(c.req.raw);
-        let bash = hasBash.get(sandbox.id);
-        if (!bash) hasBash.set(sandbox.id, (bash = sandbox.files.exists('/bin/bash')));
-        const timeoutMs = Number(c.req.header('connect-timeout-ms') ?? 0);
-        const keepaliveS = Number(c.req.header('keepalive-ping-interval') ?? 0);
-        return await processes.start(sandbox, message, {
-          user: basicUser(c.req.header('authorization')),
-          timeoutMs: Number.isSafeInteger(timeoutMs) && timeoutMs > 0 ? timeoutMs : undefined,
-          keepaliveMs: Number.isFinite(keepaliveS) && keepaliveS > 0 ? keepaliveS * 1000 : undefined,
-          hasBash: await bash,
-        });
-      }
-      if (method === 'Connect') return processes.connect(sandbox, await readEnvelope(c.req.raw));
-      const message = await readUnary(c.req.raw);
-      if (method === 'List') return c.json(processes.list(sandbox));
-      if (method === 'SendSignal') return c.json(processes.signal(sandbox, message));
-      if (method === 'SendInput') return c.json(await processes.input(sandbox, message));
-      if (method === 'CloseStdin') return c.json(processes.closeStdin(sandbox, message));
-      return c.json({ code: 'unimplemented', message: `process.Process/${method} is not served by Roost's E2B face` }, 501);
-    } catch (e) {
-      return fail(e);
-    }
-  });
+  const isStreaming = (c: Context) => ['Start', 'Connect'].includes(c.req.param('method') ?? '');
+  app.post(
+    '/process.Process/:method',
+    envd(
+      async (sandbox, c) => {
+        const method = c.req.param('method');
+        if (method === 'Start') {
+          const message = await readEnvelope(c.req.raw);
+          let bash = hasBash.get(sandbox.id);
+          if (!bash) hasBash.set(sandbox.id, (bash = sandbox.files.exists('/bin/bash')));
+          const timeoutMs = Number(c.req.header('connect-timeout-ms') ?? 0);
+          const keepaliveS = Number(c.req.header('keepalive-ping-interval') ?? 0);
+          return processes.start(sandbox, message, {
+            user: basicUser(c.req.header('authorization')),
+            timeoutMs: Number.isSafeInteger(timeoutMs) && timeoutMs > 0 ? timeoutMs : undefined,
+            keepaliveMs: Number.isFinite(keepaliveS) && keepaliveS > 0 ? keepaliveS * 1000 : undefined,
+            hasBash: await bash,
+          });
+        }
+        if (method === 'Connect') return processes.connect(sandbox, await readEnvelope(c.req.raw));
+        const message = await readUnary(c.req.raw);
+        if (method === 'List') return c.json(processes.list(sandbox));
+        if (method === 'SendSignal') return c.json(processes.signal(sandbox, message));
+        if (method === 'SendInput') return c.json(await processes.input(sandbox, message));
+        if (method === 'CloseStdin') return c.json(processes.closeStdin(sandbox, message));
+        return c.json({ code: 'unimplemented', message: `process.Process/${method} is not served by Roost's E2B face` }, 501);
+      },
+      (e, c) => (isStreaming(c) ? streamError(e) : unaryError(e)),
+    ),
+  );
 
   // envd's filesystem service and /files (./files.ts).
-  const envdSandbox = async (c: Context) => control.sandbox(c.req.header('e2b-sandbox-id') ?? '');
-  const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
-  app.post('/filesystem.Filesystem/:method', async (c) => {
-    const method = c.req.param('method')!;
-    try {
-      const sandbox = await envdSandbox(c).catch((e: unknown) => {
-        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
-      });
-      if (method === 'WatchDir') {
-        const stream = new ConnectStream();
-        stream.end(new RoostError('INVALID_ARGUMENT', "watchDir is not served by Roost's E2B face yet"));
-        return stream.response;
-      }
-      return c.json(await filesystemCall(sandbox, method, await readUnary(c.req.raw), basicUser(c.req.header('authorization'))));
-    } catch (e) {
-      return e === GONE ? gone(c) : unaryError(e);
-    }
-  });
-  const files = (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>) => async (c: Context) => {
-    try {
-      const sandbox = await envdSandbox(c).catch((e: unknown) => {
-        throw isRoostError(e, 'NOT_FOUND') ? GONE : e;
-      });
-      return await fn(sandbox, c);
-    } catch (e) {
-      if (e === GONE) return gone(c);
-      // envd's HTTP errors: `{ code: <status>, message }`; 404 is the SDK's FileNotFoundError.
-      return e2bError(c, e);
-    }
-  };
+  app.post(
+    '/filesystem.Filesystem/:method',
+    envd(
+      async (sandbox, c) => {
+        const method = c.req.param('method')!;
+        if (method === 'WatchDir') throw new RoostError('INVALID_ARGUMENT', "watchDir is not served by Roost's E2B face yet");
+        return c.json(await filesystemCall(sandbox, method, await readUnary(c.req.raw), basicUser(c.req.header('authorization'))));
+      },
+      (e, c) => (c.req.param('method') === 'WatchDir' ? streamError(e) : unaryError(e)),
+    ),
+  );
+  // envd's HTTP errors: `{ code: <status>, message }`; 404 is the SDK's FileNotFoundError.
+  const files = (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>) => envd(fn, (e, c) => e2bError(c, e));
   app.get(
     '/files',
     files((sandbox, c) => readFile(sandbox, new URL(c.req.url))),

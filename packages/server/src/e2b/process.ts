@@ -1,4 +1,4 @@
-import { isRoostError, RoostError, type CommandHandleApi, type SandboxApi } from '@roost/api';
+import { isRoostError, parseInput, RoostError, type CommandHandleApi, type SandboxApi } from '@roost/api';
 import { z } from 'zod';
 import { ConnectStream } from './connect.js';
 
@@ -26,14 +26,6 @@ const StartSchema = z.looseObject({
 const SelectorSchema = z.looseObject({ process: z.looseObject({ pid: z.number().int().nonnegative() }) });
 const SignalSchema = SelectorSchema.extend({ signal: z.enum(['SIGNAL_SIGTERM', 'SIGNAL_SIGKILL', 'SIGNAL_UNSPECIFIED']).optional() });
 const InputSchema = SelectorSchema.extend({ input: z.looseObject({ stdin: z.string().optional(), pty: z.string().optional() }) });
-
-/** Parses an RPC message; INVALID_ARGUMENT naming the field. */
-export function parseMessage<T extends z.ZodType>(schema: T, value: unknown): z.infer<T> {
-  const r = schema.safeParse(value);
-  if (r.success) return r.data;
-  const issue = r.error.issues[0]!;
-  throw new RoostError('INVALID_ARGUMENT', `${issue.path.join('.') || 'request'}: ${issue.message}`);
-}
 
 type ProcessEvent = { start: { pid: number } } | { data: { stdout: string } | { stderr: string } } | { end: Record<string, unknown> } | { keepalive: object };
 
@@ -78,7 +70,7 @@ export class E2bProcesses {
 
   /** `Start`: runs the command and streams its events. */
   async start(sandbox: SandboxApi, message: unknown, ctx: StartContext): Promise<Response> {
-    const req = parseMessage(StartSchema, message);
+    const req = parseInput(StartSchema, message, 'request');
     if (req.pty !== undefined) throw new RoostError('INVALID_ARGUMENT', "PTYs are not served by Roost's E2B face yet");
     let argv = [req.process.cmd, ...(req.process.args ?? [])];
     // E2B's SDK runs every command as `/bin/bash -l -c CMD`: an image without bash runs it with /bin/sh.
@@ -126,7 +118,7 @@ export class E2bProcesses {
 
   /** `Connect`: another stream of a running process's events, from now on. */
   connect(sandbox: SandboxApi, message: unknown): Response {
-    const req = parseMessage(SelectorSchema, message);
+    const req = parseInput(SelectorSchema, message, 'request');
     const proc = this.#get(sandbox, req.process.pid);
     const stream = new ConnectStream();
     stream.send({ event: { start: { pid: proc.pid } } });
@@ -144,14 +136,14 @@ export class E2bProcesses {
 
   /** `SendSignal`: SIGKILL or SIGTERM to the process. */
   signal(sandbox: SandboxApi, message: unknown): object {
-    const req = parseMessage(SignalSchema, message);
+    const req = parseInput(SignalSchema, message, 'request');
     this.#get(sandbox, req.process.pid).handle.kill(req.signal === 'SIGNAL_SIGTERM' ? 'SIGTERM' : 'SIGKILL');
     return {};
   }
 
   /** `SendInput`: bytes to the process's stdin. */
   async input(sandbox: SandboxApi, message: unknown): Promise<object> {
-    const req = parseMessage(InputSchema, message);
+    const req = parseInput(InputSchema, message, 'request');
     if (req.input.stdin === undefined) throw new RoostError('INVALID_ARGUMENT', 'input: only stdin is served (PTYs are not, yet)');
     await this.#get(sandbox, req.process.pid).handle.write(Buffer.from(req.input.stdin, 'base64'));
     return {};
@@ -159,7 +151,7 @@ export class E2bProcesses {
 
   /** `CloseStdin`: EOF on the process's stdin. */
   closeStdin(sandbox: SandboxApi, message: unknown): object {
-    const req = parseMessage(SelectorSchema, message);
+    const req = parseInput(SelectorSchema, message, 'request');
     this.#get(sandbox, req.process.pid).handle.closeStdin();
     return {};
   }
