@@ -48,9 +48,13 @@ const additive: Annotations = { readOnlyHint: false, destructiveHint: false, ide
 /** Changes state in a way a repeat leaves as it is. */
 const settles = (destructive: boolean): Annotations => ({ readOnlyHint: false, destructiveHint: destructive, idempotentHint: true, openWorldHint: false });
 
-/** A sandbox's record, fresh. */
-async function infoOf(sandbox: SandboxApi): Promise<SandboxInfo> {
-  return sandbox.refresh();
+/** The `run` of a tool that makes one lifecycle call on a sandbox and returns its record, fresh. */
+function lifecycle(act: (sandbox: SandboxApi) => Promise<void>) {
+  return async (input: { id: string }, call: ToolCall): Promise<SandboxInfo> => {
+    const sandbox = await call.session.runtime.get(input.id);
+    await act(sandbox);
+    return sandbox.refresh();
+  };
 }
 
 /** The first `limit` bytes of a stream's text, and its whole size. */
@@ -219,20 +223,14 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
     title: 'Describe a sandbox',
     description: 'Returns one sandbox’s record: status, image, cpus, memory, network, published ports, labels, and why it stopped or failed.',
     annotations: readOnly,
-    async run(input, call) {
-      return infoOf(await call.session.runtime.get(input.id));
-    },
+    run: lifecycle(async () => {}),
   },
   sandbox_stop: {
     title: 'Stop a sandbox',
     description:
       'Stops a sandbox’s VM (its disk stays; processes end). A stopped sandbox can be removed, or snapshotted from its disk. Stopping a stopped one does nothing.',
     annotations: settles(true),
-    async run(input, call) {
-      const sandbox = await call.session.runtime.get(input.id);
-      await sandbox.stop();
-      return infoOf(sandbox);
-    },
+    run: lifecycle((sandbox) => sandbox.stop()),
   },
   sandbox_remove: {
     title: 'Remove a sandbox',
@@ -333,21 +331,13 @@ export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
     title: 'Pause a sandbox',
     description: 'Freezes a sandbox’s CPUs (memory stays; commands wait) until sandbox_resume. Pausing a paused one does nothing.',
     annotations: settles(false),
-    async run(input, call) {
-      const sandbox = await call.session.runtime.get(input.id);
-      await sandbox.pause();
-      return infoOf(sandbox);
-    },
+    run: lifecycle((sandbox) => sandbox.pause()),
   },
   sandbox_resume: {
     title: 'Resume a sandbox',
     description: 'Continues a paused sandbox exactly where it was. Resuming a running one does nothing.',
     annotations: settles(false),
-    async run(input, call) {
-      const sandbox = await call.session.runtime.get(input.id);
-      await sandbox.resume();
-      return infoOf(sandbox);
-    },
+    run: lifecycle((sandbox) => sandbox.resume()),
   },
   sandbox_logs: {
     title: 'Read the console log',
