@@ -3,7 +3,7 @@ import { isRoostError, type RoostEvent } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { Runtime } from '@roost/core';
 import { serve } from '@roost/server';
-import { alive, eventually, qemusOf, runRoost, TestHome } from './helpers.js';
+import { alive, eventually, expectCode, qemusOf, runRoost, TestHome } from './helpers.js';
 
 /*
  * Sandbox lifetimes (`lifetimeMs`, `setLifetime`, `expiresAt`): the runtime
@@ -15,16 +15,6 @@ import { alive, eventually, qemusOf, runRoost, TestHome } from './helpers.js';
 const home = new TestHome();
 
 afterAll(() => home.cleanup());
-
-async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(isRoostError(e), `expected a RoostError ${code}, got ${String(e)}`).toBe(true);
-  expect((e as { code: string }).code).toBe(code);
-  if (message) expect((e as Error).message).toMatch(message);
-}
 
 async function eventsOf(runtime: Runtime, id: string): Promise<RoostEvent[]> {
   const out: RoostEvent[] = [];

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
+import { isRoostError } from '@roost/api';
 import { Runtime, Sandbox, roostHome, type SandboxOptions } from '@roost/core';
 
 /**
@@ -160,4 +162,16 @@ export async function freePort(): Promise<number> {
   const port = (s.address() as AddressInfo).port;
   await new Promise((r) => s.close(r));
   return port;
+}
+
+/** Expects `p` (a promise, or a function that throws or rejects) to fail with a RoostError of `code` whose message matches `message`; returns the error. */
+export async function expectCode(p: Promise<unknown> | (() => unknown), code: string, message?: RegExp): Promise<Error> {
+  const e = await (typeof p === 'function' ? Promise.resolve().then(p) : p).then(
+    () => null,
+    (err: unknown) => err,
+  );
+  expect(isRoostError(e), `expected a RoostError ${code}, got ${String(e)}`).toBe(true);
+  expect((e as { code: string }).code).toBe(code);
+  if (message) expect((e as Error).message).toMatch(message);
+  return e as Error;
 }

@@ -2,8 +2,8 @@ import { createServer, type Server } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SnapshotInfo } from '@roost/api';
-import { isRoostError, type RoostEvent, type Runtime, type Sandbox } from '@roost/core';
-import { TestHome } from './helpers.js';
+import type { RoostEvent, Runtime, Sandbox } from '@roost/core';
+import { expectCode, TestHome } from './helpers.js';
 
 // User-mode networking against real guests. One booted sandbox (`web`) runs
 // busybox httpd and is the source of a snapshot; the egress tests restore
@@ -20,17 +20,6 @@ async function sh(s: Sandbox, cmd: string): Promise<string> {
   const r = await s.commands.run(cmd);
   if (r.exitCode !== 0) throw new Error(`${cmd}: exit ${r.exitCode}: ${r.stdout}${r.stderr}`);
   return r.stdout;
-}
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string, message?: RegExp): Promise<Error> {
-  const e = await (typeof p === 'function' ? Promise.resolve().then(p) : p).then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(isRoostError(e), `expected a RoostError ${code}, got ${String(e)}`).toBe(true);
-  expect((e as { code: string }).code).toBe(code);
-  if (message) expect((e as Error).message).toMatch(message);
-  return e as Error;
 }
 
 async function httpGet(hostAndPort: string): Promise<string> {

@@ -2,9 +2,9 @@ import { readFileSync, statSync, truncateSync, writeFileSync, openSync, writeSyn
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
-import { isRoostError, type Runtime, type Sandbox } from '@roost/core';
+import type { Runtime, Sandbox } from '@roost/core';
 import { AgentConnection, QmpClient } from '@roost/core/internal';
-import { TestHome } from './helpers.js';
+import { expectCode, TestHome } from './helpers.js';
 
 // One booted sandbox (`src`) is the source of most snapshots and forks;
 // restored sandboxes take ~0.2 s each, so tests make their own and remove
@@ -20,16 +20,6 @@ async function sh(s: Sandbox, cmd: string): Promise<string> {
   const r = await s.commands.run(cmd);
   if (r.exitCode !== 0) throw new Error(`${cmd}: exit ${r.exitCode}: ${r.stderr}`);
   return r.stdout;
-}
-
-async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(isRoostError(e), `expected a RoostError ${code}, got ${String(e)}`).toBe(true);
-  expect((e as { code: string }).code).toBe(code);
-  if (message) expect((e as Error).message).toMatch(message);
 }
 
 beforeAll(async () => {
