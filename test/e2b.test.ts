@@ -1,5 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AuthenticationError, CommandExitError, FileNotFoundError, Sandbox, SandboxNotFoundError, TimeoutError } from 'e2b';
+import {
+  AuthenticationError,
+  CommandExitError,
+  FileNotFoundError,
+  FilesystemEventType,
+  InvalidArgumentError,
+  NotFoundError,
+  Sandbox,
+  SandboxNotFoundError,
+  TimeoutError,
+  type FilesystemEvent,
+} from 'e2b';
 import { RoostClient } from '@roost/client';
 import { serve, type ServeHandle } from '@roost/server';
 import { E2bKeys } from '../packages/server/src/e2b/keys.js';
@@ -9,8 +20,9 @@ import { eventually, TestHome } from './helpers.js';
  * E2B's own SDK (the `e2b` package from npm, pinned, unchanged) against
  * `roost serve`: its control plane so far (create, getInfo, list with
  * metadata and pages, setTimeout, pause and connect, kill, isRunning),
- * and its envd's process and filesystem services and /files, with real
- * VMs. PTYs, watchDir and signed URLs are not built yet.
+ * metrics, fork and snapshots), and its envd's process service (with
+ * PTYs), filesystem service (with watchDir) and /files (with signed URLs),
+ * with real VMs.
  */
 
 const home = new TestHome();
@@ -95,6 +107,54 @@ describe('E2B control plane', () => {
     await expect(sbx.getInfo()).rejects.toBeInstanceOf(SandboxNotFoundError);
     await expect(rest.get(sbx.sandboxId)).rejects.toThrow(/NOT_FOUND|no sandbox/);
   });
+
+  it('reports metrics: CPU, memory and disk samples of the guest', async () => {
+    const sbx = await Sandbox.create('base');
+    try {
+      const first = await sbx.getMetrics();
+      expect(first.length).toBeGreaterThanOrEqual(1);
+      const m = first.at(-1)!;
+      expect(m.cpuCount).toBe(1);
+      expect(m.memTotal).toBeGreaterThan(150 * 1024 * 1024);
+      expect(m.memUsed).toBeGreaterThan(0);
+      expect(m.memUsed).toBeLessThan(m.memTotal);
+      expect(m.diskTotal).toBeGreaterThan(m.diskUsed);
+      expect(m.cpuUsedPct).toBeGreaterThanOrEqual(0);
+      expect(m.timestamp).toBeInstanceOf(Date);
+      const second = await sbx.getMetrics();
+      expect(second.length).toBeGreaterThan(first.length);
+      // A range that ends before the first sample has none.
+      expect(await sbx.getMetrics({ end: new Date(m.timestamp.getTime() - 60_000) })).toEqual([]);
+    } finally {
+      await sbx.kill();
+    }
+  });
+
+  it('forks a sandbox and snapshots one; creates from the snapshot; lists and deletes snapshots', async () => {
+    const src = await Sandbox.create('base', { metadata: { suite: 'fork' } });
+    try {
+      await src.files.write('/root/state.txt', 'kept');
+      const [fork] = await src.fork({ timeoutMs: 60_000 });
+      expect(fork).toBeInstanceOf(Sandbox);
+      const f = fork as Sandbox;
+      expect(f.sandboxId).not.toBe(src.sandboxId);
+      expect(await f.files.read('/root/state.txt')).toBe('kept');
+      expect((await f.getInfo()).metadata).toEqual({ suite: 'fork' });
+      await f.kill();
+
+      const snap = await src.createSnapshot({ name: 'e2b-test-snap' });
+      expect(snap.names).toEqual(['e2b-test-snap']);
+      const fromSnap = await Sandbox.create(snap.snapshotId);
+      expect(await fromSnap.files.read('/root/state.txt')).toBe('kept');
+      await fromSnap.kill();
+      const listed = await src.listSnapshots().nextItems();
+      expect(listed.map((x) => x.snapshotId)).toEqual([snap.snapshotId]);
+      expect(await Sandbox.deleteSnapshot(snap.snapshotId)).toBe(true);
+      expect(await Sandbox.deleteSnapshot(snap.snapshotId)).toBe(false);
+    } finally {
+      await src.kill();
+    }
+  });
 });
 
 describe('E2B commands (envd process service)', () => {
@@ -158,6 +218,26 @@ describe('E2B commands (envd process service)', () => {
     expect(Date.now() - started).toBeLessThan(10_000);
     await eventually(async () => !(await sbx.commands.list()).some((p) => p.args.join(' ').includes('sleep 30')), 10_000, 'the command killed');
   });
+
+  it('runs a shell on a terminal: output as terminal data, input, resize, exit code', async () => {
+    const decoder = new TextDecoder();
+    let out = '';
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => void (out += decoder.decode(d, { stream: true })), timeoutMs: 0 });
+    const type = (line: string) => sbx.pty.sendInput(pty.pid, new TextEncoder().encode(line));
+    await type('stty size; tty\n');
+    await eventually(() => /24 80/.test(out) && /\/dev\/pts\/\d+/.test(out), 10_000, 'the terminal answers');
+    expect((await sbx.commands.list()).map((p) => p.pid)).toContain(pty.pid);
+    await sbx.pty.resize(pty.pid, { cols: 100, rows: 30 });
+    await type('stty size\n');
+    await eventually(() => /30 100/.test(out), 10_000, 'the new size');
+    // Input to a terminal is pty input: stdin is refused, as envd does.
+    await expect(sbx.commands.sendStdin(pty.pid, 'x')).rejects.toThrow(/terminal/);
+    await type('exit 5\n');
+    await expect(pty.wait()).rejects.toMatchObject({ exitCode: 5 });
+    const killed = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {}, timeoutMs: 0 });
+    expect(await sbx.pty.kill(killed.pid)).toBe(true);
+    await expect(killed.wait()).rejects.toBeInstanceOf(CommandExitError);
+  });
 });
 
 describe('E2B files (envd filesystem service and /files)', () => {
@@ -203,5 +283,56 @@ describe('E2B files (envd filesystem service and /files)', () => {
     await sbx.files.remove('/tmp/e2b/never-was');
     await expect(sbx.files.read('/tmp/e2b/new/a.txt')).rejects.toBeInstanceOf(FileNotFoundError);
     await expect(sbx.files.getInfo('/tmp/e2b/nope')).rejects.toBeInstanceOf(FileNotFoundError);
+  });
+
+  it('watches a directory: create, write, rename and remove events, recursive, with entries; a deadline ends it', async () => {
+    await sbx.files.makeDir('/tmp/watched');
+    const events: FilesystemEvent[] = [];
+    const watcher = await sbx.files.watchDir('/tmp/watched', (e) => void events.push(e), { recursive: true, includeEntry: true, timeoutMs: 0 });
+    // A shell's write (files.write renames a temporary file into place: a create of its final name).
+    await sbx.commands.run('echo one > /tmp/watched/a.txt');
+    await sbx.files.makeDir('/tmp/watched/sub');
+    await eventually(() => events.some((e) => e.name === 'sub' && e.type === FilesystemEventType.CREATE), 10_000, 'the new directory seen');
+    await sbx.files.write('/tmp/watched/sub/b.txt', 'two');
+    await sbx.files.rename('/tmp/watched/a.txt', '/tmp/watched/c.txt');
+    await sbx.files.remove('/tmp/watched/c.txt');
+    await eventually(() => events.some((e) => e.name === 'c.txt' && e.type === FilesystemEventType.REMOVE), 10_000, 'the removal seen');
+    const seen = events.map((e) => `${e.type} ${e.name}`);
+    for (const want of ['create a.txt', 'write a.txt', 'create sub', 'create sub/b.txt', 'rename a.txt', 'create c.txt', 'remove c.txt'])
+      expect(seen).toContain(want);
+    expect(events.find((e) => e.name === 'sub/b.txt')?.entry).toMatchObject({ path: '/tmp/watched/sub/b.txt', type: 'file' });
+    await watcher.stop();
+    const after = events.length;
+    await sbx.files.write('/tmp/watched/late.txt', 'late');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(events.length).toBe(after);
+
+    await expect(sbx.files.watchDir('/tmp/no-such-dir', () => {})).rejects.toBeInstanceOf(NotFoundError);
+    await expect(sbx.files.watchDir('/tmp/watched/late.txt', () => {})).rejects.toBeInstanceOf(InvalidArgumentError);
+    const exited = new Promise<unknown>((resolve) => void sbx.files.watchDir('/tmp/watched', () => {}, { timeoutMs: 500, onExit: resolve }));
+    expect(await exited).toBeInstanceOf(TimeoutError);
+  });
+
+  it('signed download and upload URLs work without the token, for their operation, path and time only', async () => {
+    await sbx.files.write('/tmp/signed.txt', 'download me');
+    const download = await sbx.downloadUrl('/tmp/signed.txt', { useSignatureExpiration: 60 });
+    expect(download).toMatch(/signature=v1_.*signature_expiration=\d+/);
+    const res = await fetch(download);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe('download me');
+    // Another path, another operation, an expired signature: 401.
+    const otherPath = new URL(download);
+    otherPath.searchParams.set('path', '/etc/passwd');
+    expect((await fetch(otherPath)).status).toBe(401);
+    expect((await fetch(download, { method: 'POST', body: 'overwrite', headers: { 'content-type': 'application/octet-stream' } })).status).toBe(401);
+    const expired = await sbx.downloadUrl('/tmp/signed.txt', { useSignatureExpiration: -10 });
+    expect((await fetch(expired)).status).toBe(401);
+
+    const upload = await sbx.uploadUrl('/tmp/uploaded.txt');
+    const form = new FormData();
+    form.append('file', new Blob(['uploaded through a signed URL']), 'uploaded.txt');
+    const up = await fetch(upload, { method: 'POST', body: form });
+    expect(up.status).toBe(200);
+    expect(await sbx.files.read('/tmp/uploaded.txt')).toBe('uploaded through a signed URL');
   });
 });

@@ -186,7 +186,7 @@ export function createApp(options: AppOptions): RoostHono {
   doctorRoutes(app, ctx);
 
   // E2B's control plane and envd (./e2b), for E2B's SDK unchanged.
-  e2bAuth = e2bRoutes(app, options.runtime);
+  e2bAuth = e2bRoutes(app, options.runtime, shutdown);
 
   // MCP over Streamable HTTP (docs/mcp.md): the SDK's transport answers, behind the same token.
   const mcp = new McpHttpSessions(options.runtime, { version: options.version, shutdown, ...(options.mcp ? { settings: options.mcp } : {}) });

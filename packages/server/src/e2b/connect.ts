@@ -113,13 +113,15 @@ export class ConnectStream {
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #open = true;
 
-  constructor() {
+  /** @param onCancel called when the client leaves before the stream ends. */
+  constructor(onCancel?: () => void) {
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
         this.#controller = controller;
       },
       cancel: () => {
         this.#open = false;
+        onCancel?.();
       },
     });
     this.response = new Response(body, { status: 200, headers: { 'content-type': 'application/connect+json' } });

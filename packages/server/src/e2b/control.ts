@@ -1,10 +1,11 @@
 import { createHmac, randomBytes } from 'node:crypto';
-import { errorStatus, isRoostError, RoostError, type CreateOptions, type SandboxApi, type SandboxInfo } from '@roost/api';
+import { errorStatus, isRoostError, parseInput, RoostError, type CreateOptions, type SandboxApi, type SandboxInfo, type SnapshotInfo } from '@roost/api';
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { DaemonRuntime } from '../daemon-runtime.js';
 import { parseJsonBody } from '../http.js';
 import type { RoostHono } from '../route-context.js';
+import { E2bMetrics } from './metrics.js';
 
 /*
  * E2B's control plane (docs/e2b-wire.md §1) over Roost's runtime: the JSON
@@ -40,6 +41,17 @@ const NewSandboxSchema = z.looseObject({
   autoPause: z.boolean().optional(),
 });
 const TimeoutSchema = z.looseObject({ timeout: timeoutSeconds });
+const ForkSchema = z.looseObject({ timeout: timeoutSeconds.optional(), count: z.number().int().min(1).max(16).optional() });
+const SnapshotSchema = z.looseObject({ name: z.string().min(1).optional() });
+const pageLimit = z.coerce.number().int().min(1).max(1000);
+const SnapshotListQuerySchema = z.looseObject({
+  sandboxID: z.string().optional(),
+  name: z.string().optional(),
+  limit: pageLimit.optional(),
+  nextToken: z.string().optional(),
+});
+const unixSeconds = z.coerce.number().int().nonnegative();
+const MetricsQuerySchema = z.looseObject({ start: unixSeconds.optional(), end: unixSeconds.optional() });
 const ConnectSchema = z.looseObject({ timeout: timeoutSeconds.optional() });
 
 /** An E2B error response: `{ code, message }` with the status as its code. */
@@ -66,8 +78,12 @@ function metadataOf(info: SandboxInfo): Record<string, string> {
 class E2bControl {
   /** envd access tokens are an HMAC of the sandbox id under this daemon's secret: nothing to store, nothing to leak. */
   readonly #secret = randomBytes(32);
+  /** Metrics of E2B's sandboxes, sampled from the first control-plane call on. */
+  readonly metrics: E2bMetrics;
 
-  constructor(private readonly runtime: DaemonRuntime) {}
+  constructor(private readonly runtime: DaemonRuntime) {
+    this.metrics = new E2bMetrics(runtime, async () => (await runtime.list({ labels: [E2B_TEMPLATE_LABEL], status: 'running' })).map((i) => i.id));
+  }
 
   accessToken(id: string): string {
     return createHmac('sha256', this.#secret).update(`envd:${id}`).digest('hex');
@@ -122,7 +138,7 @@ class E2bControl {
    * name, else a stored image, else (for `base`) the built-in Linux;
    * E2B's 404 for anything else.
    */
-  async source(templateID: string): Promise<Pick<CreateOptions, 'template' | 'image'>> {
+  async source(templateID: string): Promise<Pick<CreateOptions, 'template' | 'image' | 'snapshot'>> {
     const exists = (p: Promise<unknown>) =>
       p.then(
         () => true,
@@ -130,15 +146,23 @@ class E2bControl {
       );
     if (await exists(this.runtime.templates.get(templateID))) return { template: templateID };
     if (await exists(this.runtime.images.inspect(templateID))) return { image: templateID };
+    // E2B's snapshots are templates to create from (`Sandbox.create(snapshot.snapshotId)`).
+    if (await exists(this.runtime.snapshots.get(templateID))) return { snapshot: templateID };
     if (templateID === 'base') return {};
-    throw new RoostError('NOT_FOUND', `template '${templateID}' not found: make it with \`roost template create\`, or pull an image of that name`);
+    throw new RoostError(
+      'NOT_FOUND',
+      `template '${templateID}' not found: make it with \`roost template create\`, pull an image of that name, or snapshot a sandbox`,
+    );
   }
 }
 
 /** Registers E2B's control-plane routes (behind X-API-KEY: see app.ts). */
-export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bControl {
+export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal): E2bControl {
   const control = new E2bControl(runtime);
-  const route = (fn: (c: Context) => Promise<Response>) => async (c: Context) => fn(c).catch((e: unknown) => e2bError(c, e));
+  const route = (fn: (c: Context) => Promise<Response>) => async (c: Context) => {
+    control.metrics.start(shutdown);
+    return fn(c).catch((e: unknown) => e2bError(c, e));
+  };
 
   const create = route(async (c) => {
     const req = await parseJsonBody(c, NewSandboxSchema);
@@ -182,6 +206,69 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
     }),
   );
 
+  app.get(
+    '/sandboxes/:id/metrics',
+    route(async (c) => {
+      const range = parseInput(MetricsQuerySchema, c.req.query(), 'query');
+      return c.json(await control.metrics.metrics(await control.sandbox(c.req.param('id')!), range));
+    }),
+  );
+
+  app.post(
+    '/sandboxes/:id/fork',
+    route(async (c) => {
+      const req = await parseJsonBody(c, ForkSchema);
+      const sb = await control.sandbox(c.req.param('id')!);
+      const e2bLabels = Object.fromEntries(Object.entries(sb.info.labels).filter(([k]) => k === E2B_TEMPLATE_LABEL || k.startsWith(E2B_METADATA_PREFIX)));
+      const forks = await sb.fork({ count: req.count ?? 1, labels: e2bLabels, detached: true });
+      const lifetimeMs = (req.timeout ?? E2B_DEFAULT_TIMEOUT_S) * 1000;
+      // Each entry succeeds or fails alone, as E2B's fork result does.
+      const results = await Promise.all(
+        forks.map(async (f) => {
+          try {
+            return { sandbox: control.sandboxBody(await f.setLifetime(lifetimeMs, { onExpiry: 'remove' })) };
+          } catch (e) {
+            const err = isRoostError(e) ? e : new RoostError('INTERNAL', String(e));
+            return { error: { code: errorStatus(err), message: err.message } };
+          }
+        }),
+      );
+      return c.json(results, 201);
+    }),
+  );
+
+  app.post(
+    '/sandboxes/:id/snapshots',
+    route(async (c) => {
+      const req = await parseJsonBody(c, SnapshotSchema);
+      const sb = await control.sandbox(c.req.param('id')!);
+      const snap = await sb.snapshot(req.name ? { name: req.name } : {});
+      return c.json(snapshotBody(snap), 201);
+    }),
+  );
+
+  app.get(
+    '/snapshots',
+    route(async (c) => {
+      const q = parseInput(SnapshotListQuerySchema, c.req.query(), 'query');
+      const all = (await runtime.snapshots.list())
+        .filter((s) => s.kind === 'user' && (!q.sandboxID || s.sourceSandbox === q.sandboxID) && (!q.name || s.name === q.name))
+        .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || a.id.localeCompare(b.id));
+      return page(c, all, q, (s) => s.id, snapshotBody);
+    }),
+  );
+
+  app.delete(
+    '/templates/:id',
+    route(async (c) => {
+      // E2B deletes snapshots as templates; only snapshots are deletable here (Roost's templates are not E2B's to remove).
+      const snap = await runtime.snapshots.get(c.req.param('id')!);
+      if (snap.kind !== 'user') throw new RoostError('NOT_FOUND', `snapshot ${c.req.param('id')} not found`);
+      await runtime.snapshots.remove(snap.id);
+      return c.body(null, 204);
+    }),
+  );
+
   app.post(
     '/sandboxes/:id/pause',
     route(async (c) => {
@@ -211,24 +298,48 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime): E2bCon
     const q = c.req.query();
     const states = (q.state ?? 'running,paused').split(',').filter(Boolean);
     for (const s of states) if (s !== 'running' && s !== 'paused') throw new RoostError('INVALID_ARGUMENT', `state: '${s}' is not running or paused`);
-    const limit = q.limit === undefined ? 100 : Number(q.limit);
-    if (!Number.isSafeInteger(limit) || limit < 1 || limit > 1000)
-      throw new RoostError('INVALID_ARGUMENT', `limit: a whole number from 1 to 1000, not ${q.limit}`);
     const metadata = parseMetadataQuery(q.metadata);
     const labels = [E2B_TEMPLATE_LABEL, ...Object.entries(metadata).map(([k, v]) => `${E2B_METADATA_PREFIX}${k}=${v}`)];
+    // Newest first (as runtime.list).
     const all = (await runtime.list({ labels })).filter((i) => states.includes(stateOf(i) ?? ''));
-    // Newest first (as runtime.list); the token is the last id of the page before.
-    const start = q.nextToken ? all.findIndex((i) => i.id === q.nextToken) + 1 : 0;
-    if (q.nextToken && start === 0) throw new RoostError('INVALID_ARGUMENT', 'nextToken: not a token this list gave (its sandbox is gone: list again)');
-    const page = all.slice(start, start + limit);
-    const res = c.json(page.map((i) => control.detail(i)));
-    if (start + limit < all.length && page.length > 0) res.headers.set('X-Next-Token', page[page.length - 1]!.id);
-    return res;
+    return page(
+      c,
+      all,
+      parseInput(z.looseObject({ limit: pageLimit.optional(), nextToken: z.string().optional() }), q, 'query'),
+      (i) => i.id,
+      (i) => control.detail(i),
+    );
   });
   app.get('/v2/sandboxes', list);
   app.get('/sandboxes', list);
 
   return control;
+}
+
+/** E2B's `{ snapshotID, names }` of a Roost snapshot. */
+function snapshotBody(s: SnapshotInfo): { snapshotID: string; names: string[] } {
+  return { snapshotID: s.id, names: [s.name] };
+}
+
+/**
+ * One page of a list, E2B's way: `limit` items (default 100) after the one
+ * `nextToken` names (the last id of the page before), and X-Next-Token when
+ * more follow.
+ */
+function page<T>(
+  c: Context,
+  all: T[],
+  q: { limit?: number | undefined; nextToken?: string | undefined },
+  idOf: (item: T) => string,
+  body: (item: T) => unknown,
+): Response {
+  const limit = q.limit ?? 100;
+  const start = q.nextToken ? all.findIndex((i) => idOf(i) === q.nextToken) + 1 : 0;
+  if (q.nextToken && start === 0) throw new RoostError('INVALID_ARGUMENT', 'nextToken: not a token this list gave (its item is gone: list again)');
+  const items = all.slice(start, start + limit);
+  const res = c.json(items.map(body));
+  if (start + limit < all.length && items.length > 0) res.headers.set('X-Next-Token', idOf(items[items.length - 1]!));
+  return res;
 }
 
 /**

@@ -6,6 +6,9 @@ import { isRoostError } from '@roost/api';
 import { parseMetadataQuery } from './control.js';
 import { e2bFaceOf } from './index.js';
 import { E2bKeys } from './keys.js';
+import { effectiveUser, guestPath, parsePasswd } from './profile.js';
+import { parseDf, parseMeminfo } from './metrics.js';
+import { fileSignature, signedRequest, verifySignature } from './signature.js';
 
 describe('E2B keys', () => {
   const homes: string[] = [];
@@ -50,15 +53,73 @@ describe('E2B routing', () => {
   it("tells E2B's control plane and envd from Roost's own paths", () => {
     expect(e2bFaceOf('/v2/sandboxes')).toBe('control');
     expect(e2bFaceOf('/sandboxes/0123456789ab/timeout')).toBe('control');
+    expect(e2bFaceOf('/snapshots')).toBe('control');
+    expect(e2bFaceOf('/templates/0123456789ab')).toBe('control');
     expect(e2bFaceOf('/health')).toBe('envd');
     expect(e2bFaceOf('/process.Process/Start')).toBe('envd');
     expect(e2bFaceOf('/filesystem.Filesystem/ListDir')).toBe('envd');
-    for (const p of ['/v1/sandboxes', '/v1/health', '/metrics', '/mcp', '/sandboxesx']) expect(e2bFaceOf(p), p).toBeNull();
+    for (const p of ['/v1/sandboxes', '/v1/health', '/metrics', '/mcp', '/sandboxesx', '/snapshotsx']) expect(e2bFaceOf(p), p).toBeNull();
   });
 
   it("reads the list's metadata query as the SDK encodes it (each part encoded, then the whole)", () => {
     // The SDK sends metadata=user%3Da%252520b for { user: 'a b' }; the query parser has decoded it once.
     expect(parseMetadataQuery('user=a%2520b&team=x')).toEqual({ user: 'a b', team: 'x' });
     expect(parseMetadataQuery(undefined)).toEqual({});
+  });
+});
+
+describe('E2B signed /files URLs', () => {
+  it("computes the SDK's v1 signatures (its own test vectors) and verifies them, with expiry", () => {
+    expect(fileSignature('/home/user/a.txt', 'read', '', 'tok')).toBe('v1_Zkbb3914oLJLvMBzCAHQhm2ydBLxbSx2eQUR/kLdvIY');
+    expect(fileSignature('/home/user/a.txt', 'write', 'root', 'tok', 1_700_000_000)).toBe('v1_3hlIyTfkHTdfJKgNFUJamAQ7q+SOj3624i+geS/jqCM');
+    const url = (q: Record<string, string>) => new URL(`http://x/files?${new URLSearchParams(q).toString()}`);
+    const exp = Math.floor(Date.now() / 1000) + 60;
+    const signed = signedRequest(
+      url({ path: 'a.txt', username: 'user', signature: fileSignature('a.txt', 'read', 'user', 'tok', exp), signature_expiration: String(exp) }),
+    )!;
+    expect(signed).toMatchObject({ path: 'a.txt', user: 'user', expiration: exp });
+    expect(verifySignature(signed, 'read', 'tok')).toBe(true);
+    expect(verifySignature(signed, 'write', 'tok')).toBe(false); // a download URL does not upload
+    expect(verifySignature(signed, 'read', 'other')).toBe(false);
+    expect(verifySignature(signed, 'read', 'tok', (exp + 1) * 1000)).toBe(false); // expired
+    expect(verifySignature({ ...signed, path: 'b.txt' }, 'read', 'tok')).toBe(false);
+    expect(verifySignature({ ...signed, signature: signed.signature.slice(0, -1) }, 'read', 'tok')).toBe(false);
+    expect(signedRequest(url({ path: 'a' }))).toBeNull();
+    expect(signedRequest(url({ signature: 'v1_x', signature_expiration: 'soon' }))).toBeNull();
+  });
+});
+
+describe('E2B guest profile', () => {
+  it('reads homes from /etc/passwd; `user` is the default when present; relative paths start at the home', () => {
+    const homes = parsePasswd(
+      'root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nbad line\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n',
+    );
+    expect([...homes]).toEqual([
+      ['root', '/root'],
+      ['user', '/home/user'],
+      ['nobody', '/nonexistent'],
+    ]);
+    const profile = { hasBash: true, defaultUser: 'user', homes, homeExists: new Map() };
+    expect(effectiveUser(profile, undefined)).toBe('user');
+    expect(effectiveUser(profile, 'root')).toBe('root');
+    expect(guestPath(profile, 'a/b.txt', 'user')).toBe('/home/user/a/b.txt');
+    expect(guestPath(profile, 'x', undefined)).toBe('/root/x');
+    expect(guestPath(profile, '../../etc/passwd', 'user')).toBe('/etc/passwd');
+    expect(guestPath(profile, 'x', 'alice')).toBe('/home/alice/x');
+    expect(guestPath(profile, '/abs', 'user')).toBe('/abs');
+  });
+});
+
+describe('E2B metrics parsing', () => {
+  it('reads /proc/meminfo and `df -kP /`', () => {
+    const m = parseMeminfo(
+      'MemTotal:         243612 kB\nMemFree:          180000 kB\nMemAvailable:     200000 kB\nBuffers:            1000 kB\nCached:            20000 kB\n',
+    );
+    expect(m).toEqual({ total: 243612 * 1024, used: 43612 * 1024, cache: 21000 * 1024 });
+    expect(parseDf('Filesystem     1024-blocks  Used Available Capacity Mounted on\n/dev/vda           999320  2860    927648       0% /\n')).toEqual({
+      total: 999320 * 1024,
+      used: 2860 * 1024,
+    });
+    expect(parseDf('df: not found')).toBeNull();
   });
 });

@@ -1,13 +1,15 @@
-import { posix } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { isRoostError, parseInput, RoostError, type EntryInfo, type SandboxApi } from '@roost/api';
+import { posix } from 'node:path';
+import { isRoostError, parseInput, RoostError, type EntryInfo, type FileEvent, type SandboxApi } from '@roost/api';
 import { z } from 'zod';
+import { ConnectStream } from './connect.js';
+import { effectiveUser, guestPath as resolvePath, type GuestProfile } from './profile.js';
 
 /*
- * envd's `filesystem.Filesystem` service (unary calls; WatchDir is not
- * served yet) and its `/files` endpoint (docs/e2b-wire.md §2.5, §3.3-3.4)
+ * envd's `filesystem.Filesystem` service (the unary calls, and WatchDir
+ * over Roost's files.watch) and its `/files` endpoint (docs/e2b-wire.md §2.5, §3.3-3.4)
  * over Roost's file operations. Relative paths resolve against the user's
- * home, as in E2B: /root for root, /home/<user> for another user.
+ * home, as in E2B (from the guest's /etc/passwd: see ./profile.ts).
  */
 
 /**
@@ -20,16 +22,6 @@ export const MAX_E2B_UPLOAD_BYTES = 256 * 1024 * 1024;
 const PathSchema = z.looseObject({ path: z.string().min(1) });
 const ListDirSchema = PathSchema.extend({ depth: z.number().int().min(0).max(64).optional() });
 const MoveSchema = z.looseObject({ source: z.string().min(1), destination: z.string().min(1) });
-
-/** The home of an E2B user: where relative paths start. */
-function homeOf(user: string | undefined): string {
-  return !user || user === 'root' ? '/root' : `/home/${user}`;
-}
-
-/** An E2B path (absolute, or relative to the user's home) as a guest path. */
-export function guestPath(path: string, user: string | undefined): string {
-  return posix.resolve(homeOf(user), path);
-}
 
 const FILE_TYPE: Record<EntryInfo['type'], string> = {
   file: 'FILE_TYPE_FILE',
@@ -65,34 +57,35 @@ export function entryInfo(e: EntryInfo): Record<string, unknown> {
   };
 }
 
-/** Runs one unary Filesystem RPC. */
-export async function filesystemCall(sandbox: SandboxApi, method: string, message: unknown, user: string | undefined): Promise<object> {
+/** Runs one unary Filesystem RPC as `user` (undefined: root). */
+export async function filesystemCall(sandbox: SandboxApi, profile: GuestProfile, method: string, message: unknown, user: string | undefined): Promise<object> {
   const files = sandbox.files;
   const as = user ? { user } : {};
+  const at = (path: string) => resolvePath(profile, path, user);
   switch (method) {
     case 'Stat': {
       const req = parseInput(PathSchema, message, 'request');
-      return { entry: entryInfo(await files.stat(guestPath(req.path, user), as)) };
+      return { entry: entryInfo(await files.stat(at(req.path), as)) };
     }
     case 'ListDir': {
       const req = parseInput(ListDirSchema, message, 'request');
-      const entries = await files.list(guestPath(req.path, user), { ...as, depth: Math.max(1, req.depth ?? 1) });
+      const entries = await files.list(at(req.path), { ...as, depth: Math.max(1, req.depth ?? 1) });
       return { entries: entries.map(entryInfo) };
     }
     case 'MakeDir': {
       const req = parseInput(PathSchema, message, 'request');
-      const path = guestPath(req.path, user);
+      const path = at(req.path);
       if (!(await files.makeDir(path, as))) throw new RoostError('ALREADY_EXISTS', `directory ${path} already exists`);
       return { entry: entryInfo(await files.stat(path, as)) };
     }
     case 'Move': {
       const req = parseInput(MoveSchema, message, 'request');
-      return { entry: entryInfo(await files.rename(guestPath(req.source, user), guestPath(req.destination, user), as)) };
+      return { entry: entryInfo(await files.rename(at(req.source), at(req.destination), as)) };
     }
     case 'Remove': {
       const req = parseInput(PathSchema, message, 'request');
       // envd's Remove succeeds when the path is already gone.
-      await files.remove(guestPath(req.path, user), { ...as, recursive: true }).catch((e: unknown) => {
+      await files.remove(at(req.path), { ...as, recursive: true }).catch((e: unknown) => {
         if (!isRoostError(e, 'NOT_FOUND')) throw e;
       });
       return {};
@@ -102,18 +95,93 @@ export async function filesystemCall(sandbox: SandboxApi, method: string, messag
   }
 }
 
-/** `GET /files?path=&username=`: a file's bytes. */
-export async function readFile(sandbox: SandboxApi, url: URL): Promise<Response> {
-  const user = url.searchParams.get('username') || undefined;
+const WatchDirSchema = PathSchema.extend({ recursive: z.boolean().optional(), includeEntry: z.boolean().optional() });
+
+const EVENT_TYPE: Record<Exclude<FileEvent['type'], 'overflow'>, string> = {
+  create: 'EVENT_TYPE_CREATE',
+  write: 'EVENT_TYPE_WRITE',
+  remove: 'EVENT_TYPE_REMOVE',
+  rename: 'EVENT_TYPE_RENAME',
+  chmod: 'EVENT_TYPE_CHMOD',
+};
+
+/** What WatchDir needs of the request beyond its message. */
+export interface WatchContext {
+  /** Connect-Timeout-Ms: the stream ends with deadline_exceeded then (the SDK's default is 60 s). */
+  timeoutMs: number | undefined;
+  /** A keepalive event after this long without one. */
+  keepaliveMs: number | undefined;
+}
+
+/**
+ * `WatchDir`: a stream of the directory's changes, `start` first (once the
+ * watch is in place), then one `filesystem` event per change, named
+ * relative to the directory. As fsnotify (envd's watcher) reports a move,
+ * a rename is the old name's RENAME and the new name's CREATE. Lost events
+ * (the guest's inotify queue overflowed) end the stream with an error
+ * rather than leave the watcher silently incomplete.
+ */
+export async function watchDir(sandbox: SandboxApi, profile: GuestProfile, message: unknown, user: string | undefined, ctx: WatchContext): Promise<Response> {
+  const req = parseInput(WatchDirSchema, message, 'request');
+  const dir = resolvePath(profile, req.path, user);
+  const as = user ? { user } : {};
+  const st = await sandbox.files.stat(dir, as);
+  if (st.type !== 'dir') throw new RoostError('INVALID_ARGUMENT', `path ${dir} is not a directory`);
+  const watch = await sandbox.files.watch(dir, { ...as, recursive: req.recursive ?? false });
+  const stream = new ConnectStream(() => void watch.close());
+  stream.send({ start: {} });
+  const timers: NodeJS.Timeout[] = [];
+  if (ctx.keepaliveMs) timers.push(setInterval(() => stream.send({ keepalive: {} }), ctx.keepaliveMs));
+  let pastDeadline = false;
+  if (ctx.timeoutMs)
+    timers.push(
+      setTimeout(() => {
+        pastDeadline = true;
+        void watch.close();
+      }, ctx.timeoutMs),
+    );
+  for (const t of timers) t.unref();
+  const emit = async (type: string, path: string, entryOf: boolean) => {
+    let entry: Record<string, unknown> | undefined;
+    // The entry is read after the event: it may be gone (or changed) by then.
+    if (req.includeEntry && entryOf) entry = await sandbox.files.stat(path, as).then(entryInfo, () => undefined);
+    stream.send({ filesystem: { name: posix.relative(dir, path), type, ...(entry ? { entry } : {}) } });
+  };
+  void (async () => {
+    let failure: unknown;
+    try {
+      for await (const e of watch) {
+        if (!stream.open) break;
+        if (e.type === 'overflow')
+          throw new RoostError('RESOURCE_EXHAUSTED', `too many changes under ${dir} at once: events were lost (the guest's inotify queue overflowed)`);
+        if (e.type === 'rename') {
+          if (e.oldPath !== undefined) await emit(EVENT_TYPE.rename, e.oldPath, false);
+          await emit(EVENT_TYPE.create, e.path, true);
+        } else await emit(EVENT_TYPE[e.type], e.path, e.type !== 'remove');
+      }
+    } catch (e) {
+      failure = e;
+    } finally {
+      for (const t of timers) clearTimeout(t);
+      await watch.close().catch(() => {});
+    }
+    stream.end(failure ?? (pastDeadline ? new RoostError('TIMEOUT', 'the watch reached its deadline (Connect-Timeout-Ms)') : undefined));
+  })();
+  return stream.response;
+}
+
+/** `GET /files?path=&username=`: a file's bytes (as `username`, else the template's default user). */
+export async function readFile(sandbox: SandboxApi, profile: GuestProfile, url: URL): Promise<Response> {
+  const user = effectiveUser(profile, url.searchParams.get('username') || undefined);
   const path = url.searchParams.get('path');
   if (!path) throw new RoostError('INVALID_ARGUMENT', 'path: required');
-  const bytes = await sandbox.files.read(guestPath(path, user), { format: 'bytes', ...(user ? { user } : {}) });
+  const bytes = await sandbox.files.read(resolvePath(profile, path, user), { format: 'bytes', ...(user ? { user } : {}) });
   return new Response(bytes, { status: 200, headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) } });
 }
 
 /** `POST /files`: multipart (one `file` part per file, named by its full path) or one octet-stream body (gzip too). */
-export async function writeFiles(sandbox: SandboxApi, req: Request, url: URL): Promise<Response> {
-  const user = url.searchParams.get('username') || undefined;
+export async function writeFiles(sandbox: SandboxApi, profile: GuestProfile, req: Request, url: URL): Promise<Response> {
+  const user = effectiveUser(profile, url.searchParams.get('username') || undefined);
   const queryPath = url.searchParams.get('path') || undefined;
   const as = user ? { user } : {};
   const type = req.headers.get('content-type') ?? '';
@@ -121,7 +189,7 @@ export async function writeFiles(sandbox: SandboxApi, req: Request, url: URL): P
   if (length > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
   const written: { name: string; type: 'file'; path: string }[] = [];
   const write = async (path: string, data: Uint8Array) => {
-    const info = await sandbox.files.write(guestPath(path, user), data, as);
+    const info = await sandbox.files.write(resolvePath(profile, path, user), data, as);
     written.push({ name: info.name, type: 'file', path: info.path });
   };
   if (type.startsWith('multipart/form-data')) {

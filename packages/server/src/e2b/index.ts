@@ -1,13 +1,15 @@
-import { isRoostError, RoostError, type SandboxApi } from '@roost/api';
+import { isRoostError, type SandboxApi } from '@roost/api';
 import type { Context } from 'hono';
 import type { DaemonRuntime } from '../daemon-runtime.js';
 import type { RoostHono } from '../route-context.js';
 import { e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
-import { filesystemCall, readFile, writeFiles } from './files.js';
+import { filesystemCall, readFile, watchDir, writeFiles } from './files.js';
 
 import { ConnectStream, readEnvelope, readUnary, unaryError } from './connect.js';
 import { E2bKeys } from './keys.js';
 import { E2bProcesses } from './process.js';
+import { effectiveUser, GuestProfiles, startDir } from './profile.js';
+import { signedRequest, verifySignature, type FileOperation } from './signature.js';
 
 /** The user of an envd request: `Authorization: Basic base64(user:)`, as E2B's SDK sends it. */
 export function basicUser(header: string | undefined): string | undefined {
@@ -27,7 +29,7 @@ export function basicUser(header: string | undefined): string | undefined {
  */
 
 /** Paths of E2B's control plane (authenticated with X-API-KEY). */
-const CONTROL_PATH = /^\/(v2\/)?sandboxes(\/|$)/;
+const CONTROL_PATH = /^\/((v2\/)?sandboxes|snapshots|templates)(\/|$)/;
 /** Paths of envd (authenticated with the sandbox's X-Access-Token, /health with none). */
 const ENVD_PATH = /^\/(health|files|envs|process\.Process\/[A-Za-z]+|filesystem\.Filesystem\/[A-Za-z]+)$/;
 
@@ -39,10 +41,10 @@ export function e2bFaceOf(path: string): 'control' | 'envd' | null {
 }
 
 /** Registers the E2B face; returns the check of a request's E2B credentials (for the app's auth). */
-export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) => Promise<boolean> {
+export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal): (c: Context) => Promise<boolean> {
   // Made on first use: registering the routes touches no runtime (the OpenAPI test lists them with none).
   let keys: E2bKeys | undefined;
-  const control = e2bControlRoutes(app, runtime);
+  const control = e2bControlRoutes(app, runtime, shutdown);
 
   /** E2B's edge answers 502 for a sandbox that is gone: the SDK reads it as "killed or timed out". */
   const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
@@ -55,8 +57,10 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
     async (c: Context): Promise<Response> => {
       let sandbox: SandboxApi;
       try {
-        sandbox = await control.sandbox(c.req.header('e2b-sandbox-id') ?? '');
+        // A signed /files URL names its sandbox by its signature alone (see the auth check below).
+        sandbox = await control.sandbox(c.req.header('e2b-sandbox-id') ?? signedSandbox.get(c.req.raw) ?? '');
       } catch (e) {
+        if (isRoostError(e, 'NOT_FOUND')) profiles.forget(c.req.header('e2b-sandbox-id') ?? '');
         return isRoostError(e, 'NOT_FOUND') ? gone(c) : fail(e, c);
       }
       try {
@@ -81,9 +85,21 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
     ),
   );
 
+  // What each guest has (bash, its users and their homes): ./profile.ts.
+  const profiles = new GuestProfiles();
+  /** The user of an envd call: the Authorization header's, else the template's default. */
+  const userOf = async (sandbox: SandboxApi, c: Context) => effectiveUser(await profiles.get(sandbox), basicUser(c.req.header('authorization')));
+  const timeoutOf = (c: Context) => {
+    const ms = Number(c.req.header('connect-timeout-ms') ?? 0);
+    return Number.isSafeInteger(ms) && ms > 0 ? ms : undefined;
+  };
+  const keepaliveOf = (c: Context) => {
+    const s = Number(c.req.header('keepalive-ping-interval') ?? 0);
+    return Number.isFinite(s) && s > 0 ? s * 1000 : undefined;
+  };
+
   // envd's process service (./process.ts), over Connect (./connect.ts).
   const processes = new E2bProcesses();
-  const hasBash = new Map<string, Promise<boolean>>();
   const isStreaming = (c: Context) => ['Start', 'Connect'].includes(c.req.param('method') ?? '');
   app.post(
     '/process.Process/:method',
@@ -92,15 +108,14 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
         const method = c.req.param('method');
         if (method === 'Start') {
           const message = await readEnvelope(c.req.raw);
-          let bash = hasBash.get(sandbox.id);
-          if (!bash) hasBash.set(sandbox.id, (bash = sandbox.files.exists('/bin/bash')));
-          const timeoutMs = Number(c.req.header('connect-timeout-ms') ?? 0);
-          const keepaliveS = Number(c.req.header('keepalive-ping-interval') ?? 0);
+          const profile = await profiles.get(sandbox);
+          const user = await userOf(sandbox, c);
           return processes.start(sandbox, message, {
-            user: basicUser(c.req.header('authorization')),
-            timeoutMs: Number.isSafeInteger(timeoutMs) && timeoutMs > 0 ? timeoutMs : undefined,
-            keepaliveMs: Number.isFinite(keepaliveS) && keepaliveS > 0 ? keepaliveS * 1000 : undefined,
-            hasBash: await bash,
+            user,
+            home: await startDir(sandbox, profile, user),
+            timeoutMs: timeoutOf(c),
+            keepaliveMs: keepaliveOf(c),
+            hasBash: profile.hasBash,
           });
         }
         if (method === 'Connect') return processes.connect(sandbox, await readEnvelope(c.req.raw));
@@ -109,6 +124,7 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
         if (method === 'SendSignal') return c.json(processes.signal(sandbox, message));
         if (method === 'SendInput') return c.json(await processes.input(sandbox, message));
         if (method === 'CloseStdin') return c.json(processes.closeStdin(sandbox, message));
+        if (method === 'Update') return c.json(processes.update(sandbox, message));
         return c.json({ code: 'unimplemented', message: `process.Process/${method} is not served by Roost's E2B face` }, 501);
       },
       (e, c) => (isStreaming(c) ? streamError(e) : unaryError(e)),
@@ -121,8 +137,11 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
     envd(
       async (sandbox, c) => {
         const method = c.req.param('method')!;
-        if (method === 'WatchDir') throw new RoostError('INVALID_ARGUMENT', "watchDir is not served by Roost's E2B face yet");
-        return c.json(await filesystemCall(sandbox, method, await readUnary(c.req.raw), basicUser(c.req.header('authorization'))));
+        const profile = await profiles.get(sandbox);
+        const user = await userOf(sandbox, c);
+        if (method === 'WatchDir')
+          return watchDir(sandbox, profile, await readEnvelope(c.req.raw), user, { timeoutMs: timeoutOf(c), keepaliveMs: keepaliveOf(c) });
+        return c.json(await filesystemCall(sandbox, profile, method, await readUnary(c.req.raw), user));
       },
       (e, c) => (c.req.param('method') === 'WatchDir' ? streamError(e) : unaryError(e)),
     ),
@@ -131,12 +150,30 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
   const files = (fn: (sandbox: SandboxApi, c: Context) => Promise<Response>) => envd(fn, (e, c) => e2bError(c, e));
   app.get(
     '/files',
-    files((sandbox, c) => readFile(sandbox, new URL(c.req.url))),
+    files(async (sandbox, c) => readFile(sandbox, await profiles.get(sandbox), new URL(c.req.url))),
   );
   app.post(
     '/files',
-    files((sandbox, c) => writeFiles(sandbox, c.req.raw, new URL(c.req.url))),
+    files(async (sandbox, c) => writeFiles(sandbox, await profiles.get(sandbox), c.req.raw, new URL(c.req.url))),
   );
+
+  /**
+   * The sandbox a signed /files URL was signed for (docs/e2b-wire.md §3.6).
+   * Such a URL carries no sandbox id when E2B_SANDBOX_URL is shared: the
+   * sandbox is the one whose access token makes the signature (a SHA-256
+   * per live E2B sandbox, computed only for signed requests).
+   */
+  const signedSandbox = new WeakMap<Request, string>();
+  const signedFor = async (c: Context): Promise<string | null> => {
+    const claims = signedRequest(new URL(c.req.url));
+    if (!claims) return null;
+    const op: FileOperation = c.req.method === 'GET' ? 'read' : 'write';
+    const named = c.req.header('e2b-sandbox-id');
+    const candidates = named ? [named] : (await runtime.list({ labels: [E2B_TEMPLATE_LABEL] })).map((i) => i.id);
+    const id = candidates.find((id) => /^[0-9a-f]{12}$/.test(id) && verifySignature(claims, op, control.accessToken(id)));
+    if (id) signedSandbox.set(c.req.raw, id);
+    return id ?? null;
+  };
 
   return async (c) => {
     const face = e2bFaceOf(c.req.path);
@@ -144,6 +181,8 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime): (c: Context) 
     if (c.req.path === '/health') return true;
     const id = c.req.header('e2b-sandbox-id');
     const token = c.req.header('x-access-token');
+    // /files takes a signed URL instead of the token (downloadUrl, uploadUrl).
+    if (!token && c.req.path === '/files') return (await signedFor(c)) !== null;
     return !!id && !!token && /^[0-9a-f]{12}$/.test(id) && token === control.accessToken(id);
   };
 }

@@ -1,14 +1,14 @@
-import { isRoostError, parseInput, RoostError, type CommandHandleApi, type SandboxApi } from '@roost/api';
+import { isRoostError, MAX_TERMINAL_SIZE, parseInput, RoostError, type CommandHandleApi, type SandboxApi } from '@roost/api';
 import { z } from 'zod';
 import { ConnectStream } from './connect.js';
 
 /*
  * envd's `process.Process` service (docs/e2b-wire.md §2.4-2.5) over Roost's
- * commands: Start streams a command's start, output and end; List,
- * SendSignal, SendInput and CloseStdin act on it by pid; Connect attaches
- * another stream to it. As in E2B, a process outlives the stream that
- * started it: its output is read (and dropped) while no stream listens.
- * PTYs (Start with `pty`, Update) are not served yet.
+ * commands: Start streams a command's start, output and end (output as
+ * `pty` data for a command on a terminal); List, SendSignal, SendInput,
+ * CloseStdin and Update (a terminal's size) act on it by pid; Connect
+ * attaches another stream to it. As in E2B, a process outlives the stream
+ * that started it: its output is read (and dropped) while no stream listens.
  */
 
 const ProcessConfigSchema = z.looseObject({
@@ -17,31 +17,39 @@ const ProcessConfigSchema = z.looseObject({
   envs: z.record(z.string(), z.string()).optional(),
   cwd: z.string().min(1).optional(),
 });
+const terminalSide = z.number().int().min(1).max(MAX_TERMINAL_SIZE);
+const PtySchema = z.looseObject({ size: z.looseObject({ cols: terminalSide, rows: terminalSide }) });
 const StartSchema = z.looseObject({
   process: ProcessConfigSchema,
-  pty: z.unknown().optional(),
+  pty: PtySchema.optional(),
   tag: z.string().optional(),
   stdin: z.boolean().optional(),
 });
 const SelectorSchema = z.looseObject({ process: z.looseObject({ pid: z.number().int().nonnegative() }) });
 const SignalSchema = SelectorSchema.extend({ signal: z.enum(['SIGNAL_SIGTERM', 'SIGNAL_SIGKILL', 'SIGNAL_UNSPECIFIED']).optional() });
 const InputSchema = SelectorSchema.extend({ input: z.looseObject({ stdin: z.string().optional(), pty: z.string().optional() }) });
+const UpdateSchema = SelectorSchema.extend({ pty: PtySchema.optional() });
 
-type ProcessEvent = { start: { pid: number } } | { data: { stdout: string } | { stderr: string } } | { end: Record<string, unknown> } | { keepalive: object };
+type ProcessEvent =
+  { start: { pid: number } } | { data: { stdout: string } | { stderr: string } | { pty: string } } | { end: Record<string, unknown> } | { keepalive: object };
 
 interface Proc {
   pid: number;
   tag?: string;
   config: z.infer<typeof ProcessConfigSchema>;
   handle: CommandHandleApi;
+  /** It runs on a terminal: its output is `pty` data, its input `pty` input. */
+  pty: boolean;
   /** The streams attached to it (Start's, and Connect's). */
   streams: Set<ConnectStream>;
 }
 
 /** What Start needs of the request beyond its message. */
 export interface StartContext {
-  /** The user from the Authorization header, if one was sent. */
+  /** The user it runs as: the Authorization header's, else the template's default (undefined: root). */
   user: string | undefined;
+  /** Where it starts when the request names no cwd: the user's home, if it exists. */
+  home: string | undefined;
   /** Connect-Timeout-Ms: the process is killed at this deadline (E2B's envd does so). */
   timeoutMs: number | undefined;
   /** Keepalive-Ping-Interval in ms: a keepalive event after this long without output. */
@@ -71,28 +79,31 @@ export class E2bProcesses {
   /** `Start`: runs the command and streams its events. */
   async start(sandbox: SandboxApi, message: unknown, ctx: StartContext): Promise<Response> {
     const req = parseInput(StartSchema, message, 'request');
-    if (req.pty !== undefined) throw new RoostError('INVALID_ARGUMENT', "PTYs are not served by Roost's E2B face yet");
     let argv = [req.process.cmd, ...(req.process.args ?? [])];
     // E2B's SDK runs every command as `/bin/bash -l -c CMD`: an image without bash runs it with /bin/sh.
     if (req.process.cmd === '/bin/bash' && !ctx.hasBash) argv = ['/bin/sh', ...(req.process.args ?? [])];
+    const cwd = req.process.cwd ?? ctx.home;
+    const pty = req.pty !== undefined;
     const handle = await sandbox.commands.start(argv, {
       ...(req.process.envs ? { env: req.process.envs } : {}),
-      ...(req.process.cwd ? { cwd: req.process.cwd } : {}),
+      ...(cwd ? { cwd } : {}),
       ...(ctx.user ? { user: ctx.user } : {}),
-      // `stdin: false` is /dev/null; absent or true, a pipe for SendInput.
-      ...(req.stdin === false ? {} : { stdin: true }),
+      ...(req.pty ? { pty: { rows: req.pty.size.rows, cols: req.pty.size.cols } } : {}),
+      // `stdin: false` is /dev/null; absent or true, a pipe for SendInput (a terminal always takes input).
+      ...(req.stdin === false && !pty ? {} : { stdin: true }),
       ...(ctx.timeoutMs ? { timeoutMs: ctx.timeoutMs } : {}),
     });
     const stream = new ConnectStream();
-    const proc: Proc = { pid: handle.pid, config: req.process, handle, streams: new Set([stream]), ...(req.tag ? { tag: req.tag } : {}) };
+    const proc: Proc = { pid: handle.pid, config: req.process, handle, pty, streams: new Set([stream]), ...(req.tag ? { tag: req.tag } : {}) };
     const key = this.#key(sandbox.id, proc.pid);
     this.#procs.set(key, proc);
     stream.send({ event: { start: { pid: proc.pid } } });
     const keepalive = ctx.keepaliveMs ? setInterval(() => send(proc, { keepalive: {} }), ctx.keepaliveMs) : undefined;
     keepalive?.unref();
     const pump = async (from: AsyncIterable<Uint8Array>, name: 'stdout' | 'stderr') => {
-      for await (const chunk of from)
-        send(proc, { data: name === 'stdout' ? { stdout: Buffer.from(chunk).toString('base64') } : { stderr: Buffer.from(chunk).toString('base64') } });
+      // A terminal's output (stdout and stderr merged) is `pty` data.
+      const kind = pty ? 'pty' : name;
+      for await (const chunk of from) send(proc, { data: { [kind]: Buffer.from(chunk).toString('base64') } as { pty: string } });
     };
     void (async () => {
       let failure: unknown;
@@ -141,11 +152,25 @@ export class E2bProcesses {
     return {};
   }
 
-  /** `SendInput`: bytes to the process's stdin. */
+  /** `SendInput`: bytes to the process's stdin, or to its terminal. */
   async input(sandbox: SandboxApi, message: unknown): Promise<object> {
     const req = parseInput(InputSchema, message, 'request');
-    if (req.input.stdin === undefined) throw new RoostError('INVALID_ARGUMENT', 'input: only stdin is served (PTYs are not, yet)');
-    await this.#get(sandbox, req.process.pid).handle.write(Buffer.from(req.input.stdin, 'base64'));
+    const proc = this.#get(sandbox, req.process.pid);
+    const data = proc.pty ? req.input.pty : req.input.stdin;
+    if (data === undefined)
+      throw new RoostError('INVALID_ARGUMENT', `input: process ${proc.pid} ${proc.pty ? 'runs on a terminal: send pty input' : 'has no terminal: send stdin'}`);
+    await proc.handle.write(Buffer.from(data, 'base64'));
+    return {};
+  }
+
+  /** `Update`: a terminal's new size. */
+  update(sandbox: SandboxApi, message: unknown): object {
+    const req = parseInput(UpdateSchema, message, 'request');
+    const proc = this.#get(sandbox, req.process.pid);
+    if (req.pty) {
+      if (!proc.pty) throw new RoostError('INVALID_ARGUMENT', `process ${proc.pid} has no terminal to resize`);
+      proc.handle.resize({ rows: req.pty.size.rows, cols: req.pty.size.cols });
+    }
     return {};
   }
 

@@ -1,0 +1,91 @@
+import { posix } from 'node:path';
+import { type SandboxApi } from '@roost/api';
+
+/*
+ * What E2B's envd knows of its own guest and Roost's face has to look up:
+ * whether the image has bash (the SDK runs every command with it), which
+ * user is the default (E2B's templates run as `user`, home /home/user), and
+ * each user's home (where commands start and relative paths resolve).
+ */
+
+/** E2B's default user, used when the image has it (docs/e2b-wire.md §5). */
+export const E2B_DEFAULT_USER = 'user';
+
+/** A guest's facts, read once per sandbox. */
+export interface GuestProfile {
+  hasBash: boolean;
+  /** `user` when /etc/passwd has it, else undefined (root). */
+  defaultUser: string | undefined;
+  /** Home directories by user name, from /etc/passwd. */
+  homes: ReadonlyMap<string, string>;
+  /** Whether a home directory exists, by path (looked up once each). */
+  homeExists: Map<string, Promise<boolean>>;
+}
+
+/** The homes in an /etc/passwd text (name -> home; lines that are not 7 fields are skipped). */
+export function parsePasswd(text: string): Map<string, string> {
+  const homes = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length === 7 && f[0] && f[5]?.startsWith('/')) homes.set(f[0], f[5]);
+  }
+  return homes;
+}
+
+/** The guest profiles of the sandboxes the face has served, each read on first use. */
+export class GuestProfiles {
+  readonly #profiles = new Map<string, Promise<GuestProfile>>();
+
+  get(sandbox: SandboxApi): Promise<GuestProfile> {
+    let p = this.#profiles.get(sandbox.id);
+    if (!p) {
+      p = read(sandbox);
+      this.#profiles.set(sandbox.id, p);
+      // A failed read (the sandbox went away mid-read) is not kept.
+      p.catch(() => this.#profiles.delete(sandbox.id));
+    }
+    return p;
+  }
+
+  /** Drops what is known of a sandbox (it is gone). */
+  forget(id: string): void {
+    this.#profiles.delete(id);
+  }
+}
+
+async function read(sandbox: SandboxApi): Promise<GuestProfile> {
+  const [hasBash, passwd] = await Promise.all([
+    sandbox.files.exists('/bin/bash'),
+    // An image without /etc/passwd (scratch) has root only.
+    sandbox.files.read('/etc/passwd').catch(() => ''),
+  ]);
+  const homes = parsePasswd(passwd);
+  return { hasBash, defaultUser: homes.has(E2B_DEFAULT_USER) ? E2B_DEFAULT_USER : undefined, homes, homeExists: new Map() };
+}
+
+/** The user a request runs as: the one it names, else the template's default (`user` if the image has it, else root). */
+export function effectiveUser(profile: GuestProfile, named: string | undefined): string | undefined {
+  return named ?? profile.defaultUser;
+}
+
+/** A user's home: from /etc/passwd, else /root for root and /home/<name> for others. */
+export function homeOf(profile: GuestProfile, user: string | undefined): string {
+  const name = !user || user === '0' ? 'root' : user;
+  return profile.homes.get(name) ?? (name === 'root' ? '/root' : `/home/${name}`);
+}
+
+/** An E2B path (absolute, or relative to the user's home) as a guest path. */
+export function guestPath(profile: GuestProfile, path: string, user: string | undefined): string {
+  return posix.resolve(homeOf(profile, user), path);
+}
+
+/**
+ * Where a command starts when the request names no directory: the user's
+ * home, as in E2B, when it exists (else the image's working directory).
+ */
+export async function startDir(sandbox: SandboxApi, profile: GuestProfile, user: string | undefined): Promise<string | undefined> {
+  const home = homeOf(profile, user);
+  let exists = profile.homeExists.get(home);
+  if (!exists) profile.homeExists.set(home, (exists = sandbox.files.exists(home).catch(() => false)));
+  return (await exists) ? home : undefined;
+}
