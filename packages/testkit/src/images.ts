@@ -248,18 +248,27 @@ export async function debianMirror(): Promise<string> {
 
 /**
  * A tarball of a Debian 12 minbase root (`debootstrap --variant=minbase`),
- * built once and cached under the real Roost home's cache/test/ (a .json
- * beside it records what made it; a different TARBALL_VERSION rebuilds).
- * Ownership, modes, symlinks and hardlinks are those of the debootstrap
- * tree; mtimes are fixed; device nodes, downloaded .debs and apt lists are
- * left out, as in Debian's own images.
+ * with the packages of `include` added (`--include`), built once and cached
+ * under the real Roost home's cache/test/ (a .json beside it records what
+ * made it; a different TARBALL_VERSION rebuilds). The packages name the
+ * cache: none is debian-minbase-bookworm.tar, ['python3'] is
+ * debian-minbase-bookworm+python3.tar. Ownership, modes, symlinks and
+ * hardlinks are those of the debootstrap tree; mtimes are fixed; device
+ * nodes, downloaded .debs and apt lists are left out, as in Debian's own
+ * images.
  */
-export async function debianMinbaseTarball(progress: (line: string) => void = () => {}): Promise<string> {
+export async function debianMinbaseTarball(progress: (line: string) => void = () => {}, include: readonly string[] = []): Promise<string> {
+  const packages = [...new Set(include)].sort();
+  const bad = packages.find((p) => !/^[a-z0-9][a-z0-9+.-]+$/.test(p));
+  if (bad !== undefined) throw new Error(`not a Debian package name: ${JSON.stringify(bad)}`);
+  // Without packages, the names and version of the plain minbase tarball, so its cache still hits.
+  const name = `debian-minbase-${DEBIAN_SUITE}${packages.map((p) => `+${p}`).join('')}`;
+  const version = [TARBALL_VERSION, ...packages].join('+');
   const cache = testCacheDir();
-  const out = join(cache, `debian-minbase-${DEBIAN_SUITE}.tar`);
-  const metaPath = join(cache, `debian-minbase-${DEBIAN_SUITE}.json`);
+  const out = join(cache, `${name}.tar`);
+  const metaPath = join(cache, `${name}.json`);
   const meta = JSON.parse(await readFile(metaPath, 'utf8').catch(() => '{}')) as { version?: string };
-  if (meta.version === TARBALL_VERSION && (await exists(out))) return out;
+  if (meta.version === version && (await exists(out))) return out;
   await mkdir(cache, { recursive: true });
   const mirror = await debianMirror();
   // In the cache directory, not /tmp: same filesystem for the rename, and room for ~200 MB.
@@ -267,9 +276,10 @@ export async function debianMinbaseTarball(progress: (line: string) => void = ()
   const root = join(work, 'root');
   const tmpTar = `${out}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
   try {
-    progress(`debootstrap --variant=minbase ${DEBIAN_SUITE} from ${mirror} (under a minute here; once)`);
+    const args = ['--variant=minbase', ...(packages.length > 0 ? [`--include=${packages.join(',')}`] : []), DEBIAN_SUITE, root, mirror];
+    progress(`debootstrap ${args.slice(0, -2).join(' ')} from ${mirror} (about a minute here; once)`);
     const started = Date.now();
-    await run('debootstrap', ['--variant=minbase', DEBIAN_SUITE, root, mirror]);
+    await run('debootstrap', args);
     const seconds = Math.round((Date.now() - started) / 1000);
     progress(`debootstrap done in ${seconds} s`);
     // Mount points and scratch directories stay, empty.
@@ -285,7 +295,7 @@ export async function debianMinbaseTarball(progress: (line: string) => void = ()
     await rename(tmpTar, out);
     await writeAtomic(
       metaPath,
-      JSON.stringify({ version: TARBALL_VERSION, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n',
+      JSON.stringify({ version, include: packages, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n',
     );
   } finally {
     await rm(tmpTar, { force: true });
@@ -317,36 +327,55 @@ export async function buildDebianImage(dir: string, options: DebianImageOptions 
   const tag = options.tag ?? DEBIAN_SUITE;
   const progress = options.progress ?? (() => {});
   const tarball = await debianMinbaseTarball(progress);
-  const st = await stat(tarball);
-  const key = createHash('sha256').update(`${DEBIAN_LAYOUT_VERSION}:${st.size}:${st.mtimeMs}:${st.ino}`).digest('hex').slice(0, 16);
-  const cached = join(testCacheDir(), `debian-layout-${key}`);
-  if (!(await exists(join(cached, 'image.json')))) {
+  const info = await cachedLayout(dir, tag, { name: 'debian-layout', version: DEBIAN_LAYOUT_VERSION, tarball }, (tmp) => {
     progress('debian image: splitting the root into layers');
+    return writeDebianLayout(tmp, tarball);
+  });
+  return { ...info, dir, tag, rootTarball: tarball };
+}
+
+/**
+ * Copies into the layout `dir`, tagged `tag`, the image `write` makes from
+ * `tarball` (and returns what `write` said of it). `write` runs once: its
+ * layout is cached in the test cache as NAME-KEY, KEY from the tarball's
+ * identity and `version`, so a second call only copies blobs. Other NAME-*
+ * layouts (of an older tarball or version) are removed.
+ */
+async function cachedLayout<T extends { manifestDigest: string; manifestSize: number }>(
+  dir: string,
+  tag: string,
+  cache: { name: string; version: string; tarball: string },
+  write: (tmp: string) => Promise<T>,
+): Promise<T> {
+  const st = await stat(cache.tarball);
+  const key = createHash('sha256').update(`${cache.version}:${st.size}:${st.mtimeMs}:${st.ino}`).digest('hex').slice(0, 16);
+  const cached = join(testCacheDir(), `${cache.name}-${key}`);
+  if (!(await exists(join(cached, 'image.json')))) {
     const tmp = `${cached}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
     try {
-      const info = await writeDebianLayout(tmp, tarball);
+      const info = await write(tmp);
       await writeFile(join(tmp, 'image.json'), JSON.stringify(info, null, 2) + '\n');
       await rename(tmp, cached).catch((e: NodeJS.ErrnoException) => {
         // A concurrent build got there first: theirs is as good.
         if (e.code !== 'ENOTEMPTY' && e.code !== 'EEXIST') throw e;
       });
-      // Layouts of an older tarball or split are garbage now.
+      // Layouts of an older tarball or version are garbage now.
+      const others = new RegExp(`^${cache.name}-[0-9a-f]{16}$`);
       for (const name of await readdir(testCacheDir())) {
-        if (/^debian-layout-[0-9a-f]{16}$/.test(name) && join(testCacheDir(), name) !== cached)
-          await rm(join(testCacheDir(), name), { recursive: true, force: true });
+        if (others.test(name) && join(testCacheDir(), name) !== cached) await rm(join(testCacheDir(), name), { recursive: true, force: true });
       }
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
   }
-  const info = JSON.parse(await readFile(join(cached, 'image.json'), 'utf8')) as DebianLayoutInfo;
+  const info = JSON.parse(await readFile(join(cached, 'image.json'), 'utf8')) as T;
   await initLayout(dir);
   for (const name of await readdir(join(cached, 'blobs', 'sha256'))) {
     const to = join(dir, 'blobs', 'sha256', name);
     if (!(await exists(to))) await copyFile(join(cached, 'blobs', 'sha256', name), to);
   }
   await tagInIndex(dir, tag, { mediaType: MEDIA_TYPES.manifest, digest: info.manifestDigest, size: info.manifestSize });
-  return { ...info, dir, tag, rootTarball: tarball };
+  return info;
 }
 
 type DebianLayoutInfo = Omit<DebianImage, 'dir' | 'tag' | 'rootTarball'>;
