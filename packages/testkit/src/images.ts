@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { roostHome } from '@roost/core';
 import {
   clean,
+  FIXED_MTIME,
   initLayout,
   MEDIA_TYPES,
   tagInIndex,
@@ -20,8 +21,9 @@ import { exists, run, writeAtomic } from './util.js';
 
 /**
  * Real OCI images for the image tests, built from host parts with the
- * layout writer of oci-layout.ts: busybox, and a debootstrapped Debian
- * minbase. Each says what its root filesystem must hold once unpacked.
+ * layout writer of oci-layout.ts: busybox, a debootstrapped Debian
+ * minbase, and an E2B-style Debian with python3 and a `user` account. Each
+ * says what its root filesystem must hold once unpacked.
  */
 
 // ---- what a test can assert ------------------------------------------------
@@ -426,6 +428,121 @@ async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLa
     else expected.files[p] = m;
   }
   expected.files['/etc/debian_version'] = {};
+  return {
+    manifestDigest: built.manifestDigest,
+    manifestSize: built.manifestSize,
+    configDigest: built.configDigest,
+    layers: built.layers,
+    expected,
+    config: { Cmd: ['bash'], Env: DEBIAN_ENV, WorkingDir: '/' },
+    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
+    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
+  };
+}
+
+// ---- E2B-style Debian ------------------------------------------------------
+
+export interface E2bDebianImageOptions {
+  /** Default 'e2b'. */
+  tag?: string;
+  progress?: (line: string) => void;
+}
+
+export interface E2bDebianImage extends DebianImage {
+  /** The account E2B's base template has, which E2B's face runs commands as when it exists. */
+  user: { name: string; uid: number; gid: number; home: string; shell: string };
+}
+
+/** Packages on top of minbase: E2B's base template has python3 (and its stdlib, which tests reach for). */
+const E2B_PACKAGES = ['python3'];
+/** Bump when the layers change: it keys the cached layout. */
+const E2B_LAYOUT_VERSION = 'e2b-layout-v1';
+const E2B_USER = { name: 'user', uid: 1000, gid: 1000, home: '/home/user', shell: '/bin/bash' };
+/** The account files layer 2 rewrites; gshadow only if the root has one. */
+const ACCOUNT_FILES = ['etc/passwd', 'etc/group', 'etc/shadow', 'etc/gshadow'];
+
+/**
+ * An image like E2B's base template, for E2B's face: Debian 12 minbase with
+ * python3, bash, and the account `user` (1000:1000, /home/user, /bin/bash).
+ * Two gzip layers, as a Dockerfile's FROM and `RUN useradd -m` give:
+ * 1. the debootstrap root as it is;
+ * 2. /etc/passwd, group, shadow (and gshadow) with `user` appended, and
+ *    /home/user with the files of /etc/skel.
+ * No User in the config: the face picks `user` itself. The layout is cached
+ * next to the tarball, so a second call only copies it.
+ */
+export async function buildE2bDebianImage(dir: string, options: E2bDebianImageOptions = {}): Promise<E2bDebianImage> {
+  const tag = options.tag ?? 'e2b';
+  const progress = options.progress ?? (() => {});
+  const tarball = await debianMinbaseTarball(progress, E2B_PACKAGES);
+  const info = await cachedLayout(dir, tag, { name: 'e2b-layout', version: E2B_LAYOUT_VERSION, tarball }, (tmp) => {
+    progress('e2b image: adding the user account');
+    return writeE2bLayout(tmp, tarball);
+  });
+  return { ...info, dir, tag, rootTarball: tarball, user: E2B_USER };
+}
+
+async function writeE2bLayout(dir: string, tarball: string): Promise<DebianLayoutInfo> {
+  // First pass: the account files and /etc/skel, which layer 2 rewrites and copies.
+  const found = new Map<string, { content: Buffer; mode: number; uid: number; gid: number }>();
+  const skel: string[] = [];
+  let python = '';
+  for await (const e of tarEntries(tarball)) {
+    const p = clean(e.path);
+    if (p === 'usr/bin/python3' && e.type === 'symlink') python = e.target;
+    if (e.type !== 'file' || (!ACCOUNT_FILES.includes(p) && !p.startsWith('etc/skel/'))) continue;
+    const chunks: Uint8Array[] = [];
+    for await (const c of e.stream!) chunks.push(c);
+    found.set(p, { content: Buffer.concat(chunks), mode: e.mode ?? 0o644, uid: e.uid ?? 0, gid: e.gid ?? 0 });
+    if (p.startsWith('etc/skel/') && !p.slice(9).includes('/')) skel.push(p.slice(9));
+  }
+  if (!python) throw new Error(`${tarball} has no /usr/bin/python3 symlink: debootstrap --include=python3 did not take?`);
+
+  const u = E2B_USER;
+  // What `useradd -m -s /bin/bash user` writes; the shadow date is FIXED_MTIME's day, so the layer is reproducible.
+  const lines: Record<string, string> = {
+    'etc/passwd': `${u.name}:x:${u.uid}:${u.gid}::${u.home}:${u.shell}`,
+    'etc/group': `${u.name}:x:${u.gid}:`,
+    'etc/shadow': `${u.name}:!:${Math.floor(FIXED_MTIME / 86_400)}:0:99999:7:::`,
+    'etc/gshadow': `${u.name}:!::`,
+  };
+  const account: LayerEntry[] = [];
+  const expected: ExpectedRoot = {
+    files: { '/etc/debian_version': {}, [`/usr/bin/${python}`]: { mode: 0o755, uid: 0, gid: 0 } },
+    dirs: { [u.home]: { mode: 0o755, uid: u.uid, gid: u.gid, entries: [...skel].sort() } },
+    symlinks: { '/bin': 'usr/bin', '/lib': 'usr/lib', '/usr/bin/python3': python },
+    hardlinks: [],
+    absent: [],
+  };
+  for (const p of ACCOUNT_FILES) {
+    const f = found.get(p);
+    if (!f) {
+      if (p === 'etc/gshadow') continue;
+      throw new Error(`${tarball} has no /${p}`);
+    }
+    const text = f.content.toString('utf8');
+    if (text.split('\n').some((l) => l.startsWith(`${u.name}:`))) throw new Error(`/${p} of ${tarball} already has ${u.name}`);
+    const content = `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${lines[p]!}\n`;
+    account.push({ type: 'file', path: p, content, mode: f.mode, uid: f.uid, gid: f.gid });
+    expected.files[`/${p}`] = { content, mode: f.mode, uid: f.uid, gid: f.gid };
+  }
+  const home = u.home.slice(1);
+  account.push({ type: 'dir', path: home, mode: 0o755, uid: u.uid, gid: u.gid });
+  for (const name of skel) {
+    const f = found.get(`etc/skel/${name}`)!;
+    account.push({ type: 'file', path: `${home}/${name}`, content: f.content, mode: f.mode, uid: u.uid, gid: u.gid });
+    expected.files[`${u.home}/${name}`] = { content: f.content.toString('utf8'), mode: f.mode, uid: u.uid, gid: u.gid };
+  }
+
+  const config: ImageConfig = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' };
+  const built = await writeOciLayout(dir, {
+    tag: 'e2b',
+    config,
+    layers: [
+      { entries: tarEntries(tarball), createdBy: `debootstrap --variant=minbase --include=${E2B_PACKAGES.join(',')} ${DEBIAN_SUITE}` },
+      { entries: account, createdBy: `useradd -m -s ${u.shell} ${u.name}` },
+    ],
+  });
   return {
     manifestDigest: built.manifestDigest,
     manifestSize: built.manifestSize,
