@@ -1,12 +1,25 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive } from './helpers.js';
-import { buildBusyboxImage, buildDebianImage, MEDIA_TYPES, writeOciIndex, writeOciLayout, type BusyboxImage } from '@roost/testkit';
+import {
+  buildBusyboxImage,
+  buildDebianImage,
+  buildE2bDebianImage,
+  MEDIA_TYPES,
+  tarEntries,
+  writeOciIndex,
+  writeOciLayout,
+  type BusyboxImage,
+  type BuiltImage,
+  type LayerEntry,
+} from '@roost/testkit';
 import { parseChallenge, startRegistry, type RegistryAuth, type TestRegistry } from '@roost/testkit';
 
 // The test harness itself: registries in every auth mode, and images they
@@ -269,6 +282,81 @@ describe('buildDebianImage', () => {
     // A second build comes from the cache, byte for byte.
     const again = Date.now();
     const second = await buildDebianImage(join(layout, 'debian-again'));
+    expect(second.manifestDigest).toBe(built.manifestDigest);
+    expect(Date.now() - again).toBeLessThan(15_000);
+  });
+});
+
+/**
+ * The root filesystem an image's gzip layers make, read back from the blobs
+ * without unpacking: each path's last entry, with the text of the files in
+ * `read`. Enough for images without whiteouts.
+ */
+async function rootOf(image: BuiltImage, read: string[]): Promise<Map<string, LayerEntry & { text?: string }>> {
+  const root = new Map<string, LayerEntry & { text?: string }>();
+  const tar = join(layout, 'layer.tar');
+  for (const layer of image.layers) {
+    await pipeline(createReadStream(join(image.dir, 'blobs', 'sha256', layer.digest.slice(7))), createGunzip(), createWriteStream(tar));
+    for await (const e of tarEntries(tar)) {
+      const path = `/${e.path.replace(/\/+$/, '')}`;
+      expect(path).not.toContain('/.wh.');
+      let text: string | undefined;
+      if (e.type === 'file' && read.includes(path)) {
+        const chunks: Uint8Array[] = [];
+        for await (const c of e.stream!) chunks.push(c);
+        text = Buffer.concat(chunks).toString('utf8');
+      }
+      root.set(path, { ...e, path, ...(text !== undefined ? { text } : {}) });
+    }
+  }
+  await rm(tar, { force: true });
+  return root;
+}
+
+describe('buildE2bDebianImage', () => {
+  it("writes Debian minbase with python3, bash and the user account of E2B's base template", { timeout: 20 * 60_000 }, async () => {
+    const dir = join(layout, 'e2b');
+    const started = Date.now();
+    const built = await buildE2bDebianImage(dir, { progress: (line) => process.stderr.write(`[e2b image] ${line}\n`) });
+    process.stderr.write(
+      `[e2b image] ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${(built.tarBytes / 1e6).toFixed(0)} MB in layers, ${(built.blobBytes / 1e6).toFixed(0)} MB gzipped\n`,
+    );
+    expect(built.tag).toBe('e2b');
+    expect(built.layers).toHaveLength(2);
+    expect(built.rootTarball).toMatch(/debian-minbase-bookworm\+python3\.tar$/);
+    const config = JSON.parse(execFileSync('skopeo', ['inspect', '--config', `oci:${dir}:e2b`], { encoding: 'utf8' })) as { config: Record<string, unknown> };
+    // No User: E2B's face picks `user` itself.
+    expect(config.config).toEqual({
+      Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG=C.UTF-8'],
+      Cmd: ['bash'],
+      WorkingDir: '/',
+    });
+
+    const accounts = ['/etc/passwd', '/etc/group', '/etc/shadow', '/etc/gshadow'];
+    const root = await rootOf(built, accounts);
+    const at = (p: string) => root.get(p) ?? expect.fail(`${p} is not in the image`);
+    expect(at('/bin')).toMatchObject({ type: 'symlink', target: 'usr/bin' });
+    expect(at('/usr/bin/bash')).toMatchObject({ type: 'file', mode: 0o755 });
+    expect(at('/usr/bin/python3')).toMatchObject({ type: 'symlink', target: 'python3.11' });
+    expect(at('/usr/bin/python3.11')).toMatchObject({ type: 'file', mode: 0o755, uid: 0 });
+    expect(at('/home/user')).toMatchObject({ type: 'dir', mode: 0o755, uid: 1000, gid: 1000 });
+    expect(at('/home/user/.bashrc')).toMatchObject({ type: 'file', uid: 1000, gid: 1000 });
+    const [passwd, group, shadow, gshadow] = accounts.map((p) => at(p).text ?? '');
+    expect(passwd).toMatch(/^root:x:0:0:root:\/root:\/bin\/bash$/m);
+    expect(passwd).toMatch(/^user:x:1000:1000:[^:]*:\/home\/user:\/bin\/bash$/m);
+    expect(group).toMatch(/^user:x:1000:$/m);
+    expect(shadow).toMatch(/^user:[!*]:/m);
+    expect(gshadow).toMatch(/^user:[!*]::$/m);
+    expect(at('/etc/shadow')).toMatchObject({ mode: 0o640, uid: 0, gid: 42 });
+    // What the builder says the root holds (for tests that boot it) is what the layers hold.
+    for (const [p, f] of Object.entries(built.expected.files)) {
+      expect(at(p), p).toMatchObject({ type: 'file', ...(f.mode !== undefined ? { mode: f.mode, uid: f.uid, gid: f.gid } : {}) });
+      if (f.content !== undefined && accounts.includes(p)) expect(at(p).text).toBe(f.content);
+    }
+
+    // A second build comes from the cache, byte for byte.
+    const again = Date.now();
+    const second = await buildE2bDebianImage(join(layout, 'e2b-again'), { tag: 'other' });
     expect(second.manifestDigest).toBe(built.manifestDigest);
     expect(Date.now() - again).toBeLessThan(15_000);
   });

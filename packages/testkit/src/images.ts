@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { roostHome } from '@roost/core';
 import {
   clean,
+  FIXED_MTIME,
   initLayout,
   MEDIA_TYPES,
   tagInIndex,
@@ -20,8 +21,9 @@ import { exists, run, writeAtomic } from './util.js';
 
 /**
  * Real OCI images for the image tests, built from host parts with the
- * layout writer of oci-layout.ts: busybox, and a debootstrapped Debian
- * minbase. Each says what its root filesystem must hold once unpacked.
+ * layout writer of oci-layout.ts: busybox, a debootstrapped Debian
+ * minbase, and an E2B-style Debian with python3 and a `user` account. Each
+ * says what its root filesystem must hold once unpacked.
  */
 
 // ---- what a test can assert ------------------------------------------------
@@ -248,18 +250,27 @@ export async function debianMirror(): Promise<string> {
 
 /**
  * A tarball of a Debian 12 minbase root (`debootstrap --variant=minbase`),
- * built once and cached under the real Roost home's cache/test/ (a .json
- * beside it records what made it; a different TARBALL_VERSION rebuilds).
- * Ownership, modes, symlinks and hardlinks are those of the debootstrap
- * tree; mtimes are fixed; device nodes, downloaded .debs and apt lists are
- * left out, as in Debian's own images.
+ * with the packages of `include` added (`--include`), built once and cached
+ * under the real Roost home's cache/test/ (a .json beside it records what
+ * made it; a different TARBALL_VERSION rebuilds). The packages name the
+ * cache: none is debian-minbase-bookworm.tar, ['python3'] is
+ * debian-minbase-bookworm+python3.tar. Ownership, modes, symlinks and
+ * hardlinks are those of the debootstrap tree; mtimes are fixed; device
+ * nodes, downloaded .debs and apt lists are left out, as in Debian's own
+ * images.
  */
-export async function debianMinbaseTarball(progress: (line: string) => void = () => {}): Promise<string> {
+export async function debianMinbaseTarball(progress: (line: string) => void = () => {}, include: readonly string[] = []): Promise<string> {
+  const packages = [...new Set(include)].sort();
+  const bad = packages.find((p) => !/^[a-z0-9][a-z0-9+.-]+$/.test(p));
+  if (bad !== undefined) throw new Error(`not a Debian package name: ${JSON.stringify(bad)}`);
+  // Without packages, the names and version of the plain minbase tarball, so its cache still hits.
+  const name = `debian-minbase-${DEBIAN_SUITE}${packages.map((p) => `+${p}`).join('')}`;
+  const version = [TARBALL_VERSION, ...packages].join('+');
   const cache = testCacheDir();
-  const out = join(cache, `debian-minbase-${DEBIAN_SUITE}.tar`);
-  const metaPath = join(cache, `debian-minbase-${DEBIAN_SUITE}.json`);
+  const out = join(cache, `${name}.tar`);
+  const metaPath = join(cache, `${name}.json`);
   const meta = JSON.parse(await readFile(metaPath, 'utf8').catch(() => '{}')) as { version?: string };
-  if (meta.version === TARBALL_VERSION && (await exists(out))) return out;
+  if (meta.version === version && (await exists(out))) return out;
   await mkdir(cache, { recursive: true });
   const mirror = await debianMirror();
   // In the cache directory, not /tmp: same filesystem for the rename, and room for ~200 MB.
@@ -267,9 +278,10 @@ export async function debianMinbaseTarball(progress: (line: string) => void = ()
   const root = join(work, 'root');
   const tmpTar = `${out}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
   try {
-    progress(`debootstrap --variant=minbase ${DEBIAN_SUITE} from ${mirror} (under a minute here; once)`);
+    const args = ['--variant=minbase', ...(packages.length > 0 ? [`--include=${packages.join(',')}`] : []), DEBIAN_SUITE, root, mirror];
+    progress(`debootstrap ${args.slice(0, -2).join(' ')} from ${mirror} (about a minute here; once)`);
     const started = Date.now();
-    await run('debootstrap', ['--variant=minbase', DEBIAN_SUITE, root, mirror]);
+    await run('debootstrap', args);
     const seconds = Math.round((Date.now() - started) / 1000);
     progress(`debootstrap done in ${seconds} s`);
     // Mount points and scratch directories stay, empty.
@@ -285,7 +297,7 @@ export async function debianMinbaseTarball(progress: (line: string) => void = ()
     await rename(tmpTar, out);
     await writeAtomic(
       metaPath,
-      JSON.stringify({ version: TARBALL_VERSION, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n',
+      JSON.stringify({ version, include: packages, mirror, debootstrapSeconds: seconds, built: new Date().toISOString() }, null, 2) + '\n',
     );
   } finally {
     await rm(tmpTar, { force: true });
@@ -317,36 +329,55 @@ export async function buildDebianImage(dir: string, options: DebianImageOptions 
   const tag = options.tag ?? DEBIAN_SUITE;
   const progress = options.progress ?? (() => {});
   const tarball = await debianMinbaseTarball(progress);
-  const st = await stat(tarball);
-  const key = createHash('sha256').update(`${DEBIAN_LAYOUT_VERSION}:${st.size}:${st.mtimeMs}:${st.ino}`).digest('hex').slice(0, 16);
-  const cached = join(testCacheDir(), `debian-layout-${key}`);
-  if (!(await exists(join(cached, 'image.json')))) {
+  const info = await cachedLayout(dir, tag, { name: 'debian-layout', version: DEBIAN_LAYOUT_VERSION, tarball }, (tmp) => {
     progress('debian image: splitting the root into layers');
+    return writeDebianLayout(tmp, tarball);
+  });
+  return { ...info, dir, tag, rootTarball: tarball };
+}
+
+/**
+ * Copies into the layout `dir`, tagged `tag`, the image `write` makes from
+ * `tarball` (and returns what `write` said of it). `write` runs once: its
+ * layout is cached in the test cache as NAME-KEY, KEY from the tarball's
+ * identity and `version`, so a second call only copies blobs. Other NAME-*
+ * layouts (of an older tarball or version) are removed.
+ */
+async function cachedLayout<T extends { manifestDigest: string; manifestSize: number }>(
+  dir: string,
+  tag: string,
+  cache: { name: string; version: string; tarball: string },
+  write: (tmp: string) => Promise<T>,
+): Promise<T> {
+  const st = await stat(cache.tarball);
+  const key = createHash('sha256').update(`${cache.version}:${st.size}:${st.mtimeMs}:${st.ino}`).digest('hex').slice(0, 16);
+  const cached = join(testCacheDir(), `${cache.name}-${key}`);
+  if (!(await exists(join(cached, 'image.json')))) {
     const tmp = `${cached}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
     try {
-      const info = await writeDebianLayout(tmp, tarball);
+      const info = await write(tmp);
       await writeFile(join(tmp, 'image.json'), JSON.stringify(info, null, 2) + '\n');
       await rename(tmp, cached).catch((e: NodeJS.ErrnoException) => {
         // A concurrent build got there first: theirs is as good.
         if (e.code !== 'ENOTEMPTY' && e.code !== 'EEXIST') throw e;
       });
-      // Layouts of an older tarball or split are garbage now.
+      // Layouts of an older tarball or version are garbage now.
+      const others = new RegExp(`^${cache.name}-[0-9a-f]{16}$`);
       for (const name of await readdir(testCacheDir())) {
-        if (/^debian-layout-[0-9a-f]{16}$/.test(name) && join(testCacheDir(), name) !== cached)
-          await rm(join(testCacheDir(), name), { recursive: true, force: true });
+        if (others.test(name) && join(testCacheDir(), name) !== cached) await rm(join(testCacheDir(), name), { recursive: true, force: true });
       }
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
   }
-  const info = JSON.parse(await readFile(join(cached, 'image.json'), 'utf8')) as DebianLayoutInfo;
+  const info = JSON.parse(await readFile(join(cached, 'image.json'), 'utf8')) as T;
   await initLayout(dir);
   for (const name of await readdir(join(cached, 'blobs', 'sha256'))) {
     const to = join(dir, 'blobs', 'sha256', name);
     if (!(await exists(to))) await copyFile(join(cached, 'blobs', 'sha256', name), to);
   }
   await tagInIndex(dir, tag, { mediaType: MEDIA_TYPES.manifest, digest: info.manifestDigest, size: info.manifestSize });
-  return { ...info, dir, tag, rootTarball: tarball };
+  return info;
 }
 
 type DebianLayoutInfo = Omit<DebianImage, 'dir' | 'tag' | 'rootTarball'>;
@@ -397,6 +428,121 @@ async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLa
     else expected.files[p] = m;
   }
   expected.files['/etc/debian_version'] = {};
+  return {
+    manifestDigest: built.manifestDigest,
+    manifestSize: built.manifestSize,
+    configDigest: built.configDigest,
+    layers: built.layers,
+    expected,
+    config: { Cmd: ['bash'], Env: DEBIAN_ENV, WorkingDir: '/' },
+    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
+    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
+  };
+}
+
+// ---- E2B-style Debian ------------------------------------------------------
+
+export interface E2bDebianImageOptions {
+  /** Default 'e2b'. */
+  tag?: string;
+  progress?: (line: string) => void;
+}
+
+export interface E2bDebianImage extends DebianImage {
+  /** The account E2B's base template has, which E2B's face runs commands as when it exists. */
+  user: { name: string; uid: number; gid: number; home: string; shell: string };
+}
+
+/** Packages on top of minbase: E2B's base template has python3 (and its stdlib, which tests reach for). */
+const E2B_PACKAGES = ['python3'];
+/** Bump when the layers change: it keys the cached layout. */
+const E2B_LAYOUT_VERSION = 'e2b-layout-v1';
+const E2B_USER = { name: 'user', uid: 1000, gid: 1000, home: '/home/user', shell: '/bin/bash' };
+/** The account files layer 2 rewrites; gshadow only if the root has one. */
+const ACCOUNT_FILES = ['etc/passwd', 'etc/group', 'etc/shadow', 'etc/gshadow'];
+
+/**
+ * An image like E2B's base template, for E2B's face: Debian 12 minbase with
+ * python3, bash, and the account `user` (1000:1000, /home/user, /bin/bash).
+ * Two gzip layers, as a Dockerfile's FROM and `RUN useradd -m` give:
+ * 1. the debootstrap root as it is;
+ * 2. /etc/passwd, group, shadow (and gshadow) with `user` appended, and
+ *    /home/user with the files of /etc/skel.
+ * No User in the config: the face picks `user` itself. The layout is cached
+ * next to the tarball, so a second call only copies it.
+ */
+export async function buildE2bDebianImage(dir: string, options: E2bDebianImageOptions = {}): Promise<E2bDebianImage> {
+  const tag = options.tag ?? 'e2b';
+  const progress = options.progress ?? (() => {});
+  const tarball = await debianMinbaseTarball(progress, E2B_PACKAGES);
+  const info = await cachedLayout(dir, tag, { name: 'e2b-layout', version: E2B_LAYOUT_VERSION, tarball }, (tmp) => {
+    progress('e2b image: adding the user account');
+    return writeE2bLayout(tmp, tarball);
+  });
+  return { ...info, dir, tag, rootTarball: tarball, user: E2B_USER };
+}
+
+async function writeE2bLayout(dir: string, tarball: string): Promise<DebianLayoutInfo> {
+  // First pass: the account files and /etc/skel, which layer 2 rewrites and copies.
+  const found = new Map<string, { content: Buffer; mode: number; uid: number; gid: number }>();
+  const skel: string[] = [];
+  let python = '';
+  for await (const e of tarEntries(tarball)) {
+    const p = clean(e.path);
+    if (p === 'usr/bin/python3' && e.type === 'symlink') python = e.target;
+    if (e.type !== 'file' || (!ACCOUNT_FILES.includes(p) && !p.startsWith('etc/skel/'))) continue;
+    const chunks: Uint8Array[] = [];
+    for await (const c of e.stream!) chunks.push(c);
+    found.set(p, { content: Buffer.concat(chunks), mode: e.mode ?? 0o644, uid: e.uid ?? 0, gid: e.gid ?? 0 });
+    if (p.startsWith('etc/skel/') && !p.slice(9).includes('/')) skel.push(p.slice(9));
+  }
+  if (!python) throw new Error(`${tarball} has no /usr/bin/python3 symlink: debootstrap --include=python3 did not take?`);
+
+  const u = E2B_USER;
+  // What `useradd -m -s /bin/bash user` writes; the shadow date is FIXED_MTIME's day, so the layer is reproducible.
+  const lines: Record<string, string> = {
+    'etc/passwd': `${u.name}:x:${u.uid}:${u.gid}::${u.home}:${u.shell}`,
+    'etc/group': `${u.name}:x:${u.gid}:`,
+    'etc/shadow': `${u.name}:!:${Math.floor(FIXED_MTIME / 86_400)}:0:99999:7:::`,
+    'etc/gshadow': `${u.name}:!::`,
+  };
+  const account: LayerEntry[] = [];
+  const expected: ExpectedRoot = {
+    files: { '/etc/debian_version': {}, [`/usr/bin/${python}`]: { mode: 0o755, uid: 0, gid: 0 } },
+    dirs: { [u.home]: { mode: 0o755, uid: u.uid, gid: u.gid, entries: [...skel].sort() } },
+    symlinks: { '/bin': 'usr/bin', '/lib': 'usr/lib', '/usr/bin/python3': python },
+    hardlinks: [],
+    absent: [],
+  };
+  for (const p of ACCOUNT_FILES) {
+    const f = found.get(p);
+    if (!f) {
+      if (p === 'etc/gshadow') continue;
+      throw new Error(`${tarball} has no /${p}`);
+    }
+    const text = f.content.toString('utf8');
+    if (text.split('\n').some((l) => l.startsWith(`${u.name}:`))) throw new Error(`/${p} of ${tarball} already has ${u.name}`);
+    const content = `${text}${text === '' || text.endsWith('\n') ? '' : '\n'}${lines[p]!}\n`;
+    account.push({ type: 'file', path: p, content, mode: f.mode, uid: f.uid, gid: f.gid });
+    expected.files[`/${p}`] = { content, mode: f.mode, uid: f.uid, gid: f.gid };
+  }
+  const home = u.home.slice(1);
+  account.push({ type: 'dir', path: home, mode: 0o755, uid: u.uid, gid: u.gid });
+  for (const name of skel) {
+    const f = found.get(`etc/skel/${name}`)!;
+    account.push({ type: 'file', path: `${home}/${name}`, content: f.content, mode: f.mode, uid: u.uid, gid: u.gid });
+    expected.files[`${u.home}/${name}`] = { content: f.content.toString('utf8'), mode: f.mode, uid: u.uid, gid: u.gid };
+  }
+
+  const config: ImageConfig = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' };
+  const built = await writeOciLayout(dir, {
+    tag: 'e2b',
+    config,
+    layers: [
+      { entries: tarEntries(tarball), createdBy: `debootstrap --variant=minbase --include=${E2B_PACKAGES.join(',')} ${DEBIAN_SUITE}` },
+      { entries: account, createdBy: `useradd -m -s ${u.shell} ${u.name}` },
+    ],
+  });
   return {
     manifestDigest: built.manifestDigest,
     manifestSize: built.manifestSize,

@@ -1,7 +1,7 @@
 /**
  * @roost/testkit: fixtures shared by the tests and the benchmarks (not
  * published). A real registry on 127.0.0.1, OCI image builders (busybox,
- * Debian minbase), and the Debian packages they need.
+ * Debian minbase, E2B-style Debian), and the Debian packages they need.
  */
 export * from './deps.js';
 export * from './registry.js';
