@@ -11,7 +11,10 @@ import {
   TimeoutError,
   type FilesystemEvent,
 } from 'e2b';
+import { join } from 'node:path';
+import { ImageStore } from '@roost/core';
 import { RoostClient } from '@roost/client';
+import { buildE2bDebianImage } from '@roost/testkit';
 import { serve, type ServeHandle } from '@roost/server';
 import { E2bKeys } from '../packages/server/src/e2b/keys.js';
 import { eventually, TestHome } from './helpers.js';
@@ -334,5 +337,34 @@ describe('E2B files (envd filesystem service and /files)', () => {
     const up = await fetch(upload, { method: 'POST', body: form });
     expect(up.status).toBe(200);
     expect(await sbx.files.read('/tmp/uploaded.txt')).toBe('uploaded through a signed URL');
+  });
+});
+
+describe("E2B's defaults in an image like E2B's base (Debian with bash, python3 and `user`)", () => {
+  let sbx: Sandbox;
+  beforeAll(async () => {
+    const layout = join(home.root, 'e2b-debian-layout');
+    await buildE2bDebianImage(layout, { progress: (l) => process.stderr.write(`[e2b image] ${l}\n`) });
+    await new ImageStore({ home: home.root }).import(layout, { tag: 'e2b-debian' });
+    sbx = await Sandbox.create('e2b-debian');
+  }, 300_000);
+  afterAll(async () => {
+    await sbx?.kill();
+  });
+
+  it('runs commands with bash as `user` in /home/user; root when asked; files relative to the home, owned and named', async () => {
+    expect((await sbx.commands.run('echo "$(id -un) $PWD $HOME ${BASH_VERSION%%.*}"')).stdout).toBe('user /home/user /home/user 5\n');
+    expect((await sbx.commands.run('python3 -c "print(6 * 7)"')).stdout).toBe('42\n');
+    expect((await sbx.commands.run('id -un; pwd', { user: 'root' })).stdout).toBe('root\n/root\n');
+    await sbx.files.write('notes.txt', 'mine');
+    expect(await sbx.files.getInfo('/home/user/notes.txt')).toMatchObject({ owner: 'user', group: 'user', type: 'file' });
+    expect((await sbx.commands.run('cat ~/notes.txt')).stdout).toBe('mine');
+    // The default user cannot write where `user` cannot.
+    await expect(sbx.files.write('/root/nope.txt', 'x')).rejects.toThrow(/permission|denied/i);
+    expect((await sbx.files.list('.')).map((e) => e.name)).toContain('notes.txt');
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {}, timeoutMs: 0 });
+    expect((await sbx.commands.list()).find((p) => p.pid === pty.pid)?.args).toEqual(['-i', '-l']);
+    expect((await sbx.commands.list()).find((p) => p.pid === pty.pid)?.cmd).toBe('/bin/bash');
+    await sbx.pty.kill(pty.pid);
   });
 });

@@ -6,7 +6,7 @@ import { isRoostError } from '@roost/api';
 import { parseMetadataQuery } from './control.js';
 import { e2bFaceOf } from './index.js';
 import { E2bKeys } from './keys.js';
-import { effectiveUser, guestPath, parsePasswd } from './profile.js';
+import { effectiveUser, guestPath, namesById, parsePasswd } from './profile.js';
 import { parseDf, parseMeminfo } from './metrics.js';
 import { fileSignature, signedRequest, verifySignature } from './signature.js';
 
@@ -99,7 +99,11 @@ describe('E2B guest profile', () => {
       ['user', '/home/user'],
       ['nobody', '/nonexistent'],
     ]);
-    const profile = { hasBash: true, defaultUser: 'user', homes, homeExists: new Map() };
+    const profile = { hasBash: true, defaultUser: 'user', homes, userNames: new Map(), groupNames: new Map(), homeExists: new Map() };
+    expect([...namesById('root:x:0:\nuser:x:1000:\nalias:x:1000:\nbad\n')]).toEqual([
+      [0, 'root'],
+      [1000, 'user'],
+    ]);
     expect(effectiveUser(profile, undefined)).toBe('user');
     expect(effectiveUser(profile, 'root')).toBe('root');
     expect(guestPath(profile, 'a/b.txt', 'user')).toBe('/home/user/a/b.txt');

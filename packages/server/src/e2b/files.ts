@@ -41,8 +41,8 @@ export function permissions(type: EntryInfo['type'], mode: number): string {
   return out;
 }
 
-/** A Roost entry as envd's EntryInfo (owner and group as numeric ids: Roost's entries carry no names). */
-export function entryInfo(e: EntryInfo): Record<string, unknown> {
+/** A Roost entry as envd's EntryInfo, owner and group named from the guest's /etc/passwd and /etc/group (else their ids). */
+export function entryInfo(e: EntryInfo, profile?: Pick<GuestProfile, 'userNames' | 'groupNames'>): Record<string, unknown> {
   return {
     name: e.name,
     type: FILE_TYPE[e.type],
@@ -50,8 +50,8 @@ export function entryInfo(e: EntryInfo): Record<string, unknown> {
     size: String(e.size),
     mode: e.mode,
     permissions: permissions(e.type, e.mode),
-    owner: e.uid === 0 ? 'root' : String(e.uid),
-    group: e.gid === 0 ? 'root' : String(e.gid),
+    owner: profile?.userNames.get(e.uid) ?? (e.uid === 0 ? 'root' : String(e.uid)),
+    group: profile?.groupNames.get(e.gid) ?? (e.gid === 0 ? 'root' : String(e.gid)),
     modifiedTime: e.mtime,
     ...(e.symlinkTarget !== undefined ? { symlinkTarget: e.symlinkTarget } : {}),
   };
@@ -65,22 +65,22 @@ export async function filesystemCall(sandbox: SandboxApi, profile: GuestProfile,
   switch (method) {
     case 'Stat': {
       const req = parseInput(PathSchema, message, 'request');
-      return { entry: entryInfo(await files.stat(at(req.path), as)) };
+      return { entry: entryInfo(await files.stat(at(req.path), as), profile) };
     }
     case 'ListDir': {
       const req = parseInput(ListDirSchema, message, 'request');
       const entries = await files.list(at(req.path), { ...as, depth: Math.max(1, req.depth ?? 1) });
-      return { entries: entries.map(entryInfo) };
+      return { entries: entries.map((e) => entryInfo(e, profile)) };
     }
     case 'MakeDir': {
       const req = parseInput(PathSchema, message, 'request');
       const path = at(req.path);
       if (!(await files.makeDir(path, as))) throw new RoostError('ALREADY_EXISTS', `directory ${path} already exists`);
-      return { entry: entryInfo(await files.stat(path, as)) };
+      return { entry: entryInfo(await files.stat(path, as), profile) };
     }
     case 'Move': {
       const req = parseInput(MoveSchema, message, 'request');
-      return { entry: entryInfo(await files.rename(at(req.source), at(req.destination), as)) };
+      return { entry: entryInfo(await files.rename(at(req.source), at(req.destination), as), profile) };
     }
     case 'Remove': {
       const req = parseInput(PathSchema, message, 'request');
@@ -144,7 +144,11 @@ export async function watchDir(sandbox: SandboxApi, profile: GuestProfile, messa
   const emit = async (type: string, path: string, entryOf: boolean) => {
     let entry: Record<string, unknown> | undefined;
     // The entry is read after the event: it may be gone (or changed) by then.
-    if (req.includeEntry && entryOf) entry = await sandbox.files.stat(path, as).then(entryInfo, () => undefined);
+    if (req.includeEntry && entryOf)
+      entry = await sandbox.files.stat(path, as).then(
+        (e) => entryInfo(e, profile),
+        () => undefined,
+      );
     stream.send({ filesystem: { name: posix.relative(dir, path), type, ...(entry ? { entry } : {}) } });
   };
   void (async () => {

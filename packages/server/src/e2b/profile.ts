@@ -18,6 +18,9 @@ export interface GuestProfile {
   defaultUser: string | undefined;
   /** Home directories by user name, from /etc/passwd. */
   homes: ReadonlyMap<string, string>;
+  /** User names by uid (/etc/passwd) and group names by gid (/etc/group): E2B's entries carry names. */
+  userNames: ReadonlyMap<number, string>;
+  groupNames: ReadonlyMap<number, string>;
   /** Whether a home directory exists, by path (looked up once each). */
   homeExists: Map<string, Promise<boolean>>;
 }
@@ -30,6 +33,17 @@ export function parsePasswd(text: string): Map<string, string> {
     if (f.length === 7 && f[0] && f[5]?.startsWith('/')) homes.set(f[0], f[5]);
   }
   return homes;
+}
+
+/** Names by id in an /etc/passwd or /etc/group text (the first name of an id wins). */
+export function namesById(text: string): Map<number, string> {
+  const names = new Map<number, string>();
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    const id = Number(f[2]);
+    if (f.length >= 4 && f[0] && f[2] !== '' && Number.isSafeInteger(id) && !names.has(id)) names.set(id, f[0]);
+  }
+  return names;
 }
 
 /** The guest profiles of the sandboxes the face has served, each read on first use. */
@@ -54,13 +68,21 @@ export class GuestProfiles {
 }
 
 async function read(sandbox: SandboxApi): Promise<GuestProfile> {
-  const [hasBash, passwd] = await Promise.all([
+  const [hasBash, passwd, group] = await Promise.all([
     sandbox.files.exists('/bin/bash'),
     // An image without /etc/passwd (scratch) has root only.
     sandbox.files.read('/etc/passwd').catch(() => ''),
+    sandbox.files.read('/etc/group').catch(() => ''),
   ]);
   const homes = parsePasswd(passwd);
-  return { hasBash, defaultUser: homes.has(E2B_DEFAULT_USER) ? E2B_DEFAULT_USER : undefined, homes, homeExists: new Map() };
+  return {
+    hasBash,
+    defaultUser: homes.has(E2B_DEFAULT_USER) ? E2B_DEFAULT_USER : undefined,
+    homes,
+    userNames: namesById(passwd),
+    groupNames: namesById(group),
+    homeExists: new Map(),
+  };
 }
 
 /** The user a request runs as: the one it names, else the template's default (`user` if the image has it, else root). */
