@@ -183,6 +183,12 @@ try {
     await benchMcp({ realHome, row, results });
   }
 
+  // --- E2B (bench/e2b.js): E2B's SDK, unchanged, beside @roost/client through the same daemon.
+  if (process.env.BENCH_E2B !== '0') {
+    const { benchE2b } = await import('./e2b.js');
+    await benchE2b({ realHome, row, results });
+  }
+
   // --- the jail (bench/jail.js): cold start, restore and idle memory, confined beside `jail: false`.
   if (process.env.BENCH_JAIL !== '0') {
     const { benchJail } = await import('./jail.js');

@@ -112,6 +112,7 @@ export class ConnectStream {
   readonly response: Response;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #open = true;
+  #pending: Uint8Array[] = [];
 
   /** @param onCancel called when the client leaves before the stream ends. */
   constructor(onCancel?: () => void) {
@@ -134,13 +135,22 @@ export class ConnectStream {
 
   send(message: unknown): void {
     if (!this.#open) return;
-    this.#controller.enqueue(envelope(0, message));
+    // Messages sent in one tick go out as one chunk (a command's end and the end-stream, most often).
+    if (this.#pending.push(envelope(0, message)) === 1) queueMicrotask(() => this.#flush());
   }
 
   end(err?: unknown): void {
     if (!this.#open) return;
-    this.#controller.enqueue(envelope(END_STREAM, err === undefined ? {} : { error: connectError(err) }));
+    this.#pending.push(envelope(END_STREAM, err === undefined ? {} : { error: connectError(err) }));
+    this.#flush();
     this.#open = false;
     this.#controller.close();
+  }
+
+  #flush(): void {
+    if (this.#pending.length === 0 || !this.#open) return;
+    const chunk = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending);
+    this.#pending = [];
+    this.#controller.enqueue(chunk);
   }
 }

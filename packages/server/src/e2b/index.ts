@@ -60,7 +60,6 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: Abo
         // A signed /files URL names its sandbox by its signature alone (see the auth check below).
         sandbox = await control.sandbox(c.req.header('e2b-sandbox-id') ?? signedSandbox.get(c.req.raw) ?? '');
       } catch (e) {
-        if (isRoostError(e, 'NOT_FOUND')) profiles.forget(c.req.header('e2b-sandbox-id') ?? '');
         return isRoostError(e, 'NOT_FOUND') ? gone(c) : fail(e, c);
       }
       try {

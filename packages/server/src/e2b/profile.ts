@@ -1,11 +1,14 @@
 import { posix } from 'node:path';
-import { type SandboxApi } from '@roost/api';
+import type { SandboxApi, SandboxInfo } from '@roost/api';
 
 /*
  * What E2B's envd knows of its own guest and Roost's face has to look up:
  * whether the image has bash (the SDK runs every command with it), which
  * user is the default (E2B's templates run as `user`, home /home/user), and
  * each user's home (where commands start and relative paths resolve).
+ * These are facts of the template, as in E2B: read from the first sandbox
+ * of an image, snapshot or the base, then known for every sandbox made from
+ * it (a fresh guest's first file calls cost tens of ms under TCG).
  */
 
 /** E2B's default user, used when the image has it (docs/e2b-wire.md §5). */
@@ -46,24 +49,31 @@ export function namesById(text: string): Map<number, string> {
   return names;
 }
 
-/** The guest profiles of the sandboxes the face has served, each read on first use. */
+/** How many templates' profiles are kept (the oldest is dropped past it). */
+const MAX_PROFILES = 256;
+
+/** What a sandbox was made from: its snapshot (templates and forks restore one), its image, or the base. */
+export function sourceOf(info: SandboxInfo): string {
+  return info.snapshot ? `snapshot:${info.snapshot}` : info.image ? `image:${info.image.id}` : 'base';
+}
+
+/** The guest profiles of the templates the face has served, each read from their first sandbox. */
 export class GuestProfiles {
   readonly #profiles = new Map<string, Promise<GuestProfile>>();
 
   get(sandbox: SandboxApi): Promise<GuestProfile> {
-    let p = this.#profiles.get(sandbox.id);
+    const key = sourceOf(sandbox.info);
+    let p = this.#profiles.get(key);
     if (!p) {
       p = read(sandbox);
-      this.#profiles.set(sandbox.id, p);
+      this.#profiles.set(key, p);
+      if (this.#profiles.size > MAX_PROFILES) this.#profiles.delete(this.#profiles.keys().next().value!);
       // A failed read (the sandbox went away mid-read) is not kept.
-      p.catch(() => this.#profiles.delete(sandbox.id));
+      p.catch(() => {
+        if (this.#profiles.get(key) === p) this.#profiles.delete(key);
+      });
     }
     return p;
-  }
-
-  /** Drops what is known of a sandbox (it is gone). */
-  forget(id: string): void {
-    this.#profiles.delete(id);
   }
 }
 
