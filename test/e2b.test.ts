@@ -11,6 +11,7 @@ import {
   TimeoutError,
   type FilesystemEvent,
 } from 'e2b';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { ImageStore } from '@roost/core';
 import { RoostClient } from '@roost/client';
@@ -314,6 +315,37 @@ describe('E2B files (envd filesystem service and /files)', () => {
     await expect(sbx.files.watchDir('/tmp/watched/late.txt', () => {})).rejects.toBeInstanceOf(InvalidArgumentError);
     const exited = new Promise<unknown>((resolve) => void sbx.files.watchDir('/tmp/watched', () => {}, { timeoutMs: 500, onExit: resolve }));
     expect(await exited).toBeInstanceOf(TimeoutError);
+  });
+
+  it('streams uploads and downloads (octet-stream, gzip); refuses file metadata it cannot keep', async () => {
+    const size = 24 * 1024 * 1024;
+    const chunk = randomBytes(1024 * 1024);
+    const expected = createHash('sha256');
+    let sent = 0;
+    const source = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= size) return controller.close();
+        expected.update(chunk);
+        controller.enqueue(new Uint8Array(chunk));
+        sent += chunk.length;
+      },
+    });
+    await sbx.files.write('/tmp/big.bin', source);
+    expect((await sbx.commands.run('sha256sum /tmp/big.bin')).stdout.split(' ')[0]).toBe(expected.digest('hex'));
+    const got = createHash('sha256');
+    let bytes = 0;
+    for await (const part of (await sbx.files.read('/tmp/big.bin', { format: 'stream' })) as unknown as AsyncIterable<Uint8Array>) {
+      got.update(part);
+      bytes += part.length;
+    }
+    expect(bytes).toBe(size);
+    expect(got.digest('hex')).toBe((await sbx.commands.run('sha256sum /tmp/big.bin')).stdout.split(' ')[0]);
+    await sbx.files.write('/tmp/zipped.txt', 'squeezed '.repeat(1000), { gzip: true });
+    expect(await sbx.files.read('/tmp/zipped.txt')).toBe('squeezed '.repeat(1000));
+    expect(await sbx.files.read('/tmp/e2b-empty.txt').catch((e: unknown) => e)).toBeInstanceOf(FileNotFoundError);
+    await sbx.files.write('/tmp/e2b-empty.txt', '');
+    expect(await sbx.files.read('/tmp/e2b-empty.txt')).toBe('');
+    await expect(sbx.files.write('/tmp/meta.txt', 'x', { metadata: { k: 'v' } })).rejects.toThrow(/metadata/);
   });
 
   it('signed download and upload URLs work without the token, for their operation, path and time only', async () => {

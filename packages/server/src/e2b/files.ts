@@ -1,6 +1,8 @@
-import { gunzipSync } from 'node:zlib';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { createGunzip } from 'node:zlib';
 import { posix } from 'node:path';
-import { isRoostError, parseInput, RoostError, type EntryInfo, type FileEvent, type SandboxApi } from '@roost/api';
+import { isRoostError, parseInput, RoostError, type EntryInfo, type FileEvent, type SandboxApi, type WriteData } from '@roost/api';
 import { z } from 'zod';
 import { ConnectStream } from './connect.js';
 import { effectiveUser, guestPath as resolvePath, type GuestProfile } from './profile.js';
@@ -13,9 +15,9 @@ import { effectiveUser, guestPath as resolvePath, type GuestProfile } from './pr
  */
 
 /**
- * The most one `/files` upload may carry (and, gunzipped, hold). Uploads are
- * read whole before they are written (streaming them into the guest is
- * still to do), so they are bounded here.
+ * The most one multipart `/files` upload may carry: a form is read whole
+ * before its files are written. An octet-stream upload (the SDK's for
+ * streams, gzip and `useOctetStream`) is streamed and has no such bound.
  */
 export const MAX_E2B_UPLOAD_BYTES = 256 * 1024 * 1024;
 
@@ -174,29 +176,52 @@ export async function watchDir(sandbox: SandboxApi, profile: GuestProfile, messa
   return stream.response;
 }
 
-/** `GET /files?path=&username=`: a file's bytes (as `username`, else the template's default user). */
+/** `GET /files?path=&username=`: a file's bytes, streamed (as `username`, else the template's default user). */
 export async function readFile(sandbox: SandboxApi, profile: GuestProfile, url: URL): Promise<Response> {
   const user = effectiveUser(profile, url.searchParams.get('username') || undefined);
   const path = url.searchParams.get('path');
   if (!path) throw new RoostError('INVALID_ARGUMENT', 'path: required');
-  const bytes = await sandbox.files.read(resolvePath(profile, path, user), { format: 'bytes', ...(user ? { user } : {}) });
-  return new Response(bytes, { status: 200, headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.byteLength) } });
+  const stream = await sandbox.files.read(resolvePath(profile, path, user), { format: 'stream', ...(user ? { user } : {}) });
+  // The first chunk is awaited, so that a missing file or a denied read is an error status, not a broken body.
+  const it = stream[Symbol.asyncIterator]();
+  const first = await it.next();
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (first.done) controller.close();
+      else controller.enqueue(first.value);
+    },
+    async pull(controller) {
+      const next = await it.next();
+      if (next.done) controller.close();
+      else controller.enqueue(next.value);
+    },
+    async cancel() {
+      await it.return?.();
+    },
+  });
+  return new Response(first.done ? null : body, { status: 200, headers: { 'content-type': 'application/octet-stream' } });
 }
 
-/** `POST /files`: multipart (one `file` part per file, named by its full path) or one octet-stream body (gzip too). */
+/**
+ * `POST /files`: one octet-stream body (gzip too), streamed into the guest,
+ * or multipart (one `file` part per file, named by its full path), which is
+ * read whole first and bounded by MAX_E2B_UPLOAD_BYTES.
+ */
 export async function writeFiles(sandbox: SandboxApi, profile: GuestProfile, req: Request, url: URL): Promise<Response> {
   const user = effectiveUser(profile, url.searchParams.get('username') || undefined);
   const queryPath = url.searchParams.get('path') || undefined;
   const as = user ? { user } : {};
   const type = req.headers.get('content-type') ?? '';
-  const length = Number(req.headers.get('content-length') ?? NaN);
-  if (length > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
+  for (const name of req.headers.keys())
+    if (name.startsWith('x-metadata-'))
+      throw new RoostError('INVALID_ARGUMENT', `file metadata (${name}) is not kept by Roost's E2B face: write without \`metadata\``);
   const written: { name: string; type: 'file'; path: string }[] = [];
-  const write = async (path: string, data: Uint8Array) => {
+  const write = async (path: string, data: WriteData) => {
     const info = await sandbox.files.write(resolvePath(profile, path, user), data, as);
     written.push({ name: info.name, type: 'file', path: info.path });
   };
   if (type.startsWith('multipart/form-data')) {
+    if (Number(req.headers.get('content-length') ?? NaN) > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
     const form = await req.formData();
     const parts = form.getAll('file');
     if (parts.length === 0) throw new RoostError('INVALID_ARGUMENT', 'no `file` part in the form');
@@ -212,37 +237,35 @@ export async function writeFiles(sandbox: SandboxApi, profile: GuestProfile, req
     }
   } else if (type.startsWith('application/octet-stream') || type === '') {
     if (!queryPath) throw new RoostError('INVALID_ARGUMENT', 'path: required for an octet-stream upload');
-    let data = await readBounded(req);
-    if ((req.headers.get('content-encoding') ?? '').toLowerCase() === 'gzip') {
-      try {
-        data = gunzipSync(data, { maxOutputLength: MAX_E2B_UPLOAD_BYTES });
-      } catch (e) {
-        throw (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE'
-          ? tooLarge()
-          : new RoostError('INVALID_ARGUMENT', `the body is not gzip: ${(e as Error).message}`);
-      }
-    }
-    await write(queryPath, data);
+    const body = Readable.fromWeb((req.body ?? new ReadableStream()) as WebReadableStream<Uint8Array>);
+    const gzip = (req.headers.get('content-encoding') ?? '').toLowerCase() === 'gzip';
+    // Streamed: the file replaces the old one only once all of it arrived (files.write), and the guest's disk bounds it.
+    await write(queryPath, gzip ? gunzipped(body) : body);
   } else {
     throw new RoostError('INVALID_ARGUMENT', `Content-Type ${type} is not multipart/form-data or application/octet-stream`);
   }
   return Response.json(written);
 }
 
-function tooLarge(): RoostError {
-  return new RoostError('RESOURCE_EXHAUSTED', `an upload through E2B's /files may carry at most ${MAX_E2B_UPLOAD_BYTES} bytes`, {
-    details: { maxBytes: MAX_E2B_UPLOAD_BYTES },
-  });
+/** A gzip stream's content; a body that is not gzip fails the write with INVALID_ARGUMENT. */
+async function* gunzipped(body: Readable): AsyncGenerator<Uint8Array> {
+  const gunzip = createGunzip();
+  const out = body.pipe(gunzip);
+  body.once('error', (e) => gunzip.destroy(e));
+  try {
+    for await (const chunk of out) yield chunk as Uint8Array;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code?.startsWith('Z_')) throw new RoostError('INVALID_ARGUMENT', `the body is not gzip: ${(e as Error).message}`);
+    throw e;
+  }
 }
 
-/** The request body, refused past MAX_E2B_UPLOAD_BYTES as it arrives. */
-async function readBounded(req: Request): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of req.body ?? []) {
-    total += chunk.byteLength;
-    if (total > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+function tooLarge(): RoostError {
+  return new RoostError(
+    'RESOURCE_EXHAUSTED',
+    `a multipart upload through E2B's /files may carry at most ${MAX_E2B_UPLOAD_BYTES} bytes (send large files as one octet-stream body)`,
+    {
+      details: { maxBytes: MAX_E2B_UPLOAD_BYTES },
+    },
+  );
 }
