@@ -112,9 +112,11 @@ describe('E2B control plane', () => {
     await expect(rest.get(sbx.sandboxId)).rejects.toThrow(/NOT_FOUND|no sandbox/);
   });
 
-  it('reports metrics: CPU, memory and disk samples of the guest', async () => {
-    const sbx = await Sandbox.create('base');
+  it('reports metrics: CPU, memory and disk samples of the guest; allowInternetAccess: false denies egress', async () => {
+    const sbx = await Sandbox.create('base', { allowInternetAccess: false });
     try {
+      expect((await sbx.getInfo()).allowInternetAccess).toBe(false);
+      expect((await rest.get(sbx.sandboxId)).info.network?.egress).toMatchObject({ default: 'deny' });
       const first = await sbx.getMetrics();
       expect(first.length).toBeGreaterThanOrEqual(1);
       const m = first.at(-1)!;

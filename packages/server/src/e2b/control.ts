@@ -1,5 +1,15 @@
 import { createHmac, randomBytes } from 'node:crypto';
-import { errorStatus, isRoostError, parseInput, RoostError, type CreateOptions, type SandboxApi, type SandboxInfo, type SnapshotInfo } from '@roost/api';
+import {
+  errorStatus,
+  isRoostError,
+  parseInput,
+  RoostError,
+  type CreateOptions,
+  type EgressSpec,
+  type SandboxApi,
+  type SandboxInfo,
+  type SnapshotInfo,
+} from '@roost/api';
 import type { Context } from 'hono';
 import { z } from 'zod';
 import type { DaemonRuntime } from '../daemon-runtime.js';
@@ -39,7 +49,30 @@ const NewSandboxSchema = z.looseObject({
   envVars: z.record(z.string(), z.string()).optional(),
   timeout: timeoutSeconds.optional(),
   autoPause: z.boolean().optional(),
+  allow_internet_access: z.boolean().optional(),
+  network: z.looseObject({ allowOut: z.array(z.string().min(1)).optional(), denyOut: z.array(z.string().min(1)).optional() }).optional(),
 });
+
+/** Every IPv4 address: E2B's way of saying "deny everything not allowed". */
+const ALL_ADDRESSES = '0.0.0.0/0';
+
+/**
+ * E2B's network options as a Roost egress policy. `allow_internet_access:
+ * false`, or `denyOut` with 0.0.0.0/0, denies by default with `allowOut` as
+ * the exceptions; other `denyOut` entries are deny rules. (In Roost a
+ * matching deny rule wins over an allow rule; in E2B allowOut does.)
+ */
+export function egressOf(req: {
+  allow_internet_access?: boolean | undefined;
+  network?: { allowOut?: string[] | undefined; denyOut?: string[] | undefined } | undefined;
+}): EgressSpec | undefined {
+  const allow = req.network?.allowOut ?? [];
+  const denyAll = req.allow_internet_access === false || (req.network?.denyOut ?? []).includes(ALL_ADDRESSES);
+  const deny = (req.network?.denyOut ?? []).filter((d) => d !== ALL_ADDRESSES);
+  if (!denyAll && allow.length === 0 && deny.length === 0) return undefined;
+  if (denyAll && allow.length === 0 && deny.length === 0) return 'deny';
+  return { default: denyAll ? 'deny' : 'allow', ...(allow.length ? { allow } : {}), ...(deny.length ? { deny } : {}) };
+}
 const TimeoutSchema = z.looseObject({ timeout: timeoutSeconds });
 const ForkSchema = z.looseObject({ timeout: timeoutSeconds.optional(), count: z.number().int().min(1).max(16).optional() });
 const SnapshotSchema = z.looseObject({ name: z.string().min(1).optional() });
@@ -124,6 +157,7 @@ class E2bControl {
       // A paused sandbox has no end (Roost clears its lifetime when E2B pauses it).
       endAt: info.expiresAt ?? new Date(Date.parse(info.createdAt) + E2B_MAX_TIMEOUT_S * 1000).toISOString(),
       state: stateOf(info),
+      allowInternetAccess: info.network?.egress?.default !== 'deny',
       cpuCount: info.cpus,
       memoryMB: info.memoryMiB,
       diskSizeMB: info.diskSizeMiB,
@@ -168,10 +202,12 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdow
     const req = await parseJsonBody(c, NewSandboxSchema);
     const labels: Record<string, string> = { [E2B_TEMPLATE_LABEL]: req.templateID };
     for (const [k, v] of Object.entries(req.metadata ?? {})) labels[`${E2B_METADATA_PREFIX}${k}`] = v;
+    const egress = egressOf(req);
     const sb = await runtime.create({
       ...(await control.source(req.templateID)),
       labels,
       ...(req.envVars ? { env: req.envVars } : {}),
+      ...(egress ? { egress } : {}),
       // E2B's timeout is the sandbox's lifetime: killed (removed) at its end, or paused with autoPause.
       lifetimeMs: (req.timeout ?? E2B_DEFAULT_TIMEOUT_S) * 1000,
       onExpiry: req.autoPause ? 'pause' : 'remove',

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isRoostError } from '@roost/api';
-import { parseMetadataQuery } from './control.js';
+import { egressOf, parseMetadataQuery } from './control.js';
 import { e2bFaceOf } from './index.js';
 import { E2bKeys } from './keys.js';
 import { effectiveUser, guestPath, namesById, parsePasswd } from './profile.js';
@@ -125,5 +125,19 @@ describe('E2B metrics parsing', () => {
       used: 2860 * 1024,
     });
     expect(parseDf('df: not found')).toBeNull();
+  });
+});
+
+describe('E2B network options', () => {
+  it('become a Roost egress policy', () => {
+    expect(egressOf({})).toBeUndefined();
+    expect(egressOf({ allow_internet_access: true })).toBeUndefined();
+    expect(egressOf({ allow_internet_access: false })).toBe('deny');
+    expect(egressOf({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['10.0.0.1', 'example.com'] } })).toEqual({
+      default: 'deny',
+      allow: ['10.0.0.1', 'example.com'],
+    });
+    expect(egressOf({ network: { denyOut: ['10.0.0.0/8'] } })).toEqual({ default: 'allow', deny: ['10.0.0.0/8'] });
+    expect(egressOf({ allow_internet_access: false, network: { allowOut: ['host:5432'] } })).toEqual({ default: 'deny', allow: ['host:5432'] });
   });
 });
