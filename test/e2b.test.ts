@@ -78,6 +78,10 @@ describe('E2B control plane', () => {
   it('an unknown template is a 404; a bad key is an AuthenticationError', async () => {
     await expect(Sandbox.create('no-such-template')).rejects.toThrow(/404.*no-such-template/);
     await expect(Sandbox.create('base', { apiKey: 'e2b_' + '0'.repeat(40) })).rejects.toBeInstanceOf(AuthenticationError);
+    // What the face does not serve is a JSON error the SDK can report, not a bare 404.
+    const res = await fetch(`${daemon.url}/templates`, { headers: { 'X-API-KEY': apiKey } });
+    expect(res.status).toBe(501);
+    expect(await res.json()).toMatchObject({ code: 501, message: expect.stringMatching(/not served/) });
   });
 
   it('lists by metadata and state, in pages; pauses, and connect resumes (twice), extending the timeout', async () => {

@@ -349,6 +349,17 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdow
   app.get('/v2/sandboxes', list);
   app.get('/sandboxes', list);
 
+  app.put(
+    '/sandboxes/:id/network',
+    route(async (c) => {
+      await control.sandbox(c.req.param('id')!);
+      throw new RoostError('INVALID_ARGUMENT', "Roost sets a sandbox's egress policy when it is made: pass allowInternetAccess or network to Sandbox.create");
+    }),
+  );
+  // The rest of E2B's API (template builds, logs, teams...): a JSON 501 the SDK reports, not a bare 404.
+  const unserved = route(async (c) => c.json({ code: 501, message: `${c.req.method} ${c.req.path} is not served by Roost's E2B face (see docs/e2b.md)` }, 501));
+  for (const path of ['/sandboxes/*', '/v2/sandboxes/*', '/snapshots/*', '/templates', '/templates/*']) app.all(path, unserved);
+
   return control;
 }
 
