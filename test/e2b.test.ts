@@ -12,6 +12,7 @@ import {
   type FilesystemEvent,
 } from 'e2b';
 import { createHash, randomBytes } from 'node:crypto';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { ImageStore } from '@roost/core';
 import { RoostClient } from '@roost/client';
@@ -221,6 +222,37 @@ describe('E2B commands (envd process service)', () => {
     expect((await sbx.commands.run('id -u', { user: 'nobody' })).stdout.trim()).not.toBe('0');
     await expect(sbx.commands.connect(999_999)).rejects.toThrow(/not found/);
   });
+
+  it('a reader that does not read holds the command back; the daemon does not buffer its output', async () => {
+    const json = Buffer.from(JSON.stringify({ process: { cmd: '/bin/sh', args: ['-c', 'head -c 30000000 /dev/zero'] }, stdin: false }));
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(json.length, 1);
+    const { hostname, port } = new URL(daemon.url!);
+    const token = (sbx as unknown as { envdAccessToken: string }).envdAccessToken;
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(
+        {
+          host: hostname,
+          port,
+          method: 'POST',
+          path: '/process.Process/Start',
+          headers: { 'content-type': 'application/connect+json', 'e2b-sandbox-id': sbx.sandboxId, 'x-access-token': token },
+        },
+        resolve,
+      );
+      req.on('error', reject);
+      req.end(Buffer.concat([head, json]));
+    });
+    res.pause();
+    await new Promise((r) => setTimeout(r, 5_000));
+    // Unread for 5 s, the command is held back: without flow control its 30 MB are out in under 3 s here, into the daemon's memory.
+    expect((await sbx.commands.list()).some((p) => p.args.join(' ').includes('head -c 30000000'))).toBe(true);
+    let bytes = 0;
+    for await (const chunk of res) bytes += (chunk as Buffer).length;
+    // Base64 in JSON envelopes: more than the 30 MB it carries.
+    expect(bytes).toBeGreaterThan(30_000_000);
+    await eventually(async () => !(await sbx.commands.list()).some((p) => p.args.join(' ').includes('head -c 30000000')), 10_000, 'the command ended');
+  }, 60_000);
 
   it('a command past its timeout is killed, as E2B does', async () => {
     const started = Date.now();

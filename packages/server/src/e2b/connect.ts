@@ -13,6 +13,10 @@ const END_STREAM = 0x02;
 const COMPRESSED = 0x01;
 /** The largest request message Roost reads (E2B's are small: a command line, its environment). */
 const MAX_REQUEST_BYTES = 1 << 20;
+/** Bytes a stream buffers before its writer is asked to wait (see `drained`). */
+const STREAM_HIGH_WATER_BYTES = 1 << 20;
+/** Bytes a stream may fall behind at most (a reader too slow for the other readers of a process): past it, the stream ends with an error. */
+export const MAX_STREAM_BACKLOG_BYTES = 64 << 20;
 
 /** A Connect error code (snake_case), from a RoostError's. */
 export function connectCode(code: RoostErrorCode): string {
@@ -107,30 +111,51 @@ function envelope(flags: number, message: unknown): Uint8Array {
  * A server stream's response: `send` each message, then `end` (with an
  * error, or none). Messages written after the client left are dropped; the
  * work behind the stream goes on (E2B's processes outlive their streams).
+ * A writer that can wait does so while `backedUp` (see `drained`); a
+ * stream that falls MAX_STREAM_BACKLOG_BYTES behind anyway is ended.
  */
 export class ConnectStream {
   readonly response: Response;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #open = true;
   #pending: Uint8Array[] = [];
+  #waiters: (() => void)[] = [];
 
   /** @param onCancel called when the client leaves before the stream ends. */
   constructor(onCancel?: () => void) {
-    const body = new ReadableStream<Uint8Array>({
-      start: (controller) => {
-        this.#controller = controller;
+    const body = new ReadableStream<Uint8Array>(
+      {
+        start: (controller) => {
+          this.#controller = controller;
+        },
+        pull: () => {
+          for (const wake of this.#waiters.splice(0)) wake();
+        },
+        cancel: () => {
+          this.#open = false;
+          for (const wake of this.#waiters.splice(0)) wake();
+          onCancel?.();
+        },
       },
-      cancel: () => {
-        this.#open = false;
-        onCancel?.();
-      },
-    });
+      new ByteLengthQueuingStrategy({ highWaterMark: STREAM_HIGH_WATER_BYTES }),
+    );
     this.response = new Response(body, { status: 200, headers: { 'content-type': 'application/connect+json' } });
   }
 
   /** True until the client leaves or the stream ends. */
   get open(): boolean {
     return this.#open;
+  }
+
+  /** True while the client has not read what was sent (more than the high-water mark is buffered). */
+  get backedUp(): boolean {
+    return this.#open && (this.#controller.desiredSize ?? 0) <= 0;
+  }
+
+  /** Resolves when the client has read enough to take more, or left. */
+  drained(): Promise<void> {
+    if (!this.backedUp) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
   send(message: unknown): void {
@@ -152,5 +177,11 @@ export class ConnectStream {
     const chunk = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending);
     this.#pending = [];
     this.#controller.enqueue(chunk);
+    if ((this.#controller.desiredSize ?? 0) < -MAX_STREAM_BACKLOG_BYTES) {
+      // This reader is too far behind: end its stream rather than buffer without bound.
+      this.#controller.error(new Error(`the stream's reader fell more than ${MAX_STREAM_BACKLOG_BYTES} bytes behind`));
+      this.#open = false;
+      for (const wake of this.#waiters.splice(0)) wake();
+    }
   }
 }

@@ -59,7 +59,10 @@ export interface StartContext {
 }
 
 function send(proc: Proc, event: ProcessEvent): void {
-  for (const s of proc.streams) s.send({ event });
+  for (const s of proc.streams) {
+    if (s.open) s.send({ event });
+    else proc.streams.delete(s); // its client left
+  }
 }
 
 /** The processes started through envd's face, by sandbox and pid. Single-threaded (the event loop). */
@@ -103,7 +106,12 @@ export class E2bProcesses {
     const pump = async (from: AsyncIterable<Uint8Array>, name: 'stdout' | 'stderr') => {
       // A terminal's output (stdout and stderr merged) is `pty` data.
       const kind = pty ? 'pty' : name;
-      for await (const chunk of from) send(proc, { data: { [kind]: Buffer.from(chunk).toString('base64') } as { pty: string } });
+      for await (const chunk of from) {
+        send(proc, { data: { [kind]: Buffer.from(chunk).toString('base64') } as { pty: string } });
+        // Flow control: the process waits while every stream listening is backed up (none listening: output is dropped, as in E2B).
+        const streams = [...proc.streams].filter((s) => s.open);
+        if (streams.length > 0 && streams.every((s) => s.backedUp)) await Promise.race(streams.map((s) => s.drained()));
+      }
     };
     void (async () => {
       let failure: unknown;
