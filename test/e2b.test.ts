@@ -94,6 +94,12 @@ describe('E2B control plane', () => {
     expect(pages.flat().sort()).toEqual([a.sandboxId, b.sandboxId].sort());
     expect(pages.every((p) => p.length === 1)).toBe(true);
 
+    // Files and processes survive repeated pause and resume (E2B users report files lost after the second resume).
+    await a.files.write('/root/kept.txt', 'kept');
+    const ticker = await a.commands.run('i=0; while true; do i=$((i+1)); echo $i > /tmp/tick.new; mv /tmp/tick.new /tmp/tick; sleep 0.1; done', {
+      background: true,
+      timeoutMs: 0,
+    });
     for (let round = 0; round < 2; round++) {
       expect(await a.pause()).toBe(true);
       expect(await a.pause()).toBe(false); // already paused: E2B's 409
@@ -102,6 +108,10 @@ describe('E2B control plane', () => {
       const again = await Sandbox.connect(a.sandboxId, { timeoutMs: 200_000 });
       expect((await again.getInfo()).state).toBe('running');
       expect((await again.getInfo()).endAt.getTime() - Date.now()).toBeGreaterThan(150_000);
+      expect(await again.files.read('/root/kept.txt')).toBe('kept');
+      expect((await again.commands.list()).map((p) => p.pid)).toContain(ticker.pid);
+      const tick = Number(await again.files.read('/tmp/tick'));
+      await eventually(async () => Number(await again.files.read('/tmp/tick')) > tick, 10_000, 'the background process still counting');
     }
     // Connect never shortens.
     await Sandbox.connect(a.sandboxId, { timeoutMs: 10_000 });
