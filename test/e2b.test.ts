@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AuthenticationError,
@@ -25,9 +26,9 @@ import { eventually, TestHome } from './helpers.js';
  * E2B's own SDK (the `e2b` package from npm, pinned, unchanged) against
  * `roost serve`: its control plane so far (create, getInfo, list with
  * metadata and pages, setTimeout, pause and connect, kill, isRunning),
- * metrics, fork and snapshots), and its envd's process service (with
- * PTYs), filesystem service (with watchDir) and /files (with signed URLs),
- * with real VMs.
+ * metrics, fork and snapshots), its envd's process service (with PTYs),
+ * filesystem service (with watchDir) and /files (with signed URLs), and
+ * the sandbox hosts behind `getHost(port)`, with real VMs.
  */
 
 const home = new TestHome();
@@ -446,5 +447,132 @@ describe("E2B's defaults in an image like E2B's base (Debian with bash, python3 
     expect((await sbx.commands.list()).find((p) => p.pid === pty.pid)?.args).toEqual(['-i', '-l']);
     expect((await sbx.commands.list()).find((p) => p.pid === pty.pid)?.cmd).toBe('/bin/bash');
     await sbx.pty.kill(pty.pid);
+  });
+});
+
+/** A request to the daemon's TCP port with this Host (Node resolves no *.localhost, and fetch sets no Host): status and body. */
+function viaHost(
+  host: string,
+  options: { method?: string; path?: string; body?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; body: string }> {
+  const url = new URL(daemon.url!);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host: url.hostname, port: url.port, method: options.method ?? 'GET', path: options.path ?? '/', headers: { ...options.headers, host } },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+describe('E2B ports (getHost through the router)', () => {
+  let sbx: Sandbox;
+  let port: string;
+  beforeAll(async () => {
+    port = new URL(daemon.url!).port;
+    sbx = await Sandbox.create('base');
+    // Busybox's httpd: a page, and a CGI script that answers with the request's body.
+    await sbx.files.write([
+      { path: '/tmp/www/index.html', data: 'hello from the guest\n' },
+      { path: '/tmp/www/cgi-bin/echo', data: '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n"\nhead -c "$CONTENT_LENGTH"\n' },
+      // An upgrade's far end: reads the request's head, answers 101, then echoes the bytes.
+      {
+        path: '/tmp/upgrade.sh',
+        data: '#!/bin/sh\nwhile read -r line && [ "${#line}" -gt 1 ]; do :; done\nprintf "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n"\nexec cat\n',
+      },
+    ]);
+    await sbx.commands.run('chmod +x /tmp/www/cgi-bin/echo /tmp/upgrade.sh');
+    await sbx.commands.run('httpd -f -p 8000 -h /tmp/www', { background: true, timeoutMs: 0 });
+    await sbx.commands.run('nc -ll -p 9000 -e /tmp/upgrade.sh', { background: true, timeoutMs: 0 });
+  });
+  afterAll(async () => {
+    await sbx?.kill();
+  });
+
+  it('getHost(port) is <port>-<id>.localhost:<daemon port>, and the router brings a request there: GET, a POST body both ways', async () => {
+    expect(sbx.getHost(8000)).toBe(`8000-${sbx.sandboxId}.localhost:${port}`);
+    expect((await sbx.getInfo()).sandboxDomain).toBe(`localhost:${port}`);
+    let page = { status: 0, body: '' };
+    await eventually(async () => (page = await viaHost(sbx.getHost(8000))).status === 200, 20_000, 'httpd answering through the router');
+    expect(page.body).toBe('hello from the guest\n');
+    // The Host is case-insensitive, and the published port is reused (one binding for the guest port).
+    expect((await viaHost(sbx.getHost(8000).toUpperCase())).body).toBe('hello from the guest\n');
+    const body = Array.from({ length: 2000 }, (_, i) => `line ${i}\n`).join('');
+    const echoed = await viaHost(sbx.getHost(8000), { method: 'POST', path: '/cgi-bin/echo', body, headers: { 'content-type': 'text/plain' } });
+    expect(echoed).toEqual({ status: 200, body });
+    const roost = await rest.get(sbx.sandboxId);
+    expect(roost.info.network?.ports.filter((p) => p.guestPort === 8000)).toHaveLength(1);
+    // Port 49983 is envd: the daemon's own E2B face.
+    expect((await viaHost(sbx.getHost(49983), { path: '/health' })).status).toBe(204);
+  });
+
+  it('a port nothing listens on and an unknown sandbox are a 502 saying so', async () => {
+    const none = await viaHost(sbx.getHost(8001));
+    expect(none.status).toBe(502);
+    expect(none.body).toContain('nothing answered on port 8001');
+    const unknown = await viaHost(`8000-000000000000.localhost:${port}`);
+    expect(unknown.status).toBe(502);
+    expect(unknown.body).toContain('000000000000 was not found');
+  });
+
+  it('an Upgrade is tunnelled to the guest port: its 101, then bytes both ways', async () => {
+    const url = new URL(daemon.url!);
+    const socket = connect(Number(url.port), url.hostname);
+    socket.on('error', () => {});
+    let seen = '';
+    const until = (text: string) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (seen.includes(text)) {
+            socket.off('data', onData);
+            resolve();
+          }
+        };
+        const onData = (d: Buffer) => {
+          seen += d.toString('latin1');
+          check();
+        };
+        socket.on('data', onData);
+        socket.once('close', () => reject(new Error(`closed before '${text}': ${seen}`)));
+        check();
+      });
+    await new Promise<void>((r) => socket.once('connect', r));
+    socket.write(`GET /ws HTTP/1.1\r\nHost: ${sbx.getHost(9000)}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n`);
+    await until('\r\n\r\n');
+    expect(seen).toMatch(/^HTTP\/1\.1 101 Switching Protocols\r\n/);
+    socket.write('ping 1\n');
+    await until('ping 1\n');
+    socket.write('ping 2\n');
+    await until('ping 2\n');
+    expect(seen.slice(seen.indexOf('\r\n\r\n') + 4)).toBe('ping 1\nping 2\n');
+    socket.destroy();
+  });
+
+  it('a sandbox made with allowPublicTraffic: false takes traffic only with its trafficAccessToken', async () => {
+    const closed = await Sandbox.create('base', { network: { allowPublicTraffic: false } });
+    try {
+      expect(closed.trafficAccessToken).toMatch(/^[0-9a-f]{64}$/);
+      await closed.files.write('/tmp/www/index.html', 'private\n');
+      await closed.commands.run('httpd -f -p 8000 -h /tmp/www', { background: true, timeoutMs: 0 });
+      const denied = await viaHost(closed.getHost(8000));
+      expect(denied.status).toBe(403);
+      expect(denied.body).toContain('e2b-traffic-access-token');
+      let ok = { status: 0, body: '' };
+      const headers = { 'e2b-traffic-access-token': closed.trafficAccessToken! };
+      await eventually(async () => (ok = await viaHost(closed.getHost(8000), { headers })).status === 200, 20_000, 'httpd answering');
+      expect(ok.body).toBe('private\n');
+      // A public sandbox's hosts ignore the header; a wrong token opens nothing.
+      expect((await viaHost(sbx.getHost(8000), { headers })).status).toBe(200);
+      expect((await viaHost(closed.getHost(8000), { headers: { 'e2b-traffic-access-token': 'x'.repeat(64) } })).status).toBe(403);
+    } finally {
+      await closed.kill();
+    }
   });
 });

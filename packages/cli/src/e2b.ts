@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { DEFAULT_TCP_PORT } from '@roost/api';
+import { DEFAULT_TCP_PORT, RoostError } from '@roost/api';
 import { roostHome } from '@roost/core';
-import { E2bKeys } from '@roost/server';
+import { E2bKeys, parseE2bDomain } from '@roost/server';
 import { formatTable } from './format.js';
 
 /**
@@ -47,11 +47,26 @@ export function addE2bCommands(program: Command): Command {
     .command('env')
     .option('--url <url>', "the daemon's TCP address", `http://127.0.0.1:${DEFAULT_TCP_PORT}`)
     .option('--key <key>', 'the API key to print (default: a new one, named "env")')
-    .description("print the export lines that point E2B's SDK at `roost serve --tcp` (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY)")
-    .action((flags: { url: string; key?: string }) => {
-      const apiKey = flags.key ?? new E2bKeys(roostHome()).create('env').key;
+    .option('--domain <domain>', "the daemon's --e2b-domain, when it was given one (default: localhost:<the port of --url>)")
+    .description(
+      "print the export lines that point E2B's SDK at `roost serve --tcp` (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY, and E2B_DOMAIN for sandbox.getHost)",
+    )
+    .action((flags: { url: string; key?: string; domain?: string }) => {
       const url = flags.url.replace(/\/+$/, '');
-      process.stdout.write(`export E2B_API_URL=${url}\nexport E2B_SANDBOX_URL=${url}\nexport E2B_API_KEY=${apiKey}\n`);
+      const domain = parseE2bDomain(flags.domain ?? `localhost:${tcpPortOf(url)}`);
+      const apiKey = flags.key ?? new E2bKeys(roostHome()).create('env').key;
+      process.stdout.write(`export E2B_API_URL=${url}\nexport E2B_SANDBOX_URL=${url}\nexport E2B_API_KEY=${apiKey}\nexport E2B_DOMAIN=${domain}\n`);
     });
   return e2b;
+}
+
+/** The TCP port of an http(s) URL (its scheme's default when it names none). */
+function tcpPortOf(url: string): number {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new RoostError('INVALID_ARGUMENT', `--url: not a URL: '${url}' (for example http://127.0.0.1:${DEFAULT_TCP_PORT})`);
+  }
+  return parsed.port ? Number(parsed.port) : parsed.protocol === 'https:' ? 443 : 80;
 }

@@ -9,6 +9,7 @@ interface ServeFlags {
   maxSandboxes?: number;
   maxInFlight?: number;
   sessionGrace?: number;
+  e2bDomain?: string;
 }
 
 /** Parses `--tcp [host:]port` (`[::1]:7423` for IPv6; a bare `--tcp` is 127.0.0.1:7423). */
@@ -50,6 +51,10 @@ export function addServeCommand(program: Command): Command {
       "how long a client's sandboxes that are not detached outlive its connection, for it to reconnect (default 5000)",
       positiveInt('--session-grace'),
     )
+    .option(
+      '--e2b-domain <domain>',
+      "the domain of E2B's sandbox hosts, routed on the TCP listener: sandbox.getHost(port) is <port>-<id>.<domain> (default localhost:<tcp port>; see docs/e2b.md)",
+    )
     .action(async (flags: ServeFlags) => {
       const options: ServeOptions = { limits: {} };
       if (flags.tcp !== undefined) options.tcp = parseTcpAddress(flags.tcp);
@@ -58,11 +63,13 @@ export function addServeCommand(program: Command): Command {
       if (flags.maxSandboxes !== undefined) options.limits!.maxSandboxes = flags.maxSandboxes;
       if (flags.maxInFlight !== undefined) options.limits!.maxInFlight = flags.maxInFlight;
       if (flags.sessionGrace !== undefined) options.limits!.sessionGraceMs = flags.sessionGrace;
+      if (flags.e2bDomain !== undefined) options.e2b = { domain: flags.e2bDomain };
 
       const daemon = await serve(options);
       process.stderr.write(`roost serve: home ${daemon.home}\n`);
       process.stderr.write(`roost serve: listening on unix://${daemon.socketPath}\n`);
       if (daemon.url) process.stderr.write(`roost serve: listening on ${daemon.url}\n`);
+      if (daemon.e2bDomain) process.stderr.write(`roost serve: E2B sandbox hosts: <port>-<sandbox id>.${daemon.e2bDomain}\n`);
       process.stderr.write(`roost serve: bearer token in ${apiTokenPath(daemon.home)}\n`);
 
       await new Promise<void>((resolve) => {

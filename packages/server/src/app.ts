@@ -6,6 +6,7 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
 import { doctorRoutes } from './doctor.js';
+import type { E2bControl } from './e2b/control.js';
 import { e2bFaceOf, e2bRoutes } from './e2b/index.js';
 import { eventRoutes } from './events.js';
 import { execRoutes } from './exec.js';
@@ -49,6 +50,8 @@ export interface AppOptions {
   shutdown?: AbortSignal;
   /** Limits of the MCP sessions at /mcp (default: the environment's, see `mcpSettings`). */
   mcp?: McpSettings;
+  /** The E2B face's state, when the caller shares it (`serve` does, with its sandbox-host router); default: the app's own. */
+  e2b?: E2bControl;
 }
 
 /** The default of `AppLimits.maxInFlight`. */
@@ -186,7 +189,7 @@ export function createApp(options: AppOptions): RoostHono {
   doctorRoutes(app, ctx);
 
   // E2B's control plane and envd (./e2b), for E2B's SDK unchanged.
-  e2bAuth = e2bRoutes(app, options.runtime, shutdown);
+  e2bAuth = e2bRoutes(app, options.runtime, shutdown, options.e2b);
 
   // MCP over Streamable HTTP (docs/mcp.md): the SDK's transport answers, behind the same token.
   const mcp = new McpHttpSessions(options.runtime, { version: options.version, shutdown, ...(options.mcp ? { settings: options.mcp } : {}) });

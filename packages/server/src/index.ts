@@ -20,3 +20,4 @@ export { McpSession, type McpRuntime } from './mcp/session.js';
 export { McpHttpSessions } from './mcp/http.js';
 export { serveMcpStdio, type McpStdioOptions } from './mcp/stdio.js';
 export { E2bKeys, type E2bKeyInfo } from './e2b/keys.js';
+export { parseE2bDomain } from './e2b/router.js';

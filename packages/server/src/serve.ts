@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { chmod, lstat, mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
-import type { Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import { connect, isIP } from 'node:net';
-import { createAdaptorServer } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import { apiTokenPath, daemonSocketPath, RoostError, type McpSettings } from '@roost/api';
 import { Runtime, roostHome } from '@roost/core';
 import { createApp, type AppLimits } from './app.js';
+import { E2bControl } from './e2b/control.js';
+import { E2bRouter, parseE2bDomain } from './e2b/router.js';
 import { VERSION } from './version.js';
 
 /** Limits of the daemon: its HTTP face's and the runtime's. */
@@ -34,6 +36,12 @@ export interface ServeOptions {
   limits?: ServeLimits;
   /** Limits of the MCP sessions at /mcp (default: the environment's; see docs/mcp.md). */
   mcp?: McpSettings;
+  /**
+   * E2B's face. `domain`: of the sandbox hosts behind the SDK's
+   * `getHost(port)` (`<port>-<id>.<domain>`), routed on the TCP listener;
+   * default `localhost:<its port>`. Needs `tcp`. See docs/e2b.md, "Ports".
+   */
+  e2b?: { domain?: string };
 }
 
 /** A running daemon. */
@@ -43,6 +51,8 @@ export interface ServeHandle {
   readonly socketPath: string;
   /** `http://host:port` of the TCP listener, when there is one. */
   readonly url: string | null;
+  /** The domain of E2B's sandbox hosts (`localhost:7423`), routed on the TCP listener; null without one. */
+  readonly e2bDomain: string | null;
   /** The bearer token clients must send. */
   readonly token: string;
   /** Stops listening, ends the streams, kills the commands it started and closes the runtime (non-detached sandboxes stop). */
@@ -73,6 +83,8 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       throw new RoostError('INVALID_ARGUMENT', `refusing to serve ${host} without a token: only the unix socket and loopback addresses may run without auth`);
     }
   }
+  const e2bDomain = options.e2b?.domain === undefined ? undefined : parseE2bDomain(options.e2b.domain);
+  if (e2bDomain && !options.tcp) throw new RoostError('INVALID_ARGUMENT', 'an E2B domain needs a TCP listener (--tcp): its sandbox hosts are routed there');
   await mkdir(home, { recursive: true, mode: 0o700 });
   const token = options.token ?? (await loadOrCreateToken(home));
   if (!/^[\x21-\x7e]{16,}$/.test(token)) throw new RoostError('INVALID_ARGUMENT', 'token: at least 16 printable characters without spaces');
@@ -92,6 +104,8 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   const shutdown = new AbortController();
   const servers: Server[] = [];
   let url: string | null = null;
+  let router: E2bRouter | null = null;
+  const e2b = new E2bControl(runtime);
   try {
     const app = createApp({
       runtime,
@@ -100,17 +114,22 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       limits,
       shutdown: shutdown.signal,
       ...(options.mcp ? { mcp: options.mcp } : {}),
+      e2b,
     });
-    const newServer = () => {
-      const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+    const fetchListener = getRequestListener(app.fetch);
+    // The adapter's listener handles its own failures: its promise is only when it is done.
+    const appListener: RequestListener = (req, res) => void fetchListener(req, res);
+    const newServer = (listener: RequestListener) => {
+      const server = createServer(listener);
       // Stdin streams and event streams are long requests by design.
       server.requestTimeout = 0;
       servers.push(server);
       return server;
     };
-    await listenUnix(newServer(), socketPath);
+    await listenUnix(newServer(appListener), socketPath);
     if (options.tcp) {
-      const server = newServer();
+      // E2B's sandbox hosts are routed here only (./e2b/router.ts), once the port (for the default domain) is known.
+      const server = newServer((req, res) => (router ?? { listener: appListener }).listener(req, res));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(options.tcp!.port, host, () => {
@@ -121,6 +140,9 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : options.tcp.port;
       url = `http://${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+      router = new E2bRouter({ domain: e2bDomain ?? `localhost:${port}`, sandboxes: e2b, app: appListener });
+      router.attach(server);
+      e2b.domain = router.domain;
     }
   } catch (e) {
     await Promise.allSettled(servers.map(closeServer));
@@ -133,10 +155,13 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     home,
     socketPath,
     url,
+    e2bDomain: e2b.domain,
     token,
     close() {
       closed ??= (async () => {
         shutdown.abort();
+        // Upgraded connections are the router's, not the server's: cut them, or the server would wait for them.
+        router?.close();
         await Promise.allSettled(servers.map(closeServer));
         if (ownsRuntime) await runtime.close();
         await unlink(socketPath).catch(() => {});

@@ -30,6 +30,12 @@ import { E2bMetrics } from './metrics.js';
 export const E2B_TEMPLATE_LABEL = 'e2b.template';
 /** Labels holding E2B metadata: `e2b.metadata/<key>`. */
 export const E2B_METADATA_PREFIX = 'e2b.metadata/';
+/**
+ * The label (value `false`) of a sandbox made with E2B's
+ * `network.allowPublicTraffic: false`: its sandbox hosts (./router.ts) want
+ * the `e2b-traffic-access-token` header.
+ */
+export const E2B_PUBLIC_TRAFFIC_LABEL = 'e2b.allow-public-traffic';
 /** E2B's default sandbox timeout (s), when create gives none. */
 export const E2B_DEFAULT_TIMEOUT_S = 300;
 /** The longest timeout E2B's API takes (s): 24 hours, as its Pro tier. */
@@ -50,7 +56,13 @@ const NewSandboxSchema = z.looseObject({
   timeout: timeoutSeconds.optional(),
   autoPause: z.boolean().optional(),
   allow_internet_access: z.boolean().optional(),
-  network: z.looseObject({ allowOut: z.array(z.string().min(1)).optional(), denyOut: z.array(z.string().min(1)).optional() }).optional(),
+  network: z
+    .looseObject({
+      allowOut: z.array(z.string().min(1)).optional(),
+      denyOut: z.array(z.string().min(1)).optional(),
+      allowPublicTraffic: z.boolean().optional(),
+    })
+    .optional(),
 });
 
 /** Every IPv4 address: E2B's way of saying "deny everything not allowed". */
@@ -107,19 +119,37 @@ function metadataOf(info: SandboxInfo): Record<string, string> {
   return out;
 }
 
-/** The E2B face's view of the runtime: its sandboxes only, with E2B's 404 for any other. */
-class E2bControl {
-  /** envd access tokens are an HMAC of the sandbox id under this daemon's secret: nothing to store, nothing to leak. */
+/**
+ * The E2B face's view of the runtime: its sandboxes only, with E2B's 404
+ * for any other. One per daemon, shared by the app's routes and the
+ * sandbox-host router (./router.ts).
+ */
+export class E2bControl {
+  /** Tokens are an HMAC of the sandbox id under this daemon's secret: nothing to store, nothing to leak. */
   readonly #secret = randomBytes(32);
   /** Metrics of E2B's sandboxes, sampled from the first control-plane call on. */
   readonly metrics: E2bMetrics;
+  /**
+   * The domain of the sandbox hosts (`sandbox.getHost(port)` is
+   * `<port>-<id>.<domain>`), returned as `domain` by create, connect and
+   * getInfo; null without a router (the SDK then falls back to E2B_DOMAIN).
+   * Set by `serve` once its TCP listener's port is known.
+   */
+  domain: string | null = null;
 
   constructor(private readonly runtime: DaemonRuntime) {
     this.metrics = new E2bMetrics(runtime, async () => (await runtime.list({ labels: [E2B_TEMPLATE_LABEL], status: 'running' })).map((i) => i.id));
   }
 
+  /** The envd access token of a sandbox (X-Access-Token). */
   accessToken(id: string): string {
     return createHmac('sha256', this.#secret).update(`envd:${id}`).digest('hex');
+  }
+
+  /** The traffic access token its sandbox hosts want (`e2b-traffic-access-token`), or null when they are public (E2B's default). */
+  trafficAccessToken(info: SandboxInfo): string | null {
+    if (info.labels[E2B_PUBLIC_TRAFFIC_LABEL] !== 'false') return null;
+    return createHmac('sha256', this.#secret).update(`traffic:${info.id}`).digest('hex');
   }
 
   /** A live E2B sandbox by id; NOT_FOUND (E2B's 404) otherwise. */
@@ -141,7 +171,8 @@ class E2bControl {
       clientID: 'roost',
       envdVersion: ENVD_VERSION,
       envdAccessToken: this.accessToken(info.id),
-      domain: null,
+      trafficAccessToken: this.trafficAccessToken(info),
+      domain: this.domain,
     };
   }
 
@@ -162,7 +193,8 @@ class E2bControl {
       memoryMB: info.memoryMiB,
       diskSizeMB: info.diskSizeMiB,
       envdVersion: ENVD_VERSION,
-      domain: null,
+      domain: this.domain,
+      network: { allowPublicTraffic: info.labels[E2B_PUBLIC_TRAFFIC_LABEL] !== 'false' },
       volumeMounts: [],
     };
   }
@@ -190,9 +222,8 @@ class E2bControl {
   }
 }
 
-/** Registers E2B's control-plane routes (behind X-API-KEY: see app.ts). */
-export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal): E2bControl {
-  const control = new E2bControl(runtime);
+/** Registers E2B's control-plane routes (behind X-API-KEY: see app.ts) over `control` (default: a new one, without a router). */
+export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal, control = new E2bControl(runtime)): E2bControl {
   const route = (fn: (c: Context) => Promise<Response>) => async (c: Context) => {
     control.metrics.start(shutdown);
     return fn(c).catch((e: unknown) => e2bError(c, e));
@@ -202,6 +233,7 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdow
     const req = await parseJsonBody(c, NewSandboxSchema);
     const labels: Record<string, string> = { [E2B_TEMPLATE_LABEL]: req.templateID };
     for (const [k, v] of Object.entries(req.metadata ?? {})) labels[`${E2B_METADATA_PREFIX}${k}`] = v;
+    if (req.network?.allowPublicTraffic === false) labels[E2B_PUBLIC_TRAFFIC_LABEL] = 'false';
     const egress = egressOf(req);
     const sb = await runtime.create({
       ...(await control.source(req.templateID)),
@@ -255,7 +287,10 @@ export function e2bControlRoutes(app: RoostHono, runtime: DaemonRuntime, shutdow
     route(async (c) => {
       const req = await parseJsonBody(c, ForkSchema);
       const sb = await control.sandbox(c.req.param('id')!);
-      const e2bLabels = Object.fromEntries(Object.entries(sb.info.labels).filter(([k]) => k === E2B_TEMPLATE_LABEL || k.startsWith(E2B_METADATA_PREFIX)));
+      // A fork keeps its parent's template, metadata and traffic restriction (its hosts want their own token).
+      const e2bLabels = Object.fromEntries(
+        Object.entries(sb.info.labels).filter(([k]) => k === E2B_TEMPLATE_LABEL || k === E2B_PUBLIC_TRAFFIC_LABEL || k.startsWith(E2B_METADATA_PREFIX)),
+      );
       const forks = await sb.fork({ count: req.count ?? 1, labels: e2bLabels, detached: true });
       const lifetimeMs = (req.timeout ?? E2B_DEFAULT_TIMEOUT_S) * 1000;
       // Each entry succeeds or fails alone, as E2B's fork result does.

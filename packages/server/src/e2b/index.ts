@@ -2,7 +2,7 @@ import { isRoostError, type SandboxApi } from '@roost/api';
 import type { Context } from 'hono';
 import type { DaemonRuntime } from '../daemon-runtime.js';
 import type { RoostHono } from '../route-context.js';
-import { e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
+import { E2bControl, e2bControlRoutes, e2bError, E2B_TEMPLATE_LABEL } from './control.js';
 import { filesystemCall, readFile, watchDir, writeFiles } from './files.js';
 
 import { ConnectStream, readEnvelope, readUnary, unaryError } from './connect.js';
@@ -40,11 +40,15 @@ export function e2bFaceOf(path: string): 'control' | 'envd' | null {
   return null;
 }
 
-/** Registers the E2B face; returns the check of a request's E2B credentials (for the app's auth). */
-export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal): (c: Context) => Promise<boolean> {
+/**
+ * Registers the E2B face over `control` (the daemon's, shared with its
+ * sandbox-host router; default: one of its own); returns the check of a
+ * request's E2B credentials (for the app's auth).
+ */
+export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: AbortSignal, control = new E2bControl(runtime)): (c: Context) => Promise<boolean> {
   // Made on first use: registering the routes touches no runtime (the OpenAPI test lists them with none).
   let keys: E2bKeys | undefined;
-  const control = e2bControlRoutes(app, runtime, shutdown);
+  e2bControlRoutes(app, runtime, shutdown, control);
 
   /** E2B's edge answers 502 for a sandbox that is gone: the SDK reads it as "killed or timed out". */
   const gone = (c: Context) => c.json({ code: 502, message: 'The sandbox was not found' }, 502);
