@@ -101,6 +101,7 @@ describe('E2B control plane', () => {
       background: true,
       timeoutMs: 0,
     });
+    await eventually(() => a.files.exists('/tmp/tick'), 10_000, 'the ticker started');
     for (let round = 0; round < 2; round++) {
       expect(await a.pause()).toBe(true);
       expect(await a.pause()).toBe(false); // already paused: E2B's 409
