@@ -272,10 +272,12 @@ export async function pumpStdin(call: Call, data: WriteData, what: string): Prom
 export async function gather(call: Call, limit: number, tooLarge: () => RoostError): Promise<Buffer> {
   const parts: Uint8Array[] = [];
   let n = 0;
+  let exceeded: RoostError | null = null;
   try {
     for await (const chunk of call.stdout) {
       if (n + chunk.length > limit) {
-        await call.cancel(tooLarge());
+        exceeded = tooLarge();
+        await call.cancel(exceeded);
         break;
       }
       parts.push(chunk);
@@ -283,6 +285,13 @@ export async function gather(call: Call, limit: number, tooLarge: () => RoostErr
     }
   } catch {
     // The stream ends with the call's error, which `done` carries too.
+  }
+  // Thrown here, not left to `done`: a call whose output had all arrived
+  // has settled already, and cancelling it changes nothing (the read would
+  // come back cut short, as if the file ended at the limit).
+  if (exceeded) {
+    await call.done.catch(() => {});
+    throw exceeded;
   }
   await call.done;
   return Buffer.concat(parts, n);
