@@ -24,3 +24,4 @@ export * from './command-args.js';
 export * from './doctor.js';
 export * from './sessions.js';
 export * from './mcp.js';
+export * from './deployments.js';
