@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { daemonSocketPath, isRoostError, RoostError, sleep } from '@roost/api';
+import { daemonSocketPath, isRoostError, RoostError, sleep, type SandboxStatus } from '@roost/api';
 import { RoostClient, type Health } from '@roost/client';
 import { HomeLock, isAlive, type HomeOwner } from '@roost/core/internal';
 
@@ -30,6 +30,9 @@ const START_TIMEOUT_MS = 60_000;
 
 /** A log larger than this is moved to `daemon.log.1` when the next daemon starts. */
 const LOG_ROTATE_BYTES = 8 << 20;
+
+/** Sandboxes a daemon owns (the ones with a VM, or about to have one or to lose it). */
+const LIVE: SandboxStatus[] = ['creating', 'running', 'paused', 'stopping'];
 
 /** Where a daemon started by the CLI writes its output: `<home>/logs/daemon.log`. */
 export function daemonLogPath(home: string): string {
@@ -209,4 +212,169 @@ function lastLogLine(log: string, offset: number): string {
   }
   const lines = text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('--- '));
   return (lines.at(-1) ?? '').replace(/^roost( serve)?: /, '');
+}
+
+/** What `roost serve status` reports. */
+export interface DaemonStatus {
+  home: string;
+  running: boolean;
+  /** The daemon's pid (from its health, else from the home's owner file). */
+  pid: number | null;
+  /** `unix://<home>/roost.sock`. */
+  socket: string;
+  /** True when it answered on the socket; a running daemon that does not is starting, busy, or listening on another --socket. */
+  answering: boolean;
+  /** Its TCP listener, `http://host:port`, or null. */
+  url: string | null;
+  version: string | null;
+  uptimeSeconds: number | null;
+  /** The sandboxes it owns (with a VM), and how many of those are detached. */
+  sandboxes: { live: number; detached: number } | null;
+  /** The log of daemons the CLI started, when there is one. */
+  log: string | null;
+  /** Who else holds the home when no daemon does (an embedded `roost` command, a program). */
+  heldBy: HomeOwner | null;
+}
+
+/** Finds the home's daemon and what it owns; `running` false when there is none. */
+export async function daemonStatus(home: string): Promise<DaemonStatus> {
+  const log = daemonLogPath(home);
+  const status: DaemonStatus = {
+    home,
+    running: false,
+    pid: null,
+    socket: `unix://${daemonSocketPath(home)}`,
+    answering: false,
+    url: null,
+    version: null,
+    uptimeSeconds: null,
+    sandboxes: null,
+    log: existsSync(log) ? log : null,
+    heldBy: null,
+  };
+  const found = await probeHomeDaemon(home);
+  if (found) {
+    try {
+      status.running = true;
+      if (found.health) {
+        status.answering = true;
+        status.pid = found.health.pid;
+        status.url = found.health.url ?? null;
+        status.version = found.health.version;
+        status.uptimeSeconds = found.health.uptimeSeconds;
+        const live = await found.client.list({ status: LIVE });
+        status.sandboxes = { live: live.length, detached: live.filter((s) => s.detached).length };
+      } else {
+        status.pid = servingOwner(home)?.pid ?? null;
+      }
+    } finally {
+      await found.client.close();
+    }
+    return status;
+  }
+  const serving = servingOwner(home);
+  if (serving) {
+    status.running = true;
+    status.pid = serving.pid;
+    return status;
+  }
+  const holder = HomeLock.owner(home);
+  if (holder && (holder.hostname !== hostname() || isAlive(holder.pid))) status.heldBy = holder;
+  return status;
+}
+
+/**
+ * What the daemon keeps that ends with it, and that `roost serve stop`
+ * refuses to end without --force: its deployments and warm pools, as
+ * "deployment web", "pool py" (issue 19). Neither exists yet: this is where
+ * they will be counted (through `client`), and it finds none.
+ */
+export async function workloadsKeptBy(client: RoostClient): Promise<string[]> {
+  void client;
+  return [];
+}
+
+/** What `stopDaemon` did. */
+export interface StoppedDaemon {
+  pid: number;
+  /** Detached sandboxes left running (their networks and ports wait for the next owner of the home). */
+  detached: number;
+}
+
+/**
+ * `roost serve stop`: asks the home's daemon to stop (SIGTERM to its pid,
+ * the signal `roost serve` shuts down gracefully on: streams end,
+ * non-detached sandboxes stop, the lock is released, the socket removed) and
+ * waits for the process to exit. Refuses while it keeps deployments or pools
+ * (`workloadsKeptBy`) unless `force`; refuses to signal a process that is
+ * not `roost serve` (a program that serves the home itself). Null when no
+ * daemon runs.
+ */
+export async function stopDaemon(home: string, options: { timeoutMs: number; force?: boolean }): Promise<StoppedDaemon | null> {
+  const status = await daemonStatus(home);
+  if (!status.running) return null;
+  const pid = status.pid;
+  if (pid === null) {
+    throw new RoostError(
+      'UNAVAILABLE',
+      `the daemon of ${home} does not answer on ${status.socket}, and the home's owner file does not name it: find it with \`ps\` and send it SIGTERM`,
+    );
+  }
+  if (status.answering) {
+    const found = await probeHomeDaemon(home);
+    if (found) {
+      try {
+        const kept = await workloadsKeptBy(found.client);
+        if (kept.length > 0 && !options.force) {
+          throw new RoostError(
+            'INVALID_STATE',
+            `the daemon of ${home} keeps ${kept.join(', ')}, which stop with it: remove them first, or \`roost serve stop --force\``,
+            { details: { kept } },
+          );
+        }
+      } finally {
+        await found.client.close();
+      }
+    }
+  }
+  const command = commandLine(pid);
+  if (command !== null && !isRoostServe(command)) {
+    throw new RoostError(
+      'INVALID_STATE',
+      `the daemon of ${home} runs inside pid ${pid} (${command.join(' ')}), not as \`roost serve\`: stop it in that program`,
+      { details: { pid } },
+    );
+  }
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+  }
+  const deadline = Date.now() + options.timeoutMs;
+  while (isAlive(pid)) {
+    if (Date.now() >= deadline) {
+      throw new RoostError(
+        'TIMEOUT',
+        `the daemon of ${home} (pid ${pid}) did not exit within ${Math.round(options.timeoutMs / 1000)} s of SIGTERM: it may still be stopping sandboxes; wait, or end it now with \`kill -KILL ${pid}\``,
+        { details: { pid } },
+      );
+    }
+    await sleep(50);
+  }
+  return { pid, detached: status.sandboxes?.detached ?? 0 };
+}
+
+/** A process's arguments (null without /proc, or when it is gone). */
+function commandLine(pid: number): string[] | null {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return null;
+  }
+}
+
+/** `node .../roost.js serve ...` or `roost serve ...` (global options may stand between). */
+function isRoostServe(argv: string[]): boolean {
+  const bin = argv.findIndex((a) => /^roost(\.js)?$/.test(basename(a)));
+  return bin >= 0 && argv.slice(bin + 1).includes('serve');
 }

@@ -385,7 +385,7 @@ export async function main(argv: string[]): Promise<number> {
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
   addPortCommands(program, withFace);
-  addServeCommand(program);
+  addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);
   addE2bCommands(program);
   addDoctorCommand(
