@@ -100,7 +100,7 @@ export interface EnsuredDaemon {
   pid: number | null;
   /** True when this call started it (and said so on stderr). */
   started: boolean;
-  /** Its log, when this call (or a race with another command) started it. */
+  /** Where the daemons the CLI starts write their output (`<home>/logs/daemon.log`). */
   log: string;
 }
 
