@@ -91,7 +91,7 @@ describe('roost serve: the REST API over a real runtime', () => {
     for (const client of [unix, tcp]) {
       const h = await client.get('/v1/health');
       expect(h.status).toBe(200);
-      expect(h.body).toMatchObject({ status: 'ok', home: home.root, pid: process.pid });
+      expect(h.body).toMatchObject({ status: 'ok', home: home.root, pid: process.pid, url: daemon.url });
     }
     const doc = await unix.get('/v1/openapi.json');
     expect(doc.status).toBe(200);

@@ -407,6 +407,8 @@ export const HealthSchema = z
     home: z.string(),
     pid: z.number().int(),
     uptimeSeconds: z.number(),
+    /** The TCP listener (`roost serve --tcp`), `http://host:port`; null when it listens on its unix socket only. */
+    url: z.string().nullable(),
   })
   .meta({ id: 'Health' });
 

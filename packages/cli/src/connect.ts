@@ -1,19 +1,10 @@
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import {
-  daemonSocketPath,
-  isRoostError,
-  RoostError,
-  type DoctorOptions,
-  type DoctorReport,
-  type ImagesApi,
-  type RuntimeApi,
-  type SandboxApi,
-  type VolumesApi,
-} from '@roost/api';
+import { isRoostError, RoostError, type DoctorOptions, type DoctorReport, type ImagesApi, type RuntimeApi, type SandboxApi, type VolumesApi } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { ImageStore, roostHome, Runtime, Volumes } from '@roost/core';
 import { StoreImages } from '@roost/core/internal';
+import { probeHomeDaemon, waitForStartingDaemon } from './daemon.js';
 
 /** What the image commands talk to: the daemon's image store, or the home's (no lock needed). */
 export interface ImagesFace {
@@ -41,21 +32,28 @@ export type WithFace = <T>(command: string, fn: (face: Face) => Promise<T>) => P
 /** Opens the image face of this invocation for one command, and closes it after. */
 export type WithImages = <T>(fn: (face: ImagesFace) => Promise<T>) => Promise<T>;
 
-/** How long the home's daemon may take to answer the health check (a slower one is used anyway: it holds the home). */
-const PROBE_TIMEOUT_MS = 2_000;
+/** How long a command waits for a daemon that holds the home but does not answer on its socket yet (it is starting). */
+const STARTING_DAEMON_WAIT_MS = 15_000;
 
 /**
  * Chooses the face of this invocation: `--host` or $ROOST_HOST means that
  * daemon; else a daemon listening on the home's socket (answering
  * `GET /v1/health`); else an embedded runtime, which takes the home's lock
- * (UNAVAILABLE naming its owner if another process holds it).
+ * (UNAVAILABLE naming its owner if another process holds it; when that is a
+ * daemon still starting, the command waits for it and goes through it).
  */
 export async function connect(options: { host?: string; home?: string; command: string }): Promise<Face> {
   const home = roostHome(options.home);
   const client = await findDaemon(home, options.host);
   if (client) return new RemoteFace(client);
-  const runtime = await Runtime.open({ home, owner: `roost ${options.command} (pid ${process.pid})` });
-  return new EmbeddedFace(runtime);
+  try {
+    return new EmbeddedFace(await Runtime.open({ home, owner: `roost ${options.command} (pid ${process.pid})` }));
+  } catch (e) {
+    if (!isRoostError(e, 'UNAVAILABLE')) throw e;
+    const starting = await waitForStartingDaemon(home, STARTING_DAEMON_WAIT_MS);
+    if (!starting) throw e;
+    return new RemoteFace(starting);
+  }
 }
 
 /**
@@ -103,19 +101,9 @@ export async function runDoctor(options: { host?: string; home?: string } & Doct
 async function findDaemon(home: string, hostOption: string | undefined): Promise<RoostClient | null> {
   const host = hostOption ?? (process.env.ROOST_HOST || undefined);
   if (host) return new RoostClient({ host, home });
-  if (!existsSync(daemonSocketPath(home))) return null;
-  const client = new RoostClient({ home, host: `unix://${daemonSocketPath(home)}` });
-  try {
-    await client.health({ timeoutMs: PROBE_TIMEOUT_MS });
-    return client;
-  } catch (e) {
-    // A socket nobody listens on (a daemon that died) means embedded. A daemon
-    // that is slow is still the owner of the home; one that refuses us is reported.
-    if (isRoostError(e, 'TIMEOUT')) return client;
-    await client.close();
-    if (!isRoostError(e, 'UNAVAILABLE')) throw e;
-    return null;
-  }
+  // A socket nobody listens on (a daemon that died) means embedded. A daemon
+  // that is slow is still the owner of the home; one that refuses us is reported.
+  return (await probeHomeDaemon(home))?.client ?? null;
 }
 
 class RemoteFace implements Face {

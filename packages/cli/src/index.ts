@@ -17,9 +17,10 @@ import {
   type SandboxInfo,
   type SandboxStatus,
 } from '@roost/api';
-import { setup } from '@roost/core';
+import { roostHome, setup } from '@roost/core';
 import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, runDoctor, type Face, type WithFace, type WithImages } from './connect.js';
 import { addCpCommand } from './cp.js';
+import { ensureDaemon } from './daemon.js';
 import { addDoctorCommand } from './doctor.js';
 import { namingFlag, reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
@@ -39,6 +40,7 @@ import {
   formatPorts,
   networkOptions,
   networkRows,
+  ownerNeededFor,
   type NetworkFlags,
 } from './network.js';
 
@@ -79,6 +81,15 @@ export async function main(argv: string[]): Promise<number> {
   const hostOption = () => {
     const host = (program.opts() as { host?: string }).host;
     return host ? { host } : {};
+  };
+  /**
+   * Makes sure a daemon owns the home, for what a command leaves behind
+   * (`reason`), unless the user named the daemon to use (--host, ROOST_HOST):
+   * see `ensureDaemon` (ROOST_AUTO_DAEMON=0 opts out).
+   */
+  const ensureOwner = async (reason: string, by: string): Promise<void> => {
+    if (hostOption().host || process.env.ROOST_HOST) return;
+    await ensureDaemon(roostHome(), reason, { by });
   };
   const withFace: WithFace = async (command, fn) => {
     const face = await connect({ ...hostOption(), command });
@@ -173,6 +184,9 @@ export async function main(argv: string[]): Promise<number> {
         const labels = parsePairs(flags.label, '-l');
         const volumes = flags.volume.map((v) => parseVolumeFlag(v));
         const network = networkOptions(flags);
+        // A detached sandbox's ports and network are served by its owner: one that outlives this CLI.
+        const ownerNeeded = flags.detach ? ownerNeededFor(flags) : null;
+        if (ownerNeeded !== null) await ensureOwner(ownerNeeded, 'roost run -d');
         // Whatever ends this CLI early (a signal, the terminal closing, a reader of its output gone) removes what it made.
         using life = new Lifetime();
         await withFace('run', async (face) => {
@@ -217,7 +231,7 @@ export async function main(argv: string[]): Promise<number> {
             }
             // A detached sandbox outlives the runtime (or client) closed after this.
             process.stdout.write(`${sandbox.id}\n`);
-            if (flags.publish.length > 0) embeddedPortsNote(face);
+            if (ownerNeeded !== null) embeddedPortsNote(face);
             return;
           }
           announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
@@ -371,7 +385,7 @@ export async function main(argv: string[]): Promise<number> {
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
   addPortCommands(program, withFace);
-  addServeCommand(program);
+  addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);
   addE2bCommands(program);
   addDoctorCommand(

@@ -150,9 +150,25 @@ function parseGuestPort(text: string): { guestPort: number; protocol?: PortProto
 }
 
 /**
+ * What a detached sandbox made with these flags needs a live owner of the
+ * home for, once the command that made it exits (null: nothing it asked
+ * for). Published ports, the user-mode stack (and with it the egress
+ * policy) and a bridge's DNS are served by the process that owns the
+ * sandbox, not by its VM. A sandbox without network flags gets the default
+ * network too, but asked for none: it does not start a daemon (yet).
+ */
+export function ownerNeededFor(flags: NetworkFlags): string | null {
+  if (flags.network === 'none') return null;
+  if (flags.publish.length > 0) return 'published ports';
+  if (flags.egress !== undefined || flags.allow.length > 0 || flags.deny.length > 0) return 'an egress policy';
+  if (flags.network !== undefined) return `a ${flags.network} network`;
+  return null;
+}
+
+/**
  * Tells the user that without a daemon the ports (and the whole network)
  * of a sandbox that outlives this command are served only while some roost
- * process holds the home.
+ * process holds the home (with ROOST_AUTO_DAEMON=0, or after `port add`).
  */
 export function embeddedPortsNote(face: Face): void {
   if (face.kind !== 'embedded') return;

@@ -55,6 +55,8 @@ export interface Health {
   home: string;
   pid: number;
   uptimeSeconds: number;
+  /** The daemon's TCP listener (`http://host:port`), or null when it listens on its unix socket only. */
+  url: string | null;
 }
 
 /** Options of `client.events()`. */

@@ -10,7 +10,7 @@ export { Settings } from './state/settings.js';
 export { stateDb, closeStateDbs, SCHEMA_VERSION } from './state/db.js';
 export { sweepTempFiles, tempOwner } from './state/sweep.js';
 export { secureHome } from './state/private.js';
-export { processUsage, type ProcessUsage } from './proc.js';
+export { isAlive, processUsage, type ProcessUsage } from './proc.js';
 export { StoreImages, imageInfoBody } from './image/images-api.js';
 export { BlobStore } from './image/blobs.js';
 export { RegistryClient, RegistrySource, parseWwwAuthenticate, type RegistryClientOptions, type RetryEvent, type AuthChallenge } from './image/registry.js';

@@ -52,6 +52,11 @@ export interface AppOptions {
   mcp?: McpSettings;
   /** The E2B face's state, when the caller shares it (`serve` does, with its sandbox-host router); default: the app's own. */
   e2b?: E2bControl;
+  /**
+   * The TCP listener's `http://host:port`, reported by /v1/health (null, the
+   * default: none). A function: the app is made before the listener binds.
+   */
+  url?: () => string | null;
 }
 
 /** The default of `AppLimits.maxInFlight`. */
@@ -173,7 +178,14 @@ export function createApp(options: AppOptions): RoostHono {
   app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));
 
   app.get('/v1/health', (c) =>
-    c.json({ status: 'ok' as const, version: options.version, home: options.runtime.home, pid: process.pid, uptimeSeconds: (Date.now() - started) / 1000 }),
+    c.json({
+      status: 'ok' as const,
+      version: options.version,
+      home: options.runtime.home,
+      pid: process.pid,
+      uptimeSeconds: (Date.now() - started) / 1000,
+      url: options.url?.() ?? null,
+    }),
   );
   app.get('/v1/openapi.json', (c) => c.json(openapiDocument()));
 

@@ -115,6 +115,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       shutdown: shutdown.signal,
       ...(options.mcp ? { mcp: options.mcp } : {}),
       e2b,
+      url: () => url,
     });
     const fetchListener = getRequestListener(app.fetch);
     // The adapter's listener handles its own failures: its promise is only when it is done.
