@@ -1,9 +1,10 @@
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PoolInfo, PoolsApi } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import type { Runtime, Sandbox } from '@roost/core';
 import { serve } from '@roost/server';
-import { alive, eventually, expectCode, qemusOf, runRoost, TestHome, type CliResult } from './helpers.js';
+import { alive, eventually, expectCode, qemusOf, ROOST_BIN, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * Warm pools with real VMs (issue 19): what a handed-over sandbox's guest
@@ -206,5 +207,25 @@ describe('roost pool', () => {
     expect(await ok(['pool', 'ls', '-q'])).toBe('');
     expect(await ok(['ps', '-a', '-q'])).toBe('');
     expect(qemusOf(home.root)).toEqual([]);
+  });
+
+  it('goes through a running roost serve, which refuses to stop while it keeps a pool filled (unless --force)', async () => {
+    const roost = (args: string[]): Promise<CliResult> => runRoost(args, { env: home.env });
+    await home.release();
+    const daemon = spawn(process.execPath, [ROOST_BIN, 'serve'], { env: home.env, stdio: 'ignore' });
+    try {
+      await eventually(async () => (await roost(['serve', 'status'])).code === 0, 30_000, 'roost serve answering');
+      expect(await roost(['pool', 'create', 'served', '--snapshot', SNAPSHOT, '-n', '1'])).toMatchObject({ code: 0, stdout: 'served  1/1 ready\n' });
+      const refused = await roost(['serve', 'stop']);
+      expect(refused.code).toBe(125);
+      expect(refused.stderr).toMatch(/keeps pool served, which nothing keeps filled/);
+      expect(await roost(['serve', 'stop', '--force'])).toMatchObject({ code: 0 });
+      await eventually(() => daemon.exitCode !== null, 30_000, 'roost serve to exit');
+      // Its member outlived it, detached: an embedded command finds it ready.
+      expect(JSON.parse((await roost(['pool', 'ls', '--json'])).stdout)).toMatchObject([{ name: 'served', ready: 1 }]);
+      expect(await roost(['pool', 'rm', 'served'])).toMatchObject({ code: 0 });
+    } finally {
+      if (daemon.exitCode === null) daemon.kill('SIGKILL');
+    }
   });
 });
