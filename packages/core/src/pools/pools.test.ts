@@ -116,6 +116,13 @@ describe('warm pools on a fake VMM', () => {
     for (const s of got) await s.remove({ force: true });
   });
 
+  it('fills a pool larger than the restores it starts at once, in batches', async () => {
+    await runtime.pools.create({ name: 'big', snapshot: 'base', size: 10 });
+    const info = await filled('big', 10);
+    expect(info.lastError).toBeNull();
+    expect(new Set(info.members).size).toBe(10);
+  });
+
   it('an empty pool restores instead, and says so', async () => {
     await runtime.pools.create({ name: 'empty', snapshot: 'base', size: 0 });
     const sb = await runtime.create({ pool: 'empty' });

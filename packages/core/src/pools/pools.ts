@@ -71,6 +71,13 @@ const HANDOVER_TIMEOUT_MS = 5_000;
  * with the refill at once, 11 ms without). Hand-overs meanwhile share one refill.
  */
 const REFILL_DELAY_MS = 200;
+/**
+ * Restores one reconcile starts at once; a bigger deficit is made up by the
+ * next reconcile, at once. Keeps a large pool's first fill under the
+ * runtime's `maxConcurrentCreates` (16 by default), and its CPU use in bursts
+ * a small host absorbs.
+ */
+const PARALLEL_RESTORES = 4;
 /** How long a new member's warm-up command may take. */
 const WARM_UP_TIMEOUT_MS = 30_000;
 /** The first retry after a failed refill, doubled with each failure in a row up to RETRY_MAX_MS. */
@@ -106,9 +113,10 @@ interface PoolState {
  *
  * This runtime refills in the background once `start()` is called (after
  * recovery): shortly after a hand-over (REFILL_DELAY_MS), when a member dies
- * or is removed, and on `create` and `resize`. Refills of one pool are serialized (a reconcile at
- * a time, restores within it in parallel), never exceed `maxSize` members,
- * and back off after failures (recorded in the pool's `lastError`).
+ * or is removed, and on `create` and `resize`. Refills of one pool are
+ * serialized (a reconcile at a time, at most PARALLEL_RESTORES restores in
+ * parallel), never exceed `maxSize` members, and back off after failures
+ * (recorded in the pool's `lastError`).
  * Hand-overs are synchronous claims: two creates never get one member.
  */
 export class Pools<S extends PoolMember> implements PoolsApi {
@@ -381,7 +389,7 @@ export class Pools<S extends PoolMember> implements PoolsApi {
       return;
     }
     const holding = this.#members(name).filter((s) => s.status === 'running' || s.status === 'paused' || s.status === 'stopping').length;
-    const wanted = Math.min(target - ready.length, rec.maxSize - holding);
+    const wanted = Math.min(target - ready.length, rec.maxSize - holding, PARALLEL_RESTORES);
     if (wanted <= 0 || st.retry || this.#closed) return;
     const results = await Promise.allSettled(Array.from({ length: wanted }, () => this.#restore(rec, st)));
     if (st.removed || this.#closed) return;
