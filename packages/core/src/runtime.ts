@@ -24,7 +24,7 @@ import { ImageStore } from './image/store.js';
 import { StoreImages } from './image/images-api.js';
 import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
-import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
+import { checkCreateOptions, checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
 import { isLive } from './sandbox/record.js';
 import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
@@ -257,8 +257,9 @@ export class Runtime implements RuntimeApi {
     this.#checkOpen();
     checkPoolCreateOptions(options as Record<string, unknown>);
     if (options.pool !== undefined) {
-      const { pool, ...rest } = options;
-      return this.#pools._take(pool, rest);
+      // A hand-over makes no sandbox: the options are checked here (a fallback restore checks them again).
+      const { pool, ...rest } = checkCreateOptions(options);
+      return this.#pools._take(pool!, rest);
     }
     return this.#create(options);
   }

@@ -224,5 +224,13 @@ describe('warm pools on a fake VMM', () => {
     await expect(runtime.create({ pool: 'x', image: 'alpine' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /^image: / });
     await expect(runtime.create({ pool: 'x', cpus: 2, ports: ['8080:80'] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /^cpus, ports: / });
     await expect(runtime.create({ labels: { [POOL_LABEL]: 'x' } })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /reserved/ });
+    // What a hand-over takes is checked as for any create, with a member ready.
+    await runtime.pools.resize('x', 1);
+    await filled('x', 1);
+    await expect(runtime.create({ pool: 'x', lifetimeMs: -1 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /lifetimeMs/ });
+    await expect(runtime.create({ pool: 'x', onExpiry: 'stop' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /^onExpiry/ });
+    await expect(runtime.create({ pool: 'x', detached: true, autoRemove: true })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /^autoRemove/ });
+    await expect(runtime.create({ pool: 'x', labels: { 'bad key!': 'v' } })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /labels/ });
+    expect((await runtime.pools.get('x')).ready).toBe(1);
   });
 });
