@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { POOL_LABEL, type PoolInfo } from '@roost/api';
 import { Runtime } from '../runtime.js';
-import { closeStateDbs } from '../state/db.js';
+import { closeStateDbs, stateDb } from '../state/db.js';
 import { FakeVmm, writeFakeAssets } from '../vmm/fake.js';
 
 // Warm pools against a fake VMM (vmm/fake.ts): the pool's bookkeeping, refills,
@@ -181,6 +181,17 @@ describe('warm pools on a fake VMM', () => {
     const after = await filled('p', 3);
     expect(after.members.filter((id) => info.members.includes(id))).toHaveLength(2);
     expect(vmm.started.length).toBe(started + 1);
+  });
+
+  it('removes the members of a pool that no longer exists when a runtime opens', async () => {
+    await runtime.pools.create({ name: 'p', snapshot: 'base', size: 2 });
+    await filled('p', 2);
+    await runtime.close();
+    // As a runtime that died between the pool's row and its members' removal leaves it (or a doctor's rebuilt database).
+    stateDb(home).prepare('DELETE FROM pools').run();
+    runtime = await Runtime.open({ home, vmm });
+    await until(async () => (await runtime.list()).length === 0);
+    expect(liveVms()).toBe(0);
   });
 
   it('a runtime with refills off leaves pools as they are, and still hands over', async () => {

@@ -371,7 +371,10 @@ export class Pools<S extends PoolMember> implements PoolsApi {
   async #reconcile(name: string, st: PoolState): Promise<void> {
     const rec = this.#store.get(name);
     if (!rec || st.removed) {
-      if (!st.removed) await this.#removeMembers(name, () => true);
+      if (st.removed) return;
+      // Members of a pool that no longer exists (removed by a runtime that died half-way, or a doctor's rebuild).
+      await this.#removeMembers(name, () => true);
+      if (this.#states.get(name) === st && !st.queued) this.#states.delete(name);
       return;
     }
     const members = this.#members(name);
