@@ -202,6 +202,12 @@ try {
     await benchSnapshots({ home, row, results, coldStartP50: coldP50 });
   }
 
+  // --- warm pools (bench/pools.js): a hand-over beside a restore and a cold start of its own, same run.
+  if (process.env.BENCH_POOLS !== '0') {
+    const { benchPools } = await import('./pools.js');
+    await benchPools({ realHome, row, results });
+  }
+
   // --- networking (bench/net.js): TCP through forwarded ports beside the host loopback.
   if (process.env.BENCH_NET !== '0') {
     const { benchNet } = await import('./net.js');

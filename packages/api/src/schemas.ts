@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
 import { EntryInfoSchema, FileEventSchema, MAX_VOLUMES, VolumeMountSchema } from './files.js';
 import { EgressSpecSchema, NetworkInfoSchema, NetworkModeSchema, PortSpecSchema } from './network.js';
+import { SandboxPoolOriginSchema } from './pools.js';
 import {
   MAX_LIFETIME_MS,
   MAX_COMMAND_TIMEOUT_MS,
@@ -115,6 +116,8 @@ export const SandboxInfoSchema = z
     /** When its lifetime ends (ISO 8601; absent or null: it lives until removed), and what happens then. */
     expiresAt: z.string().nullable().optional(),
     onExpiry: ExpiryActionSchema.optional(),
+    /** Made with `create({ pool })`: the pool, and whether a ready member was handed over (`warm`) or the pool was empty and it was restored. */
+    pool: SandboxPoolOriginSchema.optional(),
   })
   .meta({ id: 'SandboxInfo' });
 export type SandboxInfo = z.infer<typeof SandboxInfoSchema>;
@@ -161,6 +164,13 @@ export const CreateSandboxRequestSchema = z
     snapshot: z.string().min(1).optional(),
     /** Start from this template's warm snapshot, building it on first use. */
     template: z.string().min(1).optional(),
+    /**
+     * Take a ready sandbox from this warm pool (a hand-over: resumed, given a
+     * new clock and entropy); when it is empty, restore one from the pool's
+     * template or snapshot. Only labels, env, detached, autoRemove,
+     * lifetimeMs, onExpiry and timeoutMs go with it (others are INVALID_ARGUMENT).
+     */
+    pool: z.string().min(1).optional(),
     /** How long booting may take (ms). */
     timeoutMs: OperationTimeoutSchema.optional(),
     /**
@@ -349,6 +359,10 @@ export const EVENT_TYPES = [
   'network.denied',
   'sandbox.recovered',
   'sandbox.expired',
+  'pool.created',
+  'pool.resized',
+  'pool.removed',
+  'pool.handover',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

@@ -286,12 +286,11 @@ export async function daemonStatus(home: string): Promise<DaemonStatus> {
 /**
  * What the daemon keeps that ends with it, and that `roost serve stop`
  * refuses to end without --force: its deployments and warm pools, as
- * "deployment web", "pool py" (issue 19). Neither exists yet: this is where
- * they will be counted (through `client`), and it finds none.
+ * "deployment web", "pool py" (issue 19). Pools of size 0 need no owner
+ * and are not counted; deployments do not exist yet.
  */
 export async function workloadsKeptBy(client: RoostClient): Promise<string[]> {
-  void client;
-  return [];
+  return (await client.pools.list()).filter((p) => p.size > 0).map((p) => `pool ${p.name}`);
 }
 
 /** What `stopDaemon` did. */
@@ -328,7 +327,7 @@ export async function stopDaemon(home: string, options: { timeoutMs: number; for
         if (kept.length > 0 && !options.force) {
           throw new RoostError(
             'INVALID_STATE',
-            `the daemon of ${home} keeps ${kept.join(', ')}, which stop with it: remove them first, or \`roost serve stop --force\``,
+            `the daemon of ${home} keeps ${kept.join(', ')}, which nothing keeps filled or running once it stops: remove them first, or \`roost serve stop --force\``,
             { details: { kept } },
           );
         }

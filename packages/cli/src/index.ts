@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import {
   EVENT_TYPES,
   isRoostError,
+  POOL_LABEL,
   RoostError,
   sleep,
   type CommandHandleApi,
@@ -28,6 +29,7 @@ import { addE2bCommands } from './e2b.js';
 import { addMcpCommand } from './mcp.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
+import { addPoolCommands } from './pools.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, formatTable } from './format.js';
 import { guardOutput, Interrupted, Lifetime } from './lifetime.js';
@@ -91,8 +93,8 @@ export async function main(argv: string[]): Promise<number> {
     if (hostOption().host || process.env.ROOST_HOST) return;
     await ensureDaemon(roostHome(), reason, { by });
   };
-  const withFace: WithFace = async (command, fn) => {
-    const face = await connect({ ...hostOption(), command });
+  const withFace: WithFace = async (command, fn, options) => {
+    const face = await connect({ ...hostOption(), command, ...options });
     try {
       return await fn(face);
     } finally {
@@ -140,8 +142,14 @@ export async function main(argv: string[]): Promise<number> {
       [] as string[],
     )
     .addOption(new Option('--pull <policy>', 'pull the image: missing, always or never').choices(['missing', 'always', 'never']).default('missing'))
-    .addOption(new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts('template'))
-    .option('--template <name>', "start from this template's warm snapshot (built on first use)")
+    .addOption(
+      new Option('--snapshot <name>', 'restore this snapshot (name or id) instead of booting: its image, CPUs, memory and disk').conflicts([
+        'template',
+        'pool',
+      ]),
+    )
+    .addOption(new Option('--template <name>', "start from this template's warm snapshot (built on first use)").conflicts('pool'))
+    .option('--pool <name>', 'take a ready sandbox from this warm pool (`roost pool create`); restored from its source when the pool is empty')
     .option('--boot-timeout <ms>', 'how long the boot (or restore) may take', int('--boot-timeout'))
     .option('--lifetime <ms>', 'end the sandbox this long after it is created (with -d: later `roost` commands see it go)', int('--lifetime'))
     .addOption(new Option('--on-expiry <action>', 'what the end of --lifetime does: remove (default), stop or pause').choices(['remove', 'stop', 'pause']));
@@ -163,16 +171,17 @@ export async function main(argv: string[]): Promise<number> {
             pull: PullPolicy;
             snapshot?: string;
             template?: string;
+            pool?: string;
             bootTimeout?: number;
             lifetime?: number;
             onExpiry?: ExpiryAction;
           },
       ) => {
-        const restore = flags.snapshot !== undefined || flags.template !== undefined;
+        const restore = flags.snapshot !== undefined || flags.template !== undefined || flags.pool !== undefined;
         let { image, cmd: given } = splitRunArgs(args, argv);
         if (restore && image !== undefined) {
-          // The snapshot or template has the image: the arguments are the command (`run --snapshot NAME CMD...`).
-          const from = flags.snapshot !== undefined ? '--snapshot' : '--template';
+          // The snapshot, template or pool has the image: the arguments are the command (`run --snapshot NAME CMD...`).
+          const from = flags.snapshot !== undefined ? '--snapshot' : flags.template !== undefined ? '--template' : '--pool';
           if (args.includes('--'))
             throw new RoostError('INVALID_ARGUMENT', `${from} brings its own image: give no IMAGE (${image}): roost run ${from} NAME [--] CMD [ARG...]`);
           given = [image, ...given];
@@ -189,58 +198,64 @@ export async function main(argv: string[]): Promise<number> {
         if (ownerNeeded !== null) await ensureOwner(ownerNeeded, 'roost run -d');
         // Whatever ends this CLI early (a signal, the terminal closing, a reader of its output gone) removes what it made.
         using life = new Lifetime();
-        await withFace('run', async (face) => {
-          const sandbox = await namingFlag('--boot-timeout', () =>
-            face.runtime.create({
-              signal: life.signal,
-              // Embedded, a SIGKILLed CLI leaves it to the next runtime to remove; through a daemon, to its client session's end.
-              ...(flags.detach ? {} : { autoRemove: true }),
-              ...(passed('cpus') ? { cpus: flags.cpus } : {}),
-              ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
-              ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
-              ...(flags.template !== undefined ? { template: flags.template } : {}),
-              detached: !!flags.detach,
-              ...(Object.keys(labels).length > 0 ? { labels } : {}),
-              ...(volumes.length > 0 ? { volumes } : {}),
-              ...network,
-              ...(image ? { image, pull: flags.pull } : {}),
-              ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
-              ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
-              ...(flags.lifetime !== undefined ? { lifetimeMs: flags.lifetime } : {}),
-              ...(flags.onExpiry !== undefined ? { onExpiry: flags.onExpiry } : {}),
-              ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
-            }),
-          ).catch((e: unknown) => life.rethrow(e));
-          // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
-          // From a snapshot or template, the given command runs as it is: the sandbox was set up before it was saved.
-          const img = restore ? undefined : sandbox.info.image;
-          const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
-          if (!flags.detach && cmd.length === 0) {
-            await sandbox.remove({ force: true });
-            throw new RoostError(
-              'INVALID_ARGUMENT',
-              image
-                ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]`
-                : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]',
-            );
-          }
-          if (flags.detach) {
-            if (cmd.length > 0) {
-              // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
-              await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions(flags, env));
+        await withFace(
+          'run',
+          async (face) => {
+            const sandbox = await namingFlag('--boot-timeout', () =>
+              face.runtime.create({
+                signal: life.signal,
+                // Embedded, a SIGKILLed CLI leaves it to the next runtime to remove; through a daemon, to its client session's end.
+                ...(flags.detach ? {} : { autoRemove: true }),
+                ...(passed('cpus') ? { cpus: flags.cpus } : {}),
+                ...(passed('memory') ? { memoryMiB: flags.memory } : {}),
+                ...(flags.snapshot !== undefined ? { snapshot: flags.snapshot } : {}),
+                ...(flags.template !== undefined ? { template: flags.template } : {}),
+                ...(flags.pool !== undefined ? { pool: flags.pool } : {}),
+                detached: !!flags.detach,
+                ...(Object.keys(labels).length > 0 ? { labels } : {}),
+                ...(volumes.length > 0 ? { volumes } : {}),
+                ...network,
+                ...(image ? { image, pull: flags.pull } : {}),
+                ...(flags.disk !== undefined ? { diskSizeMiB: flags.disk } : {}),
+                ...(flags.bootTimeout !== undefined ? { timeoutMs: flags.bootTimeout } : {}),
+                ...(flags.lifetime !== undefined ? { lifetimeMs: flags.lifetime } : {}),
+                ...(flags.onExpiry !== undefined ? { onExpiry: flags.onExpiry } : {}),
+                ...(image ? { onPullProgress: pullProgressPrinter() } : {}),
+              }),
+            ).catch((e: unknown) => life.rethrow(e));
+            // With an image, Docker's rule: the Entrypoint, then the given command or else the image's Cmd.
+            // From a snapshot, template or pool, the given command runs as it is: the sandbox was set up before it was saved.
+            const img = restore ? undefined : sandbox.info.image;
+            const cmd = img ? [...img.entrypoint, ...(given.length > 0 ? given : img.cmd)] : given;
+            if (!flags.detach && cmd.length === 0) {
+              await sandbox.remove({ force: true });
+              throw new RoostError(
+                'INVALID_ARGUMENT',
+                image
+                  ? `image ${image} has no Entrypoint or Cmd: give a command: roost run ${image} -- CMD [ARG...]`
+                  : 'give a command to run: roost run [options] [IMAGE] -- CMD [ARG...]',
+              );
             }
-            // A detached sandbox outlives the runtime (or client) closed after this.
-            process.stdout.write(`${sandbox.id}\n`);
-            if (ownerNeeded !== null) embeddedPortsNote(face);
-            return;
-          }
-          announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
-          try {
-            exitCode = await runAttached(sandbox, cmd, flags, env, life);
-          } finally {
-            await sandbox.remove({ force: true });
-          }
-        });
+            if (flags.detach) {
+              if (cmd.length > 0) {
+                // The command outlives this CLI: it runs in the background with its output on the console (`roost logs`).
+                await sandbox.commands.run(['/bin/sh', '-c', '"$@" </dev/null >/dev/console 2>&1 &', 'roost-main', ...cmd], execOptions(flags, env));
+              }
+              // A detached sandbox outlives the runtime (or client) closed after this.
+              process.stdout.write(`${sandbox.id}\n`);
+              if (ownerNeeded !== null) embeddedPortsNote(face);
+              return;
+            }
+            announceChosenPorts(flags.publish, sandbox.info.network?.ports ?? []);
+            try {
+              exitCode = await runAttached(sandbox, cmd, flags, env, life);
+            } finally {
+              await sandbox.remove({ force: true });
+            }
+            // Embedded, the pool refills while the command runs (what is not done when this CLI ends, the next owner of the home does).
+          },
+          { refillPools: flags.pool !== undefined },
+        );
       },
     );
 
@@ -262,8 +277,8 @@ export async function main(argv: string[]): Promise<number> {
 
   program
     .command('ps')
-    .description('list sandboxes (running ones; -a for all)')
-    .option('-a, --all', 'include stopped and failed sandboxes')
+    .description('list sandboxes (running ones; -a for all, warm pool members included)')
+    .option('-a, --all', 'include stopped and failed sandboxes, and the members of warm pools (`roost pool ls`)')
     .option(
       '-f, --filter <K=V>',
       'filter: status=STATUS, label=KEY or label=KEY=VALUE, image=REF (repeatable; labels must all match)',
@@ -275,7 +290,9 @@ export async function main(argv: string[]): Promise<number> {
     .action(async (flags: { all?: boolean; filter: string[]; quiet?: boolean; json?: boolean }) => {
       const filter = parseFilters(flags.filter);
       if (!flags.all && filter.status === undefined) filter.status = LIVE;
-      const list = await withFace('ps', (face) => face.runtime.list(filter));
+      // Members of warm pools are not the user's sandboxes until handed over: shown with -a, or when asked for by label.
+      const members = flags.all || filter.labels?.some((l) => l === POOL_LABEL || l.startsWith(`${POOL_LABEL}=`));
+      const list = (await withFace('ps', (face) => face.runtime.list(filter))).filter((s) => members || s.labels[POOL_LABEL] === undefined);
       if (flags.json) process.stdout.write(JSON.stringify(list, null, 2) + '\n');
       else if (flags.quiet) process.stdout.write(list.map((s) => `${s.id}\n`).join(''));
       else process.stdout.write(table(list));
@@ -384,6 +401,7 @@ export async function main(argv: string[]): Promise<number> {
   addImageCommands(program, withImages);
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
+  addPoolCommands(program, withFace);
   addPortCommands(program, withFace);
   addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);
@@ -624,8 +642,12 @@ function table(rows: SandboxInfo[]): string {
   const body = rows.map((s) => [
     s.id,
     s.image?.reference ?? '-',
-    // A pause Roost made itself (a full host disk) says why; one the user asked for does not need to.
-    s.status === 'paused' && s.reason ? `paused (${s.reason})` : s.status,
+    // A pause Roost made itself (a full host disk) says why; one the user asked for does not need to; a pool member says whose it is.
+    s.labels[POOL_LABEL] !== undefined && s.status === 'paused'
+      ? `ready (pool ${s.labels[POOL_LABEL]})`
+      : s.status === 'paused' && s.reason
+        ? `paused (${s.reason})`
+        : s.status,
     String(s.cpus),
     `${s.memoryMiB}MiB`,
     s.accel,
@@ -650,6 +672,7 @@ function describeSandbox(s: SandboxInfo, stats: NetworkStats | null): string {
     ['Disk', `${s.diskSizeMiB}MiB`],
     ['Accel', s.accel],
     ['Detached', s.detached ? 'yes' : 'no'],
+    ...(s.pool ? [['Pool', `${s.pool.name} (${s.pool.warm ? 'handed over warm' : 'restored: the pool was empty'})`] as [string, string]] : []),
     ['VM pid', s.pid === null ? '-' : String(s.pid)],
     ['Created', when(s.createdAt)],
     ['Started', when(s.startedAt)],

@@ -1,4 +1,5 @@
 import {
+  checkPoolCreateOptions,
   CreateOptionsSchema,
   DoctorRequestSchema,
   errorFromBody,
@@ -23,6 +24,7 @@ import { RemoteImages } from './images.js';
 import { RemoteSandbox } from './sandbox.js';
 import { SessionLink } from './session.js';
 import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
+import { RemotePools } from './pools.js';
 import { RemoteVolumes } from './volumes.js';
 import { SseParser } from './wire.js';
 
@@ -103,6 +105,8 @@ export class RoostClient implements RuntimeApi {
   readonly snapshots: RemoteSnapshots;
   /** Templates (warm pools): create, list, inspect, warm, remove; use them with `create({ template })`. */
   readonly templates: RemoteTemplates;
+  /** Warm pools: create, list, inspect, resize, remove; take a sandbox from one with `create({ pool })`. */
+  readonly pools: RemotePools;
   #transport: Transport;
   #session: SessionLink;
 
@@ -120,6 +124,7 @@ export class RoostClient implements RuntimeApi {
     this.volumes = new RemoteVolumes(this.#transport);
     this.snapshots = new RemoteSnapshots(this.#transport);
     this.templates = new RemoteTemplates(this.#transport);
+    this.pools = new RemotePools(this.#transport);
     this.#session = new SessionLink(this.#transport);
   }
 
@@ -131,6 +136,7 @@ export class RoostClient implements RuntimeApi {
    */
   async create(options: CreateOptions = {}): Promise<RemoteSandbox> {
     parseInput(CreateOptionsSchema, options, 'sandbox options');
+    checkPoolCreateOptions(options as Record<string, unknown>);
     const { signal, onPullProgress, ...body } = options;
     if (body.image !== undefined && body.pull !== 'never' && onPullProgress) {
       const stored =

@@ -15,7 +15,7 @@ import type {
   SandboxStatus,
   SnapshotsApi,
 } from '@roost/api';
-import { matchesFilter } from '@roost/api';
+import { checkPoolCreateOptions, matchesFilter } from '@roost/api';
 import { setup, loadAssets, type Assets, type SetupOptions } from './assets.js';
 import { doctorHome, examineHome, report, type HomeDoctorOptions } from './doctor.js';
 import { RoostError } from './errors.js';
@@ -24,7 +24,7 @@ import { ImageStore } from './image/store.js';
 import { StoreImages } from './image/images-api.js';
 import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
-import { checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
+import { checkCreateOptions, checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
 import { isLive } from './sandbox/record.js';
 import { removedAtRecovery } from './sandbox/recover.js';
 import { stateDb } from './state/db.js';
@@ -39,6 +39,7 @@ import { SandboxWitnesses } from './state/witness.js';
 import { Volumes } from './volumes.js';
 import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
+import { Pools } from './pools/pools.js';
 import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
@@ -65,6 +66,12 @@ export interface RuntimeOptions {
    * unconfined, as this process's user: only where the jail cannot be built (see docs/security.md).
    */
   jail?: boolean | JailOptions;
+  /**
+   * Keep the home's warm pools filled while this runtime is open (default
+   * true). The CLI turns it off for commands that only read, so that a
+   * short-lived runtime does not start restores it would abort when it closes.
+   */
+  refillPools?: boolean;
 }
 
 /** Options of `runtime.create`. */
@@ -116,6 +123,7 @@ export class Runtime implements RuntimeApi {
   readonly #snapshotStore: SnapshotStore;
   readonly #templates: Templates;
   readonly #snapshots: SnapshotsApi;
+  readonly #pools: Pools<Sandbox>;
   readonly #sandboxes = new Map<string, Sandbox>();
   /** The ends of the sandboxes' lifetimes (armed once recovery is done). */
   #recovered = false;
@@ -149,6 +157,13 @@ export class Runtime implements RuntimeApi {
     this.#snapshotStore = new SnapshotStore(db, this.#layout, () => vmm.version());
     this.#network = new RuntimeNetwork(db, bridgeConfig(options.bridge));
     this.#templates = new Templates(db, this.#snapshotStore, this.#log, { create: (o) => this.create(o), assets: () => this.assets() });
+    this.#pools = new Pools<Sandbox>(db, this.#log, {
+      create: (o) => this.#create(o),
+      sandboxes: () => this.#sandboxes.values(),
+      snapshot: (nameOrId) => this.#snapshotStore.get(nameOrId),
+      snapshotName: (id) => this.#snapshotStore.find(id)?.name,
+      template: (name) => this.#templates.get(name),
+    });
     const store = this.#snapshotStore;
     const log = this.#log;
     this.#snapshots = {
@@ -180,6 +195,7 @@ export class Runtime implements RuntimeApi {
     try {
       const runtime = new Runtime(home, lock, vmm, options);
       await runtime.#recover();
+      if (options.refillPools !== false) runtime.#pools.start();
       return runtime;
     } catch (e) {
       lock.release();
@@ -219,9 +235,18 @@ export class Runtime implements RuntimeApi {
     return this.#snapshots;
   }
 
-  /** Templates (warm pools): `create({ template })` restores a template's snapshot, built on first use. */
+  /** Templates: `create({ template })` restores a template's snapshot, built on first use. */
   get templates(): Templates {
     return this.#templates;
+  }
+
+  /**
+   * Warm pools: sandboxes restored from a template or snapshot ahead of
+   * time and kept paused; `create({ pool })` hands one over. This runtime
+   * keeps them filled while it is open (see `refillPools`).
+   */
+  get pools(): Pools<Sandbox> {
+    return this.#pools;
   }
 
   /**
@@ -229,6 +254,18 @@ export class Runtime implements RuntimeApi {
    * template's warm snapshot); resolves once its agent answers.
    */
   async create(options: CreateSandboxOptions = {}): Promise<Sandbox> {
+    this.#checkOpen();
+    checkPoolCreateOptions(options as Record<string, unknown>);
+    if (options.pool !== undefined) {
+      // A hand-over makes no sandbox: the options are checked here (a fallback restore checks them again).
+      const { pool, ...rest } = checkCreateOptions(options);
+      return this.#pools._take(pool!, rest);
+    }
+    return this.#create(options);
+  }
+
+  /** `create` without the checks of what callers may ask (pools make members with the reserved label through it). */
+  async #create(options: CreateSandboxOptions): Promise<Sandbox> {
     this.#checkOpen();
     if (options.template !== undefined) {
       const { template, ...rest } = options;
@@ -239,7 +276,7 @@ export class Runtime implements RuntimeApi {
         ...(rest.timeoutMs ? { timeoutMs: Math.max(rest.timeoutMs, 120_000) } : {}),
         ...(rest.signal ? { signal: rest.signal } : {}),
       });
-      return this.create({ ...rest, snapshot });
+      return this.#create({ ...rest, snapshot });
     }
     if (this.#creating >= this.#maxConcurrentCreates) {
       throw new RoostError(
@@ -393,6 +430,7 @@ export class Runtime implements RuntimeApi {
     this.#closed ??= (async () => {
       this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
       this.#lifetimes.close();
+      await this.#pools.close();
       await Promise.allSettled([...this.#inFlight]);
       await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
       this.#network.close();
@@ -431,7 +469,9 @@ export class Runtime implements RuntimeApi {
       released: (id) => {
         this.#sandboxes.delete(id);
         this.#lifetimes.delete(id);
+        this.#pools._gone(id);
       },
+      exited: (id) => this.#pools._gone(id),
       lifetimeChanged: (id, expiresAt) => this.#lifetimes.set(id, expiresAt),
     };
   }

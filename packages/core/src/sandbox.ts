@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { ExpiryAction, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
-import { ForkOptionsSchema, hostForPort, parseInput, SetLifetimeRequestSchema, SnapshotOptionsSchema } from '@roost/api';
+import type { ExpiryAction, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxPoolOrigin, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
+import { ForkOptionsSchema, hostForPort, parseInput, POOL_LABEL, SetLifetimeRequestSchema, SnapshotOptionsSchema } from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
@@ -19,6 +19,7 @@ import { notRunningError } from './sandbox/state-error.js';
 import type { SandboxServices as Services, SharedRuntime } from './sandbox/services.js';
 import { reconcileVm, recoveryDecision, removeVmSockets } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
+import { handOver, type HandOver } from './sandbox/handover.js';
 import { hostShares, isHostPath } from './sandbox/volumes.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy, SandboxOptions };
@@ -368,6 +369,31 @@ export class Sandbox implements SandboxApi {
     return this.#serialize(() => this.#takeSnapshot(name, kind, options.timeoutMs ?? 60_000, options.signal, options.template));
   }
 
+  /** @internal The warm pool this sandbox is a member of (its `roost.pool` label), if any. */
+  get _poolName(): string | undefined {
+    return this.#record.removed ? undefined : this.#record.info.labels[POOL_LABEL];
+  }
+
+  /**
+   * @internal Hands this pool member over to the caller of `create({ pool })`:
+   * resumed, its agent given a new session (clock, entropy, flags) and its
+   * record rewritten (see sandbox/handover.ts). NOT_FOUND once removed,
+   * INVALID_STATE when it is no longer a member of `h.pool` or has no VM.
+   */
+  _handOver(h: HandOver): Promise<void> {
+    return this.#serialize(async () => {
+      this.#checkNotRemoved();
+      if (this._poolName !== h.pool) throw new RoostError('INVALID_STATE', `sandbox ${this.id} is not a member of pool ${h.pool}`);
+      await handOver({ record: this.#record, vm: this.#runningVm(), link: this.#link, net: this.#net }, h);
+      this.#services.lifetimeChanged(this.id, this.#record.info.expiresAt ?? null);
+    });
+  }
+
+  /** @internal Records that `create({ pool })` made this sandbox (a restore when the pool was empty: `warm` false). */
+  _markPool(origin: SandboxPoolOrigin): void {
+    this.#record.save({ pool: { ...origin } }, 'pool.handover', { data: { pool: origin.name, warm: origin.warm } });
+  }
+
   /**
    * Boots a stopped (or failed) sandbox again, on the disk it had: what it
    * wrote is still there, its processes are not. A running one is left as is.
@@ -564,6 +590,7 @@ export class Sandbox implements SandboxApi {
     this.#net.close(true);
     this.#record.exited(status, reason);
     removeVmSockets(this.dir);
+    this.#services.exited?.(this.id);
   }
 
   /**

@@ -23,6 +23,7 @@ import type { RouteContext, RoostEnv, RoostHono } from './route-context.js';
 import { sandboxRoutes } from './sandboxes.js';
 import { SessionRegistry } from './session-registry.js';
 import { sessionRoutes } from './sessions.js';
+import { poolRoutes } from './pools.js';
 import { snapshotRoutes } from './snapshots.js';
 import { volumeRoutes } from './volumes.js';
 
@@ -196,6 +197,7 @@ export function createApp(options: AppOptions): RoostHono {
   eventRoutes(app, ctx);
   volumeRoutes(app, ctx);
   snapshotRoutes(app, ctx);
+  poolRoutes(app, ctx);
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
   doctorRoutes(app, ctx);

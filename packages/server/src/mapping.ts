@@ -35,6 +35,7 @@ export function sandboxBody(info: SandboxInfo): SandboxInfo {
   if (info.snapshot !== undefined) body.snapshot = info.snapshot;
   if (info.network !== undefined) body.network = networkBody(info.network);
   if (info.confinement !== undefined) body.confinement = structuredClone(info.confinement);
+  if (info.pool !== undefined) body.pool = { name: info.pool.name, warm: info.pool.warm };
   if (info.expiresAt) {
     body.expiresAt = info.expiresAt;
     body.onExpiry = info.onExpiry ?? 'remove';

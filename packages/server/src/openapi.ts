@@ -170,7 +170,7 @@ export function openapiDocument(): JsonSchema {
       title: 'Roost API',
       version: VERSION,
       description:
-        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots and templates, events and metrics. ' +
+        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots, templates and warm pools, events and metrics. ' +
         'Every request carries `Authorization: Bearer <token>` (the token is in the `api-token` file of the Roost home). ' +
         'Errors are `{ "error": { "code", "message", "details"? } }` with the status of their code.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
@@ -193,6 +193,7 @@ export function openapiDocument(): JsonSchema {
       { name: 'volumes' },
       { name: 'snapshots' },
       { name: 'templates' },
+      { name: 'pools', description: 'Warm pools: sandboxes restored ahead of time and kept paused; POST /v1/sandboxes with `pool` takes one.' },
       { name: 'events' },
       { name: 'metrics' },
       { name: 'mcp', description: 'The Model Context Protocol over Streamable HTTP: the tools of docs/mcp.md for AI agents.' },

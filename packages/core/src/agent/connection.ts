@@ -117,6 +117,8 @@ export class AgentConnection extends EventEmitter {
   #keepalive: NodeJS.Timeout;
   #pingSentAt = 0;
   #livenessHeld = false;
+  /** A new session asked for on this connection (`renew`): its nonce, and how it ends. */
+  #renewal: { nonce: Buffer; settle: (e: RoostError | null) => void } | null = null;
 
   private constructor(socket: Socket, hello: AgentHello, rest: Buffer) {
     super();
@@ -305,6 +307,45 @@ export class AgentConnection extends EventEmitter {
     });
   }
 
+  /**
+   * Starts a new session on this open connection (docs/PROTOCOL.md,
+   * "Handshake": the agent treats every HELLO as the start of one): a new
+   * HELLO with the host's clock now, fresh entropy (the agent reseeds its
+   * CRNG), these `flags`, and `net`; resolves once the agent answers it,
+   * which costs one round trip instead of a reconnection. INVALID_STATE
+   * while streams are open (the agent would end their processes) or another
+   * renewal waits; TIMEOUT without an answer within `timeoutMs`.
+   */
+  renew(options: { flags: number; net?: Uint8Array | undefined; timeoutMs?: number }): Promise<void> {
+    if (this.#closed) return Promise.reject(this.#closed);
+    if (this.#streams.size > 0) {
+      return Promise.reject(new RoostError('INVALID_STATE', `cannot start a new agent session while ${this.#streams.size} commands or file operations run`));
+    }
+    if (this.#renewal) return Promise.reject(new RoostError('INVALID_STATE', 'a new agent session is being started already'));
+    const timeoutMs = options.timeoutMs ?? 5_000;
+    const nonce = randomBytes(16);
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.#renewal?.settle(new RoostError('TIMEOUT', `the guest agent did not answer a new HELLO within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      this.#renewal = {
+        nonce,
+        settle: (e) => {
+          clearTimeout(timer);
+          this.#renewal = null;
+          this.#updateRef();
+          if (e) reject(e);
+          else resolve();
+        },
+      };
+      this.#updateRef();
+      this.#socket.write(
+        encodeHostHello({ version: VERSION, flags: options.flags, timeNs: BigInt(Date.now()) * 1_000_000n, entropy: randomBytes(64), nonce, net: options.net }),
+      );
+    });
+  }
+
   /** Asks the agent to power the VM off. */
   poweroff(): void {
     if (!this.#closed) this.#socket.write(encodePoweroff());
@@ -369,7 +410,7 @@ export class AgentConnection extends EventEmitter {
 
   /** Keep the process alive only while commands run, so a script that forgets a sandbox still exits. */
   #updateRef(): void {
-    if (this.#streams.size > 0 || this.#pings.size > 0 || this.#fsRequests.some((r) => r.settle !== null)) this.#socket.ref();
+    if (this.#streams.size > 0 || this.#pings.size > 0 || this.#renewal || this.#fsRequests.some((r) => r.settle !== null)) this.#socket.ref();
     else this.#socket.unref();
   }
 
@@ -411,8 +452,19 @@ export class AgentConnection extends EventEmitter {
         case MessageType.ERROR:
           this.emit('agent-error', decodeError(f.payload));
           return;
-        case MessageType.HELLO:
-          return; // a duplicate answer; harmless
+        case MessageType.HELLO: {
+          // The answer to `renew` carries its nonce; any other is a duplicate answer, harmless.
+          const renewal = this.#renewal;
+          if (!renewal) return;
+          const hello = decodeAgentHello(f.payload);
+          if (!hello.nonce.equals(renewal.nonce)) return;
+          renewal.settle(
+            hello.version === VERSION
+              ? null
+              : new RoostError('AGENT', `the guest agent answered a new session with protocol version ${hello.version}, not ${VERSION}`),
+          );
+          return;
+        }
         case MessageType.FREEZE:
         case MessageType.THAW: {
           const name = f.type === MessageType.FREEZE ? 'FREEZE' : 'THAW';
@@ -475,6 +527,7 @@ export class AgentConnection extends EventEmitter {
     this.#streams.clear();
     this.#pings.clear();
     for (const r of this.#fsRequests.splice(0)) r.settle?.(reason);
+    this.#renewal?.settle(reason);
     this.emit('close', reason);
   }
 }

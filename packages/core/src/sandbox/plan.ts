@@ -84,6 +84,13 @@ export interface SandboxOptions {
   /** Start from this template's warm snapshot (built on first use); see `runtime.templates`. */
   template?: string;
   /**
+   * Take a ready sandbox from this warm pool (see `runtime.pools`), or
+   * restore one from its template or snapshot when it is empty (`info.pool`
+   * says which). Only labels, env, detached, autoRemove, lifetimeMs,
+   * onExpiry and timeoutMs go with it.
+   */
+  pool?: string;
+  /**
    * The network: `user` (the default: user-mode NAT run by Roost on the host,
    * no root needed), `bridge` (a TAP on a Linux bridge with an address leased
    * from its subnet; needs root) or `none` (no NIC).
@@ -159,10 +166,17 @@ export interface SandboxPlan {
   restore?: SnapshotRecord;
 }
 
-/** Parses create options (INVALID_ARGUMENT naming the field); templates are resolved by the runtime before. */
+/** Parses create options (INVALID_ARGUMENT naming the field); templates and pools are resolved by the runtime before. */
 export function parseCreateOptions(options: SandboxOptions): SandboxOptions {
-  const opts = parseInput(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
+  const opts = checkCreateOptions(options);
   if (opts.template !== undefined) throw new RoostError('INTERNAL', 'templates are resolved by the runtime');
+  if (opts.pool !== undefined) throw new RoostError('INTERNAL', 'pools are resolved by the runtime');
+  return opts;
+}
+
+/** Checks create options, whatever they resolve to (INVALID_ARGUMENT naming the field): the schema, and the rules between fields. */
+export function checkCreateOptions(options: SandboxOptions): SandboxOptions {
+  const opts = parseInput(createOptionsSchema, options, 'sandbox options') as SandboxOptions;
   if (opts.onExpiry !== undefined && opts.lifetimeMs === undefined) {
     throw new RoostError('INVALID_ARGUMENT', 'onExpiry: says what the end of the lifetime does; give lifetimeMs too', { details: { field: 'onExpiry' } });
   }

@@ -50,6 +50,8 @@ export interface SandboxServices<S> {
   adopted(sandbox: S): void;
   /** The sandbox was removed: forget it. */
   released(id: string): void;
+  /** The sandbox's VM is gone (stopped, killed, failed): its record says so now. */
+  exited?(id: string): void;
   /** The end of the sandbox's lifetime changed (null: it has none). */
   lifetimeChanged(id: string, expiresAt: string | null): void;
 }

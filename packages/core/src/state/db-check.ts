@@ -17,6 +17,7 @@ export const ROOST_TABLES: Readonly<Record<string, number>> = {
   templates: 4,
   leases: 5,
   jail_ids: 6,
+  pools: 7,
 };
 
 const ID_PATTERN = /^[0-9a-f]{12}$/;

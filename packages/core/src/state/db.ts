@@ -127,6 +127,21 @@ const MIGRATIONS: readonly string[] = [
     created_at TEXT NOT NULL
   );
   `,
+  // 7: warm pools. Members are sandboxes labelled roost.pool=<name> (their records say which); this is the pool's
+  // desired state and its counters. A source is a template name or a snapshot id: exactly one is set.
+  `
+  CREATE TABLE pools (
+    name TEXT PRIMARY KEY,
+    template TEXT,
+    snapshot_id TEXT,
+    size INTEGER NOT NULL,
+    max_size INTEGER NOT NULL,
+    handed_over INTEGER NOT NULL DEFAULT 0,
+    fallbacks INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    last_error_json TEXT                 -- the PoolError of the last failed refill, null once one succeeds
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */

@@ -6,8 +6,11 @@ import {
   Capability,
   decodeHostHello,
   encodeAgentHello,
+  encodeEof,
+  encodeExit,
   encodeFrame,
   encodeFreezeResult,
+  encodeStarted,
   FrameDecoder,
   HelloFlags,
   MAX_PAYLOAD,
@@ -58,7 +61,8 @@ let nextPid = 5_000_000;
  * above the seam (the sandbox lifecycle, records, recovery): a "VM" is a
  * unix socket on which a small fake agent speaks @roost/protocol, so the
  * sandbox's real agent connection, liveness and boot code run against it.
- * Commands and files are not served (EXEC and CALL go unanswered). It is not
+ * Every command exits 0 at once without output (EXEC), files are not served
+ * (CALL goes unanswered). It is not
  * exported from the package: tests that claim a feature works boot QEMU.
  */
 export class FakeVmm implements Vmm {
@@ -322,8 +326,19 @@ export class FakeVm implements VmHandle {
           this.frozen = false;
           socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 }));
           break;
+        case MessageType.EXEC:
+          // Every command exits 0 at once, without output.
+          socket.write(
+            Buffer.concat([
+              encodeStarted(f.stream, 1, 0),
+              encodeEof(f.stream, 1),
+              encodeEof(f.stream, 2),
+              encodeExit(f.stream, { exitCode: 0, signal: null, timedOut: false }),
+            ]),
+          );
+          break;
         default:
-        // EXEC, CALL and the rest: not served by the fake.
+        // CALL and the rest: not served by the fake.
       }
     };
     socket.on('data', (chunk: Buffer) => {

@@ -35,7 +35,21 @@ export interface Route {
   operationId: string;
   summary: string;
   description?: string;
-  tag: 'system' | 'sessions' | 'sandboxes' | 'network' | 'execs' | 'files' | 'images' | 'volumes' | 'snapshots' | 'templates' | 'events' | 'metrics' | 'mcp';
+  tag:
+    | 'system'
+    | 'sessions'
+    | 'sandboxes'
+    | 'network'
+    | 'execs'
+    | 'files'
+    | 'images'
+    | 'volumes'
+    | 'snapshots'
+    | 'templates'
+    | 'pools'
+    | 'events'
+    | 'metrics'
+    | 'mcp';
   params?: Param[];
   /** A JSON body (optional when every field is), or a raw stream. */
   body?: { schema: z.ZodType; required: boolean } | { raw: RawBody };

@@ -1,4 +1,5 @@
 import {
+  CreatePoolRequestSchema,
   CreateTemplateRequestSchema,
   CreateVolumeRequestSchema,
   DoctorReportSchema,
@@ -6,8 +7,11 @@ import {
   EVENT_TYPES,
   ImageInfoSchema,
   ImageListSchema,
+  PoolInfoSchema,
+  PoolListSchema,
   PullEventSchema,
   PullRequestSchema,
+  ResizePoolRequestSchema,
   RoostEventSchema,
   RuntimeMetricsSchema,
   SnapshotInfoSchema,
@@ -22,7 +26,7 @@ import { forceParam, VM_ERRORS, type Param, type Route } from './route.js';
 
 /*
  * The routes of what the runtime keeps beside sandboxes (images, volumes,
- * snapshots, templates), and of its event stream and metrics.
+ * snapshots, templates, pools), and of its event stream and metrics.
  */
 
 const refParam: Param = {
@@ -37,8 +41,9 @@ const VolumeListSchema = z.object({ volumes: z.array(VolumeInfoSchema) }).meta({
 const volumeNameParam: Param = { name: 'name', in: 'path', required: true, description: "The volume's name.", schema: { type: 'string' } };
 const snapshotNameParam: Param = { name: 'name', in: 'path', required: true, description: "The snapshot's name or id.", schema: { type: 'string' } };
 const templateNameParam: Param = { name: 'name', in: 'path', required: true, description: "The template's name.", schema: { type: 'string' } };
+const poolNameParam: Param = { name: 'name', in: 'path', required: true, description: "The pool's name.", schema: { type: 'string' } };
 
-/** Image, volume, snapshot, template, event and metrics routes, in the order the document lists them. */
+/** Image, volume, snapshot, template, pool, event and metrics routes, in the order the document lists them. */
 export const RUNTIME_ROUTES: readonly Route[] = [
   {
     method: 'post',
@@ -206,6 +211,61 @@ export const RUNTIME_ROUTES: readonly Route[] = [
     body: { schema: WarmTemplateRequestSchema, required: false },
     ok: { 200: { description: 'Warm: `snapshot` is set.', bodies: [{ json: TemplateInfoSchema }] } },
     errors: VM_ERRORS,
+  },
+  {
+    method: 'post',
+    path: '/v1/pools',
+    operationId: 'createPool',
+    tag: 'pools',
+    summary: 'Define a warm pool and start filling it',
+    description:
+      'Keeps `size` sandboxes restored from the template or snapshot and paused, ready for POST /v1/sandboxes with `pool`. Answers at once, with the fill so far (`ready`, `starting`); the daemon fills and refills it in the background (failures are in `lastError`). An unknown template or snapshot is 404, a name that is taken 409 ALREADY_EXISTS.',
+    body: { schema: CreatePoolRequestSchema, required: true },
+    ok: { 201: { description: 'Defined; filling.', bodies: [{ json: PoolInfoSchema }] } },
+    errors: [400, 404, 409],
+  },
+  {
+    method: 'get',
+    path: '/v1/pools',
+    operationId: 'listPools',
+    tag: 'pools',
+    summary: 'List warm pools with their fill level',
+    ok: { 200: { description: 'The pools, by name.', bodies: [{ json: PoolListSchema }] } },
+    errors: [400],
+  },
+  {
+    method: 'get',
+    path: '/v1/pools/{name}',
+    operationId: 'getPool',
+    tag: 'pools',
+    summary: 'Inspect a warm pool',
+    params: [poolNameParam],
+    ok: { 200: { description: 'The pool.', bodies: [{ json: PoolInfoSchema }] } },
+    errors: [400, 404],
+  },
+  {
+    method: 'post',
+    path: '/v1/pools/{name}/size',
+    operationId: 'resizePool',
+    tag: 'pools',
+    summary: 'Set how many sandboxes a pool keeps ready',
+    description:
+      'Extra members are removed and missing ones restored in the background (at once, even after failed refills). Above its `maxSize` the answer is 400.',
+    params: [poolNameParam],
+    body: { schema: ResizePoolRequestSchema, required: true },
+    ok: { 200: { description: 'Resized; refilling.', bodies: [{ json: PoolInfoSchema }] } },
+    errors: [400, 404],
+  },
+  {
+    method: 'delete',
+    path: '/v1/pools/{name}',
+    operationId: 'deletePool',
+    tag: 'pools',
+    summary: 'Remove a warm pool and its members',
+    description: 'Its restores in flight are aborted and its members removed (their VMs end) before the answer.',
+    params: [poolNameParam],
+    ok: { 204: { description: 'Removed.', bodies: [{ none: true }] } },
+    errors: [400, 404],
   },
   {
     method: 'get',

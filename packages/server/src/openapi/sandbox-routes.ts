@@ -53,7 +53,7 @@ export const SANDBOX_ROUTES: readonly Route[] = [
     summary: 'Create and boot a sandbox',
     description:
       'Resolves once the guest agent answers. An image that is not stored is pulled first (see `pull`). ' +
-      "With `snapshot`, the sandbox is restored from that snapshot (its memory, processes and disk) instead of booted; with `template`, from the template's warm snapshot, which is built first when it has none (or no longer restores). " +
+      "With `snapshot`, the sandbox is restored from that snapshot (its memory, processes and disk) instead of booted; with `template`, from the template's warm snapshot, which is built first when it has none (or no longer restores); with `pool`, a ready member of that warm pool is handed over (resumed, given the host's clock and fresh entropy; `pool.warm` true), or one is restored when the pool is empty (`pool.warm` false). " +
       "Beyond the runtime's limits on sandboxes or concurrent creations the answer is 429 RESOURCE_EXHAUSTED. " +
       '`ports` are bound before the VM starts: a host port another program holds fails the create with 503 UNAVAILABLE; an invalid mapping or egress rule is 400 (the message says which); ' +
       '`network: bridge` needs a daemon running as root (403 PERMISSION_DENIED otherwise). ' +
