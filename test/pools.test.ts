@@ -179,7 +179,8 @@ describe('warm pools through the daemon and the SDK', () => {
 describe('roost pool', () => {
   it('creates a pool, lists it, runs from it and removes it (embedded: each command owns the home while it runs)', async () => {
     await home.release();
-    const roost = (args: string[]): Promise<CliResult> => runRoost(args, { env: home.env });
+    // No daemon started for the pool: this is the embedded path.
+    const roost = (args: string[]): Promise<CliResult> => runRoost(args, { env: { ...home.env, ROOST_AUTO_DAEMON: '0' } });
     const ok = async (args: string[]): Promise<string> => {
       const r = await roost(args);
       expect(r, `roost ${args.join(' ')}`).toMatchObject({ code: 0 });
@@ -207,6 +208,21 @@ describe('roost pool', () => {
     expect(await ok(['pool', 'ls', '-q'])).toBe('');
     expect(await ok(['ps', '-a', '-q'])).toBe('');
     expect(qemusOf(home.root)).toEqual([]);
+  });
+
+  it('starts a daemon to keep the pool filled when none runs, and says so', async () => {
+    const roost = (args: string[]): Promise<CliResult> => runRoost(args, { env: home.env });
+    await home.release();
+    try {
+      const created = await roost(['pool', 'create', 'auto', '--snapshot', SNAPSHOT, '-n', '1']);
+      expect(created).toMatchObject({ code: 0, stdout: 'auto  1/1 ready\n' });
+      expect(created.stderr).toMatch(/started a daemon/);
+      expect((await roost(['serve', 'status'])).code).toBe(0);
+      expect(await roost(['pool', 'rm', 'auto'])).toMatchObject({ code: 0 });
+    } finally {
+      expect((await roost(['serve', 'stop', '--force'])).code).toBe(0);
+    }
+    expect((await roost(['serve', 'status'])).code).toBe(3);
   });
 
   it('goes through a running roost serve, which refuses to stop while it keeps a pool filled (unless --force)', async () => {

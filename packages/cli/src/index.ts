@@ -401,7 +401,7 @@ export async function main(argv: string[]): Promise<number> {
   addImageCommands(program, withImages);
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
-  addPoolCommands(program, withFace);
+  addPoolCommands(program, withFace, ensureOwner);
   addPortCommands(program, withFace);
   addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);

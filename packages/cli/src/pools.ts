@@ -17,7 +17,12 @@ const DEFAULT_WAIT_MS = 120_000;
  * they stay ready after the command; the next runtime to own the home tops
  * the pools up. `roost run --pool NAME` takes a sandbox from one.
  */
-export function addPoolCommands(program: Command, withFace: WithFace): void {
+/**
+ * @param ensureOwner makes sure a daemon owns the home (started in the
+ * background when none runs; ROOST_AUTO_DAEMON=0 opts out), so that a pool
+ * a command leaves behind stays filled after it exits.
+ */
+export function addPoolCommands(program: Command, withFace: WithFace, ensureOwner: (reason: string, by: string) => Promise<void>): void {
   const pool = program
     .command('pool')
     .alias('pools')
@@ -44,6 +49,7 @@ export function addPoolCommands(program: Command, withFace: WithFace): void {
         if (flags.template !== undefined) request.template = flags.template;
         if (flags.snapshot !== undefined) request.snapshot = flags.snapshot;
         if (flags.maxSize !== undefined) request.maxSize = flags.maxSize;
+        if (flags.size > 0) await ensureOwner(`warm pool ${name}`, 'roost pool create');
         const info = await withFace(
           'pool create',
           async (face) => {
@@ -85,6 +91,7 @@ export function addPoolCommands(program: Command, withFace: WithFace): void {
     .option('--no-wait', 'return at once instead of waiting until the pool has its new size')
     .option('-t, --timeout <ms>', 'how long to wait', int('--timeout'), DEFAULT_WAIT_MS)
     .action(async (name: string, size: number, flags: { wait: boolean; timeout: number }) => {
+      if (size > 0) await ensureOwner(`warm pool ${name}`, 'roost pool resize');
       const info = await withFace(
         'pool resize',
         async (face) => {
