@@ -1,3 +1,4 @@
+import { timingSafeEqual } from 'node:crypto';
 import { isRoostError, type SandboxApi } from '@roost/api';
 import type { Context } from 'hono';
 import type { DaemonRuntime } from '../daemon-runtime.js';
@@ -10,6 +11,13 @@ import { E2bKeys } from './keys.js';
 import { E2bProcesses } from './process.js';
 import { effectiveUser, GuestProfiles, startDir } from './profile.js';
 import { signedRequest, verifySignature, type FileOperation } from './signature.js';
+
+/** Compares a presented secret with the expected one in constant time. */
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
 
 /** The user of an envd request: `Authorization: Basic base64(user:)`, as E2B's SDK sends it. */
 export function basicUser(header: string | undefined): string | undefined {
@@ -186,7 +194,7 @@ export function e2bRoutes(app: RoostHono, runtime: DaemonRuntime, shutdown?: Abo
     const token = c.req.header('x-access-token');
     // /files takes a signed URL instead of the token (downloadUrl, uploadUrl).
     if (!token && c.req.path === '/files') return (await signedFor(c)) !== null;
-    return !!id && !!token && /^[0-9a-f]{12}$/.test(id) && token === control.accessToken(id);
+    return !!id && !!token && /^[0-9a-f]{12}$/.test(id) && sameSecret(token, control.accessToken(id));
   };
 }
 
