@@ -266,6 +266,19 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
 
     expect(await call(client, 'sandbox_stop', { id: copy.id })).toMatchObject({ status: 'stopped' });
     expect(await call(client, 'sandbox_remove', { id: copy.id })).toEqual({ id: copy.id, removed: true });
+
+    // A warm pool of that snapshot hands a sandbox over to the session.
+    await rest.pools.create({ name: 'mcp-pool', snapshot: 'mcp-snap', size: 1 });
+    try {
+      await eventually(async () => (await rest.pools.get('mcp-pool')).ready === 1, 30_000, 'the pool filled');
+      const pooled = await call<SandboxInfo>(client, 'sandbox_create', { pool: 'mcp-pool' });
+      expect(pooled.pool).toEqual({ name: 'mcp-pool', warm: true });
+      expect(pooled.labels[MCP_SESSION_LABEL]).toBe(transport.sessionId);
+      expect(await call(client, 'sandbox_exec', { id: pooled.id, command: 'cat /root/all.bin | wc -c' })).toMatchObject({ stdout: '256\n' });
+      expect(await call(client, 'sandbox_remove', { id: pooled.id })).toEqual({ id: pooled.id, removed: true });
+    } finally {
+      await rest.pools.remove('mcp-pool');
+    }
     await rest.snapshots.remove('mcp-snap');
   });
 

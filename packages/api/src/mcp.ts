@@ -42,6 +42,7 @@ const create = CreateSandboxRequestSchema.pick({
   image: true,
   template: true,
   snapshot: true,
+  pool: true,
   cpus: true,
   memoryMiB: true,
   diskSizeMiB: true,
@@ -62,6 +63,7 @@ export const McpToolInputs = {
       image: create.shape.image.describe('An OCI image reference (pulled when missing), e.g. python:3.12-slim. Default: the built-in minimal Linux.'),
       template: create.shape.template.describe('Start from this template (a warm snapshot of a prepared sandbox) instead of an image.'),
       snapshot: create.shape.snapshot.describe('Restore this snapshot (name or id): memory, processes and disk as they were.'),
+      pool: create.shape.pool.describe('Take a ready sandbox from this warm pool (a hand-over of a few ms; restored from its source when the pool is empty).'),
       timeoutMs: create.shape.timeoutMs.describe('How long booting may take (ms).'),
       keep: z
         .boolean()
