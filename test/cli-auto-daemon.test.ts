@@ -1,8 +1,7 @@
 import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, eventually, qemusOf, runRoost, TestHome, type CliResult } from './helpers.js';
+import { alive, eventually, httpGet, qemusOf, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * The long-lived owner: `roost run -d` with published ports and no daemon
@@ -71,21 +70,6 @@ function servesOf(dir: string): number[] {
   return pids;
 }
 
-/** GET http://127.0.0.1:port/ on a connection of its own; null when it failed. */
-function httpGet(port: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, timeout: 5_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve(res.statusCode === 200 ? body : null));
-      res.on('error', () => resolve(null));
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(null));
-  });
-}
-
 /** `run -d -p 127.0.0.1::8000` of busybox httpd serving `text`. */
 function httpdArgs(text: string): string[] {
   return [
@@ -133,7 +117,7 @@ describe('a daemon started by roost run -d', () => {
     // The CLI has exited: the daemon serves the port.
     port = await publishedPort(first);
     let body: string | null = null;
-    await eventually(async () => (body = await httpGet(port)) !== null, 30_000, 'httpd answering through the published port');
+    await eventually(async () => (body = await httpGet(port, 5_000)) !== null, 30_000, 'httpd answering through the published port');
     expect(body).toBe('served-by-the-daemon\n');
   }, 120_000);
 
@@ -143,7 +127,7 @@ describe('a daemon started by roost run -d', () => {
     const second = r.stdout.trim();
     const secondPort = await publishedPort(second);
     let body: string | null = null;
-    await eventually(async () => (body = await httpGet(secondPort)) !== null, 30_000, 'the second httpd answering');
+    await eventually(async () => (body = await httpGet(secondPort, 5_000)) !== null, 30_000, 'the second httpd answering');
     expect(body).toBe('second\n');
     expect(servesOf(home.root)).toEqual([pid]);
   }, 120_000);
@@ -188,7 +172,7 @@ describe('a daemon started by roost run -d', () => {
     expect(existsSync(join(home.root, 'roost.sock'))).toBe(false);
     const status = await roost(['serve', 'status']);
     expect(status).toMatchObject({ code: 3, stdout: `roost serve: not running for ${home.root}\n` });
-    expect(await httpGet(port)).toBeNull();
+    expect(await httpGet(port, 5_000)).toBeNull();
     // Stopping what is stopped is not an error.
     expect(await roost(['serve', 'stop'])).toMatchObject({ code: 0, stderr: `roost serve: no daemon runs for ${home.root}\n` });
   }, 60_000);
@@ -201,7 +185,7 @@ describe('a daemon started by roost run -d', () => {
     expect(again).not.toBe(pid);
     // It re-attached to the sandboxes the stopped daemon left running, and serves their ports.
     let body: string | null = null;
-    await eventually(async () => (body = await httpGet(port)) !== null, 30_000, 'the first httpd answering again');
+    await eventually(async () => (body = await httpGet(port, 5_000)) !== null, 30_000, 'the first httpd answering again');
     expect(body).toBe('served-by-the-daemon\n');
 
     process.kill(again!, 'SIGKILL');

@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
-import http from 'node:http';
 import net from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { serve, type ServeHandle } from '@roost/server';
-import { eventually, freePort, ROOST_BIN, runRoost, TestHome, type CliResult } from './helpers.js';
+import { eventually, freePort, httpGet, ROOST_BIN, runRoost, TestHome, type CliResult } from './helpers.js';
 
 /*
  * Networking in the CLI: the flags of `roost run` (-p, --network, --egress,
@@ -43,21 +42,6 @@ function readAll(port: number): Promise<string> {
     s.on('data', (c: string) => (data += c));
     s.on('error', () => resolve(data));
     s.on('close', () => resolve(data));
-  });
-}
-
-/** GET http://127.0.0.1:port/ on a connection of its own; null when it failed. */
-function httpGet(port: number): Promise<string | null> {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false, timeout: 10_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve(res.statusCode === 200 ? body : null));
-      res.on('error', () => resolve(null));
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(null));
   });
 }
 

@@ -2,6 +2,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
+import { get as httpGetRequest } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
@@ -174,4 +175,19 @@ export async function expectCode(p: Promise<unknown> | (() => unknown), code: st
   expect((e as { code: string }).code).toBe(code);
   if (message) expect((e as Error).message).toMatch(message);
   return e as Error;
+}
+
+/** GET http://127.0.0.1:port/ on a connection of its own: the body of a 200, else null (any other status, a refusal, a timeout). */
+export function httpGet(port: number, timeoutMs = 10_000): Promise<string | null> {
+  return new Promise((resolve) => {
+    const req = httpGetRequest({ host: '127.0.0.1', port, path: '/', agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve(res.statusCode === 200 ? body : null));
+      res.on('error', () => resolve(null));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(null));
+  });
 }
