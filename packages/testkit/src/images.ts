@@ -222,6 +222,8 @@ const TARBALL_VERSION = 'debian-minbase-v2';
 /** Bump when the layer split changes: it keys the cached layout. */
 const DEBIAN_LAYOUT_VERSION = 'debian-layout-v1';
 const DEBIAN_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG=C.UTF-8'];
+/** The config of the Debian images: bash in /, as Debian's own. */
+const DEBIAN_CONFIG = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' } satisfies ImageConfig & ExpectedConfig;
 const ADDED_FILE = 'etc/roost-test-release';
 const ADDED_TEXT = 'roost test image: Debian 12 minbase in three layers\n';
 
@@ -382,6 +384,20 @@ async function cachedLayout<T extends { manifestDigest: string; manifestSize: nu
 
 type DebianLayoutInfo = Omit<DebianImage, 'dir' | 'tag' | 'rootTarball'>;
 
+/** What a Debian image builder returns of a layout it wrote (its config, sizes and expected root). */
+function debianLayoutInfo(built: Awaited<ReturnType<typeof writeOciLayout>>, expected: ExpectedRoot): DebianLayoutInfo {
+  return {
+    manifestDigest: built.manifestDigest,
+    manifestSize: built.manifestSize,
+    configDigest: built.configDigest,
+    layers: built.layers,
+    expected,
+    config: DEBIAN_CONFIG,
+    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
+    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
+  };
+}
+
 async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLayoutInfo> {
   const inShare = (p: string) => p.startsWith('usr/share/') && p !== 'usr/share/';
   // A hardlink goes to the layer of its target, so no link crosses layers.
@@ -405,10 +421,9 @@ async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLa
     yield { type: 'file', path: ADDED_FILE, content: ADDED_TEXT };
     yield { type: 'hardlink', path: `${ADDED_FILE}.link`, target: ADDED_FILE };
   };
-  const config: ImageConfig = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' };
   const built = await writeOciLayout(dir, {
     tag: DEBIAN_SUITE,
-    config,
+    config: DEBIAN_CONFIG,
     layers: [
       { entries: select(1), createdBy: 'debootstrap --variant=minbase bookworm: all but /usr/share' },
       { entries: select(2), createdBy: 'debootstrap --variant=minbase bookworm: /usr/share' },
@@ -428,16 +443,7 @@ async function writeDebianLayout(dir: string, tarball: string): Promise<DebianLa
     else expected.files[p] = m;
   }
   expected.files['/etc/debian_version'] = {};
-  return {
-    manifestDigest: built.manifestDigest,
-    manifestSize: built.manifestSize,
-    configDigest: built.configDigest,
-    layers: built.layers,
-    expected,
-    config: { Cmd: ['bash'], Env: DEBIAN_ENV, WorkingDir: '/' },
-    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
-    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
-  };
+  return debianLayoutInfo(built, expected);
 }
 
 // ---- E2B-style Debian ------------------------------------------------------
@@ -534,23 +540,13 @@ async function writeE2bLayout(dir: string, tarball: string): Promise<DebianLayou
     expected.files[`${u.home}/${name}`] = { content: f.content.toString('utf8'), mode: f.mode, uid: u.uid, gid: u.gid };
   }
 
-  const config: ImageConfig = { Env: DEBIAN_ENV, Cmd: ['bash'], WorkingDir: '/' };
   const built = await writeOciLayout(dir, {
     tag: 'e2b',
-    config,
+    config: DEBIAN_CONFIG,
     layers: [
       { entries: tarEntries(tarball), createdBy: `debootstrap --variant=minbase --include=${E2B_PACKAGES.join(',')} ${DEBIAN_SUITE}` },
       { entries: account, createdBy: `useradd -m -s ${u.shell} ${u.name}` },
     ],
   });
-  return {
-    manifestDigest: built.manifestDigest,
-    manifestSize: built.manifestSize,
-    configDigest: built.configDigest,
-    layers: built.layers,
-    expected,
-    config: { Cmd: ['bash'], Env: DEBIAN_ENV, WorkingDir: '/' },
-    tarBytes: built.layers.reduce((n, l) => n + l.tarSize, 0),
-    blobBytes: built.layers.reduce((n, l) => n + l.size, 0),
-  };
+  return debianLayoutInfo(built, expected);
 }
