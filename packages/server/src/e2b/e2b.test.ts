@@ -7,6 +7,7 @@ import { egressOf, parseMetadataQuery } from './control.js';
 import { e2bFaceOf } from './index.js';
 import { E2bKeys } from './keys.js';
 import { effectiveUser, guestPath, namesById, parsePasswd } from './profile.js';
+import { readForm } from './files.js';
 import { parseDf, parseMeminfo } from './metrics.js';
 import { fileSignature, signedRequest, verifySignature } from './signature.js';
 
@@ -139,5 +140,33 @@ describe('E2B network options', () => {
     });
     expect(egressOf({ network: { denyOut: ['10.0.0.0/8'] } })).toEqual({ default: 'allow', deny: ['10.0.0.0/8'] });
     expect(egressOf({ allow_internet_access: false, network: { allowOut: ['host:5432'] } })).toEqual({ default: 'deny', allow: ['host:5432'] });
+  });
+});
+
+describe('E2B multipart uploads', () => {
+  it('are bounded as they arrive, also without a Content-Length (chunked)', async () => {
+    const form = new FormData();
+    form.append('file', new Blob(['x'.repeat(1000)]), '/tmp/a');
+    const encoded = new Response(form);
+    const type = encoded.headers.get('content-type')!;
+    const bytes = new Uint8Array(await encoded.arrayBuffer());
+    const chunked = () =>
+      new Request('http://x/files', {
+        method: 'POST',
+        headers: { 'content-type': type },
+        body: new ReadableStream({
+          start(c) {
+            c.enqueue(bytes);
+            c.close();
+          },
+        }),
+        duplex: 'half',
+      } as RequestInit);
+    expect((await readForm(chunked(), 10_000)).getAll('file')).toHaveLength(1);
+    await expect(readForm(chunked(), 500)).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED', details: { maxBytes: 500 } });
+    const sized = new Request('http://x/files', { method: 'POST', headers: { 'content-type': type, 'content-length': String(bytes.length) }, body: bytes });
+    await expect(readForm(sized, 500)).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    const garbage = new Request('http://x/files', { method: 'POST', headers: { 'content-type': type }, body: 'not a form' });
+    await expect(readForm(garbage, 10_000)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });
 });

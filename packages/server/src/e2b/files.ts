@@ -221,8 +221,7 @@ export async function writeFiles(sandbox: SandboxApi, profile: GuestProfile, req
     written.push({ name: info.name, type: 'file', path: info.path });
   };
   if (type.startsWith('multipart/form-data')) {
-    if (Number(req.headers.get('content-length') ?? NaN) > MAX_E2B_UPLOAD_BYTES) throw tooLarge();
-    const form = await req.formData();
+    const form = await readForm(req, MAX_E2B_UPLOAD_BYTES);
     const parts = form.getAll('file');
     if (parts.length === 0) throw new RoostError('INVALID_ARGUMENT', 'no `file` part in the form');
     const seen = new Set<string>();
@@ -260,12 +259,37 @@ async function* gunzipped(body: Readable): AsyncGenerator<Uint8Array> {
   }
 }
 
-function tooLarge(): RoostError {
+/**
+ * A multipart body as a form, refused (RESOURCE_EXHAUSTED) past `maxBytes`:
+ * by its Content-Length at once, else as it arrives (a chunked body has none).
+ */
+export async function readForm(req: Request, maxBytes: number): Promise<FormData> {
+  if (Number(req.headers.get('content-length') ?? NaN) > maxBytes) throw tooLarge(maxBytes);
+  let total = 0;
+  let exceeded = false;
+  const bounded = (req.body ?? new ReadableStream<Uint8Array>()).pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        total += chunk.byteLength;
+        if (total > maxBytes) {
+          exceeded = true;
+          controller.error(tooLarge(maxBytes));
+        } else controller.enqueue(chunk);
+      },
+    }),
+  );
+  try {
+    return await new Response(bounded, { headers: { 'content-type': req.headers.get('content-type') ?? '' } }).formData();
+  } catch (e) {
+    if (exceeded) throw tooLarge(maxBytes);
+    throw new RoostError('INVALID_ARGUMENT', `the body is not a multipart form: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+function tooLarge(maxBytes = MAX_E2B_UPLOAD_BYTES): RoostError {
   return new RoostError(
     'RESOURCE_EXHAUSTED',
-    `a multipart upload through E2B's /files may carry at most ${MAX_E2B_UPLOAD_BYTES} bytes (send large files as one octet-stream body)`,
-    {
-      details: { maxBytes: MAX_E2B_UPLOAD_BYTES },
-    },
+    `a multipart upload through E2B's /files may carry at most ${maxBytes} bytes (send large files as one octet-stream body)`,
+    { details: { maxBytes } },
   );
 }
