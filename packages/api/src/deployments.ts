@@ -2,7 +2,7 @@ import { isMap, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 
 import { z } from 'zod';
 import { RoostError } from './errors.js';
 import { normalizePortSpec, PortSpecSchema } from './network.js';
-import { CreateSandboxRequestSchema } from './schemas.js';
+import { CreateSandboxRequestSchema, RoostEventSchema } from './schemas.js';
 
 /*
  * Deployments (issue 19): a workload and a replica count that Roost keeps
@@ -115,6 +115,16 @@ export const DeploymentSpecSchema = z
   .superRefine((spec, ctx) => {
     if (spec.sandbox.template !== undefined && spec.sandbox.image !== undefined)
       ctx.addIssue({ code: 'custom', path: ['sandbox', 'template'], message: 'give template or image, not both' });
+    if (spec.sandbox.network === 'none') {
+      if (spec.ports.length > 0)
+        ctx.addIssue({ code: 'custom', path: ['ports'], message: "service ports need a network: leave sandbox.network out, or give 'user' or 'bridge'" });
+      if (spec.health?.http || spec.health?.tcp)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['health'],
+          message: "http and tcp checks need a network: use an exec check, or give sandbox.network 'user' or 'bridge'",
+        });
+    }
     const hostPorts = new Set<string>();
     spec.ports.forEach((p, i) => {
       const m = normalizePortSpec(p);
@@ -183,4 +193,117 @@ function nodeAt(root: unknown, path: PropertyKey[]): YamlNode | null {
 function specError(source: string, problems: SpecProblem[]): RoostError {
   const text = problems.map((p) => `${source}${p.line ? `:${p.line}` : ''}: ${p.path ? `${p.path}: ` : ''}${p.message}`).join('\n');
   return new RoostError('INVALID_ARGUMENT', `invalid deployment spec:\n${text}`, { details: { fields: problems } });
+}
+
+// ---- the deployments' state and API ------------------------------------------------
+
+/** POST /v1/deployments/{name}/scale */
+export const ScaleDeploymentRequestSchema = z
+  .object({ replicas: z.number().int().min(0).max(MAX_REPLICAS) })
+  .strict()
+  .meta({ id: 'ScaleDeploymentRequest' });
+export type ScaleDeploymentRequest = z.infer<typeof ScaleDeploymentRequestSchema>;
+
+/**
+ * Where a replica is: `creating` (its sandbox boots), `starting` (its
+ * workload runs, not yet healthy), `healthy`, `unhealthy` (failed its
+ * check `retries` times in a row: it is replaced), `restarting` (its
+ * workload exited and is started again after a back-off), `exited` (its
+ * workload ended and the restart policy keeps it down), `removing`
+ * (drained, then removed).
+ */
+export const ReplicaStateSchema = z.enum(['creating', 'starting', 'healthy', 'unhealthy', 'restarting', 'exited', 'removing']);
+export type ReplicaState = z.infer<typeof ReplicaStateSchema>;
+
+/** One replica of a deployment. */
+export const ReplicaInfoSchema = z
+  .object({
+    /** Its sandbox's id. */
+    id: z.string(),
+    /** The revision of the spec it was made from; `current` when that is the deployment's. */
+    revision: z.string(),
+    current: z.boolean(),
+    state: ReplicaStateSchema,
+    /** Times its workload was started again in the same sandbox. */
+    restarts: z.number().int(),
+    /** When its workload last started (ISO 8601), null before it has. */
+    startedAt: z.string().nullable(),
+    /** The last health probe: what it saw, and failures in a row so far. */
+    lastProbe: z.object({ ok: z.boolean(), detail: z.string(), at: z.string(), failures: z.number().int() }).nullable(),
+    /** How its workload last ended, with the end of its output. */
+    lastExit: z.object({ exitCode: z.number().int().nullable(), signal: z.string().nullable(), at: z.string(), output: z.string() }).nullable(),
+  })
+  .meta({ id: 'ReplicaInfo' });
+export type ReplicaInfo = z.infer<typeof ReplicaInfoSchema>;
+
+/** A service port as bound: the host address clients use, and the guest port it balances over. */
+export const ServicePortBindingSchema = z
+  .object({ hostIp: z.string(), hostPort: z.number().int(), guestPort: z.number().int(), spec: z.string() })
+  .meta({ id: 'ServicePortBinding' });
+export type ServicePortBinding = z.infer<typeof ServicePortBindingSchema>;
+
+/** Why the last reconcile could not do what it wanted (a create failed, a port could not be bound), until one succeeds. */
+export const DeploymentErrorSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  at: z.string(),
+  /** Failures in a row; the next attempt waits longer each time (up to a minute). */
+  failures: z.number().int(),
+  retryAt: z.string().nullable(),
+});
+export type DeploymentError = z.infer<typeof DeploymentErrorSchema>;
+
+/** A deployment's desired state and what Roost observes of it. */
+export const DeploymentInfoSchema = z
+  .object({
+    name: z.string(),
+    /** The spec being kept true, defaults applied. */
+    spec: DeploymentSpecSchema,
+    /** The revision of the spec's replica template (sandbox, command, workingDir, user, labels): replicas of another are replaced by a rolling update. */
+    revision: z.string(),
+    /** Increases with every change of the spec (apply, scale, rollback). */
+    generation: z.number().int(),
+    /** The generation the replicas match: equal to `generation` once a change has rolled out. */
+    observedGeneration: z.number().int(),
+    /** Replicas that exist now (being created or removed ones excluded). */
+    replicas: z.number().int(),
+    healthyReplicas: z.number().int(),
+    /** Replicas of the current revision. */
+    updatedReplicas: z.number().int(),
+    ports: z.array(ServicePortBindingSchema),
+    members: z.array(ReplicaInfoSchema),
+    /** A previous spec to roll back to. */
+    canRollback: z.boolean(),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+    lastError: DeploymentErrorSchema.nullable(),
+    /** Its last events, newest last. */
+    events: z.array(RoostEventSchema),
+  })
+  .meta({ id: 'DeploymentInfo' });
+export type DeploymentInfo = z.infer<typeof DeploymentInfoSchema>;
+
+export const DeploymentListSchema = z.object({ deployments: z.array(DeploymentInfoSchema) }).meta({ id: 'DeploymentList' });
+
+/**
+ * `runtime.deployments`. The runtime that owns the home (the daemon, or an
+ * embedded runtime while it is open) keeps each deployment's replicas
+ * running and its service ports open; without one, replicas keep running
+ * and nothing is reconciled until one opens the home.
+ * Concurrency: calls may overlap; the reconciles of one deployment are
+ * serialized, different deployments reconcile in parallel.
+ */
+export interface DeploymentsApi {
+  /** Creates the deployment, or changes it (a new generation, rolled out by the reconcile loop); resolves at once with the state so far. INVALID_ARGUMENT for a bad spec, UNAVAILABLE when a service port cannot be bound. */
+  apply(spec: DeploymentSpecInput): Promise<DeploymentInfo>;
+  /** Every deployment, by name. */
+  list(): Promise<DeploymentInfo[]>;
+  /** A deployment by name; NOT_FOUND when there is none. */
+  get(name: string): Promise<DeploymentInfo>;
+  /** Sets the replica count (a new generation). */
+  scale(name: string, replicas: number): Promise<DeploymentInfo>;
+  /** Goes back to the previous spec (a new generation); INVALID_STATE when there is none. */
+  rollback(name: string): Promise<DeploymentInfo>;
+  /** Removes the deployment: its service ports close, its replicas are drained and removed; resolves once they are gone. */
+  remove(name: string): Promise<void>;
 }

@@ -15,6 +15,7 @@ export * from './names.js';
 export * from './files.js';
 export * from './errno.js';
 export * from './snapshots.js';
+export * from './labels.js';
 export * from './pools.js';
 export * from './network.js';
 export * from './abort.js';

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { RoostError } from './errors.js';
+import { DEPLOYMENT_LABEL, DEPLOYMENT_REVISION_LABEL, POOL_LABEL } from './labels.js';
 import { nameSchema } from './names.js';
 
 /*
@@ -10,9 +11,6 @@ import { nameSchema } from './names.js';
 
 /** The most sandboxes one pool keeps ready. */
 export const MAX_POOL_SIZE = 32;
-
-/** The label every member of a pool carries (`roost.pool=<name>`): reserved, a create may not give it. */
-export const POOL_LABEL = 'roost.pool';
 
 const poolName = nameSchema('pool');
 
@@ -110,6 +108,13 @@ export const POOL_CREATE_OPTIONS = [
   'onPullProgress',
 ] as const;
 
+/** Labels Roost sets itself: a create may not give them (a sandbox with one would be taken for a pool member or a replica). */
+const RESERVED_LABELS = [
+  { label: POOL_LABEL, marks: 'the members of warm pools' },
+  { label: DEPLOYMENT_LABEL, marks: 'the replicas of deployments' },
+  { label: DEPLOYMENT_REVISION_LABEL, marks: 'the revision of a replica' },
+];
+
 /**
  * A sandbox from a pool has its pool's image, resources and network: a
  * create with `pool` and any option a hand-over cannot honour is
@@ -118,8 +123,9 @@ export const POOL_CREATE_OPTIONS = [
  */
 export function checkPoolCreateOptions(options: Record<string, unknown>): void {
   const labels = options.labels as Record<string, string> | undefined;
-  if (labels && POOL_LABEL in labels) {
-    throw new RoostError('INVALID_ARGUMENT', `labels: ${POOL_LABEL} is reserved: it marks the members of warm pools`, {
+  const reserved = labels ? RESERVED_LABELS.find((l) => l.label in labels) : undefined;
+  if (reserved) {
+    throw new RoostError('INVALID_ARGUMENT', `labels: ${reserved.label} is reserved: it marks ${reserved.marks}`, {
       details: { field: 'labels' },
     });
   }

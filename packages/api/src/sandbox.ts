@@ -2,6 +2,7 @@ import type { FilesApi, VolumesApi } from './files.js';
 import type { ImagesApi, PullProgress } from './images.js';
 import type { SnapshotInfo, SnapshotsApi, TemplatesApi } from './snapshots.js';
 import type { PoolsApi } from './pools.js';
+import type { DeploymentsApi } from './deployments.js';
 import { RoostError } from './errors.js';
 import type { NetworkStats, PortBinding, PortProtocol, PortSpec } from './network.js';
 import type { DoctorOptions, DoctorReport } from './doctor.js';
@@ -172,6 +173,8 @@ export interface RuntimeApi extends AsyncDisposable {
   readonly templates: TemplatesApi;
   /** Warm pools: sandboxes kept restored and paused, handed over by `create({ pool })`. */
   readonly pools: PoolsApi;
+  /** Deployments: workloads with a replica count, health checks and service ports that the runtime owning the home keeps true. */
+  readonly deployments: DeploymentsApi;
   /** Creates and boots a sandbox (or restores one). Concurrency: any number at once; each sandbox is its own. */
   create(options?: CreateOptions): Promise<SandboxApi>;
   /** A sandbox by id or unique id prefix. Concurrency: any number at once. */

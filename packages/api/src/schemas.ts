@@ -363,6 +363,17 @@ export const EVENT_TYPES = [
   'pool.resized',
   'pool.removed',
   'pool.handover',
+  'deployment.created',
+  'deployment.updated',
+  'deployment.scaled',
+  'deployment.rolledback',
+  'deployment.removed',
+  'replica.created',
+  'replica.healthy',
+  'replica.unhealthy',
+  'replica.restarted',
+  'replica.replaced',
+  'replica.removed',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

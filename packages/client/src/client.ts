@@ -25,6 +25,7 @@ import { RemoteSandbox } from './sandbox.js';
 import { SessionLink } from './session.js';
 import { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 import { RemotePools } from './pools.js';
+import { RemoteDeployments } from './deployments.js';
 import { RemoteVolumes } from './volumes.js';
 import { SseParser } from './wire.js';
 
@@ -107,6 +108,8 @@ export class RoostClient implements RuntimeApi {
   readonly templates: RemoteTemplates;
   /** Warm pools: create, list, inspect, resize, remove; take a sandbox from one with `create({ pool })`. */
   readonly pools: RemotePools;
+  /** Deployments: apply, list, inspect, scale, roll back, remove; the daemon keeps their replicas running. */
+  readonly deployments: RemoteDeployments;
   #transport: Transport;
   #session: SessionLink;
 
@@ -125,6 +128,7 @@ export class RoostClient implements RuntimeApi {
     this.snapshots = new RemoteSnapshots(this.#transport);
     this.templates = new RemoteTemplates(this.#transport);
     this.pools = new RemotePools(this.#transport);
+    this.deployments = new RemoteDeployments(this.#transport);
     this.#session = new SessionLink(this.#transport);
   }
 

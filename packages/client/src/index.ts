@@ -18,6 +18,7 @@ export { RemoteSandbox } from './sandbox.js';
 export { RemoteVolumes } from './volumes.js';
 export { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 export { RemotePools } from './pools.js';
+export { RemoteDeployments } from './deployments.js';
 export { RemoteCommands, RemoteCommandHandle } from './command.js';
 export { RemoteFiles } from './files.js';
 export { parseHost, defaultEndpoint, resolveHome, type Endpoint } from './http.js';
