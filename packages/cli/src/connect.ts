@@ -29,11 +29,11 @@ export interface Face extends ImagesFace {
 
 /**
  * Opens the face of this invocation for one command, and closes it after.
- * `refillPools`: an embedded runtime keeps the home's warm pools filled while
+ * `reconcile`: an embedded runtime keeps the home's warm pools filled (and its deployments running) while
  * the command runs (only commands that create or take from pools ask: others
  * would start restores they abort when they end).
  */
-export type WithFace = <T>(command: string, fn: (face: Face) => Promise<T>, options?: { refillPools?: boolean }) => Promise<T>;
+export type WithFace = <T>(command: string, fn: (face: Face) => Promise<T>, options?: { reconcile?: boolean }) => Promise<T>;
 /** Opens the image face of this invocation for one command, and closes it after. */
 export type WithImages = <T>(fn: (face: ImagesFace) => Promise<T>) => Promise<T>;
 
@@ -47,12 +47,12 @@ const STARTING_DAEMON_WAIT_MS = 15_000;
  * (UNAVAILABLE naming its owner if another process holds it; when that is a
  * daemon still starting, the command waits for it and goes through it).
  */
-export async function connect(options: { host?: string; home?: string; command: string; refillPools?: boolean }): Promise<Face> {
+export async function connect(options: { host?: string; home?: string; command: string; reconcile?: boolean }): Promise<Face> {
   const home = roostHome(options.home);
   const client = await findDaemon(home, options.host);
   if (client) return new RemoteFace(client);
   try {
-    return new EmbeddedFace(await Runtime.open({ home, owner: `roost ${options.command} (pid ${process.pid})`, refillPools: options.refillPools ?? false }));
+    return new EmbeddedFace(await Runtime.open({ home, owner: `roost ${options.command} (pid ${process.pid})`, reconcile: options.reconcile ?? false }));
   } catch (e) {
     if (!isRoostError(e, 'UNAVAILABLE')) throw e;
     const starting = await waitForStartingDaemon(home, STARTING_DAEMON_WAIT_MS);

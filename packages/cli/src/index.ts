@@ -254,7 +254,7 @@ export async function main(argv: string[]): Promise<number> {
             }
             // Embedded, the pool refills while the command runs (what is not done when this CLI ends, the next owner of the home does).
           },
-          { refillPools: flags.pool !== undefined },
+          { reconcile: flags.pool !== undefined },
         );
       },
     );

@@ -27,7 +27,7 @@ export function addPoolCommands(program: Command, withFace: WithFace, ensureOwne
     .command('pool')
     .alias('pools')
     .description('manage warm pools: sandboxes kept restored and paused, handed over by `roost run --pool NAME`');
-  const refill = { refillPools: true };
+  const refill = { reconcile: true };
 
   pool
     .command('create')

@@ -40,6 +40,7 @@ import { Volumes } from './volumes.js';
 import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
 import { Pools } from './pools/pools.js';
+import { Deployments } from './deployments/deployments.js';
 import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
@@ -67,11 +68,12 @@ export interface RuntimeOptions {
    */
   jail?: boolean | JailOptions;
   /**
-   * Keep the home's warm pools filled while this runtime is open (default
-   * true). The CLI turns it off for commands that only read, so that a
-   * short-lived runtime does not start restores it would abort when it closes.
+   * Keep the home's warm pools filled and its deployments' replicas running
+   * (with their service ports) while this runtime is open (default true).
+   * The CLI turns it off for commands that only read, so that a short-lived
+   * runtime does not start restores or replicas it would abort when it closes.
    */
-  refillPools?: boolean;
+  reconcile?: boolean;
 }
 
 /** Options of `runtime.create`. */
@@ -124,6 +126,7 @@ export class Runtime implements RuntimeApi {
   readonly #templates: Templates;
   readonly #snapshots: SnapshotsApi;
   readonly #pools: Pools<Sandbox>;
+  readonly #deployments: Deployments<Sandbox>;
   readonly #sandboxes = new Map<string, Sandbox>();
   /** The ends of the sandboxes' lifetimes (armed once recovery is done). */
   #recovered = false;
@@ -164,6 +167,7 @@ export class Runtime implements RuntimeApi {
       snapshotName: (id) => this.#snapshotStore.find(id)?.name,
       template: (name) => this.#templates.get(name),
     });
+    this.#deployments = new Deployments<Sandbox>(db, this.#log, { create: (o) => this.#create(o), sandboxes: () => this.#sandboxes.values() });
     const store = this.#snapshotStore;
     const log = this.#log;
     this.#snapshots = {
@@ -195,7 +199,10 @@ export class Runtime implements RuntimeApi {
     try {
       const runtime = new Runtime(home, lock, vmm, options);
       await runtime.#recover();
-      if (options.refillPools !== false) runtime.#pools.start();
+      if (options.reconcile !== false) {
+        runtime.#pools.start();
+        runtime.#deployments.start();
+      }
       return runtime;
     } catch (e) {
       lock.release();
@@ -243,10 +250,20 @@ export class Runtime implements RuntimeApi {
   /**
    * Warm pools: sandboxes restored from a template or snapshot ahead of
    * time and kept paused; `create({ pool })` hands one over. This runtime
-   * keeps them filled while it is open (see `refillPools`).
+   * keeps them filled while it is open (see `reconcile`).
    */
   get pools(): Pools<Sandbox> {
     return this.#pools;
+  }
+
+  /**
+   * Deployments: a workload, a replica count, a health check and service
+   * ports, kept true by this runtime while it is open (see `reconcile`).
+   * Replicas are detached sandboxes: they outlive the runtime, and the next
+   * one to open the home adopts them (their workloads start again).
+   */
+  get deployments(): Deployments<Sandbox> {
+    return this.#deployments;
   }
 
   /**
@@ -430,7 +447,7 @@ export class Runtime implements RuntimeApi {
     this.#closed ??= (async () => {
       this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
       this.#lifetimes.close();
-      await this.#pools.close();
+      await Promise.all([this.#pools.close(), this.#deployments.close()]);
       await Promise.allSettled([...this.#inFlight]);
       await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
       this.#network.close();
@@ -470,8 +487,12 @@ export class Runtime implements RuntimeApi {
         this.#sandboxes.delete(id);
         this.#lifetimes.delete(id);
         this.#pools._gone(id);
+        this.#deployments._gone(id);
       },
-      exited: (id) => this.#pools._gone(id),
+      exited: (id) => {
+        this.#pools._gone(id);
+        this.#deployments._gone(id);
+      },
       lifetimeChanged: (id, expiresAt) => this.#lifetimes.set(id, expiresAt),
     };
   }

@@ -1,7 +1,17 @@
+import type { Duplex } from 'node:stream';
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ExpiryAction, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxPoolOrigin, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
-import { ForkOptionsSchema, hostForPort, parseInput, POOL_LABEL, SetLifetimeRequestSchema, SnapshotOptionsSchema } from '@roost/api';
+import {
+  ForkOptionsSchema,
+  hostForPort,
+  parseInput,
+  DEPLOYMENT_LABEL,
+  DEPLOYMENT_REVISION_LABEL,
+  POOL_LABEL,
+  SetLifetimeRequestSchema,
+  SnapshotOptionsSchema,
+} from '@roost/api';
 import type { NetworkStats, PortProtocol, PortsApi } from '@roost/api';
 import type { Assets } from './assets.js';
 import { Commands } from './commands.js';
@@ -223,6 +233,21 @@ export class Sandbox implements SandboxApi {
     return hostForPort(this.#record.info, port, protocol);
   }
 
+  /**
+   * @internal A TCP connection from the host to guest port `port` (what
+   * deployments' service ports and health checks use): INVALID_STATE while
+   * the sandbox has no network served here (mode `none`, or no VM).
+   */
+  _connectTcp(port: number): Duplex {
+    const snet = this.#net.current;
+    if (!snet)
+      throw new RoostError(
+        'INVALID_STATE',
+        `sandbox ${this.id} has no network served here (${this.#record.info.network?.mode === 'none' ? "mode 'none'" : this.status})`,
+      );
+    return snet.connectTcp(port);
+  }
+
   /** Traffic through the sandbox's NIC since its VM run started here, and denied connections. */
   networkStats(): Promise<NetworkStats> {
     return this.#net.stats();
@@ -372,6 +397,14 @@ export class Sandbox implements SandboxApi {
   /** @internal The warm pool this sandbox is a member of (its `roost.pool` label), if any. */
   get _poolName(): string | undefined {
     return this.#record.removed ? undefined : this.#record.info.labels[POOL_LABEL];
+  }
+
+  /** @internal The deployment and revision this sandbox is a replica of (its `roost.deployment` labels), if any. */
+  get _replicaOf(): { deployment: string; revision: string } | undefined {
+    if (this.#record.removed) return undefined;
+    const labels = this.#record.info.labels;
+    const deployment = labels[DEPLOYMENT_LABEL];
+    return deployment === undefined ? undefined : { deployment, revision: labels[DEPLOYMENT_REVISION_LABEL] ?? '' };
   }
 
   /**

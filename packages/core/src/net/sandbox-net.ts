@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -210,6 +211,17 @@ export class SandboxNet {
   addPort(spec: PortSpec): Promise<PortBinding> {
     if (this.#closed) throw new RoostError('INVALID_STATE', 'the sandbox network is closed');
     return this.#forwarder.add(normalizePortSpec(spec));
+  }
+
+  /**
+   * A TCP connection from the host to `guestPort` in the guest, the path a
+   * published port takes (the user-mode stack, or the bridge address); it
+   * emits 'connect' once the guest accepts, or an error (ECONNREFUSED, ...).
+   */
+  connectTcp(guestPort: number): Duplex {
+    const backend = this.#backend();
+    if (!backend) throw new RoostError('INVALID_STATE', 'the sandbox network is closed');
+    return backend.connectTcp(guestPort);
   }
 
   removePort(b: { hostIp: string; hostPort: number; protocol: string }): boolean {

@@ -198,7 +198,7 @@ describe('warm pools on a fake VMM', () => {
     await runtime.pools.create({ name: 'p', snapshot: 'base', size: 2 });
     await filled('p', 2);
     await runtime.close();
-    runtime = await Runtime.open({ home, vmm, refillPools: false });
+    runtime = await Runtime.open({ home, vmm, reconcile: false });
     const sb = await runtime.create({ pool: 'p' });
     expect(sb.info.pool?.warm).toBe(true);
     await new Promise((r) => setTimeout(r, 100));

@@ -142,6 +142,21 @@ const MIGRATIONS: readonly string[] = [
     last_error_json TEXT                 -- the PoolError of the last failed refill, null once one succeeds
   );
   `,
+  // 8: deployments. Replicas are sandboxes labelled roost.deployment=<name> (and the revision they were made from);
+  // this is the desired state: the spec (defaults applied), the one before it (rollback), and the generations.
+  `
+  CREATE TABLE deployments (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    previous_spec_json TEXT,             -- the spec before the last change of the replica template, for rollback
+    generation INTEGER NOT NULL,         -- +1 with every change of the spec
+    observed_generation INTEGER NOT NULL DEFAULT 0, -- the generation the replicas last matched
+    ports_json TEXT NOT NULL DEFAULT '{}', -- host ports chosen for spec ports given without one, kept across owners
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_error_json TEXT
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */

@@ -92,6 +92,18 @@ export class EventLog {
     pendingWrites(this.#db).write(() => this.append(type, kept));
   }
 
+  /**
+   * The newest `limit` events whose `data[key]` is `value` and whose type
+   * starts with one of `typePrefixes` (e.g. a deployment's), oldest first.
+   */
+  latest(options: { typePrefixes: readonly string[]; key: string; value: string; limit: number }): RoostEvent[] {
+    const types = options.typePrefixes.map(() => 'type LIKE ?').join(' OR ');
+    const rows = this.#db
+      .prepare(`SELECT * FROM events WHERE (${types}) AND json_extract(data_json, ?) = ? ORDER BY id DESC LIMIT ?`)
+      .all(...options.typePrefixes.map((p) => `${p.replace(/[%_]/g, '')}%`), `$.${options.key}`, options.value, options.limit) as EventRow[];
+    return rows.reverse().map(toEvent);
+  }
+
   /** The newest event id (0 when there is none). */
   lastId(): number {
     const row = this.#db.prepare('SELECT MAX(id) AS id FROM events').get() as { id: number | null };
