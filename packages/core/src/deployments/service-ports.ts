@@ -56,16 +56,13 @@ export class ServicePorts {
   sync(ports: readonly SpecPort[], chosen: Record<string, number>): Promise<Record<string, number>> {
     const run = this.#lock.then(async () => {
       const wanted = new Map(ports.map((p) => [portKey(p), normalizePortSpec(p)]));
-      const picked: Record<string, number> = {};
-      for (const [key, m] of wanted) if (m.hostPort === 0 && chosen[key]) picked[key] = chosen[key];
       const opened: string[] = [];
       try {
         for (const [key, m] of wanted) {
           if (this.#ports.has(key)) continue;
-          const { balancer, port } = await listen(m.hostIp, m.hostPort, picked[key]);
+          const { balancer, port } = await listen(m.hostIp, m.hostPort, m.hostPort === 0 ? chosen[key] : undefined);
           this.#ports.set(key, { balancer, binding: { hostIp: m.hostIp, hostPort: port, guestPort: m.guestPort, spec: key } });
           opened.push(key);
-          if (m.hostPort === 0) picked[key] = port;
         }
       } catch (e) {
         for (const key of opened) {
@@ -80,7 +77,10 @@ export class ServicePorts {
         await p.balancer.close();
       }
       this.setReplicas(this.#replicas);
-      return picked;
+      // The host ports chosen by Roost, those bound before this call included.
+      const chosenNow: Record<string, number> = {};
+      for (const [key, m] of wanted) if (m.hostPort === 0) chosenNow[key] = this.#ports.get(key)!.binding.hostPort;
+      return chosenNow;
     });
     this.#lock = run.then(
       () => {},

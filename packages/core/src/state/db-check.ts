@@ -18,6 +18,7 @@ export const ROOST_TABLES: Readonly<Record<string, number>> = {
   leases: 5,
   jail_ids: 6,
   pools: 7,
+  deployments: 8,
 };
 
 const ID_PATTERN = /^[0-9a-f]{12}$/;

@@ -4,6 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import {
   Capability,
+  decodeExec,
   decodeHostHello,
   encodeAgentHello,
   encodeEof,
@@ -61,8 +62,9 @@ let nextPid = 5_000_000;
  * above the seam (the sandbox lifecycle, records, recovery): a "VM" is a
  * unix socket on which a small fake agent speaks @roost/protocol, so the
  * sandbox's real agent connection, liveness and boot code run against it.
- * Every command exits 0 at once without output (EXEC), files are not served
- * (CALL goes unanswered). It is not
+ * Every command exits at once without output (EXEC): with status 0, or
+ * the VM's `checkExitCode` for the program `check`; the program `serve` runs until
+ * it is signalled. Files are not served (CALL goes unanswered). It is not
  * exported from the package: tests that claim a feature works boot QEMU.
  */
 export class FakeVmm implements Vmm {
@@ -138,6 +140,8 @@ export class FakeVm implements VmHandle {
   readonly calls: string[] = [];
   /** The guest's disk is frozen (between FREEZE and THAW). */
   frozen = false;
+  /** The exit status of the program `check` in this guest (a health check's). */
+  checkExitCode = 0;
   #exit!: (e: VmExit) => void;
   #hasExited = false;
   #server: Server | null = null;
@@ -279,6 +283,8 @@ export class FakeVm implements VmHandle {
     this.#sockets.add(socket);
     const decoder = new FrameDecoder();
     let poweroffOnDisconnect = false;
+    /** Streams of `serve` commands still running: their EOFs, sent with the EXIT. */
+    const running = new Map<number, Buffer[]>();
     socket.on('error', () => {});
     socket.on('close', () => {
       this.#sockets.delete(socket);
@@ -326,17 +332,27 @@ export class FakeVm implements VmHandle {
           this.frozen = false;
           socket.write(encodeFreezeResult(MessageType.THAW, { errno: 0 }));
           break;
-        case MessageType.EXEC:
-          // Every command exits 0 at once, without output.
-          socket.write(
-            Buffer.concat([
-              encodeStarted(f.stream, 1, 0),
-              encodeEof(f.stream, 1),
-              encodeEof(f.stream, 2),
-              encodeExit(f.stream, { exitCode: 0, signal: null, timedOut: false }),
-            ]),
-          );
+        case MessageType.EXEC: {
+          const program = decodeExec(f.payload).args[0];
+          const ends = [encodeEof(f.stream, 1), encodeEof(f.stream, 2)];
+          if (program === 'serve') {
+            // Runs until a signal ends it.
+            socket.write(encodeStarted(f.stream, 1, 0));
+            running.set(f.stream, ends);
+            break;
+          }
+          const exitCode = program === 'check' ? this.checkExitCode : 0;
+          socket.write(Buffer.concat([encodeStarted(f.stream, 1, 0), ...ends, encodeExit(f.stream, { exitCode, signal: null, timedOut: false })]));
           break;
+        }
+        case MessageType.SIGNAL: {
+          const ends = running.get(f.stream);
+          if (!ends) break;
+          running.delete(f.stream);
+          const signal = f.payload.length >= 4 ? Buffer.from(f.payload).readUInt32BE(0) : 9;
+          socket.write(Buffer.concat([...ends, encodeExit(f.stream, { exitCode: null, signal, timedOut: false })]));
+          break;
+        }
         default:
         // CALL and the rest: not served by the fake.
       }
