@@ -208,6 +208,12 @@ try {
     await benchPools({ realHome, row, results });
   }
 
+  // --- deployments (bench/deployments.js): replacement after a SIGKILL beside a cold start, the service port beside a direct one.
+  if (process.env.BENCH_DEPLOYMENTS !== '0') {
+    const { benchDeployments } = await import('./deployments.js');
+    await benchDeployments({ realHome, row, results });
+  }
+
   // --- networking (bench/net.js): TCP through forwarded ports beside the host loopback.
   if (process.env.BENCH_NET !== '0') {
     const { benchNet } = await import('./net.js');

@@ -86,6 +86,8 @@ const RESTART_RESET_MS = 10_000;
  * spec says.
  */
 const STARTING_PROBE_MS = 250;
+/** The first probe of a starting replica comes this soon, the next ones twice as late each up to STARTING_PROBE_MS: a server that is up at once takes traffic at once. */
+const FIRST_PROBE_MS = 25;
 /** The end of a workload's output kept for `lastExit`. */
 const OUTPUT_TAIL_BYTES = 4096;
 /** Events shown with a deployment. */
@@ -105,6 +107,8 @@ class Replica<S extends DeploymentMember> {
   timer: NodeJS.Timeout | null = null;
   /** Exits in a row that came soon after a start (restart back-off). */
   quickExits = 0;
+  /** Probes since the workload last started (their pace while starting). */
+  startingProbes = 0;
   /** When a failed probe last counted (failures count once per interval). */
   lastCountedFailure = 0;
   /** Increases with each start of the workload and at removal: callbacks of an older run do nothing. */
@@ -575,6 +579,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     r.stopTimers();
     r.state = 'starting';
     r.tracker = spec.health ? new HealthTracker(spec.health, Date.now()) : null;
+    r.startingProbes = 0;
     r.lastCountedFailure = Date.now();
     this.#updateBackends(st);
     const [cmd, args] = typeof spec.command === 'string' ? [spec.command, undefined] : [spec.command[0]!, spec.command.slice(1)];
@@ -596,7 +601,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     r.handle = handle;
     r.startedAt = Date.now();
     if (!spec.health) this.#setHealth(st, r, 'healthy', 'its workload started (no health check)');
-    else this.#probeLater(st, r, spec, Math.min(STARTING_PROBE_MS, spec.health.intervalMs));
+    else this.#probeLater(st, r, spec, this.#startingDelay(r, spec.health.intervalMs));
     void this.#follow(st, r, run, spec, handle);
   }
 
@@ -650,6 +655,11 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     r.timer.unref();
   }
 
+  /** The wait before the next probe of a starting replica: FIRST_PROBE_MS, doubled with each probe up to STARTING_PROBE_MS (or the interval, if shorter). */
+  #startingDelay(r: Replica<S>, intervalMs: number): number {
+    return Math.min(FIRST_PROBE_MS * 2 ** r.startingProbes++, STARTING_PROBE_MS, intervalMs);
+  }
+
   #probeLater(st: DeploymentState<S>, r: Replica<S>, spec: DeploymentSpec, delay: number): void {
     const run = r.run;
     r.timer = setTimeout(() => {
@@ -681,7 +691,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
       if (state !== r.state) this.#setHealth(st, r, state, result.detail);
     }
     if (r.state === 'unhealthy') return;
-    this.#probeLater(st, r, spec, r.state === 'starting' ? Math.min(STARTING_PROBE_MS, check.intervalMs) : check.intervalMs);
+    this.#probeLater(st, r, spec, r.state === 'starting' ? this.#startingDelay(r, check.intervalMs) : check.intervalMs);
   }
 
   #setHealth(st: DeploymentState<S>, r: Replica<S>, state: 'starting' | 'healthy' | 'unhealthy', detail: string): void {
