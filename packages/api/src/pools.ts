@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { RoostError } from './errors.js';
-import { DEPLOYMENT_LABEL, DEPLOYMENT_REVISION_LABEL, POOL_LABEL } from './labels.js';
+import { DEPLOYMENT_LABEL, DEPLOYMENT_REVISION_LABEL, POOL_LABEL, RESERVED_LABELS } from './labels.js';
 import { nameSchema } from './names.js';
 
 /*
@@ -108,12 +108,12 @@ export const POOL_CREATE_OPTIONS = [
   'onPullProgress',
 ] as const;
 
-/** Labels Roost sets itself: a create may not give them (a sandbox with one would be taken for a pool member or a replica). */
-const RESERVED_LABELS = [
-  { label: POOL_LABEL, marks: 'the members of warm pools' },
-  { label: DEPLOYMENT_LABEL, marks: 'the replicas of deployments' },
-  { label: DEPLOYMENT_REVISION_LABEL, marks: 'the revision of a replica' },
-];
+/** What each of Roost's own labels marks (for the error that refuses it). */
+const RESERVED_LABEL_MARKS: Record<string, string> = {
+  [POOL_LABEL]: 'the members of warm pools',
+  [DEPLOYMENT_LABEL]: 'the replicas of deployments',
+  [DEPLOYMENT_REVISION_LABEL]: 'the revision of a replica',
+};
 
 /**
  * A sandbox from a pool has its pool's image, resources and network: a
@@ -123,9 +123,9 @@ const RESERVED_LABELS = [
  */
 export function checkPoolCreateOptions(options: Record<string, unknown>): void {
   const labels = options.labels as Record<string, string> | undefined;
-  const reserved = labels ? RESERVED_LABELS.find((l) => l.label in labels) : undefined;
+  const reserved = labels ? RESERVED_LABELS.find((l) => l in labels) : undefined;
   if (reserved) {
-    throw new RoostError('INVALID_ARGUMENT', `labels: ${reserved.label} is reserved: it marks ${reserved.marks}`, {
+    throw new RoostError('INVALID_ARGUMENT', `labels: ${reserved} is reserved: it marks ${RESERVED_LABEL_MARKS[reserved]}`, {
       details: { field: 'labels' },
     });
   }

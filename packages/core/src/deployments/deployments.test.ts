@@ -127,6 +127,24 @@ describe('deployments on a fake VMM', () => {
     await expect(runtime.get(victim)).rejects.toMatchObject({ code: 'NOT_FOUND' });
   });
 
+  it('replaces a replica removed by hand; a fork of a replica is no replica', async () => {
+    await runtime.deployments.apply(base);
+    const before = await settled('web', 2);
+    const [gone, kept] = before.members.map((m) => m.id) as [string, string];
+    await (await runtime.get(gone)).remove({ force: true });
+    await until(async () => {
+      const info = await runtime.deployments.get('web');
+      return !info.members.some((m) => m.id === gone) && info.healthyReplicas === 2 && info.members.length === 2;
+    });
+    expect((await events(['replica.replaced'])).map((e) => e.data)).toEqual([expect.objectContaining({ replaced: gone, reason: 'its sandbox was removed' })]);
+
+    const [copy] = await (await runtime.get(kept)).fork({ labels: undefined });
+    expect(copy!.info.labels).toEqual({});
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await runtime.deployments.get('web')).members).toHaveLength(2);
+    await copy!.remove({ force: true });
+  });
+
   it('replaces a replica that fails its exec health check past its retries', async () => {
     await runtime.deployments.apply({ ...base, health: { exec: ['check'], intervalMs: 100, retries: 2 } });
     const before = await settled('web', 2);

@@ -424,7 +424,18 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
 
     // What is observed: gone replicas go, new ones are adopted.
     const removals: Promise<void>[] = [];
-    for (const s of this.#members(name)) {
+    const members = this.#members(name);
+    const present = new Set(members.map((s) => s.id));
+    for (const r of [...st.replicas.values()]) {
+      if (present.has(r.sandbox.id) || r.state === 'removing') continue;
+      // Removed by someone else (`roost rm`): replaced.
+      r.stopTimers();
+      r.run++;
+      st.replicas.delete(r.sandbox.id);
+      st.replaced.push({ id: r.sandbox.id, reason: 'its sandbox was removed' });
+      this.#updateBackends(st);
+    }
+    for (const s of members) {
       const r = st.replicas.get(s.id);
       if (s.status === 'stopped' || s.status === 'failed') {
         if (r?.state !== 'removing') removals.push(this.#retire(st, s, r, `its VM ${s.status === 'failed' ? 'failed' : 'stopped'}`, true));

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
+import { userLabels, type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { abortError, diskFullError, rethrowDiskFull, RoostError } from '../errors.js';
@@ -72,7 +72,8 @@ export async function forkFrom<S extends { remove(options: { force: boolean }): 
     Array.from({ length: count }, () =>
       deps.create({
         snapshot: rec.id,
-        labels: options.labels ?? source.labels,
+        // Not the source's pool or deployment: a copy is nobody's member or replica.
+        labels: options.labels ?? userLabels(source.labels),
         detached,
         // Copies that end with their owner end as their source would.
         ...(!detached && source.autoRemove ? { autoRemove: true } : {}),
