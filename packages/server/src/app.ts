@@ -24,6 +24,7 @@ import { sandboxRoutes } from './sandboxes.js';
 import { SessionRegistry } from './session-registry.js';
 import { sessionRoutes } from './sessions.js';
 import { poolRoutes } from './pools.js';
+import { deploymentRoutes } from './deployments.js';
 import { snapshotRoutes } from './snapshots.js';
 import { volumeRoutes } from './volumes.js';
 
@@ -198,6 +199,7 @@ export function createApp(options: AppOptions): RoostHono {
   volumeRoutes(app, ctx);
   snapshotRoutes(app, ctx);
   poolRoutes(app, ctx);
+  deploymentRoutes(app, ctx);
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
   doctorRoutes(app, ctx);

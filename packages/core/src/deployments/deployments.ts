@@ -66,8 +66,8 @@ export interface DeploymentHost<S extends DeploymentMember> {
   sandboxes(): Iterable<S>;
 }
 
-/** How long one replica's create may take (an image pull or a template's first build included). */
-const CREATE_TIMEOUT_MS = 300_000;
+/** How long one replica's boot may take (its image pull comes before, bounded by the deployment's removal or the runtime's close). */
+const CREATE_TIMEOUT_MS = 60_000;
 /** Replicas one reconcile creates at once; more are made by the next reconcile, at once. */
 const PARALLEL_CREATES = 4;
 /** How long a replica taken out of a service port may keep its open connections before it is removed. */
