@@ -106,6 +106,8 @@ export const DeploymentSpecSchema = z
     workingDir: z.string().startsWith('/', 'must be an absolute path').optional(),
     user: z.string().min(1).optional(),
     ports: z.array(ServicePortSchema).max(MAX_SERVICE_PORTS).default([]),
+    /** How a service port picks the healthy replica of a new connection: in turn, or the one with the fewest open connections. */
+    balance: z.enum(['round-robin', 'least-connections']).default('round-robin'),
     health: HealthCheckSchema.optional(),
     restart: RestartPolicySchema.default('always'),
     update: UpdateStrategySchema.default({ maxSurge: 1, maxUnavailable: 0 }),

@@ -126,6 +126,11 @@ export class ServiceBalancer {
     this.#members.delete(id);
   }
 
+  /** Changes how new connections pick their replica (connections open keep theirs). */
+  setStrategy(strategy: BalanceStrategy): void {
+    this.#options.strategy = strategy;
+  }
+
   stats(): BalancerStats {
     const open: Record<string, number> = {};
     const served: Record<string, number> = {};

@@ -733,7 +733,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
 
   /** Binds the spec's service ports (see ServicePorts.sync), keeping the host ports chosen in the row. */
   async #syncPorts(st: DeploymentState<S>, spec: DeploymentSpec, chosen: Record<string, number>): Promise<void> {
-    const picked = await st.ports.sync(spec.ports, chosen);
+    const picked = await st.ports.sync(spec.ports, chosen, spec.balance);
     if (JSON.stringify(picked) !== JSON.stringify(chosen) && this.#store.get(st.name)) this.#store.setChosenPorts(st.name, picked);
     this.#updateBackends(st);
   }

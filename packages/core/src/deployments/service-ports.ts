@@ -1,6 +1,6 @@
 import { normalizePortSpec, type DeploymentSpec, type ServicePortBinding } from '@roost/api';
 import { PassThrough, type Duplex } from 'node:stream';
-import { ServiceBalancer } from './balancer.js';
+import { ServiceBalancer, type BalanceStrategy } from './balancer.js';
 
 /** A spec's service port as written (`127.0.0.1:8080:8000`, or a mapping). */
 type SpecPort = DeploymentSpec['ports'][number];
@@ -53,14 +53,15 @@ export class ServicePorts {
    * for the one in `chosen` first. Returns the host ports chosen now, by
    * spec key.
    */
-  sync(ports: readonly SpecPort[], chosen: Record<string, number>): Promise<Record<string, number>> {
+  sync(ports: readonly SpecPort[], chosen: Record<string, number>, strategy: BalanceStrategy = 'round-robin'): Promise<Record<string, number>> {
     const run = this.#lock.then(async () => {
+      for (const p of this.#ports.values()) p.balancer.setStrategy(strategy);
       const wanted = new Map(ports.map((p) => [portKey(p), normalizePortSpec(p)]));
       const opened: string[] = [];
       try {
         for (const [key, m] of wanted) {
           if (this.#ports.has(key)) continue;
-          const { balancer, port } = await listen(m.hostIp, m.hostPort, m.hostPort === 0 ? chosen[key] : undefined);
+          const { balancer, port } = await listen(m.hostIp, m.hostPort, m.hostPort === 0 ? chosen[key] : undefined, strategy);
           this.#ports.set(key, { balancer, binding: { hostIp: m.hostIp, hostPort: port, guestPort: m.guestPort, spec: key } });
           opened.push(key);
         }
@@ -116,16 +117,21 @@ export class ServicePorts {
 }
 
 /** A listening balancer on `hostIp:hostPort`; for port 0, the port chosen before (`previous`) when it is free, else any. */
-async function listen(hostIp: string, hostPort: number, previous: number | undefined): Promise<{ balancer: ServiceBalancer; port: number }> {
+async function listen(
+  hostIp: string,
+  hostPort: number,
+  previous: number | undefined,
+  strategy: BalanceStrategy,
+): Promise<{ balancer: ServiceBalancer; port: number }> {
   if (hostPort === 0 && previous) {
-    const b = new ServiceBalancer({ host: hostIp, port: previous });
+    const b = new ServiceBalancer({ host: hostIp, port: previous, strategy });
     try {
       return { balancer: b, port: (await b.listen()).port };
     } catch {
       // Taken meanwhile: another is chosen.
     }
   }
-  const b = new ServiceBalancer({ host: hostIp, port: hostPort });
+  const b = new ServiceBalancer({ host: hostIp, port: hostPort, strategy });
   return { balancer: b, port: (await b.listen()).port };
 }
 
