@@ -29,7 +29,7 @@
 
 #define DEFAULT_PORT "roost.agent"
 
-bool root_requested, root_ok;
+bool root_requested, root_ok, root_on_disk;
 char root_err[1024];
 int devnull_fd = -1;
 static int sig_fd = -1;
@@ -192,13 +192,19 @@ static void setup_root(const char *dev, const char *fstype, const char *disk)
 		return;
 	}
 	root_ok = true;
+	root_on_disk = disk != NULL;
+	root_mount_extras();
+}
+
+void root_mount_extras(void)
+{
 	const unsigned long nosuid_nodev = MS_NOSUID | MS_NODEV;
 	do_mount("proc", CMD_ROOT "/proc", "proc", nosuid_nodev | MS_NOEXEC, NULL, false);
 	do_mount("sysfs", CMD_ROOT "/sys", "sysfs", nosuid_nodev | MS_NOEXEC, NULL, false);
 	/* The agent's /dev with its devpts and shm, so PTYs allocated by the
 	 * agent have the same names inside the root. */
 	do_mount("/dev", CMD_ROOT "/dev", NULL, MS_BIND | MS_REC, NULL, false);
-	if (disk) {
+	if (root_on_disk) {
 		/* /tmp and /run stay on the disk, as in a container: large
 		 * temporary files must not eat guest memory. */
 		if (mkdir(CMD_ROOT "/tmp", 01777) == 0)

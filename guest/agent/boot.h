@@ -11,6 +11,11 @@
  * CMD_ROOT. When requested but not ok, root_err says why. */
 extern bool root_requested, root_ok;
 extern char root_err[1024];
+/* The root's upper layer is on the sandbox's disk (else on a tmpfs). */
+extern bool root_on_disk;
+/* Mounts what a command root has below CMD_ROOT (proc, sys, the agent's /dev,
+ * and without a disk a tmpfs /tmp and /run); again after a layer commit. */
+void root_mount_extras(void);
 /* /dev/null, O_RDWR, for commands without stdin. */
 extern int devnull_fd;
 

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 /* What this agent announces in HELLO's CAPABILITIES. */
-#define AGENT_CAPABILITIES (ROOST_CAP_FREEZE | ROOST_CAP_CALL | ROOST_CAP_NET)
+#define AGENT_CAPABILITIES (ROOST_CAP_FREEZE | ROOST_CAP_CALL | ROOST_CAP_NET | ROOST_CAP_LAYERS)
 
 /* The current session (one per HELLO). */
 struct session {

@@ -1320,8 +1320,14 @@ static const struct {
 	unsigned nargs;
 } op_table[] = {
 	{"read", 1},   {"write", 1}, {"stat", 1},    {"list", 1},    {"mkdir", 1}, {"remove", 1},
-	{"rename", 2}, {"watch", 1}, {"archive", 1}, {"extract", 1}, {"mount", 2},
+	{"rename", 2}, {"watch", 1}, {"archive", 1}, {"extract", 1}, {"mount", 2}, {"commit", 0},
 };
+
+bool fop_outside_root(const struct fop_req *r)
+{
+	return r->op != NULL && (strcmp(r->op, "commit") == 0 ||
+				 (strcmp(r->op, "archive") == 0 && (r->flags & FOP_LAYER)));
+}
 
 int fop_check(const struct fop_req *r, char *msg, size_t msglen)
 {
@@ -1380,7 +1386,8 @@ int fop_run(const struct fop_req *r)
 	} else if (fop_check(r, msg, sizeof msg) < 0) {
 		fop_fail(c.err, EINVAL, r->nargs ? r->args[0] : "", msg);
 	} else {
-		const char *a = r->args[0], *b = r->nargs > 1 ? r->args[1] : NULL;
+		const char *a = r->nargs > 0 ? r->args[0] : "",
+			   *b = r->nargs > 1 ? r->args[1] : NULL;
 		const char *op = r->op;
 		if (strcmp(op, "read") == 0)
 			rc = op_read(&c, a);
@@ -1398,8 +1405,17 @@ int fop_run(const struct fop_req *r)
 			rc = op_rename(&c, a, b);
 		else if (strcmp(op, "watch") == 0)
 			rc = op_watch(&c, a);
-		else if (strcmp(op, "archive") == 0)
-			rc = tar_archive(1, a, c.err);
+		else if (strcmp(op, "archive") == 0 && (r->flags & FOP_LAYER)) {
+			char layer[PATH_MAX];
+			if (!r->is_root)
+				rc = fop_fail(c.err, EPERM, a, "archive of a layer (root only)");
+			else if (layer_path(a, layer, sizeof layer, c.err) == 0)
+				rc = tar_archive(1, layer, true, c.err);
+		} else if (strcmp(op, "archive") == 0)
+			rc = tar_archive(1, a, false, c.err);
+		else if (strcmp(op, "commit") == 0)
+			rc = r->is_root ? layer_commit(1, r->remount_root, c.err)
+					: fop_fail(c.err, EPERM, "", "commit (root only)");
 		else if (strcmp(op, "extract") == 0)
 			rc = tar_extract(0, a, r->flags, r->is_root, c.err);
 		else if (strcmp(op, "mount") == 0)

@@ -21,6 +21,7 @@
 #define FOP_NO_REPLACE 0x4u
 #define FOP_FOLLOW     0x8u
 #define FOP_READ_ONLY  0x10u
+#define FOP_LAYER      0x20u /* archive: the operand is a sealed layer's number (root only) */
 
 /* watch EVENT values. */
 enum fop_event {
@@ -48,6 +49,9 @@ struct fop_req {
 	bool has_size;
 	uint64_t size; /* write */
 	bool is_root;  /* the effective uid is 0 */
+	/* Mounts the command root's proc, sys and /dev again (commit); NULL
+	 * when there is no command root. */
+	void (*remount_root)(void);
 };
 
 /* The failure of an operation: becomes the error record on fd 2. */
@@ -81,7 +85,19 @@ int fop_run(const struct fop_req *r);
 /* Writes a POSIX pax tar stream of `path` to out_fd, entries named
  * basename(path)[/...]. Does not follow symlinks (a symlink `path` is stored
  * as a link). 0, or -1 with *err filled. */
-int tar_archive(int out_fd, const char *path, struct fop_err *err);
+int tar_archive(int out_fd, const char *path, bool xattrs, struct fop_err *err);
+
+/* `commit` (layer.c): seals the command root's upper layer and starts a new
+ * one (`remount`: r->remount_root); writes the sealed layer's number to out_fd. Root only, not chrooted.
+ * 0, or -1 with *err filled. */
+int layer_commit(int out_fd, void (*remount)(void), struct fop_err *err);
+
+/* The directory of sealed layer `operand` (a decimal number), as a path
+ * ending in "/." for `archive`. 0, or -1 with *err filled. */
+int layer_path(const char *operand, char *out, size_t size, struct fop_err *err);
+
+/* The call runs outside the command root (commit, and archive of a layer). */
+bool fop_outside_root(const struct fop_req *r);
 
 /* Extracts a tar stream read from in_fd below `dir` (FOP_PARENTS: create
  * `dir` and its parents first). as_root: restore owners, devices,

@@ -43,6 +43,7 @@
 #define ROOST_CAP_FREEZE 0x1u /* FREEZE and THAW */
 #define ROOST_CAP_CALL   0x2u /* CALL: the built-in file operations */
 #define ROOST_CAP_NET    0x4u /* NET in HELLO: eth0's configuration */
+#define ROOST_CAP_LAYERS 0x8u /* CALL commit, archive LAYER: an image builder's layers */
 
 /* Message types. */
 enum roost_type {

@@ -555,6 +555,7 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 		call.depth = r.depth;
 		call.has_size = r.has_size;
 		call.size = r.size;
+		call.remount_root = root_ok ? root_mount_extras : NULL;
 	} else {
 		if (!env_has(envp, ne, "PATH")) {
 			char *s = arena + ao;
@@ -583,7 +584,7 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 		.envp = envp,
 		.path = path,
 		.cwd = cwd,
-		.root = root_ok ? CMD_ROOT : NULL,
+		.root = root_ok && !(is_call && fop_outside_root(&call)) ? CMD_ROOT : NULL,
 		.user = user,
 		.pty = r.pty != 0,
 		.slave = -1,

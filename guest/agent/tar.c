@@ -35,6 +35,10 @@
  *  - Deep trees hold one directory fd per level, so a tree deeper than the
  *    fd limit allows fails with EMFILE.
  *  - The stream ends with two zero blocks (no padding to a 10 KiB record).
+ *  - With `xattrs` (an image builder's layer), the extended attributes of
+ *    directories and regular files are stored as pax SCHILY.xattr.<name>
+ *    records, names sorted; overlayfs' own (trusted.overlay.*) included,
+ *    for the host to turn into OCI's opaque-directory markers.
  *
  * Cancellation (both): fop_cancelled is checked per entry and per 64 KiB
  * chunk. The pipe to or from the host (out_fd, in_fd) is switched to
@@ -117,6 +121,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -281,6 +286,8 @@ struct tw {
 	size_t nlinks, linkcap; /* linkcap: 0 or a power of two */
 	char *pax;
 	size_t paxlen, paxcap;
+	bool xattrs; /* store extended attributes (SCHILY.xattr.*) */
+	int xfd;     /* the open directory or file of the entry emitted next, or -1 */
 };
 
 /* Fails naming the current entry as the host would. */
@@ -484,6 +491,68 @@ static int pax_add_num(struct tw *t, const char *key, long long v, bool is_signe
 	return pax_add(t, key, s, (size_t)k);
 }
 
+#ifndef XATTR_SIZE_MAX
+#define XATTR_SIZE_MAX 65536
+#endif
+#ifndef XATTR_NAME_MAX
+#define XATTR_NAME_MAX 255
+#endif
+
+static int cmp_strs(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Adds the extended attributes of the open fd as pax SCHILY.xattr.<name>
+ * records, names sorted (the order listxattr gives depends on the
+ * filesystem), as GNU tar and Docker write them. */
+static int pax_xattrs(struct tw *t, int fd)
+{
+	ssize_t len = flistxattr(fd, NULL, 0);
+	if (len <= 0)
+		return len == 0 || errno == ENOTSUP ? 0 : tw_fail(t, errno, "listing attributes");
+	char *names = malloc((size_t)len);
+	const char **v = NULL;
+	char *val = NULL;
+	int rc = -1;
+	if (names == NULL || (len = flistxattr(fd, names, (size_t)len)) < 0) {
+		rc = tw_fail(t, names == NULL ? ENOMEM : errno, "listing attributes");
+		goto out;
+	}
+	size_t n = 0;
+	for (ssize_t i = 0; i < len; i += (ssize_t)strlen(names + i) + 1)
+		n++;
+	v = calloc(n ? n : 1, sizeof *v);
+	val = malloc(XATTR_SIZE_MAX);
+	if (v == NULL || val == NULL) {
+		rc = tw_fail(t, ENOMEM, "reading attributes");
+		goto out;
+	}
+	n = 0;
+	for (ssize_t i = 0; i < len; i += (ssize_t)strlen(names + i) + 1)
+		v[n++] = names + i;
+	qsort(v, n, sizeof *v, cmp_strs);
+	for (size_t i = 0; i < n; i++) {
+		ssize_t vl = fgetxattr(fd, v[i], val, XATTR_SIZE_MAX);
+		if (vl < 0) {
+			if (errno == ENODATA)
+				continue; /* removed meanwhile */
+			rc = tw_fail(t, errno, "reading attributes");
+			goto out;
+		}
+		char key[XATTR_NAME_MAX + 32];
+		snprintf(key, sizeof key, "SCHILY.xattr.%s", v[i]);
+		if (pax_add(t, key, val, (size_t)vl) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	free(val);
+	free(v);
+	free(names);
+	return rc;
+}
+
 static void set_checksum(unsigned char *h)
 {
 	memset(h + H_CHKSUM, ' ', 8);
@@ -530,6 +599,10 @@ static int emit_header(struct tw *t, const struct hdr_info *hi)
 	bool pax_mtime;
 	fill_ustar(h, hi, &pax_mtime);
 	t->paxlen = 0;
+	int xfd = t->xfd;
+	t->xfd = -1;
+	if (t->xattrs && xfd >= 0 && hi->type != '1' && pax_xattrs(t, xfd) < 0)
+		return -1;
 
 	/* name, or prefix + '/' + name, or pax path */
 	if (hi->namelen <= 100) {
@@ -707,6 +780,7 @@ static int arch_dir(struct tw *t, int dfd, const struct stat *st)
 		return -1;
 	info_from_stat(&hi, st, t);
 	hi.type = '5';
+	t->xfd = dfd;
 	int rc = emit_header(t, &hi);
 	t->namelen = saved;
 	t->name[saved] = '\0';
@@ -886,6 +960,7 @@ static int arch_entry(struct tw *t, int dirfd, const char *nm, bool top)
 		info_from_stat(&hi, &fst, t);
 		hi.type = '0';
 		hi.size = (uint64_t)fst.st_size;
+		t->xfd = fd;
 		if (hi.size == 0) {
 			int rc = arch_unsized(t, fd, &hi, top);
 			close(fd);
@@ -952,9 +1027,9 @@ static int top_name(const char *path, size_t trimmed, char **out)
 	return *out ? 0 : -1;
 }
 
-int tar_archive(int out_fd, const char *path, struct fop_err *err)
+int tar_archive(int out_fd, const char *path, bool xattrs, struct fop_err *err)
 {
-	struct tw t = {.fd = out_fd, .err = err, .hostpath = path};
+	struct tw t = {.fd = out_fd, .err = err, .hostpath = path, .xattrs = xattrs, .xfd = -1};
 	int rc = -1, out_flags = -1;
 	size_t pl = strlen(path);
 	size_t trimmed = pl;

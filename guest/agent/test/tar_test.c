@@ -146,7 +146,7 @@ static int archive_to(const char *path, const char *out, struct fop_err *err)
 {
 	int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	must(fd, out);
-	int rc = tar_archive(fd, path, err);
+	int rc = tar_archive(fd, path, false, err);
 	close(fd);
 	return rc;
 }
@@ -607,7 +607,7 @@ static void test_round_trip(void)
 	must(getcwd(cwd, sizeof cwd) ? 0 : -1, "getcwd");
 	must(chdir(top), "chdir");
 	int fd = open(P("rt/f.tar"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	rc = tar_archive(fd, ".", &err);
+	rc = tar_archive(fd, ".", false, &err);
 	close(fd);
 	must(chdir(cwd), "chdir");
 	CHECK_OK(rc, err);
@@ -637,7 +637,7 @@ static void test_root_path(void)
 		struct fop_err err = {0};
 		if (chroot(r) < 0 || chdir("/") < 0)
 			_exit(3);
-		_exit(tar_archive(out, "/", &err) == 0 ? 0 : 1);
+		_exit(tar_archive(out, "/", false, &err) == 0 ? 0 : 1);
 	}
 	close(out);
 	int st;
@@ -780,6 +780,49 @@ static void test_archive_to_gnu_tar(void)
 	rm_rf(P("g2"));
 }
 
+/* With xattrs: user.* attributes of files and directories become pax
+ * SCHILY.xattr records, which GNU tar reads back. */
+static void test_xattrs(void)
+{
+	must(mkdir(P("xa"), 0755), "mkdir");
+	PKEEP(top, "xa/top");
+	must(mkdir(top, 0755), "mkdir");
+	write_file(P("xa/top/f"), "x\n", 2, 0644);
+	if (setxattr(P("xa/top/f"), "user.b", "2", 1, 0) < 0 ||
+	    setxattr(P("xa/top/f"), "user.a", "one", 3, 0) < 0 ||
+	    setxattr(top, "user.dir", "d", 1, 0) < 0) {
+		fprintf(stderr, "tar_test: no user xattrs on %s: xattr test skipped\n", top);
+		rm_rf(P("xa"));
+		return;
+	}
+	struct fop_err err = {0};
+	int fd = open(P("xa/a.tar"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	must(fd, "open");
+	int rc = tar_archive(fd, top, true, &err);
+	close(fd);
+	CHECK_OK(rc, err);
+	/* Sorted by name: user.a before user.b. */
+	CHECK(sh("grep -aq 'SCHILY.xattr.user.a=one' '%s'", P("xa/a.tar")) == 0);
+	CHECK(sh("grep -ao 'SCHILY.xattr.user.[ab]' '%s' | tr '\\n' ' ' | grep -q 'user.a SCHILY.xattr.user.b'",
+		 P("xa/a.tar")) == 0);
+	CHECK(sh("grep -aq 'SCHILY.xattr.user.dir=d' '%s'", P("xa/a.tar")) == 0);
+	/* Without the flag: none. */
+	fd = open(P("xa/b.tar"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	rc = tar_archive(fd, top, false, &err);
+	close(fd);
+	CHECK_OK(rc, err);
+	CHECK(sh("grep -aq SCHILY '%s'", P("xa/b.tar")) != 0);
+	if (have_gnu_tar) {
+		must(mkdir(P("xa/out"), 0755), "mkdir");
+		CHECK(sh("tar --xattrs --xattrs-include='user.*' -C '%s' -xf '%s' 2>&1",
+			 P("xa/out"), P("xa/a.tar")) == 0);
+		char v[8] = {0};
+		CHECK(getxattr(P("xa/out/top/f"), "user.a", v, sizeof v - 1) == 3 &&
+		      strcmp(v, "one") == 0);
+	}
+	rm_rf(P("xa"));
+}
+
 /* The headers of a file >= 8 GiB (sparse) and huge ids: a pax 'x' header. */
 static void test_big_headers(void)
 {
@@ -871,7 +914,7 @@ static void test_big_file(void)
 	if (pid == 0) {
 		close(p[0]);
 		struct fop_err err;
-		_exit(tar_archive(p[1], f, &err) == 0 ? 0 : 1);
+		_exit(tar_archive(p[1], f, false, &err) == 0 ? 0 : 1);
 	}
 	close(p[1]);
 	static unsigned char b[1 << 20];
@@ -991,7 +1034,7 @@ static void test_unreadable(void)
 			int out = open("/dev/null", O_WRONLY);
 			if (setgid(65534) < 0 || setuid(65534) < 0)
 				_exit(3);
-			int rc = tar_archive(out, P("ur/top"), &err);
+			int rc = tar_archive(out, P("ur/top"), false, &err);
 			if (write(p[1], &err, sizeof err) != (ssize_t)sizeof err)
 				_exit(4);
 			_exit(rc == 0 ? 0 : 1);
@@ -1450,7 +1493,7 @@ static void test_cancel(void)
 		close(r[0]);
 		install_term();
 		struct fop_err e2 = {0};
-		rc = tar_archive(p[1], P("cbig"), &e2);
+		rc = tar_archive(p[1], P("cbig"), false, &e2);
 		if (write(r[1], &e2, sizeof e2) != (ssize_t)sizeof e2)
 			_exit(4);
 		_exit(rc == 0 ? 0 : 1);
@@ -1544,6 +1587,7 @@ int main(void)
 	test_gnu_tar_to_extract();
 	test_gnu_sparse_refused();
 	test_archive_to_gnu_tar();
+	test_xattrs();
 	test_unsized_files();
 	test_unreadable();
 	test_extract_as_user();

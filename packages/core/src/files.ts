@@ -229,6 +229,33 @@ export class Files implements FilesApi {
     return this.#stream(await this.#start('archive', [path], opts, { window: STREAM_WINDOW }), limit, path);
   }
 
+  /**
+   * @internal An image builder's step boundary: the agent ends the command
+   * root's processes and seals its changes so far as a layer (docs/PROTOCOL.md,
+   * `commit`). Resolves to the layer's number. AGENT when the agent does not
+   * serve layers (a sandbox booted with an older agent).
+   */
+  async _commitLayer(options: { signal?: AbortSignal } = {}): Promise<number> {
+    const conn = await this.connection();
+    if (!conn.supports('LAYERS'))
+      throw new RoostError('AGENT', 'the guest agent does not serve layers (commit): boot the sandbox with the agent `roost setup` built');
+    const { call, what } = await this.#start('commit', [], { user: '0', ...options });
+    const text = Buffer.from(await gather(call, 64, () => new RoostError('AGENT', `${what}: the guest agent sent more than a layer number`))).toString('utf8');
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 1)
+      throw new RoostError('AGENT', `${what}: the guest agent answered ${JSON.stringify(text.slice(0, 20))}, not a layer number`);
+    return n;
+  }
+
+  /** @internal The changes of sealed layer `n` as a tar stream with extended attributes (overlayfs whiteouts and opaque markers as they are). */
+  async _readLayer(n: number, options: { signal?: AbortSignal } = {}): Promise<AsyncIterable<Uint8Array>> {
+    return this.#stream(
+      await this.#start('archive', [String(n)], { user: '0', ...options }, { window: STREAM_WINDOW, flags: CallFlags.LAYER }),
+      Infinity,
+      `layer ${n}`,
+    );
+  }
+
   /** The bound of one read: the caller's, else the sandbox's (its disk size), else none. */
   #limit(maxBytes: number | undefined): number {
     return maxBytes ?? this.defaults().maxBytes ?? Infinity;

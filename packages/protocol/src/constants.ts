@@ -109,6 +109,8 @@ export const CallFlags = {
   FOLLOW: 0x8,
   /** `mount`: mount read-only. */
   READ_ONLY: 0x10,
+  /** `archive`: the operand is the number of a layer `commit` sealed; the archive keeps extended attributes (root only). */
+  LAYER: 0x20,
 } as const;
 
 /** `EVENT` values of `watch` records. */
@@ -150,6 +152,8 @@ export const Capability = {
   CALL: 0x2,
   /** NET in HELLO: the agent configures eth0. */
   NET: 0x4,
+  /** CALL `commit` and `archive` with LAYER: an image builder reads each step's changes as a layer. */
+  LAYERS: 0x8,
 } as const;
 export type CapabilityName = keyof typeof Capability;
 
