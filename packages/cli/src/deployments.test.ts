@@ -108,7 +108,7 @@ describe('roost deployments output', () => {
     expect(text).toMatch(/\nReplicas: +2 wanted: 2 existing, 1 healthy, 1 up to date\n/);
     expect(text).toMatch(/\nCommand: +httpd -f -p 8000 -h '\/srv\/my www'\n/);
     expect(text).toMatch(/\nSandbox: +image alpine:3\.20, 512 MiB\n/);
-    expect(text).toMatch(/\nPorts: +127\.0\.0\.1:8080 -> 8000, 127\.0\.0\.1:\(any free port\) -> 9000\n/);
+    expect(text).toMatch(/\nPorts: +127\.0\.0\.1:8080 -> 8000, 127\.0\.0\.1:\(any free port\) -> 9000 \(round-robin\)\n/);
     expect(text).toMatch(/\nHealth: +http :8000\/ every 5000 ms \(timeout 2000 ms, unhealthy after 3 failures\)\n/);
     expect(text).toMatch(/\nUpdate: +maxSurge 1, maxUnavailable 0\n/);
     expect(text).toMatch(/\nRollback: +possible/);

@@ -329,7 +329,7 @@ export function describeDeployment(d: DeploymentInfo): string {
     ...(s.workingDir !== undefined ? [['Working dir', s.workingDir] as [string, string]] : []),
     ...(s.user !== undefined ? [['User', s.user] as [string, string]] : []),
     ['Sandbox', sandboxText(s.sandbox)],
-    ['Ports', d.ports.map(formatServicePort).join(', ') || '-'],
+    ['Ports', d.ports.length ? `${d.ports.map(formatServicePort).join(', ')} (${s.balance})` : '-'],
     ['Health', healthText(s.health)],
     ['Restart', s.restart],
     ['Update', `maxSurge ${s.update.maxSurge}, maxUnavailable ${s.update.maxUnavailable}`],

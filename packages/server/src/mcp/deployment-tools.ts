@@ -24,7 +24,7 @@ export const DeploymentToolInputs = {
   deployment_apply: z
     .object({
       spec: DeploymentSpecSchema.optional().describe(
-        'The deployment: name, replicas (default 1), sandbox (image, cpus, memoryMiB, env, ...), command (the long-running workload: argv or a shell line), ports (service ports, e.g. "127.0.0.1::8000"), health (http, tcp or exec), restart, update, labels.',
+        'The deployment: name, replicas (default 1), sandbox (image, cpus, memoryMiB, env, ...), command (the long-running workload: argv or a shell line), ports (service ports, e.g. "127.0.0.1::8000"), balance (round-robin or least-connections), health (http, tcp or exec), restart, update, labels.',
       ),
       yaml: z.string().min(1).optional().describe('The same spec as YAML (or JSON) text, as in a `roost deploy -f` file; errors name its line.'),
     })
