@@ -1,7 +1,7 @@
-import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, eventually, httpGet, qemusOf, runRoost, TestHome, type CliResult } from './helpers.js';
+import { alive, endProcess, eventually, httpGet, qemusOf, runRoost, servesOf, startedDaemonPid, TestHome, type CliResult } from './helpers.js';
 
 /*
  * The long-lived owner: `roost run -d` with published ports and no daemon
@@ -34,40 +34,11 @@ function newHome(): { home: TestHome; env: NodeJS.ProcessEnv } {
   return { home, env };
 }
 
-/** SIGTERM, then SIGKILL if it lingers: only for pids this file learned as its daemons. */
-async function endProcess(pid: number): Promise<void> {
-  if (!alive(pid)) return;
-  process.kill(pid, 'SIGTERM');
-  try {
-    await eventually(() => !alive(pid), 15_000, `daemon ${pid} gone`);
-  } catch {
-    process.kill(pid, 'SIGKILL');
-  }
-}
-
-const STARTED = /^roost: started a daemon for (\S+) \(pid (\d+), log (\S+)\); stop it with roost serve stop$/m;
-
 /** The pid of the daemon a CLI run says it started (remembered for the cleanup), or null. */
 function startedDaemon(r: CliResult): number | null {
-  const m = STARTED.exec(r.stderr);
-  if (!m) return null;
-  const pid = Number(m[2]);
-  daemons.add(pid);
+  const pid = startedDaemonPid(r.stderr);
+  if (pid !== null) daemons.add(pid);
   return pid;
-}
-
-/** `roost serve` processes of a home (a daemon started by the CLI works in the home's directory). */
-function servesOf(dir: string): number[] {
-  const pids: number[] = [];
-  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-      if (argv.includes('serve') && readlinkSync(`/proc/${p}/cwd`) === dir && alive(Number(p))) pids.push(Number(p));
-    } catch {
-      // gone, or not ours to read
-    }
-  }
-  return pids;
 }
 
 /** `run -d -p 127.0.0.1::8000` of busybox httpd serving `text`. */

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -106,6 +106,40 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** `roost serve` processes of a home (a daemon started by the CLI works in the home's directory). */
+export function servesOf(dir: string): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (argv.includes('serve') && readlinkSync(`/proc/${p}/cwd`) === dir && alive(Number(p))) pids.push(Number(p));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
+}
+
+/** SIGTERM, then SIGKILL if it lingers after 15 s: only for pids a test learned as its own daemons. */
+export async function endProcess(pid: number): Promise<void> {
+  if (!alive(pid)) return;
+  process.kill(pid, 'SIGTERM');
+  try {
+    await eventually(() => !alive(pid), 15_000, `daemon ${pid} gone`);
+  } catch {
+    process.kill(pid, 'SIGKILL');
+  }
+}
+
+/** The line a CLI command writes when it started a daemon for the home (`ensureDaemon`). */
+export const DAEMON_STARTED = /^roost: started a daemon for (\S+) \(pid (\d+), log (\S+)\); stop it with roost serve stop$/m;
+
+/** The pid of the daemon a CLI run's stderr says it started, or null. */
+export function startedDaemonPid(stderr: string): number | null {
+  const m = DAEMON_STARTED.exec(stderr);
+  return m ? Number(m[2]) : null;
 }
 
 /** Polls until `check` is true or `timeoutMs` passes. */

@@ -8,7 +8,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { Ajv } from 'ajv';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MCP_SESSION_LABEL, type SandboxInfo } from '@roost/api';
+import { MCP_SESSION_LABEL, type DeploymentInfo, type SandboxInfo } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { serve, type ServeHandle } from '@roost/server';
 import { buildBusyboxImage, startRegistry, type TestRegistry } from '@roost/testkit';
@@ -41,6 +41,12 @@ const TOOL_NAMES = [
   'sandbox_publish_port',
   'image_pull',
   'image_list',
+  'deployment_apply',
+  'deployment_list',
+  'deployment_get',
+  'deployment_scale',
+  'deployment_rollback',
+  'deployment_remove',
 ];
 
 const OUTPUT_LIMIT = 1024;
@@ -228,6 +234,28 @@ describe('MCP over Streamable HTTP (roost serve)', () => {
     expect(timedOut).toMatch(/--- stdout \(7 bytes\) ---\nbefore\n/);
     // The session goes on.
     expect(await call(client, 'sandbox_exec', { id, command: 'true' })).toMatchObject({ exitCode: 0 });
+  });
+
+  it('applies, lists, gets, scales, rolls back and removes a deployment (no replica: no VM), each result matching its output schema', async () => {
+    const applied = await call<DeploymentInfo>(client, 'deployment_apply', {
+      yaml: 'name: mcp-web\nreplicas: 0\ncommand: httpd -f -p 8000\nports: ["127.0.0.1::8000"]\nhealth:\n  http: { port: 8000 }\n',
+    });
+    expect(applied).toMatchObject({ name: 'mcp-web', generation: 1, spec: { replicas: 0, health: { http: { port: 8000, path: '/' } } } });
+    expect(applied.ports[0]!.hostPort).toBeGreaterThan(0);
+    expect((await call<{ deployments: DeploymentInfo[] }>(client, 'deployment_list')).deployments.map((d) => d.name)).toEqual(['mcp-web']);
+    expect(await failure(client, 'deployment_rollback', { name: 'mcp-web' })).toMatch(/^INVALID_STATE: /);
+    await call(client, 'deployment_apply', { spec: { name: 'mcp-web', replicas: 0, command: 'httpd -f -p 8001', ports: ['127.0.0.1::8000'] } });
+    expect(await call<DeploymentInfo>(client, 'deployment_rollback', { name: 'mcp-web' })).toMatchObject({
+      generation: 3,
+      spec: { command: 'httpd -f -p 8000' },
+    });
+    expect(await call<DeploymentInfo>(client, 'deployment_scale', { name: 'mcp-web', replicas: 0 })).toMatchObject({ generation: 3 });
+    expect(await call<DeploymentInfo>(client, 'deployment_get', { name: 'mcp-web' })).toMatchObject({ canRollback: true, ports: applied.ports });
+    expect(await failure(client, 'deployment_apply', { yaml: 'name: x\ncommand: true\nreplicas: 65\n' })).toMatch(/\nyaml:3: replicas: /);
+    expect(await call(client, 'deployment_remove', { name: 'mcp-web' })).toEqual({ name: 'mcp-web', removed: true });
+    expect(await failure(client, 'deployment_get', { name: 'mcp-web' })).toMatch(/^NOT_FOUND: no deployment mcp-web/);
+    // Deployments are no session's: the REST face sees what the tools did.
+    expect(await rest.deployments.list()).toEqual([]);
   });
 
   it('snapshots, forks, pauses, resumes, publishes a port, reads logs and lists; resources name the live sandboxes', async () => {

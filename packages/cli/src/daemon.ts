@@ -106,7 +106,7 @@ export interface EnsuredDaemon {
 
 /**
  * Makes sure a daemon owns `home`, so that what a command leaves behind
- * (`reason`: "published ports", later deployments and pools) keeps being
+ * (`reason`: "published ports", "deployment web", "warm pool py") keeps being
  * served after the command exits. A daemon answering on the home's socket is
  * used as it is. Else `roost serve` is started for the home in the
  * background, in a session of its own (the terminal closing does not end
@@ -286,11 +286,21 @@ export async function daemonStatus(home: string): Promise<DaemonStatus> {
 /**
  * What the daemon keeps that ends with it, and that `roost serve stop`
  * refuses to end without --force: its deployments and warm pools, as
- * "deployment web", "pool py" (issue 19). Pools of size 0 need no owner
- * and are not counted; deployments do not exist yet.
+ * "deployment web", "pool py" (issue 19). Every deployment counts (its
+ * replicas' workloads and its service ports are the daemon's, even at 0
+ * replicas its ports are served); pools of size 0 need no owner and are
+ * not counted.
  */
 export async function workloadsKeptBy(client: RoostClient): Promise<string[]> {
-  return (await client.pools.list()).filter((p) => p.size > 0).map((p) => `pool ${p.name}`);
+  const [deployments, pools] = await Promise.all([
+    // A daemon of a Roost without deployments answers 404 (no route): it keeps none.
+    client.deployments.list().catch((e: unknown) => {
+      if (isRoostError(e, 'NOT_FOUND')) return [];
+      throw e;
+    }),
+    client.pools.list(),
+  ]);
+  return [...deployments.map((d) => `deployment ${d.name}`), ...pools.filter((p) => p.size > 0).map((p) => `pool ${p.name}`)];
 }
 
 /** What `stopDaemon` did. */

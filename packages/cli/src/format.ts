@@ -1,3 +1,5 @@
+import { EVENT_TYPES, type RoostEvent } from '@roost/api';
+
 /** A plain text table: a header row and left-aligned columns two spaces apart. */
 export function formatTable(head: string[], body: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => (r[i] ?? '').length)));
@@ -32,4 +34,16 @@ export function bytes(n: number): string {
     u++;
   }
   return `${u === 0 ? v : v.toFixed(v < 10 ? 2 : 1)}${units[u]}`;
+}
+
+/** The width of the type column of events: the longest type (`deployment.rolledback`). */
+const EVENT_TYPE_WIDTH = Math.max(...EVENT_TYPES.map((t) => t.length));
+
+/** One event as `roost events` prints it: time, id, type, its sandbox (or image), then its data as key=value. */
+export function describeEvent(e: RoostEvent): string {
+  const subject = e.sandboxId ?? e.imageId?.replace(/^sha256:/, '').slice(0, 12) ?? '-';
+  const data = Object.entries(e.data ?? {})
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
+  return `${e.time}  ${String(e.id).padStart(6)}  ${e.type.padEnd(EVENT_TYPE_WIDTH)}  ${subject}${data ? `  ${data}` : ''}\n`;
 }

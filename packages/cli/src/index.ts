@@ -12,7 +12,6 @@ import {
   type ListFilter,
   type NetworkStats,
   type PullPolicy,
-  type RoostEvent,
   type RunOptions,
   type SandboxApi,
   type SandboxInfo,
@@ -30,8 +29,9 @@ import { addMcpCommand } from './mcp.js';
 import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
 import { addPoolCommands } from './pools.js';
+import { addDeploymentCommands } from './deployments.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
-import { ago, formatTable } from './format.js';
+import { ago, describeEvent, formatTable } from './format.js';
 import { guardOutput, Interrupted, Lifetime } from './lifetime.js';
 import { int, parsePairs } from './args.js';
 import {
@@ -402,6 +402,7 @@ export async function main(argv: string[]): Promise<number> {
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
   addPoolCommands(program, withFace, ensureOwner);
+  addDeploymentCommands(program, withFace, ensureOwner);
   addPortCommands(program, withFace);
   addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);
@@ -699,12 +700,4 @@ function describeSandbox(s: SandboxInfo, stats: NetworkStats | null): string {
   ];
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;
   return rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}\n`).join('');
-}
-
-function describeEvent(e: RoostEvent): string {
-  const subject = e.sandboxId ?? e.imageId?.replace(/^sha256:/, '').slice(0, 12) ?? '-';
-  const data = Object.entries(e.data ?? {})
-    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
-    .join(' ');
-  return `${e.time}  ${String(e.id).padStart(6)}  ${e.type.padEnd(16)}  ${subject}${data ? `  ${data}` : ''}\n`;
 }

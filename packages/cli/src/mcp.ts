@@ -16,7 +16,8 @@ interface McpFlags {
  * Desktop, Cursor or an agent framework starts), on the runtime every
  * command uses (the home's daemon when one runs, else embedded). It ends
  * when the client closes stdin or on SIGINT/SIGTERM, removing the sandboxes
- * its session made (those made with `keep` stay).
+ * its session made (those made with `keep` stay). An embedded runtime here
+ * reconciles while it runs (deployments, warm pools), as the home's owner.
  */
 export function addMcpCommand(program: Command, withFace: WithFace): Command {
   return program
@@ -35,6 +36,7 @@ export function addMcpCommand(program: Command, withFace: WithFace): Command {
       if (flags.readLimit !== undefined) settings.readBytes = flags.readLimit;
       if (flags.maxSandboxes !== undefined) settings.maxSandboxes = flags.maxSandboxes;
       using life = new Lifetime();
-      await withFace('mcp', (face) => serveMcpStdio(face.runtime, { version: VERSION, settings }, life.signal));
+      // Embedded, it is the home's owner while it runs: it keeps the deployments an agent applies (and the warm pools) going.
+      await withFace('mcp', (face) => serveMcpStdio(face.runtime, { version: VERSION, settings }, life.signal), { reconcile: true });
     });
 }

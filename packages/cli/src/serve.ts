@@ -146,7 +146,10 @@ export function addServeCommand(program: Command, setExit: (code: number) => voi
     .command('stop')
     .description("stop the Roost home's daemon gracefully (SIGTERM) and wait for it to exit; detached sandboxes keep running")
     .option('-t, --timeout <ms>', 'how long to wait for it to exit', positiveInt('--timeout'), 30_000)
-    .option('-f, --force', 'stop it even while it keeps deployments or warm pools (nothing refills the pools until a roost process owns the home again)')
+    .option(
+      '-f, --force',
+      'stop it even while it keeps deployments or warm pools (nothing restarts their replicas, serves their ports or refills the pools until a roost process owns the home again)',
+    )
     .action(async (flags: { timeout: number; force?: boolean }) => {
       const home = roostHome();
       const stopped = await stopDaemon(home, { timeoutMs: flags.timeout, ...(flags.force ? { force: true } : {}) });

@@ -13,8 +13,8 @@ export class RemoteDeployments implements DeploymentsApi {
   /** @internal */
   constructor(private readonly transport: Transport) {}
 
-  /** Creates or changes a deployment (checked here first); resolves at once with its state so far. UNAVAILABLE when a service port cannot be bound. */
-  apply(spec: DeploymentSpecInput): Promise<DeploymentInfo> {
+  /** Creates or changes a deployment (checked here first: a bad spec rejects, INVALID_ARGUMENT, without a request); resolves at once with its state so far. UNAVAILABLE when a service port cannot be bound. */
+  async apply(spec: DeploymentSpecInput): Promise<DeploymentInfo> {
     const body = parseInput(DeploymentSpecSchema, spec, 'deployment spec');
     return this.transport.json<DeploymentInfo>('POST', '/v1/deployments', { json: body, what: `applying deployment ${body.name}` });
   }
@@ -30,7 +30,7 @@ export class RemoteDeployments implements DeploymentsApi {
   }
 
   /** Sets the replica count. */
-  scale(name: string, replicas: number): Promise<DeploymentInfo> {
+  async scale(name: string, replicas: number): Promise<DeploymentInfo> {
     const body = parseInput(ScaleDeploymentRequestSchema, { replicas }, 'scale');
     return this.transport.json<DeploymentInfo>('POST', `/v1/deployments/${encodeURIComponent(name)}/scale`, { json: body, what: `scaling deployment ${name}` });
   }

@@ -5,6 +5,7 @@ import { DEFAULT_SESSION_GRACE_MS, DEFAULT_SESSION_KEEPALIVE_MS, MAX_JSON_BODY, 
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { DaemonRuntime } from './daemon-runtime.js';
+import { deploymentRoutes } from './deployments.js';
 import { doctorRoutes } from './doctor.js';
 import type { E2bControl } from './e2b/control.js';
 import { e2bFaceOf, e2bRoutes } from './e2b/index.js';
@@ -24,7 +25,6 @@ import { sandboxRoutes } from './sandboxes.js';
 import { SessionRegistry } from './session-registry.js';
 import { sessionRoutes } from './sessions.js';
 import { poolRoutes } from './pools.js';
-import { deploymentRoutes } from './deployments.js';
 import { snapshotRoutes } from './snapshots.js';
 import { volumeRoutes } from './volumes.js';
 

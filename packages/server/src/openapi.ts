@@ -1,5 +1,7 @@
 import { API_VERSION, DEFAULT_TCP_PORT, ErrorBodySchema, MAX_JSON_BODY } from '@roost/api';
 import { z } from 'zod';
+import { DEPLOYMENT_ROUTES } from './openapi/deployment-routes.js';
+import { withStandardFormats } from './json-schema.js';
 import { EXEC_AND_FILE_ROUTES } from './openapi/exec-file-routes.js';
 import { MCP_ROUTES } from './openapi/mcp-routes.js';
 import type { Body, JsonSchema, Route } from './openapi/route.js';
@@ -18,7 +20,7 @@ import { VERSION } from './version.js';
  */
 
 /** The route table: the one place that says what the daemon serves (its order is the document's). */
-export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES, ...MCP_ROUTES];
+export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES, ...DEPLOYMENT_ROUTES, ...MCP_ROUTES];
 
 /** The error responses, shared by the routes as components (status -> name and meaning). */
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
@@ -34,7 +36,8 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
   },
   404: {
     name: 'NotFound',
-    description: 'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, file or route (for a file, details carry `errno` and `path`).',
+    description:
+      'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, pool, deployment, file or route (for a file, details carry `errno` and `path`).',
   },
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   413: {
@@ -64,7 +67,7 @@ const ERROR_REF = { $ref: '#/components/schemas/Error' };
 function schemaOf(schema: z.ZodType): JsonSchema {
   const id = z.globalRegistry.get(schema)?.id;
   if (id) return { $ref: `#/components/schemas/${id}` };
-  const json = z.toJSONSchema(schema, { target: 'draft-2020-12', io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  const json = withStandardFormats(z.toJSONSchema(schema, { target: 'draft-2020-12', io: 'input', unrepresentable: 'any' }) as JsonSchema);
   delete json.$schema;
   if (json.$defs) throw new Error(`openapi: an inline schema refers to other schemas; give it an id (${JSON.stringify(json).slice(0, 80)})`);
   return json;
@@ -154,7 +157,7 @@ export function openapiDocument(): JsonSchema {
     const rest = { ...schema };
     delete rest.$schema;
     delete rest.$id;
-    components[name] = rest;
+    components[name] = withStandardFormats(rest);
   }
   // The error body is referenced by hand (ERROR_REF): make sure it is the API's.
   if (z.globalRegistry.get(ErrorBodySchema)?.id !== 'Error') throw new Error('openapi: ErrorBodySchema is not the Error component');
@@ -170,7 +173,7 @@ export function openapiDocument(): JsonSchema {
       title: 'Roost API',
       version: VERSION,
       description:
-        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots, templates and warm pools, events and metrics. ' +
+        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots, templates, warm pools and deployments, events and metrics. ' +
         'Every request carries `Authorization: Bearer <token>` (the token is in the `api-token` file of the Roost home). ' +
         'Errors are `{ "error": { "code", "message", "details"? } }` with the status of their code.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
@@ -194,6 +197,11 @@ export function openapiDocument(): JsonSchema {
       { name: 'snapshots' },
       { name: 'templates' },
       { name: 'pools', description: 'Warm pools: sandboxes restored ahead of time and kept paused; POST /v1/sandboxes with `pool` takes one.' },
+      {
+        name: 'deployments',
+        description:
+          'Deployments: a workload, a replica count, a health check and service ports, kept true by the daemon (replicas restarted, replaced and rolled out); docs/deployments.md.',
+      },
       { name: 'events' },
       { name: 'metrics' },
       { name: 'mcp', description: 'The Model Context Protocol over Streamable HTTP: the tools of docs/mcp.md for AI agents.' },

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { isRoostError, MCP_SESSION_LABEL, mcpSettings, McpToolInputs, McpToolOutputs, RoostError, type McpLimits, type SandboxInfo } from '@roost/api';
+import { DeploymentToolInputs } from './deployment-tools.js';
 import { McpHttpSessions } from './http.js';
-import { callTool, listTools, toolJsonSchema } from './server.js';
+import { callTool, listTools, TOOL_INPUTS, toolJsonSchema } from './server.js';
 import { McpSession, type McpRuntime } from './session.js';
 import { encodeContent, type ToolCall } from './tools.js';
 
@@ -51,13 +52,16 @@ function callOf(session: McpSession): ToolCall {
 describe('MCP tool schemas', () => {
   it('every tool has object input and output schemas in draft-07, with no top-level $ref', () => {
     const tools = listTools();
-    expect(tools.map((t) => t.name).sort()).toEqual(Object.keys(McpToolInputs).sort());
+    expect(tools.map((t) => t.name).sort()).toEqual(Object.keys(TOOL_INPUTS).sort());
+    expect(Object.keys(TOOL_INPUTS).sort()).toEqual([...Object.keys(McpToolInputs), ...Object.keys(DeploymentToolInputs)].sort());
     for (const t of tools) {
       for (const s of [t.inputSchema, t.outputSchema!]) {
         expect(s.type, t.name).toBe('object');
         expect(s, t.name).not.toHaveProperty('$ref');
         expect(s, t.name).not.toHaveProperty('$schema');
         expect(JSON.stringify(s), t.name).not.toContain('$defs');
+        // Only JSON Schema's own formats: a client's validator refuses (or warns about) zod's `starts_with`.
+        expect(JSON.stringify(s), t.name).not.toMatch(/"format":"(starts_with|ends_with|includes)"/);
       }
       // Strict inputs: an unknown argument is refused, so a typo is not silently ignored.
       expect(t.inputSchema.additionalProperties, t.name).toBe(false);

@@ -11,10 +11,12 @@ import {
   type ReadResourceResult,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import { isRoostError, McpToolInputs, McpToolOutputs, parseInput, RoostError, type McpToolName } from '@roost/api';
+import { isRoostError, McpToolInputs, McpToolOutputs, parseInput, RoostError } from '@roost/api';
 import { z } from 'zod';
+import { withStandardFormats } from '../json-schema.js';
+import { DEPLOYMENT_TOOLS, DeploymentToolInputs, DeploymentToolOutputs } from './deployment-tools.js';
 import type { McpSession } from './session.js';
-import { encodeContent, readCapped, TOOLS, type ToolCall } from './tools.js';
+import { encodeContent, readCapped, TOOLS, type ToolCall, type ToolDef } from './tools.js';
 
 /*
  * Roost's MCP server: tools (./tools.ts) and resources over one session's
@@ -24,13 +26,22 @@ import { encodeContent, readCapped, TOOLS, type ToolCall } from './tools.js';
  * (`roost serve`, ./http.ts).
  */
 
+/** Every tool's input schema, by name: the sandbox and image tools' (@roost/api's McpToolInputs), then the deployment tools'. */
+export const TOOL_INPUTS = { ...McpToolInputs, ...DeploymentToolInputs };
+/** Every tool's output schema, by name. */
+const TOOL_OUTPUTS = { ...McpToolOutputs, ...DeploymentToolOutputs } satisfies Record<ToolName, z.ZodType>;
+/** The name of one of Roost's MCP tools. */
+export type ToolName = keyof typeof TOOL_INPUTS;
+/** Every tool, by name (each entry takes its own input; the name ties them together). */
+const ALL_TOOLS: Record<ToolName, ToolDef<never, unknown>> = { ...TOOLS, ...DEPLOYMENT_TOOLS };
+
 /**
  * A zod schema as the JSON Schema of a tool: draft-07 (what clients'
  * validators take without options), an object at the top (a schema with an
  * id is a `$ref` there: inlined), its own definitions kept.
  */
 export function toolJsonSchema(schema: z.ZodType, io: 'input' | 'output'): Tool['inputSchema'] {
-  const json = z.toJSONSchema(schema, { io, target: 'draft-7', unrepresentable: 'any' }) as Record<string, unknown>;
+  const json = withStandardFormats(z.toJSONSchema(schema, { io, target: 'draft-7', unrepresentable: 'any' }) as Record<string, unknown>);
   delete json.$schema;
   const ref = typeof json.$ref === 'string' ? /^#\/definitions\/(.+)$/.exec(json.$ref)?.[1] : undefined;
   if (ref) {
@@ -52,14 +63,14 @@ let toolList: Tool[] | undefined;
 
 /** Every tool as `tools/list` describes it (made once). */
 export function listTools(): Tool[] {
-  toolList ??= (Object.keys(TOOLS) as McpToolName[]).map((name) => {
-    const def = TOOLS[name];
+  toolList ??= (Object.keys(ALL_TOOLS) as ToolName[]).map((name) => {
+    const def = ALL_TOOLS[name];
     return {
       name,
       title: def.title,
       description: def.description,
-      inputSchema: toolJsonSchema(McpToolInputs[name], 'input'),
-      outputSchema: toolJsonSchema(McpToolOutputs[name], 'output') as Tool['outputSchema'],
+      inputSchema: toolJsonSchema(TOOL_INPUTS[name], 'input'),
+      outputSchema: toolJsonSchema(TOOL_OUTPUTS[name], 'output') as Tool['outputSchema'],
       annotations: { title: def.title, ...def.annotations },
     };
   });
@@ -74,12 +85,12 @@ export function toolError(err: unknown): CallToolResult {
 
 /** Runs one tool call: input parsed, errors turned into results. */
 export async function callTool(name: string, args: unknown, call: ToolCall): Promise<CallToolResult> {
-  if (!Object.hasOwn(TOOLS, name)) return toolError(new RoostError('NOT_FOUND', `no tool "${name}": tools/list names them`));
-  const tool = name as McpToolName;
+  if (!Object.hasOwn(ALL_TOOLS, name)) return toolError(new RoostError('NOT_FOUND', `no tool "${name}": tools/list names them`));
+  const tool = name as ToolName;
   try {
-    const input = parseInput(McpToolInputs[tool], args ?? {}, `arguments of ${tool}`);
-    // Each entry of TOOLS takes its own input; the name ties them together.
-    const output = (await (TOOLS[tool].run as (i: unknown, c: ToolCall) => Promise<unknown>)(input, call)) as Record<string, unknown>;
+    const input = parseInput(TOOL_INPUTS[tool], args ?? {}, `arguments of ${tool}`);
+    // Each entry of ALL_TOOLS takes its own input; the name ties them together.
+    const output = (await (ALL_TOOLS[tool].run as (i: unknown, c: ToolCall) => Promise<unknown>)(input, call)) as Record<string, unknown>;
     return { content: [{ type: 'text', text: JSON.stringify(output) }], structuredContent: output };
   } catch (e) {
     if (!isRoostError(e)) process.stderr.write(`roost mcp: ${tool}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
@@ -140,7 +151,8 @@ export function createMcpServer(session: McpSession, options: McpServerOptions):
       capabilities: { tools: { listChanged: false }, resources: { listChanged: false } },
       instructions:
         'Roost runs code in hardware-isolated Linux microVMs. Create a sandbox (sandbox_create), run commands in it (sandbox_exec), move files in and out ' +
-        '(sandbox_write_file, sandbox_read_file), snapshot or fork it, and remove it when done (sandbox_remove). Sandboxes made in this session are removed when it ends unless made with keep: true.',
+        '(sandbox_write_file, sandbox_read_file), snapshot or fork it, and remove it when done (sandbox_remove). Sandboxes made in this session are removed when it ends unless made with keep: true. ' +
+        'For a long-running service (kept running, health-checked, behind a host port), use deployment_apply; deployments outlive the session until deployment_remove.',
     },
   );
   const ending = options.signal;

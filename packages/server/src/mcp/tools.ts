@@ -27,26 +27,32 @@ export interface ToolCall {
 }
 
 /** MCP tool annotations (hints for the client). */
-interface Annotations {
+export interface Annotations {
   readOnlyHint: boolean;
   destructiveHint: boolean;
   idempotentHint: boolean;
   openWorldHint: boolean;
 }
 
-/** One tool: what the client is told, and what it does. */
-export interface ToolDef<N extends McpToolName> {
+/** One tool: what the client is told, and what it does with its parsed input. */
+export interface ToolDef<Input, Output> {
   title: string;
   description: string;
   annotations: Annotations;
-  run(input: McpToolInput<N>, call: ToolCall): Promise<McpToolOutput<N>>;
+  run(input: Input, call: ToolCall): Promise<Output>;
 }
 
-const readOnly: Annotations = { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false };
+/** Reads only. */
+export const readOnly: Annotations = { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false };
 /** Changes state, adds without destroying, a repeat does it again. */
-const additive: Annotations = { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false };
+export const additive: Annotations = { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false };
 /** Changes state in a way a repeat leaves as it is. */
-const settles = (destructive: boolean): Annotations => ({ readOnlyHint: false, destructiveHint: destructive, idempotentHint: true, openWorldHint: false });
+export const settles = (destructive: boolean): Annotations => ({
+  readOnlyHint: false,
+  destructiveHint: destructive,
+  idempotentHint: true,
+  openWorldHint: false,
+});
 
 /** The `run` of a tool that makes one lifecycle call on a sandbox and returns its record, fresh. */
 function lifecycle(act: (sandbox: SandboxApi) => Promise<void>) {
@@ -183,7 +189,7 @@ export async function readCapped(sandbox: SandboxApi, path: string, limit: numbe
 }
 
 /** Roost's tools, by name. */
-export const TOOLS: { [N in McpToolName]: ToolDef<N> } = {
+export const TOOLS: { [N in McpToolName]: ToolDef<McpToolInput<N>, McpToolOutput<N>> } = {
   sandbox_create: {
     title: 'Create a sandbox',
     description:

@@ -47,6 +47,7 @@ export interface Route {
     | 'snapshots'
     | 'templates'
     | 'pools'
+    | 'deployments'
     | 'events'
     | 'metrics'
     | 'mcp';
