@@ -71,17 +71,19 @@ export class ServiceBalancer {
     this.#options = { strategy: 'round-robin', connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, ...options };
   }
 
-  /** Starts listening; resolves to the address (with the chosen port for 0). UNAVAILABLE if the port is taken. */
+  /** Starts listening; resolves to the address (with the chosen port for 0). UNAVAILABLE if the port is taken, PERMISSION_DENIED for a privileged port, INVALID_ARGUMENT for an address not this host's. */
   async listen(): Promise<{ host: string; port: number }> {
     if (this.#address) return this.#address;
     // Half-open: a client that has sent its whole request (FIN) still gets the reply.
     const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (client) => this.#accept(client));
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) =>
-        reject(
-          e.code === 'EADDRINUSE' ? new RoostError('UNAVAILABLE', `service port ${this.#options.host}:${this.#options.port} is in use by another program`) : e,
-        ),
-      );
+      server.once('error', (e: NodeJS.ErrnoException) => {
+        const where = `service port ${this.#options.host}:${this.#options.port}`;
+        if (e.code === 'EADDRINUSE') reject(new RoostError('UNAVAILABLE', `${where} is in use by another program`, { cause: e }));
+        else if (e.code === 'EACCES') reject(new RoostError('PERMISSION_DENIED', `${where}: binding it needs privileges (ports below 1024 do, for a user without CAP_NET_BIND_SERVICE)`, { cause: e }));
+        else if (e.code === 'EADDRNOTAVAIL') reject(new RoostError('INVALID_ARGUMENT', `${where}: ${this.#options.host} is no address of this host`, { cause: e }));
+        else reject(new RoostError('NETWORK', `${where}: ${e.message}`, { cause: e }));
+      });
       server.listen(this.#options.port, this.#options.host, () => resolve());
     });
     server.on('error', () => {}); // after listening: per-connection errors are handled on the sockets
