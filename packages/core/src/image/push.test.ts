@@ -79,6 +79,54 @@ describe('the pieces of a push', () => {
   });
 });
 
+describe('request bodies', () => {
+  it('sends a manifest again, whole, after the registry challenges the first try', async () => {
+    const image = buildFakeImage();
+    fake.push('team/app', 'v0', image);
+    fake.auth = 'basic';
+    const digest = await client({ credentials: alice }).putManifest(fake.registry, 'team/app', 'v9', {
+      bytes: image.manifest,
+      mediaType: image.mediaType,
+      digest: image.digest,
+    });
+    expect(digest).toBe(image.digest);
+    expect(fake.manifests.get('team/app@v9')?.body).toEqual(image.manifest);
+    expect(fake.pushLog.filter((l) => l.method === 'PUT').map((l) => l.contentLength)).toEqual([String(image.manifest.length), String(image.manifest.length)]);
+  });
+
+  it('streams a blob again from its start when an upload is redirected (307)', async () => {
+    const data = randomBytes(100_000);
+    const digest = sha256Of(data);
+    // A session for the redirect to land on (u1); the push's own (u2) sends its PUT there.
+    await fetch(`http://${fake.registry}/v2/team/app/blobs/uploads/`, { method: 'POST' });
+    let opened = 0;
+    fake.on('/v2/team/app/blobs/uploads/u2', (req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(307, { location: `/v2/team/app/blobs/uploads/u1?_state=1&digest=${encodeURIComponent(digest)}` });
+        res.end();
+      });
+      return true;
+    });
+    const outcome = await client().pushBlob(
+      fake.registry,
+      'team/app',
+      {
+        digest,
+        size: data.length,
+        read: async function* (start, end) {
+          opened++;
+          yield data.subarray(start, end + 1);
+        },
+      },
+      { chunkThreshold: 1 << 20, chunkSize: 1 << 20 },
+    );
+    expect(outcome).toBe('pushed');
+    expect(opened).toBe(2);
+    expect(fake.blobs.get(digest)).toEqual(data);
+  });
+});
+
 describe('pushImage against a registry', () => {
   it('uploads every blob in one PUT, then the manifest as stored; a second push finds them all', async () => {
     const image = buildFakeImage();
