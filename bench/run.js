@@ -21,7 +21,7 @@ const SCALE_PEERS = 4;
 // need the tools of the image tests (a registry, skopeo, debootstrap): install
 // them as `npm test` does (test/global-setup.ts), before any figure is taken,
 // so a fresh machine does not stop half-way with `spawn debootstrap ENOENT`.
-if (process.env.BENCH_IMAGES !== '0') await ensureTestTools((line) => console.log(`(setup: ${line})`));
+if (process.env.BENCH_IMAGES !== '0' || process.env.BENCH_PUSH !== '0') await ensureTestTools((line) => console.log(`(setup: ${line})`));
 
 const realHome = roostHome();
 const assets = await loadAssets(realHome);
@@ -225,6 +225,12 @@ try {
   if (process.env.BENCH_IMAGES !== '0') {
     const { benchImages } = await import('./images.js');
     await benchImages({ realHome, row, results, coldStartP50: coldP50 });
+  }
+
+  // --- image push (bench/push.js): store.push() beside skopeo copy of the same image, to a new local registry each run.
+  if (process.env.BENCH_PUSH !== '0') {
+    const { benchPush } = await import('./push.js');
+    await benchPush({ realHome, row, results });
   }
 } finally {
   rmSync(home, { recursive: true, force: true });

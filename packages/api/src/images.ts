@@ -1,3 +1,4 @@
+import type { PushImageOptions, PushResult } from './push.js';
 import type { ImageInfoBody, PullStatus } from './schemas.js';
 
 /*
@@ -51,4 +52,12 @@ export interface ImagesApi {
   inspect(reference: string): Promise<ImageInfoBody>;
   /** Untags an image, and deletes it when no name is left. One that sandboxes use needs `force`. */
   remove(reference: string, options?: { force?: boolean }): Promise<ImageRemoval>;
+  /**
+   * Pushes a stored image to a registry (blobs the repository has are
+   * skipped, blobs another repository of the registry has are mounted, the
+   * manifest goes as stored, so the pushed digest is the image id). The
+   * destination defaults to the image's own name. NOT_FOUND for an image not
+   * stored; IMAGE naming `roost login` when the registry wants a login.
+   */
+  push(reference: string, options?: PushImageOptions): Promise<PushResult>;
 }

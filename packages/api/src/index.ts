@@ -10,6 +10,7 @@ export * from './schemas.js';
 export * from './options.js';
 export * from './sandbox.js';
 export * from './images.js';
+export * from './push.js';
 export * from './paths.js';
 export * from './names.js';
 export * from './files.js';

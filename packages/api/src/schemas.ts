@@ -374,6 +374,7 @@ export const EVENT_TYPES = [
   'replica.restarted',
   'replica.replaced',
   'replica.removed',
+  'image.pushed',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

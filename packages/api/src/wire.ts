@@ -1,5 +1,6 @@
 import { ERROR_CODES, RoostError, type RoostErrorCode } from './errors.js';
 import type { PullProgress } from './images.js';
+import { PushResultSchema, PushStatusSchema, type PushProgress, type PushResult } from './push.js';
 import { PullStatusSchema, type ExecEvent, type ImageInfoBody } from './schemas.js';
 
 /*
@@ -86,6 +87,40 @@ export function decodePullEvent(value: unknown, image: string): DecodedPullEvent
       return isObject(value.image) ? { type: 'done', image: value.image as ImageInfoBody } : null;
     case 'error':
       return { type: 'error', error: errorFromBody(value.error, { code: 'IMAGE', message: `pulling ${image} failed` }) };
+    default:
+      return null;
+  }
+}
+
+/** A decoded push event. */
+export type DecodedPushEvent = { type: 'progress'; progress: PushProgress } | { type: 'done'; result: PushResult } | { type: 'error'; error: RoostError };
+
+/** Decodes one line of a push's NDJSON stream (`image`: the destination, or the source when none was given); null for what it does not know. */
+export function decodePushEvent(value: unknown, image: string): DecodedPushEvent | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  switch (v.type) {
+    case 'progress': {
+      const status = PushStatusSchema.safeParse(v.status);
+      if (!status.success) return null;
+      return {
+        type: 'progress',
+        progress: {
+          image,
+          digest: String(v.digest),
+          kind: v.kind === 'config' ? 'config' : 'layer',
+          current: Number(v.completed),
+          total: Number(v.total),
+          status: status.data,
+        },
+      };
+    }
+    case 'done': {
+      const result = PushResultSchema.safeParse(v.result);
+      return result.success ? { type: 'done', result: result.data } : null;
+    }
+    case 'error':
+      return { type: 'error', error: errorFromBody(v.error, { code: 'IMAGE', message: `pushing ${image} failed` }) };
     default:
       return null;
   }

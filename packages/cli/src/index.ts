@@ -24,6 +24,7 @@ import { ensureDaemon } from './daemon.js';
 import { addDoctorCommand } from './doctor.js';
 import { namingFlag, reportError } from './errors.js';
 import { addImageCommands, pullProgressPrinter } from './images.js';
+import { addPushCommand } from './push.js';
 import { addE2bCommands } from './e2b.js';
 import { addMcpCommand } from './mcp.js';
 import { addServeCommand } from './serve.js';
@@ -399,6 +400,7 @@ export async function main(argv: string[]): Promise<number> {
 
   addCpCommand(program, withFace);
   addImageCommands(program, withImages);
+  addPushCommand(program, withImages);
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
   addPoolCommands(program, withFace, ensureOwner);

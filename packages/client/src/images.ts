@@ -1,6 +1,11 @@
 import {
   abortError,
   decodePullEvent,
+  decodePushEvent,
+  PushImageOptionsSchema,
+  PushImageRequestSchema,
+  type PushImageOptions,
+  type PushResult,
   isRoostError,
   parseInput,
   PullImageOptionsSchema,
@@ -49,6 +54,52 @@ export class RemoteImages implements ImagesApi {
         }
       } else if (ev?.type === 'done') {
         result = ev.image;
+      } else if (ev?.type === 'error') {
+        throw ev.error;
+      }
+    };
+    try {
+      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) take(v);
+      for (const v of parser.end()) take(v);
+    } catch (e) {
+      abort(e instanceof Error ? e : new Error(String(e)));
+      if (isRoostError(e)) throw e;
+      if (options.signal?.aborted) throw abortError(options.signal, what);
+      throw new RoostError('UNAVAILABLE', `${what}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e });
+    }
+    if (!result) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
+    return result;
+  }
+
+  /**
+   * Pushes a stored image of the daemon's to a registry (with the daemon's
+   * logins); `onProgress` hears about each blob. Resolves with what was pushed.
+   */
+  async push(reference: string, options: PushImageOptions = {}): Promise<PushResult> {
+    const body = { source: reference, ...(options.destination !== undefined ? { destination: options.destination } : {}) };
+    // Checked here with the contract's schemas, before anything goes on the wire.
+    parseInput(PushImageRequestSchema, body, 'image push');
+    parseInput(PushImageOptionsSchema, options, 'push options');
+    const what = `pushing ${reference}`;
+    const { res, abort } = await this.transport.stream('POST', '/v1/images/push', {
+      json: body,
+      accept: 'application/x-ndjson',
+      signal: options.signal,
+      timeoutMs: null,
+      what,
+    });
+    const parser = new NdjsonParser();
+    let result: PushResult | undefined;
+    const take = (v: unknown) => {
+      const ev = decodePushEvent(v, options.destination ?? reference);
+      if (ev?.type === 'progress') {
+        try {
+          options.onProgress?.(ev.progress);
+        } catch {
+          // A throwing progress callback does not end the push.
+        }
+      } else if (ev?.type === 'done') {
+        result = ev.result;
       } else if (ev?.type === 'error') {
         throw ev.error;
       }

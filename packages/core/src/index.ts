@@ -16,6 +16,8 @@ export { Runtime, type RuntimeOptions, type CreateSandboxOptions, type EventsOpt
 export { Volumes } from './volumes.js';
 export type { RoostEvent, EventType, ListFilter, RuntimeMetrics, SandboxMetrics, CommandHandleApi, SandboxApi, RuntimeApi, ImagesApi } from '@roost/api';
 export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
+export type { PushImageOptions as PushOptions } from './image/push.js';
+export type { PushProgress, PushResult } from '@roost/api';
 export { CredentialStore, normalizeRegistry, type Credentials, type CredentialStoreOptions } from './image/auth.js';
 export type { ExportImage, ExportOptions, ExportFormat } from './image/archive.js';
 export type { ImageConfig, PullProgress, Platform } from './image/manifest.js';

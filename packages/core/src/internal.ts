@@ -15,6 +15,7 @@ export { StoreImages, imageInfoBody } from './image/images-api.js';
 export { BlobStore } from './image/blobs.js';
 export { RegistryClient, RegistrySource, parseWwwAuthenticate, type RegistryClientOptions, type RetryEvent, type AuthChallenge } from './image/registry.js';
 export { pullImage, type PullImageOptions, type PulledImage } from './image/pull.js';
+export { pushImage, pushDestination, mountSources, DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, type PushSource } from './image/push.js';
 export { openOciLayout, openDockerArchive, writeOciLayout, type LocalImageSource, type LocalImageRef } from './image/archive.js';
 export {
   MediaType,

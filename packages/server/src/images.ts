@@ -1,6 +1,7 @@
 import { encodePullProgress, pullProgressDone, PullRequestSchema, type PullEventSchema, type PullProgress } from '@roost/api';
 import type { z } from 'zod';
 import { boolParam, errorBody, parseJsonBody, queryParams, toRoostError, wantsJson } from './http.js';
+import { imagePushRoute } from './images-push.js';
 import type { RouteContext, RoostHono } from './route-context.js';
 
 /** Progress lines per blob are at most this often (its last one, `done`, always goes out). */
@@ -57,6 +58,8 @@ export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
       .finally(() => s.close());
     return s.response();
   });
+
+  imagePushRoute(app, ctx);
 
   app.get('/v1/images', async (c) => {
     queryParams(c, []);

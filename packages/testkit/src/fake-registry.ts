@@ -5,7 +5,8 @@ import { MEDIA_TYPES } from './oci-layout.js';
 
 /*
  * An in-memory registry v2 for the registry client's unit tests: images of
- * random bytes it never unpacks, switchable authentication and hooks for
+ * random bytes it never unpacks, switchable authentication, the push half
+ * of the protocol (uploads, mounts, manifest PUTs), and hooks for
  * misbehaviour. The real registry of end-to-end tests is registry.ts.
  */
 
@@ -96,6 +97,16 @@ export class FakeRegistry {
   readonly log: { path: string; authorization?: string; accept?: string }[] = [];
   readonly tokenLog: { method: string; scope?: string; service?: string; authorization?: string; form?: URLSearchParams }[] = [];
   readonly storageLog: { path: string; authorization?: string }[] = [];
+  /** Push requests (HEAD, POST, PATCH, PUT, DELETE and GETs of uploads), with their query and the headers that matter. */
+  readonly pushLog: { method: string; path: string; query: string; contentRange?: string; contentLength?: string; contentType?: string }[] = [];
+  /** Which blobs each repository holds (what HEAD and mounts answer by; GETs of blobs look in `blobs`, whatever the repository). */
+  readonly repoBlobs = new Map<string, Set<string>>();
+  /** Upload sessions by id (`u1`, `u2`, ...): what arrived so far, and the state token the latest Location carries. */
+  readonly uploads = new Map<string, { repo: string; data: Buffer[]; size: number; state: number }>();
+  /** Sent as OCI-Chunk-Min-Length when an upload starts. */
+  chunkMinLength: number | undefined;
+  /** False: mount requests get an upload session (202) instead. */
+  mounts = true;
   /** Issued bearer tokens and the scope each grants. */
   readonly tokens = new Map<string, string>();
   auth: 'none' | 'basic' | 'bearer' = 'none';
@@ -126,7 +137,20 @@ export class FakeRegistry {
   push(repo: string, tag: string, image: FakeImage): void {
     this.manifests.set(`${repo}@${tag}`, { body: image.manifest, type: image.mediaType });
     this.manifests.set(`${repo}@${image.digest}`, { body: image.manifest, type: image.mediaType });
-    for (const b of [image.config, ...image.layers]) this.blobs.set(b.digest, b.data);
+    for (const b of [image.config, ...image.layers]) this.addBlob(repo, b.digest, b.data);
+  }
+
+  /** Stores a blob and links it into a repository. */
+  addBlob(repo: string, digest: string, data: Buffer): void {
+    this.blobs.set(digest, data);
+    let set = this.repoBlobs.get(repo);
+    if (!set) this.repoBlobs.set(repo, (set = new Set()));
+    set.add(digest);
+  }
+
+  /** True when `repo` holds the blob. */
+  hasBlob(repo: string, digest: string): boolean {
+    return this.repoBlobs.get(repo)?.has(digest) === true;
   }
 
   pushIndex(repo: string, tag: string, index: { body: Buffer; digest: string }, images: FakeImage[]): void {
@@ -158,23 +182,48 @@ export class FakeRegistry {
       ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
       ...(req.headers.accept ? { accept: req.headers.accept } : {}),
     });
+    const upload = /^\/v2\/(.+)\/blobs\/uploads\/([^/]*)$/.exec(path);
+    const m = upload ? null : /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
+    const method = req.method ?? 'GET';
+    const pushing = upload !== null || (method !== 'GET' && method !== 'HEAD');
+    if (upload || method !== 'GET') {
+      const h = req.headers;
+      this.pushLog.push({
+        method,
+        path,
+        query: url.search,
+        ...(h['content-range'] ? { contentRange: h['content-range'] } : {}),
+        ...(h['content-length'] ? { contentLength: h['content-length'] } : {}),
+        ...(h['content-type'] ? { contentType: h['content-type'] } : {}),
+      });
+    }
     const hit = this.count(path) + 1;
     this.hits.set(path, hit);
     const hook = this.hooks.get(path);
     if (hook && hook(req, res, hit) !== false) return;
     if (path === '/token') return this.token(req, res, url);
     if (!path.startsWith('/v2/')) return sendJson(res, 404, {});
-    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(path);
-    if (!this.authorized(req, m?.[1])) {
+    const repoOf = upload?.[1] ?? m?.[1];
+    const mountFrom = upload && url.searchParams.get('mount') ? (url.searchParams.get('from') ?? undefined) : undefined;
+    if (!this.authorized(req, repoOf, pushing ? 'push' : 'pull') || (mountFrom !== undefined && !this.authorized(req, mountFrom, 'pull'))) {
       const challenge =
         this.auth === 'basic'
           ? 'Basic realm="fake registry"'
-          : `Bearer realm="http://127.0.0.1:${this.port}/token",service="fake.registry",scope="repository:${m?.[1] ?? ''}:pull"`;
+          : `Bearer realm="http://127.0.0.1:${this.port}/token",service="fake.registry",scope="repository:${repoOf ?? ''}:${pushing ? 'pull,push' : 'pull'}"`;
+      req.resume();
       return sendJson(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, { 'www-authenticate': challenge });
     }
     if (path === '/v2/') return sendJson(res, 200, {});
+    if (upload) return void this.handleUpload(req, res, url, upload[1]!, upload[2]!);
     if (!m) return sendJson(res, 404, { errors: [{ code: 'NOT_FOUND', message: 'no route' }] });
     const [, repo, kind, ref] = m as unknown as [string, string, string, string];
+    if (kind === 'manifests' && method === 'PUT') return void this.putManifest(req, res, repo, ref);
+    if (kind === 'blobs' && method === 'HEAD') {
+      const data = this.hasBlob(repo, ref) ? this.blobs.get(ref) : undefined;
+      if (!data) return sendJson(res, 404, { errors: [{ code: 'BLOB_UNKNOWN', message: 'blob unknown to registry' }] });
+      res.writeHead(200, { 'content-length': data.length, 'docker-content-digest': ref });
+      return void res.end();
+    }
     if (kind === 'manifests') {
       const found = this.manifests.get(`${repo}@${ref}`);
       if (!found) return sendJson(res, 404, { errors: [{ code: 'MANIFEST_UNKNOWN', message: 'manifest unknown' }] });
@@ -191,12 +240,132 @@ export class FakeRegistry {
     res.end(data);
   }
 
-  private authorized(req: IncomingMessage, repo: string | undefined): boolean {
+  private authorized(req: IncomingMessage, repo: string | undefined, action: 'pull' | 'push' = 'pull'): boolean {
     const header = req.headers.authorization ?? '';
     if (this.auth === 'none') return true;
     if (this.auth === 'basic') return header === `Basic ${Buffer.from('alice:s3cret').toString('base64')}`;
-    const scope = this.tokens.get(header.replace(/^Bearer /, ''));
-    return scope !== undefined && (repo === undefined || scope === `repository:${repo}:pull`);
+    const token = header.replace(/^Bearer /, '');
+    const scope = this.tokens.get(token);
+    if (scope === undefined) return false;
+    if (repo === undefined) return true;
+    // A token grants what its scopes name (anonymous tokens never grant push).
+    return scope.split(' ').some((s) => {
+      const last = s.lastIndexOf(':');
+      return (
+        s.slice(0, last) === `repository:${repo}` &&
+        s
+          .slice(last + 1)
+          .split(',')
+          .includes(action) &&
+        (action === 'pull' || this.tokenAccounts.get(token) === true)
+      );
+    });
+  }
+
+  /** Tokens issued with credentials (they may push). */
+  private readonly tokenAccounts = new Map<string, boolean>();
+  private nextUpload = 1;
+
+  /** The Location of an upload session: its id and a state token that changes with every request, as distribution's `_state` does. */
+  private uploadLocation(id: string): string {
+    const u = this.uploads.get(id)!;
+    return `/v2/${u.repo}/blobs/uploads/${id}?_state=${u.state}`;
+  }
+
+  private newUpload(res: ServerResponse, repo: string): void {
+    const id = `u${this.nextUpload++}`;
+    this.uploads.set(id, { repo, data: [], size: 0, state: 1 });
+    res.writeHead(202, {
+      location: this.uploadLocation(id),
+      range: '0-0',
+      'docker-upload-uuid': id,
+      'content-length': 0,
+      ...(this.chunkMinLength !== undefined ? { 'oci-chunk-min-length': String(this.chunkMinLength) } : {}),
+    });
+    res.end();
+  }
+
+  /** The upload endpoints: POST (start or mount), PATCH (a chunk), PUT (close), GET (status), DELETE (cancel). */
+  private handleUpload(req: IncomingMessage, res: ServerResponse, url: URL, repo: string, id: string): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const method = req.method ?? 'GET';
+      if (id === '') {
+        if (method !== 'POST') return sendJson(res, 405, {});
+        const mount = url.searchParams.get('mount');
+        const from = url.searchParams.get('from');
+        if (mount && from && this.mounts && this.hasBlob(from, mount)) {
+          this.addBlob(repo, mount, this.blobs.get(mount)!);
+          res.writeHead(201, { location: `/v2/${repo}/blobs/${mount}`, 'docker-content-digest': mount, 'content-length': 0 });
+          return void res.end();
+        }
+        return this.newUpload(res, repo);
+      }
+      const u = this.uploads.get(id);
+      if (!u || u.repo !== repo) return sendJson(res, 404, { errors: [{ code: 'BLOB_UPLOAD_UNKNOWN', message: 'blob upload unknown to registry' }] });
+      if (method === 'DELETE') {
+        this.uploads.delete(id);
+        res.writeHead(204);
+        return void res.end();
+      }
+      if (method === 'GET') {
+        res.writeHead(204, { location: this.uploadLocation(id), range: `0-${Math.max(0, u.size - 1)}`, 'docker-upload-uuid': id });
+        return void res.end();
+      }
+      // Every request must come to the Location the one before answered.
+      if (url.searchParams.get('_state') !== String(u.state)) {
+        return sendJson(res, 400, { errors: [{ code: 'BLOB_UPLOAD_INVALID', message: `stale upload state ${url.searchParams.get('_state')}` }] });
+      }
+      const range = req.headers['content-range'];
+      if (range !== undefined || method === 'PATCH') {
+        const r = /^(\d+)-(\d+)$/.exec(range ?? '');
+        if (range !== undefined && (!r || Number(r[1]) !== u.size || Number(r[2]) - Number(r[1]) + 1 !== body.length)) {
+          res.writeHead(416, { location: this.uploadLocation(id), range: `0-${Math.max(0, u.size - 1)}` });
+          return void res.end();
+        }
+      }
+      u.data.push(body);
+      u.size += body.length;
+      u.state++;
+      if (method === 'PATCH') {
+        res.writeHead(202, { location: this.uploadLocation(id), range: `0-${u.size - 1}`, 'docker-upload-uuid': id, 'content-length': 0 });
+        return void res.end();
+      }
+      if (method !== 'PUT') return sendJson(res, 405, {});
+      const digest = url.searchParams.get('digest') ?? '';
+      const data = Buffer.concat(u.data);
+      this.uploads.delete(id);
+      if (sha256Of(data) !== digest)
+        return sendJson(res, 400, { errors: [{ code: 'DIGEST_INVALID', message: 'provided digest did not match uploaded content' }] });
+      this.addBlob(repo, digest, data);
+      res.writeHead(201, { location: `/v2/${repo}/blobs/${digest}`, 'docker-content-digest': digest, 'content-length': 0 });
+      res.end();
+    });
+  }
+
+  /** PUT /v2/<repo>/manifests/<ref>: every blob it names must be in the repository, as distribution checks. */
+  private putManifest(req: IncomingMessage, res: ServerResponse, repo: string, ref: string): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const type = req.headers['content-type'] ?? '';
+      let doc: { config?: { digest?: string }; layers?: { digest?: string }[] };
+      try {
+        doc = JSON.parse(body.toString()) as typeof doc;
+      } catch {
+        return sendJson(res, 400, { errors: [{ code: 'MANIFEST_INVALID', message: 'manifest invalid' }] });
+      }
+      const missing = [doc.config?.digest, ...(doc.layers ?? []).map((l) => l.digest)].find((d) => !d || !this.hasBlob(repo, d));
+      if (missing !== undefined) return sendJson(res, 400, { errors: [{ code: 'MANIFEST_BLOB_UNKNOWN', message: `blob unknown to registry: ${missing}` }] });
+      const digest = sha256Of(body);
+      this.manifests.set(`${repo}@${ref}`, { body, type });
+      this.manifests.set(`${repo}@${digest}`, { body, type });
+      res.writeHead(201, { location: `/v2/${repo}/manifests/${digest}`, 'docker-content-digest': digest, 'content-length': 0 });
+      res.end();
+    });
   }
 
   private token(req: IncomingMessage, res: ServerResponse, url: URL): void {
@@ -205,7 +374,7 @@ export class FakeRegistry {
     req.on('end', () => {
       const form = req.method === 'POST' ? new URLSearchParams(Buffer.concat(chunks).toString()) : undefined;
       const params = form ?? url.searchParams;
-      const scope = params.get('scope') ?? undefined;
+      const scope = params.getAll('scope').join(' ') || undefined;
       const service = params.get('service') ?? undefined;
       const authorization = req.headers.authorization;
       this.tokenLog.push({
@@ -222,6 +391,7 @@ export class FakeRegistry {
       if (!ok) return sendJson(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'bad credentials' }] });
       const token = `tok-${this.tokens.size + 1}-${randomBytes(4).toString('hex')}`;
       this.tokens.set(token, scope ?? '');
+      this.tokenAccounts.set(token, authorization !== undefined || form !== undefined);
       sendJson(res, 200, { [this.tokenField]: token, ...(this.tokenTtl !== undefined ? { expires_in: this.tokenTtl } : {}) });
     });
   }

@@ -17,4 +17,10 @@ describe('StoreImages', () => {
     await expect(images.pull('alpine', { retries: 3 } as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /retries/ });
     await expect(images.remove('alpine', { force: 'yes' } as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /force/ });
   });
+
+  it('refuses a push with an empty source or destination, or unknown options', async () => {
+    await expect(images.push('')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(images.push('alpine', { destination: '' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /destination/ });
+    await expect(images.push('alpine', { chunkSize: 1 } as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /chunkSize/ });
+  });
 });

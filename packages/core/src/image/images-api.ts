@@ -1,5 +1,5 @@
-import { parseInput, PullImageOptionsSchema, PullRequestSchema, RemoveImageOptionsSchema } from '@roost/api';
-import type { ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions } from '@roost/api';
+import { parseInput, PullImageOptionsSchema, PullRequestSchema, PushImageOptionsSchema, PushImageRequestSchema, RemoveImageOptionsSchema } from '@roost/api';
+import type { ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions, PushImageOptions, PushResult } from '@roost/api';
 import type { ImageInfo, ImageStore } from './store.js';
 
 /**
@@ -31,6 +31,13 @@ export class StoreImages implements ImagesApi {
   async remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
     const checked = parseInput(RemoveImageOptionsSchema, options, 'image removal options');
     return this.store.remove(reference, checked);
+  }
+
+  async push(reference: string, options: PushImageOptions = {}): Promise<PushResult> {
+    // Checked only: the callback is passed on as the caller gave it.
+    parseInput(PushImageRequestSchema, { source: reference, ...(options.destination !== undefined ? { destination: options.destination } : {}) }, 'image push');
+    parseInput(PushImageOptionsSchema, options, 'push options');
+    return this.store.push(reference, options);
   }
 }
 

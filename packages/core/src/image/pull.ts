@@ -238,7 +238,7 @@ async function storeDocument(blobs: BlobStore, digest: string, bytes: Buffer, si
 }
 
 /** Runs `work` on every item, `concurrency` at a time. The first failure aborts `controller` (ending the others) and is thrown once all have settled. */
-async function runPool<T>(items: T[], concurrency: number, controller: AbortController, work: (item: T) => Promise<void>): Promise<void> {
+export async function runPool<T>(items: T[], concurrency: number, controller: AbortController, work: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   let failure: { error: unknown } | undefined;
   const worker = async () => {

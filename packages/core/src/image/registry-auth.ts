@@ -6,7 +6,7 @@
  */
 import { abortError, RoostError } from '../errors.js';
 import type { Credentials } from './auth.js';
-import type { Exchange, ExchangeInit, RegistryHttp } from './registry-http.js';
+import type { Exchange, ExchangeInit, RegistryHttp, RequestBody } from './registry-http.js';
 import { parseWwwAuthenticate, type AuthChallenge } from './www-authenticate.js';
 
 type Challenge = { scheme: 'basic' } | { scheme: 'bearer'; realm: string; service?: string };
@@ -58,10 +58,17 @@ export class AuthState {
 
 /** What a registry request needs besides its URL. */
 export interface RequestOptions {
-  /** The token scope (`repository:team/app:pull`); none for the API root. */
+  /** The token scope (`repository:team/app:pull`; several separated by spaces); none for the API root. */
   scope?: string;
   repository?: string;
+  /** What the request needs of the repository, for messages when it is refused. Default 'pull'. */
+  access?: 'pull' | 'push';
+  method?: ExchangeInit['method'];
   accept?: string;
+  headers?: Record<string, string>;
+  /** Sent again whole if the registry challenges the first try (a stream is opened again). */
+  body?: RequestBody | undefined;
+  contentType?: string;
   signal?: AbortSignal | undefined;
   what: string;
 }
@@ -86,7 +93,15 @@ export class RegistryAuthenticator {
    * those throw (429 and 5xx retryably).
    */
   async request(state: AuthState, registry: string, url: URL, options: RequestOptions): Promise<Exchange> {
-    const init = { accept: options.accept, signal: options.signal, what: options.what };
+    const init: ExchangeInit = {
+      method: options.method,
+      accept: options.accept,
+      headers: options.headers,
+      body: options.body,
+      signal: options.signal,
+      what: options.what,
+      ...(options.contentType ? { contentType: options.contentType } : {}),
+    };
     let authorization = await this.authorization(state, registry, options);
     let ex = await this.http.exchange(url, { ...init, authorization });
     // A 401 from elsewhere (storage a blob was redirected to) is no challenge of the registry's.
@@ -104,7 +119,8 @@ export class RegistryAuthenticator {
       authorization = await this.authorization(state, registry, options, authorization);
       if (authorization === undefined) {
         state.forget(registry);
-        throw new RoostError('IMAGE', `authentication required: run roost login ${registry}`, { details: { registry } });
+        const to = options.access === 'push' && options.repository ? ` to push to ${registry}/${options.repository}` : '';
+        throw new RoostError('IMAGE', `authentication required${to}: run roost login ${registry}`, { details: { registry, reason: 'unauthenticated' } });
       }
       ex = await this.http.exchange(url, { ...init, authorization });
       if (ex.res.status === 401 && ex.url.origin === url.origin) {
@@ -181,7 +197,8 @@ export class RegistryAuthenticator {
       init = { method: 'POST', body: form.toString(), contentType: 'application/x-www-form-urlencoded', what };
     } else {
       if (challenge.service !== undefined) realm.searchParams.set('service', challenge.service);
-      if (scope) realm.searchParams.set('scope', scope);
+      // One `scope` parameter per scope, as the token protocol has it (a push that mounts asks for two repositories).
+      for (const one of (scope ?? '').split(' ').filter(Boolean)) realm.searchParams.append('scope', one);
       init = { what, ...(creds ? { authorization: basicAuth(creds.username, creds.password) } : {}) };
     }
     return this.http.retrying(realm.host, what, undefined, async () => {
@@ -218,6 +235,17 @@ export class RegistryAuthenticator {
     const creds = await state.credentials(registry);
     const details = { registry, ...(options.repository ? { repository: options.repository } : {}) };
     if (!options.repository) return new RoostError('IMAGE', `${registry} refused the credentials`, { details });
+    if (options.access === 'push') {
+      return creds
+        ? new RoostError(
+            'IMAGE',
+            `${registry} refused to let the saved login push to ${registry}/${options.repository}: check that it may push there, or log in as one that may (roost login ${registry})`,
+            { details: { ...details, reason: 'denied' } },
+          )
+        : new RoostError('IMAGE', `authentication required to push to ${registry}/${options.repository}: run roost login ${registry}`, {
+            details: { ...details, reason: 'unauthenticated' },
+          });
+    }
     if (!creds)
       return new RoostError('IMAGE', `authentication required: run roost login ${registry} (or check that ${registry}/${options.repository} exists)`, {
         details,

@@ -44,13 +44,22 @@ export class Exchange {
   }
 }
 
+/**
+ * A request body: bytes, or a function that opens a stream of them. A
+ * stream is opened once per send, so a request that must be sent again
+ * (after an authentication challenge, or a 307/308 redirect) sends it whole.
+ */
+export type RequestBody = string | Uint8Array | (() => AsyncIterable<Uint8Array>);
+
 export interface ExchangeInit {
-  method?: 'GET' | 'POST';
+  method?: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   accept?: string;
   /** Sent only to the origin of the first URL, never to one a redirect leads to. */
   authorization?: string;
-  body?: string;
+  body?: RequestBody | undefined;
   contentType?: string;
+  /** More request headers (`content-range`, `content-length` of a streamed body). */
+  headers?: Record<string, string>;
   signal?: AbortSignal | undefined;
   /** What is fetched, for messages (`manifest of host/repo:tag`). */
   what: string;
@@ -96,8 +105,10 @@ export class RegistryHttp {
   private readonly userAgent: string;
   private readonly requestTimeoutMs: number;
   private readonly idleTimeoutMs: number;
-  private readonly retries: number;
-  private readonly retryBaseMs: number;
+  /** Retries of a request that failed transiently. */
+  readonly retries: number;
+  /** The first retry waits about this long. */
+  readonly retryBaseMs: number;
   private readonly onRetry: ((event: RetryEvent) => void) | undefined;
 
   constructor(settings: RegistryHttpSettings) {
@@ -153,19 +164,36 @@ export class RegistryHttp {
     let body = init.body;
     try {
       for (let hops = 0; ; hops++) {
-        const headers: Record<string, string> = { 'user-agent': this.userAgent };
+        const headers: Record<string, string> = { 'user-agent': this.userAgent, ...init.headers };
         if (init.accept) headers.accept = init.accept;
         if (init.authorization && current.origin === url.origin) headers.authorization = init.authorization;
         if (body !== undefined && init.contentType) headers['content-type'] = init.contentType;
+        if (body === undefined) delete headers['content-length'];
         const host = current.host;
-        const timer = setTimeout(
-          () => controller.abort(new RoostError('IMAGE', `${host} did not answer ${what} within ${this.requestTimeoutMs / 1000} s`)),
-          this.requestTimeoutMs,
-        );
+        // The answer must come within requestTimeoutMs of the last byte sent:
+        // a streamed body rearms the timer with every chunk fetch takes from it.
+        let timer: NodeJS.Timeout | undefined;
+        const arm = () => {
+          clearTimeout(timer);
+          timer = setTimeout(
+            () => controller.abort(new RoostError('IMAGE', `${host} did not answer ${what} within ${this.requestTimeoutMs / 1000} s`)),
+            this.requestTimeoutMs,
+          );
+        };
+        arm();
         let res: Response;
+        const reading: { error?: unknown } = {};
         try {
-          res = await fetch(current, { method, headers, body, redirect: 'manual', signal: controller.signal });
+          const sent = typeof body === 'function' ? { body: ReadableStream.from(rearming(body(), arm, reading)), duplex: 'half' as const } : { body };
+          res = await fetch(current, { method, headers, ...sent, redirect: 'manual', signal: controller.signal });
         } catch (e) {
+          // A body that could not be read is our failure, not the server's.
+          if (reading.error !== undefined && !signal?.aborted) {
+            const err = reading.error;
+            throw err instanceof RoostError
+              ? err
+              : new RoostError('IMAGE', `reading what to send for ${what} failed: ${(err as Error).message}`, { cause: err });
+          }
           throw connectError(e, host, controller, signal, what);
         } finally {
           clearTimeout(timer);
@@ -182,7 +210,7 @@ export class RegistryHttp {
         }
         if (next.protocol !== 'http:' && next.protocol !== 'https:')
           throw new RoostError('IMAGE', `${host} redirected ${what} to a ${next.protocol} URL; refused`);
-        if (res.status === 303 || ((res.status === 301 || res.status === 302) && method === 'POST')) {
+        if (res.status === 303 || ((res.status === 301 || res.status === 302) && method !== 'GET' && method !== 'HEAD')) {
           method = 'GET';
           body = undefined;
         }
@@ -285,6 +313,19 @@ export class RegistryHttp {
     const detail = await this.errorDetail(ex);
     const prefix = status === 403 ? 'access denied: ' : '';
     return new RoostError('IMAGE', `${prefix}${ex.url.host} answered ${status} ${statusText} to ${what}${detail}`, { details: { status } });
+  }
+}
+
+/** Passes a body's chunks on, calling `progress` as each is taken (the sender is still sending). */
+async function* rearming(chunks: AsyncIterable<Uint8Array>, progress: () => void, reading: { error?: unknown }): AsyncGenerator<Uint8Array> {
+  try {
+    for await (const chunk of chunks) {
+      progress();
+      yield chunk;
+    }
+  } catch (e) {
+    reading.error = e;
+    throw e;
   }
 }
 

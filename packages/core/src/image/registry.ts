@@ -13,10 +13,12 @@ import { MANIFEST_ACCEPT, MAX_DOCUMENT_BYTES, type Descriptor, type ImageSource 
 import { registryApiHost, registryHostProblem, type ImageReference } from './reference.js';
 import { AuthState, RegistryAuthenticator, type RequestOptions } from './registry-auth.js';
 import { RegistryHttp, type Exchange, type RetryEvent } from './registry-http.js';
+import { BlobUploader, type BlobPushOptions, type BlobPushOutcome, type BlobToPush } from './registry-upload.js';
 import { BACKOFF_BASE_MS } from './retry.js';
 
 // The names importers know from this module, wherever they now live.
 export type { RetryEvent } from './registry-http.js';
+export type { BlobPushOptions, BlobPushOutcome, BlobPushPhase, BlobToPush } from './registry-upload.js';
 export { parseWwwAuthenticate, type AuthChallenge } from './www-authenticate.js';
 
 export interface RegistryClientOptions {
@@ -63,6 +65,7 @@ export class RegistryClient {
   private readonly insecure: string[];
   private readonly http: RegistryHttp;
   private readonly authenticator: RegistryAuthenticator;
+  private readonly uploader: BlobUploader;
 
   constructor(options: RegistryClientOptions = {}) {
     const creds = options.credentials;
@@ -80,6 +83,11 @@ export class RegistryClient {
     const userAgent = options.userAgent ?? `roost (node ${process.version})`;
     this.http = new RegistryHttp({ userAgent, requestTimeoutMs, idleTimeoutMs, retries, retryBaseMs, onRetry: options.onRetry });
     this.authenticator = new RegistryAuthenticator(this.http, (hostPort) => this.plainHttpAllowed(hostPort));
+    this.uploader = new BlobUploader({
+      http: this.http,
+      baseUrl: (registry) => this.baseUrl(registry),
+      send: (registry, target, options) => this.request(this.auth, registry, target, options),
+    });
   }
 
   /** The registry's API root: https, or plain http for loopback hosts and insecure registries (Docker's rule). */
@@ -176,6 +184,44 @@ export class RegistryClient {
     }
   }
 
+  /** True when `registry/repository` has the blob (HEAD). 401/403 are IMAGE errors naming `roost login`. */
+  blobExists(registry: string, repository: string, digest: string, signal?: AbortSignal): Promise<boolean> {
+    checkRepository(repository);
+    parseDigest(digest);
+    return this.uploader.exists(registry, repository, digest, signal);
+  }
+
+  /**
+   * Gets a blob into `registry/repository` (registry v2 push): nothing if it
+   * is there, a cross-repository mount from one of `options.mountFrom` when
+   * the registry agrees, else an upload, monolithic or chunked by size.
+   * Authenticates with push scope. Says how the blob got there.
+   */
+  pushBlob(registry: string, repository: string, blob: BlobToPush, options: BlobPushOptions): Promise<BlobPushOutcome> {
+    checkRepository(repository);
+    parseDigest(blob.digest);
+    for (const from of options.mountFrom ?? []) checkRepository(from);
+    return this.uploader.push(registry, repository, blob, options);
+  }
+
+  /**
+   * PUTs a manifest's exact bytes as `reference` (a tag, or the manifest's
+   * digest) with its media type, and checks the registry stored it under
+   * `manifest.digest`. A refused manifest is IMAGE with the registry's reason.
+   */
+  putManifest(
+    registry: string,
+    repository: string,
+    reference: string,
+    manifest: { bytes: Buffer; mediaType: string; digest: string },
+    signal?: AbortSignal,
+  ): Promise<string> {
+    checkRepository(repository);
+    if (reference.includes(':')) parseDigest(reference);
+    else if (!TAG_RE.test(reference)) throw new RoostError('INVALID_ARGUMENT', `"${reference}" is neither a tag nor a digest`);
+    return this.uploader.putManifest(registry, repository, reference, manifest, signal);
+  }
+
   private plainHttpAllowed(hostPort: string): boolean {
     const lower = hostPort.toLowerCase();
     const host = lower.startsWith('[') ? lower.slice(1, lower.indexOf(']')) : lower.replace(/:\d+$/, '');
@@ -183,9 +229,20 @@ export class RegistryClient {
     return this.insecure.some((entry) => entry === lower || (entry === host && !/:\d+$/.test(entry)));
   }
 
-  /** One try of a request to the registry's API at `path`, answering its authentication challenge if one comes (RegistryAuthenticator.request). */
-  private async request(state: AuthState, registry: string, path: string, options: RequestOptions): Promise<Exchange> {
-    return this.authenticator.request(state, registry, new URL(path, this.baseUrl(registry)), options);
+  /**
+   * One try of a request to the registry's API at `target` (a path, or a URL
+   * the registry gave), answering its authentication challenge if one comes
+   * (RegistryAuthenticator.request). A URL on another origin (an upload
+   * location at a storage service) gets no credentials.
+   */
+  private async request(state: AuthState, registry: string, target: string | URL, options: RequestOptions): Promise<Exchange> {
+    const base = this.baseUrl(registry);
+    const url = new URL(target, base);
+    if (url.origin === new URL(base).origin) return this.authenticator.request(state, registry, url, options);
+    const { method, accept, headers, body, contentType, signal, what } = options;
+    const ex = await this.http.exchange(url, { method, accept, headers, body, signal, what, ...(contentType ? { contentType } : {}) });
+    if (ex.res.status >= 500 || ex.res.status === 429) throw await this.http.transientStatus(ex, what);
+    return ex;
   }
 }
 

@@ -10,9 +10,11 @@ import { SandboxRecords } from '../state/sandboxes.js';
 import { openDockerArchive, openOciLayout, writeOciLayout, type ExportFormat, type LocalImageSource } from './archive.js';
 import { CredentialStore } from './auth.js';
 import { isAlive } from '../proc.js';
+import type { PushResult } from '@roost/api';
 import { BlobStore, parseDigest } from './blobs.js';
 import { parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
 import { pullImage, type PulledImage } from './pull.js';
+import { mountSources, pushDestination, pushImage, type PushImageOptions } from './push.js';
 import { formatImageReference, parseImageReference, type ImageReference } from './reference.js';
 import { RegistryClient, RegistrySource } from './registry.js';
 import { buildRootfs, ROOTFS_FORMAT } from './rootfs.js';
@@ -146,6 +148,50 @@ export class ImageStore {
     } finally {
       await source.close?.();
     }
+  }
+
+  /**
+   * Pushes a stored image (by name, digest or id) to a registry:
+   * `options.destination` (`REGISTRY/REPO[:TAG]`), else the image's own
+   * name. The manifest goes as stored, so the pushed digest is the image id.
+   * Blobs the repository has are skipped; blobs that an image of this store
+   * was pulled from or pushed to another repository of the same registry
+   * with are mounted from there when the registry agrees. NOT_FOUND for an
+   * image not stored; see pushImage for the rest.
+   */
+  async push(reference: string, options: PushImageOptions & { destination?: string } = {}): Promise<PushResult> {
+    const image = this.inspect(reference);
+    const destination = pushDestination(reference, image, options.destination);
+    const row = this.#row(image.id)!;
+    const manifestBytes = await readFile(this.blobs.path(image.id)).catch((e: unknown) => {
+      throw new RoostError('IMAGE', `the manifest of image ${image.id} is missing from the store: pull or build the image again`, { cause: e });
+    });
+    const parsed = parseManifest(manifestBytes, row.manifest_media_type);
+    if (parsed.kind !== 'manifest') throw new RoostError('INTERNAL', `stored manifest ${image.id} is an index`);
+    const pushedTo = this.#pushDestinations();
+    const result = await pushImage(
+      this.#client,
+      {
+        imageId: image.id,
+        manifestBytes,
+        manifestMediaType: row.manifest_media_type,
+        config: parsed.manifest.config,
+        layers: parsed.manifest.layers,
+        blobPath: (d) => this.blobs.path(d),
+        mountFrom: (d) =>
+          mountSources(
+            destination,
+            this.#imagesHolding(d).flatMap((id) => [...(pushedTo.get(id) ?? []), this.#row(id)?.source ?? '']),
+          ),
+      },
+      destination,
+      options,
+    );
+    this.#events.append('image.pushed', {
+      imageId: image.id,
+      data: { reference, destination: result.destination, manifestDigest: result.manifestDigest, blobs: result.blobs, bytes: result.bytes },
+    });
+    return result;
   }
 
   /** Writes an image out as an OCI layout directory, an OCI archive (tar) or a `docker save` archive. */
@@ -374,6 +420,29 @@ export class ImageStore {
     }
     const name = formatImageReference(ref.digest ? { registry: ref.registry, repository: ref.repository, digest: ref.digest } : withDefaultTag(ref));
     return (this.#db.prepare('SELECT name FROM tags WHERE name = ?').get(name) as { name: string } | undefined)?.name;
+  }
+
+  /** Images whose config or one of whose layers is this blob. */
+  #imagesHolding(digest: string): string[] {
+    const rows = this.#db
+      .prepare('SELECT id FROM images WHERE config_digest = ? UNION SELECT image_id AS id FROM image_layers WHERE layer_digest = ?')
+      .all(digest, digest) as { id: string }[];
+    return rows.map((r) => r.id);
+  }
+
+  /** Where each image was pushed to, newest first (from the `image.pushed` events still kept). */
+  #pushDestinations(): Map<string, string[]> {
+    const rows = this.#db.prepare("SELECT image_id, data_json FROM events WHERE type = 'image.pushed' ORDER BY id DESC").all() as {
+      image_id: string | null;
+      data_json: string;
+    }[];
+    const out = new Map<string, string[]>();
+    for (const r of rows) {
+      const destination = (JSON.parse(r.data_json) as { destination?: unknown }).destination;
+      if (r.image_id === null || typeof destination !== 'string') continue;
+      out.set(r.image_id, [...(out.get(r.image_id) ?? []), destination]);
+    }
+    return out;
   }
 
   #row(id: string): ImageRow | undefined {

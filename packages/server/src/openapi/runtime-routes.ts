@@ -11,6 +11,9 @@ import {
   PoolListSchema,
   PullEventSchema,
   PullRequestSchema,
+  PushEventSchema,
+  PushImageRequestSchema,
+  PushResultSchema,
   ResizePoolRequestSchema,
   RoostEventSchema,
   RuntimeMetricsSchema,
@@ -56,6 +59,18 @@ export const RUNTIME_ROUTES: readonly Route[] = [
     body: { schema: PullRequestSchema, required: true },
     ok: { 200: { description: 'Pulling (stream) or pulled (JSON).', bodies: [{ ndjson: PullEventSchema }, { json: ImageInfoSchema }] } },
     errors: [400, 404, 502, 507],
+  },
+  {
+    method: 'post',
+    path: '/v1/images/push',
+    operationId: 'pushImage',
+    tag: 'images',
+    summary: 'Push a stored image to a registry',
+    description:
+      "The registry v2 push: each blob (layers, then the config) skipped when the repository has it, mounted from another repository of the registry that has it, or uploaded (chunked above 16 MiB); then the manifest, as stored, so the pushed digest is the image id. `destination` defaults to the image's own name. The daemon's home logins are used (`roost login`). With `Accept: application/x-ndjson` (the default), PushEvent lines: `progress` per blob (at most about 10 a second each), then `done` or `error`. With `Accept: application/json`, the PushResult once pushed.",
+    body: { schema: PushImageRequestSchema, required: true },
+    ok: { 200: { description: 'Pushing (stream) or pushed (JSON).', bodies: [{ ndjson: PushEventSchema }, { json: PushResultSchema }] } },
+    errors: [400, 404, 502],
   },
   {
     method: 'get',

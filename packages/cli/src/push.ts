@@ -1,0 +1,87 @@
+import type { Command } from 'commander';
+import { pushProgressDone, type PushProgress, type PushResult } from '@roost/api';
+import type { WithImages } from './connect.js';
+import { bytes } from './format.js';
+
+/**
+ * `roost push NAME[:TAG] [REGISTRY/REPO[:TAG]]`: `images.push` through the
+ * daemon when there is one (with its home's logins), else the home's store.
+ */
+export function addPushCommand(program: Command, withImages: WithImages): void {
+  program
+    .command('push')
+    .description('push a stored image to a registry (blobs the registry has are skipped or mounted; the digest stays the same)')
+    .argument('<image>', 'a stored image: NAME[:TAG], a digest or an id')
+    .argument('[destination]', 'REGISTRY/REPOSITORY[:TAG] (default: the image\'s own name; tag "latest" when none)')
+    .option('-q, --quiet', 'print only the pushed manifest digest')
+    .action(async (image: string, destination: string | undefined, flags: { quiet?: boolean }) => {
+      const result = await withImages((face) =>
+        face.images.push(image, { ...(destination !== undefined ? { destination } : {}), ...(flags.quiet ? {} : { onProgress: pushProgressPrinter() }) }),
+      );
+      process.stdout.write(flags.quiet ? `${result.manifestDigest}\n` : pushSummary(result));
+    });
+}
+
+/** `DEST: digest sha256:... (2 pushed, 1 mounted, 0 existed; 3.1MB uploaded)` */
+export function pushSummary(r: PushResult): string {
+  const { pushed, mounted, exists } = r.blobs;
+  return `${r.destination}: digest ${r.manifestDigest} (${pushed} pushed, ${mounted} mounted, ${exists} already there; ${bytes(r.bytes.pushed)} uploaded)\n`;
+}
+
+/**
+ * Prints push progress on stderr: on a terminal, one line per blob redrawn
+ * in place with a bar; otherwise one line per blob when it is done (or failed).
+ */
+export function pushProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PushProgress) => void {
+  const tty = stream.isTTY === true;
+  const order: string[] = [];
+  const lines = new Map<string, string>();
+  let drawn = 0;
+  let last = 0;
+  const redraw = (force: boolean) => {
+    const now = Date.now();
+    if (!force && now - last < 100) return;
+    last = now;
+    const width = Math.max(40, (stream.columns || 80) - 1);
+    let out = drawn > 0 ? `\x1b[${drawn}A` : '';
+    for (const d of order) out += `\r\x1b[2K${(lines.get(d) ?? '').slice(0, width)}\n`;
+    drawn = order.length;
+    stream.write(out);
+  };
+  return (p) => {
+    const id = p.digest.replace(/^sha\d+:/, '').slice(0, 12);
+    if (!lines.has(p.digest)) order.push(p.digest);
+    const line = `${id}: ${describePush(p)}`;
+    lines.set(p.digest, line);
+    const final = pushProgressDone(p) || p.status === 'failed';
+    if (tty) redraw(final);
+    else if (final) stream.write(`${line}\n`);
+  };
+}
+
+/** One blob's state in words (and a bar while it uploads). */
+export function describePush(p: PushProgress): string {
+  switch (p.status) {
+    case 'waiting':
+      return 'waiting';
+    case 'checking':
+      return 'checking';
+    case 'exists':
+      return 'already exists';
+    case 'mounted':
+      return `mounted from another repository (${bytes(p.total)})`;
+    case 'pushed':
+      return `pushed (${bytes(p.total)})`;
+    case 'retrying':
+      return 'retrying';
+    case 'failed':
+      return 'failed';
+    case 'uploading': {
+      const width = 30;
+      const frac = p.total > 0 ? Math.min(1, p.current / p.total) : 0;
+      const full = Math.floor(frac * width);
+      const bar = '='.repeat(full) + (full < width ? '>' : '') + ' '.repeat(Math.max(0, width - full - 1));
+      return `uploading [${bar}] ${bytes(p.current)}/${bytes(p.total)}`;
+    }
+  }
+}
