@@ -12,6 +12,7 @@ export type RoostErrorCode =
   | 'UNAVAILABLE'
   | 'SETUP_REQUIRED'
   | 'BOOT_FAILED'
+  | 'BUILD_FAILED'
   | 'AGENT'
   | 'VMM'
   | 'IMAGE'
@@ -35,6 +36,8 @@ export const ERROR_STATUS: Readonly<Record<RoostErrorCode, number>> = {
   UNAVAILABLE: 503,
   SETUP_REQUIRED: 503,
   BOOT_FAILED: 500,
+  /** A step of an image build failed (a RUN exited non-zero): the Dockerfile's doing, not Roost's. */
+  BUILD_FAILED: 422,
   AGENT: 502,
   VMM: 500,
   IMAGE: 502,

@@ -1,4 +1,5 @@
 import type { PushImageOptions, PushResult } from './push.js';
+import type { BuildImageOptions, BuildResult } from './build.js';
 import type { ImageInfoBody, PullStatus } from './schemas.js';
 
 /*
@@ -60,4 +61,6 @@ export interface ImagesApi {
    * stored; IMAGE naming `roost login` when the registry wants a login.
    */
   push(reference: string, options?: PushImageOptions): Promise<PushResult>;
+  /** Builds an image from a Dockerfile in `context` (a directory), each RUN step in a microVM; tags it once it is whole. */
+  build(context: string, options?: BuildImageOptions): Promise<BuildResult>;
 }

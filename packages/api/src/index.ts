@@ -11,6 +11,7 @@ export * from './options.js';
 export * from './sandbox.js';
 export * from './images.js';
 export * from './push.js';
+export * from './build.js';
 export * from './paths.js';
 export * from './names.js';
 export * from './files.js';

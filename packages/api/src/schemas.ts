@@ -344,6 +344,7 @@ export const EVENT_TYPES = [
   'sandbox.deleted',
   'image.pulled',
   'image.deleted',
+  'image.built',
   'volume.created',
   'volume.removed',
   'sandbox.paused',

@@ -70,7 +70,11 @@ export async function connectImages(options: { host?: string; home?: string }): 
   const home = roostHome(options.home);
   const client = await findDaemon(home, options.host);
   if (client) return new RemoteFace(client);
-  return { kind: 'embedded', images: new StoreImages(new ImageStore({ home })), close: async () => {} };
+  // Builds boot sandboxes, so they need the home's runtime: `roost build` connects with `connect`, not here.
+  const noBuilds = async (): Promise<never> => {
+    throw new RoostError('INVALID_STATE', "an image build needs the home's runtime: use `roost build`");
+  };
+  return { kind: 'embedded', images: new StoreImages(new ImageStore({ home }), noBuilds), close: async () => {} };
 }
 
 /**

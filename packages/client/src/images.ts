@@ -1,5 +1,10 @@
 import {
   abortError,
+  BuildEventSchema,
+  BuildOptionsSchema,
+  errorFromBody,
+  type BuildImageOptions,
+  type BuildResult,
   decodePullEvent,
   decodePushEvent,
   PushImageOptionsSchema,
@@ -17,7 +22,8 @@ import {
   type ImagesApi,
   type PullImageOptions,
 } from '@roost/api';
-import type { Transport } from './http.js';
+import { contextTar } from './context-tar.js';
+import type { RequestOptions, Transport } from './http.js';
 import { NdjsonParser } from './wire.js';
 
 /**
@@ -34,41 +40,12 @@ export class RemoteImages implements ImagesApi {
     // Checked here with the contract's schemas, before anything goes on the wire.
     parseInput(PullRequestSchema, { reference }, 'image pull');
     parseInput(PullImageOptionsSchema, options, 'pull options');
-    const what = `pulling ${reference}`;
-    const { res, abort } = await this.transport.stream('POST', '/v1/images/pull', {
-      json: { reference },
-      accept: 'application/x-ndjson',
-      signal: options.signal,
-      timeoutMs: null,
-      what,
-    });
-    const parser = new NdjsonParser();
-    let result: ImageInfoBody | undefined;
-    const take = (v: unknown) => {
+    return this.#ndjson<ImageInfoBody>(`pulling ${reference}`, '/v1/images/pull', { json: { reference } }, options.signal, (v) => {
       const ev = decodePullEvent(v, reference);
-      if (ev?.type === 'progress') {
-        try {
-          options.onProgress?.(ev.progress);
-        } catch {
-          // A throwing progress callback does not end the pull.
-        }
-      } else if (ev?.type === 'done') {
-        result = ev.image;
-      } else if (ev?.type === 'error') {
-        throw ev.error;
-      }
-    };
-    try {
-      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) take(v);
-      for (const v of parser.end()) take(v);
-    } catch (e) {
-      abort(e instanceof Error ? e : new Error(String(e)));
-      if (isRoostError(e)) throw e;
-      if (options.signal?.aborted) throw abortError(options.signal, what);
-      throw new RoostError('UNAVAILABLE', `${what}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e });
-    }
-    if (!result) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
-    return result;
+      if (ev?.type === 'progress') quietly(() => options.onProgress?.(ev.progress));
+      else if (ev?.type === 'error') throw ev.error;
+      return ev?.type === 'done' ? ev.image : undefined;
+    });
   }
 
   /**
@@ -80,40 +57,64 @@ export class RemoteImages implements ImagesApi {
     // Checked here with the contract's schemas, before anything goes on the wire.
     parseInput(PushImageRequestSchema, body, 'image push');
     parseInput(PushImageOptionsSchema, options, 'push options');
-    const what = `pushing ${reference}`;
-    const { res, abort } = await this.transport.stream('POST', '/v1/images/push', {
-      json: body,
-      accept: 'application/x-ndjson',
-      signal: options.signal,
-      timeoutMs: null,
-      what,
-    });
-    const parser = new NdjsonParser();
-    let result: PushResult | undefined;
-    const take = (v: unknown) => {
+    return this.#ndjson<PushResult>(`pushing ${reference}`, '/v1/images/push', { json: body }, options.signal, (v) => {
       const ev = decodePushEvent(v, options.destination ?? reference);
-      if (ev?.type === 'progress') {
-        try {
-          options.onProgress?.(ev.progress);
-        } catch {
-          // A throwing progress callback does not end the push.
-        }
-      } else if (ev?.type === 'done') {
-        result = ev.result;
-      } else if (ev?.type === 'error') {
-        throw ev.error;
-      }
+      if (ev?.type === 'progress') quietly(() => options.onProgress?.(ev.progress));
+      else if (ev?.type === 'error') throw ev.error;
+      return ev?.type === 'done' ? ev.result : undefined;
+    });
+  }
+
+  /**
+   * Builds an image on the daemon from a Dockerfile in `context`, a local
+   * directory sent as a tar stream (see docs/images.md#build); `onProgress`
+   * hears each step and its output. Resolves with the tagged image.
+   */
+  async build(context: string, options: BuildImageOptions = {}): Promise<BuildResult> {
+    const { onProgress, signal, ...rest } = options;
+    const opts = parseInput(BuildOptionsSchema, rest, 'build options');
+    return this.#ndjson<BuildResult>(
+      `building ${context}`,
+      '/v1/images/build',
+      { body: contextTar(context, signal), contentType: 'application/x-tar', query: { options: JSON.stringify(opts) } },
+      signal,
+      (v) => {
+        const ev = BuildEventSchema.safeParse(v);
+        if (!ev.success) return undefined;
+        const e = ev.data;
+        if (e.type === 'error') throw errorFromBody(e.error, { code: 'INTERNAL', message: `building ${context} failed` });
+        if (e.type === 'done') return { image: e.image, ran: e.ran, cached: e.cached };
+        quietly(() => onProgress?.(e));
+        return undefined;
+      },
+    );
+  }
+
+  /** A POST answered with NDJSON lines: `take` decodes each (throws a failure, returns the result); the stream must end with one. */
+  async #ndjson<T>(
+    what: string,
+    path: string,
+    request: Pick<RequestOptions, 'json' | 'body' | 'contentType' | 'query'>,
+    signal: AbortSignal | undefined,
+    take: (line: unknown) => T | undefined,
+  ): Promise<T> {
+    const { res, abort } = await this.transport.stream('POST', path, { ...request, accept: 'application/x-ndjson', signal, timeoutMs: null, what });
+    const parser = new NdjsonParser();
+    let result: T | undefined;
+    const each = (v: unknown) => {
+      const r = take(v);
+      if (r !== undefined) result = r;
     };
     try {
-      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) take(v);
-      for (const v of parser.end()) take(v);
+      for await (const chunk of res) for (const v of parser.push(chunk as Buffer)) each(v);
+      for (const v of parser.end()) each(v);
     } catch (e) {
       abort(e instanceof Error ? e : new Error(String(e)));
       if (isRoostError(e)) throw e;
-      if (options.signal?.aborted) throw abortError(options.signal, what);
+      if (signal?.aborted) throw abortError(signal, what);
       throw new RoostError('UNAVAILABLE', `${what}: the connection to the daemon at ${this.transport.endpoint.display} broke`, { cause: e });
     }
-    if (!result) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
+    if (result === undefined) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
     return result;
   }
 
@@ -131,5 +132,14 @@ export class RemoteImages implements ImagesApi {
   async remove(reference: string, options: { force?: boolean } = {}): Promise<ImageRemoval> {
     options = parseInput(RemoveImageOptionsSchema, options, 'image removal options');
     return this.transport.json('DELETE', `/v1/images/${encodeURIComponent(reference)}`, { query: options.force ? { force: 'true' } : {} });
+  }
+}
+
+/** Runs a caller's progress callback: one that throws does not end the operation. */
+function quietly(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // ignored: progress is advisory
   }
 }

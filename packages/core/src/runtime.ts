@@ -1,6 +1,8 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type {
+  BuildImageOptions,
+  BuildResult,
   CreateOptions,
   DoctorOptions,
   DoctorReport,
@@ -21,7 +23,7 @@ import { doctorHome, examineHome, report, type HomeDoctorOptions } from './docto
 import { RoostError } from './errors.js';
 import { HomeLayout, roostHome } from './home.js';
 import { ImageStore } from './image/store.js';
-import { StoreImages } from './image/images-api.js';
+import { imageInfoBody, StoreImages } from './image/images-api.js';
 import { processUsage } from './proc.js';
 import { Sandbox, type RuntimeCounters, type SandboxServices } from './sandbox.js';
 import { checkCreateOptions, checkRestoreOptions, type SandboxOptions } from './sandbox/plan.js';
@@ -41,6 +43,8 @@ import { SnapshotStore } from './snapshot/store.js';
 import { Templates } from './snapshot/templates.js';
 import { Pools } from './pools/pools.js';
 import { Deployments } from './deployments/deployments.js';
+import { buildImage } from './build/build.js';
+import { BuildCache } from './build/cache.js';
 import type { BridgeConfig } from './net/bridge-network.js';
 import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
@@ -89,6 +93,8 @@ export interface EventsOptions {
 }
 
 const DEFAULT_MAX_CONCURRENT_CREATES = 16;
+/** The memory of a build's RUN sandboxes, unless the build says (package managers want more than a sandbox's default). */
+const BUILD_MEMORY_MIB = 1024;
 const ID_PATTERN = /^[0-9a-f]{12}$/;
 
 /**
@@ -127,6 +133,7 @@ export class Runtime implements RuntimeApi {
   readonly #snapshots: SnapshotsApi;
   readonly #pools: Pools<Sandbox>;
   readonly #deployments: Deployments<Sandbox>;
+  readonly #buildCache: BuildCache;
   readonly #sandboxes = new Map<string, Sandbox>();
   /** The ends of the sandboxes' lifetimes (armed once recovery is done). */
   #recovered = false;
@@ -167,6 +174,7 @@ export class Runtime implements RuntimeApi {
       snapshotName: (id) => this.#snapshotStore.find(id)?.name,
       template: (name) => this.#templates.get(name),
     });
+    this.#buildCache = new BuildCache(db);
     this.#deployments = new Deployments<Sandbox>(db, this.#log, { create: (o) => this.#create(o), sandboxes: () => this.#sandboxes.values() });
     const store = this.#snapshotStore;
     const log = this.#log;
@@ -224,7 +232,7 @@ export class Runtime implements RuntimeApi {
 
   /** The images of this home: pull, list, inspect, remove (import, export, tag and prune: `ImageStore`). */
   get images(): ImagesApi {
-    return (this.#imagesApi ??= new StoreImages(this.#images));
+    return (this.#imagesApi ??= new StoreImages(this.#images, (context, options) => this.#build(context, options)));
   }
   #imagesApi: StoreImages | undefined;
 
@@ -279,6 +287,35 @@ export class Runtime implements RuntimeApi {
       return this.#pools._take(pool!, rest);
     }
     return this.#create(options);
+  }
+
+  /** An image build (build/build.ts): its RUN steps' sandboxes are this runtime's, removed with it if it closes first. */
+  async #build(context: string, options: BuildImageOptions): Promise<BuildResult> {
+    this.#checkOpen();
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
+    const run = buildImage(
+      {
+        store: this.#images,
+        cache: this.#buildCache,
+        imageBody: (id) => imageInfoBody(this.#images.inspect(id)),
+        sandbox: (o) =>
+          this.#create({
+            image: o.image,
+            network: o.network,
+            ...(o.egress ? { egress: o.egress } : {}),
+            ...(o.cpus ? { cpus: o.cpus } : {}),
+            memoryMiB: o.memoryMiB ?? BUILD_MEMORY_MIB,
+            ...(o.diskSizeMiB ? { diskSizeMiB: o.diskSizeMiB } : {}),
+            autoRemove: true,
+            timeoutMs: 60_000,
+            ...(o.signal ? { signal: o.signal } : {}),
+          }),
+      },
+      context,
+      { ...options, signal },
+    );
+    this.#track(run);
+    return run;
   }
 
   /** `create` without the checks of what callers may ask (pools make members with the reserved label through it). */

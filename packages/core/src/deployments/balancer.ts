@@ -80,8 +80,14 @@ export class ServiceBalancer {
       server.once('error', (e: NodeJS.ErrnoException) => {
         const where = `service port ${this.#options.host}:${this.#options.port}`;
         if (e.code === 'EADDRINUSE') reject(new RoostError('UNAVAILABLE', `${where} is in use by another program`, { cause: e }));
-        else if (e.code === 'EACCES') reject(new RoostError('PERMISSION_DENIED', `${where}: binding it needs privileges (ports below 1024 do, for a user without CAP_NET_BIND_SERVICE)`, { cause: e }));
-        else if (e.code === 'EADDRNOTAVAIL') reject(new RoostError('INVALID_ARGUMENT', `${where}: ${this.#options.host} is no address of this host`, { cause: e }));
+        else if (e.code === 'EACCES')
+          reject(
+            new RoostError('PERMISSION_DENIED', `${where}: binding it needs privileges (ports below 1024 do, for a user without CAP_NET_BIND_SERVICE)`, {
+              cause: e,
+            }),
+          );
+        else if (e.code === 'EADDRNOTAVAIL')
+          reject(new RoostError('INVALID_ARGUMENT', `${where}: ${this.#options.host} is no address of this host`, { cause: e }));
         else reject(new RoostError('NETWORK', `${where}: ${e.message}`, { cause: e }));
       });
       server.listen(this.#options.port, this.#options.host, () => resolve());

@@ -9,7 +9,15 @@ describe('StoreImages', () => {
       throw new Error(`the store was used (${String(name)}) for input the contract refuses`);
     },
   });
-  const images = new StoreImages(untouched);
+  const images = new StoreImages(untouched, () => {
+    throw new Error('the builder was called for input the contract refuses');
+  });
+
+  it('refuses bad build options with INVALID_ARGUMENT before building', async () => {
+    await expect(images.build('/ctx', { tags: [''] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /tags/ });
+    await expect(images.build('/ctx', { network: 'bridge' } as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /network/ });
+    await expect(images.build('/ctx', { buildArgs: { 'no-dash': 'x' } })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: /buildArgs/ });
+  });
 
   it('refuses an empty reference and unknown options with INVALID_ARGUMENT', async () => {
     await expect(images.pull('')).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });

@@ -1,5 +1,13 @@
-import { parseInput, PullImageOptionsSchema, PullRequestSchema, PushImageOptionsSchema, PushImageRequestSchema, RemoveImageOptionsSchema } from '@roost/api';
-import type { ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions, PushImageOptions, PushResult } from '@roost/api';
+import {
+  BuildOptionsSchema,
+  parseInput,
+  PullImageOptionsSchema,
+  PullRequestSchema,
+  PushImageOptionsSchema,
+  PushImageRequestSchema,
+  RemoveImageOptionsSchema,
+} from '@roost/api';
+import type { BuildImageOptions, BuildResult, ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions, PushImageOptions, PushResult } from '@roost/api';
 import type { ImageInfo, ImageStore } from './store.js';
 
 /**
@@ -11,7 +19,18 @@ import type { ImageInfo, ImageStore } from './store.js';
  * Concurrency: calls may overlap; pulls of the same image share their downloads (the store's).
  */
 export class StoreImages implements ImagesApi {
-  constructor(private readonly store: ImageStore) {}
+  constructor(
+    private readonly store: ImageStore,
+    /** The image builder (build/build.ts), which needs the runtime's sandboxes. */
+    private readonly builder: (context: string, options: BuildImageOptions) => Promise<BuildResult>,
+  ) {}
+
+  /** Builds an image from a Dockerfile in `context`, each RUN step in a microVM (see docs/images.md#build). */
+  async build(context: string, options: BuildImageOptions = {}): Promise<BuildResult> {
+    const { onProgress, signal, ...rest } = options;
+    const checked = parseInput(BuildOptionsSchema, rest, 'build options');
+    return this.builder(context, { ...checked, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) });
+  }
 
   async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
     // Checked only: the callback is passed on as the caller gave it.

@@ -119,6 +119,11 @@ export function registryHostProblem(host: string): string | undefined {
 }
 
 /** The fully qualified form: `docker.io/library/alpine:3.20`, `h:5000/a@sha256:...`. */
+/** The reference with the tag `latest` when it names neither a tag nor a digest. */
+export function withDefaultTag(ref: ImageReference): ImageReference {
+  return ref.tag || ref.digest ? ref : { ...ref, tag: 'latest' };
+}
+
 export function formatImageReference(ref: ImageReference): string {
   return `${ref.registry}/${ref.repository}${ref.tag !== undefined ? `:${ref.tag}` : ''}${ref.digest !== undefined ? `@${ref.digest}` : ''}`;
 }

@@ -1,3 +1,6 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
 import { lstat, mkdir, readdir, readFile, rm, stat, statfs } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
@@ -12,10 +15,10 @@ import { CredentialStore } from './auth.js';
 import { isAlive } from '../proc.js';
 import type { PushResult } from '@roost/api';
 import { BlobStore, parseDigest } from './blobs.js';
-import { parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
+import { MediaType, parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
 import { pullImage, type PulledImage } from './pull.js';
 import { mountSources, pushDestination, pushImage, type PushImageOptions } from './push.js';
-import { formatImageReference, parseImageReference, type ImageReference } from './reference.js';
+import { formatImageReference, parseImageReference, withDefaultTag, type ImageReference } from './reference.js';
 import { RegistryClient, RegistrySource } from './registry.js';
 import { buildRootfs, ROOTFS_FORMAT } from './rootfs.js';
 
@@ -194,6 +197,45 @@ export class ImageStore {
     return result;
   }
 
+  /**
+   * Records an image whose layer blobs are in the store already (an image
+   * builder's): the manifest and config are stored, verified like a pull's,
+   * and the image tagged with `names`. Returns the image.
+   */
+  async addLocal(
+    image: { manifestBytes: Buffer; configBytes: Buffer; description: string },
+    names: string[],
+    options: { event?: boolean; signal?: AbortSignal } = {},
+  ): Promise<ImageInfo> {
+    const blobs = this.blobs;
+    const configDigest = `sha256:${createHash('sha256').update(image.configBytes).digest('hex')}`;
+    const source: ImageSource = {
+      description: image.description,
+      getManifest: async () => ({ bytes: image.manifestBytes, mediaType: MediaType.ociManifest }),
+      openBlob: async (d) => (d.digest === configDigest ? Readable.from([image.configBytes]) : createReadStream(blobs.path(d.digest))),
+    };
+    try {
+      const pulled = await this.#copy(source, 'built', image.description, options.signal ? { signal: options.signal } : {});
+      const info = this.#record(pulled, names, image.description);
+      if (options.event !== false) this.#events.append('image.built', { imageId: info.id, data: { tags: info.tags, size: info.size } });
+      return info;
+    } catch (e) {
+      throw diskFullError(e, this.#db.name) ?? e;
+    }
+  }
+
+  /** The image's own config document (the OCI or Docker config JSON, as stored). */
+  async rawConfig(reference: string): Promise<Record<string, unknown>> {
+    const row = this.#row(this.inspect(reference).id)!;
+    return JSON.parse(await readFile(this.blobs.path(row.config_digest), 'utf8')) as Record<string, unknown>;
+  }
+
+  /** The image's layers in order, with their diff ids. */
+  layersOf(reference: string): { layers: Descriptor[]; diffIds: string[] } {
+    const row = this.#row(this.inspect(reference).id)!;
+    return { layers: this.#layers(row.id), diffIds: (JSON.parse(row.config_json) as ImageConfig).diffIds };
+  }
+
   /** Writes an image out as an OCI layout directory, an OCI archive (tar) or a `docker save` archive. */
   async export(reference: string, dest: string, options: { format?: ExportFormat; signal?: AbortSignal } = {}): Promise<void> {
     const image = this.inspect(reference);
@@ -297,6 +339,8 @@ export class ImageStore {
       this.#db.transaction(() => candidates.forEach((id) => del.run(id)))();
     }
     let reclaimedBytes = 0;
+    // The build cache goes too: its layers are freed below unless an image uses them.
+    this.#db.prepare('DELETE FROM build_cache').run();
     const deleted = await this.#deleteImages(candidates, (n) => (reclaimedBytes += n));
     for (const id of deleted) this.#events.append('image.deleted', { imageId: id, data: { pruned: true } });
     reclaimedBytes += await this.#sweep();
@@ -501,7 +545,8 @@ export class ImageStore {
           const still = db.prepare('SELECT 1 FROM image_layers WHERE layer_digest = ? LIMIT 1').get(l);
           if (!still) {
             db.prepare('DELETE FROM layers WHERE digest = ?').run(l);
-            orphans.push(l);
+            // A layer the build cache remembers stays (`prune` clears the cache first).
+            if (!db.prepare('SELECT 1 FROM build_cache WHERE layer_digest = ? LIMIT 1').get(l)) orphans.push(l);
           }
         }
         if (!db.prepare('SELECT 1 FROM images WHERE config_digest = ? LIMIT 1').get(row.config_digest)) orphans.push(row.config_digest);
@@ -532,6 +577,9 @@ export class ImageStore {
       referenced.add(r.config_digest);
     }
     for (const r of this.#db.prepare('SELECT digest FROM layers').all() as { digest: string }[]) referenced.add(r.digest);
+    // The image builder's cached layers stay while the cache remembers them (`prune` clears it first).
+    for (const r of this.#db.prepare('SELECT layer_digest FROM build_cache WHERE layer_digest IS NOT NULL').all() as { layer_digest: string }[])
+      referenced.add(r.layer_digest);
     for (const d of await this.blobs.list()) {
       if (referenced.has(d)) continue;
       const st = await stat(this.blobs.path(d)).catch(() => null);
@@ -572,10 +620,6 @@ export class ImageStore {
 function nameFor(ref: ImageReference, pulled: PulledImage): string {
   if (ref.tag && !ref.digest) return formatImageReference(ref);
   return formatImageReference({ registry: ref.registry, repository: ref.repository, digest: ref.digest ?? pulled.manifestDigest });
-}
-
-function withDefaultTag(ref: ImageReference): ImageReference {
-  return ref.tag || ref.digest ? ref : { ...ref, tag: 'latest' };
 }
 
 /**

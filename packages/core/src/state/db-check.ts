@@ -19,6 +19,7 @@ export const ROOST_TABLES: Readonly<Record<string, number>> = {
   jail_ids: 6,
   pools: 7,
   deployments: 8,
+  build_cache: 9,
 };
 
 const ID_PATTERN = /^[0-9a-f]{12}$/;

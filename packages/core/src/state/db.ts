@@ -157,6 +157,20 @@ const MIGRATIONS: readonly string[] = [
     last_error_json TEXT
   );
   `,
+  // 9: the image builder's cache. A step's key (its parent chain, the instruction and the digests of what it
+  // reads) -> the layer it made (null: it changed no file). The layer's blob is kept while its row is.
+  `
+  CREATE TABLE build_cache (
+    key TEXT PRIMARY KEY,
+    layer_digest TEXT,
+    diff_id TEXT,
+    size INTEGER,
+    media_type TEXT,
+    step TEXT NOT NULL,                  -- the instruction, for roost images ls --all
+    created_at TEXT NOT NULL,
+    used_at TEXT NOT NULL
+  );
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
