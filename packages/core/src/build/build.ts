@@ -51,7 +51,14 @@ export async function buildImage(
     const ref = stage.base.reference;
     const known = opts.pull ? undefined : host.store.find(ref);
     if (!known) onProgress?.({ type: 'note', message: `pulling ${ref}` });
-    const id = known?.id ?? (await host.store.pull(ref, signal ? { signal } : {})).id;
+    const id =
+      known?.id ??
+      (
+        await host.store.pull(ref, signal ? { signal } : {}).catch((e: unknown) => {
+          if (!(e instanceof RoostError) || e.code === 'ABORTED') throw e;
+          throw new RoostError(e.code, `${file}:${stage.line}: the base image ${ref}: ${e.message}`, { cause: e, details: { ...e.details, line: stage.line } });
+        })
+      ).id;
     const config = ((await host.store.rawConfig(id)).config ?? {}) as {
       Env?: string[];
       WorkingDir?: string;

@@ -112,9 +112,13 @@ interface StageResult {
   imageRef: string | null;
   /** A WORKDIR whose directory no RUN has made yet. */
   pendingWorkdir?: string | null;
+  /** When its newest step was made (its base's creation time before any): the image's `created`. */
+  created: string;
 }
 
 const OUTPUT_TAIL_BYTES = 4096;
+/** The creation time of what has none (FROM scratch). */
+const EPOCH_ZERO = '1970-01-01T00:00:00Z';
 
 /**
  * Runs a build plan; `record` stores the image (its blobs are in the store)
@@ -133,15 +137,15 @@ class BuildRun {
   /** Images registered so that a sandbox can boot from layers so far: removed when the build ends. */
   readonly #intermediate: string[] = [];
   readonly #sandboxes: BuildSandbox[] = [];
-  readonly #created: string;
+  /** SOURCE_DATE_EPOCH as the image's times, when it is set. */
+  readonly #epoch: string | null;
   #ran = 0;
   #cached = 0;
 
   constructor(host: BuildHost, options: EngineOptions) {
     this.#host = host;
     this.#o = options;
-    this.#created =
-      options.sourceDateEpoch !== undefined ? new Date(options.sourceDateEpoch * 1000).toISOString().replace('.000Z', 'Z') : new Date().toISOString();
+    this.#epoch = options.sourceDateEpoch !== undefined ? new Date(options.sourceDateEpoch * 1000).toISOString().replace('.000Z', 'Z') : null;
   }
 
   async run<T>(record: (image: BuiltImage) => Promise<T>): Promise<T> {
@@ -153,7 +157,7 @@ class BuildRun {
         this.#results.set(stage.index, last);
       }
       if (!last) throw new RoostError('INVALID_ARGUMENT', `${this.#o.file}: no stage to build`);
-      const configBytes = configDocument(last.state, this.#created);
+      const configBytes = configDocument(last.state, this.#epoch ?? last.created);
       const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
       return await record({ manifestBytes: manifestDocument(configBytes, configDigest, last.state.layers), configBytes, ran: this.#ran, cached: this.#cached });
     } finally {
@@ -176,7 +180,7 @@ class BuildRun {
       const t0 = performance.now();
       if (step.kind === 'config') {
         applyConfig(res.state.config, step.change);
-        res.state.history.push({ created: this.#created, created_by: step.text, empty_layer: true });
+        res.state.history.push({ created: this.#epoch ?? res.created, created_by: step.text, empty_layer: true });
         res.key = stepKey(res.key, ['config', step.change]);
         this.#o.onProgress?.({ type: 'step', stage: name, step: n, of: total, text: step.text, status: 'done' });
         // WORKDIR's directory is made by the next RUN (in its layer), or by a layer of its own at the end of the stage.
@@ -187,7 +191,8 @@ class BuildRun {
       const hit = this.#o.noCache ? undefined : this.#host.cache.get(key);
       if (hit) {
         this.#cached++;
-        this.#addLayer(res, hit.layer, step);
+        // The time the step first ran: a rebuild from the cache makes the same image.
+        this.#addLayer(res, hit.layer, step, hit.createdAt);
         res.key = key;
         // A sandbox already up does not have the cached layer's files: the next step that runs boots one that does.
         if (res.sandbox && hit.layer) await this.#retire(res);
@@ -205,8 +210,9 @@ class BuildRun {
       this.#o.onProgress?.({ type: 'step', stage: name, step: n, of: total, text: step.text, status: 'running' });
       const layer = step.kind === 'run' ? await this.#run(res, step, n) : await this.#copy(res, step);
       this.#ran++;
-      this.#host.cache.put(key, layer, step.text);
-      this.#addLayer(res, layer, step);
+      const at = new Date().toISOString();
+      this.#host.cache.put(key, layer, step.text, at);
+      this.#addLayer(res, layer, step, at);
       res.key = key;
       this.#o.onProgress?.({
         type: 'step',
@@ -223,7 +229,7 @@ class BuildRun {
       // No RUN came after the last WORKDIR: its directory gets a layer of its own, as Docker makes it.
       const dir = res.pendingWorkdir;
       const layer = await writeLayer(this.#host.store.blobs, directoryLayer(dir, this.#o.sourceDateEpoch ?? 0), this.#layerOptions());
-      this.#addLayer(res, layer, { kind: 'config', line: 0, text: `WORKDIR ${dir}`, change: { workdir: dir } });
+      this.#addLayer(res, layer, { kind: 'config', line: 0, text: `WORKDIR ${dir}`, change: { workdir: dir } }, res.created);
       res.pendingWorkdir = null;
     }
     return res;
@@ -236,11 +242,11 @@ class BuildRun {
   /** A stage's starting point: its base image (pulled if missing, or always with `pull`), an earlier stage, or nothing. */
   async #base(stage: PlannedStage): Promise<StageResult> {
     const base = stage.base;
-    if (base.kind === 'scratch') return { state: scratchState(), key: stepKey('', ['scratch']), sandbox: null, imageRef: null };
+    if (base.kind === 'scratch') return { state: scratchState(), key: stepKey('', ['scratch']), sandbox: null, imageRef: null, created: EPOCH_ZERO };
     if (base.kind === 'stage') {
       const from = this.#results.get(base.index);
       if (!from) throw new RoostError('INTERNAL', `stage ${base.index} was not built before the stage that uses it`);
-      return { state: structuredClone(from.state), key: from.key, sandbox: null, imageRef: null };
+      return { state: structuredClone(from.state), key: from.key, sandbox: null, imageRef: null, created: from.created };
     }
     const id = await this.#image(base.reference);
     const { layers, diffIds } = this.#host.store.layersOf(id);
@@ -249,7 +255,13 @@ class BuildRun {
     if (Array.isArray((doc.config as { OnBuild?: unknown } | undefined)?.OnBuild) && ((doc.config as { OnBuild: unknown[] }).OnBuild.length ?? 0) > 0) {
       throw new RoostError('INVALID_ARGUMENT', `${this.#o.file}:${stage.line}: ${base.reference} has ONBUILD triggers, which Roost does not run`);
     }
-    return { state: stateFromConfig(doc, blobs), key: stepKey('', ['image', id]), sandbox: null, imageRef: id };
+    return {
+      state: stateFromConfig(doc, blobs),
+      key: stepKey('', ['image', id]),
+      sandbox: null,
+      imageRef: id,
+      created: typeof doc.created === 'string' ? doc.created : EPOCH_ZERO,
+    };
   }
 
   /** The id of an image by reference: stored, or pulled (always, with `pull`). */
@@ -272,13 +284,15 @@ class BuildRun {
     return stepKey(res.key, ['copy', step.add, step.sources, step.dest, step.chown, step.chmod, from, contents, this.#o.sourceDateEpoch ?? null]);
   }
 
-  #addLayer(res: StageResult, layer: LayerBlob | null, step: PlannedStep): void {
+  /** A step's layer (null: it changed nothing) and history entry, made at `at`. */
+  #addLayer(res: StageResult, layer: LayerBlob | null, step: PlannedStep, at: string): void {
     if (layer) {
       res.state.layers.push(layer);
       // The stage's own image no longer matches a stored one.
       res.imageRef = null;
     }
-    res.state.history.push({ created: this.#created, created_by: step.text, ...(layer ? {} : { empty_layer: true }) });
+    res.created = at;
+    res.state.history.push({ created: this.#epoch ?? at, created_by: step.text, ...(layer ? {} : { empty_layer: true }) });
   }
 
   /** The stage's sandbox, booted on its layers so far (their image registered first when it is not a stored one). */
@@ -286,7 +300,7 @@ class BuildRun {
     if (res.sandbox) return res.sandbox;
     let image = res.imageRef;
     if (!image) {
-      const configBytes = configDocument(res.state, this.#created);
+      const configBytes = configDocument(res.state, this.#epoch ?? res.created);
       const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
       const info = await this.#host.store.addLocal(
         { manifestBytes: manifestDocument(configBytes, configDigest, res.state.layers), configBytes, description: `build ${randomBytes(4).toString('hex')}` },
@@ -409,7 +423,13 @@ class BuildRun {
     const id = await this.#image(reference);
     let res = this.#images.get(id);
     if (!res) {
-      res = { state: stateFromConfig(await this.#host.store.rawConfig(id), []), key: stepKey('', ['image', id]), sandbox: null, imageRef: id };
+      res = {
+        state: stateFromConfig(await this.#host.store.rawConfig(id), []),
+        key: stepKey('', ['image', id]),
+        sandbox: null,
+        imageRef: id,
+        created: EPOCH_ZERO,
+      };
       this.#images.set(id, res);
     }
     return res;

@@ -38,15 +38,16 @@ export class BuildCache {
     return toStep(row);
   }
 
-  put(key: string, layer: LayerBlob | null, step: string): void {
+  /** Remembers a step's layer; `at` is when the step ran (the image's history says so, also when the cache answers later). */
+  put(key: string, layer: LayerBlob | null, step: string, at: string): void {
     const now = new Date().toISOString();
     this.db
       .prepare(
         `INSERT INTO build_cache (key, layer_digest, diff_id, size, media_type, step, created_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(key) DO UPDATE SET layer_digest = excluded.layer_digest, diff_id = excluded.diff_id, size = excluded.size,
-           media_type = excluded.media_type, used_at = excluded.used_at`,
+           media_type = excluded.media_type, created_at = excluded.created_at, used_at = excluded.used_at`,
       )
-      .run(key, layer?.digest ?? null, layer?.diffId ?? null, layer?.size ?? null, layer?.mediaType ?? null, step, now, now);
+      .run(key, layer?.digest ?? null, layer?.diffId ?? null, layer?.size ?? null, layer?.mediaType ?? null, step, at, now);
   }
 
   /** Every cached step, newest use first. */
