@@ -1,13 +1,15 @@
+import { execFile } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isRoostError, type BuildImageOptions, type BuildProgressEvent, type RoostEvent } from '@roost/api';
 import type { Runtime } from '@roost/core';
 import { ImageStore } from '@roost/core';
-import { buildBusyboxImage, tarEntries } from '@roost/testkit';
+import { buildBusyboxImage, startRegistry, tarEntries, type TestRegistry } from '@roost/testkit';
 import { expectCode, freePort, qemusOf, TestHome } from './helpers.js';
 
 /*
@@ -19,7 +21,9 @@ import { expectCode, freePort, qemusOf, TestHome } from './helpers.js';
  * build). The base is the testkit's busybox image, imported once.
  */
 
+const execFileP = promisify(execFile);
 const home = new TestHome();
+const registries: TestRegistry[] = [];
 let runtime: Runtime;
 let store: ImageStore;
 let work: string;
@@ -80,6 +84,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await Promise.all(registries.map((r) => r.stop()));
   await home.cleanup();
   expect(qemusOf(home.root), `QEMUs left in ${home.root}`).toEqual([]);
   await rm(work, { recursive: true, force: true });
@@ -184,6 +189,34 @@ describe('roost build', () => {
       expect(out.stdout).toMatch(/^\/usr\/local\/bin:/m);
     } finally {
       await sb.remove({ force: true });
+    }
+  });
+
+  it('a built image is pushed with and without auth, seen by skopeo with its own digest, and pulled by digest into another home', async () => {
+    const built = await store.inspect('multi:1');
+    for (const auth of ['none', 'basic'] as const) {
+      const registry = await startRegistry({ auth });
+      registries.push(registry);
+      if (auth === 'basic') {
+        await expectCode(store.push('multi:1', { destination: `${registry.host}/built/multi:1` }), 'IMAGE', /roost login/);
+        await store.credentials.login(registry.host, registry.user, registry.password);
+      }
+      const pushed = await store.push('multi:1', { destination: `${registry.host}/built/multi:1` });
+      expect(pushed.manifestDigest).toBe(built.id);
+      const creds = auth === 'none' ? [] : ['--creds', `${registry.user}:${registry.password}`];
+      const { stdout } = await execFileP('skopeo', ['inspect', '--tls-verify=false', ...creds, `docker://${registry.host}/built/multi:1`]);
+      expect((JSON.parse(stdout) as { Digest: string }).Digest).toBe(built.id);
+      if (auth === 'none') {
+        const other = new TestHome();
+        try {
+          const image = await new ImageStore({ home: other.root }).pull(`${registry.host}/built/multi@${built.id}`);
+          expect(image.id).toBe(built.id);
+          const sb = await other.create({ image: image.id });
+          expect((await sb.commands.run('/usr/local/bin/app pulled')).stdout).toContain('app says pulled: howdy from build');
+        } finally {
+          await other.cleanup();
+        }
+      }
     }
   });
 
