@@ -124,6 +124,11 @@ describe('a RUN layer from the overlay', () => {
     expect(got[6]!.header).toMatchObject({ type: '3', devmajor: 5 });
   });
 
+  it('refuses an entry a hostile guest put outside the layer', async () => {
+    await expect(entries(ociLayerFromOverlay(tarOf([{ header: h('2/../../etc/passwd', '0'), body: Buffer.from('x') }])))).rejects.toThrow(/outside/);
+    await expect(entries(ociLayerFromOverlay(tarOf([{ header: h('2/x', '1', { linkname: '2/../../etc/shadow' }) }])))).rejects.toThrow(/outside/);
+  });
+
   it('writes the same blob for the same changes, and none for no change', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'roost-layer-'));
     try {

@@ -53,6 +53,10 @@ export async function* ociLayerFromOverlay(source: AsyncIterable<Uint8Array>, op
     if (options.signal?.aborted) throw abortError(options.signal, 'reading a layer');
     const name = stripTop(header.name);
     if (name === null) continue;
+    // The guest is hostile: an entry must stay inside the layer.
+    if (name.startsWith('/') || name.split('/').includes('..') || (header.type === '1' && header.linkname.split('/').includes('..'))) {
+      throw new RoostError('AGENT', `the guest's archive of a layer has an entry outside it (${JSON.stringify(header.name.slice(0, 200))}); refused`);
+    }
     if (header.type === '3' && header.devmajor === 0 && header.devminor === 0) {
       yield encodeHeader(marker(withWhiteout(name), clamp(header.mtime)));
       continue;
