@@ -28,4 +28,5 @@ export * from './command-args.js';
 export * from './doctor.js';
 export * from './sessions.js';
 export * from './mcp.js';
+export * from './mcp-deployments.js';
 export * from './deployments.js';

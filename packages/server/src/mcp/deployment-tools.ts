@@ -1,58 +1,17 @@
-import {
-  DeploymentInfoSchema,
-  DeploymentSpecSchema,
-  parseDeploymentSpec,
-  RoostError,
-  ScaleDeploymentRequestSchema,
-  type DeploymentInfo,
-  type DeploymentSpec,
-} from '@roost/api';
+import { McpDeploymentToolInputs, McpDeploymentToolOutputs, parseDeploymentSpec, RoostError, type DeploymentInfo, type DeploymentSpec } from '@roost/api';
 import { z } from 'zod';
 import { additive, readOnly, settles, type ToolDef } from './tools.js';
 
 /*
  * The deployment tools (docs/deployments.md): their inputs and outputs are
- * built from @roost/api's deployment schemas, as the other tools' are in
- * @roost/api's mcp.ts (where these belong too, beside McpToolInputs, once
- * that file can change), and each one calls `runtime.deployments`.
+ * @roost/api's (McpDeploymentToolInputs, McpDeploymentToolOutputs), and each
+ * one calls `runtime.deployments`.
  */
 
-const name = z.string().min(1).describe('The deployment’s name, as deployment_apply or deployment_list returned it.');
-
-/** The deployment tools' inputs, by tool name. */
-export const DeploymentToolInputs = {
-  deployment_apply: z
-    .object({
-      spec: DeploymentSpecSchema.optional().describe(
-        'The deployment: name, replicas (default 1), sandbox (image, cpus, memoryMiB, env, ...), command (the long-running workload: argv or a shell line), ports (service ports, e.g. "127.0.0.1::8000"), balance (round-robin or least-connections), health (http, tcp or exec), restart, update, labels.',
-      ),
-      yaml: z.string().min(1).optional().describe('The same spec as YAML (or JSON) text, as in a `roost deploy -f` file; errors name its line.'),
-    })
-    .strict()
-    .refine((i) => (i.spec === undefined) !== (i.yaml === undefined), { message: 'give the spec as `spec` (an object) or as `yaml` (text), not both' }),
-  deployment_list: z.object({}).strict(),
-  deployment_get: z.object({ name }).strict(),
-  deployment_scale: z
-    .object({ name, replicas: ScaleDeploymentRequestSchema.shape.replicas.describe('The new replica count (0 keeps the deployment with no replica).') })
-    .strict(),
-  deployment_rollback: z.object({ name }).strict(),
-  deployment_remove: z.object({ name }).strict(),
-} as const;
-
-/** The deployment tools' outputs (their `structuredContent`), by tool name. */
-export const DeploymentToolOutputs = {
-  deployment_apply: DeploymentInfoSchema,
-  deployment_list: z.object({ deployments: z.array(DeploymentInfoSchema) }),
-  deployment_get: DeploymentInfoSchema,
-  deployment_scale: DeploymentInfoSchema,
-  deployment_rollback: DeploymentInfoSchema,
-  deployment_remove: z.object({ name: z.string(), removed: z.literal(true) }),
-} satisfies Record<keyof typeof DeploymentToolInputs, z.ZodType>;
-
 /** The name of a deployment tool. */
-export type DeploymentToolName = keyof typeof DeploymentToolInputs;
-type Input<N extends DeploymentToolName> = z.infer<(typeof DeploymentToolInputs)[N]>;
-type Output<N extends DeploymentToolName> = z.infer<(typeof DeploymentToolOutputs)[N]>;
+export type DeploymentToolName = keyof typeof McpDeploymentToolInputs;
+type Input<N extends DeploymentToolName> = z.infer<(typeof McpDeploymentToolInputs)[N]>;
+type Output<N extends DeploymentToolName> = z.infer<(typeof McpDeploymentToolOutputs)[N]>;
 
 /** The spec of a deployment_apply: the object as parsed, or the YAML text parsed (errors name `yaml:LINE: field`). */
 function specOf(input: Input<'deployment_apply'>): DeploymentSpec {

@@ -1,6 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { isRoostError, MCP_SESSION_LABEL, mcpSettings, McpToolInputs, McpToolOutputs, RoostError, type McpLimits, type SandboxInfo } from '@roost/api';
-import { DeploymentToolInputs } from './deployment-tools.js';
+import {
+  isRoostError,
+  MCP_SESSION_LABEL,
+  mcpSettings,
+  McpDeploymentToolInputs,
+  McpToolInputs,
+  McpToolOutputs,
+  RoostError,
+  type McpLimits,
+  type SandboxInfo,
+} from '@roost/api';
 import { McpHttpSessions } from './http.js';
 import { callTool, listTools, TOOL_INPUTS, toolJsonSchema } from './server.js';
 import { McpSession, type McpRuntime } from './session.js';
@@ -53,7 +62,7 @@ describe('MCP tool schemas', () => {
   it('every tool has object input and output schemas in draft-07, with no top-level $ref', () => {
     const tools = listTools();
     expect(tools.map((t) => t.name).sort()).toEqual(Object.keys(TOOL_INPUTS).sort());
-    expect(Object.keys(TOOL_INPUTS).sort()).toEqual([...Object.keys(McpToolInputs), ...Object.keys(DeploymentToolInputs)].sort());
+    expect(Object.keys(TOOL_INPUTS).sort()).toEqual([...Object.keys(McpToolInputs), ...Object.keys(McpDeploymentToolInputs)].sort());
     for (const t of tools) {
       for (const s of [t.inputSchema, t.outputSchema!]) {
         expect(s.type, t.name).toBe('object');

@@ -11,10 +11,10 @@ import {
   type ReadResourceResult,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import { isRoostError, McpToolInputs, McpToolOutputs, parseInput, RoostError } from '@roost/api';
+import { isRoostError, McpDeploymentToolInputs, McpDeploymentToolOutputs, McpToolInputs, McpToolOutputs, parseInput, RoostError } from '@roost/api';
 import { z } from 'zod';
 import { withStandardFormats } from '../json-schema.js';
-import { DEPLOYMENT_TOOLS, DeploymentToolInputs, DeploymentToolOutputs } from './deployment-tools.js';
+import { DEPLOYMENT_TOOLS } from './deployment-tools.js';
 import type { McpSession } from './session.js';
 import { encodeContent, readCapped, TOOLS, type ToolCall, type ToolDef } from './tools.js';
 
@@ -26,10 +26,10 @@ import { encodeContent, readCapped, TOOLS, type ToolCall, type ToolDef } from '.
  * (`roost serve`, ./http.ts).
  */
 
-/** Every tool's input schema, by name: the sandbox and image tools' (@roost/api's McpToolInputs), then the deployment tools'. */
-export const TOOL_INPUTS = { ...McpToolInputs, ...DeploymentToolInputs };
+/** Every tool's input schema, by name: the sandbox and image tools' (@roost/api's McpToolInputs), then the deployment tools' (McpDeploymentToolInputs). */
+export const TOOL_INPUTS = { ...McpToolInputs, ...McpDeploymentToolInputs };
 /** Every tool's output schema, by name. */
-const TOOL_OUTPUTS = { ...McpToolOutputs, ...DeploymentToolOutputs } satisfies Record<ToolName, z.ZodType>;
+const TOOL_OUTPUTS = { ...McpToolOutputs, ...McpDeploymentToolOutputs } satisfies Record<ToolName, z.ZodType>;
 /** The name of one of Roost's MCP tools. */
 export type ToolName = keyof typeof TOOL_INPUTS;
 /** Every tool, by name (each entry takes its own input; the name ties them together). */
