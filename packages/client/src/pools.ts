@@ -14,7 +14,7 @@ export class RemotePools implements PoolsApi {
   constructor(private readonly transport: Transport) {}
 
   /** Defines a pool and starts filling it; resolves at once with its fill so far. NOT_FOUND for an unknown template or snapshot, ALREADY_EXISTS for a taken name. */
-  create(request: CreatePoolRequest): Promise<PoolInfo> {
+  async create(request: CreatePoolRequest): Promise<PoolInfo> {
     const body = parseInput(CreatePoolRequestSchema, request, 'pool');
     return this.transport.json<PoolInfo>('POST', '/v1/pools', { json: body, what: `creating pool ${body.name}` });
   }
@@ -30,7 +30,7 @@ export class RemotePools implements PoolsApi {
   }
 
   /** Sets how many sandboxes the pool keeps ready (INVALID_ARGUMENT above its maxSize). */
-  resize(name: string, size: number): Promise<PoolInfo> {
+  async resize(name: string, size: number): Promise<PoolInfo> {
     const body = parseInput(ResizePoolRequestSchema, { size }, 'pool size');
     return this.transport.json<PoolInfo>('POST', `/v1/pools/${encodeURIComponent(name)}/size`, { json: body, what: `resizing pool ${name}` });
   }
