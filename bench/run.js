@@ -18,10 +18,12 @@ const STREAM_BYTES = Number(process.env.BENCH_STREAM_MIB ?? 256) * 2 ** 20;
 const SCALE_PEERS = 4;
 
 // `npm run bench` has run `roost setup` (the guest). The image benchmarks also
-// need the tools of the image tests (a registry, skopeo, debootstrap): install
-// them as `npm test` does (test/global-setup.ts), before any figure is taken,
-// so a fresh machine does not stop half-way with `spawn debootstrap ENOENT`.
-if (process.env.BENCH_IMAGES !== '0' || process.env.BENCH_PUSH !== '0') await ensureTestTools((line) => console.log(`(setup: ${line})`));
+// need the tools of the image tests (a registry, skopeo, debootstrap, and
+// buildah for the build benchmark): install them as `npm test` does
+// (test/global-setup.ts), before any figure is taken, so a fresh machine does
+// not stop half-way with `spawn debootstrap ENOENT`.
+if (process.env.BENCH_IMAGES !== '0' || process.env.BENCH_PUSH !== '0' || process.env.BENCH_BUILD !== '0')
+  await ensureTestTools((line) => console.log(`(setup: ${line})`));
 
 const realHome = roostHome();
 const assets = await loadAssets(realHome);
@@ -231,6 +233,12 @@ try {
   if (process.env.BENCH_PUSH !== '0') {
     const { benchPush } = await import('./push.js');
     await benchPush({ realHome, row, results });
+  }
+
+  // --- image builder (bench/build.js): a 5-step Dockerfile cold and cached, beside `buildah bud` of the same context in the same run.
+  if (process.env.BENCH_BUILD !== '0') {
+    const { benchBuild } = await import('./build.js');
+    await benchBuild({ realHome, row, results });
   }
 } finally {
   rmSync(home, { recursive: true, force: true });

@@ -11,6 +11,7 @@ export const TEST_PACKAGES = [
   'apache2-utils', // htpasswd -B (bcrypt) for the registry's basic auth
   'openssl', // the token server's signing key and certificate
   'busybox-static', // the busybox test image
+  'buildah', // the reference builder in the build benchmark (`buildah bud`, vfs storage, chroot isolation)
 ] as const;
 
 const POLICY_RC_D = '/usr/sbin/policy-rc.d';
