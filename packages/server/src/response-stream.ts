@@ -70,9 +70,9 @@ export class ResponseStream {
 
   /** Bytes queued for the client and not yet taken by it (for writers that drop rather than wait). */
   get queuedBytes(): number {
+    if (!this.#outgoing) return Math.max(0, this.#highWaterMark - (this.#controller.desiredSize ?? 0));
     if (this.#pending) return this.#pending.reduce((n, p) => n + (typeof p === 'string' ? Buffer.byteLength(p) : p.byteLength), 0);
-    if (this.#outgoing) return this.#outgoing.writableLength;
-    return Math.max(0, this.#highWaterMark - (this.#controller.desiredSize ?? 0));
+    return this.#outgoing.writableLength;
   }
 
   /** The streamed response (chunked; no proxy buffering, no caching). */
