@@ -43,7 +43,7 @@ function appWith(script: Script) {
   return { app: createApp({ runtime, token: null, version: 'test' }), seen };
 }
 
-const post = (query: string, body: BodyInit = 'TAR', headers: Record<string, string> = {}) => ({
+const post = (query: string, body = 'TAR', headers: Record<string, string> = {}) => ({
   method: 'POST',
   body,
   headers: { 'content-type': 'application/x-tar', ...headers },
