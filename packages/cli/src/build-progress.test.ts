@@ -1,3 +1,4 @@
+/* eslint-disable no-control-regex -- the expected output has terminal escapes */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { BuildProgressEvent } from '@roost/api';
 import { buildProgressPrinter, resolveProgressMode, sanitize, stepLabel } from './build-progress.js';

@@ -47,17 +47,16 @@ export function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)}s`;
 }
 
+/* eslint-disable no-control-regex -- these match the control characters a guest may send, on purpose */
+/** CSI and OSC sequences, then any other escape with its next character. */
+const ESCAPES = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b./g;
+/** Control characters but tab and newline. */
+const CONTROLS = /[\x00-\x08\x0b-\x1f\x7f]/g;
+/* eslint-enable no-control-regex */
+
 /** Text from the guest made safe to print: escape sequences and control characters (but tabs) removed. */
 export function sanitize(text: string): string {
-  return (
-    text
-      // CSI and OSC sequences, then any other escape with its next character.
-      .replace(/\x1b\[[0-?]*[ -/]*[@-~]/g, '')
-      .replace(/\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?/g, '')
-      .replace(/\x1b./g, '')
-      // eslint-disable-next-line no-control-regex
-      .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '')
-  );
+  return text.replace(ESCAPES, '').replace(CONTROLS, '');
 }
 
 /** Splits a stream of output chunks into lines (`\r` overwrites as on a terminal: the text after it wins). */
