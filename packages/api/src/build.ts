@@ -85,3 +85,58 @@ export interface BuildImageOptions extends BuildOptions {
   onProgress?: (event: BuildProgressEvent) => void;
   signal?: AbortSignal;
 }
+
+/** The BuildResult as JSON (`Accept: application/json` of POST /v1/images/build). */
+export const BuildResultSchema = z.object({ image: ImageInfoSchema, ran: z.number().int(), cached: z.number().int() }).meta({ id: 'BuildResult' });
+
+/** The largest build context the daemon takes (the tar stream's bytes). */
+export const MAX_BUILD_CONTEXT_BYTES = 2 * 1024 ** 3;
+
+/**
+ * A build context given as a tar stream instead of a directory (what the
+ * daemon receives, and what `images.build` takes from a caller that has no
+ * directory): unpacked strictly into a fresh directory of the home (names
+ * that climb out, absolute names, entries below a symlink, names that come
+ * twice and device nodes are refused, INVALID_ARGUMENT), built from, and
+ * removed after.
+ */
+export interface BuildContextArchive {
+  tar: AsyncIterable<Uint8Array>;
+}
+
+/** One step the build cache knows (`roost images ls --all`, GET /v1/build-cache). */
+export const BuildCacheEntrySchema = z
+  .object({
+    /** The step's cache key (its parent chain, the instruction, the digests of what it reads). */
+    key: z.string(),
+    /** The instruction, as the Dockerfile had it expanded (`RUN make`). */
+    step: z.string(),
+    /** The digest of the layer it made, or null: it changed no file. */
+    layer: z.string().nullable(),
+    /** The layer's compressed bytes (null without a layer). */
+    size: z.number().int().nullable(),
+    createdAt: z.string(),
+    usedAt: z.string(),
+  })
+  .meta({ id: 'BuildCacheEntry' });
+export type BuildCacheEntry = z.infer<typeof BuildCacheEntrySchema>;
+
+export const BuildCacheListSchema = z.object({ entries: z.array(BuildCacheEntrySchema) }).meta({ id: 'BuildCacheList' });
+
+/**
+ * The tag of the image `roost template create NAME --build CONTEXT` builds:
+ * `roost-template/<name>:latest`, the name lowercased with its separators
+ * made one `-` as a repository name needs, and a short hash of the name
+ * when that changed it (so `App` and `app` never share an image).
+ */
+export function templateImageTag(name: string): string {
+  const repo = name
+    .toLowerCase()
+    .replace(/[._-]+/g, '-')
+    .replace(/^-+|-+$/g, '');
+  if (repo === name) return `roost-template/${repo}:latest`;
+  // FNV-1a, 32 bits: enough to tell apart the few names that map to one repository.
+  let h = 0x811c9dc5;
+  for (const ch of new TextEncoder().encode(name)) h = Math.imul(h ^ ch, 0x01000193) >>> 0;
+  return `roost-template/${repo || 'x'}-${h.toString(16).padStart(8, '0').slice(0, 6)}:latest`;
+}

@@ -1,5 +1,5 @@
 import type { PushImageOptions, PushResult } from './push.js';
-import type { BuildImageOptions, BuildResult } from './build.js';
+import type { BuildCacheEntry, BuildContextArchive, BuildImageOptions, BuildResult } from './build.js';
 import type { ImageInfoBody, PullStatus } from './schemas.js';
 
 /*
@@ -61,6 +61,12 @@ export interface ImagesApi {
    * stored; IMAGE naming `roost login` when the registry wants a login.
    */
   push(reference: string, options?: PushImageOptions): Promise<PushResult>;
-  /** Builds an image from a Dockerfile in `context` (a directory), each RUN step in a microVM; tags it once it is whole. */
-  build(context: string, options?: BuildImageOptions): Promise<BuildResult>;
+  /**
+   * Builds an image from a Dockerfile in `context` (a directory, or a tar
+   * stream of one), each RUN step in a microVM; tags it once it is whole.
+   * A RUN that fails is BUILD_FAILED naming the step, with the end of its output.
+   */
+  build(context: string | BuildContextArchive, options?: BuildImageOptions): Promise<BuildResult>;
+  /** The steps the build cache knows, most recently used first (`roost images prune` clears them). */
+  buildCache(): Promise<BuildCacheEntry[]>;
 }

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { pullProgressDone, type ImageInfoBody, type PullProgress } from '@roost/api';
+import { pullProgressDone, type BuildCacheEntry, type ImageInfoBody, type PullProgress } from '@roost/api';
 import { ImageStore, familiarImageReference, normalizeRegistry, parseImageReference, RoostError } from '@roost/core';
 import type { WithImages } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
@@ -22,16 +22,17 @@ export function addImageCommands(program: Command, withImages: WithImages): void
     });
 
   const images = program.command('images').alias('image').description('list and manage stored images');
-  const list = async (flags: { json?: boolean; quiet?: boolean }) => {
-    const all = await withImages((face) => face.images.list());
-    if (flags.json) process.stdout.write(JSON.stringify(all, null, 2) + '\n');
+  const list = async (flags: { json?: boolean; quiet?: boolean; all?: boolean }) => {
+    const [all, cache] = await withImages(async (face) => [await face.images.list(), flags.all ? await face.images.buildCache() : null] as const);
+    if (flags.json) process.stdout.write(JSON.stringify(cache ? { images: all, buildCache: cache } : all, null, 2) + '\n');
     else if (flags.quiet) process.stdout.write(all.map((i) => `${shortId(i.id)}\n`).join(''));
-    else process.stdout.write(imageTable(all));
+    else process.stdout.write(imageTable(all) + (cache ? `\n${buildCacheTable(cache)}` : ''));
   };
   images
     .command('ls', { isDefault: true })
     .description('list stored images')
-    .option('--json', 'print JSON')
+    .option('-a, --all', 'also list the build cache: one row per cached step')
+    .option('--json', 'print JSON (with --all: { images, buildCache })')
     .option('-q, --quiet', 'print only ids')
     .action(list);
   images
@@ -51,11 +52,12 @@ export function addImageCommands(program: Command, withImages: WithImages): void
     });
   images
     .command('prune')
-    .description('remove images nothing names, and blobs no image uses')
+    .description('remove images nothing names, blobs no image uses, and the build cache')
     .option('-a, --all', 'remove every image no sandbox uses')
     .action(async (flags: { all?: boolean }) => {
       const r = await new ImageStore().prune({ all: !!flags.all });
       for (const id of r.deleted) process.stdout.write(`deleted: ${id}\n`);
+      process.stdout.write(`cleared ${r.buildCacheEntries} build cache ${r.buildCacheEntries === 1 ? 'entry' : 'entries'}\n`);
       process.stdout.write(`reclaimed ${bytes(r.reclaimedBytes)}\n`);
     });
   images
@@ -180,6 +182,19 @@ function imageTable(images: ImageInfoBody[]): string {
     }
   }
   return formatTable(['REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE'], rows);
+}
+
+/** The build cache as `images ls --all` shows it: the BUILD CACHE column (a short key) marks its rows. */
+export function buildCacheTable(entries: BuildCacheEntry[]): string {
+  return formatTable(
+    ['BUILD CACHE', 'STEP', 'LAYER', 'SIZE', 'LAST USED'],
+    entries.map((e) => [shortId(e.key), truncate(e.step, 48), e.layer ? shortId(e.layer) : '-', e.size === null ? '-' : bytes(e.size), ago(e.usedAt)]),
+  );
+}
+
+function truncate(s: string, max: number): string {
+  const line = s.replace(/\s+/g, ' ');
+  return line.length <= max ? line : `${line.slice(0, max - 3)}...`;
 }
 
 function splitName(name: string): { repo: string; tag: string } {

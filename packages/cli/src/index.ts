@@ -19,6 +19,7 @@ import {
 } from '@roost/api';
 import { roostHome, setup } from '@roost/core';
 import { connect, connectImages, connectVolumes, consoleLogPath, copyFrom, runDoctor, type Face, type WithFace, type WithImages } from './connect.js';
+import { addBuildCommand } from './build.js';
 import { addCpCommand } from './cp.js';
 import { ensureDaemon } from './daemon.js';
 import { addDoctorCommand } from './doctor.js';
@@ -401,6 +402,7 @@ export async function main(argv: string[]): Promise<number> {
   addCpCommand(program, withFace);
   addImageCommands(program, withImages);
   addPushCommand(program, withImages);
+  addBuildCommand(program, withFace);
   addVolumeCommands(program, withVolumes);
   addSnapshotCommands(program, withFace);
   addPoolCommands(program, withFace, ensureOwner);

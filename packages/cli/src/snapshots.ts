@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
-import { MAX_FORK_COUNT, type CreateTemplateRequest, type SnapshotInfo, type TemplateInfo } from '@roost/api';
+import { isRoostError, MAX_FORK_COUNT, RoostError, templateImageTag, type CreateTemplateRequest, type SnapshotInfo, type TemplateInfo } from '@roost/api';
+import { addBuildSourceFlags, buildOptions, buildWithProgress, type BuildSourceFlags } from './build.js';
+import { resolveProgressMode } from './build-progress.js';
 import type { WithFace } from './connect.js';
 import { ago, bytes, formatTable } from './format.js';
 import { int, parsePairs } from './args.js';
@@ -117,11 +119,13 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .command('template')
     .alias('templates')
     .description('manage templates: an image, resources and a setup command kept ready as a snapshot (`roost run --template NAME`)');
-  template
+  const create = template
     .command('create')
     .description('define a template (built on its first use, or now with --warm)')
     .argument('<name>')
     .option('--image <image>', "the image (default: Roost's base root filesystem)")
+    .option('--build <context>', 'build the image from a Dockerfile in this directory first (tagged roost-template/NAME:latest), with the build flags below');
+  addBuildSourceFlags(create)
     .option('--cpus <n>', 'virtual CPUs', int('--cpus'))
     .option('-m, --memory <MiB>', 'guest memory in MiB', int('--memory'))
     .option('--disk <MiB>', 'size of the writable disk in MiB (sparse)', int('--disk'))
@@ -133,8 +137,10 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .action(
       async (
         name: string,
-        flags: {
+        flags: Partial<BuildSourceFlags> & {
+          buildArg: string[];
           image?: string;
+          build?: string;
           cpus?: number;
           memory?: number;
           disk?: number;
@@ -155,7 +161,28 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
         if (flags.setup !== undefined) request.setup = flags.setup;
         if (flags.warm) request.warm = true;
         if (flags.timeout !== undefined) request.timeoutMs = flags.timeout;
-        const info = await withFace('template', (face) => namingFlag('--timeout', () => face.runtime.templates.create(request)));
+        const context = flags.build;
+        if (context !== undefined && flags.image !== undefined)
+          throw new RoostError('INVALID_ARGUMENT', '--image and --build: give one (--build makes the image)');
+        const info = await withFace('template', async (face) => {
+          if (context !== undefined) {
+            // The template's image is built first (a name taken fails before the build), then the template is defined on it.
+            const taken = await face.runtime.templates.get(name).catch((e: unknown) => {
+              if (isRoostError(e, 'NOT_FOUND')) return null;
+              throw e;
+            });
+            if (taken)
+              throw new RoostError(
+                'ALREADY_EXISTS',
+                `a template named ${name} exists already: choose another name or remove it (\`roost template rm ${name}\`)`,
+              );
+            const mode = resolveProgressMode(flags.progress ?? 'auto', process.stderr.isTTY === true);
+            const options = buildOptions(flags, { context, cwd: process.cwd(), env: process.env, remote: face.kind === 'remote' });
+            await buildWithProgress(face.images, context, { ...options, tags: [templateImageTag(name)] }, mode);
+            request.image = templateImageTag(name);
+          }
+          return namingFlag('--timeout', () => face.runtime.templates.create(request));
+        });
         process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}${info.snapshot ? `  ${info.snapshot}` : ''}\n`);
       },
     );

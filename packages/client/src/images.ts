@@ -2,6 +2,8 @@ import {
   abortError,
   BuildEventSchema,
   BuildOptionsSchema,
+  type BuildCacheEntry,
+  type BuildContextArchive,
   errorFromBody,
   type BuildImageOptions,
   type BuildResult,
@@ -66,23 +68,29 @@ export class RemoteImages implements ImagesApi {
   }
 
   /**
-   * Builds an image on the daemon from a Dockerfile in `context`, a local
-   * directory sent as a tar stream (see docs/images.md#build); `onProgress`
-   * hears each step and its output. Resolves with the tagged image.
+   * Builds an image on the daemon from a Dockerfile in `context`: a local
+   * directory sent as a tar stream, or a tar stream given as `{ tar }` (see
+   * docs/images.md#build); `onProgress` hears each step and its output.
+   * Resolves with the tagged image.
    */
-  async build(context: string, options: BuildImageOptions = {}): Promise<BuildResult> {
+  async build(context: string | BuildContextArchive, options: BuildImageOptions = {}): Promise<BuildResult> {
     const { onProgress, signal, ...rest } = options;
     const opts = parseInput(BuildOptionsSchema, rest, 'build options');
+    const local = typeof context === 'string';
+    if (!local && typeof context?.tar?.[Symbol.asyncIterator] !== 'function') {
+      throw new RoostError('INVALID_ARGUMENT', 'build context: give a directory, or { tar } with an async iterable of its tar stream');
+    }
+    const what = local ? context : 'a tar stream';
     return this.#ndjson<BuildResult>(
-      `building ${context}`,
+      `building ${what}`,
       '/v1/images/build',
-      { body: contextTar(context, signal), contentType: 'application/x-tar', query: { options: JSON.stringify(opts) } },
+      { body: local ? contextTar(context, signal) : context.tar, contentType: 'application/x-tar', query: { options: JSON.stringify(opts) } },
       signal,
       (v) => {
         const ev = BuildEventSchema.safeParse(v);
         if (!ev.success) return undefined;
         const e = ev.data;
-        if (e.type === 'error') throw errorFromBody(e.error, { code: 'INTERNAL', message: `building ${context} failed` });
+        if (e.type === 'error') throw errorFromBody(e.error, { code: 'INTERNAL', message: `building ${what} failed` });
         if (e.type === 'done') return { image: e.image, ran: e.ran, cached: e.cached };
         quietly(() => onProgress?.(e));
         return undefined;
@@ -116,6 +124,11 @@ export class RemoteImages implements ImagesApi {
     }
     if (result === undefined) throw new RoostError('UNAVAILABLE', `${what}: the daemon ended the stream without a result`);
     return result;
+  }
+
+  /** The steps the daemon's build cache knows, most recently used first. */
+  async buildCache(): Promise<BuildCacheEntry[]> {
+    return (await this.transport.json<{ entries: BuildCacheEntry[] }>('GET', '/v1/build-cache')).entries;
   }
 
   /** The stored images. */

@@ -174,9 +174,9 @@ export function createApp(options: AppOptions): RoostHono {
   // JSON bodies are bounded (413, naming the limit); a command's stdin and file contents stream through their own routes.
   const limit = bodyLimit({ maxSize: MAX_JSON_BODY, onError: (c) => errorResponse(c, bodyTooLarge(), 413) });
   // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
-  // And E2B's /files uploads (bounded by the E2B face itself).
+  // And E2B's /files uploads (bounded by the E2B face itself), and build contexts (bounded by their route: MAX_BUILD_CONTEXT_BYTES).
   const rawBody = (method: string, path: string) =>
-    STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path)) || (method === 'POST' && path === '/files');
+    STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path)) || (method === 'POST' && (path === '/files' || path === '/v1/images/build'));
   app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));
 
   app.get('/v1/health', (c) =>

@@ -1,6 +1,7 @@
 import { encodePullProgress, pullProgressDone, PullRequestSchema, type PullEventSchema, type PullProgress } from '@roost/api';
 import type { z } from 'zod';
 import { boolParam, errorBody, parseJsonBody, queryParams, toRoostError, wantsJson } from './http.js';
+import { imageBuildRoute } from './images-build.js';
 import { imagePushRoute } from './images-push.js';
 import type { RouteContext, RoostHono } from './route-context.js';
 
@@ -60,6 +61,12 @@ export function imageRoutes(app: RoostHono, ctx: RouteContext): void {
   });
 
   imagePushRoute(app, ctx);
+  imageBuildRoute(app, ctx);
+
+  app.get('/v1/build-cache', async (c) => {
+    queryParams(c, []);
+    return c.json({ entries: await runtime.images.buildCache() });
+  });
 
   app.get('/v1/images', async (c) => {
     queryParams(c, []);

@@ -1,4 +1,4 @@
-import { API_VERSION, DEFAULT_TCP_PORT, ErrorBodySchema, MAX_JSON_BODY } from '@roost/api';
+import { API_VERSION, DEFAULT_TCP_PORT, ErrorBodySchema, MAX_BUILD_CONTEXT_BYTES, MAX_JSON_BODY } from '@roost/api';
 import { z } from 'zod';
 import { DEPLOYMENT_ROUTES } from './openapi/deployment-routes.js';
 import { withStandardFormats } from './json-schema.js';
@@ -42,7 +42,12 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   413: {
     name: 'PayloadTooLarge',
-    description: `INVALID_ARGUMENT: a JSON body over ${MAX_JSON_BODY} bytes (details carry maxBytes); file contents and a command's input stream through their own routes.`,
+    description: `INVALID_ARGUMENT: a JSON body over ${MAX_JSON_BODY} bytes, or a build context over ${MAX_BUILD_CONTEXT_BYTES} (details carry maxBytes); file contents and a command's input stream through their own routes.`,
+  },
+  422: {
+    name: 'BuildFailed',
+    description:
+      'BUILD_FAILED: a step of an image build failed (a RUN that exited non-zero): the message names the Dockerfile line and the step and ends with the end of its output; details carry line, exitCode and output.',
   },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },

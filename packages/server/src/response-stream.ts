@@ -30,6 +30,7 @@ export class ResponseStream {
   #closed = false;
   #onEnd: (() => void) | undefined;
   readonly #contentType: string;
+  readonly #highWaterMark: number;
   readonly #outgoing: ServerResponse | undefined;
   /** Node mode: what was pushed before response() sent the head. */
   #pending: (string | Uint8Array)[] | null = [];
@@ -39,6 +40,7 @@ export class ResponseStream {
   constructor(options: { contentType: string; highWaterMark?: number; onEnd?: () => void; outgoing?: ServerResponse | undefined; errorTrailer?: string }) {
     this.#onEnd = options.onEnd;
     this.#contentType = options.contentType;
+    this.#highWaterMark = options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK;
     this.#outgoing = options.outgoing;
     this.#errorTrailer = options.errorTrailer;
     if (this.#outgoing) {
@@ -53,7 +55,7 @@ export class ResponseStream {
         pull: () => this.#wake(),
         cancel: () => this.#finish(),
       },
-      { highWaterMark: options.highWaterMark ?? DEFAULT_HIGH_WATER_MARK, size: (chunk) => chunk.byteLength },
+      { highWaterMark: this.#highWaterMark, size: (chunk) => chunk.byteLength },
     );
   }
 
@@ -64,6 +66,13 @@ export class ResponseStream {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Bytes queued for the client and not yet taken by it (for writers that drop rather than wait). */
+  get queuedBytes(): number {
+    if (!this.#outgoing) return Math.max(0, this.#highWaterMark - (this.#controller.desiredSize ?? 0));
+    if (this.#pending) return this.#pending.reduce((n, p) => n + (typeof p === 'string' ? Buffer.byteLength(p) : p.byteLength), 0);
+    return this.#outgoing.writableLength;
   }
 
   /** The streamed response (chunked; no proxy buffering, no caching). */

@@ -7,7 +7,22 @@ import {
   PushImageRequestSchema,
   RemoveImageOptionsSchema,
 } from '@roost/api';
-import type { BuildImageOptions, BuildResult, ImageInfoBody, ImageRemoval, ImagesApi, PullImageOptions, PushImageOptions, PushResult } from '@roost/api';
+import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type {
+  BuildCacheEntry,
+  BuildContextArchive,
+  BuildImageOptions,
+  BuildResult,
+  ImageInfoBody,
+  ImageRemoval,
+  ImagesApi,
+  PullImageOptions,
+  PushImageOptions,
+  PushResult,
+} from '@roost/api';
+import { RoostError } from '../errors.js';
+import { applyLayer } from './layer.js';
 import type { ImageInfo, ImageStore } from './store.js';
 
 /**
@@ -25,11 +40,31 @@ export class StoreImages implements ImagesApi {
     private readonly builder: (context: string, options: BuildImageOptions) => Promise<BuildResult>,
   ) {}
 
-  /** Builds an image from a Dockerfile in `context`, each RUN step in a microVM (see docs/images.md#build). */
-  async build(context: string, options: BuildImageOptions = {}): Promise<BuildResult> {
+  /**
+   * Builds an image from a Dockerfile in `context`, each RUN step in a
+   * microVM (see docs/images.md#build). A context given as a tar stream is
+   * unpacked strictly into a fresh directory under the home's tmp/ first
+   * (applyLayer's plain mode), and that directory is removed after, whatever
+   * happened.
+   */
+  async build(context: string | BuildContextArchive, options: BuildImageOptions = {}): Promise<BuildResult> {
     const { onProgress, signal, ...rest } = options;
     const checked = parseInput(BuildOptionsSchema, rest, 'build options');
-    return this.builder(context, { ...checked, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) });
+    const opts = { ...checked, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) };
+    if (typeof context === 'string') return this.builder(context, opts);
+    if (typeof context?.tar?.[Symbol.asyncIterator] !== 'function') {
+      throw new RoostError('INVALID_ARGUMENT', 'build context: give a directory, or { tar } with an async iterable of its tar stream');
+    }
+    const dir = await unpackContext(this.store.tmpDir, context.tar, signal);
+    try {
+      return await this.builder(dir, opts);
+    } finally {
+      await removeTree(dir);
+    }
+  }
+
+  async buildCache(): Promise<BuildCacheEntry[]> {
+    return this.store.buildCache();
   }
 
   async pull(reference: string, options: PullImageOptions = {}): Promise<ImageInfoBody> {
@@ -80,4 +115,36 @@ export function imageInfoBody(image: ImageInfo): ImageInfoBody {
       user: image.config.user ?? '',
     },
   };
+}
+
+/**
+ * A build context's tar stream unpacked into a fresh directory of `tmpDir`
+ * (named with this process's pid, so a crash leaves it to the next sweep):
+ * strictly, as a hostile archive (see ApplyLayerOptions.plain). Nothing is
+ * left when it fails.
+ */
+async function unpackContext(tmpDir: string, tar: AsyncIterable<Uint8Array>, signal: AbortSignal | undefined): Promise<string> {
+  await mkdir(tmpDir, { recursive: true, mode: 0o700 });
+  const dir = await mkdtemp(join(tmpDir, `context.tmp-${process.pid}-`));
+  try {
+    await applyLayer(dir, tar, { layer: 'build context', plain: true, chown: false, ...(signal ? { signal } : {}) });
+    return dir;
+  } catch (e) {
+    await removeTree(dir);
+    throw e;
+  }
+}
+
+/** Removes a tree, even one whose directories deny their owner (a context may carry such modes): they are opened up first. */
+async function removeTree(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true });
+  } catch {
+    const open = async (d: string): Promise<void> => {
+      await chmod(d, 0o700).catch(() => {});
+      for (const e of await readdir(d, { withFileTypes: true }).catch(() => [])) if (e.isDirectory()) await open(join(d, e.name));
+    };
+    await open(dir);
+    await rm(dir, { recursive: true, force: true });
+  }
 }

@@ -155,3 +155,63 @@ describe('applyLayer', () => {
     expect(isRoostError(err, 'IMAGE')).toBe(true);
   });
 });
+
+describe('applyLayer with plain: a build context sent to the daemon', () => {
+  const applyPlain = async (entries: Entry[]) => applyLayer(root, Readable.from([await layer(entries)]), { layer: 'build context', plain: true, chown: false });
+
+  async function refusedPlain(entries: Entry[], why: RegExp): Promise<void> {
+    const err = await applyPlain(entries).catch((e: unknown) => e);
+    expect(isRoostError(err, 'INVALID_ARGUMENT'), String(err)).toBe(true);
+    expect((err as Error).message).toMatch(why);
+    expect((err as Error).message).toMatch(/^build context: .*the archive is refused$/);
+    expect(readFileSync(join(outside, 'victim'), 'utf8')).toBe('untouched');
+    expect(readdirSync(outside)).toEqual(['victim']);
+  }
+
+  it('extracts files, directories, symlinks (never followed) and hard links, with modes and times', async () => {
+    const mtime = new Date('2021-05-06T07:08:09Z');
+    await applyPlain([
+      d('src', { mode: 0o555, mtime }),
+      f('src/main.c', 'int main;', { mode: 0o640, mtime }),
+      sym('src/link', '../../outside/victim'),
+      hard('src/again', 'src/main.c'),
+      f('.wh.kept', 'an ordinary name here'),
+      f('nested/deep/file', 'parents made'),
+    ]);
+    expect(readFileSync(join(root, 'src/main.c'), 'utf8')).toBe('int main;');
+    expect(statSync(join(root, 'src/main.c')).mode & 0o7777).toBe(0o640);
+    // A directory without write permission still took its entries: its mode is set last.
+    expect(statSync(join(root, 'src')).mode & 0o7777).toBe(0o555);
+    expect(statSync(join(root, 'src')).mtime.toISOString()).toBe(mtime.toISOString());
+    expect(readlinkSync(join(root, 'src/link'))).toBe('../../outside/victim');
+    expect(statSync(join(root, 'src/again')).ino).toBe(statSync(join(root, 'src/main.c')).ino);
+    expect(readFileSync(join(root, '.wh.kept'), 'utf8')).toBe('an ordinary name here');
+    expect(readFileSync(join(root, 'nested/deep/file'), 'utf8')).toBe('parents made');
+  });
+
+  it('refuses names that climb out or are absolute, with INVALID_ARGUMENT', async () => {
+    await refusedPlain([f('../outside/victim', 'pwned')], /climbs out/);
+    await refusedPlain([f('/etc/passwd', 'pwned')], /absolute path/);
+    await refusedPlain([hard('h', '../outside/victim')], /climbs out/);
+  });
+
+  it('refuses an entry below a symlink instead of following it, even inside the root', async () => {
+    await refusedPlain([sym('escape', outside), f('escape/victim', 'pwned')], /below the symlink escape/);
+    rmSync(root, { recursive: true, force: true });
+    mkdirSync(root);
+    await refusedPlain([d('real'), sym('inside', 'real'), f('inside/x', 'through a link')], /below the symlink inside/);
+    expect(existsSync(join(root, 'real/x'))).toBe(false);
+  });
+
+  it('refuses a name that comes twice: a file over a symlink is never written through it', async () => {
+    await refusedPlain([sym('f', join(outside, 'victim')), f('f', 'pwned')], /comes twice/);
+    rmSync(root, { recursive: true, force: true });
+    mkdirSync(root);
+    await refusedPlain([f('a', 'one'), f('a', 'two')], /comes twice/);
+    expect(readFileSync(join(root, 'a'), 'utf8')).toBe('one');
+  });
+
+  it('refuses device nodes and FIFOs', async () => {
+    await refusedPlain([{ header: { name: 'p', type: 'fifo' } }], /fifo/);
+  });
+});

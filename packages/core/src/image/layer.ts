@@ -45,6 +45,15 @@ export interface ApplyLayerOptions {
   layer?: string;
   /** Set owners from the layer (default: when running as root). */
   chown?: boolean;
+  /**
+   * A plain archive, not an image layer (a build context sent to the
+   * daemon): `.wh.` names are ordinary files, nothing is replaced (a name
+   * that comes twice is refused, but for a directory), an entry below a
+   * symlink is refused rather than resolved inside the root, device nodes
+   * and FIFOs are refused, and failures are INVALID_ARGUMENT naming
+   * `layer` (default "archive") rather than IMAGE.
+   */
+  plain?: boolean;
   signal?: AbortSignal;
 }
 
@@ -73,7 +82,10 @@ const MAX_HOPS = 40;
  * Debian image 40% slower here. The event loop still turns between entries.
  */
 export async function applyLayer(root: string, source: AsyncIterable<Uint8Array> | Readable, options: ApplyLayerOptions = {}): Promise<LayerStats> {
-  const what = options.layer ? `layer ${options.layer}` : 'layer';
+  const plain = options.plain ?? false;
+  const what: Subject = plain
+    ? { name: options.layer ?? 'archive', noun: 'archive', code: 'INVALID_ARGUMENT' }
+    : { name: options.layer ? `layer ${options.layer}` : 'layer', noun: 'layer', code: 'IMAGE' };
   const chownEntries = options.chown ?? process.getuid?.() === 0;
   const stats: LayerStats = { entries: 0, files: 0, bytes: 0, whiteouts: 0, skipped: [], xattrs: [] };
   const createdHere = new Set<string>();
@@ -84,7 +96,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
   const clear = (path: string) => {
     if (removeEntry(path)) parents.clear();
   };
-  const dirTimes: { path: string; mtime: Date }[] = [];
+  const dirTimes: { path: string; mtime: Date; mode?: number }[] = [];
   const extract = tar.extract();
   const feeding = pipeline(source instanceof Readable ? source : Readable.from(source), extract, options.signal ? { signal: options.signal } : {});
   // A source that ends early or fails must end the entry being read, or its
@@ -107,9 +119,13 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         continue; // the root itself ("./")
       }
       const base = comps[comps.length - 1]!;
-      const parent = resolveParent(root, comps.slice(0, -1), what, h.name, parents);
-
-      if (base === OPAQUE) {
+      const parent = resolveParent(root, comps.slice(0, -1), what, h.name, parents, plain);
+      const target = join(parent, base);
+      if (plain) {
+        // Nothing is replaced in a plain archive: a name that comes again (but a directory's) is refused.
+        const existing = lstatOrNull(target);
+        if (existing && !(existing.isDirectory() && h.type === 'directory')) throw bad(what, h.name, 'comes twice, or over what an entry before it made');
+      } else if (base === OPAQUE) {
         stats.whiteouts++;
         for (const child of readdirSync(parent)) {
           const p = join(parent, child);
@@ -118,8 +134,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         }
         entry.resume();
         continue;
-      }
-      if (base.startsWith(WHITEOUT_PREFIX)) {
+      } else if (base.startsWith(WHITEOUT_PREFIX)) {
         stats.whiteouts++;
         const victim = base.slice(WHITEOUT_PREFIX.length);
         if (victim === '' || victim === '.' || victim === '..') throw bad(what, h.name, 'is a whiteout of nothing');
@@ -129,7 +144,6 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         continue;
       }
 
-      const target = join(parent, base);
       const mode = (h.mode ?? 0o644) & 0o7777;
       switch (h.type) {
         case 'file':
@@ -188,9 +202,9 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
           if (!h.linkname) throw bad(what, h.name, 'is a hard link without a target');
           const linkComps = cleanPath(h.linkname, what);
           if (linkComps.length === 0) throw bad(what, h.name, 'is a hard link to the root');
-          const source = join(resolveParent(root, linkComps.slice(0, -1), what, h.linkname, parents), linkComps[linkComps.length - 1]!);
+          const source = join(resolveParent(root, linkComps.slice(0, -1), what, h.linkname, parents, plain), linkComps[linkComps.length - 1]!);
           const st = lstatOrNull(source);
-          if (!st) throw bad(what, h.name, `links to ${h.linkname}, which the image does not contain`);
+          if (!st) throw bad(what, h.name, `links to ${h.linkname}, which the ${what.noun === 'layer' ? 'image' : 'archive'} does not contain`);
           if (st.isDirectory()) throw bad(what, h.name, `is a hard link to the directory ${h.linkname}`);
           if (source === target) {
             entry.resume();
@@ -205,6 +219,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
         case 'character-device':
         case 'block-device':
         case 'fifo': {
+          if (plain) throw bad(what, h.name, `is a ${h.type}: only files, directories and links are taken`);
           stats.skipped.push({ path: comps.join('/'), reason: `${h.type} not created` });
           entry.resume();
           continue;
@@ -217,9 +232,11 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
       // Metadata, never through a symlink.
       const isLink = h.type === 'symlink';
       if (chownEntries) lchownSync(target, h.uid ?? 0, h.gid ?? 0);
-      if (!isLink) chmodSync(target, mode); // after chown: chown clears setuid bits
+      // A plain archive's directories get their modes last: one without write permission still takes its entries.
+      const dirModeLast = plain && h.type === 'directory';
+      if (!isLink && !dirModeLast) chmodSync(target, mode); // after chown: chown clears setuid bits
       const mtime = h.mtime ?? new Date(0);
-      if (h.type === 'directory') dirTimes.push({ path: target, mtime });
+      if (h.type === 'directory') dirTimes.push({ path: target, mtime, ...(dirModeLast ? { mode } : {}) });
       else if (isLink) lutimesSync(target, mtime, mtime);
       else utimesSync(target, mtime, mtime);
       collectXattrs(h, relative(root, target), stats);
@@ -228,6 +245,7 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
     // Directory times last: creating their children changed them.
     for (const d of dirTimes.reverse()) {
       try {
+        if (d.mode !== undefined) chmodSync(d.path, d.mode);
         utimesSync(d.path, d.mtime, d.mtime);
       } catch {
         // removed by a later entry
@@ -239,13 +257,20 @@ export async function applyLayer(root: string, source: AsyncIterable<Uint8Array>
     if (e instanceof RoostError) throw e;
     const err = e as NodeJS.ErrnoException;
     throwIfDiskFull(e, root);
-    if (err.name === 'AbortError') throw new RoostError('ABORTED', `extracting ${what} was aborted`, { cause: e });
-    throw new RoostError('IMAGE', `${what} could not be extracted: ${err.message}`, { cause: e });
+    if (err.name === 'AbortError') throw new RoostError('ABORTED', `extracting ${what.name} was aborted`, { cause: e });
+    throw new RoostError(what.code, `${what.name} could not be extracted: ${err.message}`, { cause: e });
   }
 }
 
+/** What is being extracted, for errors: its name in messages, the noun that is refused, and the error code. */
+interface Subject {
+  name: string;
+  noun: 'layer' | 'archive';
+  code: 'IMAGE' | 'INVALID_ARGUMENT';
+}
+
 /** Splits an entry name into components; `..`, absolute paths and NUL fail the layer. */
-function cleanPath(name: string, what: string): string[] {
+function cleanPath(name: string, what: Subject): string[] {
   if (name.includes('\0')) throw bad(what, name, 'has a NUL byte in its name');
   if (name.startsWith('/')) throw bad(what, name, 'has an absolute path');
   const comps: string[] = [];
@@ -261,17 +286,18 @@ function cleanPath(name: string, what: string): string[] {
  * Resolves directory components inside `root`, following symlinks the way a
  * chroot would (absolute targets restart at `root`, `..` stops there), and
  * creates missing directories. Returns a real directory path under `root`.
+ * With `noLinks` (a plain archive), a symlink among them is refused instead.
  */
-function resolveParent(root: string, comps: string[], what: string, name: string, cache: Map<string, string>): string {
+function resolveParent(root: string, comps: string[], what: Subject, name: string, cache: Map<string, string>, noLinks: boolean): string {
   const key = comps.join('/');
   const cached = cache.get(key);
   if (cached !== undefined) return cached;
-  const resolved = resolveUncached(root, comps, what, name);
+  const resolved = resolveUncached(root, comps, what, name, noLinks);
   cache.set(key, resolved);
   return resolved;
 }
 
-function resolveUncached(root: string, comps: string[], what: string, name: string): string {
+function resolveUncached(root: string, comps: string[], what: Subject, name: string, noLinks: boolean): string {
   const stack: string[] = [];
   const todo = [...comps];
   let hops = 0;
@@ -288,6 +314,7 @@ function resolveUncached(root: string, comps: string[], what: string, name: stri
       mkdirSync(p, { mode: 0o755 });
       stack.push(c);
     } else if (st.isSymbolicLink()) {
+      if (noLinks) throw bad(what, name, `is below the symlink ${[...stack, c].join('/')}, which is never followed`);
       if (++hops > MAX_HOPS) throw bad(what, name, 'has too many levels of symbolic links');
       const linkText = readlinkSync(p);
       if (linkText.startsWith('/')) stack.length = 0;
@@ -318,8 +345,10 @@ function collectXattrs(h: tar.Header, path: string, stats: LayerStats): void {
   }
 }
 
-function bad(what: string, name: string, why: string): RoostError {
-  return new RoostError('IMAGE', `${what}: entry ${JSON.stringify(name)} ${why}; the layer is refused`);
+function bad(what: Subject, name: string, why: string): RoostError {
+  return new RoostError(what.code, `${what.name}: entry ${JSON.stringify(name)} ${why}; the ${what.noun} is refused`, {
+    ...(what.code === 'INVALID_ARGUMENT' ? { details: { entry: name } } : {}),
+  });
 }
 
 function lstatOrNull(path: string): ReturnType<typeof lstatSync> | null {

@@ -13,7 +13,7 @@ import { SandboxRecords } from '../state/sandboxes.js';
 import { openDockerArchive, openOciLayout, writeOciLayout, type ExportFormat, type LocalImageSource } from './archive.js';
 import { CredentialStore } from './auth.js';
 import { isAlive } from '../proc.js';
-import type { PushResult } from '@roost/api';
+import type { BuildCacheEntry, PushResult } from '@roost/api';
 import { BlobStore, parseDigest } from './blobs.js';
 import { MediaType, parseManifest, type Descriptor, type ImageConfig, type ImageSource, type PullProgress } from './manifest.js';
 import { pullImage, type PulledImage } from './pull.js';
@@ -321,11 +321,40 @@ export class ImageStore {
   }
 
   /**
+   * The steps the image builder's cache knows (the build_cache table, which
+   * the builder fills and `prune` clears), most recently used first.
+   */
+  buildCache(): BuildCacheEntry[] {
+    const rows = this.#db.prepare('SELECT key, step, layer_digest, size, created_at, used_at FROM build_cache ORDER BY used_at DESC, key').all() as {
+      key: string;
+      step: string;
+      layer_digest: string | null;
+      size: number | null;
+      created_at: string;
+      used_at: string;
+    }[];
+    return rows.map((r) => ({
+      key: r.key,
+      step: r.step,
+      layer: r.layer_digest,
+      size: r.layer_digest === null ? null : r.size,
+      createdAt: r.created_at,
+      usedAt: r.used_at,
+    }));
+  }
+
+  /** The home's directory of temp trees (`<home>/tmp`): names carrying their writer's pid are swept once it is gone. */
+  get tmpDir(): string {
+    return join(this.#layout.root, 'tmp');
+  }
+
+  /**
    * Removes images nothing names (or, with `all`, every image no sandbox
    * uses), then any blob and root filesystem no image references (leftovers
-   * of interrupted pulls included). Returns what went and the bytes freed.
+   * of interrupted pulls included), and clears the build cache. Returns what
+   * went, the bytes freed and the build cache entries cleared.
    */
-  async prune(options: { all?: boolean } = {}): Promise<{ deleted: string[]; reclaimedBytes: number }> {
+  async prune(options: { all?: boolean } = {}): Promise<{ deleted: string[]; reclaimedBytes: number; buildCacheEntries: number }> {
     const inUse = new Set(this.#imagesInUse());
     const candidates = (
       options.all
@@ -340,11 +369,11 @@ export class ImageStore {
     }
     let reclaimedBytes = 0;
     // The build cache goes too: its layers are freed below unless an image uses them.
-    this.#db.prepare('DELETE FROM build_cache').run();
+    const buildCacheEntries = this.#db.prepare('DELETE FROM build_cache').run().changes;
     const deleted = await this.#deleteImages(candidates, (n) => (reclaimedBytes += n));
     for (const id of deleted) this.#events.append('image.deleted', { imageId: id, data: { pruned: true } });
     reclaimedBytes += await this.#sweep();
-    return { deleted, reclaimedBytes };
+    return { deleted, reclaimedBytes, buildCacheEntries };
   }
 
   /**

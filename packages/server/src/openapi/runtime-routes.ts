@@ -1,4 +1,7 @@
 import {
+  BuildCacheListSchema,
+  BuildEventSchema,
+  BuildResultSchema,
   CreatePoolRequestSchema,
   CreateTemplateRequestSchema,
   CreateVolumeRequestSchema,
@@ -7,6 +10,7 @@ import {
   EVENT_TYPES,
   ImageInfoSchema,
   ImageListSchema,
+  MAX_BUILD_CONTEXT_BYTES,
   PoolInfoSchema,
   PoolListSchema,
   PullEventSchema,
@@ -71,6 +75,50 @@ export const RUNTIME_ROUTES: readonly Route[] = [
     body: { schema: PushImageRequestSchema, required: true },
     ok: { 200: { description: 'Pushing (stream) or pushed (JSON).', bodies: [{ ndjson: PushEventSchema }, { json: PushResultSchema }] } },
     errors: [400, 404, 502],
+  },
+  {
+    method: 'post',
+    path: '/v1/images/build',
+    operationId: 'buildImage',
+    tag: 'images',
+    summary: 'Build an image from a Dockerfile and its context',
+    description:
+      'The request body is the build context as a tar stream (what `roost build` and the SDK send: the directory with its Dockerfile; `.dockerignore` is applied by the daemon). ' +
+      `It is unpacked strictly into a temp directory of the daemon's home (at most ${MAX_BUILD_CONTEXT_BYTES} bytes: 413 past it; entries that climb out with \`..\`, absolute names, entries below a symlink, names that come twice and device nodes are refused with 400) and removed after the build. ` +
+      'Each RUN step runs in a microVM (docs/images.md#build). With `Accept: application/x-ndjson` (the default), BuildEvent lines: `step` (cached, running, done), `output` of RUN steps, `note`, then `done` (the image) or `error` (a step that failed is `BUILD_FAILED`, naming the step and ending with its output). ' +
+      'With `Accept: application/json`, the BuildResult once built. A build that fails before its first line gets its own status (400 for the options, the context or the Dockerfile; 404 for a missing Dockerfile or base image). A client that goes away cancels the build.',
+    params: [
+      {
+        name: 'options',
+        in: 'query',
+        description:
+          'The build options, as JSON (BuildOptions: tags, dockerfile, buildArgs, target, noCache, pull, network, egress, sourceDateEpoch, cpus, memoryMiB, diskSizeMiB); none: `{}`.',
+        schema: { type: 'string', contentMediaType: 'application/json', contentSchema: { $ref: '#/components/schemas/BuildOptions' } },
+      },
+    ],
+    body: {
+      raw: {
+        mediaType: 'application/x-tar',
+        description: 'The build context: a tar stream (ustar, pax, GNU long names) of files, directories, symlinks and hard links.',
+      },
+    },
+    ok: {
+      200: {
+        description: 'Building (stream) or built (JSON).',
+        bodies: [{ ndjson: BuildEventSchema }, { json: BuildResultSchema }],
+      },
+    },
+    errors: [...VM_ERRORS, 413, 422],
+  },
+  {
+    method: 'get',
+    path: '/v1/build-cache',
+    operationId: 'listBuildCache',
+    tag: 'images',
+    summary: 'List the build cache',
+    description: 'The steps the image builder has cached (its key, the step, the layer it made), most recently used first. `roost images prune` clears it.',
+    ok: { 200: { description: 'The cached steps.', bodies: [{ json: BuildCacheListSchema }] } },
+    errors: [400],
   },
   {
     method: 'get',
