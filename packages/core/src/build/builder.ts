@@ -181,7 +181,8 @@ class BuildRun {
       if (step.kind === 'config') {
         applyConfig(res.state.config, step.change);
         res.state.history.push({ created: this.#epoch ?? res.created, created_by: step.text, empty_layer: true });
-        res.key = stepKey(res.key, ['config', step.change]);
+        // An ARG's value is in the key of each RUN that sees it (its `args`), not in the chain: a COPY after it is not missed for it (Docker's rule).
+        if (!('arg' in step.change)) res.key = stepKey(res.key, ['config', step.change]);
         this.#o.onProgress?.({ type: 'step', stage: name, step: n, of: total, text: step.text, status: 'done' });
         // WORKDIR's directory is made by the next RUN (in its layer), or by a layer of its own at the end of the stage.
         if ('workdir' in step.change) res.pendingWorkdir = step.change.workdir;
