@@ -213,10 +213,15 @@ async function readStdin(): Promise<string> {
 }
 
 /**
- * Prints pull progress on stderr: on a terminal, one line per blob redrawn
- * in place with a bar; otherwise one line per blob when it is done.
+ * Prints per-blob progress on stderr (pulls and pushes): on a terminal, one
+ * line per blob redrawn in place; otherwise one line per blob when it is
+ * done (or failed). `describe` says where a blob is; `final`, when it is done.
  */
-export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullProgress) => void {
+export function blobProgressPrinter<P extends { digest: string; status: string }>(
+  describeBlob: (p: P) => string,
+  final: (p: P) => boolean,
+  stream: NodeJS.WriteStream = process.stderr,
+): (p: P) => void {
   const tty = stream.isTTY === true;
   const order: string[] = [];
   const lines = new Map<string, string>();
@@ -235,12 +240,17 @@ export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr)
   return (p) => {
     const id = p.digest.replace(/^sha\d+:/, '').slice(0, 12);
     if (!lines.has(p.digest)) order.push(p.digest);
-    const line = `${id}: ${describe(p)}`;
+    const line = `${id}: ${describeBlob(p)}`;
     lines.set(p.digest, line);
-    const final = pullProgressDone(p) || p.status === 'failed';
-    if (tty) redraw(final);
-    else if (final) stream.write(`${line}\n`);
+    const done = final(p) || p.status === 'failed';
+    if (tty) redraw(done);
+    else if (done) stream.write(`${line}\n`);
   };
+}
+
+/** Prints pull progress on stderr (see blobProgressPrinter). */
+export function pullProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PullProgress) => void {
+  return blobProgressPrinter<PullProgress>(describe, pullProgressDone, stream);
 }
 
 function describe(p: PullProgress): string {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { pushProgressDone, type PushProgress, type PushResult } from '@roost/api';
 import type { WithImages } from './connect.js';
 import { bytes } from './format.js';
+import { blobProgressPrinter } from './images.js';
 
 /**
  * `roost push NAME[:TAG] [REGISTRY/REPO[:TAG]]`: `images.push` through the
@@ -28,35 +29,9 @@ export function pushSummary(r: PushResult): string {
   return `${r.destination}: digest ${r.manifestDigest} (${pushed} pushed, ${mounted} mounted, ${exists} already there; ${bytes(r.bytes.pushed)} uploaded)\n`;
 }
 
-/**
- * Prints push progress on stderr: on a terminal, one line per blob redrawn
- * in place with a bar; otherwise one line per blob when it is done (or failed).
- */
+/** Prints push progress on stderr (see blobProgressPrinter). */
 export function pushProgressPrinter(stream: NodeJS.WriteStream = process.stderr): (p: PushProgress) => void {
-  const tty = stream.isTTY === true;
-  const order: string[] = [];
-  const lines = new Map<string, string>();
-  let drawn = 0;
-  let last = 0;
-  const redraw = (force: boolean) => {
-    const now = Date.now();
-    if (!force && now - last < 100) return;
-    last = now;
-    const width = Math.max(40, (stream.columns || 80) - 1);
-    let out = drawn > 0 ? `\x1b[${drawn}A` : '';
-    for (const d of order) out += `\r\x1b[2K${(lines.get(d) ?? '').slice(0, width)}\n`;
-    drawn = order.length;
-    stream.write(out);
-  };
-  return (p) => {
-    const id = p.digest.replace(/^sha\d+:/, '').slice(0, 12);
-    if (!lines.has(p.digest)) order.push(p.digest);
-    const line = `${id}: ${describePush(p)}`;
-    lines.set(p.digest, line);
-    const final = pushProgressDone(p) || p.status === 'failed';
-    if (tty) redraw(final);
-    else if (final) stream.write(`${line}\n`);
-  };
+  return blobProgressPrinter<PushProgress>(describePush, pushProgressDone, stream);
 }
 
 /** One blob's state in words (and a bar while it uploads). */

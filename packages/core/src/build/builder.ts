@@ -188,6 +188,17 @@ class BuildRun {
         if ('workdir' in step.change) res.pendingWorkdir = step.change.workdir;
         continue;
       }
+      const report = (status: 'cached' | 'running' | 'done', layer: LayerBlob | null, durationMs?: number) =>
+        this.#o.onProgress?.({
+          type: 'step',
+          stage: name,
+          step: n,
+          of: total,
+          text: step.text,
+          status,
+          ...(layer ? { layer: layer.digest } : {}),
+          ...(durationMs !== undefined ? { durationMs } : {}),
+        });
       const key = await this.#keyOf(res, step);
       const hit = this.#o.noCache ? undefined : this.#host.cache.get(key);
       if (hit) {
@@ -197,34 +208,17 @@ class BuildRun {
         res.key = key;
         // A sandbox already up does not have the cached layer's files: the next step that runs boots one that does.
         if (res.sandbox && hit.layer) await this.#retire(res);
-        this.#o.onProgress?.({
-          type: 'step',
-          stage: name,
-          step: n,
-          of: total,
-          text: step.text,
-          status: 'cached',
-          ...(hit.layer ? { layer: hit.layer.digest } : {}),
-        });
+        report('cached', hit.layer);
         continue;
       }
-      this.#o.onProgress?.({ type: 'step', stage: name, step: n, of: total, text: step.text, status: 'running' });
+      report('running', null);
       const layer = step.kind === 'run' ? await this.#run(res, step, n) : await this.#copy(res, step);
       this.#ran++;
       const at = new Date().toISOString();
       this.#host.cache.put(key, layer, step.text, at);
       this.#addLayer(res, layer, step, at);
       res.key = key;
-      this.#o.onProgress?.({
-        type: 'step',
-        stage: name,
-        step: n,
-        of: total,
-        text: step.text,
-        status: 'done',
-        ...(layer ? { layer: layer.digest } : {}),
-        durationMs: Math.round(performance.now() - t0),
-      });
+      report('done', layer, Math.round(performance.now() - t0));
     }
     if (res.pendingWorkdir && res.pendingWorkdir !== '/') {
       // No RUN came after the last WORKDIR: its directory gets a layer of its own, as Docker makes it.

@@ -23,6 +23,7 @@ import { RoostError } from '../errors.js';
 import type { SandboxOptions } from '../sandbox/plan.js';
 import type { EventLog } from '../state/events.js';
 import { plannedBindings, ServicePorts } from './service-ports.js';
+import { ReconcileQueue } from '../reconcile-queue.js';
 import { HealthTracker, probe } from './health.js';
 import { deploymentNotFound, DeploymentStore, sameSpec, specRevision, type DeploymentRecord } from './store.js';
 
@@ -135,15 +136,12 @@ interface DeploymentState<S extends DeploymentMember> {
   readonly name: string;
   readonly replicas: Map<string, Replica<S>>;
   readonly ports: ServicePorts;
-  /** The reconcile running (or settled): each waits for the one before. */
-  chain: Promise<void>;
-  queued: boolean;
+  /** Its reconciles, one at a time; creates that failed in a row (or replicas replaced before they were ever healthy), and the retry. */
+  readonly queue: ReconcileQueue;
   /** Aborts the creates of this deployment (its removal, the runtime closing). */
   readonly abort: AbortController;
-  /** Creates that failed in a row (or replicas replaced before they were ever healthy), and when the next may start. */
-  failures: number;
+  /** When the next create may start (after failures). */
   nextCreateAt: number;
-  retry: NodeJS.Timeout | null;
   /** Replicas removed to be replaced, whose replacement is not made yet (for `replica.replaced`). */
   readonly replaced: { id: string; reason: string }[];
   removed: boolean;
@@ -262,10 +260,9 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     const st = this.#state(name);
     st.removed = true;
     st.abort.abort(new RoostError('ABORTED', `deployment ${name} is being removed`));
-    if (st.retry) clearTimeout(st.retry);
-    st.retry = null;
+    st.queue.cancelRetry();
     this.#store.delete(name);
-    await st.chain;
+    await st.queue.settled();
     await st.ports.close();
     await this.#removeAll(name, st);
     if (this.#states.get(name) === st) this.#states.delete(name);
@@ -289,15 +286,14 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
   async close(): Promise<void> {
     this.#closed = true;
     for (const st of this.#states.values()) {
-      if (st.retry) clearTimeout(st.retry);
-      st.retry = null;
+      st.queue.cancelRetry();
       st.abort.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
       for (const r of st.replicas.values()) {
         r.stopTimers();
         r.run++;
       }
     }
-    await Promise.allSettled([...this.#states.values()].map((st) => st.chain));
+    await Promise.allSettled([...this.#states.values()].map((st) => st.queue.settled()));
     await Promise.allSettled([...this.#states.values()].map((st) => st.ports.close()));
   }
 
@@ -318,19 +314,22 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     if (!st) {
       const abort = new AbortController();
       setMaxListeners(0, abort.signal);
-      st = {
+      const state: DeploymentState<S> = {
         name,
         replicas: new Map(),
         ports: new ServicePorts(),
-        chain: Promise.resolve(),
-        queued: false,
+        // A retry's pass checks what a kick would (not started, or closing).
+        queue: new ReconcileQueue(
+          () => (this.#running && !this.#closed ? this.#reconcile(state) : Promise.resolve()),
+          (e) => this.#failed(state, e),
+          { baseMs: RETRY_BASE_MS, maxMs: RETRY_MAX_MS },
+        ),
         abort,
-        failures: 0,
         nextCreateAt: 0,
-        retry: null,
         replaced: [],
         removed: false,
       };
+      st = state;
       this.#states.set(name, st);
     }
     return st;
@@ -389,14 +388,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
   #kick(name: string): void {
     if (!this.#running || this.#closed) return;
     const st = this.#state(name);
-    if (st.queued || st.removed) return;
-    st.queued = true;
-    st.chain = st.chain
-      .then(() => {
-        st.queued = false;
-        return this.#reconcile(st);
-      })
-      .catch((e: unknown) => this.#failed(st, e));
+    if (!st.removed) st.queue.kick();
   }
 
   /**
@@ -415,7 +407,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
       // Replicas of a deployment that no longer exists (its remove was cut short by a crash).
       await st.ports.close();
       await this.#removeAll(name, st);
-      if (this.#states.get(name) === st && !st.queued) this.#states.delete(name);
+      if (this.#states.get(name) === st && !st.queue.queued) this.#states.delete(name);
       return;
     }
     const spec = rec.spec;
@@ -475,14 +467,14 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     const creates: Promise<void>[] = [];
     if (wanted > 0) {
       const wait = st.nextCreateAt - Date.now();
-      if (wait > 0) this.#retryIn(st, wait);
+      if (wait > 0) st.queue.retryIn(wait);
       else for (let i = 0; i < wanted; i++) creates.push(this.#createReplica(st, spec, revision));
     }
     const results = await Promise.allSettled([...removals, ...creates]);
     if (st.removed || this.#closed) return;
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
-    if (creates.length > 0 && st.failures === 0 && rec.lastError) this.#store.setError(name, null);
+    if (creates.length > 0 && st.queue.failures === 0 && rec.lastError) this.#store.setError(name, null);
 
     // Rolled out: the replicas are the spec's count, all of its revision, none being made or removed.
     const now = [...st.replicas.values()];
@@ -710,8 +702,8 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
     r.state = state;
     if (state === 'healthy') {
       r.everHealthy = true;
-      if (st.failures > 0) {
-        st.failures = 0;
+      if (st.queue.failures > 0) {
+        st.queue.succeeded();
         st.nextCreateAt = 0;
       }
       this.#event('replica.healthy', st.name, r.sandbox.id, { detail });
@@ -742,8 +734,7 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
 
   /** A create failed (or a replica was replaced before it was ever healthy): the next create waits, longer each time in a row. */
   #backOff(st: DeploymentState<S>): void {
-    st.failures++;
-    st.nextCreateAt = Date.now() + Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (st.failures - 1));
+    st.nextCreateAt = Date.now() + st.queue.backOff();
   }
 
   /** A reconcile failed: recorded in the deployment's `lastError`, and tried again after the back-off. */
@@ -755,20 +746,11 @@ export class Deployments<S extends DeploymentMember> implements DeploymentsApi {
       code: reason instanceof RoostError ? reason.code : 'INTERNAL',
       message: reason instanceof Error ? (reason.message.split('\n')[0] ?? reason.message) : String(reason),
       at: new Date().toISOString(),
-      failures: st.failures,
+      failures: st.queue.failures,
       retryAt: new Date(Date.now() + delay).toISOString(),
     };
     this.#store.setError(st.name, error);
-    this.#retryIn(st, delay);
-  }
-
-  #retryIn(st: DeploymentState<S>, delay: number): void {
-    if (st.retry) return;
-    st.retry = setTimeout(() => {
-      st.retry = null;
-      this.#kick(st.name);
-    }, delay);
-    st.retry.unref();
+    st.queue.retryIn(delay);
   }
 }
 

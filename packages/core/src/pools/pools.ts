@@ -18,6 +18,7 @@ import type { HandOver } from '../sandbox/handover.js';
 import type { SandboxOptions } from '../sandbox/plan.js';
 import type { EventLog } from '../state/events.js';
 import { PoolStore, type PoolRecord } from './store.js';
+import { ReconcileQueue } from '../reconcile-queue.js';
 
 /** What pools use of a sandbox (a `Sandbox`): its state, and the calls that make, park and hand over members. */
 export interface PoolMember {
@@ -90,15 +91,10 @@ interface PoolState {
   starting: number;
   /** Members being handed over, paused or retired: never handed over (again). */
   readonly claimed: Set<string>;
-  /** The reconcile running (or settled): each waits for the one before. */
-  chain: Promise<void>;
-  /** A reconcile is queued behind the running one (more kicks add nothing). */
-  queued: boolean;
+  /** Its reconciles, one at a time; refills that failed in a row, and the retry after them. */
+  readonly queue: ReconcileQueue;
   /** Aborts the restores of this pool (its removal, the runtime closing). */
   readonly abort: AbortController;
-  /** Refills that failed in a row, and the timer of the next attempt. */
-  failures: number;
-  retry: NodeJS.Timeout | null;
   /** The refill a hand-over asked for, due after REFILL_DELAY_MS. */
   later: NodeJS.Timeout | null;
   removed: boolean;
@@ -181,10 +177,7 @@ export class Pools<S extends PoolMember> implements PoolsApi {
     }
     if (!this.#store.setSize(name, req.size)) throw notFound(name);
     const st = this.#states.get(name);
-    if (st?.retry) {
-      clearTimeout(st.retry);
-      st.retry = null;
-    }
+    st?.queue.cancelRetry();
     this.#kick(name);
     return this.get(name);
   }
@@ -196,10 +189,10 @@ export class Pools<S extends PoolMember> implements PoolsApi {
     const st = this.#state(name);
     st.removed = true;
     st.abort.abort(new RoostError('ABORTED', `pool ${name} is being removed`));
-    if (st.retry) clearTimeout(st.retry);
+    st.queue.cancelRetry();
     if (st.later) clearTimeout(st.later);
     this.#store.delete(name);
-    await st.chain;
+    await st.queue.settled();
     // Members being handed over are left to their hand-over (which removes one that fails).
     await this.#removeMembers(name, () => true);
     if (this.#states.get(name) === st) this.#states.delete(name);
@@ -275,12 +268,12 @@ export class Pools<S extends PoolMember> implements PoolsApi {
   async close(): Promise<void> {
     this.#closed = true;
     for (const st of this.#states.values()) {
-      if (st.retry) clearTimeout(st.retry);
+      st.queue.cancelRetry();
       if (st.later) clearTimeout(st.later);
-      st.retry = st.later = null;
+      st.later = null;
       st.abort.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
     }
-    await Promise.allSettled([...this.#states.values()].map((st) => st.chain));
+    await Promise.allSettled([...this.#states.values()].map((st) => st.queue.settled()));
     await this.#removeMembers(null, (s) => s.status === 'failed' || s.status === 'stopped');
   }
 
@@ -302,7 +295,20 @@ export class Pools<S extends PoolMember> implements PoolsApi {
       const abort = new AbortController();
       // Every restore of the pool listens to it: as many as maxSize at once.
       setMaxListeners(0, abort.signal);
-      st = { starting: 0, claimed: new Set(), chain: Promise.resolve(), queued: false, abort, failures: 0, retry: null, later: null, removed: false };
+      const state: PoolState = {
+        starting: 0,
+        claimed: new Set(),
+        // A retry's pass checks what a kick would (refills off, the runtime closing).
+        queue: new ReconcileQueue(
+          () => (this.#refilling && !this.#closed ? this.#reconcile(name, state) : Promise.resolve()),
+          () => {},
+          { baseMs: RETRY_BASE_MS, maxMs: RETRY_MAX_MS },
+        ),
+        abort,
+        later: null,
+        removed: false,
+      };
+      st = state;
       this.#states.set(name, st);
     }
     return st;
@@ -352,14 +358,7 @@ export class Pools<S extends PoolMember> implements PoolsApi {
   #kick(name: string): void {
     if (!this.#refilling || this.#closed) return;
     const st = this.#state(name);
-    if (st.queued || st.removed) return;
-    st.queued = true;
-    st.chain = st.chain
-      .then(() => {
-        st.queued = false;
-        return this.#reconcile(name, st);
-      })
-      .catch(() => {});
+    if (!st.removed) st.queue.kick();
   }
 
   /**
@@ -374,7 +373,7 @@ export class Pools<S extends PoolMember> implements PoolsApi {
       if (st.removed) return;
       // Members of a pool that no longer exists (removed by a runtime that died half-way, or a doctor's rebuild).
       await this.#removeMembers(name, () => true);
-      if (this.#states.get(name) === st && !st.queued) this.#states.delete(name);
+      if (this.#states.get(name) === st && !st.queue.queued) this.#states.delete(name);
       return;
     }
     const members = this.#members(name);
@@ -393,7 +392,7 @@ export class Pools<S extends PoolMember> implements PoolsApi {
     }
     const holding = this.#members(name).filter((s) => s.status === 'running' || s.status === 'paused' || s.status === 'stopping').length;
     const wanted = Math.min(target - ready.length, rec.maxSize - holding, PARALLEL_RESTORES);
-    if (wanted <= 0 || st.retry || this.#closed) return;
+    if (wanted <= 0 || st.queue.retrying || this.#closed) return;
     const results = await Promise.allSettled(Array.from({ length: wanted }, () => this.#restore(rec, st)));
     if (st.removed || this.#closed) return;
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -403,8 +402,8 @@ export class Pools<S extends PoolMember> implements PoolsApi {
       this.#failed(name, st, failed.reason);
       return;
     }
-    if (st.failures > 0) {
-      st.failures = 0;
+    if (st.queue.failures > 0) {
+      st.queue.succeeded();
       this.#store.setError(name, null);
     }
     // Hand-overs (or a resize) while this ran may want more.
@@ -466,21 +465,16 @@ export class Pools<S extends PoolMember> implements PoolsApi {
 
   /** A refill failed: recorded in the pool's `lastError`, and retried after a back-off that doubles with each failure in a row. */
   #failed(name: string, st: PoolState, reason: unknown): void {
-    st.failures++;
-    const delay = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (st.failures - 1));
+    const delay = st.queue.backOff();
     const error: PoolError = {
       code: reason instanceof RoostError ? reason.code : 'INTERNAL',
       message: reason instanceof Error ? (reason.message.split('\n')[0] ?? reason.message) : String(reason),
       at: new Date().toISOString(),
-      failures: st.failures,
+      failures: st.queue.failures,
       retryAt: new Date(Date.now() + delay).toISOString(),
     };
     this.#store.setError(name, error);
-    st.retry = setTimeout(() => {
-      st.retry = null;
-      this.#kick(name);
-    }, delay);
-    st.retry.unref();
+    st.queue.retryIn(delay);
   }
 
   /** Removes the members of pool `name` (null: of any pool) that `which` picks and no hand-over holds. */
