@@ -343,7 +343,8 @@ export class Session {
   #reply(reply: RMessage): void {
     let frame = encode(reply);
     if (frame.length > Math.max(this.#msize, PRE_VERSION_MAX_FRAME)) frame = encode({ type: 'Rlerror', tag: reply.tag, ecode: Errno.ERANGE });
-    if (this.#stream === null) this.#outbox.push(frame);
+    // A stream that is going away (destroyed, its 'close' not emitted yet) would lose the reply.
+    if (this.#stream === null || this.#stream.destroyed || !this.#stream.writable) this.#outbox.push(frame);
     else this.#write(frame);
   }
 
