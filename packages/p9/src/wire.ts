@@ -52,7 +52,7 @@ interface KindTypes {
 type Kind = keyof KindTypes;
 type Schema = readonly (readonly [string, Kind])[];
 
-const QID: readonly [string, Kind] = ['qid', 'qid'];
+const QID = ['qid', 'qid'] as const;
 
 /** The fields of every message, in wire order (after size, type, tag). */
 export const SCHEMAS = {
