@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -217,6 +218,54 @@ describe('bad peers', () => {
     await until(() => p.replies.length === 1004);
     expect(p.replies.slice(4).every((r) => r.type === 'Rread')).toBe(true);
   });
+
+  it('holds at most maxInflightBytes of requests and the replies they may make', async () => {
+    const p = rawPeer({ maxInflight: 64, maxInflightBytes: 256 << 10 });
+    await openSlowFile(p);
+    p.peer.write(Buffer.concat(Array.from({ length: 100 }, (_, i) => encode({ type: 'Tread', tag: 100 + i, fid: 2, offset: 0n, count: 65536 }))));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(p.session.inflight).toBe(3); // 3 x (64 KiB + 23) fit in 256 KiB, 4 do not
+    gate.open();
+    await until(() => p.replies.length === 104);
+  });
+
+  it('a peer that does not read its replies stops the session reading, with memory bounded', async () => {
+    writeFileSync(join(dir, 'big'), Buffer.alloc(1 << 20, 7));
+    const port = await server.listen(0);
+    const socket = connect(port, '127.0.0.1');
+    await new Promise((r) => socket.once('connect', r));
+    let received = 0;
+    let pending = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 4 && pending.length >= pending.readUInt32LE(0)) {
+        pending = pending.subarray(pending.readUInt32LE(0));
+        received++;
+      }
+    });
+    const steps: Array<Parameters<typeof encode>[0]> = [
+      { type: 'Tversion', tag: 0xffff, msize: 1 << 20, version: '9P2000.L' },
+      { type: 'Tattach', tag: 1, fid: 1, afid: 0xffffffff, uname: '', aname: '', nUname: 0 },
+      { type: 'Twalk', tag: 2, fid: 1, newfid: 2, names: [Buffer.from('big')] },
+      { type: 'Tlopen', tag: 3, fid: 2, flags: OpenFlag.RDONLY },
+    ];
+    for (const [i, m] of steps.entries()) {
+      socket.write(encode(m));
+      await until(() => received === i + 1);
+    }
+    socket.pause();
+    const before = process.memoryUsage().rss;
+    const reads = 1000; // 1 GiB of replies if nothing held the server back
+    const frames = Buffer.concat(Array.from({ length: reads }, (_, i) => encode({ type: 'Tread', tag: i, fid: 2, offset: 0n, count: 1 << 20 })));
+    socket.write(frames);
+    await new Promise((r) => setTimeout(r, 1000));
+    const [session] = [...server.sessions];
+    expect(session!.inflight).toBeLessThanOrEqual(16);
+    expect(process.memoryUsage().rss - before).toBeLessThan(256 << 20);
+    socket.resume();
+    await until(() => received === 4 + reads, 60_000);
+    socket.destroy();
+  }, 90_000);
 
   it('an Rlerror for messages it does not serve (Tauth, 9P2000 ones are unknown types)', async () => {
     const { client } = await connectInProcess(server);

@@ -18,11 +18,13 @@
  * way the Rflush comes after the flushed request is over, so the tag can be
  * reused at once.
  *
- * Bounds: at most `maxInflight` requests run at once; past that, frames
- * wait, and the stream is not read until some finish. The stream is also
- * not read while the peer does not take replies (write backpressure). So a
- * session holds at most `maxInflight` requests and replies, one chunk of
- * frames and one partial frame. Fids are bounded by `maxFids`.
+ * Bounds: at most `maxInflight` requests run at once, holding at most
+ * `maxInflightBytes` (their frames and the replies they may make); past
+ * that, frames wait, and the stream is not read until some finish. No new
+ * request starts, and the stream is not read, while the peer does not take
+ * replies (write backpressure). So a session holds at most those requests
+ * and their replies, one chunk of frames and one partial frame. Fids are
+ * bounded by `maxFids`.
  * A frame that breaks the protocol (bad size, bad encoding, unknown type,
  * a tag in use) ends the session: the peer cannot be resynchronised.
  */
@@ -52,6 +54,12 @@ export interface SessionOptions {
   maxFids?: number;
   /** Most requests processed at once (default 256). */
   maxInflight?: number;
+  /**
+   * Most bytes the requests in flight may hold: their frames plus the
+   * replies they may make (a Tread's or Treaddir's count). Default 16 MiB.
+   * One request is always let through, whatever its size.
+   */
+  maxInflightBytes?: number;
   /** Largest msize agreed to (default and maximum 1 MiB). */
   maxMsize?: number;
 }
@@ -63,6 +71,19 @@ interface Request {
   tag: number;
   abort: AbortController;
   done: Promise<void>;
+  /** What it counts against maxInflightBytes. */
+  bytes: number;
+}
+
+const TREAD = 116;
+const TREADDIR = 40;
+
+/** The bytes a request may hold: its frame, plus the data a Tread or Treaddir may answer (read from the frame, capped at msize). */
+function requestCost(frame: Buffer, msize: number): number {
+  const type = frame.readUInt8(4);
+  // Both are fid[4] offset[8] count[4] after the header.
+  if ((type === TREAD || type === TREADDIR) && frame.length >= 23) return frame.length + Math.min(frame.readUInt32LE(19), msize);
+  return frame.length + 64;
 }
 
 /** One client's 9P2000.L session. */
@@ -71,6 +92,7 @@ export class Session {
   readonly id: string;
   readonly fids: FidTable;
   readonly maxInflight: number;
+  readonly maxInflightBytes: number;
   readonly maxMsize: number;
   /** The error that ended the session, if a protocol error did. */
   error: Error | undefined;
@@ -78,6 +100,7 @@ export class Session {
   #msize = 0;
   readonly #reader = new FrameReader(PRE_VERSION_MAX_FRAME);
   readonly #inflight = new Map<number, Request>();
+  #inflightBytes = 0;
   /** Frames received and not yet started. */
   #backlog: Buffer[] = [];
   /** Replies made while no stream was attached, sent on the next attach. */
@@ -98,6 +121,7 @@ export class Session {
     this.id = id ?? randomUUID();
     this.fids = new FidTable(options.maxFids ?? 65536);
     this.maxInflight = Math.max(1, options.maxInflight ?? 256);
+    this.maxInflightBytes = options.maxInflightBytes ?? 16 << 20;
     this.maxMsize = Math.min(options.maxMsize ?? MAX_MSIZE, MAX_MSIZE);
   }
 
@@ -230,9 +254,12 @@ export class Session {
   /** Starts waiting frames while the bounds allow, and reads the stream only when none wait. */
   #pump(): void {
     while (this.#backlog.length > 0 && !this.#closed && !this.#detaching && !this.#versioning && this.#stream !== null) {
-      if (this.#inflight.size >= this.maxInflight) break;
-      const frame = this.#backlog.shift()!;
-      this.#handle(frame);
+      if (this.#inflight.size >= this.maxInflight || this.#writeBlocked) break;
+      const frame = this.#backlog[0]!;
+      const cost = frame.length >= 7 ? requestCost(frame, this.#msize) : 0;
+      if (this.#inflight.size > 0 && this.#inflightBytes + cost > this.maxInflightBytes) break;
+      this.#backlog.shift();
+      this.#handle(frame, cost);
     }
     const stream = this.#stream;
     if (stream === null || this.#closed || this.#detaching) return;
@@ -241,7 +268,7 @@ export class Session {
     else stream.resume();
   }
 
-  #handle(frame: Buffer): void {
+  #handle(frame: Buffer, cost: number): void {
     let m: Message;
     try {
       m = decode(frame);
@@ -254,12 +281,13 @@ export class Session {
     if (this.#msize === 0) return this.#protocolError(new DecodeError(`${m.type} before Tversion`));
     if (m.tag === NOTAG || this.#inflight.has(m.tag)) return this.#protocolError(new DecodeError(`tag ${m.tag} is in use`));
     if (m.type === 'Tflush') return this.#flush(m);
-    this.#start(m as TMessage);
+    this.#start(m as TMessage, cost);
   }
 
-  #start(m: TMessage): void {
-    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve() };
+  #start(m: TMessage, cost: number): void {
+    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve(), bytes: cost };
     this.#inflight.set(m.tag, req);
+    this.#inflightBytes += cost;
     req.done = runOp(this.#context(req), m).then(
       (reply) => this.#finish(req, reply),
       (err: unknown) => this.#finish(req, err instanceof Cancelled ? null : { type: 'Rlerror', tag: m.tag, ecode: toErrno(err) }),
@@ -269,6 +297,7 @@ export class Session {
   /** A request is over: its reply (if it has one) is sent, then anything waiting for it (a flush) runs. */
   #finish(req: Request, reply: RMessage | null): void {
     this.#inflight.delete(req.tag);
+    this.#inflightBytes -= req.bytes;
     if (reply !== null && !this.#closed) this.#reply(reply);
     if (this.#inflight.size === 0) {
       const idle = this.#idle;
@@ -280,7 +309,7 @@ export class Session {
 
   /** Tflush: cancels `oldtag` if it still waits, and answers after it is over. */
   #flush(m: MessageOf<'Tflush'>): void {
-    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve() };
+    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve(), bytes: 0 };
     const old = this.#inflight.get(m.oldtag);
     this.#inflight.set(m.tag, req);
     const rflush: RMessage = { type: 'Rflush', tag: m.tag };
@@ -299,7 +328,7 @@ export class Session {
    */
   #version(m: MessageOf<'Tversion'>): void {
     this.#versioning = true;
-    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve() };
+    const req: Request = { tag: m.tag, abort: new AbortController(), done: Promise.resolve(), bytes: 0 };
     req.done = this.#whenIdle()
       .then(() => {
         this.#inflight.set(m.tag, req);
