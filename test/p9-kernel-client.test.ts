@@ -26,7 +26,7 @@ let exportDir: string;
 let server: P9Server;
 let port: number;
 let sb: Sandbox;
-let locksBinary: Buffer | null = null;
+let helperBinary: Buffer | null = null;
 
 const sh = async (cmd: string, timeoutMs = 60_000): Promise<{ out: string; code: number }> => {
   const r = await sb.commands.run(['sh', '-c', cmd], { timeoutMs });
@@ -45,8 +45,8 @@ beforeAll(async () => {
     ['gcc', '-static'],
   ]) {
     try {
-      execFileSync(cc[0]!, [cc[1]!, '-O2', '-o', join(work, 'p9-locks'), join(fixtures, 'p9-locks.c')], { stdio: 'pipe' });
-      locksBinary = readFileSync(join(work, 'p9-locks'));
+      execFileSync(cc[0]!, [cc[1]!, '-O2', '-o', join(work, 'p9-helper'), join(fixtures, 'p9-helper.c')], { stdio: 'pipe' });
+      helperBinary = readFileSync(join(work, 'p9-helper'));
       break;
     } catch {
       // Try the next compiler.
@@ -56,10 +56,10 @@ beforeAll(async () => {
   port = await server.listen(0, '127.0.0.1');
   sb = await home.create({ egress: { default: 'deny', allow: [`host:${port}/tcp`] } });
   await sb.files.write('/tmp/p9-workload.sh', readFileSync(join(fixtures, 'p9-workload.sh')));
-  if (locksBinary !== null) await sb.files.write('/tmp/p9-locks', locksBinary);
+  if (helperBinary !== null) await sb.files.write('/tmp/p9-helper', helperBinary);
   // locktimeout=1: the client retries a blocked F_SETLKW every second (30 s by default).
   const mount = await sh(
-    `chmod +x /tmp/p9-locks 2>/dev/null; mkdir -p /mnt/v && mount -t 9p -o trans=tcp,port=${port},version=9p2000.L,msize=262144,cache=none,locktimeout=1 10.0.2.2 /mnt/v && grep ' /mnt/v ' /proc/mounts`,
+    `chmod +x /tmp/p9-helper 2>/dev/null; mkdir -p /mnt/v && mount -t 9p -o trans=tcp,port=${port},version=9p2000.L,msize=262144,cache=none,locktimeout=1 10.0.2.2 /mnt/v && grep ' /mnt/v ' /proc/mounts`,
   );
   expect(mount.out).toMatch(/ \/mnt\/v 9p .*msize=262144/);
 }, 300_000);
@@ -96,7 +96,7 @@ describe('the Linux 9P client (guest kernel 6.1) on @roost/p9', () => {
   }, 300_000);
 
   it('sees fcntl and flock locks another session holds, and F_SETLKW waits for their release', async (ctx) => {
-    if (locksBinary === null) ctx.skip(); // no static C compiler: cannot build the lock helper
+    if (helperBinary === null) ctx.skip(); // no static C compiler: cannot build the helper
     const socket = connect(port, '127.0.0.1');
     await new Promise((resolve) => socket.once('connect', resolve));
     const host = new P9Client(socket);
@@ -108,10 +108,10 @@ describe('the Linux 9P client (guest kernel 6.1) on @roost/p9', () => {
       const lock = (lockType: number) =>
         host.rpc({ type: 'Tlock', fid: 2, lockType, flags: 0, start: 0n, length: 0n, procId: 4242, clientId: 'host-test' }, 'Rlock');
       expect((await lock(LockType.WRLCK)).status).toBe(LockStatus.SUCCESS);
-      const probe = await sh('/tmp/p9-locks /mnt/v/locked.bin try-write; /tmp/p9-locks /mnt/v/locked.bin get; /tmp/p9-locks /mnt/v/locked.bin flock-try');
+      const probe = await sh('/tmp/p9-helper /mnt/v/locked.bin try-write; /tmp/p9-helper /mnt/v/locked.bin get; /tmp/p9-helper /mnt/v/locked.bin flock-try');
       expect(probe.out.split('\n')).toEqual(['busy Resource temporarily unavailable', 'conflict write 0 0', 'busy Resource temporarily unavailable', '']);
       const started = Date.now();
-      const waiting = sh('/tmp/p9-locks /mnt/v/locked.bin wait-write');
+      const waiting = sh('/tmp/p9-helper /mnt/v/locked.bin wait-write');
       await new Promise((resolve) => setTimeout(resolve, 1500));
       expect((await lock(LockType.UNLCK)).status).toBe(LockStatus.SUCCESS);
       expect((await waiting).out).toBe('locked\n');
@@ -122,6 +122,17 @@ describe('the Linux 9P client (guest kernel 6.1) on @roost/p9', () => {
       host.close();
     }
   }, 120_000);
+
+  it('creates files as the guest user who made them (each uid attaches on its own)', async (ctx) => {
+    if (helperBinary === null) ctx.skip();
+    const r = await sh('mkdir -m 1777 /mnt/v/shared && /tmp/p9-helper /mnt/v/shared/mine create-as 1000 && stat -c "%u:%g %a" /mnt/v/shared/mine');
+    expect(r.out).toBe('created\n1000:1000 640\n');
+    const file = join(exportDir, 'shared', 'mine');
+    expect(getAttributeSync(file, 'user.virtfs.uid')?.readUInt32LE(0)).toBe(1000);
+    expect(getAttributeSync(file, 'user.virtfs.gid')?.readUInt32LE(0)).toBe(1000);
+    expect(statSync(file).uid).toBe(process.getuid!());
+    expect(statSync(file).mode & 0o777).toBe(0o644);
+  });
 
   it('unmounts cleanly', async () => {
     const r = await sh('umount /mnt/v && ! grep -q " /mnt/v " /proc/mounts && echo unmounted');
