@@ -212,6 +212,15 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** `[=====>    ] 1.2MB/3.4MB`: a blob's transfer so far. */
+export function progressBar(current: number, total: number): string {
+  const width = 30;
+  const frac = total > 0 ? Math.min(1, current / total) : 0;
+  const full = Math.floor(frac * width);
+  const bar = '='.repeat(full) + (full < width ? '>' : '') + ' '.repeat(Math.max(0, width - full - 1));
+  return `[${bar}] ${bytes(current)}/${bytes(total)}`;
+}
+
 /**
  * Prints per-blob progress on stderr (pulls and pushes): on a terminal, one
  * line per blob redrawn in place; otherwise one line per blob when it is
@@ -267,12 +276,7 @@ function describe(p: PullProgress): string {
       return 'retrying';
     case 'verifying':
       return 'verifying';
-    case 'downloading': {
-      const width = 30;
-      const frac = p.total > 0 ? Math.min(1, p.current / p.total) : 0;
-      const full = Math.floor(frac * width);
-      const bar = '='.repeat(full) + (full < width ? '>' : '') + ' '.repeat(Math.max(0, width - full - 1));
-      return `downloading [${bar}] ${bytes(p.current)}/${bytes(p.total)}`;
-    }
+    case 'downloading':
+      return `downloading ${progressBar(p.current, p.total)}`;
   }
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { pushProgressDone, type PushProgress, type PushResult } from '@roost/api';
 import type { WithImages } from './connect.js';
 import { bytes } from './format.js';
-import { blobProgressPrinter } from './images.js';
+import { blobProgressPrinter, progressBar } from './images.js';
 
 /**
  * `roost push NAME[:TAG] [REGISTRY/REPO[:TAG]]`: `images.push` through the
@@ -51,12 +51,7 @@ export function describePush(p: PushProgress): string {
       return 'retrying';
     case 'failed':
       return 'failed';
-    case 'uploading': {
-      const width = 30;
-      const frac = p.total > 0 ? Math.min(1, p.current / p.total) : 0;
-      const full = Math.floor(frac * width);
-      const bar = '='.repeat(full) + (full < width ? '>' : '') + ' '.repeat(Math.max(0, width - full - 1));
-      return `uploading [${bar}] ${bytes(p.current)}/${bytes(p.total)}`;
-    }
+    case 'uploading':
+      return `uploading ${progressBar(p.current, p.total)}`;
   }
 }

@@ -4,22 +4,12 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Errno, OpenFlag, SetattrMask } from './constants.js';
 import { P9Error } from './errors.js';
-import { connectInProcess, type Connected } from './harness.js';
+import { connectInProcess, errnoOf, type Connected } from './harness.js';
 import { LocalBackend, type LocalBackendOptions } from './local.js';
 import { P9Server } from './server.js';
 import { decodeDirents } from './wire.js';
 
 const b = (s: string): Buffer => Buffer.from(s);
-
-async function errnoOf(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof P9Error) return err.errno;
-    throw err;
-  }
-  throw new Error('expected an Rlerror');
-}
 
 let base: string;
 let dir: string;
