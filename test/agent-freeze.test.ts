@@ -338,7 +338,7 @@ describe('the agent: FREEZE, THAW and a restored copy', () => {
 
   it('FREEZE holds writes to the disk until THAW', async () => {
     const conn = await connectAgent(0);
-    expect(conn.agent).toEqual({ protocolVersion: VERSION, version: 'roost-agent 0.2.0', capabilities: ['FREEZE', 'CALL', 'NET', 'LAYERS'] });
+    expect(conn.agent).toEqual({ protocolVersion: VERSION, version: 'roost-agent 0.2.0', capabilities: ['FREEZE', 'CALL', 'NET', 'LAYERS', 'P9_RELAY'] });
     await sh(conn, 'echo before > /root/before && sync');
     const t0 = performance.now();
     expect(await conn.freeze()).toEqual({ errno: 0 });

@@ -12,7 +12,8 @@
 #include <stdint.h>
 
 /* What this agent announces in HELLO's CAPABILITIES. */
-#define AGENT_CAPABILITIES (ROOST_CAP_FREEZE | ROOST_CAP_CALL | ROOST_CAP_NET | ROOST_CAP_LAYERS)
+#define AGENT_CAPABILITIES                                                                         \
+	(ROOST_CAP_FREEZE | ROOST_CAP_CALL | ROOST_CAP_NET | ROOST_CAP_LAYERS | ROOST_CAP_P9_RELAY)
 
 /* The current session (one per HELLO). */
 struct session {

@@ -2,6 +2,7 @@
 #include "exec.h"
 
 #include "control.h"
+#include "p9relay.h"
 #include "port.h"
 #include "util.h"
 
@@ -466,6 +467,8 @@ void reap_children(void)
 		pid_t pid = waitpid(-1, &st, WNOHANG);
 		if (pid <= 0)
 			return;
+		if (p9relay_reaped(pid, st))
+			continue;
 		bool found = false;
 		for (struct exec *e = execs; e; e = e->next) {
 			if (e->pid == pid && !e->reaped) {

@@ -15,6 +15,7 @@
  * (the handler is installed without SA_RESTART). Every loop checks the flag.
  */
 #include "fileops.h"
+#include "p9relay.h"
 #include "proto.h"
 
 #include <dirent.h>
@@ -28,6 +29,7 @@
 #include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -47,6 +49,12 @@ _Static_assert(sizeof(off_t) == 8, "64-bit file offsets");
  * at once; access=client: the guest kernel checks permissions against the
  * owner and mode the server reports, for every guest user. */
 #define P9_OPTS "trans=virtio,version=9p2000.L,msize=512000,cache=none,access=client"
+/* The same over the 9P relay (p9relay.h): the kernel's trans=fd on our end of
+ * a socketpair; msize is the relay's frame bound; aname names the host's
+ * export for the channel. */
+#define P9_RELAY_OPTS                                                                              \
+	"trans=fd,rfdno=%d,wfdno=%d,version=9p2000.L,msize=1048576,cache=none,access=client,"      \
+	"aname=v%u"
 
 #define IO_BUF           (128u * 1024u)
 #define REC_MAX          (4u + ROOST_MAX_PAYLOAD)
@@ -1299,15 +1307,108 @@ out:
 /* ------------------------------------------------------------------ */
 /* mount */
 
+/* Hands `fd` (the relay's end of the channel) to the relay for channel ch
+ * and waits for its answer: 0, or -1 with *err filled. */
+static int relay_add(struct ctx *c, uint16_t ch, int fd, const char *target)
+{
+	int rp[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rp) < 0)
+		return fop_fail(c->err, errno, target, "mount: socketpair");
+	uint32_t req[2] = {P9R_REQ_ADD, ch};
+	int fds[2] = {fd, rp[1]};
+	union {
+		struct cmsghdr h;
+		uint8_t b[CMSG_SPACE(sizeof fds)];
+	} cbuf;
+	memset(&cbuf, 0, sizeof cbuf);
+	struct iovec iov = {.iov_base = req, .iov_len = sizeof req};
+	struct msghdr m = {.msg_iov = &iov,
+			   .msg_iovlen = 1,
+			   .msg_control = cbuf.b,
+			   .msg_controllen = sizeof cbuf.b};
+	struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+	h->cmsg_level = SOL_SOCKET;
+	h->cmsg_type = SCM_RIGHTS;
+	h->cmsg_len = CMSG_LEN(sizeof fds);
+	memcpy(CMSG_DATA(h), fds, sizeof fds);
+	ssize_t n;
+	do
+		n = sendmsg(c->r->relay_fd, &m, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR && !fop_cancelled);
+	int e = errno;
+	close(rp[1]);
+	if (n != (ssize_t)sizeof req) {
+		close(rp[0]);
+		return fop_fail(c->err, n < 0 ? e : EIO, target,
+				"mount: the 9P relay is gone (the next mount starts a new one)");
+	}
+	int answer = 0;
+	do
+		n = recv(rp[0], &answer, sizeof answer, 0);
+	while (n < 0 && errno == EINTR && !fop_cancelled);
+	e = errno;
+	close(rp[0]);
+	if (n < 0 && fop_cancelled)
+		return fop_fail(c->err, ECANCELED, target, "mount");
+	if (n != (ssize_t)sizeof answer)
+		return fop_fail(c->err, n < 0 ? e : ECONNRESET, target,
+				"mount: the 9P relay is gone (the next mount starts a new one)");
+	if (answer == 0)
+		return 0;
+	char what[160];
+	if (answer == ENODEV)
+		snprintf(what, sizeof what,
+			 "mount: this VM has no %s port (its host gave it no 9P relay channel)",
+			 P9R_PORT_NAME);
+	else if (answer == EEXIST)
+		snprintf(what, sizeof what, "mount: 9P relay channel %u is in use", ch);
+	else
+		snprintf(what, sizeof what, "mount: the 9P relay refused channel %u", ch);
+	return fop_fail(c->err, answer > 0 && answer < 4096 ? answer : EIO, target, what);
+}
+
+/* mount with FOP_RELAY: channel `chan` of the relay on `target`. */
+static int relay_mount(struct ctx *c, const char *chan, const char *target, unsigned long flags)
+{
+	uint16_t ch;
+	if (p9r_parse_channel(chan, &ch) < 0)
+		return fop_fail(c->err, EINVAL, chan,
+				"mount: the channel must be a decimal number 0..65535");
+	if (c->r->relay_fd < 0)
+		return fop_fail(c->err, c->r->relay_err ? c->r->relay_err : ENODEV, target,
+				"mount: start the 9P relay");
+	if (mkdir_parents(target) < 0)
+		return fop_fail(c->err, errno, target, "create the mount point");
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return fop_fail(c->err, errno, target, "mount: socketpair");
+	int rc = relay_add(c, ch, sv[1], target);
+	close(sv[1]);
+	if (rc == 0) {
+		char src[32], opts[200];
+		snprintf(src, sizeof src, "roost.v%u", ch);
+		snprintf(opts, sizeof opts, P9_RELAY_OPTS, sv[0], sv[0], ch);
+		/* Tversion and Tattach go through the relay before this returns. */
+		if (mount(src, target, "9p", flags, opts) < 0)
+			rc = fop_fail(c->err, errno, target, "mount 9p (relay)");
+	}
+	/* The kernel holds its own reference; a failed mount's end closes here
+	 * and the relay sees the channel end. */
+	close(sv[0]);
+	return rc;
+}
+
 static int op_mount(struct ctx *c, const char *tag, const char *target)
 {
 	if (!c->r->is_root)
 		return fop_fail(c->err, EPERM, target, "mount (root only)");
-	if (mkdir_parents(target) < 0)
-		return fop_fail(c->err, errno, target, "create the mount point");
 	unsigned long flags = MS_NOSUID | MS_NODEV;
 	if (c->r->flags & FOP_READ_ONLY)
 		flags |= MS_RDONLY;
+	if (c->r->flags & FOP_RELAY)
+		return relay_mount(c, tag, target, flags);
+	if (mkdir_parents(target) < 0)
+		return fop_fail(c->err, errno, target, "create the mount point");
 	if (mount(tag, target, "9p", flags, P9_OPTS) < 0)
 		return fop_fail(c->err, errno, target, "mount 9p");
 	return 0;

@@ -22,6 +22,7 @@
 #define FOP_FOLLOW     0x8u
 #define FOP_READ_ONLY  0x10u
 #define FOP_LAYER      0x20u /* archive: the operand is a sealed layer's number (root only) */
+#define FOP_RELAY      0x40u /* mount: over the 9P relay (operands: channel, target) */
 
 /* watch EVENT values. */
 enum fop_event {
@@ -52,6 +53,10 @@ struct fop_req {
 	/* Mounts the command root's proc, sys and /dev again (commit); NULL
 	 * when there is no command root. */
 	void (*remount_root)(void);
+	/* mount with FOP_RELAY: the control socket to the 9P relay (p9relay.h),
+	 * or -1 when PID 1 could not start it (relay_err: why). */
+	int relay_fd;
+	int relay_err;
 };
 
 /* The failure of an operation: becomes the error record on fd 2. */

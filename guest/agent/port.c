@@ -7,7 +7,6 @@
 #include "freeze.h"
 #include "util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -240,32 +239,6 @@ void port_check(void)
 	out_reset();
 }
 
-static bool find_port(const char *name, char *dev, size_t devlen)
-{
-	DIR *d = opendir("/sys/class/virtio-ports");
-	if (!d)
-		return false;
-	bool found = false;
-	struct dirent *de;
-	while (!found && (de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		char path[PATH_MAX], got[256];
-		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
-		ssize_t l = read_small(path, got, sizeof got);
-		if (l <= 0)
-			continue;
-		while (l > 0 && (got[l - 1] == '\n' || got[l - 1] == ' '))
-			got[--l] = 0;
-		if (strcmp(got, name) == 0) {
-			snprintf(dev, devlen, "/dev/%s", de->d_name);
-			found = true;
-		}
-	}
-	closedir(d);
-	return found;
-}
-
 static void open_port(const char *name)
 {
 	char dev[PATH_MAX];
@@ -273,7 +246,7 @@ static void open_port(const char *name)
 	bool complained = false;
 	int last_err = 0;
 	for (;;) {
-		if (find_port(name, dev, sizeof dev)) {
+		if (find_virtio_port(name, dev, sizeof dev)) {
 			port_fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 			if (port_fd >= 0) {
 				if (complained)

@@ -40,10 +40,11 @@
 /* CAPABILITIES bits (the agent's HELLO): what the agent serves of what was
  * added to version 1 after its first release. An agent without the TLV
  * announces none of them (docs/PROTOCOL.md "Versions and capabilities"). */
-#define ROOST_CAP_FREEZE 0x1u /* FREEZE and THAW */
-#define ROOST_CAP_CALL   0x2u /* CALL: the built-in file operations */
-#define ROOST_CAP_NET    0x4u /* NET in HELLO: eth0's configuration */
-#define ROOST_CAP_LAYERS 0x8u /* CALL commit, archive LAYER: an image builder's layers */
+#define ROOST_CAP_FREEZE   0x1u  /* FREEZE and THAW */
+#define ROOST_CAP_CALL     0x2u  /* CALL: the built-in file operations */
+#define ROOST_CAP_NET      0x4u  /* NET in HELLO: eth0's configuration */
+#define ROOST_CAP_LAYERS   0x8u  /* CALL commit, archive LAYER: an image builder's layers */
+#define ROOST_CAP_P9_RELAY 0x10u /* CALL mount with RELAY: 9P over the roost.p9 port */
 
 /* Message types. */
 enum roost_type {

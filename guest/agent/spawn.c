@@ -6,6 +6,7 @@
 #include "control.h"
 #include "exec.h"
 #include "fileops.h"
+#include "p9relay.h"
 #include "port.h"
 #include "proto.h"
 #include "users.h"
@@ -44,6 +45,7 @@ struct spawn {
 	int slave;                  /* PTY slave */
 	int in_r, out_w, err_w;     /* pipe ends */
 	const struct fop_req *call; /* a CALL: the operation (argv, envp, path unused) */
+	int keep_fd;                /* an fd >= 3 the child keeps (a relay mount's), or -1 */
 };
 
 /* Writes "roost: <what>[ <subject>]: <reason>" to stderr in one write. */
@@ -102,8 +104,15 @@ static int child_enter(const struct spawn *s, const sigset_t *mask, struct enter
 		dup2(s->err_w, 2);
 	}
 	/* Everything else of the agent is O_CLOEXEC; this is a second fence
-	 * (and the only one for a call, which never execs). */
-	syscall(SYS_close_range, 3u, ~0u, 0u);
+	 * (and the only one for a call, which never execs). A relay mount
+	 * keeps the relay's control socket. */
+	if (s->keep_fd >= 3) {
+		if (s->keep_fd > 3)
+			syscall(SYS_close_range, 3u, (unsigned)s->keep_fd - 1, 0u);
+		syscall(SYS_close_range, (unsigned)s->keep_fd + 1, ~0u, 0u);
+	} else {
+		syscall(SYS_close_range, 3u, ~0u, 0u);
+	}
 
 	if (s->root) {
 		if (chroot(s->root) < 0) {
@@ -556,6 +565,13 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 		call.has_size = r.has_size;
 		call.size = r.size;
 		call.remount_root = root_ok ? root_mount_extras : NULL;
+		call.relay_fd = -1;
+		if (strcmp(op, "mount") == 0 && (call.flags & FOP_RELAY)) {
+			/* Started here, by PID 1, so that it is PID 1's child and
+			 * outlives the call; the call's child inherits the socket. */
+			call.relay_fd = p9relay_ensure();
+			call.relay_err = call.relay_fd < 0 ? errno : 0;
+		}
 	} else {
 		if (!env_has(envp, ne, "PATH")) {
 			char *s = arena + ao;
@@ -592,6 +608,7 @@ void handle_exec(uint32_t stream, const uint8_t *p, uint32_t len, bool is_call)
 		.out_w = -1,
 		.err_w = -1,
 		.call = is_call ? &call : NULL,
+		.keep_fd = is_call ? call.relay_fd : -1,
 	};
 	e->ptm = e->in_fd = e->out_fd[0] = e->out_fd[1] = -1;
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};

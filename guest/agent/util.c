@@ -1,6 +1,7 @@
 /* Small helpers: see util.h. */
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -121,6 +122,33 @@ int do_mount(const char *src, const char *target, const char *type, unsigned lon
 	logmsg("mount %s on %s (%s): %s", src, target, type ? type : "bind", strerror(e));
 	errno = e;
 	return -1;
+}
+
+/* The /dev node of the virtio-serial port named `name` (sysfs). */
+bool find_virtio_port(const char *name, char *dev, size_t devlen)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	if (!d)
+		return false;
+	bool found = false;
+	struct dirent *de;
+	while (!found && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char path[PATH_MAX], got[256];
+		snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
+		ssize_t l = read_small(path, got, sizeof got);
+		if (l <= 0)
+			continue;
+		while (l > 0 && (got[l - 1] == '\n' || got[l - 1] == ' '))
+			got[--l] = 0;
+		if (strcmp(got, name) == 0) {
+			snprintf(dev, devlen, "/dev/%s", de->d_name);
+			found = true;
+		}
+	}
+	closedir(d);
+	return found;
 }
 
 /* Finds key=value in the kernel command line; value copied into val. */

@@ -35,6 +35,10 @@ int mkdir_p(const char *path, mode_t mode);
 int do_mount(const char *src, const char *target, const char *type, unsigned long flags,
 	     const char *data, bool quiet_busy);
 
+/* Looks for the virtio-serial port named `name` (/sys/class/virtio-ports); true
+ * with its /dev path in dev. */
+bool find_virtio_port(const char *name, char *dev, size_t devlen);
+
 /* Finds key=value in a kernel command line (a value may be "quoted"); the
  * value is copied into val. False if absent, empty or longer than vallen - 1. */
 bool cmdline_get(const char *cmdline, const char *key, char *val, size_t vallen);

@@ -6,6 +6,7 @@
  * `make test`. Prints "N passed, M failed" and exits non-zero on failure.
  */
 #include "fileops.h"
+#include "p9relay.h"
 #include "proto.h"
 
 #include <dirent.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1252,6 +1254,104 @@ static void test_permissions(void)
 	}
 }
 
+/* Status 1 with one error record of errno e whose MESSAGE contains `part`. */
+static bool failed_saying(const struct result *res, int e, const char *part)
+{
+	struct rec r;
+	size_t used = 0;
+	if (!failed_with(res, e) || decode(res->err.p, res->err.len, &r, 1, &used) != 1)
+		return false;
+	if (!strstr(r.msg, part))
+		fprintf(stderr, "  expected a message with \"%s\", got: %s\n", part, r.msg);
+	return strstr(r.msg, part) != NULL;
+}
+
+/* A stand-in for the 9P relay: answers one control request with `answer`
+ * (or, with answer < 0, closes without one). Returns its control socket at
+ * fd 100 (beyond the fds the operation's child closes). */
+static int fake_relay(int answer, pid_t *pid)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) < 0)
+		exit(2);
+	*pid = fork();
+	if (*pid == 0) {
+		close(sv[0]);
+		uint8_t req[16];
+		union {
+			struct cmsghdr h;
+			uint8_t b[CMSG_SPACE(sizeof(int) * 2)];
+		} cbuf;
+		struct iovec iov = {.iov_base = req, .iov_len = sizeof req};
+		struct msghdr m = {.msg_iov = &iov,
+				   .msg_iovlen = 1,
+				   .msg_control = cbuf.b,
+				   .msg_controllen = sizeof cbuf.b};
+		ssize_t n = recvmsg(sv[1], &m, 0);
+		struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+		if (n != P9R_REQ_LEN || !h || h->cmsg_len != CMSG_LEN(sizeof(int) * 2))
+			_exit(3);
+		int fds[2];
+		memcpy(fds, CMSG_DATA(h), sizeof fds);
+		if (answer >= 0 && write(fds[1], &answer, sizeof answer) != sizeof answer)
+			_exit(4);
+		_exit(0);
+	}
+	close(sv[1]);
+	dup2(sv[0], 100);
+	close(sv[0]);
+	return 100;
+}
+
+static void test_relay_mount(void)
+{
+	if (geteuid() != 0)
+		return; /* mount is root only: nothing of the relay path runs otherwise */
+	struct result res;
+	struct fop_req r = {.op = "mount",
+			    .args = {"7", P("rm/mnt")},
+			    .nargs = 2,
+			    .flags = FOP_RELAY,
+			    .is_root = true,
+			    .relay_fd = -1};
+	/* The channel: decimal 0..65535, nothing else. */
+	const char *bad[] = {"", "65536", "-1", "7x", "07", "tag"};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		r.args[0] = bad[i];
+		run(&r, NULL, 0, &res);
+		CHECK(failed_saying(&res, EINVAL, "channel") && !exists(P("rm/mnt")));
+		result_free(&res);
+	}
+	r.args[0] = "7";
+	/* PID 1 could not start the relay. */
+	r.relay_err = EAGAIN;
+	run(&r, NULL, 0, &res);
+	CHECK(failed_saying(&res, EAGAIN, "9P relay"));
+	result_free(&res);
+	/* The relay's answers. */
+	pid_t pid;
+	r.relay_fd = fake_relay(ENODEV, &pid);
+	run(&r, NULL, 0, &res);
+	CHECK(failed_saying(&res, ENODEV, "no roost.p9 port"));
+	result_free(&res);
+	CHECK(wait_status(pid) == 0);
+	r.relay_fd = fake_relay(EEXIST, &pid);
+	run(&r, NULL, 0, &res);
+	CHECK(failed_saying(&res, EEXIST, "channel 7 is in use"));
+	result_free(&res);
+	CHECK(wait_status(pid) == 0);
+	/* It died before answering; and it is gone before the request. */
+	r.relay_fd = fake_relay(-1, &pid);
+	run(&r, NULL, 0, &res);
+	CHECK(failed_saying(&res, ECONNRESET, "relay is gone"));
+	result_free(&res);
+	CHECK(wait_status(pid) == 0);
+	run(&r, NULL, 0, &res);
+	CHECK(failed_saying(&res, EPIPE, "relay is gone"));
+	result_free(&res);
+	close(100);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1272,6 +1372,7 @@ int main(void)
 	test_rename();
 	test_watch();
 	test_permissions();
+	test_relay_mount();
 
 	if (rm_rf(root) != 0)
 		fprintf(stderr, "could not remove %s\n", root);

@@ -21,7 +21,7 @@ describe('the agent HELLO carries version and capabilities', () => {
   it('names the capabilities, ignoring bits this host does not know', () => {
     expect(capabilityNames(0)).toEqual([]);
     expect(capabilityNames(Capability.NET | Capability.FREEZE)).toEqual(['FREEZE', 'NET']);
-    expect(capabilityNames(0xffffffff)).toEqual(['FREEZE', 'CALL', 'NET', 'LAYERS']);
+    expect(capabilityNames(0xffffffff)).toEqual(['FREEZE', 'CALL', 'NET', 'LAYERS', 'P9_RELAY']);
   });
 
   it('summarises a HELLO as AgentInfo; an older agent announces nothing', () => {

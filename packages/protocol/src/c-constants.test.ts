@@ -21,6 +21,7 @@ import {
   VERSION,
   WatchEvent,
 } from './constants.js';
+import { MUX_HEADER, MUX_MAX_CHANNEL, MUX_MAX_PAYLOAD, MuxKind } from './p9-mux.js';
 
 // The C agent has its own copy of every number on the wire (guest/agent/proto.h,
 // fileops.h). Each side freezes its own table; this test checks the two agree,
@@ -143,6 +144,17 @@ describe('the C agent and @roost/protocol agree', () => {
     delete flags.MAX_ARGS; // not on the wire: the agent's own bound on operands
     expect(flags).toEqual(CallFlags);
     expect(withPrefix(cEnum(fileopsH, 'fop_event'), 'FOP_EV_')).toEqual(WatchEvent);
+  });
+
+  it('on the mux frames of the 9P relay port', () => {
+    const relayH = source('p9relay.h');
+    const d = defines(relayH);
+    expect({ HDR: d.get('P9R_HDR'), MAX: d.get('P9R_MAX_PAYLOAD'), CHAN: d.get('P9R_MAX_CHAN') }).toEqual({
+      HDR: MUX_HEADER,
+      MAX: MUX_MAX_PAYLOAD,
+      CHAN: MUX_MAX_CHANNEL,
+    });
+    expect(withPrefix(cEnum(relayH, 'p9r_kind'), 'P9R_')).toEqual(MuxKind);
   });
 
   it('reads the tables it compares (the parsers are not vacuous)', () => {

@@ -99,11 +99,11 @@ describe('protocol constants are frozen', () => {
   it('keeps error codes, flags and fds', () => {
     expect(ErrorCode).toEqual({ PROTOCOL: 1, VERSION: 2, BAD_REQUEST: 3, NOT_FOUND: 4, INTERNAL: 5 });
     expect(HelloFlags).toEqual({ POWEROFF_ON_DISCONNECT: 1 });
-    expect(Capability).toEqual({ FREEZE: 0x1, CALL: 0x2, NET: 0x4, LAYERS: 0x8 });
+    expect(Capability).toEqual({ FREEZE: 0x1, CALL: 0x2, NET: 0x4, LAYERS: 0x8, P9_RELAY: 0x10 });
     expect(Fd).toEqual({ STDIN: 0, STDOUT: 1, STDERR: 2 });
   });
   it('keeps call flags, watch events and the record bound', () => {
-    expect(CallFlags).toEqual({ RECURSIVE: 0x1, PARENTS: 0x2, NO_REPLACE: 0x4, FOLLOW: 0x8, READ_ONLY: 0x10, LAYER: 0x20 });
+    expect(CallFlags).toEqual({ RECURSIVE: 0x1, PARENTS: 0x2, NO_REPLACE: 0x4, FOLLOW: 0x8, READ_ONLY: 0x10, LAYER: 0x20, RELAY: 0x40 });
     expect(WatchEvent).toEqual({ READY: 0, CREATE: 1, WRITE: 2, REMOVE: 3, RENAME_FROM: 4, RENAME_TO: 5, CHMOD: 6, OVERFLOW: 7 });
     expect(MAX_RECORD).toBe(65536);
   });

@@ -111,6 +111,12 @@ export const CallFlags = {
   READ_ONLY: 0x10,
   /** `archive`: the operand is the number of a layer `commit` sealed; the archive keeps extended attributes (root only). */
   LAYER: 0x20,
+  /**
+   * `mount`: over the 9P relay (capability `P9_RELAY`): the operands are a channel
+   * (decimal 0..65535) and the target; the guest mounts the host's export `v<channel>`
+   * through the `roost.p9` port (docs/PROTOCOL.md, "The 9P relay port").
+   */
+  RELAY: 0x40,
 } as const;
 
 /** `EVENT` values of `watch` records. */
@@ -154,6 +160,8 @@ export const Capability = {
   NET: 0x4,
   /** CALL `commit` and `archive` with LAYER: an image builder reads each step's changes as a layer. */
   LAYERS: 0x8,
+  /** CALL `mount` with RELAY: volumes over the `roost.p9` port, served by the host's own 9P server. */
+  P9_RELAY: 0x10,
 } as const;
 export type CapabilityName = keyof typeof Capability;
 

@@ -9,3 +9,4 @@ export * from './tlv.js';
 export * from './messages.js';
 export * from './records.js';
 export * from './agent-info.js';
+export * from './p9-mux.js';
