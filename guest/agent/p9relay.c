@@ -46,6 +46,7 @@
 #define OUT_CAP        (OUT_LIMIT + READ_CHUNK + 65536u)
 #define PORT_READ      65536u
 #define RECHECK_MS     20u  /* while disconnected: look at the port this often */
+#define ORPHAN_MS      5000u /* not quiesced: how long a host may be away before the channels close */
 #define PORT_WAIT_MS   5000 /* at start: how long the port may take to appear */
 #define MSG_MAX        (P9R_MAX_PAYLOAD + 4096u) /* a 9P message from the kernel (msize) */
 #define MSG_MIN        7u                        /* size[4] type[1] tag[2] */
@@ -169,6 +170,8 @@ static struct {
 	const char *port_name; /* to look again in no-port mode (NULL: never) */
 	bool connected;
 	uint64_t next_check;
+	/* Not quiesced and the host went away at this time (0: not so). */
+	uint64_t orphaned_at;
 	bool quiesced;
 	bool quiesced_owed; /* a QUIESCE not yet answered */
 	bool barrier_owed;  /* a BARRIER waits for the channel buffers */
@@ -538,12 +541,25 @@ static void port_feed(void)
 		R.pin_off = 0;
 }
 
-static void on_connect(void)
+/* Forgets the connection's stream state: a new host starts at a frame boundary. */
+static void stream_reset(void)
 {
-	R.connected = true;
 	p9r_parser_reset(&R.parser);
 	R.pin_off = R.pin_len = 0;
 	R.out.off = R.out.len = 0;
+	R.barrier_owed = false;
+	R.quiesced_owed = false;
+}
+
+static void on_connect(void)
+{
+	R.connected = true;
+	/* Back within ORPHAN_MS, not quiesced: the same host (a restored VM
+	 * sees its port blink closed and open again, possibly after the new
+	 * host's RESUME): the streams go on where they were, nothing dropped. */
+	if (R.orphaned_at == 0)
+		stream_reset();
+	R.orphaned_at = 0;
 	send_hello();
 }
 
@@ -551,16 +567,26 @@ static void on_disconnect(void)
 {
 	R.connected = false;
 	R.next_check = now_ms() + RECHECK_MS;
-	p9r_parser_reset(&R.parser);
-	R.pin_off = R.pin_len = 0;
-	R.out.off = R.out.len = 0;
-	R.barrier_owed = false;
-	R.quiesced_owed = false;
-	/* Quiesced: a snapshot is being taken or restored; its host comes
-	 * back to these channels. Otherwise the host's sessions are gone: the
-	 * guest's requests fail rather than hang. */
-	if (!R.quiesced)
-		close_all_channels();
+	/* Quiesced: a snapshot is being taken or restored, at a frame boundary
+	 * both ways; its host comes back to these channels. Not quiesced: the
+	 * host may be back at once (above); if it stays away, its sessions are
+	 * gone and the channels close (orphan_check), so the guest's
+	 * requests fail rather than hang. */
+	if (R.quiesced)
+		stream_reset();
+	else if (R.orphaned_at == 0)
+		R.orphaned_at = now_ms();
+}
+
+/* The host has been away too long while not quiesced: close everything. */
+static void orphan_check(uint64_t now)
+{
+	if (R.connected || R.orphaned_at == 0 || now - R.orphaned_at < ORPHAN_MS)
+		return;
+	logmsg("p9 relay: no host for %u ms; closing the volumes' channels", ORPHAN_MS);
+	R.orphaned_at = 0;
+	stream_reset();
+	close_all_channels();
 }
 
 /* Reads the port until it would block or must wait; on a hangup, what is
@@ -748,6 +774,7 @@ int p9relay_serve(int port_fd, int ctl_fd, const char *port_name)
 		uint64_t now = now_ms();
 		if (R.port >= 0 && !R.connected && now >= R.next_check)
 			port_check();
+		orphan_check(now);
 		if (R.connected && R.pin_len > 0)
 			port_feed();
 		for (unsigned i = R.nchans; i-- > 0;)
