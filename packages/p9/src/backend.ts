@@ -121,6 +121,12 @@ export interface Backend {
   mkdir(dir: Path, name: Name, mode: number, cred: Credentials): Promise<Qid>;
   /** Creates symlink `name` in `dir` pointing at `target` (stored, never followed by the server). */
   symlink(dir: Path, name: Name, target: Buffer, cred: Credentials): Promise<Qid>;
+  /**
+   * Creates a device node, FIFO or socket (`mode` has its type; `rdev` is
+   * the device number, glibc's makedev encoding). Optional: without it
+   * Tmknod is EPERM.
+   */
+  mknod?(dir: Path, name: Name, mode: number, rdev: bigint, cred: Credentials): Promise<Qid>;
   /** Makes `name` in `dir` a hard link to `target`. */
   link(target: Path, dir: Path, name: Name): Promise<void>;
   /** Renames `oldName` in `oldDir` to `newName` in `newDir` (replacing as rename(2) does). */

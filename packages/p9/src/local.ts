@@ -4,8 +4,9 @@
  * - Path safety: every operation goes through SafeRoot (local-paths.ts):
  *   names are checked, directories are reached one O_NOFOLLOW component at
  *   a time, and the final call acts on `/proc/self/fd/<dir>/<name>` without
- *   following a symlink. Guest symlinks are stored as symlinks and never
- *   followed here; opening one fails with ELOOP. Only regular files and
+ *   following a symlink. Guest symlinks (and device nodes, FIFOs and
+ *   sockets) are plain files typed by attributes, as QEMU's mapped-xattr
+ *   stores them; host symlinks are never followed; opening either fails with ELOOP. Only regular files and
  *   directories are opened (never a host FIFO or device: every open is
  *   O_NONBLOCK and checked with fstat).
  * - Ownership: mapped-xattr (local-attrs.ts). Host files are created 0644
@@ -35,7 +36,7 @@ import {
   renameSync,
   rmdirSync,
   statfsSync,
-  symlinkSync,
+  writeSync,
   unlinkSync,
   write,
   futimesSync,
@@ -43,7 +44,7 @@ import {
 } from 'node:fs';
 import { promisify } from 'node:util';
 import type { Attr, Backend, Credentials, FileHandle, Name, Path, SetAttrRequest, StatFs, Timespec } from './backend.js';
-import { Errno, MAX_SYMLINK, OpenFlag, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './constants.js';
+import { Errno, MAX_SYMLINK, OpenFlag, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from './constants.js';
 import { P9Error } from './errors.js';
 import { LocalDirReader } from './local-dir.js';
 import {
@@ -212,6 +213,10 @@ export class LocalBackend implements Backend {
       return this.#handle(fd, p, flags, S_IFDIR, parentQid);
     }
     if (type !== S_IFREG) throw new P9Error(Errno.EPERM, 'only regular files and directories are served');
+    // A symlink, device, FIFO or socket the guest made (mapped): the guest's kernel handles those itself, never by opening them here.
+    const mappedType = readMappedMode(p, st) & S_IFMT;
+    if (mappedType === S_IFLNK) throw new P9Error(Errno.ELOOP);
+    if (mappedType !== S_IFREG) throw new P9Error(Errno.ENXIO);
     if (flags & OpenFlag.DIRECTORY) throw new P9Error(Errno.ENOTDIR);
     const fd = openSync(p, hostOpenFlags(flags));
     return this.#handle(fd, p, flags, S_IFREG, parentQid);
@@ -284,13 +289,51 @@ export class LocalBackend implements Backend {
     return this.qid(st, Number(st.mode));
   }
 
-  async symlink(dir: Path, name: Name, target: Buffer, _cred: Credentials): Promise<Qid> {
+  /**
+   * As QEMU's mapped-xattr does: a plain 0644 file holding the target, typed
+   * a symlink by its mode attribute. The host never sees a symlink a guest
+   * made (nothing on the host can follow one), and the guest sees a symlink.
+   */
+  async symlink(dir: Path, name: Name, target: Buffer, cred: Credentials): Promise<Qid> {
     if (target.length === 0 || target.includes(0)) throw new P9Error(Errno.EINVAL);
     if (target.length > MAX_SYMLINK) throw new P9Error(Errno.ENAMETOOLONG);
+    return this.#mappedFile(dir, name, S_IFLNK | 0o777, cred, undefined, target);
+  }
+
+  /**
+   * Device nodes, FIFOs and sockets, as QEMU's mapped-xattr makes them: a
+   * plain empty 0644 file whose mode (and device number) attributes give
+   * the guest its type. The guest's kernel acts on them itself (its own
+   * devices, its own pipes); the host only ever sees an empty file.
+   */
+  async mknod(dir: Path, name: Name, mode: number, rdev: bigint, cred: Credentials): Promise<Qid> {
+    const type = mode & S_IFMT;
+    if (![S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, S_IFREG].includes(type)) throw new P9Error(Errno.EINVAL);
+    return this.#mappedFile(dir, name, type === S_IFREG ? S_IFREG | (mode & 0o7777) : mode, cred, type === S_IFCHR || type === S_IFBLK ? rdev : undefined);
+  }
+
+  /** Creates `name` as a plain file (0644, holding `content`) with the guest's mode, owner and device number in attributes. */
+  #mappedFile(dir: Path, name: Name, mode: number, cred: Credentials, rdev?: bigint, content?: Buffer): Qid {
     const p = this.root.child(dir, name);
-    symlinkSync(target, p);
+    const fd = openSync(p, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW | C.O_NONBLOCK, 0o644);
+    const key = inodeKey(fstatSync(fd, { bigint: true }));
+    let charged = 0n;
+    try {
+      if (content !== undefined) {
+        this.quota?.resize(key, 0n, BigInt(content.length));
+        charged = BigInt(content.length);
+        writeSync(fd, content, 0, content.length, 0);
+      }
+      writeMapped(p, { uid: cred.uid, gid: cred.gid, mode, ...(rdev !== undefined ? { rdev } : {}) });
+    } catch (err) {
+      closeSync(fd);
+      unlinkSync(p);
+      this.quota?.removed(key, charged);
+      throw err;
+    }
+    closeSync(fd);
     const st = this.#lstat(p);
-    return this.qid(st, Number(st.mode));
+    return this.qid(st, mode);
   }
 
   async link(target: Path, dir: Path, name: Name): Promise<void> {

@@ -33,14 +33,27 @@ export async function mkdir(ctx: OpContext, m: T<'Tmkdir'>): Promise<RMessage> {
 }
 
 /**
- * Tmknod: refused (EPERM; EROFS on a read-only export). Device files, FIFOs
- * and sockets are not made in volumes: the guest keeps those in its own
- * file systems. Needs no lock.
+ * Tmknod: shared on `dfid` (the directory). The backend stores the node as
+ * data (the local backend: a plain file with mapped attributes), never as a
+ * host device; a backend without `mknod` refuses it (EPERM).
  */
 export async function mknod(ctx: OpContext, m: T<'Tmknod'>): Promise<RMessage> {
-  const dfid = fileFid(ctx.fids.get(m.dfid));
-  writable(dfid.export_);
-  throw new P9Error(Errno.EPERM, 'mknod is not supported');
+  const dfid = ctx.fids.get(m.dfid);
+  return ctx.withFids([[dfid, false]], async () => {
+    fileFid(dfid);
+    writable(dfid.export_);
+    const backend = dfid.export_.backend;
+    if (backend.mknod === undefined) throw new P9Error(Errno.EPERM, 'mknod is not supported');
+    const qid = await backend.mknod(dfid.node.livePath(), sanitizeName(m.name), m.mode, makedev(m.major, m.minor), { uid: dfid.uid, gid: m.gid });
+    return { type: 'Rmknod', tag: m.tag, qid };
+  });
+}
+
+/** glibc's makedev: what QEMU stores in user.virtfs.rdev and Rgetattr reports. */
+function makedev(major: number, minor: number): bigint {
+  const ma = BigInt(major >>> 0);
+  const mi = BigInt(minor >>> 0);
+  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);
 }
 
 /** Tsymlink: shared on `fid` (the directory). The target is stored as given and never followed by the server. */
