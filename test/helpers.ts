@@ -66,7 +66,7 @@ export class TestHome {
       await runtime.close();
     }
     // Whatever still runs here (the home was owned by a daemon, or a test failed half-way) is ended by pid.
-    for (const pid of qemusOf(this.root)) {
+    for (const pid of [...qemusOf(this.root), ...fileServersOf(this.root)]) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -86,6 +86,27 @@ export function qemusOf(dir: string): number[] {
       // QEMU itself, not the jailer that started it (its command line holds QEMU's).
       const comm = readFileSync(`/proc/${p}/comm`, 'utf8');
       if (comm.startsWith('qemu-system') && cmd.includes(`${dir}/`)) pids.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+/** Volume file servers (packages/core/src/fileserver) of sandboxes under `dir` (of sandbox `id` if given). */
+export function fileServersOf(dir: string, id?: string): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      const config = argv[argv.length - 2] ?? '';
+      if (
+        argv.some((a) => a.endsWith('/fileserver/main.js')) &&
+        config.startsWith(`${dir}/`) &&
+        (id === undefined || config.includes(`/${id}/`)) &&
+        alive(Number(p))
+      )
+        pids.push(Number(p));
     } catch {
       // gone
     }

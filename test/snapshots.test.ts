@@ -160,13 +160,6 @@ describe('snapshot and restore', () => {
     expect((await runtime.snapshots.get(s.id)).name).toBe(s.name);
     await runtime.snapshots.remove(s.name);
   });
-
-  it('refuses sandboxes with volumes', async () => {
-    const sb = await home.create({ volumes: [{ source: 'snapvol', target: '/data' }] });
-    await expectCode(sb.snapshot({ name: 'withvol' }), 'INVALID_STATE', /volumes/);
-    expect((await sb.commands.run('true')).exitCode).toBe(0);
-    await sb.remove({ force: true });
-  });
 });
 
 describe('fork', () => {

@@ -138,11 +138,11 @@ const volumeName = nameSchema('volume');
 export const VolumeNameSchema = volumeName;
 
 /**
- * The most volumes one sandbox mounts: each is a virtio-9p device, and the
- * microvm machine without ACPI has 8 virtio transports, 5 of them taken or
- * unusable (see MAX_SHARES in the core's vmm/qemu.ts).
+ * The most volumes one sandbox mounts. They share one channel to Roost's
+ * file server (a virtio-serial port), so no device slot bounds them; this
+ * bounds what one guest's mounts may ask of the server.
  */
-export const MAX_VOLUMES = 3;
+export const MAX_VOLUMES = 32;
 
 /**
  * A volume mounted into a sandbox: a host directory (an absolute `source`)
@@ -169,6 +169,19 @@ export const VolumeInfoSchema = z
     labels: z.record(z.string(), z.string()),
     /** Ids of sandboxes (not removed) that mount it. */
     usedBy: z.array(z.string()),
+    /** The most bytes its files may hold (guests get ENOSPC past it); absent: no limit. */
+    quotaBytes: z.number().int().positive().optional(),
+    /** A remote volume: served by another host's `roost volume serve` (its token is never shown). */
+    remote: z
+      .object({
+        /** `roost://HOST:PORT/EXPORT`. */
+        url: z.string(),
+        /** The server certificate's pinned SHA-256 fingerprint. */
+        fingerprint: z.string(),
+        /** The token only reads. */
+        readOnly: z.boolean(),
+      })
+      .optional(),
   })
   .meta({ id: 'VolumeInfo' });
 export type VolumeInfo = z.infer<typeof VolumeInfoSchema>;
@@ -177,6 +190,14 @@ export const CreateVolumeRequestSchema = z
   .object({
     name: volumeName,
     labels: z.record(z.string(), z.string().max(256)).optional(),
+    /** The most bytes the volume's files may hold (guests get ENOSPC past it). Not for a remote volume (its server sets limits). */
+    quotaBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
+    /**
+     * A remote volume: the credentials document `roost volume serve
+     * --credentials-out` wrote (URL, token, certificate fingerprint). Kept
+     * in a 0600 file under the Roost home; the token is never shown again.
+     */
+    remote: z.string().min(1).max(65536).optional(),
   })
   .strict()
   .meta({ id: 'CreateVolumeRequest' });

@@ -147,7 +147,7 @@ export const CreateSandboxRequestSchema = z
      * closing or dying, or (through a daemon) the client's session ending; as `docker run --rm`. Not with `detached`.
      */
     autoRemove: z.boolean().optional(),
-    /** Host directories and named volumes to mount (virtio-9p), at most MAX_VOLUMES (3; 2 with a network). */
+    /** Host directories and named volumes to mount (served by Roost's 9P file server), at most MAX_VOLUMES (32). */
     volumes: z.array(VolumeMountSchema).max(MAX_VOLUMES).optional(),
     /** `user` (default: user-mode NAT run by Roost, no root needed), `bridge` (a TAP on a Linux bridge with a leased address; root) or `none`. */
     network: NetworkModeSchema.optional(),

@@ -30,17 +30,4 @@ export { roostHome } from './home.js';
 export type { Accel } from './vmm/accel.js';
 // The VMM seam: a backend other than QEMU registers here and is chosen with Runtime.open({ vmm }).
 export { registerVmm, vmmNames, DEFAULT_VMM, type VmmFactory } from './vmm/registry.js';
-export type {
-  Vmm,
-  VmmDisks,
-  VmConfig,
-  VmControlOptions,
-  VmHandle,
-  VmExit,
-  VmNic,
-  VmPaths,
-  VmRestore,
-  VmShare,
-  VmStateTarget,
-  SavedMemory,
-} from './vmm/types.js';
+export type { Vmm, VmmDisks, VmConfig, VmControlOptions, VmHandle, VmExit, VmNic, VmPaths, VmRestore, VmStateTarget, SavedMemory } from './vmm/types.js';

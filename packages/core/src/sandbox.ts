@@ -19,7 +19,7 @@ import { readConsoleLog } from './console-log.js';
 import { diskFullError, isRoostError, RoostError } from './errors.js';
 import { Files } from './files.js';
 import type { SnapshotRecord } from './snapshot/store.js';
-import type { FoundVm, VmHandle, VmIoError, VmShare } from './vmm/types.js';
+import type { FoundVm, VmHandle, VmIoError } from './vmm/types.js';
 import { AgentLink } from './sandbox/agent-link.js';
 import { bootVm, shutDown } from './sandbox/boot.js';
 import { parseCreateOptions, planCreate, planRestore, planStart, type SandboxOptions } from './sandbox/plan.js';
@@ -30,7 +30,8 @@ import type { SandboxServices as Services, SharedRuntime } from './sandbox/servi
 import { reconcileVm, recoveryDecision, removeVmSockets } from './sandbox/recover.js';
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
 import { handOver, type HandOver } from './sandbox/handover.js';
-import { hostShares, isHostPath } from './sandbox/volumes.js';
+import { isHostPath, volumeExports } from './sandbox/volumes.js';
+import type { FileExport } from './fileserver/config.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy, SandboxOptions };
 export type { RuntimeCounters, SharedRuntime } from './sandbox/services.js';
@@ -169,8 +170,8 @@ export class Sandbox implements SandboxApi {
     services.counters.sandboxesCreated++;
     services.adopted(sb);
     try {
-      const shares = plan.restore ? [] : await hostShares(sb.#record.info, services.volumes);
-      await sb.#boot(plan.assets, plan.rootfs, shares, opts.timeoutMs ?? 30_000, opts.signal, plan.restore);
+      const exports = await volumeExports(sb.#record.info, services.volumes);
+      await sb.#boot(plan.assets, plan.rootfs, exports, opts.timeoutMs ?? 30_000, opts.signal, plan.restore);
     } catch (e) {
       // A boot that never started QEMU leaves nothing worth keeping; one that did keeps its logs for `roost logs`,
       // unless made with autoRemove: its owner asked for nothing to stay (the error carries the console's tail).
@@ -439,10 +440,10 @@ export class Sandbox implements SandboxApi {
       const services = this.#services;
       const { assets, rootfs } = await planStart(services, this.#record.info, options.signal);
       // A host directory that went away is reported before the sandbox is touched.
-      const shares = await hostShares(this.#record.info, services.volumes);
+      const exports = await volumeExports(this.#record.info, services.volumes);
       this.#link.ending = false;
       this.#record.save({ status: 'creating', reason: undefined, pid: null });
-      await this.#boot(assets, rootfs, shares, options.timeoutMs ?? 30_000, options.signal);
+      await this.#boot(assets, rootfs, exports, options.timeoutMs ?? 30_000, options.signal);
     });
   }
 
@@ -551,7 +552,7 @@ export class Sandbox implements SandboxApi {
 
   // ---- internals -------------------------------------------------------------
 
-  #boot(assets: Assets, rootfs: string, shares: VmShare[], timeoutMs: number, signal?: AbortSignal, restore?: SnapshotRecord): Promise<void> {
+  #boot(assets: Assets, rootfs: string, exports: FileExport[], timeoutMs: number, signal?: AbortSignal, restore?: SnapshotRecord): Promise<void> {
     const services = this.#services;
     return bootVm(
       {
@@ -570,7 +571,7 @@ export class Sandbox implements SandboxApi {
           this.#link.adopt(Promise.resolve(conn));
         },
       },
-      { assets, rootfs, shares, timeoutMs, signal, restore },
+      { assets, rootfs, exports, timeoutMs, signal, restore },
     );
   }
 

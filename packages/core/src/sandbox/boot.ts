@@ -6,7 +6,9 @@ import type { Assets } from '../assets.js';
 import { readConsoleLog } from '../console-log.js';
 import { abortError, diskFullError, RoostError } from '../errors.js';
 import { SNAPSHOT_FILES, type SnapshotRecord } from '../snapshot/store.js';
-import type { VmConfinement, VmHandle, VmJail, Vmm, VmShare } from '../vmm/types.js';
+import type { VmConfinement, VmHandle, VmJail, Vmm } from '../vmm/types.js';
+import type { FileExport } from '../fileserver/config.js';
+import { startFileServer } from '../fileserver/process.js';
 import type { Confinement } from '@roost/api';
 import { AgentLink } from './agent-link.js';
 import type { SandboxNetwork } from './network.js';
@@ -38,7 +40,8 @@ export interface BootContext {
 export interface BootRequest {
   assets: Assets;
   rootfs: string;
-  shares: VmShare[];
+  /** The volumes, served by the VM's file server (none: no file server, no `roost.p9` port). */
+  exports: FileExport[];
   timeoutMs: number;
   signal?: AbortSignal | undefined;
   /** Resume this snapshot instead of booting. */
@@ -86,7 +89,7 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
       kernelHz: req.assets.kernelHz,
       detached: info.detached,
       accel: info.accel,
-      shares: req.shares,
+      ...(req.exports.length > 0 ? { fileChannel: true } : {}),
       ...(snapshotDir ? { restore: { memory: join(snapshotDir, SNAPSHOT_FILES.memory), state: join(snapshotDir, SNAPSHOT_FILES.state) } } : {}),
       ...(snet ? { nic: snet.nic(ctx.vmm.paths(dir)) } : {}),
       ...(jail ? { jail } : {}),
@@ -94,10 +97,24 @@ export async function bootVm(ctx: BootContext, req: BootRequest): Promise<void> 
     ctx.vmStarted(vm);
     record.save({ pid: vm.pid, confinement: confinementInfo(vm.confinement) });
     const runningVm = vm;
+    if (req.exports.length > 0) {
+      // The volumes' server: rebuilt from the snapshot's sessions on a restore (the guest's mounts go on).
+      const restoreState = snapshotDir && req.restore?.manifest.files.volumes ? join(snapshotDir, SNAPSHOT_FILES.volumes) : undefined;
+      await startFileServer({
+        dir,
+        socket: vm.paths.fileSocket,
+        vmPid: vm.pid,
+        exports: req.exports,
+        ...(restoreState ? { restore: restoreState } : {}),
+        ...(vm.confinement ? { user: { uid: vm.confinement.uid, gid: vm.confinement.gid } } : {}),
+        signal,
+      });
+    }
     await snet?.attach(vm.paths, { vmExited: () => runningVm.hasExited, signal, timeoutMs: req.timeoutMs });
     const conn = await AgentLink.handshake(vm, { detached: info.detached, timeoutMs: req.timeoutMs, signal, net: snet?.helloConfig() });
     try {
-      await mountVolumes(conn, record.info.volumes ?? [], req.shares, signal);
+      // A restored guest has its volumes mounted already.
+      if (!req.restore) await mountVolumes(conn, record.info.volumes ?? [], signal);
     } catch (e) {
       conn.close();
       throw e;

@@ -16,8 +16,8 @@ import { planNetwork } from '../net/sandbox-net.js';
 import type { SnapshotRecord, SnapshotStore } from '../snapshot/store.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import { chooseAccel } from '../vmm/accel.js';
-import { DEFAULT_DISK_MIB, type Vmm } from '../vmm/types.js';
-import { checkVolumeCount, resolveVolumes } from './volumes.js';
+import { DEFAULT_DISK_MIB } from '../vmm/types.js';
+import { resolveVolumes } from './volumes.js';
 import { PRIVATE_DIR } from '../state/private.js';
 
 /** Options of `Sandbox.create` / `runtime.create`. */
@@ -70,7 +70,7 @@ export interface SandboxOptions {
   /**
    * Host directories (an absolute `source`, which must exist) and named
    * volumes (a `source` that is a volume name; created on first use) to
-   * mount at `target` in the guest, over virtio-9p; at most 3 (MAX_VOLUMES). Targets are
+   * mount at `target` in the guest, served by Roost's 9P file server; at most MAX_VOLUMES (32). Targets are
    * absolute, normalized, distinct, and neither `/` nor under /proc, /sys or
    * /dev. A host directory is resolved (symlinks) once, here.
    */
@@ -147,7 +147,6 @@ export interface PlanDeps {
   readonly images: ImageStore;
   readonly snapshots: SnapshotStore;
   readonly network: RuntimeNetwork;
-  readonly vmm: Pick<Vmm, 'maxShares'>;
   assets(): Promise<Assets>;
 }
 
@@ -203,7 +202,6 @@ export async function planCreate(deps: PlanDeps, opts: SandboxOptions): Promise<
   // Checked before an image is pulled: bad input fails fast.
   const volumes = opts.volumes ? await resolveVolumes(opts.volumes, deps.home) : [];
   const plan = planNetwork(opts);
-  checkVolumeCount(volumes.length, plan.info.mode, deps.vmm);
   // Privileges and the bridge are checked before an image is pulled.
   const bridge = plan.info.mode === 'bridge' ? await deps.network.bridge() : null;
   const image = opts.image ? await prepareImage(deps.images, opts) : undefined;
@@ -268,6 +266,8 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
     ...(rec.workingDir ? { workingDir: rec.workingDir } : {}),
     ...(rec.user ? { user: rec.user } : {}),
     snapshot: rec.id,
+    // The guest has the snapshot's volumes mounted: the copy mounts the same sources (its own sessions over the same files).
+    ...(rec.manifest.volumes?.length ? { volumes: rec.manifest.volumes } : {}),
     network: plan.info,
   });
   await makeSandboxDir(deps, info, bridge);
@@ -358,7 +358,7 @@ async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<Pr
 
 /**
  * A sandbox restored from a snapshot (or a template) has the snapshot's
- * image, cpus, memory and disk, and no volumes: INVALID_ARGUMENT naming any of
+ * image, cpus, memory, disk and volumes: INVALID_ARGUMENT naming any of
  * them that `opts` gives.
  */
 export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: string): void {
@@ -366,7 +366,7 @@ export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: s
   if (fixed.length > 0) {
     throw new RoostError(
       'INVALID_ARGUMENT',
-      `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk, and no volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`,
+      `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory, disk and volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`,
       {
         details: { fields: fixed },
       },

@@ -13,6 +13,11 @@ import type { EventLog } from '../state/events.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import type { SavedMemory, Vmm, VmHandle } from '../vmm/types.js';
 import { PRIVATE_DIR, PRIVATE_FILE } from '../state/private.js';
+import type { FileServerState } from '../fileserver/config.js';
+import { FileServerControl } from '../fileserver/process.js';
+
+/** The longest a snapshot waits for the guest's volume requests in flight to be answered and delivered. */
+const VOLUME_QUIESCE_MS = 30_000;
 
 /** What taking a snapshot needs: the stores it writes, the VMM's disk tools, and the source sandbox's VM and agent. */
 export interface SnapshotContext {
@@ -113,12 +118,6 @@ export async function takeSnapshot(
   if ((info.status !== 'running' && info.status !== 'paused') || !vm || vm.hasExited) {
     throw notRunningError(info.id, info.status, 'snapshot it (only a running or paused sandbox can be snapshotted)');
   }
-  if (info.volumes?.length) {
-    throw new RoostError(
-      'INVALID_STATE',
-      `sandbox ${info.id} mounts volumes: their 9P state lives in QEMU and the host, so sandboxes with volumes cannot be snapshotted or forked`,
-    );
-  }
   const store = ctx.snapshots;
   store.checkNameFree(name);
   const deadline = AbortSignal.timeout(timeoutMs);
@@ -141,6 +140,9 @@ export async function takeSnapshot(
     let frozen = false;
     let saved: SavedMemory;
     let disk: { size: number; sha256: string };
+    // With volumes: the file server quiets the guest's 9P channel and hands over its sessions (saved with the snapshot).
+    const files = info.volumes?.length ? new FileServerControl(ctx.dir) : null;
+    let volumeState: FileServerState | undefined;
     const memBytes = info.memoryMiB * 2 ** 20;
     try {
       if (!running) {
@@ -156,6 +158,7 @@ export async function takeSnapshot(
         });
         frozen = answer?.errno === 0;
       }
+      if (files) volumeState = await files.quiesce(Math.min(timeoutMs, VOLUME_QUIESCE_MS));
       await vm.pause({ signal });
       running = false;
       [saved, disk] = await Promise.all([
@@ -173,10 +176,20 @@ export async function takeSnapshot(
     } finally {
       // Whatever happened, the guest is left as it was: running (or paused), thawed, not marked.
       if (!running) await vm.resume().catch(() => {});
+      if (files) {
+        await files.resume().catch(() => {});
+        files.close();
+      }
       if (freezeSent) await conn.thaw(10_000).catch(() => {});
       if (wasPaused) await vm.pause().catch(() => {});
     }
     const state = await readFile(join(tmp, SNAPSHOT_FILES.state));
+    let volumesFile: { size: number; sha256: string } | undefined;
+    if (volumeState) {
+      const text = JSON.stringify(volumeState);
+      await writeFile(join(tmp, SNAPSHOT_FILES.volumes), text, { mode: PRIVATE_FILE });
+      volumesFile = { size: Buffer.byteLength(text), sha256: createHash('sha256').update(text).digest('hex') };
+    }
     // Restores copy this empty layer over the snapshot's disk instead of making one each time.
     // Its base is where the disk will be once this directory is renamed into place.
     await ctx.vmm.createOverlay(join(store.dir(id), SNAPSHOT_FILES.disk), join(tmp, SNAPSHOT_FILES.overlay), info.diskSizeMiB, { signal });
@@ -212,7 +225,9 @@ export async function takeSnapshot(
           memory: { size: memBytes, checksum: saved.checksum },
           state: { size: state.length, sha256: createHash('sha256').update(state).digest('hex') },
           disk,
+          ...(volumesFile ? { volumes: volumesFile } : {}),
         },
+        ...(info.volumes?.length ? { volumes: info.volumes } : {}),
       },
     };
     // QEMU and qemu-img made some of these files: private whatever their umask.

@@ -1,25 +1,12 @@
 import { realpath, stat } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { CallFlags } from '@roost/protocol';
-import { MAX_VOLUMES, VolumeNameSchema, type NetworkMode, type SandboxInfo, type VolumeMount } from '@roost/api';
+import { MAX_VOLUMES, VolumeNameSchema, type SandboxInfo, type VolumeMount } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import { RoostError } from '../errors.js';
 import { runCall } from '../files.js';
+import type { FileExport } from '../fileserver/config.js';
 import type { Volumes } from '../volumes.js';
-import type { Vmm, VmShare } from '../vmm/types.js';
-
-/** A NIC takes one of the VM's free device slots: with a network, one volume fewer. */
-export function checkVolumeCount(count: number, mode: NetworkMode, vmm: Pick<Vmm, 'maxShares'>): void {
-  const all = vmm.maxShares(false);
-  const max = vmm.maxShares(mode !== 'none');
-  if (count > max) {
-    throw new RoostError(
-      'INVALID_ARGUMENT',
-      `volumes: at most ${max} with network '${mode}', not ${count}${mode === 'none' ? '' : ` (${all} with network 'none')`}`,
-      { details: { field: 'volumes' } },
-    );
-  }
-}
 
 /** Guest paths no volume may be mounted on or below: the kernel's own file systems. */
 const RESERVED_TARGETS = ['/proc', '/sys', '/dev'];
@@ -90,13 +77,14 @@ export async function resolveVolumes(volumes: readonly VolumeMount[], home: stri
 
 /**
  * The host side of a sandbox's volumes, in the order of `info.volumes`
- * (share i has tag `roost.v<i>`): NOT_FOUND or INVALID_STATE when a host
+ * (volume i is the file server's channel i): NOT_FOUND or INVALID_STATE when a host
  * directory is gone or became a link; named volumes are made again if missing.
  */
-export async function hostShares(info: Pick<SandboxInfo, 'id' | 'volumes'>, volumes: Pick<Volumes, '_ensure'>): Promise<VmShare[]> {
-  const shares: VmShare[] = [];
+export async function volumeExports(info: Pick<SandboxInfo, 'id' | 'volumes'>, volumes: Pick<Volumes, '_ensure'>): Promise<FileExport[]> {
+  const shares: FileExport[] = [];
   for (const [i, v] of (info.volumes ?? []).entries()) {
     let path: string;
+    let quotaBytes: number | undefined;
     if (isHostPath(v.source)) {
       path = v.source;
       const st = await stat(path).catch(() => null);
@@ -121,22 +109,29 @@ export async function hostShares(info: Pick<SandboxInfo, 'id' | 'volumes'>, volu
         );
       }
     } else {
-      path = volumes._ensure(v.source).path;
+      const named = volumes._ensure(v.source);
+      path = named.path;
+      quotaBytes = named.quotaBytes;
     }
-    shares.push({ tag: `roost.v${i}`, path, readOnly: v.readOnly === true });
+    shares.push({ channel: i, path, readOnly: v.readOnly === true, ...(quotaBytes !== undefined ? { quotaBytes } : {}) });
   }
   return shares;
 }
 
 /**
- * Mounts the volumes in the guest (the agent's `mount` call, as root),
- * parents before what is mounted below them. A failure fails the boot.
+ * Mounts the volumes in the guest (the agent's `mount` call through its 9P
+ * relay, as root), parents before what is mounted below them. A failure
+ * fails the boot.
  */
-export async function mountVolumes(conn: AgentConnection, volumes: readonly VolumeMount[], shares: VmShare[], signal: AbortSignal): Promise<void> {
-  const order = volumes.map((v, i) => ({ v, share: shares[i]! })).sort((a, b) => depth(a.v.target) - depth(b.v.target));
-  for (const { v, share } of order) {
+export async function mountVolumes(conn: AgentConnection, volumes: readonly VolumeMount[], signal: AbortSignal): Promise<void> {
+  if (volumes.length > 0 && !conn.supports('P9_RELAY')) {
+    throw new RoostError('BOOT_FAILED', `the guest agent (${conn.agent.version}) has no 9P relay, which volumes need: run \`roost setup\` to rebuild it`);
+  }
+  const order = volumes.map((v, channel) => ({ v, channel })).sort((a, b) => depth(a.v.target) - depth(b.v.target));
+  for (const { v, channel } of order) {
     try {
-      await runCall(conn, { op: 'mount', args: [share.tag, v.target], flags: v.readOnly ? CallFlags.READ_ONLY : 0, user: '0' }, { signal });
+      const flags = CallFlags.RELAY | (v.readOnly ? CallFlags.READ_ONLY : 0);
+      await runCall(conn, { op: 'mount', args: [String(channel), v.target], flags, user: '0' }, { signal });
     } catch (e) {
       if (signal.aborted) throw e;
       const why = e instanceof Error ? e.message : String(e);

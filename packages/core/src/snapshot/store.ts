@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type Database from 'better-sqlite3';
-import type { SnapshotInfo, SnapshotKind } from '@roost/api';
+import type { SnapshotInfo, SnapshotKind, VolumeMount } from '@roost/api';
 import type { Assets } from '../assets.js';
 import { RoostError } from '../errors.js';
 import type { HomeLayout } from '../home.js';
@@ -33,7 +33,11 @@ export interface SnapshotManifest {
     memory: { size: number; checksum: string };
     state: { size: number; sha256: string };
     disk: { size: number; sha256: string };
+    /** The volumes' 9P sessions (fileserver FileServerState), when the source mounted volumes. */
+    volumes?: { size: number; sha256: string };
   };
+  /** The source's volumes: a restored copy mounts the same sources (absent: none). */
+  volumes?: VolumeMount[];
 }
 
 /** A snapshot as stored: its info (dependents are computed) and manifest. */
@@ -45,7 +49,14 @@ export interface SnapshotRecord extends Omit<SnapshotInfo, 'dependents'> {
  * A snapshot's files. `overlay.qcow2` is an empty qcow2 layer over `disk.qcow2`
  * that each restore copies as its disk (cheaper than running qemu-img).
  */
-export const SNAPSHOT_FILES = { memory: 'memory', state: 'state', disk: 'disk.qcow2', overlay: 'overlay.qcow2', manifest: 'manifest.json' } as const;
+export const SNAPSHOT_FILES = {
+  memory: 'memory',
+  state: 'state',
+  disk: 'disk.qcow2',
+  overlay: 'overlay.qcow2',
+  manifest: 'manifest.json',
+  volumes: 'volumes.json',
+} as const;
 
 const SNAPSHOT_WITNESS = 'roost.snapshot';
 
@@ -280,11 +291,12 @@ export class SnapshotStore {
     const root = await stat(rootfs).catch(() => null);
     if (!root || root.size !== m.rootfs.size) throw refuse(`its root filesystem image changed (${rootfs})`, 'rootfs');
     const dir = this.dir(rec.id);
-    const files = [
+    const files: Array<readonly [string, number]> = [
       [SNAPSHOT_FILES.memory, m.files.memory.size],
       [SNAPSHOT_FILES.state, m.files.state.size],
       [SNAPSHOT_FILES.disk, m.files.disk.size],
-    ] as const;
+    ];
+    if (m.files.volumes) files.push([SNAPSHOT_FILES.volumes, m.files.volumes.size]);
     for (const [name, size] of files) {
       const st = await stat(join(dir, name)).catch(() => null);
       if (!st) throw refuse(`its file ${name} is missing`, 'corrupt');
@@ -292,11 +304,13 @@ export class SnapshotStore {
     }
     const identity = await this.identity(rec.id);
     if (this.#verified.get(rec.id) === identity) return;
-    const [memory, state, disk] = await Promise.all([
+    const [memory, state, disk, volumes] = await Promise.all([
       ramChecksum(join(dir, SNAPSHOT_FILES.memory), signal),
       hashFile(join(dir, SNAPSHOT_FILES.state), signal),
       hashFile(join(dir, SNAPSHOT_FILES.disk), signal),
+      m.files.volumes ? hashFile(join(dir, SNAPSHOT_FILES.volumes), signal) : undefined,
     ]);
+    if (m.files.volumes && volumes !== m.files.volumes.sha256) throw refuse("its volumes' saved sessions do not match their checksum (corrupt)", 'corrupt');
     if (memory !== m.files.memory.checksum) throw refuse('its memory image does not match its checksum (corrupt)', 'corrupt');
     if (state !== m.files.state.sha256) throw refuse('its device state does not match its checksum (corrupt)', 'corrupt');
     if (disk !== m.files.disk.sha256) throw refuse('its disk does not match its checksum (corrupt)', 'corrupt');

@@ -82,11 +82,13 @@ export class FakeVmm implements Vmm {
   }
 
   paths(dir: string): VmPaths {
-    return { agentSocket: join(dir, 'agent.sock'), netSocket: join(dir, 'net.sock'), consoleLog: join(dir, 'console.log'), vmmLog: join(dir, 'qemu.log') };
-  }
-
-  maxShares(withNic: boolean): number {
-    return withNic ? 2 : 3;
+    return {
+      agentSocket: join(dir, 'agent.sock'),
+      netSocket: join(dir, 'net.sock'),
+      fileSocket: join(dir, 'files.sock'),
+      consoleLog: join(dir, 'console.log'),
+      vmmLog: join(dir, 'qemu.log'),
+    };
   }
 
   /** A small file standing for the disk (a real one is a qcow2 of a few hundred KiB: nothing reads this one as a disk). */

@@ -21,8 +21,12 @@ export interface VmConfig {
   accel: Accel;
   /** Extra kernel command line words. */
   append?: string[];
-  /** Host directories exported to the guest over virtio-9p (volumes), at most 16. */
-  shares?: VmShare[];
+  /**
+   * A second virtio-serial port, `roost.p9`, served on `paths.fileSocket`:
+   * the channel of the VM's volumes (Roost's file server, fileserver/).
+   * QEMU itself sees no host directory.
+   */
+  fileChannel?: boolean;
   /** Resume a snapshot instead of booting (see snapshot/): the devices above must be the snapshot's. */
   restore?: VmRestore;
   /** The NIC (virtio-net); absent: none. */
@@ -82,16 +86,6 @@ export interface VmRestore {
   state: string;
 }
 
-/** A host directory the guest can mount over virtio-9p (`mount -t 9p <tag>`). */
-export interface VmShare {
-  /** The 9P mount tag, unique in the VM (`roost.v0`, ...). */
-  tag: string;
-  /** The host directory (absolute, symlinks resolved). */
-  path: string;
-  /** QEMU refuses every write, whatever the guest's mount flags say. */
-  readOnly: boolean;
-}
-
 /** How a VM process ended. */
 export interface VmExit {
   code: number | null;
@@ -105,6 +99,8 @@ export interface VmPaths {
   agentSocket: string;
   /** Where QEMU serves the NIC's frames in user mode. */
   netSocket: string;
+  /** Where QEMU serves the `roost.p9` port (VmConfig.fileChannel). */
+  fileSocket: string;
   consoleLog: string;
   vmmLog: string;
 }
@@ -232,8 +228,6 @@ export interface Vmm extends VmmDisks {
    * without it cannot tell: directories without records are then kept.
    */
   findVms?(root: string): FoundVm[];
-  /** The most shares (volumes) a VM can have: `withNic` when it also has a NIC. */
-  maxShares(withNic: boolean): number;
 }
 
 /** Sizes of a sandbox's writable disk (MiB). */

@@ -1,7 +1,6 @@
 import { join } from 'node:path';
-import { RoostError } from '../../errors.js';
 import { hostCpu } from '../accel.js';
-import type { VmConfig, VmNic, VmPaths, VmShare } from '../types.js';
+import type { VmConfig, VmNic, VmPaths } from '../types.js';
 
 export const QEMU_BINARY = process.env.ROOST_QEMU ?? 'qemu-system-x86_64';
 
@@ -55,6 +54,8 @@ export interface QemuFds {
   qmp: number;
   /** The NIC's: a listening socket (user mode) or the TAP device (bridge mode). */
   nic?: number;
+  /** The `roost.p9` port's listening socket (VmConfig.fileChannel). */
+  file?: number;
   /** Fd sets (`-add-fd`), each named by the file it holds; the set's id is its first fd. */
   sets: { fd: number; set: number; file: string }[];
   /** The root filesystem image's set. */
@@ -98,6 +99,7 @@ export function vmPaths(dir: string): QemuPaths {
   return {
     agentSocket: join(dir, 'agent.sock'),
     netSocket: join(dir, 'net.sock'),
+    fileSocket: join(dir, 'files.sock'),
     qmpSocket: join(dir, 'qmp.sock'),
     consoleLog: join(dir, 'console.log'),
     vmmLog: join(dir, 'qemu.log'),
@@ -184,21 +186,13 @@ export function qemuArgs(
       args.push('-drive', `id=disk,${image},if=none,discard=unmap,detect-zeroes=unmap`, '-device', 'virtio-blk-device,drive=disk,werror=stop,rerror=stop');
     }
   }
-  const buses = [...FREE_BUSES];
-  if (config.nic) args.push(...nicArgs(config.nic, buses.shift()!, fds?.nic));
-  if ((config.shares?.length ?? 0) > buses.length) {
-    throw new RoostError(
-      'INVALID_ARGUMENT',
-      `at most ${buses.length} volumes per sandbox with ${config.nic ? 'a network' : 'no network'}, not ${config.shares!.length}${config.nic ? " (3 with network 'none')" : ''}`,
-    );
-  }
-  (config.shares ?? []).forEach((share, i) => args.push(...shareArgs(share, `v${i}`, buses[i]!)));
+  if (config.nic) args.push(...nicArgs(config.nic, NIC_BUS, fds?.nic));
   if (agent) {
-    // Confined, both sockets are listening already (the jailer bound them at these paths) and come as descriptors.
+    // Confined, the sockets are listening already (the jailer bound them at these paths) and come as descriptors.
     const [agentAt, qmpAt] = fds ? [`fd=${fds.agent}`, `fd=${fds.qmp}`] : [`path=${opt(paths.agentSocket)}`, `path=${opt(paths.qmpSocket)}`];
     args.push(
       '-device',
-      'virtio-serial-device,max_ports=2',
+      `virtio-serial-device,max_ports=${config.fileChannel ? 3 : 2}`,
       '-chardev',
       `socket,id=agent,${agentAt},server=on,wait=off`,
       '-device',
@@ -208,6 +202,11 @@ export function qemuArgs(
       '-mon',
       'chardev=qmp,mode=control',
     );
+    if (config.fileChannel) {
+      // The volumes' channel: the guest's 9P relay on one side, Roost's file server (fileserver/) on the other.
+      const fileAt = fds?.file !== undefined ? `fd=${fds.file}` : `path=${opt(paths.fileSocket)}`;
+      args.push('-chardev', `socket,id=files,${fileAt},server=on,wait=off`, '-device', 'virtserialport,chardev=files,name=roost.p9');
+    }
   }
   if (config.restore) {
     // The device state comes on fd 4 (see QemuVmm.start); its stream has no
@@ -240,59 +239,19 @@ function memoryArgs(config: VmConfig): string[] {
 }
 
 /**
- * The virtio-mmio transports left for the NIC and shares. Without ACPI
- * (acpi=off; the guest kernel has none) the microvm machine has one IOAPIC
- * and 8 transports, `virtio-mmio-bus.N` on IRQ 5 + N; devices without a
- * `bus=` take them from the top: the rng, the two disks and the serial port
- * get buses 7 to 4 (IRQs 12 to 9). Bus 3 is IRQ 8, which the RTC holds
- * (rtc=on): a device there never gets its interrupt ("no channels
- * available" in the guest). That leaves buses 2, 1 and 0: the NIC takes
- * the first, volumes the rest. (With ACPI, a second IOAPIC gives 24
- * transports on IRQs 24-47. Without the RTC, bus 3 would be free, but the
- * guest kernel then spends 2 s at boot polling for a clock that is not there.)
+ * The virtio-mmio transport of the NIC. Without ACPI (acpi=off; the guest
+ * kernel has none) the microvm machine has one IOAPIC and 8 transports,
+ * `virtio-mmio-bus.N` on IRQ 5 + N; devices without a `bus=` take them from
+ * the top: the rng, the two disks and the serial port get buses 7 to 4 (IRQs
+ * 12 to 9). Bus 3 is IRQ 8, which the RTC holds (rtc=on): a device there
+ * never gets its interrupt ("no channels available" in the guest). Bus 2 is
+ * the first free one. (Volumes take no transport: they share the serial
+ * device's `roost.p9` port.)
  */
-const FREE_BUSES = ['virtio-mmio-bus.2', 'virtio-mmio-bus.1', 'virtio-mmio-bus.0'];
-/** The most shares (volumes) a VM without a NIC gets (the API's MAX_VOLUMES); one less with a NIC. */
-export const MAX_SHARES = FREE_BUSES.length;
+const NIC_BUS = 'virtio-mmio-bus.2';
 
 /**
- * QEMU's 9P server for one share. The guest is untrusted root, and QEMU
- * may run as root too (it does under `roost serve` as root), so what the
- * guest makes must never become something the host would run or trust:
- *
- * - `security_model=mapped-xattr`: every file the guest creates is a plain
- *   file owned by QEMU's user, mode `fmode` (0644: never executable,
- *   setuid or setgid) or `dmode` (0755) for directories; the ownership and
- *   mode the guest asked for (root, 04755, ...) live only in
- *   `user.virtfs.*` xattrs that QEMU reads back to the guest and hides from
- *   it. Symlinks, device nodes, FIFOs and sockets the guest makes are plain
- *   files on the host too (a link's target is the file's contents), so the
- *   host never follows a link a guest made, and no device node appears.
- *   Of extended attributes the guest may set only `user.*` ones (not
- *   `user.virtfs.*`): QEMU's mapped-xattr handlers have none for
- *   `security.*` (file capabilities) or `trusted.*`, which it refuses.
- *   (`passthrough` would create the guest's owners and modes for real: a
- *   setuid-root shell on the host, with QEMU as root; `none` would apply its
- *   modes, setuid bit included, to files of QEMU's user.)
- * - QEMU resolves every path below the share with `openat(O_NOFOLLOW)` one
- *   component at a time, so `..` and symlinks (the host's included) never
- *   take it outside `path`; a guest hard link to a file outside the mount is
- *   EXDEV in the guest's own VFS before it reaches QEMU.
- * - `readonly=on`: QEMU itself refuses writes (EROFS), so a guest that
- *   remounts read-write gains nothing.
- *
- * Host users see the guest's files as QEMU's user's, 0644 / 0755; files the
- * host puts there keep their real owner and mode, and the guest sees those.
- */
-function shareArgs(share: VmShare, id: string, bus: string): string[] {
-  if (!/^[A-Za-z0-9._-]{1,31}$/.test(share.tag)) throw new RoostError('INTERNAL', `bad 9P mount tag "${share.tag}"`);
-  const fsdev = ['local', `id=${id}`, `path=${opt(share.path)}`, 'security_model=mapped-xattr', 'fmode=0644', 'dmode=0755'];
-  if (share.readOnly) fsdev.push('readonly=on');
-  return ['-fsdev', fsdev.join(','), '-device', `virtio-9p-device,fsdev=${id},mount_tag=${share.tag},bus=${bus}`];
-}
-
-/**
- * The NIC, on the first free transport (volumes get the rest). QEMU checks
+ * The NIC, on its own transport. QEMU checks
  * nothing of the guest's traffic; the host side (user-mode stack or bridge
  * rules) does. Under the stream backend there are no offloads, so a large MTU (host_mtu,
  * which the guest adopts) keeps the packet count, and TCG's cost per packet,

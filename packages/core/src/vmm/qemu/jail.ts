@@ -10,7 +10,7 @@ export const JAIL_ROOT = 'jail';
 
 /** The fd on which the jailer reports QEMU's pid (or what failed). 0-4 are QEMU's stdio, console pipe and device-state stream. */
 export const REPORT_FD = 5;
-/** Open files a confined QEMU may hold (RLIMIT_NOFILE): its volumes' open files count. */
+/** Open files a confined QEMU may hold (RLIMIT_NOFILE). */
 export const JAIL_NOFILE = 16384;
 
 /** How the jailer starts one VM's QEMU: its arguments up to QEMU's own, and what QEMU is handed. */
@@ -27,7 +27,8 @@ export interface JailLaunch {
  * descriptors: QEMU opens nothing in the Roost home, and its root is a
  * tmpfs on the sandbox directory holding bind mounts of QEMU's runtime,
  * the kernel and initramfs, /dev/null and /dev/urandom (and /dev/kvm under
- * KVM), the volume directories, and, for a restore, the preload shim.
+ * KVM), and, for a restore, the preload shim. No volume directory: Roost's
+ * file server serves volumes over a socket (VmConfig.fileChannel).
  */
 export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runtime: QemuRuntime, cgroupDirs: string[]): JailLaunch {
   const args: string[] = ['--root', join(config.dir, JAIL_ROOT), '--uid', String(jail.uid), '--gid', String(jail.gid), '--report', String(REPORT_FD)];
@@ -48,6 +49,7 @@ export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runti
   };
   const agent = fd('listen', paths.agentSocket);
   const qmp = fd('listen', paths.qmpSocket);
+  const file = config.fileChannel ? fd('listen', paths.fileSocket) : undefined;
   let nic: number | undefined;
   if (config.nic) nic = config.nic.kind === 'stream' ? fd('listen', config.nic.socket) : fd('tap', config.nic.ifname);
   const rootfsSet = inSet('ro', config.rootfs);
@@ -81,13 +83,11 @@ export function planJail(config: VmConfig, paths: QemuPaths, jail: VmJail, runti
     groups.push(statSync('/dev/kvm').gid);
   }
   if (groups.length > 0) args.push('--groups', groups.join(','));
-  for (const share of config.shares ?? []) args.push(share.readOnly ? '--ro' : '--rw', share.path);
-  // QEMU's 9P server reads and writes files of any owner in a volume: it keeps these two capabilities, which reach only what its jail holds.
-  // It sets extended attributes through /proc/self/fd: a procfs of its own PID namespace (itself only). Files it
-  // makes there get the modes docs/files.md gives (umask 022; the default is 077).
-  if (config.shares?.length) args.push('--keep-cap', 'dac_override', '--keep-cap', 'fowner', '--proc', '--share-modes');
   for (const link of runtime.symlinks) args.push('--symlink', link);
   for (const e of env) args.push('--env', e);
   args.push('--', runtime.qemu);
-  return { jailerArgs: args, fds: { agent, qmp, ...(nic === undefined ? {} : { nic }), sets, rootfsSet, ...(diskChain ? { diskChain } : {}) } };
+  return {
+    jailerArgs: args,
+    fds: { agent, qmp, ...(nic === undefined ? {} : { nic }), ...(file === undefined ? {} : { file }), sets, rootfsSet, ...(diskChain ? { diskChain } : {}) },
+  };
 }

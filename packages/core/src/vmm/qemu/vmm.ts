@@ -25,7 +25,7 @@ import type {
   VmLimits,
   VmStateTarget,
 } from '../types.js';
-import { DEVICES_OUT, devicesOutSet, MAX_SHARES, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
+import { DEVICES_OUT, devicesOutSet, MEMORY_BACKEND_MEMFD_NAME, QEMU_BINARY, qemuArgs, vmPaths, type QemuPaths } from './args.js';
 import { JAIL_ROOT, planJail, REPORT_FD, type JailLaunch } from './jail.js';
 import { qemuRuntime } from './jail-runtime.js';
 import { createDisk, createOverlay } from './disk.js';
@@ -77,10 +77,6 @@ export class QemuVmm implements Vmm {
     return vmPaths(dir);
   }
 
-  maxShares(withNic: boolean): number {
-    return withNic ? MAX_SHARES - 1 : MAX_SHARES;
-  }
-
   createDisk(path: string, sizeMiB: number, options: { cache: string; signal?: AbortSignal }): Promise<void> {
     return createDisk(options.cache, path, sizeMiB, options.signal);
   }
@@ -119,10 +115,9 @@ export class QemuVmm implements Vmm {
         // closes their pipes.
         const [cmd, argv] = config.detached ? [qemu, args] : ['setpriv', ['--pdeathsig', 'KILL', '--', qemu, ...args]];
         // Its own session, so a terminal's Ctrl-C reaches Roost, which decides, not QEMU.
-        // With a umask of 077 (its sockets and saved device state are private), unless it shares
-        // directories (volumes): files the guest makes there keep the modes documented in docs/files.md.
+        // With a umask of 077: its sockets and saved device state are private.
         const options = { stdio: [...stdio], detached: true } satisfies SpawnOptions;
-        child = config.shares?.length ? spawn(cmd, argv, options) : privateSpawn(cmd, argv, options);
+        child = privateSpawn(cmd, argv, options);
       }
     } catch (e) {
       consoleKeeper.kill();
