@@ -1,7 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { RoostError, type VolumeInfo, type VolumeMount, type VolumesApi } from '@roost/api';
-import { ago, formatTable } from './format.js';
+import { ago, bytes, formatTable } from './format.js';
 
 /** Opens what the volume commands talk to (the daemon's volumes, or the home's), and closes it after. */
 export type WithVolumes = <T>(fn: (volumes: VolumesApi) => Promise<T>) => Promise<T>;
@@ -21,10 +22,28 @@ export function addVolumeCommands(program: Command, withVolumes: WithVolumes): v
     .description('create a named volume (`run -v NAME:/path` also creates one on first use)')
     .argument('<name>')
     .option('-l, --label <K=V>', 'set a label (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--quota <size>', 'the most its files may hold (bytes, or with K, M, G, T): guests get ENOSPC past it')
+    .option('--remote <file>', 'a remote volume: the credentials file `roost volume serve --credentials-out` wrote on the serving host')
     .option('--json', 'print JSON')
-    .action(async (name: string, flags: { label: string[]; json?: boolean }) => {
+    .action(async (name: string, flags: { label: string[]; quota?: string; remote?: string; json?: boolean }) => {
       const labels = parseLabels(flags.label);
-      const info = await withVolumes((v) => v.create({ name, ...(Object.keys(labels).length > 0 ? { labels } : {}) }));
+      const quotaBytes = flags.quota === undefined ? undefined : parseSize(flags.quota, '--quota');
+      let remote: string | undefined;
+      if (flags.remote !== undefined) {
+        try {
+          remote = readFileSync(flags.remote, 'utf8');
+        } catch (e) {
+          throw new RoostError('INVALID_ARGUMENT', `--remote ${flags.remote}: ${(e as Error).message}`);
+        }
+      }
+      const info = await withVolumes((v) =>
+        v.create({
+          name,
+          ...(Object.keys(labels).length > 0 ? { labels } : {}),
+          ...(quotaBytes !== undefined ? { quotaBytes } : {}),
+          ...(remote !== undefined ? { remote } : {}),
+        }),
+      );
       process.stdout.write(flags.json ? JSON.stringify(info, null, 2) + '\n' : `${info.name}\n`);
     });
   volume
@@ -82,6 +101,16 @@ export function parseVolumeFlag(spec: string, cwd = process.cwd()): VolumeMount 
   return { source: hostPath ? resolve(cwd, src) : src, target, ...(readOnly ? { readOnly: true } : {}) };
 }
 
+/** A size: bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `MB`... read the same). */
+export function parseSize(text: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m) throw new RoostError('INVALID_ARGUMENT', `${flag} ${text}: expected a size such as 500M or 2G`);
+  const scale = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const n = Math.floor(Number(m[1]) * scale);
+  if (n < 1 || !Number.isSafeInteger(n)) throw new RoostError('INVALID_ARGUMENT', `${flag} ${text}: out of range`);
+  return n;
+}
+
 function parseLabels(pairs: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const p of pairs) {
@@ -112,6 +141,8 @@ function describeVolume(v: VolumeInfo): string {
     ],
     ['Used by', v.usedBy.join(', ') || '-'],
   ];
+  if (v.quotaBytes !== undefined) rows.splice(2, 0, ['Quota', bytes(v.quotaBytes)]);
+  if (v.remote) rows.splice(2, 0, ['Remote', `${v.remote.url}${v.remote.readOnly ? ' (read-only)' : ''}, certificate ${v.remote.fingerprint}`]);
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;
   return rows.map(([k, val]) => `${`${k}:`.padEnd(width)} ${val}\n`).join('');
 }

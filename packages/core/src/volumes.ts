@@ -14,6 +14,8 @@ interface VolumeRow {
   path: string;
   created_at: string;
   labels_json: string;
+  quota_bytes: number | null;
+  remote_json: string | null;
 }
 
 /** Directories of volumes being removed start with this (a volume name cannot: it starts with a letter or digit). */
@@ -48,7 +50,7 @@ export class Volumes implements VolumesApi {
         .transaction(() => {
           if (this.#row(req.name))
             throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
-          return this.#insert(req.name, req.labels ?? {});
+          return this.#insert(req.name, req.labels ?? {}, req.quotaBytes);
         })
         .immediate();
     } catch (e) {
@@ -150,10 +152,12 @@ export class Volumes implements VolumesApi {
   }
 
   /** Inserts a volume and makes its directory; call inside a transaction. */
-  #insert(name: string, labels: Record<string, string>): VolumeInfo {
+  #insert(name: string, labels: Record<string, string>, quotaBytes?: number): VolumeInfo {
     const path = this.dataPath(name);
     const createdAt = new Date().toISOString();
-    this.#db.prepare('INSERT INTO volumes (name, path, created_at, labels_json) VALUES (?, ?, ?, ?)').run(name, path, createdAt, JSON.stringify(labels));
+    this.#db
+      .prepare('INSERT INTO volumes (name, path, created_at, labels_json, quota_bytes) VALUES (?, ?, ?, ?, ?)')
+      .run(name, path, createdAt, JSON.stringify(labels), quotaBytes ?? null);
     try {
       // The volume's own directory is private to the host user; its data is what guests see.
       mkdirSync(this.root, { recursive: true, mode: 0o700 });
@@ -188,7 +192,15 @@ export class Volumes implements VolumesApi {
   }
 
   #info(row: VolumeRow, usedBy: string[]): VolumeInfo {
-    return { name: row.name, path: row.path, createdAt: row.created_at, labels: JSON.parse(row.labels_json) as Record<string, string>, usedBy };
+    return {
+      name: row.name,
+      path: row.path,
+      createdAt: row.created_at,
+      labels: JSON.parse(row.labels_json) as Record<string, string>,
+      usedBy,
+      ...(row.quota_bytes !== null ? { quotaBytes: row.quota_bytes } : {}),
+      ...(row.remote_json !== null ? { remote: JSON.parse(row.remote_json) as NonNullable<VolumeInfo['remote']> } : {}),
+    };
   }
 }
 

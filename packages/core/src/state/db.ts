@@ -171,6 +171,12 @@ const MIGRATIONS: readonly string[] = [
     used_at TEXT NOT NULL
   );
   `,
+  // 10: volumes served by Roost's own 9P server: a quota per named volume, and remote volumes (another
+  // host's `roost volume serve`; their token is in <home>/volumes/<name>/remote.credentials, 0600, never here).
+  `
+  ALTER TABLE volumes ADD COLUMN quota_bytes INTEGER;  -- the most bytes its files may hold; NULL: no limit
+  ALTER TABLE volumes ADD COLUMN remote_json TEXT;     -- {url, fingerprint, readOnly} of a remote volume; NULL: local
+  `,
 ];
 
 /** The schema version this build writes. A database from a newer Roost is refused rather than misread. */
