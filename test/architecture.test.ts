@@ -63,7 +63,7 @@ describe('docs/ARCHITECTURE.md', () => {
       // Columns are two or more spaces apart: package, imports, what.
       const [name, imports] = line.trim().split(/\s{2,}/);
       if (!name?.startsWith('packages/') || imports === undefined) continue;
-      said.set(name.slice('packages/'.length), imports === 'nothing' ? [] : (imports.replace(/\(.*?\)/g, '').match(/[a-z]+/g) ?? []).sort());
+      said.set(name.slice('packages/'.length), imports === 'nothing' ? [] : (imports.replace(/\(.*?\)/g, '').match(/[a-z][a-z0-9]*/g) ?? []).sort());
     }
     const actual = new Map<string, string[]>();
     for (const e of readdirSync(join(root, 'packages'), { withFileTypes: true }).filter((d) => d.isDirectory())) {

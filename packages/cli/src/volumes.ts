@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { RoostError, type VolumeInfo, type VolumeMount, type VolumesApi } from '@roost/api';
+import { serveVolume } from '@roost/core';
 import { ago, bytes, formatTable } from './format.js';
 
 /** Opens what the volume commands talk to (the daemon's volumes, or the home's), and closes it after. */
@@ -10,7 +11,8 @@ export type WithVolumes = <T>(fn: (volumes: VolumesApi) => Promise<T>) => Promis
 /**
  * `roost volume create|ls|inspect|rm`: named volumes. They go to the daemon
  * when there is one, else to the home's database and directories directly
- * (no runtime, no lock: safe beside a running one).
+ * (no runtime, no lock: safe beside a running one). `roost volume serve`
+ * runs a volume server in the foreground (core's serveVolume).
  */
 export function addVolumeCommands(program: Command, withVolumes: WithVolumes): void {
   const volume = program
@@ -78,6 +80,61 @@ export function addVolumeCommands(program: Command, withVolumes: WithVolumes): v
         }
       });
     });
+  volume
+    .command('serve')
+    .description(
+      'serve a named volume or an absolute directory to other Roost hosts (9P over TLS 1.3, a per-export token), in the foreground until SIGINT or SIGTERM; the token goes only to the 0600 credentials file',
+    )
+    .argument('<dir|name>', 'an absolute host directory, or the name of a volume of this home')
+    .requiredOption('--listen <addr:port>', 'the address to listen on (0.0.0.0:7564, 127.0.0.1:0 picks a free port, [::]:7564)')
+    .option('--read-only', 'serve read-only (the token is a read-only one too)')
+    .option(
+      '--credentials-out <file>',
+      "write the client's credentials (URL, token, fingerprint) here, mode 0600 (default: <home>/volume-serve/<export>.credentials)",
+    )
+    .option('--advertise <host>', 'the host name clients use in the URL (default: the listen address, or this host name)')
+    .option('--cert <file>', 'a PEM certificate to present instead of the generated one (with --key)')
+    .option('--key <file>', 'the PEM private key of --cert')
+    .option('--ca <file>', 'a PEM CA certificate clients verify --cert with (written to the credentials)')
+    .action(
+      async (
+        source: string,
+        flags: { listen: string; readOnly?: boolean; credentialsOut?: string; advertise?: string; cert?: string; key?: string; ca?: string },
+      ) => {
+        if ((flags.cert === undefined) !== (flags.key === undefined)) throw new RoostError('INVALID_ARGUMENT', '--cert and --key go together');
+        if (flags.ca !== undefined && flags.cert === undefined) throw new RoostError('INVALID_ARGUMENT', '--ca needs --cert and --key');
+        const served = await serveVolume({
+          source,
+          listen: flags.listen,
+          readOnly: flags.readOnly === true,
+          ...(flags.credentialsOut !== undefined ? { credentialsOut: resolve(flags.credentialsOut) } : {}),
+          ...(flags.advertise !== undefined ? { advertise: flags.advertise } : {}),
+          ...(flags.cert !== undefined && flags.key !== undefined
+            ? { tls: { certFile: resolve(flags.cert), keyFile: resolve(flags.key), ...(flags.ca !== undefined ? { caFile: resolve(flags.ca) } : {}) } }
+            : {}),
+        });
+        process.stdout.write(
+          `serving ${served.directory} (${served.readOnly ? 'read-only' : 'read-write'})\n` +
+            `url: ${served.url}\n` +
+            `fingerprint: ${served.fingerprint}\n` +
+            `credentials: ${served.credentialsPath} (mode 0600, holds the token)\n`,
+        );
+        await new Promise<void>((done) => {
+          let closing = false;
+          const onSignal = (signal: NodeJS.Signals): void => {
+            if (closing) process.exit(130);
+            closing = true;
+            process.stderr.write(`roost volume serve: ${signal}, shutting down\n`);
+            served.close().then(done, (e: unknown) => {
+              process.stderr.write(`roost volume serve: closing failed: ${e instanceof Error ? e.message : String(e)}\n`);
+              done();
+            });
+          };
+          process.on('SIGINT', onSignal);
+          process.on('SIGTERM', onSignal);
+        });
+      },
+    );
 }
 
 /**

@@ -14,6 +14,7 @@
 export { Sandbox, type SandboxInfo, type SandboxOptions, type SandboxStatus, type SandboxImage, type PullPolicy } from './sandbox.js';
 export { Runtime, type RuntimeOptions, type CreateSandboxOptions, type EventsOptions } from './runtime.js';
 export { Volumes } from './volumes.js';
+export { serveVolume, parseListen, type ServeVolumeOptions, type VolumeServer } from './fileserver/serve-remote.js';
 export type { RoostEvent, EventType, ListFilter, RuntimeMetrics, SandboxMetrics, CommandHandleApi, SandboxApi, RuntimeApi, ImagesApi } from '@roost/api';
 export { ImageStore, type ImageInfo, type PullOptions, type ImportOptions } from './image/store.js';
 export type { PushImageOptions as PushOptions } from './image/push.js';

@@ -75,9 +75,37 @@ export class P9Client {
     return { tag: t, reply };
   }
 
-  /** Sends a request and resolves with its reply; an Rlerror rejects with P9Error. */
-  async rpc<K extends RMessage['type']>(request: Request, expect?: K): Promise<Extract<RMessage, { type: K }>> {
-    const reply = await this.send(request).reply;
+  /**
+   * Sends a request and resolves with its reply; an Rlerror rejects with
+   * P9Error. When `signal` aborts first, a Tflush is sent and the call
+   * rejects with the signal's reason once the server has answered the flush
+   * (so the tag is free again); a reply that beats the Rflush is honoured.
+   */
+  async rpc<K extends RMessage['type']>(request: Request, expect?: K, signal?: AbortSignal): Promise<Extract<RMessage, { type: K }>> {
+    signal?.throwIfAborted();
+    const sent = this.send(request);
+    let reply: RMessage;
+    if (signal === undefined) reply = await sent.reply;
+    else {
+      const onAbort = (): void => {
+        const flush = this.send({ type: 'Tflush', oldtag: sent.tag });
+        void flush.reply.then(
+          () => {
+            const p = this.#pending.get(sent.tag);
+            if (p === undefined) return;
+            this.#pending.delete(sent.tag);
+            p.reject(signal.reason as Error);
+          },
+          () => undefined,
+        );
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      try {
+        reply = await sent.reply;
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+      }
+    }
     if (reply.type === 'Rlerror') throw new P9Error(reply.ecode);
     if (expect !== undefined && reply.type !== expect) throw new P9Error(Errno.EPROTO, `expected ${expect}, got ${reply.type}`);
     return reply as Extract<RMessage, { type: K }>;
@@ -90,9 +118,20 @@ export class P9Client {
     return r;
   }
 
-  /** Tattach of `fid` to export `aname` as guest uid `uid`. */
-  attach(fid: number, aname = '', uid = 0): Promise<MessageOf<'Rattach'>> {
-    return this.rpc({ type: 'Tattach', fid, afid: NOFID, uname: '', aname, nUname: uid }, 'Rattach');
+  /** Tattach of `fid` to export `aname` as guest uid `uid` (with `afid` from {@link authenticate} on a server that asks for it). */
+  attach(fid: number, aname = '', uid = 0, afid = NOFID): Promise<MessageOf<'Rattach'>> {
+    return this.rpc({ type: 'Tattach', fid, afid, uname: '', aname, nUname: uid }, 'Rattach');
+  }
+
+  /**
+   * Tauth of `afid` for export `aname`, then the token written to it: the
+   * afid to pass to {@link attach} (and clunk after it).
+   */
+  async authenticate(afid: number, aname: string, token: string | Buffer, uid = 0): Promise<number> {
+    await this.rpc({ type: 'Tauth', afid, uname: '', aname, nUname: uid }, 'Rauth');
+    const data = typeof token === 'string' ? Buffer.from(token) : token;
+    await this.rpc({ type: 'Twrite', fid: afid, offset: 0n, data }, 'Rwrite');
+    return afid;
   }
 
   /** Twalk from `fid` to `newfid` through `names` ('a/b' strings are split). */

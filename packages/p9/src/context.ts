@@ -4,6 +4,7 @@
  * request still waiting for a fid). The session implements it; operations
  * import only this, so neither imports the other.
  */
+import type { Authenticator } from './auth.js';
 import type { Export } from './export.js';
 import type { Fid, FidTable } from './fids.js';
 
@@ -15,6 +16,8 @@ export interface OpContext {
   readonly msize: number;
   /** The session's fids. */
   readonly fids: FidTable;
+  /** The session's authenticator: Tauth is served, and Tattach needs an afid (none: Tauth is EOPNOTSUPP). */
+  readonly auth: Authenticator | undefined;
   /** The export `aname` names (Tattach), or throws ENOENT. */
   exportFor(aname: string): Export;
   /**

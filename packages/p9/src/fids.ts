@@ -106,6 +106,17 @@ export interface XattrWrite {
   written: number;
 }
 
+/** Tauth's afid: the token the client writes to it, checked at Tattach. */
+export interface AuthState {
+  /** The export the client asked to authenticate for (Tauth's aname). */
+  aname: string;
+  /** The bytes written so far (bounded by MAX_TOKEN_BYTES). */
+  token: Buffer;
+}
+
+/** The most bytes a client may write to an auth fid. */
+export const MAX_TOKEN_BYTES = 512;
+
 /** One fid. */
 export class Fid {
   readonly lock = new RwLock();
@@ -119,6 +130,8 @@ export class Fid {
   xattr: XattrRead | XattrWrite | undefined;
   /** An errno every operation but clunk fails with (a fid a rebuilt session could not restore). */
   stale: number | undefined;
+  /** Set when this is an authentication fid (Tauth's afid). */
+  auth: AuthState | undefined;
 
   constructor(
     readonly id: number,
@@ -126,6 +139,11 @@ export class Fid {
     public node: PathNode,
     /** The guest uid from Tattach, owner of what this fid creates. */
     readonly uid: number,
+    /**
+     * Attached with a read-only token: every change through it (and the
+     * fids walked from it) is EROFS, whatever the export allows.
+     */
+    readonly readOnly = false,
   ) {}
 
   /** Throws the fid's stale errno, if it has one. */

@@ -22,3 +22,17 @@ export { P9Server, type P9ServerOptions } from './server.js';
 export { P9Client, type Request } from './client.js';
 export { duplexPair } from './streams.js';
 export { connectInProcess, type Connected } from './harness.js';
+export { TokenAuthenticator, newToken, TOKEN_PREFIX, type Authenticator, type Grant } from './auth.js';
+export {
+  parseCredentials,
+  formatCredentials,
+  writeCredentials,
+  parseRemoteUrl,
+  formatRemoteUrl,
+  type RemoteCredentials,
+  type RemoteAddress,
+} from './credentials.js';
+export { certificateFingerprint, normalizeFingerprint, loadOrCreateCertificate, writePrivateFile, type ServerCertificate } from './remote-tls.js';
+export { RemoteServer, ALPN_9P, type RemoteServerOptions, type RemoteServerStats } from './remote-server.js';
+export { RemoteBackend, RemoteHandle, type RemoteBackendOptions } from './remote-backend.js';
+export type { RemoteConnection, RemoteConnectionOptions, RemoteTarget } from './remote-connection.js';

@@ -10,10 +10,11 @@
  * operation sees the host and the tree disagree.
  */
 import type { Attr, SetAttrRequest } from './backend.js';
-import { Errno, GetattrMask, IO_HEADER_SIZE, NOFID, OpenFlag, S_IFDIR, S_IFMT, SetattrMask } from './constants.js';
+import { Errno, GetattrMask, IO_HEADER_SIZE, NOFID, OpenFlag, QidType, S_IFDIR, S_IFMT, SetattrMask } from './constants.js';
 import type { OpContext } from './context.js';
 import { P9Error } from './errors.js';
-import { Fid } from './fids.js';
+import type { Export } from './export.js';
+import { Fid, MAX_TOKEN_BYTES } from './fids.js';
 import { sanitizeName } from './local-paths.js';
 import { fileFid, releaseFid, unopened, writable } from './ops-util.js';
 import type { PathNode } from './tree.js';
@@ -23,16 +24,52 @@ type T<K extends MessageName> = MessageOf<K>;
 
 const DOTDOT = Buffer.from('..');
 
-/** Tattach: makes `fid` the root of the export `aname`. Needs no lock: the fid does not exist yet. */
+/**
+ * Tattach: makes `fid` the root of the export `aname`. Needs no lock: the fid
+ * does not exist yet (the afid is read, not changed). With an authenticator,
+ * `afid` must be an auth fid for this aname holding a token it accepts
+ * (EACCES otherwise), and a read-only grant makes the fid read-only.
+ */
 export async function attach(ctx: OpContext, m: T<'Tattach'>): Promise<RMessage> {
-  if (m.afid !== NOFID) throw new P9Error(Errno.EINVAL, 'no authentication: afid must be NOFID');
+  let readOnly = false;
+  if (ctx.auth === undefined) {
+    if (m.afid !== NOFID) throw new P9Error(Errno.EINVAL, 'no authentication: afid must be NOFID');
+  } else {
+    if (m.afid === NOFID) throw new P9Error(Errno.EACCES, 'authentication required');
+    const afid = ctx.fids.has(m.afid) ? ctx.fids.get(m.afid) : undefined;
+    const grant = afid?.auth?.aname === m.aname ? ctx.auth.check(m.aname, afid.auth.token) : null;
+    if (grant === null) throw new P9Error(Errno.EACCES, 'authentication failed');
+    readOnly = grant.readOnly;
+  }
   ctx.fids.checkFree(m.fid);
   const ex = ctx.exportFor(m.aname);
   const attr = await ex.backend.getattr([]);
   // The guest's uid for what this fid creates: n_uname (Linux always sends it), else root.
   const uid = m.nUname === NOFID ? 0 : m.nUname;
-  ctx.fids.add(new Fid(m.fid, ex, ex.tree.root, uid));
+  ctx.fids.add(new Fid(m.fid, ex, ex.tree.root, uid, readOnly));
   return { type: 'Rattach', tag: m.tag, qid: attr.qid };
+}
+
+/**
+ * Tauth (only with an authenticator; EOPNOTSUPP otherwise): makes `afid` an
+ * authentication fid for export `aname`, to which the client writes its
+ * token. Needs no lock: the fid does not exist yet. An unknown export is
+ * EACCES, as a wrong token is, so an unauthenticated peer cannot tell them
+ * apart.
+ */
+export async function auth(ctx: OpContext, m: T<'Tauth'>): Promise<RMessage> {
+  if (ctx.auth === undefined) throw new P9Error(Errno.EOPNOTSUPP, 'Tauth is not supported');
+  ctx.fids.checkFree(m.afid);
+  let ex: Export;
+  try {
+    ex = ctx.exportFor(m.aname);
+  } catch {
+    throw new P9Error(Errno.EACCES, 'authentication failed');
+  }
+  const fid = new Fid(m.afid, ex, ex.tree.root, 0, true);
+  fid.auth = { aname: m.aname, token: Buffer.alloc(0) };
+  ctx.fids.add(fid);
+  return { type: 'Rauth', tag: m.tag, aqid: { type: QidType.AUTH, version: 0, path: 0n } };
 }
 
 /**
@@ -76,7 +113,7 @@ export async function walk(ctx: OpContext, m: T<'Twalk'>): Promise<RMessage> {
     if (self) ctx.fids.move(fid, node);
     else {
       try {
-        ctx.fids.add(new Fid(m.newfid, ex, node, fid.uid));
+        ctx.fids.add(new Fid(m.newfid, ex, node, fid.uid, fid.readOnly));
       } catch (err) {
         ex.tree.prune(node);
         throw err;
@@ -92,7 +129,7 @@ export async function lopen(ctx: OpContext, m: T<'Tlopen'>): Promise<RMessage> {
   return ctx.withFids([[fid, true]], async () => {
     unopened(fid);
     const acc = m.flags & OpenFlag.ACCMODE;
-    if (acc === OpenFlag.WRONLY || acc === OpenFlag.RDWR || m.flags & OpenFlag.TRUNC) writable(fid.export_);
+    if (acc === OpenFlag.WRONLY || acc === OpenFlag.RDWR || m.flags & OpenFlag.TRUNC) writable(fid);
     const handle = await fid.export_.backend.open(fid.node.livePath(), m.flags & ~(OpenFlag.CREATE | OpenFlag.EXCL));
     fid.handle = handle;
     fid.openFlags = m.flags & ~(OpenFlag.CREATE | OpenFlag.EXCL | OpenFlag.TRUNC);
@@ -106,7 +143,7 @@ export async function lcreate(ctx: OpContext, m: T<'Tlcreate'>): Promise<RMessag
   const fid = ctx.fids.get(m.fid);
   return ctx.withFids([[fid, true]], async () => {
     unopened(fid);
-    writable(fid.export_);
+    writable(fid);
     const name = sanitizeName(m.name);
     const ex = fid.export_;
     const handle = await ex.backend.create(fid.node.livePath(), name, m.flags, m.mode, { uid: fid.uid, gid: m.gid });
@@ -146,6 +183,13 @@ export async function writeOp(ctx: OpContext, m: T<'Twrite'>): Promise<RMessage>
   const fid = ctx.fids.get(m.fid);
   return ctx.withFids([[fid, false]], async () => {
     fid.checkUsable();
+    if (fid.auth !== undefined) {
+      // The token, in order; bounded so a peer cannot grow it.
+      if (m.offset !== BigInt(fid.auth.token.length) || fid.auth.token.length + m.data.length > MAX_TOKEN_BYTES)
+        throw new P9Error(Errno.EINVAL, 'authentication write out of order or too long');
+      fid.auth.token = Buffer.concat([fid.auth.token, m.data]);
+      return { type: 'Rwrite', tag: m.tag, count: m.data.length };
+    }
     const x = fid.xattr;
     if (x?.kind === 'write') {
       if (m.offset !== BigInt(x.written) || x.written + m.data.length > x.size)
@@ -155,7 +199,7 @@ export async function writeOp(ctx: OpContext, m: T<'Twrite'>): Promise<RMessage>
       return { type: 'Rwrite', tag: m.tag, count: m.data.length };
     }
     if (fid.handle === undefined || x !== undefined) throw new P9Error(Errno.EBADF, 'fid not open for writing');
-    writable(fid.export_);
+    writable(fid);
     return { type: 'Rwrite', tag: m.tag, count: await fid.handle.write(m.offset, m.data) };
   });
 }
@@ -176,7 +220,7 @@ export async function remove(ctx: OpContext, m: T<'Tremove'>): Promise<RMessage>
   return ctx.withFids([[fid, true]], async () => {
     try {
       fileFid(fid);
-      writable(fid.export_);
+      writable(fid);
       const node = fid.node;
       if (node.parent === null) throw new P9Error(Errno.EBUSY, 'the export root');
       const path = node.livePath();
@@ -280,7 +324,7 @@ export async function setattr(ctx: OpContext, m: T<'Tsetattr'>): Promise<RMessag
     if (v & SetattrMask.ATIME) request.atime = v & SetattrMask.ATIME_SET ? { sec: m.atimeSec, nsec: m.atimeNsec } : 'now';
     if (v & SetattrMask.MTIME) request.mtime = v & SetattrMask.MTIME_SET ? { sec: m.mtimeSec, nsec: m.mtimeNsec } : 'now';
     if (Object.keys(request).length > 0) {
-      writable(fid.export_);
+      writable(fid);
       const path = fid.node.path();
       if (path === null && fid.handle === undefined) throw new P9Error(Errno.ENOENT, 'the file was removed');
       await fid.export_.backend.setattr(path, request, fid.handle);

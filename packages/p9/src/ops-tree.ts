@@ -26,7 +26,7 @@ export async function mkdir(ctx: OpContext, m: T<'Tmkdir'>): Promise<RMessage> {
   const dfid = ctx.fids.get(m.dfid);
   return ctx.withFids([[dfid, false]], async () => {
     fileFid(dfid);
-    writable(dfid.export_);
+    writable(dfid);
     const qid = await dfid.export_.backend.mkdir(dfid.node.livePath(), sanitizeName(m.name), m.mode, { uid: dfid.uid, gid: m.gid });
     return { type: 'Rmkdir', tag: m.tag, qid };
   });
@@ -41,7 +41,7 @@ export async function mknod(ctx: OpContext, m: T<'Tmknod'>): Promise<RMessage> {
   const dfid = ctx.fids.get(m.dfid);
   return ctx.withFids([[dfid, false]], async () => {
     fileFid(dfid);
-    writable(dfid.export_);
+    writable(dfid);
     const backend = dfid.export_.backend;
     if (backend.mknod === undefined) throw new P9Error(Errno.EPERM, 'mknod is not supported');
     const qid = await backend.mknod(dfid.node.livePath(), sanitizeName(m.name), m.mode, makedev(m.major, m.minor), { uid: dfid.uid, gid: m.gid });
@@ -61,7 +61,7 @@ export async function symlink(ctx: OpContext, m: T<'Tsymlink'>): Promise<RMessag
   const fid = ctx.fids.get(m.fid);
   return ctx.withFids([[fid, false]], async () => {
     fileFid(fid);
-    writable(fid.export_);
+    writable(fid);
     const qid = await fid.export_.backend.symlink(fid.node.livePath(), sanitizeName(m.name), m.target, { uid: fid.uid, gid: m.gid });
     return { type: 'Rsymlink', tag: m.tag, qid };
   });
@@ -80,7 +80,7 @@ export async function link(ctx: OpContext, m: T<'Tlink'>): Promise<RMessage> {
       fileFid(dfid);
       fileFid(fid);
       sameExport(dfid, fid);
-      writable(dfid.export_);
+      writable(dfid);
       await dfid.export_.backend.link(fid.node.livePath(), dfid.node.livePath(), sanitizeName(m.name));
       return { type: 'Rlink', tag: m.tag };
     },
@@ -100,7 +100,7 @@ export async function rename(ctx: OpContext, m: T<'Trename'>): Promise<RMessage>
       fileFid(fid);
       fileFid(dfid);
       sameExport(fid, dfid);
-      writable(fid.export_);
+      writable(fid);
       const name = sanitizeName(m.name);
       const { parent, name: oldName } = parentOf(fid);
       const ex = fid.export_;
@@ -125,7 +125,7 @@ export async function renameat(ctx: OpContext, m: T<'Trenameat'>): Promise<RMess
       fileFid(olddir);
       fileFid(newdir);
       sameExport(olddir, newdir);
-      writable(olddir.export_);
+      writable(olddir);
       const oldName = sanitizeName(m.oldname);
       const newName = sanitizeName(m.newname);
       const ex = olddir.export_;
@@ -141,7 +141,7 @@ export async function unlinkat(ctx: OpContext, m: T<'Tunlinkat'>): Promise<RMess
   const dir = ctx.fids.get(m.dirfid);
   return ctx.withFids([[dir, false]], async () => {
     fileFid(dir);
-    writable(dir.export_);
+    writable(dir);
     const name = sanitizeName(m.name);
     const ex = dir.export_;
     await ex.backend.unlink(dir.node.livePath(), name, (m.flags & AT_REMOVEDIR) !== 0);
@@ -177,7 +177,7 @@ export async function xattrwalk(ctx: OpContext, m: T<'Txattrwalk'>): Promise<RMe
       data = Buffer.concat(names.map((n) => Buffer.from(`${n}\0`)));
     } else data = await backend.getxattr(path, xattrName(m.name));
     if (data.length > MAX_XATTR_SIZE) throw new P9Error(Errno.E2BIG);
-    const x = new Fid(m.newfid, fid.export_, fid.node, fid.uid);
+    const x = new Fid(m.newfid, fid.export_, fid.node, fid.uid, fid.readOnly);
     x.xattr = { kind: 'read', data };
     ctx.fids.add(x);
     return { type: 'Rxattrwalk', tag: m.tag, size: BigInt(data.length) };
@@ -193,7 +193,7 @@ export async function xattrcreate(ctx: OpContext, m: T<'Txattrcreate'>): Promise
   const fid = ctx.fids.get(m.fid);
   return ctx.withFids([[fid, true]], async () => {
     unopened(fid);
-    writable(fid.export_);
+    writable(fid);
     const name = xattrName(m.name);
     if (name.length === 0) throw new P9Error(Errno.EINVAL);
     if (m.size > BigInt(MAX_XATTR_SIZE)) throw new P9Error(Errno.E2BIG);

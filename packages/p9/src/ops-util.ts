@@ -6,18 +6,18 @@ import type { Path } from './backend.js';
 import type { OpContext } from './context.js';
 import { Errno, MAX_XATTR_NAME } from './constants.js';
 import { P9Error, toErrno } from './errors.js';
-import type { Export } from './export.js';
 import type { Fid } from './fids.js';
 
-/** EROFS on a read-only export. */
-export function writable(ex: Export): void {
-  if (ex.readOnly) throw new P9Error(Errno.EROFS);
+/** EROFS on a read-only export, or for a fid attached with a read-only token. */
+export function writable(fid: Fid): void {
+  if (fid.export_.readOnly || fid.readOnly) throw new P9Error(Errno.EROFS);
 }
 
 /** A fid that names a file (not an xattr fid), usable. */
 export function fileFid(fid: Fid): Fid {
   fid.checkUsable();
   if (fid.xattr !== undefined) throw new P9Error(Errno.EBADF, 'an extended-attribute fid');
+  if (fid.auth !== undefined) throw new P9Error(Errno.EBADF, 'an authentication fid');
   return fid;
 }
 

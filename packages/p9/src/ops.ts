@@ -13,6 +13,7 @@ type Op<K extends TMessage['type']> = (ctx: OpContext, m: MessageOf<K>) => Promi
 type OpTable = { [K in TMessage['type']]?: Op<K> };
 
 const OPS: OpTable = {
+  Tauth: files.auth,
   Tattach: files.attach,
   Twalk: files.walk,
   Tlopen: files.lopen,

@@ -35,8 +35,10 @@ export interface FidSnapshot {
   uid: number;
   /** Set for an open fid. */
   open?: { flags: number; dirOffset: string };
-  /** An extended-attribute fid (rebuilt stale). */
+  /** An extended-attribute or authentication fid (rebuilt stale). */
   xattr?: true;
+  /** Attached with a read-only token. */
+  readOnly?: true;
 }
 
 /** One saved lock range. */
@@ -82,7 +84,8 @@ export function serializeSession(session: Session): SessionSnapshot {
     const path = fid.stale === undefined ? fid.node.path() : null;
     const snap: FidSnapshot = { fid: fid.id, export: fid.export_.name, path: path === null ? null : path.map((n) => n.toString('base64')), uid: fid.uid };
     if (fid.handle !== undefined && fid.openFlags !== undefined) snap.open = { flags: fid.openFlags, dirOffset: fid.dirOffset.toString() };
-    if (fid.xattr !== undefined) snap.xattr = true;
+    if (fid.xattr !== undefined || fid.auth !== undefined) snap.xattr = true;
+    if (fid.readOnly) snap.readOnly = true;
     fids.push(snap);
   }
   const locks: LockSnapshot[] = [];
@@ -133,7 +136,7 @@ export async function restoreSession(host: SessionHost, snapshot: SessionSnapsho
     }
     const names = s.path?.map((n) => Buffer.from(n, 'base64')) ?? null;
     const node = names === null ? ex.tree.root : ex.tree.at(names);
-    const fid = new Fid(s.fid, ex, node, s.uid);
+    const fid = new Fid(s.fid, ex, node, s.uid, s.readOnly === true);
     session.fids.add(fid);
     if (names === null || s.xattr) {
       fid.stale = Errno.ESTALE;

@@ -31,6 +31,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { Errno, MAX_MSIZE, MIN_MSIZE, NOTAG, PRE_VERSION_MAX_FRAME, VERSION_9P2000_L } from './constants.js';
+import type { Authenticator } from './auth.js';
 import type { OpContext } from './context.js';
 import { P9Error, toErrno } from './errors.js';
 import type { Export } from './export.js';
@@ -62,6 +63,11 @@ export interface SessionOptions {
   maxInflightBytes?: number;
   /** Largest msize agreed to (default and maximum 1 MiB). */
   maxMsize?: number;
+  /**
+   * Serve Tauth and require a valid afid at Tattach (servers reached over a
+   * network). Without it, Tauth is EOPNOTSUPP and Tattach takes afid NOFID.
+   */
+  auth?: Authenticator;
 }
 
 /** Why `attach()` returned. */
@@ -94,6 +100,7 @@ export class Session {
   readonly maxInflight: number;
   readonly maxInflightBytes: number;
   readonly maxMsize: number;
+  readonly auth: Authenticator | undefined;
   /** The error that ended the session, if a protocol error did. */
   error: Error | undefined;
 
@@ -123,6 +130,7 @@ export class Session {
     this.maxInflight = Math.max(1, options.maxInflight ?? 256);
     this.maxInflightBytes = options.maxInflightBytes ?? 16 << 20;
     this.maxMsize = Math.min(options.maxMsize ?? MAX_MSIZE, MAX_MSIZE);
+    this.auth = options.auth;
   }
 
   /** The negotiated msize (0 before Tversion). */
@@ -349,6 +357,7 @@ export class Session {
       sessionId: this.id,
       msize: this.#msize,
       fids: this.fids,
+      auth: this.auth,
       exportFor: (aname) => this.host.exportFor(aname),
       withFids: (locks, fn) => this.#withFids(req, locks, fn),
     };
