@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { CreateVolumeRequestSchema, parseInput, VolumeNameSchema, type CreateVolumeRequest, type VolumeInfo, type VolumesApi } from '@roost/api';
+import { Errno, P9Error, parseCredentials, RemoteBackend, writeCredentials, type RemoteCredentials } from '@roost/p9';
 import { rethrowDiskFull, RoostError, throwIfDiskFull } from './errors.js';
 import { roostHome } from './home.js';
 import { stateDb } from './state/db.js';
@@ -16,6 +17,38 @@ interface VolumeRow {
   labels_json: string;
   quota_bytes: number | null;
   remote_json: string | null;
+}
+
+/** A remote volume's credentials file, in its directory. */
+const REMOTE_CREDENTIALS = 'remote.credentials';
+
+/** How long checking a remote volume's credentials may take. */
+const REMOTE_CHECK_MS = 15_000;
+
+/**
+ * Parses a remote volume's credentials and connects with them once: bad
+ * input and a server that refuses fail the create, not a sandbox later.
+ */
+async function checkRemote(text: string): Promise<RemoteCredentials> {
+  let creds: RemoteCredentials;
+  try {
+    creds = parseCredentials(text, 'remote');
+  } catch (e) {
+    throw new RoostError('INVALID_ARGUMENT', `${(e as Error).message} (the credentials file \`roost volume serve\` wrote)`, { details: { field: 'remote' } });
+  }
+  let backend: RemoteBackend | undefined;
+  const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${REMOTE_CHECK_MS} ms`)), REMOTE_CHECK_MS).unref());
+  try {
+    backend = await Promise.race([RemoteBackend.connect(creds, { outageTimeoutMs: REMOTE_CHECK_MS }), timer]);
+  } catch (e) {
+    const errno = e instanceof P9Error ? e.errno : undefined;
+    const why = (e as Error).message;
+    if (errno === Errno.EACCES || errno === Errno.EPERM)
+      throw new RoostError('PERMISSION_DENIED', `${creds.url} refused these credentials: ${why}`, { details: { url: creds.url } });
+    throw new RoostError('UNAVAILABLE', `cannot reach the volume server ${creds.url}: ${why}`, { details: { url: creds.url } });
+  }
+  await backend.close().catch(() => {});
+  return creds;
 }
 
 /** Directories of volumes being removed start with this (a volume name cannot: it starts with a letter or digit). */
@@ -42,20 +75,39 @@ export class Volumes implements VolumesApi {
     this.#events = new EventLog(this.#db);
   }
 
-  /** Creates a named volume (an empty directory); ALREADY_EXISTS when the name is taken. */
+  /**
+   * Creates a named volume: an empty directory, or with `remote`, a volume
+   * another host serves (`roost volume serve`): its credentials are checked
+   * by connecting (PERMISSION_DENIED for a refused token or a certificate
+   * that is not the pinned one, UNAVAILABLE for a server that cannot be
+   * reached) and kept in a 0600 file; the token is never shown again.
+   * ALREADY_EXISTS when the name is taken.
+   */
   async create(request: CreateVolumeRequest): Promise<VolumeInfo> {
     const req = parseInput(CreateVolumeRequestSchema, request, 'volume') as CreateVolumeRequest;
+    checkName(req.name);
+    let remote: RemoteCredentials | undefined;
+    if (req.remote !== undefined) {
+      if (req.quotaBytes !== undefined)
+        throw new RoostError('INVALID_ARGUMENT', 'quotaBytes: a remote volume has the limits its server sets', { details: { field: 'quotaBytes' } });
+      remote = await checkRemote(req.remote);
+    }
     try {
       return this.#db
         .transaction(() => {
           if (this.#row(req.name))
             throw new RoostError('ALREADY_EXISTS', `volume ${req.name} already exists (see \`roost volume ls\`)`, { details: { name: req.name } });
-          return this.#insert(req.name, req.labels ?? {}, req.quotaBytes);
+          return this.#insert(req.name, req.labels ?? {}, req.quotaBytes, remote);
         })
         .immediate();
     } catch (e) {
       rethrowDiskFull(e, this.#db.name);
     }
+  }
+
+  /** @internal Where a remote volume's credentials are (0600). */
+  _credentialsPath(name: string): string {
+    return join(this.root, name, REMOTE_CREDENTIALS);
   }
 
   /** A volume by name; NOT_FOUND when there is none. */
@@ -127,7 +179,7 @@ export class Volumes implements VolumesApi {
       const row = this.#row(name);
       if (row) {
         // Made again if it went missing on the host (someone removed it by hand): the guest must mount something.
-        mkdirSync(row.path, { recursive: true, mode: 0o755 });
+        if (row.remote_json === null) mkdirSync(row.path, { recursive: true, mode: 0o755 });
         return this.#info(row, []);
       }
       return this.#insert(name, {});
@@ -152,23 +204,26 @@ export class Volumes implements VolumesApi {
   }
 
   /** Inserts a volume and makes its directory; call inside a transaction. */
-  #insert(name: string, labels: Record<string, string>, quotaBytes?: number): VolumeInfo {
-    const path = this.dataPath(name);
+  #insert(name: string, labels: Record<string, string>, quotaBytes?: number, remote?: RemoteCredentials): VolumeInfo {
+    // A remote volume's "path" is its URL: nothing of it is on this host but its credentials.
+    const path = remote ? remote.url : this.dataPath(name);
+    const remoteInfo = remote ? { url: remote.url, fingerprint: remote.fingerprint ?? '', readOnly: remote.readOnly } : null;
     const createdAt = new Date().toISOString();
     this.#db
-      .prepare('INSERT INTO volumes (name, path, created_at, labels_json, quota_bytes) VALUES (?, ?, ?, ?, ?)')
-      .run(name, path, createdAt, JSON.stringify(labels), quotaBytes ?? null);
+      .prepare('INSERT INTO volumes (name, path, created_at, labels_json, quota_bytes, remote_json) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(name, path, createdAt, JSON.stringify(labels), quotaBytes ?? null, remoteInfo ? JSON.stringify(remoteInfo) : null);
     try {
       // The volume's own directory is private to the host user; its data is what guests see.
       mkdirSync(this.root, { recursive: true, mode: 0o700 });
       mkdirSync(join(this.root, name), { recursive: true, mode: 0o700 });
-      mkdirSync(path, { recursive: true, mode: 0o755 });
+      if (remote) writeCredentials(this._credentialsPath(name), remote);
+      else mkdirSync(path, { recursive: true, mode: 0o755 });
     } catch (e) {
       throwIfDiskFull(e, path);
       throw new RoostError('INTERNAL', `cannot create the directory of volume ${name} (${path}): ${(e as Error).message}`, { cause: e });
     }
-    this.#events.append('volume.created', { data: { name, path, labels } });
-    return { name, path, createdAt, labels: { ...labels }, usedBy: [] };
+    this.#events.append('volume.created', { data: { name, path, labels, ...(remoteInfo ? { remote: remoteInfo } : {}) } });
+    return this.#info(this.#row(name)!, []);
   }
 
   /** Volume name -> ids of the sandboxes (any status: removed ones have no record) whose records mount it. */

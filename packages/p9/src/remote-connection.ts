@@ -282,7 +282,12 @@ export class RemoteConnection {
       await this.track(client.authenticate(afid, exportName, token)).catch(wrap);
       await this.track(client.attach(rootFid, exportName, 0, afid)).catch(wrap);
     } finally {
-      this.clunkLater(client, afid);
+      // On this client even while it is not the live one yet (a reconnect attaches before it goes live):
+      // its number is free only once that session let go of the fid, or lost it with the connection.
+      void this.track(client.rpc({ type: 'Tclunk', fid: afid }, 'Rclunk')).then(
+        () => this.freeFid(afid),
+        () => this.freeFid(afid),
+      );
     }
   }
 

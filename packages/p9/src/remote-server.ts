@@ -116,8 +116,10 @@ export class RemoteServer {
   }
 
   /** Drops every connection now (clients reconnect); for operators and tests. The listener stays. */
-  dropConnections(): void {
+  dropConnections(): number {
+    const n = this.#sockets.size;
     for (const s of this.#sockets) s.destroy();
+    return n;
   }
 
   /** Stops listening, drops every connection and closes the exports' backends. */

@@ -245,6 +245,28 @@ describe('reconnection', () => {
     expect(backend.connection.dials).toBe(3);
   });
 
+  it('after connections are cut under writes, new files open, and old ones close, as before', async () => {
+    const { server, port, dirs } = await remote(['data']);
+    const backend = await connect(creds(port, 'data', server.tokens.issue('data', { readOnly: false })));
+    const { client } = await local(backend);
+    await client.walk(1, 2, []);
+    await client.rpc({ type: 'Tlcreate', fid: 2, name: b('big'), flags: OpenFlag.WRONLY, mode: 0o644, gid: 0 }, 'Rlcreate');
+    const chunk = Buffer.alloc(65536, 1);
+    const writes: Promise<unknown>[] = [];
+    for (let i = 0; i < 64; i++) {
+      writes.push(client.rpc({ type: 'Twrite', fid: 2, offset: BigInt(i * chunk.length), data: chunk }, 'Rwrite'));
+      if (i % 16 === 8) server.dropConnections();
+    }
+    await Promise.all(writes);
+    await client.clunk(2);
+    expect(readFileSync(join(dirs.data!, 'big')).length).toBe(64 * 65536);
+    // A new walk and open after the reconnects.
+    // (An auth fid of a reconnect's attach was once freed unclunked: its number, reused for a walk, was EBADF.)
+    await client.walk(1, 3, ['big']);
+    await client.rpc({ type: 'Tlopen', fid: 3, flags: OpenFlag.RDONLY }, 'Rlopen');
+    expect((await client.rpc({ type: 'Tread', fid: 3, offset: 0n, count: 10 }, 'Rread')).data).toEqual(chunk.subarray(0, 10));
+  });
+
   it('a file removed during the outage is stale (ESTALE) after the reconnect', async () => {
     const { server, port, dirs } = await remote(['data']);
     writeFileSync(join(dirs.data!, 'f'), 'x');

@@ -8,11 +8,13 @@ import type { SessionSnapshot } from '@roost/p9';
 /** One volume as the file server exports it to a VM: channel N is export `vN`. */
 export interface FileExport {
   channel: number;
-  /** The host directory (absolute, resolved). */
+  /** The host directory (absolute, resolved); unused for a remote volume. */
   path: string;
   readOnly: boolean;
   /** The most bytes the volume may hold (named volumes with a quota). */
   quotaBytes?: number;
+  /** A remote volume: its credentials file (0600; the token is read from it by the server, never passed on). */
+  remote?: string;
 }
 
 /** The file server's configuration file. */

@@ -15,7 +15,7 @@ async function main(): Promise<void> {
   const config = JSON.parse(readFileSync(configPath, 'utf8')) as FileServerConfig;
   process.on('SIGPIPE', () => {});
   process.on('SIGTERM', () => process.exit(0));
-  const fs = new FileServer(config);
+  const fs = await FileServer.create(config);
   if (config.restore) await fs.restore(config.restore);
   await rm(config.control, { force: true });
   process.umask(0o077);
@@ -26,6 +26,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  log(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  // The stack first; the last line is the reason (the runtime quotes it in the boot error).
+  if (err instanceof Error && err.stack) log(err.stack);
+  log(`failed: ${err instanceof Error ? err.message : String(err)}`);
   process.exit(1);
 });

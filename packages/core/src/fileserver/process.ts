@@ -4,7 +4,7 @@
  * when the sandbox is detached, and ends by itself when the VM's QEMU does.
  */
 import { spawn } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -84,7 +84,11 @@ export async function startFileServer(req: StartFileServer): Promise<number> {
   child.once('exit', (code, sig) => (exited = `exited (${sig ?? `code ${code}`})`));
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
-    if (exited !== null) throw new RoostError('BOOT_FAILED', `the file server for the volumes ${exited}: see ${join(req.dir, FILE_SERVER_FILES.log)}`);
+    if (exited !== null) {
+      // Its last line says why (a remote volume that cannot be reached, a directory gone).
+      const why = lastLine(join(req.dir, FILE_SERVER_FILES.log));
+      throw new RoostError('BOOT_FAILED', `the file server for the volumes ${exited}${why ? `: ${why}` : ''} (see ${join(req.dir, FILE_SERVER_FILES.log)})`);
+    }
     try {
       await new FileServerControl(req.dir).request({ op: 'ping' }, 2000);
       return pid;
@@ -104,6 +108,17 @@ export async function startFileServer(req: StartFileServer): Promise<number> {
       );
     }
     await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function lastLine(file: string): string {
+  try {
+    const text = readFileSync(file, 'utf8').trimEnd();
+    const line = text.slice(text.lastIndexOf('\n') + 1);
+    // `<time> roost-files[pid]: failed: why` -> `why`
+    return line.replace(/^\S+ roost-files\[\d+\]: (failed: )?/, '').slice(0, 500);
+  } catch {
+    return '';
   }
 }
 

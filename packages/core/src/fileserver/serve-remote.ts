@@ -68,6 +68,8 @@ export interface VolumeServer {
   readonly address: { host: string; port: number };
   /** Connection and session counts. */
   stats(): { connections: number; sessions: number; open: number };
+  /** Cuts every client connection (clients reconnect and go on where they were); returns how many were cut. */
+  dropConnections(): number;
   /** Stops serving: drops connections, closes the export. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -209,6 +211,7 @@ export async function serveVolume(options: ServeVolumeOptions): Promise<VolumeSe
       const s = server.stats;
       return { connections: s.connections, sessions: s.sessions, open: s.open };
     },
+    dropConnections: () => server.dropConnections(),
     close,
     [Symbol.asyncDispose]: close,
   };

@@ -89,7 +89,7 @@ function setup(): { dir: string; vol: string; config: FileServerConfig } {
 
 async function start(config: FileServerConfig, relay: FakeRelay, restore?: string): Promise<{ fs: FileServer; stop: () => Promise<void> }> {
   const qemu = await relay.listen(config.socket);
-  const fs = new FileServer(config, () => {});
+  const fs = await FileServer.create(config, () => {});
   if (restore) await fs.restore(restore);
   const control = await serveControl(fs, config.control);
   await fs.connect();

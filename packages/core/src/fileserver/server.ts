@@ -8,10 +8,13 @@
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import net from 'node:net';
-import { LocalBackend, P9Server, serializeSession, type Session } from '@roost/p9';
+import { LocalBackend, P9Server, parseCredentials, RemoteBackend, serializeSession, type Backend, type ExportOptions, type Session } from '@roost/p9';
 import { MuxKind } from '@roost/protocol';
 import { exportName, type ControlAnswer, type ControlRequest, type FileServerConfig, type FileServerState, type SavedChannel } from './config.js';
 import { RelayLink, type ChannelStream } from './link.js';
+
+/** How long a remote volume's operations wait through an outage before they fail with EIO in the guest. */
+const REMOTE_OUTAGE_MS = 30_000;
 
 /** How long QEMU's port socket may take to appear (QEMU creates it at start; the jailer before). */
 const CONNECT_TIMEOUT_MS = 60_000;
@@ -38,18 +41,35 @@ export class FileServer {
 
   readonly #onEnd: () => void;
 
-  /** `onEnd`: the VM closed its port (the process exits then). */
-  constructor(config: FileServerConfig, onEnd: () => void = () => process.exit(0)) {
+  private constructor(config: FileServerConfig, exports: Record<string, ExportOptions>, onEnd: () => void) {
     this.#config = config;
     this.#onEnd = onEnd;
-    const exports: Record<string, { backend: LocalBackend; readOnly: boolean }> = {};
-    for (const e of config.exports) {
-      exports[exportName(e.channel)] = {
-        backend: new LocalBackend(e.path, e.quotaBytes === undefined ? {} : { quotaBytes: e.quotaBytes }),
-        readOnly: e.readOnly,
-      };
-    }
     this.#server = new P9Server({ exports });
+  }
+
+  /**
+   * Opens every export: a local directory, or a remote volume (connected
+   * now: a server that cannot be reached, or refuses the token, fails the
+   * start with its reason). `onEnd`: the VM closed its port (the process exits then).
+   */
+  static async create(config: FileServerConfig, onEnd: () => void = () => process.exit(0)): Promise<FileServer> {
+    const exports: Record<string, ExportOptions> = {};
+    const opened: Backend[] = [];
+    try {
+      for (const e of config.exports) {
+        let backend: Backend;
+        if (e.remote !== undefined) {
+          const credentials = parseCredentials(readFileSync(e.remote, 'utf8'), e.remote);
+          backend = await RemoteBackend.connect(credentials, { outageTimeoutMs: REMOTE_OUTAGE_MS });
+        } else backend = new LocalBackend(e.path, e.quotaBytes === undefined ? {} : { quotaBytes: e.quotaBytes });
+        opened.push(backend);
+        exports[exportName(e.channel)] = { backend, readOnly: e.readOnly };
+      }
+    } catch (err) {
+      await Promise.allSettled(opened.map((b) => b.close()));
+      throw err;
+    }
+    return new FileServer(config, exports, onEnd);
   }
 
   /** Rebuilds the sessions a snapshot saved: the guest's mounts go on where they were. */

@@ -80,11 +80,13 @@ export async function resolveVolumes(volumes: readonly VolumeMount[], home: stri
  * (volume i is the file server's channel i): NOT_FOUND or INVALID_STATE when a host
  * directory is gone or became a link; named volumes are made again if missing.
  */
-export async function volumeExports(info: Pick<SandboxInfo, 'id' | 'volumes'>, volumes: Pick<Volumes, '_ensure'>): Promise<FileExport[]> {
+export async function volumeExports(info: Pick<SandboxInfo, 'id' | 'volumes'>, volumes: Pick<Volumes, '_ensure' | '_credentialsPath'>): Promise<FileExport[]> {
   const shares: FileExport[] = [];
   for (const [i, v] of (info.volumes ?? []).entries()) {
     let path: string;
     let quotaBytes: number | undefined;
+    let remote: string | undefined;
+    let readOnly = v.readOnly === true;
     if (isHostPath(v.source)) {
       path = v.source;
       const st = await stat(path).catch(() => null);
@@ -112,8 +114,13 @@ export async function volumeExports(info: Pick<SandboxInfo, 'id' | 'volumes'>, v
       const named = volumes._ensure(v.source);
       path = named.path;
       quotaBytes = named.quotaBytes;
+      if (named.remote) {
+        remote = volumes._credentialsPath(v.source);
+        // A read-only token: the server refuses writes anyway; the export says so up front.
+        readOnly ||= named.remote.readOnly;
+      }
     }
-    shares.push({ channel: i, path, readOnly: v.readOnly === true, ...(quotaBytes !== undefined ? { quotaBytes } : {}) });
+    shares.push({ channel: i, path, readOnly, ...(quotaBytes !== undefined ? { quotaBytes } : {}), ...(remote !== undefined ? { remote } : {}) });
   }
   return shares;
 }
