@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -99,6 +99,20 @@ describe('host directories', () => {
   });
 });
 
+describe('the POSIX workload of the 9P tests, on a volume', () => {
+  it('passes through the relay and the file server as it does over TCP', async () => {
+    await sb.files.write('/tmp/p9-workload.sh', readFileSync(join(import.meta.dirname, 'fixtures', 'p9-workload.sh')));
+    await sh(sb, 'mkdir -p /mnt/host/work');
+    const r = await sb.commands.run('sh /tmp/p9-workload.sh /mnt/host/work', { timeoutMs: 240_000 });
+    expect(r.stdout).toContain('WORKLOAD OK');
+    expect(r.exitCode).toBe(0);
+    // The host side: the guest's big file whole, its symlink a plain file holding its target.
+    expect(statSync(join(hostDir, 'work', 'big.bin')).size).toBe(5000);
+    expect(lstatSync(join(hostDir, 'work', 'sym.txt')).isFile()).toBe(true);
+    rmSync(join(hostDir, 'work'), { recursive: true, force: true });
+  }, 300_000);
+});
+
 describe('a named volume shared by two running sandboxes', () => {
   it('shows what one writes to the other and to the host', async () => {
     await sh(sb, 'echo from-sb > /data/a.txt');
@@ -123,11 +137,9 @@ describe('read-only mounts', () => {
     expect(await sh(sb, "grep ' /mnt/ro ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1")).toBe('rw\n');
     const after = await sb.commands.run(attempts);
     expect(after.stderr.match(/Read-only file system/g)).toHaveLength(6);
-    // Unmounting and mounting the share again read-write gains nothing either.
-    const again = await sb.commands.run(
-      'umount /mnt/ro && mkdir -p /mnt/ro2 && mount -t 9p -o trans=virtio,version=9p2000.L roost.v1 /mnt/ro2 && echo x > /mnt/ro2/new',
-    );
-    expect(again.stderr).toMatch(/Read-only file system/);
+    // Unmounting it gains nothing either: the export is only reachable through the relay, which the server serves read-only.
+    const again = await sb.commands.run('umount /mnt/ro && mkdir -p /mnt/ro2 && mount -t 9p -o trans=virtio,version=9p2000.L roost.v1 /mnt/ro2');
+    expect(again.exitCode).not.toBe(0);
     expect(readFileSync(join(roDir, 'readme.txt'), 'utf8')).toBe('read only\n');
     expect(existsSync(join(roDir, 'new'))).toBe(false);
   });
