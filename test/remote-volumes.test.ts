@@ -111,7 +111,17 @@ describe('a remote volume', () => {
       'INVALID_ARGUMENT',
       /quotaBytes/,
     );
-    expect((await client.volumes.list()).map((v) => v.name)).toEqual(['remote']);
+    expect((await client.volumes.list()).map((v) => v.name).filter((n) => n !== 'gone')).toEqual(['remote']);
+  });
+
+  it('a sandbox whose remote volume cannot be reached fails to boot, saying why', async () => {
+    const other = await serveVolume({ home: serverHome.root, source: scratch, listen: '127.0.0.1:0', credentialsOut: join(scratch, 'other.credentials') });
+    await client.volumes.create({ name: 'gone', remote: readFileSync(join(scratch, 'other.credentials'), 'utf8') });
+    await other.close();
+    await expectCode(clientHome.create({ volumes: [{ source: 'gone', target: '/g' }], network: 'none' }), 'BOOT_FAILED', /volume server|connect|ECONNREFUSED/i);
+    expect(fileServersOf(clientHome.root).length).toBe(1); // only sb's
+    for (const info of await client.list({ status: 'failed' })) await (await client.get(info.id)).remove({ force: true });
+    await client.volumes.remove('gone');
   });
 
   it('roost volume create --remote FILE makes one from the shell', async () => {

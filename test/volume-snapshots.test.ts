@@ -140,6 +140,21 @@ describe('a sandbox with volumes', () => {
     expect(readFileSync(join((await runtime.volumes.get('small')).path, 'fits')).length).toBe(500000);
   });
 
+  it('a file server that dies: operations on its volumes fail within seconds instead of hanging; the sandbox goes on', async () => {
+    const s = await home.create({ volumes: [{ source: hostDir, target: '/h' }], network: 'none' });
+    onTestFinished(() => s.remove({ force: true }).catch(() => undefined));
+    writeFileSync(join(hostDir, 'alive.txt'), 'alive\n');
+    expect(await sh(s, 'cat /h/alive.txt')).toBe('alive\n');
+    const [server] = fileServersOf(home.root, s.id);
+    process.kill(server!, 'SIGKILL');
+    const t0 = Date.now();
+    const r = await s.commands.run('cat /h/alive.txt; echo exit=$?', { timeoutMs: 60_000 });
+    expect(r.stdout).toBe('exit=1\n');
+    expect(r.stderr).toMatch(/alive\.txt/);
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    expect(await sh(s, 'echo still-here')).toBe('still-here\n');
+  }, 90_000);
+
   it('the file server of a detached sandbox outlives the runtime that made it, and ends with the VM', async () => {
     writeFileSync(join(hostDir, 'detached.txt'), 'hello\n');
     const d = await home.create({ detached: true, volumes: [{ source: hostDir, target: '/h' }], network: 'none' });

@@ -3,7 +3,7 @@ import type { Transport } from './http.js';
 
 /**
  * `client.volumes`: the named volumes of the daemon's home (directories
- * mounted into sandboxes over virtio-9p, kept after them).
+ * mounted into sandboxes by Roost's 9P file server, kept after them).
  *
  * Concurrency: calls may overlap; the daemon orders them (a volume being
  * removed is either still there for a create that names it, or gone).

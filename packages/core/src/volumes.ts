@@ -57,7 +57,7 @@ const TRASH_PREFIX = '.removing-';
 /**
  * The named volumes of a Roost home: each is a directory
  * (`<home>/volumes/<name>/data`) recorded in the home's database, mounted
- * into sandboxes over virtio-9p, and kept after the sandboxes that used it
+ * into sandboxes by Roost's 9P file server, and kept after the sandboxes that used it
  * are gone. A volume is created by `create`, or on first use by a sandbox
  * that names it. Safe to use from several processes (and beside a running
  * runtime): the checks and changes that must agree are SQLite transactions.
