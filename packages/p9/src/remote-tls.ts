@@ -10,7 +10,6 @@ import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import { generate } from 'selfsigned';
 import { Errno } from './constants.js';
 import { P9Error } from './errors.js';
 
@@ -83,6 +82,8 @@ export async function loadOrCreateCertificate(stateDir: string, altNames: string
   }
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const names = [...new Set(['localhost', '127.0.0.1', ...altNames])];
+  // Loaded when a certificate is made (once per server state directory): it is heavy, and most processes never need it.
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: 'roost volume server' }], {
     keyType: 'ec',
     curve: 'P-256',

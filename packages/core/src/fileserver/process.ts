@@ -15,6 +15,13 @@ import { FILE_SERVER_FILES, type ControlAnswer, type ControlRequest, type FileEx
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
+/**
+ * glibc malloc settings for the server: 9P messages are up to 1 MiB, and
+ * buffers that size are mapped and given back rather than kept in the heap
+ * (measured: 49 -> 35 MiB private after 32 MiB through a volume).
+ */
+const SMALL_MALLOC = { MALLOC_ARENA_MAX: '1', MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_TRIM_THRESHOLD_: '131072' };
+
 /** How long a started file server may take to listen for its owner. */
 const START_TIMEOUT_MS = 15_000;
 
@@ -73,7 +80,7 @@ export async function startFileServer(req: StartFileServer): Promise<number> {
           ...node,
         ]
       : node;
-    child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', log, log], detached: true });
+    child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', log, log], detached: true, env: { ...process.env, ...SMALL_MALLOC } });
   } finally {
     closeSync(log);
   }
