@@ -173,6 +173,13 @@ try {
     await benchFiles({ home, row, results, stdoutMbps: results.figures.stdoutThroughput.value });
   }
 
+  // --- volumes (bench/volumes.js): Roost's 9P file server beside QEMU's virtio-9p, diod over the same
+  // relay port, and the raw virtio-serial port (the transport's floor), same run.
+  if (process.env.BENCH_VOLUMES !== '0') {
+    const { benchVolumes } = await import('./volumes.js');
+    await benchVolumes({ home, assets, accel, row, results });
+  }
+
   // --- control plane (bench/api.js): the daemon vs the embedded runtime --------
   if (process.env.BENCH_API !== '0') {
     const { benchApi } = await import('./api.js');

@@ -38,3 +38,5 @@ export { QemuVmm } from './vmm/qemu/vmm.js';
 export { qemuArgs, kernelCmdline, vmPaths, QEMU_BINARY } from './vmm/qemu/args.js';
 export { QmpClient, type QmpEvent } from './vmm/qemu/qmp.js';
 export { AgentConnection, ExecChannel } from './agent/connection.js';
+// The host end of the 9P relay port: the volumes benchmark puts Debian's diod behind it (bench/volumes.js).
+export { RelayLink, ChannelStream, type RelayLinkEvents } from './fileserver/link.js';

@@ -12,6 +12,7 @@ export const TEST_PACKAGES = [
   'openssl', // the token server's signing key and certificate
   'busybox-static', // the busybox test image
   'buildah', // the reference builder in the build benchmark (`buildah bud`, vfs storage, chroot isolation)
+  'diod', // Debian's 9P server, a peer in the volumes benchmark (one connection on given fds: `diod -r 0 -w 1`)
 ] as const;
 
 const POLICY_RC_D = '/usr/sbin/policy-rc.d';
