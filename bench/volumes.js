@@ -22,6 +22,11 @@
 //              stdin/stdout) instead of a Roost session. The only change to the
 //              bytes: Tattach's aname (`v0`, which the relay's mount always
 //              sends) is rewritten to the export path diod wants.
+//   remote     Roost's remote volume: a second home here serves a directory
+//              over loopback TLS 1.3 (serveVolume, `roost volume serve`), the
+//              bench's home makes a remote volume of it and a sandbox mounts
+//              it: guest -> relay -> its file server -> TLS -> the serving
+//              process -> the directory.
 //   floor      the transport alone: `dd` to and from a plain virtserialport
 //              on the same virtio-serial device, against a Node socket that
 //              counts (sink) or sends (source) bytes. No mux frames, no 9P:
@@ -36,12 +41,12 @@
 // Targets (issue 21): sequential within 1.5x of the floor; small files no
 // slower than virtio-9p.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
-import { Runtime, Sandbox } from '@roost/core';
+import { Runtime, Sandbox, serveVolume, Volumes } from '@roost/core';
 import { AgentConnection, ensureDebianPackages, qemuArgs, QEMU_BINARY, RelayLink, runCall, vmPaths } from '@roost/core/internal';
 import { CallFlags, HelloFlags } from '@roost/protocol';
 import { MiB, median } from './stats.js';
@@ -69,6 +74,20 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
     cleanup.push(() => sb.remove({ force: true }));
     const roostSh = (script) => sb.commands.run(['sh', '-c', script], { timeoutMs: 600_000 });
 
+    // --- Roost, a remote volume over loopback TLS ------------------------------
+    const serveHome = mkdtempSync(join(work, 'serve-home-'));
+    const served = mkdtempSync(join(work, 'served-'));
+    const server = await serveVolume({ home: serveHome, source: served, listen: '127.0.0.1:0', credentialsOut: join(work, 'remote.credentials') });
+    cleanup.push(() => server.close());
+    const remoteName = `bench-remote-${process.pid}`;
+    await new Volumes({ home }).create({ name: remoteName, remote: readFileSync(join(work, 'remote.credentials'), 'utf8') });
+    const rsb = await Sandbox.create({ home, timeoutMs: 120_000, network: 'none', volumes: [{ source: remoteName, target: '/r' }] });
+    cleanup.push(async () => {
+      await rsb.remove({ force: true });
+      await new Volumes({ home }).remove(remoteName);
+    });
+    const remoteSh = (script) => rsb.commands.run(['sh', '-c', script], { timeoutMs: 600_000 });
+
     // Opt-in (BENCH_VOLUME_JAIL_OFF=1): the same with `jail: false`, which tells the jail's share (its cgroup
     // gives QEMU and the file server one CPU between them) from the server's.
     let free = null;
@@ -94,6 +113,7 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
       ...(free
         ? [{ key: 'roostNoJail', label: 'Roost, jail: false', sh: (script) => free.commands.run(['sh', '-c', script], { timeoutMs: 600_000 }), dir: '/v' }]
         : []),
+      { key: 'remote', label: 'Roost, remote over loopback TLS', sh: remoteSh, dir: '/r' },
       { key: 'virtio9p', label: 'virtio-9p', sh: peerSh, dir: '/peer' },
       { key: 'diod', label: 'diod', sh: peerSh, dir: '/diod' },
     ];
@@ -137,6 +157,7 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
       bytes,
       runs: RUNS,
       roost: { ...perSubject('roost'), confinement: sb.info.confinement ?? null, msize: 1048576, transport: 'relay port (virtio-serial roost.p9), trans=fd' },
+      remote: { ...perSubject('remote'), transport: 'relay port, then TLS 1.3 over loopback to a volume server (serveVolume)' },
       ...(free ? { roostNoJail: { ...perSubject('roostNoJail'), confinement: null, msize: 1048576, jailed: false } } : {}),
       virtio9p: { ...perSubject('virtio9p'), msize: PEER_MSIZE, transport: 'virtio-9p-device, -fsdev local security_model=mapped-xattr', jailed: false },
       diod: {
@@ -170,6 +191,12 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
           `virtio-9p ${V.toFixed(0)} MB/s (${ratio(fig.roostNoJail[dir].mbps, V)})`,
           '',
         );
+      row(
+        `volume ${dir} ${VOL_MIB} MiB (Roost, remote TLS)`,
+        `${fig.remote[dir].mbps.toFixed(0)} MB/s`,
+        `local Roost ${R.toFixed(0)} MB/s (${ratio(fig.remote[dir].mbps, R)})`,
+        '',
+      );
       row(`volume ${dir} ${VOL_MIB} MiB (diod, relay port)`, `${D.toFixed(0)} MB/s`, `virtio-9p ${V.toFixed(0)} MB/s (${ratio(D, V)})`, '');
       row(
         `volume ${dir}: Roost vs the port's floor`,
@@ -192,6 +219,12 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
         `virtio-9p ${fps('virtio9p').toFixed(0)} files/s (${ratio(fps('roostNoJail'), fps('virtio9p'))})`,
         '',
       );
+    row(
+      `volume ${FILES} small files (Roost, remote TLS)`,
+      `${fps('remote').toFixed(0)} files/s`,
+      `local Roost ${fps('roost').toFixed(0)} files/s (${ratio(fps('remote'), fps('roost'))})`,
+      '',
+    );
     row(
       `volume ${FILES} small files (diod, relay)`,
       `${fps('diod').toFixed(0)} files/s`,
