@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { Runtime, Sandbox } from '@roost/core';
-import { alive, eventually, fileServersOf, qemusOf, TestHome } from './helpers.js';
+import { alive, eventually, expectCode, fileServersOf, qemusOf, TestHome } from './helpers.js';
 
 // Volumes are served by Roost's own 9P server (a file server process per VM),
 // so sandboxes that mount them can be snapshotted, restored and forked. One
@@ -126,6 +126,17 @@ describe('a sandbox with volumes', () => {
     // The source's own mounts are untouched by its copies going away.
     expect(await sh(src, 'echo still > /data/still && cat /data/still')).toBe('still\n');
   }, 120_000);
+
+  it('a restore whose named volume was removed since fails, naming it, instead of mounting an empty one', async () => {
+    const s = await home.create({ volumes: [{ source: 'ephemeral', target: '/e' }], network: 'none' });
+    await sh(s, 'echo kept > /e/f');
+    await s.snapshot({ name: 'with-ephemeral' });
+    await s.remove({ force: true });
+    await runtime.volumes.remove('ephemeral');
+    await expectCode(home.create({ snapshot: 'with-ephemeral' }), 'NOT_FOUND', /mounts volume ephemeral at \/e, which was removed/);
+    await expect(runtime.volumes.get('ephemeral')).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await runtime.snapshots.remove('with-ephemeral');
+  });
 
   it('a named volume with a quota: the guest gets ENOSPC past it, and the data before it is kept', async () => {
     await runtime.volumes.create({ name: 'small', quotaBytes: 1 << 20 });

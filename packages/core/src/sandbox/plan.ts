@@ -17,7 +17,8 @@ import type { SnapshotRecord, SnapshotStore } from '../snapshot/store.js';
 import type { SandboxRecords } from '../state/sandboxes.js';
 import { chooseAccel } from '../vmm/accel.js';
 import { DEFAULT_DISK_MIB } from '../vmm/types.js';
-import { resolveVolumes } from './volumes.js';
+import { isHostPath, resolveVolumes } from './volumes.js';
+import type { Volumes } from '../volumes.js';
 import { PRIVATE_DIR } from '../state/private.js';
 
 /** Options of `Sandbox.create` / `runtime.create`. */
@@ -147,6 +148,7 @@ export interface PlanDeps {
   readonly images: ImageStore;
   readonly snapshots: SnapshotStore;
   readonly network: RuntimeNetwork;
+  readonly volumes: Pick<Volumes, 'get'>;
   assets(): Promise<Assets>;
 }
 
@@ -242,6 +244,17 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
     rootfs = await deps.images.rootfs(rec.image.id, opts.signal ? { signal: opts.signal } : {});
   }
   await deps.snapshots.verify(rec, assets, accel, rootfs, opts.signal);
+  // The guest has these mounted, its open files among them: a named volume removed since is not made again empty.
+  for (const v of rec.manifest.volumes ?? []) {
+    if (isHostPath(v.source)) continue;
+    await deps.volumes.get(v.source).catch((e: unknown) => {
+      throw e instanceof RoostError && e.code === 'NOT_FOUND'
+        ? new RoostError('NOT_FOUND', `snapshot ${rec.name} mounts volume ${v.source} at ${v.target}, which was removed: a restore needs it`, {
+            details: { snapshot: rec.name, volume: v.source },
+          })
+        : e;
+    });
+  }
   // The NIC is part of the saved devices: the copy has the snapshot's network mode, and its own MAC and address.
   const snapshotMode: NetworkMode = rec.manifest.network ?? 'none';
   if (opts.network !== undefined && opts.network !== snapshotMode) {
