@@ -83,6 +83,7 @@ describe('a sandbox with volumes', () => {
     await eventually(() => lines(hostFile).length > 5, 10_000, 'the writer is writing');
     const snap = await src.snapshot({ name: 'with-volumes' });
     expect(snap.sourceSandbox).toBe(src.id);
+    expect(snap.volumes).toEqual(src.info.volumes);
     const copy = await home.create({ snapshot: 'with-volumes' });
     onTestFinished(() => copy.remove({ force: true }).catch(() => undefined));
     expect(copy.info.volumes).toEqual(src.info.volumes);

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { NAME_RE, nameSchema } from './names.js';
 import { MAX_CPUS, MIN_MEMORY_MIB, MIN_DISK_MIB, MAX_DISK_MIB } from './limits.js';
 import { EnvSchema, LabelsSchema, OperationTimeoutSchema, SandboxImageSchema, SandboxInfoSchema } from './schemas.js';
+import { VolumeMountSchema } from './files.js';
 
 /*
  * Snapshots, forks and templates (warm pools). A snapshot is a sandbox's
@@ -48,6 +49,8 @@ export const SnapshotInfoSchema = z
     agentVersion: z.string(),
     /** The template it is the warm start of. */
     template: z.string().optional(),
+    /** The volumes its guest has mounted: a restored sandbox mounts the same sources (their 9P sessions are in the snapshot). */
+    volumes: z.array(VolumeMountSchema).optional(),
     /** Sandboxes restored from it that are not removed, and snapshots layered on it. */
     dependents: z.object({ sandboxes: z.array(z.string()), snapshots: z.array(z.string()) }),
   })

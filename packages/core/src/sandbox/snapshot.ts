@@ -213,6 +213,7 @@ export async function takeSnapshot(
       qemuVersion,
       agentVersion: info.agentVersion ?? '',
       ...(template ? { template } : {}),
+      ...(info.volumes?.length ? { volumes: info.volumes } : {}),
       manifest: {
         format: SNAPSHOT_FORMAT,
         qemuVersion,
