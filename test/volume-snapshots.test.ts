@@ -128,6 +128,50 @@ describe('a sandbox with volumes', () => {
     expect(await sh(src, 'echo still > /data/still && cat /data/still')).toBe('still\n');
   }, 120_000);
 
+  it("forks with volumes: 'copy': each copy has its own copies of the volumes as they were, open files included", async () => {
+    await sh(src, 'echo before-fork > /data/copied.txt && echo before-fork > /mnt/host/copied.txt');
+    await sh(
+      src,
+      'exec 5>>/data/held-copy.txt; echo line1 >&5; (exec 5>>/data/held-copy.txt; while :; do sleep 0.05; echo more >&5 || exit 1; done) </dev/null >/dev/null 2>&1 &',
+    );
+    const [a, b] = await src.fork({ count: 2, volumes: 'copy' });
+    onTestFinished(() => Promise.allSettled([a!.remove({ force: true }), b!.remove({ force: true })]).then(() => undefined));
+    expect(a!.info.volumes?.map((v) => v.target)).toEqual(['/mnt/host', '/data']);
+    expect(a!.info.volumes?.[0]?.source).not.toBe(hostDir);
+    for (const s of [a!, b!]) expect(await sh(s, 'cat /data/copied.txt /mnt/host/copied.txt')).toBe('before-fork\nbefore-fork\n');
+    // What a copy writes is its own: not the source's, not its sibling's.
+    await sh(a!, 'echo only-a > /data/copied.txt && echo only-a > /mnt/host/new-in-a.txt');
+    expect(await sh(src, 'cat /data/copied.txt')).toBe('before-fork\n');
+    expect(await sh(b!, 'cat /data/copied.txt')).toBe('before-fork\n');
+    expect((await src.commands.run('cat /mnt/host/new-in-a.txt')).exitCode).not.toBe(0);
+    // The appender restored in each copy writes to that copy's own file, and the source's own goes on.
+    const lengthOf = async (s: Sandbox) => Number((await sh(s, 'wc -l < /data/held-copy.txt')).trim());
+    const [a0, s0] = [await lengthOf(a!), await lengthOf(src)];
+    await eventually(async () => (await lengthOf(a!)) > a0 + 5 && (await lengthOf(src)) > s0 + 5, 15_000, 'both appenders go on');
+    // The copies' volumes are named volumes of their own, kept for the user until removed.
+    const names = a!.info.volumes!.map((v) => v.source);
+    for (const n of names) expect((await runtime.volumes.get(n)).labels).toEqual({ 'roost.fork.source': src.id });
+    await a!.remove({ force: true });
+    await b!.remove({ force: true });
+    for (const n of [...names, ...b!.info.volumes!.map((v) => v.source)]) await runtime.volumes.remove(n);
+  }, 120_000);
+
+  it("a restore may mount other sources at the snapshot's targets; other targets are refused", async () => {
+    const s = await home.create({ volumes: [{ source: 'remap-a', target: '/x' }], network: 'none' });
+    onTestFinished(() => s.remove({ force: true }).catch(() => undefined));
+    await sh(s, 'echo from-a > /x/f && cd /x');
+    await s.snapshot({ name: 'remap' });
+    const other = mkdtempSync(join(scratch, 'remap-'));
+    writeFileSync(join(other, 'f'), 'from-other\n');
+    const r = await home.create({ snapshot: 'remap', volumes: [{ source: other, target: '/x' }] });
+    expect(await sh(r, 'cat /x/f')).toBe('from-other\n');
+    expect(r.info.volumes).toEqual([{ source: other, target: '/x', readOnly: false }]);
+    await expectCode(home.create({ snapshot: 'remap', volumes: [{ source: other, target: '/y' }] }), 'INVALID_ARGUMENT', /its guest's mounts \(\/x\)/);
+    await r.remove({ force: true });
+    await s.remove({ force: true });
+    await runtime.snapshots.remove('remap');
+  });
+
   it('a restore whose named volume was removed since fails, naming it, instead of mounting an empty one', async () => {
     const s = await home.create({ volumes: [{ source: 'ephemeral', target: '/e' }], network: 'none' });
     await sh(s, 'echo kept > /e/f');

@@ -153,6 +153,9 @@ export const McpToolInputs = {
     .object({
       id,
       count: ForkRequestSchema.shape.count.describe('How many copies (default 1).'),
+      volumes: ForkRequestSchema.shape.volumes.describe(
+        "The sandbox's volumes in the copies: 'shared' (default, the same files) or 'copy' (each copy gets its own copies, kept as named volumes).",
+      ),
       keep: z.boolean().optional().describe('Keep the copies after this MCP session ends (default false).'),
     })
     .strict(),

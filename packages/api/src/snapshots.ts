@@ -78,6 +78,15 @@ export const ForkRequestSchema = z
     /** Labels of the copies (default: the source's). */
     labels: LabelsSchema.optional(),
     detached: z.boolean().optional(),
+    /**
+     * The source's volumes in the copies: `shared` (the default) mounts the
+     * same files, each copy with its own 9P session; `copy` gives each copy
+     * named volumes of its own holding the volumes' files as they were at
+     * the fork (reflinked where the host file system can, else copied), so
+     * what a copy writes there reaches nobody else. They are kept after the
+     * copies (remove them with `roost volume rm`).
+     */
+    volumes: z.enum(['shared', 'copy']).optional(),
     timeoutMs: OperationTimeoutSchema.optional(),
   })
   .strict()

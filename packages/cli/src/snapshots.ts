@@ -64,8 +64,9 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
     .argument('<id>')
     .option('-n, --count <n>', `how many copies (1-${MAX_FORK_COUNT})`, int('--count'), 1)
     .option('-l, --label <K=V>', "labels of the copies instead of the source's (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--copy-volumes', "give each copy its own copies of the source's volumes (default: the copies share them)")
     .option('-t, --timeout <ms>', 'how long the fork may take', int('--timeout'))
-    .action(async (id: string, flags: { count: number; label: string[]; timeout?: number }) => {
+    .action(async (id: string, flags: { count: number; label: string[]; copyVolumes?: boolean; timeout?: number }) => {
       const labels = parsePairs(flags.label, '-l');
       await withFace('fork', async (face) => {
         const sandbox = await face.runtime.get(id);
@@ -75,6 +76,7 @@ export function addSnapshotCommands(program: Command, withFace: WithFace): void 
             // The copies outlive this command (an embedded runtime closes when it ends).
             detached: true,
             ...(Object.keys(labels).length > 0 ? { labels } : {}),
+            ...(flags.copyVolumes ? { volumes: 'copy' as const } : {}),
             ...(flags.timeout !== undefined ? { timeoutMs: flags.timeout } : {}),
           }),
         );

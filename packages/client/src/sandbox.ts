@@ -136,7 +136,14 @@ export class RemoteSandbox implements SandboxApi {
 
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
   async fork(
-    options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
+    options: {
+      count?: number;
+      labels?: Record<string, string>;
+      detached?: boolean;
+      volumes?: 'shared' | 'copy';
+      timeoutMs?: number;
+      signal?: AbortSignal;
+    } = {},
   ): Promise<RemoteSandbox[]> {
     parseInput(ForkOptionsSchema, options, 'fork options');
     const { signal, ...body } = options;

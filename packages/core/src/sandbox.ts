@@ -31,6 +31,7 @@ import { reconcileVm, recoveryDecision, removeVmSockets } from './sandbox/recove
 import { forkFrom, forkName, snapshotName, takeSnapshot } from './sandbox/snapshot.js';
 import { handOver, type HandOver } from './sandbox/handover.js';
 import { isHostPath, volumeExports } from './sandbox/volumes.js';
+import { planVolumeCopies } from './sandbox/fork-volumes.js';
 import type { FileExport } from './fileserver/config.js';
 
 export type { SandboxInfo, SandboxStatus, SandboxImage, PullPolicy, SandboxOptions };
@@ -377,17 +378,34 @@ export class Sandbox implements SandboxApi {
    * own id, disk layer and memory (shared copy-on-write with its siblings
    * until written), its processes running on, a clock set to now and a
    * reseeded random pool. This sandbox runs on. The copies depend on a
-   * snapshot of kind `fork`, removed with the last of them.
+   * snapshot of kind `fork`, removed with the last of them. Volumes are
+   * shared with the copies, or with `volumes: 'copy'` copied for each (the
+   * source paused meanwhile) into named volumes `<fork>-<i>-v<j>`.
    */
   async fork(
-    options: { count?: number; labels?: Record<string, string>; detached?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
+    options: {
+      count?: number;
+      labels?: Record<string, string>;
+      detached?: boolean;
+      volumes?: 'shared' | 'copy';
+      timeoutMs?: number;
+      signal?: AbortSignal;
+    } = {},
   ): Promise<Sandbox[]> {
     options = parseInput(ForkOptionsSchema, options, 'fork options');
     const count = options.count ?? 1;
     const name = forkName(this.id);
     const timeoutMs = options.timeoutMs ?? 60_000;
-    const rec = await this.#serialize(() => this.#takeSnapshot(name, 'fork', timeoutMs, options.signal));
-    return forkFrom(this.#services, this.#record.info, rec, count, { ...options, timeoutMs });
+    const info = this.#record.info;
+    const copies = options.volumes === 'copy' && info.volumes?.length ? await planVolumeCopies(this.#services.volumes, info, name, count) : null;
+    try {
+      const rec = await this.#serialize(() => this.#takeSnapshot(name, 'fork', timeoutMs, options.signal, undefined, copies?.whilePaused));
+      await copies?.rest();
+      return await forkFrom(this.#services, info, rec, count, { ...options, timeoutMs, ...(copies ? { volumesOf: copies.volumesOf } : {}) });
+    } catch (e) {
+      await copies?.undo();
+      throw e;
+    }
   }
 
   /** @internal A snapshot of a given kind (templates build theirs with it). */
@@ -576,7 +594,14 @@ export class Sandbox implements SandboxApi {
   }
 
   /** Takes a snapshot; called serialized with the lifecycle. */
-  #takeSnapshot(name: string, kind: SnapshotKind, timeoutMs: number, signal?: AbortSignal, template?: string): Promise<SnapshotRecord> {
+  #takeSnapshot(
+    name: string,
+    kind: SnapshotKind,
+    timeoutMs: number,
+    signal?: AbortSignal,
+    template?: string,
+    whilePaused?: () => Promise<void>,
+  ): Promise<SnapshotRecord> {
     this.#checkNotRemoved();
     const services = this.#services;
     return takeSnapshot(
@@ -592,6 +617,7 @@ export class Sandbox implements SandboxApi {
         records: services.records,
         events: services.events,
         vmm: services.vmm,
+        ...(whilePaused ? { whilePaused } : {}),
       },
       name,
       kind,

@@ -244,8 +244,9 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
     rootfs = await deps.images.rootfs(rec.image.id, opts.signal ? { signal: opts.signal } : {});
   }
   await deps.snapshots.verify(rec, assets, accel, rootfs, opts.signal);
+  const volumes = await restoredVolumes(deps, rec, opts.volumes);
   // The guest has these mounted, its open files among them: a named volume removed since is not made again empty.
-  for (const v of rec.manifest.volumes ?? []) {
+  for (const v of opts.volumes === undefined ? volumes : []) {
     if (isHostPath(v.source)) continue;
     await deps.volumes.get(v.source).catch((e: unknown) => {
       throw e instanceof RoostError && e.code === 'NOT_FOUND'
@@ -279,8 +280,9 @@ export async function planRestore(deps: PlanDeps, opts: SandboxOptions): Promise
     ...(rec.workingDir ? { workingDir: rec.workingDir } : {}),
     ...(rec.user ? { user: rec.user } : {}),
     snapshot: rec.id,
-    // The guest has the snapshot's volumes mounted: the copy mounts the same sources (its own sessions over the same files).
-    ...(rec.manifest.volumes?.length ? { volumes: rec.manifest.volumes } : {}),
+    // The guest has the snapshot's volumes mounted: the copy mounts the same sources (its own sessions over the same
+    // files), or others given for the same targets.
+    ...(volumes.length ? { volumes } : {}),
     network: plan.info,
   });
   await makeSandboxDir(deps, info, bridge);
@@ -370,16 +372,36 @@ async function prepareImage(store: ImageStore, opts: SandboxOptions): Promise<Pr
 }
 
 /**
+ * The volumes a restored sandbox mounts: the snapshot's, or `given` ones
+ * for the same targets in the same order (other sources under the guest's
+ * mounts: its open files are walked again there).
+ */
+async function restoredVolumes(deps: Pick<PlanDeps, 'home'>, rec: SnapshotRecord, given: VolumeMount[] | undefined): Promise<VolumeMount[]> {
+  const saved = rec.manifest.volumes ?? [];
+  if (given === undefined) return saved;
+  const volumes = await resolveVolumes(given, deps.home);
+  const targets = (list: VolumeMount[]): string => list.map((v) => v.target).join(', ') || 'none';
+  if (volumes.length !== saved.length || volumes.some((v, i) => v.target !== saved[i]!.target)) {
+    throw new RoostError(
+      'INVALID_ARGUMENT',
+      `volumes: a sandbox restored from snapshot ${rec.name} has its guest's mounts (${targets(saved)}): give a source for each of those targets, in that order, or leave volumes out (not ${targets(volumes)})`,
+      { details: { field: 'volumes' } },
+    );
+  }
+  return volumes;
+}
+
+/**
  * A sandbox restored from a snapshot (or a template) has the snapshot's
- * image, cpus, memory, disk and volumes: INVALID_ARGUMENT naming any of
- * them that `opts` gives.
+ * image, cpus, memory and disk: INVALID_ARGUMENT naming any of them that
+ * `opts` gives. (Volumes may be given: other sources for the same targets.)
  */
 export function checkRestoreOptions(opts: SandboxOptions, what: string, whose: string): void {
-  const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB', 'volumes'] as const).filter((k) => opts[k] !== undefined);
+  const fixed = (['image', 'pull', 'cpus', 'memoryMiB', 'diskSizeMiB'] as const).filter((k) => opts[k] !== undefined);
   if (fixed.length > 0) {
     throw new RoostError(
       'INVALID_ARGUMENT',
-      `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory, disk and volumes; leave ${fixed.length > 1 ? 'them' : 'it'} out`,
+      `${fixed.join(', ')}: a sandbox ${what} has ${whose} image, cpus, memory and disk; leave ${fixed.length > 1 ? 'them' : 'it'} out`,
       {
         details: { fields: fixed },
       },

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { userLabels, type EgressSpec, type SandboxInfo, type SnapshotKind } from '@roost/api';
+import { userLabels, type EgressSpec, type SandboxInfo, type SnapshotKind, type VolumeMount } from '@roost/api';
 import type { AgentConnection } from '../agent/connection.js';
 import type { Assets } from '../assets.js';
 import { abortError, diskFullError, rethrowDiskFull, RoostError } from '../errors.js';
@@ -34,6 +34,8 @@ export interface SnapshotContext {
   readonly records: Pick<SandboxRecords, 'db'>;
   readonly events: Pick<EventLog, 'append'>;
   readonly vmm: Pick<Vmm, 'createOverlay'>;
+  /** Runs while the vCPUs are stopped, after the volumes are quiet (a fork copying them). */
+  whilePaused?: () => Promise<void>;
 }
 
 /** The default name of a user snapshot: <id>-<UTC time to the millisecond>, e.g. 3f2a9c0d1b7e-20261122T115323123. */
@@ -52,6 +54,7 @@ export interface ForkDeps<S extends { remove(options: { force: boolean }): Promi
     snapshot: string;
     labels: Record<string, string>;
     detached: boolean;
+    volumes?: VolumeMount[];
     autoRemove?: boolean;
     egress?: EgressSpec;
     timeoutMs: number;
@@ -70,12 +73,20 @@ export async function forkFrom<S extends { remove(options: { force: boolean }): 
   source: Readonly<SandboxInfo>,
   rec: SnapshotRecord,
   count: number,
-  options: { labels?: Record<string, string>; detached?: boolean; timeoutMs: number; signal?: AbortSignal },
+  options: {
+    labels?: Record<string, string>;
+    detached?: boolean;
+    /** The volumes of copy i, when they are not the source's (a fork with `volumes: 'copy'`). */
+    volumesOf?: (i: number) => VolumeMount[];
+    timeoutMs: number;
+    signal?: AbortSignal;
+  },
 ): Promise<S[]> {
   const detached = options.detached ?? source.detached;
   const results = await Promise.allSettled(
-    Array.from({ length: count }, () =>
+    Array.from({ length: count }, (_, i) =>
       deps.create({
+        ...(options.volumesOf ? { volumes: options.volumesOf(i) } : {}),
         snapshot: rec.id,
         // Not the source's pool or deployment: a copy is nobody's member or replica.
         labels: options.labels ?? userLabels(source.labels),
@@ -161,6 +172,7 @@ export async function takeSnapshot(
       if (files) volumeState = await files.quiesce(Math.min(timeoutMs, VOLUME_QUIESCE_MS));
       await vm.pause({ signal });
       running = false;
+      await ctx.whilePaused?.();
       [saved, disk] = await Promise.all([
         vm.saveState(
           {

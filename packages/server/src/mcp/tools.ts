@@ -323,6 +323,7 @@ export const TOOLS: { [N in McpToolName]: ToolDef<McpToolInput<N>, McpToolOutput
           count,
           labels: call.session.labels(Object.fromEntries(Object.entries(sandbox.info.labels).filter(([k]) => k !== MCP_SESSION_LABEL))),
           ...(input.keep ? { detached: true } : {}),
+          ...(input.volumes ? { volumes: input.volumes } : {}),
           signal: call.signal,
         });
         slot?.adopt(copies.map((c) => c.id));
