@@ -104,7 +104,9 @@ export class RelayLink {
   renew(channel: number): ChannelStream {
     this.#streams.get(channel)?.destroy();
     this.#streams.delete(channel);
-    return this.stream(channel);
+    const fresh = this.stream(channel);
+    this.wantMore();
+    return fresh;
   }
 
   /** Ends a channel from the host: the relay closes the guest's socket. */
@@ -112,6 +114,8 @@ export class RelayLink {
     this.#streams.get(channel)?.destroy();
     this.#streams.delete(channel);
     this.send(channel, MuxKind.EOF);
+    // It may have been the stream that stopped the port.
+    this.wantMore();
   }
 
   /** Sends a control frame. */
@@ -203,6 +207,8 @@ export class RelayLink {
         this.#streams.delete(f.channel);
         s?.push(null);
         this.#events.eof(f.channel);
+        // A stream gone while it held the port stopped would stop every other channel for good.
+        this.wantMore();
         return;
       }
       case MuxKind.HELLO: {
