@@ -88,8 +88,8 @@ export async function benchVolumes({ home, assets, accel, row, results }) {
     });
     const remoteSh = (script) => rsb.commands.run(['sh', '-c', script], { timeoutMs: 600_000 });
 
-    // Opt-in (BENCH_VOLUME_JAIL_OFF=1): the same with `jail: false`, which tells the jail's share (its cgroup
-    // gives QEMU and the file server one CPU between them) from the server's.
+    // Opt-in (BENCH_VOLUME_JAIL_OFF=1): the same with `jail: false`, which tells the jail's share (QEMU's
+    // cgroup, the file server's dropped privileges) from the server's.
     let free = null;
     if (process.env.BENCH_VOLUME_JAIL_OFF === '1') {
       const freeHome = mkdtempSync(join(work, 'home-'));

@@ -83,6 +83,16 @@ export interface CommandsApi {
 }
 
 /** A sandbox, embedded or remote. */
+/** `sandbox.fork` options (ForkRequest, plus a signal): one shape for the embedded runtime and the SDK. */
+export interface ForkOptions {
+  count?: number;
+  labels?: Record<string, string>;
+  detached?: boolean;
+  volumes?: 'shared' | 'copy';
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
 export interface SandboxApi extends AsyncDisposable {
   readonly id: string;
   /** The record as last seen (remote: refresh with `refresh()`). */
@@ -107,14 +117,7 @@ export interface SandboxApi extends AsyncDisposable {
   /** Saves memory, device state and disk as a snapshot (the sandbox runs on, or stays paused). Concurrency: a lifecycle call, serialized with the others; commands and file calls wait while the guest is frozen. */
   snapshot(options?: { name?: string; timeoutMs?: number; signal?: AbortSignal }): Promise<SnapshotInfo>;
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. Concurrency: its snapshot is a lifecycle call; the copies boot in parallel after it. */
-  fork(options?: {
-    count?: number;
-    labels?: Record<string, string>;
-    detached?: boolean;
-    volumes?: 'shared' | 'copy';
-    timeoutMs?: number;
-    signal?: AbortSignal;
-  }): Promise<SandboxApi[]>;
+  fork(options?: ForkOptions): Promise<SandboxApi[]>;
   /** Its published ports: add and remove them while it runs (INVALID_STATE while stopped; ports given at create are bound at each boot). */
   readonly ports: PortsApi;
   /**

@@ -1,5 +1,6 @@
 import {
   ForkOptionsSchema,
+  type ForkOptions,
   hostForPort,
   isRoostError,
   normalizePortSpec,
@@ -135,16 +136,7 @@ export class RemoteSandbox implements SandboxApi {
   }
 
   /** Running copies of this sandbox, each with its own id, memory and disk; this one runs on. */
-  async fork(
-    options: {
-      count?: number;
-      labels?: Record<string, string>;
-      detached?: boolean;
-      volumes?: 'shared' | 'copy';
-      timeoutMs?: number;
-      signal?: AbortSignal;
-    } = {},
-  ): Promise<RemoteSandbox[]> {
+  async fork(options: ForkOptions = {}): Promise<RemoteSandbox[]> {
     parseInput(ForkOptionsSchema, options, 'fork options');
     const { signal, ...body } = options;
     // Copies that are not detached belong to this client's session.

@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import type { ExpiryAction, PullPolicy, SandboxApi, SandboxImage, SandboxInfo, SandboxPoolOrigin, SandboxStatus, SnapshotInfo, SnapshotKind } from '@roost/api';
 import {
   ForkOptionsSchema,
+  type ForkOptions,
   hostForPort,
   parseInput,
   DEPLOYMENT_LABEL,
@@ -382,16 +383,7 @@ export class Sandbox implements SandboxApi {
    * shared with the copies, or with `volumes: 'copy'` copied for each (the
    * source paused meanwhile) into named volumes `<fork>-<i>-v<j>`.
    */
-  async fork(
-    options: {
-      count?: number;
-      labels?: Record<string, string>;
-      detached?: boolean;
-      volumes?: 'shared' | 'copy';
-      timeoutMs?: number;
-      signal?: AbortSignal;
-    } = {},
-  ): Promise<Sandbox[]> {
+  async fork(options: ForkOptions = {}): Promise<Sandbox[]> {
     options = parseInput(ForkOptionsSchema, options, 'fork options');
     const count = options.count ?? 1;
     const name = forkName(this.id);
