@@ -118,3 +118,31 @@ export class Lifetime implements Disposable {
     this.end(code, signal);
   };
 }
+
+/**
+ * For a foreground server (`roost serve`, `roost volume serve`): resolves
+ * once SIGINT or SIGTERM came and `close` has finished (a failed close is
+ * reported on stderr, not thrown); a second signal exits at once with 130.
+ * The handlers are installed when this is called, so call it before the
+ * server announces that it is ready: whoever waits for that may signal at
+ * once, and a signal with no handler yet kills the process unclosed.
+ */
+export function closeOnSignal(name: string, close: () => Promise<void>): Promise<void> {
+  return new Promise<void>((done) => {
+    let closing = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (closing) {
+        process.stderr.write(`${name}: ${signal} again, exiting\n`);
+        process.exit(130);
+      }
+      closing = true;
+      process.stderr.write(`${name}: ${signal}, shutting down\n`);
+      close().then(done, (e: unknown) => {
+        process.stderr.write(`${name}: closing failed: ${e instanceof Error ? e.message : String(e)}\n`);
+        done();
+      });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}

@@ -3,6 +3,7 @@ import { apiTokenPath, DEFAULT_TCP_PORT } from '@roost/api';
 import { roostHome } from '@roost/core';
 import { serve, type ServeOptions } from '@roost/server';
 import { daemonStatus, stopDaemon, type DaemonStatus } from './daemon.js';
+import { closeOnSignal } from './lifetime.js';
 
 /** `roost serve status`'s exit status when no daemon runs (as `systemctl status` reports an inactive unit). */
 export const EXIT_NOT_RUNNING = 3;
@@ -102,34 +103,18 @@ export function addServeCommand(program: Command, setExit: (code: number) => voi
       if (flags.sessionGrace !== undefined) options.limits!.sessionGraceMs = flags.sessionGrace;
       if (flags.e2bDomain !== undefined) options.e2b = { domain: flags.e2bDomain };
 
-      const daemon = await serve(options);
+      // Signals are handled from before the socket exists: one that comes while
+      // it starts closes the daemon once it has started.
+      const starting = serve(options);
+      const closed = closeOnSignal('roost serve', async () => (await starting).close());
+      const daemon = await starting;
       process.stderr.write(`roost serve: home ${daemon.home}\n`);
       process.stderr.write(`roost serve: listening on unix://${daemon.socketPath}\n`);
       if (daemon.url) process.stderr.write(`roost serve: listening on ${daemon.url}\n`);
       if (daemon.e2bDomain) process.stderr.write(`roost serve: E2B sandbox hosts: <port>-<sandbox id>.${daemon.e2bDomain}\n`);
       process.stderr.write(`roost serve: bearer token in ${apiTokenPath(daemon.home)}\n`);
 
-      await new Promise<void>((resolve) => {
-        let closing = false;
-        const onSignal = (signal: NodeJS.Signals) => {
-          if (closing) {
-            // A second signal: the user wants out now.
-            process.stderr.write(`roost serve: ${signal} again, exiting\n`);
-            process.exit(130);
-          }
-          closing = true;
-          process.stderr.write(`roost serve: ${signal}, shutting down\n`);
-          daemon.close().then(
-            () => resolve(),
-            (e: unknown) => {
-              process.stderr.write(`roost serve: closing failed: ${e instanceof Error ? e.message : String(e)}\n`);
-              resolve();
-            },
-          );
-        };
-        process.on('SIGINT', onSignal);
-        process.on('SIGTERM', onSignal);
-      });
+      await closed;
     });
 
   command

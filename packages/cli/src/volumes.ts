@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { RoostError, type VolumeInfo, type VolumeMount, type VolumesApi } from '@roost/api';
 import { serveVolume } from '@roost/core';
 import { ago, bytes, formatTable } from './format.js';
+import { closeOnSignal } from './lifetime.js';
 
 /** Opens what the volume commands talk to (the daemon's volumes, or the home's), and closes it after. */
 export type WithVolumes = <T>(fn: (volumes: VolumesApi) => Promise<T>) => Promise<T>;
@@ -113,26 +114,14 @@ export function addVolumeCommands(program: Command, withVolumes: WithVolumes): v
             ? { tls: { certFile: resolve(flags.cert), keyFile: resolve(flags.key), ...(flags.ca !== undefined ? { caFile: resolve(flags.ca) } : {}) } }
             : {}),
         });
+        const closed = closeOnSignal('roost volume serve', () => served.close());
         process.stdout.write(
           `serving ${served.directory} (${served.readOnly ? 'read-only' : 'read-write'})\n` +
             `url: ${served.url}\n` +
             `fingerprint: ${served.fingerprint}\n` +
             `credentials: ${served.credentialsPath} (mode 0600, holds the token)\n`,
         );
-        await new Promise<void>((done) => {
-          let closing = false;
-          const onSignal = (signal: NodeJS.Signals): void => {
-            if (closing) process.exit(130);
-            closing = true;
-            process.stderr.write(`roost volume serve: ${signal}, shutting down\n`);
-            served.close().then(done, (e: unknown) => {
-              process.stderr.write(`roost volume serve: closing failed: ${e instanceof Error ? e.message : String(e)}\n`);
-              done();
-            });
-          };
-          process.on('SIGINT', onSignal);
-          process.on('SIGTERM', onSignal);
-        });
+        await closed;
       },
     );
 }
