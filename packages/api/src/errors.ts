@@ -17,6 +17,7 @@ export type RoostErrorCode =
   | 'VMM'
   | 'IMAGE'
   | 'NETWORK'
+  | 'ACTOR'
   | 'INTERNAL';
 
 /**
@@ -42,6 +43,8 @@ export const ERROR_STATUS: Readonly<Record<RoostErrorCode, number>> = {
   VMM: 500,
   IMAGE: 502,
   NETWORK: 502,
+  /** An actor's handler failed (trapped, ran out of fuel or wall time, returned non-zero): the module's doing; `details.reason` says which. */
+  ACTOR: 422,
   INTERNAL: 500,
 };
 

@@ -30,3 +30,4 @@ export * from './sessions.js';
 export * from './mcp.js';
 export * from './mcp-deployments.js';
 export * from './deployments.js';
+export * from './actors.js';

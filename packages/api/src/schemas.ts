@@ -376,6 +376,10 @@ export const EVENT_TYPES = [
   'replica.replaced',
   'replica.removed',
   'image.pushed',
+  'actor.module.deployed',
+  'actor.created',
+  'actor.trapped',
+  'actor.removed',
 ] as const;
 export const EventTypeSchema = z.enum(EVENT_TYPES);
 export type EventType = z.infer<typeof EventTypeSchema>;

@@ -24,6 +24,10 @@ export class HomeLayout {
   get snapshots(): string {
     return join(this.root, 'snapshots');
   }
+  /** The actors' database: modules, actors, state versions, mailboxes (docs/actors.md). */
+  get actorsDb(): string {
+    return join(this.root, 'actors.db');
+  }
   /** A snapshot's files: memory, state, disk.qcow2, manifest.json. */
   snapshot(id: string): string {
     return join(this.snapshots, id);

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type {
@@ -50,6 +51,8 @@ import { bridgeConfig, RuntimeNetwork } from './net/runtime-network.js';
 import { resolveVmm } from './vmm/registry.js';
 import type { FoundVm, Vmm } from './vmm/types.js';
 import { secureHome } from './state/private.js';
+import { ActorSystem } from '@roost/actors';
+import { actorHost } from './actor-host.js';
 import { sweepTempFiles } from './state/sweep.js';
 
 /** Options of `Runtime.open`. */
@@ -210,6 +213,8 @@ export class Runtime implements RuntimeApi {
       if (options.reconcile !== false) {
         runtime.#pools.start();
         runtime.#deployments.start();
+        // Actors with messages waiting (timers included) get them handled from now on.
+        if (existsSync(runtime.#layout.actorsDb)) void runtime.actors;
       }
       return runtime;
     } catch (e) {
@@ -249,6 +254,21 @@ export class Runtime implements RuntimeApi {
   get snapshots(): SnapshotsApi {
     return this.#snapshots;
   }
+
+  /**
+   * Actors: WASM programs with a versioned state and a mailbox, Roost's
+   * second isolation tier (docs/actors.md). This runtime handles their
+   * messages while it is open; the database and threads start on first use.
+   */
+  get actors(): ActorSystem {
+    this.#checkOpen();
+    return (this.#actors ??= ActorSystem.open({
+      dbPath: this.#layout.actorsDb,
+      host: actorHost((id) => this.get(id)),
+      onEvent: (type, data) => this.#log.append(type, { data }),
+    }));
+  }
+  #actors: ActorSystem | undefined;
 
   /** Templates: `create({ template })` restores a template's snapshot, built on first use. */
   get templates(): Templates {
@@ -484,7 +504,7 @@ export class Runtime implements RuntimeApi {
     this.#closed ??= (async () => {
       this.#closing.abort(new RoostError('UNAVAILABLE', 'the runtime is closing'));
       this.#lifetimes.close();
-      await Promise.all([this.#pools.close(), this.#deployments.close()]);
+      await Promise.all([this.#pools.close(), this.#deployments.close(), this.#actors?.close()]);
       await Promise.allSettled([...this.#inFlight]);
       await Promise.allSettled([...this.#sandboxes.values()].map((s) => s._release()));
       this.#network.close();

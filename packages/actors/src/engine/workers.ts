@@ -1,0 +1,176 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { CONTROL_SLOTS, HOST_ANSWER_BYTES, type BatchDone, type FromWorker, type HostCallRequest, type RunBatch, type WorkerInit } from './protocol.js';
+
+/*
+ * The worker threads actors run on, one batch at a time each. A message
+ * past its wall time gets its thread terminated (a WASM loop cannot be
+ * interrupted any other way) and a new thread started; so does a thread
+ * that dies. Host calls (fetch, sandbox_exec) are answered through shared
+ * memory while the worker blocks in Atomics.wait.
+ */
+
+/** Why a batch ended without an answer: the message `seq` ran out of wall time, or the thread died while running it. */
+export class BatchAborted extends Error {
+  constructor(
+    readonly reason: 'timeout' | 'crashed',
+    readonly seq: number | null,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export type HostCallHandler = (req: HostCallRequest) => Promise<Uint8Array | number>;
+
+function workerScript(): URL {
+  const here = new URL('./worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  // Running from the sources (unit tests): the built file.
+  return new URL(here.href.replace('/src/engine/worker.js', '/dist/engine/worker.js'));
+}
+
+interface Slot {
+  worker: Worker;
+  control: Int32Array;
+  clock: Float64Array;
+  answer: Uint8Array;
+  busy: { batch: RunBatch; resolve: (d: BatchDone) => void; reject: (e: Error) => void } | null;
+  ready: Promise<void>;
+  killed: boolean;
+}
+
+export class WorkerPool {
+  readonly #slots: Slot[] = [];
+  readonly #dbPath: string;
+  readonly #hostCall: HostCallHandler;
+  readonly #nodeCacheBytes: number;
+  readonly #size: number;
+  #watchdog: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(options: { size: number; dbPath: string; hostCall: HostCallHandler; nodeCacheBytes?: number }) {
+    this.#dbPath = options.dbPath;
+    this.#hostCall = options.hostCall;
+    this.#nodeCacheBytes = options.nodeCacheBytes ?? 32 * 1024 * 1024;
+    this.#size = Math.max(1, options.size);
+  }
+
+  /** Threads started so far (they start on demand, up to the size). */
+  get started(): number {
+    return this.#slots.length;
+  }
+
+  /** Batches that could start now. */
+  idle(): number {
+    return this.#slots.filter((s) => !s.busy && !s.killed).length + (this.#size - this.#slots.length);
+  }
+
+  /** Runs a batch on a free thread (the caller checks `idle()` first). */
+  run(batch: RunBatch): Promise<BatchDone> {
+    let slot = this.#slots.find((s) => !s.busy && !s.killed);
+    if (!slot && this.#slots.length < this.#size && !this.#closed) {
+      slot = this.#spawn();
+      this.#slots.push(slot);
+    }
+    if (!slot) return Promise.reject(new Error('no idle actor thread'));
+    return new Promise<BatchDone>((resolve, reject) => {
+      slot.busy = { batch, resolve, reject };
+      slot.worker.postMessage(batch);
+      this.#armWatchdog();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#watchdog) clearInterval(this.#watchdog);
+    await Promise.all(this.#slots.map((s) => s.worker.terminate()));
+    for (const s of this.#slots) s.busy?.reject(new BatchAborted('crashed', null, 'the actor runtime closed'));
+  }
+
+  #spawn(): Slot {
+    const control = new SharedArrayBuffer(CONTROL_SLOTS * 4);
+    const clock = new SharedArrayBuffer(8);
+    const answer = new SharedArrayBuffer(HOST_ANSWER_BYTES);
+    const data: WorkerInit = { dbPath: this.#dbPath, control, clock, answer, nodeCacheBytes: this.#nodeCacheBytes };
+    // resourceLimits bound the JS heap; WASM memory is bounded by each module's capped maximum.
+    const worker = new Worker(workerScript(), { workerData: data, resourceLimits: { maxOldGenerationSizeMb: 512 } });
+    let markReady!: () => void;
+    const slot: Slot = {
+      worker,
+      control: new Int32Array(control),
+      clock: new Float64Array(clock),
+      answer: new Uint8Array(answer),
+      busy: null,
+      ready: new Promise<void>((r) => (markReady = r)),
+      killed: false,
+    };
+    worker.on('message', (m: FromWorker) => {
+      if (m.type === 'ready') markReady();
+      else if (m.type === 'done') {
+        const busy = slot.busy;
+        slot.busy = null;
+        busy?.resolve(m);
+      } else if (m.type === 'host') void this.#answerHostCall(slot, m);
+      else if (m.type === 'fatal') this.#replace(slot, 'crashed', m.message);
+    });
+    worker.on('error', (e) => this.#replace(slot, 'crashed', `the actor thread failed: ${e.message}`));
+    worker.on('exit', (code) => {
+      if (!slot.killed && !this.#closed) this.#replace(slot, 'crashed', `the actor thread exited (${code})`);
+    });
+    worker.unref();
+    return slot;
+  }
+
+  async #answerHostCall(slot: Slot, req: HostCallRequest): Promise<void> {
+    let result: Uint8Array | number;
+    try {
+      result = await this.#hostCall(req);
+    } catch {
+      result = -5;
+    }
+    // The worker may have given up (its wall time) and moved on: answer only the call it still waits for.
+    if (slot.killed || Atomics.load(slot.control, 2) !== req.call) return;
+    if (typeof result === 'number') Atomics.store(slot.control, 1, result);
+    else if (result.length > slot.answer.length) Atomics.store(slot.control, 1, -3);
+    else {
+      slot.answer.set(result);
+      Atomics.store(slot.control, 1, result.length);
+    }
+    Atomics.store(slot.control, 0, 1);
+    Atomics.notify(slot.control, 0);
+  }
+
+  /** Ends a thread (its batch rejects with why) and starts another in its place. */
+  #replace(slot: Slot, reason: 'timeout' | 'crashed', message: string): void {
+    if (slot.killed) return;
+    slot.killed = true;
+    const running = Atomics.load(slot.control, 3) === 1 ? Atomics.load(slot.control, 4) : null;
+    void slot.worker.terminate();
+    const busy = slot.busy;
+    slot.busy = null;
+    if (!this.#closed) this.#slots[this.#slots.indexOf(slot)] = this.#spawn();
+    busy?.reject(new BatchAborted(reason, running, message));
+  }
+
+  #armWatchdog(): void {
+    if (this.#watchdog) return;
+    this.#watchdog = setInterval(() => {
+      let any = false;
+      for (const slot of this.#slots) {
+        if (!slot.busy || slot.killed) continue;
+        any = true;
+        if (Atomics.load(slot.control, 3) !== 1) continue;
+        const ranMs = performance.timeOrigin + performance.now() - slot.clock[0]!;
+        const limit = slot.busy.batch.actor.limits.timeoutMs;
+        if (ranMs > limit) this.#replace(slot, 'timeout', `the message ran past its wall time (${limit} ms)`);
+      }
+      if (!any && this.#watchdog) {
+        clearInterval(this.#watchdog);
+        this.#watchdog = null;
+      }
+    }, 25);
+    this.#watchdog.unref();
+  }
+}
