@@ -19,7 +19,7 @@ function forbidImports(packages, message) {
 }
 
 export default tseslint.config(
-  { ignores: ['**/dist/**', 'node_modules/**', 'bench/results/**', 'guest/**'] },
+  { ignores: ['**/dist/**', 'node_modules/**', 'bench/results/**', 'guest/**', 'packages/actors/sdk/**', 'examples/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
