@@ -6,6 +6,7 @@ import type { DeploymentsApi } from './deployments.js';
 import { RoostError } from './errors.js';
 import type { NetworkStats, PortBinding, PortProtocol, PortSpec } from './network.js';
 import type { DoctorOptions, DoctorReport } from './doctor.js';
+import type { ActorsApi } from './actors.js';
 import type { CreateSandboxRequest, ExecResult, ExpiryAction, ListSandboxesQuery, RoostEvent, SandboxInfo, SandboxStatus } from './schemas.js';
 
 /*
@@ -185,6 +186,8 @@ export interface RuntimeApi extends AsyncDisposable {
   readonly pools: PoolsApi;
   /** Deployments: workloads with a replica count, health checks and service ports that the runtime owning the home keeps true. */
   readonly deployments: DeploymentsApi;
+  /** Actors: WASM programs with a versioned state tree and a mailbox, Roost's second isolation tier (docs/actors.md). */
+  readonly actors: ActorsApi;
   /** Creates and boots a sandbox (or restores one). Concurrency: any number at once; each sandbox is its own. */
   create(options?: CreateOptions): Promise<SandboxApi>;
   /** A sandbox by id or unique id prefix. Concurrency: any number at once. */

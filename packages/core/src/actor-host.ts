@@ -131,7 +131,7 @@ export function actorHost(getSandbox: (id: string) => Promise<SandboxApi>): Acto
         throw new RoostError('INVALID_ARGUMENT', 'sandbox_exec: cmd must be a non-empty array of strings');
       }
       const sandbox = await getSandbox(req.sandbox);
-      const result = await sandbox.run(req.cmd as string[], { timeoutMs: EXEC_TIMEOUT_MS, ...(req.stdin !== undefined ? { stdin: req.stdin } : {}) });
+      const result = await sandbox.commands.run(req.cmd as string[], { timeoutMs: EXEC_TIMEOUT_MS, ...(req.stdin !== undefined ? { stdin: req.stdin } : {}) });
       return Buffer.from(JSON.stringify({ exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }));
     },
   };

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { MAX_ACTOR_MESSAGE_BYTES } from '@roost/api';
-import { E_BAD_REF, E_DENIED, E_FAILED, E_INVALID, E_LIMIT, E_NOT_FOUND, FUEL_EXPORT } from '../abi.js';
-import type { StateTree } from '../state/tree.js';
+import { E_BAD_REF, E_DENIED, E_FAILED, E_INVALID, E_LIMIT, E_NOT_FOUND, FUEL_EXPORT, START_EXPORT } from '../abi.js';
+import type { StateTree } from '../state/index.js';
 import type { ActorSnapshot, BatchMessage, ChildCreate, FailureReason, MessageOutcome } from './protocol.js';
 
 /*
@@ -224,7 +224,11 @@ export function runMessage(
 
   const fuelLimit = BigInt(actor.limits.fuel);
   let fuelGlobal: WebAssembly.Global | undefined;
-  const fail = (reason: FailureReason, message: string, ticks: number): MessageOutcome => ({
+  const fail = (reason: FailureReason, message: string, ticks: number): MessageOutcome => {
+    actor.clock = clock;
+    return failed(reason, message, ticks);
+  };
+  const failed = (reason: FailureReason, message: string, ticks: number): MessageOutcome => ({
     seq: msg.seq,
     ok: false,
     error: { reason, message },
@@ -256,17 +260,23 @@ export function runMessage(
   fuelGlobal.value = fuelLimit;
   const handler = instance.exports[msg.kind === 'init' ? 'init' : 'handle'] as ((len: number) => number) | undefined;
   if (typeof handler !== 'function') return fail('instantiate', `the module exports no ${msg.kind === 'init' ? 'init' : 'handle'} function`, 0);
+  // The module's start function (the loader exports it instead of letting instantiation run it unmetered) runs first, on the same fuel.
+  const start = instance.exports[START_EXPORT] as (() => void) | undefined;
   let code: number;
   try {
+    if (typeof start === 'function') start();
     code = handler(msg.body.length);
   } catch (e) {
     const ticks = ticksUsed();
-    if (fuelGlobal.value < 0n) return fail('out_of_fuel', `out of fuel: the message used its ${actor.limits.fuel} units`, ticks);
+    if ((fuelGlobal.value as bigint) < 0n) return fail('out_of_fuel', `out of fuel: the message used its ${actor.limits.fuel} units`, ticks);
     if (e instanceof HostTrap) return fail('trap', e.message, ticks);
     if (e instanceof RangeError && /call stack/i.test(e.message)) return fail('trap', 'stack overflow', ticks);
-    return fail('trap', errorText(e), ticks);
+    const full = memory && memory.buffer.byteLength >= Math.floor(actor.limits.memoryBytes / 65536) * 65536;
+    return fail('trap', `${errorText(e)}${full ? ` (its memory is at its limit of ${actor.limits.memoryBytes} bytes)` : ''}`, ticks);
   }
   const ticks = ticksUsed();
+  // Straight-line code after the last check may take the fuel just below zero: out of fuel too.
+  if ((fuelGlobal.value as bigint) < 0n) return fail('out_of_fuel', `out of fuel: the message used its ${actor.limits.fuel} units`, ticks);
   if (code !== 0) return fail('returned', `the handler returned ${code}`, ticks);
 
   actor.clock = clock;

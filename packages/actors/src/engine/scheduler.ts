@@ -1,6 +1,6 @@
 import type Database from 'better-sqlite3';
 import { RoostError, type ActorMessageRecord } from '@roost/api';
-import type { SqliteNodes } from '../state/sqlite-nodes.js';
+import type { SqliteNodes } from '../state/index.js';
 import { insertActor } from '../store/insert.js';
 import { actorFromRaw, historyRecord, type ActorRow, type HistoryRaw, type Statements } from '../store/rows.js';
 import type { BatchMessage, FailureReason, MessageOutcome, RunBatch } from './protocol.js';

@@ -1,8 +1,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
-import { capMemory } from '../wasm/prepare.js';
+import { capMemory } from '../wasm/index.js';
 import { deriveActorId } from '../ids.js';
-import { NodeCache, StateTree, type NodeSource } from '../state/tree.js';
+import { NodeCache, StateTree, type NodeSource } from '../state/index.js';
 import { openActorsDbReadOnly } from '../store/db.js';
 import { E_FAILED } from '../abi.js';
 import { runMessage, type RunWorld } from './message-run.js';

@@ -1,7 +1,7 @@
 import { chmodSync, existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { RoostError } from '@roost/api';
-import { createNodeTables } from '../state/sqlite-nodes.js';
+import { createNodeTables } from '../state/index.js';
 
 /*
  * The actors' database (`<home>/actors.db`): modules, actors, references,

@@ -1,6 +1,5 @@
 import type { ActorGrants, ResolvedActorLimits } from '@roost/api';
-import { EMPTY_ROOT, EMPTY_ROOT_BODY } from '../state/tree.js';
-import type { SqliteNodes } from '../state/sqlite-nodes.js';
+import { EMPTY_ROOT, type SqliteNodes } from '../state/index.js';
 import type { Statements } from './rows.js';
 
 /** An actor about to be stored: made from outside (create, fork) or by its parent's message. */
@@ -27,7 +26,7 @@ export interface NewActor {
  */
 export function insertActor(q: Statements, nodes: SqliteNodes, a: NewActor, at: string): number | null {
   const root = a.root ?? { hash: EMPTY_ROOT, entries: 0, bytes: 0 };
-  nodes.retain(root.hash, a.root ? [] : [{ hash: EMPTY_ROOT, body: EMPTY_ROOT_BODY, children: [] }]);
+  nodes.retain(root.hash, []);
   q.actorInsert.run({
     id: a.id,
     name: a.name,
