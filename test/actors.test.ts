@@ -194,13 +194,13 @@ describe('actors', () => {
     })();
     await runtime.actors.send(a.id, 'one');
     await runtime.actors.call(a.id, 'r').catch(() => {});
-    await runtime.actors.send(a.id, 'three');
+    await runtime.actors.send(a.id, 'xthree');
     await reading;
     expect(seen.map((r) => r.ok)).toEqual([true, false, true]);
     await runtime.actors.remove(a.id);
     await expectCode(runtime.actors.get(a.id), 'NOT_FOUND');
     const types = [];
-    for await (const e of runtime.events({ signal: AbortSignal.timeout(500) })) if (e.data.actor === a.id) types.push(e.type);
+    for await (const e of runtime.events({ after: 0, signal: AbortSignal.timeout(500) })) if (e.data.actor === a.id) types.push(e.type);
     expect(types).toEqual(['actor.created', 'actor.trapped', 'actor.removed']);
   });
 });

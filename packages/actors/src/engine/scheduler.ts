@@ -232,19 +232,23 @@ export class Scheduler {
         if (o.ok) {
           row.nonce = o.nonce;
           if (o.state) {
-            this.#nodes.retain(Buffer.from(o.state.root), o.state.nodes.map(bufferNode));
+            const root = Buffer.from(o.state.root);
+            const nodes = o.state.nodes.map(bufferNode);
             row.version += 1;
-            row.root = Buffer.from(o.state.root);
+            row.root = root;
             row.stateEntries = o.state.entries;
             row.stateBytes = o.state.bytes;
-            this.#q.versionInsert.run(id, row.version, row.root, o.seq, at);
+            this.#q.versionInsert.run(id, row.version, root, o.seq, at);
             unpinned += 1;
-            while (unpinned > row.keepVersions) {
-              const old = this.#q.versionOldest.get(id) as { version: number; root: Buffer } | undefined;
-              if (!old || old.version === row.version) break;
+            // The oldest unpinned version goes when there are more than kept: its release and the new
+            // root's retain in one pass (what the two share is not counted down and up again).
+            const old = unpinned > row.keepVersions ? (this.#q.versionOldest.get(id) as { version: number; root: Buffer } | undefined) : undefined;
+            if (old && old.version !== row.version) {
               this.#q.versionDelete.run(id, old.version);
-              this.#nodes.release(old.root);
               unpinned -= 1;
+              this.#nodes.advance(old.root, root, nodes);
+            } else {
+              this.#nodes.retain(root, nodes);
             }
           }
           version = row.version;
