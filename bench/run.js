@@ -180,6 +180,12 @@ try {
     await benchVolumes({ home, assets, accel, row, results });
   }
 
+  // --- actors (bench/actors.js): WASM actors beside a microVM's cold start and exec from this run.
+  if (process.env.BENCH_ACTORS !== '0') {
+    const { benchActors } = await import('./actors.js');
+    await benchActors({ realHome, row, results, coldStartP50: coldP50, execP50: results.figures.execRoundTrip.p50 });
+  }
+
   // --- control plane (bench/api.js): the daemon vs the embedded runtime --------
   if (process.env.BENCH_API !== '0') {
     const { benchApi } = await import('./api.js');

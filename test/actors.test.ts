@@ -1,3 +1,5 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ActorMessageRecord } from '@roost/api';
 import { Runtime } from '@roost/core';
@@ -202,5 +204,27 @@ describe('actors', () => {
     const types = [];
     for await (const e of runtime.events({ after: 0, signal: AbortSignal.timeout(500) })) if (e.data.actor === a.id) types.push(e.type);
     expect(types).toEqual(['actor.created', 'actor.trapped', 'actor.removed']);
+  });
+
+  it('fetch goes through the egress policy of its grant: the host only by a host rule, other names only when allowed', async () => {
+    const server: Server = createServer((req, res) => res.end(`hello from ${req.url}`));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const mod = await runtime.actors.deploy(watModule('fetch'));
+      await expectCode(runtime.actors.create({ module: mod.digest }), 'INVALID_ARGUMENT', /fetch/);
+      const req = JSON.stringify({ url: `http://127.0.0.1:${port}/x` });
+      const open = await runtime.actors.create({ module: mod.digest, grants: { fetch: { default: 'deny', allow: ['host'] } } });
+      const res = JSON.parse(text((await runtime.actors.call(open.id, req)).reply)) as { status: number; body: string };
+      expect(res).toMatchObject({ status: 200, body: 'hello from /x' });
+      // `allow` everything still does not reach the host (it is special), nor a name the policy does not list.
+      const wide = await runtime.actors.create({ module: mod.digest, grants: { fetch: 'allow' } });
+      await expectCode(runtime.actors.call(wide.id, req), 'ACTOR', /returned 106/);
+      const named = await runtime.actors.create({ module: mod.digest, grants: { fetch: { default: 'deny', allow: ['example.com'] } } });
+      await expectCode(runtime.actors.call(named.id, JSON.stringify({ url: 'http://other.invalid/' })), 'ACTOR', /returned 106/);
+      await expectCode(runtime.actors.call(named.id, JSON.stringify({ url: 'file:///etc/passwd' })), 'ACTOR', /returned 105/);
+    } finally {
+      server.close();
+    }
   });
 });

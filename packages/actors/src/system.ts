@@ -71,6 +71,8 @@ export class ActorSystem implements ActorsApi {
   readonly #sched: Scheduler;
   readonly #options: ActorSystemOptions;
   #pending: PendingSend[] = [];
+  /** Messages of #pending per actor (the mailbox limit counts them). */
+  readonly #pendingFor = new Map<LiveActor, number>();
   #flushQueued = false;
   #closed = false;
 
@@ -375,7 +377,7 @@ export class ActorSystem implements ActorsApi {
     if (body.length > MAX_ACTOR_MESSAGE_BYTES) {
       return Promise.reject(new RoostError('INVALID_ARGUMENT', `the message is ${body.length} bytes, over ${MAX_ACTOR_MESSAGE_BYTES}`));
     }
-    const queued = this.#pending.filter((p) => p.live === live).length;
+    const queued = this.#pendingFor.get(live) ?? 0;
     if (live.waiting + queued >= live.row.limits.mailbox) {
       return Promise.reject(
         new RoostError('RESOURCE_EXHAUSTED', `actor ${live.row.id}'s mailbox is full (${live.row.limits.mailbox} messages wait): try again later`, {
@@ -383,6 +385,7 @@ export class ActorSystem implements ActorsApi {
         }),
       );
     }
+    this.#pendingFor.set(live, queued + 1);
     return new Promise<number>((resolve, reject) => {
       this.#pending.push({
         live,
@@ -406,6 +409,7 @@ export class ActorSystem implements ActorsApi {
     this.#flushQueued = false;
     const batch = this.#pending;
     this.#pending = [];
+    this.#pendingFor.clear();
     if (batch.length === 0) return;
     const seqs: number[] = [];
     try {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { MAX_ACTOR_MESSAGE_BYTES } from '@roost/api';
 import { E_BAD_REF, E_DENIED, E_FAILED, E_INVALID, E_LIMIT, E_NOT_FOUND, FUEL_EXPORT, START_EXPORT } from '../abi.js';
 import type { StateTree } from '../state/index.js';
+import { MEMORY_IMPORT_NAME } from '../wasm/memory-import.js';
 import type { ActorSnapshot, BatchMessage, ChildCreate, FailureReason, MessageOutcome } from './protocol.js';
 
 /*
@@ -60,6 +61,7 @@ export function hasGrant(grants: ActorSnapshot['grants'], need: string): boolean
  */
 export function runMessage(
   module: WebAssembly.Module,
+  memoryIn: WebAssembly.Memory,
   actor: ActorSnapshot,
   msg: BatchMessage,
   tree: StateTree,
@@ -89,11 +91,10 @@ export function runMessage(
   let result: Uint8Array = new Uint8Array(0);
   let stateBytes = actor.stateBytes;
   let randomCounter = 0;
-  const seed = createHash('sha256').update(`${actor.id}\0${msg.seq}`).digest();
+  let seed: Buffer | undefined;
 
-  let memory: WebAssembly.Memory | undefined;
+  const memory: WebAssembly.Memory = memoryIn;
   const view = (ptr: number, len: number): Uint8Array => {
-    if (!memory) throw new HostTrap('the module has no memory');
     const buf = memory.buffer;
     if (ptr < 0 || len < 0 || ptr + len > buf.byteLength) throw new HostTrap(`out-of-bounds memory access (${ptr}, ${len})`);
     return new Uint8Array(buf, ptr, len);
@@ -101,7 +102,8 @@ export function runMessage(
   const copyIn = (ptr: number, len: number): Buffer => Buffer.from(view(ptr, len));
   const effects = () => sends.length + creates.length + timers.length;
 
-  const roost: Record<string, (...args: never[]) => unknown> = {
+  const roost: Record<string, ((...args: never[]) => unknown) | WebAssembly.Memory> = {
+    [MEMORY_IMPORT_NAME]: memoryIn,
     msg_read: (ptr: number, offset: number, len: number): number => {
       if (offset < 0 || len < 0) return E_INVALID;
       const part = msg.body.subarray(Math.min(offset, msg.body.length), Math.min(offset + len, msg.body.length));
@@ -188,6 +190,7 @@ export function runMessage(
     random: (ptr: number, len: number): number => {
       const out = view(ptr, len);
       for (let off = 0; off < len; off += 32) {
+        seed ??= createHash('sha256').update(`${actor.id}\0${msg.seq}`).digest();
         const block = createHash('sha256').update(seed).update(String(randomCounter++)).digest();
         out.set(block.subarray(0, Math.min(32, len - off)), off);
       }
@@ -214,7 +217,7 @@ export function runMessage(
   /** An AssemblyScript string (UTF-16, its byte length in the 4 bytes before it), bounded. */
   const readAsString = (ptr: number): string => {
     try {
-      if (!memory || ptr < 4) return '?';
+      if (ptr < 4) return '?';
       const len = new DataView(memory.buffer).getUint32(ptr - 4, true);
       return Buffer.from(view(ptr, Math.min(len, 2048))).toString('utf16le');
     } catch {
@@ -254,7 +257,6 @@ export function runMessage(
   } catch (e) {
     return fail('instantiate', `the module could not be instantiated: ${errorText(e)}`, 0);
   }
-  memory = instance.exports.memory as WebAssembly.Memory | undefined;
   fuelGlobal = instance.exports[FUEL_EXPORT] as WebAssembly.Global | undefined;
   if (!fuelGlobal) return fail('instantiate', 'the module is not metered (no fuel counter)', 0);
   fuelGlobal.value = fuelLimit;
@@ -271,7 +273,7 @@ export function runMessage(
     if ((fuelGlobal.value as bigint) < 0n) return fail('out_of_fuel', `out of fuel: the message used its ${actor.limits.fuel} units`, ticks);
     if (e instanceof HostTrap) return fail('trap', e.message, ticks);
     if (e instanceof RangeError && /call stack/i.test(e.message)) return fail('trap', 'stack overflow', ticks);
-    const full = memory && memory.buffer.byteLength >= Math.floor(actor.limits.memoryBytes / 65536) * 65536;
+    const full = memory.buffer.byteLength >= Math.floor(actor.limits.memoryBytes / 65536) * 65536;
     return fail('trap', `${errorText(e)}${full ? ` (its memory is at its limit of ${actor.limits.memoryBytes} bytes)` : ''}`, ticks);
   }
   const ticks = ticksUsed();

@@ -3,7 +3,7 @@ import { RoostError, type ActorMessageRecord } from '@roost/api';
 import type { SqliteNodes } from '../state/index.js';
 import { insertActor } from '../store/insert.js';
 import { actorFromRaw, historyRecord, type ActorRow, type HistoryRaw, type Statements } from '../store/rows.js';
-import type { BatchMessage, FailureReason, MessageOutcome, RunBatch } from './protocol.js';
+import type { ActorSnapshot, BatchDone, BatchMessage, FailureReason, MessageOutcome, RunBatch } from './protocol.js';
 import { BatchAborted, type WorkerPool } from './workers.js';
 
 /*
@@ -17,6 +17,8 @@ import { BatchAborted, type WorkerPool } from './workers.js';
 
 /** Messages of one actor run per batch. */
 const BATCH = 64;
+/** Actors kept loaded in memory; past it, idle ones are forgotten. */
+const MAX_LOADED = 4096;
 /** Handled messages kept in an actor's history. */
 export const HISTORY_KEPT = 1000;
 const REPLY_KEPT = 4096;
@@ -93,8 +95,18 @@ export class Scheduler {
         idle: [],
       };
       this.actors.set(id, live);
+      if (this.actors.size > MAX_LOADED) this.#evictIdle();
     }
     return live;
+  }
+
+  /** Forgets loaded actors with nothing to do (they load again from their row when needed): an idle actor costs its row only. */
+  #evictIdle(): void {
+    for (const [id, l] of this.actors) {
+      if (this.actors.size <= MAX_LOADED / 2) break;
+      if (l.running || l.queued || l.waiting > 0 || l.idle.length > 0 || this.followers.has(id)) continue;
+      this.actors.delete(id);
+    }
   }
 
   /** Queues every actor with messages due now and arms the timer for the next one (at open, and when a timer fires). */
@@ -136,52 +148,73 @@ export class Scheduler {
       if (!live) continue;
       live.queued = false;
       if (live.removed || live.running) continue;
-      const rows = this.#q.mailBatch.all(id, Date.now(), BATCH) as Array<Omit<BatchMessage, 'reply'> & { reply: number }>;
-      if (rows.length === 0) continue;
+      const batch = this.#batchFor(live, snapshotOf(live), new Set());
+      if (!batch) continue;
       live.running = true;
-      const batch: RunBatch = {
-        type: 'run',
-        batch: ++this.#batchId,
-        actor: {
-          id,
-          module: live.row.module,
-          grants: live.row.grants,
-          limits: live.row.limits,
-          root: live.row.root,
-          stateBytes: live.row.stateBytes,
-          stateEntries: live.row.stateEntries,
-          clock: live.row.clock,
-          nonce: live.row.nonce,
-          maxRef: live.maxRef,
-        },
-        messages: rows.map((r) => ({ ...r, reply: r.reply === 1 })),
-      };
-      const p = this.#runBatch(live, batch).finally(() => this.#inFlight.delete(p));
+      const p = this.#runBatches(live, batch).finally(() => this.#inFlight.delete(p));
       this.#inFlight.add(p);
     }
   }
 
-  async #runBatch(live: LiveActor, batch: RunBatch): Promise<void> {
+  /** The next messages due for `live`, leaving out those already running; null when none. */
+  #batchFor(live: LiveActor, actor: ActorSnapshot, running: ReadonlySet<number>): RunBatch | null {
+    const rows = this.#q.mailBatch.all(live.row.id, Date.now(), BATCH + running.size) as Array<Omit<BatchMessage, 'reply'> & { reply: number }>;
+    const messages = rows
+      .filter((r) => !running.has(r.seq))
+      .slice(0, BATCH)
+      .map((r) => ({ ...r, reply: r.reply === 1 }));
+    if (messages.length === 0) return null;
+    return { type: 'run', batch: ++this.#batchId, actor, messages };
+  }
+
+  /**
+   * Runs an actor's batches one after another, pipelined: when a batch's
+   * outcomes come back, the next batch starts on the same thread from the
+   * state they leave (the thread still holds its nodes) while the main
+   * thread commits them. If that commit fails, the next batch's outcomes,
+   * built on it, are dropped and its messages run again later.
+   */
+  async #runBatches(live: LiveActor, first: RunBatch): Promise<void> {
+    let current: RunBatch | null = first;
+    let running: Promise<{ done: BatchDone; slot: unknown }> = this.#pool.run(first);
+    let poisoned = false;
     try {
-      const done = await this.#pool.run(batch);
-      this.#commit(live, batch, done.outcomes);
-    } catch (e) {
-      if (e instanceof BatchAborted) {
-        // The messages before the one that failed ran but committed nothing: they run again.
-        const seq = e.seq ?? null;
-        const msg = batch.messages.find((m) => m.seq === seq);
-        if (msg && !this.#closed) this.#commit(live, batch, [this.#failure(live, msg, e.reason, e.message)]);
-      } else if (!this.#closed) {
-        // A commit that failed (a full disk): nothing of the batch is stored; try again later.
-        const err = e instanceof Error ? e : new Error(String(e));
-        live.row.lastError = { code: 'INTERNAL', reason: 'crashed', message: `commit failed: ${err.message}`, at: new Date().toISOString() };
-        setTimeout(() => this.markReady(live.row.id), 1000).unref();
+      while (current) {
+        let result: { done: BatchDone; slot: unknown };
+        try {
+          result = await running;
+        } catch (e) {
+          if (!(e instanceof BatchAborted)) throw e;
+          // The messages before the one that failed ran but committed nothing: they run again.
+          const msg = current.messages.find((m) => m.seq === e.seq);
+          if (msg && !this.#closed && !poisoned && !live.removed) this.#commit(live, current, [this.#failure(live, msg, e.reason, e.message)]);
+          return;
+        }
+        if (poisoned || live.removed || this.#closed) return;
+        const outcomes = result.done.outcomes;
+        const failedInit = outcomes.some((o) => !o.ok && current!.messages.find((m) => m.seq === o.seq)?.kind === 'init');
+        const next: RunBatch | null = failedInit
+          ? null
+          : this.#batchFor(live, afterBatch(current.actor, outcomes), new Set(current.messages.map((m) => m.seq)));
+        if (next) running = this.#pool.run(next, result.slot);
+        try {
+          this.#commit(live, current, outcomes);
+        } catch (e) {
+          // A commit that failed (a full disk): nothing of the batch is stored; try again later.
+          poisoned = true;
+          const err = e instanceof Error ? e : new Error(String(e));
+          live.row.lastError = { code: 'INTERNAL', reason: 'crashed', message: `commit failed: ${err.message}`, at: new Date().toISOString() };
+          if (next) await running.catch(() => {});
+          setTimeout(() => this.markReady(live.row.id), 1000).unref();
+          return;
+        }
+        current = next;
       }
     } finally {
       live.running = false;
       if (live.removed || live.idle.length > 0) {
         for (const f of live.idle.splice(0)) f();
-      } else if (live.waiting > 0) {
+      } else if (live.waiting > 0 && !poisoned) {
         this.markReady(live.row.id);
       }
       this.pump();
@@ -392,6 +425,40 @@ export class Scheduler {
     if (this.#timer) clearTimeout(this.#timer);
     await Promise.allSettled([...this.#inFlight]);
   }
+}
+
+/** What a worker needs of an actor, from its committed row. */
+function snapshotOf(live: LiveActor): ActorSnapshot {
+  const r = live.row;
+  return {
+    id: r.id,
+    module: r.module,
+    grants: r.grants,
+    limits: r.limits,
+    root: r.root,
+    stateBytes: r.stateBytes,
+    stateEntries: r.stateEntries,
+    clock: r.clock,
+    nonce: r.nonce,
+    maxRef: live.maxRef,
+  };
+}
+
+/** The actor as a batch's outcomes leave it (before they are committed). */
+function afterBatch(before: ActorSnapshot, outcomes: MessageOutcome[]): ActorSnapshot {
+  const s = { ...before };
+  for (const o of outcomes) {
+    s.clock = o.clock;
+    if (!o.ok) continue;
+    s.nonce = o.nonce;
+    if (o.state) {
+      s.root = o.state.root;
+      s.stateBytes = o.state.bytes;
+      s.stateEntries = o.state.entries;
+    }
+    for (const r of o.refs) s.maxRef = Math.max(s.maxRef, r.ref);
+  }
+  return s;
 }
 
 function bufferNode(n: { hash: Uint8Array; body: Uint8Array; children: Uint8Array[] }) {

@@ -1,6 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
-import { capMemory } from '../wasm/index.js';
+import { importMemory } from '../wasm/memory-import.js';
 import { deriveActorId } from '../ids.js';
 import { NodeCache, StateTree, type NodeSource } from '../state/index.js';
 import { openActorsDbReadOnly } from '../store/db.js';
@@ -47,19 +47,46 @@ const dbSource: NodeSource = {
   get: (hash) => (q.node.get(hash) as Buffer | undefined) ?? undefined,
 };
 
-const compiled = new Map<string, WebAssembly.Module>();
-function moduleFor(digest: string, memoryBytes: number): WebAssembly.Module {
+/** A compiled module at one memory limit, and memories of its initial size ready for reuse. */
+interface Compiled {
+  module: WebAssembly.Module;
+  initialPages: number;
+  maximumPages: number;
+  free: WebAssembly.Memory[];
+}
+/** Memories up to this size are reused (zeroing them is cheaper than a new one); bigger ones are made fresh. */
+const POOLED_MEMORY_BYTES = 1024 * 1024;
+const POOL_PER_MODULE = 4;
+
+const compiled = new Map<string, Compiled>();
+function moduleFor(digest: string, memoryBytes: number): Compiled {
   const pages = Math.floor(memoryBytes / 65536);
   const key = `${digest}/${pages}`;
-  let mod = compiled.get(key);
-  if (!mod) {
+  let c = compiled.get(key);
+  if (!c) {
     const row = q.module.get(digest) as { prepared: Buffer } | undefined;
     if (!row) throw new Error(`module ${digest} is not deployed`);
-    mod = new WebAssembly.Module(capMemory(row.prepared, pages));
+    const imported = importMemory(row.prepared, pages);
+    c = { module: new WebAssembly.Module(imported.bytes), initialPages: imported.initialPages, maximumPages: imported.maximumPages, free: [] };
     if (compiled.size >= 256) compiled.delete(compiled.keys().next().value!);
-    compiled.set(key, mod);
+    compiled.set(key, c);
   }
-  return mod;
+  return c;
+}
+
+/** A memory for one message: a pooled one zeroed (as a fresh one is), or a new one. */
+function takeMemory(c: Compiled): WebAssembly.Memory {
+  const m = c.free.pop();
+  if (m) {
+    new Uint8Array(m.buffer).fill(0);
+    return m;
+  }
+  return new WebAssembly.Memory({ initial: c.initialPages, maximum: c.maximumPages });
+}
+
+/** Back to the pool if it is still its initial size (a memory cannot shrink). */
+function giveMemory(c: Compiled, m: WebAssembly.Memory): void {
+  if (c.free.length < POOL_PER_MODULE && m.buffer.byteLength === c.initialPages * 65536 && m.buffer.byteLength <= POOLED_MEMORY_BYTES) c.free.push(m);
 }
 
 let hostCallId = 0;
@@ -95,13 +122,27 @@ const world: RunWorld = {
   },
 };
 
+/**
+ * The nodes the last batch made: the main thread may start an actor's next
+ * batch here before it has committed them (it pipelines), so they are read
+ * from here until the next batch is done.
+ */
+let previous: { actor: string; made: Map<string, Buffer> } | null = null;
+
 function runBatch(req: RunBatch): BatchDone {
   const actor = req.actor;
   const outcomes: MessageOutcome[] = [];
   const made = new Map<string, Buffer>();
-  const source: NodeSource = { get: (hash) => made.get(hash.toString('hex')) ?? dbSource.get(hash) };
+  const before = previous?.actor === actor.id ? previous.made : null;
+  previous = { actor: actor.id, made };
+  const source: NodeSource = {
+    get: (hash) => {
+      const key = hash.toString('hex');
+      return made.get(key) ?? before?.get(key) ?? dbSource.get(hash);
+    },
+  };
   const tree = new StateTree(source, Buffer.from(actor.root), cache);
-  let mod: WebAssembly.Module;
+  let mod: Compiled;
   try {
     mod = moduleFor(actor.module, actor.limits.memoryBytes);
   } catch (e) {
@@ -129,7 +170,9 @@ function runBatch(req: RunBatch): BatchDone {
     Atomics.store(control, 4, m.seq);
     Atomics.store(control, 3, 1);
     const timeoutAt = startedAt[0] + actor.limits.timeoutMs;
-    const outcome = runMessage(mod, actor, m, tree, world, timeoutAt);
+    const memory = takeMemory(mod);
+    const outcome = runMessage(mod.module, memory, actor, m, tree, world, timeoutAt);
+    giveMemory(mod, memory);
     Atomics.store(control, 3, 0);
     if (outcome.ok) {
       const committed = tree.commit();
@@ -150,8 +193,28 @@ function runBatch(req: RunBatch): BatchDone {
   return { type: 'done', batch: req.batch, outcomes };
 }
 
+/**
+ * Each byte array on its own exact-size buffer: a Buffer is often a view of
+ * Node's shared 8 KiB pool, and posting it would copy the whole pool.
+ */
+const own = (b: Uint8Array): Uint8Array => (b.byteLength === b.buffer.byteLength ? b : b.slice());
+
+function compact(done: BatchDone): BatchDone {
+  for (const o of done.outcomes) {
+    if (o.state) {
+      o.state.root = own(o.state.root);
+      o.state.nodes = o.state.nodes.map((n) => ({ hash: own(n.hash), body: own(n.body), children: n.children.map(own) }));
+    }
+    if (o.reply) o.reply = own(o.reply);
+    for (const x of o.sends) x.body = own(x.body);
+    for (const x of o.creates) x.init = own(x.init);
+    for (const x of o.timers) x.body = own(x.body);
+  }
+  return done;
+}
+
 port.on('message', (req: RunBatch) => {
   if (req.type !== 'run') return;
-  post(runBatch(req));
+  post(compact(runBatch(req)));
 });
 post({ type: 'ready' });

@@ -36,7 +36,7 @@ interface Slot {
   control: Int32Array;
   clock: Float64Array;
   answer: Uint8Array;
-  busy: { batch: RunBatch; resolve: (d: BatchDone) => void; reject: (e: Error) => void } | null;
+  busy: { batch: RunBatch; resolve: (d: { done: BatchDone; slot: unknown }) => void; reject: (e: Error) => void } | null;
   ready: Promise<void>;
   killed: boolean;
 }
@@ -67,17 +67,23 @@ export class WorkerPool {
     return this.#slots.filter((s) => !s.busy && !s.killed).length + (this.#size - this.#slots.length);
   }
 
-  /** Runs a batch on a free thread (the caller checks `idle()` first). */
-  run(batch: RunBatch): Promise<BatchDone> {
-    let slot = this.#slots.find((s) => !s.busy && !s.killed);
+  /**
+   * Runs a batch on a free thread (the caller checks `idle()` first), or on
+   * `prefer` (a slot an earlier answer named) when it is free: the thread
+   * that ran an actor's last batch holds the nodes that batch made.
+   */
+  run(batch: RunBatch, prefer?: unknown): Promise<{ done: BatchDone; slot: unknown }> {
+    const preferred = this.#slots.find((s) => s === prefer && !s.busy && !s.killed);
+    let slot = preferred ?? this.#slots.find((s) => !s.busy && !s.killed);
     if (!slot && this.#slots.length < this.#size && !this.#closed) {
       slot = this.#spawn();
       this.#slots.push(slot);
     }
     if (!slot) return Promise.reject(new Error('no idle actor thread'));
-    return new Promise<BatchDone>((resolve, reject) => {
-      slot.busy = { batch, resolve, reject };
-      slot.worker.postMessage(batch);
+    const chosen = slot;
+    return new Promise<{ done: BatchDone; slot: unknown }>((resolve, reject) => {
+      chosen.busy = { batch, resolve, reject };
+      chosen.worker.postMessage(batch);
       this.#armWatchdog();
     });
   }
@@ -111,7 +117,7 @@ export class WorkerPool {
       else if (m.type === 'done') {
         const busy = slot.busy;
         slot.busy = null;
-        busy?.resolve(m);
+        busy?.resolve({ done: m, slot });
       } else if (m.type === 'host') void this.#answerHostCall(slot, m);
       else if (m.type === 'fatal') this.#replace(slot, 'crashed', m.message);
     });
