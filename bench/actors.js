@@ -7,6 +7,7 @@
 //   module run unmetered by V8 in the same process;
 // - memory per idle actor (the runtime's heap after a full GC, and database bytes, over 1,000 actors);
 // - for scale: a microVM sandbox's create -> first run('true') and exec round trip from this run.
+/* global WebAssembly */
 // Targets: first message under 5 ms, 10,000 committed messages per second on one core, metering under 2x.
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -226,7 +226,6 @@ export function runMessage(
   };
 
   const fuelLimit = BigInt(actor.limits.fuel);
-  let fuelGlobal: WebAssembly.Global | undefined;
   const fail = (reason: FailureReason, message: string, ticks: number): MessageOutcome => {
     actor.clock = clock;
     return failed(reason, message, ticks);
@@ -245,11 +244,6 @@ export function runMessage(
     nonce: actor.nonce,
     logs,
   });
-  const ticksUsed = (): number => {
-    if (!fuelGlobal) return 0;
-    const left = fuelGlobal.value as bigint;
-    return Number(left < 0n ? fuelLimit : fuelLimit - left);
-  };
 
   let instance: WebAssembly.Instance;
   try {
@@ -257,8 +251,12 @@ export function runMessage(
   } catch (e) {
     return fail('instantiate', `the module could not be instantiated: ${errorText(e)}`, 0);
   }
-  fuelGlobal = instance.exports[FUEL_EXPORT] as WebAssembly.Global | undefined;
+  const fuelGlobal = instance.exports[FUEL_EXPORT] as WebAssembly.Global | undefined;
   if (!fuelGlobal) return fail('instantiate', 'the module is not metered (no fuel counter)', 0);
+  const ticksUsed = (): number => {
+    const left = fuelGlobal.value as bigint;
+    return Number(left < 0n ? fuelLimit : fuelLimit - left);
+  };
   fuelGlobal.value = fuelLimit;
   const handler = instance.exports[msg.kind === 'init' ? 'init' : 'handle'] as ((len: number) => number) | undefined;
   if (typeof handler !== 'function') return fail('instantiate', `the module exports no ${msg.kind === 'init' ? 'init' : 'handle'} function`, 0);

@@ -184,7 +184,8 @@ export class Scheduler {
         try {
           result = await running;
         } catch (e) {
-          if (!(e instanceof BatchAborted)) throw e;
+          // Not an abort: a bug; the batch's messages stay in the mailbox and run again.
+          if (!(e instanceof BatchAborted)) return;
           // The messages before the one that failed ran but committed nothing: they run again.
           const msg = current.messages.find((m) => m.seq === e.seq);
           if (msg && !this.#closed && !poisoned && !live.removed) this.#commit(live, current, [this.#failure(live, msg, e.reason, e.message)]);

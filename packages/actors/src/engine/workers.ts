@@ -39,6 +39,8 @@ interface Slot {
   busy: { batch: RunBatch; resolve: (d: { done: BatchDone; slot: unknown }) => void; reject: (e: Error) => void } | null;
   ready: Promise<void>;
   killed: boolean;
+  /** It said it was ready. */
+  started: boolean;
 }
 
 export class WorkerPool {
@@ -49,6 +51,9 @@ export class WorkerPool {
   readonly #size: number;
   #watchdog: NodeJS.Timeout | null = null;
   #closed = false;
+  /** Threads in a row that died before they were ready; at 3 the pool stops starting them (why: `broken`). */
+  #startFailures = 0;
+  #broken: string | null = null;
 
   constructor(options: { size: number; dbPath: string; hostCall: HostCallHandler; nodeCacheBytes?: number }) {
     this.#dbPath = options.dbPath;
@@ -62,8 +67,14 @@ export class WorkerPool {
     return this.#slots.length;
   }
 
+  /** Why no thread can start (their database cannot be opened, ...), or null. */
+  get broken(): string | null {
+    return this.#broken;
+  }
+
   /** Batches that could start now. */
   idle(): number {
+    if (this.#broken) return 0;
     return this.#slots.filter((s) => !s.busy && !s.killed).length + (this.#size - this.#slots.length);
   }
 
@@ -79,7 +90,7 @@ export class WorkerPool {
       slot = this.#spawn();
       this.#slots.push(slot);
     }
-    if (!slot) return Promise.reject(new Error('no idle actor thread'));
+    if (!slot) return Promise.reject(new BatchAborted('crashed', null, this.#broken ?? 'no idle actor thread'));
     const chosen = slot;
     return new Promise<{ done: BatchDone; slot: unknown }>((resolve, reject) => {
       chosen.busy = { batch, resolve, reject };
@@ -111,10 +122,14 @@ export class WorkerPool {
       busy: null,
       ready: new Promise<void>((r) => (markReady = r)),
       killed: false,
+      started: false,
     };
     worker.on('message', (m: FromWorker) => {
-      if (m.type === 'ready') markReady();
-      else if (m.type === 'done') {
+      if (m.type === 'ready') {
+        slot.started = true;
+        this.#startFailures = 0;
+        markReady();
+      } else if (m.type === 'done') {
         const busy = slot.busy;
         slot.busy = null;
         busy?.resolve({ done: m, slot });
@@ -156,7 +171,12 @@ export class WorkerPool {
     void slot.worker.terminate();
     const busy = slot.busy;
     slot.busy = null;
-    if (!this.#closed) this.#slots[this.#slots.indexOf(slot)] = this.#spawn();
+    if (!slot.started && ++this.#startFailures >= 3) {
+      this.#broken = message;
+      process.emitWarning(`roost actors: no actor thread can start (${message}); messages wait in their mailboxes`);
+    }
+    if (this.#closed || this.#broken) this.#slots.splice(this.#slots.indexOf(slot), 1);
+    else this.#slots[this.#slots.indexOf(slot)] = this.#spawn();
     busy?.reject(new BatchAborted(reason, running, message));
   }
 
