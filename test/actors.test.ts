@@ -227,4 +227,47 @@ describe('actors', () => {
       server.close();
     }
   });
+
+  it('bounds the state: a write over stateBytes gets E_LIMIT and changes nothing; modules too big or too hungry are refused', async () => {
+    const probe = await runtime.actors.deploy(watModule('probe'));
+    const a = await runtime.actors.create({ module: probe.digest, limits: { stateBytes: 2048 } });
+    expect(text((await runtime.actors.call(a.id, 'ssmall')).reply)).toBe('small');
+    // The probe ignores state_set's code and replies: the write was refused, the state is as it was.
+    await runtime.actors.call(a.id, `s${'x'.repeat(3000)}`);
+    expect((await runtime.actors.state(a.id)).entries).toEqual([{ key: 'k', value: 'small' }]);
+    expect((await runtime.actors.get(a.id)).state.bytes).toBe(6);
+
+    // A 17 MiB data segment: over the module size limit, refused at deploy.
+    await expectCode(runtime.actors.deploy(moduleWithData(17 * 1024 * 1024)), 'INVALID_ARGUMENT', /16777216|limit/);
+    // 300 pages of initial memory: over the default limit of 16 MiB, refused at create.
+    const hungry = await runtime.actors.deploy(moduleWithData(16, 300));
+    await expectCode(runtime.actors.create({ module: hungry.digest }), 'INVALID_ARGUMENT', /memory/);
+    const fed = await runtime.actors.create({ module: hungry.digest, limits: { memoryBytes: 32 * 1024 * 1024 } });
+    expect(text((await runtime.actors.call(fed.id, 'x')).reply)).toBe('<none>');
+  });
 });
+
+/** A module (memory `pages` pages, a handle that returns 0) with one data segment of `size` bytes, built by hand. */
+function moduleWithData(size: number, pages = 1): Uint8Array {
+  const leb = (n: number): number[] => {
+    const out: number[] = [];
+    do {
+      let b = n & 0x7f;
+      n = Math.floor(n / 128);
+      if (n > 0) b |= 0x80;
+      out.push(b);
+    } while (n > 0);
+    return out;
+  };
+  const section = (id: number, body: number[] | Buffer): Buffer => Buffer.concat([Buffer.from([id, ...leb(body.length)]), Buffer.from(body)]);
+  const name = (s: string) => [s.length, ...Buffer.from(s)];
+  return Buffer.concat([
+    Buffer.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]),
+    section(1, [1, 0x60, 1, 0x7f, 1, 0x7f]),
+    section(3, [1, 0]),
+    section(5, [1, 0, ...leb(pages)]),
+    section(7, [2, ...name('memory'), 2, 0, ...name('handle'), 0, 0]),
+    section(10, [1, 4, 0, 0x41, 0, 0x0b]),
+    section(11, Buffer.concat([Buffer.from([1, 0, 0x41, 0, 0x0b, ...leb(size)]), Buffer.alloc(size, 7)])),
+  ]);
+}
