@@ -194,9 +194,9 @@ export class Scheduler {
         if (poisoned || live.removed || this.#closed) return;
         const outcomes = result.done.outcomes;
         const failedInit = outcomes.some((o) => !o.ok && current!.messages.find((m) => m.seq === o.seq)?.kind === 'init');
-        const next: RunBatch | null = failedInit
-          ? null
-          : this.#batchFor(live, afterBatch(current.actor, outcomes), new Set(current.messages.map((m) => m.seq)));
+        // Pipelined only while no other actor waits for a thread: else this one queues again behind them.
+        const next: RunBatch | null =
+          failedInit || this.#ready.length > 0 ? null : this.#batchFor(live, afterBatch(current.actor, outcomes), new Set(current.messages.map((m) => m.seq)));
         if (next) running = this.#pool.run(next, result.slot);
         try {
           this.#commit(live, current, outcomes);
