@@ -54,7 +54,13 @@ export class MessageStream implements AsyncIterable<ActorMessageRecord> {
           yield r;
         }
         if (this.#signal?.aborted) return;
-        await new Promise<void>((r) => (this.#wake = r));
+        // A follower keeps its process alive while it waits, as an open stream does.
+        const keepAlive = setInterval(() => {}, 60_000);
+        try {
+          await new Promise<void>((r) => (this.#wake = r));
+        } finally {
+          clearInterval(keepAlive);
+        }
         this.#wake = null;
       }
     } finally {

@@ -191,12 +191,15 @@ export class Scheduler {
           if (msg && !this.#closed && !poisoned && !live.removed) this.#commit(live, current, [this.#failure(live, msg, e.reason, e.message)]);
           return;
         }
-        if (poisoned || live.removed || this.#closed) return;
+        // Closing: what ran is still committed (the database closes after), but nothing new starts.
+        if (poisoned || live.removed) return;
         const outcomes = result.done.outcomes;
         const failedInit = outcomes.some((o) => !o.ok && current!.messages.find((m) => m.seq === o.seq)?.kind === 'init');
         // Pipelined only while no other actor waits for a thread: else this one queues again behind them.
         const next: RunBatch | null =
-          failedInit || this.#ready.length > 0 ? null : this.#batchFor(live, afterBatch(current.actor, outcomes), new Set(current.messages.map((m) => m.seq)));
+          failedInit || this.#closed || this.#ready.length > 0
+            ? null
+            : this.#batchFor(live, afterBatch(current.actor, outcomes), new Set(current.messages.map((m) => m.seq)));
         if (next) running = this.#pool.run(next, result.slot);
         try {
           this.#commit(live, current, outcomes);

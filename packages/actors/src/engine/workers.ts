@@ -94,6 +94,8 @@ export class WorkerPool {
     const chosen = slot;
     return new Promise<{ done: BatchDone; slot: unknown }>((resolve, reject) => {
       chosen.busy = { batch, resolve, reject };
+      // A thread with work keeps the process alive (an idle one does not): a script that sends and closes waits for it.
+      chosen.worker.ref();
       chosen.worker.postMessage(batch);
       this.#armWatchdog();
     });
@@ -132,6 +134,7 @@ export class WorkerPool {
       } else if (m.type === 'done') {
         const busy = slot.busy;
         slot.busy = null;
+        slot.worker.unref();
         busy?.resolve({ done: m, slot });
       } else if (m.type === 'host') void this.#answerHostCall(slot, m);
       else if (m.type === 'fatal') this.#replace(slot, 'crashed', m.message);
