@@ -29,5 +29,6 @@ export * from './doctor.js';
 export * from './sessions.js';
 export * from './mcp.js';
 export * from './mcp-deployments.js';
+export * from './mcp-actors.js';
 export * from './deployments.js';
 export * from './actors.js';

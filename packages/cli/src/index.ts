@@ -32,6 +32,7 @@ import { addServeCommand } from './serve.js';
 import { addSnapshotCommands } from './snapshots.js';
 import { addPoolCommands } from './pools.js';
 import { addDeploymentCommands } from './deployments.js';
+import { addActorCommands } from './actors.js';
 import { addVolumeCommands, parseVolumeFlag, type WithVolumes } from './volumes.js';
 import { ago, describeEvent, formatTable } from './format.js';
 import { guardOutput, Interrupted, Lifetime } from './lifetime.js';
@@ -96,11 +97,18 @@ export async function main(argv: string[]): Promise<number> {
     await ensureDaemon(roostHome(), reason, { by });
   };
   const withFace: WithFace = async (command, fn, options) => {
-    const face = await connect({ ...hostOption(), command, ...options });
+    // The process lives until the face is closed: an embedded runtime may wait on nothing that keeps
+    // Node's event loop alive (the actors' worker threads are unref'd while they handle a message).
+    const alive = setInterval(() => {}, 2 ** 30);
     try {
-      return await fn(face);
+      const face = await connect({ ...hostOption(), command, ...options });
+      try {
+        return await fn(face);
+      } finally {
+        await face.close();
+      }
     } finally {
-      await face.close();
+      clearInterval(alive);
     }
   };
   const withVolumes: WithVolumes = async (fn) => {
@@ -407,6 +415,7 @@ export async function main(argv: string[]): Promise<number> {
   addSnapshotCommands(program, withFace);
   addPoolCommands(program, withFace, ensureOwner);
   addDeploymentCommands(program, withFace, ensureOwner);
+  addActorCommands(program, withFace, (code) => (exitCode = code));
   addPortCommands(program, withFace);
   addServeCommand(program, (code) => (exitCode = code));
   addMcpCommand(program, withFace);

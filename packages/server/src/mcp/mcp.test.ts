@@ -3,6 +3,7 @@ import {
   isRoostError,
   MCP_SESSION_LABEL,
   mcpSettings,
+  McpActorToolInputs,
   McpDeploymentToolInputs,
   McpToolInputs,
   McpToolOutputs,
@@ -62,7 +63,9 @@ describe('MCP tool schemas', () => {
   it('every tool has object input and output schemas in draft-07, with no top-level $ref', () => {
     const tools = listTools();
     expect(tools.map((t) => t.name).sort()).toEqual(Object.keys(TOOL_INPUTS).sort());
-    expect(Object.keys(TOOL_INPUTS).sort()).toEqual([...Object.keys(McpToolInputs), ...Object.keys(McpDeploymentToolInputs)].sort());
+    expect(Object.keys(TOOL_INPUTS).sort()).toEqual(
+      [...Object.keys(McpToolInputs), ...Object.keys(McpDeploymentToolInputs), ...Object.keys(McpActorToolInputs)].sort(),
+    );
     for (const t of tools) {
       for (const s of [t.inputSchema, t.outputSchema!]) {
         expect(s.type, t.name).toBe('object');

@@ -11,9 +11,20 @@ import {
   type ReadResourceResult,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import { isRoostError, McpDeploymentToolInputs, McpDeploymentToolOutputs, McpToolInputs, McpToolOutputs, parseInput, RoostError } from '@roost/api';
+import {
+  isRoostError,
+  McpActorToolInputs,
+  McpActorToolOutputs,
+  McpDeploymentToolInputs,
+  McpDeploymentToolOutputs,
+  McpToolInputs,
+  McpToolOutputs,
+  parseInput,
+  RoostError,
+} from '@roost/api';
 import { z } from 'zod';
 import { withStandardFormats } from '../json-schema.js';
+import { ACTOR_TOOLS } from './actor-tools.js';
 import { DEPLOYMENT_TOOLS } from './deployment-tools.js';
 import type { McpSession } from './session.js';
 import { encodeContent, readCapped, TOOLS, type ToolCall, type ToolDef } from './tools.js';
@@ -26,14 +37,14 @@ import { encodeContent, readCapped, TOOLS, type ToolCall, type ToolDef } from '.
  * (`roost serve`, ./http.ts).
  */
 
-/** Every tool's input schema, by name: the sandbox and image tools' (@roost/api's McpToolInputs), then the deployment tools' (McpDeploymentToolInputs). */
-export const TOOL_INPUTS = { ...McpToolInputs, ...McpDeploymentToolInputs };
+/** Every tool's input schema, by name: the sandbox and image tools' (@roost/api's McpToolInputs), the deployment tools' (McpDeploymentToolInputs), the actor tools' (McpActorToolInputs). */
+export const TOOL_INPUTS = { ...McpToolInputs, ...McpDeploymentToolInputs, ...McpActorToolInputs };
 /** Every tool's output schema, by name. */
-const TOOL_OUTPUTS = { ...McpToolOutputs, ...McpDeploymentToolOutputs } satisfies Record<ToolName, z.ZodType>;
+const TOOL_OUTPUTS = { ...McpToolOutputs, ...McpDeploymentToolOutputs, ...McpActorToolOutputs } satisfies Record<ToolName, z.ZodType>;
 /** The name of one of Roost's MCP tools. */
 export type ToolName = keyof typeof TOOL_INPUTS;
 /** Every tool, by name (each entry takes its own input; the name ties them together). */
-const ALL_TOOLS: Record<ToolName, ToolDef<never, unknown>> = { ...TOOLS, ...DEPLOYMENT_TOOLS };
+const ALL_TOOLS: Record<ToolName, ToolDef<never, unknown>> = { ...TOOLS, ...DEPLOYMENT_TOOLS, ...ACTOR_TOOLS };
 
 /**
  * A zod schema as the JSON Schema of a tool: draft-07 (what clients'
@@ -152,7 +163,8 @@ export function createMcpServer(session: McpSession, options: McpServerOptions):
       instructions:
         'Roost runs code in hardware-isolated Linux microVMs. Create a sandbox (sandbox_create), run commands in it (sandbox_exec), move files in and out ' +
         '(sandbox_write_file, sandbox_read_file), snapshot or fork it, and remove it when done (sandbox_remove). Sandboxes made in this session are removed when it ends unless made with keep: true. ' +
-        'For a long-running service (kept running, health-checked, behind a host port), use deployment_apply; deployments outlive the session until deployment_remove.',
+        'For a long-running service (kept running, health-checked, behind a host port), use deployment_apply; deployments outlive the session until deployment_remove. ' +
+        'For small stateful programs (WASM actors with durable state and a mailbox, started in microseconds), use actor_deploy, actor_create and actor_call; actors outlive the session until actor_remove.',
     },
   );
   const ending = options.signal;

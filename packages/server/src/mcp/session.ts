@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { isRoostError, MCP_SESSION_LABEL, RoostError, type McpLimits, type RuntimeApi } from '@roost/api';
 
 /** What the MCP face needs of a runtime: the embedded Runtime, a RoostClient, or the daemon's runtime. */
-export type McpRuntime = Pick<RuntimeApi, 'create' | 'get' | 'list' | 'images' | 'deployments'>;
+export type McpRuntime = Pick<RuntimeApi, 'create' | 'get' | 'list' | 'images' | 'deployments' | 'actors'>;
 
 /**
  * One MCP session (a stdio connection, or an HTTP session): the sandboxes it
