@@ -66,7 +66,7 @@ describe('actors', () => {
     const p = await runtime.actors.create({ module: probe.digest, refs: [sink.id] });
     expect(text((await runtime.actors.call(p.id, 'sbefore')).reply)).toBe('before');
     const err = await expectCode(runtime.actors.call(p.id, 'tafter'), 'ACTOR', /trap/);
-    expect((err as { details: Record<string, unknown> }).details).toMatchObject({ reason: 'trap' });
+    expect((err as unknown as { details: Record<string, unknown> }).details).toMatchObject({ reason: 'trap' });
     await expectCode(runtime.actors.call(p.id, 'r'), 'ACTOR', /returned 7/);
     expect((await runtime.actors.state(p.id)).entries).toEqual([{ key: 'k', value: 'before' }]);
     const info = await runtime.actors.get(p.id);
@@ -80,7 +80,7 @@ describe('actors', () => {
     const probe = await runtime.actors.deploy(watModule('probe'));
     const fuel = await runtime.actors.create({ module: probe.digest, limits: { fuel: 1_000_000 } });
     const e1 = await expectCode(runtime.actors.call(fuel.id, 'l'), 'ACTOR', /out of fuel/);
-    expect((e1 as { details: Record<string, unknown> }).details).toMatchObject({ reason: 'out_of_fuel', ticks: 1_000_000 });
+    expect((e1 as unknown as { details: Record<string, unknown> }).details).toMatchObject({ reason: 'out_of_fuel', ticks: 1_000_000 });
 
     const wall = await runtime.actors.create({ module: probe.digest, limits: { fuel: 1e12, timeoutMs: 300 } });
     const other = await runtime.actors.create({ module: probe.digest });

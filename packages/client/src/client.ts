@@ -19,6 +19,7 @@ import {
   type RuntimeMetrics,
   type SandboxInfo,
 } from '@roost/api';
+import { RemoteActors } from './actors.js';
 import { defaultEndpoint, parseHost, resolveHome, tokenSource, Transport, type Endpoint } from './http.js';
 import { RemoteImages } from './images.js';
 import { RemoteSandbox } from './sandbox.js';
@@ -110,6 +111,8 @@ export class RoostClient implements RuntimeApi {
   readonly pools: RemotePools;
   /** Deployments: apply, list, inspect, scale, roll back, remove; the daemon keeps their replicas running. */
   readonly deployments: RemoteDeployments;
+  /** Actors: WASM modules, actors with durable state, their messages, calls, state versions and message streams (docs/actors.md). */
+  readonly actors: RemoteActors;
   #transport: Transport;
   #session: SessionLink;
 
@@ -129,6 +132,7 @@ export class RoostClient implements RuntimeApi {
     this.templates = new RemoteTemplates(this.#transport);
     this.pools = new RemotePools(this.#transport);
     this.deployments = new RemoteDeployments(this.#transport);
+    this.actors = new RemoteActors(this.#transport);
     this.#session = new SessionLink(this.#transport);
   }
 

@@ -19,6 +19,7 @@ export { RemoteVolumes } from './volumes.js';
 export { RemoteSnapshots, RemoteTemplates } from './snapshots.js';
 export { RemotePools } from './pools.js';
 export { RemoteDeployments } from './deployments.js';
+export { RemoteActors } from './actors.js';
 export { RemoteCommands, RemoteCommandHandle } from './command.js';
 export { RemoteFiles } from './files.js';
 export { parseHost, defaultEndpoint, resolveHome, type Endpoint } from './http.js';
@@ -62,4 +63,15 @@ export type {
   NetworkStats,
   EgressSpec,
   EgressPolicyInput,
+  ActorsApi,
+  ActorInfo,
+  ActorModuleInfo,
+  ActorMessage,
+  ActorMessageRecord,
+  ActorMessagesOptions,
+  ActorReply,
+  ActorSendResult,
+  ActorState,
+  ActorVersion,
+  CreateActorOptions,
 } from '@roost/api';

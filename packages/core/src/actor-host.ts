@@ -102,7 +102,9 @@ async function actorFetch(grants: ActorGrants, requestText: string): Promise<Uin
           chunks.push(c);
         });
         res.on('end', () =>
-          resolve(Buffer.from(JSON.stringify({ status: res.statusCode ?? 0, headers: flatHeaders(res.headers), body: Buffer.concat(chunks).toString('utf8') }))),
+          resolve(
+            Buffer.from(JSON.stringify({ status: res.statusCode ?? 0, headers: flatHeaders(res.headers), body: Buffer.concat(chunks).toString('utf8') })),
+          ),
         );
         res.on('error', reject);
       },

@@ -4,6 +4,7 @@ import type { ServerResponse } from 'node:http';
 import { DEFAULT_SESSION_GRACE_MS, DEFAULT_SESSION_KEEPALIVE_MS, MAX_JSON_BODY, RoostError, type McpSettings } from '@roost/api';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { actorRawBodyRoute, actorRoutes } from './actors.js';
 import type { DaemonRuntime } from './daemon-runtime.js';
 import { deploymentRoutes } from './deployments.js';
 import { doctorRoutes } from './doctor.js';
@@ -174,9 +175,13 @@ export function createApp(options: AppOptions): RoostHono {
   // JSON bodies are bounded (413, naming the limit); a command's stdin and file contents stream through their own routes.
   const limit = bodyLimit({ maxSize: MAX_JSON_BODY, onError: (c) => errorResponse(c, bodyTooLarge(), 413) });
   // So do file uploads (PUT .../files/content and .../files/archive), streamed into the guest.
-  // And E2B's /files uploads (bounded by the E2B face itself), and build contexts (bounded by their route: MAX_BUILD_CONTEXT_BYTES).
+  // And E2B's /files uploads (bounded by the E2B face itself), build contexts (bounded by their route: MAX_BUILD_CONTEXT_BYTES),
+  // and actor modules and messages (raw bytes, bounded by their routes: MAX_ACTOR_MODULE_BYTES, MAX_ACTOR_MESSAGE_BYTES).
   const rawBody = (method: string, path: string) =>
-    STDIN_ROUTE.test(path) || (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path)) || (method === 'POST' && (path === '/files' || path === '/v1/images/build'));
+    STDIN_ROUTE.test(path) ||
+    (method === 'PUT' && FILE_UPLOAD_ROUTE.test(path)) ||
+    (method === 'POST' && (path === '/files' || path === '/v1/images/build')) ||
+    actorRawBodyRoute(method, path);
   app.use('*', (c, next) => (rawBody(c.req.method, c.req.path) ? next() : limit(c, next)));
 
   app.get('/v1/health', (c) =>
@@ -200,6 +205,7 @@ export function createApp(options: AppOptions): RoostHono {
   snapshotRoutes(app, ctx);
   poolRoutes(app, ctx);
   deploymentRoutes(app, ctx);
+  actorRoutes(app, ctx);
   networkRoutes(app, ctx);
   fileRoutes(app, ctx);
   doctorRoutes(app, ctx);

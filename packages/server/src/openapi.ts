@@ -1,5 +1,14 @@
-import { API_VERSION, DEFAULT_TCP_PORT, ErrorBodySchema, MAX_BUILD_CONTEXT_BYTES, MAX_JSON_BODY } from '@roost/api';
+import {
+  API_VERSION,
+  DEFAULT_TCP_PORT,
+  ErrorBodySchema,
+  MAX_ACTOR_MESSAGE_BYTES,
+  MAX_ACTOR_MODULE_BYTES,
+  MAX_BUILD_CONTEXT_BYTES,
+  MAX_JSON_BODY,
+} from '@roost/api';
 import { z } from 'zod';
+import { ACTOR_ROUTES } from './openapi/actor-routes.js';
 import { DEPLOYMENT_ROUTES } from './openapi/deployment-routes.js';
 import { withStandardFormats } from './json-schema.js';
 import { EXEC_AND_FILE_ROUTES } from './openapi/exec-file-routes.js';
@@ -20,7 +29,15 @@ import { VERSION } from './version.js';
  */
 
 /** The route table: the one place that says what the daemon serves (its order is the document's). */
-export const ROUTES: readonly Route[] = [...SANDBOX_ROUTES, ...SESSION_ROUTES, ...EXEC_AND_FILE_ROUTES, ...RUNTIME_ROUTES, ...DEPLOYMENT_ROUTES, ...MCP_ROUTES];
+export const ROUTES: readonly Route[] = [
+  ...SANDBOX_ROUTES,
+  ...SESSION_ROUTES,
+  ...EXEC_AND_FILE_ROUTES,
+  ...RUNTIME_ROUTES,
+  ...DEPLOYMENT_ROUTES,
+  ...ACTOR_ROUTES,
+  ...MCP_ROUTES,
+];
 
 /** The error responses, shared by the routes as components (status -> name and meaning). */
 const ERROR_RESPONSES: Record<number | 'default', { name: string; description: string }> = {
@@ -37,17 +54,18 @@ const ERROR_RESPONSES: Record<number | 'default', { name: string; description: s
   404: {
     name: 'NotFound',
     description:
-      'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, pool, deployment, file or route (for a file, details carry `errno` and `path`).',
+      'NOT_FOUND: no such sandbox, exec, image, volume, snapshot, template, pool, deployment, actor, actor module, file or route (for a file, details carry `errno` and `path`).',
   },
   409: { name: 'InvalidState', description: 'INVALID_STATE: not possible in the current state; or ALREADY_EXISTS.' },
   413: {
     name: 'PayloadTooLarge',
-    description: `INVALID_ARGUMENT: a JSON body over ${MAX_JSON_BODY} bytes, or a build context over ${MAX_BUILD_CONTEXT_BYTES} (details carry maxBytes); file contents and a command's input stream through their own routes.`,
+    description: `INVALID_ARGUMENT: a JSON body over ${MAX_JSON_BODY} bytes, a build context over ${MAX_BUILD_CONTEXT_BYTES}, an actor module over ${MAX_ACTOR_MODULE_BYTES} or an actor message over ${MAX_ACTOR_MESSAGE_BYTES} (details carry maxBytes); file contents and a command's input stream through their own routes.`,
   },
   422: {
-    name: 'BuildFailed',
+    name: 'Unprocessable',
     description:
-      'BUILD_FAILED: a step of an image build failed (a RUN that exited non-zero): the message names the Dockerfile line and the step and ends with the end of its output; details carry line, exitCode and output.',
+      'BUILD_FAILED: a step of an image build failed (a RUN that exited non-zero): the message names the Dockerfile line and the step and ends with the end of its output; details carry line, exitCode and output. ' +
+      "Or ACTOR: an actor's handler failed (trapped, ran out of fuel or wall time, returned non-zero); details carry reason (trap, out_of_fuel, timeout, returned, instantiate, crashed).",
   },
   429: { name: 'ResourceExhausted', description: 'RESOURCE_EXHAUSTED: a runtime limit was reached; retry later.' },
   500: { name: 'InternalError', description: 'BOOT_FAILED, VMM or INTERNAL.' },
@@ -178,7 +196,7 @@ export function openapiDocument(): JsonSchema {
       title: 'Roost API',
       version: VERSION,
       description:
-        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots, templates, warm pools and deployments, events and metrics. ' +
+        'The REST API of `roost serve`: sandboxes (microVMs), their networks and published ports, commands in them, files, images, volumes, snapshots, templates, warm pools and deployments, actors, events and metrics. ' +
         'Every request carries `Authorization: Bearer <token>` (the token is in the `api-token` file of the Roost home). ' +
         'Errors are `{ "error": { "code", "message", "details"? } }` with the status of their code.',
       license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
@@ -206,6 +224,10 @@ export function openapiDocument(): JsonSchema {
         name: 'deployments',
         description:
           'Deployments: a workload, a replica count, a health check and service ports, kept true by the daemon (replicas restarted, replaced and rolled out); docs/deployments.md.',
+      },
+      {
+        name: 'actors',
+        description: 'Actors: WASM programs with a versioned state tree and a mailbox, handled one message at a time as transactions; docs/actors.md.',
       },
       { name: 'events' },
       { name: 'metrics' },

@@ -48,6 +48,7 @@ export interface Route {
     | 'templates'
     | 'pools'
     | 'deployments'
+    | 'actors'
     | 'events'
     | 'metrics'
     | 'mcp';
