@@ -228,6 +228,26 @@ describe('actors', () => {
     }
   });
 
+  it('a follower from an old seq gets every record after it (more than a page), then the live ones', async () => {
+    const probe = await runtime.actors.deploy(watModule('probe'));
+    const a = await runtime.actors.create({ module: probe.digest, limits: { mailbox: 5000 } });
+    await Promise.all(Array.from({ length: 900 }, (_, i) => runtime.actors.send(a.id, `e${i}`)));
+    await eventually(async () => (await runtime.actors.get(a.id)).handled === 900, 20_000, '900 handled');
+    const ac = new AbortController();
+    const seqs: number[] = [];
+    const reading = (async () => {
+      for await (const r of runtime.actors.messages(a.id, { after: 0, follow: true, signal: ac.signal })) {
+        seqs.push(r.seq);
+        if (seqs.length === 901) ac.abort();
+      }
+    })();
+    await eventually(() => seqs.length === 900, 10_000, 'the backlog');
+    await runtime.actors.send(a.id, 'elive');
+    await reading;
+    expect(new Set(seqs).size).toBe(901);
+    expect([...seqs].sort((x, y) => x - y)).toEqual(seqs);
+  });
+
   it('bounds the state: a write over stateBytes gets E_LIMIT and changes nothing; modules too big or too hungry are refused', async () => {
     const probe = await runtime.actors.deploy(watModule('probe'));
     const a = await runtime.actors.create({ module: probe.digest, limits: { stateBytes: 2048 } });

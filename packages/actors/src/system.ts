@@ -315,12 +315,14 @@ export class ActorSystem implements ActorsApi {
     const live = this.#resolve(actor);
     const id = live.row.id;
     const limit = options.limit ?? 100;
-    const history = (
-      options.after !== undefined ? this.#q.historyAfter.all(id, options.after, limit) : options.follow ? [] : this.#q.historyLast.all(id, limit)
-    ) as HistoryRaw[];
-    const past = history.map(historyRecord);
-    if (!options.follow) return MessageStream.of(past);
-    return new MessageStream(past, this.#sched.followers, id, options.signal, past.at(-1)?.seq ?? options.after ?? 0);
+    const page = (after: number, n: number) => (this.#q.historyAfter.all(id, after, n) as HistoryRaw[]).map(historyRecord);
+    if (!options.follow) {
+      const rows = (options.after !== undefined ? this.#q.historyAfter.all(id, options.after, limit) : this.#q.historyLast.all(id, limit)) as HistoryRaw[];
+      return MessageStream.of(rows.map(historyRecord));
+    }
+    // Following: everything after `after`, or only what comes from now.
+    const newest = (this.#q.historyLast.all(id, 1) as HistoryRaw[])[0]?.seq ?? 0;
+    return new MessageStream(page, this.#sched.followers, id, options.signal, options.after ?? newest);
   }
 
   async remove(actor: string): Promise<void> {
@@ -458,7 +460,7 @@ export class ActorSystem implements ActorsApi {
     this.#sched.actors.delete(live.row.id);
     const follow = this.#sched.followers.get(live.row.id);
     this.#sched.followers.delete(live.row.id);
-    if (follow) for (const f of follow) f(null as unknown as ActorMessageRecord);
+    if (follow) for (const f of follow) f(null);
     this.#event('actor.removed', { actor: live.row.id });
   }
 

@@ -97,18 +97,11 @@ export async function main(argv: string[]): Promise<number> {
     await ensureDaemon(roostHome(), reason, { by });
   };
   const withFace: WithFace = async (command, fn, options) => {
-    // The process lives until the face is closed: an embedded runtime may wait on nothing that keeps
-    // Node's event loop alive (the actors' worker threads are unref'd while they handle a message).
-    const alive = setInterval(() => {}, 2 ** 30);
+    const face = await connect({ ...hostOption(), command, ...options });
     try {
-      const face = await connect({ ...hostOption(), command, ...options });
-      try {
-        return await fn(face);
-      } finally {
-        await face.close();
-      }
+      return await fn(face);
     } finally {
-      clearInterval(alive);
+      await face.close();
     }
   };
   const withVolumes: WithVolumes = async (fn) => {

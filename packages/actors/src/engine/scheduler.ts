@@ -60,7 +60,7 @@ export class Scheduler {
   readonly #hooks: SchedulerHooks;
   readonly actors = new Map<string, LiveActor>();
   readonly waiters = new Map<number, Waiter>();
-  readonly followers = new Map<string, Set<(r: ActorMessageRecord) => void>>();
+  readonly followers = new Map<string, Set<(r: ActorMessageRecord | null) => void>>();
   readonly #ready: string[] = [];
   #batchId = 0;
   #timer: NodeJS.Timeout | null = null;

@@ -14,12 +14,23 @@ function wat(src: string): Uint8Array {
   }
 }
 
-const run = (prepared: Uint8Array, pages: number, memory: WebAssembly.Memory, extraImports: Record<string, unknown> = {}) => {
+/** The part of the WebAssembly JS API the test uses (the project's lib has no DOM types). */
+interface Memory {
+  buffer: ArrayBuffer;
+}
+interface WasmApi {
+  Module: { new (bytes: Uint8Array): object; imports(m: object): unknown[] };
+  Instance: new (module: object, imports?: object) => { exports: Record<string, unknown> };
+  Memory: new (d: { initial: number; maximum: number }) => Memory;
+}
+const WA = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+const run = (prepared: Uint8Array, pages: number, memory: Memory, extraImports: Record<string, unknown> = {}) => {
   const imported = importMemory(prepared, pages);
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(imported.bytes), {
+  const instance = new WA.Instance(new WA.Module(imported.bytes), {
     [MEMORY_IMPORT_MODULE]: { [MEMORY_IMPORT_NAME]: memory, ...extraImports },
-  } as WebAssembly.Imports);
-  (instance.exports[FUEL_EXPORT] as WebAssembly.Global).value = 1_000_000n;
+  });
+  (instance.exports[FUEL_EXPORT] as { value: bigint }).value = 1_000_000n;
   return { imported, instance };
 };
 
@@ -33,7 +44,7 @@ describe('importMemory', () => {
         (func (export "grow") (result i32) (memory.grow (i32.const 10)))
         (func (export "handle") (param i32) (result i32) (i32.load8_u (i32.const 16))))`),
     ).bytes;
-    const memory = new WebAssembly.Memory({ initial: 2, maximum: 8 });
+    const memory = new WA.Memory({ initial: 2, maximum: 8 });
     new Uint8Array(memory.buffer).fill(0xee);
     const { imported, instance } = run(prepared, 8, memory, { reply: () => 0 });
     expect(imported).toMatchObject({ initialPages: 2, maximumPages: 8 });
@@ -45,8 +56,8 @@ describe('importMemory', () => {
 
   it('works for a module without imports (an import section is made) and refuses an initial size over the cap', () => {
     const prepared = prepareModule(wat(`(module (memory (export "memory") 3) (func (export "handle") (param i32) (result i32) (i32.const 0)))`)).bytes;
-    const { imported } = run(prepared, 5, new WebAssembly.Memory({ initial: 3, maximum: 5 }));
-    expect(WebAssembly.Module.imports(new WebAssembly.Module(imported.bytes))).toEqual([{ module: 'roost', name: '__memory', kind: 'memory' }]);
+    const { imported } = run(prepared, 5, new WA.Memory({ initial: 3, maximum: 5 }));
+    expect(WA.Module.imports(new WA.Module(imported.bytes))).toEqual([{ module: 'roost', name: '__memory', kind: 'memory' }]);
     expect(() => importMemory(prepared, 2)).toThrow(/initial memory is 3 pages/);
   });
 });
