@@ -15,6 +15,7 @@ import {
   type ActorState,
   type ActorVersion,
   type CreateActorOptions,
+  utf8OrNull,
 } from '@roost/api';
 import type Database from 'better-sqlite3';
 import { deriveActorId, moduleDigest, ACTOR_ID_RE } from './ids.js';
@@ -26,7 +27,7 @@ import { StateTree, stateSize } from './state/index.js';
 import { SqliteNodes } from './state/index.js';
 import { openActorsDb } from './store/db.js';
 import { insertActor } from './store/insert.js';
-import { historyRecord, statements, utf8Text, versionFromRaw, type HistoryRaw, type ModuleInfoJson, type Statements } from './store/rows.js';
+import { historyRecord, statements, versionFromRaw, type HistoryRaw, type ModuleInfoJson, type Statements } from './store/rows.js';
 import { prepareModule } from './wasm/prepare.js';
 import { MessageStream } from './stream.js';
 
@@ -282,8 +283,8 @@ export class ActorSystem implements ActorsApi {
     }
     const tree = new StateTree(this.#nodes, root);
     const entries = tree.entries().map(([k, v]) => {
-      const key = utf8Text(k);
-      const value = utf8Text(v);
+      const key = utf8OrNull(k);
+      const value = utf8OrNull(v);
       return {
         ...(key === null ? { key: k.toString('base64'), keyEncoding: 'base64' as const } : { key }),
         ...(value === null ? { value: v.toString('base64'), valueEncoding: 'base64' as const } : { value }),

@@ -307,3 +307,35 @@ export interface ActorsApi {
   /** Removes the actor, its state versions and its mailbox (messages waiting are dropped; calls waiting fail NOT_FOUND). */
   remove(actor: string): Promise<void>;
 }
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The bytes as text when they are valid UTF-8, else null (how actor bytes travel in JSON: text, or base64 when this is null). */
+export function utf8OrNull(bytes: Uint8Array): string | null {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return null;
+  }
+}
+
+/** `reply` as UTF-8 text, or `replyBase64` when it is not UTF-8; neither when there is none (ActorCallResult, history records, MCP). */
+export function replyFields(reply: Uint8Array | null): { reply?: string; replyBase64?: string } {
+  if (reply === null) return {};
+  const text = utf8OrNull(reply);
+  return text !== null ? { reply: text } : { replyBase64: Buffer.from(reply).toString('base64') };
+}
+
+export type ActorCallResult = z.infer<typeof ActorCallResultSchema>;
+
+/** A call's outcome as JSON (REST, the CLI's --json, MCP). */
+export function actorCallResult(r: ActorReply): ActorCallResult {
+  return { seq: r.seq, version: r.version, ticks: r.ticks, ...replyFields(r.reply) };
+}
+
+/** The reply bytes of an ActorCallResult (null when the handler did not reply). */
+export function replyBytes(r: { reply?: string; replyBase64?: string }): Uint8Array | null {
+  if (r.reply !== undefined) return new Uint8Array(Buffer.from(r.reply, 'utf8'));
+  if (r.replyBase64 !== undefined) return new Uint8Array(Buffer.from(r.replyBase64, 'base64'));
+  return null;
+}

@@ -1,4 +1,4 @@
-import type { ActorInfo, ActorMessageRecord, ActorModuleInfo, ActorReply, ActorState, ActorVersion } from '@roost/api';
+import type { ActorInfo, ActorMessageRecord, ActorModuleInfo, ActorState, ActorVersion } from '@roost/api';
 import { ago, bytes, formatTable } from './format.js';
 
 /*
@@ -6,28 +6,6 @@ import { ago, bytes, formatTable } from './format.js';
  * handled messages (./actors.ts): tables and lines; `--json` prints the
  * contract's objects instead.
  */
-
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-/** The bytes as UTF-8 text, or null when they are not valid UTF-8. */
-export function utf8OrNull(b: Uint8Array): string | null {
-  try {
-    return strictUtf8.decode(b);
-  } catch {
-    return null;
-  }
-}
-
-/** A call's outcome as `--json` prints it (as ActorCallResult over REST): the reply as text, or base64 when it is not UTF-8, or absent. */
-export function replyJson(r: ActorReply): { seq: number; version: number; ticks: number; reply?: string; replyBase64?: string } {
-  const out: { seq: number; version: number; ticks: number; reply?: string; replyBase64?: string } = { seq: r.seq, version: r.version, ticks: r.ticks };
-  if (r.reply !== null) {
-    const text = utf8OrNull(r.reply);
-    if (text !== null) out.reply = text;
-    else out.replyBase64 = Buffer.from(r.reply).toString('base64');
-  }
-  return out;
-}
 
 /** `sha256:0123456789ab` (the digest's first 12 hex digits). */
 export function shortDigest(digest: string): string {

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { ActorMessageRecord } from '@roost/api';
 import { createOptions, parseFrom } from './actors.js';
-import { describeRecord, replyJson } from './actors-format.js';
+import { actorCallResult } from '@roost/api';
+import { describeRecord } from './actors-format.js';
 
 const flags = { ref: [] as string[], grant: [] as string[], fetchAllow: [] as string[], sandbox: [] as string[] };
 
@@ -52,9 +53,9 @@ describe('roost actor create flags', () => {
 
 describe('roost actor output', () => {
   it('a reply in JSON is text, or base64 when not UTF-8, or absent', () => {
-    expect(replyJson({ seq: 1, version: 2, ticks: 3, reply: Buffer.from('ok') })).toEqual({ seq: 1, version: 2, ticks: 3, reply: 'ok' });
-    expect(replyJson({ seq: 1, version: 2, ticks: 3, reply: Uint8Array.from([0xff]) })).toEqual({ seq: 1, version: 2, ticks: 3, replyBase64: '/w==' });
-    expect(replyJson({ seq: 1, version: 2, ticks: 3, reply: null })).toEqual({ seq: 1, version: 2, ticks: 3 });
+    expect(actorCallResult({ seq: 1, version: 2, ticks: 3, reply: Buffer.from('ok') })).toEqual({ seq: 1, version: 2, ticks: 3, reply: 'ok' });
+    expect(actorCallResult({ seq: 1, version: 2, ticks: 3, reply: Uint8Array.from([0xff]) })).toEqual({ seq: 1, version: 2, ticks: 3, replyBase64: '/w==' });
+    expect(actorCallResult({ seq: 1, version: 2, ticks: 3, reply: null })).toEqual({ seq: 1, version: 2, ticks: 3 });
   });
 
   it('a log record: one line of outcome, then its log lines, control characters quoted', () => {

@@ -1,6 +1,7 @@
 import { open } from 'node:fs/promises';
 import type { Command } from 'commander';
 import {
+  actorCallResult,
   isRoostError,
   MAX_ACTOR_MESSAGE_BYTES,
   MAX_ACTOR_MODULE_BYTES,
@@ -16,7 +17,7 @@ import {
 } from '@roost/api';
 import { int } from './args.js';
 import type { Face, WithFace } from './connect.js';
-import { actorTable, describeActorState, describeRecord, moduleTable, replyJson, versionTable } from './actors-format.js';
+import { actorTable, describeActorState, describeRecord, moduleTable, versionTable } from './actors-format.js';
 import { parseSize } from './volumes.js';
 
 /*
@@ -161,7 +162,7 @@ export function addActorCommands(program: Command, withFace: WithFace, setExitCo
         return;
       }
       if (flags.json) {
-        process.stdout.write(JSON.stringify(replyJson(reply)) + '\n');
+        process.stdout.write(JSON.stringify(actorCallResult(reply)) + '\n');
         return;
       }
       writeReply(reply.reply);

@@ -1,5 +1,7 @@
 import {
   abortError,
+  replyBytes,
+  type ActorCallResult,
   CreateActorRequestSchema,
   isRoostError,
   MAX_ACTOR_MESSAGE_BYTES,
@@ -26,15 +28,6 @@ import { NdjsonParser } from './wire.js';
 const DEFAULT_CALL_TIMEOUT_MS = 60_000;
 /** How much longer than a call's own timeout its HTTP request waits: the daemon's TIMEOUT answer comes first. */
 const CALL_TIMEOUT_MARGIN_MS = 10_000;
-
-/** The body of `POST /v1/actors/{actor}/call` (ActorCallResultSchema). */
-interface CallResult {
-  seq: number;
-  version: number;
-  ticks: number;
-  reply?: string;
-  replyBase64?: string;
-}
 
 const path = (actor: string, rest = '') => `/v1/actors/${encodeURIComponent(actor)}${rest}`;
 
@@ -118,15 +111,14 @@ export class RemoteActors implements ActorsApi {
 
   /** Sends and waits for the handler's outcome: its reply, or an ACTOR error (trap, out of fuel, timeout, non-zero return). */
   async call(actor: string, message: ActorMessage, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ActorReply> {
-    const r = await this.transport.json<CallResult>('POST', path(actor, '/call'), {
+    const r = await this.transport.json<ActorCallResult>('POST', path(actor, '/call'), {
       body: messageBytes(message),
       query: { timeoutMs: options.timeoutMs },
       signal: options.signal,
       timeoutMs: (options.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS) + CALL_TIMEOUT_MARGIN_MS,
       what: `calling actor ${actor}`,
     });
-    const reply = r.reply !== undefined ? Buffer.from(r.reply, 'utf8') : r.replyBase64 !== undefined ? Buffer.from(r.replyBase64, 'base64') : null;
-    return { seq: r.seq, version: r.version, ticks: r.ticks, reply: reply === null ? null : new Uint8Array(reply) };
+    return { seq: r.seq, version: r.version, ticks: r.ticks, reply: replyBytes(r) };
   }
 
   /** The state at the newest version, or at `version` if it is kept. */

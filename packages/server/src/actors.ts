@@ -1,4 +1,5 @@
 import {
+  actorCallResult,
   ActorMessagesQuerySchema,
   CreateActorRequestSchema,
   MAX_ACTOR_MESSAGE_BYTES,
@@ -63,18 +64,6 @@ async function readBody(c: Context<RoostEnv>, what: string, maxBytes: number): P
     await reader.cancel().catch(() => {});
   }
   return Buffer.concat(chunks);
-}
-
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
-/** `reply` as UTF-8 text, or `replyBase64` when it is not UTF-8; neither when there is none. */
-export function replyFields(reply: Uint8Array | null): { reply?: string; replyBase64?: string } {
-  if (reply === null) return {};
-  try {
-    return { reply: strictUtf8.decode(reply) };
-  } catch {
-    return { replyBase64: Buffer.from(reply).toString('base64') };
-  }
 }
 
 /** The create request as `runtime.actors.create` takes it: `init` or `initBase64` as bytes. */
@@ -189,7 +178,7 @@ export function actorRoutes(app: RoostHono, ctx: RouteContext): void {
       signal: AbortSignal.any([ctx.clientGone(c), ctx.shutdown]),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
     });
-    return c.json({ seq: r.seq, version: r.version, ticks: r.ticks, ...replyFields(r.reply) });
+    return c.json(actorCallResult(r));
   });
 
   app.get('/v1/actors/:actor/state', async (c) => {

@@ -3,7 +3,7 @@ import { MAX_ACTOR_MESSAGE_BYTES } from '@roost/api';
 import { E_BAD_REF, E_DENIED, E_FAILED, E_INVALID, E_LIMIT, E_NOT_FOUND, FUEL_EXPORT, START_EXPORT } from '../abi.js';
 import type { StateTree } from '../state/index.js';
 import { MEMORY_IMPORT_NAME } from '../wasm/memory-import.js';
-import type { ActorSnapshot, BatchMessage, ChildCreate, FailureReason, MessageOutcome } from './protocol.js';
+import { failureOutcome, type ActorSnapshot, type BatchMessage, type ChildCreate, type FailureReason, type MessageOutcome } from './protocol.js';
 
 /*
  * One message run in a fresh instance: the ABI's imports (docs/actors.md)
@@ -230,20 +230,8 @@ export function runMessage(
     actor.clock = clock;
     return failed(reason, message, ticks);
   };
-  const failed = (reason: FailureReason, message: string, ticks: number): MessageOutcome => ({
-    seq: msg.seq,
-    ok: false,
-    error: { reason, message },
-    ticks,
-    clock,
-    reply: null,
-    sends: [],
-    creates: [],
-    timers: [],
-    refs: [],
-    nonce: actor.nonce,
-    logs,
-  });
+  const failed = (reason: FailureReason, message: string, ticks: number): MessageOutcome =>
+    failureOutcome(msg.seq, reason, message, { ticks, clock, nonce: actor.nonce, logs });
 
   let instance: WebAssembly.Instance;
   try {

@@ -76,6 +76,29 @@ export interface MessageOutcome {
   logs: string[];
 }
 
+/** The outcome of a message that failed: nothing of it is kept but its error, fuel, clock and logs. */
+export function failureOutcome(
+  seq: number,
+  reason: FailureReason,
+  message: string,
+  at: { ticks: number; clock: number; nonce: number; logs?: string[] },
+): MessageOutcome {
+  return {
+    seq,
+    ok: false,
+    error: { reason, message },
+    ticks: at.ticks,
+    clock: at.clock,
+    reply: null,
+    sends: [],
+    creates: [],
+    timers: [],
+    refs: [],
+    nonce: at.nonce,
+    logs: at.logs ?? [],
+  };
+}
+
 export interface BatchDone {
   type: 'done';
   batch: number;

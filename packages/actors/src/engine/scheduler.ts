@@ -3,7 +3,7 @@ import { RoostError, type ActorMessageRecord } from '@roost/api';
 import type { SqliteNodes } from '../state/index.js';
 import { insertActor } from '../store/insert.js';
 import { actorFromRaw, historyRecord, type ActorRow, type HistoryRaw, type Statements } from '../store/rows.js';
-import type { ActorSnapshot, BatchDone, BatchMessage, FailureReason, MessageOutcome, RunBatch } from './protocol.js';
+import { failureOutcome, type ActorSnapshot, type BatchDone, type BatchMessage, type FailureReason, type MessageOutcome, type RunBatch } from './protocol.js';
 import { BatchAborted, type WorkerPool } from './workers.js';
 
 /*
@@ -226,20 +226,8 @@ export class Scheduler {
   }
 
   #failure(live: LiveActor, msg: BatchMessage, reason: FailureReason, message: string): MessageOutcome {
-    return {
-      seq: msg.seq,
-      ok: false,
-      error: { reason, message },
-      ticks: reason === 'timeout' ? live.row.limits.fuel : 0,
-      clock: Math.max(live.row.clock, msg.time) + 1,
-      reply: null,
-      sends: [],
-      creates: [],
-      timers: [],
-      refs: [],
-      nonce: live.row.nonce,
-      logs: [],
-    };
+    // The thread was ended: how much fuel the message used is not known (0).
+    return failureOutcome(msg.seq, reason, message, { ticks: 0, clock: Math.max(live.row.clock, msg.time) + 1, nonce: live.row.nonce });
   }
 
   /** Stores a batch's outcomes in one transaction, then tells the waiters, followers and recipients. */

@@ -6,7 +6,7 @@ import { NodeCache, StateTree, type NodeSource } from '../state/index.js';
 import { openActorsDbReadOnly } from '../store/db.js';
 import { E_FAILED } from '../abi.js';
 import { runMessage, type RunWorld } from './message-run.js';
-import type { BatchDone, FromWorker, MessageOutcome, RunBatch, StateNode, WorkerInit } from './protocol.js';
+import { failureOutcome, type BatchDone, type FromWorker, type MessageOutcome, type RunBatch, type StateNode, type WorkerInit } from './protocol.js';
 
 /*
  * A worker thread: runs batches of one actor's messages. It reads committed
@@ -147,22 +147,7 @@ function runBatch(req: RunBatch): BatchDone {
     mod = moduleFor(actor.module, actor.limits.memoryBytes);
   } catch (e) {
     const message = `the module could not be compiled: ${(e as Error).message}`;
-    for (const m of req.messages) {
-      outcomes.push({
-        seq: m.seq,
-        ok: false,
-        error: { reason: 'instantiate', message },
-        ticks: 0,
-        clock: actor.clock,
-        reply: null,
-        sends: [],
-        creates: [],
-        timers: [],
-        refs: [],
-        nonce: actor.nonce,
-        logs: [],
-      });
-    }
+    for (const m of req.messages) outcomes.push(failureOutcome(m.seq, 'instantiate', message, { ticks: 0, clock: actor.clock, nonce: actor.nonce }));
     return { type: 'done', batch: req.batch, outcomes };
   }
   for (const m of req.messages) {

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import type { ActorErrorInfo, ActorGrants, ActorMessageRecord, ActorVersion, ResolvedActorLimits } from '@roost/api';
+import { replyFields, type ActorErrorInfo, type ActorGrants, type ActorMessageRecord, type ActorVersion, type ResolvedActorLimits } from '@roost/api';
 
 /*
  * The rows of the actors' database and the statements the main thread uses
@@ -110,22 +110,7 @@ export function historyRecord(r: HistoryRaw): ActorMessageRecord {
     logs: JSON.parse(r.logs_json) as string[],
     at: r.at,
   };
-  if (r.reply) {
-    const text = utf8Text(r.reply);
-    if (text !== null) rec.reply = text;
-    else rec.replyBase64 = r.reply.toString('base64');
-  }
-  return rec;
-}
-
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-/** The bytes as text when they are valid UTF-8, else null. */
-export function utf8Text(bytes: Uint8Array): string | null {
-  try {
-    return strictUtf8.decode(bytes);
-  } catch {
-    return null;
-  }
+  return r.reply ? { ...rec, ...replyFields(r.reply) } : rec;
 }
 
 export function versionFromRaw(r: { version: number; root: Buffer; message: number | null; at: string; pinned: number }): ActorVersion {

@@ -1,4 +1,11 @@
-import { DEFAULT_MCP_ACTOR_MESSAGES, McpActorToolInputs, McpActorToolOutputs, type ActorMessageRecord, type CreateActorOptions } from '@roost/api';
+import {
+  actorCallResult,
+  DEFAULT_MCP_ACTOR_MESSAGES,
+  McpActorToolInputs,
+  McpActorToolOutputs,
+  type ActorMessageRecord,
+  type CreateActorOptions,
+} from '@roost/api';
 import { z } from 'zod';
 import { additive, readOnly, settles, type ToolDef } from './tools.js';
 
@@ -14,21 +21,10 @@ export type ActorToolName = keyof typeof McpActorToolInputs;
 type Input<N extends ActorToolName> = z.infer<(typeof McpActorToolInputs)[N]>;
 type Output<N extends ActorToolName> = z.infer<(typeof McpActorToolOutputs)[N]>;
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
-
 /** The message of a send or call: its text, its base64 decoded, or the empty message. */
 function messageOf(input: { message?: string | undefined; messageBase64?: string | undefined }): Uint8Array | string {
   if (input.messageBase64 !== undefined) return Buffer.from(input.messageBase64, 'base64');
   return input.message ?? '';
-}
-
-/** Bytes as UTF-8 text, or as base64 when they are not UTF-8. */
-function encodeBytes(b: Uint8Array): { text: string } | { base64: string } {
-  try {
-    return { text: strictUtf8.decode(b) };
-  } catch {
-    return { base64: Buffer.from(b).toString('base64') };
-  }
 }
 
 /** The actor tools, by name. */
@@ -90,12 +86,7 @@ export const ACTOR_TOOLS: { [N in ActorToolName]: ToolDef<Input<N>, Output<N>> }
         ...(input.timeoutMs !== undefined ? { timeoutMs: input.timeoutMs } : {}),
         signal: call.signal,
       });
-      const out: Output<'actor_call'> = { seq: r.seq, version: r.version, ticks: r.ticks };
-      if (r.reply !== null) {
-        const body = encodeBytes(r.reply);
-        if ('text' in body) out.reply = body.text;
-        else out.replyBase64 = body.base64;
-      }
+      const out: Output<'actor_call'> = actorCallResult(r);
       return out;
     },
   },
