@@ -117,6 +117,15 @@ describe('actors', () => {
     expect(Buffer.from((await runtime.actors.call(r.id, 'x')).reply!).equals(Buffer.from(one))).toBe(false);
   });
 
+  it('checks create options as the contract says, embedded as over REST', async () => {
+    const probe = await runtime.actors.deploy(watModule('probe'));
+    await expectCode(runtime.actors.create({ name: 'modules', module: probe.digest }), 'INVALID_ARGUMENT', /modules/);
+    await expectCode(runtime.actors.create({ name: 'bad name!', module: probe.digest }), 'INVALID_ARGUMENT', /name/);
+    await expectCode(runtime.actors.create({ module: probe.digest, limits: { fuel: 1 } }), 'INVALID_ARGUMENT', /fuel/);
+    await expectCode(runtime.actors.create({ module: probe.digest, from: { actor: 'x' } }), 'INVALID_ARGUMENT', /module and from/);
+    await expectCode(runtime.actors.create({ module: `sha256:${'0'.repeat(64)}` }), 'NOT_FOUND', /deploy it first/);
+  });
+
   it('a failed init fails the create and leaves no actor', async () => {
     const mod = await runtime.actors.deploy(watModule('init-fails'));
     const before = (await runtime.actors.list()).length;

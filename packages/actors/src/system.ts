@@ -15,6 +15,8 @@ import {
   type ActorState,
   type ActorVersion,
   type CreateActorOptions,
+  CreateActorRequestSchema,
+  parseInput,
   utf8OrNull,
 } from '@roost/api';
 import type Database from 'better-sqlite3';
@@ -140,9 +142,14 @@ export class ActorSystem implements ActorsApi {
     this.#q.moduleDelete.run(digest);
   }
 
-  async create(options: CreateActorOptions & { signal?: AbortSignal }): Promise<ActorInfo> {
+  async create(createOptions: CreateActorOptions & { signal?: AbortSignal }): Promise<ActorInfo> {
     this.#open();
-    options.signal?.throwIfAborted();
+    createOptions.signal?.throwIfAborted();
+    // The contract's checks, as the daemon makes them (the init is bytes or text here, checked below).
+    const request: Record<string, unknown> = { ...createOptions };
+    delete request.signal;
+    delete request.init;
+    const options = { ...parseInput(CreateActorRequestSchema, request, 'actor options'), init: createOptions.init, signal: createOptions.signal };
     const from = options.from ? this.#resolve(options.from.actor) : undefined;
     const moduleDigestValue = options.module ?? from!.row.module;
     const mod = this.#moduleInfo(moduleDigestValue);

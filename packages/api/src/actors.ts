@@ -71,7 +71,9 @@ export type ActorGrants = z.infer<typeof ActorGrantsSchema>;
 /** POST /v1/actors (the init bytes: `init` as UTF-8 text, or `initBase64`). */
 export const CreateActorRequestSchema = z
   .object({
-    name: nameSchema('actor').optional(),
+    name: nameSchema('actor')
+      .refine((n) => n !== 'modules', 'an actor may not be named "modules" (/v1/actors/modules is the module list)')
+      .optional(),
     /** The module's digest (`sha256:...`), deployed before. Give this or `from`. */
     module: z
       .string()
