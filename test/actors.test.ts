@@ -1,4 +1,6 @@
+import { writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ActorMessageRecord } from '@roost/api';
@@ -300,3 +302,17 @@ function moduleWithData(size: number, pages = 1): Uint8Array {
     section(11, Buffer.concat([Buffer.from([1, 0, 0x41, 0, 0x0b, ...leb(size)]), Buffer.alloc(size, 7)])),
   ]);
 }
+
+describe('a damaged actors database', () => {
+  it('does not keep the runtime (and its sandboxes) from opening; using actors says what is wrong', async () => {
+    const other = new TestHome();
+    try {
+      writeFileSync(join(other.root, 'actors.db'), 'not a database '.repeat(500));
+      const rt = await other.runtime();
+      expect(await rt.list()).toEqual([]);
+      await expectCode(() => rt.actors.list(), 'INTERNAL', /actors' database .* not a database/);
+    } finally {
+      await other.cleanup();
+    }
+  });
+});

@@ -213,8 +213,15 @@ export class Runtime implements RuntimeApi {
       if (options.reconcile !== false) {
         runtime.#pools.start();
         runtime.#deployments.start();
-        // Actors with messages waiting (timers included) get them handled from now on.
-        if (existsSync(runtime.#layout.actorsDb)) void runtime.actors;
+        // Actors with messages waiting (timers included) get them handled from now on. A damaged
+        // actors' database does not keep the sandboxes from opening: using actors names the trouble.
+        if (existsSync(runtime.#layout.actorsDb)) {
+          try {
+            void runtime.actors;
+          } catch (e) {
+            process.emitWarning(`roost: the actors of ${home} are not running: ${e instanceof Error ? e.message : String(e)}`);
+          }
+        }
       }
       return runtime;
     } catch (e) {
