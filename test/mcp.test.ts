@@ -47,6 +47,14 @@ const TOOL_NAMES = [
   'deployment_scale',
   'deployment_rollback',
   'deployment_remove',
+  'actor_deploy',
+  'actor_create',
+  'actor_send',
+  'actor_call',
+  'actor_state',
+  'actor_list',
+  'actor_messages',
+  'actor_remove',
 ];
 
 const OUTPUT_LIMIT = 1024;
