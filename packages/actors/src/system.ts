@@ -16,6 +16,7 @@ import {
   type ActorVersion,
   type CreateActorOptions,
   CreateActorRequestSchema,
+  diskFullError,
   parseInput,
   utf8OrNull,
 } from '@roost/api';
@@ -117,13 +118,8 @@ export class ActorSystem implements ActorsApi {
       grantsNeeded: prepared.grantsNeeded,
       memory: prepared.memory,
     };
-    const added = this.#q.moduleInsert.run(
-      digest,
-      module.length,
-      Buffer.from(module),
-      Buffer.from(prepared.bytes),
-      JSON.stringify(info),
-      new Date().toISOString(),
+    const added = this.#write(() =>
+      this.#q.moduleInsert.run(digest, module.length, Buffer.from(module), Buffer.from(prepared.bytes), JSON.stringify(info), new Date().toISOString()),
     );
     if (added.changes > 0) this.#event('actor.module.deployed', { module: digest, size: module.length });
     return this.#moduleInfo(digest)!;
@@ -139,7 +135,7 @@ export class ActorSystem implements ActorsApi {
     if (!this.#moduleInfo(digest)) throw new RoostError('NOT_FOUND', `no actor module ${digest}`);
     const users = this.#q.moduleUsers.get(digest) as number;
     if (users > 0) throw new RoostError('INVALID_STATE', `module ${digest} is used by ${users} actor${users === 1 ? '' : 's'}: remove them first`);
-    this.#q.moduleDelete.run(digest);
+    this.#write(() => this.#q.moduleDelete.run(digest));
   }
 
   async create(createOptions: CreateActorOptions & { signal?: AbortSignal }): Promise<ActorInfo> {
@@ -195,29 +191,31 @@ export class ActorSystem implements ActorsApi {
 
     let id = '';
     let initSeq: number | null = null;
-    this.#db.transaction(() => {
-      let nonce = (this.#q.metaGet.get('root_nonce') as number | undefined) ?? 0;
-      do id = deriveActorId('', nonce++);
-      while (this.#q.actorExists.get(id));
-      this.#q.metaSet.run('root_nonce', nonce);
-      initSeq = insertActor(
-        this.#q,
-        this.#nodes,
-        {
-          id,
-          name: options.name ?? null,
-          parent: null,
-          module: mod.digest,
-          grants,
-          limits,
-          keepVersions: options.keepVersions ?? from?.row.keepVersions ?? DEFAULT_KEEP_VERSIONS,
-          ...(root ? { root } : {}),
-          refs,
-          init: hasInit && !from ? init : null,
-        },
-        new Date().toISOString(),
-      );
-    })();
+    this.#write(() =>
+      this.#db.transaction(() => {
+        let nonce = (this.#q.metaGet.get('root_nonce') as number | undefined) ?? 0;
+        do id = deriveActorId('', nonce++);
+        while (this.#q.actorExists.get(id));
+        this.#q.metaSet.run('root_nonce', nonce);
+        initSeq = insertActor(
+          this.#q,
+          this.#nodes,
+          {
+            id,
+            name: options.name ?? null,
+            parent: null,
+            module: mod.digest,
+            grants,
+            limits,
+            keepVersions: options.keepVersions ?? from?.row.keepVersions ?? DEFAULT_KEEP_VERSIONS,
+            ...(root ? { root } : {}),
+            refs,
+            init: hasInit && !from ? init : null,
+          },
+          new Date().toISOString(),
+        );
+      })(),
+    );
     const live = this.#sched.live(id)!;
     if (initSeq !== null) {
       const seq = initSeq;
@@ -312,7 +310,7 @@ export class ActorSystem implements ActorsApi {
     const { id, version } = live.row;
     const row = this.#q.versionGet.get(id, version) as Parameters<typeof versionFromRaw>[0];
     if (row.pinned === 0) {
-      this.#q.versionPin.run(id, version);
+      this.#write(() => this.#q.versionPin.run(id, version));
       live.unpinnedVersions -= 1;
     }
     return versionFromRaw({ ...row, pinned: 1 });
@@ -338,7 +336,7 @@ export class ActorSystem implements ActorsApi {
     const live = this.#resolve(actor);
     live.removed = true;
     await this.#sched.whenIdle(live);
-    this.#db.transaction(() => this.#removeRows(live.row.id))();
+    this.#write(() => this.#db.transaction(() => this.#removeRows(live.row.id))());
     this.#forget(live);
   }
 
@@ -357,6 +355,15 @@ export class ActorSystem implements ActorsApi {
   }
 
   // ---- internals ----
+
+  /** A write to the database; a full disk is RESOURCE_EXHAUSTED naming it (nothing of the write is kept). */
+  #write<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw diskFullError(e, this.#options.dbPath) ?? e;
+    }
+  }
 
   #open(): void {
     if (this.#closed) throw new RoostError('UNAVAILABLE', 'the actor runtime is closed');
@@ -434,7 +441,8 @@ export class ActorSystem implements ActorsApi {
         }
       })();
     } catch (e) {
-      const err = new RoostError('UNAVAILABLE', `the message could not be stored: ${(e as Error).message}`, { cause: e });
+      const err =
+        diskFullError(e, this.#options.dbPath) ?? new RoostError('UNAVAILABLE', `the message could not be stored: ${(e as Error).message}`, { cause: e });
       for (const p of batch) p.reject(err);
       return;
     }

@@ -188,7 +188,15 @@ export class Scheduler {
           if (!(e instanceof BatchAborted)) return;
           // The messages before the one that failed ran but committed nothing: they run again.
           const msg = current.messages.find((m) => m.seq === e.seq);
-          if (msg && !this.#closed && !poisoned && !live.removed) this.#commit(live, current, [this.#failure(live, msg, e.reason, e.message)]);
+          if (msg && !this.#closed && !poisoned && !live.removed) {
+            try {
+              this.#commit(live, current, [this.#failure(live, msg, e.reason, e.message)]);
+            } catch {
+              // Not stored (a full disk): the message stays in the mailbox and runs again later.
+              poisoned = true;
+              setTimeout(() => this.markReady(live.row.id), 1000).unref();
+            }
+          }
           return;
         }
         // Closing: what ran is still committed (the database closes after), but nothing new starts.
