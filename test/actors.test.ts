@@ -218,7 +218,11 @@ describe('actors', () => {
   });
 
   it('fetch goes through the egress policy of its grant: the host only by a host rule, other names only when allowed', async () => {
-    const server: Server = createServer((req, res) => res.end(`hello from ${req.url}`));
+    // /hang answers only after 1.5 s: past the wall time of the actor that asks.
+    const server: Server = createServer((req, res) => {
+      if (req.url === '/hang') setTimeout(() => res.end('too late'), 1500);
+      else res.end(`hello from ${req.url}`);
+    });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
     try {
@@ -234,6 +238,12 @@ describe('actors', () => {
       const named = await runtime.actors.create({ module: mod.digest, grants: { fetch: { default: 'deny', allow: ['example.com'] } } });
       await expectCode(runtime.actors.call(named.id, JSON.stringify({ url: 'http://other.invalid/' })), 'ACTOR', /returned 106/);
       await expectCode(runtime.actors.call(named.id, JSON.stringify({ url: 'file:///etc/passwd' })), 'ACTOR', /returned 105/);
+      // A fetch that outlives the message's wall time fails that message; its late answer reaches no later one.
+      const hasty = await runtime.actors.create({ module: mod.digest, grants: { fetch: { default: 'deny', allow: ['host'] } }, limits: { timeoutMs: 300 } });
+      await expectCode(runtime.actors.call(hasty.id, JSON.stringify({ url: `http://127.0.0.1:${port}/hang` })), 'ACTOR', /wall time|returned 105/);
+      await new Promise((r) => setTimeout(r, 1500));
+      const after = JSON.parse(text((await runtime.actors.call(hasty.id, req)).reply)) as { body: string };
+      expect(after.body).toBe('hello from /x');
     } finally {
       server.close();
     }

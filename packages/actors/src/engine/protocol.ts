@@ -119,7 +119,7 @@ export type FromWorker = BatchDone | HostCallRequest | { type: 'ready' } | { typ
 /** The worker's data at start (workerData). */
 export interface WorkerInit {
   dbPath: string;
-  /** [0] host call state (0 waiting, 1 answered), [1] the answer's length or a negative code, [2] the call id pending, [3] running (1) or idle (0), [4] the seq running. */
+  /** [0] host call state (0 waiting, 1 answered), [1] the answer's length or a negative code, [2] the call id pending (negated once the main thread claims it to answer), [3] running (1) or idle (0), [4] the seq running. */
   control: SharedArrayBuffer;
   /** [0] when the running message started (ms, performance.timeOrigin-based). */
   clock: SharedArrayBuffer;

@@ -112,10 +112,14 @@ const world: RunWorld = {
     Atomics.store(control, 2, call);
     post({ type: 'host', call, kind, actor, request });
     const wait = deadline - now();
-    const result = wait > 0 ? Atomics.wait(control, 0, 0, wait) : 'timed-out';
-    // The main thread answers only while control[2] names this call.
-    Atomics.store(control, 2, 0);
-    if (result === 'timed-out' && Atomics.load(control, 0) === 0) return E_FAILED;
+    if (wait > 0) Atomics.wait(control, 0, 0, wait);
+    // The main thread claims a call (control[2]: call -> -call) before it writes the answer: a call
+    // given up on is unclaimed here, so a late answer can never land in a later call.
+    const claim = Atomics.exchange(control, 2, 0);
+    if (claim === call) return E_FAILED;
+    // Claimed: the answer is being written, or is there.
+    Atomics.wait(control, 0, 0, 5_000);
+    if (Atomics.load(control, 0) !== 1) return E_FAILED;
     const len = Atomics.load(control, 1);
     if (len < 0) return len;
     return answer.slice(0, len);

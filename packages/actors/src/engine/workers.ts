@@ -154,8 +154,9 @@ export class WorkerPool {
     } catch {
       result = -5;
     }
-    // The worker may have given up (its wall time) and moved on: answer only the call it still waits for.
-    if (slot.killed || Atomics.load(slot.control, 2) !== req.call) return;
+    // The worker may have given up (its wall time) and moved on: answer only the call it still waits
+    // for, claimed first (call -> -call) so that it cannot give up while the answer is written.
+    if (slot.killed || Atomics.compareExchange(slot.control, 2, req.call, -req.call) !== req.call) return;
     if (typeof result === 'number') Atomics.store(slot.control, 1, result);
     else if (result.length > slot.answer.length) Atomics.store(slot.control, 1, -3);
     else {
