@@ -1,11 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { ActorMessageRecord } from '@roost/api';
 import { RoostClient } from '@roost/client';
 import { exampleModule } from './actor-modules.js';
-import { eventually, ROOST_BIN, TestHome } from './helpers.js';
+import { eventually, startServeProcess, TestHome } from './helpers.js';
 
 /*
  * kill -9 of `roost serve` while messages stream into an actor: every
@@ -26,15 +25,10 @@ function client(): RoostClient {
   return new RoostClient({ home: home.root, host: `unix://${join(home.root, 'roost.sock')}` });
 }
 
-async function startDaemon(): Promise<ChildProcess> {
-  const d = spawn(process.execPath, [ROOST_BIN, 'serve'], { env: home.env, stdio: ['ignore', 'ignore', 'pipe'] });
-  daemons.push(d);
-  let stderr = '';
-  d.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-  await eventually(
+function startDaemon(): Promise<ChildProcess> {
+  return startServeProcess(
+    home,
     async () => {
-      if (d.exitCode !== null) throw new Error(`roost serve exited ${d.exitCode}: ${stderr}`);
-      if (!existsSync(join(home.root, 'api-token'))) return false;
       const c = client();
       try {
         return await c.health({ timeoutMs: 1_000 }).then(
@@ -45,10 +39,8 @@ async function startDaemon(): Promise<ChildProcess> {
         await c.close();
       }
     },
-    20_000,
-    'the daemon answering',
+    daemons,
   );
-  return d;
 }
 
 const TOTAL = 2_000;

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import { isRoostError } from '@roost/api';
 import { roostHome, Runtime } from '@roost/core';
 import { closeStateDbs } from '@roost/core/internal';
 import { exampleModule, text } from './actor-modules.js';
-import { eventually } from './helpers.js';
+import { eventually, fillFilesystem } from './helpers.js';
 
 /*
  * Actors in a home on a full filesystem (a small tmpfs, mounted as root):
@@ -21,28 +21,6 @@ let mount = '';
 let mounted = false;
 let runtime: Runtime | undefined;
 const filler = () => join(mount, 'filler');
-
-/** Fills the filesystem but for about `leaveBytes`. */
-function fill(leaveBytes: number): void {
-  const fd = openSync(filler(), 'a');
-  try {
-    for (const size of [1024 * 1024, 4096]) {
-      const buf = Buffer.alloc(size, 1);
-      for (;;) {
-        const st = statfsSync(mount);
-        if (st.bavail * st.bsize - size < leaveBytes) break;
-        try {
-          writeSync(fd, buf);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
-          break;
-        }
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 beforeAll(async () => {
   if (!asRoot) return;
@@ -74,7 +52,7 @@ describe.skipIf(!asRoot)('actors on a full disk', () => {
     expect(text((await actors.call(a.id, 'x')).reply)).toBe('1');
 
     // Room for some sends, not for handling them all: commits fail while sends are still taken, then sends fail too.
-    fill(256 * 1024);
+    fillFilesystem(mount, filler(), 256 * 1024);
     // Send until a send is refused (bounded).
     let accepted = 0;
     let refusal: unknown = null;

@@ -1,10 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ApiClient } from './api-client.js';
-import { alive, eventually, qemusOf, TestHome } from './helpers.js';
+import { alive, eventually, qemusOf, startServeProcess, TestHome } from './helpers.js';
 
 /*
  * kill -9 of `roost serve` while sandboxes run and commands stream: the next
@@ -13,7 +12,6 @@ import { alive, eventually, qemusOf, TestHome } from './helpers.js';
  * event kept, and no QEMU process, socket or directory left over.
  */
 
-const roostBin = fileURLToPath(new URL('../packages/cli/bin/roost.js', import.meta.url));
 const home = new TestHome();
 const daemons: ChildProcess[] = [];
 afterAll(async () => {
@@ -41,15 +39,10 @@ async function streamingExec(api: ApiClient, id: string, lines: number): Promise
   for await (const line of s.lines()) if (line.type === 'stdout' && ++seen >= lines) return; // left open: the daemon dies under it
 }
 
-async function startDaemon(): Promise<ChildProcess> {
-  const d = spawn(process.execPath, [roostBin, 'serve'], { env: home.env, stdio: ['ignore', 'ignore', 'pipe'] });
-  daemons.push(d);
-  let stderr = '';
-  d.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-  await eventually(
+function startDaemon(): Promise<ChildProcess> {
+  return startServeProcess(
+    home,
     async () => {
-      if (d.exitCode !== null) throw new Error(`roost serve exited ${d.exitCode}: ${stderr}`);
-      if (!existsSync(join(home.root, 'api-token'))) return false;
       const api = apiClient();
       try {
         return await api.get('/v1/health').then(
@@ -60,10 +53,8 @@ async function startDaemon(): Promise<ChildProcess> {
         api.close();
       }
     },
-    20_000,
-    'the daemon answering',
+    daemons,
   );
-  return d;
 }
 
 interface Info {

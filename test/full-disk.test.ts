@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statfsSync, symlinkSync, writeSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statfsSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +9,7 @@ import { roostHome, Runtime } from '@roost/core';
 import { closeStateDbs } from '@roost/core/internal';
 import { serve, type ServeHandle } from '@roost/server';
 import { ApiClient } from './api-client.js';
-import { eventually, qemusOf, runRoost } from './helpers.js';
+import { eventually, fillFilesystem, qemusOf, runRoost } from './helpers.js';
 
 /*
  * A Roost home on a full filesystem (a small tmpfs, mounted as root), with a
@@ -39,26 +39,9 @@ let client: RoostClient;
 let id = '';
 const filler = () => join(mount, 'filler');
 
-/** Fills the filesystem of `path` but for `leaveBytes` (roughly: tmpfs counts whole pages). */
+/** Fills the filesystem of the home (through `path`, a file on it) but for `leaveBytes`. */
 function fill(path: string, leaveBytes = 0): void {
-  const fd = openSync(path, 'a');
-  try {
-    for (const chunk of [MiB, 64 * 1024, 4096]) {
-      const buf = Buffer.alloc(chunk, 1);
-      for (;;) {
-        const st = statfsSync(mount);
-        if (st.bavail * st.bsize - chunk < leaveBytes) break;
-        try {
-          writeSync(fd, buf);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
-          break;
-        }
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
+  fillFilesystem(mount, path, leaveBytes);
 }
 
 function free(): number {

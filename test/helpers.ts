@@ -1,7 +1,7 @@
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statfsSync, symlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { get as httpGetRequest } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -245,4 +245,48 @@ export function httpGet(port: number, timeoutMs = 10_000): Promise<string | null
     req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(null));
   });
+}
+
+/**
+ * Starts `roost serve` for `home` as a child process (added to `started` at
+ * once, so the test can end it by its handle even if this fails) and
+ * resolves once `answering()` says it answers; a daemon that exits first
+ * fails with its stderr.
+ */
+export async function startServeProcess(home: TestHome, answering: () => Promise<boolean>, started: ChildProcess[]): Promise<ChildProcess> {
+  const d = spawn(process.execPath, [ROOST_BIN, 'serve'], { env: home.env, stdio: ['ignore', 'ignore', 'pipe'] });
+  started.push(d);
+  let stderr = '';
+  d.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  await eventually(
+    async () => {
+      if (d.exitCode !== null) throw new Error(`roost serve exited ${d.exitCode}: ${stderr}`);
+      return existsSync(join(home.root, 'api-token')) && (await answering());
+    },
+    20_000,
+    'the daemon answering',
+  );
+  return d;
+}
+
+/** Fills the filesystem mounted at `mount` (writing to `file` on it) but for about `leaveBytes` (tmpfs counts whole pages). */
+export function fillFilesystem(mount: string, file: string, leaveBytes = 0): void {
+  const fd = openSync(file, 'a');
+  try {
+    for (const chunk of [2 ** 20, 64 * 1024, 4096]) {
+      const buf = Buffer.alloc(chunk, 1);
+      for (;;) {
+        const st = statfsSync(mount);
+        if (st.bavail * st.bsize - chunk < leaveBytes) break;
+        try {
+          writeSync(fd, buf);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+          break;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
