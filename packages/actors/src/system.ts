@@ -244,32 +244,33 @@ export class ActorSystem implements ActorsApi {
 
   async call(actor: string, message: ActorMessage, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ActorReply> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    let seq = -1;
-    let settle: { resolve: (r: ActorReply) => void; reject: (e: Error) => void } | undefined;
+    let settle!: { resolve: (r: ActorReply) => void; reject: (e: Error) => void };
     const outcome = new Promise<ActorReply>((resolve, reject) => (settle = { resolve, reject }));
-    seq = await this.#accept(actor, message, true, options.signal, (s) => {
+    const seq = await this.#accept(actor, message, true, options.signal, (s) => {
       this.#sched.waiters.set(s, {
-        resolve: (o, version) => settle!.resolve({ seq: s, version, ticks: o.ticks, reply: o.reply ? Buffer.from(o.reply) : null }),
-        reject: (e) => settle!.reject(e),
+        resolve: (o, version) => settle.resolve({ seq: s, version, ticks: o.ticks, reply: o.reply ? Buffer.from(o.reply) : null }),
+        reject: (e) => settle.reject(e),
       });
     });
-    let timer: NodeJS.Timeout | undefined;
-    const onAbort = () => {
+    // Giving up on the wait leaves the message in the mailbox: it is handled all the same.
+    const giveUp = (err: RoostError) => {
       this.#sched.waiters.delete(seq);
-      settle!.reject(new RoostError('ABORTED', `the call to actor ${actor} was aborted (message ${seq} is still in its mailbox)`));
+      settle.reject(err);
     };
+    const onAbort = () => giveUp(new RoostError('ABORTED', `the call to actor ${actor} was aborted (message ${seq} is still in its mailbox)`));
+    if (options.signal?.aborted) onAbort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
-    timer = setTimeout(() => {
-      this.#sched.waiters.delete(seq);
-      settle!.reject(
-        new RoostError('TIMEOUT', `actor ${actor} did not handle message ${seq} within ${timeoutMs} ms (it stays in its mailbox)`, { details: { seq } }),
-      );
-    }, timeoutMs);
+    const timer = setTimeout(
+      () =>
+        giveUp(
+          new RoostError('TIMEOUT', `actor ${actor} did not handle message ${seq} within ${timeoutMs} ms (it stays in its mailbox)`, { details: { seq } }),
+        ),
+      timeoutMs,
+    );
     try {
       return await outcome;
     } finally {
       clearTimeout(timer);
-      timer = undefined;
       options.signal?.removeEventListener('abort', onAbort);
     }
   }

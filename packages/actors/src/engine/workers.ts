@@ -37,7 +37,6 @@ interface Slot {
   clock: Float64Array;
   answer: Uint8Array;
   busy: { batch: RunBatch; resolve: (d: { done: BatchDone; slot: unknown }) => void; reject: (e: Error) => void } | null;
-  ready: Promise<void>;
   killed: boolean;
   /** It said it was ready. */
   started: boolean;
@@ -115,14 +114,12 @@ export class WorkerPool {
     const data: WorkerInit = { dbPath: this.#dbPath, control, clock, answer, nodeCacheBytes: this.#nodeCacheBytes };
     // resourceLimits bound the JS heap; WASM memory is bounded by each module's capped maximum.
     const worker = new Worker(workerScript(), { workerData: data, resourceLimits: { maxOldGenerationSizeMb: 512 } });
-    let markReady!: () => void;
     const slot: Slot = {
       worker,
       control: new Int32Array(control),
       clock: new Float64Array(clock),
       answer: new Uint8Array(answer),
       busy: null,
-      ready: new Promise<void>((r) => (markReady = r)),
       killed: false,
       started: false,
     };
@@ -130,7 +127,6 @@ export class WorkerPool {
       if (m.type === 'ready') {
         slot.started = true;
         this.#startFailures = 0;
-        markReady();
       } else if (m.type === 'done') {
         const busy = slot.busy;
         slot.busy = null;
